@@ -1,0 +1,192 @@
+"""The database's refusals as named Python exceptions.
+
+Every rule the triggers enforce raises its own SQLSTATE (class ``ML``, listed in
+``SQLSTATES``); declarative rules are told apart by constraint name. Engines made
+by ``database.session`` translate them as they are raised, from a flush, a commit
+or a raw ``execute``; ``translate()`` does the same for any DBAPI or SQLAlchemy
+error (a plain psycopg connection included).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.exc import DBAPIError
+
+
+class DatabaseError(Exception):
+    """Base of every exception this package raises for a database refusal."""
+
+    #: True when running the same transaction again may succeed.
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        constraint: str | None = None,
+        detail: str | None = None,
+        orig: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.constraint = constraint
+        self.detail = detail
+        self.orig = orig
+
+
+class RuleViolation(DatabaseError):
+    """A rule of the schema refused the statement."""
+
+
+# --- rules enforced by trigger functions (sql/triggers/*.sql) ------------------
+class InsufficientCredits(RuleViolation):
+    """A ledger entry would take a balance below zero (ML001)."""
+
+    @property
+    def balance(self) -> int | None:
+        return _detail_int(self.detail, "balance")
+
+    @property
+    def amount(self) -> int | None:
+        return _detail_int(self.detail, "amount")
+
+
+class LedgerImmutable(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of credit_transactions (ML002)."""
+
+
+class DerivedColumnReadOnly(RuleViolation):
+    """A direct write to a trigger-maintained users column (ML003)."""
+
+
+class RefundExceedsCharge(RuleViolation):
+    """A refund of an uncharged job, or of more than it was charged (ML004)."""
+
+
+class UserDeleted(RuleViolation):
+    """A soft-deleted user tried to buy credits (ML005)."""
+
+
+class SnapshotImmutable(RuleViolation):
+    """An UPDATE of a workflow snapshot (ML006)."""
+
+
+# --- declarative constraints -------------------------------------------------------
+class ConstraintViolation(RuleViolation):
+    """A constraint of the schema refused the row (SQLSTATE class 23)."""
+
+
+class AlreadyExists(ConstraintViolation):
+    """A unique constraint (23505)."""
+
+
+class ReferenceViolation(ConstraintViolation):
+    """A foreign key (23503): a missing parent, or a row still referenced."""
+
+
+
+
+class InvalidValue(ConstraintViolation):
+    """A check constraint (23514)."""
+
+
+class MissingValue(ConstraintViolation):
+    """A NOT NULL column left empty (23502)."""
+
+
+class JobAlreadyCharged(AlreadyExists):
+    """A job may be charged once."""
+
+
+class JobAlreadyRefunded(AlreadyExists):
+    """A job may be refunded once."""
+
+
+class DuplicatePayment(AlreadyExists):
+    """A Stripe payment may credit the ledger once."""
+
+
+class InvalidCreditAmount(InvalidValue):
+    """Purchases and refunds are positive, charges negative, adjustments non-zero."""
+
+
+# --- transient conditions ------------------------------------------------------------
+class RetryableError(DatabaseError):
+    retryable = True
+
+
+class LockTimeout(RetryableError):
+    """A row lock was not granted within ``lock_timeout`` (55P03)."""
+
+
+class SerializationConflict(RetryableError):
+    """A serialization failure or a deadlock (40001, 40P01)."""
+
+
+class StatementTimeout(DatabaseError):
+    """A statement ran longer than ``statement_timeout`` (57014)."""
+
+
+SQLSTATES: dict[str, type[DatabaseError]] = {
+    "ML001": InsufficientCredits,
+    "ML002": LedgerImmutable,
+    "ML003": DerivedColumnReadOnly,
+    "ML004": RefundExceedsCharge,
+    "ML005": UserDeleted,
+    "ML006": SnapshotImmutable,
+    "23505": AlreadyExists,
+    "23503": ReferenceViolation,
+    "23514": InvalidValue,
+    "23502": MissingValue,
+    "55P03": LockTimeout,
+    "40001": SerializationConflict,
+    "40P01": SerializationConflict,
+    "57014": StatementTimeout,
+}
+
+CONSTRAINTS: dict[str, type[DatabaseError]] = {
+    "uq_credit_transactions_job_id_consumption": JobAlreadyCharged,
+    "uq_credit_transactions_job_id_refund": JobAlreadyRefunded,
+    "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
+    "ck_credit_transactions_amount_sign": InvalidCreditAmount,
+}
+
+
+def _detail_int(detail: str | None, key: str) -> int | None:
+    match = re.search(rf"\b{key}=(-?\d+)", detail or "")
+    return int(match.group(1)) if match else None
+
+
+def translate(exc: BaseException) -> DatabaseError | None:
+    """The named exception for a DBAPI or SQLAlchemy error, or None if it has none."""
+    orig: Any = exc.orig if isinstance(exc, DBAPIError) else exc
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:
+        return None
+    diag = getattr(orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    detail = getattr(diag, "message_detail", None)
+    message = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
+    cls = CONSTRAINTS.get(constraint or "") or SQLSTATES.get(sqlstate)
+    if cls is None:
+        return None
+    return cls(message, sqlstate=sqlstate, constraint=constraint, detail=detail, orig=orig)
+
+
+def _handle_error(context: ExceptionContext) -> None:
+    translated = translate(context.original_exception)
+    if translated is not None:
+        raise translated from context.sqlalchemy_exception
+
+
+def install(engine: Engine) -> Engine:
+    """Make ``engine`` raise this module's exceptions (idempotent)."""
+    if not event.contains(engine, "handle_error", _handle_error):
+        event.listen(engine, "handle_error", _handle_error)
+    return engine

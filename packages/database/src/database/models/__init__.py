@@ -1,0 +1,61 @@
+"""Every model and enum of the platform's schema."""
+
+from database.models.credit_package import CreditPackage
+from database.models.credit_transaction import CreditTransaction
+from database.models.dataset import Dataset
+from database.models.dataset_profile import DatasetProfile
+from database.models.dataset_version import DatasetVersion
+from database.models.enums import (
+    CreditTierRestriction,
+    FileFormat,
+    IngestionStatus,
+    JobStatus,
+    NodeStatus,
+    NodeType,
+    OAuthProvider,
+    ProblemType,
+    TransactionType,
+    TutorialDifficulty,
+    UserTier,
+)
+from database.models.experiment import Experiment
+from database.models.experiment_run import ExperimentRun
+from database.models.ingestion_job import IngestionJob
+from database.models.job import Job
+from database.models.job_node import JobNode
+from database.models.model import Model
+from database.models.tutorial import Tutorial
+from database.models.user import User
+from database.models.user_tutorial_progress import UserTutorialProgress
+from database.models.workflow import Workflow
+from database.models.workflow_snapshot import WorkflowSnapshot
+
+__all__ = [
+    "CreditPackage",
+    "CreditTierRestriction",
+    "CreditTransaction",
+    "Dataset",
+    "DatasetProfile",
+    "DatasetVersion",
+    "Experiment",
+    "ExperimentRun",
+    "FileFormat",
+    "IngestionJob",
+    "IngestionStatus",
+    "Job",
+    "JobNode",
+    "JobStatus",
+    "Model",
+    "NodeStatus",
+    "NodeType",
+    "OAuthProvider",
+    "ProblemType",
+    "TransactionType",
+    "Tutorial",
+    "TutorialDifficulty",
+    "User",
+    "UserTier",
+    "UserTutorialProgress",
+    "Workflow",
+    "WorkflowSnapshot",
+]

@@ -1,0 +1,90 @@
+"""The immutable credit ledger. Its rules live in sql/triggers/credit_ledger.sql."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from sqlalchemy import (
+    CheckConstraint,
+    FetchedValue,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from database.base import Base, CreatedAtMixin, IDMixin
+from database.models.enums import TransactionType, transaction_type
+
+if TYPE_CHECKING:
+    from database.models.credit_package import CreditPackage
+    from database.models.job import Job
+    from database.models.user import User
+
+
+class CreditTransaction(IDMixin, CreatedAtMixin, Base):
+    __tablename__ = "credit_transactions"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    type: Mapped[TransactionType] = mapped_column(transaction_type)
+    amount: Mapped[int]
+    # Set by the credit_tx_before_insert trigger; any value given is replaced.
+    balance_after: Mapped[int] = mapped_column(server_default=FetchedValue())
+    description: Mapped[str | None]
+    job_id: Mapped[uuid.UUID | None]
+    package_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("credit_packages.id"))
+    stripe_payment_id: Mapped[str | None]
+    # Who made an adjustment (an admin's id or name); NULL for the other types.
+    actor: Mapped[str | None]
+
+    user: Mapped[User] = relationship(
+        back_populates="credit_transactions", lazy="raise_on_sql", viewonly=True
+    )
+    job: Mapped[Job | None] = relationship(
+        lazy="raise_on_sql", foreign_keys="CreditTransaction.job_id", viewonly=True
+    )
+    package: Mapped[CreditPackage | None] = relationship(lazy="raise_on_sql", viewonly=True)
+
+    __table_args__ = (
+        # The job of a charge or refund is the user's own.
+        ForeignKeyConstraint(["job_id", "user_id"], ["jobs.id", "jobs.user_id"]),
+        CheckConstraint(
+            "(type = 'purchase' AND amount > 0) OR (type = 'consumption' AND amount < 0)"
+            " OR (type = 'refund' AND amount > 0) OR (type = 'adjustment' AND amount <> 0)",
+            name="amount_sign",
+        ),
+        CheckConstraint(
+            "(type IN ('consumption', 'refund')) = (job_id IS NOT NULL)",
+            name="job_only_for_charges",
+        ),
+        CheckConstraint(
+            "type = 'purchase' OR (package_id IS NULL AND stripe_payment_id IS NULL)",
+            name="payment_only_for_purchases",
+        ),
+        CheckConstraint(
+            "type <> 'adjustment' OR (actor IS NOT NULL AND description IS NOT NULL)",
+            name="adjustment_has_actor_and_reason",
+        ),
+        CheckConstraint("balance_after >= 0", name="balance_after_nonnegative"),
+        UniqueConstraint("stripe_payment_id"),
+        # A job is charged at most once and refunded at most once.
+        Index(
+            "uq_credit_transactions_job_id_consumption",
+            "job_id",
+            unique=True,
+            postgresql_where=text("type = 'consumption'"),
+        ),
+        Index(
+            "uq_credit_transactions_job_id_refund",
+            "job_id",
+            unique=True,
+            postgresql_where=text("type = 'refund'"),
+        ),
+        # A user's ledger, newest first.
+        Index("ix_credit_transactions_user_id_created_at", "user_id", "created_at"),
+        Index("ix_credit_transactions_job_id_user_id", "job_id", "user_id"),
+        Index("ix_credit_transactions_package_id", "package_id"),
+    )

@@ -1,0 +1,58 @@
+"""A dataset: the container of versions, not a file itself."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from database.base import Base, IDMixin, TimestampMixin
+from database.models.enums import ProblemType, problem_type
+
+if TYPE_CHECKING:
+    from database.models.dataset_version import DatasetVersion
+    from database.models.user import User
+
+
+class Dataset(IDMixin, TimestampMixin, Base):
+    __tablename__ = "datasets"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    description: Mapped[str | None]
+    problem_type: Mapped[ProblemType | None] = mapped_column(problem_type)
+    target_column: Mapped[str | None]
+    current_version_id: Mapped[uuid.UUID | None]
+
+    user: Mapped[User] = relationship(back_populates="datasets", lazy="raise_on_sql")
+    versions: Mapped[list[DatasetVersion]] = relationship(
+        back_populates="dataset",
+        lazy="raise_on_sql",
+        passive_deletes=True,
+        foreign_keys="DatasetVersion.dataset_id",
+        order_by="DatasetVersion.version_number",
+    )
+    current_version: Mapped[DatasetVersion | None] = relationship(
+        lazy="raise_on_sql",
+        foreign_keys="Dataset.current_version_id",
+        primaryjoin="Dataset.current_version_id == DatasetVersion.id",
+        post_update=True,
+        viewonly=True,
+    )
+
+    __table_args__ = (
+        # Target of the (dataset_id, user_id) keys that keep children's owner in step.
+        UniqueConstraint("id", "user_id"),
+        # The current version must be a version of this dataset; deleting it
+        # clears the pointer (and only the pointer).
+        ForeignKeyConstraint(
+            ["id", "current_version_id"],
+            ["dataset_versions.dataset_id", "dataset_versions.id"],
+            ondelete="SET NULL (current_version_id)",
+            use_alter=True,
+            name="fk_datasets_current_version_id_dataset_versions",
+        ),
+        Index("ix_datasets_user_id_created_at", "user_id", "created_at"),
+    )

@@ -1,0 +1,128 @@
+"""Enumerations, each stored as a native PostgreSQL enum type.
+
+The Python member values are the database labels. Adding a label is
+``ALTER TYPE ... ADD VALUE`` in a migration; removing one needs a new type and
+a column rewrite: docs/enums.md says how.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import Enum as SAEnum
+
+
+class UserTier(enum.StrEnum):
+    FREE = "free"
+    PRO = "pro"
+    ENTERPRISE = "enterprise"
+
+
+class OAuthProvider(enum.StrEnum):
+    GOOGLE = "google"
+    GITHUB = "github"
+
+
+class FileFormat(enum.StrEnum):
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+    EXCEL = "excel"
+    UNKNOWN = "unknown"
+
+
+class ProblemType(enum.StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+    CLUSTERING = "clustering"
+    OTHER = "other"
+
+
+class IngestionStatus(enum.StrEnum):
+    """Status of a dataset version and of the ingestion job that fills it."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class NodeType(enum.StrEnum):
+    DATASET = "dataset"
+    PREPROCESS = "preprocess"
+    MODEL = "model"
+    VISUALIZE = "visualize"
+    SAVE = "save"
+
+
+class NodeStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class TransactionType(enum.StrEnum):
+    PURCHASE = "purchase"
+    CONSUMPTION = "consumption"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class TutorialDifficulty(enum.StrEnum):
+    BEGINNER = "beginner"
+    INTERMEDIATE = "intermediate"
+    ADVANCED = "advanced"
+
+
+class CreditTierRestriction(enum.StrEnum):
+    NONE = "none"
+    PRO_ONLY = "pro_only"
+    ENTERPRISE_ONLY = "enterprise_only"
+
+
+def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
+    """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
+    return SAEnum(
+        enum_cls,
+        name=name,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+user_tier = pg_enum(UserTier, "user_tier")
+oauth_provider = pg_enum(OAuthProvider, "oauth_provider")
+file_format = pg_enum(FileFormat, "file_format")
+problem_type = pg_enum(ProblemType, "problem_type")
+ingestion_status = pg_enum(IngestionStatus, "ingestion_status")
+job_status = pg_enum(JobStatus, "job_status")
+node_type = pg_enum(NodeType, "node_type")
+node_status = pg_enum(NodeStatus, "node_status")
+transaction_type = pg_enum(TransactionType, "transaction_type")
+tutorial_difficulty = pg_enum(TutorialDifficulty, "tutorial_difficulty")
+credit_tier_restriction = pg_enum(CreditTierRestriction, "credit_tier_restriction")
+
+__all__ = [
+    "CreditTierRestriction",
+    "FileFormat",
+    "IngestionStatus",
+    "JobStatus",
+    "NodeStatus",
+    "NodeType",
+    "OAuthProvider",
+    "ProblemType",
+    "TransactionType",
+    "TutorialDifficulty",
+    "UserTier",
+]

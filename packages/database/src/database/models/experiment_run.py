@@ -1,0 +1,58 @@
+"""Links a job and the model it produced to an experiment."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TYPE_CHECKING
+
+from sqlalchemy import ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy.orm import Mapped, relationship
+
+from database.base import Base, CreatedAtMixin, IDMixin
+
+if TYPE_CHECKING:
+    from database.models.experiment import Experiment
+    from database.models.job import Job
+    from database.models.model import Model
+
+
+class ExperimentRun(IDMixin, CreatedAtMixin, Base):
+    __tablename__ = "experiment_runs"
+
+    experiment_id: Mapped[uuid.UUID]
+    # The experiment's owner; the job and model must be theirs too.
+    user_id: Mapped[uuid.UUID]
+    job_id: Mapped[uuid.UUID | None]
+    model_id: Mapped[uuid.UUID | None]
+    name: Mapped[str | None]
+    notes: Mapped[str | None]
+    # Metrics copied when the run was recorded, so a comparison survives the model.
+    metrics: Mapped[dict[str, Any] | None]
+
+    experiment: Mapped[Experiment] = relationship(
+        back_populates="runs", lazy="raise_on_sql", foreign_keys="ExperimentRun.experiment_id"
+    )
+    job: Mapped[Job | None] = relationship(lazy="raise_on_sql", foreign_keys="ExperimentRun.job_id")
+    model: Mapped[Model | None] = relationship(
+        back_populates="experiment_runs", lazy="raise_on_sql", foreign_keys="ExperimentRun.model_id"
+    )
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["experiment_id", "user_id"],
+            ["experiments.id", "experiments.user_id"],
+            ondelete="CASCADE",
+        ),
+        ForeignKeyConstraint(
+            ["job_id", "user_id"], ["jobs.id", "jobs.user_id"], ondelete="SET NULL (job_id)"
+        ),
+        ForeignKeyConstraint(
+            ["model_id", "user_id"],
+            ["models.id", "models.user_id"],
+            ondelete="SET NULL (model_id)",
+        ),
+        UniqueConstraint("experiment_id", "model_id"),
+        Index("ix_experiment_runs_experiment_id_user_id", "experiment_id", "user_id"),
+        Index("ix_experiment_runs_job_id_user_id", "job_id", "user_id"),
+        Index("ix_experiment_runs_model_id_user_id", "model_id", "user_id"),
+    )

@@ -1,0 +1,78 @@
+"""One execution of a workflow snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, TYPE_CHECKING
+
+from sqlalchemy import CheckConstraint, ForeignKey, ForeignKeyConstraint, Index, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from database.base import Base, IDMixin, TimestampMixin
+from database.models.enums import JobStatus, job_status
+
+if TYPE_CHECKING:
+    from database.models.job_node import JobNode
+    from database.models.model import Model
+    from database.models.user import User
+    from database.models.workflow_snapshot import WorkflowSnapshot
+
+
+class Job(IDMixin, TimestampMixin, Base):
+    __tablename__ = "jobs"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    workflow_snapshot_id: Mapped[uuid.UUID]
+    status: Mapped[JobStatus] = mapped_column(job_status, server_default=JobStatus.PENDING.value)
+    credit_cost: Mapped[int] = mapped_column(server_default=text("0"))
+    priority: Mapped[int] = mapped_column(server_default=text("0"))
+    # The seed's name; it holds the task queue's job id, whichever queue runs it.
+    celery_task_id: Mapped[str | None]
+    results: Mapped[dict[str, Any] | None]
+    error_message: Mapped[str | None]
+    error_traceback: Mapped[str | None]
+    started_at: Mapped[dt.datetime | None]
+    completed_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="jobs", lazy="raise_on_sql")
+    workflow_snapshot: Mapped[WorkflowSnapshot] = relationship(
+        back_populates="jobs", lazy="raise_on_sql", foreign_keys="Job.workflow_snapshot_id"
+    )
+    nodes: Mapped[list[JobNode]] = relationship(
+        back_populates="job",
+        lazy="raise_on_sql",
+        passive_deletes=True,
+        foreign_keys="JobNode.job_id",
+    )
+    models: Mapped[list[Model]] = relationship(
+        back_populates="job",
+        lazy="raise_on_sql",
+        passive_deletes=True,
+        foreign_keys="Model.job_id",
+    )
+
+    __table_args__ = (
+        UniqueConstraint("id", "user_id"),
+        # A job runs its owner's own snapshot.
+        ForeignKeyConstraint(
+            ["workflow_snapshot_id", "user_id"],
+            ["workflow_snapshots.id", "workflow_snapshots.user_id"],
+        ),
+        CheckConstraint("credit_cost >= 0", name="credit_cost_nonnegative"),
+        CheckConstraint(
+            "completed_at IS NULL OR started_at IS NULL OR completed_at >= started_at",
+            name="completed_after_started",
+        ),
+        Index("ix_jobs_workflow_snapshot_id_user_id", "workflow_snapshot_id", "user_id"),
+        # A user's jobs newest first, and filtered by status.
+        Index("ix_jobs_user_id_created_at", "user_id", "created_at"),
+        Index("ix_jobs_user_id_status_created_at", "user_id", "status", "created_at"),
+        # The queue: highest priority first, then oldest.
+        Index(
+            "ix_jobs_queue",
+            text("priority DESC"),
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+    )

@@ -1,0 +1,87 @@
+"""User accounts, with the aggregates the triggers keep for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from sqlalchemy import CheckConstraint, Index, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from database.base import Base, IDMixin, TimestampMixin, big_counter_column, counter_column
+from database.models.enums import OAuthProvider, UserTier, oauth_provider, user_tier
+
+if TYPE_CHECKING:
+    from database.models.credit_transaction import CreditTransaction
+    from database.models.dataset import Dataset
+    from database.models.experiment import Experiment
+    from database.models.job import Job
+    from database.models.model import Model
+    from database.models.user_tutorial_progress import UserTutorialProgress
+    from database.models.workflow import Workflow
+
+# The columns only the triggers write (sql/triggers/users_derived.sql).
+DERIVED_COLUMNS = (
+    "credit_balance",
+    "dataset_count",
+    "workflow_count",
+    "model_count",
+    "storage_used_bytes",
+)
+
+
+class User(IDMixin, TimestampMixin, Base):
+    __tablename__ = "users"
+
+    email: Mapped[str]
+    full_name: Mapped[str | None]
+    oauth_provider: Mapped[OAuthProvider | None] = mapped_column(oauth_provider)
+    oauth_id: Mapped[str | None]
+    tier: Mapped[UserTier] = mapped_column(user_tier, server_default=UserTier.FREE.value)
+    email_verified: Mapped[bool] = mapped_column(server_default=text("false"))
+    is_deleted: Mapped[bool] = mapped_column(server_default=text("false"))
+    deleted_at: Mapped[dt.datetime | None]
+
+    credit_balance: Mapped[int] = counter_column()
+    dataset_count: Mapped[int] = counter_column()
+    workflow_count: Mapped[int] = counter_column()
+    model_count: Mapped[int] = counter_column()
+    storage_used_bytes: Mapped[int] = big_counter_column()
+
+    datasets: Mapped[list[Dataset]] = relationship(
+        back_populates="user", lazy="raise_on_sql", passive_deletes=True
+    )
+    workflows: Mapped[list[Workflow]] = relationship(
+        back_populates="user", lazy="raise_on_sql", passive_deletes=True
+    )
+    jobs: Mapped[list[Job]] = relationship(
+        back_populates="user", lazy="raise_on_sql", passive_deletes=True
+    )
+    models: Mapped[list[Model]] = relationship(
+        back_populates="user", lazy="raise_on_sql", passive_deletes=True
+    )
+    credit_transactions: Mapped[list[CreditTransaction]] = relationship(
+        back_populates="user", lazy="raise_on_sql", viewonly=True
+    )
+    experiments: Mapped[list[Experiment]] = relationship(
+        back_populates="user", lazy="raise_on_sql", passive_deletes=True
+    )
+    tutorial_progress: Mapped[list[UserTutorialProgress]] = relationship(
+        back_populates="user", lazy="raise_on_sql", passive_deletes=True
+    )
+
+    __table_args__ = (
+        UniqueConstraint("email"),
+        UniqueConstraint("oauth_provider", "oauth_id"),
+        CheckConstraint("email = lower(btrim(email)) AND email LIKE '%_@_%'", name="email_format"),
+        CheckConstraint("(oauth_provider IS NULL) = (oauth_id IS NULL)", name="oauth_pair"),
+        CheckConstraint("is_deleted = (deleted_at IS NOT NULL)", name="soft_delete_consistent"),
+        CheckConstraint("credit_balance >= 0", name="credit_balance_nonnegative"),
+        CheckConstraint(
+            "dataset_count >= 0 AND workflow_count >= 0 AND model_count >= 0"
+            " AND storage_used_bytes >= 0",
+            name="counters_nonnegative",
+        ),
+        # Purge looks for accounts deleted before the retention window.
+        Index("ix_users_deleted_at", "deleted_at", postgresql_where=text("is_deleted")),
+    )

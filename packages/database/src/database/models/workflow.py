@@ -1,0 +1,45 @@
+"""A user's editable ML pipeline design."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, TYPE_CHECKING
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from database.base import Base, IDMixin, TimestampMixin
+
+if TYPE_CHECKING:
+    from database.models.user import User
+    from database.models.workflow_snapshot import WorkflowSnapshot
+
+
+class Workflow(IDMixin, TimestampMixin, Base):
+    __tablename__ = "workflows"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    description: Mapped[str | None]
+    # {"nodes": [{"id", "type", "config"}], "edges": [{"source", "target"}]}
+    definition: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("""'{"nodes": [], "edges": []}'::jsonb""")
+    )
+    is_deleted: Mapped[bool] = mapped_column(server_default=text("false"))
+    deleted_at: Mapped[dt.datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="workflows", lazy="raise_on_sql")
+    snapshots: Mapped[list[WorkflowSnapshot]] = relationship(
+        back_populates="workflow",
+        lazy="raise_on_sql",
+        passive_deletes=True,
+        foreign_keys="WorkflowSnapshot.workflow_id",
+    )
+
+    __table_args__ = (
+        CheckConstraint("is_deleted = (deleted_at IS NOT NULL)", name="soft_delete_consistent"),
+        CheckConstraint("jsonb_typeof(definition) = 'object'", name="definition_is_object"),
+        Index("ix_workflows_user_id_created_at", "user_id", "created_at"),
+        Index("ix_workflows_deleted_at", "deleted_at", postgresql_where=text("is_deleted")),
+    )

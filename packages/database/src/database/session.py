@@ -1,0 +1,124 @@
+"""Engines and sessions for the API (``get_db``) and the workers (``session_scope``).
+
+Pooling follows the settings (20 connections, 10 overflow, pre-ping by default);
+every connection carries the statement and lock timeouts, and every engine made
+here raises ``database.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from database import errors
+from database.config import DatabaseSettings, get_settings
+
+
+def _engine_kwargs(settings: DatabaseSettings) -> dict[str, Any]:
+    return {
+        "echo": settings.echo,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_pre_ping": settings.pool_pre_ping,
+        "pool_timeout": settings.pool_timeout_s,
+        "connect_args": {"options": settings.connect_options()},
+        # Secrets stay out of logs: echo shows statements, never parameters.
+        "hide_parameters": True,
+    }
+
+
+def make_engine(url: URL | str | None = None, settings: DatabaseSettings | None = None) -> Engine:
+    """A new engine on ``url`` (default: the configured or embedded database)."""
+    settings = settings or get_settings()
+    engine = create_engine(url or settings.url(), **_engine_kwargs(settings))
+    return errors.install(engine)
+
+
+def make_async_engine(
+    url: URL | str | None = None, settings: DatabaseSettings | None = None
+) -> AsyncEngine:
+    """An asyncio engine on psycopg's async driver."""
+    settings = settings or get_settings()
+    engine = create_async_engine(url or settings.url(), **_engine_kwargs(settings))
+    errors.install(engine.sync_engine)
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    """The process-wide engine (one pool per process)."""
+    return make_engine()
+
+
+@lru_cache(maxsize=1)
+def get_sessionmaker() -> sessionmaker[Session]:
+    return make_sessionmaker(get_engine())
+
+
+@lru_cache(maxsize=1)
+def get_async_engine() -> AsyncEngine:
+    return make_async_engine()
+
+
+@lru_cache(maxsize=1)
+def get_async_sessionmaker() -> async_sessionmaker[AsyncSession]:
+    return make_async_sessionmaker(get_async_engine())
+
+
+def get_db() -> Iterator[Session]:
+    """FastAPI dependency: one session per request, closed afterwards.
+
+    The endpoint commits what it means to keep; anything left uncommitted is
+    rolled back when the session closes.
+    """
+    with get_sessionmaker()() as session:
+        yield session
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
+    """Workers' unit of work: commit on success, roll back on any error."""
+    with (factory or get_sessionmaker())() as session, session.begin():
+        yield session
+
+
+async def get_async_db() -> AsyncIterator[AsyncSession]:
+    async with get_async_sessionmaker()() as session:
+        yield session
+
+
+@asynccontextmanager
+async def async_session_scope(
+    factory: async_sessionmaker[AsyncSession] | None = None,
+) -> AsyncIterator[AsyncSession]:
+    async with (factory or get_async_sessionmaker())() as session, session.begin():
+        yield session
+
+
+def reset() -> None:
+    """Forget the cached engines (tests, or after changing the environment)."""
+    for cached in (get_engine, get_async_engine):
+        if cached.cache_info().currsize:
+            engine = cached()
+            if isinstance(engine, AsyncEngine):
+                engine.sync_engine.dispose()
+            else:
+                engine.dispose()
+    for fn in (get_engine, get_sessionmaker, get_async_engine, get_async_sessionmaker):
+        fn.cache_clear()
+    get_settings.cache_clear()
