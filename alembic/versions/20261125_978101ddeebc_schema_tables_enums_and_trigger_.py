@@ -766,14 +766,19 @@ def upgrade() -> None:
             ["job_id", "user_id"],
             ["jobs.id", "jobs.user_id"],
             name=op.f("fk_credit_transactions_job_id_user_id_jobs"),
+            ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
             ["package_id"],
             ["credit_packages.id"],
             name=op.f("fk_credit_transactions_package_id_credit_packages"),
+            ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_credit_transactions_user_id_users")
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_credit_transactions_user_id_users"),
+            ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_credit_transactions")),
         sa.UniqueConstraint(

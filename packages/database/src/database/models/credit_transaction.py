@@ -28,14 +28,17 @@ if TYPE_CHECKING:
 class CreditTransaction(IDMixin, CreatedAtMixin, Base):
     __tablename__ = "credit_transactions"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    # RESTRICT: the ledger outlives everything it names (a purged user stays as a tombstone).
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     type: Mapped[TransactionType] = mapped_column(transaction_type)
     amount: Mapped[int]
     # Set by the credit_tx_before_insert trigger; any value given is replaced.
     balance_after: Mapped[int] = mapped_column(server_default=FetchedValue())
     description: Mapped[str | None]
     job_id: Mapped[uuid.UUID | None]
-    package_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("credit_packages.id"))
+    package_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("credit_packages.id", ondelete="RESTRICT")
+    )
     stripe_payment_id: Mapped[str | None]
     # Who made an adjustment (an admin's id or name); NULL for the other types.
     actor: Mapped[str | None]
@@ -50,7 +53,9 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
 
     __table_args__ = (
         # The job of a charge or refund is the user's own.
-        ForeignKeyConstraint(["job_id", "user_id"], ["jobs.id", "jobs.user_id"]),
+        ForeignKeyConstraint(
+            ["job_id", "user_id"], ["jobs.id", "jobs.user_id"], ondelete="RESTRICT"
+        ),
         CheckConstraint(
             "(type = 'purchase' AND amount > 0) OR (type = 'consumption' AND amount < 0)"
             " OR (type = 'refund' AND amount > 0) OR (type = 'adjustment' AND amount <> 0)",

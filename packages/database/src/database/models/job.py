@@ -54,7 +54,8 @@ class Job(IDMixin, TimestampMixin, Base):
 
     __table_args__ = (
         UniqueConstraint("id", "user_id"),
-        # A job runs its owner's own snapshot.
+        # A job runs its owner's own snapshot. NO ACTION (checked at the end of the
+        # statement, unlike RESTRICT): deleting a user cascades to both tables.
         ForeignKeyConstraint(
             ["workflow_snapshot_id", "user_id"],
             ["workflow_snapshots.id", "workflow_snapshots.user_id"],

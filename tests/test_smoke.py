@@ -1,0 +1,2 @@
+def test_migrated(sql):
+    assert sql("SELECT count(*) FROM users")[0][0] == 0
