@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`. Both install what
+# they need first (uv, then the locked workspace), so a fresh clone works.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: run test install uv lint bench down status
+
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+install: uv
+	@$(UV) sync --frozen --quiet
+
+## Start the embedded PostgreSQL (or use DATABASE_URL), migrate, show the schema.
+run: install
+	$(UV) run automl-db up
+
+## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL).
+test: install
+	$(UV) run pytest
+
+status: install
+	$(UV) run automl-db status
+
+down: install
+	$(UV) run automl-db down
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check packages alembic/env.py tests
+	$(UV) run mypy
+
+bench: install
+	$(UV) run python -m bench
