@@ -77,6 +77,18 @@ class SnapshotImmutable(RuleViolation):
     """An UPDATE of a workflow snapshot (ML006)."""
 
 
+class PackageUnavailable(RuleViolation):
+    """A purchase of an inactive credit package (ML007)."""
+
+
+class PackageTierRestricted(RuleViolation):
+    """A purchase of a package the user's tier may not buy (ML008)."""
+
+
+class PurchaseAmountMismatch(RuleViolation):
+    """A purchase whose amount is not its package's credits (ML009)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -110,8 +122,57 @@ class DuplicatePayment(AlreadyExists):
     """A Stripe payment may credit the ledger once."""
 
 
+class DuplicateAdjustment(AlreadyExists):
+    """An adjustment's idempotency key may be used once."""
+
+
+class PaymentReferenceConflict(DuplicatePayment):
+    """A payment reference already credited another user or package."""
+
+
 class InvalidCreditAmount(InvalidValue):
     """Purchases and refunds are positive, charges negative, adjustments non-zero."""
+
+
+# --- refusals of database.credits and database.lifecycle, checked before any write ----
+class UserNotFound(ReferenceViolation):
+    """No user has this id."""
+
+
+class PackageNotFound(ReferenceViolation):
+    """No credit package has this id."""
+
+
+class JobNotFound(ReferenceViolation):
+    """No job has this id."""
+
+
+class JobNotOwned(JobNotFound):
+    """The job belongs to another user than the one named."""
+
+
+class JobNotCharged(RefundExceedsCharge):
+    """A refund of a job that was never charged."""
+
+
+class UserPurged(RuleViolation):
+    """The user was purged: only the tombstone and its ledger remain."""
+
+
+class RestoreWindowExpired(RuleViolation):
+    """A restore after the retention window (the data may already be purged)."""
+
+
+class PermissionDenied(DatabaseError):
+    """The role lacks the privilege (42501): see ``automl-db grant``."""
+
+
+class RoleNotFound(DatabaseError):
+    """``automl-db grant`` names a role that does not exist (pass ``--create``)."""
+
+
+class UnsafeRole(DatabaseError):
+    """``automl-db grant`` refuses a superuser, the schema owner or a table owner."""
 
 
 # --- transient conditions ------------------------------------------------------------
@@ -127,6 +188,10 @@ class SerializationConflict(RetryableError):
     """A serialization failure or a deadlock (40001, 40P01)."""
 
 
+class ConnectionLost(RetryableError):
+    """The server ended the session (57P01-57P03): the pool drops the connection."""
+
+
 class StatementTimeout(DatabaseError):
     """A statement ran longer than ``statement_timeout`` (57014)."""
 
@@ -138,6 +203,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML004": RefundExceedsCharge,
     "ML005": UserDeleted,
     "ML006": SnapshotImmutable,
+    "ML007": PackageUnavailable,
+    "ML008": PackageTierRestricted,
+    "ML009": PurchaseAmountMismatch,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23514": InvalidValue,
@@ -146,12 +214,17 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "40001": SerializationConflict,
     "40P01": SerializationConflict,
     "57014": StatementTimeout,
+    "57P01": ConnectionLost,
+    "57P02": ConnectionLost,
+    "57P03": ConnectionLost,
+    "42501": PermissionDenied,
 }
 
 CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "uq_credit_transactions_job_id_consumption": JobAlreadyCharged,
     "uq_credit_transactions_job_id_refund": JobAlreadyRefunded,
     "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
+    "uq_credit_transactions_idempotency_key": DuplicateAdjustment,
     "ck_credit_transactions_amount_sign": InvalidCreditAmount,
 }
 

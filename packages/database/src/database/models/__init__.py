@@ -5,6 +5,7 @@ from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
 from database.models.dataset_profile import DatasetProfile
 from database.models.dataset_version import DatasetVersion
+from database.models.derived_repair import DerivedRepair
 from database.models.enums import (
     CreditTierRestriction,
     FileFormat,
@@ -37,6 +38,7 @@ __all__ = [
     "Dataset",
     "DatasetProfile",
     "DatasetVersion",
+    "DerivedRepair",
     "Experiment",
     "ExperimentRun",
     "FileFormat",

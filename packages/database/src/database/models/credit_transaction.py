@@ -42,6 +42,9 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
     stripe_payment_id: Mapped[str | None]
     # Who made an adjustment (an admin's id or name); NULL for the other types.
     actor: Mapped[str | None]
+    # The caller's key that makes a retried adjustment return the first entry
+    # (database.credits.adjust); unique when given.
+    idempotency_key: Mapped[str | None]
 
     user: Mapped[User] = relationship(
         back_populates="credit_transactions", lazy="raise_on_sql", viewonly=True
@@ -75,6 +78,13 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         ),
         CheckConstraint("balance_after >= 0", name="balance_after_nonnegative"),
         UniqueConstraint("stripe_payment_id"),
+        # Partial: charges and purchases (no key) add nothing to this index.
+        Index(
+            "uq_credit_transactions_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
         # A job is charged at most once and refunded at most once.
         Index(
             "uq_credit_transactions_job_id_consumption",

@@ -12,6 +12,7 @@ from database.base import Base, IDMixin, TimestampMixin
 from database.models.enums import ProblemType, problem_type
 
 if TYPE_CHECKING:
+    from database.models.dataset import Dataset
     from database.models.experiment_run import ExperimentRun
     from database.models.user import User
 
@@ -30,6 +31,7 @@ class Experiment(IDMixin, TimestampMixin, Base):
     primary_metric: Mapped[str | None]
 
     user: Mapped[User] = relationship(back_populates="experiments", lazy="raise_on_sql")
+    dataset: Mapped[Dataset | None] = relationship(lazy="raise_on_sql")
     runs: Mapped[list[ExperimentRun]] = relationship(
         back_populates="experiment",
         lazy="raise_on_sql",

@@ -32,7 +32,9 @@ class IngestionJob(IDMixin, TimestampMixin, Base):
     completed_at: Mapped[dt.datetime | None]
 
     dataset_version: Mapped[DatasetVersion] = relationship(
-        back_populates="ingestion_jobs", lazy="raise_on_sql"
+        back_populates="ingestion_jobs",
+        lazy="raise_on_sql",
+        foreign_keys="IngestionJob.dataset_version_id",
     )
 
     __table_args__ = (

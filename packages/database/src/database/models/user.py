@@ -33,7 +33,8 @@ DERIVED_COLUMNS = (
 class User(IDMixin, TimestampMixin, Base):
     __tablename__ = "users"
 
-    email: Mapped[str]
+    # NULL only on a purged user's tombstone (see ``purged_at``).
+    email: Mapped[str | None]
     full_name: Mapped[str | None]
     oauth_provider: Mapped[OAuthProvider | None] = mapped_column(oauth_provider)
     oauth_id: Mapped[str | None]
@@ -41,6 +42,9 @@ class User(IDMixin, TimestampMixin, Base):
     email_verified: Mapped[bool] = mapped_column(server_default=text("false"))
     is_deleted: Mapped[bool] = mapped_column(server_default=text("false"))
     deleted_at: Mapped[dt.datetime | None]
+    # Set when database.lifecycle.purge erased the account's personal data and
+    # removed its data: the row stays as a tombstone so the ledger still adds up.
+    purged_at: Mapped[dt.datetime | None]
 
     credit_balance: Mapped[int] = counter_column()
     dataset_count: Mapped[int] = counter_column()
@@ -76,6 +80,8 @@ class User(IDMixin, TimestampMixin, Base):
         CheckConstraint("email = lower(btrim(email)) AND email LIKE '%_@_%'", name="email_format"),
         CheckConstraint("(oauth_provider IS NULL) = (oauth_id IS NULL)", name="oauth_pair"),
         CheckConstraint("is_deleted = (deleted_at IS NOT NULL)", name="soft_delete_consistent"),
+        CheckConstraint("purged_at IS NULL OR is_deleted", name="purged_is_deleted"),
+        CheckConstraint("email IS NOT NULL OR purged_at IS NOT NULL", name="email_unless_purged"),
         CheckConstraint("credit_balance >= 0", name="credit_balance_nonnegative"),
         CheckConstraint(
             "dataset_count >= 0 AND workflow_count >= 0 AND model_count >= 0"

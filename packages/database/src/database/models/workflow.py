@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from database.base import Base, IDMixin, TimestampMixin
 
 if TYPE_CHECKING:
+    from database.models.job import Job
     from database.models.user import User
     from database.models.workflow_snapshot import WorkflowSnapshot
 
@@ -35,6 +36,14 @@ class Workflow(IDMixin, TimestampMixin, Base):
         lazy="raise_on_sql",
         passive_deletes=True,
         foreign_keys="WorkflowSnapshot.workflow_id",
+    )
+    # Jobs run from this workflow's snapshots (read-only: jobs are created from a snapshot).
+    jobs: Mapped[list[Job]] = relationship(
+        secondary="workflow_snapshots",
+        primaryjoin="Workflow.id == WorkflowSnapshot.workflow_id",
+        secondaryjoin="WorkflowSnapshot.id == Job.workflow_snapshot_id",
+        viewonly=True,
+        lazy="raise_on_sql",
     )
 
     __table_args__ = (

@@ -12,6 +12,7 @@ from database.base import Base, CreatedAtMixin, IDMixin
 
 if TYPE_CHECKING:
     from database.models.job import Job
+    from database.models.user import User
     from database.models.workflow import Workflow
 
 
@@ -28,6 +29,7 @@ class WorkflowSnapshot(IDMixin, CreatedAtMixin, Base):
     workflow: Mapped[Workflow | None] = relationship(
         back_populates="snapshots", lazy="raise_on_sql", foreign_keys="WorkflowSnapshot.workflow_id"
     )
+    user: Mapped[User] = relationship(lazy="raise_on_sql", viewonly=True)
     jobs: Mapped[list[Job]] = relationship(
         back_populates="workflow_snapshot",
         lazy="raise_on_sql",
