@@ -13,18 +13,18 @@ from __future__ import annotations
 from logging.config import fileConfig
 from typing import Any
 
-import database.models  # noqa: F401  (registers every table on Base.metadata)
 from alembic_utils.pg_trigger import PGTrigger
 from alembic_utils.replaceable_entity import register_entities
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+
+import database.models  # noqa: F401  (registers every table on Base.metadata)
+from alembic import context
 from database.base import Base
 from database.errors import install as install_error_translation
 from database.session import make_engine
 from database.triggers import load_entities
 from database.types import UtcDateTime
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
-
-from alembic import context
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging"):

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from database import errors, migrations
 from pytest_postgresql import factories
 from sqlalchemy import URL, Engine, create_engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from database import errors, migrations
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 

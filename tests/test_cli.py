@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 from database import cli, session
 from database.config import get_settings
 from database.triggers import expected_triggers
+
 from conftest import ServerInfo, make_test_url
 
 
