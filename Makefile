@@ -14,9 +14,12 @@ uv:
 install: uv
 	@$(UV) sync --frozen --quiet
 
-## Start the embedded PostgreSQL (or use DATABASE_URL), migrate, show the schema.
+## Start the embedded PostgreSQL (or use DATABASE_URL), migrate, seed, show the schema;
+## then serve the API (HOST, PORT; default 127.0.0.1:8000) until Ctrl-C.
 run: install
 	$(UV) run automl-db up
+	@echo "API: http://$${HOST:-127.0.0.1}:$${PORT:-8000}  (docs: /docs; Ctrl-C stops it; make down stops PostgreSQL)"
+	$(UV) run automl-api
 
 ## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL).
 test: install
@@ -30,7 +33,7 @@ down: install
 
 lint: install
 	$(UV) run ruff check .
-	$(UV) run ruff format --check packages alembic/env.py tests
+	$(UV) run ruff format --check packages apps alembic/env.py tests
 	$(UV) run mypy
 
 bench: install

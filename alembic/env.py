@@ -13,6 +13,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 from typing import Any
 
+from alembic_utils.pg_function import PGFunction
 from alembic_utils.pg_trigger import PGTrigger
 from alembic_utils.replaceable_entity import register_entities
 from sqlalchemy import inspect, text
@@ -31,7 +32,9 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
-register_entities(load_entities())
+# Only functions and triggers are ours to manage: grants (automl-db grant), policies
+# or views made outside the migrations must not become "differences".
+register_entities(load_entities(), entity_types=[PGFunction, PGTrigger])
 
 # Any fixed 64-bit key; pg_locks shows it while a migration runs.
 MIGRATION_LOCK_KEY = 7_305_001_042
@@ -75,6 +78,9 @@ def _run(connection: Connection) -> None:
     _configure(connection)
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        # The apps' statement timeout does not apply to an index build or a backfill;
+        # each migration sets its own lock_timeout.
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
         _existing_tables.update(inspect(connection).get_table_names())
         context.run_migrations()
 

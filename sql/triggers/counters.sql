@@ -22,27 +22,26 @@ BEGIN
         RAISE EXCEPTION 'users_apply_deltas: unknown column %', p_column
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    WITH delta AS (
-        SELECT d.user_id, d.n
-          FROM unnest(p_user_ids, p_deltas) AS d(user_id, n)
-         WHERE d.n <> 0
-    ), locked AS (
-        SELECT u.id
-          FROM public.users AS u JOIN delta ON delta.user_id = u.id
-         ORDER BY u.id
-           FOR NO KEY UPDATE OF u
-    )
+    -- Lock first, in id order, in a statement of its own; the UPDATE after it then
+    -- works on the latest row versions instead of queueing behind other waiters
+    -- with an older snapshot (which deadlocked concurrent changes of owner).
+    PERFORM 1
+       FROM public.users AS u
+      WHERE u.id IN (SELECT d.user_id FROM unnest(p_user_ids, p_deltas) AS d(user_id, n)
+                      WHERE d.n <> 0)
+      ORDER BY u.id
+        FOR NO KEY UPDATE;
     UPDATE public.users AS u
        SET dataset_count = u.dataset_count
-               + CASE WHEN p_column = 'dataset_count' THEN delta.n::integer ELSE 0 END,
+               + CASE WHEN p_column = 'dataset_count' THEN d.n::integer ELSE 0 END,
            workflow_count = u.workflow_count
-               + CASE WHEN p_column = 'workflow_count' THEN delta.n::integer ELSE 0 END,
+               + CASE WHEN p_column = 'workflow_count' THEN d.n::integer ELSE 0 END,
            model_count = u.model_count
-               + CASE WHEN p_column = 'model_count' THEN delta.n::integer ELSE 0 END,
+               + CASE WHEN p_column = 'model_count' THEN d.n::integer ELSE 0 END,
            storage_used_bytes = u.storage_used_bytes
-               + CASE WHEN p_column = 'storage_used_bytes' THEN delta.n ELSE 0 END
-      FROM delta JOIN locked ON locked.id = delta.user_id
-     WHERE u.id = delta.user_id;
+               + CASE WHEN p_column = 'storage_used_bytes' THEN d.n ELSE 0 END
+      FROM unnest(p_user_ids, p_deltas) AS d(user_id, n)
+     WHERE u.id = d.user_id AND d.n <> 0;
 END;
 $$;
 
@@ -170,3 +169,32 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.users_count_models();
 CREATE TRIGGER users_move_model_count
 AFTER UPDATE ON models REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION public.users_count_models();
+
+-- TRUNCATE fires no DELETE trigger: it would leave every counter and
+-- storage_used_bytes stale, so it is refused on the tables they follow.
+CREATE OR REPLACE FUNCTION public.refuse_truncate_counted()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of % would leave the users'' counters stale', TG_TABLE_NAME
+        USING ERRCODE = 'ML003',
+              HINT = 'DELETE the rows instead: the counters follow a DELETE';
+END;
+$$;
+
+CREATE TRIGGER users_counters_no_truncate
+BEFORE TRUNCATE ON datasets
+FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();
+
+CREATE TRIGGER users_counters_no_truncate
+BEFORE TRUNCATE ON workflows
+FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();
+
+CREATE TRIGGER users_counters_no_truncate
+BEFORE TRUNCATE ON models
+FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();
+
+CREATE TRIGGER users_counters_no_truncate
+BEFORE TRUNCATE ON dataset_versions
+FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();

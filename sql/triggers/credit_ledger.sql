@@ -7,6 +7,12 @@
 --   * refunds name a charged job and never exceed it       -> ML004 refund_exceeds_charge
 --   * a soft-deleted user cannot buy                       -> ML005 user_deleted
 --   * UPDATE, DELETE and TRUNCATE of the ledger fail        -> ML002 ledger_immutable
+--   * duplicates (a Stripe payment, a job's charge or refund, an entry id) are
+--     refused here, under the user's row lock, with the unique index's name: the
+--     indexes alone would let INSERT ... ON CONFLICT DO NOTHING skip a row after
+--     its balance had moved;
+--   * an entry is dated when it is applied (clock_timestamp() under the row lock),
+--     so the latest entry by created_at is the one that holds the balance.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
 -- of each type's amount, one charge and one refund per job, unique Stripe payment ids.
 -- Invariant for every user: credit_balance = sum(amount) = latest balance_after.
@@ -22,6 +28,50 @@ DECLARE
     v_balance integer;
     v_deleted boolean;
 BEGIN
+    -- A malformed row is refused by the constraint it breaks, before any balance
+    -- is read (BEFORE triggers run ahead of NOT NULL and CHECK constraints).
+    IF NEW.user_id IS NULL OR NEW.type IS NULL OR NEW.amount IS NULL THEN
+        RAISE EXCEPTION 'credit_transactions: user_id, type and amount are required'
+            USING ERRCODE = 'not_null_violation';
+    END IF;
+    IF NOT ((NEW.type = 'purchase' AND NEW.amount > 0) OR (NEW.type = 'consumption' AND NEW.amount < 0)
+            OR (NEW.type = 'refund' AND NEW.amount > 0) OR (NEW.type = 'adjustment' AND NEW.amount <> 0)) THEN
+        RAISE EXCEPTION 'a % of % credits has the wrong sign', NEW.type, NEW.amount
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_credit_transactions_amount_sign';
+    END IF;
+    IF (NEW.type IN ('consumption', 'refund')) <> (NEW.job_id IS NOT NULL) THEN
+        RAISE EXCEPTION 'a % % a job', NEW.type,
+            CASE WHEN NEW.job_id IS NULL THEN 'needs' ELSE 'cannot name' END
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = 'ck_credit_transactions_job_only_for_charges';
+    END IF;
+
+    IF NEW.stripe_payment_id IS NOT NULL OR NEW.job_id IS NOT NULL THEN
+        -- Lock the user first: one user's duplicates are then checked one at a time.
+        PERFORM 1 FROM public.users AS u WHERE u.id = NEW.user_id FOR NO KEY UPDATE;
+        IF NEW.stripe_payment_id IS NOT NULL THEN
+            -- One payment id could be sent for two users: serialize on the id too.
+            PERFORM pg_advisory_xact_lock(hashtextextended('stripe:' || NEW.stripe_payment_id, 0));
+            IF EXISTS (SELECT 1 FROM public.credit_transactions AS t
+                        WHERE t.stripe_payment_id = NEW.stripe_payment_id) THEN
+                RAISE EXCEPTION 'stripe payment % was already credited', NEW.stripe_payment_id
+                    USING ERRCODE = 'unique_violation',
+                          CONSTRAINT = 'uq_credit_transactions_stripe_payment_id';
+            END IF;
+        END IF;
+        IF NEW.job_id IS NOT NULL AND EXISTS (
+               SELECT 1 FROM public.credit_transactions AS t
+                WHERE t.job_id = NEW.job_id AND t.type = NEW.type) THEN
+            RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
+                USING ERRCODE = 'unique_violation',
+                      CONSTRAINT = 'uq_credit_transactions_job_id_' || NEW.type::text;
+        END IF;
+    END IF;
+    IF EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id) THEN
+        RAISE EXCEPTION 'ledger entry % already exists and cannot be replaced', NEW.id
+            USING ERRCODE = 'ML002';
+    END IF;
+
     IF NEW.type = 'refund' THEN
         SELECT -t.amount INTO v_charged
           FROM public.credit_transactions AS t
@@ -61,6 +111,7 @@ BEGIN
                       DETAIL = format('balance=%s amount=%s', v_balance, NEW.amount);
         END IF;
     END IF;
+    NEW.created_at := clock_timestamp();
     RETURN NEW;
 END;
 $$;

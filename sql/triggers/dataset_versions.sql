@@ -3,9 +3,16 @@
 -- dataset number their versions one after the other; a number given explicitly
 -- is kept, and uq_dataset_versions_dataset_id_version_number refuses a duplicate.
 
+-- enable_seqscan = off: the two lookups must use their indexes whatever the
+-- statistics say. Right after a table is created or emptied the planner believes
+-- dataset_versions is empty and would scan it for max(version_number), a plan the
+-- session then keeps: a bulk load of 100,000 unnumbered versions scanned the
+-- growing table once per row (quadratic; docs/performance.md).
+
 CREATE OR REPLACE FUNCTION public.dataset_versions_number()
 RETURNS trigger
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM 1 FROM public.datasets AS d WHERE d.id = NEW.dataset_id FOR NO KEY UPDATE;

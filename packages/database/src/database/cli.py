@@ -5,19 +5,22 @@ automl-db up       start the embedded PostgreSQL (unless DATABASE_URL names a
 automl-db status   print the same without changing anything; exit 1 when the
                    database is behind head or a trigger is missing
 automl-db down     stop the embedded PostgreSQL
+automl-db seed     insert the credit packages and tutorials (idempotent; `up`
+                   runs it after migrating)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, Engine
 
-from database import embedded, migrations
+from database import embedded, migrations, seed
 from database.config import DatabaseSettings, InvalidDatabaseURL, get_settings
 from database.session import make_engine
 from database.triggers import expected_triggers
@@ -108,9 +111,11 @@ def cmd_up(settings: DatabaseSettings) -> int:
     engine = make_engine(url, settings)
     try:
         migrations.upgrade(engine, quiet=True)
+        seeded = seed.seed(engine)
     finally:
         engine.dispose()
     report = _report(settings, url)
+    print(seeded.render())
     print(report.render())
     if settings.uses_embedded:
         print(f"\nconnect with: DATABASE_URL='{url.render_as_string(hide_password=True)}'")
@@ -139,7 +144,87 @@ def cmd_down(settings: DatabaseSettings) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down}
+def _engine_for_admin(settings: DatabaseSettings) -> Engine:
+    return make_engine(settings.url(), settings)
+
+
+def cmd_verify(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from database.verify import verify
+
+    engine = _engine_for_admin(settings)
+    try:
+        report = verify(engine, user_ids=args.user or None, repair=args.repair)
+    finally:
+        engine.dispose()
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_purge(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from database.lifecycle import purge
+
+    engine = _engine_for_admin(settings)
+    try:
+        report = purge(
+            engine,
+            older_than_days=args.older_than_days,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+            max_batches=args.max_batches,
+        )
+    except ValueError as exc:
+        print(f"automl-db purge: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(report.render())
+    return 0
+
+
+def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from database.errors import RoleNotFound, UnsafeRole
+    from database.grants import grant
+
+    engine = _engine_for_admin(settings)
+    try:
+        with engine.begin() as conn:
+            report = grant(conn, args.role, create=args.create)
+    except (RoleNotFound, UnsafeRole) as exc:
+        print(f"automl-db grant: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(report.render())
+    return 0
+
+
+def cmd_seed(settings: DatabaseSettings) -> int:
+    engine = make_engine(settings.url(), settings)
+    try:
+        report = seed.seed(engine)
+    finally:
+        engine.dispose()
+    print(report.render())
+    return 0
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "seed": cmd_seed,
+    "up": cmd_up,
+    "status": cmd_status,
+    "down": cmd_down,
+    "verify": cmd_verify,
+    "purge": cmd_purge,
+    "grant": cmd_grant,
+}
+WITH_ARGS = {"verify", "purge", "grant"}
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +233,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("up", help="start (embedded) PostgreSQL, migrate to head, print the schema")
     sub.add_parser("status", help="print revision, tables and triggers; exit 1 if not at head")
     sub.add_parser("down", help="stop the embedded PostgreSQL")
+    sub.add_parser("seed", help="insert the credit packages and tutorials (idempotent)")
+    verify = sub.add_parser(
+        "verify", help="check balances, ledger chains, counters and storage; exit 1 on drift"
+    )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="recompute drifted counters and storage (logged in derived_repairs);"
+        " the ledger and balances are never rewritten",
+    )
+    verify.add_argument(
+        "--user",
+        action="append",
+        type=uuid.UUID,
+        metavar="ID",
+        help="check only this user (repeatable)",
+    )
+    purge = sub.add_parser(
+        "purge", help="hard-delete data of users deleted (and workflows soft-deleted) long ago"
+    )
+    purge.add_argument(
+        "--older-than-days",
+        type=int,
+        default=30,
+        help="retention window in days (default and minimum 30)",
+    )
+    purge.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=500,
+        help="rows deleted per transaction (default 500)",
+    )
+    purge.add_argument(
+        "--max-batches",
+        type=_positive,
+        default=None,
+        help="stop after this many batches (run again to continue)",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    grant = sub.add_parser("grant", help="give an application role least privilege")
+    grant.add_argument("role", help="the role the API and workers connect as")
+    grant.add_argument(
+        "--create",
+        action="store_true",
+        help="create the role (LOGIN, no password) if it does not exist",
+    )
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
@@ -155,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"automl-db: invalid settings: {_first_error(exc)}", file=sys.stderr)
         return 2
     try:
+        if args.command in WITH_ARGS:
+            return COMMANDS[args.command](settings, args)
         return COMMANDS[args.command](settings)
     except InvalidDatabaseURL as exc:
         print(f"automl-db: {exc}", file=sys.stderr)

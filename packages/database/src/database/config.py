@@ -49,7 +49,8 @@ def normalise_url(raw: str) -> URL:
 
 
 class DatabaseSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_file=None)
+    # hide_input_in_errors: a refused DATABASE_URL must not echo its password.
+    model_config = SettingsConfigDict(extra="ignore", env_file=None, hide_input_in_errors=True)
 
     database_url: SecretStr | None = Field(default=None, alias="DATABASE_URL")
     echo: bool = Field(default=False, alias="DB_ECHO")

@@ -208,6 +208,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML009": PurchaseAmountMismatch,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
+    "23001": ReferenceViolation,  # ON DELETE RESTRICT
     "23514": InvalidValue,
     "23502": MissingValue,
     "55P03": LockTimeout,

@@ -5,6 +5,7 @@ The migrations live at the repository root (``alembic/``, ``alembic.ini``).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic.config import Config
@@ -16,6 +17,11 @@ from alembic import command
 from database.config import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+# alembic's `context` and `op` are process-wide: two threads migrating at once
+# would run on each other's connections. Processes are kept apart by the advisory
+# lock in alembic/env.py; threads of one process by this lock.
+_PROCESS_LOCK = threading.Lock()
 
 
 def alembic_config(
@@ -33,13 +39,15 @@ def alembic_config(
 def upgrade(
     bind: Engine | Connection | None = None, revision: str = "head", *, quiet: bool = False
 ) -> None:
-    command.upgrade(alembic_config(bind, quiet=quiet), revision)
+    with _PROCESS_LOCK:
+        command.upgrade(alembic_config(bind, quiet=quiet), revision)
 
 
 def downgrade(
     bind: Engine | Connection | None = None, revision: str = "base", *, quiet: bool = False
 ) -> None:
-    command.downgrade(alembic_config(bind, quiet=quiet), revision)
+    with _PROCESS_LOCK:
+        command.downgrade(alembic_config(bind, quiet=quiet), revision)
 
 
 def heads() -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """Every model and enum of the platform's schema."""
 
+from database.models.api_key import APIKey
 from database.models.credit_package import CreditPackage
 from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
@@ -25,6 +26,7 @@ from database.models.ingestion_job import IngestionJob
 from database.models.job import Job
 from database.models.job_node import JobNode
 from database.models.model import Model
+from database.models.stripe_webhook_event import StripeWebhookEvent
 from database.models.tutorial import Tutorial
 from database.models.user import User
 from database.models.user_tutorial_progress import UserTutorialProgress
@@ -32,6 +34,7 @@ from database.models.workflow import Workflow
 from database.models.workflow_snapshot import WorkflowSnapshot
 
 __all__ = [
+    "APIKey",
     "CreditPackage",
     "CreditTierRestriction",
     "CreditTransaction",
@@ -52,6 +55,7 @@ __all__ = [
     "NodeType",
     "OAuthProvider",
     "ProblemType",
+    "StripeWebhookEvent",
     "TransactionType",
     "Tutorial",
     "TutorialDifficulty",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -12,6 +12,8 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     UniqueConstraint,
+    event,
+    inspect,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -76,6 +78,7 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
             "type <> 'adjustment' OR (actor IS NOT NULL AND description IS NOT NULL)",
             name="adjustment_has_actor_and_reason",
         ),
+        CheckConstraint("type = 'adjustment' OR actor IS NULL", name="actor_only_for_adjustments"),
         CheckConstraint("balance_after >= 0", name="balance_after_nonnegative"),
         UniqueConstraint("stripe_payment_id"),
         # Partial: charges and purchases (no key) add nothing to this index.
@@ -103,3 +106,14 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         Index("ix_credit_transactions_job_id_user_id", "job_id", "user_id"),
         Index("ix_credit_transactions_package_id", "package_id"),
     )
+
+
+@event.listens_for(CreditTransaction, "before_insert")
+def _balance_after_is_the_databases(
+    mapper: Any, connection: Any, target: CreditTransaction
+) -> None:
+    # The trigger replaces any client value; dropping it here makes the object
+    # read the real one back (RETURNING) instead of keeping the client's number.
+    state = inspect(target)
+    if "balance_after" in state.dict:
+        del state.dict["balance_after"]

@@ -41,6 +41,9 @@ class Job(IDMixin, TimestampMixin, Base):
     error_traceback: Mapped[str | None]
     started_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
+    # Set when the owner cancels a running job: the worker running it stops at the
+    # next node, marks it cancelled and refunds what it did not use.
+    cancel_requested_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship(back_populates="jobs", lazy="raise_on_sql")
     workflow_snapshot: Mapped[WorkflowSnapshot] = relationship(

@@ -31,10 +31,12 @@ class Workflow(IDMixin, TimestampMixin, Base):
     deleted_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship(back_populates="workflows", lazy="raise_on_sql")
+    # passive_deletes="all": the database's ON DELETE SET NULL detaches snapshots;
+    # the ORM must not try (snapshots refuse a client's UPDATE).
     snapshots: Mapped[list[WorkflowSnapshot]] = relationship(
         back_populates="workflow",
         lazy="raise_on_sql",
-        passive_deletes=True,
+        passive_deletes="all",
         foreign_keys="WorkflowSnapshot.workflow_id",
     )
     # Jobs run from this workflow's snapshots (read-only: jobs are created from a snapshot).

@@ -1,0 +1,233 @@
+"""Every error the API answers, in one shape and in one place.
+
+A refusal is JSON ``{"error": {"code", "message", "details"}}`` with a stable
+``code``. Routes raise :class:`ApiError`; the package's exceptions
+(``database.errors``) are mapped to statuses here, by :data:`DATABASE_ERRORS`, and
+nowhere else. Request validation is 422 ``validation_error``; an unknown route 404
+``not_found``. Only a bug is a 500 (``internal_error``), and it tells nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from database import errors as db
+
+log = logging.getLogger("api")
+
+
+class ApiError(Exception):
+    """An answer other than success: status, stable code, message, details."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+        self.headers = dict(headers or {})
+
+
+def not_found(what: str) -> ApiError:
+    """404: missing, or another user's (the two answer the same)."""
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+# --- the response shape, for OpenAPI -------------------------------------------------------
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: these statuses answer an :class:`ErrorBody`."""
+    described = {
+        400: "Malformed request",
+        401: "Missing, unknown, revoked or expired API key",
+        402: "Not enough credits",
+        403: "The key lacks the scope, or a tier limit is reached",
+        404: "Not found (or not the caller's)",
+        409: "Conflicts with the current state",
+        413: "Too large, or over the storage quota",
+        415: "Unsupported content type",
+        422: "Invalid input",
+        503: "Temporarily unavailable; retry",
+    }
+    return {s: {"model": ErrorBody, "description": described.get(s, "Error")} for s in statuses}
+
+
+# --- database exceptions -> HTTP ----------------------------------------------------------
+#: (status, code) per exception class; the most specific class of the exception's
+#: MRO that is listed wins.
+DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
+    db.InsufficientCredits: (402, "insufficient_credits"),
+    db.UserDeleted: (403, "user_deleted"),
+    db.PackageTierRestricted: (403, "package_tier_restricted"),
+    db.PackageUnavailable: (409, "package_unavailable"),
+    db.PurchaseAmountMismatch: (409, "purchase_amount_mismatch"),
+    db.PaymentReferenceConflict: (409, "payment_conflict"),
+    db.DuplicatePayment: (409, "duplicate_payment"),
+    db.DuplicateAdjustment: (409, "duplicate_adjustment"),
+    db.JobAlreadyCharged: (409, "job_already_charged"),
+    db.JobAlreadyRefunded: (409, "job_already_refunded"),
+    db.JobNotCharged: (409, "job_not_charged"),
+    db.RefundExceedsCharge: (409, "refund_exceeds_charge"),
+    db.UserNotFound: (404, "not_found"),
+    db.PackageNotFound: (404, "not_found"),
+    db.JobNotFound: (404, "not_found"),  # JobNotOwned too: another's job is a missing one
+    db.UserPurged: (404, "not_found"),
+    db.RestoreWindowExpired: (409, "restore_window_expired"),
+    db.SnapshotImmutable: (409, "snapshot_immutable"),
+    db.LedgerImmutable: (409, "ledger_immutable"),
+    db.DerivedColumnReadOnly: (409, "derived_column_read_only"),
+    db.AlreadyExists: (409, "already_exists"),
+    db.ReferenceViolation: (409, "reference_violation"),
+    db.InvalidCreditAmount: (422, "invalid_credit_amount"),
+    db.InvalidValue: (422, "invalid_value"),
+    db.MissingValue: (422, "missing_value"),
+    db.ConstraintViolation: (409, "constraint_violation"),
+    db.RuleViolation: (409, "rule_violation"),
+    db.RetryableError: (503, "busy"),  # LockTimeout, SerializationConflict, ConnectionLost
+    db.StatementTimeout: (503, "timeout"),
+    db.PermissionDenied: (500, "internal_error"),
+    db.DatabaseError: (500, "internal_error"),
+}
+
+_PUBLIC_MESSAGES = {
+    "insufficient_credits": "not enough credits",
+    "not_found": "not found",
+    "busy": "the database is busy; retry",
+    "timeout": "the request took too long; retry",
+    "internal_error": "internal error",
+}
+
+
+def from_database(exc: db.DatabaseError) -> ApiError:
+    status, code = next(DATABASE_ERRORS[cls] for cls in type(exc).__mro__ if cls in DATABASE_ERRORS)
+    details: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, db.InsufficientCredits):
+        if exc.balance is not None:
+            details["balance"] = exc.balance
+        if exc.amount is not None:
+            details["price"] = abs(exc.amount)
+    if exc.constraint and 400 <= status < 500:
+        details["constraint"] = exc.constraint
+    if exc.retryable or status == 503:
+        headers["Retry-After"] = "1"
+    # A 4xx repeats the database's message (it names the rule); a 5xx says nothing more.
+    message = exc.message if 400 <= status < 500 else _PUBLIC_MESSAGES.get(code, code)
+    if code == "insufficient_credits":
+        message = _PUBLIC_MESSAGES[code]
+    return ApiError(status, code, message, details, headers)
+
+
+def _body(err: ApiError) -> dict[str, Any]:
+    return {"error": {"code": err.code, "message": err.message, "details": err.details}}
+
+
+def response(err: ApiError) -> JSONResponse:
+    return JSONResponse(_body(err), status_code=err.status, headers=err.headers or None)
+
+
+def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors without their ``input``/``ctx`` (they may hold anything)."""
+    out = []
+    for e in errors:
+        out.append(
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+        )
+    return out
+
+
+def validation_error(errors: list[Any], message: str = "invalid request") -> ApiError:
+    return ApiError(422, "validation_error", message, {"errors": validation_details(errors)})
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: every error leaves in the one shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return response(exc)
+
+    @app.exception_handler(db.DatabaseError)
+    async def _database_error(request: Request, exc: db.DatabaseError) -> JSONResponse:
+        err = from_database(exc)
+        if err.status >= 500:
+            log.error("database error on %s %s: %r", request.method, request.url.path, exc)
+        return response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return response(validation_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        return response(ApiError(exc.status_code, code, message, headers=exc.headers))
+
+    @app.exception_handler(sa_exc.DataError)
+    async def _data_error(request: Request, exc: sa_exc.DataError) -> JSONResponse:
+        # A value PostgreSQL cannot store (out of range, bad text): the input's fault.
+        return response(ApiError(422, "invalid_value", "a value is out of range or malformed"))
+
+    @app.exception_handler(sa_exc.IntegrityError)
+    async def _integrity(request: Request, exc: sa_exc.IntegrityError) -> JSONResponse:
+        # Not one of the named refusals (e.g. 23001, a RESTRICT key): a conflict.
+        return response(ApiError(409, "conflict", "conflicts with other data"))
+
+    @app.exception_handler(sa_exc.OperationalError)
+    async def _operational(request: Request, exc: sa_exc.OperationalError) -> JSONResponse:
+        log.error("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+        return response(
+            ApiError(
+                503,
+                "database_unavailable",
+                "the database is unavailable; retry",
+                headers={"Retry-After": "5"},
+            )
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return response(ApiError(500, "internal_error", "internal error"))

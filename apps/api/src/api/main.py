@@ -1,0 +1,141 @@
+"""The app factory and the ``automl-api`` command.
+
+    uv run automl-api            # serves on HOST:PORT (default 127.0.0.1:8000)
+
+The database is ``DATABASE_URL``, or the embedded PostgreSQL of ``automl-db up``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api import errors
+from api.routers import (
+    credits,
+    datasets,
+    experiments,
+    health,
+    jobs,
+    models,
+    tutorials,
+    users,
+    webhooks,
+    workflows,
+)
+from api.settings import ApiSettings, get_settings
+from api.storage import make_storage
+
+API_PREFIX = "/v1"
+
+DESCRIPTION = """\
+The AutoML platform's API. Authenticate with an API key, `Authorization: Bearer aml_...`;
+`POST /v1/users` signs up and returns the first key.
+
+Errors are JSON `{"error": {"code", "message", "details"}}` with a stable `code`.
+Lists are paginated with `limit` and `cursor` (pass the previous page's `next_cursor`).
+"""
+
+
+def _error_ref() -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
+def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """OpenAPI as the app answers: every error is an ErrorBody.
+
+    FastAPI documents its own 422 shape (HTTPValidationError); this API answers
+    422 with the same ErrorBody as every other error, so the schema says so. Every
+    operation with parameters or a body documents 422, and every operation that
+    needs a key documents 401 and 403.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        reasons = {401: "Missing or invalid API key", 403: "Forbidden", 422: "Invalid input"}
+        for path_item in spec.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.setdefault("responses", {})
+                needed = set()
+                if operation.get("parameters") or operation.get("requestBody"):
+                    needed.add(422)
+                if operation.get("security"):
+                    needed |= {401, 403}
+                for status in needed:
+                    responses.setdefault(
+                        str(status), {"description": reasons[status], **_error_ref()}
+                    )
+                for status, response in responses.items():
+                    schema = response.get("content", {}).get("application/json", {}).get("schema")
+                    if schema and schema.get("$ref", "").endswith("/HTTPValidationError"):
+                        responses[status] = {"description": response["description"], **_error_ref()}
+        app.openapi_schema = spec
+        return spec
+
+    return openapi
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """A new application. The database session comes from ``api.deps.get_session``
+    (override it to use another engine, as the tests do)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="AutoML Platform API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url="/redoc",
+    )
+    app.state.settings = settings
+    app.state.storage = make_storage(settings.storage_location(), settings.data_dir)
+    errors.install(app)
+
+    v1 = APIRouter(prefix=API_PREFIX)
+    for module in (
+        users,
+        datasets,
+        workflows,
+        jobs,
+        models,
+        credits,
+        webhooks,
+        experiments,
+        tutorials,
+    ):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    app.openapi = _document_errors(app)  # type: ignore[method-assign]
+    return app
+
+
+def run() -> None:
+    """``automl-api``: serve the API with uvicorn on ``HOST``:``PORT``."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # /readyz reads the revision on every call: alembic's context banner is noise.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    settings = get_settings()
+    app = create_app(settings)
+    print(f"AutoML API on http://{settings.host}:{settings.port}  (docs: /docs)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

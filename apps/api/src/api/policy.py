@@ -1,0 +1,107 @@
+"""Tier limits and prices: what a caller may hold, run and pay.
+
+Limits are read from the counters the triggers keep on ``users`` (dataset_count,
+workflow_count, storage_used_bytes) and, for running jobs, from the jobs index.
+A create, upload or run takes the user's row lock first (:func:`lock_user`), so two
+concurrent requests cannot both pass a limit that only one fits under: the second
+waits and then reads the counter the first moved. Refusals come before anything
+is stored or charged.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found
+from api.schemas import WorkflowDefinition
+from api.settings import ApiSettings, TierLimits
+from database.models import Job, JobStatus, User
+
+#: Jobs that count against the concurrent-jobs limit.
+ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def limits_for(settings: ApiSettings, user: User) -> TierLimits:
+    return settings.tier_limits.for_tier(user.tier)
+
+
+def lock_user(session: Session, user_id: uuid.UUID) -> User:
+    """The user's row, locked (FOR NO KEY UPDATE) and re-read, for the transaction."""
+    user = session.scalars(
+        select(User)
+        .where(User.id == user_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if user is None or user.is_deleted:
+        raise not_found("user")
+    return user
+
+
+def active_jobs(session: Session, user_id: uuid.UUID) -> int:
+    # ix_jobs_user_id_status_created_at: one index range per status.
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.user_id == user_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        )
+        or 0
+    )
+
+
+def _limit(code: str, what: str, limit: int, current: int, tier: str) -> ApiError:
+    return ApiError(
+        403,
+        code,
+        f"the {tier} tier allows {limit} {what}",
+        {"limit": limit, "current": current, "tier": tier},
+    )
+
+
+def check_datasets(settings: ApiSettings, user: User, adding: int = 1) -> None:
+    limit = limits_for(settings, user).max_datasets
+    if user.dataset_count + adding > limit:
+        raise _limit("dataset_limit_reached", "datasets", limit, user.dataset_count, user.tier)
+
+
+def check_workflows(settings: ApiSettings, user: User, adding: int = 1) -> None:
+    limit = limits_for(settings, user).max_workflows
+    if user.workflow_count + adding > limit:
+        raise _limit("workflow_limit_reached", "workflows", limit, user.workflow_count, user.tier)
+
+
+def check_running_jobs(settings: ApiSettings, session: Session, user: User) -> None:
+    limit = limits_for(settings, user).max_running_jobs
+    current = active_jobs(session, user.id)
+    if current + 1 > limit:
+        raise _limit("job_limit_reached", "queued or running jobs", limit, current, user.tier)
+
+
+def storage_left(settings: ApiSettings, user: User) -> int:
+    return max(0, limits_for(settings, user).storage_bytes - user.storage_used_bytes)
+
+
+def check_storage(settings: ApiSettings, user: User, incoming_bytes: int) -> None:
+    quota = limits_for(settings, user).storage_bytes
+    if user.storage_used_bytes + incoming_bytes > quota:
+        raise ApiError(
+            413,
+            "storage_quota_exceeded",
+            f"the {user.tier} tier stores at most {quota} bytes",
+            {
+                "quota_bytes": quota,
+                "used_bytes": user.storage_used_bytes,
+                "requested_bytes": incoming_bytes,
+                "tier": user.tier,
+            },
+        )
+
+
+def price(settings: ApiSettings, definition: WorkflowDefinition) -> int:
+    """Credits a run of ``definition`` costs: a base plus each node's price."""
+    pricing = settings.pricing
+    return pricing.base_credits + sum(pricing.node_credits.of(n.type) for n in definition.nodes)

@@ -1,0 +1,62 @@
+"""``/healthz`` (the process answers) and ``/readyz`` (the database is there, at head)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import SessionDep
+from api.schemas import HealthOut, ReadyOut
+from database import migrations
+
+router = APIRouter(tags=["health"])
+
+
+@lru_cache(maxsize=1)
+def _head() -> list[str]:
+    """The code's migration head(s): fixed for the life of the process."""
+    return sorted(migrations.heads())
+
+
+@router.get("/healthz", response_model=HealthOut, summary="The process is up")
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "Not ready: the reason is given"}},
+    summary="The database is reachable and migrated to head",
+)
+def readyz(session: SessionDep) -> JSONResponse:
+    """503 with the reason when the database cannot be reached or its schema is not
+    the code's (behind, or ahead of, head): the service must not take traffic then."""
+    head = _head()
+    try:
+        current = sorted(migrations.current(session.connection()))
+    except Exception as exc:  # unreachable, refused, timed out: not ready, whatever it is
+        out = ReadyOut(
+            status="not_ready",
+            database=False,
+            revision=[],
+            head=head,
+            reason=f"database unreachable: {type(exc).__name__}",
+        )
+        return JSONResponse(out.model_dump(), status_code=503)
+    finally:
+        session.rollback()
+    if current != head:
+        out = ReadyOut(
+            status="not_ready",
+            database=True,
+            revision=current,
+            head=head,
+            reason="the database is not at the code's migration head",
+        )
+        return JSONResponse(out.model_dump(), status_code=503)
+    return JSONResponse(
+        ReadyOut(status="ready", database=True, revision=current, head=head).model_dump()
+    )

@@ -1,0 +1,146 @@
+"""Jobs: list (by status), detail with node statuses, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.deps import Reader, SessionDep, Writer
+from api.errors import ApiError, error_responses, not_found
+from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
+from api.policy import lock_user
+from api.schemas import CancelOut, JobDetail, JobNodeOut, JobOut
+from database import credits
+from database.models import (
+    CreditTransaction,
+    Job,
+    JobNode,
+    JobStatus,
+    TransactionType,
+    WorkflowSnapshot,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+#: A job in one of these has ended: it cannot be cancelled.
+FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def _workflow_ids(session: Session, jobs: list[Job]) -> dict[uuid.UUID, uuid.UUID | None]:
+    snapshot_ids = {j.workflow_snapshot_id for j in jobs}
+    if not snapshot_ids:
+        return {}
+    found = session.execute(
+        select(WorkflowSnapshot.id, WorkflowSnapshot.workflow_id).where(
+            WorkflowSnapshot.id.in_(snapshot_ids)
+        )
+    )
+    return {snapshot_id: workflow_id for snapshot_id, workflow_id in found}
+
+
+def _out(job: Job, workflows: dict[uuid.UUID, uuid.UUID | None]) -> JobOut:
+    return JobOut.model_validate(job).model_copy(
+        update={"workflow_id": workflows.get(job.workflow_snapshot_id)}
+    )
+
+
+def _owned(session: Session, user_id: uuid.UUID, job_id: uuid.UUID, *, lock: bool = False) -> Job:
+    stmt = select(Job).where(Job.id == job_id, Job.user_id == user_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    job = session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+    if job is None:
+        raise not_found("job")
+    return job
+
+
+@router.get(
+    "",
+    response_model=Page[JobOut],
+    responses=error_responses(401, 403, 422),
+    summary="The caller's jobs, newest first, optionally by status",
+)
+def list_jobs(
+    principal: Reader,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+) -> Page[JobOut]:
+    stmt = select(Job).where(Job.user_id == principal.user_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)  # ix_jobs_user_id_status_created_at
+    rows, next_cursor = paginate(session, stmt, Job.created_at, Job.id, limit=limit, cursor=cursor)
+    workflows = _workflow_ids(session, list(rows))
+    return Page[JobOut](items=[_out(j, workflows) for j in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobDetail,
+    responses=error_responses(401, 403, 404, 422),
+    summary="A job, with the status of each of its nodes",
+)
+def get_job(principal: Reader, session: SessionDep, job_id: uuid.UUID) -> JobDetail:
+    job = _owned(session, principal.user_id, job_id)
+    nodes = session.scalars(
+        select(JobNode)
+        .where(JobNode.job_id == job.id, JobNode.user_id == principal.user_id)
+        .order_by(JobNode.created_at, JobNode.node_id)
+    ).all()
+    base = _out(job, _workflow_ids(session, [job]))
+    return JobDetail(
+        **base.model_dump(),
+        results=job.results,
+        nodes=[JobNodeOut.model_validate(n) for n in nodes],
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=CancelOut,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+    summary="Cancel a job",
+)
+def cancel_job(principal: Writer, session: SessionDep, job_id: uuid.UUID) -> CancelOut:
+    """A pending or queued job is cancelled and refunded at once, in one transaction.
+    A running job is marked (``cancel_requested_at``) for the worker, which stops it
+    and settles its credits. A finished job: 409 ``job_finished``. Cancelling a
+    running job twice keeps the first request's time."""
+    lock_user(session, principal.user_id)  # the lock the refund takes, taken first
+    job = _owned(session, principal.user_id, job_id, lock=True)
+    refunded = 0
+    if job.status in FINISHED:
+        raise ApiError(
+            409,
+            "job_finished",
+            f"the job has already ended ({job.status.value})",
+            {"status": job.status.value},
+        )
+    if job.status == JobStatus.RUNNING:
+        if job.cancel_requested_at is None:
+            job.cancel_requested_at = session.scalar(select(func.now()))
+    else:
+        now = session.scalar(select(func.now()))
+        job.status = JobStatus.CANCELLED
+        job.completed_at = now
+        job.cancel_requested_at = job.cancel_requested_at or now
+        session.flush()
+        charged = session.scalar(
+            select(CreditTransaction.id).where(
+                CreditTransaction.job_id == job.id,
+                CreditTransaction.type == TransactionType.CONSUMPTION,
+            )
+        )
+        if charged is not None:
+            entry = credits.refund_job(
+                session, job, "cancelled before it started", user=principal.user_id
+            )
+            refunded = entry.amount
+    session.flush()
+    session.commit()
+    return CancelOut(job=_out(job, _workflow_ids(session, [job])), refunded_credits=refunded)

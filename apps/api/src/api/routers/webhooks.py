@@ -1,0 +1,186 @@
+"""Stripe's webhook: verified, stored once, and a completed checkout credited once.
+
+``POST /v1/webhooks/stripe`` checks the ``Stripe-Signature`` header with the
+official ``stripe`` library and ``STRIPE_WEBHOOK_SECRET``. Each event is stored in
+``stripe_webhook_events`` under Stripe's event id, in the same transaction as what
+it does, so a redelivery (Stripe retries until it gets a 2xx) finds the row and
+changes nothing. A ``checkout.session.completed`` event whose payment is made
+(``payment_status`` paid; ``checkout.session.async_payment_succeeded`` likewise)
+credits ``metadata.package_id`` to ``client_reference_id`` for the payment
+``payment_intent``: the ledger's unique payment reference makes that happen once
+even across different events for the same payment.
+
+A refusal no retry can change (an unknown user or package, a package not on sale
+or not for the user's tier, a deleted user) is recorded on the event as
+``failed`` with the reason, and answered 200 so Stripe stops retrying; an operator
+settles it. A transient failure (a lock wait) answers 503 and stores nothing, so
+Stripe's retry runs it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Annotated, Any
+
+import stripe
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from api.deps import SessionDep, SettingsDep
+from api.errors import ApiError, error_responses
+from api.schemas import WebhookOut, check_json
+from database import credits
+from database import errors as db
+from database.models import StripeWebhookEvent
+
+log = logging.getLogger("api.webhooks")
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+MAX_EVENT_BYTES = 512 * 1024
+CREDITING_EVENTS = {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
+
+#: Refusals a retry of the same event cannot change: recorded, answered 200.
+PERMANENT = (
+    db.UserNotFound,
+    db.PackageNotFound,
+    db.UserDeleted,
+    db.UserPurged,
+    db.PackageUnavailable,
+    db.PackageTierRestricted,
+    db.PurchaseAmountMismatch,
+    db.PaymentReferenceConflict,
+)
+
+
+class _Failed(Exception):
+    """The event cannot be acted on, whatever the retries: the reason."""
+
+
+class _NotYet(Exception):
+    """A checkout whose payment has not succeeded yet (async payment methods)."""
+
+
+def _credit(session: Session, obj: dict[str, Any]) -> None:
+    """Credit the package of a paid checkout session (raises _Failed with the reason)."""
+    if obj.get("payment_status") not in (None, "paid", "no_payment_required"):
+        raise _NotYet()
+    user_ref = obj.get("client_reference_id")
+    package_ref = (obj.get("metadata") or {}).get("package_id")
+    payment = obj.get("payment_intent")
+    if isinstance(payment, dict):  # an expanded PaymentIntent
+        payment = payment.get("id")
+    try:
+        user_id = uuid.UUID(str(user_ref))
+        package_id = uuid.UUID(str(package_ref))
+    except ValueError:
+        raise _Failed("client_reference_id and metadata.package_id must be ids") from None
+    if not isinstance(payment, str) or not payment.strip():
+        raise _Failed("the session has no payment_intent")
+    credits.purchase(
+        session, user_id, package_id, payment, description=f"Stripe checkout {obj.get('id')}"
+    )
+
+
+def _handle(session: Session, event: dict[str, Any]) -> WebhookOut:
+    event_id = str(event.get("id") or "")
+    event_type = str(event.get("type") or "")
+    if not event_id or len(event_id) > 255 or not event_type or len(event_type) > 255:
+        raise ApiError(422, "invalid_event", "the event has no usable id or type")
+    # Stored first: a concurrent delivery of the same event waits here on the unique
+    # key, then finds the row, and answers "duplicate".
+    inserted = session.execute(
+        insert(StripeWebhookEvent)
+        .values(
+            stripe_event_id=event_id,
+            type=event_type,
+            livemode=bool(event.get("livemode", False)),
+            payload=event,
+        )
+        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+        .returning(StripeWebhookEvent.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        session.rollback()
+        return WebhookOut(event_id=event_id, status="duplicate")
+    status, error = "ignored", None
+    if event_type in CREDITING_EVENTS:
+        obj = (event.get("data") or {}).get("object") or {}
+        try:
+            _credit(session, obj if isinstance(obj, dict) else {})
+            status = "processed"
+        except _NotYet:
+            status = "ignored"
+        except _Failed as exc:
+            status, error = "failed", str(exc)
+        except PERMANENT as exc:
+            # The purchase's savepoint rolled back; the event row stays.
+            status, error = "failed", f"{type(exc).__name__}: {exc.message}"
+    session.execute(
+        update(StripeWebhookEvent)
+        .where(StripeWebhookEvent.id == inserted)
+        .values(status=status, error=error, processed_at=func.now())
+    )
+    session.commit()
+    if status == "failed":
+        log.warning("stripe event %s (%s) failed: %s", event_id, event_type, error)
+    return WebhookOut(event_id=event_id, status=status)  # type: ignore[arg-type]
+
+
+@router.post(
+    "/stripe",
+    response_model=WebhookOut,
+    responses=error_responses(400, 413, 422, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+    summary="Stripe webhook endpoint",
+)
+async def stripe_webhook(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+) -> WebhookOut:
+    """Verified with ``STRIPE_WEBHOOK_SECRET`` (400 ``invalid_signature`` otherwise;
+    503 ``webhooks_not_configured`` without a secret). Idempotent per event, and per
+    payment."""
+    secret = settings.stripe_webhook_secret
+    if secret is None or not secret.get_secret_value().strip():
+        raise ApiError(
+            503, "webhooks_not_configured", "STRIPE_WEBHOOK_SECRET is not set on this server"
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+        raise ApiError(413, "too_large", "the event is too large")
+    payload = b""
+    async for chunk in request.stream():
+        payload += chunk
+        if len(payload) > MAX_EVENT_BYTES:
+            raise ApiError(413, "too_large", "the event is too large")
+    try:
+        # The library's own check (HMAC-SHA256 over "timestamp.payload", and the
+        # timestamp's age). The event is parsed here, not by construct_event, which
+        # fails on a signed body that is valid JSON but not an object.
+        stripe.WebhookSignature.verify_header(
+            payload,
+            stripe_signature,
+            secret.get_secret_value(),
+            settings.stripe_webhook_tolerance_s,
+        )
+        event = json.loads(payload)
+        if not isinstance(event, dict):
+            raise ValueError("not an object")
+        check_json(event)
+    except stripe.SignatureVerificationError:
+        raise ApiError(400, "invalid_signature", "the Stripe signature does not verify") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_payload", "the event is not a JSON object") from None
+    return await run_in_threadpool(_handle, session, event)

@@ -1,0 +1,315 @@
+"""Workflows: create, read, update, soft delete and restore, list; and runs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import Reader, SessionDep, SettingsDep, Writer
+from api.errors import ApiError, error_responses, not_found
+from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
+from api.policy import check_running_jobs, check_workflows, lock_user, price
+from api.schemas import (
+    JobOut,
+    RunIn,
+    RunOut,
+    WorkflowDefinition,
+    WorkflowIn,
+    WorkflowOut,
+    WorkflowPatch,
+)
+from api.settings import ApiSettings
+from database import credits, lifecycle
+from database.models import (
+    Dataset,
+    Job,
+    JobNode,
+    JobStatus,
+    NodeStatus,
+    User,
+    Workflow,
+    WorkflowSnapshot,
+)
+
+router = APIRouter(prefix="/workflows", tags=["workflows"])
+
+
+def _out(settings: ApiSettings, workflow: Workflow) -> WorkflowOut:
+    try:
+        definition = WorkflowDefinition.model_validate(workflow.definition)
+        estimate = price(settings, definition)
+    except ValueError:  # written by something other than this API
+        estimate = 0
+    return WorkflowOut.model_validate(
+        {
+            **{
+                c: getattr(workflow, c)
+                for c in WorkflowOut.model_fields
+                if c != "estimated_credits"
+            },
+            "estimated_credits": estimate,
+        }
+    )
+
+
+def _owned(
+    session: Session, user_id: uuid.UUID, workflow_id: uuid.UUID, *, lock: bool = False
+) -> Workflow:
+    stmt = select(Workflow).where(Workflow.id == workflow_id, Workflow.user_id == user_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    workflow = session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+    if workflow is None:
+        raise not_found("workflow")
+    return workflow
+
+
+def _check_datasets(
+    session: Session, user_id: uuid.UUID, definition: WorkflowDefinition
+) -> dict[str, Dataset]:
+    """The caller's datasets the definition names (node id -> dataset); 422 otherwise."""
+    wanted = definition.dataset_ids()
+    if not wanted:
+        return {}
+    found = {
+        d.id: d
+        for d in session.scalars(
+            select(Dataset).where(Dataset.user_id == user_id, Dataset.id.in_(set(wanted.values())))
+        )
+    }
+    unknown = sorted(node for node, ds in wanted.items() if ds not in found)
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_workflow",
+            f"dataset node {unknown[0]!r} names a dataset that does not exist",
+            {"nodes": unknown},
+        )
+    return {node: found[ds] for node, ds in wanted.items()}
+
+
+def _stored(definition: WorkflowDefinition) -> dict[str, Any]:
+    return definition.model_dump(mode="json", exclude_none=True)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WorkflowOut,
+    responses=error_responses(401, 403, 422),
+    summary="Create a workflow",
+)
+def create_workflow(
+    principal: Writer, session: SessionDep, settings: SettingsDep, body: WorkflowIn
+) -> WorkflowOut:
+    """Over the tier's workflow count: 403 ``workflow_limit_reached``."""
+    user = lock_user(session, principal.user_id)
+    check_workflows(settings, user)
+    _check_datasets(session, user.id, body.definition)
+    workflow = Workflow(
+        user_id=user.id,
+        name=body.name,
+        description=body.description,
+        definition=_stored(body.definition),
+    )
+    session.add(workflow)
+    session.flush()
+    session.commit()
+    return _out(settings, workflow)
+
+
+@router.get(
+    "",
+    response_model=Page[WorkflowOut],
+    responses=error_responses(401, 403, 422),
+    summary="The caller's workflows, newest first",
+)
+def list_workflows(
+    principal: Reader,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    deleted: Annotated[
+        bool, Query(description="List the soft-deleted workflows (the trash) instead.")
+    ] = False,
+) -> Page[WorkflowOut]:
+    rows, next_cursor = paginate(
+        session,
+        select(Workflow).where(
+            Workflow.user_id == principal.user_id, Workflow.is_deleted == deleted
+        ),
+        Workflow.created_at,
+        Workflow.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[WorkflowOut](items=[_out(settings, w) for w in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{workflow_id}",
+    response_model=WorkflowOut,
+    responses=error_responses(401, 403, 404, 422),
+    summary="A workflow (soft-deleted ones too, with is_deleted)",
+)
+def get_workflow(
+    principal: Reader, session: SessionDep, settings: SettingsDep, workflow_id: uuid.UUID
+) -> WorkflowOut:
+    return _out(settings, _owned(session, principal.user_id, workflow_id))
+
+
+@router.patch(
+    "/{workflow_id}",
+    response_model=WorkflowOut,
+    responses=error_responses(401, 403, 404, 409, 422),
+    summary="Change a workflow's name, description or definition",
+)
+def update_workflow(
+    principal: Writer,
+    session: SessionDep,
+    settings: SettingsDep,
+    workflow_id: uuid.UUID,
+    body: WorkflowPatch,
+) -> WorkflowOut:
+    """A soft-deleted workflow cannot be changed (409 ``workflow_deleted``): restore it first."""
+    workflow = _owned(session, principal.user_id, workflow_id, lock=True)
+    if workflow.is_deleted:
+        raise ApiError(409, "workflow_deleted", "restore the workflow before changing it")
+    if body.name is not None:
+        workflow.name = body.name
+    if "description" in body.model_fields_set:
+        workflow.description = body.description
+    if body.definition is not None:
+        _check_datasets(session, principal.user_id, body.definition)
+        workflow.definition = _stored(body.definition)
+    session.flush()
+    session.commit()
+    return _out(settings, workflow)
+
+
+@router.delete(
+    "/{workflow_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 422),
+    summary="Soft-delete a workflow (restorable; purged after the retention window)",
+)
+def delete_workflow(principal: Writer, session: SessionDep, workflow_id: uuid.UUID) -> Response:
+    lock_user(session, principal.user_id)  # workflow_count moves: the user's lock first
+    workflow = _owned(session, principal.user_id, workflow_id, lock=True)
+    lifecycle.soft_delete_workflow(session, workflow.id)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{workflow_id}/restore",
+    response_model=WorkflowOut,
+    responses=error_responses(401, 403, 404, 422),
+    summary="Restore a soft-deleted workflow",
+)
+def restore_workflow(
+    principal: Writer, session: SessionDep, settings: SettingsDep, workflow_id: uuid.UUID
+) -> WorkflowOut:
+    """It counts against the tier's workflows again (403 when that is full)."""
+    user = lock_user(session, principal.user_id)
+    workflow = _owned(session, principal.user_id, workflow_id, lock=True)
+    if workflow.is_deleted:
+        check_workflows(settings, user)
+        workflow = lifecycle.restore_workflow(session, workflow.id)
+    session.commit()
+    return _out(settings, workflow)
+
+
+@router.post(
+    "/{workflow_id}/run",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RunOut,
+    responses=error_responses(401, 402, 403, 404, 409, 422, 503),
+    summary="Run a workflow: snapshot, price, queue and charge, in one transaction",
+)
+def run_workflow(
+    principal: Writer,
+    session: SessionDep,
+    settings: SettingsDep,
+    workflow_id: uuid.UUID,
+    body: Annotated[RunIn | None, Body()] = None,
+) -> RunOut:
+    """Freezes the definition in a snapshot, prices it, creates the job as queued
+    with its nodes, and charges the credits: all or nothing. Too few credits is 402
+    ``insufficient_credits`` with ``details.balance`` and ``details.price``, and
+    nothing is written. Over the tier's concurrent jobs: 403 ``job_limit_reached``."""
+    run = body or RunIn()
+    user: User = lock_user(session, principal.user_id)
+    workflow = _owned(session, user.id, workflow_id)
+    if workflow.is_deleted:
+        raise ApiError(409, "workflow_deleted", "restore the workflow before running it")
+    try:
+        definition = WorkflowDefinition.model_validate(workflow.definition)
+    except ValueError:
+        raise ApiError(422, "invalid_workflow", "the stored definition is not valid") from None
+    if not definition.nodes:
+        raise ApiError(422, "invalid_workflow", "the workflow has no nodes")
+    datasets = _check_datasets(session, user.id, definition)
+    unnamed = sorted(n.id for n in definition.nodes if n.type == "dataset" and n.id not in datasets)
+    if unnamed:
+        raise ApiError(
+            422,
+            "invalid_workflow",
+            f"dataset node {unnamed[0]!r} names no dataset (config.dataset_id)",
+            {"nodes": unnamed},
+        )
+    check_running_jobs(settings, session, user)
+    cost = price(settings, definition)
+
+    snapshot = WorkflowSnapshot(
+        workflow_id=workflow.id,
+        user_id=user.id,
+        snapshot_data={
+            "workflow_id": str(workflow.id),
+            "name": workflow.name,
+            "definition": workflow.definition,
+            # The version of each dataset the run reads: its current one now.
+            "dataset_versions": {
+                node: {
+                    "dataset_id": str(ds.id),
+                    "version_id": str(ds.current_version_id) if ds.current_version_id else None,
+                }
+                for node, ds in datasets.items()
+            },
+            "price": {"credits": cost},
+        },
+    )
+    session.add(snapshot)
+    session.flush()
+    job = Job(
+        user_id=user.id,
+        workflow_snapshot_id=snapshot.id,
+        status=JobStatus.QUEUED,
+        credit_cost=cost,
+        priority=run.priority,
+    )
+    session.add(job)
+    session.flush()
+    session.add_all(
+        JobNode(
+            job_id=job.id,
+            user_id=user.id,
+            node_id=node.id,
+            node_type=node.type,
+            status=NodeStatus.PENDING,
+        )
+        for node in definition.nodes
+    )
+    session.flush()
+    # InsufficientCredits (402) rolls back the snapshot, the job and its nodes too.
+    credits.charge_job(session, job, user=user.id, description=f"run of workflow {workflow.name}")
+    session.commit()
+    session.refresh(user, ["credit_balance"])
+    out = JobOut.model_validate(job).model_copy(update={"workflow_id": workflow.id})
+    return RunOut(job=out, balance=user.credit_balance)

@@ -1,0 +1,575 @@
+"""Request and response bodies (pydantic), shared by the routers and OpenAPI.
+
+Inputs are bounded so that nothing a client sends can reach PostgreSQL as a value
+it refuses with an error of its own: text has no NUL characters and a maximum
+length, integers fit their columns, JSON holds only finite numbers and has a
+bounded depth. A refused input is a 422, never a 500.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from database.models import (
+    CreditTierRestriction,
+    FileFormat,
+    IngestionStatus,
+    JobStatus,
+    NodeStatus,
+    NodeType,
+    ProblemType,
+    TransactionType,
+    TutorialDifficulty,
+    UserTier,
+)
+
+INT32_MAX = 2**31 - 1
+MAX_JSON_DEPTH = 32
+
+
+# --- input guards ----------------------------------------------------------------------------
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    return value
+
+
+def check_json(value: Any, depth: int = 0) -> Any:
+    """JSON PostgreSQL's jsonb accepts: no NUL in strings, finite numbers, bounded depth."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        no_nul(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            no_nul(str(k))
+            check_json(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            check_json(v, depth + 1)
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(no_nul),
+]
+ShortText = Annotated[str, StringConstraints(max_length=200), AfterValidator(no_nul)]
+LongText = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(no_nul)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
+NodeId = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+
+_EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
+
+
+def normalise_email(value: str) -> str:
+    email = value.strip().lower()
+    if not _EMAIL.match(email):
+        raise ValueError("not an email address")
+    return email
+
+
+Email = Annotated[
+    str, StringConstraints(min_length=3, max_length=320), AfterValidator(normalise_email)
+]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- users and keys --------------------------------------------------------------------------
+Scope = Literal["read", "write", "billing", "keys"]
+
+
+class SignUpIn(Input):
+    email: Email
+    full_name: Name | None = None
+
+
+class UserOut(Output):
+    id: uuid.UUID
+    email: str | None
+    full_name: str | None
+    tier: UserTier
+    email_verified: bool
+    credit_balance: int
+    created_at: dt.datetime
+
+
+class Usage(BaseModel):
+    datasets: int
+    workflows: int
+    models: int
+    storage_bytes: int
+    running_jobs: int
+
+
+class LimitsOut(BaseModel):
+    storage_bytes: int
+    max_datasets: int
+    max_workflows: int
+    max_running_jobs: int
+
+
+class MeOut(UserOut):
+    usage: Usage
+    limits: LimitsOut
+
+
+class ApiKeyIn(Input):
+    name: Name = "API key"
+    #: Default: the scopes of the key making the request. Never more than those.
+    scopes: list[Scope] | None = Field(default=None, max_length=4)
+    expires_at: AwareDatetime | None = None
+
+
+class ApiKeyOut(Output):
+    id: uuid.UUID
+    name: str
+    #: The key's first characters, to tell keys apart.
+    prefix: str
+    scopes: list[str]
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class ApiKeyCreated(ApiKeyOut):
+    #: The key itself: shown this once, never again.
+    key: str
+
+
+class SignUpOut(BaseModel):
+    user: UserOut
+    api_key: ApiKeyCreated
+
+
+# --- datasets ----------------------------------------------------------------------------------
+class DatasetForm(Input):
+    """The text fields of the dataset upload (multipart/form-data)."""
+
+    name: Name
+    description: LongText | None = None
+    problem_type: ProblemType | None = None
+    target_column: ShortText | None = None
+
+
+class VersionForm(Input):
+    version_label: ShortText | None = None
+
+
+class VersionOut(Output):
+    id: uuid.UUID
+    version_number: int
+    version_label: str | None
+    original_filename: str | None
+    original_format: FileFormat
+    original_size_bytes: int | None
+    status: IngestionStatus
+    row_count: int | None
+    column_count: int | None
+    error_message: str | None
+    processed_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class DatasetOut(Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    problem_type: ProblemType | None
+    target_column: str | None
+    current_version_id: uuid.UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DatasetDetail(DatasetOut):
+    versions: list[VersionOut]
+
+
+class IngestionJobOut(Output):
+    id: uuid.UUID
+    status: IngestionStatus
+    created_at: dt.datetime
+
+
+class UploadOut(BaseModel):
+    dataset: DatasetOut
+    version: VersionOut
+    ingestion_job: IngestionJobOut
+
+
+class ProfileOut(Output):
+    dataset_version_id: uuid.UUID
+    row_count: int
+    column_count: int
+    missing_cells: int
+    duplicate_rows: int
+    memory_bytes: int | None
+    column_stats: dict[str, Any]
+    correlations: dict[str, Any] | None
+    warnings: list[Any]
+    created_at: dt.datetime
+
+
+# --- workflows -------------------------------------------------------------------------------
+class WorkflowNode(Input):
+    id: NodeId
+    type: NodeType
+    config: JsonObject = Field(default_factory=dict)
+    label: ShortText | None = None
+
+
+class WorkflowEdge(Input):
+    source: NodeId
+    target: NodeId
+
+
+class WorkflowDefinition(Input):
+    """Nodes of the seed's NodeTypes, and edges that form a DAG starting at datasets.
+
+    Rules: node ids are unique; edges join existing nodes, once, never a node to
+    itself; there is no cycle; a dataset node has no incoming edge and every node
+    without one is a dataset node, so every path starts at a dataset. A dataset
+    node's ``config.dataset_id``, when given, is a UUID (it must name one of the
+    caller's datasets: checked on save and on run). An empty definition is a draft.
+    """
+
+    nodes: list[WorkflowNode] = Field(default_factory=list, max_length=200)
+    edges: list[WorkflowEdge] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _dag(self) -> WorkflowDefinition:
+        problems = definition_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def dataset_ids(self) -> dict[str, uuid.UUID]:
+        """node id -> dataset id, for the dataset nodes that name one."""
+        out = {}
+        for node in self.nodes:
+            if node.type == NodeType.DATASET and node.config.get("dataset_id") is not None:
+                out[node.id] = uuid.UUID(str(node.config["dataset_id"]))
+        return out
+
+
+def definition_problems(definition: WorkflowDefinition) -> list[str]:
+    problems: list[str] = []
+    types: dict[str, NodeType] = {}
+    for node in definition.nodes:
+        if node.id in types:
+            problems.append(f"node id {node.id!r} is used twice")
+        types[node.id] = node.type
+        if node.type == NodeType.DATASET and node.config.get("dataset_id") is not None:
+            try:
+                uuid.UUID(str(node.config["dataset_id"]))
+            except ValueError:
+                problems.append(f"node {node.id!r}: config.dataset_id is not a UUID")
+    incoming: dict[str, set[str]] = {n: set() for n in types}
+    outgoing: dict[str, set[str]] = {n: set() for n in types}
+    for edge in definition.edges:
+        missing = [n for n in (edge.source, edge.target) if n not in types]
+        if missing:
+            problems.append(f"edge {edge.source}->{edge.target} names unknown node {missing[0]!r}")
+            continue
+        if edge.source == edge.target:
+            problems.append(f"edge {edge.source}->{edge.target} joins a node to itself")
+            continue
+        if edge.target in outgoing[edge.source]:
+            problems.append(f"edge {edge.source}->{edge.target} is given twice")
+            continue
+        outgoing[edge.source].add(edge.target)
+        incoming[edge.target].add(edge.source)
+    if problems:
+        return problems
+    for node_id, node_type in types.items():
+        if node_type == NodeType.DATASET and incoming[node_id]:
+            problems.append(f"dataset node {node_id!r} has an incoming edge")
+        if node_type != NodeType.DATASET and not incoming[node_id]:
+            problems.append(f"node {node_id!r} has no input: every path starts at a dataset node")
+    # Kahn: whatever is left after removing sources repeatedly lies on a cycle.
+    indegree = {n: len(s) for n, s in incoming.items()}
+    ready = [n for n, d in indegree.items() if d == 0]
+    seen = 0
+    while ready:
+        current = ready.pop()
+        seen += 1
+        for target in outgoing[current]:
+            indegree[target] -= 1
+            if indegree[target] == 0:
+                ready.append(target)
+    if seen < len(types):
+        cyclic = sorted(n for n, d in indegree.items() if d > 0)
+        problems.append(f"the edges form a cycle through {', '.join(cyclic[:5])}")
+    return problems
+
+
+class WorkflowIn(Input):
+    name: Name
+    description: LongText | None = None
+    definition: WorkflowDefinition = Field(default_factory=WorkflowDefinition)
+
+
+class WorkflowPatch(Input):
+    name: Name | None = None
+    description: LongText | None = None
+    definition: WorkflowDefinition | None = None
+
+
+class WorkflowOut(Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    definition: dict[str, Any]
+    is_deleted: bool
+    deleted_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    #: What a run of the current definition costs, in credits.
+    estimated_credits: int
+
+
+class RunIn(Input):
+    #: Queue priority: higher runs first.
+    priority: int = Field(default=0, ge=0, le=100)
+
+
+# --- jobs --------------------------------------------------------------------------------------
+class JobNodeOut(Output):
+    node_id: str
+    node_type: NodeType
+    status: NodeStatus
+    output_data: dict[str, Any] | None
+    error_message: str | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+
+class JobOut(Output):
+    id: uuid.UUID
+    status: JobStatus
+    credit_cost: int
+    priority: int
+    workflow_snapshot_id: uuid.UUID
+    workflow_id: uuid.UUID | None = None
+    error_message: str | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    cancel_requested_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class JobDetail(JobOut):
+    results: dict[str, Any] | None
+    nodes: list[JobNodeOut]
+
+
+class RunOut(BaseModel):
+    job: JobOut
+    #: The caller's balance after the charge.
+    balance: int
+
+
+class CancelOut(BaseModel):
+    job: JobOut
+    #: Credits given back now (a queued job); 0 for a running one, which the worker
+    #: stops and settles.
+    refunded_credits: int
+
+
+# --- models ------------------------------------------------------------------------------------
+class ModelOut(Output):
+    id: uuid.UUID
+    name: str
+    algorithm: str
+    problem_type: ProblemType
+    job_id: uuid.UUID | None
+    is_deployed: bool
+    has_artifact: bool = False
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ModelDetail(ModelOut):
+    metrics: dict[str, Any]
+    hyperparameters: dict[str, Any]
+
+
+# --- credits -----------------------------------------------------------------------------------
+class BalanceOut(BaseModel):
+    balance: int
+
+
+class TransactionOut(Output):
+    id: uuid.UUID
+    type: TransactionType
+    amount: int
+    balance_after: int
+    description: str | None
+    job_id: uuid.UUID | None
+    package_id: uuid.UUID | None
+    created_at: dt.datetime
+
+
+class PackageOut(Output):
+    id: uuid.UUID
+    name: str
+    credits: int
+    price_cents: int
+    tier_restriction: CreditTierRestriction
+
+
+class PurchaseIn(Input):
+    package_id: uuid.UUID
+
+
+class PurchaseOut(BaseModel):
+    transaction: TransactionOut
+    balance: int
+
+
+class WebhookOut(BaseModel):
+    event_id: str
+    #: processed (credits moved), duplicate (seen before), ignored (not handled), or
+    #: failed (recorded; Stripe need not retry)
+    status: Literal["processed", "duplicate", "ignored", "failed"]
+
+
+# --- experiments -------------------------------------------------------------------------------
+class ExperimentIn(Input):
+    name: Name
+    description: LongText | None = None
+    problem_type: ProblemType | None = None
+    dataset_id: uuid.UUID | None = None
+    #: The metric runs are ranked by, e.g. "accuracy" or "rmse".
+    primary_metric: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _metric_text(self) -> ExperimentIn:
+        if self.primary_metric is not None:
+            no_nul(self.primary_metric)
+        return self
+
+
+class ExperimentOut(Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    problem_type: ProblemType | None
+    dataset_id: uuid.UUID | None
+    primary_metric: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ExperimentRunIn(Input):
+    model_id: uuid.UUID | None = None
+    job_id: uuid.UUID | None = None
+    name: ShortText | None = None
+    notes: LongText | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ExperimentRunIn:
+        if self.model_id is None and self.job_id is None:
+            raise ValueError("give model_id, job_id or both")
+        return self
+
+
+class ExperimentRunOut(Output):
+    id: uuid.UUID
+    job_id: uuid.UUID | None
+    model_id: uuid.UUID | None
+    name: str | None
+    notes: str | None
+    metrics: dict[str, Any] | None
+    created_at: dt.datetime
+
+
+class Comparison(BaseModel):
+    #: The metric ranked by (the experiment's primary metric, if set).
+    metric: str | None
+    #: "max" when higher is better, "min" for losses and errors.
+    direction: Literal["max", "min"] | None
+    #: Run ids, best first; runs without the metric are left out.
+    ranking: list[uuid.UUID]
+    best_run_id: uuid.UUID | None
+    #: Every numeric metric any run has.
+    metrics: list[str]
+
+
+class ExperimentDetail(ExperimentOut):
+    runs: list[ExperimentRunOut]
+    comparison: Comparison
+
+
+# --- tutorials ---------------------------------------------------------------------------------
+class ProgressIn(Input):
+    current_step: int = Field(ge=0, le=10_000)
+    completed_steps: list[Annotated[int, Field(ge=0, le=10_000)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    is_completed: bool = False
+
+
+class ProgressOut(Output):
+    tutorial_id: uuid.UUID
+    current_step: int
+    completed_steps: list[int]
+    is_completed: bool
+    started_at: dt.datetime
+    completed_at: dt.datetime | None
+    updated_at: dt.datetime
+
+
+class TutorialOut(Output):
+    id: uuid.UUID
+    slug: str
+    title: str
+    description: str | None
+    difficulty: TutorialDifficulty
+    steps: list[Any]
+    estimated_minutes: int | None
+    sort_order: int
+    progress: ProgressOut | None = None
+
+
+# --- health ------------------------------------------------------------------------------------
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    database: bool
+    revision: list[str]
+    head: list[str]
+    reason: str | None = None

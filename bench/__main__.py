@@ -1,0 +1,204 @@
+"""``python -m bench`` (``make bench``): run the benchmarks, write docs/performance.md.
+
+    python -m bench                 the full run (about 8 minutes on 2 cores)
+    python -m bench --quick         a smoke run (under a minute); writes only
+                                    bench/results/, not docs/performance.md
+    python -m bench --only ledger,hot --seconds 8 --reps 5
+
+Every flag has an environment twin (``BENCH_SECONDS=8`` is ``--seconds 8``).
+``BENCH_DATABASE_URL`` runs against an existing server (the role must be allowed to
+create databases); otherwise a throw-away embedded PostgreSQL is started in a
+temporary folder and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "performance.md"
+SECTIONS = ("ledger", "hot", "bulk", "queries")
+
+
+@dataclass
+class Config:
+    quick: bool
+    users: int
+    clients: tuple[int, ...]
+    hot_clients: tuple[int, ...]
+    seconds: float
+    reps: int
+    bulk_rows: int
+    bulk_reps: int
+    tiers: tuple[int, ...]
+    synchronous_commit: str
+    sections: tuple[str, ...]
+    doc: Path | None
+    budget: float
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", default=env("BENCH_QUICK", "") not in ("", "0"))
+    p.add_argument("--users", type=int, default=None, help="bench users (default 10000)")
+    p.add_argument("--clients", default=env("BENCH_CLIENTS"), help="e.g. 1,8,32")
+    p.add_argument("--hot-clients", default=env("BENCH_HOT_CLIENTS"), help="e.g. 8,32")
+    p.add_argument("--seconds", type=float, default=None, help="pgbench seconds per point")
+    p.add_argument("--reps", type=int, default=None, help="repetitions of every ledger point")
+    p.add_argument("--bulk-rows", type=int, default=None)
+    p.add_argument("--bulk-reps", type=int, default=None)
+    p.add_argument("--tiers", default=env("BENCH_TIERS"), help="e.g. 10000,100000,1000000")
+    p.add_argument(
+        "--synchronous-commit",
+        default=env("BENCH_SYNCHRONOUS_COMMIT", "off"),
+        choices=("on", "off", "local", "remote_write"),
+        help="for the ledger runs (default off: measure CPU, not the disk's flush)",
+    )
+    p.add_argument("--only", default=env("BENCH_ONLY", ",".join(SECTIONS)))
+    p.add_argument("--doc", default=env("BENCH_DOC"), help="report path ('-' for none)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=float(env("BENCH_BUDGET", "570")),
+        help="seconds the whole run may take; a query tier projected to overrun it is"
+        " skipped (and the report says so). 0: no limit",
+    )
+    a = p.parse_args(argv)
+
+    def pick(value: Any, name: str, full: Any, quick: Any, cast: Any = int) -> Any:
+        if value is not None:
+            return value
+        if env(name):
+            return cast(env(name))
+        return quick if a.quick else full
+
+    sections = tuple(s.strip() for s in a.only.split(",") if s.strip())
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    if a.doc == "-":
+        doc = None
+    elif a.doc:
+        doc = Path(a.doc)
+    else:
+        doc = RESULTS / "performance-quick.md" if a.quick else DOC
+    return Config(
+        quick=a.quick,
+        users=pick(a.users, "BENCH_USERS", 10_000, 1_000),
+        clients=_ints(a.clients) if a.clients else ((1, 8) if a.quick else (1, 8, 32)),
+        hot_clients=_ints(a.hot_clients) if a.hot_clients else ((8,) if a.quick else (8, 32)),
+        seconds=pick(a.seconds, "BENCH_SECONDS", 4.0, 2.0, float),
+        reps=pick(a.reps, "BENCH_REPS", 3, 1),
+        bulk_rows=pick(a.bulk_rows, "BENCH_BULK_ROWS", 100_000, 10_000),
+        bulk_reps=pick(a.bulk_reps, "BENCH_BULK_REPS", 3, 1),
+        tiers=_ints(a.tiers)
+        if a.tiers
+        else ((1_000, 10_000) if a.quick else (10_000, 100_000, 1_000_000)),
+        synchronous_commit=a.synchronous_commit,
+        sections=sections,
+        doc=doc,
+        budget=a.budget,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    cfg = parse_args(argv)
+    from bench import bulk, ledger, queries, report
+    from bench.server import BenchDatabase, machine_description
+
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
+
+    machine = machine_description()
+    log(
+        f"machine: {machine['cpu']}, {machine['cores']} cores,"
+        f" load {machine['load_average_at_start']}"
+    )
+    db = BenchDatabase()
+    results: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}
+    }
+    try:
+        log(
+            f"database {db.dbname} ({'embedded' if db.embedded else 'BENCH_DATABASE_URL'},"
+            f" PostgreSQL {db.server_version}), migrated to head in {db.migrate_seconds:.1f}s"
+        )
+        db.sql(f'ALTER DATABASE "{db.dbname}" SET synchronous_commit = {cfg.synchronous_commit}')
+        ledger.create_users(db, cfg.users)
+        results["machine"] = machine
+        results["server"] = {
+            "version": db.server_version,
+            "embedded": db.embedded,
+            "settings": db.settings,
+            "synchronous_commit_for_runs": cfg.synchronous_commit,
+        }
+        results["pgbench_version"] = db.pgbench_version()
+        if "ledger" in cfg.sections or "hot" in cfg.sections:
+            t0 = time.perf_counter()
+            runs = ledger.run(
+                db,
+                n_users=cfg.users,
+                clients=cfg.clients if "ledger" in cfg.sections else (),
+                hot_clients=cfg.hot_clients if "hot" in cfg.sections else (),
+                seconds=cfg.seconds,
+                reps=cfg.reps,
+                log=log,
+            )
+            results["ledger"] = [r.as_dict() for r in runs]
+            results["ledger_seconds"] = time.perf_counter() - t0
+        if "bulk" in cfg.sections:
+            t0 = time.perf_counter()
+            runs_b = bulk.run(
+                db, rows=cfg.bulk_rows, n_users=cfg.users, reps=cfg.bulk_reps, log=log
+            )
+            results["bulk"] = [r.as_dict() for r in runs_b]
+            results["bulk_seconds"] = time.perf_counter() - t0
+        if "queries" in cfg.sections:
+            t0 = time.perf_counter()
+            deadline = started + cfg.budget if cfg.budget > 0 else None
+            points, skipped = queries.run(
+                db, tiers=cfg.tiers, n_users=cfg.users, deadline=deadline, log=log
+            )
+            results["queries"] = [p.as_dict() for p in points]
+            results["queries_skipped"] = skipped
+            results["queries_seconds"] = time.perf_counter() - t0
+            results["probe_rows_per_table"] = queries.probe_rows_per_table(cfg.tiers)
+    finally:
+        db.close()
+    results["total_seconds"] = time.perf_counter() - started
+    results["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    raw = RESULTS / f"bench-{stamp}{'-quick' if cfg.quick else ''}.json"
+    raw.write_text(json.dumps(results, indent=2, default=str))
+    log(f"raw results: {raw.relative_to(REPO)}")
+    text = report.render(results)
+    print()
+    print(report.summary(results))
+    if cfg.doc is not None:
+        cfg.doc.parent.mkdir(parents=True, exist_ok=True)
+        cfg.doc.write_text(text)
+        log(f"report: {cfg.doc}")
+    log(f"done in {results['total_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

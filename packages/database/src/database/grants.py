@@ -1,0 +1,153 @@
+"""Least privilege for the applications' role (``automl-db grant ROLE``).
+
+The API and the workers connect as a role that owns nothing and gets exactly:
+
+- USAGE on schema ``public`` (no CREATE);
+- SELECT, INSERT, UPDATE, DELETE on every table, except:
+  - ``credit_transactions``: SELECT and INSERT only (the ledger is append-only;
+    the triggers refuse UPDATE, DELETE and TRUNCATE for anyone, and the role
+    cannot even try);
+  - ``users``: SELECT; INSERT and UPDATE of every column but the derived ones
+    (``credit_balance``, the counters, ``storage_used_bytes``), and UPDATE of
+    neither ``id`` nor ``created_at``; no DELETE (purge leaves tombstones);
+  - ``derived_repairs`` and ``alembic_version``: SELECT only;
+- USAGE and SELECT on the sequences, if any;
+- no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
+  schema (EXECUTE is revoked from PUBLIC on all of them).
+
+The trigger functions still maintain the derived columns: they are SECURITY
+DEFINER with a pinned ``search_path`` and run as the schema owner; a trigger fires
+whatever the privileges of the statement's role. As the role owns no table, it
+cannot ``ALTER TABLE ... DISABLE TRIGGER``; as it is no superuser, it cannot set
+``session_replication_role`` either.
+
+``grant`` is idempotent and exact: it first revokes everything the role holds in
+the schema, then grants the list above. Run it again after a migration adds a
+table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from database import errors
+from database.models.user import DERIVED_COLUMNS
+
+APPEND_ONLY = {"credit_transactions": "SELECT, INSERT"}
+READ_ONLY = frozenset({"derived_repairs", "alembic_version"})
+USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, "id", "created_at"})
+
+
+@dataclass
+class GrantReport:
+    role: str
+    created: bool = False
+    statements: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        head = f"role {self.role}{' (created)' if self.created else ''}:"
+        return "\n".join([head, *(f"  {s};" for s in self.statements)])
+
+
+def _quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+def grant(conn: Connection, role: str, *, create: bool = False) -> GrantReport:
+    """Give ``role`` exactly what the applications need (see the module doc).
+
+    Runs in ``conn``'s transaction (the caller commits). Raises ``RoleNotFound``
+    (unless ``create``: then the role is created with LOGIN and no password) and
+    ``UnsafeRole`` for a superuser or a role that owns, or is a member of an owner
+    of, anything in the schema.
+    """
+    report = GrantReport(role=role)
+    row = conn.execute(
+        text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role}
+    ).one_or_none()
+    q = _quote(conn, role)
+
+    def run(statement: str) -> None:
+        conn.execute(text(statement))
+        report.statements.append(statement)
+
+    if row is None:
+        if not create:
+            raise errors.RoleNotFound(f"role {role} does not exist (pass --create to create it)")
+        run(f"CREATE ROLE {q} LOGIN")
+        report.created = True
+    elif row.rolsuper:
+        raise errors.UnsafeRole(f"role {role} is a superuser: give the apps a role of their own")
+    owned = (
+        conn.execute(
+            text(
+                "SELECT c.relname FROM pg_class AS c"
+                " WHERE c.relnamespace = 'public'::regnamespace"
+                "   AND c.relkind IN ('r', 'p', 'v', 'S')"
+                "   AND pg_has_role(:r, c.relowner, 'MEMBER')"
+                " UNION ALL SELECT 'schema public' FROM pg_namespace AS n"
+                " WHERE n.nspname = 'public' AND pg_has_role(:r, n.nspowner, 'MEMBER')"
+                " ORDER BY 1 LIMIT 3"
+            ),
+            {"r": role},
+        )
+        .scalars()
+        .all()
+    )
+    if owned:
+        raise errors.UnsafeRole(
+            f"role {role} owns (or is a member of the owner of) {', '.join(owned)}: it could"
+            " disable triggers; give the apps a role that owns nothing"
+        )
+
+    tables = list(
+        conn.execute(
+            text(
+                "SELECT c.relname FROM pg_class AS c WHERE c.relnamespace = 'public'::regnamespace"
+                " AND c.relkind IN ('r', 'p') ORDER BY 1"
+            )
+        ).scalars()
+    )
+    user_columns = list(
+        conn.execute(
+            text(
+                "SELECT a.attname FROM pg_attribute AS a"
+                " WHERE a.attrelid = 'public.users'::regclass AND a.attnum > 0"
+                " AND NOT a.attisdropped ORDER BY a.attnum"
+            )
+        ).scalars()
+    )
+
+    # Start from nothing, so a second run is exact too.
+    run(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {q}")
+    run(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {q}")
+    run(f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM {q}")
+    run(f"REVOKE CREATE ON SCHEMA public FROM {q}")
+    # Functions are executable by PUBLIC when created: take that back on all of them
+    # (users_apply_deltas and users_repair_derived are the ones callable directly).
+    run("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC")
+    run(f"GRANT USAGE ON SCHEMA public TO {q}")
+
+    for table in tables:
+        t = f"public.{_quote(conn, table)}"
+        if table == "users":
+            insertable = ", ".join(
+                _quote(conn, c) for c in user_columns if c not in DERIVED_COLUMNS
+            )
+            updatable = ", ".join(
+                _quote(conn, c) for c in user_columns if c not in USERS_NOT_UPDATABLE
+            )
+            run(f"GRANT SELECT ON {t} TO {q}")
+            run(f"GRANT INSERT ({insertable}) ON {t} TO {q}")
+            run(f"GRANT UPDATE ({updatable}) ON {t} TO {q}")
+        elif table in APPEND_ONLY:
+            run(f"GRANT {APPEND_ONLY[table]} ON {t} TO {q}")
+        elif table in READ_ONLY:
+            run(f"GRANT SELECT ON {t} TO {q}")
+        else:
+            run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {q}")
+    run(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {q}")
+    return report

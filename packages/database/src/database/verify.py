@@ -1,0 +1,312 @@
+"""The invariants of the users' derived columns, checked and (counters only) repaired.
+
+For every user:
+
+- ``credit_balance`` equals the sum of the user's ledger entries;
+- the ``balance_after`` chain is consistent: taken in the order the entries took
+  the user's lock, each entry's ``balance_after`` is the previous one plus its
+  ``amount`` (starting from 0), and the last one is ``credit_balance``;
+- ``dataset_count``, ``workflow_count`` (workflows not soft-deleted),
+  ``model_count`` and ``storage_used_bytes`` equal their values recomputed from the
+  tables, with the rules of sql/triggers/counters.sql and storage.sql.
+
+The check walks the entries in ``(created_at, id)`` order in SQL. That order need
+not be the order in which the entries took the user's lock (``created_at`` was long
+the start of the entry's *transaction*, and raw SQL can date a row), so only for a
+user whose walk breaks does it ask whether *some* order makes a chain from 0 to
+``credit_balance``: an Eulerian trail in the graph whose edges are the entries,
+from ``balance_after - amount`` to ``balance_after`` (each balance in as often as
+out, but 0 one more out and the final balance one more in, all edges connected).
+That is exact, and costs nothing for users whose walk does not break.
+
+``repair=True`` fixes counters and storage through ``public.users_repair_derived``
+(sql/triggers/repair.sql): it recomputes under the user's row lock, and the guard
+trigger logs every corrected column in ``derived_repairs``. The ledger and the
+balance are never rewritten; their drift stays in the report.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+#: Columns ``repair`` may correct.
+REPAIRABLE = ("dataset_count", "workflow_count", "model_count", "storage_used_bytes")
+
+_IDS = bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
+
+# One statement, one snapshot: a counter and the rows it counts commit together, so
+# a consistent database shows no drift however busy it is. Only drifting users (and
+# users whose created_at walk breaks) come back.
+_CHECK = text(
+    """
+WITH walk AS (
+    SELECT t.user_id, t.amount, t.balance_after,
+           t.balance_after - t.amount
+               IS DISTINCT FROM lag(t.balance_after, 1, 0) OVER w AS broken,
+           lead(t.id) OVER w IS NULL AS newest
+      FROM credit_transactions AS t
+     WHERE (CAST(:ids AS uuid[]) IS NULL OR t.user_id = ANY(:ids))
+    WINDOW w AS (PARTITION BY t.user_id ORDER BY t.created_at, t.id)
+), ledger AS (
+    SELECT user_id, sum(amount) AS total, count(*) FILTER (WHERE broken) AS breaks,
+           max(balance_after) FILTER (WHERE newest) AS latest
+      FROM walk GROUP BY user_id
+), ds AS (
+    SELECT user_id, count(*) AS n FROM datasets GROUP BY user_id
+), wf AS (
+    SELECT user_id, count(*) AS n FROM workflows WHERE NOT is_deleted GROUP BY user_id
+), md AS (
+    SELECT user_id, count(*) AS n FROM models GROUP BY user_id
+), st AS (
+    SELECT user_id,
+           sum(coalesce(original_size_bytes, 0) + coalesce(parquet_size_bytes, 0)) AS n
+      FROM dataset_versions GROUP BY user_id
+), checked AS (
+    SELECT u.id, u.email, u.credit_balance,
+           coalesce(l.total, 0)::bigint AS ledger_sum,
+           coalesce(l.latest, 0)::bigint AS latest_balance_after,
+           coalesce(l.breaks, 0)::bigint AS breaks,
+           u.dataset_count, coalesce(ds.n, 0)::bigint AS datasets,
+           u.workflow_count, coalesce(wf.n, 0)::bigint AS workflows,
+           u.model_count, coalesce(md.n, 0)::bigint AS models,
+           u.storage_used_bytes, coalesce(st.n, 0)::bigint AS storage
+      FROM users AS u
+      LEFT JOIN ledger AS l ON l.user_id = u.id
+      LEFT JOIN ds ON ds.user_id = u.id
+      LEFT JOIN wf ON wf.user_id = u.id
+      LEFT JOIN md ON md.user_id = u.id
+      LEFT JOIN st ON st.user_id = u.id
+     WHERE (CAST(:ids AS uuid[]) IS NULL OR u.id = ANY(:ids))
+)
+SELECT c.* FROM checked AS c
+ WHERE c.credit_balance <> c.ledger_sum OR c.breaks > 0
+    OR c.credit_balance <> c.latest_balance_after
+    OR c.dataset_count <> c.datasets OR c.workflow_count <> c.workflows
+    OR c.model_count <> c.models OR c.storage_used_bytes <> c.storage
+ ORDER BY c.id
+"""
+).bindparams(_IDS)
+
+_COUNT = text(
+    "SELECT count(*) FROM users AS u WHERE (CAST(:ids AS uuid[]) IS NULL OR u.id = ANY(:ids))"
+).bindparams(_IDS)
+
+_ENTRIES = text(
+    "SELECT t.amount, t.balance_after FROM credit_transactions AS t WHERE t.user_id = :user_id"
+)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One invariant one user breaks: the stored value and the expected one."""
+
+    user_id: uuid.UUID
+    check: str
+    stored: int
+    expected: int | None
+    message: str
+
+    @property
+    def repairable(self) -> bool:
+        return self.check in REPAIRABLE
+
+
+@dataclass
+class Report:
+    users_checked: int = 0
+    drift: list[Drift] = field(default_factory=list)
+    emails: dict[uuid.UUID, str | None] = field(default_factory=dict)
+    #: Columns corrected by ``repair``: (user, column, old value, recomputed value).
+    repaired: list[tuple[uuid.UUID, str, int, int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+    def users(self) -> list[uuid.UUID]:
+        return sorted({d.user_id for d in self.drift})
+
+    def render(self) -> str:
+        lines = []
+        for user_id, column, old, new in self.repaired:
+            lines.append(f"repaired user {user_id}: {column} {old} -> {new}")
+        by_user: dict[uuid.UUID, list[Drift]] = {}
+        for d in self.drift:
+            by_user.setdefault(d.user_id, []).append(d)
+        for user_id in sorted(by_user):
+            email = self.emails.get(user_id)
+            lines.append(f"user {user_id} ({email or 'purged'}):")
+            for d in by_user[user_id]:
+                note = "  [repairable: automl-db verify --repair]" if d.repairable else ""
+                lines.append(f"  {d.message}{note}")
+        state = (
+            "no drift"
+            if self.ok
+            else f"DRIFT in {len(by_user)} user{'s' if len(by_user) != 1 else ''}"
+        )
+        lines.append(f"verified {self.users_checked} users: {state}")
+        return "\n".join(lines)
+
+
+def chain_consistent(entries: Iterable[tuple[int, int]], final: int) -> bool:
+    """Whether some order of ``(amount, balance_after)`` entries chains 0 -> ``final``.
+
+    Each entry is an edge from ``balance_after - amount`` to ``balance_after``; the
+    chain exists iff the edges form one Eulerian trail from 0 to ``final``. A
+    negative balance anywhere breaks it.
+    """
+    out: Counter[int] = Counter()
+    into: Counter[int] = Counter()
+    parent: dict[int, int] = {}
+
+    def find(v: int) -> int:
+        parent.setdefault(v, v)
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    edges = 0
+    for amount, after in entries:
+        before = after - amount
+        if before < 0 or after < 0:
+            return False
+        out[before] += 1
+        into[after] += 1
+        parent[find(before)] = find(after)
+        edges += 1
+    if edges == 0:
+        return final == 0
+    nodes = set(out) | set(into) | {0, final}
+    for v in nodes:
+        if out[v] - into[v] != (v == 0) - (v == final):
+            return False
+    root = find(0)
+    return all(find(v) == root for v in set(out) | set(into))
+
+
+def _drift(row: object, conn: Connection | Session) -> list[Drift]:
+    r = row._mapping  # type: ignore[attr-defined]
+    uid: uuid.UUID = r["id"]
+    found: list[Drift] = []
+    balance = r["credit_balance"]
+    if balance != r["ledger_sum"]:
+        found.append(
+            Drift(
+                uid,
+                "credit_balance",
+                balance,
+                r["ledger_sum"],
+                f"credit_balance {balance} != sum of the ledger {r['ledger_sum']}",
+            )
+        )
+    if r["breaks"] > 0 or balance != r["latest_balance_after"]:
+        entries = [(a, b) for a, b in conn.execute(_ENTRIES, {"user_id": uid})]
+        if not chain_consistent(entries, balance):
+            found.append(
+                Drift(
+                    uid,
+                    "balance_after",
+                    balance,
+                    None,
+                    f"the balance_after chain of {len(entries)} entries does not lead "
+                    f"from 0 to credit_balance {balance}"
+                    f" (latest by created_at: {r['latest_balance_after']})",
+                )
+            )
+    for column, expected, what in (
+        ("dataset_count", "datasets", "datasets"),
+        ("workflow_count", "workflows", "workflows not deleted"),
+        ("model_count", "models", "models"),
+        ("storage_used_bytes", "storage", "bytes in dataset versions"),
+    ):
+        if r[column] != r[expected]:
+            found.append(
+                Drift(
+                    uid,
+                    column,
+                    r[column],
+                    r[expected],
+                    f"{column} {r[column]} != {r[expected]} {what}",
+                )
+            )
+    return found
+
+
+def check(conn: Connection | Session, user_ids: Sequence[uuid.UUID] | None = None) -> Report:
+    """Check the invariants in ``conn``'s current transaction; the report."""
+    ids = list(user_ids) if user_ids is not None else None
+    report = Report(users_checked=conn.execute(_COUNT, {"ids": ids}).scalar_one())
+    for row in conn.execute(_CHECK, {"ids": ids}).all():
+        report.emails[row.id] = row.email
+        report.drift.extend(_drift(row, conn))
+    return report
+
+
+def repair_user(conn: Connection | Session, user_id: uuid.UUID) -> list[tuple[str, int, int]]:
+    """Recompute one user's counters and storage; the columns corrected (old, new)."""
+    rows = conn.execute(
+        text("SELECT column_name, old_value, new_value FROM public.users_repair_derived(:u)"),
+        {"u": user_id},
+    )
+    return [(c, o, n) for c, o, n in rows]
+
+
+def verify(
+    bind: Engine | Connection | Session,
+    *,
+    user_ids: Sequence[uuid.UUID] | None = None,
+    repair: bool = False,
+) -> Report:
+    """Check every user (or ``user_ids``); with ``repair``, fix counters and storage.
+
+    With an Engine, the check runs in its own REPEATABLE READ transaction (one
+    snapshot, so a busy database shows no passing drift) and each user's repair in
+    its own transaction; the report then describes what is left after the repairs.
+    With a Connection or Session, everything runs in the caller's transaction, which
+    the caller commits; make it REPEATABLE READ on a busy database, as the main
+    check and the per-user chain check are separate statements.
+    """
+    if not isinstance(bind, Engine):
+        report = check(bind, user_ids)
+        if repair:
+            _repair(bind, report)
+            report = _recheck(bind, report, user_ids)
+        return report
+
+    with bind.connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            report = check(conn, user_ids)
+    if repair and any(d.repairable for d in report.drift):
+        with bind.connect() as conn:
+            for user_id in sorted({d.user_id for d in report.drift if d.repairable}):
+                with conn.begin():
+                    report.repaired.extend(
+                        (user_id, c, o, n) for c, o, n in repair_user(conn, user_id)
+                    )
+            with conn.begin():
+                report = _recheck(conn, report, user_ids)
+    return report
+
+
+def _repair(conn: Connection | Session, report: Report) -> None:
+    for user_id in sorted({d.user_id for d in report.drift if d.repairable}):
+        report.repaired.extend((user_id, c, o, n) for c, o, n in repair_user(conn, user_id))
+
+
+def _recheck(
+    conn: Connection | Session, before: Report, user_ids: Sequence[uuid.UUID] | None
+) -> Report:
+    after = check(conn, user_ids)
+    after.repaired = before.repaired
+    after.emails = {**before.emails, **after.emails}
+    return after

@@ -1,0 +1,184 @@
+"""Helpers of the API tests (imported by name: tests/api is on sys.path)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import get_session
+from api.main import create_app
+from api.settings import ApiSettings
+from database import credits
+
+WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
+_seq = itertools.count(1)
+
+
+def make_app(engine: Engine, settings: ApiSettings) -> FastAPI:
+    """The app, its sessions on ``engine`` (the test's own database)."""
+    app = create_app(settings)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+
+    def session_override() -> Iterator[Session]:
+        with factory() as session:
+            yield session
+
+    app.dependency_overrides[get_session] = session_override
+    return app
+
+
+@dataclass
+class Account:
+    user_id: uuid.UUID
+    email: str
+    key: str
+    key_id: uuid.UUID
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def signup(client: TestClient, email: str | None = None) -> Account:
+    email = email or f"user{next(_seq)}-{uuid.uuid4().hex[:6]}@example.com"
+    r = client.post("/v1/users", json={"email": email, "full_name": "Test User"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return Account(
+        user_id=uuid.UUID(body["user"]["id"]),
+        email=email,
+        key=body["api_key"]["key"],
+        key_id=uuid.UUID(body["api_key"]["id"]),
+    )
+
+
+def give_credits(engine: Engine, user_id: uuid.UUID, amount: int) -> None:
+    """Through the package's operation, as an administrator would."""
+    with Session(engine) as session:
+        credits.adjust(session, user_id, amount, "test credits", "tests")
+
+
+def rows(engine: Engine, statement: str, **params: Any) -> list[Any]:
+    with engine.begin() as conn:
+        result = conn.execute(text(statement), params)
+        return list(result) if result.returns_rows else []
+
+
+def scalar(engine: Engine, statement: str, **params: Any) -> Any:
+    found = rows(engine, statement, **params)
+    return found[0][0] if found else None
+
+
+CSV = b"sepal_length,sepal_width,species\n5.1,3.5,setosa\n4.9,3.0,setosa\n6.2,2.9,virginica\n"
+
+
+def upload(
+    client: TestClient,
+    account: Account,
+    *,
+    name: str = "iris",
+    content: bytes = CSV,
+    filename: str = "iris.csv",
+    **fields: str,
+) -> Any:
+    return client.post(
+        "/v1/datasets",
+        headers=account.headers,
+        data={"name": name, **fields},
+        files={"file": (filename, content, "text/csv")},
+    )
+
+
+def make_dataset(client: TestClient, account: Account, **kw: Any) -> dict[str, Any]:
+    r = upload(client, account, **kw)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def definition(dataset_id: uuid.UUID | str | None) -> dict[str, Any]:
+    """A valid workflow: dataset -> preprocess -> model -> save."""
+    config = {"dataset_id": str(dataset_id)} if dataset_id else {}
+    return {
+        "nodes": [
+            {"id": "data", "type": "dataset", "config": config},
+            {"id": "clean", "type": "preprocess", "config": {"impute": "mean"}},
+            {"id": "train", "type": "model", "config": {"algorithm": "random_forest"}},
+            {"id": "keep", "type": "save"},
+        ],
+        "edges": [
+            {"source": "data", "target": "clean"},
+            {"source": "clean", "target": "train"},
+            {"source": "train", "target": "keep"},
+        ],
+    }
+
+
+#: The default price of ``definition``: base 1 + preprocess 1 + model 10 + save 1.
+DEFINITION_PRICE = 13
+
+
+def make_workflow(
+    client: TestClient, account: Account, dataset_id: Any = None, name: str = "pipeline"
+) -> dict[str, Any]:
+    r = client.post(
+        "/v1/workflows",
+        headers=account.headers,
+        json={"name": name, "definition": definition(dataset_id)},
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def runnable_workflow(client: TestClient, account: Account) -> dict[str, Any]:
+    dataset = make_dataset(client, account)
+    return make_workflow(client, account, dataset["dataset"]["id"])
+
+
+def stripe_headers(
+    payload: bytes, secret: str = WEBHOOK_SECRET, at: int | None = None
+) -> dict[str, str]:
+    import stripe
+
+    header = stripe.WebhookSignature.generate_signature_header(
+        payload.decode(), secret, timestamp=at or int(time.time())
+    )
+    return {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+def checkout_event(
+    user_id: uuid.UUID | str,
+    package_id: uuid.UUID | str,
+    payment_intent: str,
+    *,
+    event_id: str | None = None,
+    event_type: str = "checkout.session.completed",
+    payment_status: str = "paid",
+) -> bytes:
+    event = {
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": event_type,
+        "livemode": False,
+        "created": int(time.time()),
+        "data": {
+            "object": {
+                "id": f"cs_test_{uuid.uuid4().hex}",
+                "object": "checkout.session",
+                "client_reference_id": str(user_id),
+                "metadata": {"package_id": str(package_id)},
+                "payment_intent": payment_intent,
+                "payment_status": payment_status,
+            }
+        },
+    }
+    return json.dumps(event).encode()

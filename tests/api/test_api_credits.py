@@ -1,0 +1,224 @@
+"""Credits: balance, ledger, packages per tier, development purchase, Stripe's webhook."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from api_helpers import (
+    Account,
+    checkout_event,
+    give_credits,
+    make_app,
+    rows,
+    scalar,
+    signup,
+    stripe_headers,
+)
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.settings import ApiSettings
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+def _package(engine: Engine, name: str) -> uuid.UUID:
+    found: uuid.UUID = scalar(engine, "SELECT id FROM credit_packages WHERE name = :n", n=name)
+    return found
+
+
+def _set_tier(engine: Engine, user_id: uuid.UUID, tier: str) -> None:
+    rows(engine, "UPDATE users SET tier = CAST(:t AS user_tier) WHERE id = :id", t=tier, id=user_id)
+
+
+def test_balance_and_ledger_newest_first(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    assert client.get("/v1/credits/balance", headers=account.headers).json() == {"balance": 0}
+    for amount in (10, 20, 30):
+        give_credits(engine, account.user_id, amount)
+    assert client.get("/v1/credits/balance", headers=account.headers).json() == {"balance": 60}
+    page = client.get("/v1/credits/transactions", headers=account.headers, params={"limit": 2})
+    first = page.json()
+    assert [t["amount"] for t in first["items"]] == [30, 20]
+    assert [t["balance_after"] for t in first["items"]] == [60, 30]
+    rest = client.get(
+        "/v1/credits/transactions",
+        headers=account.headers,
+        params={"limit": 2, "cursor": first["next_cursor"]},
+    ).json()
+    assert [t["amount"] for t in rest["items"]] == [10] and rest["next_cursor"] is None
+
+
+def test_packages_follow_the_tier(client: TestClient, account: Account, engine: Engine) -> None:
+    def names() -> list[str]:
+        r = client.get("/v1/credit-packages", headers=account.headers)
+        assert r.status_code == 200
+        return [p["name"] for p in r.json()]
+
+    assert names() == ["Starter", "Builder"]
+    _set_tier(engine, account.user_id, "pro")
+    assert names() == ["Starter", "Builder", "Pro"]
+    _set_tier(engine, account.user_id, "enterprise")
+    assert names() == ["Starter", "Builder", "Pro", "Enterprise"]
+    rows(engine, "UPDATE credit_packages SET is_active = false WHERE name = 'Builder'")
+    assert "Builder" not in names()
+
+
+def test_development_purchase(client: TestClient, account: Account, engine: Engine) -> None:
+    starter = _package(engine, "Starter")
+    headers = {**account.headers, "Idempotency-Key": "order-1"}
+    r = client.post("/v1/credits/purchase", headers=headers, json={"package_id": str(starter)})
+    assert r.status_code == 201, r.text
+    assert r.json()["balance"] == 100
+    assert r.json()["transaction"]["type"] == "purchase"
+    retry = client.post("/v1/credits/purchase", headers=headers, json={"package_id": str(starter)})
+    assert retry.status_code == 201 and retry.json()["balance"] == 100
+    assert retry.json()["transaction"]["id"] == r.json()["transaction"]["id"]
+    # Without a key, each call is a purchase.
+    plain = client.post(
+        "/v1/credits/purchase", headers=account.headers, json={"package_id": str(starter)}
+    )
+    assert plain.json()["balance"] == 200
+
+    pro = _package(engine, "Pro")
+    denied = client.post(
+        "/v1/credits/purchase", headers=account.headers, json={"package_id": str(pro)}
+    )
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "package_tier_restricted"
+    unknown = client.post(
+        "/v1/credits/purchase", headers=account.headers, json={"package_id": str(uuid.uuid4())}
+    )
+    assert unknown.status_code == 404
+    rows(engine, "UPDATE credit_packages SET is_active = false WHERE id = :id", id=starter)
+    off = client.post(
+        "/v1/credits/purchase", headers=account.headers, json={"package_id": str(starter)}
+    )
+    assert off.status_code == 409 and off.json()["error"]["code"] == "package_unavailable"
+    assert client.get("/v1/credits/balance", headers=account.headers).json()["balance"] == 200
+
+
+def test_development_purchase_is_off_by_default(engine: Engine, api_settings: ApiSettings) -> None:
+    settings = api_settings.model_copy(update={"dev_purchases": False})
+    with TestClient(make_app(engine, settings)) as client:
+        account = signup(client)
+        r = client.post(
+            "/v1/credits/purchase",
+            headers=account.headers,
+            json={"package_id": str(_package(engine, "Starter"))},
+        )
+        assert r.status_code == 403 and r.json()["error"]["code"] == "dev_purchases_disabled"
+        assert scalar(engine, "SELECT count(*) FROM credit_transactions") == 0
+
+
+def test_purchase_needs_the_billing_scope(client: TestClient, account: Account) -> None:
+    reader = client.post("/v1/api-keys", headers=account.headers, json={"scopes": ["read"]})
+    headers = {"Authorization": f"Bearer {reader.json()['key']}"}
+    r = client.post("/v1/credits/purchase", headers=headers, json={"package_id": str(uuid.uuid4())})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+
+
+# --- Stripe ---------------------------------------------------------------------------------
+def _deliver(client: TestClient, payload: bytes, **kw: Any) -> Any:
+    return client.post(
+        "/v1/webhooks/stripe", content=payload, headers=stripe_headers(payload, **kw)
+    )
+
+
+def test_checkout_is_credited_exactly_once(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    package = _package(engine, "Builder")
+    event = checkout_event(account.user_id, package, "pi_123", event_id="evt_1")
+    first = _deliver(client, event)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"event_id": "evt_1", "status": "processed"}
+    for _ in range(2):  # Stripe redelivers
+        again = _deliver(client, event)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    # Another event for the same payment credits nothing more.
+    other_event = checkout_event(
+        account.user_id,
+        package,
+        "pi_123",
+        event_id="evt_2",
+        event_type="checkout.session.async_payment_succeeded",
+    )
+    assert _deliver(client, other_event).json()["status"] == "processed"
+    assert client.get("/v1/credits/balance", headers=account.headers).json()["balance"] == 500
+    [(kind, amount, ref)] = rows(
+        engine,
+        "SELECT type, amount, stripe_payment_id FROM credit_transactions WHERE user_id = :u",
+        u=account.user_id,
+    )
+    assert (kind, amount, ref) == ("purchase", 500, "pi_123")
+    stored = rows(engine, "SELECT stripe_event_id, status FROM stripe_webhook_events ORDER BY 1")
+    assert [tuple(r) for r in stored] == [("evt_1", "processed"), ("evt_2", "processed")]
+
+
+def test_signature_is_verified(client: TestClient, account: Account, engine: Engine) -> None:
+    event = checkout_event(account.user_id, _package(engine, "Starter"), "pi_sig")
+    forged = client.post(
+        "/v1/webhooks/stripe",
+        content=event,
+        headers=stripe_headers(event, secret="whsec_someone_else"),
+    )
+    assert forged.status_code == 400 and forged.json()["error"]["code"] == "invalid_signature"
+    unsigned = client.post("/v1/webhooks/stripe", content=event)
+    assert unsigned.status_code == 400
+    stale = _deliver(client, event, at=int(time.time()) - 3600)
+    assert stale.status_code == 400
+    tampered = event.replace(b"pi_sig", b"pi_sih")
+    r = client.post("/v1/webhooks/stripe", content=tampered, headers=stripe_headers(event))
+    assert r.status_code == 400
+    assert scalar(engine, "SELECT count(*) FROM stripe_webhook_events") == 0
+    assert scalar(engine, "SELECT count(*) FROM credit_transactions") == 0
+
+
+def test_events_that_cannot_credit_are_recorded_not_retried(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    pro = _package(engine, "Pro")  # the user is on the free tier
+    r = _deliver(client, checkout_event(account.user_id, pro, "pi_tier", event_id="evt_tier"))
+    assert r.status_code == 200 and r.json()["status"] == "failed"
+    r = _deliver(client, checkout_event(uuid.uuid4(), pro, "pi_nobody", event_id="evt_nobody"))
+    assert r.json()["status"] == "failed"
+    r = _deliver(client, checkout_event("not-a-user", pro, "pi_x", event_id="evt_garbage"))
+    assert r.json()["status"] == "failed"
+    unpaid = checkout_event(
+        account.user_id, _package(engine, "Starter"), "pi_later", payment_status="unpaid"
+    )
+    assert _deliver(client, unpaid).json()["status"] == "ignored"
+    other = json.dumps({"id": "evt_other", "type": "customer.created", "data": {"object": {}}})
+    assert _deliver(client, other.encode()).json()["status"] == "ignored"
+    errors = dict(
+        rows(
+            engine,
+            "SELECT stripe_event_id, error FROM stripe_webhook_events WHERE error IS NOT NULL",
+        )
+    )
+    assert "PackageTierRestricted" in errors["evt_tier"]
+    assert "UserNotFound" in errors["evt_nobody"]
+    assert scalar(engine, "SELECT count(*) FROM credit_transactions") == 0
+
+
+def test_webhook_without_a_secret_is_503(engine: Engine, api_settings: ApiSettings) -> None:
+    settings = api_settings.model_copy(update={"stripe_webhook_secret": None})
+    with TestClient(make_app(engine, settings)) as client:
+        payload = b'{"id": "evt_x", "type": "x"}'
+        r = client.post("/v1/webhooks/stripe", content=payload, headers=stripe_headers(payload))
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "webhooks_not_configured"
+
+
+def test_malformed_signed_payloads_are_400(client: TestClient) -> None:
+    for payload in (b"[1, 2]", b"not json", b'{"id": "evt_\\u0000"}'):
+        r = _deliver(client, payload)
+        assert r.status_code == 400, (payload, r.text)
+        assert r.json()["error"]["code"] == "invalid_payload"
+    no_id = _deliver(client, b'{"type": "checkout.session.completed"}')
+    assert no_id.status_code == 422

@@ -1,0 +1,214 @@
+"""Workflows: validation of definitions, update, soft delete and restore, limits."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from api_helpers import (
+    DEFINITION_PRICE,
+    Account,
+    definition,
+    make_app,
+    make_dataset,
+    make_workflow,
+    scalar,
+    signup,
+)
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.settings import ApiSettings
+
+
+def test_create_read_and_list(client: TestClient, account: Account, engine: Engine) -> None:
+    dataset_id = make_dataset(client, account)["dataset"]["id"]
+    created = make_workflow(client, account, dataset_id, name="churn")
+    assert created["name"] == "churn" and created["is_deleted"] is False
+    assert created["estimated_credits"] == DEFINITION_PRICE
+    assert created["definition"]["nodes"][0]["config"] == {"dataset_id": dataset_id}
+    got = client.get(f"/v1/workflows/{created['id']}", headers=account.headers)
+    assert got.status_code == 200 and got.json() == created
+    draft = client.post("/v1/workflows", headers=account.headers, json={"name": "draft"})
+    assert draft.status_code == 201, draft.text
+    assert draft.json()["definition"] == {"nodes": [], "edges": []}
+    listed = client.get("/v1/workflows", headers=account.headers).json()["items"]
+    assert [w["name"] for w in listed] == ["draft", "churn"]
+    count = scalar(engine, "SELECT workflow_count FROM users WHERE id = :id", id=account.user_id)
+    assert count == 2
+
+
+def _broken(change: str) -> dict[str, Any]:
+    d = definition(None)
+    if change == "cycle":
+        d["edges"].append({"source": "keep", "target": "clean"})
+    elif change == "unknown_node":
+        d["edges"].append({"source": "train", "target": "ghost"})
+    elif change == "self_loop":
+        d["edges"].append({"source": "train", "target": "train"})
+    elif change == "duplicate_edge":
+        d["edges"].append({"source": "data", "target": "clean"})
+    elif change == "duplicate_id":
+        d["nodes"].append({"id": "train", "type": "model"})
+    elif change == "no_dataset_source":
+        d["nodes"].append({"id": "orphan", "type": "model"})
+    elif change == "into_dataset":
+        d["edges"].append({"source": "clean", "target": "data"})
+    elif change == "bad_type":
+        d["nodes"][1]["type"] = "teleport"
+    elif change == "bad_dataset_id":
+        d["nodes"][0]["config"] = {"dataset_id": "nope"}
+    elif change == "nul_in_config":
+        d["nodes"][1]["config"] = {"impute": "me\x00an"}
+    elif change == "extra_key":
+        d["nodes"][1]["colour"] = "red"
+    return d
+
+
+BROKEN = [
+    "cycle",
+    "unknown_node",
+    "self_loop",
+    "duplicate_edge",
+    "duplicate_id",
+    "no_dataset_source",
+    "into_dataset",
+    "bad_type",
+    "bad_dataset_id",
+    "nul_in_config",
+    "extra_key",
+]
+
+
+def test_invalid_definitions_are_422(client: TestClient, account: Account, engine: Engine) -> None:
+    wf = make_workflow(client, account)
+    for change in BROKEN:
+        body = {"name": "x", "definition": _broken(change)}
+        r = client.post("/v1/workflows", headers=account.headers, json=body)
+        assert r.status_code == 422, (change, r.text)
+        assert r.json()["error"]["code"] == "validation_error", change
+        patch = client.patch(
+            f"/v1/workflows/{wf['id']}",
+            headers=account.headers,
+            json={"definition": body["definition"]},
+        )
+        assert patch.status_code == 422, (change, patch.text)
+    assert scalar(engine, "SELECT count(*) FROM workflows") == 1
+    stored = client.get(f"/v1/workflows/{wf['id']}", headers=account.headers).json()
+    assert stored["definition"] == wf["definition"]
+
+
+def test_dataset_nodes_must_name_the_callers_datasets(
+    client: TestClient, account: Account, other: Account
+) -> None:
+    theirs = make_dataset(client, other)["dataset"]["id"]
+    for dataset_id in (theirs, str(uuid.uuid4())):
+        r = client.post(
+            "/v1/workflows",
+            headers=account.headers,
+            json={"name": "x", "definition": definition(dataset_id)},
+        )
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_workflow"
+
+
+def test_update(client: TestClient, account: Account) -> None:
+    wf = make_workflow(client, account)
+    url = f"/v1/workflows/{wf['id']}"
+    r = client.patch(url, headers=account.headers, json={"name": "renamed", "description": "d"})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "renamed" and r.json()["description"] == "d"
+    assert r.json()["definition"] == wf["definition"]
+    smaller = {
+        "nodes": [{"id": "d", "type": "dataset"}, {"id": "m", "type": "model"}],
+        "edges": [{"source": "d", "target": "m"}],
+    }
+    r = client.patch(url, headers=account.headers, json={"definition": smaller})
+    assert r.status_code == 200 and r.json()["estimated_credits"] == 11
+    cyclic = client.patch(url, headers=account.headers, json={"definition": _broken("cycle")})
+    assert cyclic.status_code == 422
+    assert client.get(url, headers=account.headers).json()["estimated_credits"] == 11
+    cleared = client.patch(url, headers=account.headers, json={"description": None})
+    assert cleared.json()["description"] is None and cleared.json()["name"] == "renamed"
+
+
+def test_soft_delete_and_restore(client: TestClient, account: Account, engine: Engine) -> None:
+    wf = make_workflow(client, account)
+    url = f"/v1/workflows/{wf['id']}"
+    count = "SELECT workflow_count FROM users WHERE id = :id"
+    assert client.delete(url, headers=account.headers).status_code == 204
+    assert scalar(engine, count, id=account.user_id) == 0
+    got = client.get(url, headers=account.headers).json()
+    assert got["is_deleted"] is True and got["deleted_at"] is not None
+    assert client.get("/v1/workflows", headers=account.headers).json()["items"] == []
+    trash = client.get("/v1/workflows", headers=account.headers, params={"deleted": True})
+    assert [w["id"] for w in trash.json()["items"]] == [wf["id"]]
+    locked = client.patch(url, headers=account.headers, json={"name": "x"})
+    assert locked.status_code == 409 and locked.json()["error"]["code"] == "workflow_deleted"
+    assert client.delete(url, headers=account.headers).status_code == 204  # idempotent
+
+    restored = client.post(f"{url}/restore", headers=account.headers)
+    assert restored.status_code == 200 and restored.json()["is_deleted"] is False
+    assert scalar(engine, count, id=account.user_id) == 1
+    assert client.post(f"{url}/restore", headers=account.headers).status_code == 200
+
+
+def test_workflow_limit_is_403(engine: Engine, api_settings: ApiSettings) -> None:
+    settings = api_settings.model_copy(deep=True)
+    settings.tier_limits.free.max_workflows = 1
+    with TestClient(make_app(engine, settings)) as client:
+        account = signup(client)
+        first = make_workflow(client, account)
+        r = client.post("/v1/workflows", headers=account.headers, json={"name": "second"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "workflow_limit_reached"
+        assert r.json()["error"]["details"]["limit"] == 1
+        assert scalar(engine, "SELECT count(*) FROM workflows") == 1
+        # A soft-deleted one frees its place; restoring it over the limit is refused.
+        url = f"/v1/workflows/{first['id']}"
+        assert client.delete(url, headers=account.headers).status_code == 204
+        make_workflow(client, account, name="replacement")
+        again = client.post(f"{url}/restore", headers=account.headers)
+        assert again.status_code == 403
+        assert client.get(url, headers=account.headers).json()["is_deleted"] is True
+
+
+def test_another_users_workflow_is_not_found(
+    client: TestClient, account: Account, other: Account
+) -> None:
+    theirs = make_workflow(client, other)["id"]
+    missing = str(uuid.uuid4())
+    answers: dict[str, list[Any]] = {}
+    for wid in (theirs, missing):
+        url = f"/v1/workflows/{wid}"
+        answers[wid] = [
+            client.get(url, headers=account.headers),
+            client.patch(url, headers=account.headers, json={"name": "mine"}),
+            client.delete(url, headers=account.headers),
+            client.post(f"{url}/restore", headers=account.headers),
+            client.post(f"{url}/run", headers=account.headers),
+        ]
+    for a, b in zip(answers[theirs], answers[missing], strict=True):
+        assert a.status_code == b.status_code == 404
+        assert a.json() == b.json()
+    assert client.get(f"/v1/workflows/{theirs}", headers=other.headers).json()["name"] == "pipeline"
+
+
+def test_concurrent_creates_cannot_pass_the_limit_together(
+    engine: Engine, api_settings: ApiSettings
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = api_settings.model_copy(deep=True)
+    settings.tier_limits.free.max_workflows = 2
+    app = make_app(engine, settings)
+    with TestClient(app) as client:
+        account = signup(client)
+
+    def create(i: int) -> int:
+        with TestClient(app) as own:
+            r = own.post("/v1/workflows", headers=account.headers, json={"name": f"w{i}"})
+            return r.status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = sorted(pool.map(create, range(6)))
+    assert statuses == [201, 201, 403, 403, 403, 403]
+    assert scalar(engine, "SELECT count(*) FROM workflows") == 2
