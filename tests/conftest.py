@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from database import errors, migrations
 
+from pgtest import ServerInfo, make_test_url  # noqa: F401  (re-exported)
+
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-
-
-@dataclass
-class ServerInfo:
-    host: str
-    port: int
-    user: str
-    password: str | None
-    options: str = ""
-    maintenance_dbname: str = "postgres"
-    template_dbname: str | None = None
-
-
-def make_test_url(host: str, port: int | str, user: str, dbname: str, password: str | None) -> URL:
-    query = {"host": host} if host.startswith("/") else {}
-    return URL.create(
-        "postgresql+psycopg",
-        username=user,
-        password=password or None,
-        host=None if host.startswith("/") else host,
-        port=None if host.startswith("/") else int(port),
-        database=dbname,
-        query=query,
-    )
 
 
 def migrate_to_head(

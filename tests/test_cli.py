@@ -13,7 +13,7 @@ from database import cli, session
 from database.config import get_settings
 from database.triggers import expected_triggers
 
-from conftest import ServerInfo, make_test_url
+from pgtest import ServerInfo, make_test_url
 
 
 @pytest.fixture
@@ -48,7 +48,10 @@ def test_up_migrates_and_reports_every_table_and_trigger(
     assert cli.main(["up"]) == 0
     out = capsys.readouterr().out
     assert "(at head)" in out
-    assert "tables (16):" in out
+    import database.models  # noqa: F401
+    from database.base import Base
+
+    assert f"tables ({len(Base.metadata.tables)}):" in out
     for trigger in expected_triggers():
         assert trigger.name in out
     assert cli.main(["status"]) == 0

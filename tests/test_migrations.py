@@ -39,7 +39,7 @@ from sqlalchemy import URL, Engine, create_engine, text
 from alembic import command
 from database import errors, migrations
 
-from conftest import ROOT, make_test_url
+from pgtest import ROOT, make_test_url
 
 VERSIONS_DIR = ROOT / "alembic" / "versions"
 ENV_PY = ROOT / "alembic" / "env.py"

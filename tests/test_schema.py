@@ -28,7 +28,7 @@ from database.models import enums
 from database.models.user import User
 from database.types import UtcDateTime
 
-from conftest import make_test_url
+from pgtest import make_test_url
 
 # --- the seed (docs: /work/shared/seeds/002_*.txt) ----------------------------------------
 # Every field of the seed's tables; the tables the seed only names get the columns
@@ -148,6 +148,8 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_experiment_runs_model_id_user_id_models": ("n", "a", ("model_id",)),
     # The log of repairs of a user's derived columns goes with the user.
     "fk_derived_repairs_user_id_users": ("c", "a", None),
+    # A user's API keys go with the user.
+    "fk_api_keys_user_id_users": ("c", "a", None),
 }
 
 # A foreign key normally needs an index whose leading columns are its own. The one

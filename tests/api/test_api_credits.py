@@ -8,6 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.settings import ApiSettings
+
 from api_helpers import (
     Account,
     checkout_event,
@@ -18,10 +23,6 @@ from api_helpers import (
     signup,
     stripe_headers,
 )
-from fastapi.testclient import TestClient
-from sqlalchemy import Engine
-
-from api.settings import ApiSettings
 
 pytestmark = pytest.mark.usefixtures("seeded")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from api_helpers import CSV, Account, make_app, make_dataset, rows, scalar, signup, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from api.settings import ApiSettings
+
+from api_helpers import CSV, Account, make_app, make_dataset, rows, scalar, signup, upload
 
 
 def test_upload_creates_dataset_version_and_ingestion_job(

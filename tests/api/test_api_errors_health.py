@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import Account, make_app, rows
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
@@ -20,6 +19,8 @@ from api.settings import ApiSettings
 from api.storage import LocalStorage, S3Storage, safe_filename
 from database import errors as db
 from database import migrations
+
+from api_helpers import Account, make_app, rows
 
 CONTRACT = {
     "/v1/users": {"post"},

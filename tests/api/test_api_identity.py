@@ -6,12 +6,13 @@ import datetime as dt
 import hashlib
 import uuid
 
-from api_helpers import Account, rows, scalar, signup
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from database.lifecycle import soft_delete_user
+
+from api_helpers import Account, rows, scalar, signup
 
 
 def test_sign_up_creates_a_user_and_a_key_stored_hashed(client: TestClient, engine: Engine) -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import Account, give_credits, make_dataset, rows, runnable_workflow, scalar
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from api.settings import ApiSettings
+
+from api_helpers import Account, give_credits, make_dataset, rows, runnable_workflow, scalar
 
 
 def _job(client: TestClient, account: Account, engine: Engine) -> str:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.settings import ApiSettings
+
 from api_helpers import (
     DEFINITION_PRICE,
     Account,
@@ -16,10 +21,6 @@ from api_helpers import (
     scalar,
     signup,
 )
-from fastapi.testclient import TestClient
-from sqlalchemy import Engine
-
-from api.settings import ApiSettings
 
 
 def _state(engine: Engine, user_id: uuid.UUID) -> tuple[Any, ...]:

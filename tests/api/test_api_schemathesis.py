@@ -14,7 +14,6 @@ from typing import Any
 import hypothesis
 import pytest
 import schemathesis
-from api_helpers import give_credits, make_app, make_dataset, make_workflow, signup
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck
 from schemathesis import GenerationMode
@@ -28,6 +27,8 @@ from sqlalchemy import Engine
 
 from api.settings import ApiSettings
 from database.seed import seed
+
+from api_helpers import give_credits, make_app, make_dataset, make_workflow, signup
 
 POSITIVE_EXAMPLES = 8
 NEGATIVE_EXAMPLES = 4

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_helpers import rows, scalar
 from sqlalchemy import Engine
 
 from database import cli
 from database import session as db_session
 from database.seed import CREDIT_PACKAGES, TUTORIALS, seed
+
+from api_helpers import rows, scalar
 
 
 def test_seed_is_idempotent(engine: Engine) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.settings import ApiSettings
+
 from api_helpers import (
     DEFINITION_PRICE,
     Account,
@@ -15,10 +20,6 @@ from api_helpers import (
     scalar,
     signup,
 )
-from fastapi.testclient import TestClient
-from sqlalchemy import Engine
-
-from api.settings import ApiSettings
 
 
 def test_create_read_and_list(client: TestClient, account: Account, engine: Engine) -> None:

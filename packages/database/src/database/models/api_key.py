@@ -37,9 +37,7 @@ class APIKey(IDMixin, CreatedAtMixin, Base):
     # Lower-case hex SHA-256 of the whole key: the lookup on every request.
     key_hash: Mapped[str]
     # What the key may do, e.g. {read, write, billing, keys}.
-    scopes: Mapped[list[str]] = mapped_column(
-        ARRAY(Text), server_default=text("'{}'::text[]")
-    )
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     expires_at: Mapped[dt.datetime | None]
     # Moved at most about once a minute per key, so reads do not each write a row.
     last_used_at: Mapped[dt.datetime | None]
