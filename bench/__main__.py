@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                 log=log,
             )
             results["ledger"] = [r.as_dict() for r in runs]
+            if "ledger" in cfg.sections:
+                results["anatomy"] = ledger.anatomy(db, n_users=cfg.users)
+                log(
+                    "  anatomy of a charge (us per statement): "
+                    + ", ".join(f"{k} {min(v):.0f}" for k, v in results["anatomy"].items())
+                )
             results["ledger_seconds"] = time.perf_counter() - t0
         if "bulk" in cfg.sections:
             t0 = time.perf_counter()

@@ -235,6 +235,90 @@ def run(
     return runs
 
 
+ANATOMY = {
+    "floor_insert": "the ledger INSERT, triggers off (the floor)",
+    "trigger_insert": "the ledger INSERT through the trigger",
+    "users_update": "the trigger's balance UPDATE of users, alone (users triggers off)",
+    "update_no_checks": "the same UPDATE on a copy of users without its CHECK constraints",
+    "update_pk_only": "the same UPDATE on a copy of users with only its primary key",
+}
+
+
+def _anatomy_sql(kind: str, n: int, offset: int) -> str:
+    u = user_uuid_sql(f"1 + ({offset} + i) % {{users}}")
+    body = {
+        "floor_insert": (
+            "INSERT INTO credit_transactions (user_id, type, amount, balance_after, description,"
+            f" actor) VALUES ({u}, 'adjustment', -1, 0, 'bench floor', 'bench')"
+        ),
+        "trigger_insert": (
+            "INSERT INTO credit_transactions (user_id, type, amount, description, actor)"
+            f" VALUES ({u}, 'adjustment', -1, 'bench charge', 'bench')"
+        ),
+        "users_update": "UPDATE users SET credit_balance = credit_balance - 1 WHERE id = {u}",
+        "update_no_checks": (
+            "UPDATE bench_users_no_checks SET credit_balance = credit_balance - 1 WHERE id = {u}"
+        ),
+        "update_pk_only": (
+            "UPDATE bench_users_pk_only SET credit_balance = credit_balance - 1 WHERE id = {u}"
+        ),
+    }[kind].replace("{u}", u)
+    return f"DO $$ BEGIN FOR i IN 1..{n} LOOP {body}; END LOOP; END $$"
+
+
+def anatomy(
+    db: BenchDatabase, *, n_users: int, n: int = 2000, reps: int = 3
+) -> dict[str, list[float]]:
+    """Server time per statement of the pieces of a charge, in a PL/pgSQL loop.
+
+    One session, ``n`` statements per loop, each on another user; the pieces are
+    interleaved and repeated. Server CPU of the backend when the server is ours
+    (embedded), wall time otherwise. The copies of users have its rows and
+    indexes (``bench_users_no_checks``) or only its primary key.
+    """
+    db.script(
+        """
+DROP TABLE IF EXISTS bench_users_no_checks, bench_users_pk_only;
+CREATE TABLE bench_users_no_checks (LIKE users INCLUDING DEFAULTS INCLUDING INDEXES);
+INSERT INTO bench_users_no_checks SELECT * FROM users;
+CREATE TABLE bench_users_pk_only (LIKE users INCLUDING DEFAULTS);
+ALTER TABLE bench_users_pk_only ADD PRIMARY KEY (id);
+INSERT INTO bench_users_pk_only SELECT * FROM users;
+VACUUM ANALYZE bench_users_no_checks;
+VACUUM ANALYZE bench_users_pk_only;
+"""
+    )
+    reset_ledger(db)
+    out: dict[str, list[float]] = {k: [] for k in ANATOMY}
+    offset = 0
+    with db.connect() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        proc = None
+        if db.embedded:
+            import psutil  # noqa: PLC0415
+
+            proc = psutil.Process(pid)
+        for rep in range(reps):
+            for kind in _rotate(list(ANATOMY), rep):
+                on = kind == "trigger_insert"
+                state = "ENABLE" if on else "DISABLE"
+                conn.execute(f"ALTER TABLE credit_transactions {state} TRIGGER USER")
+                conn.execute(f"ALTER TABLE users {state} TRIGGER USER")
+                sql = _anatomy_sql(kind, n, offset).replace("{users}", str(n_users))
+                offset += n
+                t0 = time.perf_counter()
+                c0 = sum(proc.cpu_times()[:2]) if proc else 0.0
+                conn.execute(sql)
+                c1 = sum(proc.cpu_times()[:2]) if proc else 0.0
+                spent = (c1 - c0) if proc else time.perf_counter() - t0
+                out[kind].append(spent / n * 1e6)
+        conn.execute("ALTER TABLE credit_transactions ENABLE TRIGGER USER")
+        conn.execute("ALTER TABLE users ENABLE TRIGGER USER")
+    db.script("DROP TABLE bench_users_no_checks, bench_users_pk_only;")
+    reset_ledger(db)
+    return out
+
+
 def verify_with_package(db: BenchDatabase) -> str:
     """``automl-db verify``'s own check (database.verify), when that module exists."""
     try:

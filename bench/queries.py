@@ -296,7 +296,7 @@ def run(
     per_row = 0.0
     for tier in tiers:
         if deadline is not None and per_row:
-            projected = per_row * (tier - lo) * 1.3
+            projected = per_row * (tier - lo) * 1.8
             left = deadline - time.perf_counter()
             if projected > left:
                 note = (

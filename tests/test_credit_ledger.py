@@ -19,13 +19,14 @@ import uuid
 from typing import Any
 
 import pytest
-from ledger_helpers import ADMIN, Ledger, assert_consistent, db_state, refused
 from sqlalchemy import delete, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from database import errors
 from database.models import CreditTransaction, TransactionType, User
+
+from ledger_helpers import ADMIN, Ledger, assert_consistent, db_state, refused
 
 VIAS = ("sql", "orm")
 

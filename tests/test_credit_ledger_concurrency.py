@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from ledger_helpers import Ledger, assert_consistent, trail_end
 from sqlalchemy import Connection, Engine, text
 
 from database import errors
+
+from ledger_helpers import Ledger, assert_consistent, trail_end
 
 # The engine fixture's pool holds 50 connections: the racers, the watcher and the
 # sql fixture must fit in it.

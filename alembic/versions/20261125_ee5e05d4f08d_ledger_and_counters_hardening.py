@@ -7,12 +7,10 @@ Create Date: 2026-11-25 15:32:24.456877+00:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from alembic import op
 from alembic_utils.pg_function import PGFunction
-from sqlalchemy import text as sql_text
 from alembic_utils.pg_trigger import PGTrigger
-from sqlalchemy import text as sql_text
+
+from alembic import op
 
 revision: str = "ee5e05d4f08d"
 down_revision: str | Sequence[str] | None = "8b004b718dd6"
