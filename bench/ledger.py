@@ -238,14 +238,21 @@ def run(
 ANATOMY = {
     "floor_insert": "the ledger INSERT, triggers off (the floor)",
     "trigger_insert": "the ledger INSERT through the trigger",
+    "floor_consumption": "a consumption (a job's charge) INSERT, triggers off",
+    "trigger_consumption": "a consumption INSERT through the trigger",
     "users_update": "the trigger's balance UPDATE of users, alone (users triggers off)",
     "update_no_checks": "the same UPDATE on a copy of users without its CHECK constraints",
     "update_pk_only": "the same UPDATE on a copy of users with only its primary key",
 }
 
 
+def _job_uuid_sql(expr: str) -> str:
+    return user_uuid_sql(f"2000000000000 + ({expr})")
+
+
 def _anatomy_sql(kind: str, n: int, offset: int) -> str:
     u = user_uuid_sql(f"1 + ({offset} + i) % {{users}}")
+    j = _job_uuid_sql(f"{offset} + i")
     body = {
         "floor_insert": (
             "INSERT INTO credit_transactions (user_id, type, amount, balance_after, description,"
@@ -254,6 +261,14 @@ def _anatomy_sql(kind: str, n: int, offset: int) -> str:
         "trigger_insert": (
             "INSERT INTO credit_transactions (user_id, type, amount, description, actor)"
             f" VALUES ({u}, 'adjustment', -1, 'bench charge', 'bench')"
+        ),
+        "floor_consumption": (
+            "INSERT INTO credit_transactions (user_id, type, amount, balance_after, job_id)"
+            f" VALUES ({u}, 'consumption', -1, 0, {j})"
+        ),
+        "trigger_consumption": (
+            "INSERT INTO credit_transactions (user_id, type, amount, job_id)"
+            f" VALUES ({u}, 'consumption', -1, {j})"
         ),
         "users_update": "UPDATE users SET credit_balance = credit_balance - 1 WHERE id = {u}",
         "update_no_checks": (
@@ -288,6 +303,22 @@ VACUUM ANALYZE bench_users_no_checks;
 VACUUM ANALYZE bench_users_pk_only;
 """
     )
+    # One job per consumption: job k belongs to user 1 + k % n_users, like the loops'
+    # users; each loop of every kind takes its own range of k.
+    total = n * reps * len(ANATOMY)
+    db.script(
+        f"""
+INSERT INTO workflow_snapshots (id, user_id, snapshot_data)
+SELECT {_job_uuid_sql("1000000000 + g")}, {user_uuid_sql("g")}, '{{}}'::jsonb
+  FROM generate_series(1, {n_users}) AS g
+    ON CONFLICT DO NOTHING;
+INSERT INTO jobs (id, user_id, workflow_snapshot_id, status)
+SELECT {_job_uuid_sql("k")}, {user_uuid_sql(f"1 + k % {n_users}")},
+       {_job_uuid_sql(f"1000000000 + 1 + k % {n_users}")}, 'completed'
+  FROM generate_series(0, {total - 1}) AS k;
+ANALYZE jobs;
+"""
+    )
     reset_ledger(db)
     out: dict[str, list[float]] = {k: [] for k in ANATOMY}
     offset = 0
@@ -300,7 +331,7 @@ VACUUM ANALYZE bench_users_pk_only;
             proc = psutil.Process(pid)
         for rep in range(reps):
             for kind in _rotate(list(ANATOMY), rep):
-                on = kind == "trigger_insert"
+                on = kind.startswith("trigger")
                 state = "ENABLE" if on else "DISABLE"
                 conn.execute(f"ALTER TABLE credit_transactions {state} TRIGGER USER")
                 conn.execute(f"ALTER TABLE users {state} TRIGGER USER")
