@@ -259,6 +259,12 @@ def _handle_error(context: ExceptionContext) -> None:
 
 def install(engine: Engine) -> Engine:
     """Make ``engine`` raise this module's exceptions (idempotent)."""
-    if not event.contains(engine, "handle_error", _handle_error):
+    # A marker on the dialect (where handle_error listeners live), not
+    # event.contains(): the event registry is keyed by id(), and a new dialect can
+    # reuse a collected one's id, so contains() could answer yes for an engine
+    # that has no listener.
+    dialect = engine.dialect
+    if not getattr(dialect, "_automl_errors_installed", False):
         event.listen(engine, "handle_error", _handle_error)
+        dialect._automl_errors_installed = True  # type: ignore[attr-defined]
     return engine
