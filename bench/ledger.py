@@ -12,6 +12,9 @@ Three ways to write one charge, each driven by pgbench with a script in
 * ``app``: what users write without triggers (triggers disabled on
   ``credit_transactions`` and ``users``): ``BEGIN; SELECT ... FOR UPDATE``;
   INSERT with the balance the application computed; UPDATE users; ``COMMIT``.
+* ``single``: the balance kept by hand in one statement, triggers off as for
+  ``app``: ``WITH b AS (UPDATE users ... RETURNING credit_balance) INSERT ...``.
+  The cheapest correct way to keep the balance, hence the limit for any trigger.
 
 Every run starts from the same state (ledger emptied, every user re-seeded with
 ``SEED_CREDITS``, ``VACUUM``, ``CHECKPOINT``), variants are interleaved and their
@@ -32,13 +35,14 @@ from bench.server import BenchDatabase
 
 SEED_CREDITS = 1_000_000_000
 
-VARIANTS = ("trigger", "floor", "app")
+VARIANTS = ("trigger", "floor", "app", "single")
 HOT_VARIANTS = ("trigger", "app")
 
 SCRIPTS = {
     ("distinct", "trigger"): "ledger_trigger.sql",
     ("distinct", "floor"): "ledger_floor.sql",
     ("distinct", "app"): "ledger_app.sql",
+    ("distinct", "single"): "ledger_cte.sql",
     ("hot", "trigger"): "hot_trigger.sql",
     ("hot", "app"): "hot_app.sql",
 }
