@@ -884,3 +884,16 @@ def test_entries_cannot_be_dated_by_the_client(db: Ledger) -> None:
         except AssertionError as exc:
             bad.append(str(exc))
     assert not bad, bad
+
+
+def test_on_conflict_with_a_used_idempotency_key_moves_no_credits(db: Ledger) -> None:
+    u = db.user(credits=100)
+    insert = (
+        "INSERT INTO credit_transactions (user_id, type, amount, description, actor,"
+        " idempotency_key) VALUES (:u, 'adjustment', 1, 'bonus', 'admin', 'k-1')"
+    )
+    db.sql(insert, u=u)
+    with pytest.raises(errors.DuplicateAdjustment):
+        db.sql(insert + " ON CONFLICT DO NOTHING", u=u)
+    assert db.count() == 2
+    assert assert_consistent(db.sql, u) == 101

@@ -51,8 +51,19 @@ BEGIN
     -- consumption (the common charge) tests its job after the balance UPDATE below,
     -- which takes the same lock: one statement fewer per charge, and a duplicate
     -- still raises before the INSERT goes on, undoing the UPDATE with it.
-    IF NEW.stripe_payment_id IS NOT NULL OR NEW.type = 'refund' THEN
+    IF NEW.stripe_payment_id IS NOT NULL OR NEW.type = 'refund'
+       OR NEW.idempotency_key IS NOT NULL THEN
         PERFORM 1 FROM public.users AS u WHERE u.id = NEW.user_id FOR NO KEY UPDATE;
+        IF NEW.idempotency_key IS NOT NULL THEN
+            -- Like a payment id: a key could be sent for two users, serialize on it.
+            PERFORM pg_advisory_xact_lock(hashtextextended('idem:' || NEW.idempotency_key, 0));
+            IF EXISTS (SELECT 1 FROM public.credit_transactions AS t
+                        WHERE t.idempotency_key = NEW.idempotency_key) THEN
+                RAISE EXCEPTION 'idempotency key % was already used', NEW.idempotency_key
+                    USING ERRCODE = 'unique_violation',
+                          CONSTRAINT = 'uq_credit_transactions_idempotency_key';
+            END IF;
+        END IF;
         IF NEW.stripe_payment_id IS NOT NULL THEN
             -- One payment id could be sent for two users: serialize on the id too.
             PERFORM pg_advisory_xact_lock(hashtextextended('stripe:' || NEW.stripe_payment_id, 0));
