@@ -15,10 +15,13 @@ install: uv
 	@$(UV) sync --frozen --quiet
 
 ## Start the embedded PostgreSQL (or use DATABASE_URL), migrate, seed, show the schema;
-## then serve the API (HOST, PORT; default 127.0.0.1:8000) until Ctrl-C.
+## then serve the API (HOST, PORT; default 127.0.0.1:8000) and run a worker beside
+## it, until Ctrl-C (which stops both; the worker finishes or releases its work).
 run: install
 	$(UV) run automl-db up
-	@echo "API: http://$${HOST:-127.0.0.1}:$${PORT:-8000}  (docs: /docs; Ctrl-C stops it; make down stops PostgreSQL)"
+	@echo "API: http://$${HOST:-127.0.0.1}:$${PORT:-8000}  (docs: /docs; Ctrl-C stops it and the worker; make down stops PostgreSQL)"
+	@$(UV) run automl-worker & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(UV) run automl-api
 
 ## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL).

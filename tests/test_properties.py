@@ -85,10 +85,13 @@ class LedgerMachine(RuleBasedStateMachine):
             return result.scalar() if result.returns_rows else None
 
     def pick(self, data: st.DataObject, pool: Any) -> Any:
-        return data.draw(st.sampled_from(sorted(pool)))
+        # In creation order (dicts keep it), never sorted by id: ids are random, so a
+        # sorted pool would map the same draw to a different row on a replay, and
+        # hypothesis would see its data generation change (FlakyStrategyDefinition).
+        return data.draw(st.sampled_from(list(pool)))
 
     def living(self) -> list[uuid.UUID]:
-        return sorted(u for u, m in self.users.items() if m.state != "purged")
+        return [u for u, m in self.users.items() if m.state != "purged"]
 
     # --- users and packages ----------------------------------------------------------
     @initialize(

@@ -112,8 +112,12 @@ def definition(dataset_id: uuid.UUID | str | None) -> dict[str, Any]:
         "nodes": [
             {"id": "data", "type": "dataset", "config": config},
             {"id": "clean", "type": "preprocess", "config": {"impute": "mean"}},
-            {"id": "train", "type": "model", "config": {"algorithm": "random_forest"}},
-            {"id": "keep", "type": "save"},
+            {
+                "id": "train",
+                "type": "model",
+                "config": {"algorithm": "random_forest", "hyperparameters": {"n_estimators": 10}},
+            },
+            {"id": "keep", "type": "save", "config": {"name": "iris forest"}},
         ],
         "edges": [
             {"source": "data", "target": "clean"},
@@ -139,8 +143,45 @@ def make_workflow(
     return r.json()
 
 
-def runnable_workflow(client: TestClient, account: Account) -> dict[str, Any]:
-    dataset = make_dataset(client, account)
+#: ``columns_metadata`` of an ingested ``CSV``, as the ingestion worker writes it.
+CSV_COLUMNS = {
+    "columns": [
+        {"name": "sepal_length", "dtype": "float64", "kind": "numeric"},
+        {"name": "sepal_width", "dtype": "float64", "kind": "numeric"},
+        {"name": "species", "dtype": "str", "kind": "categorical"},
+    ]
+}
+
+
+def ingested(
+    engine: Engine,
+    version_id: uuid.UUID | str,
+    *,
+    status: str = "completed",
+    columns: dict[str, Any] | None = CSV_COLUMNS,
+) -> None:
+    """Mark a version as the ingestion worker leaves it (``status``, ``columns_metadata``)."""
+    rows(
+        engine,
+        "UPDATE dataset_versions SET status = CAST(:s AS ingestion_status),"
+        " columns_metadata = CAST(:c AS jsonb), processed_at = now() WHERE id = :id",
+        s=status,
+        c=None if columns is None else json.dumps(columns),
+        id=str(version_id),
+    )
+
+
+def ready_dataset(client: TestClient, account: Account, engine: Engine, **kw: Any) -> Any:
+    """An uploaded iris dataset (classification of ``species``) whose version 1 is ingested."""
+    fields = {"target_column": "species", "problem_type": "classification", **kw}
+    dataset = make_dataset(client, account, **fields)
+    ingested(engine, dataset["version"]["id"])
+    return dataset
+
+
+def runnable_workflow(client: TestClient, account: Account, engine: Engine) -> dict[str, Any]:
+    """``definition`` on a :func:`ready_dataset`: a run of it is accepted."""
+    dataset = ready_dataset(client, account, engine)
     return make_workflow(client, account, dataset["dataset"]["id"])
 
 

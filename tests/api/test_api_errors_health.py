@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import get_session
 from api.errors import DATABASE_ERRORS, from_database
 from api.settings import ApiSettings
-from api.storage import LocalStorage, S3Storage, safe_filename
+from api.storage import LocalStorage, make_storage, safe_filename
 from database import errors as db
 from database import migrations
 
@@ -210,34 +212,79 @@ def test_local_storage_stays_in_its_folder(tmp_path: Path) -> None:
     assert safe_filename("") == "upload"
 
 
-class FakeS3:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], bytes] = {}
-
-    def upload_fileobj(self, source: Any, bucket: str, key: str) -> None:
-        self.objects[(bucket, key)] = source.read()
-
-    def delete_object(self, Bucket: str, Key: str) -> None:  # noqa: N803 - boto3's names
-        self.objects.pop((Bucket, Key), None)
-
-    def generate_presigned_url(self, op: str, Params: dict[str, str], ExpiresIn: int) -> str:  # noqa: N803
-        return f"https://{Params['Bucket']}.s3.example/{Params['Key']}?sig=1"
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    prefix = f"api-test-{uuid.uuid4().hex}"
+    yield f"memory://{prefix}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{prefix}"):
+        fs.rm(f"/{prefix}", recursive=True)
 
 
-def test_s3_storage_with_a_client() -> None:
-    fake = FakeS3()
-    storage = S3Storage("s3://bucket/prefix/", client=fake)
+def test_fsspec_storage_streams_downloads(memory_url: str, tmp_path: Path) -> None:
+    # memory:// stands for s3:// (same code path, through fsspec); it cannot sign, so
+    # the API streams the file instead of redirecting.
+    storage = make_storage(f"{memory_url}/prefix/", data_dir=tmp_path)
     location = storage.location("uploads/u/d.csv")
-    assert location == "s3://bucket/prefix/uploads/u/d.csv"
-    assert storage.save("uploads/u/d.csv", io.BytesIO(b"abc")) == 3
-    assert fake.objects == {("bucket", "prefix/uploads/u/d.csv"): b"abc"}
-    answer = storage.download(location, "d.csv")
-    assert answer is not None and answer.status_code == 307
-    assert answer.headers["location"].startswith("https://bucket.s3.example/prefix/uploads")
+    assert location == f"{memory_url}/prefix/uploads/u/d.csv"
+    data = b"a,b\n" + b"1,2\n" * 400_000  # more than one chunk
+    assert storage.save("uploads/u/d.csv", io.BytesIO(data)) == len(data)
+    app = FastAPI()
+
+    @app.get("/file")
+    def file(where: str) -> Response:
+        answer = storage.download(where, "d.csv")
+        return answer if answer is not None else Response(status_code=404)
+
+    with TestClient(app) as client:
+        r = client.get("/file", params={"where": location})
+        assert r.status_code == 200 and r.content == data
+        assert r.headers["content-disposition"] == 'attachment; filename="d.csv"'
+        assert r.headers["content-length"] == str(len(data))
+        for elsewhere in (
+            f"{memory_url}/other/uploads/u/d.csv",
+            f"{memory_url}/prefix/../x",
+            str(tmp_path / "x"),  # the data folder is not readable from a remote storage
+            "s3://bucket/prefix/uploads/u/d.csv",
+        ):
+            assert client.get("/file", params={"where": elsewhere}).status_code == 404
     assert storage.delete("s3://other-bucket/x") is False
-    assert storage.delete(location) is True and fake.objects == {}
+    assert storage.delete(f"{memory_url}/other/x") is False
+    assert storage.delete(location) is True
+    assert storage.download(location, "d.csv") is None
+    assert storage.delete(location) is False
     with pytest.raises(ValueError):
         storage.location("../x")
+
+
+def test_a_storage_that_signs_redirects(memory_url: str) -> None:
+    storage = make_storage(f"{memory_url}/prefix")
+    location = storage.location("models/m.joblib")
+    storage.save("models/m.joblib", io.BytesIO(b"model"))
+    fs = storage.backend.fs  # type: ignore[attr-defined]
+    signed: dict[str, object] = {}
+
+    def sign(path: str, expiration: int = 100, **kwargs: object) -> str:
+        signed.update(path=path, expiration=expiration)
+        return f"https://signed.example{path}?sig=1"
+
+    fs.sign = sign  # an instance attribute: this filesystem object only
+    try:
+        answer = storage.download(location, "m.joblib")
+    finally:
+        del fs.sign
+    assert answer is not None and answer.status_code == 307
+    assert answer.headers["location"] == f"https://signed.example{signed['path']}?sig=1"
+    assert signed["expiration"] == 300
+
+
+def test_s3_needs_the_s3_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(*args: object, **kwargs: object) -> None:
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
+    with pytest.raises(RuntimeError, match=r"s3 extra"):
+        make_storage("s3://bucket/prefix")
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from api_helpers import Account, give_credits, make_dataset, rows, runnable_work
 
 
 def _job(client: TestClient, account: Account, engine: Engine) -> str:
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, 100)
     r = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers)
     assert r.status_code == 201, r.text

@@ -13,9 +13,13 @@ from api.settings import ApiSettings
 from api_helpers import (
     DEFINITION_PRICE,
     Account,
+    definition,
     give_credits,
+    ingested,
     make_app,
+    make_dataset,
     make_workflow,
+    ready_dataset,
     rows,
     runnable_workflow,
     scalar,
@@ -36,7 +40,7 @@ def _state(engine: Engine, user_id: uuid.UUID) -> tuple[Any, ...]:
 def test_run_snapshots_prices_queues_and_charges(
     client: TestClient, account: Account, engine: Engine
 ) -> None:
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, 100)
     r = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers, json={"priority": 5})
     assert r.status_code == 201, r.text
@@ -51,7 +55,19 @@ def test_run_snapshots_prices_queues_and_charges(
         id=job["workflow_snapshot_id"],
     )
     assert snapshot_data["definition"] == wf["definition"]
-    assert snapshot_data["dataset_versions"]["data"]["version_id"] is not None
+    dataset = client.get(
+        f"/v1/datasets/{wf['definition']['nodes'][0]['config']['dataset_id']}",
+        headers=account.headers,
+    ).json()
+    assert snapshot_data["dataset_versions"] == {
+        "data": {
+            "dataset_id": dataset["id"],
+            "version_id": dataset["current_version_id"],
+            "version_number": 1,
+            "problem_type": "classification",
+            "target_column": "species",
+        }
+    }
     [(kind, amount, job_id)] = rows(
         engine,
         "SELECT type, amount, job_id FROM credit_transactions"
@@ -89,7 +105,7 @@ def test_run_snapshots_prices_queues_and_charges(
 def test_too_few_credits_is_402_and_changes_nothing(
     client: TestClient, account: Account, engine: Engine
 ) -> None:
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, DEFINITION_PRICE - 1)
     before = _state(engine, account.user_id)
     r = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers)
@@ -102,14 +118,16 @@ def test_too_few_credits_is_402_and_changes_nothing(
     assert client.get("/v1/jobs", headers=account.headers).json()["items"] == []
 
 
-def test_runs_need_a_runnable_workflow(client: TestClient, account: Account) -> None:
+def test_runs_need_a_runnable_workflow(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
     empty = make_workflow(client, account)  # dataset node without a dataset
     r = client.post(f"/v1/workflows/{empty['id']}/run", headers=account.headers)
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_workflow"
     draft = client.post("/v1/workflows", headers=account.headers, json={"name": "d"}).json()
     r = client.post(f"/v1/workflows/{draft['id']}/run", headers=account.headers)
     assert r.status_code == 422
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     client.delete(f"/v1/workflows/{wf['id']}", headers=account.headers)
     r = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers)
     assert r.status_code == 409 and r.json()["error"]["code"] == "workflow_deleted"
@@ -119,6 +137,121 @@ def test_runs_need_a_runnable_workflow(client: TestClient, account: Account) -> 
     assert bad.status_code == 422
 
 
+def _refused(
+    client: TestClient, account: Account, engine: Engine, wf: dict[str, Any], status: int
+) -> dict[str, Any]:
+    """Run ``wf``, expecting a refusal with ``status`` that writes and charges nothing."""
+    before = _state(engine, account.user_id)
+    r = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers)
+    assert r.status_code == status, r.text
+    assert _state(engine, account.user_id) == before
+    error: dict[str, Any] = r.json()["error"]
+    return error
+
+
+def test_a_run_waits_for_ingestion(client: TestClient, account: Account, engine: Engine) -> None:
+    """409 dataset_not_ready while the version is pending, processing or failed."""
+    dataset = make_dataset(client, account, target_column="species", problem_type="classification")
+    wf = make_workflow(client, account, dataset["dataset"]["id"])
+    give_credits(engine, account.user_id, 100)
+    version_id = dataset["version"]["id"]
+    for status in ("pending", "processing", "failed"):
+        ingested(engine, version_id, status=status)
+        error = _refused(client, account, engine, wf, 409)
+        assert error["code"] == "dataset_not_ready"
+        assert error["details"] == {
+            "node": "data",
+            "dataset_id": dataset["dataset"]["id"],
+            "version": 1,
+            "status": status,
+        }
+    assert client.get("/v1/credits/balance", headers=account.headers).json()["balance"] == 100
+    assert client.get("/v1/jobs", headers=account.headers).json()["items"] == []
+    ingested(engine, version_id)
+    assert client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers).status_code == 201
+
+
+def _workflow(client: TestClient, account: Account, body: dict[str, Any]) -> dict[str, Any]:
+    body = {"name": "w", "definition": body}
+    r = client.post("/v1/workflows", headers=account.headers, json=body)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def test_a_run_reads_the_version_the_node_names(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    dataset_id = ready_dataset(client, account, engine)["dataset"]["id"]
+    second = client.post(
+        f"/v1/datasets/{dataset_id}/versions",
+        headers=account.headers,
+        files={"file": ("iris.csv", b"sepal_length,species\n1.0,a\n2.0,b\n", "text/csv")},
+    )
+    assert second.status_code == 201, second.text
+    give_credits(engine, account.user_id, 100)
+    body = definition(dataset_id)
+    # The current version (2) is still pending; version 1 is ingested.
+    current = _workflow(client, account, body)
+    assert _refused(client, account, engine, current, 409)["details"]["version"] == 2
+    body["nodes"][0]["config"]["version"] = 1
+    pinned = _workflow(client, account, body)
+    r = client.post(f"/v1/workflows/{pinned['id']}/run", headers=account.headers)
+    assert r.status_code == 201, r.text
+    [(frozen,)] = rows(
+        engine,
+        "SELECT snapshot_data -> 'dataset_versions' -> 'data' FROM workflow_snapshots"
+        " WHERE id = :id",
+        id=r.json()["job"]["workflow_snapshot_id"],
+    )
+    assert frozen["version_number"] == 1
+    body["nodes"][0]["config"]["version"] = 7
+    missing = _workflow(client, account, body)
+    error = _refused(client, account, engine, missing, 422)
+    assert error["code"] == "invalid_workflow" and "no version 7" in error["message"]
+    assert error["details"] == {"node": "data", "dataset_id": dataset_id, "version": 7}
+
+
+def test_a_run_checks_the_definition_against_the_dataset(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    give_credits(engine, account.user_id, 100)
+    classified = ready_dataset(client, account, engine)["dataset"]["id"]
+    body = definition(classified)
+    body["nodes"][2]["config"] = {"algorithm": "linear_regression"}
+    error = _refused(client, account, engine, _workflow(client, account, body), 422)
+    assert error["code"] == "invalid_workflow"
+    assert "node 'train'" in error["message"] and "regression" in error["message"]
+    assert error["details"]["problems"] == [error["message"]]
+
+    # Valid for a regressor, not for the classifier this dataset needs.
+    body = definition(classified)
+    body["nodes"][2]["config"]["hyperparameters"] = {"criterion": "squared_error"}
+    error = _refused(client, account, engine, _workflow(client, account, body), 422)
+    assert "RandomForestClassifier" in error["message"], error
+
+    no_target = make_dataset(client, account)
+    ingested(engine, no_target["version"]["id"])
+    wf = make_workflow(client, account, no_target["dataset"]["id"])
+    error = _refused(client, account, engine, wf, 422)
+    assert "needs a target column" in error["message"]
+
+    ghost = make_dataset(client, account, target_column="colour")
+    ingested(engine, ghost["version"]["id"])
+    wf = make_workflow(client, account, ghost["dataset"]["id"])
+    error = _refused(client, account, engine, wf, 422)
+    assert "'colour' is not a column" in error["message"]
+    # Unknown columns (no metadata yet): the worker checks them against the data.
+    ingested(engine, ghost["version"]["id"], columns=None)
+    assert client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers).status_code == 201
+
+    # Problem type inferred from the target's metadata: text is classification.
+    inferred = ready_dataset(client, account, engine, problem_type="other")["dataset"]["id"]
+    body = definition(inferred)
+    body["nodes"][2]["config"] = {"algorithm": "ridge"}
+    error = _refused(client, account, engine, _workflow(client, account, body), 422)
+    assert "ridge is for regression" in error["message"]
+
+
 def test_concurrent_jobs_limit_is_403_before_charging(
     engine: Engine, api_settings: ApiSettings
 ) -> None:
@@ -126,7 +259,7 @@ def test_concurrent_jobs_limit_is_403_before_charging(
     settings.tier_limits.free.max_running_jobs = 1
     with TestClient(make_app(engine, settings)) as client:
         account = signup(client)
-        wf = runnable_workflow(client, account)
+        wf = runnable_workflow(client, account, engine)
         give_credits(engine, account.user_id, 100)
         first = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers)
         assert first.status_code == 201
@@ -154,7 +287,7 @@ def _run(client: TestClient, account: Account, wf: dict[str, Any]) -> dict[str, 
 
 
 def test_list_jobs_by_status(client: TestClient, account: Account, engine: Engine) -> None:
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, 100)
     a, b = _run(client, account, wf), _run(client, account, wf)
     rows(
@@ -177,7 +310,7 @@ def test_list_jobs_by_status(client: TestClient, account: Account, engine: Engin
 def test_cancel_a_queued_job_refunds_at_once(
     client: TestClient, account: Account, engine: Engine
 ) -> None:
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, 50)
     job = _run(client, account, wf)
     r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=account.headers)
@@ -195,7 +328,7 @@ def test_cancel_a_queued_job_refunds_at_once(
 def test_cancel_a_running_job_marks_it_for_the_worker(
     client: TestClient, account: Account, engine: Engine
 ) -> None:
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, 50)
     job = _run(client, account, wf)
     rows(
@@ -218,7 +351,7 @@ def test_cancel_a_running_job_marks_it_for_the_worker(
 def test_another_users_job_is_not_found(
     client: TestClient, account: Account, other: Account, engine: Engine
 ) -> None:
-    wf = runnable_workflow(client, other)
+    wf = runnable_workflow(client, other, engine)
     give_credits(engine, other.user_id, 50)
     theirs = _run(client, other, wf)["id"]
     missing = str(uuid.uuid4())
@@ -237,7 +370,7 @@ def test_concurrent_runs_charge_each_credit_once(
     """Eight runs at once with credits for two: two are queued, six get 402."""
     from concurrent.futures import ThreadPoolExecutor
 
-    wf = runnable_workflow(client, account)
+    wf = runnable_workflow(client, account, engine)
     give_credits(engine, account.user_id, DEFINITION_PRICE * 2 + 1)
     rows(engine, "UPDATE users SET tier = 'enterprise' WHERE id = :id", id=account.user_id)
 

@@ -50,9 +50,9 @@ def _broken(change: str) -> dict[str, Any]:
     elif change == "duplicate_edge":
         d["edges"].append({"source": "data", "target": "clean"})
     elif change == "duplicate_id":
-        d["nodes"].append({"id": "train", "type": "model"})
+        d["nodes"].append({"id": "train", "type": "model", "config": {"algorithm": "ridge"}})
     elif change == "no_dataset_source":
-        d["nodes"].append({"id": "orphan", "type": "model"})
+        d["nodes"].append({"id": "orphan", "type": "model", "config": {"algorithm": "ridge"}})
     elif change == "into_dataset":
         d["edges"].append({"source": "clean", "target": "data"})
     elif change == "bad_type":
@@ -63,6 +63,33 @@ def _broken(change: str) -> dict[str, Any]:
         d["nodes"][1]["config"] = {"impute": "me\x00an"}
     elif change == "extra_key":
         d["nodes"][1]["colour"] = "red"
+    elif change == "unknown_hyperparameter":
+        d["nodes"][2]["config"]["hyperparameters"] = {"n_trees": 10}
+    elif change == "invalid_hyperparameter":
+        d["nodes"][2]["config"]["hyperparameters"] = {"n_estimators": -1}
+    elif change == "platform_hyperparameter":
+        d["nodes"][2]["config"]["hyperparameters"] = {"n_jobs": 8}
+    elif change == "unknown_config_key":
+        d["nodes"][1]["config"]["imputer"] = "mean"
+    elif change == "unknown_algorithm":
+        d["nodes"][2]["config"]["algorithm"] = "xgboost"
+    elif change == "bad_vocabulary":
+        d["nodes"][1]["config"]["scale"] = "robust"
+    elif change == "bad_test_size":
+        d["nodes"][1]["config"]["test_size"] = 1.5
+    elif change == "bad_version":
+        d["nodes"][0]["config"]["version"] = 0
+    elif change == "save_without_name":
+        d["nodes"][3]["config"] = {}
+    elif change == "visualize_fed_by_dataset":
+        d["nodes"].append({"id": "chart", "type": "visualize", "config": {"kind": "residuals"}})
+        d["edges"].append({"source": "data", "target": "chart"})
+    elif change == "model_fed_by_model":
+        d["nodes"].append({"id": "again", "type": "model", "config": {"algorithm": "ridge"}})
+        d["edges"].append({"source": "train", "target": "again"})
+    elif change == "two_inputs":
+        d["nodes"].append({"id": "data2", "type": "dataset"})
+        d["edges"].append({"source": "data2", "target": "clean"})
     return d
 
 
@@ -78,6 +105,18 @@ BROKEN = [
     "bad_dataset_id",
     "nul_in_config",
     "extra_key",
+    "unknown_hyperparameter",
+    "invalid_hyperparameter",
+    "platform_hyperparameter",
+    "unknown_config_key",
+    "unknown_algorithm",
+    "bad_vocabulary",
+    "bad_test_size",
+    "bad_version",
+    "save_without_name",
+    "visualize_fed_by_dataset",
+    "model_fed_by_model",
+    "two_inputs",
 ]
 
 
@@ -97,6 +136,38 @@ def test_invalid_definitions_are_422(client: TestClient, account: Account, engin
     assert scalar(engine, "SELECT count(*) FROM workflows") == 1
     stored = client.get(f"/v1/workflows/{wf['id']}", headers=account.headers).json()
     assert stored["definition"] == wf["definition"]
+
+
+def _refusal(client: TestClient, account: Account, change: str) -> str:
+    """The messages of the 422 that creating ``_broken(change)`` gets, joined."""
+    body = {"name": "x", "definition": _broken(change)}
+    r = client.post("/v1/workflows", headers=account.headers, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "validation_error"
+    return " | ".join(e["msg"] for e in r.json()["error"]["details"]["errors"])
+
+
+def test_refusals_name_the_node_and_the_field(client: TestClient, account: Account) -> None:
+    message = _refusal(client, account, "unknown_hyperparameter")
+    assert "node 'train': config.hyperparameters: unknown parameter 'n_trees'" in message
+    assert "n_estimators" in message  # the valid ones are listed
+    message = _refusal(client, account, "invalid_hyperparameter")
+    assert "node 'train': config.hyperparameters:" in message and "n_estimators" in message
+    assert "set by the platform" in _refusal(client, account, "platform_hyperparameter")
+    message = _refusal(client, account, "unknown_config_key")
+    assert "node 'clean': config.imputer: unknown key" in message
+    message = _refusal(client, account, "visualize_fed_by_dataset")
+    assert "visualize node 'chart' takes a model node" in message
+    assert "node 'keep': config.name" in _refusal(client, account, "save_without_name")
+
+
+def test_configs_are_stored_as_given(client: TestClient, account: Account) -> None:
+    d = definition(None)
+    d["nodes"][2]["config"]["hyperparameters"] = {"max_depth": 3, "random_state": 7}
+    d["nodes"][0]["config"] = {"version": 2}
+    r = client.post("/v1/workflows", headers=account.headers, json={"name": "x", "definition": d})
+    assert r.status_code == 201, r.text
+    assert r.json()["definition"]["nodes"] == d["nodes"]
 
 
 def test_dataset_nodes_must_name_the_callers_datasets(
@@ -120,7 +191,10 @@ def test_update(client: TestClient, account: Account) -> None:
     assert r.json()["name"] == "renamed" and r.json()["description"] == "d"
     assert r.json()["definition"] == wf["definition"]
     smaller = {
-        "nodes": [{"id": "d", "type": "dataset"}, {"id": "m", "type": "model"}],
+        "nodes": [
+            {"id": "d", "type": "dataset"},
+            {"id": "m", "type": "model", "config": {"algorithm": "kmeans"}},
+        ],
         "edges": [{"source": "d", "target": "m"}],
     }
     r = client.patch(url, headers=account.headers, json={"definition": smaller})

@@ -37,6 +37,13 @@ from database.models import (
     UserTier,
 )
 
+# The workflow definition model is pipeline.definition's, re-exported: the worker runs
+# what the API accepted, checked by the same code.
+from pipeline.definition import WorkflowDefinition as WorkflowDefinition
+from pipeline.definition import WorkflowEdge as WorkflowEdge
+from pipeline.definition import WorkflowNode as WorkflowNode
+from pipeline.definition import definition_problems as definition_problems
+
 INT32_MAX = 2**31 - 1
 MAX_JSON_DEPTH = 32
 
@@ -75,9 +82,6 @@ Name = Annotated[
 ShortText = Annotated[str, StringConstraints(max_length=200), AfterValidator(no_nul)]
 LongText = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(no_nul)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
-NodeId = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
 
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 
@@ -240,98 +244,6 @@ class ProfileOut(Output):
 
 
 # --- workflows -------------------------------------------------------------------------------
-class WorkflowNode(Input):
-    id: NodeId
-    type: NodeType
-    config: JsonObject = Field(default_factory=dict)
-    label: ShortText | None = None
-
-
-class WorkflowEdge(Input):
-    source: NodeId
-    target: NodeId
-
-
-class WorkflowDefinition(Input):
-    """Nodes of the seed's NodeTypes, and edges that form a DAG starting at datasets.
-
-    Rules: node ids are unique; edges join existing nodes, once, never a node to
-    itself; there is no cycle; a dataset node has no incoming edge and every node
-    without one is a dataset node, so every path starts at a dataset. A dataset
-    node's ``config.dataset_id``, when given, is a UUID (it must name one of the
-    caller's datasets: checked on save and on run). An empty definition is a draft.
-    """
-
-    nodes: list[WorkflowNode] = Field(default_factory=list, max_length=200)
-    edges: list[WorkflowEdge] = Field(default_factory=list, max_length=1000)
-
-    @model_validator(mode="after")
-    def _dag(self) -> WorkflowDefinition:
-        problems = definition_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def dataset_ids(self) -> dict[str, uuid.UUID]:
-        """node id -> dataset id, for the dataset nodes that name one."""
-        out = {}
-        for node in self.nodes:
-            if node.type == NodeType.DATASET and node.config.get("dataset_id") is not None:
-                out[node.id] = uuid.UUID(str(node.config["dataset_id"]))
-        return out
-
-
-def definition_problems(definition: WorkflowDefinition) -> list[str]:
-    problems: list[str] = []
-    types: dict[str, NodeType] = {}
-    for node in definition.nodes:
-        if node.id in types:
-            problems.append(f"node id {node.id!r} is used twice")
-        types[node.id] = node.type
-        if node.type == NodeType.DATASET and node.config.get("dataset_id") is not None:
-            try:
-                uuid.UUID(str(node.config["dataset_id"]))
-            except ValueError:
-                problems.append(f"node {node.id!r}: config.dataset_id is not a UUID")
-    incoming: dict[str, set[str]] = {n: set() for n in types}
-    outgoing: dict[str, set[str]] = {n: set() for n in types}
-    for edge in definition.edges:
-        missing = [n for n in (edge.source, edge.target) if n not in types]
-        if missing:
-            problems.append(f"edge {edge.source}->{edge.target} names unknown node {missing[0]!r}")
-            continue
-        if edge.source == edge.target:
-            problems.append(f"edge {edge.source}->{edge.target} joins a node to itself")
-            continue
-        if edge.target in outgoing[edge.source]:
-            problems.append(f"edge {edge.source}->{edge.target} is given twice")
-            continue
-        outgoing[edge.source].add(edge.target)
-        incoming[edge.target].add(edge.source)
-    if problems:
-        return problems
-    for node_id, node_type in types.items():
-        if node_type == NodeType.DATASET and incoming[node_id]:
-            problems.append(f"dataset node {node_id!r} has an incoming edge")
-        if node_type != NodeType.DATASET and not incoming[node_id]:
-            problems.append(f"node {node_id!r} has no input: every path starts at a dataset node")
-    # Kahn: whatever is left after removing sources repeatedly lies on a cycle.
-    indegree = {n: len(s) for n, s in incoming.items()}
-    ready = [n for n, d in indegree.items() if d == 0]
-    seen = 0
-    while ready:
-        current = ready.pop()
-        seen += 1
-        for target in outgoing[current]:
-            indegree[target] -= 1
-            if indegree[target] == 0:
-                ready.append(target)
-    if seen < len(types):
-        cyclic = sorted(n for n, d in indegree.items() if d > 0)
-        problems.append(f"the edges form a cycle through {', '.join(cyclic[:5])}")
-    return problems
-
-
 class WorkflowIn(Input):
     name: Name
     description: LongText | None = None

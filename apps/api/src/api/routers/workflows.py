@@ -6,7 +6,8 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
-from sqlalchemy import select
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from api.deps import Reader, SessionDep, SettingsDep, Writer
@@ -26,14 +27,18 @@ from api.settings import ApiSettings
 from database import credits, lifecycle
 from database.models import (
     Dataset,
+    DatasetVersion,
+    IngestionStatus,
     Job,
     JobNode,
     JobStatus,
     NodeStatus,
+    NodeType,
     User,
     Workflow,
     WorkflowSnapshot,
 )
+from pipeline.definition import DatasetConfig, DatasetInfo, DefinitionError, check_runnable
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
@@ -90,6 +95,64 @@ def _check_datasets(
             {"nodes": unknown},
         )
     return {node: found[ds] for node, ds in wanted.items()}
+
+
+def _versions(
+    session: Session, definition: WorkflowDefinition, datasets: dict[str, Dataset]
+) -> dict[str, DatasetVersion]:
+    """node id -> the version each dataset node reads: ``config.version`` (a version
+    number of the dataset), else the dataset's current version.
+
+    422 ``invalid_workflow`` when that version does not exist; 409 ``dataset_not_ready``
+    when its ingestion has not completed (pending, processing or failed).
+    """
+    wanted = {
+        node: definition.node(node).config_as(DatasetConfig).version for node in sorted(datasets)
+    }
+    conditions = [
+        and_(DatasetVersion.dataset_id == datasets[node].id, DatasetVersion.version_number == n)
+        if n is not None
+        else DatasetVersion.id == datasets[node].current_version_id
+        for node, n in wanted.items()
+        if n is not None or datasets[node].current_version_id is not None
+    ]
+    found = (
+        session.scalars(select(DatasetVersion).where(or_(*conditions))).all() if conditions else []
+    )
+    by_number = {(v.dataset_id, v.version_number): v for v in found}
+    by_id = {v.id: v for v in found}
+    out: dict[str, DatasetVersion] = {}
+    for node, number in wanted.items():
+        dataset = datasets[node]
+        if number is not None:
+            version = by_number.get((dataset.id, number))
+            missing = f"dataset node {node!r}: the dataset has no version {number}"
+        else:
+            version = by_id.get(dataset.current_version_id) if dataset.current_version_id else None
+            missing = f"dataset node {node!r}: the dataset has no current version"
+        if version is None:
+            raise ApiError(
+                422,
+                "invalid_workflow",
+                missing,
+                {"node": node, "dataset_id": str(dataset.id), "version": number},
+            )
+        out[node] = version
+    for node, version in out.items():
+        if version.status != IngestionStatus.COMPLETED:
+            raise ApiError(
+                409,
+                "dataset_not_ready",
+                f"dataset node {node!r}: version {version.version_number} of the dataset is"
+                f" {version.status}, not completed",
+                {
+                    "node": node,
+                    "dataset_id": str(version.dataset_id),
+                    "version": version.version_number,
+                    "status": version.status.value,
+                },
+            )
+    return out
 
 
 def _stored(definition: WorkflowDefinition) -> dict[str, Any]:
@@ -243,7 +306,15 @@ def run_workflow(
     """Freezes the definition in a snapshot, prices it, creates the job as queued
     with its nodes, and charges the credits: all or nothing. Too few credits is 402
     ``insufficient_credits`` with ``details.balance`` and ``details.price``, and
-    nothing is written. Over the tier's concurrent jobs: 403 ``job_limit_reached``."""
+    nothing is written. Over the tier's concurrent jobs: 403 ``job_limit_reached``.
+
+    Each dataset node reads ``config.version`` (a version number of its dataset) or
+    the dataset's current version: 422 ``invalid_workflow`` when there is no such
+    version, 409 ``dataset_not_ready`` (details: node, dataset_id, version, status)
+    while its ingestion has not completed. The definition must then be runnable on
+    those versions (``pipeline.definition.check_runnable``: target columns, problem
+    types, hyperparameters), else 422 ``invalid_workflow`` with ``details.problems``.
+    Every refusal comes before anything is written or charged."""
     run = body or RunIn()
     user: User = lock_user(session, principal.user_id)
     workflow = _owned(session, user.id, workflow_id)
@@ -251,12 +322,20 @@ def run_workflow(
         raise ApiError(409, "workflow_deleted", "restore the workflow before running it")
     try:
         definition = WorkflowDefinition.model_validate(workflow.definition)
-    except ValueError:
-        raise ApiError(422, "invalid_workflow", "the stored definition is not valid") from None
+    except ValidationError as exc:
+        problems = [str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors()]
+        raise ApiError(
+            422,
+            "invalid_workflow",
+            f"the stored definition is not valid: {'; '.join(problems)}",
+            {"problems": problems},
+        ) from None
     if not definition.nodes:
         raise ApiError(422, "invalid_workflow", "the workflow has no nodes")
     datasets = _check_datasets(session, user.id, definition)
-    unnamed = sorted(n.id for n in definition.nodes if n.type == "dataset" and n.id not in datasets)
+    unnamed = sorted(
+        n.id for n in definition.nodes if n.type == NodeType.DATASET and n.id not in datasets
+    )
     if unnamed:
         raise ApiError(
             422,
@@ -264,6 +343,19 @@ def run_workflow(
             f"dataset node {unnamed[0]!r} names no dataset (config.dataset_id)",
             {"nodes": unnamed},
         )
+    versions = _versions(session, definition, datasets)
+    infos = {
+        node: DatasetInfo.from_metadata(
+            datasets[node].problem_type, datasets[node].target_column, v.columns_metadata
+        )
+        for node, v in versions.items()
+    }
+    try:
+        check_runnable(definition, infos)
+    except DefinitionError as exc:
+        raise ApiError(
+            422, "invalid_workflow", exc.problems[0], {"problems": exc.problems}
+        ) from None
     check_running_jobs(settings, session, user)
     cost = price(settings, definition)
 
@@ -274,11 +366,15 @@ def run_workflow(
             "workflow_id": str(workflow.id),
             "name": workflow.name,
             "definition": workflow.definition,
-            # The version of each dataset the run reads: its current one now.
+            # What each dataset node reads, frozen now: the worker loads the version's
+            # Parquet by version_id and trains with this problem type and target.
             "dataset_versions": {
                 node: {
                     "dataset_id": str(ds.id),
-                    "version_id": str(ds.current_version_id) if ds.current_version_id else None,
+                    "version_id": str(versions[node].id),
+                    "version_number": versions[node].version_number,
+                    "problem_type": ds.problem_type.value if ds.problem_type else None,
+                    "target_column": ds.target_column,
                 }
                 for node, ds in datasets.items()
             },

@@ -27,6 +27,9 @@ class IngestionJob(IDMixin, TimestampMixin, Base):
     # Where the raw upload waits (local path or s3:// URI).
     source_path: Mapped[str | None]
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    # The worker processing it and until when (see Job): recovered when it expires.
+    leased_by: Mapped[str | None]
+    lease_expires_at: Mapped[dt.datetime | None]
     error_message: Mapped[str | None]
     started_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
@@ -45,6 +48,11 @@ class IngestionJob(IDMixin, TimestampMixin, Base):
             onupdate="CASCADE",
         ),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        CheckConstraint(
+            "(leased_by IS NULL) = (lease_expires_at IS NULL)"
+            " AND (leased_by IS NULL OR status = 'processing')",
+            name="lease_only_while_processing",
+        ),
         Index("ix_ingestion_jobs_dataset_version_id_user_id", "dataset_version_id", "user_id"),
         Index("ix_ingestion_jobs_user_id_created_at", "user_id", "created_at"),
         # The workers' queue: oldest pending first.
@@ -52,5 +60,10 @@ class IngestionJob(IDMixin, TimestampMixin, Base):
             "ix_ingestion_jobs_pending_created_at",
             "created_at",
             postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_ingestion_jobs_lease_expires_at",
+            "lease_expires_at",
+            postgresql_where=text("status = 'processing'"),
         ),
     )

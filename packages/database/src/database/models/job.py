@@ -41,9 +41,14 @@ class Job(IDMixin, TimestampMixin, Base):
     error_traceback: Mapped[str | None]
     started_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]
-    # Set when the owner cancels a running job: the worker running it stops at the
-    # next node, marks it cancelled and refunds what it did not use.
+    # Set when the owner cancels a running job: the worker running it stops before
+    # the next node, marks it cancelled and refunds the charge.
     cancel_requested_at: Mapped[dt.datetime | None]
+    # The queue (apps/workers): how many times a worker took the job, which worker
+    # holds it now and until when. A lease not renewed in time is recovered.
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    leased_by: Mapped[str | None]
+    lease_expires_at: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship(back_populates="jobs", lazy="raise_on_sql")
     workflow_snapshot: Mapped[WorkflowSnapshot] = relationship(
@@ -71,6 +76,13 @@ class Job(IDMixin, TimestampMixin, Base):
             ["workflow_snapshots.id", "workflow_snapshots.user_id"],
         ),
         CheckConstraint("credit_cost >= 0", name="credit_cost_nonnegative"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        # A lease names its worker and its end, and only a running job has one.
+        CheckConstraint(
+            "(leased_by IS NULL) = (lease_expires_at IS NULL)"
+            " AND (leased_by IS NULL OR status = 'running')",
+            name="lease_only_while_running",
+        ),
         CheckConstraint(
             "completed_at IS NULL OR started_at IS NULL OR completed_at >= started_at",
             name="completed_after_started",
@@ -85,5 +97,11 @@ class Job(IDMixin, TimestampMixin, Base):
             text("priority DESC"),
             "created_at",
             postgresql_where=text("status = 'queued'"),
+        ),
+        # Recovery of leases whose worker stopped renewing them.
+        Index(
+            "ix_jobs_lease_expires_at",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
         ),
     )

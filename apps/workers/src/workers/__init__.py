@@ -1,0 +1,1 @@
+"""Background workers: the PostgreSQL job queue, ingestion and workflow execution."""

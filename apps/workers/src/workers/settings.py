@@ -1,0 +1,58 @@
+"""The workers' settings, from the environment (pydantic-settings).
+
+The database's own settings (``DATABASE_URL``, timeouts, ``AUTOML_DATA_DIR``) stay
+in :mod:`database.config`; ``STORAGE_URL`` is shared with the API, so both read and
+write the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from database.config import get_settings as get_database_settings
+
+
+def _default_data_dir() -> Path:
+    return get_database_settings().data_dir
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_file=None, populate_by_name=True)
+
+    #: Jobs run at once by one worker process (threads).
+    slots: int = Field(default=2, alias="WORKER_SLOTS", ge=1, le=64)
+    #: How long a claim holds without a heartbeat; a dead worker's work is taken
+    #: again this long after its last heartbeat.
+    lease_seconds: float = Field(default=60.0, alias="WORKER_LEASE_SECONDS", gt=0)
+    #: How often leases are renewed (default: a third of the lease).
+    heartbeat_seconds: float | None = Field(default=None, alias="WORKER_HEARTBEAT_SECONDS", gt=0)
+    #: Claims of one job before it is failed (and refunded) instead of retried.
+    max_attempts: int = Field(default=3, alias="WORKER_MAX_ATTEMPTS", ge=1)
+    #: The longest wait for a notification before looking at the queue anyway.
+    poll_seconds: float = Field(default=30.0, alias="WORKER_POLL_SECONDS", gt=0)
+    #: How often expired leases are looked for.
+    recovery_seconds: float = Field(default=30.0, alias="WORKER_RECOVERY_SECONDS", gt=0)
+    #: How often the lifecycle purge runs (0: never, from this worker).
+    purge_hours: float = Field(default=24.0, alias="WORKER_PURGE_HOURS", ge=0)
+    data_dir: Path = Field(default_factory=_default_data_dir, alias="AUTOML_DATA_DIR")
+    #: Where uploads, Parquet files and model artifacts live (the API's setting).
+    storage_url: str | None = Field(default=None, alias="STORAGE_URL")
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> WorkerSettings:
+        if self.heartbeat_seconds is None:
+            self.heartbeat_seconds = self.lease_seconds / 3
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("WORKER_HEARTBEAT_SECONDS must be shorter than WORKER_LEASE_SECONDS")
+        return self
+
+    @property
+    def heartbeat(self) -> float:
+        assert self.heartbeat_seconds is not None
+        return self.heartbeat_seconds
+
+    def storage_location(self) -> str:
+        return self.storage_url or str(self.data_dir / "storage")

@@ -1,0 +1,1 @@
+"""Workflow definitions, their execution with scikit-learn, ingestion and profiling."""
