@@ -64,7 +64,7 @@ _CLAIM_JOB = text(
            attempts = j.attempts + 1, started_at = coalesce(j.started_at, now())
      WHERE j.id = (SELECT q.id FROM jobs AS q
                     WHERE q.status = 'queued'
-                    ORDER BY q.priority DESC, q.created_at, q.id
+                    ORDER BY q.priority DESC, q.created_at
                     LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING j.id, j.user_id, j.attempts
     """
@@ -81,7 +81,7 @@ _CLAIM_INGESTION = text(
                error_message = NULL
          WHERE i.id = (SELECT q.id FROM ingestion_jobs AS q
                         WHERE q.status = 'pending'
-                        ORDER BY q.created_at, q.id
+                        ORDER BY q.created_at
                         LIMIT 1 FOR UPDATE SKIP LOCKED)
         RETURNING i.id, i.user_id, i.attempts, i.dataset_version_id
     ), version AS (
