@@ -27,7 +27,8 @@ from sqlalchemy import Connection, Engine, text
 
 from database import verify
 from pipeline.storage import Storage
-from workers import execution
+from workers import execution, queue
+from workers.ingestion import run_ingestion
 from workers.main import Worker
 
 from api_helpers import Account, upload
@@ -470,4 +471,57 @@ def test_sigterm_releases_the_job_before_its_next_node(
     assert statuses == ["pending"]
     drain()
     assert job_detail(client, account, job_id)["status"] == "completed"
+    assert_books_balance(engine)
+
+
+# --- a worker that lost its lease ----------------------------------------------------------
+def take_over(engine: Engine, kind: str, row_id: str) -> queue.Claim:
+    """Worker A's lease expires and is recovered; worker B claims the work."""
+    table = "jobs" if kind == "job" else "ingestion_jobs"
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE {table} SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            {"id": row_id},
+        )
+    assert queue.recover_expired(engine, max_attempts=3).requeued == 1
+    claim = queue.claim(engine, kind, "B", 30)  # type: ignore[arg-type]
+    assert claim is not None and str(claim.id) == row_id
+    return claim
+
+
+def test_ingestion_by_a_worker_that_lost_its_lease_changes_nothing(
+    client: TestClient, account: Account, engine: Engine, storage: Storage, storage_dir: Path
+) -> None:
+    r = upload(client, account, name="iris", content=iris_csv(), filename="iris.csv")
+    assert r.status_code == 201, r.text
+    first = queue.claim(engine, "ingestion", "A", 30)
+    assert first is not None
+    second = take_over(engine, "ingestion", r.json()["ingestion_job"]["id"])
+    assert run_ingestion(engine, storage, second) == "completed"
+    with pytest.raises(queue.LeaseLost):
+        run_ingestion(engine, storage, first)  # A wakes up late: refused, its file removed
+    location = value(
+        engine, "SELECT s3_path FROM dataset_versions WHERE id = :id", id=r.json()["version"]["id"]
+    )
+    assert [str(p) for p in (storage_dir / "datasets").rglob("*.parquet")] == [location]
+    assert pd.read_parquet(location).shape == (150, 5)
+    assert_books_balance(engine)
+
+
+def test_a_job_whose_lease_was_taken_over_stops_at_once(
+    client: TestClient,
+    account: Account,
+    drain: Callable[..., Worker],
+    engine: Engine,
+    storage: Storage,
+) -> None:
+    uploaded = ingested_dataset(client, account, drain, iris_csv())
+    job_id = start_run(client, account, uploaded["dataset"]["id"])["job"]["id"]
+    first = queue.claim(engine, "job", "A", 30)
+    assert first is not None
+    second = take_over(engine, "job", job_id)
+    with pytest.raises(queue.LeaseLost):
+        execution.run_job(engine, storage, first, lease_seconds=30)
+    assert execution.run_job(engine, storage, second, lease_seconds=30) == "completed"
+    assert value(engine, "SELECT count(*) FROM models WHERE job_id = :id", id=job_id) == 1
     assert_books_balance(engine)

@@ -162,7 +162,9 @@ def run_job(
     order = definition.order()
     for node_id in order:
         if stop is not None and stop.is_set():
-            for location in queue.release(Session(engine), claim):
+            with Session(engine) as session:
+                dropped = queue.release(session, claim)
+            for location in dropped:
                 storage.delete(location)
             log.info("job %s released: the worker is stopping", claim.id)
             return "released"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,9 @@ class _Work:
 
 
 def parquet_key(work: _Work) -> str:
-    return f"datasets/{work.user_id}/{work.dataset_id}/{work.version_id}/data.parquet"
+    """A name of this attempt's own: a worker that lost its lease and removes what it
+    wrote can never remove the file of the worker that took over."""
+    return f"datasets/{work.user_id}/{work.dataset_id}/{work.version_id}/{uuid.uuid4().hex}.parquet"
 
 
 def _load(engine: Engine, claim: Claim) -> _Work | None:
