@@ -9,7 +9,6 @@ bounded depth. A refused input is a 422, never a 500.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import uuid
 from typing import Annotated, Any, Literal
@@ -38,40 +37,16 @@ from database.models import (
 )
 
 # The workflow definition model is pipeline.definition's, re-exported: the worker runs
-# what the API accepted, checked by the same code.
+# what the API accepted, checked by the same code. So are the guards of what PostgreSQL's
+# jsonb accepts (no NUL, finite numbers, bounded depth): one copy.
 from pipeline.definition import WorkflowDefinition as WorkflowDefinition
 from pipeline.definition import WorkflowEdge as WorkflowEdge
 from pipeline.definition import WorkflowNode as WorkflowNode
+from pipeline.definition import check_json as check_json
 from pipeline.definition import definition_problems as definition_problems
+from pipeline.definition import no_nul as no_nul
 
 INT32_MAX = 2**31 - 1
-MAX_JSON_DEPTH = 32
-
-
-# --- input guards ----------------------------------------------------------------------------
-def no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("text may not contain NUL characters")
-    return value
-
-
-def check_json(value: Any, depth: int = 0) -> Any:
-    """JSON PostgreSQL's jsonb accepts: no NUL in strings, finite numbers, bounded depth."""
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    if isinstance(value, str):
-        no_nul(value)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("numbers must be finite")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            no_nul(str(k))
-            check_json(v, depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            check_json(v, depth + 1)
-    return value
 
 
 Name = Annotated[

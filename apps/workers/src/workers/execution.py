@@ -32,7 +32,7 @@ from pipeline.definition import WorkflowDefinition, WorkflowNode
 from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node
 from pipeline.storage import Storage
 from workers import queue
-from workers.queue import Claim, LeaseLost
+from workers.queue import Claim
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def run_job(
     stop: threading.Event | None = None,
 ) -> str:
     """Run the claimed job to its end; returns its final status, or ``released``
-    when the worker stopped and gave it back. Raises :class:`LeaseLost`."""
+    when the worker stopped and gave it back. Raises :class:`workers.queue.LeaseLost`."""
     snapshot = _snapshot(engine, claim)
     if snapshot is None:
         return "gone"
@@ -322,6 +322,3 @@ def _cancel(engine: Engine, claim: Claim, run: _Run, order: list[str], lease_sec
                 run.status[node_id] = "skipped"
     _finish(engine, claim, "cancelled", error="cancelled by its owner", results=_results(run))
     return "cancelled"
-
-
-__all__ = ["LeaseLost", "run_job"]

@@ -76,9 +76,6 @@ class Worker:
         self.stopping.set()
         self._wake.set()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     # --- the loop ---------------------------------------------------------------------
     def run(self, *, until_idle: bool = False) -> None:
         """Work until stopped; with ``until_idle``, return once nothing waits or runs."""
