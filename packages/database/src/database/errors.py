@@ -89,6 +89,23 @@ class PurchaseAmountMismatch(RuleViolation):
     """A purchase whose amount is not its package's credits (ML009)."""
 
 
+class InvalidStatusTransition(RuleViolation):
+    """A status change of a job, job node or ingestion job that its life does not
+    allow (ML010; sql/triggers/jobs.sql), e.g. a finished job started again."""
+
+    @property
+    def table(self) -> str | None:
+        return _detail_word(self.detail, "table")
+
+    @property
+    def from_status(self) -> str | None:
+        return _detail_word(self.detail, "from")
+
+    @property
+    def to_status(self) -> str | None:
+        return _detail_word(self.detail, "to")
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -206,6 +223,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML007": PackageUnavailable,
     "ML008": PackageTierRestricted,
     "ML009": PurchaseAmountMismatch,
+    "ML010": InvalidStatusTransition,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -233,6 +251,11 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
 def _detail_int(detail: str | None, key: str) -> int | None:
     match = re.search(rf"\b{key}=(-?\d+)", detail or "")
     return int(match.group(1)) if match else None
+
+
+def _detail_word(detail: str | None, key: str) -> str | None:
+    match = re.search(rf"\b{key}=(\w+)", detail or "")
+    return match.group(1) if match else None
 
 
 def translate(exc: BaseException) -> DatabaseError | None:
