@@ -172,6 +172,14 @@ class JobNotCharged(RefundExceedsCharge):
     """A refund of a job that was never charged."""
 
 
+class JobAlreadyFinished(RuleViolation):
+    """A cancel of a job that has already ended (``database.jobs.cancel_job``)."""
+
+    @property
+    def status(self) -> str | None:
+        return _detail_word(self.detail, "status")
+
+
 class UserPurged(RuleViolation):
     """The user was purged: only the tombstone and its ledger remain."""
 
