@@ -67,7 +67,7 @@ def upgrade() -> None:
     public_dataset_versions_number = PGFunction(
         schema="public",
         signature="dataset_versions_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = d.last_version_number + 1\n     WHERE d.id = NEW.dataset_id\n    RETURNING d.last_version_number INTO NEW.version_number;\n    RETURN NEW;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = d.last_version_number + 1\n     WHERE d.id = NEW.dataset_id\n    RETURNING d.last_version_number INTO NEW.version_number;\n    IF NOT FOUND THEN\n        NEW.version_number := 1;  -- no such dataset: its foreign key refuses the row\n    END IF;\n    RETURN NEW;\nEND;\n$$",
     )
     op.replace_entity(public_dataset_versions_number)
 

@@ -19,6 +19,9 @@ BEGIN
        SET last_version_number = d.last_version_number + 1
      WHERE d.id = NEW.dataset_id
     RETURNING d.last_version_number INTO NEW.version_number;
+    IF NOT FOUND THEN
+        NEW.version_number := 1;  -- no such dataset: its foreign key refuses the row
+    END IF;
     RETURN NEW;
 END;
 $$;
