@@ -182,6 +182,8 @@ def _run_node(
     except NodeFailed as exc:
         error = str(exc)
     except Exception as exc:  # scikit-learn's own refusals mostly: say what it said
+        if jobs.is_transient(exc):
+            raise  # an outage, not the node's fault: workers.kinds retries the job later
         log.warning("job %s node %s failed", claim.id, node.id, exc_info=True)
         error = f"{type(exc).__name__}: {exc}"
         trace = traceback.format_exc()
