@@ -286,9 +286,29 @@ def test_explicit_numbers_lift_the_counter(sql):
     sql("DELETE FROM dataset_versions WHERE dataset_id = :d AND version_number = 5", d=d)
     assert _number(sql, make_version(sql, d)) == 6
     # renumbered by hand upwards: the counter follows
-    sql("UPDATE dataset_versions SET version_number = 10 WHERE dataset_id = :d"
-        " AND version_number = 1", d=d)
+    sql(
+        "UPDATE dataset_versions SET version_number = 10 WHERE dataset_id = :d"
+        " AND version_number = 1",
+        d=d,
+    )
     assert _number(sql, make_version(sql, d)) == 11
+
+
+def test_the_version_counter_never_goes_down(sql, session: Session):
+    u = make_user(sql)
+    d = make_dataset(sql, u)
+    make_version(sql, d)
+    make_version(sql, d)
+    with pytest.raises(errors.VersionCounterDecrease) as refused:
+        sql("UPDATE datasets SET last_version_number = 0 WHERE id = :d", d=d)
+    assert refused.value.sqlstate == "ML011"
+    sql("UPDATE datasets SET last_version_number = 7 WHERE id = :d", d=d)  # up is fine
+    assert _number(sql, make_version(sql, d)) == 8
+    dataset = session.get(Dataset, d)
+    assert dataset is not None
+    dataset.last_version_number = 1
+    with pytest.raises(errors.VersionCounterDecrease):
+        session.flush()
 
 
 def test_orm_numbers_are_not_reused(session: Session, sql):

@@ -151,9 +151,41 @@ def upgrade() -> None:
     )
     op.create_entity(public_ingestion_jobs_ingestion_jobs_status_transition)
 
+    public_datasets_version_counter_guard = PGFunction(
+        schema="public",
+        signature="datasets_version_counter_guard()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'the version counter of dataset % may not go down (% to %)',\n            OLD.id, OLD.last_version_number, NEW.last_version_number\n        USING ERRCODE = 'ML011';\nEND;\n$$",
+    )
+    op.create_entity(public_datasets_version_counter_guard)
+
+    public_datasets_datasets_version_counter_guard = PGTrigger(
+        schema="public",
+        signature="datasets_version_counter_guard",
+        on_entity="public.datasets",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF last_version_number ON public.datasets FOR EACH ROW WHEN (NEW.last_version_number < OLD.last_version_number)\nEXECUTE FUNCTION public.datasets_version_counter_guard()",
+    )
+    op.create_entity(public_datasets_datasets_version_counter_guard)
+
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    public_datasets_datasets_version_counter_guard = PGTrigger(
+        schema="public",
+        signature="datasets_version_counter_guard",
+        on_entity="public.datasets",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF last_version_number ON public.datasets FOR EACH ROW WHEN (NEW.last_version_number < OLD.last_version_number)\nEXECUTE FUNCTION public.datasets_version_counter_guard()",
+    )
+    op.drop_entity(public_datasets_datasets_version_counter_guard)
+
+    public_datasets_version_counter_guard = PGFunction(
+        schema="public",
+        signature="datasets_version_counter_guard()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'the version counter of dataset % may not go down (% to %)',\n            OLD.id, OLD.last_version_number, NEW.last_version_number\n        USING ERRCODE = 'ML011';\nEND;\n$$",
+    )
+    op.drop_entity(public_datasets_version_counter_guard)
+
     public_ingestion_jobs_ingestion_jobs_status_transition = PGTrigger(
         schema="public",
         signature="ingestion_jobs_status_transition",

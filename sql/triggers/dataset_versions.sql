@@ -71,3 +71,22 @@ FOR EACH ROW
 WHEN (NEW.version_number IS DISTINCT FROM OLD.version_number
       OR NEW.dataset_id IS DISTINCT FROM OLD.dataset_id)
 EXECUTE FUNCTION public.dataset_versions_lift_counter_row();
+
+-- The counter only goes up: lowering it (raw SQL, a careless repair) would give a
+-- number again. ML011.
+CREATE OR REPLACE FUNCTION public.datasets_version_counter_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'the version counter of dataset % may not go down (% to %)',
+            OLD.id, OLD.last_version_number, NEW.last_version_number
+        USING ERRCODE = 'ML011';
+END;
+$$;
+
+CREATE TRIGGER datasets_version_counter_guard
+BEFORE UPDATE OF last_version_number ON datasets
+FOR EACH ROW
+WHEN (NEW.last_version_number < OLD.last_version_number)
+EXECUTE FUNCTION public.datasets_version_counter_guard();

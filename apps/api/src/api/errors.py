@@ -100,6 +100,7 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.RestoreWindowExpired: (409, "restore_window_expired"),
     db.SnapshotImmutable: (409, "snapshot_immutable"),
     db.InvalidStatusTransition: (409, "invalid_status_transition"),
+    db.VersionCounterDecrease: (409, "version_counter_decrease"),
     db.LedgerImmutable: (409, "ledger_immutable"),
     db.DerivedColumnReadOnly: (409, "derived_column_read_only"),
     db.AlreadyExists: (409, "already_exists"),

@@ -106,6 +106,11 @@ class InvalidStatusTransition(RuleViolation):
         return _detail_word(self.detail, "to")
 
 
+class VersionCounterDecrease(RuleViolation):
+    """A write that lowers ``datasets.last_version_number`` (ML011): a version number,
+    once given, is never given again."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -232,6 +237,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML008": PackageTierRestricted,
     "ML009": PurchaseAmountMismatch,
     "ML010": InvalidStatusTransition,
+    "ML011": VersionCounterDecrease,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
