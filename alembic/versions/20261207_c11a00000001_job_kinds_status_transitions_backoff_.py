@@ -67,21 +67,21 @@ def upgrade() -> None:
     public_dataset_versions_number = PGFunction(
         schema="public",
         signature="dataset_versions_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = d.last_version_number + 1\n     WHERE d.id = NEW.dataset_id\n    RETURNING d.last_version_number INTO NEW.version_number;\n    IF NOT FOUND THEN\n        NEW.version_number := 1;  -- no such dataset: its foreign key refuses the row\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = d.last_version_number + 1\n     WHERE d.id = NEW.dataset_id\n    RETURNING d.last_version_number INTO NEW.version_number;\n    IF NOT FOUND THEN\n        NEW.version_number := 1;  -- no such dataset: its foreign key refuses the row\n    END IF;\n    RETURN NEW;\nEND;\n$$",
     )
     op.replace_entity(public_dataset_versions_number)
 
     public_dataset_versions_lift_counter = PGFunction(
         schema="public",
         signature="dataset_versions_lift_counter()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = m.top\n      FROM (SELECT n.dataset_id, max(n.version_number) AS top\n              FROM new_rows AS n GROUP BY n.dataset_id) AS m\n     WHERE d.id = m.dataset_id AND d.last_version_number < m.top;\n    RETURN NULL;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = m.top\n      FROM (SELECT n.dataset_id, max(n.version_number) AS top\n              FROM new_rows AS n GROUP BY n.dataset_id) AS m\n     WHERE d.id = m.dataset_id AND d.last_version_number < m.top;\n    RETURN NULL;\nEND;\n$$",
     )
     op.create_entity(public_dataset_versions_lift_counter)
 
     public_dataset_versions_lift_counter_row = PGFunction(
         schema="public",
         signature="dataset_versions_lift_counter_row()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = NEW.version_number\n     WHERE d.id = NEW.dataset_id AND d.last_version_number < NEW.version_number;\n    RETURN NULL;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = NEW.version_number\n     WHERE d.id = NEW.dataset_id AND d.last_version_number < NEW.version_number;\n    RETURN NULL;\nEND;\n$$",
     )
     op.create_entity(public_dataset_versions_lift_counter_row)
 
@@ -255,14 +255,14 @@ def downgrade() -> None:
     public_dataset_versions_lift_counter_row = PGFunction(
         schema="public",
         signature="dataset_versions_lift_counter_row()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = NEW.version_number\n     WHERE d.id = NEW.dataset_id AND d.last_version_number < NEW.version_number;\n    RETURN NULL;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = NEW.version_number\n     WHERE d.id = NEW.dataset_id AND d.last_version_number < NEW.version_number;\n    RETURN NULL;\nEND;\n$$",
     )
     op.drop_entity(public_dataset_versions_lift_counter_row)
 
     public_dataset_versions_lift_counter = PGFunction(
         schema="public",
         signature="dataset_versions_lift_counter()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = m.top\n      FROM (SELECT n.dataset_id, max(n.version_number) AS top\n              FROM new_rows AS n GROUP BY n.dataset_id) AS m\n     WHERE d.id = m.dataset_id AND d.last_version_number < m.top;\n    RETURN NULL;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nBEGIN\n    UPDATE public.datasets AS d\n       SET last_version_number = m.top\n      FROM (SELECT n.dataset_id, max(n.version_number) AS top\n              FROM new_rows AS n GROUP BY n.dataset_id) AS m\n     WHERE d.id = m.dataset_id AND d.last_version_number < m.top;\n    RETURN NULL;\nEND;\n$$",
     )
     op.drop_entity(public_dataset_versions_lift_counter)
 

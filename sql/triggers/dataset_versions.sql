@@ -9,10 +9,16 @@
 -- unique key refuses a duplicate), and the statement-level trigger below lifts the
 -- counter to the highest number given, once per dataset and statement, so a bulk
 -- load of numbered versions pays one UPDATE per dataset, not one per row.
+--
+-- enable_seqscan = off: the lookups must use their indexes whatever the statistics
+-- say. Right after a table is created or emptied the planner believes it empty and
+-- would scan it, a plan the session then keeps: a bulk load of 100,000 unnumbered
+-- versions once scanned the growing table for each row (docs/performance.md).
 
 CREATE OR REPLACE FUNCTION public.dataset_versions_number()
 RETURNS trigger
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 BEGIN
     UPDATE public.datasets AS d
@@ -29,6 +35,7 @@ $$;
 CREATE OR REPLACE FUNCTION public.dataset_versions_lift_counter()
 RETURNS trigger
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 BEGIN
     UPDATE public.datasets AS d
@@ -43,6 +50,7 @@ $$;
 CREATE OR REPLACE FUNCTION public.dataset_versions_lift_counter_row()
 RETURNS trigger
 LANGUAGE plpgsql
+SET enable_seqscan = off
 AS $$
 BEGIN
     UPDATE public.datasets AS d
