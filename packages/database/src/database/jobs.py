@@ -58,7 +58,6 @@ from sqlalchemy.orm import Session
 from database import credits, errors, locks
 from database._tx import atomic
 from database.models import (
-    CreditTransaction,
     DatasetProfile,
     DatasetVersion,
     IngestionJob,
@@ -71,7 +70,6 @@ from database.models import (
     NodeStatus,
     NodeType,
     ProblemType,
-    TransactionType,
     WorkflowSnapshot,
 )
 
@@ -478,7 +476,8 @@ def record_model(
 
 # --- ending a job ---------------------------------------------------------------------------
 def _refund(session: Session, job_id: uuid.UUID, user_id: uuid.UUID, reason: str) -> int:
-    """Refund the job's charge once; 0 when it was free or never charged."""
+    """Refund the job's charge once; 0 when it was free or never charged. The one
+    refund of a job's end: a worker's failure or cancel, recovery, the owner's cancel."""
     try:
         entry = credits.refund_job(session, job_id, reason, user=user_id)
     except errors.JobNotCharged:
@@ -842,7 +841,6 @@ def cancel_job(session: Session, user_id: uuid.UUID, job_id: uuid.UUID) -> Cance
         raise errors.JobAlreadyFinished(
             f"the job has already ended ({job.status.value})", detail=f"status={job.status.value}"
         )
-    refunded = 0
     now = session.scalar(select(func.now()))
     if job.status == JobStatus.RUNNING:
         if job.cancel_requested_at is None:
@@ -854,15 +852,7 @@ def cancel_job(session: Session, user_id: uuid.UUID, job_id: uuid.UUID) -> Cance
     job.cancel_requested_at = job.cancel_requested_at or now
     session.flush()
     _skip_waiting_nodes(session, job.id, "skipped: the job was cancelled")
-    charged = session.scalar(
-        select(CreditTransaction.id).where(
-            CreditTransaction.job_id == job.id,
-            CreditTransaction.type == TransactionType.CONSUMPTION,
-        )
-    )
-    if charged is not None:
-        entry = credits.refund_job(session, job, "cancelled before it started", user=user_id)
-        refunded = entry.amount
+    refunded = _refund(session, job.id, user_id, "cancelled before it started")
     session.flush()
     return CancelOutcome(job, refunded)
 
