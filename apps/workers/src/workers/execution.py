@@ -7,7 +7,7 @@ lease and looks for a cancel request; a stopping worker gives the job back to
 the queue there. The save node's artifact goes to storage and its ``Model`` row
 is written with the node's success, in one transaction. At the end the job is
 completed with a summary in ``results``, or failed (or cancelled) and refunded
-once, through the ledger. Every change of state is :mod:`database.jobs`'.
+once, through the ledger. Every change of state goes through :mod:`database.jobs`.
 """
 
 from __future__ import annotations
