@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from database import errors
+from database.grants import grant
 from database.models import (
     IngestionJob,
     IngestionStatus,
@@ -185,3 +187,49 @@ def test_the_api_maps_a_refused_transition_to_409(sql: Any) -> None:
     assert (answer.status, answer.code) == (409, "invalid_status_transition")
     assert answer.details == {"from": "cancelled", "to": "queued"}
     assert str(uuid.UUID(str(job))) in answer.message
+
+
+# --- as the apps' least-privilege role --------------------------------------------------------
+@pytest.fixture
+def app_engine(db_url: Any, engine: Any) -> Iterator[Engine]:
+    role = f"app_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        grant(conn, role)
+    eng = errors.install(create_engine(db_url.set(username=role), pool_size=2))
+    yield eng
+    eng.dispose()
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP OWNED BY "{role}"'))
+        conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+def test_the_app_role_numbers_versions_and_is_held_to_the_transitions(
+    sql: Any, app_engine: Engine
+) -> None:
+    """The apps' role runs the numbering (it updates the dataset's counter) and the
+    transition rules hold for it as for anyone; it cannot lower the counter."""
+    user = make_user(sql)
+    dataset = make_dataset(sql, user)
+    make_version(sql, dataset)
+    sql("DELETE FROM dataset_versions WHERE dataset_id = :d", d=dataset)
+    with app_engine.begin() as conn:
+        number = conn.execute(
+            text(
+                "INSERT INTO dataset_versions (dataset_id, user_id, original_format)"
+                " VALUES (:d, :u, 'csv') RETURNING version_number"
+            ),
+            {"d": dataset, "u": user},
+        ).scalar_one()
+    assert number == 2
+    with pytest.raises(errors.VersionCounterDecrease), app_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE datasets SET last_version_number = 0 WHERE id = :d"), {"d": dataset}
+        )
+    job = make_job(sql, user, status="completed")
+    with pytest.raises(errors.InvalidStatusTransition), app_engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'running' WHERE id = :j"), {"j": job})
+    queued = make_job(sql, user, status="queued")
+    with app_engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'running' WHERE id = :j"), {"j": queued})
+    assert scalar(sql, "SELECT status::text FROM jobs WHERE id = :j", j=queued) == "running"
