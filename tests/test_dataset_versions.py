@@ -17,7 +17,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from database import errors
-from database.models import Dataset, DatasetVersion, User
+from database.models import Dataset, DatasetVersion, FileFormat, User
 
 from factories import make_dataset, make_user, make_version, run, scalar
 
@@ -262,12 +262,6 @@ def test_deleting_current_version_clears_pointer_only(sql):
     assert _numbers(sql, d) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (design): dataset_versions_number takes max(version_number) + 1 over the"
-    " surviving versions, so after the latest version is deleted its number is given to"
-    " the next upload: two different files share one version number over time",
-)
 def test_numbers_of_deleted_versions_are_not_reused(sql):
     u = make_user(sql)
     d = make_dataset(sql, u)
@@ -275,6 +269,64 @@ def test_numbers_of_deleted_versions_are_not_reused(sql):
     v2 = make_version(sql, d)
     sql("DELETE FROM dataset_versions WHERE id = :v", v=v2)
     assert _number(sql, make_version(sql, d)) == 3
+    assert scalar(sql, "SELECT last_version_number FROM datasets WHERE id = :d", d=d) == 3
+
+
+def test_explicit_numbers_lift_the_counter(sql):
+    """A version given its number (a bulk load) moves the counter too: the next
+    unnumbered version never takes a number given before, even one deleted since."""
+    u = make_user(sql)
+    d = make_dataset(sql, u)
+    sql(
+        "INSERT INTO dataset_versions (dataset_id, user_id, version_number, original_format)"
+        " SELECT :d, :u, n, 'csv' FROM generate_series(1, 5) AS n",
+        d=d,
+        u=u,
+    )
+    sql("DELETE FROM dataset_versions WHERE dataset_id = :d AND version_number = 5", d=d)
+    assert _number(sql, make_version(sql, d)) == 6
+    # renumbered by hand upwards: the counter follows
+    sql(
+        "UPDATE dataset_versions SET version_number = 10 WHERE dataset_id = :d"
+        " AND version_number = 1",
+        d=d,
+    )
+    assert _number(sql, make_version(sql, d)) == 11
+
+
+def test_the_version_counter_never_goes_down(sql, session: Session):
+    u = make_user(sql)
+    d = make_dataset(sql, u)
+    make_version(sql, d)
+    make_version(sql, d)
+    with pytest.raises(errors.VersionCounterDecrease) as refused:
+        sql("UPDATE datasets SET last_version_number = 0 WHERE id = :d", d=d)
+    assert refused.value.sqlstate == "ML011"
+    sql("UPDATE datasets SET last_version_number = 7 WHERE id = :d", d=d)  # up is fine
+    assert _number(sql, make_version(sql, d)) == 8
+    dataset = session.get(Dataset, d)
+    assert dataset is not None
+    dataset.last_version_number = 1
+    with pytest.raises(errors.VersionCounterDecrease):
+        session.flush()
+
+
+def test_orm_numbers_are_not_reused(session: Session, sql):
+    user = User(email="numbers@example.com")
+    session.add(user)
+    session.flush()
+    dataset = Dataset(user_id=user.id, name="n")
+    session.add(dataset)
+    session.flush()
+    first = DatasetVersion(dataset_id=dataset.id, user_id=user.id, original_format=FileFormat.CSV)
+    session.add(first)
+    session.flush()
+    session.delete(first)
+    session.flush()
+    again = DatasetVersion(dataset_id=dataset.id, user_id=user.id, original_format=FileFormat.CSV)
+    session.add(again)
+    session.flush()
+    assert again.version_number == 2
 
 
 def test_current_version_survives_change_of_owner(sql):

@@ -454,3 +454,32 @@ def test_every_table_with_user_data_is_purged_or_deliberately_kept(engine):
         )
     assert owned - lifecycle.KEPT_TABLES <= covered
     assert "dataset_profiles" in covered
+
+
+def test_purge_removes_objects_of_a_remote_storage(sql, session, cli_db, monkeypatch, capsys):
+    """STORAGE_URL names an fsspec storage (memory:// here, s3:// in production): purge,
+    the worker's and `automl-db purge`, removes the objects through the same storage
+    the API and the workers write with, not a local remover that skips them."""
+    from database.storage import default_storage
+
+    monkeypatch.setenv("STORAGE_URL", f"memory://purge-{uuid.uuid4().hex[:8]}")
+    get_settings.cache_clear()
+    storage = default_storage()
+    user_id = make_user(sql)
+    dataset = make_dataset(sql, user_id)
+    parquet = storage.write_bytes(f"datasets/{user_id}/v1.parquet", b"PAR1")
+    upload = storage.write_bytes(f"uploads/{user_id}/v1.csv", b"a,b\n1,2\n")
+    version = make_version(sql, dataset, original=8, parquet=4, s3_path=parquet)
+    make_ingestion_job(sql, version, source_path=upload)
+    model = storage.write_bytes(f"models/{user_id}/m.joblib", b"model")
+    make_model(sql, user_id, s3_path=model)
+    other = storage.write_bytes("models/someone-else/m.joblib", b"kept")
+    assert parquet.startswith("memory://") and all(
+        storage.exists(x) for x in (parquet, upload, model)
+    )
+    lifecycle.soft_delete_user(session, user_id, at=LONG_AGO)
+
+    assert cli.main(["purge"]) == 0
+    assert "files removed: 3" in capsys.readouterr().out
+    assert not any(storage.exists(x) for x in (parquet, upload, model))
+    assert storage.exists(other)

@@ -28,10 +28,13 @@ FOR EACH ROW
 WHEN (pg_trigger_depth() = 0)
 EXECUTE FUNCTION public.set_updated_at();
 
+-- datasets.last_version_number moves when a version is added (dataset_versions.sql):
+-- like users' aggregates, that is not an edit of the dataset.
 CREATE TRIGGER set_updated_at
 BEFORE UPDATE ON datasets
 FOR EACH ROW
-WHEN (OLD.* IS DISTINCT FROM NEW.*)
+WHEN (OLD.last_version_number IS NOT DISTINCT FROM NEW.last_version_number
+      AND OLD.* IS DISTINCT FROM NEW.*)
 EXECUTE FUNCTION public.set_updated_at();
 
 CREATE TRIGGER set_updated_at

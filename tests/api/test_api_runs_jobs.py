@@ -268,13 +268,13 @@ def test_concurrent_jobs_limit_is_403_before_charging(
         assert second.status_code == 403
         assert second.json()["error"]["code"] == "job_limit_reached"
         assert _state(engine, account.user_id) == before
-        # A finished job frees its place.
-        rows(
-            engine,
-            "UPDATE jobs SET status = 'completed', started_at = now(), completed_at = now()"
-            " WHERE id = :id",
-            id=first.json()["job"]["id"],
-        )
+        # A finished job frees its place (queued, running, completed: its life).
+        for change in ("status = 'running', started_at = now()", "status = 'completed'"):
+            rows(
+                engine,
+                f"UPDATE jobs SET {change}, completed_at = now() WHERE id = :id",
+                id=first.json()["job"]["id"],
+            )
         third = client.post(f"/v1/workflows/{wf['id']}/run", headers=account.headers)
         assert third.status_code == 201
 

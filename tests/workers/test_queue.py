@@ -319,7 +319,7 @@ def test_expired_lease_is_requeued_then_failed_and_refunded(engine: Engine, sql:
     assert (recovered.failed, recovered.refunded_credits) == (1, 20)
     row = sql("SELECT status, error_message, leased_by FROM jobs WHERE id = :id", id=job)[0]
     assert row.status == "failed" and "2 times" in row.error_message and row.leased_by is None
-    assert scalar(sql, "SELECT status FROM job_nodes WHERE id = :id", id=node) == "skipped"
+    assert scalar(sql, "SELECT status FROM job_nodes WHERE id = :id", id=node) == "failed"
     assert balance(sql, user) == 50
     assert queue.recover_expired(engine, max_attempts=2).refunded_credits == 0  # once
 

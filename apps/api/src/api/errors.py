@@ -99,6 +99,8 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.UserPurged: (404, "not_found"),
     db.RestoreWindowExpired: (409, "restore_window_expired"),
     db.SnapshotImmutable: (409, "snapshot_immutable"),
+    db.InvalidStatusTransition: (409, "invalid_status_transition"),
+    db.VersionCounterDecrease: (409, "version_counter_decrease"),
     db.LedgerImmutable: (409, "ledger_immutable"),
     db.DerivedColumnReadOnly: (409, "derived_column_read_only"),
     db.AlreadyExists: (409, "already_exists"),
@@ -132,6 +134,8 @@ def from_database(exc: db.DatabaseError) -> ApiError:
             details["balance"] = exc.balance
         if exc.amount is not None:
             details["price"] = abs(exc.amount)
+    if isinstance(exc, db.InvalidStatusTransition):
+        details.update({"from": exc.from_status, "to": exc.to_status})
     if exc.constraint and 400 <= status < 500:
         details["constraint"] = exc.constraint
     if exc.retryable or status == 503:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, not_found
 from api.schemas import WorkflowDefinition
 from api.settings import ApiSettings, TierLimits
+from database import locks
 from database.models import Job, JobStatus, User
 
 #: Jobs that count against the concurrent-jobs limit.
@@ -30,12 +31,7 @@ def limits_for(settings: ApiSettings, user: User) -> TierLimits:
 
 def lock_user(session: Session, user_id: uuid.UUID) -> User:
     """The user's row, locked (FOR NO KEY UPDATE) and re-read, for the transaction."""
-    user = session.scalars(
-        select(User)
-        .where(User.id == user_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    user = locks.lock_user(session, user_id)
     if user is None or user.is_deleted:
         raise not_found("user")
     return user

@@ -7,13 +7,12 @@ lease and looks for a cancel request; a stopping worker gives the job back to
 the queue there. The save node's artifact goes to storage and its ``Model`` row
 is written with the node's success, in one transaction. At the end the job is
 completed with a summary in ``results``, or failed (or cancelled) and refunded
-once, through the ledger (:func:`workers.queue.finish_job`).
+once, through the ledger. Every change of state goes through :mod:`database.jobs`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import threading
 import traceback
@@ -23,16 +22,15 @@ from typing import Any
 
 import pandas as pd
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import credits
-from database.models import NodeType
+from database import jobs
+from database.jobs import Claim
+from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
 from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node
 from pipeline.storage import Storage
-from workers import queue
-from workers.queue import Claim
 
 log = logging.getLogger(__name__)
 
@@ -60,38 +58,6 @@ def _snapshot(engine: Engine, claim: Claim) -> dict[str, Any] | None:
             {"id": claim.id},
         ).scalar_one_or_none()
     return data
-
-
-def _record(
-    conn: Connection,
-    claim: Claim,
-    node_id: str,
-    status: str,
-    *,
-    output: dict[str, Any] | None = None,
-    error: str | None = None,
-) -> None:
-    stamp = {
-        "running": "started_at = clock_timestamp(), completed_at = NULL",
-        "success": "completed_at = clock_timestamp()",
-        "failed": "completed_at = clock_timestamp()",
-        "skipped": "completed_at = NULL",
-    }[status]
-    conn.execute(
-        text(
-            f"UPDATE job_nodes SET status = CAST(:status AS node_status), {stamp},"
-            " output_data = coalesce(CAST(:output AS jsonb), output_data), error_message = :error"
-            " WHERE job_id = :job AND user_id = :user AND node_id = :node"
-        ),
-        {
-            "status": status,
-            "output": None if output is None else json.dumps(output, allow_nan=False),
-            "error": error,
-            "job": claim.id,
-            "user": claim.user_id,
-            "node": node_id,
-        },
-    )
 
 
 class _Loader:
@@ -146,7 +112,7 @@ def run_job(
     stop: threading.Event | None = None,
 ) -> str:
     """Run the claimed job to its end; returns its final status, or ``released``
-    when the worker stopped and gave it back. Raises :class:`workers.queue.LeaseLost`."""
+    when the worker stopped and gave it back. Raises :class:`database.jobs.LeaseLost`."""
     snapshot = _snapshot(engine, claim)
     if snapshot is None:
         return "gone"
@@ -154,7 +120,7 @@ def run_job(
         definition = WorkflowDefinition.model_validate(snapshot.get("definition") or {})
     except ValidationError as exc:
         message = f"the workflow snapshot is not a valid definition: {exc.errors()[0]['msg']}"
-        _finish(engine, claim, "failed", error=message)
+        _finish(engine, claim, JobStatus.FAILED, error=message)
         return "failed"
     run = _Run(claim=claim, snapshot=snapshot, definition=definition)
     loader = _Loader(engine, storage, run)
@@ -163,7 +129,7 @@ def run_job(
     for node_id in order:
         if stop is not None and stop.is_set():
             with Session(engine) as session:
-                dropped = queue.release(session, claim)
+                dropped = jobs.release(session, claim)
             for location in dropped:
                 storage.delete(location)
             log.info("job %s released: the worker is stopping", claim.id)
@@ -171,16 +137,16 @@ def run_job(
         upstream = definition.inputs(node_id)
         broken = [u for u in upstream if run.status.get(u) != "success"]
         with engine.begin() as conn:
-            cancelled = queue.check_job(conn, claim, lease_seconds)
+            cancelled = jobs.check_job(conn, claim, lease_seconds)
             if not cancelled and broken:
                 reason = (
                     f"skipped: input node {broken[0]!r} {run.status.get(broken[0], 'did not run')}"
                 )
-                _record(conn, claim, node_id, "skipped", error=reason)
+                jobs.record_node(conn, claim, node_id, NodeStatus.SKIPPED, error=reason)
                 run.status[node_id] = "skipped"
                 continue
             if not cancelled:
-                _record(conn, claim, node_id, "running")
+                jobs.record_node(conn, claim, node_id, NodeStatus.RUNNING)
         if cancelled:
             return _cancel(engine, claim, run, order, lease_seconds)
         _run_node(engine, storage, run, loader, nodes[node_id], upstream, lease_seconds)
@@ -188,13 +154,13 @@ def run_job(
         _finish(
             engine,
             claim,
-            "failed",
+            JobStatus.FAILED,
             error=run.first_error,
             results=_results(run),
             trace=run.first_trace,
         )
         return "failed"
-    _finish(engine, claim, "completed", results=_results(run))
+    _finish(engine, claim, JobStatus.COMPLETED, results=_results(run))
     return "completed"
 
 
@@ -216,6 +182,8 @@ def _run_node(
     except NodeFailed as exc:
         error = str(exc)
     except Exception as exc:  # scikit-learn's own refusals mostly: say what it said
+        if jobs.is_transient(exc):
+            raise  # an outage, not the node's fault: workers.kinds retries the job later
         log.warning("job %s node %s failed", claim.id, node.id, exc_info=True)
         error = f"{type(exc).__name__}: {exc}"
         trace = traceback.format_exc()
@@ -228,8 +196,8 @@ def _run_node(
         run.first_error = f"node {node.id!r} failed: {error}"
         run.first_trace = trace
     with engine.begin() as conn:
-        queue.check_job(conn, claim, lease_seconds)
-        _record(conn, claim, node.id, "failed", error=error)
+        jobs.check_job(conn, claim, lease_seconds)
+        jobs.record_node(conn, claim, node.id, NodeStatus.FAILED, error=error)
 
 
 def _succeed(
@@ -246,8 +214,8 @@ def _succeed(
         run.metrics[node.id] = output["metrics"]
     if outcome.artifact is None or outcome.model is None:
         with engine.begin() as conn:
-            queue.check_job(conn, claim, lease_seconds)
-            _record(conn, claim, node.id, "success", output=output)
+            jobs.check_job(conn, claim, lease_seconds)
+            jobs.record_node(conn, claim, node.id, NodeStatus.SUCCESS, output=output)
         run.status[node.id] = "success"
         return
     model_id = uuid.uuid4()
@@ -255,32 +223,23 @@ def _succeed(
         f"models/{claim.user_id}/{claim.id}/{node.id}-{model_id}.joblib", outcome.artifact
     )
     record = outcome.model
+    output["model_id"] = str(model_id)
     try:
-        with Session(engine) as session, session.begin():
-            credits.lock_users(session, [claim.user_id])  # model_count moves: user first
-            queue.check_job(session.connection(), claim, lease_seconds)
-            session.execute(
-                text(
-                    "INSERT INTO models (id, user_id, job_id, name, algorithm, problem_type,"
-                    " metrics, hyperparameters, s3_path)"
-                    " VALUES (:id, :user, :job, :name, :algorithm,"
-                    " CAST(:problem_type AS problem_type), CAST(:metrics AS jsonb),"
-                    " CAST(:hyperparameters AS jsonb), :location)"
-                ),
-                {
-                    "id": model_id,
-                    "user": claim.user_id,
-                    "job": claim.id,
-                    "name": record.name,
-                    "algorithm": record.algorithm,
-                    "problem_type": str(record.problem_type),
-                    "metrics": json.dumps(record.metrics, allow_nan=False),
-                    "hyperparameters": json.dumps(record.hyperparameters, allow_nan=False),
-                    "location": location,
-                },
+        with Session(engine) as session:
+            jobs.record_model(
+                session,
+                claim,
+                node.id,
+                lease_seconds=lease_seconds,
+                model_id=model_id,
+                name=record.name,
+                algorithm=record.algorithm,
+                problem_type=str(record.problem_type),
+                metrics=record.metrics,
+                hyperparameters=record.hyperparameters,
+                location=location,
+                output=output,
             )
-            output["model_id"] = str(model_id)
-            _record(session.connection(), claim, node.id, "success", output=output)
     except BaseException:
         storage.delete(location)
         raise
@@ -295,17 +254,17 @@ def _results(run: _Run) -> dict[str, Any]:
 def _finish(
     engine: Engine,
     claim: Claim,
-    status: str,
+    status: JobStatus,
     *,
     error: str | None = None,
     results: dict[str, Any] | None = None,
     trace: str | None = None,
 ) -> None:
     with Session(engine) as session:
-        refunded = queue.finish_job(
+        refunded = jobs.finish_job(
             session,
             claim,
-            status,  # type: ignore[arg-type]
+            status,
             results=results,
             error=error,
             traceback=trace,
@@ -315,10 +274,14 @@ def _finish(
 
 def _cancel(engine: Engine, claim: Claim, run: _Run, order: list[str], lease_seconds: float) -> str:
     with engine.begin() as conn:
-        queue.check_job(conn, claim, lease_seconds)
+        jobs.check_job(conn, claim, lease_seconds)
         for node_id in order:
             if node_id not in run.status:
-                _record(conn, claim, node_id, "skipped", error="skipped: the job was cancelled")
+                jobs.record_node(
+                    conn, claim, node_id, NodeStatus.SKIPPED, error="skipped: the job was cancelled"
+                )
                 run.status[node_id] = "skipped"
-    _finish(engine, claim, "cancelled", error="cancelled by its owner", results=_results(run))
+    _finish(
+        engine, claim, JobStatus.CANCELLED, error="cancelled by its owner", results=_results(run)
+    )
     return "cancelled"

@@ -11,22 +11,19 @@ that does not end up completed is removed.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from database import credits, errors
-from database.models import DatasetProfile
+from database import jobs
+from database.jobs import Claim
 from pipeline.ingest import IngestionError, columns_metadata, read_table, write_parquet
 from pipeline.profile import Profile, profile
 from pipeline.storage import Storage
-from workers.queue import Claim, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +59,14 @@ def _load(engine: Engine, claim: Claim) -> _Work | None:
     return None if row is None else _Work(**row._mapping)
 
 
-def _hold(session: Session, claim: Claim) -> bool | None:
-    """Lock the ingestion row if this worker still holds it: True; False when another
-    worker does; None when the row is gone (its dataset deleted meanwhile)."""
-    row = session.execute(
-        text("SELECT leased_by, status FROM ingestion_jobs WHERE id = :id FOR UPDATE"),
-        {"id": claim.id},
-    ).one_or_none()
-    if row is None:
-        return None
-    return row.leased_by == claim.worker and row.status == "processing"
-
-
 def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
-    """Process the claimed ingestion; returns its final status (completed, failed)."""
+    """Process the claimed ingestion; returns its final status (completed, failed, gone).
+
+    A file that cannot be read fails it with the reader's message; other errors are
+    raised (the caller classes them: :func:`workers.kinds.dispatch`)."""
     work = _load(engine, claim)
     if work is None:
         return "gone"
-    location: str | None = None
     try:
         if not work.source_path:
             raise IngestionError("the upload has no stored file")
@@ -97,18 +84,16 @@ def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
         storage.save(key, buffer)
         location = storage.location(key)
     except IngestionError as exc:
-        _fail(engine, claim, work, str(exc))
+        _fail(engine, claim, str(exc))
         return "failed"
-    except Exception as exc:  # a bug or an outage, not the user's file: say little
-        log.exception("ingestion %s failed unexpectedly", claim.id)
-        _fail(engine, claim, work, f"ingestion failed unexpectedly ({type(exc).__name__})")
-        return "failed"
+    # Anything else (an outage, a bug) goes up to workers.kinds, which retries a
+    # transient error later and fails a permanent one at once, with its cause.
     try:
-        kept = _complete(engine, claim, work, location, size, metadata, stats)
+        kept = _complete(engine, claim, location, size, metadata, stats)
     except BaseException:
         storage.delete(location)
         raise
-    if kept is None:  # the version was deleted while it was processed
+    if not kept:  # the version was deleted while it was processed
         storage.delete(location)
         return "gone"
     return "completed"
@@ -117,98 +102,41 @@ def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
 def _complete(
     engine: Engine,
     claim: Claim,
-    work: _Work,
     location: str,
     size: int,
     metadata: dict[str, Any],
     stats: Profile,
-) -> bool | None:
-    with Session(engine) as session, session.begin():
-        try:
-            credits.lock_users(session, [claim.user_id])  # storage_used_bytes moves
-        except errors.UserNotFound:
-            return None
-        held = _hold(session, claim)
-        if held is None:
-            return None
-        if not held:
-            raise LeaseLost(f"ingestion {claim.id}: the lease of {claim.worker} was lost")
-        session.execute(
-            text(
-                "UPDATE dataset_versions SET s3_path = :location, parquet_size_bytes = :size,"
-                " row_count = :rows, column_count = :columns,"
-                " columns_metadata = CAST(:metadata AS jsonb), status = 'completed',"
-                " error_message = NULL, processed_at = clock_timestamp() WHERE id = :id"
-            ),
-            {
-                "location": location,
-                "size": size,
-                "rows": stats.row_count,
-                "columns": stats.column_count,
-                "metadata": _dumps(metadata),
-                "id": work.version_id,
+) -> bool:
+    with Session(engine) as session:
+        kept = jobs.complete_ingestion(
+            session,
+            claim,
+            location=location,
+            parquet_size_bytes=size,
+            row_count=stats.row_count,
+            column_count=stats.column_count,
+            columns_metadata=metadata,
+            profile={
+                "row_count": stats.row_count,
+                "column_count": stats.column_count,
+                "missing_cells": stats.missing_cells,
+                "duplicate_rows": stats.duplicate_rows,
+                "memory_bytes": stats.memory_bytes,
+                "column_stats": stats.column_stats,
+                "correlations": stats.correlations,
+                "warnings": stats.warnings,
             },
         )
-        values = {
-            "dataset_version_id": work.version_id,
-            "row_count": stats.row_count,
-            "column_count": stats.column_count,
-            "missing_cells": stats.missing_cells,
-            "duplicate_rows": stats.duplicate_rows,
-            "memory_bytes": stats.memory_bytes,
-            "column_stats": stats.column_stats,
-            "correlations": stats.correlations,
-            "warnings": stats.warnings,
-        }
-        upsert = insert(DatasetProfile).values(**values)
-        session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=["dataset_version_id"],
-                set_={k: upsert.excluded[k] for k in values if k != "dataset_version_id"},
-            )
+    if kept:
+        log.info(
+            "ingestion %s completed: %d rows, %d columns",
+            claim.id,
+            stats.row_count,
+            stats.column_count,
         )
-        session.execute(
-            text(
-                "UPDATE ingestion_jobs SET status = 'completed', error_message = NULL,"
-                " completed_at = clock_timestamp(), leased_by = NULL, lease_expires_at = NULL"
-                " WHERE id = :id"
-            ),
-            {"id": claim.id},
-        )
-    log.info(
-        "ingestion %s completed: %d rows, %d columns", claim.id, stats.row_count, stats.column_count
-    )
-    return True
+    return kept
 
 
-def _fail(engine: Engine, claim: Claim, work: _Work, message: str) -> None:
-    with Session(engine) as session, session.begin():
-        try:
-            credits.lock_users(session, [claim.user_id])  # the API's lock order
-        except errors.UserNotFound:
-            return
-        held = _hold(session, claim)
-        if held is None:
-            return
-        if not held:
-            raise LeaseLost(f"ingestion {claim.id}: the lease of {claim.worker} was lost")
-        session.execute(
-            text(
-                "UPDATE dataset_versions SET status = 'failed', error_message = :message"
-                " WHERE id = :id"
-            ),
-            {"id": work.version_id, "message": message},
-        )
-        session.execute(
-            text(
-                "UPDATE ingestion_jobs SET status = 'failed', error_message = :message,"
-                " completed_at = clock_timestamp(), leased_by = NULL, lease_expires_at = NULL"
-                " WHERE id = :id"
-            ),
-            {"id": claim.id, "message": message},
-        )
-    log.info("ingestion %s failed: %s", claim.id, message)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False)
+def _fail(engine: Engine, claim: Claim, message: str) -> None:
+    with Session(engine) as session:
+        jobs.fail_ingestion(session, claim, message)

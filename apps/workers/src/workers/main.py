@@ -33,10 +33,8 @@ from sqlalchemy import Engine
 from database import lifecycle
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
-from workers import queue
-from workers.execution import run_job
-from workers.ingestion import run_ingestion
-from workers.queue import Claim, LeaseLost
+from workers import kinds, queue
+from workers.queue import Claim
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("workers")
@@ -68,6 +66,13 @@ class Worker:
         self._next_recovery = 0.0
         self._next_purge = time.monotonic() + settings.purge_hours * 3600
         self.outcomes: list[tuple[Claim, str]] = []
+        self._context = kinds.Context(
+            engine=engine,
+            storage=storage,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            stop=self.stopping,
+        )
 
     # --- signals and wake-ups ----------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -139,26 +144,9 @@ class Worker:
 
     def _work(self, claim: Claim) -> str:
         log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
-        try:
-            if claim.kind == "ingestion":
-                outcome = run_ingestion(self.engine, self.storage, claim)
-            else:
-                outcome = run_job(
-                    self.engine,
-                    self.storage,
-                    claim,
-                    lease_seconds=self.settings.lease_seconds,
-                    stop=self.stopping,
-                )
-        except LeaseLost as exc:
-            log.warning("%s", exc)
-            outcome = "lease_lost"
-        except Exception:
-            # The lease is left to expire: recovery retries or fails (and refunds) it.
-            log.exception(
-                "%s %s: the worker failed; recovery will take it back", claim.kind, claim.id
-            )
-            outcome = "error"
+        # The kind's handler (workers.kinds); errors are classed there: transient ones
+        # wait and retry, permanent ones fail the work at once.
+        outcome = kinds.dispatch(self._context, claim)
         self.outcomes.append((claim, outcome))
         return outcome
 

@@ -62,6 +62,9 @@ class DatabaseSettings(BaseSettings):
     lock_timeout_ms: int = Field(default=5_000, alias="DB_LOCK_TIMEOUT_MS", ge=0)
     data_dir: Path = Field(default=PROJECT_ROOT / ".data", alias="AUTOML_DATA_DIR")
     embedded_dbname: str = Field(default="automl", alias="AUTOML_EMBEDDED_DB")
+    #: Where uploads, Parquet files and models live (shared with the API and the
+    #: workers): a folder, default ``<data folder>/storage``, or an fsspec URL.
+    storage_url: str | None = Field(default=None, alias="STORAGE_URL")
 
     @field_validator("database_url")
     @classmethod
@@ -80,6 +83,9 @@ class DatabaseSettings(BaseSettings):
         from database.embedded import embedded_url
 
         return embedded_url(self.data_dir, self.embedded_dbname)
+
+    def storage_location(self) -> str:
+        return self.storage_url or str(self.data_dir / "storage")
 
     @property
     def uses_embedded(self) -> bool:

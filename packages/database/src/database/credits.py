@@ -41,9 +41,8 @@ from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from database import errors
+from database import errors, locks
 from database._tx import atomic
-from database.config import get_settings
 from database.models import CreditPackage, CreditTransaction, Job, TransactionType, User
 
 T = TypeVar("T")
@@ -63,54 +62,18 @@ def _id(obj: object) -> uuid.UUID:
     raise TypeError(f"expected a model instance or a UUID, got {type(obj).__name__}")
 
 
-def _timeout_ms(lock_timeout_ms: int | None) -> int:
-    return get_settings().lock_timeout_ms if lock_timeout_ms is None else lock_timeout_ms
-
-
 def _lock(session: Session, user_ids: Iterable[uuid.UUID], lock_timeout_ms: int | None) -> str:
-    """Lock the users' rows in id order; returns the previous ``lock_timeout``.
-
-    ``lock_timeout`` is set transaction-locally first, so the wait is bounded even
-    when the connection was opened without the package's settings.
-    """
-    ids = sorted(set(user_ids))
-    previous = session.execute(
-        text(
-            "SELECT current_setting('lock_timeout') AS previous,"
-            " set_config('lock_timeout', :timeout, true)"
-        ),
-        {"timeout": f"{_timeout_ms(lock_timeout_ms)}ms"},
-    ).scalar_one()
-    # The row locks are taken after the sort, so in ascending id order: uuid sorts
-    # by its bytes, like Python's UUID, so ``ids`` is the order of the locks.
-    locked = set(
-        session.execute(
-            text(
-                "SELECT u.id FROM users AS u WHERE u.id = ANY(:ids) ORDER BY u.id FOR NO KEY UPDATE"
-            ),
-            {"ids": ids},
-        ).scalars()
-    )
-    missing = [i for i in ids if i not in locked]
-    if missing:
-        raise errors.UserNotFound(f"user {missing[0]} does not exist")
-    return str(previous)
+    """Lock the users' rows in id order (:mod:`database.locks`); the previous
+    ``lock_timeout``, restored by :func:`_transaction` inside a caller's transaction."""
+    return locks.lock_users_returning_timeout(session, user_ids, lock_timeout_ms)
 
 
 def lock_users(
     session: Session, user_ids: Iterable[uuid.UUID | User], *, lock_timeout_ms: int | None = None
 ) -> list[uuid.UUID]:
-    """Lock the rows of ``user_ids`` in ascending id order, in the current transaction.
-
-    Call it first in a transaction that moves credits (or counters) of several
-    users: every such transaction then takes its locks in the same order, so none
-    can wait for another that waits for it. ``lock_timeout`` is set for the rest of
-    the transaction (``SET LOCAL``). Raises ``LockTimeout`` when a lock is not
-    granted in time and ``UserNotFound`` for an unknown id. Returns the sorted ids.
-    """
-    ids = sorted({_id(u) for u in user_ids})
-    _lock(session, ids, lock_timeout_ms)
-    return ids
+    """:func:`database.locks.lock_users`, accepting ``User`` objects too (kept here for
+    the callers of the credit operations)."""
+    return locks.lock_users(session, [_id(u) for u in user_ids], lock_timeout_ms=lock_timeout_ms)
 
 
 @contextmanager

@@ -89,6 +89,28 @@ class PurchaseAmountMismatch(RuleViolation):
     """A purchase whose amount is not its package's credits (ML009)."""
 
 
+class InvalidStatusTransition(RuleViolation):
+    """A status change of a job, job node or ingestion job that its life does not
+    allow (ML010; sql/triggers/jobs.sql), e.g. a finished job started again."""
+
+    @property
+    def table(self) -> str | None:
+        return _detail_word(self.detail, "table")
+
+    @property
+    def from_status(self) -> str | None:
+        return _detail_word(self.detail, "from")
+
+    @property
+    def to_status(self) -> str | None:
+        return _detail_word(self.detail, "to")
+
+
+class VersionCounterDecrease(RuleViolation):
+    """A write that lowers ``datasets.last_version_number`` (ML011): a version number,
+    once given, is never given again."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -155,6 +177,14 @@ class JobNotCharged(RefundExceedsCharge):
     """A refund of a job that was never charged."""
 
 
+class JobAlreadyFinished(RuleViolation):
+    """A cancel of a job that has already ended (``database.jobs.cancel_job``)."""
+
+    @property
+    def status(self) -> str | None:
+        return _detail_word(self.detail, "status")
+
+
 class UserPurged(RuleViolation):
     """The user was purged: only the tombstone and its ledger remain."""
 
@@ -206,6 +236,8 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML007": PackageUnavailable,
     "ML008": PackageTierRestricted,
     "ML009": PurchaseAmountMismatch,
+    "ML010": InvalidStatusTransition,
+    "ML011": VersionCounterDecrease,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -233,6 +265,11 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
 def _detail_int(detail: str | None, key: str) -> int | None:
     match = re.search(rf"\b{key}=(-?\d+)", detail or "")
     return int(match.group(1)) if match else None
+
+
+def _detail_word(detail: str | None, key: str) -> str | None:
+    match = re.search(rf"\b{key}=(\w+)", detail or "")
+    return match.group(1) if match else None
 
 
 def translate(exc: BaseException) -> DatabaseError | None:

@@ -23,7 +23,10 @@
 Stored files are removed by a ``FileRemover`` *before* the batch that deleted
 their rows commits. If the commit then fails, the rows stay and the next run
 deletes them (a remover treats a missing file as done); the other order would
-leave files no row names any more, which nothing would ever find again.
+leave files no row names any more, which nothing would ever find again. By
+default the remover is the storage the API and the workers use
+(:func:`database.storage.default_storage`, ``STORAGE_URL``: a folder or
+``s3://...``), so a purge removes the objects wherever they live.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from sqlalchemy.orm import Session
 from database import errors
 from database._tx import atomic
 from database.models import User, Workflow
+from database.storage import default_storage
 
 #: Days a soft-deleted user (or workflow) can be restored; purge never acts sooner.
 RETENTION_DAYS = 30
@@ -227,10 +231,18 @@ class LocalFileRemover:
         return True
 
 
-def default_file_remover() -> LocalFileRemover:
+def default_file_remover() -> FileRemover:
+    """The storage the API and the workers share (``STORAGE_URL``: a folder, or
+    ``s3://...``), then the data folder for a path relative to it."""
     from database.config import get_settings
 
-    return LocalFileRemover(get_settings().data_dir)
+    storage = default_storage()
+    local = LocalFileRemover(get_settings().data_dir)
+
+    def remove(location: str) -> bool:
+        return storage.delete(location) or local(location)
+
+    return remove
 
 
 # --- purge -------------------------------------------------------------------------------

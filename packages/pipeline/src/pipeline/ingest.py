@@ -333,7 +333,16 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
 def _finish(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     if frame.shape[1] == 0:
         raise IngestionError(f"the {label} file has no columns")
-    _check_names([str(c) for c in frame.columns], label)
+    names = [str(c) for c in frame.columns]
+    for position, name in enumerate(names, 1):
+        if "\x00" in name:
+            # PostgreSQL text and jsonb cannot hold a NUL: say so here, once, rather
+            # than fail later on writing the columns' metadata.
+            raise IngestionError(
+                f"the {label} file's header holds a NUL byte (column {position},"
+                f" {name.replace(chr(0), '').strip()[:60]!r}): a column name cannot hold one"
+            )
+    _check_names(names, label)
     return _plain(frame)
 
 

@@ -28,6 +28,7 @@ from api.schemas import (
 from api.settings import ApiSettings
 from api.storage import Storage, safe_filename
 from api.uploads import Upload, file_format, multipart_body, parse_fields, read_upload
+from database import jobs
 from database.models import (
     Dataset,
     DatasetProfile,
@@ -121,13 +122,9 @@ def _store_version(
     )
     session.add(version)
     session.flush()  # numbered by the database; storage_used_bytes moves
-    ingestion = IngestionJob(
-        user_id=user_id,
-        dataset_version_id=version.id,
-        source_path=location,
-        status=IngestionStatus.PENDING,
+    ingestion = jobs.enqueue_ingestion(
+        session, user_id=user_id, dataset_version_id=version.id, source_path=location
     )
-    session.add(ingestion)
     dataset.current_version_id = version.id
     session.flush()
     upload.file.file.seek(0)

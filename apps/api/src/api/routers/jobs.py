@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import Reader, SessionDep, Writer
@@ -14,20 +14,18 @@ from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.policy import lock_user
 from api.schemas import CancelOut, JobDetail, JobNodeOut, JobOut
-from database import credits
+from database import errors, jobs
 from database.models import (
-    CreditTransaction,
     Job,
     JobNode,
     JobStatus,
-    TransactionType,
     WorkflowSnapshot,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 #: A job in one of these has ended: it cannot be cancelled.
-FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+FINISHED = jobs.FINISHED
 
 
 def _workflow_ids(session: Session, jobs: list[Job]) -> dict[uuid.UUID, uuid.UUID | None]:
@@ -111,36 +109,18 @@ def cancel_job(principal: Writer, session: SessionDep, job_id: uuid.UUID) -> Can
     A running job is marked (``cancel_requested_at``) for the worker, which stops it
     and settles its credits. A finished job: 409 ``job_finished``. Cancelling a
     running job twice keeps the first request's time."""
-    lock_user(session, principal.user_id)  # the lock the refund takes, taken first
-    job = _owned(session, principal.user_id, job_id, lock=True)
-    refunded = 0
-    if job.status in FINISHED:
+    lock_user(session, principal.user_id)  # 404 for a deleted user; the refund's lock
+    try:
+        outcome = jobs.cancel_job(session, principal.user_id, job_id)
+    except errors.JobNotFound:
+        raise not_found("job") from None
+    except errors.JobAlreadyFinished as exc:
         raise ApiError(
             409,
             "job_finished",
-            f"the job has already ended ({job.status.value})",
-            {"status": job.status.value},
-        )
-    if job.status == JobStatus.RUNNING:
-        if job.cancel_requested_at is None:
-            job.cancel_requested_at = session.scalar(select(func.now()))
-    else:
-        now = session.scalar(select(func.now()))
-        job.status = JobStatus.CANCELLED
-        job.completed_at = now
-        job.cancel_requested_at = job.cancel_requested_at or now
-        session.flush()
-        charged = session.scalar(
-            select(CreditTransaction.id).where(
-                CreditTransaction.job_id == job.id,
-                CreditTransaction.type == TransactionType.CONSUMPTION,
-            )
-        )
-        if charged is not None:
-            entry = credits.refund_job(
-                session, job, "cancelled before it started", user=principal.user_id
-            )
-            refunded = entry.amount
-    session.flush()
+            f"the job has already ended ({exc.status})",
+            {"status": exc.status},
+        ) from None
     session.commit()
+    job, refunded = outcome.job, outcome.refunded_credits
     return CancelOut(job=_out(job, _workflow_ids(session, [job])), refunded_credits=refunded)

@@ -24,19 +24,14 @@ from api.schemas import (
     WorkflowPatch,
 )
 from api.settings import ApiSettings
-from database import credits, lifecycle
+from database import jobs, lifecycle
 from database.models import (
     Dataset,
     DatasetVersion,
     IngestionStatus,
-    Job,
-    JobNode,
-    JobStatus,
-    NodeStatus,
     NodeType,
     User,
     Workflow,
-    WorkflowSnapshot,
 )
 from pipeline.definition import DatasetConfig, DatasetInfo, DefinitionError, check_runnable
 
@@ -359,9 +354,12 @@ def run_workflow(
     check_running_jobs(settings, session, user)
     cost = price(settings, definition)
 
-    snapshot = WorkflowSnapshot(
-        workflow_id=workflow.id,
+    # Snapshot, job, nodes and charge: one transaction (database.jobs); InsufficientCredits
+    # (402) leaves none of them.
+    job = jobs.enqueue_run(
+        session,
         user_id=user.id,
+        workflow_id=workflow.id,
         snapshot_data={
             "workflow_id": str(workflow.id),
             "name": workflow.name,
@@ -380,31 +378,11 @@ def run_workflow(
             },
             "price": {"credits": cost},
         },
-    )
-    session.add(snapshot)
-    session.flush()
-    job = Job(
-        user_id=user.id,
-        workflow_snapshot_id=snapshot.id,
-        status=JobStatus.QUEUED,
+        nodes=[(node.id, node.type) for node in definition.nodes],
         credit_cost=cost,
         priority=run.priority,
+        description=f"run of workflow {workflow.name}",
     )
-    session.add(job)
-    session.flush()
-    session.add_all(
-        JobNode(
-            job_id=job.id,
-            user_id=user.id,
-            node_id=node.id,
-            node_type=node.type,
-            status=NodeStatus.PENDING,
-        )
-        for node in definition.nodes
-    )
-    session.flush()
-    # InsufficientCredits (402) rolls back the snapshot, the job and its nodes too.
-    credits.charge_job(session, job, user=user.id, description=f"run of workflow {workflow.name}")
     session.commit()
     session.refresh(user, ["credit_balance"])
     out = JobOut.model_validate(job).model_copy(update={"workflow_id": workflow.id})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, ForeignKeyConstraint, Index, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from database.base import Base, IDMixin, TimestampMixin
+from database.base import Base, IDMixin, TimestampMixin, counter_column
 from database.models.enums import ProblemType, problem_type
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ class Dataset(IDMixin, TimestampMixin, Base):
     problem_type: Mapped[ProblemType | None] = mapped_column(problem_type)
     target_column: Mapped[str | None]
     current_version_id: Mapped[uuid.UUID | None]
+    # The highest version number ever given (sql/triggers/dataset_versions.sql): the
+    # next version gets one more, so a number is never reused after a delete.
+    last_version_number: Mapped[int] = counter_column()
 
     user: Mapped[User] = relationship(back_populates="datasets", lazy="raise_on_sql")
     versions: Mapped[list[DatasetVersion]] = relationship(
@@ -55,4 +58,7 @@ class Dataset(IDMixin, TimestampMixin, Base):
             name="fk_datasets_current_version_id_dataset_versions",
         ),
         Index("ix_datasets_user_id_created_at", "user_id", "created_at"),
+        # The current-version key's own column: a version's delete finds its dataset.
+        Index("ix_datasets_current_version_id_id", "current_version_id", "id"),
+        CheckConstraint("last_version_number >= 0", name="last_version_number_nonnegative"),
     )

@@ -56,6 +56,19 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class JobKind(enum.StrEnum):
+    """What a piece of queued work is: the worker dispatches on it (``workers.kinds``).
+
+    ``jobs`` holds every kind but ``ingestion``, which keeps its own table
+    (``ingestion_jobs``, one per dataset version) and the same claim path.
+    Adding a kind: a value here (``ALTER TYPE job_kind ADD VALUE``) and one module
+    in ``workers/kinds``.
+    """
+
+    WORKFLOW_RUN = "workflow_run"
+    INGESTION = "ingestion"
+
+
 class NodeType(enum.StrEnum):
     DATASET = "dataset"
     PREPROCESS = "preprocess"
@@ -107,6 +120,7 @@ file_format = pg_enum(FileFormat, "file_format")
 problem_type = pg_enum(ProblemType, "problem_type")
 ingestion_status = pg_enum(IngestionStatus, "ingestion_status")
 job_status = pg_enum(JobStatus, "job_status")
+job_kind = pg_enum(JobKind, "job_kind")
 node_type = pg_enum(NodeType, "node_type")
 node_status = pg_enum(NodeStatus, "node_status")
 transaction_type = pg_enum(TransactionType, "transaction_type")
@@ -117,6 +131,7 @@ __all__ = [
     "CreditTierRestriction",
     "FileFormat",
     "IngestionStatus",
+    "JobKind",
     "JobStatus",
     "NodeStatus",
     "NodeType",

@@ -30,6 +30,8 @@ class IngestionJob(IDMixin, TimestampMixin, Base):
     # The worker processing it and until when (see Job): recovered when it expires.
     leased_by: Mapped[str | None]
     lease_expires_at: Mapped[dt.datetime | None]
+    # Not claimed before this time (backoff after a transient failure); NULL: at once.
+    run_after: Mapped[dt.datetime | None]
     error_message: Mapped[str | None]
     started_at: Mapped[dt.datetime | None]
     completed_at: Mapped[dt.datetime | None]

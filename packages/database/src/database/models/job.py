@@ -17,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin
-from database.models.enums import JobStatus, job_status
+from database.models.enums import JobKind, JobStatus, job_kind, job_status
 
 if TYPE_CHECKING:
     from database.models.job_node import JobNode
@@ -31,6 +31,8 @@ class Job(IDMixin, TimestampMixin, Base):
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     workflow_snapshot_id: Mapped[uuid.UUID]
+    # What the job is: the worker runs it with the handler registered for its kind.
+    kind: Mapped[JobKind] = mapped_column(job_kind, server_default=JobKind.WORKFLOW_RUN.value)
     status: Mapped[JobStatus] = mapped_column(job_status, server_default=JobStatus.PENDING.value)
     credit_cost: Mapped[int] = mapped_column(server_default=text("0"))
     priority: Mapped[int] = mapped_column(server_default=text("0"))
@@ -49,6 +51,9 @@ class Job(IDMixin, TimestampMixin, Base):
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     leased_by: Mapped[str | None]
     lease_expires_at: Mapped[dt.datetime | None]
+    # Not claimed before this time: a transient failure waits (backoff) before the
+    # next attempt. NULL: at once.
+    run_after: Mapped[dt.datetime | None]
 
     user: Mapped[User] = relationship(back_populates="jobs", lazy="raise_on_sql")
     workflow_snapshot: Mapped[WorkflowSnapshot] = relationship(
@@ -77,6 +82,8 @@ class Job(IDMixin, TimestampMixin, Base):
         ),
         CheckConstraint("credit_cost >= 0", name="credit_cost_nonnegative"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        # Ingestions have their own table (ingestion_jobs).
+        CheckConstraint("kind <> 'ingestion'", name="kind_not_ingestion"),
         # A lease names its worker and its end, and only a running job has one.
         CheckConstraint(
             "(leased_by IS NULL) = (lease_expires_at IS NULL)"
