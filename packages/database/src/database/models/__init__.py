@@ -12,6 +12,7 @@ from database.models.enums import (
     FileFormat,
     IngestionStatus,
     JobStatus,
+    LogLevel,
     NodeStatus,
     NodeType,
     OAuthProvider,
@@ -24,6 +25,7 @@ from database.models.experiment import Experiment
 from database.models.experiment_run import ExperimentRun
 from database.models.ingestion_job import IngestionJob
 from database.models.job import Job
+from database.models.job_log import JobLog
 from database.models.job_node import JobNode
 from database.models.model import Model
 from database.models.stripe_webhook_event import StripeWebhookEvent
@@ -48,8 +50,10 @@ __all__ = [
     "IngestionJob",
     "IngestionStatus",
     "Job",
+    "JobLog",
     "JobNode",
     "JobStatus",
+    "LogLevel",
     "Model",
     "NodeStatus",
     "NodeType",

@@ -72,6 +72,15 @@ class NodeStatus(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class LogLevel(enum.StrEnum):
+    """Level of a job's log line; the type's order is the severity (debug < error)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 class TransactionType(enum.StrEnum):
     PURCHASE = "purchase"
     CONSUMPTION = "consumption"
@@ -110,6 +119,7 @@ job_status = pg_enum(JobStatus, "job_status")
 node_type = pg_enum(NodeType, "node_type")
 node_status = pg_enum(NodeStatus, "node_status")
 transaction_type = pg_enum(TransactionType, "transaction_type")
+log_level = pg_enum(LogLevel, "log_level")
 tutorial_difficulty = pg_enum(TutorialDifficulty, "tutorial_difficulty")
 credit_tier_restriction = pg_enum(CreditTierRestriction, "credit_tier_restriction")
 
@@ -118,6 +128,7 @@ __all__ = [
     "FileFormat",
     "IngestionStatus",
     "JobStatus",
+    "LogLevel",
     "NodeStatus",
     "NodeType",
     "OAuthProvider",
