@@ -19,6 +19,7 @@ A job that has already ended gets its final state, its remaining lines and ``end
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate_by_key
-from api.schemas import JobNodeOut, LogLineOut, ShortText
+from api.schemas import LogLineOut, ShortText
 from database.models import Job, JobLog, JobStatus, LogLevel, NodeStatus, NodeType
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -93,8 +94,8 @@ class StatusEvent(BaseModel):
     attempts: int
     cancel_requested: bool
     error_message: str | None
-    started_at: Any = None
-    completed_at: Any = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 class EndEvent(BaseModel):
@@ -115,8 +116,8 @@ class NodeEvent(BaseModel):
     progress: float
     progress_message: str | None
     error_message: str | None
-    started_at: Any = None
-    completed_at: Any = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 # One statement, so one snapshot: a status that has ended comes with every line
@@ -199,7 +200,7 @@ async def job_events(
             yield _event("status", status, cursor)
             sent_status = status
         for raw in row.nodes:
-            node = NodeEvent.model_validate(JobNodeOut.model_validate(raw).model_dump())
+            node = NodeEvent.model_validate(raw)
             if sent_nodes.get(node.node_id) != node:
                 yield _event("node", node, cursor)
                 sent_nodes[node.node_id] = node
