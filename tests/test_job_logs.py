@@ -65,7 +65,10 @@ def test_a_job_keeps_at_most_1000_lines(sql: Any, engine: Engine, job: Any) -> N
     assert kept[998].message == "line 999"
     assert kept[-1].level == "warning" and "full" in kept[-1].message
     # Later lines: dropped, not refused (a chatty writer never fails a job).
-    assert sql("INSERT INTO job_logs (job_id, message) VALUES (:j, 'more') RETURNING seq", j=job_id) == []
+    assert (
+        sql("INSERT INTO job_logs (job_id, message) VALUES (:j, 'more') RETURNING seq", j=job_id)
+        == []
+    )
     with engine.begin() as conn:
         assert log_line(conn, job_id, LogLevel.ERROR, "still more") is None
     assert scalar(sql, "SELECT count(*) FROM job_logs WHERE job_id = :j", j=job_id) == 1000
@@ -103,7 +106,9 @@ def test_log_line_cuts_a_long_message_and_skips_an_empty_one(
     assert len(row.message) == MAX_LOG_MESSAGE and row.node_id == "data"
 
 
-def test_concurrent_writers_keep_the_numbering_and_the_bound(engine: Engine, sql: Any, job: Any) -> None:
+def test_concurrent_writers_keep_the_numbering_and_the_bound(
+    engine: Engine, sql: Any, job: Any
+) -> None:
     job_id, _ = job
     barrier = threading.Barrier(2)
     failures: list[BaseException] = []
@@ -257,7 +262,9 @@ def test_progress_is_between_0_and_1_in_the_orm(
 ) -> None:
     job_id, user_id = job
     session.add(
-        JobNode(job_id=job_id, user_id=user_id, node_id="n", node_type=NodeType.MODEL, progress=value)
+        JobNode(
+            job_id=job_id, user_id=user_id, node_id="n", node_type=NodeType.MODEL, progress=value
+        )
     )
     with pytest.raises(errors.InvalidValue, match="ck_job_nodes_progress_range"):
         session.flush()
@@ -293,7 +300,9 @@ def test_set_progress_writes_only_a_running_node_of_the_lease_holder(
         assert set_progress(conn, job_id, "n", 0.5, "half" * 200, worker="w1")
     with pytest.raises(errors.InvalidValue), engine.begin() as conn:
         set_progress(conn, job_id, "n", 1.5)
-    row = run(sql, "SELECT progress, progress_message FROM job_nodes WHERE job_id = :j", j=job_id)[0]
+    row = run(sql, "SELECT progress, progress_message FROM job_nodes WHERE job_id = :j", j=job_id)[
+        0
+    ]
     assert row.progress == 0.5 and len(row.progress_message) == 500
 
 
@@ -308,7 +317,9 @@ def test_the_reporter_logs_every_message_and_throttles_progress(
     report = reporter.callback("n")
 
     def progress() -> tuple[float, str | None]:
-        row = run(sql, "SELECT progress, progress_message FROM job_nodes WHERE job_id = :j", j=job_id)
+        row = run(
+            sql, "SELECT progress, progress_message FROM job_nodes WHERE job_id = :j", j=job_id
+        )
         return row[0].progress, row[0].progress_message
 
     report(0.1, "first step")

@@ -122,12 +122,18 @@ def parse(body: str) -> list[dict[str, Any]]:
             fields[name] = value
         if "event" in fields:
             events.append(
-                {"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])}
+                {
+                    "id": int(fields["id"]),
+                    "event": fields["event"],
+                    "data": json.loads(fields["data"]),
+                }
             )
     return events
 
 
-def read_stream(client: TestClient, account: Account, job_id: str, **headers: str) -> list[dict[str, Any]]:
+def read_stream(
+    client: TestClient, account: Account, job_id: str, **headers: str
+) -> list[dict[str, Any]]:
     r = client.get(f"/v1/jobs/{job_id}/events", headers={**account.headers, **headers})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -231,9 +237,7 @@ def test_a_failed_run_ends_its_stream_with_the_error(
     assert levels["node keep skipped: input node 'train' skipped"] == "warning"
     assert levels[next(m for m in levels if m.startswith("job failed:"))] == "error"
 
-    r = client.get(
-        f"/v1/jobs/{job_id}/logs", headers=account.headers, params={"level": ["error"]}
-    )
+    r = client.get(f"/v1/jobs/{job_id}/logs", headers=account.headers, params={"level": ["error"]})
     assert r.status_code == 200, r.text
     assert [line["level"] for line in r.json()["items"]] == ["error", "error"]
 
@@ -258,11 +262,12 @@ def test_another_users_job_is_not_found(
         r = client.get(path, headers=other.headers)
         assert r.status_code == 404, r.text
         assert r.json()["error"]["code"] == "not_found"
-        assert client.get(f"/v1/jobs/{uuid.uuid4()}/events", headers=account.headers).status_code == 404
+        assert (
+            client.get(f"/v1/jobs/{uuid.uuid4()}/events", headers=account.headers).status_code
+            == 404
+        )
         assert client.get(path).status_code == 401
-    r = client.get(
-        f"/v1/jobs/{job_id}/events", headers={**account.headers, "Last-Event-ID": "abc"}
-    )
+    r = client.get(f"/v1/jobs/{job_id}/events", headers={**account.headers, "Last-Event-ID": "abc"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_last_event_id"
 
 
@@ -324,7 +329,12 @@ def test_logs_are_paged_in_order_and_filtered(
     )
     assert len(r.json()["items"]) == 25
 
-    for params in ({"cursor": "not-a-cursor"}, {"level": "loud"}, {"limit": 0}, {"node_id": "a\x00"}):
+    for params in (
+        {"cursor": "not-a-cursor"},
+        {"level": "loud"},
+        {"limit": 0},
+        {"node_id": "a\x00"},
+    ):
         r = client.get(f"/v1/jobs/{job_id}/logs", headers=account.headers, params=params)
         assert r.status_code == 422, (params, r.text)
 
@@ -336,7 +346,8 @@ def test_the_stream_follows_commits_and_holds_no_connection_between_polls(
     job_id = uuid.UUID(make_job_with_lines(engine, account.user_id, 2))
     rows(
         engine,
-        "INSERT INTO job_nodes (job_id, user_id, node_id, node_type) VALUES (:j, :u, 'fit', 'model')",
+        "INSERT INTO job_nodes (job_id, user_id, node_id, node_type)"
+        " VALUES (:j, :u, 'fit', 'model')",
         j=job_id,
         u=account.user_id,
     )
@@ -367,12 +378,18 @@ def test_the_stream_follows_commits_and_holds_no_connection_between_polls(
             node = (await step())[1]
             assert (node["status"], node["progress"]) == ("running", 0)
             assert (await step())[1]["message"] == "node fit (model) started"
-            await sql("UPDATE job_nodes SET progress = 0.4, progress_message = 'fitting'"
-                " WHERE job_id = :j", j=job_id)
+            await sql(
+                "UPDATE job_nodes SET progress = 0.4, progress_message = 'fitting'"
+                " WHERE job_id = :j",
+                j=job_id,
+            )
             node = (await step())[1]
             assert (node["progress"], node["progress_message"]) == (pytest.approx(0.4), "fitting")
-            await sql("UPDATE jobs SET status = 'cancelled', error_message = 'cancelled by its owner'"
-                " WHERE id = :j", j=job_id)
+            await sql(
+                "UPDATE jobs SET status = 'cancelled', error_message = 'cancelled by its owner'"
+                " WHERE id = :j",
+                j=job_id,
+            )
             assert (await step())[1]["status"] == "cancelled"
             assert (await step())[1]["message"] == "job cancelled: cancelled by its owner"
             end = await step()
@@ -383,7 +400,17 @@ def test_the_stream_follows_commits_and_holds_no_connection_between_polls(
 
     seen = anyio.run(main)
     assert [kind for kind, _ in seen] == [
-        "status", "node", "log", "status", "log", "node", "log", "node", "status", "log", "end",
+        "status",
+        "node",
+        "log",
+        "status",
+        "log",
+        "node",
+        "log",
+        "node",
+        "status",
+        "log",
+        "end",
     ]
 
 

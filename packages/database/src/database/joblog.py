@@ -155,11 +155,7 @@ class ProgressReporter:
             return True
 
     def report(self, node_id: str, fraction: float, message: str | None = None) -> None:
-        value: float | None = float(fraction)
-        if value is None or math.isnan(value):
-            value = None
-        else:
-            value = min(1.0, max(0.0, value))
+        value = None if math.isnan(fraction) else min(1.0, max(0.0, float(fraction)))
         write_progress = value is not None and self._due(node_id)
         if not message and not write_progress:
             return
@@ -170,4 +166,6 @@ class ProgressReporter:
                 if message:
                     log_line(conn, self.job_id, LogLevel.INFO, message, node_id)
         except (DatabaseError, SQLAlchemyError):
-            log.warning("job %s node %s: progress not recorded", self.job_id, node_id, exc_info=True)
+            log.warning(
+                "job %s node %s: progress not recorded", self.job_id, node_id, exc_info=True
+            )
