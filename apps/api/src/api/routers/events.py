@@ -20,6 +20,7 @@ A job that has already ended gets its final state, its remaining lines and ``end
 from __future__ import annotations
 
 import datetime as dt
+import re
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -233,7 +234,7 @@ def _last_event_id(value: str | None) -> int:
     if value is None or value.strip() == "":
         return 0
     raw = value.strip()
-    if not raw.isdigit() or len(raw) > 10 or int(raw) >= 2**31:
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or int(raw) >= 2**31:
         raise ApiError(
             422,
             "invalid_last_event_id",
