@@ -20,8 +20,8 @@ A job that has already ended gets its final state, its remaining lines and ``end
 from __future__ import annotations
 
 import datetime as dt
-import re
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
