@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import get_session
+from api.deps import get_session, get_session_factory
 from api.main import create_app
 from api.settings import ApiSettings
 from database import credits
@@ -34,6 +34,7 @@ def make_app(engine: Engine, settings: ApiSettings) -> FastAPI:
             yield session
 
     app.dependency_overrides[get_session] = session_override
+    app.dependency_overrides[get_session_factory] = lambda: factory
     return app
 
 

@@ -423,3 +423,36 @@ def test_nullable_dtypes_from_parquet() -> None:
     assert results["chart"].output["labels"] == ["u", "v"]
     model = joblib.load(io.BytesIO(results["keep"].artifact))
     assert set(model.predict(frame.head(10))) <= {"u", "v"}
+
+
+def test_progress_is_reported_at_each_natural_step() -> None:
+    definition = WorkflowDefinition.model_validate(
+        chain(preprocess={"impute": "mean"}, kind="confusion_matrix")
+    )
+    datasets = {"data": iris()}
+    values: dict[str, Any] = {}
+    calls: dict[str, list[tuple[float, str | None]]] = {}
+    for node_id in definition.order():
+        seen = calls.setdefault(node_id, [])
+
+        def progress(fraction: float, message: str | None = None, seen: Any = seen) -> None:
+            seen.append((fraction, message))
+
+        outcome = execute_node(
+            definition, node_id, values, lambda node: datasets[node.id], progress=progress
+        )
+        values[node_id] = outcome.value
+    assert list(calls) == ["data", "prep", "model", "chart", "keep"]
+    for node_id, seen in calls.items():
+        fractions = [f for f, _ in seen]
+        assert seen and fractions == sorted(fractions), node_id
+        assert all(0 <= f <= 1 for f in fractions) and fractions[-1] == 1.0, node_id
+        assert all(isinstance(m, str) and m for _, m in seen), node_id
+    assert calls["data"] == [(1.0, "loaded 150 rows and 5 columns of 'iris'")]
+    assert calls["prep"][0][1] is not None and calls["prep"][0][1].startswith(
+        "120 training rows and 30 test rows (stratified); 4 features (4 numeric, 0 categorical)"
+    )
+    model = [m for _, m in calls["model"]]
+    assert model[0] == "fitting LogisticRegression on 120 rows and 4 features"
+    assert model[-1] is not None and model[-1].startswith("test metrics: accuracy ")
+    assert calls["keep"][-1][1] is not None and "serialized" in calls["keep"][-1][1]

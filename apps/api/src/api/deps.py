@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from api.errors import ApiError
@@ -70,7 +70,22 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """The sessionmaker itself, for a route that opens short sessions of its own (the
+    event stream, which must hold no connection between its polls).
+
+    Tests override this dependency, like :func:`get_session`.
+    """
+    factory = getattr(request.app.state, "sessionmaker", None)
+    if factory is None:
+        from database.session import get_sessionmaker
+
+        factory = request.app.state.sessionmaker = get_sessionmaker()
+    return factory
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 

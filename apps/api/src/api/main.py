@@ -18,6 +18,7 @@ from api import errors
 from api.routers import (
     credits,
     datasets,
+    events,
     experiments,
     health,
     jobs,
@@ -111,6 +112,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         datasets,
         workflows,
         jobs,
+        events,
         models,
         credits,
         webhooks,

@@ -73,6 +73,48 @@ def decode_cursor(cursor: str, kind: type) -> tuple[Any, uuid.UUID]:
     return key, parsed_id
 
 
+def encode_seq_cursor(key: int) -> str:
+    raw = json.dumps([key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_seq_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        (value,) = json.loads(raw)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("not an int")
+        if not 0 <= value < 2**31:
+            raise ValueError("out of range")
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise _invalid() from None
+    return value
+
+
+def paginate_by_key(
+    session: Session,
+    stmt: Select[Any],
+    key: InstrumentedAttribute[Any],
+    *,
+    limit: int,
+    cursor: str | None,
+    descending: bool = False,
+) -> tuple[Sequence[Any], str | None]:
+    """One page of ``stmt``'s rows ordered by ``key`` alone, an integer unique within
+    what ``stmt`` selects (a job's log lines by ``seq``: oldest first by default)."""
+    if cursor:
+        last = decode_seq_cursor(cursor)
+        stmt = stmt.where(key < last if descending else key > last)
+    rows = session.scalars(
+        stmt.order_by(key.desc() if descending else key.asc()).limit(limit + 1)
+    ).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_seq_cursor(getattr(rows[-1], key.key))
+    return rows, next_cursor
+
+
 def paginate(
     session: Session,
     stmt: Select[Any],

@@ -28,6 +28,7 @@ from database.models import (
     FileFormat,
     IngestionStatus,
     JobStatus,
+    LogLevel,
     NodeStatus,
     NodeType,
     ProblemType,
@@ -258,6 +259,10 @@ class JobNodeOut(Output):
     error_message: str | None
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
+    #: How far the node is, 0..1 (0 until it runs, 1 once it succeeded).
+    progress: float = 0.0
+    #: What a running node is doing now (null otherwise).
+    progress_message: str | None = None
 
 
 class JobOut(Output):
@@ -278,6 +283,18 @@ class JobOut(Output):
 class JobDetail(JobOut):
     results: dict[str, Any] | None
     nodes: list[JobNodeOut]
+
+
+class LogLineOut(Output):
+    """One line of a job's log."""
+
+    #: The line's number within its job: 1, 2, 3...
+    seq: int
+    created_at: dt.datetime
+    level: LogLevel
+    #: The workflow node the line is about, if any.
+    node_id: str | None
+    message: str
 
 
 class RunOut(BaseModel):

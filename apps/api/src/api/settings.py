@@ -108,6 +108,8 @@ class ApiSettings(BaseSettings):
     stripe_webhook_tolerance_s: int = Field(default=300, alias="STRIPE_WEBHOOK_TOLERANCE", ge=0)
     #: POST /v1/credits/purchase credits a package without payment: development only.
     dev_purchases: bool = Field(default=False, alias="ENABLE_DEV_PURCHASES")
+    #: How often GET /v1/jobs/{id}/events looks at the database for news, in seconds.
+    events_poll_seconds: float = Field(default=0.5, alias="EVENTS_POLL_SECONDS", gt=0, le=60)
     tier_limits: Limits = Field(default_factory=Limits, alias="TIER_LIMITS")
     pricing: Pricing = Field(default_factory=Pricing, alias="PRICING")
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from database import jobs
 from database.jobs import Claim
+from database.joblog import ProgressReporter
 from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
 from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node
@@ -177,7 +178,12 @@ def _run_node(
     trace: str | None = None
     try:
         outcome: NodeOutcome = execute_node(
-            run.definition, node.id, {u: run.values[u] for u in upstream}, loader
+            run.definition,
+            node.id,
+            {u: run.values[u] for u in upstream},
+            loader,
+            # The node's steps as log lines, its progress at most once a second.
+            progress=ProgressReporter(engine, claim.id, worker=claim.worker).callback(node.id),
         )
     except NodeFailed as exc:
         error = str(exc)

@@ -23,6 +23,12 @@ What each node type does:
   the model row's fields (``NodeOutcome.model``). ``joblib.load(...).predict(frame)``
   takes the dataset's raw columns.
 
+Progress: ``execute_node(..., progress=callback)`` calls ``callback(fraction, message)``
+at the node's natural steps (data loaded, rows split, fit started, scoring, metrics,
+model serialized), with a fraction in 0..1 of the node's work and a short sentence
+for its log. Plain values only, so the callback may forward them from a child
+process; the worker writes them (``database.joblog.ProgressReporter``).
+
 Every random choice is seeded (``random_state=0`` unless the user gave one), so the
 same definition on the same data gives the same metrics.
 """
@@ -161,6 +167,12 @@ class NodeOutcome:
 
 
 LoadDataset = Callable[[WorkflowNode], LoadedDataset]
+#: ``progress(fraction, message)``: how far the node is (0..1) and what it just did.
+Progress = Callable[[float, str | None], None]
+
+
+def _silent(fraction: float, message: str | None = None) -> None:
+    """The progress callback when none is given."""
 
 
 def execute_node(
@@ -168,29 +180,33 @@ def execute_node(
     node_id: str,
     upstream: Mapping[str, Any],
     load_dataset: LoadDataset,
+    progress: Progress | None = None,
 ) -> NodeOutcome:
     """Run node ``node_id`` of ``definition``.
 
     ``upstream`` maps node ids to the ``value`` of the nodes already run (at least this
-    node's inputs); ``load_dataset`` reads a dataset node's version. Raises
-    :class:`NodeFailed` with a message for the user when the node cannot run.
+    node's inputs); ``load_dataset`` reads a dataset node's version; ``progress`` is
+    told of the node's steps. Raises :class:`NodeFailed` with a message for the user
+    when the node cannot run.
     """
+    report = progress or _silent
     node = definition.node(node_id)
     try:
         config = node.typed_config()
     except DefinitionError as exc:
         raise NodeFailed(str(exc)) from None
     if node.type == NodeType.DATASET:
-        return _dataset(node, load_dataset)
+        return _dataset(node, load_dataset, report)
     [source] = definition.inputs(node_id)
     if source not in upstream:
         raise ValueError(f"node {node_id!r} runs before its input {source!r}")
     value = upstream[source]
     if isinstance(config, PreprocessConfig):
         prepared = prepare(_expect(value, LoadedDataset, node_id), config)
+        report(1.0, _split_message(prepared))
         return NodeOutcome(output=measure.json_safe(prepared.output), value=prepared)
     if isinstance(config, ModelConfig):
-        trained = _train(definition, node_id, config, value)
+        trained = _train(definition, node_id, config, value, report)
         return NodeOutcome(output=measure.json_safe(_model_output(trained)), value=trained)
     model = _expect(value, TrainedModel, node_id)
     if isinstance(config, VisualizeConfig):
@@ -198,9 +214,10 @@ def execute_node(
         if problems:
             raise NodeFailed("; ".join(problems))
         output = measure.json_safe({"kind": config.kind, **_visualize(config.kind, model)})
+        report(1.0, f"{config.kind.replace('_', ' ')} computed")
         return NodeOutcome(output=output, value=output)
     assert isinstance(config, SaveConfig)
-    return _save(config, model)
+    return _save(config, model, report)
 
 
 def _expect(value: Any, kind: type, node_id: str) -> Any:
@@ -219,7 +236,7 @@ def _declared(dataset: LoadedDataset) -> ProblemType | None:
     return ProblemType(value) if value in {p.value for p in ProblemType} else None
 
 
-def _dataset(node: WorkflowNode, load_dataset: LoadDataset) -> NodeOutcome:
+def _dataset(node: WorkflowNode, load_dataset: LoadDataset, report: Progress) -> NodeOutcome:
     loaded = load_dataset(node)
     frame = loaded.frame
     if not all(isinstance(c, str) for c in frame.columns):
@@ -246,6 +263,7 @@ def _dataset(node: WorkflowNode, load_dataset: LoadDataset) -> NodeOutcome:
         "target_column": target,
         "problem_type": problem_type,
     }
+    report(1.0, f"loaded {len(frame)} rows and {len(columns)} columns of {loaded.name!r}")
     return NodeOutcome(output=measure.json_safe(output), value=loaded)
 
 
@@ -391,6 +409,21 @@ def prepare(dataset: LoadedDataset, config: PreprocessConfig) -> PreparedData:
     )
 
 
+def _split_message(prepared: PreparedData) -> str:
+    out = prepared.output
+    text = (
+        f"{out['train_rows']} training rows and {out['test_rows']} test rows"
+        f"{' (stratified)' if out['stratified'] else ''}; {len(out['features'])} features"
+        f" ({len(out['numeric_features'])} numeric, {len(out['categorical_features'])}"
+        " categorical)"
+    )
+    if out["dropped_rows"]:
+        text += f"; {out['dropped_rows']} rows without a target dropped"
+    if out["ignored_columns"]:
+        text += f"; {len(out['ignored_columns'])} columns ignored"
+    return text
+
+
 # --- model ------------------------------------------------------------------------------------
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
@@ -398,10 +431,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _train(
-    definition: WorkflowDefinition, node_id: str, config: ModelConfig, source: Any
+    definition: WorkflowDefinition,
+    node_id: str,
+    config: ModelConfig,
+    source: Any,
+    report: Progress = _silent,
 ) -> TrainedModel:
     if isinstance(source, LoadedDataset):
         data = prepare(source, PreprocessConfig())
+        report(0.05, f"default preprocessing: {_split_message(data)}")
     else:
         data = _expect(source, PreparedData, node_id)
     dataset = data.dataset
@@ -428,10 +466,16 @@ def _train(
     estimator = build_estimator(config.algorithm, problem_type, config.hyperparameters)
     pipeline = Pipeline([("preprocess", clone(data.transformer)), ("model", estimator)])
     y_train = data.y_train.to_numpy() if supervised and data.y_train is not None else None
+    report(
+        0.1,
+        f"fitting {type(estimator).__name__} on {len(data.x_train)} rows"
+        f" and {len(data.features)} features",
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             pipeline.fit(data.x_train, y_train)
+            report(0.8, f"fitted; scoring on {len(data.x_test)} test rows")
             predictions = np.asarray(pipeline.predict(data.x_test))
         except MemoryError:
             raise
@@ -445,6 +489,7 @@ def _train(
         # An undefined metric is left out with a note; its warning would say no more.
         warnings.simplefilter("ignore")
         scores, more = _holdout_metrics(pipeline, data, predictions, problem_type)
+    report(1.0, _metrics_message(scores))
     return TrainedModel(
         pipeline=pipeline,
         algorithm=config.algorithm,
@@ -455,6 +500,13 @@ def _train(
         predictions=predictions,
         notes=notes + more,
     )
+
+
+def _metrics_message(scores: Mapping[str, float]) -> str:
+    if not scores:
+        return "no metric could be computed"
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in scores.items())
+    return f"test metrics: {shown}"
 
 
 def _holdout_metrics(
@@ -582,8 +634,10 @@ def serialize(pipeline: Pipeline) -> bytes:
     return buffer.getvalue()
 
 
-def _save(config: SaveConfig, model: TrainedModel) -> NodeOutcome:
+def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -> NodeOutcome:
+    report(0.1, f"serializing the fitted {model.estimator_name} pipeline")
     artifact = serialize(model.pipeline)
+    report(1.0, f"model {config.name!r} serialized ({len(artifact)} bytes)")
     record = ModelRecord(
         name=config.name,
         algorithm=model.algorithm,

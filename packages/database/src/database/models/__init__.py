@@ -13,6 +13,7 @@ from database.models.enums import (
     IngestionStatus,
     JobKind,
     JobStatus,
+    LogLevel,
     NodeStatus,
     NodeType,
     OAuthProvider,
@@ -25,6 +26,7 @@ from database.models.experiment import Experiment
 from database.models.experiment_run import ExperimentRun
 from database.models.ingestion_job import IngestionJob
 from database.models.job import Job
+from database.models.job_log import JobLog
 from database.models.job_node import JobNode
 from database.models.model import Model
 from database.models.stripe_webhook_event import StripeWebhookEvent
@@ -49,9 +51,11 @@ __all__ = [
     "IngestionJob",
     "IngestionStatus",
     "Job",
+    "JobLog",
     "JobNode",
     "JobKind",
     "JobStatus",
+    "LogLevel",
     "Model",
     "NodeStatus",
     "NodeType",

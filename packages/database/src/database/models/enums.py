@@ -85,6 +85,15 @@ class NodeStatus(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class LogLevel(enum.StrEnum):
+    """Level of a job's log line; the type's order is the severity (debug < error)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 class TransactionType(enum.StrEnum):
     PURCHASE = "purchase"
     CONSUMPTION = "consumption"
@@ -124,6 +133,7 @@ job_kind = pg_enum(JobKind, "job_kind")
 node_type = pg_enum(NodeType, "node_type")
 node_status = pg_enum(NodeStatus, "node_status")
 transaction_type = pg_enum(TransactionType, "transaction_type")
+log_level = pg_enum(LogLevel, "log_level")
 tutorial_difficulty = pg_enum(TutorialDifficulty, "tutorial_difficulty")
 credit_tier_restriction = pg_enum(CreditTierRestriction, "credit_tier_restriction")
 
@@ -133,6 +143,7 @@ __all__ = [
     "IngestionStatus",
     "JobKind",
     "JobStatus",
+    "LogLevel",
     "NodeStatus",
     "NodeType",
     "OAuthProvider",
