@@ -120,6 +120,12 @@ class Worker:
                         raise
                     delay = backoff.next()
                     if is_outage(exc):
+                        # Live workers renew their leases within a heartbeat of the
+                        # database's return: recovery waits that long after it, so
+                        # it takes back only the work of workers that are gone.
+                        self._next_recovery = max(
+                            self._next_recovery, time.monotonic() + self.settings.heartbeat
+                        )
                         self._pause(delay, self._wake)
                     else:
                         log.exception("the worker's loop failed; again in %.1f s", delay)
@@ -278,6 +284,9 @@ class Worker:
                 slots=self.settings.slots,
                 lease_seconds=self.settings.lease_seconds,
             )
+        self._renew()
+
+    def _renew(self) -> None:
         with self._lock:
             claims = list(self._active.values())
         if not claims:
@@ -340,6 +349,9 @@ class Worker:
         if now >= self._next_recovery:
             self._next_recovery = now + self.settings.recovery_seconds
             try:
+                # Its own leases first: after an outage longer than a lease, this
+                # worker must not take back the work it still has in hand.
+                self._renew()
                 queue.recover_expired(
                     self.engine, self.settings.max_attempts, remove_file=self.storage.delete
                 )
@@ -347,7 +359,6 @@ class Worker:
                     worker_registry.prune(conn)
             except Exception as exc:
                 if is_outage(exc):
-                    self._next_recovery = now  # as soon as the database is back
                     raise
                 log.warning("lease recovery failed; will try again", exc_info=True)
         if self.settings.purge_hours and now >= self._next_purge:
