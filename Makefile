@@ -16,13 +16,13 @@ install: uv
 
 ## Start the embedded PostgreSQL (or use DATABASE_URL), migrate, seed, show the schema;
 ## then serve the API (HOST, PORT; default 127.0.0.1:8000) and run a worker beside
-## it, until Ctrl-C (which stops both; the worker finishes or releases its work).
+## it, supervised by automl-run: a child that exits is restarted with backoff, one
+## that keeps failing stops both with a one-line reason (and a non-zero exit), and
+## Ctrl-C stops both (the worker finishes or releases its work).
 run: install
 	$(UV) run automl-db up
 	@echo "API: http://$${HOST:-127.0.0.1}:$${PORT:-8000}  (docs: /docs; Ctrl-C stops it and the worker; make down stops PostgreSQL)"
-	@$(UV) run automl-worker & worker=$$!; \
-	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
-	$(UV) run automl-api
+	@$(UV) run automl-run
 
 ## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL).
 test: install

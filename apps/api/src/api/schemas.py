@@ -177,6 +177,9 @@ class VersionOut(Output):
     error_message: str | None
     processed_at: dt.datetime | None
     created_at: dt.datetime
+    #: ``"worker"`` when the version waits for ingestion and no worker is alive to
+    #: take it: it waits until one starts. None otherwise.
+    waiting_for: Literal["worker"] | None = None
 
 
 class DatasetOut(Output):
@@ -278,6 +281,9 @@ class JobOut(Output):
     cancel_requested_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    #: ``"worker"`` when the job is queued and no worker is alive to take it: it
+    #: waits until one starts. None otherwise.
+    waiting_for: Literal["worker"] | None = None
 
 
 class JobDetail(JobOut):
@@ -477,3 +483,9 @@ class ReadyOut(BaseModel):
     revision: list[str]
     head: list[str]
     reason: str | None = None
+    #: Workers alive now (heartbeat within two of their leases); None when the
+    #: database could not be asked. 0 does not make the API unready: it serves, and
+    #: queued work waits until a worker starts (see ``warnings``).
+    workers: int | None = None
+    #: What an operator should know that does not stop the API from serving.
+    warnings: list[str] = Field(default_factory=list)

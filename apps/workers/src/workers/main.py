@@ -7,6 +7,17 @@ notification costs a delay, never a job. A heartbeat thread renews the leases
 of the work it holds. Periodically it recovers expired leases (work of dead
 workers) and runs the lifecycle purge.
 
+The database may go away (a restart, a network cut): every touch of it by these
+loops retries with capped exponential backoff (0.5 s to 30 s) and the worker goes
+on when it is back, logging one line when it is lost and one when it is back
+(:mod:`workers.outage`). Work in hand that hit the outage is given back to the
+queue once the database returns, unless its lease was taken over meanwhile: then
+it stops without writing (``LeaseLost``).
+
+Each worker records itself in ``workers`` (``database.worker_registry``): at
+start, at every heartbeat, and ``stopped_at`` at a clean exit; the API counts the
+live ones.
+
 SIGTERM or SIGINT: no new work is taken; an ingestion in progress finishes, and
 a job gives itself back to the queue before its next node (a model being fitted
 finishes first). A second signal does not force anything: kill -9 does, and the
@@ -29,15 +40,20 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from database import lifecycle
+from database import lifecycle, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
 from workers import kinds, queue
-from workers.queue import Claim
+from workers.outage import Backoff, DatabaseLink, is_outage
+from workers.queue import Claim, LeaseLost
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("workers")
+
+#: The longest wait between two attempts to reach a lost database.
+BACKOFF_CAP = 30.0
 
 
 def worker_name() -> str:
@@ -66,12 +82,14 @@ class Worker:
         self._next_recovery = 0.0
         self._next_purge = time.monotonic() + settings.purge_hours * 3600
         self.outcomes: list[tuple[Claim, str]] = []
+        self.db = DatabaseLink(log, cap=BACKOFF_CAP)
         self._context = kinds.Context(
             engine=engine,
             storage=storage,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
             stop=self.stopping,
+            on_outage=self._outage,
         )
 
     # --- signals and wake-ups ----------------------------------------------------------
@@ -83,17 +101,44 @@ class Worker:
 
     # --- the loop ---------------------------------------------------------------------
     def run(self, *, until_idle: bool = False) -> None:
-        """Work until stopped; with ``until_idle``, return once nothing waits or runs."""
-        threads = [threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)]
+        """Work until stopped; with ``until_idle``, return once nothing waits or runs.
+
+        A lost database never ends the loop: it waits (with backoff) and goes on.
+        Another error of the loop is logged and retried the same way, except with
+        ``until_idle`` (scripts and tests), where it is raised.
+        """
+        heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        threads = [heartbeat]
         if not until_idle:
             threads.append(threading.Thread(target=self._listen, name="listen", daemon=True))
         for thread in threads:
             thread.start()
         log.info("worker %s started with %d slots", self.name, self.settings.slots)
+        backoff = Backoff(cap=BACKOFF_CAP)
         try:
             while not self.stopping.is_set():
-                self._periodic()
-                took = self._fill_slots()
+                try:
+                    with self.db.touch("looking at the queue"):
+                        self._periodic()
+                        took = self._fill_slots()
+                except Exception as exc:
+                    if until_idle and not is_outage(exc):
+                        raise
+                    delay = backoff.next()
+                    if is_outage(exc):
+                        # Live workers renew their leases within a heartbeat of the
+                        # database's return: recovery waits that long after it, so
+                        # it takes back only the work of workers that are gone.
+                        self._next_recovery = max(
+                            self._next_recovery, time.monotonic() + self.settings.heartbeat
+                        )
+                        self._pause(delay, self._wake)
+                    else:
+                        log.exception("the worker's loop failed; again in %.1f s", delay)
+                        self.stopping.wait(delay)
+                    self._wake.clear()
+                    continue
+                backoff.reset()
                 if until_idle and not took and not self._busy():
                     break
                 self._wake.wait(self._wait_seconds(until_idle))
@@ -102,6 +147,8 @@ class Worker:
             self.stopping.set()
             self._pool.shutdown(wait=True)
             self._finished.set()
+            heartbeat.join(timeout=self.settings.heartbeat)
+            self._deregister()
             log.info("worker %s stopped", self.name)
 
     def _wait_seconds(self, until_idle: bool) -> float:
@@ -145,61 +192,173 @@ class Worker:
     def _work(self, claim: Claim) -> str:
         log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
         # The kind's handler (workers.kinds); errors are classed there: transient ones
-        # wait and retry, permanent ones fail the work at once.
+        # wait and retry, permanent ones fail the work at once, and a lost database
+        # comes back here (_outage): the work is given back once the database returns.
         outcome = kinds.dispatch(self._context, claim)
         self.outcomes.append((claim, outcome))
         return outcome
 
+    def _outage(self, claim: Claim, exc: BaseException) -> str:
+        self.db.lost(exc, f"running {claim.kind} {claim.id}")
+        return self._give_back_after_outage(claim)
+
+    def _give_back_after_outage(self, claim: Claim) -> str:
+        """The database went away under this work. Once it is back, the work goes
+        back to the queue (this attempt not counted) if this worker still holds it;
+        if its lease was taken over meanwhile, it stops here, writing nothing
+        (``lease_lost``). A worker told to stop while the database is still away
+        leaves the lease to expire: recovery takes the work back."""
+        backoff = Backoff(cap=BACKOFF_CAP)
+        while True:
+            try:
+                with (
+                    self.db.touch(f"giving back {claim.kind} {claim.id}"),
+                    Session(self.engine) as session,
+                ):
+                    dropped = queue.release(session, claim)
+            except LeaseLost as exc:
+                log.warning("%s during the database outage: it is left to its new holder", exc)
+                return "lease_lost"
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("%s %s: giving it back failed", claim.kind, claim.id)
+                    return "error"
+                if self.stopping.is_set():
+                    log.warning(
+                        "%s %s: stopping while the database is away; its lease will expire"
+                        " and recovery takes it back",
+                        claim.kind,
+                        claim.id,
+                    )
+                    return "error"
+                self._pause(backoff.next(), self.stopping)
+                continue
+            for location in dropped:
+                self.storage.delete(location)
+            log.info(
+                "%s %s given back to the queue: the database went away under it",
+                claim.kind,
+                claim.id,
+            )
+            return "released"
+
     # --- background duties ------------------------------------------------------------
     def _heartbeat(self) -> None:
-        """Renew the leases of the work in hand, until the last slot is done."""
-        while not self._finished.wait(self.settings.heartbeat):
-            with self._lock:
-                claims = list(self._active.values())
-            if not claims:
-                continue
+        """Record this worker as alive and renew the leases of the work in hand, until
+        the last slot is done. The first beat is at once (it registers the worker);
+        after a failure the next comes sooner (backoff, at most a heartbeat), so
+        leases are renewed as soon as the database is back."""
+        backoff = Backoff(initial=min(0.5, self.settings.heartbeat), cap=self.settings.heartbeat)
+        while not self._finished.is_set():
             try:
-                lost = queue.renew_all(self.engine, claims, self.settings.lease_seconds)
-            except Exception:
-                log.warning("heartbeat failed; retrying", exc_info=True)
+                with self.db.touch("renewing leases"):
+                    self._beat()
+            except Exception as exc:
+                if is_outage(exc):
+                    self._pause(backoff.next(), self._finished)
+                else:
+                    log.warning("heartbeat failed; retrying", exc_info=True)
+                    self._finished.wait(backoff.next())
                 continue
-            for work_id in lost:
-                log.warning("lease of %s lost: another worker took it over", work_id)
+            backoff.reset()
+            self._finished.wait(self.settings.heartbeat)
+
+    def _beat(self) -> None:
+        with self.engine.begin() as conn:
+            worker_registry.beat(
+                conn,
+                name=self.name,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                slots=self.settings.slots,
+                lease_seconds=self.settings.lease_seconds,
+            )
+        self._renew()
+
+    def _renew(self) -> None:
+        with self._lock:
+            claims = list(self._active.values())
+        if not claims:
+            return
+        lost = queue.renew_all(self.engine, claims, self.settings.lease_seconds)
+        for work_id in lost:
+            log.warning("lease of %s lost: another worker took it over", work_id)
+
+    def _pause(self, seconds: float, stop: threading.Event) -> None:
+        """Wait ``seconds`` before trying a lost database again; less when ``stop`` is
+        set or another thread found the database back."""
+        deadline = time.monotonic() + seconds
+        while self.db.down and not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            stop.wait(min(left, 0.25))
+
+    def _deregister(self) -> None:
+        """A clean exit: no longer counted as alive. Best effort: a worker that
+        cannot reach the database is not counted for long anyway."""
+        try:
+            with self.db.touch("deregistering"), self.engine.begin() as conn:
+                worker_registry.stopped(conn, self.name)
+        except Exception as exc:
+            if not is_outage(exc):
+                log.warning("could not record the worker as stopped", exc_info=True)
 
     def _listen(self) -> None:
         """LISTEN on the queue's channel; every notification wakes the loop."""
+        backoff = Backoff(cap=min(BACKOFF_CAP, self.settings.poll_seconds))
         while not self.stopping.is_set():
             try:
                 # A connection of its own, outside the pool: it only waits.
                 args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
-                with psycopg.connect(*args, **kwargs, autocommit=True) as pg:
+                with self.db.touch("listening"):
+                    pg = psycopg.connect(*args, **kwargs, autocommit=True)
+                with pg:
                     pg.execute(f"LISTEN {queue.CHANNEL}")
+                    backoff.reset()
                     self._wake.set()  # whatever was queued while not listening
                     while not self.stopping.is_set():
                         for _ in pg.notifies(timeout=1.0, stop_after=1):
                             self._wake.set()
-            except Exception:
+            except Exception as exc:
                 if self.stopping.is_set():
                     return
-                log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
-                self.stopping.wait(min(5.0, self.settings.poll_seconds))
+                if is_outage(exc):
+                    self.db.lost(exc, "listening")
+                    self._pause(backoff.next(), self.stopping)
+                else:
+                    log.warning("LISTEN failed; polling until it is back", exc_info=True)
+                    self.stopping.wait(backoff.next())
 
     def _periodic(self) -> None:
+        """Recovery of expired leases and pruning of long-gone workers' rows, then the
+        purge, each when due. A lost database is raised (the loop backs off); another
+        failure is logged and tried at the next period."""
         now = time.monotonic()
         if now >= self._next_recovery:
             self._next_recovery = now + self.settings.recovery_seconds
             try:
+                # Its own leases first: after an outage longer than a lease, this
+                # worker must not take back the work it still has in hand.
+                self._renew()
                 queue.recover_expired(
                     self.engine, self.settings.max_attempts, remove_file=self.storage.delete
                 )
-            except Exception:
+                with self.engine.begin() as conn:
+                    worker_registry.prune(conn)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
                 log.warning("lease recovery failed; will try again", exc_info=True)
         if self.settings.purge_hours and now >= self._next_purge:
             self._next_purge = now + self.settings.purge_hours * 3600
             try:
                 report = lifecycle.purge(self.engine, remove_file=self.storage.delete)
                 log.info("purge: %s", report.render())
-            except Exception:
+            except Exception as exc:
+                if is_outage(exc):
+                    self._next_purge = now
+                    raise
                 log.warning("purge failed; will try at the next period", exc_info=True)
 
 

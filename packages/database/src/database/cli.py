@@ -4,7 +4,8 @@ automl-db up       start the embedded PostgreSQL (unless DATABASE_URL names a
                    server), migrate to head, print what is installed
 automl-db status   print the same without changing anything; exit 1 when the
                    database is behind head or a trigger is missing
-automl-db down     stop the embedded PostgreSQL
+automl-db down     stop the embedded PostgreSQL; exit 1, naming them, while live
+                   processes use it (--force stops it anyway)
 automl-db seed     insert the credit packages and tutorials (idempotent; `up`
                    runs it after migrating)
 """
@@ -135,13 +136,36 @@ def cmd_status(settings: DatabaseSettings) -> int:
     return 0 if report.healthy else 1
 
 
-def cmd_down(settings: DatabaseSettings) -> int:
+def cmd_down(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    """Stop the embedded server. Exit 1, naming them, while live processes use it
+    (unless ``--force``), and whenever it still runs afterwards."""
     if not settings.uses_embedded:
         print("DATABASE_URL names an external server: nothing to stop", file=sys.stderr)
         return 0
-    stopped = embedded.stop(settings.data_dir)
-    print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
-    return 0
+    result = embedded.stop(settings.data_dir, force=args.force)
+    stale = (
+        f" (forgot {len(result.stale)} exited process(es) still listed:"
+        f" {', '.join(map(str, result.stale))})"
+        if result.stale
+        else ""
+    )
+    users = ", ".join(h.render() for h in result.holders)
+    if result.state == "not_running":
+        print("embedded PostgreSQL was not running")
+        return 0
+    if result.state == "stopped":
+        forced = f"; it was still used by {users}" if result.holders else ""
+        print(f"embedded PostgreSQL stopped{stale}{forced}")
+        return 0
+    if result.state == "in_use":
+        print(
+            f"embedded PostgreSQL not stopped: in use by {users}{stale}. Stop them first"
+            " (Ctrl-C in `make run`), or run `automl-db down --force`",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"embedded PostgreSQL did not stop: {result.reason}{stale}", file=sys.stderr)
+    return 1
 
 
 def _engine_for_admin(settings: DatabaseSettings) -> Engine:
@@ -217,7 +241,7 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "purge": cmd_purge,
     "grant": cmd_grant,
 }
-WITH_ARGS = {"verify", "purge", "grant"}
+WITH_ARGS = {"verify", "purge", "grant", "down"}
 
 
 def _positive(value: str) -> int:
@@ -232,7 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start (embedded) PostgreSQL, migrate to head, print the schema")
     sub.add_parser("status", help="print revision, tables and triggers; exit 1 if not at head")
-    sub.add_parser("down", help="stop the embedded PostgreSQL")
+    down = sub.add_parser(
+        "down", help="stop the embedded PostgreSQL (exit 1 while live processes use it)"
+    )
+    down.add_argument(
+        "--force",
+        action="store_true",
+        help="stop it even while live processes use it (they lose their connections)",
+    )
     sub.add_parser("seed", help="insert the credit packages and tutorials (idempotent)")
     verify = sub.add_parser(
         "verify", help="check balances, ledger chains, counters and storage; exit 1 on drift"

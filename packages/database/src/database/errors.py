@@ -289,6 +289,12 @@ def translate(exc: BaseException) -> DatabaseError | None:
 
 
 def _handle_error(context: ExceptionContext) -> None:
+    if context.is_pre_ping:
+        # The pool's ping of a connection taken from it. SQLAlchemy replaces a dead
+        # connection there, silently, unless a handler raises: translating a
+        # server's "terminating connection" (57P01, after a restart) into
+        # ConnectionLost here would fail one request per pooled connection.
+        return
     translated = translate(context.original_exception)
     if translated is not None:
         raise translated from context.sqlalchemy_exception

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Reader, SessionDep, SettingsDep, StorageDep, Writer
 from api.errors import ApiError, error_responses, not_found
+from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.policy import check_datasets, check_storage, lock_user, storage_left
 from api.schemas import (
@@ -139,7 +140,7 @@ def _store_version(
         raise
     return UploadOut(
         dataset=DatasetOut.model_validate(dataset),
-        version=VersionOut.model_validate(version),
+        version=_version_out(version, WorkerCheck(session)),
         ingestion_job=IngestionJobOut.model_validate(ingestion),
     )
 
@@ -288,9 +289,16 @@ def _versions(session: Session, dataset: Dataset) -> list[DatasetVersion]:
 )
 def get_dataset(principal: Reader, session: SessionDep, dataset_id: uuid.UUID) -> DatasetDetail:
     dataset = _owned(session, principal.user_id, dataset_id)
+    workers = WorkerCheck(session)
     return DatasetDetail(
         **DatasetOut.model_validate(dataset).model_dump(),
-        versions=[VersionOut.model_validate(v) for v in _versions(session, dataset)],
+        versions=[_version_out(v, workers) for v in _versions(session, dataset)],
+    )
+
+
+def _version_out(version: DatasetVersion, workers: WorkerCheck) -> VersionOut:
+    return VersionOut.model_validate(version).model_copy(
+        update={"waiting_for": workers.waiting_for(version.status == IngestionStatus.PENDING)}
     )
 
 

@@ -1,4 +1,11 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (the database is there, at head)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (the database is there, at head).
+
+``/readyz`` is about the API's own readiness: a load balancer should send it
+traffic whenever the database is reachable and at the code's head. It also
+counts the live workers (``workers``); with none, it stays 200 but says so in
+``warnings``: the API serves, and uploads and runs wait (their ``waiting_for``
+says ``"worker"``) until a worker starts.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,11 @@ from fastapi.responses import JSONResponse
 
 from api.deps import SessionDep
 from api.schemas import HealthOut, ReadyOut
-from database import migrations
+from database import migrations, worker_registry
 
 router = APIRouter(tags=["health"])
+
+NO_WORKER = "no worker alive: uploads and runs wait until one starts (automl-worker)"
 
 
 @lru_cache(maxsize=1)
@@ -29,14 +38,16 @@ def healthz() -> HealthOut:
     "/readyz",
     response_model=ReadyOut,
     responses={503: {"model": ReadyOut, "description": "Not ready: the reason is given"}},
-    summary="The database is reachable and migrated to head",
+    summary="The database is reachable and migrated to head; how many workers are alive",
 )
 def readyz(session: SessionDep) -> JSONResponse:
     """503 with the reason when the database cannot be reached or its schema is not
-    the code's (behind, or ahead of, head): the service must not take traffic then."""
+    the code's (behind, or ahead of, head): the service must not take traffic then.
+    200 otherwise, with the number of live workers; none is a warning, not a 503."""
     head = _head()
     try:
         current = sorted(migrations.current(session.connection()))
+        workers = worker_registry.alive_count(session.connection()) if current == head else None
     except Exception as exc:  # unreachable, refused, timed out: not ready, whatever it is
         out = ReadyOut(
             status="not_ready",
@@ -57,6 +68,13 @@ def readyz(session: SessionDep) -> JSONResponse:
             reason="the database is not at the code's migration head",
         )
         return JSONResponse(out.model_dump(), status_code=503)
-    return JSONResponse(
-        ReadyOut(status="ready", database=True, revision=current, head=head).model_dump()
+    warnings = [] if workers else [NO_WORKER]
+    out = ReadyOut(
+        status="ready",
+        database=True,
+        revision=current,
+        head=head,
+        workers=workers,
+        warnings=warnings,
     )
+    return JSONResponse(out.model_dump())

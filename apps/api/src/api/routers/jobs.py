@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Reader, SessionDep, Writer
 from api.errors import ApiError, error_responses, not_found
+from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.policy import lock_user
 from api.schemas import CancelOut, JobDetail, JobNodeOut, JobOut
@@ -40,9 +41,12 @@ def _workflow_ids(session: Session, jobs: list[Job]) -> dict[uuid.UUID, uuid.UUI
     return {snapshot_id: workflow_id for snapshot_id, workflow_id in found}
 
 
-def _out(job: Job, workflows: dict[uuid.UUID, uuid.UUID | None]) -> JobOut:
+def _out(job: Job, workflows: dict[uuid.UUID, uuid.UUID | None], workers: WorkerCheck) -> JobOut:
     return JobOut.model_validate(job).model_copy(
-        update={"workflow_id": workflows.get(job.workflow_snapshot_id)}
+        update={
+            "workflow_id": workflows.get(job.workflow_snapshot_id),
+            "waiting_for": workers.waiting_for(job.status == JobStatus.QUEUED),
+        }
     )
 
 
@@ -74,7 +78,8 @@ def list_jobs(
         stmt = stmt.where(Job.status == status)  # ix_jobs_user_id_status_created_at
     rows, next_cursor = paginate(session, stmt, Job.created_at, Job.id, limit=limit, cursor=cursor)
     workflows = _workflow_ids(session, list(rows))
-    return Page[JobOut](items=[_out(j, workflows) for j in rows], next_cursor=next_cursor)
+    workers = WorkerCheck(session)
+    return Page[JobOut](items=[_out(j, workflows, workers) for j in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -90,7 +95,7 @@ def get_job(principal: Reader, session: SessionDep, job_id: uuid.UUID) -> JobDet
         .where(JobNode.job_id == job.id, JobNode.user_id == principal.user_id)
         .order_by(JobNode.created_at, JobNode.node_id)
     ).all()
-    base = _out(job, _workflow_ids(session, [job]))
+    base = _out(job, _workflow_ids(session, [job]), WorkerCheck(session))
     return JobDetail(
         **base.model_dump(),
         results=job.results,
@@ -123,4 +128,7 @@ def cancel_job(principal: Writer, session: SessionDep, job_id: uuid.UUID) -> Can
         ) from None
     session.commit()
     job, refunded = outcome.job, outcome.refunded_credits
-    return CancelOut(job=_out(job, _workflow_ids(session, [job])), refunded_credits=refunded)
+    return CancelOut(
+        job=_out(job, _workflow_ids(session, [job]), WorkerCheck(session)),
+        refunded_credits=refunded,
+    )

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Reader, SessionDep, SettingsDep, Writer
 from api.errors import ApiError, error_responses, not_found
+from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.policy import check_running_jobs, check_workflows, lock_user, price
 from api.schemas import (
@@ -385,5 +386,10 @@ def run_workflow(
     )
     session.commit()
     session.refresh(user, ["credit_balance"])
-    out = JobOut.model_validate(job).model_copy(update={"workflow_id": workflow.id})
+    out = JobOut.model_validate(job).model_copy(
+        update={
+            "workflow_id": workflow.id,
+            "waiting_for": WorkerCheck(session).waiting_for(job.status == JobStatus.QUEUED),
+        }
+    )
     return RunOut(job=out, balance=user.credit_balance)

@@ -35,6 +35,7 @@ from database import jobs
 from database.jobs import Claim, LeaseLost
 from database.models import JobKind
 from pipeline.storage import Storage
+from workers.outage import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class Context:
     max_attempts: int
     #: Set when the worker stops: a long handler gives its work back (``jobs.release``).
     stop: threading.Event
+    #: Called when the database went away under the work (``workers.outage.is_outage``):
+    #: waits for it and gives the work back, this attempt not counted. Without it an
+    #: outage is a transient error like the others (``jobs.retry_later``).
+    on_outage: Callable[[Claim, BaseException], str] | None = None
 
 
 Handler = Callable[[Context, Claim], str]
@@ -99,6 +104,8 @@ def dispatch(context: Context, claim: Claim) -> str:
         log.warning("%s", exc)
         return "lease_lost"
     except Exception as exc:
+        if context.on_outage is not None and is_outage(exc):
+            return context.on_outage(claim, exc)
         cause = describe(exc)
         trace = traceback.format_exc()
         transient = jobs.is_transient(exc)

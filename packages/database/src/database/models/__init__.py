@@ -33,6 +33,7 @@ from database.models.stripe_webhook_event import StripeWebhookEvent
 from database.models.tutorial import Tutorial
 from database.models.user import User
 from database.models.user_tutorial_progress import UserTutorialProgress
+from database.models.worker import Worker
 from database.models.workflow import Workflow
 from database.models.workflow_snapshot import WorkflowSnapshot
 
@@ -68,6 +69,7 @@ __all__ = [
     "User",
     "UserTier",
     "UserTutorialProgress",
+    "Worker",
     "Workflow",
     "WorkflowSnapshot",
 ]
