@@ -26,8 +26,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from database import jobs
-from database.jobs import Claim
 from database.joblog import ProgressReporter
+from database.jobs import Claim
 from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
 from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node

@@ -30,6 +30,7 @@ from database.models import (
     Dataset,
     DatasetVersion,
     IngestionStatus,
+    JobStatus,
     NodeType,
     User,
     Workflow,
