@@ -214,7 +214,7 @@ def test_a_worker_process_outlives_a_database_restart(
         # Given back (the attempt the outage broke is not counted), then run again.
         assert value(own_engine, "SELECT attempts FROM jobs WHERE id = :id", id=job_id) == 1
         text_log = log()
-        assert f"job {job_id} given back to the queue" in text_log, text_log
+        assert f"{job_id} given back to the queue" in text_log, text_log
         assert text_log.count("database lost") == 1, text_log
         assert text_log.count("database back after") == 1, text_log
         assert "Traceback" not in text_log, text_log

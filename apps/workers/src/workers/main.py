@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from database import lifecycle, worker_registry
@@ -198,9 +198,24 @@ class Worker:
         self.outcomes.append((claim, outcome))
         return outcome
 
-    def _outage(self, claim: Claim, exc: BaseException) -> str:
+    def _outage(self, claim: Claim, exc: BaseException) -> str | None:
+        """A connection error under the work. If the database answers now, it was the
+        work's own error (None: classed as transient, retried with backoff); if not, the
+        database went away: wait for it and give the work back, the attempt not counted."""
+        if self._database_answers():
+            return None
         self.db.lost(exc, f"running {claim.kind} {claim.id}")
         return self._give_back_after_outage(claim)
+
+    def _database_answers(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if is_outage(exc):
+                return False
+            raise
+        return True
 
     def _give_back_after_outage(self, claim: Claim) -> str:
         """The database went away under this work. Once it is back, the work goes

@@ -50,10 +50,11 @@ class Context:
     max_attempts: int
     #: Set when the worker stops: a long handler gives its work back (``jobs.release``).
     stop: threading.Event
-    #: Called when the database went away under the work (``workers.outage.is_outage``):
-    #: waits for it and gives the work back, this attempt not counted. Without it an
-    #: outage is a transient error like the others (``jobs.retry_later``).
-    on_outage: Callable[[Claim, BaseException], str] | None = None
+    #: Called on a connection error (``workers.outage.is_outage``): when the database
+    #: went away it waits for it and gives the work back, this attempt not counted, and
+    #: returns the outcome; None (or no hook) classes the error as transient like the
+    #: others (``jobs.retry_later``).
+    on_outage: Callable[[Claim, BaseException], str | None] | None = None
 
 
 Handler = Callable[[Context, Claim], str]
@@ -105,7 +106,9 @@ def dispatch(context: Context, claim: Claim) -> str:
         return "lease_lost"
     except Exception as exc:
         if context.on_outage is not None and is_outage(exc):
-            return context.on_outage(claim, exc)
+            given_back = context.on_outage(claim, exc)
+            if given_back is not None:
+                return given_back
         cause = describe(exc)
         trace = traceback.format_exc()
         transient = jobs.is_transient(exc)
