@@ -6,7 +6,10 @@
 --   * the user's tier may buy it: pro_only is for pro and enterprise users,
 --     enterprise_only for enterprise users            -> ML008 package_tier_restricted
 --   * the amount is exactly the package's credits     -> ML009 purchase_amount_mismatch
--- A purchase without a package (package_id NULL) is only held to the sign rule.
+--   * it names a package and a payment reference (stripe_payment_id: a Stripe
+--     payment id, or the API's dev:<user>:<key> for a development purchase)
+--                                                     -> ML020 purchase_unpaid
+-- Credit that comes from anywhere else is an adjustment (credit_adjustment.sql).
 -- The package row is share-locked, so deactivating a package waits for the
 -- purchases that saw it active, and none commits after it.
 
@@ -28,8 +31,12 @@ BEGIN
             USING ERRCODE = 'check_violation',
                   CONSTRAINT = 'ck_credit_transactions_amount_sign';
     END IF;
-    IF NEW.package_id IS NULL THEN
-        RETURN NEW;
+    IF NEW.package_id IS NULL OR NEW.stripe_payment_id IS NULL
+       OR btrim(NEW.stripe_payment_id) = '' THEN
+        RAISE EXCEPTION 'a purchase names the package bought and the payment: % missing',
+            CASE WHEN NEW.package_id IS NULL THEN 'package_id' ELSE 'stripe_payment_id' END
+            USING ERRCODE = 'ML020',
+                  HINT = 'credit given for any other reason is an adjustment, made by an operator';
     END IF;
 
     SELECT p.is_active, p.credits, p.tier_restriction, p.name
