@@ -5,7 +5,9 @@ Nodes run in the definition's topological order, each recorded in ``job_nodes``
 input failed or was skipped is skipped. Between two nodes the worker renews its
 lease and looks for a cancel request; a stopping worker gives the job back to
 the queue there. The save node's artifact goes to storage and its ``Model`` row
-is written with the node's success, in one transaction. At the end the job is
+is written with the node's success, in one transaction, its bytes in
+``models.size_bytes``: they count against the user's storage quota, checked under
+the user's row lock (a save that does not fit fails its node). At the end the job is
 completed with a summary in ``results``, or failed (or cancelled) and refunded
 once, through the ledger (:func:`workers.queue.finish_job`).
 """
@@ -27,6 +29,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
 
 from database import credits
+from database.limits import Limits, storage_refusal
 from database.models import NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
 from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node
@@ -48,6 +51,7 @@ class _Run:
     models: list[str] = field(default_factory=list)
     first_error: str | None = None
     first_trace: str | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 def _snapshot(engine: Engine, claim: Claim) -> dict[str, Any] | None:
@@ -144,9 +148,12 @@ def run_job(
     *,
     lease_seconds: float,
     stop: threading.Event | None = None,
+    limits: Limits | None = None,
 ) -> str:
     """Run the claimed job to its end; returns its final status, or ``released``
-    when the worker stopped and gave it back. Raises :class:`workers.queue.LeaseLost`."""
+    when the worker stopped and gave it back. Raises :class:`workers.queue.LeaseLost`.
+    ``limits``: the tiers' limits whose storage quota a saved model must fit in
+    (default: the defaults; the worker passes its ``TIER_LIMITS``)."""
     snapshot = _snapshot(engine, claim)
     if snapshot is None:
         return "gone"
@@ -156,7 +163,7 @@ def run_job(
         message = f"the workflow snapshot is not a valid definition: {exc.errors()[0]['msg']}"
         _finish(engine, claim, "failed", error=message)
         return "failed"
-    run = _Run(claim=claim, snapshot=snapshot, definition=definition)
+    run = _Run(claim=claim, snapshot=snapshot, definition=definition, limits=limits or Limits())
     loader = _Loader(engine, storage, run)
     nodes = {n.id: n for n in definition.nodes}
     order = definition.order()
@@ -221,8 +228,11 @@ def _run_node(
         trace = traceback.format_exc()
     else:
         run.values[node.id] = outcome.value
-        _succeed(engine, storage, run, node, outcome, lease_seconds)
-        return
+        try:
+            _succeed(engine, storage, run, node, outcome, lease_seconds)
+            return
+        except _OverQuota as exc:
+            error = str(exc)
     run.status[node.id] = "failed"
     if run.first_error is None:
         run.first_error = f"node {node.id!r} failed: {error}"
@@ -230,6 +240,10 @@ def _run_node(
     with engine.begin() as conn:
         queue.check_job(conn, claim, lease_seconds)
         _record(conn, claim, node.id, "failed", error=error)
+
+
+class _OverQuota(Exception):
+    """A model artifact that does not fit in its owner's storage quota."""
 
 
 def _succeed(
@@ -259,13 +273,17 @@ def _succeed(
         with Session(engine) as session, session.begin():
             credits.lock_users(session, [claim.user_id])  # model_count moves: user first
             queue.check_job(session.connection(), claim, lease_seconds)
+            size = len(outcome.artifact)
+            refusal = storage_refusal(session, claim.user_id, size, run.limits)
+            if refusal is not None:
+                raise _OverQuota(f"the model ({size} bytes) was not saved: {refusal}")
             session.execute(
                 text(
                     "INSERT INTO models (id, user_id, job_id, name, algorithm, problem_type,"
-                    " metrics, hyperparameters, s3_path)"
+                    " metrics, hyperparameters, s3_path, size_bytes)"
                     " VALUES (:id, :user, :job, :name, :algorithm,"
                     " CAST(:problem_type AS problem_type), CAST(:metrics AS jsonb),"
-                    " CAST(:hyperparameters AS jsonb), :location)"
+                    " CAST(:hyperparameters AS jsonb), :location, :size)"
                 ),
                 {
                     "id": model_id,
@@ -277,6 +295,7 @@ def _succeed(
                     "metrics": json.dumps(record.metrics, allow_nan=False),
                     "hyperparameters": json.dumps(record.hyperparameters, allow_nan=False),
                     "location": location,
+                    "size": size,
                 },
             )
             output["model_id"] = str(model_id)

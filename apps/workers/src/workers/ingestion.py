@@ -6,6 +6,12 @@ one transaction that first checks this worker still holds the lease. A file that
 cannot be read fails the ingestion with a clear message and fills nothing of the
 version but its status and that message; a Parquet file written for a version
 that does not end up completed is removed.
+
+The Parquet copy counts against the user's storage quota like the upload
+(``users.storage_used_bytes`` adds both): under the user's row lock, the lock every
+writer of stored bytes takes, an ingestion whose Parquet file does not fit in what
+is left fails with the quota's message, and its file is removed. So concurrent
+uploads and ingestions never end above the quota.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from database import credits, errors
+from database.limits import Limits, storage_refusal
 from database.models import DatasetProfile
 from pipeline.ingest import IngestionError, columns_metadata, read_table, write_parquet
 from pipeline.profile import Profile, profile
@@ -74,8 +81,13 @@ def _hold(session: Session, claim: Claim) -> bool | None:
     return row.leased_by == claim.worker and row.status == "processing"
 
 
-def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
-    """Process the claimed ingestion; returns its final status (completed, failed)."""
+def run_ingestion(
+    engine: Engine, storage: Storage, claim: Claim, *, limits: Limits | None = None
+) -> str:
+    """Process the claimed ingestion; returns its final status (completed, failed).
+
+    ``limits``: the tiers' limits whose storage quota the Parquet copy must fit in
+    (default: the defaults; the worker passes its ``TIER_LIMITS``)."""
     work = _load(engine, claim)
     if work is None:
         return "gone"
@@ -104,13 +116,18 @@ def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
         _fail(engine, claim, work, f"ingestion failed unexpectedly ({type(exc).__name__})")
         return "failed"
     try:
-        kept = _complete(engine, claim, work, location, size, metadata, stats)
+        kept = _complete(
+            engine, claim, work, location, size, metadata, stats, limits or Limits()
+        )
     except BaseException:
         storage.delete(location)
         raise
     if kept is None:  # the version was deleted while it was processed
         storage.delete(location)
         return "gone"
+    if not kept:  # over the storage quota: failed, its Parquet file not kept
+        storage.delete(location)
+        return "failed"
     return "completed"
 
 
@@ -122,7 +139,9 @@ def _complete(
     size: int,
     metadata: dict[str, Any],
     stats: Profile,
+    limits: Limits,
 ) -> bool | None:
+    """True: completed; False: failed, over the storage quota; None: gone."""
     with Session(engine) as session, session.begin():
         try:
             credits.lock_users(session, [claim.user_id])  # storage_used_bytes moves
@@ -133,6 +152,12 @@ def _complete(
             return None
         if not held:
             raise LeaseLost(f"ingestion {claim.id}: the lease of {claim.worker} was lost")
+        refusal = storage_refusal(session, claim.user_id, size, limits)
+        if refusal is not None:
+            message = f"the processed Parquet copy ({size} bytes) was not kept: {refusal}"
+            _mark_failed(session, claim, work, message)
+            log.info("ingestion %s failed: %s", claim.id, message)
+            return False
         session.execute(
             text(
                 "UPDATE dataset_versions SET s3_path = :location, parquet_size_bytes = :size,"
@@ -192,22 +217,26 @@ def _fail(engine: Engine, claim: Claim, work: _Work, message: str) -> None:
             return
         if not held:
             raise LeaseLost(f"ingestion {claim.id}: the lease of {claim.worker} was lost")
-        session.execute(
-            text(
-                "UPDATE dataset_versions SET status = 'failed', error_message = :message"
-                " WHERE id = :id"
-            ),
-            {"id": work.version_id, "message": message},
-        )
-        session.execute(
-            text(
-                "UPDATE ingestion_jobs SET status = 'failed', error_message = :message,"
-                " completed_at = clock_timestamp(), leased_by = NULL, lease_expires_at = NULL"
-                " WHERE id = :id"
-            ),
-            {"id": claim.id, "message": message},
-        )
+        _mark_failed(session, claim, work, message)
     log.info("ingestion %s failed: %s", claim.id, message)
+
+
+def _mark_failed(session: Session, claim: Claim, work: _Work, message: str) -> None:
+    session.execute(
+        text(
+            "UPDATE dataset_versions SET status = 'failed', error_message = :message"
+            " WHERE id = :id"
+        ),
+        {"id": work.version_id, "message": message},
+    )
+    session.execute(
+        text(
+            "UPDATE ingestion_jobs SET status = 'failed', error_message = :message,"
+            " completed_at = clock_timestamp(), leased_by = NULL, lease_expires_at = NULL"
+            " WHERE id = :id"
+        ),
+        {"id": claim.id, "message": message},
+    )
 
 
 def _dumps(value: Any) -> str:

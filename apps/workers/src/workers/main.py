@@ -141,7 +141,9 @@ class Worker:
         log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
         try:
             if claim.kind == "ingestion":
-                outcome = run_ingestion(self.engine, self.storage, claim)
+                outcome = run_ingestion(
+                    self.engine, self.storage, claim, limits=self.settings.tier_limits
+                )
             else:
                 outcome = run_job(
                     self.engine,
@@ -149,6 +151,7 @@ class Worker:
                     claim,
                     lease_seconds=self.settings.lease_seconds,
                     stop=self.stopping,
+                    limits=self.settings.tier_limits,
                 )
         except LeaseLost as exc:
             log.warning("%s", exc)

@@ -89,6 +89,19 @@ class PurchaseAmountMismatch(RuleViolation):
     """A purchase whose amount is not its package's credits (ML009)."""
 
 
+class PurchaseUnpaid(RuleViolation):
+    """A purchase that names no package or no payment reference (ML020)."""
+
+
+class AdjustmentNotAllowed(RuleViolation):
+    """An adjustment written by a role that is neither the owner nor an operator
+    calling ``public.credit_adjust`` (ML021): the applications' role, for one."""
+
+
+class SizeReadOnly(RuleViolation):
+    """A stored size (a version's or a model's bytes) changed once set (ML022)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -206,6 +219,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML007": PackageUnavailable,
     "ML008": PackageTierRestricted,
     "ML009": PurchaseAmountMismatch,
+    "ML020": PurchaseUnpaid,
+    "ML021": AdjustmentNotAllowed,
+    "ML022": SizeReadOnly,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
