@@ -26,6 +26,9 @@ DECLARE
     v_name text;
     v_tier public.user_tier;
 BEGIN
+    IF NEW.user_id IS NULL OR NEW.amount IS NULL THEN
+        RETURN NEW;  -- credit_tx_before_insert refuses it (23502)
+    END IF;
     IF NEW.amount <= 0 THEN
         RAISE EXCEPTION 'a purchase adds credits: amount % is not positive', NEW.amount
             USING ERRCODE = 'check_violation',
