@@ -95,7 +95,7 @@ def ledger_state(sql: Any) -> tuple[Any, ...]:
 def test_the_apps_role_cannot_make_credits(sql, engine, app_engine):
     user_id = make_user(sql)
     package_id = make_credit_package(sql, credits=100)
-    with Session(engine) as s:  # the owner
+    with Session(engine, expire_on_commit=False) as s:  # the owner
         credits.adjust(s, user_id, 10, "opening", "tests")
     before = ledger_state(sql)
     cases: list[tuple[str, dict[str, Any], type[errors.DatabaseError]]] = [
@@ -164,7 +164,7 @@ def test_the_apps_role_cannot_make_credits(sql, engine, app_engine):
         run_as(app_engine, cases[5][0], u=user_id)
     assert adjust.value.sqlstate == "ML021"
     # The package's function too: adjust is an operator's call.
-    with Session(app_engine) as s, pytest.raises(errors.PermissionDenied):
+    with Session(app_engine, expire_on_commit=False) as s, pytest.raises(errors.PermissionDenied):
         credits.adjust(s, user_id, 5, "gift", "me")
     assert ledger_state(sql) == before
     assert verify(engine).ok
@@ -174,7 +174,7 @@ def test_the_apps_role_still_sells_credits(sql, app_engine):
     """The dev purchase's and the Stripe webhook's path: a package and a reference."""
     user_id = make_user(sql)
     package_id = make_credit_package(sql, credits=100)
-    with Session(app_engine) as s:
+    with Session(app_engine, expire_on_commit=False) as s:
         assert credits.purchase(s, user_id, package_id, "pi_3Nstripe").balance_after == 100
         ref = f"dev:{user_id}:{uuid.uuid4()}"
         assert credits.purchase(s, user_id, package_id, ref).balance_after == 200
@@ -189,9 +189,9 @@ def test_the_apps_role_still_sells_credits(sql, app_engine):
 def test_owner_and_operator_adjust(sql, engine, operator_engine):
     user_id = make_user(sql)
     package_id = make_credit_package(sql, credits=100)
-    with Session(engine) as s:  # the owner (the migrator): directly, as before
+    with Session(engine, expire_on_commit=False) as s:  # the owner (the migrator): directly, as before
         assert credits.adjust(s, user_id, 50, "opening", "tests").balance_after == 50
-    with Session(operator_engine) as s:
+    with Session(operator_engine, expire_on_commit=False) as s:
         entry = credits.adjust(s, user_id, 25, "goodwill", "ops:ada", idempotency_key="t-1")
         assert (entry.balance_after, entry.actor, entry.amount) == (75, "ops:ada", 25)
         again = credits.adjust(s, user_id, 25, "goodwill", "ops:ada", idempotency_key="t-1")
@@ -466,7 +466,7 @@ def test_verify_repairs_model_bytes(sql, engine):
 def test_verify_reports_entries_no_rule_could_produce(sql, engine, capsys):
     user_id = make_user(sql)
     package_id = make_credit_package(sql, credits=100)
-    with Session(engine) as s:
+    with Session(engine, expire_on_commit=False) as s:
         credits.purchase(s, user_id, package_id, "pi_fine")
         credits.adjust(s, user_id, 5, "fine", "tests")
     assert verify(engine).ok
@@ -535,7 +535,7 @@ def test_concurrent_on_conflict_id_do_nothing_moves_no_credits(sql, engine, seco
     """Two transactions insert one new id with ON CONFLICT (id) DO NOTHING: the second
     waits for the first, then skips its row, and its balance must not move."""
     users = [make_user(sql), make_user(sql)]
-    with Session(engine) as s:
+    with Session(engine, expire_on_commit=False) as s:
         for u in users:
             credits.adjust(s, u, 100, "opening", "tests")
     entry_id = uuid.uuid4()
