@@ -6,9 +6,9 @@
 --   * the user's tier may buy it: pro_only is for pro and enterprise users,
 --     enterprise_only for enterprise users            -> ML008 package_tier_restricted
 --   * the amount is exactly the package's credits     -> ML009 purchase_amount_mismatch
---   * it names a package and a payment reference (stripe_payment_id: a Stripe
---     payment id, or the API's dev:<user>:<key> for a development purchase)
---                                                     -> ML020 purchase_unpaid
+--   * it names a package (checked first) and a payment reference (checked
+--     last; stripe_payment_id: a Stripe payment id, or the API's
+--     dev:<user>:<key> for a development purchase)    -> ML020 purchase_unpaid
 -- Credit that comes from anywhere else is an adjustment (credit_adjustment.sql).
 -- The package row is share-locked, so deactivating a package waits for the
 -- purchases that saw it active, and none commits after it.
@@ -34,10 +34,8 @@ BEGIN
             USING ERRCODE = 'check_violation',
                   CONSTRAINT = 'ck_credit_transactions_amount_sign';
     END IF;
-    IF NEW.package_id IS NULL OR NEW.stripe_payment_id IS NULL
-       OR btrim(NEW.stripe_payment_id) = '' THEN
-        RAISE EXCEPTION 'a purchase names the package bought and the payment: % missing',
-            CASE WHEN NEW.package_id IS NULL THEN 'package_id' ELSE 'stripe_payment_id' END
+    IF NEW.package_id IS NULL THEN
+        RAISE EXCEPTION 'a purchase names the package bought: package_id is missing'
             USING ERRCODE = 'ML020',
                   HINT = 'credit given for any other reason is an adjustment, made by an operator';
     END IF;
@@ -77,6 +75,12 @@ BEGIN
             v_name, v_credits, NEW.amount
             USING ERRCODE = 'ML009',
                   DETAIL = format('credits=%s amount=%s', v_credits, NEW.amount);
+    END IF;
+
+    IF NEW.stripe_payment_id IS NULL OR btrim(NEW.stripe_payment_id) = '' THEN
+        RAISE EXCEPTION 'a purchase names its payment: stripe_payment_id is missing'
+            USING ERRCODE = 'ML020',
+                  HINT = 'the Stripe payment id, or dev:<user>:<key> for a development purchase';
     END IF;
     RETURN NEW;
 END;
