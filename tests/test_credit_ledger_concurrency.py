@@ -129,9 +129,7 @@ def test_concurrent_purchases_and_charges(engine: Engine, db: Ledger) -> None:
     pk = db.package_for(5)
     attempts = [
         {"u": u, "t": "purchase", "a": 5, "p": f"pi_{i}", "pk": pk} for i in range(half)
-    ] + [
-        {"u": u, "t": "consumption", "a": -7, "j": j} for j in jobs
-    ]
+    ] + [{"u": u, "t": "consumption", "a": -7, "j": j} for j in jobs]
     with watched(engine, u):
         results = race(engine, attempts)
     purchases, charges = results[:half], results[half:]

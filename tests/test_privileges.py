@@ -189,7 +189,8 @@ def test_the_apps_role_still_sells_credits(sql, app_engine):
 def test_owner_and_operator_adjust(sql, engine, operator_engine):
     user_id = make_user(sql)
     package_id = make_credit_package(sql, credits=100)
-    with Session(engine, expire_on_commit=False) as s:  # the owner (the migrator): directly, as before
+    # The owner (the migrator): directly, as before.
+    with Session(engine, expire_on_commit=False) as s:
         assert credits.adjust(s, user_id, 50, "opening", "tests").balance_after == 50
     with Session(operator_engine, expire_on_commit=False) as s:
         entry = credits.adjust(s, user_id, 25, "goodwill", "ops:ada", idempotency_key="t-1")
@@ -347,8 +348,7 @@ def test_sizes_are_written_once(sql, app_engine):
     # apps' role.
     run_as(
         app_engine,
-        "UPDATE dataset_versions SET parquet_size_bytes = 300, status = 'completed'"
-        " WHERE id = :v",
+        "UPDATE dataset_versions SET parquet_size_bytes = 300, status = 'completed' WHERE id = :v",
         v=version,
     )
     assert storage(sql, user_id) == 1800
@@ -372,7 +372,9 @@ def test_sizes_are_written_once(sql, app_engine):
     assert (sql("SELECT * FROM dataset_versions ORDER BY id"), storage(sql, user_id)) == before
     # Setting a size to the value it has is no change; other columns stay writable.
     run_as(app_engine, "UPDATE dataset_versions SET original_size_bytes = 1000, row_count = 3")
-    run_as(app_engine, "UPDATE models SET size_bytes = 500, name = 'renamed' WHERE id = :m", m=model)
+    run_as(
+        app_engine, "UPDATE models SET size_bytes = 500, name = 'renamed' WHERE id = :m", m=model
+    )
     assert storage(sql, user_id) == 1800
     assert verify(app_engine).ok
 

@@ -116,9 +116,7 @@ def run_ingestion(
         _fail(engine, claim, work, f"ingestion failed unexpectedly ({type(exc).__name__})")
         return "failed"
     try:
-        kept = _complete(
-            engine, claim, work, location, size, metadata, stats, limits or Limits()
-        )
+        kept = _complete(engine, claim, work, location, size, metadata, stats, limits or Limits())
     except BaseException:
         storage.delete(location)
         raise
@@ -224,8 +222,7 @@ def _fail(engine: Engine, claim: Claim, work: _Work, message: str) -> None:
 def _mark_failed(session: Session, claim: Claim, work: _Work, message: str) -> None:
     session.execute(
         text(
-            "UPDATE dataset_versions SET status = 'failed', error_message = :message"
-            " WHERE id = :id"
+            "UPDATE dataset_versions SET status = 'failed', error_message = :message WHERE id = :id"
         ),
         {"id": work.version_id, "message": message},
     )
