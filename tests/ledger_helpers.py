@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 ADMIN = "admin@example.com"
+#: Name prefix of the packages ``Ledger.paid`` makes: not part of ``db_state``.
+AUTO_PACKAGE = "auto-package-"
 
 
 class Ledger:
@@ -23,6 +25,7 @@ class Ledger:
     def __init__(self, sql: Any) -> None:
         self.sql = sql
         self._n = 0
+        self._packages: dict[int, uuid.UUID] = {}
 
     # --- rows ----------------------------------------------------------------------
     def user(self, credits: int = 0) -> uuid.UUID:
@@ -69,7 +72,9 @@ class Ledger:
 
     # --- ledger entries -------------------------------------------------------------
     def insert(self, user: uuid.UUID | None, type: str, amount: int | None, **cols: Any) -> Any:
-        """One ledger entry; returns (id, balance_after, created_at)."""
+        """One ledger entry; returns (id, balance_after, created_at). A purchase gets
+        a package and a payment reference (``paid``) unless the columns are given."""
+        cols = self.paid(type, amount, cols)
         names = ["user_id", "type", "amount", *cols]
         params = {"user_id": user, "type": type, "amount": amount, **cols}
         return self.sql(
@@ -79,8 +84,34 @@ class Ledger:
             **params,
         )[0]
 
+    def paid(self, type: str, amount: Any, cols: dict[str, Any]) -> dict[str, Any]:
+        """``cols`` of a purchase as the rules want it (ML020): a package of ``amount``
+        credits (one per amount, made on first use) and a payment reference of its
+        own, unless ``package_id`` / ``stripe_payment_id`` are given (None: NULL).
+        Other types are returned as they are."""
+        if type != "purchase":
+            return cols
+        cols = dict(cols)
+        if "package_id" not in cols and isinstance(amount, int) and amount > 0:
+            cols["package_id"] = self.package_for(amount)
+        if "stripe_payment_id" not in cols:
+            self._n += 1
+            cols["stripe_payment_id"] = f"pi_test_{self._n}_{uuid.uuid4().hex[:8]}"
+        return cols
+
     def purchase(self, user: uuid.UUID, amount: int, **cols: Any) -> Any:
         return self.insert(user, "purchase", amount, **cols)
+
+    def package_for(self, credits: int) -> uuid.UUID:
+        """The package of ``credits`` credits (made once per Ledger)."""
+        if credits not in self._packages:
+            self._packages[credits] = self.sql(
+                "INSERT INTO credit_packages(name, credits, price_cents) VALUES (:n, :c, 999)"
+                " RETURNING id",
+                n=f"{AUTO_PACKAGE}{credits}-{uuid.uuid4().hex[:8]}",
+                c=credits,
+            )[0][0]
+        return self._packages[credits]
 
     def charge(self, user: uuid.UUID, job: uuid.UUID | None, credits: int, **cols: Any) -> Any:
         """A consumption of ``credits`` (given positive, stored negative)."""
@@ -127,7 +158,7 @@ def db_state(sql: Any) -> tuple[Any, ...]:
             " FROM credit_transactions ORDER BY id"
         ),
         sql("SELECT id, user_id FROM jobs ORDER BY id"),
-        sql("SELECT id FROM credit_packages ORDER BY id"),
+        sql(f"SELECT id FROM credit_packages WHERE name NOT LIKE '{AUTO_PACKAGE}%' ORDER BY id"),
     )
 
 

@@ -64,6 +64,7 @@ def entry(
     """One ledger entry through raw SQL or the ORM; returns its stored balance_after."""
     if via == "sql":
         return db.insert(user, type, amount, **cols).balance_after
+    cols = db.paid(type, amount, cols)
     tx = orm_add(session, user_id=user, type=TransactionType(type), amount=amount, **cols)
     return db.sql("SELECT balance_after FROM credit_transactions WHERE id = :i", i=tx.id)[0][0]
 
@@ -114,7 +115,7 @@ def test_entries_of_one_transaction_and_one_statement_chain(engine: Any, db: Led
         " VALUES (:u, :t, :a, :j, :actor, :d) RETURNING balance_after, created_at"
     )
     steps = [
-        ("purchase", 20, None, None, None),
+        ("adjustment", 20, None, ADMIN, "opening"),
         ("consumption", -12, j1, None, None),
         ("refund", 12, j1, None, None),
         ("adjustment", -13, None, ADMIN, "goodwill reversal"),
@@ -133,9 +134,9 @@ def test_entries_of_one_transaction_and_one_statement_chain(engine: Any, db: Led
 
     # One statement, several rows: each row's trigger sees the rows before it.
     rows = db.sql(
-        "INSERT INTO credit_transactions(user_id, type, amount, job_id)"
-        " VALUES (:u, 'purchase', 10, NULL), (:u, 'purchase', 20, NULL),"
-        "        (:u, 'consumption', -25, :j), (:u, 'refund', 25, :j)"
+        "INSERT INTO credit_transactions(user_id, type, amount, job_id, actor, description)"
+        " VALUES (:u, 'adjustment', 10, NULL, 'a', 'b'), (:u, 'adjustment', 20, NULL, 'a', 'b'),"
+        "        (:u, 'consumption', -25, :j, NULL, NULL), (:u, 'refund', 25, :j, NULL, NULL)"
         " RETURNING balance_after",
         u=u,
         j=j3,
@@ -148,7 +149,13 @@ def test_orm_flush_of_many_entries_returns_each_balance_after(db: Ledger, sessio
     u = db.user()
     j = db.job(u)
     txs = [
-        CreditTransaction(user_id=u, type=TransactionType.PURCHASE, amount=10),
+        CreditTransaction(
+            user_id=u,
+            type=TransactionType.PURCHASE,
+            amount=10,
+            package_id=db.package_for(10),
+            stripe_payment_id="pi_flush",
+        ),
         CreditTransaction(user_id=u, type=TransactionType.CONSUMPTION, amount=-3, job_id=j),
         CreditTransaction(
             user_id=u,
@@ -168,7 +175,14 @@ def test_orm_flush_of_many_entries_returns_each_balance_after(db: Ledger, sessio
 
 def test_orm_object_shows_the_stored_balance_after(db: Ledger, session: Session) -> None:
     u = db.user(credits=50)
-    tx = orm_add(session, user_id=u, type=TransactionType.PURCHASE, amount=7, balance_after=1)
+    tx = orm_add(
+        session,
+        user_id=u,
+        type=TransactionType.PURCHASE,
+        amount=7,
+        balance_after=1,
+        **db.paid("purchase", 7, {}),
+    )
     stored = db.sql("SELECT balance_after FROM credit_transactions WHERE id = :i", i=tx.id)
     assert stored[0][0] == 57
     assert tx.balance_after == 57
@@ -416,9 +430,10 @@ def test_overdraw_refuses_the_whole_statement_and_transaction(engine: Any, db: L
     with refused(db.sql, errors.InsufficientCredits) as info, engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO credit_transactions(user_id, type, amount) VALUES (:u, 'purchase', 50)"
+                "INSERT INTO credit_transactions(user_id, type, amount, package_id,"
+                " stripe_payment_id) VALUES (:u, 'purchase', 50, :p, 'pi_overdraw')"
             ),
-            {"u": u},
+            {"u": u, "p": db.package_for(50)},
         )
         conn.execute(
             text(
@@ -462,8 +477,9 @@ def test_deleted_user_cannot_purchase(db: Ledger, session: Session, subtests: An
     user.is_deleted = True
     user.deleted_at = dt.datetime.now(dt.UTC)
     session.commit()
+    paid = db.paid("purchase", 1, {})
     with refused(db.sql, errors.UserDeleted):
-        orm_add(session, user_id=u, type=TransactionType.PURCHASE, amount=1)
+        orm_add(session, user_id=u, type=TransactionType.PURCHASE, amount=1, **paid)
     assert assert_consistent(db.sql, u) == 15
 
 
@@ -667,7 +683,7 @@ IMMUTABLE_STATEMENTS = [
     "DELETE FROM credit_transactions WHERE type = 'consumption'",
     "WITH gone AS (DELETE FROM credit_transactions RETURNING amount) SELECT sum(amount) FROM gone",
     "INSERT INTO credit_transactions(id, user_id, type, amount)"
-    " VALUES (:t, :u, 'purchase', 5) ON CONFLICT (id) DO UPDATE SET amount = 5000",
+    " VALUES (:t, :u, 'adjustment', 5) ON CONFLICT (id) DO UPDATE SET amount = 5000",
     "TRUNCATE credit_transactions",
     "TRUNCATE credit_transactions RESTART IDENTITY CASCADE",
     "TRUNCATE jobs CASCADE",
@@ -766,7 +782,8 @@ def test_credit_balance_cannot_be_written(
     ):
         conn.execute(
             text(
-                "INSERT INTO credit_transactions(user_id, type, amount) VALUES (:u, 'purchase', 5)"
+                "INSERT INTO credit_transactions(user_id, type, amount, actor, description)"
+                " VALUES (:u, 'adjustment', 5, 'a', 'b')"
             ),
             {"u": u},
         )

@@ -29,8 +29,8 @@ RACERS = 48
 GUARD_S = 60  # a stuck barrier or lock wait fails the test instead of hanging it
 
 INSERT = text(
-    "INSERT INTO credit_transactions(user_id, type, amount, job_id, stripe_payment_id)"
-    " VALUES (:u, :t, :a, :j, :p) RETURNING balance_after"
+    "INSERT INTO credit_transactions(user_id, type, amount, job_id, stripe_payment_id,"
+    " package_id) VALUES (:u, :t, :a, :j, :p, :pk) RETURNING balance_after"
 )
 
 
@@ -51,7 +51,9 @@ def race(engine: Engine, attempts: list[dict[str, Any]]) -> list[Any]:
             barrier.wait(timeout=GUARD_S)
             try:
                 with conn.begin():
-                    return conn.execute(INSERT, {"j": None, "p": None, **params}).scalar_one()
+                    return conn.execute(
+                        INSERT, {"j": None, "p": None, "pk": None, **params}
+                    ).scalar_one()
             except errors.DatabaseError as exc:
                 return exc
 
@@ -124,9 +126,10 @@ def test_concurrent_purchases_and_charges(engine: Engine, db: Ledger) -> None:
     u = db.user(credits=30)
     half = RACERS // 2
     jobs = db.jobs(u, half)
-    attempts = [{"u": u, "t": "purchase", "a": 5, "p": f"pi_{i}"} for i in range(half)] + [
-        {"u": u, "t": "consumption", "a": -7, "j": j} for j in jobs
-    ]
+    pk = db.package_for(5)
+    attempts = [
+        {"u": u, "t": "purchase", "a": 5, "p": f"pi_{i}", "pk": pk} for i in range(half)
+    ] + [{"u": u, "t": "consumption", "a": -7, "j": j} for j in jobs]
     with watched(engine, u):
         results = race(engine, attempts)
     purchases, charges = results[:half], results[half:]
@@ -175,7 +178,10 @@ def test_concurrent_refunds_of_one_job(engine: Engine, db: Ledger) -> None:
 
 def test_concurrent_duplicate_stripe_payment_across_users(engine: Engine, db: Ledger) -> None:
     users = [db.user() for _ in range(32)]
-    results = race(engine, [{"u": u, "t": "purchase", "a": 50, "p": "pi_same"} for u in users])
+    pk = db.package_for(50)
+    results = race(
+        engine, [{"u": u, "t": "purchase", "a": 50, "p": "pi_same", "pk": pk} for u in users]
+    )
     ok, failed = outcomes(results)
     assert ok == [50]
     assert set(failed) == {errors.DuplicatePayment}
@@ -237,7 +243,7 @@ def test_waiting_charge_sees_the_committed_balance(
 
     def charge(job: uuid.UUID) -> Callable[[Connection], Any]:
         return lambda c: c.execute(
-            INSERT, {"u": u, "t": "consumption", "a": -60, "j": job, "p": None}
+            INSERT, {"u": u, "t": "consumption", "a": -60, "j": job, "p": None, "pk": None}
         ).scalar_one()
 
     result = blocked_behind(engine, db, charge(j1), charge(j2), commit_first)
@@ -253,6 +259,7 @@ def test_waiting_charge_sees_the_committed_balance(
 
 def test_purchase_waiting_on_a_soft_delete_is_refused(engine: Engine, db: Ledger) -> None:
     u = db.user(credits=10)
+    pk = db.package_for(5)
     result = blocked_behind(
         engine,
         db,
@@ -261,7 +268,7 @@ def test_purchase_waiting_on_a_soft_delete_is_refused(engine: Engine, db: Ledger
             {"u": u},
         ),
         lambda c: c.execute(
-            INSERT, {"u": u, "t": "purchase", "a": 5, "j": None, "p": "pi_late"}
+            INSERT, {"u": u, "t": "purchase", "a": 5, "j": None, "p": "pi_late", "pk": pk}
         ).scalar_one(),
         commit_first=True,
     )
@@ -273,7 +280,8 @@ def test_purchase_waiting_on_a_soft_delete_is_refused(engine: Engine, db: Ledger
 def test_latest_entry_by_created_at_holds_the_balance(engine: Engine, db: Ledger) -> None:
     u = db.user(credits=10)
     purchase = text(
-        "INSERT INTO credit_transactions(user_id, type, amount) VALUES (:u, 'purchase', :a)"
+        "INSERT INTO credit_transactions(user_id, type, amount, actor, description)"
+        " VALUES (:u, 'adjustment', :a, 'tests', 'credit')"
     )
     with engine.connect() as early, engine.connect() as late:
         early.begin()

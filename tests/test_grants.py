@@ -50,7 +50,7 @@ def as_app(app_engine: Engine, statement: str, **params: Any) -> list[Any]:
         return list(result) if result.returns_rows else []
 
 
-def test_the_app_role_does_the_apps_work(sql, app_engine, tmp_path):
+def test_the_app_role_does_the_apps_work(sql, engine, app_engine, tmp_path):
     user_id = make_user(sql)
     package_id = make_credit_package(sql, credits=100)
     job_id = make_job(sql, user_id, credit_cost=30)
@@ -62,6 +62,8 @@ def test_the_app_role_does_the_apps_work(sql, app_engine, tmp_path):
         assert credits.charge_job(s, job_id).balance_after == 70  # type: ignore[union-attr]
         assert credits.refund_job(s, job_id, "failed").balance_after == 100
         credits.charge_job(s, other_job)
+    # Adjustments are an operator's (test_privileges): the owner makes this one.
+    with sessionmaker(bind=engine)() as s:
         assert credits.adjust(s, user_id, -5, "fee", "support").balance_after == 85
     # Plain data access, with the counters still maintained by the triggers.
     dataset = as_app(
@@ -76,9 +78,7 @@ def test_the_app_role_does_the_apps_work(sql, app_engine, tmp_path):
         d=dataset,
         u=user_id,
     )
-    as_app(
-        app_engine, "UPDATE users SET full_name = 'Grace', tier = 'pro' WHERE id = :u", u=user_id
-    )
+    as_app(app_engine, "UPDATE users SET full_name = 'Grace' WHERE id = :u", u=user_id)
     as_app(app_engine, "INSERT INTO users (email) VALUES ('new@example.com')")
     row = sql(
         "SELECT credit_balance, dataset_count, storage_used_bytes FROM users WHERE id = :u",
@@ -101,6 +101,13 @@ FORBIDDEN = [
     "UPDATE users SET credit_balance = 1000",
     "UPDATE users SET dataset_count = 0, storage_used_bytes = 0",
     "INSERT INTO users (email, credit_balance) VALUES ('rich@example.com', 1000)",
+    "INSERT INTO users (email, tier) VALUES ('vip@example.com', 'enterprise')",
+    "UPDATE users SET tier = 'enterprise'",
+    "UPDATE credit_packages SET credits = 1000000",
+    "UPDATE credit_packages SET price_cents = 0",
+    "INSERT INTO credit_packages (name, credits, price_cents) VALUES ('free money', 10000, 0)",
+    "DELETE FROM credit_packages",
+    "SELECT * FROM public.credit_adjust((SELECT id FROM users LIMIT 1), 1000000, 'x', 'y', NULL)",
     "DELETE FROM users",
     "ALTER TABLE credit_transactions DISABLE TRIGGER credit_tx_no_update_delete",
     "ALTER TABLE users DISABLE TRIGGER ALL",
@@ -240,7 +247,7 @@ def test_cli_grant(sql, engine, cli_db, capsys):
         assert "--create" in capsys.readouterr().err
         assert cli.main(["grant", name, "--create"]) == 0
         out = capsys.readouterr().out
-        assert f"role {name} (created)" in out and "GRANT SELECT, INSERT ON" in out
+        assert f"role {name} (apps, created)" in out and "GRANT SELECT, INSERT ON" in out
         assert scalar(sql, "SELECT rolcanlogin FROM pg_roles WHERE rolname = :r", r=name)
         assert cli.main(["grant", "postgres"]) == 1
     finally:

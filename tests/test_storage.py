@@ -50,27 +50,23 @@ def test_insert_update_and_delete_of_versions(sql):
     d = make_dataset(sql, u)
     v = make_version(sql, d)
     assert storage(sql, u) == 0
-    # NULL -> value
+    # NULL -> value (the upload, then the worker's Parquet copy)
     sql("UPDATE dataset_versions SET original_size_bytes = 500 WHERE id = :v", v=v)
     assert storage(sql, u) == 500
     sql("UPDATE dataset_versions SET parquet_size_bytes = 200 WHERE id = :v", v=v)
     assert storage(sql, u) == 700
-    # value -> other value, both at once
-    sql(
-        "UPDATE dataset_versions SET original_size_bytes = 1000, parquet_size_bytes = 1"
-        " WHERE id = :v",
-        v=v,
-    )
-    assert storage(sql, u) == 1001
-    # value -> NULL
-    sql("UPDATE dataset_versions SET original_size_bytes = NULL WHERE id = :v", v=v)
-    assert storage(sql, u) == 1
-    sql("UPDATE dataset_versions SET parquet_size_bytes = NULL WHERE id = :v", v=v)
-    assert storage(sql, u) == 0
+    # value -> other value, or -> NULL: sizes are written once (ML022)
+    for statement in (
+        "UPDATE dataset_versions SET original_size_bytes = 1000, parquet_size_bytes = 1",
+        "UPDATE dataset_versions SET original_size_bytes = NULL",
+        "UPDATE dataset_versions SET parquet_size_bytes = NULL",
+    ):
+        with pytest.raises(errors.SizeReadOnly):
+            sql(statement + " WHERE id = :v", v=v)
+    assert storage(sql, u) == 700
     # an update of another column changes nothing
-    sql("UPDATE dataset_versions SET parquet_size_bytes = 9 WHERE id = :v", v=v)
     sql("UPDATE dataset_versions SET status = 'completed', row_count = 3 WHERE id = :v", v=v)
-    assert storage(sql, u) == 9
+    assert storage(sql, u) == 700
     assert_consistent(sql, u)
 
     # delete of version:
@@ -233,14 +229,15 @@ def test_bulk_insert_update_delete_across_users(sql):
         ids=datasets,
     )
     assert [storage(sql, u) for u in users] == [101, 404, 909]
-    sql(
-        "UPDATE dataset_versions SET parquet_size_bytes = NULL"
-        " WHERE user_id = ANY(CAST(:ids AS uuid[]))",
-        ids=users,
-    )
-    assert [storage(sql, u) for u in users] == [100, 400, 900]
+    with pytest.raises(errors.SizeReadOnly):  # sizes are written once
+        sql(
+            "UPDATE dataset_versions SET parquet_size_bytes = NULL"
+            " WHERE user_id = ANY(CAST(:ids AS uuid[]))",
+            ids=users,
+        )
+    assert [storage(sql, u) for u in users] == [101, 404, 909]
     sql("DELETE FROM dataset_versions WHERE user_id = ANY(CAST(:ids AS uuid[]))", ids=users[1:])
-    assert [storage(sql, u) for u in users] == [100, 0, 0]
+    assert [storage(sql, u) for u in users] == [101, 0, 0]
     sql("DELETE FROM datasets WHERE user_id = ANY(CAST(:ids AS uuid[]))", ids=users)
     assert [storage(sql, u) for u in users] == [0, 0, 0]
     assert_consistent(sql, *users)
@@ -266,11 +263,19 @@ def test_orm_insert_update_delete(session: Session):
     assert _orm_storage(session, user.id) == 1050
 
     v1.parquet_size_bytes = 400
-    v2.parquet_size_bytes = None
+    v2.original_size_bytes = 7
     session.commit()
-    assert _orm_storage(session, user.id) == 1400
+    assert _orm_storage(session, user.id) == 1457
+    v2.parquet_size_bytes = None
+    with pytest.raises(errors.SizeReadOnly):
+        session.commit()
+    session.rollback()
+    assert _orm_storage(session, user.id) == 1457
 
     session.delete(v1)
+    session.commit()
+    assert _orm_storage(session, user.id) == 57
+    session.delete(v2)
     session.commit()
     assert _orm_storage(session, user.id) == 0
 
@@ -297,12 +302,21 @@ def test_orm_insert_update_delete(session: Session):
         ]
     )
     session.commit()
+    # The worker's Parquet sizes, set once in bulk; changing them after is refused.
     session.execute(
         update(DatasetVersion)
         .where(DatasetVersion.dataset_id == ds.id)
-        .values(original_size_bytes=DatasetVersion.original_size_bytes * 3)
+        .values(parquet_size_bytes=DatasetVersion.original_size_bytes * 2)
     )
     session.commit()
+    assert _orm_storage(session, user.id) == 150
+    with pytest.raises(errors.SizeReadOnly):
+        session.execute(
+            update(DatasetVersion)
+            .where(DatasetVersion.dataset_id == ds.id)
+            .values(original_size_bytes=DatasetVersion.original_size_bytes * 3)
+        )
+    session.rollback()
     assert _orm_storage(session, user.id) == 150
 
 
@@ -366,7 +380,7 @@ def test_concurrent_uploads_for_one_user(engine: Engine, sql):
 
 
 def test_concurrent_owner_moves_and_uploads(engine: Engine, sql):
-    """a's datasets move to b while b uploads new versions and a resizes its own."""
+    """a's datasets move to b while b uploads new versions and a's Parquet sizes land."""
     a, b = make_user(sql), make_user(sql)
     moving = []
     for _ in range(6):
@@ -392,7 +406,7 @@ def test_concurrent_owner_moves_and_uploads(engine: Engine, sql):
                 else:
                     run(
                         conn,
-                        "UPDATE dataset_versions SET original_size_bytes = 5 WHERE id = :v",
+                        "UPDATE dataset_versions SET parquet_size_bytes = 4 WHERE id = :v",
                         v=resized[i - 9],
                     )
         except BaseException as exc:  # noqa: BLE001

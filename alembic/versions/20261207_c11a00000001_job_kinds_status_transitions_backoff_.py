@@ -7,7 +7,7 @@ from the versions) and the counter-based numbering of dataset_versions.sql;
 ix_datasets_current_version_id.
 
 Revision ID: c11a00000001
-Revises: e899cb3ffb86
+Revises: c12a00000001
 Create Date: 2026-12-07 04:55:03.113456+00:00
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "c11a00000001"
-down_revision: str | Sequence[str] | None = "e899cb3ffb86"
+down_revision: str | Sequence[str] | None = "c12a00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

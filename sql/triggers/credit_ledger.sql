@@ -8,9 +8,10 @@
 --   * a soft-deleted user cannot buy                       -> ML005 user_deleted
 --   * UPDATE, DELETE and TRUNCATE of the ledger fail        -> ML002 ledger_immutable
 --   * duplicates (a Stripe payment, a job's charge or refund, an entry id) are
---     refused here, under the user's row lock, with the unique index's name: the
---     indexes alone would let INSERT ... ON CONFLICT DO NOTHING skip a row after
---     its balance had moved;
+--     refused here, under the user's row lock (and, for the id, a transaction lock
+--     on the id, as one id could be sent for two users), with the unique index's
+--     name or ML002: the indexes alone would let INSERT ... ON CONFLICT DO NOTHING
+--     skip a row after its balance had moved;
 --   * an entry is dated when it is applied (clock_timestamp() under the row lock),
 --     so the latest entry by created_at is the one that holds the balance.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
@@ -45,6 +46,15 @@ BEGIN
             USING ERRCODE = 'check_violation',
                   CONSTRAINT = 'ck_credit_transactions_job_only_for_charges';
     END IF;
+
+    -- Entries of one id, for whatever user, are applied one at a time: the lock is
+    -- held to the end of the transaction, and every statement below starts after it
+    -- was granted, so it sees an entry of this id that committed meanwhile. Without
+    -- it, two concurrent INSERT ... ON CONFLICT (id) DO NOTHING of one new id both
+    -- passed the id test (its snapshot predates the other's commit) and the second
+    -- moved the balance, then skipped its row on the conflict. Costs one statement
+    -- per entry (docs/performance.md).
+    PERFORM pg_advisory_xact_lock(hashtextextended('ledger-id:' || NEW.id::text, 0));
 
     -- Duplicates are tested under the user's row lock, so one user's are checked one
     -- at a time. A purchase with a payment id and a refund lock the row first; a
@@ -85,8 +95,9 @@ BEGIN
     END IF;
     -- An entry id that exists already is refused before the balance moves. For
     -- every type but refunds that test is part of the balance UPDATE below (NOT
-    -- EXISTS): as a statement of its own it cost a fifth of the trigger's time per
-    -- charge (docs/performance.md). A refund tests it first, as its rules come next.
+    -- EXISTS, which sees every entry of this id committed before the id lock above
+    -- was granted): as a statement of its own it cost a fifth of the trigger's time
+    -- per charge (docs/performance.md). A refund tests it first, as its rules come next.
     IF NEW.type = 'refund' THEN
         IF EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id) THEN
             RAISE EXCEPTION 'ledger entry % already exists and cannot be replaced', NEW.id

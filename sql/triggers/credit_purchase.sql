@@ -6,7 +6,10 @@
 --   * the user's tier may buy it: pro_only is for pro and enterprise users,
 --     enterprise_only for enterprise users            -> ML008 package_tier_restricted
 --   * the amount is exactly the package's credits     -> ML009 purchase_amount_mismatch
--- A purchase without a package (package_id NULL) is only held to the sign rule.
+--   * it names a package (checked first) and a payment reference (checked
+--     last; stripe_payment_id: a Stripe payment id, or the API's
+--     dev:<user>:<key> for a development purchase)    -> ML020 purchase_unpaid
+-- Credit that comes from anywhere else is an adjustment (credit_adjustment.sql).
 -- The package row is share-locked, so deactivating a package waits for the
 -- purchases that saw it active, and none commits after it.
 
@@ -23,13 +26,18 @@ DECLARE
     v_name text;
     v_tier public.user_tier;
 BEGIN
+    IF NEW.user_id IS NULL OR NEW.amount IS NULL THEN
+        RETURN NEW;  -- credit_tx_before_insert refuses it (23502)
+    END IF;
     IF NEW.amount <= 0 THEN
         RAISE EXCEPTION 'a purchase adds credits: amount % is not positive', NEW.amount
             USING ERRCODE = 'check_violation',
                   CONSTRAINT = 'ck_credit_transactions_amount_sign';
     END IF;
     IF NEW.package_id IS NULL THEN
-        RETURN NEW;
+        RAISE EXCEPTION 'a purchase names the package bought: package_id is missing'
+            USING ERRCODE = 'ML020',
+                  HINT = 'credit given for any other reason is an adjustment, made by an operator';
     END IF;
 
     SELECT p.is_active, p.credits, p.tier_restriction, p.name
@@ -67,6 +75,12 @@ BEGIN
             v_name, v_credits, NEW.amount
             USING ERRCODE = 'ML009',
                   DETAIL = format('credits=%s amount=%s', v_credits, NEW.amount);
+    END IF;
+
+    IF NEW.stripe_payment_id IS NULL OR btrim(NEW.stripe_payment_id) = '' THEN
+        RAISE EXCEPTION 'a purchase names its payment: stripe_payment_id is missing'
+            USING ERRCODE = 'ML020',
+                  HINT = 'the Stripe payment id, or dev:<user>:<key> for a development purchase';
     END IF;
     RETURN NEW;
 END;

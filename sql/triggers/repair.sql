@@ -2,8 +2,8 @@
 --
 -- users_repair_derived(user) locks the user's row, recomputes dataset_count,
 -- workflow_count (workflows not soft-deleted), model_count and storage_used_bytes
--- from their tables with the triggers' own rules, and writes the columns that
--- differ. The write goes through users_guard_derived (users_derived.sql), which
+-- (the bytes of dataset versions and of models) from their tables with the
+-- triggers' own rules, and writes the columns that differ. The write goes through users_guard_derived (users_derived.sql), which
 -- lets it pass only under the transaction-local flag automl.repair = 'on' and
 -- logs every corrected column in derived_repairs. credit_balance is never
 -- repaired: the ledger is the truth and is never rewritten, so a balance that
@@ -42,6 +42,8 @@ BEGIN
       FROM public.workflows AS w WHERE w.user_id = p_user_id AND NOT w.is_deleted;
     SELECT count(*) INTO v_models FROM public.models AS m WHERE m.user_id = p_user_id;
     SELECT coalesce(sum(coalesce(v.original_size_bytes, 0) + coalesce(v.parquet_size_bytes, 0)), 0)
+           + (SELECT coalesce(sum(coalesce(m.size_bytes, 0)), 0)
+                FROM public.models AS m WHERE m.user_id = p_user_id)
       INTO v_storage
       FROM public.dataset_versions AS v WHERE v.user_id = p_user_id;
 

@@ -1,8 +1,14 @@
--- users.storage_used_bytes = sum over the user's dataset versions of
--- original_size_bytes + parquet_size_bytes (NULL counts as 0). It follows inserts,
--- changes of size or owner, deletes of versions and of whole datasets (the cascade
--- deletes their versions). Statement-level, like counters.sql, whose
+-- users.storage_used_bytes = what the user stores: the sum over the user's dataset
+-- versions of original_size_bytes + parquet_size_bytes, plus the sum over the
+-- user's models of size_bytes (the model artifact); NULL counts as 0. It follows
+-- inserts, changes of owner, deletes of versions, of whole datasets (the cascade
+-- deletes their versions) and of models. Statement-level, like counters.sql, whose
 -- users_apply_deltas does the locked update.
+--
+-- A size is written once, when its file is stored (NULL -> a value: the upload,
+-- the worker's Parquet, the model's artifact), and is read-only after: a change
+-- or a reset to NULL is refused -> ML022 size_read_only. Otherwise a client could
+-- lower the bytes counted against its quota while the files stay.
 
 CREATE OR REPLACE FUNCTION public.users_adjust_storage()
 RETURNS trigger
@@ -52,3 +58,83 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_storage();
 CREATE TRIGGER users_adjust_storage_update
 AFTER UPDATE ON dataset_versions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_storage();
+
+CREATE OR REPLACE FUNCTION public.users_adjust_model_storage()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_ids uuid[];
+    v_deltas bigint[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas
+          FROM (SELECT r.user_id, sum(coalesce(r.size_bytes, 0)) AS n
+                  FROM new_rows AS r GROUP BY r.user_id) AS s;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas
+          FROM (SELECT r.user_id, -sum(coalesce(r.size_bytes, 0)) AS n
+                  FROM old_rows AS r GROUP BY r.user_id) AS s;
+    ELSE
+        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas
+          FROM (SELECT c.user_id, sum(c.n) AS n
+                  FROM (SELECT r.user_id, coalesce(r.size_bytes, 0) AS n FROM new_rows AS r
+                        UNION ALL
+                        SELECT r.user_id, -coalesce(r.size_bytes, 0) FROM old_rows AS r) AS c
+                 GROUP BY c.user_id) AS s;
+    END IF;
+    PERFORM public.users_apply_deltas('storage_used_bytes', v_ids, v_deltas);
+    RETURN NULL;
+END;
+$$;
+
+-- The WHEN clauses of the triggers below hold the test; this only says which.
+CREATE OR REPLACE FUNCTION public.storage_size_read_only()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_old jsonb := to_jsonb(OLD);
+    v_new jsonb := to_jsonb(NEW);
+    v_column text;
+BEGIN
+    SELECT c INTO v_column
+      FROM unnest(ARRAY['original_size_bytes', 'parquet_size_bytes', 'size_bytes']) AS c
+     WHERE v_old ? c AND v_old ->> c IS NOT NULL AND v_new -> c IS DISTINCT FROM v_old -> c
+     LIMIT 1;
+    RAISE EXCEPTION '%.% is % and cannot change: sizes are written once, when the file is stored',
+        TG_TABLE_NAME, v_column, v_old ->> v_column
+        USING ERRCODE = 'ML022',
+              HINT = 'delete the row (and its file) instead; storage_used_bytes follows';
+END;
+$$;
+
+CREATE TRIGGER users_adjust_model_storage_insert
+AFTER INSERT ON models REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage();
+
+CREATE TRIGGER users_adjust_model_storage_delete
+AFTER DELETE ON models REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage();
+
+CREATE TRIGGER users_adjust_model_storage_update
+AFTER UPDATE ON models REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage();
+
+CREATE TRIGGER dataset_versions_sizes_read_only
+BEFORE UPDATE OF original_size_bytes, parquet_size_bytes ON dataset_versions
+FOR EACH ROW
+WHEN ((OLD.original_size_bytes IS NOT NULL
+       AND NEW.original_size_bytes IS DISTINCT FROM OLD.original_size_bytes)
+   OR (OLD.parquet_size_bytes IS NOT NULL
+       AND NEW.parquet_size_bytes IS DISTINCT FROM OLD.parquet_size_bytes))
+EXECUTE FUNCTION public.storage_size_read_only();
+
+CREATE TRIGGER models_size_read_only
+BEFORE UPDATE OF size_bytes ON models
+FOR EACH ROW
+WHEN (OLD.size_bytes IS NOT NULL AND NEW.size_bytes IS DISTINCT FROM OLD.size_bytes)
+EXECUTE FUNCTION public.storage_size_read_only();

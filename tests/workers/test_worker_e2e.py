@@ -26,6 +26,7 @@ from sklearn.datasets import load_iris
 from sqlalchemy import Connection, Engine, text
 
 from database import verify
+from database.limits import FreeLimits, Limits
 from pipeline.storage import Storage
 from workers import execution, queue
 from workers.ingestion import run_ingestion
@@ -210,7 +211,39 @@ def test_upload_to_trained_model(
         id=account.user_id,
     )
     assert counts.model_count == 1 and counts.dataset_count == 1
-    assert counts.storage_used_bytes == len(iris_csv()) + version.parquet_size_bytes
+    # The model's artifact counts in storage too, with the bytes stored.
+    model_size = value(engine, "SELECT size_bytes FROM models WHERE id = :id", id=listed["id"])
+    assert model_size == len(r.content) > 0
+    assert counts.storage_used_bytes == len(iris_csv()) + version.parquet_size_bytes + model_size
+    assert_books_balance(engine)
+
+
+def test_a_model_over_the_storage_quota_is_not_saved(
+    client: TestClient,
+    account: Account,
+    drain: Callable[..., Worker],
+    engine: Engine,
+    storage_dir: Path,
+) -> None:
+    uploaded = ingested_dataset(client, account, drain, iris_csv())
+    used = value(engine, "SELECT storage_used_bytes FROM users WHERE id = :id", id=account.user_id)
+    before = balance(client, account)
+    run = start_run(client, account, uploaded["dataset"]["id"])
+    # Room for a few bytes, not for the model: the save node fails, the job is refunded.
+    drain(tier_limits=Limits(free=FreeLimits(storage_bytes=used + 10)))
+    job = job_detail(client, account, run["job"]["id"])
+    assert job["status"] == "failed", job
+    nodes = {n["node_id"]: n for n in job["nodes"]}
+    assert nodes["train"]["status"] == "success"
+    assert nodes["keep"]["status"] == "failed"
+    assert "storage quota exceeded" in nodes["keep"]["error_message"]
+    assert balance(client, account) == before
+    assert value(engine, "SELECT count(*) FROM models") == 0
+    assert (
+        value(engine, "SELECT storage_used_bytes FROM users WHERE id = :id", id=account.user_id)
+        == used
+    )
+    assert not list((storage_dir / "models").rglob("*.joblib"))
     assert_books_balance(engine)
 
 

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
 from api.schemas import WorkflowDefinition
-from api.settings import ApiSettings, TierLimits
+from api.settings import ApiSettings
 from database import locks
+from database.limits import TierLimits
 from database.models import Job, JobStatus, User
 
 #: Jobs that count against the concurrent-jobs limit.

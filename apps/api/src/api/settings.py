@@ -14,53 +14,11 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from database.config import get_settings as get_database_settings
-from database.models import NodeType, UserTier
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-
-
-class TierLimits(BaseModel):
-    """What one tier may hold and run at once."""
-
-    storage_bytes: int = Field(ge=0)
-    max_datasets: int = Field(ge=0)
-    max_workflows: int = Field(ge=0)
-    max_running_jobs: int = Field(ge=0)
-
-
-class FreeLimits(TierLimits):
-    storage_bytes: int = Field(default=1 * GiB, ge=0)
-    max_datasets: int = Field(default=10, ge=0)
-    max_workflows: int = Field(default=20, ge=0)
-    max_running_jobs: int = Field(default=2, ge=0)
-
-
-class ProLimits(TierLimits):
-    storage_bytes: int = Field(default=50 * GiB, ge=0)
-    max_datasets: int = Field(default=200, ge=0)
-    max_workflows: int = Field(default=500, ge=0)
-    max_running_jobs: int = Field(default=10, ge=0)
-
-
-class EnterpriseLimits(TierLimits):
-    storage_bytes: int = Field(default=1024 * GiB, ge=0)
-    max_datasets: int = Field(default=10_000, ge=0)
-    max_workflows: int = Field(default=10_000, ge=0)
-    max_running_jobs: int = Field(default=50, ge=0)
-
-
-class Limits(BaseModel):
-    """Per tier; each value can be set alone (``TIER_LIMITS__PRO__MAX_WORKFLOWS=50``)."""
-
-    free: FreeLimits = Field(default_factory=FreeLimits)
-    pro: ProLimits = Field(default_factory=ProLimits)
-    enterprise: EnterpriseLimits = Field(default_factory=EnterpriseLimits)
-
-    def for_tier(self, tier: UserTier | str) -> TierLimits:
-        limits: TierLimits = getattr(self, UserTier(tier).value)
-        return limits
+# The tier limits live with the database package: the workers hold the storage
+# quota too (the Parquet copies and the models count against it).
+from database.limits import Limits, MiB
+from database.models import NodeType
 
 
 class NodeCredits(BaseModel):

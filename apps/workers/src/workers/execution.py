@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from database import jobs
 from database.joblog import ProgressReporter
+from database.limits import Limits
 from database.jobs import Claim
 from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
@@ -47,6 +48,8 @@ class _Run:
     models: list[str] = field(default_factory=list)
     first_error: str | None = None
     first_trace: str | None = None
+    #: The tiers' limits: a saved model must fit in its owner's storage quota.
+    tier_limits: Limits = field(default_factory=Limits)
 
 
 def _snapshot(engine: Engine, claim: Claim) -> dict[str, Any] | None:
@@ -111,9 +114,12 @@ def run_job(
     *,
     lease_seconds: float,
     stop: threading.Event | None = None,
+    tier_limits: Limits | None = None,
 ) -> str:
     """Run the claimed job to its end; returns its final status, or ``released``
-    when the worker stopped and gave it back. Raises :class:`database.jobs.LeaseLost`."""
+    when the worker stopped and gave it back. Raises :class:`database.jobs.LeaseLost`.
+    ``tier_limits``: the tiers' limits whose storage quota a saved model must fit in
+    (default: the defaults; the worker passes its ``TIER_LIMITS``)."""
     snapshot = _snapshot(engine, claim)
     if snapshot is None:
         return "gone"
@@ -123,7 +129,12 @@ def run_job(
         message = f"the workflow snapshot is not a valid definition: {exc.errors()[0]['msg']}"
         _finish(engine, claim, JobStatus.FAILED, error=message)
         return "failed"
-    run = _Run(claim=claim, snapshot=snapshot, definition=definition)
+    run = _Run(
+        claim=claim,
+        snapshot=snapshot,
+        definition=definition,
+        tier_limits=tier_limits or Limits(),
+    )
     loader = _Loader(engine, storage, run)
     nodes = {n.id: n for n in definition.nodes}
     order = definition.order()
@@ -195,8 +206,11 @@ def _run_node(
         trace = traceback.format_exc()
     else:
         run.values[node.id] = outcome.value
-        _succeed(engine, storage, run, node, outcome, lease_seconds)
-        return
+        try:
+            _succeed(engine, storage, run, node, outcome, lease_seconds)
+            return
+        except jobs.OverQuota as exc:  # the model does not fit: the node fails
+            error = str(exc)
     run.status[node.id] = "failed"
     if run.first_error is None:
         run.first_error = f"node {node.id!r} failed: {error}"
@@ -245,6 +259,8 @@ def _succeed(
                 hyperparameters=record.hyperparameters,
                 location=location,
                 output=output,
+                size_bytes=len(outcome.artifact),
+                limits=run.tier_limits,
             )
     except BaseException:
         storage.delete(location)

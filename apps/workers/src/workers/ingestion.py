@@ -6,6 +6,13 @@ one transaction that first checks this worker still holds the lease. A file that
 cannot be read fails the ingestion with a clear message and fills nothing of the
 version but its status and that message; a Parquet file written for a version
 that does not end up completed is removed.
+
+The Parquet copy counts against the user's storage quota like the upload
+(``users.storage_used_bytes`` adds both): under the user's row lock, the lock every
+writer of stored bytes takes, an ingestion whose Parquet file does not fit in what
+is left fails with the quota's message (:func:`database.jobs.complete_ingestion`),
+and its file is removed. So concurrent uploads and ingestions never end above the
+quota.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from database import jobs
 from database.jobs import Claim
+from database.limits import Limits
 from pipeline.ingest import IngestionError, columns_metadata, read_table, write_parquet
 from pipeline.profile import Profile, profile
 from pipeline.storage import Storage
@@ -59,11 +67,15 @@ def _load(engine: Engine, claim: Claim) -> _Work | None:
     return None if row is None else _Work(**row._mapping)
 
 
-def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
+def run_ingestion(
+    engine: Engine, storage: Storage, claim: Claim, *, tier_limits: Limits | None = None
+) -> str:
     """Process the claimed ingestion; returns its final status (completed, failed, gone).
 
-    A file that cannot be read fails it with the reader's message; other errors are
-    raised (the caller classes them: :func:`workers.kinds.dispatch`)."""
+    A file that cannot be read fails it with the reader's message; a Parquet copy that
+    does not fit in the owner's storage quota (``tier_limits``: the worker's
+    ``TIER_LIMITS``) fails it with the reason; other errors are raised (the caller
+    classes them: :func:`workers.kinds.dispatch`)."""
     work = _load(engine, claim)
     if work is None:
         return "gone"
@@ -89,14 +101,13 @@ def run_ingestion(engine: Engine, storage: Storage, claim: Claim) -> str:
     # Anything else (an outage, a bug) goes up to workers.kinds, which retries a
     # transient error later and fails a permanent one at once, with its cause.
     try:
-        kept = _complete(engine, claim, location, size, metadata, stats)
+        outcome = _complete(engine, claim, location, size, metadata, stats, tier_limits)
     except BaseException:
         storage.delete(location)
         raise
-    if not kept:  # the version was deleted while it was processed
+    if outcome != "completed":  # deleted meanwhile, or over the storage quota
         storage.delete(location)
-        return "gone"
-    return "completed"
+    return outcome
 
 
 def _complete(
@@ -106,9 +117,10 @@ def _complete(
     size: int,
     metadata: dict[str, Any],
     stats: Profile,
-) -> bool:
+    tier_limits: Limits | None,
+) -> str:
     with Session(engine) as session:
-        kept = jobs.complete_ingestion(
+        outcome = jobs.complete_ingestion(
             session,
             claim,
             location=location,
@@ -126,15 +138,16 @@ def _complete(
                 "correlations": stats.correlations,
                 "warnings": stats.warnings,
             },
+            limits=tier_limits,
         )
-    if kept:
+    if outcome == "completed":
         log.info(
             "ingestion %s completed: %d rows, %d columns",
             claim.id,
             stats.row_count,
             stats.column_count,
         )
-    return kept
+    return outcome
 
 
 def _fail(engine: Engine, claim: Claim, message: str) -> None:

@@ -90,6 +90,7 @@ class Worker:
             max_attempts=settings.max_attempts,
             stop=self.stopping,
             on_outage=self._outage,
+            tier_limits=settings.tier_limits,
         )
 
     # --- signals and wake-ups ----------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from database.config import get_settings as get_database_settings
+from database.limits import Limits
 
 
 def _default_data_dir() -> Path:
@@ -20,7 +21,9 @@ def _default_data_dir() -> Path:
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_file=None, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        extra="ignore", env_file=None, env_nested_delimiter="__", populate_by_name=True
+    )
 
     #: Jobs run at once by one worker process (threads).
     slots: int = Field(default=2, alias="WORKER_SLOTS", ge=1, le=64)
@@ -40,6 +43,9 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, alias="AUTOML_DATA_DIR")
     #: Where uploads, Parquet files and model artifacts live (the API's setting).
     storage_url: str | None = Field(default=None, alias="STORAGE_URL")
+    #: The tiers' limits (the API's setting): the storage quota the Parquet copies
+    #: and the saved models must fit in.
+    tier_limits: Limits = Field(default_factory=Limits, alias="TIER_LIMITS")
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerSettings:

@@ -212,7 +212,7 @@ def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     engine = _engine_for_admin(settings)
     try:
         with engine.begin() as conn:
-            report = grant(conn, args.role, create=args.create)
+            report = grant(conn, args.role, create=args.create, operator=args.operator)
     except (RoleNotFound, UnsafeRole) as exc:
         print(f"automl-db grant: {exc}", file=sys.stderr)
         return 1
@@ -303,8 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stop after this many batches (run again to continue)",
     )
     purge.add_argument("--dry-run", action="store_true", help="count, remove nothing")
-    grant = sub.add_parser("grant", help="give an application role least privilege")
-    grant.add_argument("role", help="the role the API and workers connect as")
+    grant = sub.add_parser(
+        "grant", help="give the applications' role (or, --operator, an operator's) least privilege"
+    )
+    grant.add_argument("role", help="the role the API and workers (or the operators) connect as")
+    grant.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator's role: credit packages, users' tiers, credit adjustments",
+    )
     grant.add_argument(
         "--create",
         action="store_true",

@@ -3,7 +3,7 @@
     purchase(session, user, package, payment_ref)   credits a package bought through Stripe
     charge_job(session, job)                        debits the job's credit_cost
     refund_job(session, job, reason)                gives a charge back (all of it by default)
-    adjust(session, user, amount, reason, actor)    an administrator's correction
+    adjust(session, user, amount, reason, actor)    an operator's correction
 
 Each operation is **one transaction**. When the session has no transaction in
 progress, the operation opens one and commits it before returning. When the caller
@@ -332,6 +332,10 @@ def adjust(
 ) -> CreditTransaction:
     """Add (or, negative, remove) ``amount`` credits, with who did it and why.
 
+    An operator's act: it calls ``public.credit_adjust``, whose EXECUTE only the
+    schema owner and operator roles hold (``automl-db grant --operator``); the
+    applications' role gets ``PermissionDenied``.
+
     Pass ``idempotency_key`` (the request's id) to make a retry safe: a second call
     with it returns the first entry (``DuplicateAdjustment`` if that entry was for
     another user or amount). Without a key, every call is a new adjustment.
@@ -358,17 +362,19 @@ def adjust(
             existing = _first(session, CreditTransaction.idempotency_key == key)
             if existing is not None:
                 return same_request(existing)
-        return _insert(
-            session,
-            CreditTransaction(
-                user_id=user_id,
-                type=TransactionType.ADJUSTMENT,
-                amount=amount,
-                description=why,
-                actor=who,
-                idempotency_key=key,
-            ),
-        )
+        # Through the operators' function (sql/triggers/credit_adjustment.sql): it
+        # runs as the ledger's owner, so it works for an operator role, which may not
+        # insert an adjustment itself (ML021), and is refused to the apps' role.
+        entry = session.scalars(
+            select(CreditTransaction)
+            .from_statement(
+                text("SELECT * FROM public.credit_adjust(:user_id, :amount, :reason, :actor, :key)")
+            )
+            .params(user_id=user_id, amount=amount, reason=why, actor=who, key=key)
+            .execution_options(populate_existing=True)
+        ).one()
+        _refresh_balance(session, user_id)
+        return entry
 
     def recover() -> CreditTransaction | None:
         if key is None:

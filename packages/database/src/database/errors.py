@@ -109,6 +109,17 @@ class InvalidStatusTransition(RuleViolation):
 class VersionCounterDecrease(RuleViolation):
     """A write that lowers ``datasets.last_version_number`` (ML011): a version number,
     once given, is never given again."""
+class PurchaseUnpaid(RuleViolation):
+    """A purchase that names no package or no payment reference (ML020)."""
+
+
+class AdjustmentNotAllowed(RuleViolation):
+    """An adjustment written by a role that is neither the owner nor an operator
+    calling ``public.credit_adjust`` (ML021): the applications' role, for one."""
+
+
+class SizeReadOnly(RuleViolation):
+    """A stored size (a version's or a model's bytes) changed once set (ML022)."""
 
 
 # --- declarative constraints -------------------------------------------------------
@@ -238,6 +249,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML009": PurchaseAmountMismatch,
     "ML010": InvalidStatusTransition,
     "ML011": VersionCounterDecrease,
+    "ML020": PurchaseUnpaid,
+    "ML021": AdjustmentNotAllowed,
+    "ML022": SizeReadOnly,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

@@ -1,29 +1,46 @@
-"""Least privilege for the applications' role (``automl-db grant ROLE``).
+"""Least privilege for the applications' and the operators' roles (``automl-db grant``).
 
-The API and the workers connect as a role that owns nothing and gets exactly:
+Three kinds of role touch the database:
 
-- USAGE on schema ``public`` (no CREATE);
-- SELECT, INSERT, UPDATE, DELETE on every table, except:
-  - ``credit_transactions``: SELECT and INSERT only (the ledger is append-only;
-    the triggers refuse UPDATE, DELETE and TRUNCATE for anyone, and the role
-    cannot even try);
-  - ``users``: SELECT; INSERT and UPDATE of every column but the derived ones
-    (``credit_balance``, the counters, ``storage_used_bytes``), and UPDATE of
-    neither ``id`` nor ``created_at``; no DELETE (purge leaves tombstones);
-  - ``derived_repairs`` and ``alembic_version``: SELECT only;
-- USAGE and SELECT on the sequences, if any;
-- no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
-  schema (EXECUTE is revoked from PUBLIC on all of them).
+- the **owner** (the migrator, ``automl-db up``): owns the schema, runs the
+  migrations, the seed and ``verify --repair``; may do anything, and is the only
+  role that may write an adjustment directly;
+- the **applications' role** (``automl-db grant ROLE``), the API's and the
+  workers', owning nothing, gets exactly:
+
+  - USAGE on schema ``public`` (no CREATE);
+  - SELECT, INSERT, UPDATE, DELETE on every table, except:
+
+    - ``credit_transactions``: SELECT and INSERT only (the ledger is append-only;
+      the triggers refuse UPDATE, DELETE and TRUNCATE for anyone, a purchase
+      without package or payment (ML020) and any adjustment (ML021) from this role);
+    - ``users``: SELECT; INSERT and UPDATE of every column but the derived ones
+      (``credit_balance``, the counters, ``storage_used_bytes``) and ``tier``, and
+      UPDATE of neither ``id`` nor ``created_at``; no DELETE (purge leaves
+      tombstones);
+    - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
+
+  - USAGE and SELECT on the sequences, if any;
+  - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
+    schema (EXECUTE is revoked from PUBLIC on all of them);
+
+- an **operator's role** (``automl-db grant --operator ROLE``), for the people who
+  sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
+  as it), INSERT, UPDATE and DELETE on ``credit_packages``, UPDATE of ``users.tier``
+  (which also lets it lock a user's row), and EXECUTE on ``public.credit_adjust``,
+  its one way to move credits (an adjustment, with an actor and a reason). Nothing
+  else: it does not charge, buy, upload or repair.
 
 The trigger functions still maintain the derived columns: they are SECURITY
 DEFINER with a pinned ``search_path`` and run as the schema owner; a trigger fires
-whatever the privileges of the statement's role. As the role owns no table, it
+whatever the privileges of the statement's role. As neither role owns a table, it
 cannot ``ALTER TABLE ... DISABLE TRIGGER``; as it is no superuser, it cannot set
 ``session_replication_role`` either.
 
 ``grant`` is idempotent and exact: it first revokes everything the role holds in
-the schema, then grants the list above. Run it again after a migration adds a
-table.
+the schema, then grants the list above (so granting a role as an operator takes
+the applications' privileges away, and the reverse). Give the apps and the
+operators different roles. Run it again after a migration adds a table.
 """
 
 from __future__ import annotations
@@ -37,18 +54,26 @@ from database import errors
 from database.models.user import DERIVED_COLUMNS
 
 APPEND_ONLY = {"credit_transactions": "SELECT, INSERT"}
-READ_ONLY = frozenset({"derived_repairs", "alembic_version"})
-USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, "id", "created_at"})
+READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages"})
+#: users columns only an operator changes.
+OPERATOR_USER_COLUMNS = frozenset({"tier"})
+USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS})
+USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, "id", "created_at"})
+#: What an operator may write (on top of SELECT everywhere).
+OPERATOR_TABLES = {"credit_packages": "INSERT, UPDATE, DELETE"}
+OPERATOR_FUNCTIONS = ("public.credit_adjust(uuid, integer, text, text, text)",)
 
 
 @dataclass
 class GrantReport:
     role: str
     created: bool = False
+    operator: bool = False
     statements: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        head = f"role {self.role}{' (created)' if self.created else ''}:"
+        kind = "operator" if self.operator else "apps"
+        head = f"role {self.role} ({kind}{', created' if self.created else ''}):"
         return "\n".join([head, *(f"  {s};" for s in self.statements)])
 
 
@@ -56,15 +81,18 @@ def _quote(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote_identifier(name)
 
 
-def grant(conn: Connection, role: str, *, create: bool = False) -> GrantReport:
-    """Give ``role`` exactly what the applications need (see the module doc).
+def grant(
+    conn: Connection, role: str, *, create: bool = False, operator: bool = False
+) -> GrantReport:
+    """Give ``role`` exactly what the applications need, or with ``operator`` what an
+    operator needs (see the module doc).
 
     Runs in ``conn``'s transaction (the caller commits). Raises ``RoleNotFound``
     (unless ``create``: then the role is created with LOGIN and no password) and
     ``UnsafeRole`` for a superuser or a role that owns, or is a member of an owner
     of, anything in the schema.
     """
-    report = GrantReport(role=role)
+    report = GrantReport(role=role, operator=operator)
     row = conn.execute(
         text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role}
     ).one_or_none()
@@ -131,11 +159,22 @@ def grant(conn: Connection, role: str, *, create: bool = False) -> GrantReport:
     run("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC")
     run(f"GRANT USAGE ON SCHEMA public TO {q}")
 
+    if operator:
+        for table in tables:
+            t = f"public.{_quote(conn, table)}"
+            extra = OPERATOR_TABLES.get(table)
+            run(f"GRANT SELECT{', ' + extra if extra else ''} ON {t} TO {q}")
+        columns = ", ".join(_quote(conn, c) for c in sorted(OPERATOR_USER_COLUMNS))
+        run(f"GRANT UPDATE ({columns}) ON public.users TO {q}")
+        for fn in OPERATOR_FUNCTIONS:
+            run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
+        return report
+
     for table in tables:
         t = f"public.{_quote(conn, table)}"
         if table == "users":
             insertable = ", ".join(
-                _quote(conn, c) for c in user_columns if c not in DERIVED_COLUMNS
+                _quote(conn, c) for c in user_columns if c not in USERS_NOT_INSERTABLE
             )
             updatable = ", ".join(
                 _quote(conn, c) for c in user_columns if c not in USERS_NOT_UPDATABLE

@@ -57,6 +57,7 @@ from sqlalchemy.orm import Session
 
 from database import credits, errors, locks
 from database._tx import atomic
+from database.limits import Limits, storage_refusal
 from database.models import (
     DatasetProfile,
     DatasetVersion,
@@ -87,6 +88,7 @@ __all__ = [
     "cancel_job",
     "check_job",
     "claim",
+    "OverQuota",
     "complete_ingestion",
     "enqueue_ingestion",
     "enqueue_run",
@@ -116,6 +118,10 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 300.0
 #: Error messages are stored on one line of at most this many characters.
 MAX_ERROR_CHARS = 2000
+
+
+class OverQuota(Exception):
+    """What a worker stores (a model file) does not fit in its owner's storage quota."""
 
 
 class LeaseLost(Exception):
@@ -451,12 +457,20 @@ def record_model(
     hyperparameters: dict[str, Any],
     location: str,
     output: dict[str, Any],
+    size_bytes: int,
+    limits: Limits | None = None,
 ) -> None:
-    """A saved model's row and its node's success, in one transaction that locks the
-    user first (``model_count`` moves) and checks the lease (:class:`LeaseLost`)."""
+    """A saved model's row (its bytes in ``size_bytes``) and its node's success, in one
+    transaction that locks the user first (``model_count`` and ``storage_used_bytes``
+    move) and checks the lease (:class:`LeaseLost`). A model that does not fit in the
+    owner's storage quota (``limits``, default the defaults) is not saved:
+    :class:`OverQuota`, nothing written."""
     with session.begin():
         locks.lock_users(session, [claim.user_id])
         check_job(session, claim, lease_seconds)
+        refusal = storage_refusal(session, claim.user_id, size_bytes, limits or Limits())
+        if refusal is not None:
+            raise OverQuota(f"the model ({size_bytes} bytes) was not saved: {refusal}")
         session.add(
             Model(
                 id=model_id,
@@ -468,6 +482,7 @@ def record_model(
                 metrics=_json_safe(metrics) or {},
                 hyperparameters=_json_safe(hyperparameters) or {},
                 s3_path=location,
+                size_bytes=size_bytes,
             )
         )
         session.flush()
@@ -732,22 +747,30 @@ def complete_ingestion(
     column_count: int,
     columns_metadata: dict[str, Any],
     profile: dict[str, Any],
-) -> bool:
+    limits: Limits | None = None,
+) -> Literal["completed", "failed", "gone"]:
     """Record an ingested version (its Parquet file, shape, columns, profile) and
     complete its ingestion, in one transaction that locks the user first
-    (``storage_used_bytes`` moves) and checks the lease. False when the version was
-    deleted meanwhile (the caller removes the file). Raises :class:`LeaseLost`."""
+    (``storage_used_bytes`` moves) and checks the lease. ``gone`` when the version was
+    deleted meanwhile, ``failed`` when the Parquet copy does not fit in the owner's
+    storage quota (``limits``; the ingestion and version are failed with the reason);
+    the caller removes the file in both cases. Raises :class:`LeaseLost`."""
     with session.begin():
         try:
             locks.lock_users(session, [claim.user_id])
         except errors.UserNotFound:
-            return False
+            return "gone"
         held = _hold_ingestion(session, claim)
         if held is None:
-            return False
+            return "gone"
         if not held[0]:
             raise _lost(claim)
         version_id = held[1]
+        refusal = storage_refusal(session, claim.user_id, parquet_size_bytes, limits or Limits())
+        if refusal is not None:
+            message = f"the processed Parquet copy ({parquet_size_bytes} bytes) was not kept: {refusal}"
+            _fail_held_ingestion(session, claim, version_id, message)
+            return "failed"
         session.execute(
             update(DatasetVersion)
             .where(DatasetVersion.id == version_id)
@@ -798,24 +821,30 @@ def fail_ingestion(session: Session, claim: Claim, message: str) -> bool:
             return False
         if not held[0]:
             raise _lost(claim)
-        session.execute(
-            update(DatasetVersion)
-            .where(DatasetVersion.id == held[1])
-            .values(status=IngestionStatus.FAILED, error_message=message)
-        )
-        session.execute(
-            update(IngestionJob)
-            .where(IngestionJob.id == claim.id)
-            .values(
-                status=IngestionStatus.FAILED,
-                error_message=message,
-                completed_at=_now(),
-                leased_by=None,
-                lease_expires_at=None,
-            )
-        )
+        _fail_held_ingestion(session, claim, held[1], message)
     log.info("ingestion %s failed: %s", claim.id, message)
     return True
+
+
+def _fail_held_ingestion(
+    session: Session, claim: Claim, version_id: uuid.UUID, message: str
+) -> None:
+    session.execute(
+        update(DatasetVersion)
+        .where(DatasetVersion.id == version_id)
+        .values(status=IngestionStatus.FAILED, error_message=message)
+    )
+    session.execute(
+        update(IngestionJob)
+        .where(IngestionJob.id == claim.id)
+        .values(
+            status=IngestionStatus.FAILED,
+            error_message=message,
+            completed_at=_now(),
+            leased_by=None,
+            lease_expires_at=None,
+        )
+    )
 
 
 # --- the owner's cancel ---------------------------------------------------------------------

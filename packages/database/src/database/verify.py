@@ -7,8 +7,15 @@ For every user:
   the user's lock, each entry's ``balance_after`` is the previous one plus its
   ``amount`` (starting from 0), and the last one is ``credit_balance``;
 - ``dataset_count``, ``workflow_count`` (workflows not soft-deleted),
-  ``model_count`` and ``storage_used_bytes`` equal their values recomputed from the
+  ``model_count`` and ``storage_used_bytes`` (dataset versions' original and
+  Parquet bytes, plus models' bytes) equal their values recomputed from the
   tables, with the rules of sql/triggers/counters.sql and storage.sql.
+
+Besides drift, it reports ledger entries that no rule in force could have
+produced: a purchase without a package or without a payment reference (ML020
+refuses them now), an adjustment without an actor. Such rows predate the rules (or
+were written with the triggers disabled); they are listed for a human to look at,
+never changed.
 
 The check walks the entries in ``(created_at, id)`` order in SQL. That order need
 not be the order in which the entries took the user's lock (``created_at`` was long
@@ -66,9 +73,12 @@ WITH walk AS (
 ), md AS (
     SELECT user_id, count(*) AS n FROM models GROUP BY user_id
 ), st AS (
-    SELECT user_id,
-           sum(coalesce(original_size_bytes, 0) + coalesce(parquet_size_bytes, 0)) AS n
-      FROM dataset_versions GROUP BY user_id
+    SELECT b.user_id, sum(b.n) AS n
+      FROM (SELECT user_id, coalesce(original_size_bytes, 0) + coalesce(parquet_size_bytes, 0) AS n
+              FROM dataset_versions
+            UNION ALL
+            SELECT user_id, coalesce(size_bytes, 0) FROM models) AS b
+     GROUP BY b.user_id
 ), checked AS (
     SELECT u.id, u.email, u.credit_balance,
            coalesce(l.total, 0)::bigint AS ledger_sum,
@@ -99,6 +109,24 @@ _COUNT = text(
     "SELECT count(*) FROM users AS u WHERE (CAST(:ids AS uuid[]) IS NULL OR u.id = ANY(:ids))"
 ).bindparams(_IDS)
 
+# Entries no rule in force could have produced (they predate it): see the module doc.
+_UNPRODUCED = text(
+    """
+SELECT t.id, t.user_id, t.type::text AS type, t.amount,
+       CASE WHEN t.type = 'purchase' AND t.package_id IS NULL
+                 THEN 'a purchase without a package'
+            WHEN t.type = 'purchase'
+                 THEN 'a purchase without a payment reference'
+            ELSE 'an adjustment without an actor' END AS problem
+  FROM credit_transactions AS t
+ WHERE (CAST(:ids AS uuid[]) IS NULL OR t.user_id = ANY(:ids))
+   AND ((t.type = 'purchase'
+         AND (t.package_id IS NULL OR coalesce(btrim(t.stripe_payment_id), '') = ''))
+     OR (t.type = 'adjustment' AND coalesce(btrim(t.actor), '') = ''))
+ ORDER BY t.user_id, t.created_at, t.id
+"""
+).bindparams(_IDS)
+
 _ENTRIES = text(
     "SELECT t.amount, t.balance_after FROM credit_transactions AS t WHERE t.user_id = :user_id"
 )
@@ -119,17 +147,30 @@ class Drift:
         return self.check in REPAIRABLE
 
 
+@dataclass(frozen=True)
+class Unproduced:
+    """A ledger entry no rule in force could have produced (it predates the rule)."""
+
+    entry_id: uuid.UUID
+    user_id: uuid.UUID
+    type: str
+    amount: int
+    problem: str
+
+
 @dataclass
 class Report:
     users_checked: int = 0
     drift: list[Drift] = field(default_factory=list)
+    #: Ledger entries no rule could have produced (reported, never changed).
+    unproduced: list[Unproduced] = field(default_factory=list)
     emails: dict[uuid.UUID, str | None] = field(default_factory=dict)
     #: Columns corrected by ``repair``: (user, column, old value, recomputed value).
     repaired: list[tuple[uuid.UUID, str, int, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.drift
+        return not self.drift and not self.unproduced
 
     def users(self) -> list[uuid.UUID]:
         return sorted({d.user_id for d in self.drift})
@@ -147,11 +188,19 @@ class Report:
             for d in by_user[user_id]:
                 note = "  [repairable: automl-db verify --repair]" if d.repairable else ""
                 lines.append(f"  {d.message}{note}")
+        for u in self.unproduced:
+            lines.append(
+                f"ledger entry {u.entry_id} of user {u.user_id}: {u.problem}"
+                f" ({u.type} of {u.amount}), which no rule allows now"
+            )
         state = (
             "no drift"
-            if self.ok
+            if not self.drift
             else f"DRIFT in {len(by_user)} user{'s' if len(by_user) != 1 else ''}"
         )
+        if self.unproduced:
+            n = len(self.unproduced)
+            state += f"; {n} ledger entr{'ies' if n != 1 else 'y'} no rule could have produced"
         lines.append(f"verified {self.users_checked} users: {state}")
         return "\n".join(lines)
 
@@ -226,7 +275,7 @@ def _drift(row: object, conn: Connection | Session) -> list[Drift]:
         ("dataset_count", "datasets", "datasets"),
         ("workflow_count", "workflows", "workflows not deleted"),
         ("model_count", "models", "models"),
-        ("storage_used_bytes", "storage", "bytes in dataset versions"),
+        ("storage_used_bytes", "storage", "bytes in dataset versions and models"),
     ):
         if r[column] != r[expected]:
             found.append(
@@ -248,6 +297,10 @@ def check(conn: Connection | Session, user_ids: Sequence[uuid.UUID] | None = Non
     for row in conn.execute(_CHECK, {"ids": ids}).all():
         report.emails[row.id] = row.email
         report.drift.extend(_drift(row, conn))
+    report.unproduced = [
+        Unproduced(r.id, r.user_id, r.type, r.amount, r.problem)
+        for r in conn.execute(_UNPRODUCED, {"ids": ids})
+    ]
     return report
 
 

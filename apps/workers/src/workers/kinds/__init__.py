@@ -26,13 +26,14 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from database import jobs
 from database.jobs import Claim, LeaseLost
+from database.limits import Limits
 from database.models import JobKind
 from pipeline.storage import Storage
 from workers.outage import is_outage
@@ -55,6 +56,8 @@ class Context:
     #: returns the outcome; None (or no hook) classes the error as transient like the
     #: others (``jobs.retry_later``).
     on_outage: Callable[[Claim, BaseException], str | None] | None = None
+    #: The tiers' limits (``TIER_LIMITS``): what is stored must fit in the quota.
+    tier_limits: Limits = field(default_factory=Limits)
 
 
 Handler = Callable[[Context, Claim], str]

@@ -10,4 +10,6 @@ from workers.kinds import Context, register
 
 @register(JobKind.INGESTION)
 def handle(context: Context, claim: Claim) -> str:
-    return run_ingestion(context.engine, context.storage, claim)
+    return run_ingestion(
+        context.engine, context.storage, claim, tier_limits=context.tier_limits
+    )

@@ -16,4 +16,5 @@ def handle(context: Context, claim: Claim) -> str:
         claim,
         lease_seconds=context.lease_seconds,
         stop=context.stop,
+        tier_limits=context.tier_limits,
     )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin
@@ -29,6 +37,9 @@ class Model(IDMixin, TimestampMixin, Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     s3_path: Mapped[str | None]
+    # The stored artifact's bytes, counted in users.storage_used_bytes (storage.sql);
+    # written once, with the file (ML022 after).
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     is_deployed: Mapped[bool] = mapped_column(server_default=text("false"))
 
     user: Mapped[User] = relationship(back_populates="models", lazy="raise_on_sql")
@@ -44,6 +55,7 @@ class Model(IDMixin, TimestampMixin, Base):
 
     __table_args__ = (
         UniqueConstraint("id", "user_id"),
+        CheckConstraint("size_bytes IS NULL OR size_bytes >= 0", name="size_nonnegative"),
         # A model comes from one of its owner's jobs.
         ForeignKeyConstraint(
             ["job_id", "user_id"],
