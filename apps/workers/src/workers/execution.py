@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from database import jobs
 from database.joblog import ProgressReporter
-from database.limits import Limits
 from database.jobs import Claim
+from database.limits import Limits
 from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
 from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node

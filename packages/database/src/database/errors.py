@@ -109,6 +109,8 @@ class InvalidStatusTransition(RuleViolation):
 class VersionCounterDecrease(RuleViolation):
     """A write that lowers ``datasets.last_version_number`` (ML011): a version number,
     once given, is never given again."""
+
+
 class PurchaseUnpaid(RuleViolation):
     """A purchase that names no package or no payment reference (ML020)."""
 

@@ -768,7 +768,9 @@ def complete_ingestion(
         version_id = held[1]
         refusal = storage_refusal(session, claim.user_id, parquet_size_bytes, limits or Limits())
         if refusal is not None:
-            message = f"the processed Parquet copy ({parquet_size_bytes} bytes) was not kept: {refusal}"
+            message = (
+                f"the processed Parquet copy ({parquet_size_bytes} bytes) was not kept: {refusal}"
+            )
             _fail_held_ingestion(session, claim, version_id, message)
             return "failed"
         session.execute(
@@ -804,7 +806,7 @@ def complete_ingestion(
                 lease_expires_at=None,
             )
         )
-    return True
+    return "completed"
 
 
 def fail_ingestion(session: Session, claim: Claim, message: str) -> bool:

@@ -10,6 +10,4 @@ from workers.kinds import Context, register
 
 @register(JobKind.INGESTION)
 def handle(context: Context, claim: Claim) -> str:
-    return run_ingestion(
-        context.engine, context.storage, claim, tier_limits=context.tier_limits
-    )
+    return run_ingestion(context.engine, context.storage, claim, tier_limits=context.tier_limits)
