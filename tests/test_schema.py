@@ -19,14 +19,13 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, configure_mappers
 
 import database.models  # noqa: F401  (every table on Base.metadata)
 from database.base import NAMING_CONVENTION, Base
+from database.errors import InvalidValue
 from database.models import enums
 from database.models.user import User
-from database.errors import InvalidValue
 from database.types import MAX_DATETIME, MIN_DATETIME, InvalidDatetime, UtcDateTime, check_datetime
 
 from pgtest import make_test_url

@@ -217,9 +217,10 @@ def test_a_payment_credited_to_another_user_is_not_a_duplicate(
     client: TestClient, account: Account, other: Account, engine: Engine
 ) -> None:
     package = _package(engine, "Builder")
-    assert _deliver(client, checkout_event(account.user_id, package, "pi_x")).json()[
-        "status"
-    ] == "processed"
+    assert (
+        _deliver(client, checkout_event(account.user_id, package, "pi_x")).json()["status"]
+        == "processed"
+    )
     theirs = _deliver(client, checkout_event(other.user_id, package, "pi_x", event_id="evt_o"))
     assert theirs.json() == {"event_id": "evt_o", "status": "failed"}
     assert client.get("/v1/credits/balance", headers=other.headers).json()["balance"] == 0

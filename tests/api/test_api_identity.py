@@ -187,7 +187,10 @@ def test_a_key_manages_only_keys_with_no_more_scopes(
     ko = {"Authorization": f"Bearer {keys_only['key']}"}
     reader = new_key(account.headers, ["read", "keys"])
     # Revoking the account's full key, or a key with a scope it lacks, is refused.
-    for wider_id, beyond in ((account.key_id, ["billing", "read", "write"]), (reader["id"], ["read"])):
+    for wider_id, beyond in (
+        (account.key_id, ["billing", "read", "write"]),
+        (reader["id"], ["read"]),
+    ):
         r = client.delete(f"/v1/api-keys/{wider_id}", headers=ko)
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "insufficient_scope"

@@ -100,7 +100,9 @@ def test_edge_dates_in_any_cursor_are_422(client: TestClient, account: Account) 
             _error(r, 422, "invalid_cursor")
         # The ends of the range are keys like any other (tutorials are keyed by an int).
         for value in (MIN_DATETIME, MAX_DATETIME):
-            r = client.get(path, headers=account.headers, params={"cursor": _cursor(value.isoformat())})
+            r = client.get(
+                path, headers=account.headers, params={"cursor": _cursor(value.isoformat())}
+            )
             if path == "/v1/tutorials":
                 _error(r, 422, "invalid_cursor")
             else:
@@ -122,10 +124,14 @@ def test_edge_dates_with_filters_and_rows(
         ("/v1/datasets", {"limit": 1}),
     ):
         for value in EDGE_DATETIMES[:2]:
-            r = client.get(path, headers=account.headers, params={**params, "cursor": _cursor(value)})
+            r = client.get(
+                path, headers=account.headers, params={**params, "cursor": _cursor(value)}
+            )
             _error(r, 422, "invalid_cursor")
     everything = client.get(
-        "/v1/workflows", headers=account.headers, params={"cursor": _cursor(MAX_DATETIME.isoformat())}
+        "/v1/workflows",
+        headers=account.headers,
+        params={"cursor": _cursor(MAX_DATETIME.isoformat())},
     )
     assert len(everything.json()["items"]) == 1
 
@@ -253,7 +259,9 @@ def test_an_upload_over_the_limit_is_413_before_it_is_read(
     assert _error(r, 413, "upload_too_large")["details"] == {"limit_bytes": MiB}
     assert not chunked.exhausted and chunked.sent <= 2 * MiB
     declared = Chunks(300 * MiB, head=head, fill=b"1")
-    r = _stream(app, "POST", "/v1/datasets", declared, {**headers, "Content-Length": str(300 * MiB)})
+    r = _stream(
+        app, "POST", "/v1/datasets", declared, {**headers, "Content-Length": str(300 * MiB)}
+    )
     _error(r, 413, "upload_too_large")
     assert declared.sent == 0
     assert scalar(engine, "SELECT count(*) FROM datasets") == 0
@@ -335,8 +343,13 @@ def test_booleans_and_integers_are_not_coerced(
     assert ok.status_code == 200 and ok.json()["is_completed"] is False
     done = client.put(url, headers=account.headers, json={"current_step": 1, "is_completed": True})
     assert done.status_code == 200 and done.json()["is_completed"] is True
-    run = client.post(f"/v1/workflows/{uuid.uuid4()}/run", headers=account.headers, json={"priority": "5"})
-    assert _error(run, 422, "validation_error")["details"]["errors"][0]["loc"] == ["body", "priority"]
+    run = client.post(
+        f"/v1/workflows/{uuid.uuid4()}/run", headers=account.headers, json={"priority": "5"}
+    )
+    assert _error(run, 422, "validation_error")["details"]["errors"][0]["loc"] == [
+        "body",
+        "priority",
+    ]
 
 
 def test_a_request_model_that_would_coerce_is_refused_when_defined() -> None:

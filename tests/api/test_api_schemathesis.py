@@ -159,12 +159,11 @@ def _sweep(
     checks = STRICT if mode == GenerationMode.POSITIVE else [not_a_server_error]
     for result in schema.get_all_operations():
         operation = result.ok()
-        limit = _body_limit(operation, settings)
 
         @_settings(examples)
         @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
         def run(case: Any) -> None:
-            kind = _sent(case, limit)
+            kind = _sent(case, _body_limit(case.operation, settings))
             response = case.call_and_validate(headers=headers, checks=checks)
             if kind is not None:
                 sent[kind] += 1
