@@ -19,14 +19,14 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, configure_mappers
 
 import database.models  # noqa: F401  (every table on Base.metadata)
 from database.base import NAMING_CONVENTION, Base
+from database.errors import InvalidValue
 from database.models import enums
 from database.models.user import User
-from database.types import UtcDateTime
+from database.types import MAX_DATETIME, MIN_DATETIME, InvalidDatetime, UtcDateTime, check_datetime
 
 from pgtest import make_test_url
 
@@ -586,9 +586,9 @@ def test_utc_datetime_through_the_database(session: Session, engine: Engine) -> 
         email="naive@example.com", is_deleted=True, deleted_at=dt.datetime(2026, 1, 1, 12, 0)
     )
     session.add(naive)
-    with pytest.raises(StatementError) as raised:
+    with pytest.raises(InvalidValue) as raised:
         session.flush()
-    assert isinstance(raised.value.orig, ValueError)
+    assert isinstance(raised.value.orig, InvalidDatetime) and "naive" in raised.value.message
     session.rollback()
 
     plus5 = dt.timezone(dt.timedelta(hours=5, minutes=30))
@@ -605,3 +605,57 @@ def test_utc_datetime_through_the_database(session: Session, engine: Engine) -> 
         ).one()
     assert deleted_at == aware
     assert deleted_at.tzinfo == dt.UTC and created_at.tzinfo == dt.UTC
+
+
+#: Datetimes Python holds but not in UTC, or too close to its limits to be read back
+#: in every time zone.
+EDGE_DATETIMES = [
+    dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=14))),  # year 0 in UTC
+    dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone(dt.timedelta(hours=-14))),
+    dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+    dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+    MIN_DATETIME - dt.timedelta(microseconds=1),
+    MAX_DATETIME + dt.timedelta(microseconds=1),
+]
+
+
+@pytest.mark.parametrize("value", EDGE_DATETIMES, ids=str)
+def test_check_datetime_refuses_the_edges_of_the_calendar(value: dt.datetime) -> None:
+    with pytest.raises(InvalidDatetime, match="out of range"):
+        check_datetime(value)
+    with pytest.raises(InvalidDatetime):
+        UtcDateTime().process_bind_param(value, postgresql.dialect())
+
+
+def test_check_datetime_keeps_the_range_it_documents() -> None:
+    plus14 = dt.timezone(dt.timedelta(hours=14))
+    assert check_datetime(MIN_DATETIME) == MIN_DATETIME
+    assert check_datetime(MAX_DATETIME) == MAX_DATETIME
+    assert check_datetime(MIN_DATETIME.astimezone(plus14)) == MIN_DATETIME
+    with pytest.raises(InvalidDatetime, match="naive"):
+        check_datetime(dt.datetime(2026, 1, 1))
+
+
+def test_edge_datetimes_through_the_database(session: Session, engine: Engine) -> None:
+    """Bound through the ORM, an edge datetime is InvalidValue before any SQL is sent,
+    in a WHERE as in an INSERT, and the session stays usable after the rollback."""
+    edge = EDGE_DATETIMES[0]
+    with pytest.raises(InvalidValue, match="out of range"):
+        session.execute(select(User.id).where(User.created_at <= edge))
+    session.rollback()
+    session.add(User(email="edge@example.com", is_deleted=True, deleted_at=EDGE_DATETIMES[1]))
+    with pytest.raises(InvalidValue, match="out of range"):
+        session.flush()
+    session.rollback()
+    assert session.scalar(select(text("1"))) == 1
+    # The range's own ends are stored and read back, in any session time zone.
+    for i, value in enumerate((MIN_DATETIME, MAX_DATETIME)):
+        session.add(User(email=f"end{i}@example.com", is_deleted=True, deleted_at=value))
+    session.commit()
+    for zone in ("Pacific/Kiritimati", "Etc/GMT+12"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SET TIME ZONE '{zone}'")
+            got = conn.execute(
+                select(User.deleted_at).where(User.email.like("end%")).order_by(User.email)
+            ).scalars()
+            assert list(got) == [MIN_DATETIME, MAX_DATETIME], zone

@@ -205,12 +205,13 @@ def checkout_event(
     event_id: str | None = None,
     event_type: str = "checkout.session.completed",
     payment_status: str = "paid",
+    livemode: Any = False,
 ) -> bytes:
     event = {
         "id": event_id or f"evt_{uuid.uuid4().hex}",
         "object": "event",
         "type": event_type,
-        "livemode": False,
+        "livemode": livemode,
         "created": int(time.time()),
         "data": {
             "object": {

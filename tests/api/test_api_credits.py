@@ -141,7 +141,7 @@ def test_checkout_is_credited_exactly_once(
     for _ in range(2):  # Stripe redelivers
         again = _deliver(client, event)
         assert again.status_code == 200 and again.json()["status"] == "duplicate"
-    # Another event for the same payment credits nothing more.
+    # Another event for the same payment credits nothing more, and says so.
     other_event = checkout_event(
         account.user_id,
         package,
@@ -149,7 +149,10 @@ def test_checkout_is_credited_exactly_once(
         event_id="evt_2",
         event_type="checkout.session.async_payment_succeeded",
     )
-    assert _deliver(client, other_event).json()["status"] == "processed"
+    assert _deliver(client, other_event).json() == {
+        "event_id": "evt_2",
+        "status": "duplicate_payment",
+    }
     assert client.get("/v1/credits/balance", headers=account.headers).json()["balance"] == 500
     [(kind, amount, ref)] = rows(
         engine,
@@ -158,7 +161,100 @@ def test_checkout_is_credited_exactly_once(
     )
     assert (kind, amount, ref) == ("purchase", 500, "pi_123")
     stored = rows(engine, "SELECT stripe_event_id, status FROM stripe_webhook_events ORDER BY 1")
-    assert [tuple(r) for r in stored] == [("evt_1", "processed"), ("evt_2", "processed")]
+    assert [tuple(r) for r in stored] == [("evt_1", "processed"), ("evt_2", "ignored")]
+    note = scalar(engine, "SELECT error FROM stripe_webhook_events WHERE stripe_event_id = 'evt_2'")
+    assert "pi_123 was already credited" in note
+
+
+def test_concurrent_events_for_one_payment_credit_it_once(
+    app: Any, account: Account, engine: Engine
+) -> None:
+    """Two different events for one payment, delivered together while the user's row
+    is locked elsewhere: both wait, then one is processed and the other answers
+    duplicate_payment (not processed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    package = _package(engine, "Builder")
+    events = [
+        checkout_event(account.user_id, package, "pi_race", event_id=f"evt_race{i}")
+        for i in range(2)
+    ]
+
+    def deliver(event: bytes) -> str:
+        with TestClient(app) as own:
+            r = _deliver(own, event)
+            assert r.status_code == 200, r.text
+            status: str = r.json()["status"]
+            return status
+
+    with engine.connect() as blocker, ThreadPoolExecutor(max_workers=2) as pool:
+        blocker.exec_driver_sql(
+            "SELECT 1 FROM users WHERE id = %(u)s FOR UPDATE", {"u": account.user_id}
+        )
+        futures = [pool.submit(deliver, e) for e in events]
+        deadline = time.monotonic() + 4  # within the sessions' 5 s lock_timeout
+        while time.monotonic() < deadline:
+            waiting = scalar(
+                engine,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'",
+            )
+            if waiting == 2:
+                break
+            time.sleep(0.02)
+        blocker.rollback()
+        statuses = sorted(f.result() for f in futures)
+    assert statuses == ["duplicate_payment", "processed"]
+    assert client_balance(engine, account.user_id) == 500
+
+
+def client_balance(engine: Engine, user_id: uuid.UUID) -> int:
+    balance: int = scalar(engine, "SELECT credit_balance FROM users WHERE id = :u", u=user_id)
+    return balance
+
+
+def test_a_payment_credited_to_another_user_is_not_a_duplicate(
+    client: TestClient, account: Account, other: Account, engine: Engine
+) -> None:
+    package = _package(engine, "Builder")
+    assert (
+        _deliver(client, checkout_event(account.user_id, package, "pi_x")).json()["status"]
+        == "processed"
+    )
+    theirs = _deliver(client, checkout_event(other.user_id, package, "pi_x", event_id="evt_o"))
+    assert theirs.json() == {"event_id": "evt_o", "status": "failed"}
+    assert client.get("/v1/credits/balance", headers=other.headers).json()["balance"] == 0
+
+
+def test_an_event_of_the_other_stripe_mode_is_refused(
+    client: TestClient, account: Account, engine: Engine, api_settings: ApiSettings
+) -> None:
+    package = _package(engine, "Builder")
+    # This server takes test-mode events (STRIPE_LIVEMODE unset): a live one is 400.
+    for livemode in (True, None, "false", 0):
+        event = checkout_event(account.user_id, package, "pi_live", livemode=livemode)
+        r = _deliver(client, event)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "livemode_mismatch"
+        assert error["details"]["expected_livemode"] is False
+        assert error["details"]["livemode"] == (livemode if isinstance(livemode, bool) else None)
+    assert scalar(engine, "SELECT count(*) FROM stripe_webhook_events") == 0
+    assert client.get("/v1/credits/balance", headers=account.headers).json()["balance"] == 0
+    # A live server takes live events only.
+    live = api_settings.model_copy(update={"stripe_livemode": True})
+    with TestClient(make_app(engine, live)) as live_client:
+        test_event = checkout_event(account.user_id, package, "pi_t", livemode=False)
+        refused = _deliver(live_client, test_event)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["details"] == {
+            "expected_livemode": True,
+            "livemode": False,
+        }
+        live_event = checkout_event(account.user_id, package, "pi_live", livemode=True)
+        assert _deliver(live_client, live_event).json()["status"] == "processed"
+    assert rows(engine, "SELECT livemode FROM stripe_webhook_events") == [(True,)]
+    assert client.get("/v1/credits/balance", headers=account.headers).json()["balance"] == 500
 
 
 def test_signature_is_verified(client: TestClient, account: Account, engine: Engine) -> None:
@@ -194,7 +290,9 @@ def test_events_that_cannot_credit_are_recorded_not_retried(
         account.user_id, _package(engine, "Starter"), "pi_later", payment_status="unpaid"
     )
     assert _deliver(client, unpaid).json()["status"] == "ignored"
-    other = json.dumps({"id": "evt_other", "type": "customer.created", "data": {"object": {}}})
+    other = json.dumps(
+        {"id": "evt_other", "type": "customer.created", "livemode": False, "data": {"object": {}}}
+    )
     assert _deliver(client, other.encode()).json()["status"] == "ignored"
     errors = dict(
         rows(

@@ -79,6 +79,7 @@ def test_errors_have_one_shape(client: TestClient, account: Account) -> None:
     wrong_method = client.put("/v1/me", headers=account.headers)
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "GET"
     bad_id = client.get("/v1/datasets/not-a-uuid", headers=account.headers)
     assert bad_id.status_code == 422
     err = bad_id.json()["error"]

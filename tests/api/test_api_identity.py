@@ -163,6 +163,60 @@ def test_scopes_are_enforced_and_cannot_grow(client: TestClient, account: Accoun
     assert default.status_code == 201 and default.json()["scopes"] == ["keys"]
 
 
+def test_a_key_needs_at_least_one_scope(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    r = client.post("/v1/api-keys", headers=account.headers, json={"name": "none", "scopes": []})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["details"]["errors"][0]["loc"] == ["body", "scopes"]
+    assert scalar(engine, "SELECT count(*) FROM api_keys WHERE name = 'none'") == 0
+
+
+def test_a_key_manages_only_keys_with_no_more_scopes(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    def new_key(headers: dict[str, str], scopes: list[str]) -> dict[str, str]:
+        r = client.post("/v1/api-keys", headers=headers, json={"scopes": scopes})
+        assert r.status_code == 201, r.text
+        body: dict[str, str] = r.json()
+        return body
+
+    keys_only = new_key(account.headers, ["keys"])
+    ko = {"Authorization": f"Bearer {keys_only['key']}"}
+    reader = new_key(account.headers, ["read", "keys"])
+    # Revoking the account's full key, or a key with a scope it lacks, is refused.
+    for wider_id, beyond in (
+        (account.key_id, ["billing", "read", "write"]),
+        (reader["id"], ["read"]),
+    ):
+        r = client.delete(f"/v1/api-keys/{wider_id}", headers=ko)
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "insufficient_scope"
+        assert r.json()["error"]["details"]["scopes"] == beyond
+    revoked = scalar(
+        engine,
+        "SELECT count(*) FROM api_keys WHERE id IN (:a, :b) AND revoked_at IS NOT NULL",
+        a=account.key_id,
+        b=reader["id"],
+    )
+    assert revoked == 0
+    assert client.get("/v1/me", headers=account.headers).status_code == 200
+    # It may list them (no secret is shown) ...
+    listed = client.get("/v1/api-keys", headers=ko).json()["items"]
+    assert {k["id"] for k in listed} >= {str(account.key_id), reader["id"]}
+    assert all("key" not in k for k in listed)
+    # ... and revoke keys with the same scopes or fewer, itself included.
+    peer = new_key(ko, ["keys"])
+    assert client.delete(f"/v1/api-keys/{peer['id']}", headers=ko).status_code == 204
+    rk = {"Authorization": f"Bearer {reader['key']}"}
+    assert client.delete(f"/v1/api-keys/{keys_only['id']}", headers=rk).status_code == 204
+    assert client.get("/v1/api-keys", headers=ko).json()["error"]["code"] == "api_key_revoked"
+    # The full key manages every key.
+    assert client.delete(f"/v1/api-keys/{reader['id']}", headers=account.headers).status_code == 204
+
+
 def test_keys_of_a_soft_deleted_user_stop_working(
     client: TestClient, account: Account, engine: Engine
 ) -> None:

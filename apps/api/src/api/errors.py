@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -185,6 +186,32 @@ _HTTP_CODES = {
 }
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path.
+
+    Starlette's 405 names the methods of the first route that matched the path only,
+    and each method of a path is its own route here (``GET`` and ``POST /v1/api-keys``).
+    """
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(route.methods or ())
+    return sorted(methods)
+
+
+def _unparsable_body(exc: BaseException) -> ApiError:
+    """FastAPI's 400 for a JSON body it could not even decode: a bad body, like the rest."""
+    if isinstance(exc, UnicodeDecodeError):
+        msg = f"the body is not valid UTF-8 (byte {exc.start})"
+    elif isinstance(exc, RecursionError):
+        msg = "the body nests too deeply"
+    else:
+        msg = "the body could not be parsed"
+    return validation_error([{"loc": ("body",), "msg": msg, "type": "json_invalid"}], msg)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers: every error leaves in the one shape."""
 
@@ -205,9 +232,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # "There was an error parsing the body": not UTF-8, too deep for json.
+            return response(_unparsable_body(exc.__cause__))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         code = _HTTP_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code
-        return response(ApiError(exc.status_code, code, message, headers=exc.headers))
+        return response(ApiError(exc.status_code, code, message, headers=headers))
 
     @app.exception_handler(sa_exc.DataError)
     async def _data_error(request: Request, exc: sa_exc.DataError) -> JSONResponse:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
+from api.limits import BodyLimit, upload_routes
 from api.routers import (
     credits,
     datasets,
@@ -51,8 +52,8 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
     FastAPI documents its own 422 shape (HTTPValidationError); this API answers
     422 with the same ErrorBody as every other error, so the schema says so. Every
-    operation with parameters or a body documents 422, and every operation that
-    needs a key documents 401 and 403.
+    operation with parameters or a body documents 422, every operation with a body
+    413 (``api.limits``), and every operation that needs a key 401 and 403.
     """
 
     def openapi() -> dict[str, Any]:
@@ -67,13 +68,20 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
-        reasons = {401: "Missing or invalid API key", 403: "Forbidden", 422: "Invalid input"}
+        reasons = {
+            401: "Missing or invalid API key",
+            403: "Forbidden",
+            413: "The body is too large",
+            422: "Invalid input",
+        }
         for path_item in spec.get("paths", {}).values():
             for operation in path_item.values():
                 responses = operation.setdefault("responses", {})
                 needed = set()
                 if operation.get("parameters") or operation.get("requestBody"):
                     needed.add(422)
+                if operation.get("requestBody"):
+                    needed.add(413)
                 if operation.get("security"):
                     needed |= {401, 403}
                 for status in needed:
@@ -122,6 +130,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    # Outside every route: a body is bounded before anything reads or parses it.
+    app.add_middleware(
+        BodyLimit,
+        max_json_bytes=settings.max_json_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        uploads=upload_routes(app.routes),
+    )
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app
 

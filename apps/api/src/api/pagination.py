@@ -3,7 +3,10 @@
 A list is ordered by ``(created_at DESC, id DESC)`` (or another key column and
 the id), which every list's index serves: ``(user_id, created_at)`` on each owned
 table. The cursor is the last row's key, so a page costs the same however deep it
-is, and rows inserted meanwhile neither repeat nor shift the next page.
+is, and rows inserted meanwhile neither repeat nor shift the next page. A cursor
+that does not decode to a key of the list's kind (a datetime: aware and within
+``database.types.check_datetime``'s range; an int: within int4) is 422
+``invalid_cursor``, on every list: they all decode it here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api.errors import ApiError
+from database.types import check_datetime
 
 T = TypeVar("T")
 
@@ -57,9 +61,9 @@ def decode_cursor(cursor: str, kind: type) -> tuple[Any, uuid.UUID]:
         value, ident = json.loads(raw)
         parsed_id = uuid.UUID(str(ident))
         if kind is dt.datetime:
-            key: Any = dt.datetime.fromisoformat(value)
-            if key.tzinfo is None:
-                raise ValueError("naive")
+            # Aware and in range (database.types.check_datetime: InvalidDatetime is a
+            # ValueError), or no comparison with it can be bound.
+            key: Any = check_datetime(dt.datetime.fromisoformat(value))
         elif kind is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError("not an int")

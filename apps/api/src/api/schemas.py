@@ -3,7 +3,12 @@
 Inputs are bounded so that nothing a client sends can reach PostgreSQL as a value
 it refuses with an error of its own: text has no NUL characters and a maximum
 length, integers fit their columns, JSON holds only finite numbers and has a
-bounded depth. A refused input is a 422, never a 500.
+bounded depth, datetimes are aware and inside the range every layer holds
+(``database.types.check_datetime``). A refused input is a 422, never a 500.
+
+Request bodies derive from :class:`Input`: unknown fields are refused, and booleans
+and integers are strict (``0`` is not ``false``, ``"5"`` and ``5.0`` are not ``5``);
+a new field that would coerce is refused when its model is defined.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -19,6 +24,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
+    StrictInt,
     StringConstraints,
     model_validator,
 )
@@ -36,6 +44,7 @@ from database.models import (
     TutorialDifficulty,
     UserTier,
 )
+from database.types import check_datetime
 
 # The workflow definition model is pipeline.definition's, re-exported: the worker runs
 # what the API accepted, checked by the same code. So are the guards of what PostgreSQL's
@@ -73,9 +82,43 @@ Email = Annotated[
     str, StringConstraints(min_length=3, max_length=320), AfterValidator(normalise_email)
 ]
 
+#: An aware datetime that every layer can hold (PostgreSQL, Python, any time zone):
+#: in UTC after validation; a naive or out-of-range one is 422.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(check_datetime)]
+
+
+def _coercible(annotation: Any, metadata: tuple[Any, ...] = ()) -> bool:
+    """Whether a field's type holds a bool, int or float pydantic would coerce into."""
+    if get_origin(annotation) is Annotated:
+        base, *meta = get_args(annotation)
+        return _coercible(base, (*metadata, *meta))
+    if annotation in (bool, int, float):
+        return not any(isinstance(m, Strict) and m.strict for m in metadata)
+    return any(_coercible(arg) for arg in get_args(annotation))
+
 
 class Input(BaseModel):
+    """Base of every request body: unknown fields refused, no surprising coercion.
+
+    Not ``strict=True`` for the whole model: FastAPI validates the parsed JSON in
+    Python mode, where strict would refuse a UUID, an enum or a datetime given as
+    text. Booleans and numbers must be strict types (``StrictBool``, ``StrictInt``);
+    a subclass with a field that would coerce (``is_completed: 0`` read as false)
+    fails at import.
+    """
+
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        loose = [
+            name
+            for name, field in cls.model_fields.items()
+            if _coercible(field.annotation, tuple(field.metadata))
+        ]
+        if loose:
+            raise TypeError(f"{cls.__name__}: use StrictBool/StrictInt for {', '.join(loose)}")
 
 
 class Output(BaseModel):
@@ -123,9 +166,10 @@ class MeOut(UserOut):
 
 class ApiKeyIn(Input):
     name: Name = "API key"
-    #: Default: the scopes of the key making the request. Never more than those.
-    scopes: list[Scope] | None = Field(default=None, max_length=4)
-    expires_at: AwareDatetime | None = None
+    #: Default: the scopes of the key making the request. Never more than those,
+    #: and at least one.
+    scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=4)
+    expires_at: UtcDatetime | None = None
 
 
 class ApiKeyOut(Output):
@@ -250,7 +294,7 @@ class WorkflowOut(Output):
 
 class RunIn(Input):
     #: Queue priority: higher runs first.
-    priority: int = Field(default=0, ge=0, le=100)
+    priority: StrictInt = Field(default=0, ge=0, le=100)
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -369,9 +413,10 @@ class PurchaseOut(BaseModel):
 
 class WebhookOut(BaseModel):
     event_id: str
-    #: processed (credits moved), duplicate (seen before), ignored (not handled), or
-    #: failed (recorded; Stripe need not retry)
-    status: Literal["processed", "duplicate", "ignored", "failed"]
+    #: processed (credits moved), duplicate (this event was seen before),
+    #: duplicate_payment (another event already credited its payment: nothing
+    #: credited), ignored (not handled), or failed (recorded; Stripe need not retry)
+    status: Literal["processed", "duplicate", "duplicate_payment", "ignored", "failed"]
 
 
 # --- experiments -------------------------------------------------------------------------------
@@ -443,11 +488,11 @@ class ExperimentDetail(ExperimentOut):
 
 # --- tutorials ---------------------------------------------------------------------------------
 class ProgressIn(Input):
-    current_step: int = Field(ge=0, le=10_000)
-    completed_steps: list[Annotated[int, Field(ge=0, le=10_000)]] = Field(
+    current_step: StrictInt = Field(ge=0, le=10_000)
+    completed_steps: list[Annotated[StrictInt, Field(ge=0, le=10_000)]] = Field(
         default_factory=list, max_length=1000
     )
-    is_completed: bool = False
+    is_completed: StrictBool = False
 
 
 class ProgressOut(Output):

@@ -60,10 +60,15 @@ class ApiSettings(BaseSettings):
     storage_url: str | None = Field(default=None, alias="STORAGE_URL")
     #: The largest file one upload may carry.
     max_upload_bytes: int = Field(default=200 * MiB, alias="MAX_UPLOAD_BYTES", gt=0)
+    #: The largest body of any other request (JSON): refused with 413 past it.
+    max_json_bytes: int = Field(default=1 * MiB, alias="MAX_JSON_BYTES", gt=0)
     #: The signing secret of the Stripe webhook endpoint (whsec_...).
     stripe_webhook_secret: SecretStr | None = Field(default=None, alias="STRIPE_WEBHOOK_SECRET")
     #: Stripe's tolerance for the age of a signed webhook, in seconds.
     stripe_webhook_tolerance_s: int = Field(default=300, alias="STRIPE_WEBHOOK_TOLERANCE", ge=0)
+    #: The Stripe mode this server takes events of: false (test mode, the default)
+    #: or true (live). An event of the other mode is refused (400 livemode_mismatch).
+    stripe_livemode: bool = Field(default=False, alias="STRIPE_LIVEMODE")
     #: POST /v1/credits/purchase credits a package without payment: development only.
     dev_purchases: bool = Field(default=False, alias="ENABLE_DEV_PURCHASES")
     #: How often GET /v1/jobs/{id}/events looks at the database for news, in seconds.

@@ -16,6 +16,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import DBAPIError
 
+from database.types import InvalidDatetime
+
 
 class DatabaseError(Exception):
     """Base of every exception this package raises for a database refusal."""
@@ -291,6 +293,9 @@ def _detail_word(detail: str | None, key: str) -> str | None:
 def translate(exc: BaseException) -> DatabaseError | None:
     """The named exception for a DBAPI or SQLAlchemy error, or None if it has none."""
     orig: Any = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, InvalidDatetime):
+        # Refused by UtcDateTime before the statement was sent: a bad value, like 23514.
+        return InvalidValue(str(orig), orig=orig)
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate is None:
         return None

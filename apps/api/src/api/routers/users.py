@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 from fastapi import APIRouter, Response, status
 from sqlalchemy import func, select, update
@@ -10,6 +11,7 @@ from sqlalchemy import func, select, update
 from api.deps import (
     ALL_SCOPES,
     KeyManager,
+    Principal,
     Reader,
     SessionDep,
     SettingsDep,
@@ -38,6 +40,13 @@ def _created_key(key: APIKey, plain: str) -> ApiKeyCreated:
     return ApiKeyCreated.model_validate(
         {**ApiKeyOut.model_validate(key).model_dump(), "key": plain}
     )
+
+
+def _no_more_than(principal: Principal, scopes: Iterable[str], message: str) -> None:
+    """A key manages (creates, revokes) only keys whose scopes are a subset of its own."""
+    beyond = sorted(set(scopes) - principal.scopes)
+    if beyond:
+        raise ApiError(403, "insufficient_scope", message, {"scopes": beyond})
 
 
 @router.post(
@@ -104,6 +113,8 @@ def list_api_keys(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[ApiKeyOut]:
+    """Every key of the account, wider ones included: a list shows no secret (only
+    the prefix), and what a key could do with a wider one, revoke it, is refused."""
     rows, next_cursor = paginate(
         session,
         select(APIKey).where(APIKey.user_id == principal.user_id),
@@ -125,21 +136,15 @@ def list_api_keys(
     summary="Create an API key (shown once)",
 )
 def create_api_key(principal: KeyManager, session: SessionDep, body: ApiKeyIn) -> ApiKeyCreated:
-    """A new key with the given scopes (default: the calling key's), never more than
-    the calling key has, and an optional expiry in the future."""
+    """A new key with the given scopes (default: the calling key's; at least one),
+    never more than the calling key has (403 ``insufficient_scope``), and an
+    optional expiry in the future."""
     scopes: list[str]
     if body.scopes is not None:
         scopes = list(dict.fromkeys(body.scopes))
     else:
         scopes = [s for s in ALL_SCOPES if s in principal.scopes]
-    beyond = sorted(set(scopes) - principal.scopes)
-    if beyond:
-        raise ApiError(
-            403,
-            "insufficient_scope",
-            "a key cannot grant scopes the calling key lacks",
-            {"scopes": beyond},
-        )
+    _no_more_than(principal, scopes, "a key cannot grant scopes the calling key lacks")
     if body.expires_at is not None:
         now = session.execute(select(func.now())).scalar_one()
         if body.expires_at <= now:
@@ -167,12 +172,14 @@ def create_api_key(principal: KeyManager, session: SessionDep, body: ApiKeyIn) -
     summary="Revoke an API key",
 )
 def revoke_api_key(principal: KeyManager, session: SessionDep, key_id: uuid.UUID) -> Response:
-    """Revoked at once and for good; revoking a revoked key changes nothing."""
-    found = session.scalar(
-        select(APIKey.id).where(APIKey.id == key_id, APIKey.user_id == principal.user_id)
+    """Revoked at once and for good; revoking a revoked key changes nothing. A key
+    may revoke only keys with no scope it lacks itself (403 ``insufficient_scope``)."""
+    target = session.scalar(
+        select(APIKey.scopes).where(APIKey.id == key_id, APIKey.user_id == principal.user_id)
     )
-    if found is None:
+    if target is None:
         raise not_found("API key")
+    _no_more_than(principal, target, "a key cannot revoke a key with scopes it lacks")
     session.execute(
         update(APIKey)
         .where(APIKey.id == key_id, APIKey.revoked_at.is_(None))

@@ -8,7 +8,11 @@ changes nothing. A ``checkout.session.completed`` event whose payment is made
 (``payment_status`` paid; ``checkout.session.async_payment_succeeded`` likewise)
 credits ``metadata.package_id`` to ``client_reference_id`` for the payment
 ``payment_intent``: the ledger's unique payment reference makes that happen once
-even across different events for the same payment.
+even across different events for the same payment, and a second event for a
+payment already credited answers ``duplicate_payment`` (stored as ``ignored``).
+
+An event whose ``livemode`` is not ``STRIPE_LIVEMODE`` (default false: test mode)
+is refused with 400 ``livemode_mismatch`` and not stored.
 
 A refusal no retry can change (an unknown user or package, a package not on sale
 or not for the user's tier, a deleted user) is recorded on the event as
@@ -27,7 +31,7 @@ from typing import Annotated, Any
 import stripe
 from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -36,7 +40,7 @@ from api.errors import ApiError, error_responses
 from api.schemas import WebhookOut, check_json
 from database import credits
 from database import errors as db
-from database.models import StripeWebhookEvent
+from database.models import CreditTransaction, StripeWebhookEvent
 
 log = logging.getLogger("api.webhooks")
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -65,6 +69,10 @@ class _NotYet(Exception):
     """A checkout whose payment has not succeeded yet (async payment methods)."""
 
 
+class _AlreadyCredited(Exception):
+    """Another event already credited this payment (to the same user and package)."""
+
+
 def _credit(session: Session, obj: dict[str, Any]) -> None:
     """Credit the package of a paid checkout session (raises _Failed with the reason)."""
     if obj.get("payment_status") not in (None, "paid", "no_payment_required"):
@@ -81,16 +89,42 @@ def _credit(session: Session, obj: dict[str, Any]) -> None:
         raise _Failed("client_reference_id and metadata.package_id must be ids") from None
     if not isinstance(payment, str) or not payment.strip():
         raise _Failed("the session has no payment_intent")
+    # Under the user's row lock (held to the commit; purchase takes it too), so a
+    # concurrent event for the same payment waits here, then finds this one's entry.
+    credits.lock_users(session, [user_id])
+    credited = session.execute(
+        select(CreditTransaction.id, CreditTransaction.user_id, CreditTransaction.package_id)
+        .where(CreditTransaction.stripe_payment_id == payment)
+        .limit(1)
+    ).one_or_none()
+    if credited is not None and (credited.user_id, credited.package_id) == (user_id, package_id):
+        raise _AlreadyCredited(f"payment {payment} was already credited (entry {credited.id})")
+    # Not credited yet, or credited to another user or package: purchase refuses that
+    # (PaymentReferenceConflict, recorded as failed).
     credits.purchase(
         session, user_id, package_id, payment, description=f"Stripe checkout {obj.get('id')}"
     )
 
 
-def _handle(session: Session, event: dict[str, Any]) -> WebhookOut:
+def _handle(session: Session, event: dict[str, Any], expected_livemode: bool) -> WebhookOut:
     event_id = str(event.get("id") or "")
     event_type = str(event.get("type") or "")
     if not event_id or len(event_id) > 255 or not event_type or len(event_type) > 255:
         raise ApiError(422, "invalid_event", "the event has no usable id or type")
+    livemode = event.get("livemode")
+    if livemode is not expected_livemode:
+        # A live event on a test server (or the reverse) names users and packages of
+        # another world: refused and not stored; STRIPE_LIVEMODE says which we take.
+        mode = "live" if expected_livemode else "test"
+        raise ApiError(
+            400,
+            "livemode_mismatch",
+            f"this server takes Stripe {mode}-mode events only (STRIPE_LIVEMODE)",
+            {
+                "expected_livemode": expected_livemode,
+                "livemode": livemode if isinstance(livemode, bool) else None,
+            },
+        )
     # Stored first: a concurrent delivery of the same event waits here on the unique
     # key, then finds the row, and answers "duplicate".
     inserted = session.execute(
@@ -98,7 +132,7 @@ def _handle(session: Session, event: dict[str, Any]) -> WebhookOut:
         .values(
             stripe_event_id=event_id,
             type=event_type,
-            livemode=bool(event.get("livemode", False)),
+            livemode=livemode,
             payload=event,
         )
         .on_conflict_do_nothing(index_elements=["stripe_event_id"])
@@ -108,6 +142,7 @@ def _handle(session: Session, event: dict[str, Any]) -> WebhookOut:
         session.rollback()
         return WebhookOut(event_id=event_id, status="duplicate")
     status, error = "ignored", None
+    answer: str | None = None
     if event_type in CREDITING_EVENTS:
         obj = (event.get("data") or {}).get("object") or {}
         try:
@@ -115,6 +150,9 @@ def _handle(session: Session, event: dict[str, Any]) -> WebhookOut:
             status = "processed"
         except _NotYet:
             status = "ignored"
+        except _AlreadyCredited as exc:
+            # Stored as ignored (nothing was done), answered duplicate_payment.
+            answer, status, error = "duplicate_payment", "ignored", str(exc)
         except _Failed as exc:
             status, error = "failed", str(exc)
         except PERMANENT as exc:
@@ -128,7 +166,7 @@ def _handle(session: Session, event: dict[str, Any]) -> WebhookOut:
     session.commit()
     if status == "failed":
         log.warning("stripe event %s (%s) failed: %s", event_id, event_type, error)
-    return WebhookOut(event_id=event_id, status=status)  # type: ignore[arg-type]
+    return WebhookOut(event_id=event_id, status=answer or status)  # type: ignore[arg-type]
 
 
 @router.post(
@@ -150,8 +188,9 @@ async def stripe_webhook(
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookOut:
     """Verified with ``STRIPE_WEBHOOK_SECRET`` (400 ``invalid_signature`` otherwise;
-    503 ``webhooks_not_configured`` without a secret). Idempotent per event, and per
-    payment."""
+    503 ``webhooks_not_configured`` without a secret); an event of the other Stripe
+    mode than ``STRIPE_LIVEMODE`` is 400 ``livemode_mismatch``. Idempotent per
+    event (``duplicate``), and per payment (``duplicate_payment``)."""
     secret = settings.stripe_webhook_secret
     if secret is None or not secret.get_secret_value().strip():
         raise ApiError(
@@ -183,4 +222,4 @@ async def stripe_webhook(
         raise ApiError(400, "invalid_signature", "the Stripe signature does not verify") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_payload", "the event is not a JSON object") from None
-    return await run_in_threadpool(_handle, session, event)
+    return await run_in_threadpool(_handle, session, event, settings.stripe_livemode)
