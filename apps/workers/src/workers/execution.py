@@ -2,26 +2,29 @@
 
 Nodes run in the definition's topological order, each recorded in ``job_nodes``
 (running, then success with its output or failed with its error); a node whose
-input failed or was skipped is skipped. Between two nodes the worker renews its
-lease and looks for a cancel request; a stopping worker gives the job back to
-the queue there. The save node's artifact goes to storage and its ``Model`` row
-is written with the node's success, in one transaction. At the end the job is
-completed with a summary in ``results``, or failed (or cancelled) and refunded
-once, through the ledger (:func:`workers.queue.finish_job`).
+input failed or was skipped is skipped. The computation runs in a child process of
+the job's own (:mod:`workers.runner`); this module keeps the database side. While
+a node runs, every ``WORKER_WATCH_SECONDS`` (1 s) the worker renews its lease and
+looks for a cancel request, its stop signal and the job's time limit: a cancel ends
+the child at once and the job is cancelled; a stopping worker ends it and gives the
+job back to the queue; past the time limit (by the owner's tier) the job fails.
+The save node's artifact goes to storage and its ``Model`` row is written with the
+node's success, in one transaction. At the end the job is completed with a summary
+in ``results``, or failed (or cancelled) and refunded once, through the ledger
+(:func:`workers.queue.finish_job`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
-import traceback
+import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session
@@ -29,12 +32,36 @@ from sqlalchemy.orm import Session
 from database import credits
 from database.models import NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
-from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node
 from pipeline.storage import Storage
 from workers import queue
 from workers.queue import Claim
+from workers.runner import ChildDied, DatasetSource, Interrupted, NodeProcess, Reply
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What one job may use: threads for its fits, memory and time."""
+
+    #: Threads of a fit (n_jobs, BLAS, OpenMP).
+    threads: int = 1
+    #: How far the job's process may grow beyond its start-up size (MB); None: no limit.
+    memory_limit_mb: int | None = None
+    #: Seconds one attempt may run, by the owner's tier; a tier not listed: no limit.
+    time_limits: Mapping[str, float] = field(default_factory=dict)
+    #: How often a running node is watched (cancel, stop, time limit).
+    watch_seconds: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RunLimits:
+        """From :class:`workers.settings.WorkerSettings`."""
+        return cls(
+            threads=settings.threads,
+            memory_limit_mb=settings.memory_limit_mb or None,
+            time_limits={str(k): v for k, v in settings.time_limits().items()},
+            watch_seconds=settings.watch_seconds,
+        )
 
 
 @dataclass
@@ -42,24 +69,26 @@ class _Run:
     claim: Claim
     snapshot: dict[str, Any]
     definition: WorkflowDefinition
+    tier: str
     status: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
     first_error: str | None = None
     first_trace: str | None = None
 
 
-def _snapshot(engine: Engine, claim: Claim) -> dict[str, Any] | None:
+def _snapshot(engine: Engine, claim: Claim) -> tuple[dict[str, Any], str] | None:
+    """The job's snapshot and its owner's tier (which sets the job's time limit)."""
     with engine.connect() as conn:
-        data = conn.execute(
+        row = conn.execute(
             text(
-                "SELECT s.snapshot_data FROM jobs AS j JOIN workflow_snapshots AS s"
-                " ON s.id = j.workflow_snapshot_id AND s.user_id = j.user_id WHERE j.id = :id"
+                "SELECT s.snapshot_data, u.tier::text AS tier FROM jobs AS j"
+                " JOIN workflow_snapshots AS s ON s.id = j.workflow_snapshot_id"
+                " AND s.user_id = j.user_id JOIN users AS u ON u.id = j.user_id WHERE j.id = :id"
             ),
             {"id": claim.id},
-        ).scalar_one_or_none()
-    return data
+        ).one_or_none()
+    return None if row is None else (row.snapshot_data, row.tier)
 
 
 def _record(
@@ -94,47 +123,40 @@ def _record(
     )
 
 
-class _Loader:
-    """Loads a dataset node's version (frozen in the snapshot) from its Parquet file."""
+class _NodeFailed(Exception):
+    """A node that cannot start (its dataset version is not readable)."""
 
-    def __init__(self, engine: Engine, storage: Storage, run: _Run) -> None:
-        self.engine, self.storage, self.run = engine, storage, run
 
-    def __call__(self, node: WorkflowNode) -> LoadedDataset:
-        frozen = (self.run.snapshot.get("dataset_versions") or {}).get(node.id) or {}
-        version_id = frozen.get("version_id")
-        if not version_id:
-            raise NodeFailed(f"node {node.id!r}: the run recorded no dataset version to read")
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT v.s3_path, v.status::text AS status, v.version_number, d.name"
-                    " FROM dataset_versions AS v JOIN datasets AS d ON d.id = v.dataset_id"
-                    " WHERE v.id = :v AND v.user_id = :u"
-                ),
-                {"v": uuid.UUID(str(version_id)), "u": self.run.claim.user_id},
-            ).one_or_none()
-        if row is None:
-            raise NodeFailed(f"node {node.id!r}: dataset version {version_id} no longer exists")
-        if row.status != "completed" or not row.s3_path:
-            raise NodeFailed(
-                f"node {node.id!r}: dataset version {row.version_number} is not ingested"
-                f" (status {row.status})"
-            )
-        try:
-            with self.storage.open_read(row.s3_path) as source:
-                frame = pd.read_parquet(io.BytesIO(source.read()))
-        except FileNotFoundError:
-            raise NodeFailed(
-                f"node {node.id!r}: the Parquet file of dataset version {row.version_number}"
-                " is missing from storage"
-            ) from None
-        return LoadedDataset(
-            frame=frame,
-            target_column=frozen.get("target_column"),
-            problem_type=frozen.get("problem_type"),
-            name=row.name,
+def _dataset_source(engine: Engine, run: _Run, node: WorkflowNode) -> DatasetSource:
+    """Which Parquet file a dataset node reads (the version frozen in the snapshot);
+    the child reads it."""
+    frozen = (run.snapshot.get("dataset_versions") or {}).get(node.id) or {}
+    version_id = frozen.get("version_id")
+    if not version_id:
+        raise _NodeFailed(f"node {node.id!r}: the run recorded no dataset version to read")
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT v.s3_path, v.status::text AS status, v.version_number, d.name"
+                " FROM dataset_versions AS v JOIN datasets AS d ON d.id = v.dataset_id"
+                " WHERE v.id = :v AND v.user_id = :u"
+            ),
+            {"v": uuid.UUID(str(version_id)), "u": run.claim.user_id},
+        ).one_or_none()
+    if row is None:
+        raise _NodeFailed(f"node {node.id!r}: dataset version {version_id} no longer exists")
+    if row.status != "completed" or not row.s3_path:
+        raise _NodeFailed(
+            f"node {node.id!r}: dataset version {row.version_number} is not ingested"
+            f" (status {row.status})"
         )
+    return DatasetSource(
+        location=row.s3_path,
+        target_column=frozen.get("target_column"),
+        problem_type=frozen.get("problem_type"),
+        name=row.name,
+        version_number=row.version_number,
+    )
 
 
 def run_job(
@@ -144,46 +166,82 @@ def run_job(
     *,
     lease_seconds: float,
     stop: threading.Event | None = None,
+    limits: RunLimits | None = None,
 ) -> str:
     """Run the claimed job to its end; returns its final status, or ``released``
     when the worker stopped and gave it back. Raises :class:`workers.queue.LeaseLost`."""
-    snapshot = _snapshot(engine, claim)
-    if snapshot is None:
+    limits = limits or RunLimits()
+    found = _snapshot(engine, claim)
+    if found is None:
         return "gone"
+    snapshot, tier = found
     try:
         definition = WorkflowDefinition.model_validate(snapshot.get("definition") or {})
     except ValidationError as exc:
         message = f"the workflow snapshot is not a valid definition: {exc.errors()[0]['msg']}"
         _finish(engine, claim, "failed", error=message)
         return "failed"
-    run = _Run(claim=claim, snapshot=snapshot, definition=definition)
-    loader = _Loader(engine, storage, run)
+    run = _Run(claim=claim, snapshot=snapshot, definition=definition, tier=tier)
+    time_limit = limits.time_limits.get(tier)
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     nodes = {n.id: n for n in definition.nodes}
     order = definition.order()
-    for node_id in order:
+
+    def watch() -> str | None:
+        """While a node runs: why it must end now, or None."""
         if stop is not None and stop.is_set():
-            with Session(engine) as session:
-                dropped = queue.release(session, claim)
-            for location in dropped:
-                storage.delete(location)
-            log.info("job %s released: the worker is stopping", claim.id)
-            return "released"
-        upstream = definition.inputs(node_id)
-        broken = [u for u in upstream if run.status.get(u) != "success"]
+            return "stopping"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "time"
         with engine.begin() as conn:
-            cancelled = queue.check_job(conn, claim, lease_seconds)
-            if not cancelled and broken:
-                reason = (
-                    f"skipped: input node {broken[0]!r} {run.status.get(broken[0], 'did not run')}"
-                )
-                _record(conn, claim, node_id, "skipped", error=reason)
-                run.status[node_id] = "skipped"
-                continue
-            if not cancelled:
-                _record(conn, claim, node_id, "running")
-        if cancelled:
-            return _cancel(engine, claim, run, order, lease_seconds)
-        _run_node(engine, storage, run, loader, nodes[node_id], upstream, lease_seconds)
+            if queue.check_job(conn, claim, lease_seconds):
+                return "cancelled"
+        return None
+
+    with NodeProcess(
+        snapshot.get("definition") or {},
+        storage,
+        threads=limits.threads,
+        memory_limit_mb=limits.memory_limit_mb,
+        poll_seconds=limits.watch_seconds,
+    ) as process:
+        for node_id in order:
+            if stop is not None and stop.is_set():
+                return _release(engine, storage, claim)
+            if deadline is not None and time.monotonic() >= deadline:
+                return _time_out(engine, run, order, None, time_limit, lease_seconds)
+            upstream = definition.inputs(node_id)
+            broken = [u for u in upstream if run.status.get(u) != "success"]
+            with engine.begin() as conn:
+                cancelled = queue.check_job(conn, claim, lease_seconds)
+                if not cancelled and broken:
+                    reason = (
+                        f"skipped: input node {broken[0]!r}"
+                        f" {run.status.get(broken[0], 'did not run')}"
+                    )
+                    _record(conn, claim, node_id, "skipped", error=reason)
+                    run.status[node_id] = "skipped"
+                    continue
+                if not cancelled:
+                    _record(conn, claim, node_id, "running")
+            if cancelled:
+                return _cancel(engine, claim, run, order, lease_seconds)
+            try:
+                reply = _compute(engine, run, process, nodes[node_id], watch)
+            except Interrupted as exc:
+                if exc.reason == "stopping":
+                    return _release(engine, storage, claim)
+                if exc.reason == "cancelled":
+                    log.info("job %s: cancelled while node %s ran", claim.id, node_id)
+                    return _cancel(engine, claim, run, order, lease_seconds)
+                return _time_out(engine, run, order, node_id, time_limit, lease_seconds)
+            except ChildDied as exc:
+                log.warning("job %s node %s: %s", claim.id, node_id, exc)
+                return _give_up(engine, run, order, node_id, str(exc), lease_seconds)
+            if reply.status == "ok":
+                _succeed(engine, storage, run, nodes[node_id], reply, lease_seconds)
+            else:
+                _fail_node(engine, run, node_id, reply, lease_seconds)
     if run.first_error is not None:
         _finish(
             engine,
@@ -198,38 +256,31 @@ def run_job(
     return "completed"
 
 
-def _run_node(
-    engine: Engine,
-    storage: Storage,
-    run: _Run,
-    loader: _Loader,
-    node: WorkflowNode,
-    upstream: list[str],
-    lease_seconds: float,
-) -> None:
+def _compute(
+    engine: Engine, run: _Run, process: NodeProcess, node: WorkflowNode, watch: Any
+) -> Reply:
+    """The node's computation, in the job's child process."""
+    source = None
+    if node.type == NodeType.DATASET:
+        try:
+            source = _dataset_source(engine, run, node)
+        except _NodeFailed as exc:
+            return Reply("failed", error=str(exc))
+    return process.run(node.id, source, watch)
+
+
+def _fail_node(engine: Engine, run: _Run, node_id: str, reply: Reply, lease_seconds: float) -> None:
     claim = run.claim
-    trace: str | None = None
-    try:
-        outcome: NodeOutcome = execute_node(
-            run.definition, node.id, {u: run.values[u] for u in upstream}, loader
-        )
-    except NodeFailed as exc:
-        error = str(exc)
-    except Exception as exc:  # scikit-learn's own refusals mostly: say what it said
-        log.warning("job %s node %s failed", claim.id, node.id, exc_info=True)
-        error = f"{type(exc).__name__}: {exc}"
-        trace = traceback.format_exc()
-    else:
-        run.values[node.id] = outcome.value
-        _succeed(engine, storage, run, node, outcome, lease_seconds)
-        return
-    run.status[node.id] = "failed"
+    error = reply.error or "the node failed"
+    if reply.trace:
+        log.warning("job %s node %s failed: %s", claim.id, node_id, reply.trace)
+    run.status[node_id] = "failed"
     if run.first_error is None:
-        run.first_error = f"node {node.id!r} failed: {error}"
-        run.first_trace = trace
+        run.first_error = f"node {node_id!r} failed: {error}"
+        run.first_trace = reply.trace
     with engine.begin() as conn:
         queue.check_job(conn, claim, lease_seconds)
-        _record(conn, claim, node.id, "failed", error=error)
+        _record(conn, claim, node_id, "failed", error=error)
 
 
 def _succeed(
@@ -237,11 +288,11 @@ def _succeed(
     storage: Storage,
     run: _Run,
     node: WorkflowNode,
-    outcome: NodeOutcome,
+    outcome: Reply,
     lease_seconds: float,
 ) -> None:
     claim = run.claim
-    output = dict(outcome.output)
+    output = dict(outcome.output or {})
     if node.type == NodeType.MODEL and "metrics" in output:
         run.metrics[node.id] = output["metrics"]
     if outcome.artifact is None or outcome.model is None:
@@ -322,3 +373,57 @@ def _cancel(engine: Engine, claim: Claim, run: _Run, order: list[str], lease_sec
                 run.status[node_id] = "skipped"
     _finish(engine, claim, "cancelled", error="cancelled by its owner", results=_results(run))
     return "cancelled"
+
+
+def _release(engine: Engine, storage: Storage, claim: Claim) -> str:
+    """The worker is stopping: the job goes back to the queue."""
+    with Session(engine) as session:
+        dropped = queue.release(session, claim)
+    for location in dropped:
+        storage.delete(location)
+    log.info("job %s released: the worker is stopping", claim.id)
+    return "released"
+
+
+def _abort(
+    engine: Engine,
+    run: _Run,
+    order: list[str],
+    node_id: str | None,
+    error: str,
+    lease_seconds: float,
+) -> str:
+    """End the job failed with ``error`` (refunded): the running node (if any) failed,
+    the nodes not run skipped."""
+    claim = run.claim
+    with engine.begin() as conn:
+        queue.check_job(conn, claim, lease_seconds)
+        if node_id is not None:
+            _record(conn, claim, node_id, "failed", error=error)
+            run.status[node_id] = "failed"
+        for other in order:
+            if other not in run.status:
+                _record(conn, claim, other, "skipped", error=f"skipped: {error}")
+                run.status[other] = "skipped"
+    _finish(engine, claim, "failed", error=error, results=_results(run))
+    return "failed"
+
+
+def _time_out(
+    engine: Engine,
+    run: _Run,
+    order: list[str],
+    node_id: str | None,
+    time_limit: float | None,
+    lease_seconds: float,
+) -> str:
+    limit = f"{time_limit:g}"
+    message = f"time limit of {limit} s exceeded (the {run.tier} tier's limit)"
+    log.info("job %s: %s", run.claim.id, message)
+    return _abort(engine, run, order, node_id, message, lease_seconds)
+
+
+def _give_up(
+    engine: Engine, run: _Run, order: list[str], node_id: str, reason: str, lease_seconds: float
+) -> str:
+    return _abort(engine, run, order, node_id, reason, lease_seconds)

@@ -8,9 +8,10 @@ of the work it holds. Periodically it recovers expired leases (work of dead
 workers) and runs the lifecycle purge.
 
 SIGTERM or SIGINT: no new work is taken; an ingestion in progress finishes, and
-a job gives itself back to the queue before its next node (a model being fitted
-finishes first). A second signal does not force anything: kill -9 does, and the
-lease then expires and the work is recovered.
+a job gives itself back to the queue at once: a node in progress (its child
+process, :mod:`workers.runner`) is ended within ``WORKER_WATCH_SECONDS``. A second
+signal does not force anything: kill -9 does, and the lease then expires and the
+work is recovered (the job's child process dies with the worker).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from sqlalchemy import Engine
 from database import lifecycle
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
-from workers import queue
-from workers.execution import run_job
+from workers import queue, runner
+from workers.execution import RunLimits, run_job
 from workers.ingestion import run_ingestion
 from workers.queue import Claim, LeaseLost
 from workers.settings import WorkerSettings
@@ -65,6 +66,7 @@ class Worker:
         self._lock = threading.Lock()
         self._active: dict[uuid.UUID, Claim] = {}
         self._pool = ThreadPoolExecutor(settings.slots, thread_name_prefix="slot")
+        self.limits = RunLimits.from_settings(settings)
         self._next_recovery = 0.0
         self._next_purge = time.monotonic() + settings.purge_hours * 3600
         self.outcomes: list[tuple[Claim, str]] = []
@@ -82,9 +84,15 @@ class Worker:
         threads = [threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)]
         if not until_idle:
             threads.append(threading.Thread(target=self._listen, name="listen", daemon=True))
+        runner.warm_up()  # the forkserver of the jobs' processes, before any thread
         for thread in threads:
             thread.start()
-        log.info("worker %s started with %d slots", self.name, self.settings.slots)
+        log.info(
+            "worker %s started with %d slots of %d threads",
+            self.name,
+            self.settings.slots,
+            self.limits.threads,
+        )
         try:
             while not self.stopping.is_set():
                 self._periodic()
@@ -149,6 +157,7 @@ class Worker:
                     claim,
                     lease_seconds=self.settings.lease_seconds,
                     stop=self.stopping,
+                    limits=self.limits,
                 )
         except LeaseLost as exc:
             log.warning("%s", exc)

@@ -168,11 +168,14 @@ def execute_node(
     node_id: str,
     upstream: Mapping[str, Any],
     load_dataset: LoadDataset,
+    *,
+    n_jobs: int = 1,
 ) -> NodeOutcome:
     """Run node ``node_id`` of ``definition``.
 
     ``upstream`` maps node ids to the ``value`` of the nodes already run (at least this
-    node's inputs); ``load_dataset`` reads a dataset node's version. Raises
+    node's inputs); ``load_dataset`` reads a dataset node's version; ``n_jobs`` is how
+    many threads a fit may use (given to estimators that take ``n_jobs``). Raises
     :class:`NodeFailed` with a message for the user when the node cannot run.
     """
     node = definition.node(node_id)
@@ -190,7 +193,7 @@ def execute_node(
         prepared = prepare(_expect(value, LoadedDataset, node_id), config)
         return NodeOutcome(output=measure.json_safe(prepared.output), value=prepared)
     if isinstance(config, ModelConfig):
-        trained = _train(definition, node_id, config, value)
+        trained = _train(definition, node_id, config, value, n_jobs=n_jobs)
         return NodeOutcome(output=measure.json_safe(_model_output(trained)), value=trained)
     model = _expect(value, TrainedModel, node_id)
     if isinstance(config, VisualizeConfig):
@@ -398,7 +401,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _train(
-    definition: WorkflowDefinition, node_id: str, config: ModelConfig, source: Any
+    definition: WorkflowDefinition,
+    node_id: str,
+    config: ModelConfig,
+    source: Any,
+    *,
+    n_jobs: int = 1,
 ) -> TrainedModel:
     if isinstance(source, LoadedDataset):
         data = prepare(source, PreprocessConfig())
@@ -425,7 +433,9 @@ def _train(
                 f"node {node_id!r}: regression needs a numeric target, and"
                 f" {dataset.target_column!r} is not numeric"
             )
-    estimator = build_estimator(config.algorithm, problem_type, config.hyperparameters)
+    estimator = build_estimator(
+        config.algorithm, problem_type, config.hyperparameters, n_jobs=n_jobs
+    )
     pipeline = Pipeline([("preprocess", clone(data.transformer)), ("model", estimator)])
     y_train = data.y_train.to_numpy() if supervised and data.y_train is not None else None
     with warnings.catch_warnings(record=True) as caught:
@@ -583,6 +593,9 @@ def serialize(pipeline: Pipeline) -> bytes:
 
 
 def _save(config: SaveConfig, model: TrainedModel) -> NodeOutcome:
+    estimator = model.pipeline[-1]
+    if "n_jobs" in estimator.get_params(deep=False):
+        estimator.set_params(n_jobs=None)  # the worker's threads are not the model's
     artifact = serialize(model.pipeline)
     record = ModelRecord(
         name=config.name,
