@@ -61,15 +61,24 @@ def _context() -> Any:
 _CONTEXT = _context()
 
 
-def warm_up() -> None:
-    """Start the forkserver now (a worker at start-up), so the first job does not wait
-    for its imports."""
-    if _CONTEXT.get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
+_warm = False
 
+
+def _noop() -> None:
+    pass
+
+
+def warm_up() -> None:
+    """Start the forkserver and wait for its imports (a worker at start-up), so that the
+    first job does not wait for them."""
+    global _warm
+    if _warm or _CONTEXT.get_start_method() != "forkserver":
+        return
     _CONTEXT.set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
+    process = _CONTEXT.Process(target=_noop, name="automl-warm-up", daemon=True)
+    process.start()  # forks once the server has imported PRELOAD
+    process.join()
+    _warm = True
 
 
 class Interrupted(Exception):
