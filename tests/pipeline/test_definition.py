@@ -359,6 +359,9 @@ def test_the_worker_threads_go_to_the_estimator_but_not_the_saved_model() -> Non
     assert forest.get_params()["n_jobs"] == 4
     ridge = build_estimator("ridge", ProblemType.REGRESSION, {}, n_jobs=4)
     assert "n_jobs" not in ridge.get_params()
+    # Its n_jobs does nothing since scikit-learn 1.8, and warns: left unset.
+    logistic = build_estimator("logistic_regression", ProblemType.CLASSIFICATION, {}, n_jobs=4)
+    assert logistic.get_params()["n_jobs"] is None
 
 
 def test_platform_parameters_are_refused_and_random_state_allowed() -> None:

@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from test_worker_e2e import assert_books_balance, balance, job_detail, one, value, wait_for
 
 from workers.main import Worker
 
 from api_helpers import Account, upload
-from test_worker_e2e import assert_books_balance, balance, job_detail, value, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -219,4 +219,34 @@ def test_a_job_over_its_memory_limit_fails_with_the_reason(
     assert nodes["keep"]["status"] == "skipped"
     assert refunds(engine, job_id) == 1
     assert balance(client, account) == before
+    assert_books_balance(engine)
+
+
+def test_a_stopping_worker_ends_the_fit_and_gives_the_job_back(
+    client: TestClient,
+    account: Account,
+    drain: Callable[..., Worker],
+    make_worker: Callable[..., Worker],
+    engine: Engine,
+) -> None:
+    before = balance(client, account)
+    job_id = run_model(client, account, drain, noisy_csv(3000, 3), "gradient_boosting", SLOW)
+    worker = make_worker(slots=1)
+    with running(worker):
+        wait_for(lambda: node_status(engine, job_id, "train") == "running", "the fit to start")
+        pids = [c.pid for c in multiprocessing.active_children() if c.pid is not None]
+        assert pids
+        worker.stop()  # what SIGTERM does
+    assert all(gone(pid) for pid in pids)
+    assert [outcome for _, outcome in worker.outcomes] == ["released"]
+    row = one(
+        engine, "SELECT status::text, attempts, leased_by FROM jobs WHERE id = :id", id=job_id
+    )
+    assert tuple(row) == ("queued", 0, None)
+    statuses = value(
+        engine, "SELECT array_agg(DISTINCT status::text) FROM job_nodes WHERE job_id = :j", j=job_id
+    )
+    assert statuses == ["pending"]
+    assert refunds(engine, job_id) == 0
+    assert balance(client, account) < before  # still charged: the job will run again
     assert_books_balance(engine)

@@ -200,7 +200,6 @@ def _child(
             upstream = {u: values[u] for u in parsed.inputs(node_id) if u in values}
             outcome = execute_node(parsed, node_id, upstream, load, n_jobs=threads)
         except MemoryError:
-            values.clear()  # what can be given back, for the nodes that follow
             reply = Reply("memory", error=f"memory limit of {memory_limit_mb} MB exceeded")
         except NodeFailed as exc:
             reply = Reply("failed", error=str(exc))

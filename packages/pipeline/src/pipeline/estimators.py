@@ -68,6 +68,13 @@ ALGORITHMS: dict[str, dict[ProblemType, type[BaseEstimator]]] = {
     "kmeans": {ProblemType.CLUSTERING: KMeans},
 }
 
+#: The estimators whose ``n_jobs`` makes a fit use more threads (others use OpenMP or
+#: BLAS threads, which the worker sets with threadpoolctl; LogisticRegression's
+#: ``n_jobs`` does nothing since scikit-learn 1.8 and warns).
+USES_N_JOBS: frozenset[type[BaseEstimator]] = frozenset(
+    {RandomForestClassifier, RandomForestRegressor}
+)
+
 #: Hyperparameters the platform sets, refused in a node's config (see the module's doc).
 PLATFORM_PARAMETERS: dict[str, str] = {
     "n_jobs": "the worker gives each fit the cores of its slot",
@@ -186,15 +193,14 @@ def build_estimator(
     algorithm: str, problem_type: ProblemType, params: Mapping[str, Any], *, n_jobs: int = 1
 ) -> BaseEstimator:
     """The estimator, with ``params``, a fixed ``random_state`` when it takes one, and
-    ``n_jobs`` (the worker's threads for this fit) when it takes that.
+    ``n_jobs`` (the worker's threads for this fit) for :data:`USES_N_JOBS`.
 
     ``params`` must have passed :func:`parameter_problem` for the same class.
     """
     cls = estimator_class(algorithm, problem_type)
     settings = dict(params)
-    accepted = cls().get_params(deep=False)
-    if "random_state" in accepted and "random_state" not in settings:
+    if "random_state" in cls().get_params(deep=False) and "random_state" not in settings:
         settings["random_state"] = DEFAULT_RANDOM_STATE
-    if "n_jobs" in accepted:
+    if cls in USES_N_JOBS:
         settings["n_jobs"] = max(1, n_jobs)
     return cls(**settings)
