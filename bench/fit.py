@@ -221,8 +221,12 @@ def render_section(fit: dict[str, Any], machine: dict[str, str] | None = None) -
             " (`n_jobs` and threadpoolctl do reach the child), and the model's input has the"
             " same memory layout (Fortran-ordered float64) on both sides. Not explained by"
             " those: the model node inside the child took about as long as the one-thread fit"
-            " in every repetition of the full run. Rerun `python -m bench.fit` on an idle"
-            " machine before reading the runner's own cost from it."
+            " in every repetition of the full run; but a side-by-side check of the fit alone"
+            " (30 trees, 20,000 rows, the same arrays sent through a pipe to a forkserver or"
+            " fork child vs the same fit in-process, alternating) gave child / parent ratios"
+            " from 0.6 to 1.4 between repetitions at a load of 9-10 on 2 cores, in both"
+            " directions. Rerun `python -m bench.fit` on an idle machine before reading the"
+            " runner's own cost from it."
         )
     return "\n".join(out)
 
