@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -249,4 +250,30 @@ def test_a_stopping_worker_ends_the_fit_and_gives_the_job_back(
     assert statuses == ["pending"]
     assert refunds(engine, job_id) == 0
     assert balance(client, account) < before  # still charged: the job will run again
+    assert_books_balance(engine)
+
+
+def test_a_child_killed_from_outside_fails_the_job_with_how_it_ended(
+    client: TestClient,
+    account: Account,
+    drain: Callable[..., Worker],
+    make_worker: Callable[..., Worker],
+    engine: Engine,
+) -> None:
+    before = balance(client, account)
+    job_id = run_model(client, account, drain, noisy_csv(3000, 3), "gradient_boosting", SLOW)
+    worker = make_worker(slots=1, memory_limit_mb=0)
+    with running(worker):
+        wait_for(lambda: node_status(engine, job_id, "train") == "running", "the fit to start")
+        (child,) = multiprocessing.active_children()
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)  # the kernel's OOM killer, say
+        wait_for(lambda: job_status(engine, job_id) == "failed", "the worker to notice")
+    job = job_detail(client, account, job_id)
+    assert job["error_message"] == "the node's process was killed by signal SIGKILL"
+    nodes = {n["node_id"]: n for n in job["nodes"]}
+    assert nodes["train"]["status"] == "failed"
+    assert nodes["keep"]["status"] == "skipped"
+    assert refunds(engine, job_id) == 1
+    assert balance(client, account) == before
     assert_books_balance(engine)
