@@ -1,6 +1,7 @@
 """The worker process: ``uv run automl-worker``.
 
-One process runs up to ``WORKER_SLOTS`` pieces of work at once (threads). It is
+One process runs up to ``WORKER_SLOTS`` pieces of work at once (threads; a job's
+nodes run in a child process of its own, :mod:`workers.runner`). It is
 woken by ``LISTEN automl_queue`` (the database notifies when work starts
 waiting) and looks at the queue anyway every ``WORKER_POLL_SECONDS``, so a lost
 notification costs a delay, never a job. A heartbeat thread renews the leases

@@ -1,10 +1,11 @@
 """Running a workflow definition, one node at a time, with scikit-learn.
 
 Pure: no database, no storage. The worker walks ``definition.order()``, calls
-:func:`execute_node` for each node with the values of the nodes before it, records
-each :class:`NodeOutcome` (``output`` goes to ``job_nodes.output_data``), checks for
-cancellation between nodes, and skips everything downstream of a node that raised
-:class:`NodeFailed` (``definition.downstream(node_id)``).
+:func:`execute_node` for each node with the values of the nodes before it (in the
+job's child process, :mod:`workers.runner`), records each :class:`NodeOutcome`
+(``output`` goes to ``job_nodes.output_data``), checks for cancellation while it
+runs, and skips everything downstream of a node that raised :class:`NodeFailed`
+(``definition.downstream(node_id)``).
 
 What each node type does:
 
