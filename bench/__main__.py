@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): run the benchmarks, write docs/performance.md.
 
-    python -m bench                 the full run (about 8 minutes on 2 cores)
-    python -m bench --quick         a smoke run (under a minute); writes only
+    python -m bench                 the full run (about 10 minutes on 2 cores, the fit included)
+    python -m bench --quick         a smoke run (about 2 minutes); writes only
                                     bench/results/, not docs/performance.md
     python -m bench --only ledger,hot --seconds 8 --reps 5
     python -m bench.fit [--quick]   only the fit inside a job (bench/fit.py), which

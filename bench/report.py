@@ -760,7 +760,7 @@ HOW_TO_RUN = """\
 ## How to run
 
     make bench                                  # the full run, writes this file
-    uv run python -m bench --quick              # smoke run, < 1 minute, writes bench/results/ only
+    uv run python -m bench --quick              # smoke run, ~2 min, writes bench/results/ only
     uv run python -m bench --only ledger,hot --seconds 8 --reps 5 --clients 1,4,16
     uv run python -m bench.fit [--quick]        # only "Fit inside a job", rewrites that section
     BENCH_TIERS=10000,100000 uv run python -m bench --only queries --doc -
