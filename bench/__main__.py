@@ -1,9 +1,11 @@
 """``python -m bench`` (``make bench``): run the benchmarks, write docs/performance.md.
 
-    python -m bench                 the full run (about 8 minutes on 2 cores)
-    python -m bench --quick         a smoke run (under a minute); writes only
+    python -m bench                 the full run (about 10 minutes on 2 cores, the fit included)
+    python -m bench --quick         a smoke run (about 2 minutes); writes only
                                     bench/results/, not docs/performance.md
     python -m bench --only ledger,hot --seconds 8 --reps 5
+    python -m bench.fit [--quick]   only the fit inside a job (bench/fit.py), which
+                                    rewrites only its own section of the report
 
 Every flag has an environment twin (``BENCH_SECONDS=8`` is ``--seconds 8``).
 ``BENCH_DATABASE_URL`` runs against an existing server (the role must be allowed to
@@ -27,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
-SECTIONS = ("ledger", "hot", "bulk", "queries")
+SECTIONS = ("ledger", "hot", "bulk", "queries", "fit")
 
 
 @dataclass
@@ -189,6 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             results["queries_skipped"] = skipped
             results["queries_seconds"] = time.perf_counter() - t0
             results["probe_rows_per_table"] = queries.probe_rows_per_table(cfg.tiers)
+        if "fit" in cfg.sections:
+            from bench import fit
+
+            t0 = time.perf_counter()
+            size = (10_000, 30, 1) if cfg.quick else (40_000, 100, 3)
+            results["fit"] = fit.run(
+                rows=size[0], features=20, trees=size[1], reps=size[2], log=log
+            )
+            results["fit"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            results["fit_seconds"] = time.perf_counter() - t0
     finally:
         db.close()
     results["total_seconds"] = time.perf_counter() - started

@@ -255,6 +255,16 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 flat,
             )
         )
+    fit = results.get("fit")
+    if fit:
+        rows.append(
+            (
+                f"fit inside a job ({fit['trees']} trees, {fit['rows']:,} rows): job / bare",
+                f"<= {fit['goal']:.2f}",
+                f"{fit['ratio_median']:.2f} ({fit['ratio_min']:.2f}-{fit['ratio_max']:.2f})",
+                fit["ratio_median"] <= fit["goal"],
+            )
+        )
     return rows
 
 
@@ -533,6 +543,11 @@ def render(results: dict[str, Any]) -> str:
         w(QUERY_ANALYSIS)
         w("")
 
+    if results.get("fit"):
+        from bench import fit
+
+        w(fit.render_section(results["fit"], m))
+        w("")
     w(CHANGES)
     w("")
     w(HOW_TO_RUN)
@@ -745,8 +760,9 @@ HOW_TO_RUN = """\
 ## How to run
 
     make bench                                  # the full run, writes this file
-    uv run python -m bench --quick              # smoke run, < 1 minute, writes bench/results/ only
+    uv run python -m bench --quick              # smoke run, ~2 min, writes bench/results/ only
     uv run python -m bench --only ledger,hot --seconds 8 --reps 5 --clients 1,4,16
+    uv run python -m bench.fit [--quick]        # only "Fit inside a job", rewrites that section
     BENCH_TIERS=10000,100000 uv run python -m bench --only queries --doc -
     BENCH_DATABASE_URL=postgresql://user@host/postgres make bench   # an existing server
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from api.settings import ApiSettings
 
@@ -250,6 +250,29 @@ def test_a_run_checks_the_definition_against_the_dataset(
     body["nodes"][2]["config"] = {"algorithm": "ridge"}
     error = _refused(client, account, engine, _workflow(client, account, body), 422)
     assert "ridge is for regression" in error["message"]
+
+
+def test_a_stored_definition_outside_the_hyperparameter_ranges_is_not_run(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    """Written before the ranges existed (or by hand): the run refuses it, uncharged."""
+    give_credits(engine, account.user_id, 100)
+    wf = runnable_workflow(client, account, engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE workflows SET definition = jsonb_set(definition,"
+                " '{nodes,2,config,hyperparameters}', '{\"n_estimators\": 1180591620717411303424}')"
+                " WHERE id = :id"
+            ),
+            {"id": wf["id"]},
+        )
+    error = _refused(client, account, engine, wf, 422)
+    assert error["code"] == "invalid_workflow"
+    assert (
+        "node 'train': config.hyperparameters: parameter 'n_estimators' must be at least 1"
+        " and at most 5000" in error["message"]
+    )
 
 
 def test_concurrent_jobs_limit_is_403_before_charging(

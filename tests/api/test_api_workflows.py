@@ -67,6 +67,10 @@ def _broken(change: str) -> dict[str, Any]:
         d["nodes"][2]["config"]["hyperparameters"] = {"n_trees": 10}
     elif change == "invalid_hyperparameter":
         d["nodes"][2]["config"]["hyperparameters"] = {"n_estimators": -1}
+    elif change == "huge_hyperparameter":
+        d["nodes"][2]["config"]["hyperparameters"] = {"n_estimators": 2**70}
+    elif change == "fractional_hyperparameter_over_range":
+        d["nodes"][2]["config"]["hyperparameters"] = {"max_depth": 1e308}
     elif change == "platform_hyperparameter":
         d["nodes"][2]["config"]["hyperparameters"] = {"n_jobs": 8}
     elif change == "unknown_config_key":
@@ -107,6 +111,8 @@ BROKEN = [
     "extra_key",
     "unknown_hyperparameter",
     "invalid_hyperparameter",
+    "huge_hyperparameter",
+    "fractional_hyperparameter_over_range",
     "platform_hyperparameter",
     "unknown_config_key",
     "unknown_algorithm",
@@ -154,6 +160,13 @@ def test_refusals_name_the_node_and_the_field(client: TestClient, account: Accou
     message = _refusal(client, account, "invalid_hyperparameter")
     assert "node 'train': config.hyperparameters:" in message and "n_estimators" in message
     assert "set by the platform" in _refusal(client, account, "platform_hyperparameter")
+    message = _refusal(client, account, "huge_hyperparameter")
+    assert (
+        "node 'train': config.hyperparameters: parameter 'n_estimators' must be at least 1"
+        " and at most 5000; got 1.18e+21"
+    ) in message
+    message = _refusal(client, account, "fractional_hyperparameter_over_range")
+    assert "parameter 'max_depth' must be at least 1 and at most 1000" in message
     message = _refusal(client, account, "unknown_config_key")
     assert "node 'clean': config.imputer: unknown key" in message
     message = _refusal(client, account, "visualize_fed_by_dataset")

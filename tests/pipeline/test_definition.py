@@ -276,6 +276,94 @@ def test_invalid_values_are_refused_by_scikit_learn(algorithm: str, params: dict
     assert "node 'm1': config.hyperparameters:" in message and name in message
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "params", "says"),
+    [
+        (
+            "random_forest",
+            {"n_estimators": 2**70},
+            "'n_estimators' must be at least 1 and at most 5000",
+        ),
+        (
+            "random_forest",
+            {"n_estimators": 5001},
+            "'n_estimators' must be at least 1 and at most 5000; got 5001",
+        ),
+        (
+            "gradient_boosting",
+            {"n_estimators": 10**6},
+            "'n_estimators' must be at least 1 and at most 5000",
+        ),
+        ("random_forest", {"max_depth": 1001}, "'max_depth' must be at least 1 and at most 1000"),
+        (
+            "random_forest",
+            {"max_features": 10**9},
+            "'max_features' must be greater than 0 and at most 100000",
+        ),
+        ("logistic_regression", {"C": 0}, "'C' must be greater than 0 and at most 1000000; got 0"),
+        ("logistic_regression", {"C": 1e7}, "'C' must be greater than 0 and at most 1000000"),
+        (
+            "logistic_regression",
+            {"max_iter": 10**7},
+            "'max_iter' must be at least 0 and at most 1000000",
+        ),
+        ("kmeans", {"n_clusters": 10**5}, "'n_clusters' must be at least 1 and at most 10000"),
+        ("kmeans", {"n_init": 10**4}, "'n_init' must be at least 1 and at most 1000"),
+        ("ridge", {"alpha": 1e300}, "'alpha' must be at least 0 and at most 1000000"),
+        (
+            "ridge",
+            {"random_state": 2**32},
+            "'random_state' must be at least 0 and at most 4294967295",
+        ),
+    ],
+)
+def test_numbers_outside_the_platform_ranges_are_refused_naming_the_range(
+    algorithm: str, params: dict[str, Any], says: str
+) -> None:
+    message = refusal(full(algorithm=algorithm, hyperparameters=params))
+    assert "node 'm1': config.hyperparameters: parameter " + says in message
+
+
+def test_the_ends_of_each_range_are_accepted() -> None:
+    for algorithm, params in (
+        ("random_forest", {"n_estimators": 5000, "max_depth": 1000, "max_features": 0.5}),
+        ("random_forest", {"n_estimators": 1, "max_depth": 1, "min_samples_leaf": 0.1}),
+        ("logistic_regression", {"C": 1e6, "max_iter": 1_000_000}),
+        ("kmeans", {"n_clusters": 10_000, "n_init": 1000}),
+        ("ridge", {"alpha": 0, "random_state": 2**32 - 1}),
+    ):
+        WorkflowDefinition.model_validate(full(algorithm=algorithm, hyperparameters=params))
+
+
+def test_every_numeric_hyperparameter_has_a_range() -> None:
+    """Each parameter scikit-learn bounds by a numeric interval has the platform's range."""
+    from sklearn.utils._param_validation import Interval
+
+    from pipeline.estimators import ALGORITHMS, RANGES
+
+    missing = {
+        f"{cls.__name__}.{name}"
+        for classes in ALGORITHMS.values()
+        for cls in classes.values()
+        for name, rules in cls._parameter_constraints.items()
+        if any(isinstance(rule, Interval) for rule in rules) and name not in RANGES
+    }
+    assert not missing
+    assert all(r.low <= r.high and r.high < float("inf") for r in RANGES.values())
+
+
+def test_the_worker_threads_go_to_the_estimator_but_not_the_saved_model() -> None:
+    from pipeline.estimators import build_estimator
+
+    forest = build_estimator("random_forest", ProblemType.CLASSIFICATION, {}, n_jobs=4)
+    assert forest.get_params()["n_jobs"] == 4
+    ridge = build_estimator("ridge", ProblemType.REGRESSION, {}, n_jobs=4)
+    assert "n_jobs" not in ridge.get_params()
+    # Its n_jobs does nothing since scikit-learn 1.8, and warns: left unset.
+    logistic = build_estimator("logistic_regression", ProblemType.CLASSIFICATION, {}, n_jobs=4)
+    assert logistic.get_params()["n_jobs"] is None
+
+
 def test_platform_parameters_are_refused_and_random_state_allowed() -> None:
     for name, value in (("n_jobs", 2), ("n_jobs", 1), ("verbose", 1)):
         message = refusal(full(algorithm="random_forest", hyperparameters={name: value}))

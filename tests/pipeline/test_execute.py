@@ -92,7 +92,9 @@ def chain(
     return {"nodes": nodes, "edges": edges}
 
 
-def run(body: dict[str, Any], datasets: Mapping[str, LoadedDataset]) -> dict[str, Any]:
+def run(
+    body: dict[str, Any], datasets: Mapping[str, LoadedDataset], *, n_jobs: int = 1
+) -> dict[str, Any]:
     """Every node in order, as the worker does: node id -> NodeOutcome, or the
     NodeFailed message, or "skipped" downstream of a failure."""
     definition = WorkflowDefinition.model_validate(body)
@@ -107,7 +109,7 @@ def run(body: dict[str, Any], datasets: Mapping[str, LoadedDataset]) -> dict[str
             results[node_id] = "skipped"
             continue
         try:
-            outcome = execute_node(definition, node_id, values, load)
+            outcome = execute_node(definition, node_id, values, load, n_jobs=n_jobs)
         except NodeFailed as exc:
             results[node_id] = str(exc)
             continue
@@ -176,6 +178,18 @@ def test_tree_ensembles_classify_iris(algorithm: str) -> None:
     assert chart["method"] == "feature_importances_"
     assert sum(chart["importances"]) == pytest.approx(1.0)
     assert chart["features"][0].startswith("petal")
+
+
+def test_the_fit_uses_the_workers_threads_and_the_saved_model_does_not_keep_them() -> None:
+    results = run(
+        chain(algorithm="random_forest", hyperparameters={"n_estimators": 10}),
+        {"data": iris()},
+        n_jobs=2,
+    )
+    assert results["model"].output["hyperparameters"] == {"n_estimators": 10}
+    saved = joblib.load(io.BytesIO(results["keep"].artifact))
+    assert saved[-1].n_jobs is None
+    assert "n_jobs" not in results["keep"].model.hyperparameters
 
 
 # --- regression ---------------------------------------------------------------------------------

@@ -2,25 +2,31 @@
 
 Nodes run in the definition's topological order, each recorded in ``job_nodes``
 (running, then success with its output or failed with its error); a node whose
-input failed or was skipped is skipped. Between two nodes the worker renews its
-lease and looks for a cancel request; a stopping worker gives the job back to
-the queue there. The save node's artifact goes to storage and its ``Model`` row
-is written with the node's success, in one transaction. At the end the job is
-completed with a summary in ``results``, or failed (or cancelled) and refunded
-once, through the ledger. Every change of state goes through :mod:`database.jobs`.
+input failed or was skipped is skipped. The computation runs in a child process of
+the job's own (:mod:`workers.runner`); this module keeps the database side. While
+a node runs, every ``WORKER_WATCH_SECONDS`` (1 s) the worker renews its lease and
+looks for a cancel request, its stop signal and the job's time limit: a cancel ends
+the child at once and the job is cancelled; a stopping worker ends it and gives the
+job back to the queue; past the time limit (by the owner's tier) the job fails.
+The save node's artifact goes to storage and its ``Model`` row is written with the
+node's success, in one transaction. At the end the job is completed with a summary
+in ``results``, or failed (or cancelled) and refunded once, through the ledger.
+Every change of state goes through :mod:`database.jobs`; a saved model must fit in
+its owner's storage quota (checked there, under the user's row lock). The child
+reports the node's steps (progress, log lines) through the pipe; they are written
+by :class:`database.joblog.ProgressReporter`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
-import traceback
+import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
@@ -31,10 +37,34 @@ from database.jobs import Claim
 from database.limits import Limits
 from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.definition import WorkflowDefinition, WorkflowNode
-from pipeline.execute import LoadedDataset, NodeFailed, NodeOutcome, execute_node
 from pipeline.storage import Storage
+from workers.runner import ChildDied, DatasetSource, Interrupted, NodeProcess, Reply
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What one job may use: threads for its fits, memory and time."""
+
+    #: Threads of a fit (n_jobs, BLAS, OpenMP).
+    threads: int = 1
+    #: How far the job's process may grow beyond its start-up size (MB); None: no limit.
+    memory_limit_mb: int | None = None
+    #: Seconds one attempt may run, by the owner's tier; a tier not listed: no limit.
+    time_limits: Mapping[str, float] = field(default_factory=dict)
+    #: How often a running node is watched (cancel, stop, time limit).
+    watch_seconds: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RunLimits:
+        """From :class:`workers.settings.WorkerSettings`."""
+        return cls(
+            threads=settings.threads,
+            memory_limit_mb=settings.memory_limit_mb or None,
+            time_limits={str(k): v for k, v in settings.time_limits().items()},
+            watch_seconds=settings.watch_seconds,
+        )
 
 
 @dataclass
@@ -42,8 +72,8 @@ class _Run:
     claim: Claim
     snapshot: dict[str, Any]
     definition: WorkflowDefinition
+    tier: str
     status: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
     first_error: str | None = None
@@ -52,59 +82,54 @@ class _Run:
     tier_limits: Limits = field(default_factory=Limits)
 
 
-def _snapshot(engine: Engine, claim: Claim) -> dict[str, Any] | None:
+def _snapshot(engine: Engine, claim: Claim) -> tuple[dict[str, Any], str] | None:
+    """The job's snapshot and its owner's tier (which sets the job's time limit)."""
     with engine.connect() as conn:
-        data = conn.execute(
+        row = conn.execute(
             text(
-                "SELECT s.snapshot_data FROM jobs AS j JOIN workflow_snapshots AS s"
-                " ON s.id = j.workflow_snapshot_id AND s.user_id = j.user_id WHERE j.id = :id"
+                "SELECT s.snapshot_data, u.tier::text AS tier FROM jobs AS j"
+                " JOIN workflow_snapshots AS s ON s.id = j.workflow_snapshot_id"
+                " AND s.user_id = j.user_id JOIN users AS u ON u.id = j.user_id WHERE j.id = :id"
             ),
             {"id": claim.id},
-        ).scalar_one_or_none()
-    return data
+        ).one_or_none()
+    return None if row is None else (row.snapshot_data, row.tier)
 
 
-class _Loader:
-    """Loads a dataset node's version (frozen in the snapshot) from its Parquet file."""
+class _NodeFailed(Exception):
+    """A node that cannot start (its dataset version is not readable)."""
 
-    def __init__(self, engine: Engine, storage: Storage, run: _Run) -> None:
-        self.engine, self.storage, self.run = engine, storage, run
 
-    def __call__(self, node: WorkflowNode) -> LoadedDataset:
-        frozen = (self.run.snapshot.get("dataset_versions") or {}).get(node.id) or {}
-        version_id = frozen.get("version_id")
-        if not version_id:
-            raise NodeFailed(f"node {node.id!r}: the run recorded no dataset version to read")
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT v.s3_path, v.status::text AS status, v.version_number, d.name"
-                    " FROM dataset_versions AS v JOIN datasets AS d ON d.id = v.dataset_id"
-                    " WHERE v.id = :v AND v.user_id = :u"
-                ),
-                {"v": uuid.UUID(str(version_id)), "u": self.run.claim.user_id},
-            ).one_or_none()
-        if row is None:
-            raise NodeFailed(f"node {node.id!r}: dataset version {version_id} no longer exists")
-        if row.status != "completed" or not row.s3_path:
-            raise NodeFailed(
-                f"node {node.id!r}: dataset version {row.version_number} is not ingested"
-                f" (status {row.status})"
-            )
-        try:
-            with self.storage.open_read(row.s3_path) as source:
-                frame = pd.read_parquet(io.BytesIO(source.read()))
-        except FileNotFoundError:
-            raise NodeFailed(
-                f"node {node.id!r}: the Parquet file of dataset version {row.version_number}"
-                " is missing from storage"
-            ) from None
-        return LoadedDataset(
-            frame=frame,
-            target_column=frozen.get("target_column"),
-            problem_type=frozen.get("problem_type"),
-            name=row.name,
+def _dataset_source(engine: Engine, run: _Run, node: WorkflowNode) -> DatasetSource:
+    """Which Parquet file a dataset node reads (the version frozen in the snapshot);
+    the child reads it."""
+    frozen = (run.snapshot.get("dataset_versions") or {}).get(node.id) or {}
+    version_id = frozen.get("version_id")
+    if not version_id:
+        raise _NodeFailed(f"node {node.id!r}: the run recorded no dataset version to read")
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT v.s3_path, v.status::text AS status, v.version_number, d.name"
+                " FROM dataset_versions AS v JOIN datasets AS d ON d.id = v.dataset_id"
+                " WHERE v.id = :v AND v.user_id = :u"
+            ),
+            {"v": uuid.UUID(str(version_id)), "u": run.claim.user_id},
+        ).one_or_none()
+    if row is None:
+        raise _NodeFailed(f"node {node.id!r}: dataset version {version_id} no longer exists")
+    if row.status != "completed" or not row.s3_path:
+        raise _NodeFailed(
+            f"node {node.id!r}: dataset version {row.version_number} is not ingested"
+            f" (status {row.status})"
         )
+    return DatasetSource(
+        location=row.s3_path,
+        target_column=frozen.get("target_column"),
+        problem_type=frozen.get("problem_type"),
+        name=row.name,
+        version_number=row.version_number,
+    )
 
 
 def run_job(
@@ -114,15 +139,18 @@ def run_job(
     *,
     lease_seconds: float,
     stop: threading.Event | None = None,
+    limits: RunLimits | None = None,
     tier_limits: Limits | None = None,
 ) -> str:
     """Run the claimed job to its end; returns its final status, or ``released``
     when the worker stopped and gave it back. Raises :class:`database.jobs.LeaseLost`.
-    ``tier_limits``: the tiers' limits whose storage quota a saved model must fit in
-    (default: the defaults; the worker passes its ``TIER_LIMITS``)."""
-    snapshot = _snapshot(engine, claim)
-    if snapshot is None:
+    ``limits``: the job's threads, memory and time; ``tier_limits``: the tiers' limits
+    whose storage quota a saved model must fit in (the worker passes ``TIER_LIMITS``)."""
+    limits = limits or RunLimits()
+    found = _snapshot(engine, claim)
+    if found is None:
         return "gone"
+    snapshot, tier = found
     try:
         definition = WorkflowDefinition.model_validate(snapshot.get("definition") or {})
     except ValidationError as exc:
@@ -133,35 +161,73 @@ def run_job(
         claim=claim,
         snapshot=snapshot,
         definition=definition,
+        tier=tier,
         tier_limits=tier_limits or Limits(),
     )
-    loader = _Loader(engine, storage, run)
+    time_limit = limits.time_limits.get(tier)
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     nodes = {n.id: n for n in definition.nodes}
     order = definition.order()
-    for node_id in order:
+
+    def watch() -> str | None:
+        """While a node runs: why it must end now, or None."""
         if stop is not None and stop.is_set():
-            with Session(engine) as session:
-                dropped = jobs.release(session, claim)
-            for location in dropped:
-                storage.delete(location)
-            log.info("job %s released: the worker is stopping", claim.id)
-            return "released"
-        upstream = definition.inputs(node_id)
-        broken = [u for u in upstream if run.status.get(u) != "success"]
+            return "stopping"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "time"
         with engine.begin() as conn:
-            cancelled = jobs.check_job(conn, claim, lease_seconds)
-            if not cancelled and broken:
-                reason = (
-                    f"skipped: input node {broken[0]!r} {run.status.get(broken[0], 'did not run')}"
-                )
-                jobs.record_node(conn, claim, node_id, NodeStatus.SKIPPED, error=reason)
-                run.status[node_id] = "skipped"
-                continue
-            if not cancelled:
-                jobs.record_node(conn, claim, node_id, NodeStatus.RUNNING)
-        if cancelled:
-            return _cancel(engine, claim, run, order, lease_seconds)
-        _run_node(engine, storage, run, loader, nodes[node_id], upstream, lease_seconds)
+            if jobs.check_job(conn, claim, lease_seconds):
+                return "cancelled"
+        return None
+
+    with NodeProcess(
+        snapshot.get("definition") or {},
+        storage,
+        threads=limits.threads,
+        memory_limit_mb=limits.memory_limit_mb,
+        poll_seconds=limits.watch_seconds,
+    ) as process:
+        for node_id in order:
+            if stop is not None and stop.is_set():
+                return _release(engine, storage, claim)
+            if deadline is not None and time.monotonic() >= deadline:
+                return _time_out(engine, run, order, None, time_limit, lease_seconds)
+            upstream = definition.inputs(node_id)
+            broken = [u for u in upstream if run.status.get(u) != "success"]
+            with engine.begin() as conn:
+                cancelled = jobs.check_job(conn, claim, lease_seconds)
+                if not cancelled and broken:
+                    reason = (
+                        f"skipped: input node {broken[0]!r}"
+                        f" {run.status.get(broken[0], 'did not run')}"
+                    )
+                    jobs.record_node(conn, claim, node_id, NodeStatus.SKIPPED, error=reason)
+                    run.status[node_id] = "skipped"
+                    continue
+                if not cancelled:
+                    jobs.record_node(conn, claim, node_id, NodeStatus.RUNNING)
+            if cancelled:
+                return _cancel(engine, claim, run, order, lease_seconds)
+            try:
+                reply = _compute(engine, run, process, nodes[node_id], watch)
+            except Interrupted as exc:
+                if exc.reason == "stopping":
+                    return _release(engine, storage, claim)
+                if exc.reason == "cancelled":
+                    log.info("job %s: cancelled while node %s ran", claim.id, node_id)
+                    return _cancel(engine, claim, run, order, lease_seconds, running=node_id)
+                return _time_out(engine, run, order, node_id, time_limit, lease_seconds)
+            except ChildDied as exc:
+                log.warning("job %s node %s: %s", claim.id, node_id, exc)
+                return _give_up(engine, run, order, node_id, str(exc), lease_seconds)
+            if reply.status == "ok":
+                try:
+                    _succeed(engine, storage, run, nodes[node_id], reply, lease_seconds)
+                except jobs.OverQuota as exc:  # the model does not fit: the node fails
+                    refused = Reply("failed", error=str(exc))
+                    _fail_node(engine, run, node_id, refused, lease_seconds)
+            else:
+                _fail_node(engine, run, node_id, reply, lease_seconds)
     if run.first_error is not None:
         _finish(
             engine,
@@ -176,48 +242,33 @@ def run_job(
     return "completed"
 
 
-def _run_node(
-    engine: Engine,
-    storage: Storage,
-    run: _Run,
-    loader: _Loader,
-    node: WorkflowNode,
-    upstream: list[str],
-    lease_seconds: float,
-) -> None:
-    claim = run.claim
-    trace: str | None = None
-    try:
-        outcome: NodeOutcome = execute_node(
-            run.definition,
-            node.id,
-            {u: run.values[u] for u in upstream},
-            loader,
-            # The node's steps as log lines, its progress at most once a second.
-            progress=ProgressReporter(engine, claim.id, worker=claim.worker).callback(node.id),
-        )
-    except NodeFailed as exc:
-        error = str(exc)
-    except Exception as exc:  # scikit-learn's own refusals mostly: say what it said
-        if jobs.is_transient(exc):
-            raise  # an outage, not the node's fault: workers.kinds retries the job later
-        log.warning("job %s node %s failed", claim.id, node.id, exc_info=True)
-        error = f"{type(exc).__name__}: {exc}"
-        trace = traceback.format_exc()
-    else:
-        run.values[node.id] = outcome.value
+def _compute(
+    engine: Engine, run: _Run, process: NodeProcess, node: WorkflowNode, watch: Any
+) -> Reply:
+    """The node's computation, in the job's child process."""
+    source = None
+    if node.type == NodeType.DATASET:
         try:
-            _succeed(engine, storage, run, node, outcome, lease_seconds)
-            return
-        except jobs.OverQuota as exc:  # the model does not fit: the node fails
-            error = str(exc)
-    run.status[node.id] = "failed"
+            source = _dataset_source(engine, run, node)
+        except _NodeFailed as exc:
+            return Reply("failed", error=str(exc))
+    # The node's steps as log lines, its progress at most once a second.
+    reporter = ProgressReporter(engine, run.claim.id, worker=run.claim.worker)
+    return process.run(node.id, source, watch, progress=reporter.callback(node.id))
+
+
+def _fail_node(engine: Engine, run: _Run, node_id: str, reply: Reply, lease_seconds: float) -> None:
+    claim = run.claim
+    error = reply.error or "the node failed"
+    if reply.trace:
+        log.warning("job %s node %s failed: %s", claim.id, node_id, reply.trace)
+    run.status[node_id] = "failed"
     if run.first_error is None:
-        run.first_error = f"node {node.id!r} failed: {error}"
-        run.first_trace = trace
+        run.first_error = f"node {node_id!r} failed: {error}"
+        run.first_trace = reply.trace
     with engine.begin() as conn:
         jobs.check_job(conn, claim, lease_seconds)
-        jobs.record_node(conn, claim, node.id, NodeStatus.FAILED, error=error)
+        jobs.record_node(conn, claim, node_id, NodeStatus.FAILED, error=error)
 
 
 def _succeed(
@@ -225,11 +276,11 @@ def _succeed(
     storage: Storage,
     run: _Run,
     node: WorkflowNode,
-    outcome: NodeOutcome,
+    outcome: Reply,
     lease_seconds: float,
 ) -> None:
     claim = run.claim
-    output = dict(outcome.output)
+    output = dict(outcome.output or {})
     if node.type == NodeType.MODEL and "metrics" in output:
         run.metrics[node.id] = output["metrics"]
     if outcome.artifact is None or outcome.model is None:
@@ -294,9 +345,24 @@ def _finish(
     log.info("job %s %s%s", claim.id, status, f", {refunded} credits refunded" if refunded else "")
 
 
-def _cancel(engine: Engine, claim: Claim, run: _Run, order: list[str], lease_seconds: float) -> str:
+def _cancel(
+    engine: Engine,
+    claim: Claim,
+    run: _Run,
+    order: list[str],
+    lease_seconds: float,
+    *,
+    running: str | None = None,
+) -> str:
+    """End the job cancelled (refunded): the node it interrupted (``running``) failed
+    (a started node cannot be skipped), the nodes not run skipped."""
     with engine.begin() as conn:
         jobs.check_job(conn, claim, lease_seconds)
+        if running is not None:
+            jobs.record_node(
+                conn, claim, running, NodeStatus.FAILED, error="cancelled by its owner while it ran"
+            )
+            run.status[running] = "cancelled"
         for node_id in order:
             if node_id not in run.status:
                 jobs.record_node(
@@ -307,3 +373,57 @@ def _cancel(engine: Engine, claim: Claim, run: _Run, order: list[str], lease_sec
         engine, claim, JobStatus.CANCELLED, error="cancelled by its owner", results=_results(run)
     )
     return "cancelled"
+
+
+def _release(engine: Engine, storage: Storage, claim: Claim) -> str:
+    """The worker is stopping: the job goes back to the queue."""
+    with Session(engine) as session:
+        dropped = jobs.release(session, claim)
+    for location in dropped:
+        storage.delete(location)
+    log.info("job %s released: the worker is stopping", claim.id)
+    return "released"
+
+
+def _abort(
+    engine: Engine,
+    run: _Run,
+    order: list[str],
+    node_id: str | None,
+    error: str,
+    lease_seconds: float,
+) -> str:
+    """End the job failed with ``error`` (refunded): the running node (if any) failed,
+    the nodes not run skipped."""
+    claim = run.claim
+    with engine.begin() as conn:
+        jobs.check_job(conn, claim, lease_seconds)
+        if node_id is not None:
+            jobs.record_node(conn, claim, node_id, NodeStatus.FAILED, error=error)
+            run.status[node_id] = "failed"
+        for other in order:
+            if other not in run.status:
+                jobs.record_node(conn, claim, other, NodeStatus.SKIPPED, error=f"skipped: {error}")
+                run.status[other] = "skipped"
+    _finish(engine, claim, JobStatus.FAILED, error=error, results=_results(run))
+    return "failed"
+
+
+def _time_out(
+    engine: Engine,
+    run: _Run,
+    order: list[str],
+    node_id: str | None,
+    time_limit: float | None,
+    lease_seconds: float,
+) -> str:
+    limit = f"{time_limit:g}"
+    message = f"time limit of {limit} s exceeded (the {run.tier} tier's limit)"
+    log.info("job %s: %s", run.claim.id, message)
+    return _abort(engine, run, order, node_id, message, lease_seconds)
+
+
+def _give_up(
+    engine: Engine, run: _Run, order: list[str], node_id: str, reason: str, lease_seconds: float
+) -> str:
+    return _abort(engine, run, order, node_id, reason, lease_seconds)

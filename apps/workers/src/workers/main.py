@@ -1,6 +1,7 @@
 """The worker process: ``uv run automl-worker``.
 
-One process runs up to ``WORKER_SLOTS`` pieces of work at once (threads). It is
+One process runs up to ``WORKER_SLOTS`` pieces of work at once (threads; a job's
+nodes run in a child process of its own, :mod:`workers.runner`). It is
 woken by ``LISTEN automl_queue`` (the database notifies when work starts
 waiting) and looks at the queue anyway every ``WORKER_POLL_SECONDS``, so a lost
 notification costs a delay, never a job. A heartbeat thread renews the leases
@@ -19,9 +20,10 @@ start, at every heartbeat, and ``stopped_at`` at a clean exit; the API counts th
 live ones.
 
 SIGTERM or SIGINT: no new work is taken; an ingestion in progress finishes, and
-a job gives itself back to the queue before its next node (a model being fitted
-finishes first). A second signal does not force anything: kill -9 does, and the
-lease then expires and the work is recovered.
+a job gives itself back to the queue at once: a node in progress (its child
+process, :mod:`workers.runner`) is ended within ``WORKER_WATCH_SECONDS``. A second
+signal does not force anything: kill -9 does, and the lease then expires and the
+work is recovered (the job's child process dies with the worker).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from sqlalchemy.orm import Session
 from database import lifecycle, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
-from workers import kinds, queue
+from workers import kinds, queue, runner
+from workers.execution import RunLimits
 from workers.outage import Backoff, DatabaseLink, is_outage
 from workers.queue import Claim, LeaseLost
 from workers.settings import WorkerSettings
@@ -83,6 +86,7 @@ class Worker:
         self._next_purge = time.monotonic() + settings.purge_hours * 3600
         self.outcomes: list[tuple[Claim, str]] = []
         self.db = DatabaseLink(log, cap=BACKOFF_CAP)
+        self.limits = RunLimits.from_settings(settings)
         self._context = kinds.Context(
             engine=engine,
             storage=storage,
@@ -91,6 +95,7 @@ class Worker:
             stop=self.stopping,
             on_outage=self._outage,
             tier_limits=settings.tier_limits,
+            run_limits=self.limits,
         )
 
     # --- signals and wake-ups ----------------------------------------------------------
@@ -112,9 +117,15 @@ class Worker:
         threads = [heartbeat]
         if not until_idle:
             threads.append(threading.Thread(target=self._listen, name="listen", daemon=True))
+        runner.warm_up()  # the forkserver of the jobs' processes, before any thread
         for thread in threads:
             thread.start()
-        log.info("worker %s started with %d slots", self.name, self.settings.slots)
+        log.info(
+            "worker %s started with %d slots of %d threads",
+            self.name,
+            self.settings.slots,
+            self.limits.threads,
+        )
         backoff = Backoff(cap=BACKOFF_CAP)
         try:
             while not self.stopping.is_set():

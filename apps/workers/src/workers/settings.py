@@ -7,6 +7,7 @@ write the same files.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -14,10 +15,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from database.config import get_settings as get_database_settings
 from database.limits import Limits
+from database.models.enums import UserTier
 
 
 def _default_data_dir() -> Path:
     return get_database_settings().data_dir
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class WorkerSettings(BaseSettings):
@@ -40,6 +50,21 @@ class WorkerSettings(BaseSettings):
     recovery_seconds: float = Field(default=30.0, alias="WORKER_RECOVERY_SECONDS", gt=0)
     #: How often the lifecycle purge runs (0: never, from this worker).
     purge_hours: float = Field(default=24.0, alias="WORKER_PURGE_HOURS", ge=0)
+    #: Threads one job's fit may use (n_jobs, BLAS, OpenMP); default: the cores divided
+    #: among the slots, so that slots x threads = cores.
+    threads_per_slot: int | None = Field(default=None, alias="WORKER_THREADS_PER_SLOT", ge=1)
+    #: How far a job's process may grow beyond its start-up size (RLIMIT_AS); 0: no limit.
+    memory_limit_mb: int = Field(default=2048, alias="WORKER_MEMORY_LIMIT_MB", ge=0)
+    #: How long one attempt of a job may run, by its owner's tier (seconds).
+    time_limit_free_seconds: float = Field(
+        default=600, alias="WORKER_TIME_LIMIT_FREE_SECONDS", gt=0
+    )
+    time_limit_pro_seconds: float = Field(default=3600, alias="WORKER_TIME_LIMIT_PRO_SECONDS", gt=0)
+    time_limit_enterprise_seconds: float = Field(
+        default=14400, alias="WORKER_TIME_LIMIT_ENTERPRISE_SECONDS", gt=0
+    )
+    #: How often a running node looks for a cancel, the stop signal and the time limit.
+    watch_seconds: float = Field(default=1.0, alias="WORKER_WATCH_SECONDS", gt=0, le=60)
     data_dir: Path = Field(default_factory=_default_data_dir, alias="AUTOML_DATA_DIR")
     #: Where uploads, Parquet files and model artifacts live (the API's setting).
     storage_url: str | None = Field(default=None, alias="STORAGE_URL")
@@ -59,6 +84,18 @@ class WorkerSettings(BaseSettings):
     def heartbeat(self) -> float:
         assert self.heartbeat_seconds is not None
         return self.heartbeat_seconds
+
+    @property
+    def threads(self) -> int:
+        """Threads per slot: the setting, or the cores divided among the slots."""
+        return self.threads_per_slot or max(1, cpu_count() // self.slots)
+
+    def time_limits(self) -> dict[UserTier, float]:
+        return {
+            UserTier.FREE: self.time_limit_free_seconds,
+            UserTier.PRO: self.time_limit_pro_seconds,
+            UserTier.ENTERPRISE: self.time_limit_enterprise_seconds,
+        }
 
     def storage_location(self) -> str:
         return self.storage_url or str(self.data_dir / "storage")

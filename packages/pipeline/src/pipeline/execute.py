@@ -1,10 +1,11 @@
 """Running a workflow definition, one node at a time, with scikit-learn.
 
 Pure: no database, no storage. The worker walks ``definition.order()``, calls
-:func:`execute_node` for each node with the values of the nodes before it, records
-each :class:`NodeOutcome` (``output`` goes to ``job_nodes.output_data``), checks for
-cancellation between nodes, and skips everything downstream of a node that raised
-:class:`NodeFailed` (``definition.downstream(node_id)``).
+:func:`execute_node` for each node with the values of the nodes before it (in the
+job's child process, :mod:`workers.runner`), records each :class:`NodeOutcome`
+(``output`` goes to ``job_nodes.output_data``), checks for cancellation while it
+runs, and skips everything downstream of a node that raised :class:`NodeFailed`
+(``definition.downstream(node_id)``).
 
 What each node type does:
 
@@ -181,13 +182,16 @@ def execute_node(
     upstream: Mapping[str, Any],
     load_dataset: LoadDataset,
     progress: Progress | None = None,
+    *,
+    n_jobs: int = 1,
 ) -> NodeOutcome:
     """Run node ``node_id`` of ``definition``.
 
     ``upstream`` maps node ids to the ``value`` of the nodes already run (at least this
     node's inputs); ``load_dataset`` reads a dataset node's version; ``progress`` is
-    told of the node's steps. Raises :class:`NodeFailed` with a message for the user
-    when the node cannot run.
+    told of the node's steps; ``n_jobs`` is how many threads a fit may use (given to
+    estimators that take ``n_jobs``). Raises :class:`NodeFailed` with a message for the
+    user when the node cannot run.
     """
     report = progress or _silent
     node = definition.node(node_id)
@@ -206,7 +210,7 @@ def execute_node(
         report(1.0, _split_message(prepared))
         return NodeOutcome(output=measure.json_safe(prepared.output), value=prepared)
     if isinstance(config, ModelConfig):
-        trained = _train(definition, node_id, config, value, report)
+        trained = _train(definition, node_id, config, value, report, n_jobs=n_jobs)
         return NodeOutcome(output=measure.json_safe(_model_output(trained)), value=trained)
     model = _expect(value, TrainedModel, node_id)
     if isinstance(config, VisualizeConfig):
@@ -436,6 +440,8 @@ def _train(
     config: ModelConfig,
     source: Any,
     report: Progress = _silent,
+    *,
+    n_jobs: int = 1,
 ) -> TrainedModel:
     if isinstance(source, LoadedDataset):
         data = prepare(source, PreprocessConfig())
@@ -463,7 +469,9 @@ def _train(
                 f"node {node_id!r}: regression needs a numeric target, and"
                 f" {dataset.target_column!r} is not numeric"
             )
-    estimator = build_estimator(config.algorithm, problem_type, config.hyperparameters)
+    estimator = build_estimator(
+        config.algorithm, problem_type, config.hyperparameters, n_jobs=n_jobs
+    )
     pipeline = Pipeline([("preprocess", clone(data.transformer)), ("model", estimator)])
     y_train = data.y_train.to_numpy() if supervised and data.y_train is not None else None
     report(
@@ -636,6 +644,9 @@ def serialize(pipeline: Pipeline) -> bytes:
 
 def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -> NodeOutcome:
     report(0.1, f"serializing the fitted {model.estimator_name} pipeline")
+    estimator = model.pipeline[-1]
+    if "n_jobs" in estimator.get_params(deep=False):
+        estimator.set_params(n_jobs=None)  # the worker's threads are not the model's
     artifact = serialize(model.pipeline)
     report(1.0, f"model {config.name!r} serialized ({len(artifact)} bytes)")
     record = ModelRecord(

@@ -27,6 +27,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -37,6 +38,9 @@ from database.limits import Limits
 from database.models import JobKind
 from pipeline.storage import Storage
 from workers.outage import is_outage
+
+if TYPE_CHECKING:
+    from workers.execution import RunLimits
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class Context:
     on_outage: Callable[[Claim, BaseException], str | None] | None = None
     #: The tiers' limits (``TIER_LIMITS``): what is stored must fit in the quota.
     tier_limits: Limits = field(default_factory=Limits)
+    #: A job's time, memory and thread limits (:class:`workers.execution.RunLimits`);
+    #: None: the defaults.
+    run_limits: RunLimits | None = None
 
 
 Handler = Callable[[Context, Claim], str]

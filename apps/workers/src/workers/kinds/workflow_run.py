@@ -17,4 +17,5 @@ def handle(context: Context, claim: Claim) -> str:
         lease_seconds=context.lease_seconds,
         stop=context.stop,
         tier_limits=context.tier_limits,
+        limits=context.run_limits,
     )
