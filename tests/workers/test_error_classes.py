@@ -155,7 +155,7 @@ def test_a_job_retried_transiently_then_given_up_is_refunded(
     def outage(*args: Any, **kwargs: Any) -> Any:
         raise lost_connection()
 
-    monkeypatch.setattr(execution, "execute_node", outage)
+    monkeypatch.setattr(execution, "_compute", outage)  # in the worker, not the child
     drain(max_attempts=2)
     job = row(
         engine,

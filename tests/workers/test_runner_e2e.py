@@ -161,7 +161,8 @@ def test_cancel_reaches_a_running_fit(
     assert [outcome for _, outcome in worker.outcomes] == ["cancelled"]
     job = job_detail(client, account, job_id)
     statuses = {n["node_id"]: n["status"] for n in job["nodes"]}
-    assert statuses == {"data": "success", "prep": "success", "train": "skipped", "keep": "skipped"}
+    # The interrupted node failed (a started node is never skipped), the rest skipped.
+    assert statuses == {"data": "success", "prep": "success", "train": "failed", "keep": "skipped"}
     assert refunds(engine, job_id) == 1
     assert balance(client, account) == before
     assert value(engine, "SELECT count(*) FROM models") == 0
