@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
@@ -52,7 +53,7 @@ from database.session import make_engine
 # The worker's claim and completion. They are moving to database/jobs.py with the same
 # semantics: this import is the one line to change then (and the two functions below if
 # the signatures differ).
-from workers.queue import _CLAIM_JOB, Claim, claim, finish_job
+from workers.queue import Claim, claim, finish_job
 
 LEASE_SECONDS = 60.0
 #: What the worker writes into a completed job (workers.execution): nodes, metrics, models.
@@ -71,10 +72,10 @@ def complete_job(engine: Engine, job: Claim) -> None:
 
 
 # -- a sketch, not the product's code: the same rules in two round trips ------------------
-# The claim statement alone in autocommit (it is one statement: no BEGIN/COMMIT round
-# trips), and the completion as one statement that locks the user's row first (initplan),
-# then ends the job if the lease holds; an engine without pre-ping, the lock_timeout of its
-# connections. What finish_job(..., "completed") does, in one round trip instead of six.
+# The same claim_job on an autocommit engine without pre-ping (the claim is one statement:
+# no BEGIN/COMMIT round trips), and the completion as one statement that locks the user's
+# row first (an initplan), then ends the job if the lease holds, under the lock_timeout of
+# its connection. What finish_job(..., "completed") does, in one round trip instead of six.
 _SKETCH_FINISH = text(
     """
     WITH u AS (SELECT id FROM users WHERE id = :user FOR NO KEY UPDATE)
@@ -86,14 +87,6 @@ _SKETCH_FINISH = text(
     """
 )
 _RESULTS_JSON = json.dumps(RESULTS)
-
-
-def sketch_claim_job(engine: Engine, worker: str) -> Claim | None:
-    with engine.connect() as conn:
-        row = conn.execute(_CLAIM_JOB, {"worker": worker, "lease": LEASE_SECONDS}).one_or_none()
-    if row is None:
-        return None
-    return Claim(kind="job", id=row.id, user_id=row.user_id, attempts=row.attempts, worker=worker)
 
 
 def sketch_complete_job(engine: Engine, job: Claim) -> None:
@@ -218,10 +211,8 @@ def _run_ours(
         worker = f"bench:{i}:{uuid.uuid4().hex[:6]}"
         try:
             start.wait()
-            take, end = (claim_job, complete_job)
-            if sketch:
-                take, end = (sketch_claim_job, sketch_complete_job)
-            while (job := take(engine, worker)) is not None:
+            end = sketch_complete_job if sketch else complete_job
+            while (job := claim_job(engine, worker)) is not None:
                 end(engine, job)
                 done[i] += 1
         except Exception as exc:  # noqa: BLE001 - reported, and the run marked failed
@@ -400,6 +391,7 @@ def run(
 ) -> tuple[list[QueueRun], dict[str, Any]]:
     """Every variant at every slot count, ``reps`` times, interleaved; the runs and
     the conditions (pgqueuer's version and settings)."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     version = prepare(db, n_users)
     settings = DatabaseSettings().model_copy(update={"pool_size": max(slots), "max_overflow": 0})
     engine = make_engine(db.url, settings=settings)
@@ -467,6 +459,7 @@ def run(
         sketch_engine.engine.dispose()
         cleanup(db)
     conditions = {
+        "load_average_at_start": load,
         "pgqueuer_version": version,
         "pgqueuer_settings": "QueueManager.run(batch_size=1, mode=drain,"
         " dequeue_timeout=0.2 s), max_concurrent_tasks unset, durability durable (its"

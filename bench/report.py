@@ -576,10 +576,15 @@ def render(results: dict[str, Any]) -> str:
             o, pq = row.get("ours", {}), row.get("pgqueuer", {})
             one, sk = row.get("ours_one_user", {}), row.get("sketch", {})
             every = [row.get(x, {}) for x in QUEUE_VARIANTS]
+            one_cells = (
+                f"{_int(_g(one, 'jobs_per_s'))}"
+                f" | {_ratio(row.get('one_user_vs_pgqueuer', {}), bold=False)}"
+                if one
+                else "not run (nobody to wait for) | -"
+            )
             v(
                 f"| {k} | {_int(_g(o, 'jobs_per_s'))} | {_int(_g(pq, 'jobs_per_s'))}"
-                f" | {_ratio(row.get('vs_pgqueuer', {}))} | {_int(_g(one, 'jobs_per_s'))}"
-                f" | {_ratio(row.get('one_user_vs_pgqueuer', {}), bold=False)}"
+                f" | {_ratio(row.get('vs_pgqueuer', {}))} | {one_cells}"
                 f" | {_int(_g(sk, 'jobs_per_s'))}"
                 f" | {_ratio(row.get('sketch_vs_pgqueuer', {}), bold=False)}"
                 f" | {' / '.join(_int(_g(x, 'server_cpu')) for x in every)}"
@@ -603,6 +608,10 @@ def render(results: dict[str, Any]) -> str:
                 " job)."
             )
         v("")
+        v(
+            f"Load average when this section started: {cond.get('load_average_at_start', '?')}"
+            " (two cores)."
+        )
         v(f"pgqueuer's settings: {cond.get('pgqueuer_settings', '?')}.")
         v(f"Our engine: {cond.get('ours_engine', '?')}.")
         v("")
@@ -868,8 +877,8 @@ column checks it for pgqueuer: distinct commit times of its log entries per job)
   `bench/queue.py`.
 - **ours, one user**: the same with every job one user's, so every completion queues for the
   same row lock (not run at 1 slot, where nobody waits for it).
-- **sketch**, not the product's code: the same rules in two round trips. The same claim
-  statement alone in autocommit (one statement is atomic: no `BEGIN`/`COMMIT` round trips),
+- **sketch**, not the product's code: the same rules in two round trips. The same `claim`
+  on an autocommit engine (the claim is one statement: no `BEGIN`/`COMMIT` round trips),
   and the completion as one statement that locks the user's row (an initplan, so before the
   job's) and ends the job if the lease holds (`WITH u AS (SELECT ... FOR NO KEY UPDATE) UPDATE
   jobs ... WHERE leased_by = :worker AND user_id = (SELECT id FROM u)`), on an engine without
@@ -918,8 +927,8 @@ completion wants the same row: a completion holds it for two statements and its 
 lost connection itself), the claim as one autocommit statement (it is one statement already),
 and the completion as one statement that locks the user and ends the job, with the
 `lock_timeout` of the connection instead of one set per transaction: two round trips instead
-of ten, the same rules, and the client's work per job roughly halved. The refund of a failed or
-cancelled job stays a transaction of its own (it writes the ledger)."""
+of ten, the same rules, and a third to a half of the client's work per job. A failed or
+cancelled job still needs more: its refund, in the transaction that ends it."""
 
 CHANGES = """\
 ## What was changed for this
