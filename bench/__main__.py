@@ -49,6 +49,7 @@ class Config:
     queue_users: int
     queue_slots: tuple[int, ...]
     queue_reps: int
+    queue_budget: float
     synchronous_commit: str
     sections: tuple[str, ...]
     doc: Path | None
@@ -75,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--queue-users", type=int, default=None, help="users the jobs spread over")
     p.add_argument("--queue-slots", default=env("BENCH_QUEUE_SLOTS"), help="e.g. 1,4,16")
     p.add_argument("--queue-reps", type=int, default=None)
+    p.add_argument(
+        "--queue-budget",
+        type=float,
+        default=None,
+        help="seconds the queue section may take (default 90); a repetition projected to"
+        " overrun it is skipped (and the report says so). 0: no limit",
+    )
     p.add_argument(
         "--synchronous-commit",
         default=env("BENCH_SYNCHRONOUS_COMMIT", "off"),
@@ -121,10 +129,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         tiers=_ints(a.tiers)
         if a.tiers
         else ((1_000, 10_000) if a.quick else (10_000, 100_000, 1_000_000)),
-        queue_jobs=pick(a.queue_jobs, "BENCH_QUEUE_JOBS", 1_000, 400),
+        queue_jobs=pick(a.queue_jobs, "BENCH_QUEUE_JOBS", 600, 300),
         queue_users=pick(a.queue_users, "BENCH_QUEUE_USERS", 1_000, 1_000),
         queue_slots=_ints(a.queue_slots) if a.queue_slots else (1, 4, 16),
         queue_reps=pick(a.queue_reps, "BENCH_QUEUE_REPS", 3, 1),
+        queue_budget=pick(a.queue_budget, "BENCH_QUEUE_BUDGET", 90.0, 90.0, float),
         synchronous_commit=a.synchronous_commit,
         sections=sections,
         doc=doc,
@@ -215,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 slots=cfg.queue_slots,
                 reps=cfg.queue_reps,
                 log=log,
+                budget_seconds=cfg.queue_budget,
             )
             results["queue"] = [r.as_dict() for r in runs_q]
             results["queue_conditions"] = conditions

@@ -388,10 +388,18 @@ def run(
     slots: Sequence[int],
     reps: int,
     log: Callable[[str], None],
+    budget_seconds: float = 0.0,
 ) -> tuple[list[QueueRun], dict[str, Any]]:
     """Every variant at every slot count, ``reps`` times, interleaved; the runs and
-    the conditions (pgqueuer's version and settings)."""
+    the conditions (pgqueuer's version and settings, repetitions skipped).
+
+    With ``budget_seconds`` (0: none) a repetition is started only when one more, as
+    long as the slowest so far, still ends within the budget; the first always runs.
+    """
+    started = time.perf_counter()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    skipped = ""
+    slowest = 0.0
     version = prepare(db, n_users)
     settings = DatabaseSettings().model_copy(update={"pool_size": max(slots), "max_overflow": 0})
     engine = make_engine(db.url, settings=settings)
@@ -408,6 +416,16 @@ def run(
         _fill_pgqueuer(db, 200)
         _run_pgqueuer(db, max(slots), 200)
         for rep in range(reps):
+            elapsed = time.perf_counter() - started
+            if rep and budget_seconds and elapsed + slowest > budget_seconds:
+                skipped = (
+                    f"{reps - rep} of {reps} repetitions skipped: one took up to {slowest:.0f} s"
+                    f" and {max(0.0, budget_seconds - elapsed):.0f} s of the section's"
+                    f" {budget_seconds:.0f} s were left"
+                )
+                log(f"  queue: {skipped}")
+                break
+            rep_started = time.perf_counter()
             for k in slots:
                 order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
                 for variant in order:
@@ -454,12 +472,14 @@ def run(
                         )
                         + (f"  PROBLEM: {problem}" if problem else "")
                     )
+            slowest = max(slowest, time.perf_counter() - rep_started)
     finally:
         engine.dispose()
         sketch_engine.engine.dispose()
         cleanup(db)
     conditions = {
         "load_average_at_start": load,
+        "reps_skipped": skipped,
         "pgqueuer_version": version,
         "pgqueuer_settings": "QueueManager.run(batch_size=1, mode=drain,"
         " dequeue_timeout=0.2 s), max_concurrent_tasks unset, durability durable (its"

@@ -559,7 +559,7 @@ def render(results: dict[str, Any]) -> str:
                 jobs=cfg.get("queue_jobs", 0),
                 users=min(cfg.get("queue_users", 0), cfg["users"]),
                 slots=", ".join(map(str, cfg.get("queue_slots", ()))),
-                reps=_plural(cfg.get("queue_reps", 0), "repetition"),
+                reps=_plural(len({r["rep"] for r in results.get("queue", [])}), "repetition"),
             )
         )
         v("")
@@ -610,7 +610,13 @@ def render(results: dict[str, Any]) -> str:
         v("")
         v(
             f"Load average when this section started: {cond.get('load_average_at_start', '?')}"
-            " (two cores)."
+            f" ({results.get('machine', {}).get('cores', '?')} cores)."
+            + (
+                f" **Repetitions skipped to stay within the section's time budget"
+                f" (`--queue-budget`):** {cond['reps_skipped']}."
+                if cond.get("reps_skipped")
+                else ""
+            )
         )
         v(f"pgqueuer's settings: {cond.get('pgqueuer_settings', '?')}.")
         v(f"Our engine: {cond.get('ours_engine', '?')}.")
@@ -966,6 +972,7 @@ HOW_TO_RUN = """\
 
 Every flag has an environment twin (`BENCH_SECONDS`, `BENCH_REPS`, `BENCH_USERS`,
 `BENCH_BULK_ROWS`, `BENCH_TIERS`, `BENCH_QUEUE_JOBS`, `BENCH_QUEUE_SLOTS`, `BENCH_QUEUE_REPS`,
+`BENCH_QUEUE_BUDGET` (90 s: the queue section starts no repetition it cannot finish in it),
 `BENCH_SYNCHRONOUS_COMMIT`, `BENCH_ONLY`, `BENCH_DOC`, ...). The queue section needs pgqueuer,
 which is in the `bench` dependency group (`uv sync --group bench`, or `uv run --group bench`;
 `make bench` does it); without it that section is skipped, with that advice.
