@@ -4,7 +4,7 @@
     python -m bench --quick         a smoke run (under a minute); writes only
                                     bench/results/, not docs/performance.md
     python -m bench --only ledger,hot --seconds 8 --reps 5
-    python -m bench --only queue    the queue against pgqueuer alone (about 80 s)
+    python -m bench --only queue    the queue against pgqueuer alone (about 90 s at most)
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).

@@ -618,7 +618,9 @@ def render(results: dict[str, Any]) -> str:
                 else ""
             )
         )
+        v("")
         v(f"pgqueuer's settings: {cond.get('pgqueuer_settings', '?')}.")
+        v("")
         v(f"Our engine: {cond.get('ours_engine', '?')}.")
         v("")
         v(QUEUE_ANALYSIS)
@@ -920,13 +922,19 @@ the job row stays, with its status, results and times, as the user's history; pg
 its row and keeps a log line.
 
 **Where the time goes.** With one slot the loop is a chain of round trips and client work: our
-client spends about three times pgqueuer's CPU per job (SQLAlchemy's Session and Core
+client spends three to six times pgqueuer's CPU per job (SQLAlchemy's Session and Core
 execution over psycopg, against asyncpg on uvloop), and makes five times its round trips. With
 16 slots both saturate the two cores the client and the server share, and throughput follows
 the sum of client and server CPU per job: pgqueuer's server CPU per job grows with the slots
 (every one of its statements also notifies every listening manager), ours stays about flat and
 costs the client more. The one-user column shows what the user's lock costs when every
 completion wants the same row: a completion holds it for two statements and its commit.
+
+**How much to trust it.** The machine is shared (the load average above), and the ranges show
+how much one ratio moves between repetitions. While this section was written, whole runs at a
+load average of 5 to 10 on two cores gave ours / pgqueuer of 0.3-0.5 at 1 and 4 slots every
+time, and 0.7 to 1.4 at 16 slots: at 16 slots the two are within the noise of each other; at 1
+and 4 slots ours is two to three times slower, every time.
 
 **What would close the gap** (not done here: the queue's statements are moving to
 `database/jobs.py`): the *sketch* column. A worker engine without pre-ping (the worker retries a
@@ -967,7 +975,7 @@ HOW_TO_RUN = """\
     uv run --group bench python -m bench --quick   # smoke run, about a minute, bench/results/ only
     uv run python -m bench --only ledger,hot --seconds 8 --reps 5 --clients 1,4,16
     BENCH_TIERS=10000,100000 uv run python -m bench --only queries --doc -
-    uv run --group bench python -m bench --only queue --doc -   # the queue vs pgqueuer, ~80 s
+    uv run --group bench python -m bench --only queue --doc -   # the queue vs pgqueuer, <= 90 s
     BENCH_DATABASE_URL=postgresql://user@host/postgres make bench   # an existing server
 
 Every flag has an environment twin (`BENCH_SECONDS`, `BENCH_REPS`, `BENCH_USERS`,
