@@ -40,4 +40,4 @@ lint: install
 	$(UV) run mypy
 
 bench: install
-	$(UV) run python -m bench
+	$(UV) run --frozen --group bench python -m bench

@@ -1,11 +1,15 @@
 """``python -m bench`` (``make bench``): run the benchmarks, write docs/performance.md.
 
-    python -m bench                 the full run (about 10 minutes on 2 cores, the fit included)
+    python -m bench                 the full run (about 11 minutes on 2 cores, fit and queue included)
     python -m bench --quick         a smoke run (about 2 minutes); writes only
                                     bench/results/, not docs/performance.md
     python -m bench --only ledger,hot --seconds 8 --reps 5
+    python -m bench --only queue    the queue against pgqueuer alone (about 90 s at most)
     python -m bench.fit [--quick]   only the fit inside a job (bench/fit.py), which
                                     rewrites only its own section of the report
+
+The queue section needs pgqueuer, in the ``bench`` dependency group:
+``uv run --group bench python -m bench`` (``make bench`` does it).
 
 Every flag has an environment twin (``BENCH_SECONDS=8`` is ``--seconds 8``).
 ``BENCH_DATABASE_URL`` runs against an existing server (the role must be allowed to
@@ -29,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
-SECTIONS = ("ledger", "hot", "bulk", "queries", "fit")
+SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "fit")
 
 
 @dataclass
@@ -43,6 +47,11 @@ class Config:
     bulk_rows: int
     bulk_reps: int
     tiers: tuple[int, ...]
+    queue_jobs: int
+    queue_users: int
+    queue_slots: tuple[int, ...]
+    queue_reps: int
+    queue_budget: float
     synchronous_commit: str
     sections: tuple[str, ...]
     doc: Path | None
@@ -65,6 +74,17 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--bulk-rows", type=int, default=None)
     p.add_argument("--bulk-reps", type=int, default=None)
     p.add_argument("--tiers", default=env("BENCH_TIERS"), help="e.g. 10000,100000,1000000")
+    p.add_argument("--queue-jobs", type=int, default=None, help="jobs per queue run")
+    p.add_argument("--queue-users", type=int, default=None, help="users the jobs spread over")
+    p.add_argument("--queue-slots", default=env("BENCH_QUEUE_SLOTS"), help="e.g. 1,4,16")
+    p.add_argument("--queue-reps", type=int, default=None)
+    p.add_argument(
+        "--queue-budget",
+        type=float,
+        default=None,
+        help="seconds the queue section may take (default 90); a repetition projected to"
+        " overrun it is skipped (and the report says so). 0: no limit",
+    )
     p.add_argument(
         "--synchronous-commit",
         default=env("BENCH_SYNCHRONOUS_COMMIT", "off"),
@@ -76,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument(
         "--budget",
         type=float,
-        default=float(env("BENCH_BUDGET", "570")),
+        default=float(env("BENCH_BUDGET", "630")),
         help="seconds the whole run may take; a query tier projected to overrun it is"
         " skipped (and the report says so). 0: no limit",
     )
@@ -111,6 +131,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         tiers=_ints(a.tiers)
         if a.tiers
         else ((1_000, 10_000) if a.quick else (10_000, 100_000, 1_000_000)),
+        queue_jobs=pick(a.queue_jobs, "BENCH_QUEUE_JOBS", 600, 300),
+        queue_users=pick(a.queue_users, "BENCH_QUEUE_USERS", 1_000, 1_000),
+        queue_slots=_ints(a.queue_slots) if a.queue_slots else (1, 4, 16),
+        queue_reps=pick(a.queue_reps, "BENCH_QUEUE_REPS", 3, 1),
+        queue_budget=pick(a.queue_budget, "BENCH_QUEUE_BUDGET", 90.0, 90.0, float),
         synchronous_commit=a.synchronous_commit,
         sections=sections,
         doc=doc,
@@ -124,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = parse_args(argv)
     from bench import bulk, ledger, queries, report
+    from bench import queue as queue_bench
     from bench.server import BenchDatabase, machine_description
 
     started = time.perf_counter()
@@ -131,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
+    if "queue" in cfg.sections:
+        try:
+            import asyncpg  # noqa: F401
+            import pgqueuer  # noqa: F401
+        except ImportError:
+            log(
+                "queue section skipped: pgqueuer is not installed (it is in the bench"
+                " dependency group: uv run --group bench python -m bench)"
+            )
+            cfg.sections = tuple(s for s in cfg.sections if s != "queue")
     machine = machine_description()
     log(
         f"machine: {machine['cpu']}, {machine['cores']} cores,"
@@ -181,6 +217,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["bulk"] = [r.as_dict() for r in runs_b]
             results["bulk_seconds"] = time.perf_counter() - t0
+        if "queue" in cfg.sections:
+            t0 = time.perf_counter()
+            runs_q, conditions = queue_bench.run(
+                db,
+                n_jobs=cfg.queue_jobs,
+                n_users=min(cfg.queue_users, cfg.users),
+                slots=cfg.queue_slots,
+                reps=cfg.queue_reps,
+                log=log,
+                budget_seconds=cfg.queue_budget,
+            )
+            results["queue"] = [r.as_dict() for r in runs_q]
+            results["queue_conditions"] = conditions
+            results["queue_seconds"] = time.perf_counter() - t0
         if "queries" in cfg.sections:
             t0 = time.perf_counter()
             deadline = started + cfg.budget if cfg.budget > 0 else None

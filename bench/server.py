@@ -193,6 +193,16 @@ class BenchDatabase:
             " EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', t); END LOOP; END$$;\n"
         )
 
+    def connect_params(self) -> dict[str, str]:
+        """host, port, user, password (when any) and database, for other drivers."""
+        env = self._libpq_env()
+        params = {"host": env["PGHOST"], "user": env["PGUSER"], "database": env["PGDATABASE"]}
+        if "PGPORT" in env:
+            params["port"] = env["PGPORT"]
+        if "PGPASSWORD" in env:
+            params["password"] = env["PGPASSWORD"]
+        return params
+
     def connect(self) -> psycopg.Connection[Any]:
         """A new psycopg connection (autocommit) to the benchmark database."""
         env = self._libpq_env()
