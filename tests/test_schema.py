@@ -489,7 +489,16 @@ def test_insert_with_required_fields_only(sql: Any) -> None:
     package = _insert(sql, "credit_packages", name="starter", credits=100, price_cents=999)
     assert (package["is_active"], package["tier_restriction"]) == (True, "none")
 
-    tx = _insert(sql, "credit_transactions", user_id=uid, type="purchase", amount=100)
+    # A purchase names its package and its payment (ML020): the least a client can send.
+    tx = _insert(
+        sql,
+        "credit_transactions",
+        user_id=uid,
+        type="purchase",
+        amount=100,
+        package_id=package["id"],
+        stripe_payment_id="pi_required_fields",
+    )
     assert tx["balance_after"] == 100
 
     tutorial = _insert(sql, "tutorials", slug="intro", title="Intro")

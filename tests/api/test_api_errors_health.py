@@ -40,6 +40,8 @@ CONTRACT = {
     "/v1/jobs": {"get"},
     "/v1/jobs/{job_id}": {"get"},
     "/v1/jobs/{job_id}/cancel": {"post"},
+    "/v1/jobs/{job_id}/events": {"get"},
+    "/v1/jobs/{job_id}/logs": {"get"},
     "/v1/models": {"get"},
     "/v1/models/{model_id}": {"get"},
     "/v1/models/{model_id}/artifact": {"get"},

@@ -71,6 +71,7 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
         "/v1/datasets",
         "/v1/experiments",
         "/v1/jobs",
+        "/v1/jobs/{job_id}/logs",
         "/v1/models",
         "/v1/tutorials",
         "/v1/workflows",
@@ -94,22 +95,27 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
 
 def test_edge_dates_in_any_cursor_are_422(client: TestClient, account: Account) -> None:
     lists = _paginated_lists(client.get("/openapi.json").json())
+    # A job's log is a list of a job: any job id (the cursor is refused before the job
+    # is looked for).
+    lists = [p.replace("{job_id}", str(uuid.uuid4())) for p in lists]
     for path in lists:
         for value in EDGE_DATETIMES:
             r = client.get(path, headers=account.headers, params={"cursor": _cursor(value)})
             _error(r, 422, "invalid_cursor")
-        # The ends of the range are keys like any other (tutorials are keyed by an int).
+        # The ends of the range are keys like any other (tutorials and log lines are
+        # keyed by an int).
         for value in (MIN_DATETIME, MAX_DATETIME):
             r = client.get(
                 path, headers=account.headers, params={"cursor": _cursor(value.isoformat())}
             )
-            if path == "/v1/tutorials":
+            if path == "/v1/tutorials" or path.endswith("/logs"):
                 _error(r, 422, "invalid_cursor")
             else:
                 assert r.status_code == 200, (path, r.text)
     # Every list still answers: no connection was left broken.
     for path in lists:
-        assert client.get(path, headers=account.headers).status_code == 200, path
+        expected = 404 if path.endswith("/logs") else 200  # that job is nobody's
+        assert client.get(path, headers=account.headers).status_code == expected, path
 
 
 def test_edge_dates_with_filters_and_rows(

@@ -35,7 +35,14 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep
 from api.errors import ApiError, error_responses, not_found
-from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate_by_key
+from api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_seq_cursor,
+    paginate_by_key,
+)
 from api.schemas import LogLineOut, ShortText
 from database.models import Job, JobLog, JobStatus, LogLevel, NodeStatus, NodeType
 
@@ -74,6 +81,8 @@ def list_job_logs(
 ) -> Page[LogLineOut]:
     """Keyset pages in ``seq`` order (the ``next_cursor`` of a page gives the next). A
     job keeps at most 1,000 lines; they are removed with the job."""
+    if cursor:
+        decode_seq_cursor(cursor)  # a malformed cursor is a 422 whatever the job
     _owned(session, principal.user_id, job_id)
     stmt = select(JobLog).where(JobLog.job_id == job_id)  # pk_job_logs (job_id, seq)
     if level:
