@@ -182,7 +182,7 @@ def _flat(points: list[dict[str, Any]]) -> tuple[bool, float, float]:
 # -- queue --------------------------------------------------------------------------
 
 
-QUEUE_VARIANTS = ("ours", "ours_one_user", "sketch", "pgqueuer")
+QUEUE_VARIANTS = ("ours", "ours_one_user", "ours_ping_always", "pgqueuer")
 
 
 def queue_table(results: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -210,7 +210,7 @@ def queue_table(results: dict[str, Any]) -> dict[int, dict[str, Any]]:
         for key, num in (
             ("vs_pgqueuer", "ours"),
             ("one_user_vs_pgqueuer", "ours_one_user"),
-            ("sketch_vs_pgqueuer", "sketch"),
+            ("ping_always_vs_pgqueuer", "ours_ping_always"),
         ):
             ratios = [
                 rep[num]["jobs_per_s"] / rep["pgqueuer"]["jobs_per_s"]
@@ -576,15 +576,15 @@ def render(results: dict[str, Any]) -> str:
         v(
             "| slots | ours, jobs/s | pgqueuer, jobs/s | **ours / pgqueuer**"
             " | ours, one user, jobs/s | one user / pgqueuer"
-            " | sketch (two round trips), jobs/s | sketch / pgqueuer"
-            " | server CPU per job, us: ours / one user / sketch / pgqueuer"
-            " | client CPU per job, us: ours / one user / sketch / pgqueuer"
+            " | ours, ping every checkout, jobs/s | ping every checkout / pgqueuer"
+            " | server CPU per job, us: ours / one user / ping every checkout / pgqueuer"
+            " | client CPU per job, us: ours / one user / ping every checkout / pgqueuer"
             " | pgqueuer completion commits per job |"
         )
         v("|---|---|---|---|---|---|---|---|---|---|---|")
         for k, row in qt.items():
             o, pq = row.get("ours", {}), row.get("pgqueuer", {})
-            one, sk = row.get("ours_one_user", {}), row.get("sketch", {})
+            one, sk = row.get("ours_one_user", {}), row.get("ours_ping_always", {})
             every = [row.get(x, {}) for x in QUEUE_VARIANTS]
             one_cells = (
                 f"{_int(_g(one, 'jobs_per_s'))}"
@@ -596,7 +596,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {k} | {_int(_g(o, 'jobs_per_s'))} | {_int(_g(pq, 'jobs_per_s'))}"
                 f" | {_ratio(row.get('vs_pgqueuer', {}))} | {one_cells}"
                 f" | {_int(_g(sk, 'jobs_per_s'))}"
-                f" | {_ratio(row.get('sketch_vs_pgqueuer', {}), bold=False)}"
+                f" | {_ratio(row.get('ping_always_vs_pgqueuer', {}), bold=False)}"
                 f" | {' / '.join(_int(_g(x, 'server_cpu')) for x in every)}"
                 f" | {' / '.join(_int(_g(x, 'client_cpu')) for x in every)}"
                 f" | {_fmt(_g(pq, 'commits'))} |"
