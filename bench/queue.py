@@ -6,16 +6,17 @@ Trivial jobs (they do nothing) claimed and completed per second, with 1, 4 and
 * ``ours``: ``N`` queued rows in ``jobs`` (pre-filled before the clock, the
   factories' shape: one workflow snapshot per user, status ``queued``), spread
   over ``--queue-users`` users so the user row lock of the completion is not the
-  bottleneck. ``K`` threads, each in a loop: claim (the worker's claim statement,
-  ``FOR UPDATE SKIP LOCKED``, one transaction), nothing, complete (the worker's
-  completion: lock the user, end the job with its lease checked, in a second
-  transaction). One engine made by ``database.session.make_engine`` (the
-  production settings: pre-ping, statement and lock timeouts), a pool of ``K``.
+  bottleneck. ``K`` threads, each in a loop: ``database.jobs.claim`` (the worker's
+  claim: one statement, ``FOR UPDATE SKIP LOCKED``, in autocommit), nothing,
+  ``database.jobs.finish_job(..., "completed")`` (the worker's completion: one
+  statement in autocommit that locks the user, then ends the job if its lease
+  holds). One engine made by ``database.session.make_engine`` (the production
+  settings: pre-ping after a second idle, statement and lock timeouts), a pool of
+  ``K``.
 * ``ours, one user``: the same with every job of one user, so every completion
   waits for the same user row lock.
-* ``sketch`` (not the product's code): the same rules in two round trips per job, the
-  claim on an autocommit engine without pre-ping and the completion as one statement
-  that locks the user, then ends the job if the lease holds. Where the time goes.
+* ``ours, ping every checkout``: ``ours`` on an engine whose pool pre-pings every
+  checkout (``DB_POOL_PRE_PING_IDLE_S=0``): what that round trip costs.
 * ``pgqueuer``: its own tables installed by its installer (``Queries.install``,
   what ``pgq install`` runs), the same ``N`` jobs enqueued before the clock (one
   ``enqueue`` call), ``K`` ``QueueManager`` instances (each its own asyncpg

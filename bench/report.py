@@ -891,22 +891,19 @@ column checks it for pgqueuer: distinct commit times of its log entries per job)
 
 - **ours**: {jobs:,} rows in `jobs`, `queued`, spread over {users:,} users (one workflow
   snapshot each: the factories' shape), written before the clock starts. *K* threads, each in a
-  loop: `claim` (the worker's statement, `UPDATE ... WHERE id = (SELECT ... ORDER BY priority
-  DESC, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING`, its own transaction), nothing,
-  then `finish_job(..., "completed")` (the worker's completion: lock the user's row, end the job
-  if this worker's lease still holds, commit). One engine from `database.session.make_engine`,
-  the production settings (pre-ping, statement and lock timeouts), a pool of *K*. The two calls
-  are `workers.queue.claim` and `finish_job`, through a two-function adapter at the top of
-  `bench/queue.py`.
+  loop: `database.jobs.claim(engine, "job", ...)` (what the worker's loop calls: one statement,
+  `UPDATE ... WHERE id = (SELECT ... ORDER BY priority DESC, created_at LIMIT 1 FOR UPDATE SKIP
+  LOCKED) RETURNING`, in autocommit), nothing, then `database.jobs.finish_job(Session(engine),
+  claim, "completed", results=...)` (what the worker calls when a job's last node is done: one
+  statement in autocommit that locks the user's row, then ends the job if this worker's lease
+  still holds). One engine from `database.session.make_engine`, the production settings
+  (pre-ping of a connection idle in the pool for more than a second, statement and lock
+  timeouts), a pool of *K*.
 - **ours, one user**: the same with every job one user's, so every completion queues for the
   same row lock (not run at 1 slot, where nobody waits for it).
-- **sketch**, not the product's code: the same rules in two round trips. The same `claim`
-  on an autocommit engine (the claim is one statement: no `BEGIN`/`COMMIT` round trips),
-  and the completion as one statement that locks the user's row (an initplan, so before the
-  job's) and ends the job if the lease holds (`WITH u AS (SELECT ... FOR NO KEY UPDATE) UPDATE
-  jobs ... WHERE leased_by = :worker AND user_id = (SELECT id FROM u)`), on an engine without
-  pre-ping whose connections carry the `lock_timeout`. It shows what the queue's design can
-  reach, apart from how the two calls are written today.
+- **ours, ping every checkout**: the same as *ours* on an engine whose pool pre-pings every
+  checkout (`DB_POOL_PRE_PING_IDLE_S=0`, what every engine did before): what that round trip
+  costs.
 - **pgqueuer**: its tables installed by its own installer (`Queries.install`, what `pgq
   install` runs; durability `durable`, its default: every table logged), the same number of
   jobs enqueued before the clock (one `enqueue` call), *K* `QueueManager`s, each on its own
@@ -924,40 +921,53 @@ pgqueuer) and the server's processes over the same run. Every run is checked: ea
 completed exactly once."""
 
 QUEUE_ANALYSIS = """\
-**What each side does per job.** pgqueuer: two statements, each its own transaction in
-autocommit, prepared once per connection by asyncpg: the dequeue (one CTE that picks with `FOR
-UPDATE SKIP LOCKED` and marks the row picked) and the completion (one CTE that deletes the job
-row and writes its log entry). Ours: two transactions and ten round trips: for the claim, the
-pool's pre-ping, `BEGIN`, the claim, `COMMIT`; for the completion, the pre-ping, `BEGIN`, the
-`lock_timeout` setting and the user's row lock (`credits.lock_users`), the lease-checked UPDATE
-of the job, `COMMIT` (counted with `log_statement = all` when this section was written). The
-extra work is what the queue is for: the completion locks the user first because a failed or
-cancelled job is refunded in that transaction, in the API's lock order (user, then job), and
-the job row stays, with its status, results and times, as the user's history; pgqueuer deletes
-its row and keeps a log line.
+**What each side does per job.** Two round trips each. pgqueuer: two statements, each its own
+transaction in autocommit, prepared once per connection by asyncpg: the dequeue (one CTE that
+picks with `FOR UPDATE SKIP LOCKED` and marks the row picked) and the completion (one CTE that
+deletes the job row and writes its log entry). Ours: the claim (one statement in autocommit)
+and the completion (one statement in autocommit: `UPDATE jobs SET status = 'completed', ...
+WHERE id = :job AND leased_by = :worker AND status = 'running' AND user_id = (SELECT id FROM
+users WHERE id = :user AND set_config('lock_timeout', ...) IS NOT NULL FOR NO KEY UPDATE)`; the
+subquery is an initplan, so the user's row is locked before the job's, the order every writer
+follows). Both statements are built once, at import, and psycopg prepares them on the server
+after five uses. A failed or cancelled job still ends in a transaction of several statements
+(its refund, its nodes), as before. Our rows do more than pgqueuer's: the job row stays, with
+its status, results and times, as the user's history, and every change of its status goes
+through the triggers that check the transition and write a line in the job's log
+(`sql/triggers/jobs.sql`, `job_logs.sql`); pgqueuer deletes its row and keeps a log line.
 
-**Where the time goes.** With one slot the loop is a chain of round trips and client work: our
-client spends three to six times pgqueuer's CPU per job (SQLAlchemy's Session and Core
-execution over psycopg, against asyncpg on uvloop), and makes five times its round trips. With
-16 slots both saturate the two cores the client and the server share, and throughput follows
-the sum of client and server CPU per job: pgqueuer's server CPU per job grows with the slots
-(every one of its statements also notifies every listening manager), ours stays about flat and
-costs the client more. The one-user column shows what the user's lock costs when every
-completion wants the same row: a completion holds it for two statements and its commit.
+**What changed since the first run of this section** (0.33 / 0.43 / 1.39 at 1 / 4 / 16 slots,
+at a load average of 7 to 10): ten round trips per job became two, and the client's CPU per job
+fell to about a quarter. The claim no longer runs in `BEGIN`/`COMMIT` (it is one statement);
+the completion is one statement instead of a transaction of four (`lock_timeout`, the user's
+lock, the job's UPDATE, `COMMIT`); the pool's pre-ping tests only a connection that sat idle in
+the pool for more than a second (`DB_POOL_PRE_PING_IDLE_S`), not one handed back a moment ago;
+and the two statements are built once instead of at every call (building an ORM `UPDATE` cost
+the client more than running it). The *ping every checkout* column is the pre-ping's share.
+
+**Where the time goes now.** With one slot a job is a chain: client work, a round trip, server
+work, twice. Our client still spends about twice pgqueuer's CPU per job (SQLAlchemy's Core
+execution and the pool's checkout over psycopg, against asyncpg on uvloop), and the server
+spends more on ours: the status triggers, above all the line each status change writes in the
+job's log (an insert that takes the log's advisory lock and looks up the last line: about 0.12
+ms of the claim's 0.24 ms of execution, in `EXPLAIN ANALYZE`). With 16 slots both saturate the
+two cores the client and the server share, and throughput follows the sum of client and server
+CPU per job: pgqueuer's server CPU per job grows with the slots (every one of its statements
+also notifies every listening manager), ours stays about flat. The one-user column shows what
+the user's lock costs when every completion wants the same row: a completion holds it only for
+its one statement now, so it costs little.
 
 **How much to trust it.** The machine is shared (the load average above), and the ranges show
-how much one ratio moves between repetitions. While this section was written, whole runs at a
-load average of 5 to 10 on two cores gave ours / pgqueuer of 0.3-0.5 at 1 and 4 slots every
-time, and 0.7 to 1.4 at 16 slots: at 16 slots the two are within the noise of each other; at 1
-and 4 slots ours is two to three times slower, every time.
+how much one ratio moves between repetitions; a busy neighbour slows the client that spends more
+CPU per job (ours) more.
 
-**What would close the gap** (not done here: the queue's statements are moving to
-`database/jobs.py`): the *sketch* column. A worker engine without pre-ping (the worker retries a
-lost connection itself), the claim as one autocommit statement (it is one statement already),
-and the completion as one statement that locks the user and ends the job, with the
-`lock_timeout` of the connection instead of one set per transaction: two round trips instead
-of ten, the same rules, and a third to a half of the client's work per job. A failed or
-cancelled job still needs more: its refund, in the transaction that ends it."""
+**What is left between ours and pgqueuer at 1 and 4 slots**: client CPU (the rest of
+SQLAlchemy's execution path: running the two statements on the DBAPI connection directly would
+save part of it, and give up the engine's error translation) and the job log's line per status
+change (kept: it is what `/v1/jobs/{id}/logs` and the events stream show, written in the
+transaction of the change). The worker's loop also asks the ingestion queue before the job queue
+(one more transaction per claim) and a real job's nodes each take a transaction: for a job that
+does any work at all, the queue's share is small."""
 
 CHANGES = """\
 ## What was changed for this
