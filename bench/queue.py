@@ -51,13 +51,13 @@ from sqlalchemy.orm import Session
 from bench.ledger import user_uuid_sql
 from bench.server import BenchDatabase
 from database.config import DatabaseSettings
+from database.jobs import Claim, claim, finish_job
 from database.session import make_engine
 
 # -- our queue's two calls, as the worker makes them ---------------------------------------
 # workers.main claims with database.jobs.claim(engine, "job", ...) and a job ends with
 # database.jobs.finish_job(Session(engine), claim, "completed", results=...)
 # (workers.execution._finish).
-from database.jobs import Claim, claim, finish_job  # noqa: E402
 
 LEASE_SECONDS = 60.0
 #: What the worker writes into a completed job (workers.execution): nodes, metrics, models.
