@@ -251,10 +251,8 @@ def test_make_engine_defaults_from_the_environment(
     assert engine is session.get_engine()  # one pool per process
     assert engine.pool.size() == 20
     assert engine.pool._max_overflow == 10  # noqa: SLF001
-    # Pre-ping on, after one second idle in the pool (our checkout event, not the
-    # pool's ping of every checkout).
-    assert engine.pool._pre_ping is False  # noqa: SLF001
-    assert config.get_settings().pool_pre_ping_idle_s == 1.0
+    assert engine.pool._pre_ping is True  # noqa: SLF001 - every checkout, by default
+    assert config.get_settings().pool_pre_ping_idle_s == 0.0
     with engine.connect() as conn:
         assert conn.scalar(text("SHOW lock_timeout")) == "4321ms"
         assert conn.scalar(text("SELECT current_database()")) == db_url.database

@@ -6,11 +6,12 @@ here raises ``database.errors`` exceptions.
 
 Pre-ping (``DB_POOL_PRE_PING``) tests a pooled connection before handing it out,
 so one that died while it sat in the pool (a restart of the server) is replaced
-instead of failing the caller's first statement. It costs a round trip, so by
-default only a connection idle in the pool longer than ``DB_POOL_PRE_PING_IDLE_S``
-(1 s) is tested: under load (the queue's claims and completions) connections come
-back and go out again within milliseconds, and a restart of the server takes
-longer than that. ``DB_POOL_PRE_PING_IDLE_S=0`` tests every checkout.
+instead of failing the caller's first statement. It costs a round trip at every
+checkout; ``DB_POOL_PRE_PING_IDLE_S`` (default 0: every checkout) tests only a
+connection idle in the pool for longer than that, so under load (connections come
+back and go out within milliseconds) there is no ping, at the price of a restart of
+the server quicker than that failing the next statement of a recently used
+connection (the API's guarantee, ``tests/api/test_api_outage.py``, needs 0).
 """
 
 from __future__ import annotations
