@@ -611,7 +611,7 @@ def finish_job(
 def _complete_in_one_statement(
     session: Session, claim: Claim, results: dict[str, Any] | None
 ) -> bool:
-    """The completed job in one round trip: ``UPDATE jobs ... WHERE id = :job AND
+    """The completed job in one statement: ``UPDATE jobs ... WHERE id = :job AND
     leased_by = :worker AND status = 'running' AND user_id = (the user's row, locked:
     :func:`database.locks.locked_user_id`)``, in autocommit. The same rules as the
     transaction of :func:`finish_job`: the user's row is locked before the job's, the
@@ -621,8 +621,13 @@ def _complete_in_one_statement(
     session is in a transaction, or bound to a connection) or the statement ended no
     job: the caller then runs the general path, which raises the precise error
     (:class:`LeaseLost`, ``UserNotFound``)."""
-    bind = session.get_bind()
-    if session.in_transaction() or not isinstance(bind, Engine):
+    if session.in_transaction():
+        return False
+    try:
+        bind = session.get_bind()
+    except sa_exc.UnboundExecutionError:
+        return False
+    if not isinstance(bind, Engine):
         return False
     params: dict[str, Any] = {
         "job": claim.id,
