@@ -6,16 +6,18 @@ Trivial jobs (they do nothing) claimed and completed per second, with 1, 4 and
 * ``ours``: ``N`` queued rows in ``jobs`` (pre-filled before the clock, the
   factories' shape: one workflow snapshot per user, status ``queued``), spread
   over ``--queue-users`` users so the user row lock of the completion is not the
-  bottleneck. ``K`` threads, each in a loop: claim (the worker's claim statement,
-  ``FOR UPDATE SKIP LOCKED``, one transaction), nothing, complete (the worker's
-  completion: lock the user, end the job with its lease checked, in a second
-  transaction). One engine made by ``database.session.make_engine`` (the
-  production settings: pre-ping, statement and lock timeouts), a pool of ``K``.
+  bottleneck. ``K`` threads, each in a loop: ``database.jobs.claim`` (the worker's
+  claim: one statement, ``FOR UPDATE SKIP LOCKED``, in autocommit), nothing,
+  ``database.jobs.finish_job(..., "completed")`` (the worker's completion: one
+  statement in autocommit that locks the user, then ends the job if its lease
+  holds). One engine made by ``database.session.make_engine`` (the production
+  settings: pre-ping at every checkout, statement and lock timeouts), a pool of
+  ``K``.
 * ``ours, one user``: the same with every job of one user, so every completion
   waits for the same user row lock.
-* ``sketch`` (not the product's code): the same rules in two round trips per job, the
-  claim on an autocommit engine without pre-ping and the completion as one statement
-  that locks the user, then ends the job if the lease holds. Where the time goes.
+* ``ours, ping after idle``: ``ours`` on an engine that pre-pings only a connection
+  idle in the pool for more than a second (``DB_POOL_PRE_PING_IDLE_S=1``, not the
+  default): what the pre-ping's round trip costs.
 * ``pgqueuer``: its own tables installed by its installer (``Queries.install``,
   what ``pgq install`` runs), the same ``N`` jobs enqueued before the clock (one
   ``enqueue`` call), ``K`` ``QueueManager`` instances (each its own asyncpg
@@ -35,7 +37,6 @@ keeps to a time budget: a repetition that would overrun it is skipped, and repor
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -45,19 +46,19 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bench.ledger import user_uuid_sql
 from bench.server import BenchDatabase
 from database.config import DatabaseSettings
+from database.jobs import Claim, claim, finish_job
 from database.session import make_engine
 
-# -- the adapter: our queue's two calls -------------------------------------------------
-# The worker's claim and completion. They are moving to database/jobs.py with the same
-# semantics: this import is the one line to change then (and the two functions below if
-# the signatures differ).
-from workers.queue import Claim, claim, finish_job
+# -- our queue's two calls, as the worker makes them ---------------------------------------
+# workers.main claims with database.jobs.claim(engine, "job", ...) and a job ends with
+# database.jobs.finish_job(Session(engine), claim, "completed", results=...)
+# (workers.execution._finish).
 
 LEASE_SECONDS = 60.0
 #: What the worker writes into a completed job (workers.execution): nodes, metrics, models.
@@ -65,47 +66,20 @@ RESULTS: dict[str, object] = {"nodes": {}, "metrics": {}, "models": []}
 
 
 def claim_job(engine: Engine, worker: str) -> Claim | None:
-    """Take the next queued job: one statement, one transaction."""
+    """Take the next queued job: one statement, in autocommit."""
     return claim(engine, "job", worker, LEASE_SECONDS)
 
 
 def complete_job(engine: Engine, job: Claim) -> None:
-    """End the job as completed: lock its user, update it if the lease holds, commit."""
+    """End the job as completed: one statement that locks its user, then ends the job
+    if the lease holds."""
     with Session(engine) as session:
         finish_job(session, job, "completed", results=RESULTS)
 
 
-# -- a sketch, not the product's code: the same rules in two round trips ------------------
-# The same claim_job on an autocommit engine without pre-ping (the claim is one statement:
-# no BEGIN/COMMIT round trips), and the completion as one statement that locks the user's
-# row first (an initplan), then ends the job if the lease holds, under the lock_timeout of
-# its connection. What finish_job(..., "completed") does, in one round trip instead of six.
-_SKETCH_FINISH = text(
-    """
-    WITH u AS (SELECT id FROM users WHERE id = :user FOR NO KEY UPDATE)
-    UPDATE jobs SET status = 'completed', results = coalesce(CAST(:results AS jsonb), results),
-           completed_at = clock_timestamp(), leased_by = NULL, lease_expires_at = NULL
-     WHERE id = :id AND leased_by = :worker AND status = 'running'
-       AND user_id = (SELECT id FROM u)
-    RETURNING id
-    """
-)
-_RESULTS_JSON = json.dumps(RESULTS)
-
-
-def sketch_complete_job(engine: Engine, job: Claim) -> None:
-    with engine.connect() as conn:
-        ended = conn.execute(
-            _SKETCH_FINISH,
-            {"user": job.user_id, "id": job.id, "worker": job.worker, "results": _RESULTS_JSON},
-        ).one_or_none()
-    if ended is None:
-        raise RuntimeError(f"job {job.id}: the lease of {job.worker} was lost")
-
-
 # ----------------------------------------------------------------------------------------
 
-VARIANTS = ("ours", "pgqueuer", "ours_one_user", "sketch")
+VARIANTS = ("ours", "pgqueuer", "ours_one_user", "ours_ping_after_idle")
 ENTRYPOINT = "bench_noop"
 
 
@@ -196,9 +170,7 @@ def _fill_ours(db: BenchDatabase, n_jobs: int, n_users: int) -> None:
 Outcome = tuple[float, float, float, float, int, str, float]
 
 
-def _run_ours(
-    db: BenchDatabase, engine: Engine, slots: int, n_jobs: int, sketch: bool = False
-) -> Outcome:
+def _run_ours(db: BenchDatabase, engine: Engine, slots: int, n_jobs: int) -> Outcome:
     """(seconds, wall seconds, server CPU s, client CPU s, completed, problem,
     completion commits per job)."""
     done = [0] * slots
@@ -209,9 +181,8 @@ def _run_ours(
         worker = f"bench:{i}:{uuid.uuid4().hex[:6]}"
         try:
             start.wait()
-            end = sketch_complete_job if sketch else complete_job
             while (job := claim_job(engine, worker)) is not None:
-                end(engine, job)
+                complete_job(engine, job)
                 done[i] += 1
         except Exception as exc:  # noqa: BLE001 - reported, and the run marked failed
             errors.append(f"{type(exc).__name__}: {exc}"[:300])
@@ -401,16 +372,18 @@ def run(
     version = prepare(db, n_users)
     settings = DatabaseSettings().model_copy(update={"pool_size": max(slots), "max_overflow": 0})
     engine = make_engine(db.url, settings=settings)
-    sketch_engine = make_engine(
-        db.url, settings=settings.model_copy(update={"pool_pre_ping": False})
-    ).execution_options(isolation_level="AUTOCOMMIT")
+    # The same, with the pre-ping only of a connection idle for more than a second
+    # (DB_POOL_PRE_PING_IDLE_S=1, not the default): what the pre-ping's round trip costs.
+    ping_engine = make_engine(
+        db.url, settings=settings.model_copy(update={"pool_pre_ping_idle_s": 1.0})
+    )
     runs: list[QueueRun] = []
     try:
         # Warm every path once (plans, catalog caches, the pools), not measured.
         _fill_ours(db, 200, n_users)
         _run_ours(db, engine, max(slots), 200)
         _fill_ours(db, 200, n_users)
-        _run_ours(db, sketch_engine, max(slots), 200, sketch=True)
+        _run_ours(db, ping_engine, max(slots), 200)
         _fill_pgqueuer(db, 200)
         _run_pgqueuer(db, max(slots), 200)
         for rep in range(reps):
@@ -432,9 +405,9 @@ def run(
                     if variant == "pgqueuer":
                         _fill_pgqueuer(db, n_jobs)
                         result = _run_pgqueuer(db, k, n_jobs)
-                    elif variant == "sketch":
+                    elif variant == "ours_ping_after_idle":
                         _fill_ours(db, n_jobs, n_users)
-                        result = _run_ours(db, sketch_engine, k, n_jobs, sketch=True)
+                        result = _run_ours(db, ping_engine, k, n_jobs)
                     else:
                         _fill_ours(db, n_jobs, n_users if variant == "ours" else 1)
                         result = _run_ours(db, engine, k, n_jobs)
@@ -473,7 +446,7 @@ def run(
             slowest = max(slowest, time.perf_counter() - rep_started)
     finally:
         engine.dispose()
-        sketch_engine.engine.dispose()
+        ping_engine.dispose()
         cleanup(db)
     conditions = {
         "load_average_at_start": load,
@@ -482,7 +455,8 @@ def run(
         "pgqueuer_settings": "QueueManager.run(batch_size=1, mode=drain,"
         " dequeue_timeout=0.2 s), max_concurrent_tasks unset, durability durable (its"
         " default: every table logged), asyncpg driver, uvloop",
-        "ours_engine": "database.session.make_engine: pool_pre_ping on, statement_timeout"
-        f" and lock_timeout per session, pool_size {max(slots)}",
+        "ours_engine": "database.session.make_engine with the production settings:"
+        " pre-ping at every checkout,"
+        f" statement_timeout and lock_timeout per session, pool_size {max(slots)}",
     }
     return runs, conditions

@@ -439,3 +439,122 @@ def test_cancel_through_the_api_path_and_recovery_do_not_deadlock(engine: Engine
     assert states.get("running", 0) == 0
     refunded = scalar(sql, "SELECT count(*) FROM credit_transactions WHERE type = 'refund'")
     assert refunded == states.get("cancelled", 0)
+
+
+# --- the completion: one statement, the same rules ------------------------------------------
+def _hold_user_row(engine: Engine, user: uuid.UUID) -> Any:
+    """An open transaction holding the user's row lock (the API's: FOR NO KEY UPDATE)."""
+    conn = engine.connect()
+    conn.execute(text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE"), {"u": user})
+    return conn
+
+
+def _wait_until_blocked(sql: Any, on: str) -> None:
+    """Until some backend waits for a lock with ``on`` in its query (no timing asserted:
+    it waits as long as it takes, up to a generous bound)."""
+    for _ in range(1000):
+        waiting = scalar(
+            sql,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE :q",
+            q=f"%{on}%",
+        )
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the completion never waited for the user's lock")
+
+
+def test_completion_checks_the_lease(engine: Engine, sql: Any) -> None:
+    user = funded_user(engine, sql, 100)
+    job = charged_job(engine, sql, user, cost=10)
+    claim = queue.claim(engine, "job", "w1", LEASE)
+    assert claim is not None
+    other = queue.Claim(claim.queue, claim.kind, claim.id, claim.user_id, claim.attempts, "w2")
+    with Session(engine) as session, pytest.raises(LeaseLost):
+        queue.finish_job(session, other, "completed")  # not this worker's lease
+    assert scalar(sql, "SELECT status::text FROM jobs WHERE id = :id", id=job) == "running"
+    expire(sql, "jobs", job)
+    queue.recover_expired(engine, max_attempts=3)  # taken back: queued again
+    with Session(engine) as session, pytest.raises(LeaseLost):
+        queue.finish_job(session, claim, "completed", results={"models": []})
+    again = queue.claim(engine, "job", "w3", LEASE)
+    assert again is not None and again.id == job
+    with Session(engine) as session, pytest.raises(LeaseLost):
+        queue.finish_job(session, claim, "completed")  # w1's lease, now w3's job
+    with Session(engine) as session:
+        assert queue.finish_job(session, again, "completed") == 0
+    with Session(engine) as session, pytest.raises(LeaseLost):
+        queue.finish_job(session, again, "completed")  # once
+    row = sql("SELECT status::text, results, leased_by FROM jobs WHERE id = :id", id=job)[0]
+    assert tuple(row) == ("completed", None, None)
+    assert balance(sql, user) == 90  # a completion keeps the charge
+    lines = sql("SELECT message FROM job_logs WHERE job_id = :id ORDER BY seq", id=job)
+    assert lines[-1][0] == "job completed"
+
+
+def test_completion_locks_the_user_before_the_job(engine: Engine, sql: Any) -> None:
+    """While the completion waits for the user's row (held by, say, the API's cancel),
+    it holds no lock on the job: the holder can go on to lock the job (the API's order,
+    user then job) without a deadlock, and the completion then sees its outcome."""
+    user = funded_user(engine, sql, 100)
+    job = charged_job(engine, sql, user, cost=10)
+    claim = queue.claim(engine, "job", "w1", LEASE)
+    assert claim is not None
+    holder = _hold_user_row(engine, user)
+    outcome: list[object] = []
+
+    def complete() -> None:
+        try:
+            with Session(engine) as session:
+                outcome.append(queue.finish_job(session, claim, "completed"))
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=complete)
+    thread.start()
+    try:
+        _wait_until_blocked(sql, "UPDATE jobs")
+        # The job's row is free: the holder locks it at once, as a cancel would.
+        holder.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE NOWAIT"), {"id": job})
+        holder.execute(
+            text("UPDATE jobs SET cancel_requested_at = now() WHERE id = :id"), {"id": job}
+        )
+        holder.commit()
+    finally:
+        holder.close()
+        thread.join()
+    assert outcome == [0]
+    row = sql(
+        "SELECT status::text, cancel_requested_at IS NOT NULL FROM jobs WHERE id = :id", id=job
+    )
+    assert tuple(row[0]) == ("completed", True)
+
+
+def test_completion_waits_for_the_user_at_most_lock_timeout(
+    engine: Engine, sql: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The completion sets DB_LOCK_TIMEOUT_MS itself (this test engine's connections
+    have no lock_timeout: without it the wait would last until the holder ends)."""
+    from database import config
+
+    user = funded_user(engine, sql, 100)
+    job = charged_job(engine, sql, user, cost=10)
+    claim = queue.claim(engine, "job", "w1", LEASE)
+    assert claim is not None
+    monkeypatch.setenv("DB_LOCK_TIMEOUT_MS", "50")
+    config.get_settings.cache_clear()
+    holder = _hold_user_row(engine, user)
+    release = threading.Timer(30.0, holder.rollback)  # a broken timeout ends, and fails
+    release.start()
+    try:
+        with Session(engine) as session, pytest.raises(errors.LockTimeout):
+            queue.finish_job(session, claim, "completed")
+    finally:
+        release.cancel()
+        holder.rollback()
+        holder.close()
+        config.get_settings.cache_clear()
+    assert scalar(sql, "SELECT status::text FROM jobs WHERE id = :id", id=job) == "running"
+    with Session(engine) as session:
+        assert queue.finish_job(session, claim, "completed") == 0

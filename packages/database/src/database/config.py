@@ -57,6 +57,12 @@ class DatabaseSettings(BaseSettings):
     pool_size: int = Field(default=20, alias="DB_POOL_SIZE", ge=1)
     max_overflow: int = Field(default=10, alias="DB_MAX_OVERFLOW", ge=0)
     pool_pre_ping: bool = Field(default=True, alias="DB_POOL_PRE_PING")
+    #: With pre-ping on: ping a pooled connection only when it has been idle in the
+    #: pool longer than this (seconds); 0 (the default) pings at every checkout. A
+    #: connection handed back a moment ago is then used again without the round trip,
+    #: at a price: one that died meanwhile (a restart of the server quicker than this)
+    #: fails its next statement instead of being replaced.
+    pool_pre_ping_idle_s: float = Field(default=0.0, alias="DB_POOL_PRE_PING_IDLE_S", ge=0)
     pool_timeout_s: float = Field(default=30.0, alias="DB_POOL_TIMEOUT", gt=0)
     statement_timeout_ms: int = Field(default=30_000, alias="DB_STATEMENT_TIMEOUT_MS", ge=0)
     lock_timeout_ms: int = Field(default=5_000, alias="DB_LOCK_TIMEOUT_MS", ge=0)

@@ -46,11 +46,24 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, delete, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Engine,
+    Float,
+    String,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -155,8 +168,10 @@ class CancelOutcome:
 
 
 # --- helpers ------------------------------------------------------------------------------
-def _lease_end(seconds: float) -> Any:
-    return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, float(seconds))
+def _lease_end(seconds: float | Any) -> Any:
+    if not isinstance(seconds, BindParameter):
+        seconds = float(seconds)
+    return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def _now() -> Any:
@@ -286,34 +301,58 @@ def _due(run_after: Any) -> Any:
     return or_(run_after.is_(None), run_after <= func.now())
 
 
+def _claim_job_statement() -> Any:
+    """The job's claim, built once (the hot path: building a statement costs the
+    client more than running it); parameters ``worker`` and ``lease``."""
+    next_job = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, _due(Job.run_after))
+        .order_by(Job.priority.desc(), Job.created_at)  # ix_jobs_queue
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(Job)
+        .where(Job.id == next_job)
+        .values(
+            status=JobStatus.RUNNING,
+            leased_by=bindparam("worker", type_=String),
+            lease_expires_at=_lease_end(bindparam("lease", type_=Float)),
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, func.now()),
+            run_after=None,
+        )
+        .returning(Job.id, Job.user_id, Job.attempts, Job.kind)
+    )
+
+
+_CLAIM_JOB = _claim_job_statement()
+
+
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection in autocommit: each statement its own transaction, with no
+    ``BEGIN`` or ``COMMIT`` round trips. For work that is one statement."""
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def claim(engine: Engine, queue: Queue, worker: str, lease_seconds: float) -> Claim | None:
-    """Take the next waiting job (or ingestion) for ``worker``; None when none waits."""
-    with engine.begin() as conn:
-        if queue == "job":
-            next_job = (
-                select(Job.id)
-                .where(Job.status == JobStatus.QUEUED, _due(Job.run_after))
-                .order_by(Job.priority.desc(), Job.created_at)  # ix_jobs_queue
-                .limit(1)
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
-            )
+    """Take the next waiting job (or ingestion) for ``worker``; None when none waits.
+
+    A job's claim is one statement (``UPDATE ... WHERE id = (SELECT ... FOR UPDATE
+    SKIP LOCKED) RETURNING``), run in autocommit: one round trip. An ingestion's
+    also marks its version, in one transaction."""
+    if queue == "job":
+        with _autocommit(engine) as conn:
             row = conn.execute(
-                update(Job)
-                .where(Job.id == next_job)
-                .values(
-                    status=JobStatus.RUNNING,
-                    leased_by=worker,
-                    lease_expires_at=_lease_end(lease_seconds),
-                    attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, func.now()),
-                    run_after=None,
-                )
-                .returning(Job.id, Job.user_id, Job.attempts, Job.kind)
+                _CLAIM_JOB, {"worker": worker, "lease": float(lease_seconds)}
             ).one_or_none()
-            if row is None:
-                return None
-            return Claim("job", row.kind, row.id, row.user_id, row.attempts, worker)
+        if row is None:
+            return None
+        return Claim("job", row.kind, row.id, row.user_id, row.attempts, worker)
+    with engine.begin() as conn:
         next_ingestion = (
             select(IngestionJob.id)
             .where(IngestionJob.status == IngestionStatus.PENDING, _due(IngestionJob.run_after))
@@ -537,10 +576,17 @@ def finish_job(
     traceback: str | None = None,
 ) -> int:
     """End the job this worker holds, in one transaction, refunding a failed or
-    cancelled one; returns the credits refunded. Raises :class:`LeaseLost`."""
+    cancelled one; returns the credits refunded. Raises :class:`LeaseLost`.
+
+    A completion moves no credits: it is one statement in autocommit that locks the
+    user's row, then ends the job if this worker's lease holds
+    (:func:`_complete_in_one_statement`). A failure or cancel locks the user, ends the
+    job, skips a cancelled job's waiting nodes and refunds, in one transaction."""
     status = JobStatus(status)
     if status not in FINISHED:
         raise ValueError(f"a job ends completed, failed or cancelled, not {status}")
+    if status == JobStatus.COMPLETED and _complete_in_one_statement(session, claim, results):
+        return 0
     with session.begin():
         locks.lock_users(session, [claim.user_id])  # the API's lock order: user, then job
         held = (Job.leased_by == claim.worker) & (Job.status == JobStatus.RUNNING)
@@ -560,6 +606,76 @@ def finish_job(
         if status != JobStatus.COMPLETED:
             refunded = _refund(session, claim.id, claim.user_id, error or f"job {status}")
     return refunded
+
+
+def _complete_in_one_statement(
+    session: Session, claim: Claim, results: dict[str, Any] | None
+) -> bool:
+    """The completed job in one statement: ``UPDATE jobs ... WHERE id = :job AND
+    leased_by = :worker AND status = 'running' AND user_id = (the user's row, locked:
+    :func:`database.locks.locked_user_id`)``, in autocommit. The same rules as the
+    transaction of :func:`finish_job`: the user's row is locked before the job's, the
+    lease is checked by the UPDATE itself, and the status triggers log the change.
+
+    True when the job was completed. False when this path cannot be taken (the
+    session is in a transaction, or bound to a connection) or the statement ended no
+    job: the caller then runs the general path, which raises the precise error
+    (:class:`LeaseLost`, ``UserNotFound``)."""
+    if session.in_transaction():
+        return False
+    try:
+        bind = session.get_bind()
+    except sa_exc.UnboundExecutionError:
+        return False
+    if not isinstance(bind, Engine):
+        return False
+    params: dict[str, Any] = {
+        "job": claim.id,
+        "worker": claim.worker,
+        "user": claim.user_id,
+        "timeout": locks.lock_timeout_value(),
+    }
+    if results is None:
+        statement = _COMPLETE_JOB
+    else:
+        statement, params["results"] = _COMPLETE_JOB_WITH_RESULTS, _json_safe(results)
+    with _autocommit(bind) as conn:
+        ended = conn.execute(statement, params).one_or_none()
+    return ended is not None
+
+
+def _complete_job_statement(with_results: bool) -> Any:
+    """The completion, built once; parameters ``job``, ``worker``, ``user``,
+    ``timeout`` (the ``lock_timeout``) and ``results`` if ``with_results``."""
+    values: dict[str, Any] = {
+        "status": JobStatus.COMPLETED,
+        "error_message": None,
+        "error_traceback": None,
+        "completed_at": _now(),
+        "leased_by": None,
+        "lease_expires_at": None,
+    }
+    if with_results:
+        values["results"] = bindparam("results", type_=Job.__table__.c.results.type)
+    return (
+        update(Job)
+        .where(
+            Job.id == bindparam("job", type_=Job.__table__.c.id.type),
+            Job.leased_by == bindparam("worker", type_=String),
+            Job.status == JobStatus.RUNNING,
+            Job.user_id
+            == locks.locked_user_id(
+                bindparam("user", type_=Job.__table__.c.user_id.type),
+                lock_timeout=bindparam("timeout", type_=String),
+            ),
+        )
+        .values(**values)
+        .returning(Job.id)
+    )
+
+
+_COMPLETE_JOB = _complete_job_statement(False)
+_COMPLETE_JOB_WITH_RESULTS = _complete_job_statement(True)
 
 
 def _skip_waiting_nodes(session: Session, job_id: uuid.UUID, reason: str) -> None:

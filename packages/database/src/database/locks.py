@@ -9,21 +9,31 @@ counter triggers use too: no two such transactions wait for each other in a cycl
 The wait is bounded by ``lock_timeout`` (``DB_LOCK_TIMEOUT_MS`` unless given), set
 for the rest of the transaction: a lock not granted in time raises
 :class:`database.errors.LockTimeout` (retryable).
+
+:func:`locked_user_id` is the same lock as a piece of a statement, for work that is
+one statement (the completion of a job): no round trips of its own.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from database import errors
 from database.config import get_settings
 from database.models import User
 
-__all__ = ["lock_user", "lock_users", "lock_users_returning_timeout"]
+__all__ = [
+    "lock_timeout_value",
+    "lock_user",
+    "lock_users",
+    "lock_users_returning_timeout",
+    "locked_user_id",
+]
 
 
 def _timeout_ms(lock_timeout_ms: int | None) -> int:
@@ -86,3 +96,31 @@ def lock_user(
         .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).one_or_none()
+
+
+def lock_timeout_value(lock_timeout_ms: int | None = None) -> str:
+    """The ``lock_timeout`` these locks set (``DB_LOCK_TIMEOUT_MS`` unless given)."""
+    return f"{_timeout_ms(lock_timeout_ms)}ms"
+
+
+def locked_user_id(user_id: Any, *, lock_timeout: Any) -> Any:
+    """A scalar subquery that sets ``lock_timeout`` (a value such as
+    :func:`lock_timeout_value` gives, or a bound parameter) for the rest of the
+    transaction, then locks the user's row (``FOR NO KEY UPDATE``, as
+    :func:`lock_users`) and gives its id; NULL when no such user exists. ``user_id``
+    is an id or a bound parameter.
+
+    PostgreSQL runs an uncorrelated subquery once, as an initplan, when the outer
+    statement first needs its value: in ``UPDATE jobs ... WHERE id = :job AND
+    user_id = (this)``, after the job's row is found and before the UPDATE locks it.
+    So a one-statement change of a user's work keeps the lock order (user, then
+    work) without a round trip of its own."""
+    return (
+        select(User.id)
+        .where(
+            User.id == user_id,
+            func.set_config("lock_timeout", lock_timeout, True).is_not(None),
+        )
+        .with_for_update(key_share=True)
+        .scalar_subquery()
+    )

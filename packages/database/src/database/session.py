@@ -3,16 +3,27 @@
 Pooling follows the settings (20 connections, 10 overflow, pre-ping by default);
 every connection carries the statement and lock timeouts, and every engine made
 here raises ``database.errors`` exceptions.
+
+Pre-ping (``DB_POOL_PRE_PING``) tests a pooled connection before handing it out,
+so one that died while it sat in the pool (a restart of the server) is replaced
+instead of failing the caller's first statement. It costs a round trip at every
+checkout; ``DB_POOL_PRE_PING_IDLE_S`` (default 0: every checkout) tests only a
+connection idle in the pool for longer than that, so under load (connections come
+back and go out within milliseconds) there is no ping, at the price of a restart of
+the server quicker than that failing the next statement of a recently used
+connection (the API's guarantee, ``tests/api/test_api_outage.py``, needs 0).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,7 +42,8 @@ def _engine_kwargs(settings: DatabaseSettings) -> dict[str, Any]:
         "echo": settings.echo,
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
-        "pool_pre_ping": settings.pool_pre_ping,
+        # With an idle threshold, _ping_after_idle does the pre-ping instead of the pool.
+        "pool_pre_ping": settings.pool_pre_ping and not settings.pool_pre_ping_idle_s,
         "pool_timeout": settings.pool_timeout_s,
         "connect_args": {"options": settings.connect_options()},
         # Secrets stay out of logs: echo shows statements, never parameters.
@@ -39,10 +51,43 @@ def _engine_kwargs(settings: DatabaseSettings) -> dict[str, Any]:
     }
 
 
+#: Where a pooled connection's last return to the pool is kept (its record's ``info``).
+_IDLE_SINCE = "automl_idle_since"
+
+
+def _ping_after_idle(engine: Engine, settings: DatabaseSettings) -> None:
+    """Pre-ping only the connections idle in the pool longer than
+    ``pool_pre_ping_idle_s`` (SQLAlchemy's own pre-ping tests every checkout). A
+    connection that fails the ping is replaced (``DisconnectionError``: the pool
+    discards it and connects again)."""
+    if not (settings.pool_pre_ping and settings.pool_pre_ping_idle_s):
+        return
+    idle_s = settings.pool_pre_ping_idle_s
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since <= idle_s:
+            return  # new, or back in the pool a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa_exc.DisconnectionError(
+                "a pooled connection failed its pre-ping; reconnecting"
+            ) from exc
+
+
 def make_engine(url: URL | str | None = None, settings: DatabaseSettings | None = None) -> Engine:
     """A new engine on ``url`` (default: the configured or embedded database)."""
     settings = settings or get_settings()
     engine = create_engine(url or settings.url(), **_engine_kwargs(settings))
+    _ping_after_idle(engine, settings)
     return errors.install(engine)
 
 
@@ -52,6 +97,7 @@ def make_async_engine(
     """An asyncio engine on psycopg's async driver."""
     settings = settings or get_settings()
     engine = create_async_engine(url or settings.url(), **_engine_kwargs(settings))
+    _ping_after_idle(engine.sync_engine, settings)
     errors.install(engine.sync_engine)
     return engine
 
