@@ -210,7 +210,9 @@ def test_a_job_over_its_memory_limit_fails_with_the_reason(
         "random_forest",
         {"n_estimators": 3000, "max_features": 1},
     )
-    worker = make_worker(slots=1, memory_limit_mb=200)
+    # One thread: an allocation refused in a helper thread of a parallel fit can kill
+    # that pool's machinery and surface as another error (docs/workers.md).
+    worker = make_worker(slots=1, memory_limit_mb=200, threads_per_slot=1)
     with running(worker):
         wait_for(lambda: job_status(engine, job_id) == "failed", "the memory limit", seconds=120)
     job = job_detail(client, account, job_id)

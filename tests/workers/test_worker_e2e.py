@@ -350,7 +350,13 @@ def test_cancel_is_honoured_between_nodes(
         wait_for(lambda: waiting_on_lock(engine), "the worker to reach the preprocess node")
 
         def cancel() -> None:
-            r = client.post(f"/v1/jobs/{job_id}/cancel", headers=account.headers)
+            # A lock not granted within DB_LOCK_TIMEOUT_MS is the API's retryable 503
+            # (busy): a loaded machine may release the node's lock later than
+            # that, and a client asks again, as this one does.
+            for _ in range(10):
+                r = client.post(f"/v1/jobs/{job_id}/cancel", headers=account.headers)
+                if r.status_code != 503 or r.json()["error"]["code"] != "busy":
+                    break
             asked.append(r.status_code)
 
         canceller = threading.Thread(target=cancel)
@@ -373,8 +379,9 @@ def test_cancel_is_honoured_between_nodes(
     statuses = {n["node_id"]: n["status"] for n in job["nodes"]}
     assert statuses["data"] == "success"
     # The cancel is seen once the preprocess node ends, or while it runs if it takes
-    # longer than the worker's watch period: either way the model never trains.
-    assert statuses["prep"] in ("success", "skipped")
+    # longer than the worker's watch period (the node then fails, interrupted): either
+    # way the model never trains.
+    assert statuses["prep"] in ("success", "failed")
     assert [statuses[n] for n in ("train", "chart", "keep")] == ["skipped"] * 3
     assert balance(client, account) == before
     assert_books_balance(engine)

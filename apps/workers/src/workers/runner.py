@@ -212,12 +212,8 @@ def _child(
             )
         except MemoryError:
             reply = Reply("memory", error=f"memory limit of {memory_limit_mb} MB exceeded")
-        except NodeFailed as exc:
-            reply = Reply("failed", error=str(exc))
-        except Exception as exc:  # scikit-learn's own refusals mostly: say what it said
-            reply = Reply(
-                "failed", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()
-            )
+        except Exception as exc:  # classed by _failure: the memory limit, or the node's own
+            reply = _failure(exc, memory_limit_mb)
         else:
             values[node_id] = outcome.value
             reply = Reply(
@@ -241,6 +237,22 @@ def _notes(conn: Connection) -> Callable[[float, str | None], None]:
             conn.send(Note(fraction, message))
 
     return send
+
+
+def _failure(exc: BaseException, memory_limit_mb: int | None) -> Reply:
+    """A node's failure, for the user: a MemoryError anywhere in the exception's chain
+    (a library may wrap it) is the memory limit; otherwise the node's own message."""
+    from pipeline.execute import NodeFailed
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return Reply("memory", error=f"memory limit of {memory_limit_mb} MB exceeded")
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, NodeFailed):
+        return Reply("failed", error=str(exc))
+    # scikit-learn's own refusals mostly: say what it said
+    return Reply("failed", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
 
 
 class NodeProcess:
