@@ -14,6 +14,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin
@@ -58,7 +59,7 @@ class ModelVersion(IDMixin, TimestampMixin, Base):
     #: The input schema: ``{"inputs": [{"name": ..., "type": ...}, ...]}``.
     signature: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     #: A few input rows, as records.
-    input_example: Mapped[list[Any] | None]
+    input_example: Mapped[list[Any] | None] = mapped_column(JSONB(none_as_null=True))
     #: ``{"python": "3.12.1", "sklearn": "1.5.2", "numpy": ..., "pandas": ...}``.
     environment: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     download_count: Mapped[int] = mapped_column(
