@@ -246,7 +246,9 @@ def test_names_tags_and_card_are_checked(sql, owner):
     with pytest.raises(errors.InvalidValue):
         make_registered(sql, owner, model_card="x" * 100_001)
     rm = make_registered(sql, owner, tags={"team": "x", "stage": "beta"})
-    found = sql("SELECT id FROM registered_models WHERE tags @> CAST(:t AS jsonb)", t='{"team": "x"}')
+    found = sql(
+        "SELECT id FROM registered_models WHERE tags @> CAST(:t AS jsonb)", t='{"team": "x"}'
+    )
     assert [r.id for r in found] == [rm]
     assert scalar(sql, "SELECT visibility FROM registered_models WHERE id = :r", r=rm) == "private"
 
@@ -303,7 +305,9 @@ def test_alias_is_one_version_per_model_and_moves_atomically(sql, session, owner
     moved = registry.set_alias(session, rm, "champion", 2)
     session.commit()
     assert moved.model_version_id == v2
-    assert scalar(sql, "SELECT count(*) FROM model_aliases WHERE registered_model_id = :r", r=rm) == 1
+    assert (
+        scalar(sql, "SELECT count(*) FROM model_aliases WHERE registered_model_id = :r", r=rm) == 1
+    )
     with pytest.raises(registry.ModelVersionNotFound):
         registry.set_alias(session, rm, "champion", 9)
     session.rollback()
@@ -341,7 +345,11 @@ def test_an_alias_cannot_point_at_another_models_version(sql, session, owner):
     registry.set_alias(session, rm, "champion", 1)
     session.commit()
     with pytest.raises(errors.AliasVersionMismatch):
-        sql("UPDATE model_aliases SET model_version_id = :v WHERE registered_model_id = :r", r=rm, v=foreign)
+        sql(
+            "UPDATE model_aliases SET model_version_id = :v WHERE registered_model_id = :r",
+            r=rm,
+            v=foreign,
+        )
     session.add(ModelAlias(registered_model_id=rm, alias="challenger", model_version_id=foreign))
     with pytest.raises(errors.AliasVersionMismatch):
         session.flush()
@@ -378,14 +386,18 @@ def test_deleting_a_version_removes_its_aliases(sql, owner):
         v=v,
     )
     sql("DELETE FROM model_versions WHERE id = :v", v=v)
-    assert scalar(sql, "SELECT count(*) FROM model_aliases WHERE registered_model_id = :r", r=rm) == 0
+    assert (
+        scalar(sql, "SELECT count(*) FROM model_aliases WHERE registered_model_id = :r", r=rm) == 0
+    )
 
 
 # --- downloads ----------------------------------------------------------------------
 
 
 def _download(db: Any, version: uuid.UUID, granted: bool = True, **cols: Any) -> uuid.UUID:
-    return insert(db, "model_downloads", model_version_id=version, format="joblib", granted=granted, **cols)
+    return insert(
+        db, "model_downloads", model_version_id=version, format="joblib", granted=granted, **cols
+    )
 
 
 def test_downloads_are_append_only(sql, owner, app_sql):
@@ -439,7 +451,9 @@ def test_download_count_counts_granted_rows_in_bulk(sql, owner):
     }
     counts = {
         r.id: r.download_count
-        for r in sql("SELECT id, download_count FROM model_versions WHERE registered_model_id = :r", r=rm)
+        for r in sql(
+            "SELECT id, download_count FROM model_versions WHERE registered_model_id = :r", r=rm
+        )
     }
     assert counts == expected == {v1: 10, v2: 10}
     _download(sql, v1, granted=False)
@@ -475,10 +489,14 @@ def test_lineage_both_ways_with_a_depth_limit(sql, session, owner):
     job = make_job(sql, owner)
     assert registry.record_lineage(session, v1, LineageRelation.TRAINED_ON, dataset_version_id=dv)
     assert registry.record_lineage(session, v1, LineageRelation.PRODUCED_BY, job_id=job)
-    assert registry.record_lineage(session, v2, LineageRelation.RETRAINED_FROM, parent_version_id=v1)
+    assert registry.record_lineage(
+        session, v2, LineageRelation.RETRAINED_FROM, parent_version_id=v1
+    )
     assert registry.record_lineage(session, v3, LineageRelation.TUNED_FROM, parent_version_id=v2)
     # Recorded once.
-    assert not registry.record_lineage(session, v3, LineageRelation.TUNED_FROM, parent_version_id=v2)
+    assert not registry.record_lineage(
+        session, v3, LineageRelation.TUNED_FROM, parent_version_id=v2
+    )
     session.commit()
 
     up1 = registry.lineage(session, v3, "up", depth=1)
@@ -491,7 +509,9 @@ def test_lineage_both_ways_with_a_depth_limit(sql, session, owner):
         (3, "job", job),
     }
     down1 = registry.lineage(session, v1, "down", depth=1)
-    assert [(e.child_version_id, e.relation) for e in down1] == [(v2, LineageRelation.RETRAINED_FROM)]
+    assert [(e.child_version_id, e.relation) for e in down1] == [
+        (v2, LineageRelation.RETRAINED_FROM)
+    ]
     down2 = registry.lineage(session, v1, "down", depth=2)
     assert [e.child_version_id for e in down2] == [v2, v3]
     from_data = registry.made_from_dataset_version(session, dv, depth=5)
@@ -509,11 +529,21 @@ def test_lineage_edges_have_one_fitting_parent_and_no_cycle(sql, session, owner)
     v2, _ = add_version(sql, rm, owner)
     v3, _ = add_version(sql, rm, owner)
     dv = make_version(sql, make_dataset(sql, owner))
-    edge = "INSERT INTO model_lineage (child_version_id, relation, {cols}) VALUES (:c, :rel, {vals})"
+    edge = (
+        "INSERT INTO model_lineage (child_version_id, relation, {cols}) VALUES (:c, :rel, {vals})"
+    )
     with pytest.raises(errors.InvalidLineage):  # two parents
-        sql(edge.format(cols="parent_version_id, dataset_version_id", vals=":p, :d"), c=v2, rel="trained_on", p=v1, d=dv)
+        sql(
+            edge.format(cols="parent_version_id, dataset_version_id", vals=":p, :d"),
+            c=v2,
+            rel="trained_on",
+            p=v1,
+            d=dv,
+        )
     with pytest.raises(errors.InvalidLineage):  # none
-        sql("INSERT INTO model_lineage (child_version_id, relation) VALUES (:c, 'trained_on')", c=v2)
+        sql(
+            "INSERT INTO model_lineage (child_version_id, relation) VALUES (:c, 'trained_on')", c=v2
+        )
     with pytest.raises(errors.InvalidLineage):  # trained_on a model version
         sql(edge.format(cols="parent_version_id", vals=":p"), c=v2, rel="trained_on", p=v1)
     with pytest.raises(errors.InvalidLineage):  # retrained_from a dataset version
@@ -601,8 +631,8 @@ def test_the_owner_cannot_be_granted(sql, session, owner, app_sql):
     for run in (sql, app_sql):
         with pytest.raises(errors.OwnerPermission):
             run(
-                "INSERT INTO registered_model_permissions (registered_model_id, user_id, permission)"
-                " VALUES (:r, :u, 'read')",
+                "INSERT INTO registered_model_permissions"
+                " (registered_model_id, user_id, permission) VALUES (:r, :u, 'read')",
                 r=rm,
                 u=owner,
             )
@@ -617,7 +647,11 @@ def test_the_owner_cannot_be_granted(sql, session, owner, app_sql):
         u=other,
     )
     with pytest.raises(errors.OwnerPermission):
-        sql("UPDATE registered_model_permissions SET user_id = :o WHERE user_id = :u", o=owner, u=other)
+        sql(
+            "UPDATE registered_model_permissions SET user_id = :o WHERE user_id = :u",
+            o=owner,
+            u=other,
+        )
 
 
 # --- the ORM ------------------------------------------------------------------------
@@ -644,10 +678,15 @@ def test_orm_reads_a_registered_model_with_its_versions(sql, session_factory, ow
 def test_updated_at_is_not_moved_by_the_counters(sql, owner):
     rm = make_registered(sql, owner, updated_at="2000-01-01T00:00:00+00:00")
     v, _ = add_version(sql, rm, owner)
-    assert str(scalar(sql, "SELECT updated_at FROM registered_models WHERE id = :r", r=rm))[:4] == "2000"
+    assert (
+        str(scalar(sql, "SELECT updated_at FROM registered_models WHERE id = :r", r=rm))[:4]
+        == "2000"
+    )
     before = scalar(sql, "SELECT updated_at FROM model_versions WHERE id = :v", v=v)
     _download(sql, v)
     assert scalar(sql, "SELECT updated_at FROM model_versions WHERE id = :v", v=v) == before
     sql("UPDATE registered_models SET description = 'x' WHERE id = :r", r=rm)
-    assert str(scalar(sql, "SELECT updated_at FROM registered_models WHERE id = :r", r=rm))[:4] != "2000"
-
+    assert (
+        str(scalar(sql, "SELECT updated_at FROM registered_models WHERE id = :r", r=rm))[:4]
+        != "2000"
+    )

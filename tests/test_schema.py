@@ -97,7 +97,13 @@ ENUM_LABELS: dict[str, list[str]] = {
     "oauth_provider": ["google", "github"],
     "model_visibility": ["private", "shared", "public"],
     "model_version_status": ["ready", "archived"],
-    "lineage_relation": ["trained_on", "evaluated_on", "produced_by", "retrained_from", "tuned_from"],
+    "lineage_relation": [
+        "trained_on",
+        "evaluated_on",
+        "produced_by",
+        "retrained_from",
+        "tuned_from",
+    ],
     "model_format": ["joblib", "skops", "onnx", "mlflow"],
     # Ordered: deploy includes download includes read (database.registry.can).
     "model_permission": ["read", "download", "deploy"],

@@ -20,10 +20,11 @@ Create Date: 2026-12-07 06:18:47.823664+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from alembic_utils.pg_function import PGFunction
 from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
+
+from alembic import op
 
 revision: str = "c13a00000001"
 down_revision: str | Sequence[str] | None = "c11c00000001"
@@ -627,7 +628,6 @@ def upgrade() -> None:
     op.create_entity(public_model_aliases_set_updated_at)
 
 
-
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     # Triggers first: drop_entity fails once their table is gone.
@@ -828,4 +828,3 @@ def downgrade() -> None:
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.registered_models AS r\n       SET last_version_number = r.last_version_number + 1\n     WHERE r.id = NEW.registered_model_id\n    RETURNING r.last_version_number, r.user_id INTO NEW.version, NEW.user_id;\n    IF NOT FOUND THEN\n        NEW.version := 1;  -- no such registered model\\: its foreign key refuses the row\n    END IF;\n    NEW.download_count := 0;\n    RETURN NEW;\nEND;\n$$",
     )
     op.drop_entity(public_model_versions_number)
-

@@ -234,6 +234,19 @@ class JobNotFound(ReferenceViolation):
     """No job has this id."""
 
 
+class RegisteredModelNotFound(ReferenceViolation):
+    """No registered model has this id (``database.registry``)."""
+
+
+class ModelVersionNotFound(ReferenceViolation):
+    """No version of this registered model has this number or id (``database.registry``)."""
+
+
+class TrainedModelNotFound(ReferenceViolation):
+    """The trained model does not exist or is not the registered model's owner's
+    (``database.registry.register_version``)."""
+
+
 class JobNotOwned(JobNotFound):
     """The job belongs to another user than the one named."""
 

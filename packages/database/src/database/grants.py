@@ -202,9 +202,9 @@ def grant(
             run(f"GRANT UPDATE ({updatable}) ON {t} TO {q}")
         elif table in COLUMN_LIMITED:
             not_insertable, not_updatable = COLUMN_LIMITED[table]
-            columns = _columns(conn, table)
-            insertable = ", ".join(_quote(conn, c) for c in columns if c not in not_insertable)
-            updatable = ", ".join(_quote(conn, c) for c in columns if c not in not_updatable)
+            names = _columns(conn, table)
+            insertable = ", ".join(_quote(conn, c) for c in names if c not in not_insertable)
+            updatable = ", ".join(_quote(conn, c) for c in names if c not in not_updatable)
             run(f"GRANT SELECT, DELETE ON {t} TO {q}")
             run(f"GRANT INSERT ({insertable}) ON {t} TO {q}")
             run(f"GRANT UPDATE ({updatable}) ON {t} TO {q}")

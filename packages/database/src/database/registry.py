@@ -68,16 +68,9 @@ DEFAULT_SPLIT = "test"
 Direction = Literal["up", "down"]
 
 
-class RegisteredModelNotFound(errors.ReferenceViolation):
-    """No registered model has this id (or the caller may not see it)."""
-
-
-class ModelVersionNotFound(errors.ReferenceViolation):
-    """No version of this registered model has this number or id."""
-
-
-class TrainedModelNotFound(errors.ReferenceViolation):
-    """The trained model does not exist or is not the registered model's owner's."""
+RegisteredModelNotFound = errors.RegisteredModelNotFound
+ModelVersionNotFound = errors.ModelVersionNotFound
+TrainedModelNotFound = errors.TrainedModelNotFound
 
 
 @dataclass(frozen=True)
@@ -174,9 +167,7 @@ def register_version(
         {"m": model_id, "u": owner},
     ).one_or_none()
     if trained is None:
-        raise TrainedModelNotFound(
-            f"trained model {model_id} does not exist or is not the owner's"
-        )
+        raise TrainedModelNotFound(f"trained model {model_id} does not exist or is not the owner's")
     version = ModelVersion(
         registered_model_id=registered_model_id,
         model_id=model_id,
@@ -211,9 +202,7 @@ def register_version(
     return version
 
 
-def get_version(
-    session: Session, registered_model_id: uuid.UUID, version: int
-) -> ModelVersion:
+def get_version(session: Session, registered_model_id: uuid.UUID, version: int) -> ModelVersion:
     """Version ``version`` of the registered model, or ``ModelVersionNotFound``."""
     found = session.scalar(
         select(ModelVersion).where(
@@ -249,15 +238,15 @@ def set_alias(
         )
         .scalar_subquery()
     )
-    statement = insert(ModelAlias).values(
+    values = insert(ModelAlias).values(
         registered_model_id=registered_model_id, alias=alias, model_version_id=version_id
     )
-    statement = statement.on_conflict_do_update(
+    upsert = values.on_conflict_do_update(
         index_elements=[ModelAlias.registered_model_id, ModelAlias.alias],
-        set_={"model_version_id": statement.excluded.model_version_id},
-    ).returning(ModelAlias.registered_model_id)
+        set_={"model_version_id": values.excluded.model_version_id},
+    )
     try:
-        session.execute(statement)
+        session.execute(upsert)
     except errors.MissingValue as exc:  # the subquery found no version
         raise ModelVersionNotFound(
             f"registered model {registered_model_id} has no version {version}"

@@ -33,9 +33,7 @@ class ModelDownload(IDMixin, CreatedAtMixin, Base):
         ForeignKey("model_versions.id", ondelete="CASCADE")
     )
     #: Who; NULL for an anonymous download of a public model.
-    user_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     format: Mapped[ModelFormat] = mapped_column(model_format)
     ip: Mapped[IPv4Address | IPv6Address | None] = mapped_column(INET)
     user_agent: Mapped[str | None]

@@ -70,8 +70,7 @@ class ModelLineage(IDMixin, CreatedAtMixin, Base):
             postgresql_nulls_not_distinct=True,
         ),
         CheckConstraint(
-            "num_nonnulls(parent_version_id, dataset_version_id, workflow_snapshot_id, job_id)"
-            " = 1",
+            "num_nonnulls(parent_version_id, dataset_version_id, workflow_snapshot_id, job_id) = 1",
             name="one_parent",
         ),
         CheckConstraint(
