@@ -118,6 +118,42 @@ def test_the_counter_only_goes_up(sql, owner, app_sql):
     assert add_version(sql, rm, owner)[1] == 3
 
 
+def test_a_registered_model_keeps_its_owner(sql, owner, app_sql):
+    rm = make_registered(sql, owner)
+    add_version(sql, rm, owner)
+    other = make_user(sql)
+    for run in (sql, app_sql):
+        with pytest.raises(errors.RegisteredModelOwnerImmutable):
+            run("UPDATE registered_models SET user_id = :u WHERE id = :r", u=other, r=rm)
+    app_sql("UPDATE registered_models SET name = 'renamed' WHERE id = :r", r=rm)
+
+
+def test_the_apps_role_holds_exactly_the_registry_privileges(sql, role, app_sql):
+    def table(privilege: str, name: str) -> bool:
+        return scalar(sql, "SELECT has_table_privilege(:r, :t, :p)", r=role, t=name, p=privilege)
+
+    def column(privilege: str, name: str, col: str) -> bool:
+        return scalar(
+            sql,
+            "SELECT has_column_privilege(:r, :t, :c, :p)",
+            r=role,
+            t=name,
+            c=col,
+            p=privilege,
+        )
+
+    privileges = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+    assert [table(p, "model_downloads") for p in privileges] == [True, True, False, False, False]
+    for name in ("registered_models", "model_aliases", "model_lineage", "model_version_metrics"):
+        assert [table(p, name) for p in privileges] == [True, True, True, True, False], name
+    assert table("SELECT", "model_versions") and table("DELETE", "model_versions")
+    assert not column("UPDATE", "model_versions", "download_count")
+    assert not column("INSERT", "model_versions", "download_count")
+    assert column("UPDATE", "model_versions", "status")
+    assert column("INSERT", "model_versions", "model_id")
+    assert not column("UPDATE", "model_versions", "id")
+
+
 def test_a_version_keeps_its_number_model_and_owner(sql, owner, app_sql):
     rm = make_registered(sql, owner)
     other_rm = make_registered(sql, owner)

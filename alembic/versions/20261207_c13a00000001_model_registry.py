@@ -9,7 +9,7 @@ alias)``, pointing at a version of the same model), ``model_lineage`` (edges to 
 parent), ``model_downloads`` (append-only) and ``registered_model_permissions``;
 enums ``model_visibility``, ``model_version_status``, ``lineage_relation``,
 ``model_format``, ``model_permission``; the functions and triggers of
-``sql/triggers/registry.sql`` (ML060-ML065), the triggers written by hand after their
+``sql/triggers/registry.sql`` (ML060-ML066), the triggers written by hand after their
 tables and dropped before them. The downgrade drops all of it.
 
 Revision ID: c13a00000001
@@ -41,6 +41,13 @@ def upgrade() -> None:
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.registered_models AS r\n       SET last_version_number = r.last_version_number + 1\n     WHERE r.id = NEW.registered_model_id\n    RETURNING r.last_version_number, r.user_id INTO NEW.version, NEW.user_id;\n    IF NOT FOUND THEN\n        NEW.version := 1;  -- no such registered model\\: its foreign key refuses the row\n    END IF;\n    NEW.download_count := 0;\n    RETURN NEW;\nEND;\n$$",
     )
     op.create_entity(public_model_versions_number)
+
+    public_registered_models_owner_immutable = PGFunction(
+        schema="public",
+        signature="registered_models_owner_immutable()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'registered model % may not change its owner', OLD.id\n        USING ERRCODE = 'ML066';\nEND;\n$$",
+    )
+    op.create_entity(public_registered_models_owner_immutable)
 
     public_registered_models_version_counter_guard = PGFunction(
         schema="public",
@@ -528,6 +535,15 @@ def upgrade() -> None:
     )
     op.create_entity(public_model_versions_model_versions_number)
 
+    public_registered_models_registered_models_owner_immutable = PGTrigger(
+        schema="public",
+        signature="registered_models_owner_immutable",
+        on_entity="public.registered_models",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF user_id ON public.registered_models FOR EACH ROW\nWHEN (NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.registered_models_owner_immutable()",
+    )
+    op.create_entity(public_registered_models_registered_models_owner_immutable)
+
     public_registered_models_registered_models_version_counter_guard = PGTrigger(
         schema="public",
         signature="registered_models_version_counter_guard",
@@ -631,6 +647,15 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     # Triggers first: drop_entity fails once their table is gone.
+    public_registered_models_registered_models_owner_immutable = PGTrigger(
+        schema="public",
+        signature="registered_models_owner_immutable",
+        on_entity="public.registered_models",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF user_id ON public.registered_models FOR EACH ROW\nWHEN (NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.registered_models_owner_immutable()",
+    )
+    op.drop_entity(public_registered_models_registered_models_owner_immutable)
+
     public_model_aliases_set_updated_at = PGTrigger(
         schema="public",
         signature="set_updated_at",
@@ -828,3 +853,10 @@ def downgrade() -> None:
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.registered_models AS r\n       SET last_version_number = r.last_version_number + 1\n     WHERE r.id = NEW.registered_model_id\n    RETURNING r.last_version_number, r.user_id INTO NEW.version, NEW.user_id;\n    IF NOT FOUND THEN\n        NEW.version := 1;  -- no such registered model\\: its foreign key refuses the row\n    END IF;\n    NEW.download_count := 0;\n    RETURN NEW;\nEND;\n$$",
     )
     op.drop_entity(public_model_versions_number)
+
+    public_registered_models_owner_immutable = PGFunction(
+        schema="public",
+        signature="registered_models_owner_immutable()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'registered model % may not change its owner', OLD.id\n        USING ERRCODE = 'ML066';\nEND;\n$$",
+    )
+    op.drop_entity(public_registered_models_owner_immutable)

@@ -74,6 +74,26 @@ WHEN (NEW.version IS DISTINCT FROM OLD.version
       OR NEW.user_id IS DISTINCT FROM OLD.user_id)
 EXECUTE FUNCTION public.model_versions_identity_immutable();
 
+-- A registered model keeps its owner: its versions' user_id (the owner's, which
+-- ties each version to a trained model of the owner) never changes (ML061), so an
+-- owner changed here would leave them behind. A transfer, if ever wanted, is an
+-- operation of its own (the trained models move too). ML066.
+CREATE OR REPLACE FUNCTION public.registered_models_owner_immutable()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'registered model % may not change its owner', OLD.id
+        USING ERRCODE = 'ML066';
+END;
+$$;
+
+CREATE TRIGGER registered_models_owner_immutable
+BEFORE UPDATE OF user_id ON registered_models
+FOR EACH ROW
+WHEN (NEW.user_id IS DISTINCT FROM OLD.user_id)
+EXECUTE FUNCTION public.registered_models_owner_immutable();
+
 -- model_downloads is append-only: an UPDATE or DELETE written by a client (trigger
 -- depth 0) is refused, whoever the client; the referential actions of its keys run
 -- at depth 1 and pass (a deleted version takes its downloads along, a deleted

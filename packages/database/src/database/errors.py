@@ -152,6 +152,10 @@ class LineageCycle(RuleViolation):
     """A lineage edge that would make a model version its own ancestor (ML065)."""
 
 
+class RegisteredModelOwnerImmutable(RuleViolation):
+    """An UPDATE of a registered model's owner (ML066)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -325,6 +329,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML063": DownloadCountReadOnly,
     "ML064": OwnerPermission,
     "ML065": LineageCycle,
+    "ML066": RegisteredModelOwnerImmutable,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

@@ -38,6 +38,7 @@ class RegisteredModel(IDMixin, TimestampMixin, Base):
 
     __tablename__ = "registered_models"
 
+    #: The owner; never changes (ML066).
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str]
     description: Mapped[str | None]
