@@ -726,3 +726,24 @@ def test_updated_at_is_not_moved_by_the_counters(sql, owner):
         str(scalar(sql, "SELECT updated_at FROM registered_models WHERE id = :r", r=rm))[:4]
         != "2000"
     )
+
+
+# --- environment --------------------------------------------------------------------
+
+
+def test_environment_compatibility():
+    here = registry.current_environment()
+    assert set(here) >= {"python", "sklearn", "numpy", "pandas"}
+    assert registry.environment_problems(here, here) == []
+    saved = {"python": "3.11.7", "sklearn": "1.5.2", "numpy": "1.26.4", "pandas": "2.2.1"}
+    same = {"python": "3.11.1", "sklearn": "1.5.0", "numpy": "1.24.0", "pandas": "2.0.3"}
+    assert registry.environment_problems(saved, same) == []
+    other = {"python": "3.12.1", "sklearn": "1.6.0", "numpy": "2.0.0"}
+    assert registry.environment_problems(saved, other) == [
+        "python 3.11.7 saved this model, 3.12.1 is installed (needs 3.11.x)",
+        "sklearn 1.5.2 saved this model, 1.6.0 is installed (needs 1.5.x)",
+        "numpy 1.26.4 saved this model, 2.0.0 is installed (needs 1.x)",
+        "pandas 2.2.1 is needed, and it is not installed",
+    ]
+    # What the version did not record is not checked.
+    assert registry.environment_problems({"sklearn": "1.5.2"}, {"sklearn": "1.5.1"}) == []

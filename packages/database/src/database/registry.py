@@ -16,6 +16,9 @@ for the owner, lineage without cycles. This module adds what needs a decision:
 - **lineage**: :func:`record_lineage`, :func:`lineage` (up: what made this version;
   down: what was made from it) and :func:`made_from_dataset_version`, by recursive
   SQL with a depth limit;
+- **environment**: :func:`current_environment` (what ``environment`` records) and
+  :func:`environment_problems` (why a version cannot be loaded here, for the
+  loader's refusal);
 - **access**: :func:`can`, the one access check of the registry, and
   :func:`grant_permission` / :func:`revoke_permission`;
 - **downloads**: :func:`record_download` (checks ``download`` with :func:`can` and
@@ -215,6 +218,61 @@ def get_version(session: Session, registered_model_id: uuid.UUID, version: int) 
             f"registered model {registered_model_id} has no version {version}"
         )
     return found
+
+
+# --- environment -------------------------------------------------------------------
+
+#: The packages a version's ``environment`` names, and how many leading parts of the
+#: version must agree to load it: a pickled scikit-learn estimator is only supported
+#: by the scikit-learn minor version that wrote it, numpy and pandas keep their
+#: pickles within a major version, Python's bytecode and pickles change by minor.
+ENVIRONMENT_PACKAGES: dict[str, tuple[str, int]] = {
+    "python": ("", 2),
+    "sklearn": ("scikit-learn", 2),
+    "numpy": ("numpy", 1),
+    "pandas": ("pandas", 1),
+}
+
+
+def current_environment() -> dict[str, str]:
+    """The versions of Python, scikit-learn, numpy and pandas here (a package not
+    installed is left out), the shape ``model_versions.environment`` stores."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for key, (distribution, _) in ENVIRONMENT_PACKAGES.items():
+        if not distribution:
+            continue
+        try:
+            out[key] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _release(version: str, parts: int) -> tuple[str, ...]:
+    return tuple(version.split("+")[0].split(".")[:parts])
+
+
+def environment_problems(stored: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:
+    """Why a version saved in ``stored`` cannot be loaded in ``current``, one sentence
+    per package (empty: compatible). A package the version did not record is not
+    checked; one it needs that is missing here is a problem."""
+    problems = []
+    for key, (_, parts) in ENVIRONMENT_PACKAGES.items():
+        wanted = stored.get(key)
+        if not isinstance(wanted, str) or not wanted:
+            continue
+        have = current.get(key)
+        if have is None:
+            problems.append(f"{key} {wanted} is needed, and it is not installed")
+        elif _release(wanted, parts) != _release(have, parts):
+            same = ".".join(_release(wanted, parts))
+            problems.append(
+                f"{key} {wanted} saved this model, {have} is installed (needs {same}.x)"
+            )
+    return problems
 
 
 # --- aliases ----------------------------------------------------------------------
@@ -506,6 +564,7 @@ def record_download(
 
 __all__ = [
     "DEFAULT_SPLIT",
+    "ENVIRONMENT_PACKAGES",
     "MAX_LINEAGE_DEPTH",
     "LineageEdge",
     "ModelVersionNotFound",
@@ -513,6 +572,8 @@ __all__ = [
     "TrainedModelNotFound",
     "can",
     "create_registered_model",
+    "current_environment",
+    "environment_problems",
     "delete_alias",
     "get_version",
     "grant_permission",
