@@ -747,3 +747,49 @@ def test_environment_compatibility():
     ]
     # What the version did not record is not checked.
     assert registry.environment_problems({"sklearn": "1.5.2"}, {"sklearn": "1.5.1"}) == []
+
+
+# --- purge --------------------------------------------------------------------------
+
+
+def test_purge_removes_a_users_registry_and_keeps_others_downloads(sql, engine, session, owner):
+    import datetime as dt
+
+    from database import lifecycle
+
+    other = make_user(sql)
+    # The purged user's own registry, downloaded by someone else.
+    rm = make_registered(sql, owner)
+    v, _ = add_version(sql, rm, owner)
+    sql(
+        "INSERT INTO model_version_metrics (model_version_id, metric, split, value)"
+        " VALUES (:v, 'accuracy', 'test', 0.9)",
+        v=v,
+    )
+    sql(
+        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
+        " VALUES (:r, 'champion', :v)",
+        r=rm,
+        v=v,
+    )
+    registry.grant_permission(session, rm, other, ModelPermission.READ)
+    # Another user's model, shared with and downloaded by the purged user.
+    others_rm = make_registered(sql, other)
+    others_v, _ = add_version(sql, others_rm, other)
+    registry.grant_permission(session, others_rm, owner, ModelPermission.DOWNLOAD, granted_by=other)
+    session.commit()
+    _download(sql, v, user_id=other)
+    _download(sql, others_v, user_id=owner)
+
+    lifecycle.soft_delete_user(session, owner, at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    session.commit()
+    report = lifecycle.purge(engine)
+    assert report.users_purged == 1
+    assert (report.rows["registered_models"], report.rows["model_versions"]) == (1, 1)
+    assert report.rows["registered_model_permissions"] == 2
+    for table in ("registered_models", "model_versions", "registered_model_permissions"):
+        assert scalar(sql, f"SELECT count(*) FROM {table} WHERE user_id = :u", u=owner) == 0
+    # Their downloads of the other model stay (append-only), counted.
+    assert scalar(sql, "SELECT count(*) FROM model_downloads WHERE user_id = :u", u=owner) == 1
+    assert scalar(sql, "SELECT download_count FROM model_versions WHERE id = :v", v=others_v) == 1
+    assert scalar(sql, "SELECT count(*) FROM model_downloads WHERE model_version_id = :v", v=v) == 0
