@@ -793,3 +793,71 @@ def test_purge_removes_a_users_registry_and_keeps_others_downloads(sql, engine, 
     assert scalar(sql, "SELECT count(*) FROM model_downloads WHERE user_id = :u", u=owner) == 1
     assert scalar(sql, "SELECT download_count FROM model_versions WHERE id = :v", v=others_v) == 1
     assert scalar(sql, "SELECT count(*) FROM model_downloads WHERE model_version_id = :v", v=v) == 0
+
+
+# --- concurrency --------------------------------------------------------------------
+
+
+def test_concurrent_alias_moves_leave_one_row(sql, session_factory, owner):
+    rm = make_registered(sql, owner)
+    versions = [add_version(sql, rm, owner)[0] for _ in range(6)]
+    barrier = threading.Barrier(len(versions))
+    failures: list[BaseException] = []
+
+    def move(number: int) -> None:
+        try:
+            with session_factory() as s:
+                barrier.wait(timeout=30)
+                registry.set_alias(s, rm, "champion", number)
+                s.commit()
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=move, args=(n,)) for n in range(1, len(versions) + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    [row] = sql("SELECT model_version_id FROM model_aliases WHERE registered_model_id = :r", r=rm)
+    assert row.model_version_id in versions
+
+
+def test_two_edges_closing_a_cycle_together_are_refused(sql, engine, owner):
+    rm = make_registered(sql, owner)
+    v1, _ = add_version(sql, rm, owner)
+    v2, _ = add_version(sql, rm, owner)
+    edge = (
+        "INSERT INTO model_lineage (child_version_id, relation, parent_version_id)"
+        " VALUES (:c, 'retrained_from', :p)"
+    )
+    outcome: list[BaseException | None] = []
+    with engine.connect() as first:
+        first.execute(text(edge), {"c": v2, "p": v1})  # holds the lineage lock
+
+        def second() -> None:
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(edge), {"c": v1, "p": v2})
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        # Wait until the second insert waits for the lock (no timing assumption: poll).
+        for _ in range(600):
+            waiting = scalar(
+                sql,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND objid = 7305065 AND database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database())",
+            )
+            if waiting:
+                break
+            thread.join(timeout=0.05)
+        assert waiting == 1
+        first.commit()
+    thread.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.LineageCycle)
+    assert scalar(sql, "SELECT count(*) FROM model_lineage") == 1
