@@ -646,6 +646,11 @@ def test_can_across_three_users(sql, session, owner):
     session.commit()
     assert table()["grantee"] == [True, True, False]  # public still
     assert not registry.can(session, owner, uuid.uuid4(), ModelPermission.READ)
+    # A soft-deleted owner's models are hidden from everyone until restored.
+    sql("UPDATE users SET is_deleted = true, deleted_at = now() WHERE id = :u", u=owner)
+    assert not any(registry.can(session, stranger, rm.id, p) for p in ModelPermission)
+    sql("UPDATE users SET is_deleted = false, deleted_at = NULL WHERE id = :u", u=owner)
+    assert registry.can(session, stranger, rm.id, ModelPermission.READ)
 
     # Downloads recorded, granted or refused.
     sql("UPDATE registered_models SET visibility = 'shared' WHERE id = :r", r=rm.id)

@@ -31,7 +31,9 @@ Who may do what (:func:`can`):
 - on a ``shared`` or ``public`` model, a user granted a permission has it and the
   ones below it (``deploy`` ⊇ ``download`` ⊇ ``read``: the enum's order);
 - a ``private`` model is the owner's alone: its grants are kept but suspended, so
-  making a model private again is one switch.
+  making a model private again is one switch;
+- the models of a soft-deleted owner are nobody's until restored (the owner's
+  requests are refused before, by the API's authentication).
 
 Anything else is refused; the API answers a refusal like a missing model (404).
 """
@@ -454,8 +456,8 @@ def made_from_dataset_version(
 
 _CAN = text(
     "SELECT EXISTS ("
-    " SELECT 1 FROM registered_models AS r"
-    "  WHERE r.id = :rm AND ("
+    " SELECT 1 FROM registered_models AS r JOIN users AS o ON o.id = r.user_id"
+    "  WHERE r.id = :rm AND NOT o.is_deleted AND ("
     "        r.user_id = :u"
     "     OR (r.visibility = 'public' AND CAST(:perm AS model_permission) <= 'download')"
     "     OR (r.visibility <> 'private' AND EXISTS ("
