@@ -95,6 +95,18 @@ ENUM_LABELS: dict[str, list[str]] = {
     "tutorial_difficulty": ["beginner", "intermediate", "advanced"],
     "credit_tier_restriction": ["none", "pro_only", "enterprise_only"],
     "oauth_provider": ["google", "github"],
+    "model_visibility": ["private", "shared", "public"],
+    "model_version_status": ["ready", "archived"],
+    "lineage_relation": [
+        "trained_on",
+        "evaluated_on",
+        "produced_by",
+        "retrained_from",
+        "tuned_from",
+    ],
+    "model_format": ["joblib", "skops", "onnx", "mlflow"],
+    # Ordered: deploy includes download includes read (database.registry.can).
+    "model_permission": ["read", "download", "deploy"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -111,6 +123,11 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "oauth_provider": enums.OAuthProvider,
     "ingestion_status": enums.IngestionStatus,
     "log_level": enums.LogLevel,
+    "model_visibility": enums.ModelVisibility,
+    "model_version_status": enums.ModelVersionStatus,
+    "lineage_relation": enums.LineageRelation,
+    "model_format": enums.ModelFormat,
+    "model_permission": enums.ModelPermission,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -154,6 +171,27 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_api_keys_user_id_users": ("c", "a", None),
     # A job's log lines go with the job.
     "fk_job_logs_job_id_jobs": ("c", "a", None),
+    # The registry: a registered model's versions, aliases and grants go with it; a
+    # version goes with its trained model, and takes its metrics, aliases, lineage
+    # edges and downloads along (model_downloads refuses only a client's own DELETE).
+    "fk_registered_models_user_id_users": ("c", "a", None),
+    "fk_model_versions_registered_model_id_registered_models": ("c", "a", None),
+    "fk_model_versions_model_id_user_id_models": ("c", "a", None),
+    "fk_model_version_metrics_model_version_id_model_versions": ("c", "a", None),
+    "fk_model_aliases_registered_model_id_registered_models": ("c", "a", None),
+    "fk_model_aliases_model_version_id_model_versions": ("c", "a", None),
+    # A lineage edge goes with either end (exactly one parent: no dangling edge).
+    "fk_model_lineage_child_version_id_model_versions": ("c", "a", None),
+    "fk_model_lineage_parent_version_id_model_versions": ("c", "a", None),
+    "fk_model_lineage_dataset_version_id_dataset_versions": ("c", "a", None),
+    "fk_model_lineage_workflow_snapshot_id_workflow_snapshots": ("c", "a", None),
+    "fk_model_lineage_job_id_jobs": ("c", "a", None),
+    "fk_model_downloads_model_version_id_model_versions": ("c", "a", None),
+    # A deleted user's downloads stay, anonymous.
+    "fk_model_downloads_user_id_users": ("n", "a", None),
+    "fk_registered_model_permissions_registered_models": ("c", "a", None),
+    "fk_registered_model_permissions_user_id_users": ("c", "a", None),
+    "fk_registered_model_permissions_granted_by_users": ("n", "a", None),
 }
 
 # Every foreign key needs an index whose leading columns are its own, no exception:
@@ -278,7 +316,15 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
 # The exception, by design: a job's log lines are keyed (job_id, seq). That one index
 # serves the foreign key, the order of the lines and the stream's "seq > n" reads; a
 # uuid id would be a second index to write on every line (docs/schema.md).
-COMPOSITE_KEYS = {"job_logs": ("job_id", "seq")}
+# The registry's rows keyed by what they are (MLflow's shape): a metric by (version,
+# metric, split), an alias by (model, alias), a grant by (model, user); the key is the
+# rule (one alias per model, one grant per user) and the index of the first column's key.
+COMPOSITE_KEYS = {
+    "job_logs": ("job_id", "seq"),
+    "model_version_metrics": ("model_version_id", "metric", "split"),
+    "model_aliases": ("registered_model_id", "alias"),
+    "registered_model_permissions": ("registered_model_id", "user_id"),
+}
 
 
 def test_every_timestamp_is_timestamptz(catalog: Engine) -> None:

@@ -117,6 +117,12 @@ def test_every_database_exception_has_a_status() -> None:
         db.SerializationConflict: (503, "busy"),
         db.StatementTimeout: (503, "timeout"),
         db.PermissionDenied: (500, "internal_error"),
+        db.RegisteredModelNotFound: (404, "not_found"),
+        db.ModelVersionNotFound: (404, "not_found"),
+        db.RegisteredModelNameTaken: (409, "name_taken"),
+        db.InvalidAlias: (422, "invalid_alias"),
+        db.LineageCycle: (409, "lineage_cycle"),
+        db.OwnerPermission: (409, "owner_permission"),
     }
     for cls, (status, code) in expected.items():
         err = from_database(cls("refused"))

@@ -126,6 +126,36 @@ class SizeReadOnly(RuleViolation):
     """A stored size (a version's or a model's bytes) changed once set (ML022)."""
 
 
+class RegistryCounterDecrease(RuleViolation):
+    """A write that lowers ``registered_models.last_version_number`` (ML060): a model
+    version's number, once given, is never given again."""
+
+
+class ModelVersionImmutable(RuleViolation):
+    """An UPDATE of a model version's number, registered model, trained model or owner
+    (ML061)."""
+
+
+class DownloadsAppendOnly(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of ``model_downloads`` (ML062)."""
+
+
+class DownloadCountReadOnly(RuleViolation):
+    """A direct write to ``model_versions.download_count`` (ML063)."""
+
+
+class OwnerPermission(RuleViolation):
+    """A permission granted to a registered model's own owner (ML064)."""
+
+
+class LineageCycle(RuleViolation):
+    """A lineage edge that would make a model version its own ancestor (ML065)."""
+
+
+class RegisteredModelOwnerImmutable(RuleViolation):
+    """An UPDATE of a registered model's owner (ML066)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -171,6 +201,30 @@ class InvalidCreditAmount(InvalidValue):
     """Purchases and refunds are positive, charges negative, adjustments non-zero."""
 
 
+class RegisteredModelNameTaken(AlreadyExists):
+    """The owner has a registered model of this name already."""
+
+
+class ModelAlreadyRegistered(AlreadyExists):
+    """The trained model is a version already (one version per trained model)."""
+
+
+class AliasVersionMismatch(ReferenceViolation):
+    """An alias pointing at a version of another registered model, or at none."""
+
+
+class InvalidAlias(InvalidValue):
+    """An alias that is not a lowercase word (``^[a-z][a-z0-9_-]{0,62}$``)."""
+
+
+class InvalidMetric(InvalidValue):
+    """A metric that is not finite, or a bad metric or split name."""
+
+
+class InvalidLineage(InvalidValue):
+    """A lineage edge whose relation does not fit its parent, or with no single parent."""
+
+
 # --- refusals of database.credits and database.lifecycle, checked before any write ----
 class UserNotFound(ReferenceViolation):
     """No user has this id."""
@@ -182,6 +236,19 @@ class PackageNotFound(ReferenceViolation):
 
 class JobNotFound(ReferenceViolation):
     """No job has this id."""
+
+
+class RegisteredModelNotFound(ReferenceViolation):
+    """No registered model has this id (``database.registry``)."""
+
+
+class ModelVersionNotFound(ReferenceViolation):
+    """No version of this registered model has this number or id (``database.registry``)."""
+
+
+class TrainedModelNotFound(ReferenceViolation):
+    """The trained model does not exist or is not the registered model's owner's
+    (``database.registry.register_version``)."""
 
 
 class JobNotOwned(JobNotFound):
@@ -256,6 +323,13 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML020": PurchaseUnpaid,
     "ML021": AdjustmentNotAllowed,
     "ML022": SizeReadOnly,
+    "ML060": RegistryCounterDecrease,
+    "ML061": ModelVersionImmutable,
+    "ML062": DownloadsAppendOnly,
+    "ML063": DownloadCountReadOnly,
+    "ML064": OwnerPermission,
+    "ML065": LineageCycle,
+    "ML066": RegisteredModelOwnerImmutable,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -277,6 +351,15 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
     "uq_credit_transactions_idempotency_key": DuplicateAdjustment,
     "ck_credit_transactions_amount_sign": InvalidCreditAmount,
+    "uq_registered_models_user_id_name": RegisteredModelNameTaken,
+    "uq_model_versions_model_id_user_id": ModelAlreadyRegistered,
+    "fk_model_aliases_model_version_id_model_versions": AliasVersionMismatch,
+    "ck_model_aliases_alias_name": InvalidAlias,
+    "ck_model_version_metrics_value_finite": InvalidMetric,
+    "ck_model_version_metrics_metric_name": InvalidMetric,
+    "ck_model_version_metrics_split_name": InvalidMetric,
+    "ck_model_lineage_one_parent": InvalidLineage,
+    "ck_model_lineage_relation_parent": InvalidLineage,
 }
 
 

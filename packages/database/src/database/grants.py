@@ -18,6 +18,11 @@ Three kinds of role touch the database:
       (``credit_balance``, the counters, ``storage_used_bytes``) and ``tier``, and
       UPDATE of neither ``id`` nor ``created_at``; no DELETE (purge leaves
       tombstones);
+    - ``model_downloads``: SELECT and INSERT only (append-only: the triggers refuse
+      UPDATE, DELETE and TRUNCATE for anyone, ML062);
+    - ``model_versions``: SELECT, DELETE, INSERT and UPDATE of every column but
+      ``download_count`` (kept by a trigger from the downloads; ML063 refuses a
+      direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
     - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
 
   - USAGE and SELECT on the sequences, if any;
@@ -53,7 +58,15 @@ from sqlalchemy.engine import Connection
 from database import errors
 from database.models.user import DERIVED_COLUMNS
 
-APPEND_ONLY = {"credit_transactions": "SELECT, INSERT"}
+APPEND_ONLY = {"credit_transactions": "SELECT, INSERT", "model_downloads": "SELECT, INSERT"}
+#: Tables written column by column: (columns not insertable, columns not updatable).
+#: users is handled apart (no DELETE); these keep DELETE.
+COLUMN_LIMITED = {
+    "model_versions": (
+        frozenset({"download_count"}),
+        frozenset({"download_count", "id", "created_at"}),
+    ),
+}
 READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages"})
 #: users columns only an operator changes.
 OPERATOR_USER_COLUMNS = frozenset({"tier"})
@@ -79,6 +92,19 @@ class GrantReport:
 
 def _quote(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+def _columns(conn: Connection, table: str) -> list[str]:
+    return list(
+        conn.execute(
+            text(
+                "SELECT a.attname FROM pg_attribute AS a"
+                " WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0"
+                " AND NOT a.attisdropped ORDER BY a.attnum"
+            ),
+            {"t": f"public.{table}"},
+        ).scalars()
+    )
 
 
 def grant(
@@ -139,15 +165,7 @@ def grant(
             )
         ).scalars()
     )
-    user_columns = list(
-        conn.execute(
-            text(
-                "SELECT a.attname FROM pg_attribute AS a"
-                " WHERE a.attrelid = 'public.users'::regclass AND a.attnum > 0"
-                " AND NOT a.attisdropped ORDER BY a.attnum"
-            )
-        ).scalars()
-    )
+    user_columns = _columns(conn, "users")
 
     # Start from nothing, so a second run is exact too.
     run(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {q}")
@@ -180,6 +198,14 @@ def grant(
                 _quote(conn, c) for c in user_columns if c not in USERS_NOT_UPDATABLE
             )
             run(f"GRANT SELECT ON {t} TO {q}")
+            run(f"GRANT INSERT ({insertable}) ON {t} TO {q}")
+            run(f"GRANT UPDATE ({updatable}) ON {t} TO {q}")
+        elif table in COLUMN_LIMITED:
+            not_insertable, not_updatable = COLUMN_LIMITED[table]
+            names = _columns(conn, table)
+            insertable = ", ".join(_quote(conn, c) for c in names if c not in not_insertable)
+            updatable = ", ".join(_quote(conn, c) for c in names if c not in not_updatable)
+            run(f"GRANT SELECT, DELETE ON {t} TO {q}")
             run(f"GRANT INSERT ({insertable}) ON {t} TO {q}")
             run(f"GRANT UPDATE ({updatable}) ON {t} TO {q}")
         elif table in APPEND_ONLY:

@@ -303,6 +303,8 @@ class _Step:
     owner: str = "x.user_id = ANY(:uids)"
     #: A table of a later migration: skipped while it does not exist.
     optional: bool = False
+    #: The column that names a row (``ctid`` for a table keyed by other columns).
+    key: str = "id"
 
 
 _NOT_IN_LEDGER = "NOT EXISTS (SELECT 1 FROM credit_transactions AS t WHERE t.job_id = x.{col})"
@@ -317,6 +319,24 @@ _STEPS: tuple[_Step, ...] = (
     _Step(
         "experiments",
         ready="NOT EXISTS (SELECT 1 FROM experiment_runs AS r WHERE r.experiment_id = x.id)",
+    ),
+    # The registry: the grants the user holds and the grants on the user's models, then
+    # the versions (their metrics, aliases, lineage edges and downloads go with them:
+    # model_downloads refuses a DELETE of its own, ML062), then the registered models.
+    _Step(
+        "registered_model_permissions",
+        key="ctid",
+        owner="(x.user_id = ANY(:uids) OR x.registered_model_id IN"
+        " (SELECT r.id FROM registered_models AS r WHERE r.user_id = ANY(:uids)))",
+        optional=True,
+    ),
+    _Step("model_versions", optional=True),
+    _Step(
+        "registered_models",
+        ready="NOT EXISTS (SELECT 1 FROM model_versions AS v WHERE v.registered_model_id = x.id)"
+        " AND NOT EXISTS (SELECT 1 FROM registered_model_permissions AS p"
+        " WHERE p.registered_model_id = x.id)",
+        optional=True,
     ),
     _Step("models", path="s3_path"),
     _Step("user_tutorial_progress"),
@@ -358,8 +378,8 @@ _UIDS = bindparam("uids", type_=ARRAY(UUID(as_uuid=True)))
 def _delete(step: _Step) -> str:
     returning = f"x.{step.path}" if step.path else "NULL"
     return (
-        f"DELETE FROM {step.table} AS x WHERE x.id IN ("
-        f"SELECT x.id FROM {step.table} AS x WHERE {step.owner} AND {step.where}"
+        f"DELETE FROM {step.table} AS x WHERE x.{step.key} IN ("
+        f"SELECT x.{step.key} FROM {step.table} AS x WHERE {step.owner} AND {step.where}"
         f" AND {step.ready} LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING {returning}"
     )
 
@@ -378,8 +398,10 @@ _ELIGIBLE = (
 )
 
 
-#: Tables that refer to users and whose rows purge keeps: the ledger, the repair log.
-KEPT_TABLES = frozenset({"credit_transactions", "derived_repairs"})
+#: Tables that refer to users and whose rows purge keeps: the ledger, the repair log,
+#: the downloads the user made of other users' models (append-only, like the ledger;
+#: the downloads of the user's own versions go with the versions).
+KEPT_TABLES = frozenset({"credit_transactions", "derived_repairs", "model_downloads"})
 
 
 def purge_tables(conn: Connection) -> tuple[_Step, ...]:

@@ -13,7 +13,12 @@ from database.models.enums import (
     IngestionStatus,
     JobKind,
     JobStatus,
+    LineageRelation,
     LogLevel,
+    ModelFormat,
+    ModelPermission,
+    ModelVersionStatus,
+    ModelVisibility,
     NodeStatus,
     NodeType,
     OAuthProvider,
@@ -29,6 +34,13 @@ from database.models.job import Job
 from database.models.job_log import JobLog
 from database.models.job_node import JobNode
 from database.models.model import Model
+from database.models.model_alias import ModelAlias
+from database.models.model_download import ModelDownload
+from database.models.model_lineage import ModelLineage
+from database.models.model_version import ModelVersion
+from database.models.model_version_metric import ModelVersionMetric
+from database.models.registered_model import RegisteredModel
+from database.models.registered_model_permission import RegisteredModelPermission
 from database.models.stripe_webhook_event import StripeWebhookEvent
 from database.models.tutorial import Tutorial
 from database.models.user import User
@@ -56,12 +68,24 @@ __all__ = [
     "JobNode",
     "JobKind",
     "JobStatus",
+    "LineageRelation",
     "LogLevel",
     "Model",
+    "ModelAlias",
+    "ModelDownload",
+    "ModelFormat",
+    "ModelLineage",
+    "ModelPermission",
+    "ModelVersion",
+    "ModelVersionMetric",
+    "ModelVersionStatus",
+    "ModelVisibility",
     "NodeStatus",
     "NodeType",
     "OAuthProvider",
     "ProblemType",
+    "RegisteredModel",
+    "RegisteredModelPermission",
     "StripeWebhookEvent",
     "TransactionType",
     "Tutorial",

@@ -113,6 +113,50 @@ class CreditTierRestriction(enum.StrEnum):
     ENTERPRISE_ONLY = "enterprise_only"
 
 
+class ModelVisibility(enum.StrEnum):
+    """Who sees a registered model besides its owner: nobody (``private``), the users
+    granted a permission (``shared``), everyone (``public``: read for all)."""
+
+    PRIVATE = "private"
+    SHARED = "shared"
+    PUBLIC = "public"
+
+
+class ModelVersionStatus(enum.StrEnum):
+    """A registered version is usable (``ready``) or kept for the record (``archived``)."""
+
+    READY = "ready"
+    ARCHIVED = "archived"
+
+
+class LineageRelation(enum.StrEnum):
+    """What a lineage edge says of its child version (``model_lineage``)."""
+
+    TRAINED_ON = "trained_on"  # a dataset version
+    EVALUATED_ON = "evaluated_on"  # a dataset version
+    PRODUCED_BY = "produced_by"  # a job or a workflow snapshot
+    RETRAINED_FROM = "retrained_from"  # another model version
+    TUNED_FROM = "tuned_from"  # another model version
+
+
+class ModelFormat(enum.StrEnum):
+    """A format a model version is downloaded in."""
+
+    JOBLIB = "joblib"
+    SKOPS = "skops"
+    ONNX = "onnx"
+    MLFLOW = "mlflow"
+
+
+class ModelPermission(enum.StrEnum):
+    """A permission on a registered model; the type's order is inclusion
+    (``read`` < ``download`` < ``deploy``: deploy grants download, download grants read)."""
+
+    READ = "read"
+    DOWNLOAD = "download"
+    DEPLOY = "deploy"
+
+
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
     return SAEnum(
@@ -136,6 +180,11 @@ transaction_type = pg_enum(TransactionType, "transaction_type")
 log_level = pg_enum(LogLevel, "log_level")
 tutorial_difficulty = pg_enum(TutorialDifficulty, "tutorial_difficulty")
 credit_tier_restriction = pg_enum(CreditTierRestriction, "credit_tier_restriction")
+model_visibility = pg_enum(ModelVisibility, "model_visibility")
+model_version_status = pg_enum(ModelVersionStatus, "model_version_status")
+lineage_relation = pg_enum(LineageRelation, "lineage_relation")
+model_format = pg_enum(ModelFormat, "model_format")
+model_permission = pg_enum(ModelPermission, "model_permission")
 
 __all__ = [
     "CreditTierRestriction",
@@ -143,7 +192,12 @@ __all__ = [
     "IngestionStatus",
     "JobKind",
     "JobStatus",
+    "LineageRelation",
     "LogLevel",
+    "ModelFormat",
+    "ModelPermission",
+    "ModelVersionStatus",
+    "ModelVisibility",
     "NodeStatus",
     "NodeType",
     "OAuthProvider",
