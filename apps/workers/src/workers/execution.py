@@ -219,7 +219,7 @@ def run_job(
                 return _time_out(engine, run, order, node_id, time_limit, lease_seconds)
             except ChildDied as exc:
                 log.warning("job %s node %s: %s", claim.id, node_id, exc)
-                return _give_up(engine, run, order, node_id, str(exc), lease_seconds)
+                return _abort(engine, run, order, node_id, str(exc), lease_seconds)
             if reply.status == "ok":
                 try:
                     _succeed(engine, storage, run, nodes[node_id], reply, lease_seconds)
@@ -421,9 +421,3 @@ def _time_out(
     message = f"time limit of {limit} s exceeded (the {run.tier} tier's limit)"
     log.info("job %s: %s", run.claim.id, message)
     return _abort(engine, run, order, node_id, message, lease_seconds)
-
-
-def _give_up(
-    engine: Engine, run: _Run, order: list[str], node_id: str, reason: str, lease_seconds: float
-) -> str:
-    return _abort(engine, run, order, node_id, reason, lease_seconds)

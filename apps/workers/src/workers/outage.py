@@ -48,11 +48,16 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """One line about an outage error: its type and the first line of its message
-    (psycopg's connection messages name the host or socket, never a password)."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    first = (str(orig).strip().splitlines() or [""])[0]
-    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+    """One line about an error, for a log or the user: its type and the first line of
+    its message; for a database error the server's own message, never the statement
+    or its parameters (psycopg's connection messages name the host or socket, never a
+    password). Bounded to 500 characters."""
+    orig = getattr(exc, "orig", None)
+    source = orig if orig is not None else exc
+    diag = getattr(source, "diag", None)
+    text = getattr(diag, "message_primary", None) or str(source)
+    first = " ".join((text.splitlines() or [""])[0].split())
+    return f"{type(source).__name__}: {first}"[:500] if first else type(source).__name__
 
 
 class Backoff:

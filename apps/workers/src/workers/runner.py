@@ -210,9 +210,9 @@ def _child(
             outcome = execute_node(
                 parsed, node_id, upstream, load, progress=_notes(conn), n_jobs=threads
             )
-        except MemoryError:
-            reply = Reply("memory", error=f"memory limit of {memory_limit_mb} MB exceeded")
-        except Exception as exc:  # classed by _failure: the memory limit, or the node's own
+        except (
+            Exception
+        ) as exc:  # a MemoryError too: classed by _failure: the memory limit, or the node's own
             reply = _failure(exc, memory_limit_mb)
         else:
             values[node_id] = outcome.value

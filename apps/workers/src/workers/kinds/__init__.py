@@ -37,7 +37,7 @@ from database.jobs import Claim, LeaseLost
 from database.limits import Limits
 from database.models import JobKind
 from pipeline.storage import Storage
-from workers.outage import is_outage
+from workers.outage import describe, is_outage
 
 if TYPE_CHECKING:
     from workers.execution import RunLimits
@@ -90,17 +90,6 @@ def load() -> dict[JobKind, Handler]:
     for module in MODULES:
         importlib.import_module(module)
     return HANDLERS
-
-
-def describe(exc: BaseException) -> str:
-    """One line for the user: the error's type and its first line; for a database
-    error the server's own message, never the statement or its parameters."""
-    orig = getattr(exc, "orig", None)
-    source = orig if orig is not None else exc
-    diag = getattr(source, "diag", None)
-    text = getattr(diag, "message_primary", None) or str(source)
-    first = " ".join((text.splitlines() or [""])[0].split())
-    return f"{type(source).__name__}: {first}"[:500] if first else type(source).__name__
 
 
 def dispatch(context: Context, claim: Claim) -> str:
