@@ -24,9 +24,11 @@ run: install
 	@echo "API: http://$${HOST:-127.0.0.1}:$${PORT:-8000}  (docs: /docs; Ctrl-C stops it and the worker; make down stops PostgreSQL)"
 	@$(UV) run automl-run
 
-## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL).
+## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL), in
+## parallel (pytest-xdist: one process a core, each with its own embedded server;
+## TEST_WORKERS=0 runs it in one process).
 test: install
-	$(UV) run pytest
+	$(UV) run pytest -n $${TEST_WORKERS:-auto} --dist loadfile
 
 status: install
 	$(UV) run automl-db status

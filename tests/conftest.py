@@ -79,8 +79,13 @@ def restartable_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restart
         server.close()
 
 
+# Under pytest-xdist each worker starts its own embedded server; on a shared
+# TEST_DATABASE_URL server the worker's name keeps the databases apart.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 postgresql_template = factories.postgresql_noproc(
-    dbname="automl_test", depends_on="pg_server", load=[migrate_to_head]
+    dbname=f"automl_test{'_' + _WORKER if _WORKER else ''}",
+    depends_on="pg_server",
+    load=[migrate_to_head],
 )
 postgresql = factories.postgresql("postgresql_template")
 

@@ -469,10 +469,14 @@ def test_transfers_in_opposite_orders_do_not_deadlock(sql, session, session_fact
 
     def transfer(i: int) -> None:
         source, target = pairs[i]
+        # A wait long enough for a loaded machine: what this test looks for is a
+        # deadlock, which PostgreSQL reports after deadlock_timeout (1 s) whatever
+        # the lock timeout.
+        wait = 120_000
         with session_factory() as s, s.begin():
-            credits.lock_users(s, [source, target])
-            credits.adjust(s, source, -1, f"transfer {i}", "tests")
-            credits.adjust(s, target, +1, f"transfer {i}", "tests")
+            credits.lock_users(s, [source, target], lock_timeout_ms=wait)
+            credits.adjust(s, source, -1, f"transfer {i}", "tests", lock_timeout_ms=wait)
+            credits.adjust(s, target, +1, f"transfer {i}", "tests", lock_timeout_ms=wait)
 
     results = run_together(len(pairs), transfer)
     assert results == [None] * len(pairs)
