@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.orm import Session
 
 from api.settings import ApiSettings
 from database import errors, registry
@@ -54,9 +53,7 @@ def register(
 ) -> dict[str, Any]:
     metrics = body.pop("metrics", {"accuracy": 0.9})
     body.setdefault("model_id", str(trained(engine, who.user_id, metrics=metrics)))
-    r = client.post(
-        f"/v1/registered-models/{rm['id']}/versions", headers=who.headers, json=body
-    )
+    r = client.post(f"/v1/registered-models/{rm['id']}/versions", headers=who.headers, json=body)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -371,7 +368,9 @@ def test_sharing_across_three_users(client, account, other, third, engine, sessi
         return r.status_code == 200
 
     # Granted by email while private: kept, suspended.
-    r = client.post(perms, headers=owner.headers, json={"email": grantee.email, "permission": "read"})
+    r = client.post(
+        perms, headers=owner.headers, json={"email": grantee.email, "permission": "read"}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["user_id"] == str(grantee.user_id)
     assert [sees(w) for w in (owner, grantee, stranger, None)] == [True, False, False, False]
@@ -399,7 +398,9 @@ def test_sharing_across_three_users(client, account, other, third, engine, sessi
         error(r, 404, "not_found")
 
     r = client.post(
-        perms, headers=owner.headers, json={"user_id": str(grantee.user_id), "permission": "download"}
+        perms,
+        headers=owner.headers,
+        json={"user_id": str(grantee.user_id), "permission": "download"},
     )
     assert r.status_code == 200  # replaced
     assert registry.can(session, grantee.user_id, uuid.UUID(rm["id"]), ModelPermission.DOWNLOAD)
@@ -431,13 +432,21 @@ def test_sharing_across_three_users(client, account, other, third, engine, sessi
 def test_permission_inputs(client, account, other):
     rm = create(client, account)
     perms = f"/v1/registered-models/{rm['id']}/permissions"
-    r = client.post(perms, headers=account.headers, json={"user_id": str(account.user_id), "permission": "read"})
+    r = client.post(
+        perms, headers=account.headers, json={"user_id": str(account.user_id), "permission": "read"}
+    )
     error(r, 409, "owner_permission")
-    r = client.post(perms, headers=account.headers, json={"email": account.email, "permission": "deploy"})
+    r = client.post(
+        perms, headers=account.headers, json={"email": account.email, "permission": "deploy"}
+    )
     error(r, 409, "owner_permission")
-    r = client.post(perms, headers=account.headers, json={"email": "nobody@example.com", "permission": "read"})
+    r = client.post(
+        perms, headers=account.headers, json={"email": "nobody@example.com", "permission": "read"}
+    )
     body = error(r, 404, "user_not_found")
-    assert body["details"]["user"] == "nobody@example.com" and "nobody@example.com" in body["message"]
+    assert (
+        body["details"]["user"] == "nobody@example.com" and "nobody@example.com" in body["message"]
+    )
     missing = str(uuid.uuid4())
     r = client.post(perms, headers=account.headers, json={"user_id": missing, "permission": "read"})
     assert error(r, 404, "user_not_found")["details"]["user"] == missing
@@ -450,7 +459,9 @@ def test_permission_inputs(client, account, other):
         {"email": "not-an-email", "permission": "read"},
     ):
         error(client.post(perms, headers=account.headers, json=bad), 422)
-    r = client.post(perms, headers=account.headers, json={"user_id": str(other.user_id), "permission": "deploy"})
+    r = client.post(
+        perms, headers=account.headers, json={"user_id": str(other.user_id), "permission": "deploy"}
+    )
     assert r.status_code == 201
     r = client.delete(perms, headers=account.headers, params={"user_id": str(other.user_id)})
     assert r.status_code == 204
@@ -462,7 +473,11 @@ def test_permission_inputs(client, account, other):
 
 def test_a_deleted_grantee_is_unknown(client, account, other, engine):
     rm = create(client, account)
-    rows(engine, "UPDATE users SET is_deleted = true, deleted_at = now() WHERE id = :u", u=other.user_id)
+    rows(
+        engine,
+        "UPDATE users SET is_deleted = true, deleted_at = now() WHERE id = :u",
+        u=other.user_id,
+    )
     r = client.post(
         f"/v1/registered-models/{rm['id']}/permissions",
         headers=account.headers,
@@ -537,7 +552,9 @@ def test_search_filter(client, account, other, engine):
         headers=account.headers,
         json={"version": 2},
     )
-    client.patch(f"/v1/model-versions/{b['id']}", headers=account.headers, json={"status": "archived"})
+    client.patch(
+        f"/v1/model-versions/{b['id']}", headers=account.headers, json={"status": "archived"}
+    )
 
     def found(f: str) -> set[str]:
         return set(_ids(_search(client, account, filter=f)))
@@ -606,13 +623,19 @@ def test_search_bad_order_cursor_and_huge_filter(client, account, engine):
         error(_search(client, account, order_by=bad), 422, "invalid_filter")
     page = _search(client, account, order_by="version", limit=1).json()
     # A cursor of another order, or garbage, is refused.
-    error(_search(client, account, order_by="created_at", cursor=page["next_cursor"]), 422, "invalid_cursor")
+    error(
+        _search(client, account, order_by="created_at", cursor=page["next_cursor"]),
+        422,
+        "invalid_cursor",
+    )
     for cursor in ("x", "", "bnVsbA", "W10"):
         r = _search(client, account, order_by="version", cursor=cursor)
         assert r.status_code in (200, 422), r.text
     error(_search(client, account, filter="version = 1 and " * 200), 422)
     error(_search(client, account, filter="x" * 10_001), 422)
-    error(_search(client, account, filter=" and ".join(["version > 0"] * 21)), 422, "invalid_filter")
+    error(
+        _search(client, account, filter=" and ".join(["version > 0"] * 21)), 422, "invalid_filter"
+    )
 
 
 @hypothesis.settings(
@@ -628,9 +651,34 @@ def test_search_bad_order_cursor_and_huge_filter(client, account, engine):
         st.lists(
             st.sampled_from(
                 [
-                    "metrics.accuracy", "tags.team", "params.n", "name", "version", "status",
-                    "created_at", "alias", "and", "or", "not", "like", "ILIKE", "=", "!=", "<",
-                    ">=", "'x'", '"y"', "0.9", "-1", "1e5", "'%'", "`a`", "@", "(", "'", "\\",
+                    "metrics.accuracy",
+                    "tags.team",
+                    "params.n",
+                    "name",
+                    "version",
+                    "status",
+                    "created_at",
+                    "alias",
+                    "and",
+                    "or",
+                    "not",
+                    "like",
+                    "ILIKE",
+                    "=",
+                    "!=",
+                    "<",
+                    ">=",
+                    "'x'",
+                    '"y"',
+                    "0.9",
+                    "-1",
+                    "1e5",
+                    "'%'",
+                    "`a`",
+                    "@",
+                    "(",
+                    "'",
+                    "\\",
                 ]
             ),
             max_size=10,
@@ -696,7 +744,9 @@ def _expected(by_id: dict[str, float | None], *, descending: bool) -> list[str]:
 def test_registered_model_search(client, account, other, engine):
     churn = create(client, account, name="churn-predictor v2", tags={"team": "growth", "x": "1"})
     create(client, account, name="iris", tags={"team": "science"})
-    public = create(client, other, name="Churn baseline", visibility="public", tags={"team": "growth"})
+    public = create(
+        client, other, name="Churn baseline", visibility="public", tags={"team": "growth"}
+    )
     create(client, other, name="churn private")
 
     def names(who: Account | None, **params: Any) -> set[str]:
@@ -717,7 +767,13 @@ def test_registered_model_search(client, account, other, engine):
     assert names(account, visibility="public") == {"Churn baseline"}
     assert names(None) == {"Churn baseline"}
     error(client.get("/v1/registered-models", params={"owner": "me"}), 422)
-    for params in ({"name": "%%%"}, {"name": "a\x00"}, {"name": ""}, {"tag": ":x"}, {"visibility": "x"}):
+    for params in (
+        {"name": "%%%"},
+        {"name": "a\x00"},
+        {"name": ""},
+        {"tag": ":x"},
+        {"visibility": "x"},
+    ):
         error(client.get("/v1/registered-models", headers=account.headers, params=params), 422)
     # Keyset pages.
     page = client.get("/v1/registered-models", headers=account.headers, params={"limit": 1}).json()
@@ -779,9 +835,7 @@ def test_metric_search_uses_the_metric_index(engine, session):
     db("ANALYZE")
 
     def search() -> None:
-        hits = registry.search_versions(
-            session, None, filter="metrics.accuracy > 0.999", limit=20
-        )
+        hits = registry.search_versions(session, None, filter="metrics.accuracy > 0.999", limit=20)
         assert all(h.version.registered_model_id == rm for h in hits)
         registry.search_versions(
             session,
@@ -892,9 +946,15 @@ def test_the_routes_work_as_the_apps_role(role_client, engine):
     assert _ids(_search(client, grantee, filter="tags.team = 'x' and metrics.accuracy > 0.5")) == [
         v["id"]
     ]
-    r = client.patch(f"/v1/model-versions/{v['id']}", headers=owner.headers, json={"status": "archived"})
+    r = client.patch(
+        f"/v1/model-versions/{v['id']}", headers=owner.headers, json={"status": "archived"}
+    )
     assert r.status_code == 200, r.text
     lineage = client.get(f"/v1/model-versions/{v['id']}/lineage", headers=grantee.headers)
     assert lineage.status_code == 200, lineage.text
-    assert client.delete(f"/v1/registered-models/{rm['id']}", headers=owner.headers).status_code == 204
-    assert json.loads(client.get("/v1/registered-models", headers=owner.headers).text)["items"] == []
+    assert (
+        client.delete(f"/v1/registered-models/{rm['id']}", headers=owner.headers).status_code == 204
+    )
+    assert (
+        json.loads(client.get("/v1/registered-models", headers=owner.headers).text)["items"] == []
+    )

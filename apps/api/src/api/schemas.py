@@ -547,12 +547,16 @@ from database.models.model_alias import ALIAS_PATTERN  # noqa: E402
 from database.models.registered_model import MAX_MODEL_CARD, MAX_TAGS_TEXT  # noqa: E402
 
 TagKey = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(no_nul)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(no_nul),
 ]
 TagValue = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_nul)]
 ModelCard = Annotated[str, StringConstraints(max_length=MAX_MODEL_CARD), AfterValidator(no_nul)]
 License = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(no_nul)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(no_nul),
 ]
 Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(no_nul)]
 MetricName = Annotated[

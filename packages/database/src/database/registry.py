@@ -568,11 +568,14 @@ def authorize(
             "only the owner of a registered model may change it, its versions, aliases"
             " or permissions"
         )
-    if not manage and _rank(permission) > _rank(ModelPermission.READ):
-        if not can(session, user_id, registered_model_id, permission):
-            raise errors.RegistryForbidden(
-                f"no {ModelPermission(permission).value} permission on this registered model"
-            )
+    if (
+        not manage
+        and _rank(permission) > _rank(ModelPermission.READ)
+        and not can(session, user_id, registered_model_id, permission)
+    ):
+        raise errors.RegistryForbidden(
+            f"no {ModelPermission(permission).value} permission on this registered model"
+        )
     return found
 
 
@@ -660,7 +663,6 @@ def revoke_permission(session: Session, registered_model_id: uuid.UUID, user_id:
     return result.first() is not None
 
 
-
 def readable_versions(
     session: Session, user_id: uuid.UUID | None, version_ids: Iterable[uuid.UUID]
 ) -> set[uuid.UUID]:
@@ -700,6 +702,7 @@ def visible_lineage(
         if e.child_version_id in seen and (e.parent_kind != "model_version" or e.parent_id in seen)
     ]
 
+
 # --- downloads --------------------------------------------------------------------
 
 
@@ -736,7 +739,6 @@ def record_download(
     session.add(row)
     session.flush()
     return row
-
 
 
 # --- registering a trained model (the API's route) ----------------------------------
@@ -1018,10 +1020,7 @@ def parse_filter(source: str) -> list[_Clause]:
         field = _field(token)
         at += 1
         operator = tokens[at]
-        if operator.kind == "op":
-            op = str(operator.value)
-            at += 1
-        elif operator.kind == "kw" and operator.value in ("like", "ilike"):
+        if operator.kind == "op" or operator.kind == "kw" and operator.value in ("like", "ilike"):
             op = str(operator.value)
             at += 1
         elif (
@@ -1058,25 +1057,25 @@ def parse_filter(source: str) -> list[_Clause]:
 
 def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
     if op == "=":
-        return column == value  # type: ignore[no-any-return]
+        return column == value
     if op == "!=":
-        return column != value  # type: ignore[no-any-return]
+        return column != value
     if op == "<":
-        return column < value  # type: ignore[no-any-return]
+        return column < value
     if op == "<=":
-        return column <= value  # type: ignore[no-any-return]
+        return column <= value
     if op == ">":
-        return column > value  # type: ignore[no-any-return]
+        return column > value
     if op == ">=":
-        return column >= value  # type: ignore[no-any-return]
+        return column >= value
     if op == "like":
-        return column.like(value)  # type: ignore[no-any-return]
+        return column.like(value)
     if op == "ilike":
-        return column.ilike(value)  # type: ignore[no-any-return]
+        return column.ilike(value)
     if op == "not like":
-        return column.not_like(value)  # type: ignore[no-any-return]
+        return column.not_like(value)
     if op == "not ilike":
-        return column.not_ilike(value)  # type: ignore[no-any-return]
+        return column.not_ilike(value)
     raise AssertionError(op)  # pragma: no cover - the parser gives only these
 
 
@@ -1287,10 +1286,8 @@ def name_matches(words: str) -> ColumnElement[bool]:
     if not found:
         raise errors.InvalidValue("a name search needs at least one letter or digit")
     query = " & ".join(f"{w}:*" for w in found[:20])
-    config = literal_column(f"'{NAME_SEARCH_CONFIG}'::regconfig")
-    return func.to_tsvector(config, RegisteredModel.name).op("@@")(
-        func.to_tsquery(config, query)
-    )
+    config: ColumnElement[Any] = literal_column(f"'{NAME_SEARCH_CONFIG}'::regconfig")
+    return func.to_tsvector(config, RegisteredModel.name).op("@@")(func.to_tsquery(config, query))
 
 
 def search_registered_models(
@@ -1300,7 +1297,7 @@ def search_registered_models(
     tags: Iterable[str] = (),
     owner: str | None = None,
     visibility: ModelVisibility | None = None,
-) -> Select[tuple[RegisteredModel]]:
+) -> Select[RegisteredModel]:
     """The registered models ``user_id`` may read (:func:`readable`), narrowed by a
     name search (:func:`name_matches`), tags (``key:value`` has the tag with that
     value, ``key`` has the tag), an owner (``me``, a user id or an email) and a
@@ -1330,6 +1327,7 @@ def search_registered_models(
     if visibility is not None:
         statement = statement.where(RegisteredModel.visibility == visibility)
     return statement
+
 
 __all__ = [
     "DEFAULT_SPLIT",

@@ -474,9 +474,7 @@ def get_version(
 def patch_version(
     principal: Writer, session: SessionDep, version_id: uuid.UUID, body: ModelVersionPatch
 ) -> ModelVersionDetail:
-    version, model = registry.authorize_version(
-        session, principal.user_id, version_id, manage=True
-    )
+    version, model = registry.authorize_version(session, principal.user_id, version_id, manage=True)
     for field in sorted(body.model_fields_set):
         setattr(version, field, getattr(body, field))
     session.flush()
@@ -603,7 +601,9 @@ def grant_permission(
         session, registered_model_id, grantee, body.permission, granted_by=principal.user_id
     )
     session.commit()
-    row = session.get(RegisteredModelPermission, (registered_model_id, grantee), populate_existing=True)
+    row = session.get(
+        RegisteredModelPermission, (registered_model_id, grantee), populate_existing=True
+    )
     assert row is not None
     if existed is not None:
         response.status_code = 200
