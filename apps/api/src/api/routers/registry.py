@@ -30,7 +30,14 @@ from sqlalchemy.orm import Session
 
 from api.deps import MaybeReader, SessionDep, Writer
 from api.errors import ApiError, error_responses
-from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
+from api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    paginate,
+)
 from api.schemas import (
     AliasIn,
     AliasOut,
@@ -349,6 +356,8 @@ def list_versions(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[ModelVersionOut]:
+    if cursor:
+        decode_cursor(cursor, int)  # a bad cursor is 422 before the model is looked up
     model = registry.authorize(session, _user(principal), registered_model_id)
     rows, next_cursor = paginate(
         session,
