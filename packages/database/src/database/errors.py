@@ -261,7 +261,7 @@ class GranteeNotFound(ReferenceViolation):
     """A permission names a user that does not exist, or a deleted one
     (``database.registry.find_grantee``)."""
 
-    def __init__(self, message: str, *, who: str, **kw: Any) -> None:
+    def __init__(self, message: str, *, who: str = "", **kw: Any) -> None:
         super().__init__(message, **kw)
         self.who = who
 
@@ -270,7 +270,7 @@ class InvalidFilter(InvalidValue):
     """A search filter or order that does not parse (``database.registry.parse_filter``):
     ``token`` is the text refused, ``position`` its offset in the string (from 0)."""
 
-    def __init__(self, message: str, *, token: str, position: int, **kw: Any) -> None:
+    def __init__(self, message: str, *, token: str = "", position: int = 0, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.token = token
         self.position = position
