@@ -19,10 +19,17 @@ for the owner, lineage without cycles. This module adds what needs a decision:
 - **environment**: :func:`current_environment` (what ``environment`` records) and
   :func:`environment_problems` (why a version cannot be loaded here, for the
   loader's refusal);
-- **access**: :func:`can`, the one access check of the registry, and
-  :func:`grant_permission` / :func:`revoke_permission`;
+- **access**: :func:`can`, the one access check of the registry, :func:`readable`
+  (the same rule as a SQL condition, for every list), :func:`authorize` /
+  :func:`authorize_version` (read, or manage: the owner's alone), :func:`find_grantee`,
+  :func:`grant_permission` / :func:`revoke_permission`, :func:`visible_lineage`;
 - **downloads**: :func:`record_download` (checks ``download`` with :func:`can` and
-  records the attempt, granted or refused).
+  records the attempt, granted or refused);
+- **search**: :func:`parse_filter` (MLflow's filter language, parsed into bound SQL
+  conditions), :func:`parse_order`, :func:`search_versions` (keyset pages, NULLS
+  LAST), :func:`search_registered_models` and :func:`name_matches` (full text);
+  :func:`register_trained_model` (the API's registration: :func:`register_version`
+  with what the database knows of the trained model).
 
 Who may do what (:func:`can`):
 
