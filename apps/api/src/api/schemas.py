@@ -36,7 +36,11 @@ from database.models import (
     FileFormat,
     IngestionStatus,
     JobStatus,
+    LineageRelation,
     LogLevel,
+    ModelPermission,
+    ModelVersionStatus,
+    ModelVisibility,
     NodeStatus,
     NodeType,
     ProblemType,
@@ -44,6 +48,8 @@ from database.models import (
     TutorialDifficulty,
     UserTier,
 )
+from database.models.model_alias import ALIAS_PATTERN
+from database.models.registered_model import MAX_MODEL_CARD, MAX_TAGS_TEXT
 from database.types import check_datetime
 
 # The workflow definition model is pipeline.definition's, re-exported: the worker runs
@@ -537,15 +543,6 @@ class ReadyOut(BaseModel):
 
 
 # --- model registry (api.routers.registry) ------------------------------------------------------
-from database.models import (  # noqa: E402  (the registry's section, kept apart)
-    LineageRelation,
-    ModelPermission,
-    ModelVersionStatus,
-    ModelVisibility,
-)
-from database.models.model_alias import ALIAS_PATTERN  # noqa: E402
-from database.models.registered_model import MAX_MODEL_CARD, MAX_TAGS_TEXT  # noqa: E402
-
 TagKey = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
