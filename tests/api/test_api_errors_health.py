@@ -45,6 +45,14 @@ CONTRACT = {
     "/v1/models": {"get"},
     "/v1/models/{model_id}": {"get"},
     "/v1/models/{model_id}/artifact": {"get"},
+    "/v1/registered-models": {"get", "post"},
+    "/v1/registered-models/{registered_model_id}": {"get", "patch", "delete"},
+    "/v1/registered-models/{registered_model_id}/versions": {"get", "post"},
+    "/v1/registered-models/{registered_model_id}/aliases/{alias}": {"put", "delete"},
+    "/v1/registered-models/{registered_model_id}/permissions": {"get", "post", "delete"},
+    "/v1/model-versions": {"get"},
+    "/v1/model-versions/{version_id}": {"get", "patch"},
+    "/v1/model-versions/{version_id}/lineage": {"get"},
     "/v1/credits/balance": {"get"},
     "/v1/credits/transactions": {"get"},
     "/v1/credit-packages": {"get"},
@@ -123,6 +131,9 @@ def test_every_database_exception_has_a_status() -> None:
         db.InvalidAlias: (422, "invalid_alias"),
         db.LineageCycle: (409, "lineage_cycle"),
         db.OwnerPermission: (409, "owner_permission"),
+        db.RegistryForbidden: (403, "forbidden"),
+        db.GranteeNotFound: (404, "user_not_found"),
+        db.InvalidFilter: (422, "invalid_filter"),
     }
     for cls, (status, code) in expected.items():
         err = from_database(cls("refused"))

@@ -72,7 +72,10 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
         "/v1/experiments",
         "/v1/jobs",
         "/v1/jobs/{job_id}/logs",
+        "/v1/model-versions",
         "/v1/models",
+        "/v1/registered-models",
+        "/v1/registered-models/{registered_model_id}/versions",
         "/v1/tutorials",
         "/v1/workflows",
     ]
@@ -97,24 +100,36 @@ def test_edge_dates_in_any_cursor_are_422(client: TestClient, account: Account) 
     lists = _paginated_lists(client.get("/openapi.json").json())
     # A job's log is a list of a job: any job id (the cursor is refused before the job
     # is looked for).
-    lists = [p.replace("{job_id}", str(uuid.uuid4())) for p in lists]
+    # So are a registered model's versions (keyed by their number).
+    lists = [
+        p.replace("{job_id}", str(uuid.uuid4())).replace("{registered_model_id}", str(uuid.uuid4()))
+        for p in lists
+    ]
+
+    def cursor(path: str, value: str) -> str:
+        if path == "/v1/model-versions":  # the search's cursor also names its order
+            raw = json.dumps(["created_at DESC", value, str(uuid.uuid4())]).encode()
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return _cursor(value)
+
     for path in lists:
         for value in EDGE_DATETIMES:
-            r = client.get(path, headers=account.headers, params={"cursor": _cursor(value)})
+            r = client.get(path, headers=account.headers, params={"cursor": cursor(path, value)})
             _error(r, 422, "invalid_cursor")
-        # The ends of the range are keys like any other (tutorials and log lines are
-        # keyed by an int).
+        # The ends of the range are keys like any other (tutorials, log lines and model
+        # versions are keyed by an int).
         for value in (MIN_DATETIME, MAX_DATETIME):
             r = client.get(
-                path, headers=account.headers, params={"cursor": _cursor(value.isoformat())}
+                path, headers=account.headers, params={"cursor": cursor(path, value.isoformat())}
             )
-            if path == "/v1/tutorials" or path.endswith("/logs"):
+            if path == "/v1/tutorials" or path.endswith(("/logs", "/versions")):
                 _error(r, 422, "invalid_cursor")
             else:
                 assert r.status_code == 200, (path, r.text)
     # Every list still answers: no connection was left broken.
     for path in lists:
-        expected = 404 if path.endswith("/logs") else 200  # that job is nobody's
+        # That job and that registered model are nobody's.
+        expected = 404 if path.endswith(("/logs", "/versions")) else 200
         assert client.get(path, headers=account.headers).status_code == expected, path
 
 

@@ -185,3 +185,21 @@ Reader = Annotated[Principal, Depends(require(READ))]
 Writer = Annotated[Principal, Depends(require(WRITE))]
 Buyer = Annotated[Principal, Depends(require(BILLING))]
 KeyManager = Annotated[Principal, Depends(require(KEYS))]
+
+
+def get_optional_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """The caller, or None for a request without a key: the routes that serve public
+    data (public registered models) answer anonymous callers too. A key that is
+    given must be valid (401 otherwise: never a silent downgrade to anonymous) and
+    carry the ``read`` scope (403)."""
+    if credentials is None:
+        return None
+    principal = get_principal(session, credentials)
+    return require(READ)(principal)
+
+
+#: The caller with the ``read`` scope, or None (anonymous).
+MaybeReader = Annotated[Principal | None, Depends(get_optional_principal)]

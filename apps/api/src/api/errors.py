@@ -102,6 +102,9 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.RegisteredModelNotFound: (404, "not_found"),
     db.ModelVersionNotFound: (404, "not_found"),
     db.TrainedModelNotFound: (404, "not_found"),
+    db.RegistryForbidden: (403, "forbidden"),  # the caller can read it: nothing leaks
+    db.GranteeNotFound: (404, "user_not_found"),
+    db.InvalidFilter: (422, "invalid_filter"),
     db.RegisteredModelNameTaken: (409, "name_taken"),
     db.ModelAlreadyRegistered: (409, "model_already_registered"),
     db.AliasVersionMismatch: (409, "alias_version_mismatch"),
@@ -154,6 +157,10 @@ def from_database(exc: db.DatabaseError) -> ApiError:
             details["price"] = abs(exc.amount)
     if isinstance(exc, db.InvalidStatusTransition):
         details.update({"from": exc.from_status, "to": exc.to_status})
+    if isinstance(exc, db.InvalidFilter):
+        details.update({"token": exc.token, "position": exc.position})
+    if isinstance(exc, db.GranteeNotFound):
+        details["user"] = exc.who
     if exc.constraint and 400 <= status < 500:
         details["constraint"] = exc.constraint
     if exc.retryable or status == 503:

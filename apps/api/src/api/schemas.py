@@ -36,7 +36,11 @@ from database.models import (
     FileFormat,
     IngestionStatus,
     JobStatus,
+    LineageRelation,
     LogLevel,
+    ModelPermission,
+    ModelVersionStatus,
+    ModelVisibility,
     NodeStatus,
     NodeType,
     ProblemType,
@@ -44,6 +48,8 @@ from database.models import (
     TutorialDifficulty,
     UserTier,
 )
+from database.models.model_alias import ALIAS_PATTERN
+from database.models.registered_model import MAX_MODEL_CARD, MAX_TAGS_TEXT
 from database.types import check_datetime
 
 # The workflow definition model is pipeline.definition's, re-exported: the worker runs
@@ -534,3 +540,192 @@ class ReadyOut(BaseModel):
     workers: int | None = None
     #: What an operator should know that does not stop the API from serving.
     warnings: list[str] = Field(default_factory=list)
+
+
+# --- model registry (api.routers.registry) ------------------------------------------------------
+TagKey = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(no_nul),
+]
+TagValue = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_nul)]
+ModelCard = Annotated[str, StringConstraints(max_length=MAX_MODEL_CARD), AfterValidator(no_nul)]
+License = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(no_nul),
+]
+Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(no_nul)]
+MetricName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$", max_length=100)
+]
+AliasName = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN, max_length=63)]
+
+
+def _tags_fit(tags: dict[str, str] | None) -> dict[str, str] | None:
+    import json
+
+    if tags is not None and len(json.dumps(tags, ensure_ascii=False)) > MAX_TAGS_TEXT - 100:
+        raise ValueError(f"the tags take more than {MAX_TAGS_TEXT - 100} characters of JSON")
+    return tags
+
+
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=50), AfterValidator(_tags_fit)]
+
+
+class RegisteredModelIn(Input):
+    name: Name
+    description: Description | None = None
+    model_card: ModelCard | None = None
+    license: License | None = None
+    tags: Tags = Field(default_factory=dict)
+    visibility: ModelVisibility = ModelVisibility.PRIVATE
+
+
+class RegisteredModelPatch(Input):
+    """Only the fields given change; ``null`` clears description, model_card or license."""
+
+    name: Name | None = None
+    description: Description | None = None
+    model_card: ModelCard | None = None
+    license: License | None = None
+    #: Replaces every tag.
+    tags: Tags | None = None
+    visibility: ModelVisibility | None = None
+
+    @model_validator(mode="after")
+    def _not_null(self) -> RegisteredModelPatch:
+        for name in ("name", "tags", "visibility"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class RegisteredModelOut(Output):
+    id: uuid.UUID
+    #: The owner.
+    user_id: uuid.UUID
+    name: str
+    description: str | None
+    license: str | None
+    tags: dict[str, str]
+    visibility: ModelVisibility
+    #: The highest version number given (0: none yet).
+    last_version_number: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class RegisteredModelDetail(RegisteredModelOut):
+    model_card: str | None
+    #: Alias -> version number.
+    aliases: dict[str, int]
+    #: What the caller may do: "owner" (everything), or the highest of deploy, download, read.
+    access: Literal["owner", "deploy", "download", "read"]
+
+
+class RegisterVersionIn(Input):
+    #: A trained model of the caller's (GET /v1/models).
+    model_id: uuid.UUID
+    description: Description | None = None
+    primary_metric: MetricName | None = None
+    #: Aliases to point at the new version (moved from another version if set).
+    aliases: list[AliasName] = Field(default_factory=list, max_length=10)
+
+
+class MetricOut(Output):
+    metric: str
+    split: str
+    value: float
+
+
+class ModelVersionOut(Output):
+    id: uuid.UUID
+    registered_model_id: uuid.UUID
+    registered_model_name: str
+    version: int
+    model_id: uuid.UUID
+    status: ModelVersionStatus
+    description: str | None
+    primary_metric: str | None
+    download_count: int
+    metrics: list[MetricOut]
+    aliases: list[str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class LineageEdgeOut(BaseModel):
+    #: 1 for the edges of the version asked about, 2 for theirs...
+    depth: int
+    child_version_id: uuid.UUID
+    relation: LineageRelation
+    parent_kind: Literal["model_version", "dataset_version", "workflow_snapshot", "job"]
+    parent_id: uuid.UUID
+
+
+class LineageSummary(BaseModel):
+    #: What made this version (one step up).
+    parents: list[LineageEdgeOut]
+    #: How many versions the caller may read were retrained or tuned from this one.
+    derived_versions: int
+
+
+class ModelVersionDetail(ModelVersionOut):
+    signature: dict[str, Any]
+    input_example: list[Any] | None
+    environment: dict[str, Any]
+    lineage: LineageSummary
+
+
+class ModelVersionPatch(Input):
+    description: Description | None = None
+    primary_metric: MetricName | None = None
+    #: ready, or archived (kept for the record); either way back.
+    status: ModelVersionStatus | None = None
+
+    @model_validator(mode="after")
+    def _not_null(self) -> ModelVersionPatch:
+        if "status" in self.model_fields_set and self.status is None:
+            raise ValueError("status cannot be null")
+        return self
+
+
+class LineageOut(BaseModel):
+    version_id: uuid.UUID
+    direction: Literal["up", "down"]
+    depth: int
+    edges: list[LineageEdgeOut]
+
+
+class AliasIn(Input):
+    version: StrictInt = Field(ge=1, le=INT32_MAX)
+
+
+class AliasOut(BaseModel):
+    alias: str
+    version: int
+    model_version_id: uuid.UUID
+    updated_at: dt.datetime
+
+
+class PermissionIn(Input):
+    """The user by ``user_id`` or by ``email`` (exactly one)."""
+
+    user_id: uuid.UUID | None = None
+    email: Email | None = None
+    permission: ModelPermission
+
+    @model_validator(mode="after")
+    def _one_user(self) -> PermissionIn:
+        if (self.user_id is None) == (self.email is None):
+            raise ValueError("give user_id or email (exactly one)")
+        return self
+
+
+class PermissionOut(Output):
+    #: The grantee (ids only: the list does not disclose email addresses).
+    user_id: uuid.UUID
+    permission: ModelPermission
+    granted_by: uuid.UUID | None
+    created_at: dt.datetime

@@ -251,6 +251,31 @@ class TrainedModelNotFound(ReferenceViolation):
     (``database.registry.register_version``)."""
 
 
+class RegistryForbidden(RuleViolation):
+    """The caller may read the registered model but not do this (change it, its
+    versions, aliases or permissions: the owner's alone; ``database.registry.authorize``).
+    Refused before any write."""
+
+
+class GranteeNotFound(ReferenceViolation):
+    """A permission names a user that does not exist, or a deleted one
+    (``database.registry.find_grantee``)."""
+
+    def __init__(self, message: str, *, who: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.who = who
+
+
+class InvalidFilter(InvalidValue):
+    """A search filter or order that does not parse (``database.registry.parse_filter``):
+    ``token`` is the text refused, ``position`` its offset in the string (from 0)."""
+
+    def __init__(self, message: str, *, token: str = "", position: int = 0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.token = token
+        self.position = position
+
+
 class JobNotOwned(JobNotFound):
     """The job belongs to another user than the one named."""
 

@@ -11,6 +11,7 @@ from sqlalchemy import (
     FetchedValue,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     UniqueConstraint,
     text,
 )
@@ -85,6 +86,8 @@ class ModelVersion(IDMixin, TimestampMixin, Base):
         ForeignKeyConstraint(
             ["model_id", "user_id"], ["models.id", "models.user_id"], ondelete="CASCADE"
         ),
+        # The version search's default order (newest first), keyset on (created_at, id).
+        Index("ix_model_versions_created_at_id", "created_at", "id"),
         CheckConstraint("version >= 1", name="version_positive"),
         CheckConstraint("download_count >= 0", name="download_count_nonnegative"),
         CheckConstraint(

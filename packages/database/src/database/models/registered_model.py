@@ -92,6 +92,16 @@ class RegisteredModel(IDMixin, TimestampMixin, Base):
         ),
         CheckConstraint("last_version_number >= 0", name="last_version_number_nonnegative"),
         Index("ix_registered_models_tags", "tags", postgresql_using="gin"),
+        # The name search (database.registry.name_matches): words and word beginnings,
+        # full text with the 'simple' configuration. pg_trgm is not in the embedded
+        # server's build, so no trigram index (docs/schema.md).
+        Index(
+            "ix_registered_models_name_search",
+            text("to_tsvector('simple'::regconfig, name)"),
+            postgresql_using="gin",
+        ),
+        # Lists newest first, keyset on (created_at, id).
+        Index("ix_registered_models_created_at_id", "created_at", "id"),
     )
 
 
