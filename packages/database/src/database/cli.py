@@ -266,12 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub.add_parser("seed", help="insert the credit packages and tutorials (idempotent)")
     verify = sub.add_parser(
-        "verify", help="check balances, ledger chains, counters and storage; exit 1 on drift"
+        "verify",
+        help="check balances, ledger chains, counters, storage and the registry's counts;"
+        " exit 1 on drift",
     )
     verify.add_argument(
         "--repair",
         action="store_true",
-        help="recompute drifted counters and storage (logged in derived_repairs);"
+        help="recompute drifted counters, storage and registry counts (logged in"
+        " derived_repairs);"
         " the ledger and balances are never rewritten",
     )
     verify.add_argument(
