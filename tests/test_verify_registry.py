@@ -6,7 +6,8 @@ Neither can drift through the triggers, so the tests break them as the schema's
 owner could: with the triggers off (``session_replication_role = replica``) or one
 trigger disabled. Verify must report the drift under the row's owner, repair must
 fix it through the logged path (``registry_repair_derived``, ``derived_repairs``),
-and only the schema owner may run that path.
+and only the schema owner may run that path. Also here, as the same migration
+(c13d00000001) changed it: the lineage cycle check on a bulk load.
 """
 
 from __future__ import annotations
@@ -373,3 +374,36 @@ def test_shared_models_are_checked_like_any_other(sql, session, engine, owner):
     )
     [drift] = verify(engine).drift
     assert (drift.user_id, drift.stored, drift.expected) == (owner, 1, 2)
+
+
+def test_a_bulk_load_of_lineage_is_checked_for_cycles_edge_by_edge(sql, owner):
+    """The cycle check (one index lookup per step of the walk up, c13d00000001) sees
+    the edges inserted earlier in the same statement: a chain loaded in one statement
+    passes, and an edge closing a cycle is refused whether it comes in a later
+    statement or in the same one."""
+    _, chain = registered(sql, owner, versions=25)
+    sql(
+        "INSERT INTO model_lineage (child_version_id, relation, parent_version_id)"
+        " SELECT c.v, 'retrained_from', c.p FROM unnest(CAST(:children AS uuid[]),"
+        " CAST(:parents AS uuid[])) AS c(v, p)",
+        children=chain[1:],
+        parents=chain[:-1],
+    )
+    with pytest.raises(errors.LineageCycle):
+        sql(
+            "INSERT INTO model_lineage (child_version_id, relation, parent_version_id)"
+            " VALUES (:first, 'tuned_from', :last)",
+            first=chain[0],
+            last=chain[-1],
+        )
+    _, (a, b, c) = registered(sql, owner, versions=3)
+    with pytest.raises(errors.LineageCycle):
+        sql(
+            "INSERT INTO model_lineage (child_version_id, relation, parent_version_id)"
+            " VALUES (:b, 'retrained_from', :a), (:c, 'retrained_from', :b),"
+            " (:a, 'retrained_from', :c)",
+            a=a,
+            b=b,
+            c=c,
+        )
+    assert scalar(sql, "SELECT count(*) FROM model_lineage") == len(chain) - 1

@@ -19,8 +19,9 @@ Create Date: 2026-12-07 07:32:28.942574+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from alembic_utils.pg_function import PGFunction
+
+from alembic import op
 
 revision: str = "c13d00000001"
 down_revision: str | Sequence[str] | None = "c13a00000001"

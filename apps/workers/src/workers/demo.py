@@ -578,7 +578,7 @@ class _Run:
             granted_by=self.users[OWNER],
         )
         champion = self._alias_version(iris.id, "champion")
-        downloads = [
+        downloads: list[tuple[uuid.UUID, str | None, ModelFormat, str, str]] = [
             (champion, SHARED_WITH, ModelFormat.JOBLIB, "203.0.113.7", "python-requests/2.32"),
             (champion, SHARED_WITH, ModelFormat.JOBLIB, "203.0.113.7", "python-requests/2.32"),
             (champion, OUTSIDER, ModelFormat.JOBLIB, "198.51.100.4", "curl/8.5"),  # refused

@@ -19,6 +19,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, Engine
@@ -228,7 +229,7 @@ def cmd_seed(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     if args.new_key and not args.demo:
         print("automl-db seed: --new-key goes with --demo", file=sys.stderr)
         return 2
-    seed_demo = None
+    seed_demo: Callable[..., Any] | None = None
     if args.demo:
         try:  # the workers' package trains and saves the models (it is in the workspace)
             from workers.demo import seed_demo
