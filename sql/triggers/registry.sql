@@ -210,11 +210,11 @@ EXECUTE FUNCTION public.registered_model_permissions_not_owner();
 -- checks: two edges closing a cycle together cannot both pass.
 --
 -- The walk up is one index lookup per step whatever the statistics say: each step
--- is a LATERAL lookup of the current version's edges (the plan cannot turn it into a
--- scan of every edge joined to the work table) and enable_seqscan is off. With the
--- plain join, a bulk load of edges into a table not yet analyzed was planned as a
--- full scan per step: 2,900 chained edges took 15 s instead of 0.4 s
--- (bench/registry.py, docs/performance.md section 6).
+-- is a LATERAL lookup of the current version's edges, kept a subquery by OFFSET 0
+-- (pulled up, it becomes a join the planner may run as a scan of every edge hashed
+-- against the work table), and enable_seqscan is off. With the plain join, a bulk
+-- load of edges into a table not yet analyzed was planned as a full scan per step:
+-- quadratic (bench/registry.py, docs/performance.md section 6).
 CREATE OR REPLACE FUNCTION public.model_lineage_no_cycle()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -229,7 +229,8 @@ BEGIN
             SELECT p.parent_version_id
               FROM up, LATERAL (SELECT l.parent_version_id FROM public.model_lineage AS l
                                  WHERE l.child_version_id = up.id
-                                   AND l.parent_version_id IS NOT NULL) AS p
+                                   AND l.parent_version_id IS NOT NULL
+                                OFFSET 0) AS p
         )
         SELECT 1 FROM up WHERE up.id = NEW.child_version_id
     ) THEN
