@@ -1,6 +1,7 @@
 """``python -m bench`` (``make bench``): run the benchmarks, write docs/performance.md.
 
-    python -m bench                 the full run (about 11 minutes on 2 cores, with fit and queue)
+    python -m bench                 the full run (about 11 minutes on 2 cores, with fit and queue,
+                                    plus 4-6 for the registry's million versions)
     python -m bench --quick         a smoke run (about 2 minutes); writes only
                                     bench/results/, not docs/performance.md
     python -m bench --only ledger,hot --seconds 8 --reps 5

@@ -247,3 +247,9 @@ def test_a_failed_demo_seed_leaves_nothing(sql, engine, tmp_path, monkeypatch):
 def test_new_key_needs_demo(cli_env, capsys):
     assert cli.main(["seed", "--new-key"]) == 2
     assert "--new-key goes with --demo" in capsys.readouterr().err
+
+
+def test_the_demo_report_keeps_its_key_out_of_its_repr():
+    report = demo.DemoReport(api_key="aml_secret", api_key_owner=demo.OWNER)
+    assert "aml_secret" not in repr(report)
+    assert "aml_secret" in report.render()  # shown once, deliberately, by the CLI

@@ -270,8 +270,8 @@ class DemoReport:
             "downloads": 0,
         }
     )
-    #: The plain API key issued in this run (shown once), and whose it is.
-    api_key: str | None = None
+    #: The plain API key issued in this run (shown once by ``render``; never in a repr).
+    api_key: str | None = field(default=None, repr=False)
     api_key_owner: str | None = None
     summary: list[str] = field(default_factory=list)
 
