@@ -520,7 +520,9 @@ most). The metric search walks `ix_model_version_metrics_metric_split_value` bac
 the highest accuracy and stops at the first page's last row; each candidate costs its
 version's and its registered model's rows (and the owner's, for `NOT is_deleted`), and the
 share of candidates the caller may see (here one in five public) is the same at every tier,
-so the page costs the same. It would not stay flat for a filter the index cannot order by
+so the page costs the same: about 2,000 buffers for 50 rows, 40 per row returned, as four
+candidates in five belong to someone else's private model and are read only to be refused. It
+would not stay flat for a filter the index cannot order by
 (`tags.team = 'x'` with few matches among the best scores walks far down the index before
 the page fills): such filters need their own index or a bound on the walk."""
 

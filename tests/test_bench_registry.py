@@ -45,3 +45,15 @@ def test_the_registry_bench_runs_at_a_tiny_size(pg_server: Any, monkeypatch: pyt
     section = registry.render_section(out, {"cpu": "test", "cores": "2"})
     assert section.startswith(registry.TITLE) and "| lineage up" in section
     assert len(registry.verdicts(out)) == len(registry.TITLES)
+
+    # Wired into `python -m bench`: a section of its own, its rows among the goals.
+    from bench import report
+    from bench.__main__ import parse_args
+
+    cfg = parse_args(["--quick", "--only", "registry"])
+    assert cfg.sections == ("registry",)
+    config = {k: (str(v) if k == "doc" else v) for k, v in cfg.__dict__.items()}
+    results = {"config": config, "registry": out}
+    document = report.render(results)
+    assert registry.TITLE in document
+    assert "registry, lineage up" in report.summary(results)
