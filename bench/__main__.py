@@ -1,12 +1,15 @@
 """``python -m bench`` (``make bench``): run the benchmarks, write docs/performance.md.
 
-    python -m bench                 the full run (about 11 minutes on 2 cores, with fit and queue)
+    python -m bench                 the full run (about 11 minutes on 2 cores, with fit and queue,
+                                    plus 4-6 for the registry's million versions)
     python -m bench --quick         a smoke run (about 2 minutes); writes only
                                     bench/results/, not docs/performance.md
     python -m bench --only ledger,hot --seconds 8 --reps 5
     python -m bench --only queue    the queue against pgqueuer alone (about 90 s at most)
     python -m bench.fit [--quick]   only the fit inside a job (bench/fit.py), which
                                     rewrites only its own section of the report
+    python -m bench.registry [--quick]  only the registry's lineage and metric search
+                                    (bench/registry.py), which rewrites only its section
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).
@@ -33,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
-SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "fit")
+SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit")
 
 
 @dataclass
@@ -241,6 +244,21 @@ def main(argv: list[str] | None = None) -> int:
             results["queries_skipped"] = skipped
             results["queries_seconds"] = time.perf_counter() - t0
             results["probe_rows_per_table"] = queries.probe_rows_per_table(cfg.tiers)
+        if "registry" in cfg.sections:
+            from bench import registry
+
+            t0 = time.perf_counter()
+            results["registry"] = registry.run(
+                db,
+                tiers=registry.QUICK_TIERS
+                if cfg.quick and not os.environ.get("BENCH_TIERS")
+                else cfg.tiers,
+                n_users=cfg.users,
+                trigger_rows=2_000 if cfg.quick else 10_000,
+                log=log,
+            )
+            results["registry"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            results["registry_seconds"] = time.perf_counter() - t0
         if "fit" in cfg.sections:
             from bench import fit
 

@@ -312,6 +312,10 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 flat,
             )
         )
+    if results.get("registry"):
+        from bench import registry
+
+        rows.extend(registry.verdicts(results["registry"]))
     fit = results.get("fit")
     if fit:
         rows.append(
@@ -359,12 +363,15 @@ def render(results: dict[str, Any]) -> str:
     w("## The run")
     w("")
     took = {
-        k: results.get(f"{k}_seconds", 0) for k in ("total", "ledger", "bulk", "queue", "queries")
+        k: results.get(f"{k}_seconds", 0)
+        for k in ("total", "ledger", "bulk", "queue", "queries", "registry")
     }
     w(
         f"- Finished {results.get('finished_at', '?')}, {took['total']:.0f} s in all"
         f" (ledger {took['ledger']:.0f} s, bulk {took['bulk']:.0f} s,"
-        f" queue {took['queue']:.0f} s, queries {took['queries']:.0f} s)."
+        f" queue {took['queue']:.0f} s, queries {took['queries']:.0f} s"
+        + (f", registry {took['registry']:.0f} s" if results.get("registry") else "")
+        + ")."
     )
     w(
         f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory', '?')},"
@@ -693,6 +700,11 @@ def render(results: dict[str, Any]) -> str:
         w("")
 
     out.extend(queue_out)
+    if results.get("registry"):
+        from bench import registry
+
+        w(registry.render_section(results["registry"], m))
+        w("")
     if results.get("fit"):
         from bench import fit
 
@@ -1026,6 +1038,7 @@ HOW_TO_RUN = """\
     uv run --group bench python -m bench --quick   # smoke run, about 2 minutes, bench/results/ only
     uv run python -m bench --only ledger,hot --seconds 8 --reps 5 --clients 1,4,16
     uv run python -m bench.fit [--quick]        # only "Fit inside a job", rewrites that section
+    uv run python -m bench.registry [--quick]   # only section 6 (registry), rewrites that section
     BENCH_TIERS=10000,100000 uv run python -m bench --only queries --doc -
     uv run --group bench python -m bench --only queue --doc -   # the queue vs pgqueuer, <= 90 s
     BENCH_DATABASE_URL=postgresql://user@host/postgres make bench   # an existing server

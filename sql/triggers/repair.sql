@@ -71,3 +71,80 @@ BEGIN
      WHERE c.was <> c.fixed;
 END;
 $$;
+
+-- registry_repair_derived(user) does the same for the registry's derived columns of
+-- the user's registered models and versions (automl-db verify --repair):
+--
+-- - model_versions.download_count, set back to the number of the version's granted
+--   downloads. The write passes model_versions_download_count_guard (registry.sql)
+--   only under automl.repair = 'on', and that guard logs it in derived_repairs.
+-- - registered_models.last_version_number, raised to the highest version number
+--   when it fell below it (the next version would take a number already given).
+--   Raising the counter is never refused (registered_models_version_counter_guard
+--   refuses only lowering it, ML060), so this function logs it itself. A counter
+--   above the highest version is right: numbers of deleted versions are not given
+--   again.
+--
+-- Locks: the user's registered models first, then the versions, the order the
+-- writers take them (numbering: the registered model's row, then a new version;
+-- downloads: the version's row). A concurrent download either committed before
+-- the lock (its rows are counted, each statement taking a new snapshot) or adds
+-- its count after this transaction, on top of the repair. EXECUTE is revoked from
+-- PUBLIC. Returns one row per value corrected: (table_name, row_id, column_name,
+-- old, new).
+CREATE OR REPLACE FUNCTION public.registry_repair_derived(p_user_id uuid)
+RETURNS TABLE (table_name text, row_id uuid, column_name text, old_value bigint,
+               new_value bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM public.registered_models AS r
+     WHERE r.user_id = p_user_id ORDER BY r.id FOR NO KEY UPDATE;
+    PERFORM 1 FROM public.model_versions AS v
+     WHERE v.user_id = p_user_id ORDER BY v.id FOR NO KEY UPDATE;
+
+    PERFORM set_config('automl.repair', 'on', true);
+    RETURN QUERY
+    WITH counted AS (
+        SELECT v.id AS rid, v.download_count AS was,
+               (SELECT count(*) FROM public.model_downloads AS d
+                 WHERE d.model_version_id = v.id AND d.granted) AS fixed
+          FROM public.model_versions AS v
+         WHERE v.user_id = p_user_id
+    ), corrected AS (
+        UPDATE public.model_versions AS v
+           SET download_count = c.fixed
+          FROM counted AS c
+         WHERE v.id = c.rid AND c.was <> c.fixed
+        RETURNING v.id AS rid, c.was, c.fixed
+    )
+    SELECT 'model_versions'::text, f.rid, 'download_count'::text, f.was, f.fixed
+      FROM corrected AS f ORDER BY f.rid;
+    PERFORM set_config('automl.repair', 'off', true);
+
+    RETURN QUERY
+    WITH highest AS (
+        SELECT r.id AS rid, r.last_version_number::bigint AS was,
+               max(v.version)::bigint AS fixed
+          FROM public.registered_models AS r
+          JOIN public.model_versions AS v ON v.registered_model_id = r.id
+         WHERE r.user_id = p_user_id
+         GROUP BY r.id, r.last_version_number
+    ), raised AS (
+        UPDATE public.registered_models AS r
+           SET last_version_number = h.fixed
+          FROM highest AS h
+         WHERE r.id = h.rid AND h.was < h.fixed
+        RETURNING r.id AS rid, h.was, h.fixed
+    ), logged AS (
+        INSERT INTO public.derived_repairs
+               (user_id, table_name, row_id, column_name, old_value, new_value)
+        SELECT p_user_id, 'registered_models', x.rid, 'last_version_number', x.was, x.fixed
+          FROM raised AS x
+    )
+    SELECT 'registered_models'::text, x.rid, 'last_version_number'::text, x.was, x.fixed
+      FROM raised AS x ORDER BY x.rid;
+END;
+$$;

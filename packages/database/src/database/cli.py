@@ -7,7 +7,9 @@ automl-db status   print the same without changing anything; exit 1 when the
 automl-db down     stop the embedded PostgreSQL; exit 1, naming them, while live
                    processes use it (--force stops it anyway)
 automl-db seed     insert the credit packages and tutorials (idempotent; `up`
-                   runs it after migrating)
+                   runs it after migrating); --demo adds a model registry to explore
+                   (demo users, datasets, trained models, versions, lineage, sharing,
+                   downloads; idempotent), printing the demo owner's API key once
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, Engine
@@ -222,13 +225,33 @@ def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_seed(settings: DatabaseSettings) -> int:
+def cmd_seed(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    if args.new_key and not args.demo:
+        print("automl-db seed: --new-key goes with --demo", file=sys.stderr)
+        return 2
+    seed_demo: Callable[..., Any] | None = None
+    if args.demo:
+        try:  # the workers' package trains and saves the models (it is in the workspace)
+            from workers.demo import seed_demo
+        except ImportError as exc:
+            print(
+                f"automl-db seed --demo needs the workers and pipeline packages: {exc}",
+                file=sys.stderr,
+            )
+            return 2
     engine = make_engine(settings.url(), settings)
     try:
         report = seed.seed(engine)
+        print(report.render())
+        if seed_demo is not None:
+            from database.storage import default_storage
+
+            demo = seed_demo(engine, default_storage(settings), new_key=args.new_key)
+            # The demo owner's key, when one was issued, is shown here once, on purpose
+            # (the operator asked for it), like the API shows a key at sign-up.
+            print(demo.render())
     finally:
         engine.dispose()
-    print(report.render())
     return 0
 
 
@@ -241,7 +264,7 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "purge": cmd_purge,
     "grant": cmd_grant,
 }
-WITH_ARGS = {"verify", "purge", "grant", "down"}
+WITH_ARGS = {"verify", "purge", "grant", "down", "seed"}
 
 
 def _positive(value: str) -> int:
@@ -264,14 +287,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="stop it even while live processes use it (they lose their connections)",
     )
-    sub.add_parser("seed", help="insert the credit packages and tutorials (idempotent)")
+    seed_parser = sub.add_parser(
+        "seed", help="insert the credit packages and tutorials (idempotent)"
+    )
+    seed_parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also a model registry to explore: demo users, datasets, trained models,"
+        " versions, aliases, lineage, a public and a shared model, downloads (idempotent)",
+    )
+    seed_parser.add_argument(
+        "--new-key",
+        action="store_true",
+        help="with --demo: issue (and print once) another API key for the demo owner",
+    )
     verify = sub.add_parser(
-        "verify", help="check balances, ledger chains, counters and storage; exit 1 on drift"
+        "verify",
+        help="check balances, ledger chains, counters, storage and the registry's counts;"
+        " exit 1 on drift",
     )
     verify.add_argument(
         "--repair",
         action="store_true",
-        help="recompute drifted counters and storage (logged in derived_repairs);"
+        help="recompute drifted counters, storage and registry counts (logged in"
+        " derived_repairs);"
         " the ledger and balances are never rewritten",
     )
     verify.add_argument(

@@ -26,10 +26,21 @@ from ``balance_after - amount`` to ``balance_after`` (each balance in as often a
 out, but 0 one more out and the final balance one more in, all edges connected).
 That is exact, and costs nothing for users whose walk does not break.
 
+The registry's derived columns, reported under the owner of the row:
+
+- ``model_versions.download_count`` equals the number of the version's granted
+  ``model_downloads`` (sql/triggers/registry.sql keeps it per statement);
+- ``registered_models.last_version_number`` is at least the highest version number
+  of the model (the next version takes the counter plus one: below the highest, it
+  would give a number again). Above it is right: deleted versions' numbers are not
+  given again.
+
 ``repair=True`` fixes counters and storage through ``public.users_repair_derived``
 (sql/triggers/repair.sql): it recomputes under the user's row lock, and the guard
-trigger logs every corrected column in ``derived_repairs``. The ledger and the
-balance are never rewritten; their drift stays in the report.
+trigger logs every corrected column in ``derived_repairs``; the registry's columns
+of the same user through ``public.registry_repair_derived`` (same file, same log,
+with the row's id). The ledger and the balance are never rewritten; their drift
+stays in the report.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
@@ -45,7 +57,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 #: Columns ``repair`` may correct.
-REPAIRABLE = ("dataset_count", "workflow_count", "model_count", "storage_used_bytes")
+REPAIRABLE = (
+    "dataset_count",
+    "workflow_count",
+    "model_count",
+    "storage_used_bytes",
+    "download_count",
+    "last_version_number",
+)
 
 _IDS = bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
 
@@ -105,6 +124,32 @@ SELECT c.* FROM checked AS c
 """
 ).bindparams(_IDS)
 
+# The registry's derived columns, under the owner of the row (one statement: the
+# counts and the rows they count are one snapshot). Only drifting rows come back.
+_REGISTRY = text(
+    """
+SELECT v.user_id, u.email, 'download_count' AS check_name, v.id AS row_id,
+       v.registered_model_id, v.version, v.download_count AS stored,
+       coalesce(d.n, 0)::bigint AS expected
+  FROM model_versions AS v
+  JOIN users AS u ON u.id = v.user_id
+  LEFT JOIN (SELECT model_version_id, count(*) AS n FROM model_downloads
+              WHERE granted GROUP BY model_version_id) AS d ON d.model_version_id = v.id
+ WHERE v.download_count <> coalesce(d.n, 0)
+   AND (CAST(:ids AS uuid[]) IS NULL OR v.user_id = ANY(:ids))
+UNION ALL
+SELECT r.user_id, u.email, 'last_version_number', r.id, r.id, NULL,
+       r.last_version_number, m.highest
+  FROM registered_models AS r
+  JOIN users AS u ON u.id = r.user_id
+  JOIN (SELECT registered_model_id, max(version)::bigint AS highest FROM model_versions
+         GROUP BY registered_model_id) AS m ON m.registered_model_id = r.id
+ WHERE r.last_version_number < m.highest
+   AND (CAST(:ids AS uuid[]) IS NULL OR r.user_id = ANY(:ids))
+ ORDER BY 1, 3, 4
+"""
+).bindparams(_IDS)
+
 _COUNT = text(
     "SELECT count(*) FROM users AS u WHERE (CAST(:ids AS uuid[]) IS NULL OR u.id = ANY(:ids))"
 ).bindparams(_IDS)
@@ -141,6 +186,8 @@ class Drift:
     stored: int
     expected: int | None
     message: str
+    #: The drifting row when it is not the user's own (a model version, a registered model).
+    row_id: uuid.UUID | None = None
 
     @property
     def repairable(self) -> bool:
@@ -297,6 +344,9 @@ def check(conn: Connection | Session, user_ids: Sequence[uuid.UUID] | None = Non
     for row in conn.execute(_CHECK, {"ids": ids}).all():
         report.emails[row.id] = row.email
         report.drift.extend(_drift(row, conn))
+    for r in conn.execute(_REGISTRY, {"ids": ids}):
+        report.emails.setdefault(r.user_id, r.email)
+        report.drift.append(_registry_drift(r))
     report.unproduced = [
         Unproduced(r.id, r.user_id, r.type, r.amount, r.problem)
         for r in conn.execute(_UNPRODUCED, {"ids": ids})
@@ -304,13 +354,40 @@ def check(conn: Connection | Session, user_ids: Sequence[uuid.UUID] | None = Non
     return report
 
 
+def _registry_drift(r: Any) -> Drift:
+    if r.check_name == "download_count":
+        message = (
+            f"model version {r.row_id} (version {r.version} of registered model"
+            f" {r.registered_model_id}): download_count {r.stored} != {r.expected}"
+            " granted downloads"
+        )
+    else:
+        message = (
+            f"registered model {r.row_id}: last_version_number {r.stored} < its highest"
+            f" version {r.expected} (the next version would take a number given already)"
+        )
+    return Drift(r.user_id, r.check_name, r.stored, r.expected, message, row_id=r.row_id)
+
+
 def repair_user(conn: Connection | Session, user_id: uuid.UUID) -> list[tuple[str, int, int]]:
-    """Recompute one user's counters and storage; the columns corrected (old, new)."""
+    """Recompute one user's counters and storage, and the registry's derived columns
+    of the user's registered models and versions; the values corrected (what, old,
+    new), a registry row named with its id."""
     rows = conn.execute(
         text("SELECT column_name, old_value, new_value FROM public.users_repair_derived(:u)"),
         {"u": user_id},
     )
-    return [(c, o, n) for c, o, n in rows]
+    out = [(c, o, n) for c, o, n in rows]
+    registry = conn.execute(
+        text(
+            "SELECT table_name, row_id, column_name, old_value, new_value"
+            " FROM public.registry_repair_derived(:u)"
+        ),
+        {"u": user_id},
+    )
+    singular = {"model_versions": "model version", "registered_models": "registered model"}
+    out.extend((f"{c} of {singular[t]} {r}", o, n) for t, r, c, o, n in registry)
+    return out
 
 
 def verify(
