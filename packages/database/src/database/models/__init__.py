@@ -41,8 +41,8 @@ from database.models.model_download import ModelDownload
 from database.models.model_lineage import ModelLineage
 from database.models.model_version import ModelVersion
 from database.models.model_version_metric import ModelVersionMetric
-from database.models.registered_model import RegisteredModel
 from database.models.rate_limit import RateLimit
+from database.models.registered_model import RegisteredModel
 from database.models.registered_model_permission import RegisteredModelPermission
 from database.models.stripe_webhook_event import StripeWebhookEvent
 from database.models.tutorial import Tutorial
