@@ -317,6 +317,7 @@ def authenticate_session(session: Session, token: str) -> tuple[UserSession, Use
         select(UserSession, User, func.now())
         .join(User, User.id == UserSession.user_id)
         .where(UserSession.token_hash == hash_token(token))
+        .execution_options(populate_existing=True)
     ).one_or_none()
     if row is None:
         raise errors.SessionRefused("invalid_session", "unknown session")
