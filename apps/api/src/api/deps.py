@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import ipaddress
 import secrets
 import uuid
@@ -251,7 +252,7 @@ def require_permission(permission: str, scope: str = WRITE) -> Callable[[Princip
         raise ValueError(f"unknown permission {permission!r}")
     scoped = require(scope)
 
-    def dependency(principal: Annotated[Principal, Depends(scoped)]) -> Principal:
+    def dependency(principal: Principal) -> Principal:
         if not getattr(principal.user, permission):
             raise ApiError(
                 403,
@@ -262,6 +263,18 @@ def require_permission(permission: str, scope: str = WRITE) -> Callable[[Princip
         return principal
 
     dependency.__name__ = f"require_{permission}"
+    # The parameter's dependency is this call's ``scoped``: given as an object, not as
+    # the text a postponed annotation would leave FastAPI to resolve.
+    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "principal",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=Annotated[Principal, Depends(scoped)],
+            )
+        ],
+        return_annotation=Principal,
+    )
     return dependency
 
 

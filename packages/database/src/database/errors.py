@@ -196,7 +196,7 @@ class AccountInactive(DatabaseError):
 class SessionRefused(DatabaseError):
     """A session token that is unknown, revoked or expired (``code`` says which)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, message: str, *, code: str = "invalid_session") -> None:
         super().__init__(message)
         self.code = code
 
@@ -204,7 +204,7 @@ class SessionRefused(DatabaseError):
 class AccountLocked(DatabaseError):
     """Too many attempts: retry after ``retry_after`` seconds (an abuse limit)."""
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

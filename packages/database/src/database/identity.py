@@ -312,7 +312,7 @@ def authenticate_session(session: Session, token: str) -> tuple[UserSession, Use
     ``session_revoked`` or ``session_expired``). The user's state (deleted,
     inactive) is the caller's to check, as for API keys."""
     if not token.startswith(SESSION_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
-        raise errors.SessionRefused("invalid_session", "unknown session")
+        raise errors.SessionRefused("unknown session", code="invalid_session")
     row = session.execute(
         select(UserSession, User, func.now())
         .join(User, User.id == UserSession.user_id)
@@ -320,12 +320,16 @@ def authenticate_session(session: Session, token: str) -> tuple[UserSession, Use
         .execution_options(populate_existing=True)
     ).one_or_none()
     if row is None:
-        raise errors.SessionRefused("invalid_session", "unknown session")
+        raise errors.SessionRefused("unknown session", code="invalid_session")
     found, user, now = row
     if found.revoked_at is not None:
-        raise errors.SessionRefused("session_revoked", "this session was revoked; log in again")
+        raise errors.SessionRefused(
+            "this session was revoked; log in again", code="session_revoked"
+        )
     if found.expires_at <= now:
-        raise errors.SessionRefused("session_expired", "this session has expired; log in again")
+        raise errors.SessionRefused(
+            "this session has expired; log in again", code="session_expired"
+        )
     if found.last_seen_at < now - dt.timedelta(seconds=LAST_SEEN_RESOLUTION_S):
         session.execute(
             update(UserSession)
@@ -614,8 +618,14 @@ EXPORT_TABLES: tuple[tuple[str, str, str, str | None], ...] = (
 #: (folder in the archive, query of (id, stored location, file name)) of the user's files.
 EXPORT_FILES: tuple[tuple[str, str], ...] = (
     (
-        "files/datasets",
-        "SELECT x.id, x.s3_path, coalesce(x.original_filename, 'data') FROM dataset_versions AS x"
+        "files/uploads",  # the files as uploaded
+        "SELECT v.id, i.source_path, coalesce(v.original_filename, 'upload')"
+        " FROM ingestion_jobs AS i JOIN dataset_versions AS v ON v.id = i.dataset_version_id"
+        " WHERE i.user_id = :u AND i.source_path IS NOT NULL ORDER BY v.created_at",
+    ),
+    (
+        "files/datasets",  # the ingested copies (Parquet)
+        "SELECT x.id, x.s3_path, 'data.parquet' FROM dataset_versions AS x"
         " WHERE x.user_id = :u AND x.s3_path IS NOT NULL ORDER BY x.created_at",
     ),
     (

@@ -281,8 +281,10 @@ def export_me(
 ) -> StreamingResponse:
     """``records/<table>.json`` (the user, API keys and sessions without their hashes,
     datasets and versions, workflows, jobs, models, the registry, experiments, the
-    ledger...) and ``files/datasets/<version id>/<name>``,
-    ``files/models/<model id>/model`` from storage. Written as it is read: the
+    ledger...) and the files from storage: ``files/uploads/<version id>/<name>`` (as
+    uploaded), ``files/datasets/<version id>/data.parquet`` (ingested),
+    ``files/models/<model id>/model``; a file missing from storage is listed in
+    ``files/MISSING.txt``. Written as it is read: the
     archive never sits whole in memory."""
     return StreamingResponse(
         _archive(factory, storage, principal.user_id),
