@@ -80,7 +80,11 @@ USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, *PRI
 USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, "id", "created_at"})
 #: What an operator may write (on top of SELECT everywhere).
 OPERATOR_TABLES = {"credit_packages": "INSERT, UPDATE, DELETE"}
-OPERATOR_FUNCTIONS = ("public.credit_adjust(uuid, integer, text, text, text)",)
+OPERATOR_FUNCTIONS = (
+    "public.credit_adjust(uuid, integer, text, text, text)",
+    # Run by the users guard trigger as the statement's role (a change of tier).
+    "public.identity_check_actor(uuid, text)",
+)
 #: What the apps' role may call (sql/triggers/identity.sql): the actor check the
 #: users guard trigger runs as the statement's role, and an admin's two acts whose
 #: columns or rows that role may not write itself (each checks the actor is an admin).
@@ -199,7 +203,8 @@ def grant(
         columns = ", ".join(_quote(conn, c) for c in sorted(OPERATOR_USER_COLUMNS))
         run(f"GRANT UPDATE ({columns}) ON public.users TO {q}")
         for fn in OPERATOR_FUNCTIONS:
-            run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
+            if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": fn}).scalar_one():
+                run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
         return report
 
     for table in tables:
