@@ -112,10 +112,10 @@ def test_the_apps_role_without_an_actor_is_refused(sql, app_engine, admin):
     for statement in PRIVILEGE_UPDATES:
         with pytest.raises(errors.ActorRequired):
             as_actor(app_engine, None, statement, u=user)
-    with pytest.raises(errors.ActorRequired):  # an actor that is no uuid
-        with app_engine.begin() as conn:
-            conn.execute(text("SELECT set_config('automl.actor_user_id', 'root', true)"))
-            conn.execute(text("UPDATE users SET role = 'admin' WHERE id = :u"), {"u": user})
+    # An actor that is no uuid.
+    with pytest.raises(errors.ActorRequired), app_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('automl.actor_user_id', 'root', true)"))
+        conn.execute(text("UPDATE users SET role = 'admin' WHERE id = :u"), {"u": user})
 
 
 def test_the_apps_role_with_the_user_as_actor_is_refused(sql, app_engine, admin):
@@ -273,7 +273,8 @@ def test_login_sessions_and_password_change(sql, session_factory):
         assert refused.value.code == "session_revoked"
         identity.authenticate_session(s, token2)
         sql(
-            "UPDATE user_sessions SET expires_at = created_at + interval '1 microsecond' WHERE id = :s",
+            "UPDATE user_sessions SET expires_at = created_at + interval '1 microsecond'"
+            " WHERE id = :s",
             s=row2.id,
         )
         with pytest.raises(errors.SessionRefused) as refused:

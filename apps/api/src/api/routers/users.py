@@ -234,6 +234,9 @@ class _Pipe:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def take(self) -> bytes:
         out = b"".join(self.chunks)
         self.chunks.clear()
@@ -242,7 +245,7 @@ class _Pipe:
 
 def _archive(factory: Any, storage: Storage, user_id: uuid.UUID) -> Iterator[bytes]:
     pipe = _Pipe()
-    with factory() as session, zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED) as archive:  # type: ignore[arg-type]
+    with factory() as session, zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, body in identity.export_records(session, user_id):
             archive.writestr(f"records/{name}.json", body)
             yield pipe.take()
