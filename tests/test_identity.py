@@ -396,3 +396,23 @@ def test_delete_revokes_sessions_and_purge_removes_them(sql, session_factory, en
     assert report.users_purged == 1 and report.rows["user_sessions"] == 1
     assert scalar(sql, "SELECT count(*) FROM user_sessions WHERE user_id = :u", u=user) == 0
     assert scalar(sql, "SELECT password_hash FROM users WHERE id = :u", u=user) is None
+
+
+def test_cli_users_promote_and_demote(sql, db_url, monkeypatch, capsys):
+    """The first admin: ``automl-db users promote EMAIL`` (an operator's act)."""
+    from database import cli
+    from database.config import get_settings
+
+    user = make_user(sql, email="first-admin@example.com")
+    monkeypatch.setenv("DATABASE_URL", db_url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["users", "promote", "First-Admin@example.com"]) == 0
+        assert "is now admin" in capsys.readouterr().out
+        assert scalar(sql, "SELECT role::text FROM users WHERE id = :u", u=user) == "admin"
+        assert cli.main(["users", "demote", "first-admin@example.com"]) == 0
+        assert scalar(sql, "SELECT role::text FROM users WHERE id = :u", u=user) == "user"
+        assert cli.main(["users", "promote", "nobody@example.com"]) == 1
+        assert "no user" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
