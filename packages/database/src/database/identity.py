@@ -32,6 +32,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping
@@ -92,7 +93,19 @@ MAX_TOKEN_LENGTH = 200
 
 
 # --- passwords ------------------------------------------------------------------------------
-_hasher = PasswordHasher()
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+#: argon2id's cost: argon2-cffi's defaults (RFC 9106's second recommendation) unless
+#: ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM say otherwise (OWASP's
+#: floor is 2 passes of 19 MiB with 1 lane). Hashes keep their own parameters.
+_hasher = PasswordHasher(
+    time_cost=_env_int("ARGON2_TIME_COST", 3),
+    memory_cost=_env_int("ARGON2_MEMORY_KIB", 65536),
+    parallelism=_env_int("ARGON2_PARALLELISM", 4),
+)
 # Verified when an email has no account or no password, so that path costs the same.
 _dummy_hash: str | None = None
 
