@@ -408,3 +408,80 @@ def test_the_login_limit_holds_across_two_api_instances(two_apps):
         t.join(120)
     assert len(statuses) == 30
     assert statuses.count(401) == 10 and statuses.count(429) == 20
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_the_login_limit_holds_across_two_uvicorn_processes(db_url, tmp_path):
+    """The same, with two real API processes (uvicorn) on the test's database."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url.render_as_string(hide_password=False),
+        "AUTOML_DATA_DIR": str(tmp_path),
+        "IDENTITY__LOGIN_PER_IP": "6",
+        "IDENTITY__LOGIN_WINDOW_S": "3600",
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_KIB": "8",
+        "ARGON2_PARALLELISM": "1",
+    }
+    ports = [_free_port(), _free_port()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        for port in ports:  # wait until each answers (a readiness poll, no timing assertion)
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the API processes did not start"
+                assert all(p.poll() is None for p in procs), "an API process exited"
+                time.sleep(0.2)
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def attempt(port: int, n: int) -> None:
+            for i in range(3):
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/auth/login",
+                    json={"email": f"p{n}-{i}@example.com", "password": "x" * 12},
+                    timeout=60,
+                )
+                with lock:
+                    statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=attempt, args=(ports[n % 2], n)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(statuses) == [401] * 6 + [429] * 6
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
