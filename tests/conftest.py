@@ -23,6 +23,11 @@ from pgtest import RestartableServer, ServerInfo, make_test_url  # noqa: F401  (
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
+# argon2id at its cheapest in tests (production keeps argon2-cffi's defaults).
+from database import identity as _identity  # noqa: E402
+
+_identity.configure_hasher(time_cost=1, memory_cost=8, parallelism=1)
+
 
 def migrate_to_head(
     host: str, port: int, user: str, dbname: str, password: str | None, **_: Any

@@ -111,6 +111,7 @@ ENUM_LABELS: dict[str, list[str]] = {
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "user_tier": enums.UserTier,
+    "user_role": enums.UserRole,
     "file_format": enums.FileFormat,
     "problem_type": enums.ProblemType,
     "job_status": enums.JobStatus,
@@ -169,6 +170,8 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_derived_repairs_user_id_users": ("c", "a", None),
     # A user's API keys go with the user.
     "fk_api_keys_user_id_users": ("c", "a", None),
+    "fk_user_sessions_user_id_users": ("c", "a", None),
+    "fk_email_verifications_user_id_users": ("c", "a", None),
     # A job's log lines go with the job.
     "fk_job_logs_job_id_jobs": ("c", "a", None),
     # The registry: a registered model's versions, aliases and grants go with it; a
@@ -324,6 +327,8 @@ COMPOSITE_KEYS = {
     "model_version_metrics": ("model_version_id", "metric", "split"),
     "model_aliases": ("registered_model_id", "alias"),
     "registered_model_permissions": ("registered_model_id", "user_id"),
+    # An abuse counter is named by its key ("login-ip:<ip>"): the upsert's conflict target.
+    "rate_limits": ("key",),
 }
 
 

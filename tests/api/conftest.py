@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from api.settings import ApiSettings
+from api.settings import ApiSettings, Identity
 from database.seed import seed
 
 from api_helpers import WEBHOOK_SECRET, Account, make_app, signup
@@ -29,6 +29,9 @@ def api_settings(tmp_path: Path) -> ApiSettings:
         dev_purchases=True,
         stripe_webhook_secret=WEBHOOK_SECRET,
         max_upload_bytes=1024 * 1024,
+        # Tests sign up and log in many times from one address: the abuse limits
+        # have tests of their own (test_api_auth.py).
+        identity=Identity(signup_per_ip=100_000, login_per_ip=100_000),
     )
 
 

@@ -26,7 +26,19 @@ from api_helpers import Account, make_app, rows
 
 CONTRACT = {
     "/v1/users": {"post"},
-    "/v1/me": {"get"},
+    "/v1/me": {"get", "delete"},
+    "/v1/me/export": {"get"},
+    "/v1/me/password": {"put"},
+    "/v1/me/verification-email": {"post"},
+    "/v1/auth/login": {"post"},
+    "/v1/auth/logout": {"post"},
+    "/v1/auth/verify-email": {"post"},
+    "/v1/auth/restore": {"post"},
+    "/v1/sessions": {"get"},
+    "/v1/sessions/{session_id}": {"delete"},
+    "/v1/admin/users": {"get"},
+    "/v1/admin/users/{user_id}": {"get", "patch"},
+    "/v1/admin/users/{user_id}/credit-adjustments": {"post"},
     "/v1/api-keys": {"get", "post"},
     "/v1/api-keys/{key_id}": {"delete"},
     "/v1/datasets": {"get", "post"},
@@ -89,7 +101,7 @@ def test_errors_have_one_shape(client: TestClient, account: Account) -> None:
     wrong_method = client.put("/v1/me", headers=account.headers)
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"]["code"] == "method_not_allowed"
-    assert wrong_method.headers["allow"] == "GET"
+    assert wrong_method.headers["allow"] == "DELETE, GET"
     bad_id = client.get("/v1/datasets/not-a-uuid", headers=account.headers)
     assert bad_id.status_code == 422
     err = bad_id.json()["error"]
@@ -147,7 +159,7 @@ def test_every_database_exception_has_a_status() -> None:
     }
     for cls in classes:
         err = from_database(cls("x"))
-        assert err.status in {402, 403, 404, 409, 422, 500, 503}
+        assert err.status in {401, 402, 403, 404, 409, 422, 429, 500, 503}
         if err.status == 500:
             assert cls in {db.DatabaseError, db.PermissionDenied, db.RoleNotFound, db.UnsafeRole}
     assert set(DATABASE_ERRORS) <= classes

@@ -23,7 +23,7 @@ from api.schemas import Input
 from api.settings import ApiSettings
 from database.types import MAX_DATETIME, MIN_DATETIME
 
-from api_helpers import Account, make_app, make_dataset, make_workflow, scalar, signup
+from api_helpers import Account, make_app, make_dataset, make_workflow, rows, scalar, signup
 
 MiB = 1024 * 1024
 
@@ -66,6 +66,7 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
     and ``expires_at`` of a new key. A new one fails here until it is tested too."""
     spec = client.get("/openapi.json").json()
     assert _paginated_lists(spec) == [
+        "/v1/admin/users",
         "/v1/api-keys",
         "/v1/credits/transactions",
         "/v1/datasets",
@@ -76,6 +77,7 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
         "/v1/models",
         "/v1/registered-models",
         "/v1/registered-models/{registered_model_id}/versions",
+        "/v1/sessions",
         "/v1/tutorials",
         "/v1/workflows",
     ]
@@ -96,7 +98,11 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
     assert found == [("post", "/v1/api-keys", "expires_at")]
 
 
-def test_edge_dates_in_any_cursor_are_422(client: TestClient, account: Account) -> None:
+def test_edge_dates_in_any_cursor_are_422(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    # An admin, for /v1/admin/users (as `automl-db users promote`).
+    rows(engine, "UPDATE users SET role = 'admin' WHERE id = :u", u=account.user_id)
     lists = _paginated_lists(client.get("/openapi.json").json())
     # A job's log is a list of a job: any job id (the cursor is refused before the job
     # is looked for).
@@ -327,7 +333,7 @@ def test_405_allows_every_method_of_the_path(client: TestClient, account: Accoun
         ("DELETE", "/v1/datasets", "GET, POST"),
         ("PUT", f"/v1/datasets/{some_id}", "DELETE, GET"),
         ("POST", f"/v1/workflows/{some_id}", "DELETE, GET, PATCH"),
-        ("PUT", "/v1/me", "GET"),
+        ("PUT", "/v1/me", "DELETE, GET"),
         ("GET", f"/v1/tutorials/{some_id}/progress", "PUT"),
     ):
         r = client.request(method, path, headers=account.headers)

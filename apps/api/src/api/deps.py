@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
+import ipaddress
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +21,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from api.errors import ApiError
 from api.settings import ApiSettings
 from api.storage import Storage
-from database.models import APIKey, User
+from database import audit, identity
+from database.models import APIKey, User, UserRole, UserSession
 
 # --- scopes ---------------------------------------------------------------------------------
 READ = "read"  # every GET of the caller's own resources
@@ -93,8 +96,12 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 # --- the caller -------------------------------------------------------------------------------
 @dataclass
 class Principal:
+    """The authenticated caller: an API key's, or a login session's (which carries
+    every scope: it is the user at a screen)."""
+
     user: User
-    key: APIKey
+    key: APIKey | None = None
+    session: UserSession | None = None
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -102,13 +109,20 @@ class Principal:
 
     @property
     def scopes(self) -> frozenset[str]:
-        return frozenset(self.key.scopes)
+        if self.key is not None:
+            return frozenset(self.key.scopes)
+        return frozenset(ALL_SCOPES)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == UserRole.ADMIN
 
 
 _bearer = HTTPBearer(
     auto_error=False,
     scheme_name="APIKey",
-    description="An API key: `Authorization: Bearer aml_...` (POST /v1/users returns the first).",
+    description="An API key (`Authorization: Bearer aml_...`; POST /v1/users returns the first)"
+    " or a session token (`Bearer ams_...`; POST /v1/auth/login returns one).",
 )
 
 
@@ -116,19 +130,33 @@ def _unauthenticated(code: str, message: str) -> ApiError:
     return ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_principal(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The caller, from ``Authorization: Bearer <key>``; 401 otherwise.
+def client_ip(request: Request) -> str | None:
+    """The peer's address, if it is one (a test client's is a name)."""
+    host = request.client.host if request.client else None
+    if host is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
-    A revoked or expired key, and any key of a soft-deleted user, is refused.
-    """
-    if credentials is None or not credentials.credentials:
-        raise _unauthenticated("unauthenticated", "an API key is required (Authorization: Bearer)")
-    token = credentials.credentials
-    if not token.startswith(KEY_PREFIX) or len(token) > 200:
-        raise _unauthenticated("invalid_api_key", "unknown API key")
+
+def user_agent(request: Request) -> str | None:
+    value = request.headers.get("user-agent")
+    return None if value is None else value.replace("\x00", "")[:500]
+
+
+def request_id(request: Request) -> str:
+    """The client's ``X-Request-ID`` (bounded), or a new one; the same for the whole request."""
+    found = getattr(request.state, "request_id", None)
+    if found is None:
+        given = request.headers.get("x-request-id", "")
+        found = given[:100] if given and given.isprintable() else uuid.uuid4().hex
+        request.state.request_id = found
+    return str(found)
+
+
+def _key_principal(session: Session, token: str) -> Principal:
     row = session.execute(
         select(APIKey, User, func.now().label("now"))
         .join(User, User.id == APIKey.user_id)
@@ -141,8 +169,6 @@ def get_principal(
         raise _unauthenticated("api_key_revoked", "this API key was revoked")
     if key.expires_at is not None and key.expires_at <= now:
         raise _unauthenticated("api_key_expired", "this API key has expired")
-    if user.is_deleted:
-        raise _unauthenticated("account_deleted", "the account of this API key was deleted")
     if key.last_used_at is None or key.last_used_at < now - dt.timedelta(
         seconds=LAST_USED_RESOLUTION_S
     ):
@@ -160,8 +186,45 @@ def get_principal(
             .execution_options(synchronize_session=False)
         )
         set_committed_value(key, "last_used_at", now)
-    session.commit()
     return Principal(user=user, key=key)
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <key or session token>``; 401 otherwise.
+
+    A revoked or expired key or session, and any key or session of a soft-deleted
+    user, is refused (401); a deactivated user's too (403 ``account_inactive``). Then
+    the caller is the actor of the request's transactions (``database.audit.set_actor``).
+    """
+    if credentials is None or not credentials.credentials:
+        raise _unauthenticated("unauthenticated", "an API key is required (Authorization: Bearer)")
+    token = credentials.credentials
+    if token.startswith(identity.SESSION_PREFIX):
+        found, user = identity.authenticate_session(session, token)
+        principal = Principal(user=user, session=found)
+    elif token.startswith(KEY_PREFIX) and len(token) <= 200:
+        principal = _key_principal(session, token)
+    else:
+        raise _unauthenticated("invalid_api_key", "unknown API key")
+    session.commit()
+    if principal.user.is_deleted:
+        raise _unauthenticated("account_deleted", "the account of this API key was deleted")
+    if not principal.user.is_active:
+        raise ApiError(403, "account_inactive", "this account is deactivated")
+    audit.set_actor(
+        session,
+        user_id=principal.user_id,
+        api_key_id=principal.key.id if principal.key is not None else None,
+        session_id=principal.session.id if principal.session is not None else None,
+        request_id=request_id(request),
+        client_ip=client_ip(request),
+        user_agent=user_agent(request),
+    )
+    return principal
 
 
 def require(scope: str) -> Callable[[Principal], Principal]:
@@ -179,6 +242,48 @@ def require(scope: str) -> Callable[[Principal], Principal]:
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def require_permission(permission: str, scope: str = WRITE) -> Callable[[Principal], Principal]:
+    """A dependency: the caller, with ``scope`` and the account's ``permission`` (one
+    of ``database.identity.PERMISSIONS``; an admin turns it off): 403
+    ``permission_denied`` otherwise. The one place permissions are enforced."""
+    if permission not in identity.PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}")
+    scoped = require(scope)
+
+    def dependency(principal: Principal) -> Principal:
+        if not getattr(principal.user, permission):
+            raise ApiError(
+                403,
+                "permission_denied",
+                f"this account may not do this ({permission} is off; an admin decides)",
+                {"permission": permission},
+            )
+        return principal
+
+    dependency.__name__ = f"require_{permission}"
+    # The parameter's dependency is this call's ``scoped``: given as an object, not as
+    # the text a postponed annotation would leave FastAPI to resolve.
+    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "principal",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=Annotated[Principal, Depends(scoped)],
+            )
+        ],
+        return_annotation=Principal,
+    )
+    return dependency
+
+
+def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """A dependency: the caller, who must be an admin (403 ``admin_required``). The
+    database checks it again for what an admin changes (sql/triggers/identity.sql)."""
+    if not principal.is_admin:
+        raise ApiError(403, "admin_required", "this is an admin's route")
+    return principal
 
 
 Reader = Annotated[Principal, Depends(require(READ))]
@@ -203,3 +308,10 @@ def get_optional_principal(
 
 #: The caller with the ``read`` scope, or None (anonymous).
 MaybeReader = Annotated[Principal | None, Depends(get_optional_principal)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
+#: The permissions' dependencies, one per kind of act.
+Uploader = Annotated[Principal, Depends(require_permission("can_upload"))]
+Trainer = Annotated[Principal, Depends(require_permission("can_train"))]
+Deployer = Annotated[Principal, Depends(require_permission("can_deploy"))]
+Downloader = Annotated[Principal, Depends(require_permission("can_download", READ))]
+Purchaser = Annotated[Principal, Depends(require_permission("can_buy", BILLING))]

@@ -72,6 +72,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflicts with the current state",
         413: "Too large, or over the storage quota",
         415: "Unsupported content type",
+        429: "Too many attempts; retry after Retry-After seconds",
         422: "Invalid input",
         503: "Temporarily unavailable; retry",
     }
@@ -119,6 +120,17 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.DownloadsAppendOnly: (409, "downloads_append_only"),
     db.DownloadCountReadOnly: (409, "derived_column_read_only"),
     db.RestoreWindowExpired: (409, "restore_window_expired"),
+    # Identity (database.identity, sql/triggers/identity.sql).
+    db.OwnPrivileges: (403, "own_privileges"),
+    db.AdminRequired: (403, "admin_required"),
+    db.ActorRequired: (403, "actor_required"),
+    db.SessionImmutable: (409, "session_immutable"),
+    db.AccountDeleted: (401, "account_deleted"),
+    db.AuthenticationFailed: (401, "invalid_credentials"),
+    db.AccountInactive: (403, "account_inactive"),
+    db.AccountLocked: (429, "too_many_requests"),
+    db.InvalidPassword: (422, "invalid_password"),
+    db.PasswordRequired: (403, "password_required"),
     db.SnapshotImmutable: (409, "snapshot_immutable"),
     db.InvalidStatusTransition: (409, "invalid_status_transition"),
     db.VersionCounterDecrease: (409, "version_counter_decrease"),
@@ -133,6 +145,7 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.RuleViolation: (409, "rule_violation"),
     db.RetryableError: (503, "busy"),  # LockTimeout, SerializationConflict, ConnectionLost
     db.StatementTimeout: (503, "timeout"),
+    db.SessionRefused: (401, "invalid_session"),
     db.PermissionDenied: (500, "internal_error"),
     db.DatabaseError: (500, "internal_error"),
 }
@@ -165,6 +178,13 @@ def from_database(exc: db.DatabaseError) -> ApiError:
         details["constraint"] = exc.constraint
     if exc.retryable or status == 503:
         headers["Retry-After"] = "1"
+    if isinstance(exc, db.AccountLocked):
+        headers["Retry-After"] = str(exc.retry_after)
+        details["retry_after"] = exc.retry_after
+    if isinstance(exc, db.SessionRefused):
+        return ApiError(401, exc.code, exc.message, headers={"WWW-Authenticate": "Bearer"})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     # A 4xx repeats the database's message (it names the rule); a 5xx says nothing more.
     message = exc.message if 400 <= status < 500 else _PUBLIC_MESSAGES.get(code, code)
     if code == "insufficient_credits":

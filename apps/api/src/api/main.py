@@ -16,7 +16,10 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.limits import BodyLimit, upload_routes
+from api.mail import ConsoleMailer
 from api.routers import (
+    admin,
+    auth,
     credits,
     datasets,
     events,
@@ -113,11 +116,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.storage = make_storage(settings.storage_location(), settings.data_dir)
+    app.state.mailer = ConsoleMailer()
     errors.install(app)
 
     v1 = APIRouter(prefix=API_PREFIX)
     for module in (
         users,
+        auth,
+        admin,
         datasets,
         workflows,
         jobs,

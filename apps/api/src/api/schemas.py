@@ -46,6 +46,7 @@ from database.models import (
     ProblemType,
     TransactionType,
     TutorialDifficulty,
+    UserRole,
     UserTier,
 )
 from database.models.model_alias import ALIAS_PATTERN
@@ -728,4 +729,102 @@ class PermissionOut(Output):
     user_id: uuid.UUID
     permission: ModelPermission
     granted_by: uuid.UUID | None
+# --- identity: login, sessions, passwords, admin ---------------------------------------------
+#: A password as sent: bounded here; its rules (length, no NUL) are
+#: database.identity.check_password_rules' (422 ``invalid_password``).
+PasswordText = Annotated[str, StringConstraints(max_length=1024)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)]
+
+
+class LoginIn(Input):
+    email: Email
+    password: PasswordText
+
+
+class LoginOut(BaseModel):
+    #: The session token (``ams_...``): send it as ``Authorization: Bearer``. Shown once.
+    token: str
+    expires_at: dt.datetime
+    session_id: uuid.UUID
+
+
+class PasswordIn(Input):
+    new_password: PasswordText
+    #: Required once the account has a password.
+    current_password: PasswordText | None = None
+
+
+class PasswordChanged(BaseModel):
+    #: The caller's other sessions, revoked by the change.
+    sessions_revoked: int
+
+
+class VerifyEmailIn(Input):
+    token: Token
+
+
+class VerifiedOut(BaseModel):
+    user_id: uuid.UUID
+    email_verified: bool
+
+
+class RestoreIn(Input):
+    email: Email
+    password: PasswordText
+
+
+class SessionOut(Output):
+    id: uuid.UUID
+    user_agent: str | None
+    ip: str | None
+    created_at: dt.datetime
+    last_seen_at: dt.datetime
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+    #: The session making this request.
+    current: bool = False
+
+
+class AdminUserOut(UserOut):
+    role: UserRole
+    is_active: bool
+    is_deleted: bool
+    deleted_at: dt.datetime | None
+    can_upload: bool
+    can_train: bool
+    can_deploy: bool
+    can_download: bool
+    can_buy: bool
+
+
+class AdminUserPatch(Input):
+    tier: UserTier | None = None
+    role: UserRole | None = None
+    is_active: StrictBool | None = None
+    can_upload: StrictBool | None = None
+    can_train: StrictBool | None = None
+    can_deploy: StrictBool | None = None
+    can_download: StrictBool | None = None
+    can_buy: StrictBool | None = None
+
+
+class CreditAdjustmentIn(Input):
+    #: Credits to add (negative: to remove); never zero.
+    amount: Annotated[StrictInt, Field(ge=-INT32_MAX, le=INT32_MAX)]
+    reason: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+        AfterValidator(no_nul),
+    ]
+    #: The same key again returns the first adjustment (409 if it differs).
+    idempotency_key: Name
+
+
+class CreditAdjustmentOut(Output):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    amount: int
+    balance_after: int
+    description: str | None
+    actor: str | None
     created_at: dt.datetime

@@ -42,6 +42,19 @@ class Pricing(BaseModel):
     node_credits: NodeCredits = NodeCredits()
 
 
+class Identity(BaseModel):
+    """Login sessions and the abuse limits (database.identity.AbuseLimits)."""
+
+    session_ttl_hours: int = Field(default=168, ge=1, le=24 * 366)
+    signup_per_ip: int = Field(default=20, ge=1)
+    signup_window_s: int = Field(default=3600, ge=1)
+    login_per_ip: int = Field(default=60, ge=1)
+    login_window_s: int = Field(default=300, ge=1)
+    lockout_failures: int = Field(default=5, ge=1)
+    lockout_window_s: int = Field(default=900, ge=1)
+    lockout_s: int = Field(default=900, ge=1)
+
+
 def _default_data_dir() -> Path:
     return get_database_settings().data_dir
 
@@ -75,6 +88,10 @@ class ApiSettings(BaseSettings):
     events_poll_seconds: float = Field(default=0.5, alias="EVENTS_POLL_SECONDS", gt=0, le=60)
     tier_limits: Limits = Field(default_factory=Limits, alias="TIER_LIMITS")
     pricing: Pricing = Field(default_factory=Pricing, alias="PRICING")
+    #: ``IDENTITY__LOGIN_PER_IP=100`` etc.
+    identity: Identity = Field(default_factory=Identity, alias="IDENTITY")
+    #: The address users reach the service at (links in mails).
+    public_url: str = Field(default="http://127.0.0.1:8000", alias="PUBLIC_URL")
 
     def storage_location(self) -> str:
         return self.storage_url or str(self.data_dir / "storage")

@@ -65,6 +65,10 @@ class Storage:
         """Remove a stored file; False when it was not there or is not this storage's."""
         return self.backend.delete(location)
 
+    def chunks(self, location: str) -> Iterator[bytes]:
+        """The stored file's bytes, chunk by chunk (raises when it is not there)."""
+        return self._chunks(location)
+
     def _chunks(self, location: str) -> Iterator[bytes]:
         with self.backend.open_read(location) as f:
             while chunk := f.read(CHUNK):

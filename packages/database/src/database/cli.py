@@ -10,6 +10,9 @@ automl-db seed     insert the credit packages and tutorials (idempotent; `up`
                    runs it after migrating); --demo adds a model registry to explore
                    (demo users, datasets, trained models, versions, lineage, sharing,
                    downloads; idempotent), printing the demo owner's API key once
+automl-db users promote|demote EMAIL
+                   make the user of EMAIL an admin (or a user again): how the
+                   first admin comes to be (an operator's act, no actor needed)
 """
 
 from __future__ import annotations
@@ -225,6 +228,26 @@ def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from database import errors, identity
+    from database.models import UserRole
+
+    role = UserRole.ADMIN if args.action == "promote" else UserRole.USER
+    engine = _engine_for_admin(settings)
+    try:
+        with Session(engine) as session:
+            user = identity.set_role(session, args.email, role)
+    except errors.DatabaseError as exc:
+        print(f"automl-db users {args.action}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"user {user.id} ({args.email}) is now {user.role.value}")
+    return 0
+
+
 def cmd_seed(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     if args.new_key and not args.demo:
         print("automl-db seed: --new-key goes with --demo", file=sys.stderr)
@@ -263,8 +286,9 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "verify": cmd_verify,
     "purge": cmd_purge,
     "grant": cmd_grant,
+    "users": cmd_users,
 }
-WITH_ARGS = {"verify", "purge", "grant", "down", "seed"}
+WITH_ARGS = {"verify", "purge", "grant", "down", "seed", "users"}
 
 
 def _positive(value: str) -> int:
@@ -356,6 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="create the role (LOGIN, no password) if it does not exist",
     )
+    users = sub.add_parser("users", help="an operator's acts on accounts: promote, demote")
+    users.add_argument(
+        "action", choices=("promote", "demote"), help="promote: make admin; demote: make user"
+    )
+    users.add_argument("email", help="the account's email")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()

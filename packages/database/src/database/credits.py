@@ -329,8 +329,14 @@ def adjust(
     *,
     idempotency_key: str | None = None,
     lock_timeout_ms: int | None = None,
+    as_admin: bool = False,
 ) -> CreditTransaction:
     """Add (or, negative, remove) ``amount`` credits, with who did it and why.
+
+    ``as_admin``: an admin's adjustment through the API (``database.identity.admin_adjust``),
+    by ``public.admin_credit_adjust``, which the apps' role may call: the
+    transaction's actor (``automl.actor_user_id``) must be an active admin other than
+    the user, and is the entry's actor (``actor`` is then not used).
 
     An operator's act: it calls ``public.credit_adjust``, whose EXECUTE only the
     schema owner and operator roles hold (``automl-db grant --operator``); the
@@ -365,12 +371,18 @@ def adjust(
         # Through the operators' function (sql/triggers/credit_adjustment.sql): it
         # runs as the ledger's owner, so it works for an operator role, which may not
         # insert an adjustment itself (ML021), and is refused to the apps' role.
+        call = (
+            "SELECT * FROM public.admin_credit_adjust(:user_id, :amount, :reason, :key)"
+            if as_admin
+            else "SELECT * FROM public.credit_adjust(:user_id, :amount, :reason, :actor, :key)"
+        )
+        params = dict(user_id=user_id, amount=amount, reason=why, key=key)
+        if not as_admin:
+            params["actor"] = who
         entry = session.scalars(
             select(CreditTransaction)
-            .from_statement(
-                text("SELECT * FROM public.credit_adjust(:user_id, :amount, :reason, :actor, :key)")
-            )
-            .params(user_id=user_id, amount=amount, reason=why, actor=who, key=key)
+            .from_statement(text(call))
+            .params(**params)
             .execution_options(populate_existing=True)
         ).one()
         _refresh_balance(session, user_id)

@@ -156,6 +156,67 @@ class RegisteredModelOwnerImmutable(RuleViolation):
     """An UPDATE of a registered model's owner (ML066)."""
 
 
+# --- identity (sql/triggers/identity.sql, database/identity.py) --------------------------
+class IdentityRuleViolation(RuleViolation):
+    """A change of an account's privileges that its actor may not make."""
+
+
+class OwnPrivileges(IdentityRuleViolation):
+    """A user changing their own role, permissions, activity, tier or credits (ML100)."""
+
+
+class AdminRequired(IdentityRuleViolation):
+    """A change of another user's privileges by an actor who is not an active admin
+    (ML101)."""
+
+
+class ActorRequired(IdentityRuleViolation):
+    """A change of privileges with no actor set (``automl.actor_user_id``) by a role that
+    is neither the schema's owner nor an operator: the apps' role (ML102)."""
+
+
+class SessionImmutable(RuleViolation):
+    """A session's owner, token or creation changed, a revocation undone or moved, or its
+    life lengthened (ML103)."""
+
+
+class AuthenticationFailed(DatabaseError):
+    """Wrong email or password, or an unknown, used or expired token (the message does
+    not say which)."""
+
+
+class AccountDeleted(AuthenticationFailed):
+    """The right password of a deleted account: restore it first."""
+
+
+class AccountInactive(DatabaseError):
+    """A deactivated account (``users.is_active`` false): an admin's decision."""
+
+
+class SessionRefused(DatabaseError):
+    """A session token that is unknown, revoked or expired (``code`` says which)."""
+
+    def __init__(self, message: str, *, code: str = "invalid_session") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AccountLocked(DatabaseError):
+    """Too many attempts: retry after ``retry_after`` seconds (an abuse limit)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidPassword(DatabaseError):
+    """A password the rules refuse (too short, too long, a NUL character)."""
+
+
+class PasswordRequired(DatabaseError):
+    """The current password is missing or wrong, or the account has none."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -355,6 +416,10 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML064": OwnerPermission,
     "ML065": LineageCycle,
     "ML066": RegisteredModelOwnerImmutable,
+    "ML100": OwnPrivileges,
+    "ML101": AdminRequired,
+    "ML102": ActorRequired,
+    "ML103": SessionImmutable,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

@@ -27,7 +27,10 @@ Three kinds of role touch the database:
 
   - USAGE and SELECT on the sequences, if any;
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
-    schema (EXECUTE is revoked from PUBLIC on all of them);
+    schema (EXECUTE is revoked from PUBLIC on all of them) but ``APP_FUNCTIONS``
+    (identity: the actor check, an admin's change of tier and credit adjustment);
+  - ``users``: no INSERT of ``role``, ``is_active`` or the ``can_*`` permissions (a
+    new account has the defaults); their UPDATE is checked by a trigger (ML100-ML102);
 
 - an **operator's role** (``automl-db grant --operator ROLE``), for the people who
   sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
@@ -56,7 +59,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from database import errors
-from database.models.user import DERIVED_COLUMNS
+from database.models.user import DERIVED_COLUMNS, PRIVILEGE_COLUMNS
 
 APPEND_ONLY = {"credit_transactions": "SELECT, INSERT", "model_downloads": "SELECT, INSERT"}
 #: Tables written column by column: (columns not insertable, columns not updatable).
@@ -70,11 +73,26 @@ COLUMN_LIMITED = {
 READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages"})
 #: users columns only an operator changes.
 OPERATOR_USER_COLUMNS = frozenset({"tier"})
-USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS})
+#: users columns the apps' role may UPDATE but not INSERT: a new account has the
+#: defaults (role user, active, every permission); a change is an admin's, checked by
+#: sql/triggers/identity.sql (ML100-ML102).
+USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, *PRIVILEGE_COLUMNS})
 USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, "id", "created_at"})
 #: What an operator may write (on top of SELECT everywhere).
 OPERATOR_TABLES = {"credit_packages": "INSERT, UPDATE, DELETE"}
-OPERATOR_FUNCTIONS = ("public.credit_adjust(uuid, integer, text, text, text)",)
+OPERATOR_FUNCTIONS = (
+    "public.credit_adjust(uuid, integer, text, text, text)",
+    # Run by the users guard trigger as the statement's role (a change of tier).
+    "public.identity_check_actor(uuid, text)",
+)
+#: What the apps' role may call (sql/triggers/identity.sql): the actor check the
+#: users guard trigger runs as the statement's role, and an admin's two acts whose
+#: columns or rows that role may not write itself (each checks the actor is an admin).
+APP_FUNCTIONS = (
+    "public.identity_check_actor(uuid, text)",
+    "public.admin_set_tier(uuid, user_tier)",
+    "public.admin_credit_adjust(uuid, integer, text, text)",
+)
 
 
 @dataclass
@@ -185,7 +203,8 @@ def grant(
         columns = ", ".join(_quote(conn, c) for c in sorted(OPERATOR_USER_COLUMNS))
         run(f"GRANT UPDATE ({columns}) ON public.users TO {q}")
         for fn in OPERATOR_FUNCTIONS:
-            run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
+            if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": fn}).scalar_one():
+                run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
         return report
 
     for table in tables:
@@ -215,4 +234,7 @@ def grant(
         else:
             run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {q}")
     run(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {q}")
+    for fn in APP_FUNCTIONS:
+        if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": fn}).scalar_one():
+            run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
     return report

@@ -315,6 +315,8 @@ _NOT_IN_LEDGER = "NOT EXISTS (SELECT 1 FROM credit_transactions AS t WHERE t.job
 # locked is skipped, and its parent with it, instead of waiting in a cascade).
 _STEPS: tuple[_Step, ...] = (
     _Step("api_keys", optional=True),  # first: a purged account authenticates nothing
+    _Step("user_sessions", optional=True),  # nor any of its sessions
+    _Step("email_verifications", optional=True),
     _Step("experiment_runs"),
     _Step(
         "experiments",
@@ -423,7 +425,8 @@ def _tombstone_sql(steps: Sequence[_Step]) -> str:
     nothing_left = " AND ".join(f"NOT {_remaining(step)}" for step in steps)
     return (
         "UPDATE users SET email = NULL, full_name = NULL, oauth_provider = NULL,"
-        " oauth_id = NULL, email_verified = false, purged_at = :now"
+        " oauth_id = NULL, email_verified = false, password_hash = NULL,"
+        " password_changed_at = NULL, purged_at = :now"
         f" WHERE id = (:uids)[1] AND purged_at IS NULL AND {nothing_left}"
     )
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, status
 from sqlalchemy import select
 
-from api.deps import Buyer, Reader, SessionDep, SettingsDep
+from api.deps import Purchaser, Reader, SessionDep, SettingsDep
 from api.errors import ApiError, error_responses
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.schemas import BalanceOut, PackageOut, PurchaseIn, PurchaseOut, TransactionOut
@@ -94,7 +94,7 @@ def packages(principal: Reader, session: SessionDep) -> list[PackageOut]:
     summary="Development only: credit a package without payment",
 )
 def purchase(
-    principal: Buyer,
+    principal: Purchaser,
     session: SessionDep,
     settings: SettingsDep,
     body: PurchaseIn,

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from api.deps import Reader, SessionDep, SettingsDep, StorageDep, Writer
+from api.deps import Reader, SessionDep, SettingsDep, StorageDep, Uploader, Writer
 from api.errors import ApiError, error_responses, not_found
 from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
@@ -187,7 +187,7 @@ async def _read(
 )
 async def create_dataset(
     request: Request,
-    principal: Writer,
+    principal: Uploader,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
@@ -217,7 +217,7 @@ async def create_dataset(
 async def create_version(
     dataset_id: uuid.UUID,
     request: Request,
-    principal: Writer,
+    principal: Uploader,
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,

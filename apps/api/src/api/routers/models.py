@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import Reader, SessionDep, StorageDep
+from api.deps import Downloader, Reader, SessionDep, StorageDep
 from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.schemas import ModelDetail, ModelOut
@@ -85,7 +85,7 @@ def get_model(principal: Reader, session: SessionDep, model_id: uuid.UUID) -> Mo
     summary="Download a model's artifact",
 )
 def download_artifact(
-    principal: Reader, session: SessionDep, storage: StorageDep, model_id: uuid.UUID
+    principal: Downloader, session: SessionDep, storage: StorageDep, model_id: uuid.UUID
 ) -> Response:
     """The file itself from local storage, or a redirect to S3. 404
     ``artifact_not_found`` when the model has no artifact (yet) or it is gone."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select, update
 
 from api.deps import (
@@ -14,12 +17,15 @@ from api.deps import (
     Principal,
     Reader,
     SessionDep,
+    SessionFactoryDep,
     SettingsDep,
+    StorageDep,
     new_api_key,
 )
 from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.policy import active_jobs, limits_for
+from api.routers.auth import ip_key, limits_of, send_verification
 from api.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
@@ -31,6 +37,8 @@ from api.schemas import (
     Usage,
     UserOut,
 )
+from api.storage import Storage
+from database import identity
 from database.models import APIKey, User
 
 router = APIRouter(tags=["identity"])
@@ -53,14 +61,19 @@ def _no_more_than(principal: Principal, scopes: Iterable[str], message: str) -> 
     "/users",
     status_code=status.HTTP_201_CREATED,
     response_model=SignUpOut,
-    responses=error_responses(409, 422),
+    responses=error_responses(409, 422, 429),
     summary="Sign up: create a user and its first API key",
 )
-def sign_up(body: SignUpIn, session: SessionDep) -> SignUpOut:
-    """Creates the account and returns its first API key, with every scope.
+def sign_up(
+    body: SignUpIn, request: Request, session: SessionDep, settings: SettingsDep
+) -> SignUpOut:
+    """Creates the account and returns its first API key, with every scope, and mails
+    a link to verify the address.
 
     The key is shown once. An email already registered is 409 ``already_exists``.
+    Too many sign-ups from one address: 429 ``too_many_requests`` with ``Retry-After``.
     """
+    identity.record_signup(session, ip_key(request), limits_of(settings))
     exists = session.scalar(select(User.id).where(User.email == body.email))
     if exists is not None:
         raise ApiError(409, "already_exists", "an account with this email already exists")
@@ -73,7 +86,9 @@ def sign_up(body: SignUpIn, session: SessionDep) -> SignUpOut:
     )
     session.add(key)
     session.flush()
+    token, email = identity.issue_verification(session, user.id)
     session.commit()
+    send_verification(request, settings, email, token)
     return SignUpOut(user=UserOut.model_validate(user), api_key=_created_key(key, plain))
 
 
@@ -187,3 +202,95 @@ def revoke_api_key(principal: KeyManager, session: SessionDep, key_id: uuid.UUID
     )
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 422),
+    summary="Delete the account (restorable for 30 days)",
+)
+def delete_me(principal: KeyManager, session: SessionDep) -> Response:
+    """Soft delete: every key and session is refused at once (401
+    ``account_deleted``); the sessions are revoked for good. ``POST /v1/auth/restore``
+    with the password brings the account and its keys back within 30 days; after
+    that the data is purged (``automl-db purge``). Set a password first
+    (``PUT /v1/me/password``), or the account cannot be restored through the API."""
+    identity.delete_account(session, principal.user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class _Pipe:
+    """A write-only stream zipfile writes into and the response reads from."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
+
+
+def _archive(factory: Any, storage: Storage, user_id: uuid.UUID) -> Iterator[bytes]:
+    pipe = _Pipe()
+    with factory() as session, zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, body in identity.export_records(session, user_id):
+            archive.writestr(f"records/{name}.json", body)
+            yield pipe.take()
+        files = list(identity.export_files(session, user_id))
+        session.rollback()  # hold no transaction while the files stream
+        missing = []
+        for path, location in files:
+            try:
+                with archive.open(path, "w") as out:
+                    for chunk in storage.chunks(location):
+                        out.write(chunk)
+                        if sum(len(c) for c in pipe.chunks) >= 1 << 20:
+                            yield pipe.take()
+            except (FileNotFoundError, OSError, ValueError):
+                missing.append(location)
+            yield pipe.take()
+        if missing:
+            archive.writestr("files/MISSING.txt", "\n".join(missing) + "\n")
+    yield pipe.take()
+
+
+@router.get(
+    "/me/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A zip archive: records/*.json and files/...",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(401, 403),
+    },
+    summary="Everything the account holds, in one zip archive (streamed)",
+)
+def export_me(
+    principal: Reader, factory: SessionFactoryDep, storage: StorageDep
+) -> StreamingResponse:
+    """``records/<table>.json`` (the user, API keys and sessions without their hashes,
+    datasets and versions, workflows, jobs, models, the registry, experiments, the
+    ledger...) and the files from storage: ``files/uploads/<version id>/<name>`` (as
+    uploaded), ``files/datasets/<version id>/data.parquet`` (ingested),
+    ``files/models/<model id>/model``; a file missing from storage is listed in
+    ``files/MISSING.txt``. Written as it is read: the
+    archive never sits whole in memory."""
+    return StreamingResponse(
+        _archive(factory, storage, principal.user_id),
+        media_type="application/zip",
+        headers={"Content-Disposition": 'attachment; filename="automl-export.zip"'},
+    )

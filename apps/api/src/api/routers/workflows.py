@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from api.deps import Reader, SessionDep, SettingsDep, Writer
+from api.deps import Reader, SessionDep, SettingsDep, Trainer, Writer
 from api.errors import ApiError, error_responses, not_found
 from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
@@ -294,7 +294,7 @@ def restore_workflow(
     summary="Run a workflow: snapshot, price, queue and charge, in one transaction",
 )
 def run_workflow(
-    principal: Writer,
+    principal: Trainer,
     session: SessionDep,
     settings: SettingsDep,
     workflow_id: uuid.UUID,

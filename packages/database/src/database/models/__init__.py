@@ -7,6 +7,7 @@ from database.models.dataset import Dataset
 from database.models.dataset_profile import DatasetProfile
 from database.models.dataset_version import DatasetVersion
 from database.models.derived_repair import DerivedRepair
+from database.models.email_verification import EmailVerification
 from database.models.enums import (
     CreditTierRestriction,
     FileFormat,
@@ -25,6 +26,7 @@ from database.models.enums import (
     ProblemType,
     TransactionType,
     TutorialDifficulty,
+    UserRole,
     UserTier,
 )
 from database.models.experiment import Experiment
@@ -39,11 +41,13 @@ from database.models.model_download import ModelDownload
 from database.models.model_lineage import ModelLineage
 from database.models.model_version import ModelVersion
 from database.models.model_version_metric import ModelVersionMetric
+from database.models.rate_limit import RateLimit
 from database.models.registered_model import RegisteredModel
 from database.models.registered_model_permission import RegisteredModelPermission
 from database.models.stripe_webhook_event import StripeWebhookEvent
 from database.models.tutorial import Tutorial
 from database.models.user import User
+from database.models.user_session import UserSession
 from database.models.user_tutorial_progress import UserTutorialProgress
 from database.models.worker import Worker
 from database.models.workflow import Workflow
@@ -58,6 +62,7 @@ __all__ = [
     "DatasetProfile",
     "DatasetVersion",
     "DerivedRepair",
+    "EmailVerification",
     "Experiment",
     "ExperimentRun",
     "FileFormat",
@@ -84,6 +89,7 @@ __all__ = [
     "NodeType",
     "OAuthProvider",
     "ProblemType",
+    "RateLimit",
     "RegisteredModel",
     "RegisteredModelPermission",
     "StripeWebhookEvent",
@@ -91,6 +97,8 @@ __all__ = [
     "Tutorial",
     "TutorialDifficulty",
     "User",
+    "UserRole",
+    "UserSession",
     "UserTier",
     "UserTutorialProgress",
     "Worker",

@@ -18,6 +18,14 @@ class UserTier(enum.StrEnum):
     ENTERPRISE = "enterprise"
 
 
+class UserRole(enum.StrEnum):
+    """What an account may do besides its own work: ``admin`` manages other users
+    (database.identity; sql/triggers/identity.sql)."""
+
+    USER = "user"
+    ADMIN = "admin"
+
+
 class OAuthProvider(enum.StrEnum):
     GOOGLE = "google"
     GITHUB = "github"
@@ -168,6 +176,7 @@ def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
 
 
 user_tier = pg_enum(UserTier, "user_tier")
+user_role = pg_enum(UserRole, "user_role")
 oauth_provider = pg_enum(OAuthProvider, "oauth_provider")
 file_format = pg_enum(FileFormat, "file_format")
 problem_type = pg_enum(ProblemType, "problem_type")
@@ -204,5 +213,6 @@ __all__ = [
     "ProblemType",
     "TransactionType",
     "TutorialDifficulty",
+    "UserRole",
     "UserTier",
 ]

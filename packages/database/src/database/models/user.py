@@ -9,7 +9,14 @@ from sqlalchemy import CheckConstraint, Index, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin, big_counter_column, counter_column
-from database.models.enums import OAuthProvider, UserTier, oauth_provider, user_tier
+from database.models.enums import (
+    OAuthProvider,
+    UserRole,
+    UserTier,
+    oauth_provider,
+    user_role,
+    user_tier,
+)
 
 if TYPE_CHECKING:
     from database.models.credit_transaction import CreditTransaction
@@ -19,6 +26,12 @@ if TYPE_CHECKING:
     from database.models.model import Model
     from database.models.user_tutorial_progress import UserTutorialProgress
     from database.models.workflow import Workflow
+
+#: The per-user permissions (database.identity.PERMISSIONS), all true by default.
+PERMISSION_COLUMNS = ("can_upload", "can_train", "can_deploy", "can_download", "can_buy")
+#: The columns only an admin (never the user themself) or the schema's owner changes
+#: (sql/triggers/identity.sql, ML100-ML102); the apps' role may not INSERT them.
+PRIVILEGE_COLUMNS = ("role", "is_active", *PERMISSION_COLUMNS)
 
 # The columns only the triggers write (sql/triggers/users_derived.sql).
 DERIVED_COLUMNS = (
@@ -40,6 +53,18 @@ class User(IDMixin, TimestampMixin, Base):
     oauth_id: Mapped[str | None]
     tier: Mapped[UserTier] = mapped_column(user_tier, server_default=UserTier.FREE.value)
     email_verified: Mapped[bool] = mapped_column(server_default=text("false"))
+    # An argon2id hash (database.identity); NULL until the user sets a password.
+    # Deferred: loaded only by the code that checks it, so it never rides along.
+    password_hash: Mapped[str | None] = mapped_column(deferred=True)
+    password_changed_at: Mapped[dt.datetime | None]
+    role: Mapped[UserRole] = mapped_column(user_role, server_default=UserRole.USER.value)
+    # false: every key and session of the account is refused (an admin's act).
+    is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+    can_upload: Mapped[bool] = mapped_column(server_default=text("true"))
+    can_train: Mapped[bool] = mapped_column(server_default=text("true"))
+    can_deploy: Mapped[bool] = mapped_column(server_default=text("true"))
+    can_download: Mapped[bool] = mapped_column(server_default=text("true"))
+    can_buy: Mapped[bool] = mapped_column(server_default=text("true"))
     is_deleted: Mapped[bool] = mapped_column(server_default=text("false"))
     deleted_at: Mapped[dt.datetime | None]
     # Set when database.lifecycle.purge erased the account's personal data and
@@ -83,6 +108,10 @@ class User(IDMixin, TimestampMixin, Base):
         CheckConstraint("purged_at IS NULL OR is_deleted", name="purged_is_deleted"),
         CheckConstraint("email IS NOT NULL OR purged_at IS NOT NULL", name="email_unless_purged"),
         CheckConstraint("credit_balance >= 0", name="credit_balance_nonnegative"),
+        CheckConstraint(
+            "password_hash IS NULL OR password_hash LIKE '$argon2id$%'",
+            name="password_hash_argon2id",
+        ),
         CheckConstraint(
             "dataset_count >= 0 AND workflow_count >= 0 AND model_count >= 0"
             " AND storage_used_bytes >= 0",
