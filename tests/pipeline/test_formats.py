@@ -304,3 +304,60 @@ def test_an_incompatible_environment_is_refused_naming_the_versions() -> None:
     stored = {"python": "2.7.18"}
     with pytest.raises(formats.IncompatibleEnvironment, match="python 2.7.18 saved this model"):
         formats.check_environment("v", stored)
+
+
+# --- the save node's register config -----------------------------------------------------
+def _save_node(config: dict[str, Any]) -> Any:
+    from pipeline.definition import WorkflowNode
+
+    return WorkflowNode.model_validate({"id": "keep", "type": "save", "config": config})
+
+
+def test_the_save_node_may_name_a_registered_model_and_alias() -> None:
+    from pipeline.definition import SaveConfig
+
+    config = _save_node({"name": "m", "register": {"name": " churn ", "alias": "champion"}})
+    parsed = config.config_as(SaveConfig)
+    assert parsed.registration is not None
+    assert (parsed.registration.name, parsed.registration.alias) == ("churn", "champion")
+    assert _save_node({"name": "m"}).config_as(SaveConfig).registration is None
+    assert _save_node({"name": "m", "register": {"name": "x"}}).config_problems() == []
+
+
+@pytest.mark.parametrize(
+    ("register", "problem"),
+    [
+        ({"name": ""}, "config.register.name"),
+        ({"name": "x" * 201}, "config.register.name"),
+        ({"name": "a\x00b"}, "NUL"),
+        ({"name": "x", "alias": "3"}, "config.register.alias"),
+        ({"name": "x", "alias": "Champion"}, "config.register.alias"),
+        ({"name": "x", "alias": 7}, "config.register.alias"),
+        ({"name": "x", "stage": "prod"}, "unknown key"),
+        ({"alias": "champion"}, "config.register.name"),
+        ("churn", "config.register"),
+    ],
+)
+def test_a_bad_register_config_is_refused_naming_the_field(register: Any, problem: str) -> None:
+    problems = _save_node({"name": "m", "register": register}).config_problems()
+    assert problems and problem in "; ".join(problems), problems
+
+
+def test_the_save_outcome_carries_the_registration() -> None:
+    definition = _definition("logistic_regression", {}, "onehot")
+    nodes = definition.model_dump(by_alias=True)["nodes"]
+    nodes[-1]["config"] = {"name": "m", "register": {"name": "churn", "alias": "champion"}}
+    definition = WorkflowDefinition.model_validate(
+        {**definition.model_dump(by_alias=True), "nodes": nodes}
+    )
+    columns = [c for c in DATA.columns if c != "price"]
+    loaded = LoadedDataset(DATA[columns], "label", ProblemType.CLASSIFICATION, "houses")
+    values: dict[str, Any] = {}
+    for node_id in definition.order():
+        upstream = {u: values[u] for u in definition.inputs(node_id)}
+        outcome = execute_node(definition, node_id, upstream, lambda _node: loaded)
+        values[node_id] = outcome.value
+    assert outcome.model is not None and outcome.model.register is not None
+    assert outcome.model.register.name == "churn"
+    assert outcome.output["register"] == {"name": "churn", "alias": "champion"}
+    assert outcome.output["signature"] == outcome.model.signature

@@ -50,7 +50,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     BindParameter,
@@ -186,14 +186,17 @@ def clean_message(message: str | None) -> str | None:
     return message.replace("\x00", "")[:MAX_ERROR_CHARS]
 
 
-def _json_safe(value: dict[str, Any] | None) -> dict[str, Any] | None:
+_Json = TypeVar("_Json", dict[str, Any], list[Any])
+
+
+def _json_safe(value: _Json | None) -> _Json | None:
     """Refuse NaN and infinities here (jsonb would, less clearly); drop NUL bytes."""
     if value is None:
         return None
     text = json.dumps(value, allow_nan=False)
     if "\\u0000" in text:
         text = text.replace("\\u0000", "")
-    loaded: dict[str, Any] = json.loads(text)
+    loaded: _Json = json.loads(text)
     return loaded
 
 
