@@ -289,5 +289,51 @@ def test_the_worker_role_records_and_registers(
     claim = _claimed_job(engine, user)
     _, registered = _record(app_engine, claim, jobs.Registration("by-role", "champion"))
     assert registered is not None and registered["version"] == 1
-    with app_engine.begin() as conn, pytest.raises(errors.ConstraintViolation):
-        conn.execute(text("UPDATE models SET environment = '[]' WHERE user_id = :u"), {"u": user})
+    # written once, for the apps' role too
+    with app_engine.begin() as conn, pytest.raises(errors.ModelRecordImmutable):
+        conn.execute(
+            text('UPDATE models SET environment = \'{"python": "2.7"}\' WHERE user_id = :u'),
+            {"u": user},
+        )
+
+
+# --- written once (ML070) -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("signature", json.dumps({"inputs": []})),
+        ("signature", "'{}'"),
+        ("input_example", "[]"),
+        ("input_example", None),
+        ("environment", json.dumps({"python": "2.7.18"})),
+    ],
+)
+def test_raw_sql_cannot_change_what_a_model_recorded(sql: Any, column: str, value: Any) -> None:
+    user = make_user(sql)
+    model = make_model(
+        sql,
+        user,
+        signature=json.dumps(SIGNATURE),
+        input_example=json.dumps(EXAMPLE),
+        environment=json.dumps(ENVIRONMENT),
+    )
+    value = value.strip("'") if isinstance(value, str) else value
+    with pytest.raises(errors.ModelRecordImmutable, match="written once") as caught:
+        sql(f"UPDATE models SET {column} = CAST(:v AS jsonb) WHERE id = :id", v=value, id=model)
+    assert caught.value.sqlstate == "ML070"
+    # the same value again is no change; other columns and a DELETE are free
+    sql(f"UPDATE models SET {column} = {column}, name = 'renamed' WHERE id = :id", id=model)
+    sql("DELETE FROM models WHERE id = :id", id=model)
+
+
+def test_a_model_saved_before_the_columns_may_fill_them_once(session: Session, sql: Any) -> None:
+    model_id = make_model(sql, make_user(sql))
+    model = session.get(Model, model_id)
+    assert model is not None
+    model.signature = SIGNATURE
+    model.input_example = EXAMPLE
+    model.environment = ENVIRONMENT
+    session.commit()
+    model.environment = {**ENVIRONMENT, "sklearn": "0.20.0"}
+    with pytest.raises(errors.ModelRecordImmutable):
+        session.flush()

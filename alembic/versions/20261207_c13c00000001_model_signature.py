@@ -5,7 +5,9 @@ Issue 13 (formats): what a trained model needs to be used later, recorded on the
 default ``{}``), ``input_example`` (jsonb array or NULL) and ``environment`` (jsonb
 object, default ``{}``), with the same shape checks as ``model_versions``' columns
 (``ck_models_signature_shape``, ``ck_models_input_example_shape``,
-``ck_models_environment_shape``). ``database.registry.register_version`` copies them
+``ck_models_environment_shape``); the function ``models_record_read_only()`` and
+its trigger (sql/triggers/model_formats.sql, ML070: the three are written once),
+the trigger written by hand after the columns and dropped before them. ``database.registry.register_version`` copies them
 into the version it registers. Adding a column with a constant default rewrites
 nothing (PostgreSQL 11+). The downgrade drops the three columns.
 
@@ -17,6 +19,8 @@ Create Date: 2026-12-07 08:15:00.000000+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from alembic_utils.pg_function import PGFunction
+from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
@@ -25,6 +29,24 @@ revision: str = "c13c00000001"
 down_revision: str | Sequence[str] | None = "c13a00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+def _function() -> PGFunction:
+    return PGFunction(
+        schema="public",
+        signature="models_record_read_only()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model %\\: its signature, input example and environment are written once', OLD.id\n        USING ERRCODE = 'ML070',\n              HINT = 'train and save a new model instead';\nEND;\n$$",
+    )
+
+
+def _trigger() -> PGTrigger:
+    return PGTrigger(
+        schema="public",
+        signature="models_record_read_only",
+        on_entity="public.models",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF signature, input_example, environment ON public.models FOR EACH ROW\nWHEN ((OLD.signature <> '{}'::jsonb AND NEW.signature IS DISTINCT FROM OLD.signature)\n      OR (OLD.input_example IS NOT NULL AND NEW.input_example IS DISTINCT FROM OLD.input_example)\n      OR (OLD.environment <> '{}'::jsonb AND NEW.environment IS DISTINCT FROM OLD.environment))\nEXECUTE FUNCTION public.models_record_read_only()",
+    )
 
 
 def upgrade() -> None:
@@ -68,10 +90,14 @@ def upgrade() -> None:
         "models",
         "jsonb_typeof(environment) = 'object' AND char_length(environment::text) <= 10000",
     )
+    op.create_entity(_function())
+    op.create_entity(_trigger())  # after its columns
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    op.drop_entity(_trigger())
+    op.drop_entity(_function())
     op.drop_constraint(op.f("ck_models_environment_shape"), "models", type_="check")
     op.drop_constraint(op.f("ck_models_input_example_shape"), "models", type_="check")
     op.drop_constraint(op.f("ck_models_signature_shape"), "models", type_="check")

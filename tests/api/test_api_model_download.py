@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from api.settings import ApiSettings
 from database import registry
-from database.models.enums import ModelPermission, ModelVisibility
+from database.models.enums import ModelPermission
 from pipeline import formats
 from pipeline.storage import Storage, make_storage
 from workers.main import Worker
@@ -304,7 +304,7 @@ def test_strangers_get_404_readers_403_and_every_attempt_is_recorded(
             r.granted
             for r in rows(
                 engine,
-                "SELECT granted, reason FROM model_downloads WHERE user_id = :u ORDER BY created_at",
+                "SELECT granted FROM model_downloads WHERE user_id = :u ORDER BY created_at",
                 u=user.user_id,
             )
         ]
