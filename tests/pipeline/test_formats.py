@@ -366,4 +366,19 @@ def test_the_save_outcome_carries_the_registration() -> None:
     assert outcome.model is not None and outcome.model.register is not None
     assert outcome.model.register.name == "churn"
     assert outcome.output["register"] == {"name": "churn", "alias": "champion"}
-    assert outcome.output["signature"] == outcome.model.signature
+    assert outcome.output["signature_columns"] == 4 == len(outcome.model.signature["inputs"])
+
+
+def test_a_signature_or_example_too_large_to_keep_is_left_out() -> None:
+    wide = pd.DataFrame({f"column_{i:05d}_{'x' * 40}": [1.5, 2.5] for i in range(1000)})
+    signature = formats.recorded_signature(wide)
+    assert set(signature) == {"omitted"} and "1000 columns" in signature["omitted"]
+    assert formats.recorded_example(wide) is not None
+    assert len(formats.recorded_example(wide) or []) == 1  # two rows do not fit
+    wider = pd.DataFrame({f"c{i}": ["y" * 200] for i in range(1000)})
+    assert formats.recorded_example(wider) is None
+    narrow = DATA[["size", "city"]]
+    assert formats.recorded_signature(narrow) == formats.signature_of(narrow)
+    assert formats.recorded_example(narrow) == formats.input_example_of(narrow)
+    with pytest.raises(formats.FormatUnsupported, match="no signature"):
+        formats.export(Memorizer(), ModelFormat.ONNX, signature=signature)

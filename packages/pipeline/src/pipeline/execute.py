@@ -665,8 +665,8 @@ def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -
         problem_type=model.problem_type,
         metrics=dict(model.metrics),
         hyperparameters=dict(model.hyperparameters),
-        signature=formats.signature_of(features, model.predictions),
-        input_example=formats.input_example_of(features),
+        signature=formats.recorded_signature(features, model.predictions),
+        input_example=formats.recorded_example(features),
         environment=current_environment(),
         register=config.registration,
     )
@@ -679,7 +679,7 @@ def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -
         "hyperparameters": model.hyperparameters,
         "features": model.data.features,
         "artifact_bytes": len(artifact),
-        "signature": record.signature,
+        "signature_columns": len(record.signature.get("inputs", [])),
     }
     if config.registration is not None:
         output["register"] = config.registration.model_dump()

@@ -57,6 +57,10 @@ from database.storage import Storage
 
 #: Rows an input example keeps.
 INPUT_EXAMPLE_ROWS = 5
+#: The longest signature and input example the database keeps, as JSON text
+#: (``ck_models_signature_shape``, ``ck_models_input_example_shape``).
+MAX_SIGNATURE_CHARS = 100_000
+MAX_EXAMPLE_CHARS = 100_000
 
 #: Types a skops file may hold beyond skops' own trusted set (scikit-learn's
 #: estimators, numpy arrays): what the platform's pipelines contain and nothing
@@ -191,6 +195,34 @@ def input_example_of(
         {name: _json_value(value) for name, value in zip(names, row, strict=True)}
         for row in head.itertuples(index=False, name=None)
     ]
+
+
+def _chars(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False))
+
+
+def recorded_signature(
+    features: pd.DataFrame, predictions: np.ndarray | None = None
+) -> dict[str, Any]:
+    """:func:`signature_of`, or, for a frame so wide that its signature is over
+    :data:`MAX_SIGNATURE_CHARS`, ``{"omitted": <why>}`` (the model is saved all the
+    same; ONNX then has no inputs to convert with)."""
+    signature = signature_of(features, predictions)
+    if _chars(signature) <= MAX_SIGNATURE_CHARS:
+        return signature
+    return {
+        "omitted": f"the signature of {features.shape[1]} columns is over"
+        f" {MAX_SIGNATURE_CHARS} characters"
+    }
+
+
+def recorded_example(features: pd.DataFrame) -> list[dict[str, Any]] | None:
+    """:func:`input_example_of` with as many rows (up to :data:`INPUT_EXAMPLE_ROWS`)
+    as fit in :data:`MAX_EXAMPLE_CHARS`; None when not even one does."""
+    example = input_example_of(features)
+    while example and _chars(example) > MAX_EXAMPLE_CHARS:
+        example = example[:-1]
+    return example or None
 
 
 def example_frame(
@@ -692,6 +724,8 @@ def download_filename(artifact: VersionArtifact, format: ModelFormat | str) -> s
 
 __all__ = [
     "INPUT_EXAMPLE_ROWS",
+    "MAX_EXAMPLE_CHARS",
+    "MAX_SIGNATURE_CHARS",
     "MEDIA_TYPES",
     "SUFFIXES",
     "TRUSTED_SKOPS_TYPES",
@@ -712,6 +746,8 @@ __all__ = [
     "input_example_of",
     "load",
     "load_version",
+    "recorded_example",
+    "recorded_signature",
     "signature_of",
     "version_artifact",
 ]
