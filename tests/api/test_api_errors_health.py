@@ -45,6 +45,7 @@ CONTRACT = {
     "/v1/models": {"get"},
     "/v1/models/{model_id}": {"get"},
     "/v1/models/{model_id}/artifact": {"get"},
+    "/v1/model-versions/{version_id}/download": {"get"},
     "/v1/credits/balance": {"get"},
     "/v1/credits/transactions": {"get"},
     "/v1/credit-packages": {"get"},
