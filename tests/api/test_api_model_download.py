@@ -439,3 +439,31 @@ def test_an_incompatible_environment_is_409_naming_the_versions(
     with Session(engine) as session, pytest.raises(formats.IncompatibleEnvironment) as caught:
         formats.load_version(session, storage, version_id)
     assert "model version 1 of 'memo'" in str(caught.value)
+
+
+def test_concurrent_first_downloads_both_get_the_file_and_both_count(
+    client: TestClient, account: Account, engine: Engine, storage: Storage
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    version_id = _hand_made_version(
+        engine, storage, account.user_id, registry.current_environment()
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(lambda _: download(client, account, version_id, "skops"), range(2)))
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    for answer in answers:
+        assert answer.content[:2] == b"PK"  # a whole skops file (a zip) each time
+        with pytest.raises(formats.UntrustedContent, match="Memorizer"):
+            formats.load(answer.content, "skops")
+    assert (
+        scalar(engine, "SELECT download_count FROM model_versions WHERE id = :v", v=version_id) == 2
+    )
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM model_downloads WHERE model_version_id = :v AND granted",
+            v=version_id,
+        )
+        == 2
+    )
