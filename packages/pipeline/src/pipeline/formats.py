@@ -285,7 +285,8 @@ def _skops_ready(pipeline: Any) -> Any:
 def _skops_bytes(pipeline: Any) -> bytes:
     import skops.io as sio
 
-    return bytes(sio.dumps(_skops_ready(pipeline)))
+    # deflated: a forest's arrays shrink several times (skops stores them raw)
+    return bytes(sio.dumps(_skops_ready(pipeline), compression=zipfile.ZIP_DEFLATED))
 
 
 def _skops_load(data: bytes, trusted: Sequence[str] | None) -> Any:
