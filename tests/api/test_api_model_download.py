@@ -467,3 +467,43 @@ def test_concurrent_first_downloads_both_get_the_file_and_both_count(
         )
         == 2
     )
+
+
+def test_the_callers_address_and_agent_are_recorded(
+    app: Any, client: TestClient, account: Account, engine: Engine, storage: Storage
+) -> None:
+    version_id = _hand_made_version(
+        engine, storage, account.user_id, registry.current_environment()
+    )
+    stranger = signup(client)
+    for address in ("203.0.113.7", "2001:db8::5"):
+        with TestClient(app, client=(address, 40000)) as remote:
+            assert download(remote, account, version_id, "joblib").status_code == 200
+            assert download(remote, stranger, version_id, "joblib").status_code == 404
+    recorded = rows(
+        engine,
+        "SELECT host(ip) AS ip, user_agent, granted FROM model_downloads"
+        " WHERE model_version_id = :v ORDER BY created_at",
+        v=version_id,
+    )
+    assert [(r.ip, r.granted) for r in recorded] == [
+        ("203.0.113.7", True),
+        ("203.0.113.7", False),
+        ("2001:db8::5", True),
+        ("2001:db8::5", False),
+    ]
+    assert {r.user_agent for r in recorded} == {AGENT}
+    # a very long agent is cut to what the table keeps
+    r = client.get(
+        f"/v1/model-versions/{version_id}/download",
+        headers={**account.headers, "User-Agent": "a" * 5000},
+    )
+    assert r.status_code == 200
+    assert (
+        scalar(
+            engine,
+            "SELECT max(char_length(user_agent)) FROM model_downloads WHERE model_version_id = :v",
+            v=version_id,
+        )
+        == 512
+    )
