@@ -38,9 +38,7 @@ from workers.settings import WorkerSettings
 
 from api_helpers import Account, give_credits, rows, scalar, signup, upload
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore:X has feature names"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 AGENT = "formats-test/1.0"
 

@@ -64,9 +64,10 @@ MAX_EXAMPLE_CHARS = 100_000
 
 #: Types a skops file may hold beyond skops' own trusted set (scikit-learn's
 #: estimators, numpy arrays): what the platform's pipelines contain and nothing
-#: more, all plain data (no function: see :func:`_skops_ready`).
+#: more: plain data, and ``numpy.asarray`` (the text columns' first step, see
+#: :func:`_skops_ready`).
 TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset(
-    {"builtins.object", "numpy.dtype", "sklearn.tree._tree.Tree"}
+    {"builtins.object", "numpy.asarray", "numpy.dtype", "sklearn.tree._tree.Tree"}
 )
 
 #: File name suffix and media type of each format.
@@ -270,15 +271,15 @@ def _to_numpy_steps(pipeline: Any) -> list[tuple[Pipeline, int]]:
 def _skops_ready(pipeline: Any) -> Any:
     """A copy skops can write and read back: skops names a function by its module and
     name, and ``DataFrame.to_numpy`` (a method) cannot be found again that way. The
-    step becomes the identity: the imputer after it reads the frame's text columns
-    itself, their missing values as NaN (a frame read by pandas). An object column
-    holding ``None`` or ``pd.NA`` is the one input the two pipelines see differently
-    (the platform's counts it missing, the copy an unknown category)."""
+    step becomes ``numpy.asarray(frame, dtype=object)``: the same object array, a
+    frame read by pandas having NaN for a missing text. An object column holding
+    ``None`` or ``pd.NA`` is the one input the two pipelines see differently (the
+    platform's counts it missing, the copy an unknown category)."""
     ready = copy.deepcopy(pipeline)
     for part, index in _to_numpy_steps(ready):
         step = part.steps[index][1]
-        step.func = None
-        step.kw_args = None
+        step.func = np.asarray
+        step.kw_args = {"dtype": object}
     return ready
 
 
