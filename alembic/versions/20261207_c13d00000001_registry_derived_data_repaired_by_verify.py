@@ -12,7 +12,7 @@ full scan per step). The columns come before the functions that write them and g
 after them in the downgrade.
 
 Revision ID: c13d00000001
-Revises: c13b00000001
+Revises: c13c00000001
 Create Date: 2026-12-07 07:32:28.942574+00:00
 """
 
@@ -24,7 +24,7 @@ from alembic_utils.pg_function import PGFunction
 from alembic import op
 
 revision: str = "c13d00000001"
-down_revision: str | Sequence[str] | None = "c13b00000001"
+down_revision: str | Sequence[str] | None = "c13c00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -65,6 +65,7 @@ CONTRACT = {
     "/v1/model-versions": {"get"},
     "/v1/model-versions/{version_id}": {"get", "patch"},
     "/v1/model-versions/{version_id}/lineage": {"get"},
+    "/v1/model-versions/{version_id}/download": {"get"},
     "/v1/credits/balance": {"get"},
     "/v1/credits/transactions": {"get"},
     "/v1/credit-packages": {"get"},

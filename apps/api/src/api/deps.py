@@ -293,6 +293,7 @@ KeyManager = Annotated[Principal, Depends(require(KEYS))]
 
 
 def get_optional_principal(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal | None:
@@ -302,7 +303,7 @@ def get_optional_principal(
     carry the ``read`` scope (403)."""
     if credentials is None:
         return None
-    principal = get_principal(session, credentials)
+    principal = get_principal(request, session, credentials)
     return require(READ)(principal)
 
 

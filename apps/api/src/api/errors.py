@@ -115,6 +115,7 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.LineageCycle: (409, "lineage_cycle"),
     db.OwnerPermission: (409, "owner_permission"),
     db.ModelVersionImmutable: (409, "model_version_immutable"),
+    db.ModelRecordImmutable: (409, "model_record_immutable"),
     db.RegisteredModelOwnerImmutable: (409, "owner_immutable"),
     db.RegistryCounterDecrease: (409, "version_counter_decrease"),
     db.DownloadsAppendOnly: (409, "downloads_append_only"),

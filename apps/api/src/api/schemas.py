@@ -729,6 +729,8 @@ class PermissionOut(Output):
     user_id: uuid.UUID
     permission: ModelPermission
     granted_by: uuid.UUID | None
+
+
 # --- identity: login, sessions, passwords, admin ---------------------------------------------
 #: A password as sent: bounded here; its rules (length, no NUL) are
 #: database.identity.check_password_rules' (422 ``invalid_password``).

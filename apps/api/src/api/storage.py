@@ -74,11 +74,13 @@ class Storage:
             while chunk := f.read(CHUNK):
                 yield chunk
 
-    def download(self, location: str, filename: str) -> Response | None:
+    def download(
+        self, location: str, filename: str, media_type: str = "application/octet-stream"
+    ) -> Response | None:
         """A response serving the file, or None when it is not there (or not ours)."""
         path = self.backend.local_path(location)
         if path is not None:
-            return FileResponse(path, filename=filename, media_type="application/octet-stream")
+            return FileResponse(path, filename=filename, media_type=media_type)
         if not self.backend.exists(location):
             return None
         url = self.backend.signed_url(location, DOWNLOAD_URL_SECONDS, filename=filename)
@@ -86,7 +88,7 @@ class Storage:
             return RedirectResponse(url, status_code=307)
         return StreamingResponse(
             self._chunks(location),
-            media_type="application/octet-stream",
+            media_type=media_type,
             headers={
                 "Content-Disposition": _content_disposition(filename),
                 "Content-Length": str(self.backend.size(location)),

@@ -223,7 +223,8 @@ def run_job(
             if reply.status == "ok":
                 try:
                     _succeed(engine, storage, run, nodes[node_id], reply, lease_seconds)
-                except jobs.OverQuota as exc:  # the model does not fit: the node fails
+                except (jobs.OverQuota, jobs.RegistrationRefused) as exc:
+                    # the model does not fit, or the registry refused it: the node fails
                     refused = Reply("failed", error=str(exc))
                     _fail_node(engine, run, node_id, refused, lease_seconds)
             else:
@@ -312,12 +313,32 @@ def _succeed(
                 output=output,
                 size_bytes=len(outcome.artifact),
                 limits=run.tier_limits,
+                signature=record.signature,
+                input_example=record.input_example,
+                environment=record.environment,
+                register=_registration(run, node, record),
             )
     except BaseException:
         storage.delete(location)
         raise
     run.models.append(str(model_id))
     run.status[node.id] = "success"
+
+
+def _registration(run: _Run, node: WorkflowNode, record: Any) -> jobs.Registration | None:
+    """The save node's ``register``, with the dataset version its chain read (frozen
+    in the run's snapshot): the new version's lineage."""
+    register = getattr(record, "register", None)
+    if register is None:
+        return None
+    dataset_node = run.definition.dataset_node(node.id)
+    frozen = (run.snapshot.get("dataset_versions") or {}).get(dataset_node) or {}
+    version_id = frozen.get("version_id")
+    return jobs.Registration(
+        name=register.name,
+        alias=register.alias,
+        dataset_version_ids=(uuid.UUID(str(version_id)),) if version_id else (),
+    )
 
 
 def _results(run: _Run) -> dict[str, Any]:

@@ -131,6 +131,11 @@ class RegistryCounterDecrease(RuleViolation):
     version's number, once given, is never given again."""
 
 
+class ModelRecordImmutable(RuleViolation):
+    """A change of a trained model's recorded signature, input example or
+    environment (ML070): written once, with the model."""
+
+
 class ModelVersionImmutable(RuleViolation):
     """An UPDATE of a model version's number, registered model, trained model or owner
     (ML061)."""
@@ -420,6 +425,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML101": AdminRequired,
     "ML102": ActorRequired,
     "ML103": SessionImmutable,
+    "ML070": ModelRecordImmutable,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

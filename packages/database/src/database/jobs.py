@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     BindParameter,
@@ -185,14 +186,17 @@ def clean_message(message: str | None) -> str | None:
     return message.replace("\x00", "")[:MAX_ERROR_CHARS]
 
 
-def _json_safe(value: dict[str, Any] | None) -> dict[str, Any] | None:
+_Json = TypeVar("_Json", dict[str, Any], list[Any])
+
+
+def _json_safe(value: _Json | None) -> _Json | None:
     """Refuse NaN and infinities here (jsonb would, less clearly); drop NUL bytes."""
     if value is None:
         return None
     text = json.dumps(value, allow_nan=False)
     if "\\u0000" in text:
         text = text.replace("\\u0000", "")
-    loaded: dict[str, Any] = json.loads(text)
+    loaded: _Json = json.loads(text)
     return loaded
 
 
@@ -498,12 +502,24 @@ def record_model(
     output: dict[str, Any],
     size_bytes: int,
     limits: Limits | None = None,
-) -> None:
-    """A saved model's row (its bytes in ``size_bytes``) and its node's success, in one
-    transaction that locks the user first (``model_count`` and ``storage_used_bytes``
-    move) and checks the lease (:class:`LeaseLost`). A model that does not fit in the
-    owner's storage quota (``limits``, default the defaults) is not saved:
-    :class:`OverQuota`, nothing written."""
+    signature: dict[str, Any] | None = None,
+    input_example: list[Any] | None = None,
+    environment: dict[str, Any] | None = None,
+    register: Registration | None = None,
+) -> dict[str, Any] | None:
+    """A saved model's row (its bytes in ``size_bytes``; its ``signature``, input
+    example and ``environment``) and its node's success, in one transaction that
+    locks the user first (``model_count`` and ``storage_used_bytes`` move) and checks
+    the lease (:class:`LeaseLost`). A model that does not fit in the owner's storage
+    quota (``limits``, default the defaults) is not saved: :class:`OverQuota`,
+    nothing written.
+
+    With ``register`` (the save node's ``register``), the same transaction registers
+    the model as the next version of the owner's registered model of that name
+    (created if absent), with its lineage (the job, the workflow snapshot, the
+    dataset versions) and the alias (``database.registry.register_saved_model``);
+    returns what was registered (also in the node's output, ``registered``). A
+    registration the registry refuses saves nothing: :class:`RegistrationRefused`."""
     with session.begin():
         locks.lock_users(session, [claim.user_id])
         check_job(session, claim, lease_seconds)
@@ -522,10 +538,71 @@ def record_model(
                 hyperparameters=_json_safe(hyperparameters) or {},
                 s3_path=location,
                 size_bytes=size_bytes,
+                signature=_json_safe(signature) or {},
+                input_example=_json_safe(input_example),
+                environment=_json_safe(environment) or {},
             )
         )
         session.flush()
+        registered = None
+        if register is not None:
+            registered = _register(session, claim, model_id, metrics, register)
+            output = {**output, "registered": registered}
         record_node(session, claim, node_id, NodeStatus.SUCCESS, output=output)
+    return registered
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A save node's ``register``: the registered model's name, the alias to point
+    at the new version, and the dataset versions the model was trained on."""
+
+    name: str
+    alias: str | None = None
+    dataset_version_ids: tuple[uuid.UUID, ...] = ()
+
+
+class RegistrationRefused(Exception):
+    """The registry refused a save node's registration (a bad name or alias, a
+    metric it cannot record): the model is not saved, the node fails."""
+
+
+def _register(
+    session: Session,
+    claim: Claim,
+    model_id: uuid.UUID,
+    metrics: dict[str, Any],
+    register: Registration,
+) -> dict[str, Any]:
+    from database import registry
+
+    numbers = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    try:
+        with session.begin_nested():
+            version = registry.register_saved_model(
+                session,
+                claim.user_id,
+                model_id,
+                register.name,
+                alias=register.alias,
+                metrics=numbers,
+                dataset_version_ids=register.dataset_version_ids,
+            )
+    except errors.RuleViolation as exc:
+        raise RegistrationRefused(
+            f"the model was not registered as {register.name!r}: {exc}"
+        ) from exc
+    return {
+        "registered_model_id": str(version.registered_model_id),
+        "model_version_id": str(version.id),
+        "name": register.name,
+        "version": version.version,
+        "alias": register.alias,
+    }
 
 
 # --- ending a job ---------------------------------------------------------------------------

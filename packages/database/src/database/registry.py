@@ -7,7 +7,9 @@ registered model's counter, one version per trained model, aliases pointing at a
 version of their own model, append-only downloads and their counter, no permission
 for the owner, lineage without cycles. This module adds what needs a decision:
 
-- **registering**: :func:`create_registered_model`, :func:`register_version` (a
+- **registering**: :func:`create_registered_model`, :func:`register_saved_model`
+  (a save node's registration: the model by name, created if absent, and an
+  alias), :func:`register_version` (a
   trained model of the owner becomes the next version, with its signature, input
   example, environment, metrics as rows, and its lineage: the job and workflow
   snapshot it came from, the dataset versions named, a parent version);
@@ -176,7 +178,9 @@ def register_version(
     parent_relation: LineageRelation = LineageRelation.RETRAINED_FROM,
 ) -> ModelVersion:
     """Register the trained model ``model_id`` as the next version of the registered
-    model (the database numbers it), with its metrics as rows (a mapping is recorded
+    model (the database numbers it), with the signature, input example and
+    environment the worker recorded on the trained model (``models``; the arguments
+    override them), its metrics as rows (a mapping is recorded
     on the ``test`` split) and its lineage: ``produced_by`` the job and the workflow
     snapshot that trained it (when still there), ``trained_on`` each dataset version
     named, and ``parent_relation`` to ``parent_version_id``.
@@ -191,7 +195,8 @@ def register_version(
         raise RegisteredModelNotFound(f"registered model {registered_model_id} does not exist")
     trained = session.execute(
         text(
-            "SELECT m.job_id, j.workflow_snapshot_id FROM models AS m"
+            "SELECT m.job_id, j.workflow_snapshot_id, m.signature, m.input_example,"
+            " m.environment FROM models AS m"
             " LEFT JOIN jobs AS j ON j.id = m.job_id"
             " WHERE m.id = :m AND m.user_id = :u"
         ),
@@ -199,6 +204,13 @@ def register_version(
     ).one_or_none()
     if trained is None:
         raise TrainedModelNotFound(f"trained model {model_id} does not exist or is not the owner's")
+    # What the worker recorded with the trained model, unless the caller says otherwise.
+    if signature is None:
+        signature = trained.signature
+    if input_example is None:
+        input_example = trained.input_example
+    if environment is None:
+        environment = trained.environment
     version = ModelVersion(
         registered_model_id=registered_model_id,
         model_id=model_id,
@@ -230,6 +242,45 @@ def register_version(
         )
     if parent_version_id is not None:
         record_lineage(session, version.id, parent_relation, parent_version_id=parent_version_id)
+    return version
+
+
+def register_saved_model(
+    session: Session,
+    user_id: uuid.UUID,
+    model_id: uuid.UUID,
+    name: str,
+    *,
+    alias: str | None = None,
+    metrics: Mapping[str, float] | Iterable[tuple[str, str, float]] | None = None,
+    dataset_version_ids: Iterable[uuid.UUID] = (),
+) -> ModelVersion:
+    """What a save node with ``register`` asks (the worker, in the transaction that
+    records the model): the next version of ``user_id``'s registered model ``name``
+    (created, private, when the owner has none of that name; two jobs creating it
+    at once both end up with the one model), with its lineage (the job and snapshot,
+    the dataset versions), and ``alias`` pointing at it."""
+    values = insert(RegisteredModel).values(user_id=user_id, name=name)
+    session.execute(
+        values.on_conflict_do_nothing(
+            index_elements=[RegisteredModel.user_id, RegisteredModel.name]
+        )
+    )
+    registered_model_id = session.scalar(
+        select(RegisteredModel.id).where(
+            RegisteredModel.user_id == user_id, RegisteredModel.name == name
+        )
+    )
+    assert registered_model_id is not None
+    version = register_version(
+        session,
+        registered_model_id,
+        model_id,
+        metrics=metrics,
+        dataset_version_ids=dataset_version_ids,
+    )
+    if alias is not None:
+        set_alias(session, registered_model_id, alias, version.version)
     return version
 
 
@@ -1374,6 +1425,7 @@ __all__ = [
     "made_from_dataset_version",
     "record_download",
     "record_lineage",
+    "register_saved_model",
     "register_version",
     "revoke_permission",
     "set_alias",

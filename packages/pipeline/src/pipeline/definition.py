@@ -161,6 +161,24 @@ class VisualizeConfig(_Config):
     kind: VisualizationKind
 
 
+#: A registered model's name (``registered_models.name``: 1 to 200 characters).
+RegisteredName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(no_nul),
+]
+#: An alias (``model_aliases.alias``): a lowercase word, never a pure number.
+AliasName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+
+class RegisterConfig(_Config):
+    """Register the saved model as the next version of the caller's registered model
+    ``name`` (created when absent), and point ``alias`` at it."""
+
+    name: RegisteredName
+    alias: AliasName | None = None
+
+
 class SaveConfig(_Config):
     #: The saved model's name.
     name: Annotated[
@@ -168,6 +186,9 @@ class SaveConfig(_Config):
         StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
         AfterValidator(no_nul),
     ]
+    #: Also register it in the model registry: ``"register": {"name": ..., "alias": ...}``
+    #: (the attribute is ``registration``: ``register`` is a method of pydantic's classes).
+    registration: RegisterConfig | None = Field(default=None, alias="register")
 
 
 NodeConfig = DatasetConfig | PreprocessConfig | ModelConfig | VisualizeConfig | SaveConfig
@@ -627,6 +648,7 @@ __all__ = [
     "ModelConfig",
     "NodeConfig",
     "PreprocessConfig",
+    "RegisterConfig",
     "SaveConfig",
     "VisualizeConfig",
     "WorkflowDefinition",

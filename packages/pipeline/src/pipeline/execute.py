@@ -36,14 +36,12 @@ same definition on the same data gives the same metrics.
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
@@ -61,13 +59,16 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
-from database.models.enums import NodeType, ProblemType
+from database.models.enums import ModelFormat, NodeType, ProblemType
+from database.registry import current_environment
+from pipeline import formats
 from pipeline import metrics as measure
 from pipeline.definition import (
     DatasetInfo,
     DefinitionError,
     ModelConfig,
     PreprocessConfig,
+    RegisterConfig,
     SaveConfig,
     VisualizeConfig,
     WorkflowDefinition,
@@ -153,6 +154,15 @@ class ModelRecord:
     problem_type: ProblemType
     metrics: dict[str, float]
     hyperparameters: dict[str, Any]
+    #: What a caller of ``predict`` sends: the feature columns and their types
+    #: (:func:`pipeline.formats.signature_of`).
+    signature: dict[str, Any] = field(default_factory=dict)
+    #: A few training rows of those columns, JSON-safe.
+    input_example: list[dict[str, Any]] | None = None
+    #: The versions of Python, scikit-learn, numpy and pandas that fitted it.
+    environment: dict[str, str] = field(default_factory=dict)
+    #: The save node's registration: the registered model's name and alias.
+    register: RegisterConfig | None = None
 
 
 @dataclass
@@ -636,10 +646,9 @@ def _residuals(model: TrainedModel) -> dict[str, Any]:
 
 # --- save -------------------------------------------------------------------------------------
 def serialize(pipeline: Pipeline) -> bytes:
-    """The fitted pipeline as joblib bytes (``joblib.load(io.BytesIO(data))`` reads it)."""
-    buffer = io.BytesIO()
-    joblib.dump(pipeline, buffer, compress=3)
-    return buffer.getvalue()
+    """The fitted pipeline as joblib bytes (``joblib.load(io.BytesIO(data))`` reads it);
+    :func:`pipeline.formats.export` writes the other formats."""
+    return formats.export(pipeline, ModelFormat.JOBLIB)
 
 
 def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -> NodeOutcome:
@@ -649,12 +658,17 @@ def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -
         estimator.set_params(n_jobs=None)  # the worker's threads are not the model's
     artifact = serialize(model.pipeline)
     report(1.0, f"model {config.name!r} serialized ({len(artifact)} bytes)")
+    features = model.data.x_train[model.data.features]
     record = ModelRecord(
         name=config.name,
         algorithm=model.algorithm,
         problem_type=model.problem_type,
         metrics=dict(model.metrics),
         hyperparameters=dict(model.hyperparameters),
+        signature=formats.recorded_signature(features, model.predictions),
+        input_example=formats.recorded_example(features),
+        environment=current_environment(),
+        register=config.registration,
     )
     output = {
         "name": config.name,
@@ -665,7 +679,10 @@ def _save(config: SaveConfig, model: TrainedModel, report: Progress = _silent) -
         "hyperparameters": model.hyperparameters,
         "features": model.data.features,
         "artifact_bytes": len(artifact),
+        "signature_columns": len(record.signature.get("inputs", [])),
     }
+    if config.registration is not None:
+        output["register"] = config.registration.model_dump()
     return NodeOutcome(
         output=measure.json_safe(output), value=record, artifact=artifact, model=record
     )

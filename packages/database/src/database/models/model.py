@@ -14,6 +14,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin
@@ -41,6 +42,14 @@ class Model(IDMixin, TimestampMixin, Base):
     # written once, with the file (ML022 after).
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     is_deployed: Mapped[bool] = mapped_column(server_default=text("false"))
+    # What using it needs, recorded by the worker when it saves the model (the one
+    # record: a registered version copies them, database.registry.register_version).
+    #: The input schema: ``{"inputs": [{"name", "type", "required"}], "outputs": [...]}``.
+    signature: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    #: A few input rows, as JSON records.
+    input_example: Mapped[list[Any] | None] = mapped_column(JSONB(none_as_null=True))
+    #: ``{"python": ..., "sklearn": ..., "numpy": ..., "pandas": ...}`` that fitted it.
+    environment: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
 
     user: Mapped[User] = relationship(back_populates="models", lazy="raise_on_sql")
     job: Mapped[Job | None] = relationship(
@@ -56,6 +65,19 @@ class Model(IDMixin, TimestampMixin, Base):
     __table_args__ = (
         UniqueConstraint("id", "user_id"),
         CheckConstraint("size_bytes IS NULL OR size_bytes >= 0", name="size_nonnegative"),
+        CheckConstraint(
+            "jsonb_typeof(signature) = 'object' AND char_length(signature::text) <= 100000",
+            name="signature_shape",
+        ),
+        CheckConstraint(
+            "input_example IS NULL OR (jsonb_typeof(input_example) = 'array'"
+            " AND char_length(input_example::text) <= 100000)",
+            name="input_example_shape",
+        ),
+        CheckConstraint(
+            "jsonb_typeof(environment) = 'object' AND char_length(environment::text) <= 10000",
+            name="environment_shape",
+        ),
         # A model comes from one of its owner's jobs.
         ForeignKeyConstraint(
             ["job_id", "user_id"],
