@@ -356,8 +356,9 @@ def test_unknown_version_format_and_key(
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
     r = download(client, account, "not-a-uuid", "joblib")
     assert r.status_code == 422
+    # without a key: a missing version is a missing version (public ones need none)
     r = client.get(f"/v1/model-versions/{uuid.uuid4()}/download")
-    assert r.status_code == 401
+    assert r.status_code == 404
 
 
 # --- what cannot be converted -----------------------------------------------------------
@@ -505,3 +506,45 @@ def test_the_callers_address_and_agent_are_recorded(
         )
         == 512
     )
+
+
+def test_public_versions_download_without_a_key_and_permissions_still_hold(
+    client: TestClient, account: Account, engine: Engine, storage: Storage
+) -> None:
+    version_id = _hand_made_version(
+        engine, storage, account.user_id, registry.current_environment()
+    )
+    # private: an anonymous caller gets what a stranger gets, and it is recorded
+    r = download(client, None, version_id, "joblib")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE registered_models SET visibility = 'public' WHERE id ="
+                " (SELECT registered_model_id FROM model_versions WHERE id = :v)"
+            ),
+            {"v": version_id},
+        )
+    r = download(client, None, version_id, "joblib")
+    assert r.status_code == 200, r.text
+    assert formats.load(r.content, "joblib").predict(_features()[["petal width (cm)"]]).size
+    anonymous = rows(
+        engine,
+        "SELECT granted FROM model_downloads WHERE model_version_id = :v AND user_id IS NULL"
+        " ORDER BY created_at",
+        v=version_id,
+    )
+    assert [a.granted for a in anonymous] == [False, True]
+    # an account whose can_download an admin turned off: 403, even on a public model
+    stranger = signup(client)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE users SET can_download = false WHERE id = :u"), {"u": stranger.user_id}
+        )
+    r = download(client, stranger, version_id, "joblib")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+    # a bad key is 401, never a silent downgrade to anonymous
+    bad = client.get(
+        f"/v1/model-versions/{version_id}/download", headers={"Authorization": "Bearer aml_nope"}
+    )
+    assert bad.status_code == 401

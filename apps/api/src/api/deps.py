@@ -244,6 +244,19 @@ def require(scope: str) -> Callable[[Principal], Principal]:
     return dependency
 
 
+def ensure_permission(principal: Principal, permission: str) -> Principal:
+    """The check of :func:`require_permission`, for a route whose caller may be
+    anonymous (an anonymous caller has no account to turn a permission off)."""
+    if not getattr(principal.user, permission):
+        raise ApiError(
+            403,
+            "permission_denied",
+            f"this account may not do this ({permission} is off; an admin decides)",
+            {"permission": permission},
+        )
+    return principal
+
+
 def require_permission(permission: str, scope: str = WRITE) -> Callable[[Principal], Principal]:
     """A dependency: the caller, with ``scope`` and the account's ``permission`` (one
     of ``database.identity.PERMISSIONS``; an admin turns it off): 403
@@ -253,14 +266,7 @@ def require_permission(permission: str, scope: str = WRITE) -> Callable[[Princip
     scoped = require(scope)
 
     def dependency(principal: Principal) -> Principal:
-        if not getattr(principal.user, permission):
-            raise ApiError(
-                403,
-                "permission_denied",
-                f"this account may not do this ({permission} is off; an admin decides)",
-                {"permission": permission},
-            )
-        return principal
+        return ensure_permission(principal, permission)
 
     dependency.__name__ = f"require_{permission}"
     # The parameter's dependency is this call's ``scoped``: given as an object, not as

@@ -4,6 +4,8 @@
 routes under ``/model-versions`` and ``/registered-models`` are the registry's own
 router; this one serves files. Access is :func:`database.registry.can`'s:
 
+- anyone, with or without a key, may download a public model's versions (an account
+  whose ``can_download`` is off gets 403 ``permission_denied``);
 - a caller who may not read the registered model gets 404 (as for a missing one);
 - one who may read it but not download it gets 403 ``download_not_permitted``;
 - both refusals are recorded (``model_downloads``, ``granted`` false, with the IP
@@ -28,7 +30,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from api.deps import Reader, SessionDep, StorageDep
+from api.deps import MaybeReader, SessionDep, StorageDep, ensure_permission
 from api.errors import ApiError, error_responses, not_found
 from database import registry
 from database.models import ModelVersion
@@ -74,7 +76,7 @@ def _user_agent(request: Request) -> str | None:
 )
 def download_version(
     request: Request,
-    principal: Reader,
+    principal: MaybeReader,
     session: SessionDep,
     storage: StorageDep,
     version_id: uuid.UUID,
@@ -87,7 +89,11 @@ def download_version(
     )
     if registered_model_id is None:
         raise not_found("model version")
-    user_id = principal.user_id
+    # A public model's versions may be downloaded without a key; a caller with a key
+    # needs the account's can_download (api.deps, the one place permissions are kept).
+    user_id = None
+    if principal is not None:
+        user_id = ensure_permission(principal, "can_download").user_id
     ip, agent = _client_ip(request), _user_agent(request)
     if not registry.can(session, user_id, registered_model_id, ModelPermission.DOWNLOAD):
         registry.record_download(
