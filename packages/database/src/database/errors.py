@@ -156,6 +156,35 @@ class RegisteredModelOwnerImmutable(RuleViolation):
     """An UPDATE of a registered model's owner (ML066)."""
 
 
+class InferenceRequestsAppendOnly(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of ``inference_requests`` or a partition (ML085)."""
+
+
+class UsageAppendOnly(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of ``usage_events`` or ``usage_charges`` (ML086)."""
+
+
+class PaymentRequired(RuleViolation):
+    """``metering.admit``: the user's balance, less what they owe and what is held
+    for requests in flight, cannot pay for the request's rows (ML087; HTTP 402)."""
+
+    def __init__(self, message: str, *, needed_micro: int = 0, available_micro: int = 0) -> None:
+        super().__init__(message, sqlstate="ML087")
+        self.needed_micro = needed_micro
+        self.available_micro = available_micro
+
+
+class QuotaExceeded(RuleViolation):
+    """``metering.admit``: an API key's rate limit or monthly row quota is spent
+    (ML088; HTTP 429 with ``Retry-After: retry_after`` seconds)."""
+
+    def __init__(self, message: str, *, retry_after: int, quota: str, limit: int) -> None:
+        super().__init__(message, sqlstate="ML088")
+        self.retry_after = retry_after
+        self.quota = quota
+        self.limit = limit
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -199,6 +228,10 @@ class PaymentReferenceConflict(DuplicatePayment):
 
 class InvalidCreditAmount(InvalidValue):
     """Purchases and refunds are positive, charges negative, adjustments non-zero."""
+
+
+class UsageAlreadyRecorded(AlreadyExists):
+    """A usage event's idempotency key was recorded already."""
 
 
 class RegisteredModelNameTaken(AlreadyExists):
@@ -330,6 +363,8 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML064": OwnerPermission,
     "ML065": LineageCycle,
     "ML066": RegisteredModelOwnerImmutable,
+    "ML085": InferenceRequestsAppendOnly,
+    "ML086": UsageAppendOnly,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -351,6 +386,7 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
     "uq_credit_transactions_idempotency_key": DuplicateAdjustment,
     "ck_credit_transactions_amount_sign": InvalidCreditAmount,
+    "uq_usage_events_idempotency_key": UsageAlreadyRecorded,
     "uq_registered_models_user_id_name": RegisteredModelNameTaken,
     "uq_model_versions_model_id_user_id": ModelAlreadyRegistered,
     "fk_model_aliases_model_version_id_model_versions": AliasVersionMismatch,

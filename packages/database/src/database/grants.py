@@ -26,8 +26,13 @@ Three kinds of role touch the database:
     - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
 
   - USAGE and SELECT on the sequences, if any;
+    - ``inference_requests``, ``usage_events``, ``usage_charges``: SELECT and INSERT
+      only (append-only: ML085, ML086); nothing on the partitions of
+      ``inference_requests`` (clients go through the parent, whose privileges apply);
+
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
-    schema (EXECUTE is revoked from PUBLIC on all of them);
+    schema (EXECUTE is revoked from PUBLIC on all of them) but the two that make
+    the request log's partitions (``APPS_FUNCTIONS``);
 
 - an **operator's role** (``automl-db grant --operator ROLE``), for the people who
   sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
@@ -58,7 +63,20 @@ from sqlalchemy.engine import Connection
 from database import errors
 from database.models.user import DERIVED_COLUMNS
 
-APPEND_ONLY = {"credit_transactions": "SELECT, INSERT", "model_downloads": "SELECT, INSERT"}
+APPEND_ONLY = {
+    "credit_transactions": "SELECT, INSERT",
+    "model_downloads": "SELECT, INSERT",
+    # Metering (database.metering): the request log and usage are append-only.
+    "inference_requests": "SELECT, INSERT",
+    "usage_events": "SELECT, INSERT",
+    "usage_charges": "SELECT, INSERT",
+}
+#: Functions the apps' role executes: the request log's partitions, made ahead by the
+#: worker and on demand by the API (SECURITY DEFINER: they run as the owner).
+APPS_FUNCTIONS = (
+    "public.inference_requests_partition_for(timestamptz)",
+    "public.inference_requests_ensure_partitions(integer)",
+)
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.
 COLUMN_LIMITED = {
@@ -161,7 +179,7 @@ def grant(
         conn.execute(
             text(
                 "SELECT c.relname FROM pg_class AS c WHERE c.relnamespace = 'public'::regnamespace"
-                " AND c.relkind IN ('r', 'p') ORDER BY 1"
+                " AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
             )
         ).scalars()
     )
@@ -215,4 +233,6 @@ def grant(
         else:
             run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {q}")
     run(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {q}")
+    for fn in APPS_FUNCTIONS:
+        run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
     return report
