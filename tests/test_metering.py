@@ -200,8 +200,9 @@ def test_the_apps_role_may_only_read_and_append(sql, engine, app_engine):
     ):
         with pytest.raises(errors.PermissionDenied), app_engine.begin() as conn:
             conn.execute(text(statement))
-    with pytest.raises(errors.PermissionDenied):
-        metering.drop_partitions_before(app_engine, dt.date(2999, 1, 1))
+    sql("SELECT public.inference_requests_partition_for('2020-01-01 00:00+00')")
+    with pytest.raises(errors.PermissionDenied):  # retention is the owner's (DDL)
+        metering.drop_partitions_before(app_engine, dt.date(2020, 2, 1))
     assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
     assert scalar(sql, "SELECT count(*) FROM usage_charges") == 1
     assert balance(sql, user) == 9
@@ -560,7 +561,7 @@ def test_a_monthly_row_quota_holds_exactly_and_refusals_count_nothing(sql, engin
     assert outcomes.count("ok") == 3
     refused = [o for o in outcomes if o != "ok"]
     assert all(r.quota == "monthly_row_quota" and r.retry_after >= 1 for r in refused)
-    assert scalar(sql, "SELECT used FROM api_key_usage_windows WHERE window = 'month'") == 900
+    assert scalar(sql, "SELECT used FROM api_key_usage_windows WHERE period = 'month'") == 900
     admit(engine, user, 100, api_key_id=key)  # exactly up to the quota
     with pytest.raises(errors.QuotaExceeded):
         admit(engine, user, 1, api_key_id=key)

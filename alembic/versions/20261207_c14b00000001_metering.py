@@ -216,7 +216,7 @@ def upgrade() -> None:
     op.create_table(
         "api_key_usage_windows",
         sa.Column("api_key_id", sa.UUID(), nullable=False),
-        sa.Column("window", sa.Enum("minute", "month", name="quota_window"), nullable=False),
+        sa.Column("period", sa.Enum("minute", "month", name="quota_window"), nullable=False),
         sa.Column("window_start", sa.TIMESTAMP(timezone=True), nullable=False),
         sa.Column("used", sa.BigInteger(), nullable=False),
         sa.CheckConstraint("used >= 0", name=op.f("ck_api_key_usage_windows_used_nonnegative")),
@@ -227,7 +227,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint(
-            "api_key_id", "window", "window_start", name=op.f("pk_api_key_usage_windows")
+            "api_key_id", "period", "window_start", name=op.f("pk_api_key_usage_windows")
         ),
     )
     op.create_table(

@@ -189,16 +189,16 @@ _QUOTAS = text(
                date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month
           FROM public.api_keys WHERE id = :key
     ), m AS (
-        INSERT INTO public.api_key_usage_windows AS w (api_key_id, "window", window_start, used)
+        INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
         SELECT :key, 'minute', k.minute, 1 FROM k WHERE k.rl IS NOT NULL AND 1 <= k.rl
-        ON CONFLICT (api_key_id, "window", window_start) DO UPDATE SET used = w.used + 1
+        ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + 1
          WHERE w.used + 1 <= (SELECT rl FROM k)
         RETURNING used
     ), r AS (
-        INSERT INTO public.api_key_usage_windows AS w (api_key_id, "window", window_start, used)
+        INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
         SELECT :key, 'month', k.month, :rows FROM k
          WHERE k.mq IS NOT NULL AND :rows > 0 AND :rows <= k.mq
-        ON CONFLICT (api_key_id, "window", window_start) DO UPDATE SET used = w.used + :rows
+        ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + :rows
          WHERE w.used + :rows <= (SELECT mq FROM k)
         RETURNING used
     )
@@ -691,8 +691,8 @@ def sweep(engine: Engine | Session) -> tuple[int, int]:
         windows = s.execute(
             text(
                 "DELETE FROM public.api_key_usage_windows WHERE"
-                " (\"window\" = 'minute' AND window_start < now() - interval '1 hour') OR"
-                " (\"window\" = 'month' AND window_start < now() - interval '62 days')"
+                " (period = 'minute' AND window_start < now() - interval '1 hour') OR"
+                " (period = 'month' AND window_start < now() - interval '62 days')"
             )
         ).rowcount
     return holds, windows

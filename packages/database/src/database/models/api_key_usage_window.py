@@ -22,12 +22,12 @@ class ApiKeyUsageWindow(Base):
     __tablename__ = "api_key_usage_windows"
 
     api_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
-    window: Mapped[QuotaWindow] = mapped_column(quota_window)
+    period: Mapped[QuotaWindow] = mapped_column(quota_window)
     window_start: Mapped[dt.datetime]
     used: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (
-        PrimaryKeyConstraint("api_key_id", "window", "window_start"),
+        PrimaryKeyConstraint("api_key_id", "period", "window_start"),
         CheckConstraint("used >= 0", name="used_nonnegative"),
     )
 
