@@ -73,6 +73,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Too large, or over the storage quota",
         415: "Unsupported content type",
         422: "Invalid input",
+        429: "A quota of the API key is spent; retry after Retry-After seconds",
         503: "Temporarily unavailable; retry",
     }
     return {s: {"model": ErrorBody, "description": described.get(s, "Error")} for s in statuses}
@@ -83,6 +84,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 #: MRO that is listed wins.
 DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.InsufficientCredits: (402, "insufficient_credits"),
+    # Metering (database.metering.admit): before the model runs.
+    db.PaymentRequired: (402, "payment_required"),
+    db.QuotaExceeded: (429, "quota_exceeded"),
+    db.InferenceRequestsAppendOnly: (409, "append_only"),
+    db.UsageAppendOnly: (409, "append_only"),
     db.UserDeleted: (403, "user_deleted"),
     db.PackageTierRestricted: (403, "package_tier_restricted"),
     db.PackageUnavailable: (409, "package_unavailable"),
@@ -152,6 +158,16 @@ def from_database(exc: db.DatabaseError) -> ApiError:
             details["balance"] = exc.balance
         if exc.amount is not None:
             details["price"] = abs(exc.amount)
+    if isinstance(exc, db.PaymentRequired):
+        details.update(
+            {
+                "needed_credits": str(exc.needed_micro / 1_000_000),
+                "available_credits": str(max(exc.available_micro, 0) / 1_000_000),
+            }
+        )
+    if isinstance(exc, db.QuotaExceeded):
+        details.update({"quota": exc.quota, "limit": exc.limit, "retry_after": exc.retry_after})
+        headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, db.InvalidStatusTransition):
         details.update({"from": exc.from_status, "to": exc.to_status})
     if exc.constraint and 400 <= status < 500:

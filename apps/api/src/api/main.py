@@ -25,6 +25,7 @@ from api.routers import (
     jobs,
     models,
     tutorials,
+    usage,
     users,
     webhooks,
     workflows,
@@ -126,6 +127,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         webhooks,
         experiments,
         tutorials,
+        usage,
     ):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -8,11 +8,16 @@ automl-db down     stop the embedded PostgreSQL; exit 1, naming them, while live
                    processes use it (--force stops it anyway)
 automl-db seed     insert the credit packages and tutorials (idempotent; `up`
                    runs it after migrating)
+automl-db inference-retention --before DATE [--dry-run]
+                   drop the request log's months ending on or before DATE
+automl-db charge-usage [--now]
+                   charge uncharged usage through the ledger (what the worker does)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -222,6 +227,38 @@ def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inference_retention(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    """Drop the request log's months that end on or before ``--before`` (whole
+    partitions: DDL as the owner; the rows are never DELETEd)."""
+    from database import metering
+
+    engine = _engine_for_admin(settings)
+    try:
+        names = metering.drop_partitions_before(engine, args.before, dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    verb = "would drop" if args.dry_run else "dropped"
+    print(f"{verb} {len(names)} partition(s) of inference_requests: {', '.join(names) or '-'}")
+    return 0
+
+
+def cmd_charge_usage(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    """Charge uncharged usage through the ledger (the closed hours; ``--now``: all)."""
+    from database import metering
+
+    engine = _engine_for_admin(settings)
+    try:
+        report = metering.charge_usage(
+            engine, through=dt.datetime.now(dt.UTC) if args.now else None
+        )
+    finally:
+        engine.dispose()
+    print(report.render())
+    for user_id, why in sorted(report.unpaid.items()):
+        print(f"  user {user_id} left uncharged: {why}")
+    return 0
+
+
 def cmd_seed(settings: DatabaseSettings) -> int:
     engine = make_engine(settings.url(), settings)
     try:
@@ -240,8 +277,17 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "verify": cmd_verify,
     "purge": cmd_purge,
     "grant": cmd_grant,
+    "inference-retention": cmd_inference_retention,
+    "charge-usage": cmd_charge_usage,
 }
-WITH_ARGS = {"verify", "purge", "grant", "down"}
+WITH_ARGS = {"verify", "purge", "grant", "down", "inference-retention", "charge-usage"}
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def _positive(value: str) -> int:
@@ -316,6 +362,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--create",
         action="store_true",
         help="create the role (LOGIN, no password) if it does not exist",
+    )
+    retention = sub.add_parser(
+        "inference-retention",
+        help="drop the months of the inference request log that end on or before a date",
+    )
+    retention.add_argument(
+        "--before",
+        type=_date,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="drop every month ending on or before this date (UTC); never the current one",
+    )
+    retention.add_argument("--dry-run", action="store_true", help="list, drop nothing")
+    charge = sub.add_parser(
+        "charge-usage", help="charge uncharged usage (predictions) through the ledger"
+    )
+    charge.add_argument(
+        "--now", action="store_true", help="charge up to now, not only the hours that ended"
     )
     args = parser.parse_args(argv)
     try:
