@@ -637,3 +637,16 @@ def test_verify_reports_a_meter_and_events_that_disagree(sql, engine):
     assert any("usage meter" in p for p in problems)
     assert any("never charged" in p for p in problems)
     assert verify(engine, user_ids=[make_user(sql)]).usage == []
+
+
+def test_verify_reports_a_charge_whose_ledger_entry_is_missing(sql, engine):
+    user = _flow(sql, engine)
+    sql(
+        "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
+        " quantity, amount_micro, credits, ledger_entry_id, idempotency_key)"
+        " VALUES (:u, NULL, 'batch_rows', now() + interval '1 day', now() + interval '2 days',"
+        " 1, 0, 3, gen_random_uuid(), 'dangling')",
+        u=user,
+    )
+    problems = [p for _, p in verify(engine).usage]
+    assert any("does not exist" in p for p in problems)

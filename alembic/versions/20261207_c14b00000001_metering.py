@@ -258,12 +258,6 @@ def upgrade() -> None:
         sa.CheckConstraint("period_end > period_start", name=op.f("ck_usage_charges_period_order")),
         sa.CheckConstraint("quantity > 0", name=op.f("ck_usage_charges_quantity_positive")),
         sa.ForeignKeyConstraint(
-            ["ledger_entry_id"],
-            ["credit_transactions.id"],
-            name=op.f("fk_usage_charges_ledger_entry_id_credit_transactions"),
-            ondelete="RESTRICT",
-        ),
-        sa.ForeignKeyConstraint(
             ["user_id"],
             ["users.id"],
             name=op.f("fk_usage_charges_user_id_users"),

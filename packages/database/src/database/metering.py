@@ -787,6 +787,18 @@ _VERIFY = [
      WHERE t.type = 'consumption' AND t.job_id IS NULL AND {ids_t}
        AND (c.id IS NULL OR c.credits <> -t.amount)
     """,
+    # ... and a usage charge's ledger entry is there, the user's, for its credits.
+    """
+    SELECT c.user_id, format('usage charge %s names ledger entry %s, which %s', c.id,
+                             c.ledger_entry_id,
+                             CASE WHEN t.id IS NULL THEN 'does not exist'
+                                  ELSE 'is not its charge' END) AS problem
+      FROM public.usage_charges AS c
+      LEFT JOIN public.credit_transactions AS t ON t.id = c.ledger_entry_id
+     WHERE c.ledger_entry_id IS NOT NULL AND {ids_c}
+       AND (t.id IS NULL OR t.user_id <> c.user_id OR t.type <> 'consumption'
+            OR t.amount <> -c.credits OR t.idempotency_key IS DISTINCT FROM c.idempotency_key)
+    """,
     # Rounding: whole credits of the cost charged, the remainder carried.
     """
     SELECT c.user_id, format('usage charges sum to %s credits, their cost to %s micro-credits'

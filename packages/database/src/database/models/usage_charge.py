@@ -32,9 +32,10 @@ class UsageCharge(IDMixin, CreatedAtMixin, Base):
     quantity: Mapped[int] = mapped_column(BigInteger)
     amount_micro: Mapped[int] = mapped_column(BigInteger)
     credits: Mapped[int]
-    ledger_entry_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("credit_transactions.id", ondelete="RESTRICT")
-    )
+    #: The ledger entry (no foreign key: one would make ``TRUNCATE credit_transactions``
+    #: fail on the reference before the ledger's own refusal, ML002; both tables are
+    #: append-only and ``automl-db verify`` checks the link both ways).
+    ledger_entry_id: Mapped[uuid.UUID | None]
     #: ``usage:<user>:<deployment>:<sku>:<period_start>:<period_end>``, also the
     #: ledger entry's idempotency key: a retried aggregation never charges twice.
     idempotency_key: Mapped[str]
