@@ -310,7 +310,7 @@ def test_a_user_who_cannot_pay_gets_payment_required(sql, engine):
     admit(engine, user, 0)  # nothing to pay
     with pytest.raises(errors.InvalidValue):
         admit(engine, user, -1)
-    with pytest.raises(errors.UserNotFound):
+    with pytest.raises(errors.MeteredUserNotFound):
         admit(engine, uuid.uuid4(), 1)
     usage_ok(engine)
 

@@ -122,6 +122,96 @@ BEGIN
 END;
 $$;
 
+-- Admission of a request before the model runs (database.metering.admit), one call:
+--   * the key's quotas, each one INSERT ... ON CONFLICT DO UPDATE ... WHERE used + n
+--     <= limit: the counter row's lock orders concurrent admissions of one key in
+--     every process; no row touched means the quota is spent  -> ML088 quota_exceeded
+--     (DETAIL quota=... limit=... retry_after=<seconds to the window's end>);
+--   * the user's row lock (the ledger's), then, in a new statement and so a new
+--     snapshot that sees every admission and record committed before the lock was
+--     granted, a hold of p_amount micro-credits if the balance covers the meter
+--     (uncharged usage and carry), the live holds and it      -> ML087 payment_required
+--     (DETAIL needed=... available=...); an unknown user       -> ML089.
+-- A refusal raises: the caller's transaction (or savepoint) undoes the counting.
+CREATE OR REPLACE FUNCTION public.usage_admit(p_user uuid, p_key uuid, p_deployment uuid, p_rows bigint, p_amount bigint, p_request_id text, p_hold_seconds integer)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now timestamptz := now();
+    v_rl integer;
+    v_mq bigint;
+    v_start timestamptz;
+    v_available bigint;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        SELECT k.rate_limit_per_minute, k.monthly_row_quota INTO v_rl, v_mq
+          FROM public.api_keys AS k WHERE k.id = p_key;
+        IF v_rl IS NOT NULL THEN
+            v_start := date_trunc('minute', v_now);
+            INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
+            VALUES (p_key, 'minute', v_start, 1)
+            ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + 1
+             WHERE w.used + 1 <= v_rl;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'API key rate limit of % requests per minute reached', v_rl
+                    USING ERRCODE = 'ML088',
+                          DETAIL = format('quota=rate_limit_per_minute limit=%s retry_after=%s', v_rl,
+                                          ceil(extract(epoch FROM v_start + interval '1 minute' - v_now))::int);
+            END IF;
+        END IF;
+        IF v_mq IS NOT NULL AND p_rows > 0 THEN
+            v_start := date_trunc('month', v_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+            IF p_rows <= v_mq THEN
+                INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
+                VALUES (p_key, 'month', v_start, p_rows)
+                ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + p_rows
+                 WHERE w.used + p_rows <= v_mq;
+            END IF;
+            IF p_rows > v_mq OR NOT FOUND THEN
+                RAISE EXCEPTION 'API key monthly quota of % rows reached (this request: % rows)', v_mq, p_rows
+                    USING ERRCODE = 'ML088',
+                          DETAIL = format('quota=monthly_row_quota limit=%s retry_after=%s', v_mq,
+                                          ceil(extract(epoch FROM
+                                               ((v_start AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+                                               - v_now))::int);
+            END IF;
+        END IF;
+    END IF;
+    IF p_amount <= 0 THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM public.users AS u WHERE u.id = p_user FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % does not exist', p_user USING ERRCODE = 'ML089';
+    END IF;
+    INSERT INTO public.usage_holds (user_id, deployment_id, rows, amount_micro, request_id, expires_at)
+    SELECT p_user, p_deployment, p_rows, p_amount, p_request_id,
+           v_now + make_interval(secs => p_hold_seconds)
+      FROM public.users AS u
+     WHERE u.id = p_user
+       AND u.credit_balance::bigint * 1000000
+           - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
+                        WHERE m.user_id = p_user), 0)
+           - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
+                        WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
+           >= p_amount;
+    IF NOT FOUND THEN
+        SELECT u.credit_balance::bigint * 1000000
+               - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
+                            WHERE m.user_id = p_user), 0)
+               - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
+                            WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
+          INTO v_available
+          FROM public.users AS u WHERE u.id = p_user;
+        RAISE EXCEPTION 'insufficient credits for % rows: they cost % micro-credits, % available',
+                p_rows, p_amount, greatest(v_available, 0)
+            USING ERRCODE = 'ML087',
+                  DETAIL = format('needed=%s available=%s', p_amount, v_available);
+    END IF;
+END;
+$$;
+
 CREATE TRIGGER inference_requests_no_update_delete
 BEFORE UPDATE OR DELETE ON inference_requests
 FOR EACH ROW EXECUTE FUNCTION public.inference_requests_append_only();

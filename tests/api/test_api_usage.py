@@ -237,10 +237,14 @@ def test_another_users_key_cannot_be_changed(client: TestClient, account, other)
 
 def test_metering_refusals_answer_402_and_429_with_retry_after():
     quota = from_database(
-        errors.QuotaExceeded("spent", retry_after=17, quota="rate_limit_per_minute", limit=5)
+        errors.QuotaExceeded(
+            "spent", sqlstate="ML088", detail="quota=rate_limit_per_minute limit=5 retry_after=17"
+        )
     )
     assert (quota.status, quota.code, quota.headers["Retry-After"]) == (429, "quota_exceeded", "17")
     assert quota.details == {"quota": "rate_limit_per_minute", "limit": 5, "retry_after": 17}
-    pay = from_database(errors.PaymentRequired("no", needed_micro=1500, available_micro=-3))
+    pay = from_database(
+        errors.PaymentRequired("no", sqlstate="ML087", detail="needed=1500 available=-3")
+    )
     assert (pay.status, pay.code) == (402, "payment_required")
     assert pay.details == {"needed_credits": "0.0015", "available_credits": "0.0"}

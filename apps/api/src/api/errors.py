@@ -87,6 +87,7 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     # Metering (database.metering.admit): before the model runs.
     db.PaymentRequired: (402, "payment_required"),
     db.QuotaExceeded: (429, "quota_exceeded"),
+    db.MeteredUserNotFound: (404, "not_found"),
     db.InferenceRequestsAppendOnly: (409, "append_only"),
     db.UsageAppendOnly: (409, "append_only"),
     db.UserDeleted: (403, "user_deleted"),

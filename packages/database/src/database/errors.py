@@ -165,24 +165,39 @@ class UsageAppendOnly(RuleViolation):
 
 
 class PaymentRequired(RuleViolation):
-    """``metering.admit``: the user's balance, less what they owe and what is held
-    for requests in flight, cannot pay for the request's rows (ML087; HTTP 402)."""
+    """``metering.admit`` (``public.usage_admit``): the user's balance, less what they
+    owe and what is held for requests in flight, cannot pay for the request's rows
+    (ML087; HTTP 402). Amounts in micro-credits (10**-6 credit)."""
 
-    def __init__(self, message: str, *, needed_micro: int = 0, available_micro: int = 0) -> None:
-        super().__init__(message, sqlstate="ML087")
-        self.needed_micro = needed_micro
-        self.available_micro = available_micro
+    @property
+    def needed_micro(self) -> int:
+        return _detail_int(self.detail, "needed") or 0
+
+    @property
+    def available_micro(self) -> int:
+        return _detail_int(self.detail, "available") or 0
 
 
 class QuotaExceeded(RuleViolation):
-    """``metering.admit``: an API key's rate limit or monthly row quota is spent
-    (ML088; HTTP 429 with ``Retry-After: retry_after`` seconds)."""
+    """``metering.admit`` (``public.usage_admit``): an API key's rate limit or monthly
+    row quota is spent (ML088; HTTP 429 with ``Retry-After: retry_after`` seconds).
+    ``quota`` names it (``rate_limit_per_minute``, ``monthly_row_quota``)."""
 
-    def __init__(self, message: str, *, retry_after: int, quota: str, limit: int) -> None:
-        super().__init__(message, sqlstate="ML088")
-        self.retry_after = retry_after
-        self.quota = quota
-        self.limit = limit
+    @property
+    def retry_after(self) -> int:
+        return max(1, _detail_int(self.detail, "retry_after") or 1)
+
+    @property
+    def quota(self) -> str | None:
+        return _detail_word(self.detail, "quota")
+
+    @property
+    def limit(self) -> int | None:
+        return _detail_int(self.detail, "limit")
+
+
+class MeteredUserNotFound(RuleViolation):
+    """``public.usage_admit`` for a user that does not exist (ML089)."""
 
 
 # --- declarative constraints -------------------------------------------------------
@@ -365,6 +380,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML066": RegisteredModelOwnerImmutable,
     "ML085": InferenceRequestsAppendOnly,
     "ML086": UsageAppendOnly,
+    "ML087": PaymentRequired,
+    "ML088": QuotaExceeded,
+    "ML089": MeteredUserNotFound,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

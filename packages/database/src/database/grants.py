@@ -32,7 +32,7 @@ Three kinds of role touch the database:
 
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
     schema (EXECUTE is revoked from PUBLIC on all of them) but the two that make
-    the request log's partitions (``APPS_FUNCTIONS``);
+    the request log's partitions and metering's admission (``APPS_FUNCTIONS``);
 
 - an **operator's role** (``automl-db grant --operator ROLE``), for the people who
   sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
@@ -76,6 +76,7 @@ APPEND_ONLY = {
 APPS_FUNCTIONS = (
     "public.inference_requests_partition_for(timestamptz)",
     "public.inference_requests_ensure_partitions(integer)",
+    "public.usage_admit(uuid, uuid, uuid, bigint, bigint, text, integer)",
 )
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.

@@ -181,68 +181,10 @@ def _count(value: Any, name: str) -> int:
 
 
 # --- admission ------------------------------------------------------------------------
-_QUOTAS = text(
-    """
-    WITH k AS (
-        SELECT rate_limit_per_minute AS rl, monthly_row_quota AS mq,
-               date_trunc('minute', now()) AS minute,
-               date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month
-          FROM public.api_keys WHERE id = :key
-    ), m AS (
-        INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
-        SELECT :key, 'minute', k.minute, 1 FROM k WHERE k.rl IS NOT NULL AND 1 <= k.rl
-        ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + 1
-         WHERE w.used + 1 <= (SELECT rl FROM k)
-        RETURNING used
-    ), r AS (
-        INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
-        SELECT :key, 'month', k.month, :rows FROM k
-         WHERE k.mq IS NOT NULL AND :rows > 0 AND :rows <= k.mq
-        ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + :rows
-         WHERE w.used + :rows <= (SELECT mq FROM k)
-        RETURNING used
-    )
-    SELECT k.rl, k.mq,
-           (SELECT count(*) FROM m) AS minute_ok, (SELECT count(*) FROM r) AS month_ok,
-           ceil(extract(epoch FROM k.minute + interval '1 minute' - now()))::int AS minute_left,
-           ceil(extract(epoch FROM
-                ((k.month AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC' - now()
-           ))::int AS month_left
-      FROM k
-    """
-)
-
-_LOCK_USER = text("SELECT id FROM public.users WHERE id = :user FOR NO KEY UPDATE")
-
-# A new statement after the lock: it sees every hold and meter move committed by
-# the admissions and records that held the lock before.
-_HOLD = text(
-    """
-    INSERT INTO public.usage_holds (user_id, deployment_id, rows, amount_micro, request_id,
-                                    expires_at)
-    SELECT :user, :deployment, :rows, :amount, :request_id,
-           now() + make_interval(secs => :hold_seconds)
-      FROM public.users AS u
-     WHERE u.id = :user
-       AND u.credit_balance::bigint * 1000000
-           - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
-                        WHERE m.user_id = :user), 0)
-           - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
-                        WHERE h.user_id = :user AND h.expires_at > now()), 0)
-           >= :amount
-    RETURNING id
-    """
-)
-
-_AVAILABLE = text(
-    """
-    SELECT u.credit_balance::bigint * 1000000
-           - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
-                        WHERE m.user_id = u.id), 0)
-           - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
-                        WHERE h.user_id = u.id AND h.expires_at > now()), 0)
-      FROM public.users AS u WHERE u.id = :user
-    """
+# One round trip: the rules are public.usage_admit's (sql/triggers/metering.sql).
+_ADMIT = text(
+    "SELECT public.usage_admit(:user, :key, :deployment, :rows, :amount, :request_id,"
+    " :hold_seconds)"
 )
 
 
@@ -261,55 +203,21 @@ def admit(
     Raises :class:`errors.QuotaExceeded` (429; ``retry_after`` seconds, ``quota`` is
     ``rate_limit_per_minute`` or ``monthly_row_quota``) when the key's quota is
     spent, :class:`errors.PaymentRequired` (402) when the user cannot pay for the
-    rows, :class:`errors.UserNotFound`. Nothing is counted or held on a refusal.
+    rows, :class:`errors.MeteredUserNotFound` for an unknown user. Nothing is counted or held on a refusal.
     ``request_id`` (optional) ties the hold to that request's
     :func:`record_request`. One transaction (see the module doc: its own).
     """
-    user = _uuid(user_id, "user_id")
-    key = None if api_key_id is None else _uuid(api_key_id, "api_key_id")
-    n = _count(rows, "rows")
-    amount = n * unit_price_micro(sku)
+    params = {
+        "user": _uuid(user_id, "user_id"),
+        "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
+        "deployment": None if deployment_id is None else _uuid(deployment_id, "deployment_id"),
+        "rows": _count(rows, "rows"),
+        "request_id": (request_id or None) and str(request_id)[:200],
+        "hold_seconds": HOLD_SECONDS,
+    }
+    params["amount"] = params["rows"] * unit_price_micro(sku)
     with _session(session) as s:
-        if key is not None:
-            q = s.execute(_QUOTAS, {"key": key, "rows": n}).one_or_none()
-            if q is not None:
-                if q.rl is not None and not q.minute_ok:
-                    raise errors.QuotaExceeded(
-                        f"API key rate limit of {q.rl} requests per minute reached",
-                        retry_after=max(1, q.minute_left),
-                        quota="rate_limit_per_minute",
-                        limit=q.rl,
-                    )
-                if q.mq is not None and n > 0 and not q.month_ok:
-                    raise errors.QuotaExceeded(
-                        f"API key monthly quota of {q.mq} rows reached (this request: {n})",
-                        retry_after=max(1, q.month_left),
-                        quota="monthly_row_quota",
-                        limit=q.mq,
-                    )
-        if amount == 0:
-            return
-        if s.execute(_LOCK_USER, {"user": user}).first() is None:
-            raise errors.UserNotFound(f"user {user} does not exist")
-        held = s.execute(
-            _HOLD,
-            {
-                "user": user,
-                "deployment": deployment_id,
-                "rows": n,
-                "amount": amount,
-                "request_id": request_id,
-                "hold_seconds": HOLD_SECONDS,
-            },
-        ).first()
-        if held is None:
-            available = int(s.execute(_AVAILABLE, {"user": user}).scalar_one())
-            raise errors.PaymentRequired(
-                f"insufficient credits for {n} rows: they cost {Decimal(amount) / MICRO}"
-                f" credits, {Decimal(max(available, 0)) / MICRO} available",
-                needed_micro=amount,
-                available_micro=available,
-            )
+        s.execute(_ADMIT, params)
 
 
 # --- recording ------------------------------------------------------------------------
