@@ -650,3 +650,30 @@ def test_verify_reports_a_charge_whose_ledger_entry_is_missing(sql, engine):
     )
     problems = [p for _, p in verify(engine).usage]
     assert any("does not exist" in p for p in problems)
+
+
+def test_the_retention_command(sql, engine, db_url, monkeypatch, capsys):
+    from database import cli
+
+    monkeypatch.setenv("DATABASE_URL", db_url.render_as_string(hide_password=False))
+    cli.get_settings.cache_clear()
+    try:
+        user = make_user(sql)
+        sql("SELECT public.inference_requests_partition_for('2021-06-10 00:00+00')")
+        log_row(sql, user, "2021-06-10 00:00+00")
+        assert cli.main(["inference-retention", "--before", "2021-07-01", "--dry-run"]) == 0
+        assert "would drop 1 partition(s) of inference_requests: inference_requests_p202106" in (
+            capsys.readouterr().out
+        )
+        assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+        assert cli.main(["inference-retention", "--before", "2021-07-01"]) == 0
+        assert scalar(sql, "SELECT count(*) FROM inference_requests") == 0
+        with pytest.raises(SystemExit):
+            cli.main(["inference-retention", "--before", "July"])
+        fund(engine, user, 3)
+        serve(engine, user, 2000)
+        assert cli.main(["charge-usage", "--now"]) == 0
+        assert "2 credits" in capsys.readouterr().out
+        assert balance(sql, user) == 1
+    finally:
+        cli.get_settings.cache_clear()

@@ -181,6 +181,9 @@ BEGIN
     IF p_amount <= 0 THEN
         RETURN;
     END IF;
+    -- A hold need not survive a crash of the server (it only stands for a request in
+    -- flight): its commit does not wait for the WAL flush.
+    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM 1 FROM public.users AS u WHERE u.id = p_user FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'user % does not exist', p_user USING ERRCODE = 'ML089';

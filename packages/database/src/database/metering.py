@@ -62,12 +62,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,8 +84,6 @@ from database.models import (
     UsageCharge,
     UsageSku,
 )
-
-T = TypeVar("T")
 
 __all__ = [
     "HOLD_SECONDS",
@@ -165,6 +163,19 @@ def _session(bind: Session | Engine) -> Iterator[Session]:
             yield bind
 
 
+def _one_statement(bind: Session | Engine, statement: Any, params: dict[str, Any]) -> None:
+    """Run one statement as a transaction of its own: in autocommit, so the server
+    gets no BEGIN and COMMIT round trips (a statement is atomic by itself). Inside
+    a caller's open transaction it joins it instead (in a savepoint)."""
+    if isinstance(bind, Session) and bind.in_transaction():
+        with atomic(bind):
+            bind.execute(statement, params)
+        return
+    engine = bind if isinstance(bind, Engine) else bind.get_bind()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(statement, params)
+
+
 def _uuid(value: Any, name: str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
@@ -189,7 +200,7 @@ _ADMIT = text(
 
 
 def admit(
-    session: Session,
+    session: Session | Engine,
     *,
     user_id: uuid.UUID,
     api_key_id: uuid.UUID | None,
@@ -205,7 +216,9 @@ def admit(
     spent, :class:`errors.PaymentRequired` (402) when the user cannot pay for the
     rows, :class:`errors.MeteredUserNotFound` for an unknown user. Nothing is counted or held on a refusal.
     ``request_id`` (optional) ties the hold to that request's
-    :func:`record_request`. One transaction (see the module doc: its own).
+    :func:`record_request`. One statement, its own transaction (autocommit: one
+    round trip), unless ``session`` has one open: then it joins it, and the user's
+    row stays locked until that commits (see the module doc).
     """
     params = {
         "user": _uuid(user_id, "user_id"),
@@ -216,8 +229,7 @@ def admit(
         "hold_seconds": HOLD_SECONDS,
     }
     params["amount"] = params["rows"] * unit_price_micro(sku)
-    with _session(session) as s:
-        s.execute(_ADMIT, params)
+    _one_statement(session, _ADMIT, params)
 
 
 # --- recording ------------------------------------------------------------------------
@@ -225,19 +237,17 @@ def _no_partition(exc: errors.DatabaseError) -> bool:
     return exc.sqlstate == "23514" and "no partition" in (exc.message or "")
 
 
-def _with_partition(bind: Session | Engine, work: Callable[[Session], T]) -> T:
-    """Run ``work`` in one transaction; if the month has no partition yet, make it
-    (as the owner, through the SECURITY DEFINER function) and run it again."""
+def _with_partition(bind: Session | Engine, statement: Any, params: dict[str, Any]) -> None:
+    """Run ``statement`` as one transaction; if the month has no partition yet, make
+    it (as the owner, through the SECURITY DEFINER function) and run it again."""
     try:
-        with _session(bind) as s:
-            return work(s)
+        _one_statement(bind, statement, params)
+        return
     except errors.InvalidValue as exc:
         if not _no_partition(exc):
             raise
-    with _session(bind) as s:
-        s.execute(text("SELECT public.inference_requests_partition_for(now())"))
-    with _session(bind) as s:
-        return work(s)
+    _one_statement(bind, text("SELECT public.inference_requests_partition_for(now())"), {})
+    _one_statement(bind, statement, params)
 
 
 def record_request(
@@ -256,7 +266,8 @@ def record_request(
 ) -> None:
     """Log one inference request (success or failure), release its admission's hold
     and, when it succeeded with rows, record their usage (charged later, in
-    aggregate). One statement, one transaction; recording the same ``request_id``
+    aggregate). One statement, its own transaction (autocommit: one round trip)
+    unless the session has one open; recording the same ``request_id``
     twice logs and bills it once. Never the payload."""
     state = InferenceStatus(status)
     n = _count(rows, "rows")
@@ -303,14 +314,16 @@ def record_request(
             VALUES (:user, :deployment, :key, CAST(:sku AS usage_sku), :rows, :price, :usage_key)
             RETURNING id)"""
         )
-    parts.append(" SELECT (SELECT count(*) FROM logged)")
-    statement = text("".join(parts))
-
-    def work(s: Session) -> None:
-        s.execute(statement, params)
-
+    # The log and the usage are written without waiting for the WAL flush (one
+    # round trip, no fsync per request): a crash of the server may lose the last
+    # few hundred milliseconds of them (usage the user is then not charged for),
+    # never make them inconsistent. The ledger's charges stay synchronous.
+    parts.append(
+        " SELECT (SELECT count(*) FROM logged),"
+        " set_config('synchronous_commit', 'off', true)"
+    )
     try:
-        _with_partition(session_or_engine, work)
+        _with_partition(session_or_engine, text("".join(parts)), params)
     except errors.UsageAlreadyRecorded:
         return  # recorded by an earlier call for this request
 
