@@ -124,7 +124,9 @@ def _run(clients: int, seconds: float, one: Callable[[int], None]) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def run(url: Any, *, seconds: float, reps: int, clients: tuple[int, ...], log: Any) -> dict[str, Any]:
+def run(
+    url: Any, *, seconds: float, reps: int, clients: tuple[int, ...], log: Any
+) -> dict[str, Any]:
     from database import credits, errors
     from database.models import User
 
@@ -204,14 +206,17 @@ def render_section(data: dict[str, Any], machine: dict[str, str], note: str) -> 
         )
     lines += [
         "",
-        f"Machine: {machine.get('cpu', '?')}, load at start {machine.get('load_average_at_start', '?')}."
+        f"Machine: {machine.get('cpu', '?')},"
+        f" load at start {machine.get('load_average_at_start', '?')}."
         f" {note}",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.metering", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.metering", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--clients", default="1,4")

@@ -213,7 +213,9 @@ def test_the_apps_role_may_only_read_and_append(sql, engine, app_engine):
 # =====================================================================================
 def test_partitions_are_made_ahead_and_on_demand(sql, engine, app_engine):
     now = dt.datetime.now(UTC)
-    months = [(now.year + (now.month - 1 + i) // 12, (now.month - 1 + i) % 12 + 1) for i in range(5)]
+    months = [
+        (now.year + (now.month - 1 + i) // 12, (now.month - 1 + i) % 12 + 1) for i in range(5)
+    ]
     names = [f"inference_requests_p{y:04d}{m:02d}" for y, m in months]
     have = {name for name, _, _ in metering.partitions(engine)}
     assert set(names[:3]) <= have  # the migration made this month and the next two
@@ -422,8 +424,14 @@ def test_aggregation_is_idempotent_under_retries_and_concurrency(sql, engine, se
     assert sorted(charged) == [0, 0, 0, 0, 0, 20]
     assert metering.charge_usage(engine, through=through).credits == 0  # a retry
     assert balance(sql, user) == 30
-    assert scalar(sql, "SELECT count(*) FROM credit_transactions WHERE job_id IS NULL"
-                  " AND type = 'consumption'") == 2
+    assert (
+        scalar(
+            sql,
+            "SELECT count(*) FROM credit_transactions WHERE job_id IS NULL"
+            " AND type = 'consumption'",
+        )
+        == 2
+    )
     # The ledger refuses a second entry with a charge's key, whoever writes it.
     key = scalar(sql, "SELECT idempotency_key FROM usage_charges LIMIT 1")
     with pytest.raises(errors.AlreadyExists):
@@ -458,10 +466,15 @@ def test_a_consumption_names_a_job_or_carries_a_key(sql, engine):
     user = make_user(sql)
     fund(engine, user, 5)
     with pytest.raises(errors.InvalidValue):
-        sql("INSERT INTO credit_transactions (user_id, type, amount) VALUES (:u, 'consumption', -1)",
-            u=user)
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount)"
+            " VALUES (:u, 'consumption', -1)",
+            u=user,
+        )
     with engine.begin() as conn:  # the declarative check too, with the trigger off
-        conn.execute(text("ALTER TABLE credit_transactions DISABLE TRIGGER credit_tx_before_insert"))
+        conn.execute(
+            text("ALTER TABLE credit_transactions DISABLE TRIGGER credit_tx_before_insert")
+        )
         with pytest.raises(errors.InvalidValue):
             conn.execute(
                 text(
@@ -504,7 +517,9 @@ def test_record_refuses_bad_values(sql, engine):
     for kw in ({"rows": -1}, {"status": "great"}, {"deployment_id": "nope"}):
         with pytest.raises((errors.InvalidValue, ValueError)):
             record(engine, user, **({"rows": 1} | kw))
-    record(engine, user, 0, status="client_error", error_class="x" * 5000, request_id="\u00e9" * 300)
+    record(
+        engine, user, 0, status="client_error", error_class="x" * 5000, request_id="\u00e9" * 300
+    )
     assert scalar(sql, "SELECT char_length(error_class) FROM inference_requests") == 200
 
 
@@ -570,9 +585,10 @@ def test_a_monthly_row_quota_holds_exactly_and_refusals_count_nothing(sql, engin
     poor_key = _key(sql, poor, monthly_row_quota=10, rate_limit_per_minute=1)
     with pytest.raises(errors.PaymentRequired):
         admit(engine, poor, 5, api_key_id=poor_key)
-    assert scalar(
-        sql, "SELECT count(*) FROM api_key_usage_windows WHERE api_key_id = :k", k=poor_key
-    ) == 0
+    assert (
+        scalar(sql, "SELECT count(*) FROM api_key_usage_windows WHERE api_key_id = :k", k=poor_key)
+        == 0
+    )
 
 
 def test_quota_columns_are_checked(sql):

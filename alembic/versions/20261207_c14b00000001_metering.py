@@ -24,7 +24,6 @@ from alembic_utils.pg_function import PGFunction
 from alembic_utils.pg_trigger import PGTrigger
 
 from alembic import op
-from sqlalchemy import text as sql_text
 
 revision: str = "c14b00000001"
 down_revision: str | Sequence[str] | None = "c13a00000001"

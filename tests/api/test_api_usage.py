@@ -36,7 +36,10 @@ def deployments(engine: Engine) -> None:
     """Serving's table, reduced to what the ownership check reads (tests only)."""
     with engine.begin() as conn:
         conn.execute(
-            text("CREATE TABLE IF NOT EXISTS deployments (id uuid PRIMARY KEY, user_id uuid NOT NULL)")
+            text(
+                "CREATE TABLE IF NOT EXISTS deployments"
+                " (id uuid PRIMARY KEY, user_id uuid NOT NULL)"
+            )
         )
 
 
@@ -58,7 +61,11 @@ def serve(engine: Engine, account: Account, dep: uuid.UUID, rows: int, **kw: Any
     if status is InferenceStatus.OK:
         with Session(engine) as s:
             metering.admit(
-                s, user_id=account.user_id, api_key_id=None, deployment_id=dep, rows=rows,
+                s,
+                user_id=account.user_id,
+                api_key_id=None,
+                deployment_id=dep,
+                rows=rows,
                 request_id=rid,
             )
     metering.record_request(
@@ -161,7 +168,8 @@ def test_a_deployments_requests_in_keyset_pages(
     assert seen[0]["status"] == "server_error" and seen[0]["error_class"] == "MemoryError"
     assert "records" not in seen[0] and "payload" not in seen[0]
     failed = client.get(
-        f"/v1/deployments/{dep}/requests", params={"status": "server_error"},
+        f"/v1/deployments/{dep}/requests",
+        params={"status": "server_error"},
         headers=account.headers,
     ).json()["items"]
     assert [f["rows"] for f in failed] == [2]
@@ -178,7 +186,8 @@ def test_another_users_or_an_unknown_deployment_is_not_found(
     r = client.get("/v1/deployments/not-a-uuid/requests", headers=account.headers)
     assert r.status_code == 422
     r = client.get(
-        f"/v1/deployments/{dep}/requests", params={"cursor": "garbage\x00"},
+        f"/v1/deployments/{dep}/requests",
+        params={"cursor": "garbage\x00"},
         headers=account.headers,
     )
     assert 400 <= r.status_code < 500

@@ -102,9 +102,11 @@ def test_the_worker_runs_metering_maintenance(
     # A missing month ahead is made; a dead process's expired hold is swept.
     user = make_user(sql)
     with engine.begin() as conn:
-        ahead = conn.execute(
-            text("SELECT public.inference_requests_ensure_partitions(3)")
-        ).scalars().all()
+        ahead = (
+            conn.execute(text("SELECT public.inference_requests_ensure_partitions(3)"))
+            .scalars()
+            .all()
+        )
         for name in ahead:
             conn.execute(text(f"DROP TABLE {name}"))
         conn.execute(

@@ -171,7 +171,14 @@ def _one_statement(bind: Session | Engine, statement: Any, params: dict[str, Any
         with atomic(bind):
             bind.execute(statement, params)
         return
-    engine = bind if isinstance(bind, Engine) else bind.get_bind()
+    if isinstance(bind, Session):
+        engine = bind.get_bind()
+        if not isinstance(engine, Engine):  # a session bound to a connection: use it
+            with atomic(bind):
+                bind.execute(statement, params)
+            return
+    else:
+        engine = bind
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(statement, params)
 
@@ -214,21 +221,23 @@ def admit(
     Raises :class:`errors.QuotaExceeded` (429; ``retry_after`` seconds, ``quota`` is
     ``rate_limit_per_minute`` or ``monthly_row_quota``) when the key's quota is
     spent, :class:`errors.PaymentRequired` (402) when the user cannot pay for the
-    rows, :class:`errors.MeteredUserNotFound` for an unknown user. Nothing is counted or held on a refusal.
+    rows, :class:`errors.MeteredUserNotFound` for an unknown user. Nothing is
+    counted or held on a refusal.
     ``request_id`` (optional) ties the hold to that request's
     :func:`record_request`. One statement, its own transaction (autocommit: one
     round trip), unless ``session`` has one open: then it joins it, and the user's
     row stays locked until that commits (see the module doc).
     """
+    n = _count(rows, "rows")
     params = {
         "user": _uuid(user_id, "user_id"),
         "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
         "deployment": None if deployment_id is None else _uuid(deployment_id, "deployment_id"),
-        "rows": _count(rows, "rows"),
+        "rows": n,
+        "amount": n * unit_price_micro(sku),
         "request_id": (request_id or None) and str(request_id)[:200],
         "hold_seconds": HOLD_SECONDS,
     }
-    params["amount"] = params["rows"] * unit_price_micro(sku)
     _one_statement(session, _ADMIT, params)
 
 
@@ -276,7 +285,9 @@ def record_request(
         "user": _uuid(user_id, "user_id"),
         "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
         "deployment": _uuid(deployment_id, "deployment_id"),
-        "version": None if model_version_id is None else _uuid(model_version_id, "model_version_id"),
+        "version": None
+        if model_version_id is None
+        else _uuid(model_version_id, "model_version_id"),
         "rows": n,
         "latency": latency,
         "status": state.value,
@@ -319,8 +330,7 @@ def record_request(
     # few hundred milliseconds of them (usage the user is then not charged for),
     # never make them inconsistent. The ledger's charges stay synchronous.
     parts.append(
-        " SELECT (SELECT count(*) FROM logged),"
-        " set_config('synchronous_commit', 'off', true)"
+        " SELECT (SELECT count(*) FROM logged), set_config('synchronous_commit', 'off', true)"
     )
     try:
         _with_partition(session_or_engine, text("".join(parts)), params)
@@ -589,9 +599,7 @@ def drop_partitions_before(
         limit = dt.datetime(before.year, before.month, before.day, tzinfo=dt.UTC)
     now = dt.datetime.now(dt.UTC)
     current = _month_start(now.year, now.month)
-    doomed = [
-        name for name, _start, end in partitions(engine) if end <= limit and end <= current
-    ]
+    doomed = [name for name, _start, end in partitions(engine) if end <= limit and end <= current]
     if dry_run:
         return doomed
     for name in doomed:
@@ -606,17 +614,15 @@ def sweep(engine: Engine | Session) -> tuple[int, int]:
     """Remove expired holds and quota windows no limit looks at any more (minutes
     older than an hour, months before the previous one): (holds, windows)."""
     with _session(engine) as s:
-        holds = s.execute(
-            text("DELETE FROM public.usage_holds WHERE expires_at <= now()")
-        ).rowcount
+        holds = s.execute(text("DELETE FROM public.usage_holds WHERE expires_at <= now()"))
         windows = s.execute(
             text(
                 "DELETE FROM public.api_key_usage_windows WHERE"
                 " (period = 'minute' AND window_start < now() - interval '1 hour') OR"
                 " (period = 'month' AND window_start < now() - interval '62 days')"
             )
-        ).rowcount
-    return holds, windows
+        )
+        return int(getattr(holds, "rowcount", 0)), int(getattr(windows, "rowcount", 0))
 
 
 @dataclass

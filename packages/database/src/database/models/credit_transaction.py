@@ -69,7 +69,8 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         # A consumption charges a job, or usage (database.metering): then it names
         # no job and carries the usage charge's idempotency key.
         CheckConstraint(
-            "CASE type WHEN 'consumption' THEN (job_id IS NOT NULL) <> (idempotency_key IS NOT NULL)"
+            "CASE type WHEN 'consumption'"
+            " THEN (job_id IS NOT NULL) <> (idempotency_key IS NOT NULL)"
             " WHEN 'refund' THEN job_id IS NOT NULL ELSE job_id IS NULL END",
             name="job_only_for_charges",
         ),

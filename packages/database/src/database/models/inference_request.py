@@ -54,7 +54,9 @@ class InferenceRequest(Base):
             name="request_id_length",
         ),
         # A deployment's requests, newest first (keyset pages of GET .../requests).
-        Index("ix_inference_requests_deployment_id_created_at_id", "deployment_id", "created_at", "id"),
+        Index(
+            "ix_inference_requests_deployment_id_created_at_id", "deployment_id", "created_at", "id"
+        ),
         Index("ix_inference_requests_user_id_created_at", "user_id", "created_at"),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
