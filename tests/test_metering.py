@@ -323,10 +323,14 @@ def test_a_failed_request_releases_its_hold_and_costs_nothing(sql, engine):
     admit(engine, user, 1000, request_id="r1")
     with pytest.raises(errors.PaymentRequired):
         admit(engine, user, 1)  # held
-    record(engine, user, 1000, request_id="r1", status="server_error", error_class="ValueError")
+    # Recorded with other rows (the input failed to parse: 0 rows), by its request id.
+    record(engine, user, 0, request_id="r1", status="client_error", error_class="ValueError")
     admit(engine, user, 1000, request_id="r2")
+    record(engine, user, 1000, request_id="r2", status="server_error", error_class="OSError")
+    admit(engine, user, 1000, request_id="r3")
     assert scalar(sql, "SELECT count(*) FROM usage_events") == 0
-    assert scalar(sql, "SELECT status::text FROM inference_requests") == "server_error"
+    statuses = sql("SELECT status::text FROM inference_requests ORDER BY created_at")
+    assert [s[0] for s in statuses] == ["client_error", "server_error"]
 
 
 def test_concurrent_admissions_in_two_processes_never_overspend(sql, engine, second_engine):

@@ -305,14 +305,16 @@ def record_request(
                     CAST(:status AS inference_status), :error_class, :request_id)
             RETURNING id)"""
     ]
-    if state is not InferenceStatus.REFUSED and n > 0:
-        # The request's own hold if admit was told its id, else one of the same size.
+    if state is not InferenceStatus.REFUSED and (n > 0 or params["request_id"]):
+        # The request's own hold if admit was told its id, else one of the same size
+        # (a refused request was never admitted: it holds nothing).
         parts.append(
             """, released AS (
             DELETE FROM public.usage_holds WHERE id = (
                 SELECT h.id FROM public.usage_holds AS h
-                 WHERE h.user_id = :user AND h.rows = :rows
-                   AND h.deployment_id IS NOT DISTINCT FROM :deployment
+                 WHERE h.user_id = :user
+                   AND (h.request_id = :request_id
+                        OR (h.rows = :rows AND h.deployment_id IS NOT DISTINCT FROM :deployment))
                  ORDER BY (h.request_id IS NOT DISTINCT FROM :request_id) DESC, h.expires_at
                  LIMIT 1 FOR UPDATE SKIP LOCKED)
             RETURNING id)"""
