@@ -134,6 +134,17 @@ def test_usage_refuses_bad_queries(client: TestClient, account, params):
     assert r.json()["error"]["code"] in {"validation_error", "invalid_range", "invalid_value"}
 
 
+def test_usage_at_the_edge_of_the_calendar(client: TestClient, account):
+    for params in ({"to": "0001-01-03T00:00:00Z"}, {"from": "9999-12-29T00:00:00Z"}):
+        r = client.get("/v1/usage", params=params, headers=account.headers)
+        assert r.status_code in (200, 422), r.text
+
+
+def test_without_serving_s_table_no_deployment_is_anyones(client: TestClient, account):
+    r = client.get(f"/v1/deployments/{uuid.uuid4()}/requests", headers=account.headers)
+    assert r.status_code == 404
+
+
 def test_usage_needs_a_key(client: TestClient):
     assert client.get("/v1/usage").status_code == 401
 

@@ -20,7 +20,7 @@ from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from database import metering
 from database.models import InferenceRequest, InferenceStatus
-from database.types import InvalidDatetime, check_datetime
+from database.types import MIN_DATETIME, InvalidDatetime, check_datetime
 
 router = APIRouter(tags=["usage"])
 
@@ -102,7 +102,8 @@ def usage(
     """Usage is counted by the date it happened, cost in exact credits; charges
     (whole credits) by the start of the period they charged."""
     to = _instant(end, "to") or dt.datetime.now(dt.UTC)
-    frm = _instant(start, "from") or to - dt.timedelta(days=30)
+    month = dt.timedelta(days=30)
+    frm = _instant(start, "from") or (to - month if to - MIN_DATETIME > month else MIN_DATETIME)
     if frm >= to:
         raise ApiError(422, "invalid_range", "from must be before to")
     if to - frm > MAX_SPAN:
@@ -135,7 +136,11 @@ OwnsDeployment = Callable[[Session, uuid.UUID, uuid.UUID], bool]
 
 def owns_deployment(session: Session, deployment_id: uuid.UUID, user_id: uuid.UUID) -> bool:
     """Whether ``deployment_id`` is ``user_id``'s: a query on serving's
-    ``deployments`` table (id, user_id, ...)."""
+    ``deployments`` table (id, user_id, ...). Until that table exists (metering's
+    branch alone), no deployment is anyone's: 404, not a 500. The integrator may drop
+    the ``to_regclass`` test once serving's migration is in."""
+    if session.execute(text("SELECT to_regclass('public.deployments')")).scalar() is None:
+        return False
     found = session.execute(
         text("SELECT 1 FROM deployments WHERE id = :d AND user_id = :u"),
         {"d": deployment_id, "u": user_id},
