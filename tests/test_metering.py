@@ -697,3 +697,49 @@ def test_the_retention_command(sql, engine, db_url, monkeypatch, capsys):
         assert balance(sql, user) == 1
     finally:
         cli.get_settings.cache_clear()
+
+
+def test_record_and_admit_join_a_callers_open_transaction(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 1)
+    name = scalar(sql, "SELECT tableoid::regclass::text FROM inference_requests LIMIT 1")
+    assert name is None
+    current = metering.partitions(engine)[0][0]
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {current}"))
+    with Session(engine) as s:
+        s.execute(text("SELECT 1"))  # the caller's transaction is open
+        metering.admit(s, user_id=user, api_key_id=None, deployment_id=DEPLOYMENT, rows=10)
+        # The month's partition is missing: made inside the caller's transaction.
+        metering.record_request(
+            s,
+            user_id=user,
+            api_key_id=None,
+            deployment_id=DEPLOYMENT,
+            model_version_id=None,
+            rows=10,
+            latency_ms=1.5,
+            status="ok",
+            error_class=None,
+            request_id="in-tx",
+        )
+        # (Not read from another connection here: making the partition locked the
+        # table until this transaction ends.)
+        s.commit()
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+    assert scalar(sql, "SELECT count(*) FROM usage_holds") == 0
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters") == 10_000
+
+
+def test_an_expired_hold_counts_for_nothing(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 1)
+    sql(
+        "INSERT INTO usage_holds (user_id, rows, amount_micro, expires_at)"
+        " VALUES (:u, 1000, 1000000, now() - interval '1 second')",
+        u=user,
+    )
+    admit(engine, user, 1000)  # the dead process's hold no longer counts
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, user, 1)
+    assert metering.sweep(engine)[0] == 1

@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from api.deps import Reader, SessionDep
 from api.errors import ApiError, error_responses, not_found
-from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
+from api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    paginate,
+)
 from database import metering
 from database.models import InferenceRequest, InferenceStatus
 from database.types import MIN_DATETIME, InvalidDatetime, check_datetime
@@ -173,6 +180,8 @@ def deployment_requests(
 ) -> Page[InferenceRequestOut]:
     """The log of the deployment's requests (never their payloads): rows, latency,
     status, error class. Another user's deployment is a missing one (404)."""
+    if cursor:
+        decode_cursor(cursor, dt.datetime)  # a bad cursor is 422, whoever's deployment
     if not owns(session, deployment_id, principal.user_id):
         raise not_found("deployment")
     stmt = select(InferenceRequest).where(
