@@ -446,9 +446,11 @@ def test_every_table_with_user_data_is_purged_or_deliberately_kept(engine):
                 text(
                     "SELECT c.relname FROM pg_attribute AS a JOIN pg_class AS c"
                     " ON c.oid = a.attrelid WHERE c.relnamespace = 'public'::regnamespace"
-                    " AND c.relkind = 'r' AND a.attname = 'user_id' AND NOT a.attisdropped"
+                    " AND c.relkind IN ('r', 'p') AND a.attname = 'user_id'"
+                    " AND NOT a.attisdropped AND NOT c.relispartition"
                     " UNION SELECT conrelid::regclass::text FROM pg_constraint"
                     " WHERE contype = 'f' AND confrelid = 'public.users'::regclass"
+                    " AND conparentid = 0"  # a partition's is its table's
                 )
             ).scalars()
         )

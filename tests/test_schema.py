@@ -107,6 +107,9 @@ ENUM_LABELS: dict[str, list[str]] = {
     "model_format": ["joblib", "skops", "onnx", "mlflow"],
     # Ordered: deploy includes download includes read (database.registry.can).
     "model_permission": ["read", "download", "deploy"],
+    "inference_status": ["ok", "client_error", "refused", "server_error", "timeout"],
+    "usage_sku": ["predicted_rows", "batch_rows"],
+    "quota_window": ["minute", "month"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -129,6 +132,9 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "lineage_relation": enums.LineageRelation,
     "model_format": enums.ModelFormat,
     "model_permission": enums.ModelPermission,
+    "inference_status": enums.InferenceStatus,
+    "usage_sku": enums.UsageSku,
+    "quota_window": enums.QuotaWindow,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -195,6 +201,14 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_registered_model_permissions_registered_models": ("c", "a", None),
     "fk_registered_model_permissions_user_id_users": ("c", "a", None),
     "fk_registered_model_permissions_granted_by_users": ("n", "a", None),
+    # Metering: the request log and usage outlive nothing but stay with their
+    # (tombstoned) user; a hold and a key's quota counters go with what they count.
+    "fk_inference_requests_user_id_users": ("r", "a", None),
+    "fk_usage_events_user_id_users": ("r", "a", None),
+    "fk_usage_charges_user_id_users": ("r", "a", None),
+    "fk_usage_meters_user_id_users": ("r", "a", None),
+    "fk_usage_holds_user_id_users": ("c", "a", None),
+    "fk_api_key_usage_windows_api_key_id_api_keys": ("c", "a", None),
 }
 
 # Every foreign key needs an index whose leading columns are its own, no exception:
@@ -305,7 +319,8 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
         " JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
         " LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
         " WHERE c.contype = 'p' AND c.connamespace = 'public'::regnamespace"
-        " AND c.conrelid::regclass::text <> 'alembic_version'",
+        " AND c.conrelid::regclass::text <> 'alembic_version'"
+        " AND NOT (SELECT relispartition FROM pg_class WHERE oid = c.conrelid)",
     )
     by_table = {r.tbl: r for r in rows}
     assert set(by_table) >= TABLES
@@ -329,6 +344,11 @@ COMPOSITE_KEYS = {
     "registered_model_permissions": ("registered_model_id", "user_id"),
     # An abuse counter is named by its key ("login-ip:<ip>"): the upsert's conflict target.
     "rate_limits": ("key",),
+    # Metering: a partitioned table's key must hold its partition key; a key's quota
+    # counter is the (key, window) it counts; a meter is its user's.
+    "inference_requests": ("id", "created_at"),
+    "api_key_usage_windows": ("api_key_id", "period", "window_start"),
+    "usage_meters": ("user_id",),
 }
 
 
@@ -408,7 +428,9 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         "SELECT c.conname, c.contype::text AS contype, c.conrelid::regclass::text AS tbl"
         " FROM pg_constraint AS c"
         " WHERE c.connamespace = 'public'::regnamespace AND c.contype IN ('p', 'f', 'u', 'c', 'x')"
-        " AND c.conrelid::regclass::text <> 'alembic_version'",
+        " AND c.conrelid::regclass::text <> 'alembic_version'"
+        # A partition's constraints are its parent's (inference_requests_p202612).
+        " AND NOT (SELECT relispartition FROM pg_class WHERE oid = c.conrelid)",
     )
     indexes = _rows(
         catalog,
@@ -418,7 +440,8 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         " JOIN pg_class AS t ON t.oid = i.indrelid"
         " LEFT JOIN pg_constraint AS con"
         " ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x')"
-        " WHERE t.relnamespace = 'public'::regnamespace AND t.relname <> 'alembic_version'",
+        " WHERE t.relnamespace = 'public'::regnamespace AND t.relname <> 'alembic_version'"
+        " AND NOT t.relispartition",
     )
     assert len(constraints) > 50 and len(indexes) > 40
     bad = []

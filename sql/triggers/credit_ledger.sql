@@ -40,7 +40,11 @@ BEGIN
         RAISE EXCEPTION 'a % of % credits has the wrong sign', NEW.type, NEW.amount
             USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_credit_transactions_amount_sign';
     END IF;
-    IF (NEW.type IN ('consumption', 'refund')) <> (NEW.job_id IS NOT NULL) THEN
+    -- A consumption charges a job, or usage (database.metering: no job, an
+    -- idempotency key per deployment and period).
+    IF (NEW.type = 'consumption' AND (NEW.job_id IS NULL) = (NEW.idempotency_key IS NULL))
+       OR (NEW.type = 'refund' AND NEW.job_id IS NULL)
+       OR (NEW.type NOT IN ('consumption', 'refund') AND NEW.job_id IS NOT NULL) THEN
         RAISE EXCEPTION 'a % % a job', NEW.type,
             CASE WHEN NEW.job_id IS NULL THEN 'needs' ELSE 'cannot name' END
             USING ERRCODE = 'check_violation',

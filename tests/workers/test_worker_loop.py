@@ -94,3 +94,36 @@ def test_settings_refuse_a_heartbeat_as_long_as_the_lease() -> None:
     assert WorkerSettings(lease_seconds=30).heartbeat == pytest.approx(10)
     with pytest.raises(ValidationError):
         WorkerSettings(slots=0)
+
+
+def test_the_worker_runs_metering_maintenance(
+    make_worker: Callable[..., Worker], sql: object, engine: Engine
+) -> None:
+    # A missing month ahead is made; a dead process's expired hold is swept.
+    user = make_user(sql)
+    with engine.begin() as conn:
+        ahead = (
+            conn.execute(text("SELECT public.inference_requests_ensure_partitions(3)"))
+            .scalars()
+            .all()
+        )
+        for name in ahead:
+            conn.execute(text(f"DROP TABLE {name}"))
+        conn.execute(
+            text(
+                "INSERT INTO usage_holds (user_id, rows, amount_micro, expires_at)"
+                " VALUES (:u, 1, 1000, now() - interval '1 second')"
+            ),
+            {"u": user},
+        )
+    make_worker(metering_seconds=0).run(until_idle=True)
+    assert _value(engine, "SELECT count(*) FROM usage_holds") == 1  # disabled: nothing ran
+    make_worker(metering_seconds=60, inference_months_ahead=3).run(until_idle=True)
+    assert _value(engine, "SELECT count(*) FROM usage_holds") == 0
+    names = _value(
+        engine,
+        "SELECT array_agg(c.relname::text) FROM pg_inherits AS i"
+        " JOIN pg_class AS c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'public.inference_requests'::regclass",
+    )
+    assert set(ahead) <= set(names)  # type: ignore[arg-type]

@@ -72,8 +72,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflicts with the current state",
         413: "Too large, or over the storage quota",
         415: "Unsupported content type",
-        429: "Too many attempts; retry after Retry-After seconds",
         422: "Invalid input",
+        429: "Too many requests (an abuse limit or a quota of the API key); retry after"
+        " Retry-After seconds",
         503: "Temporarily unavailable; retry",
     }
     return {s: {"model": ErrorBody, "description": described.get(s, "Error")} for s in statuses}
@@ -84,6 +85,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 #: MRO that is listed wins.
 DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.InsufficientCredits: (402, "insufficient_credits"),
+    # Metering (database.metering.admit): before the model runs.
+    db.PaymentRequired: (402, "payment_required"),
+    db.QuotaExceeded: (429, "quota_exceeded"),
+    db.MeteredUserNotFound: (404, "not_found"),
+    db.InferenceRequestsAppendOnly: (409, "append_only"),
+    db.UsageAppendOnly: (409, "append_only"),
     db.UserDeleted: (403, "user_deleted"),
     db.PackageTierRestricted: (403, "package_tier_restricted"),
     db.PackageUnavailable: (409, "package_unavailable"),
@@ -169,6 +176,16 @@ def from_database(exc: db.DatabaseError) -> ApiError:
             details["balance"] = exc.balance
         if exc.amount is not None:
             details["price"] = abs(exc.amount)
+    if isinstance(exc, db.PaymentRequired):
+        details.update(
+            {
+                "needed_credits": str(exc.needed_micro / 1_000_000),
+                "available_credits": str(max(exc.available_micro, 0) / 1_000_000),
+            }
+        )
+    if isinstance(exc, db.QuotaExceeded):
+        details.update({"quota": exc.quota, "limit": exc.limit, "retry_after": exc.retry_after})
+        headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, db.InvalidStatusTransition):
         details.update({"from": exc.from_status, "to": exc.to_status})
     if isinstance(exc, db.InvalidFilter):

@@ -30,6 +30,7 @@ from api.routers import (
     models,
     registry,
     tutorials,
+    usage,
     users,
     webhooks,
     workflows,
@@ -136,6 +137,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         webhooks,
         experiments,
         tutorials,
+        usage,
     ):
         v1.include_router(module.router)
     app.include_router(v1)

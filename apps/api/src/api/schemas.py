@@ -177,6 +177,18 @@ class ApiKeyIn(Input):
     #: and at least one.
     scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=4)
     expires_at: UtcDatetime | None = None
+    #: Quotas (none by default): requests per minute, predicted rows per calendar
+    #: month (UTC). Beyond them the predict route answers 429 with Retry-After.
+    rate_limit_per_minute: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    monthly_row_quota: StrictInt | None = Field(default=None, ge=1, le=10**15)
+
+
+class ApiKeyQuotasIn(Input):
+    """New quotas of a key: a field given replaces the quota (null removes it); a
+    field left out keeps it."""
+
+    rate_limit_per_minute: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    monthly_row_quota: StrictInt | None = Field(default=None, ge=1, le=10**15)
 
 
 class ApiKeyOut(Output):
@@ -188,6 +200,8 @@ class ApiKeyOut(Output):
     expires_at: dt.datetime | None
     last_used_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    rate_limit_per_minute: int | None = None
+    monthly_row_quota: int | None = None
     created_at: dt.datetime
 
 

@@ -6,7 +6,9 @@ woken by ``LISTEN automl_queue`` (the database notifies when work starts
 waiting) and looks at the queue anyway every ``WORKER_POLL_SECONDS``, so a lost
 notification costs a delay, never a job. A heartbeat thread renews the leases
 of the work it holds. Periodically it recovers expired leases (work of dead
-workers) and runs the lifecycle purge.
+workers), runs metering's maintenance (request-log partitions ahead, usage
+charged per closed hour, expired holds swept: ``WORKER_METERING_SECONDS``) and
+the lifecycle purge.
 
 The database may go away (a restart, a network cut): every touch of it by these
 loops retries with capped exponential backoff (0.5 s to 30 s) and the worker goes
@@ -44,7 +46,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import lifecycle, worker_registry
+from database import lifecycle, metering, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
 from workers import kinds, queue, runner
@@ -84,6 +86,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(settings.slots, thread_name_prefix="slot")
         self._next_recovery = 0.0
         self._next_purge = time.monotonic() + settings.purge_hours * 3600
+        self._next_metering = 0.0
         self.outcomes: list[tuple[Claim, str]] = []
         self.db = DatabaseLink(log, cap=BACKOFF_CAP)
         self.limits = RunLimits.from_settings(settings)
@@ -377,6 +380,16 @@ class Worker:
                 if is_outage(exc):
                     raise
                 log.warning("lease recovery failed; will try again", exc_info=True)
+        if self.settings.metering_seconds and now >= self._next_metering:
+            self._next_metering = now + self.settings.metering_seconds
+            try:
+                done = metering.maintenance(self.engine, self.settings.inference_months_ahead)
+                log.info("metering: %s", done.render())
+            except Exception as exc:
+                if is_outage(exc):
+                    self._next_metering = now
+                    raise
+                log.warning("metering maintenance failed; will try again", exc_info=True)
         if self.settings.purge_hours and now >= self._next_purge:
             self._next_purge = now + self.settings.purge_hours * 3600
             try:

@@ -50,6 +50,12 @@ class WorkerSettings(BaseSettings):
     recovery_seconds: float = Field(default=30.0, alias="WORKER_RECOVERY_SECONDS", gt=0)
     #: How often the lifecycle purge runs (0: never, from this worker).
     purge_hours: float = Field(default=24.0, alias="WORKER_PURGE_HOURS", ge=0)
+    #: How often metering's maintenance runs (0: never, from this worker): the
+    #: request log's partitions ahead, the closed hours' usage charged through the
+    #: ledger, expired holds and quota windows swept (database.metering.maintenance).
+    metering_seconds: float = Field(default=300.0, alias="WORKER_METERING_SECONDS", ge=0)
+    #: Months of request-log partitions kept made ahead of this one.
+    inference_months_ahead: int = Field(default=2, alias="WORKER_INFERENCE_MONTHS_AHEAD", ge=0)
     #: Threads one job's fit may use (n_jobs, BLAS, OpenMP); default: the cores divided
     #: among the slots, so that slots x threads = cores.
     threads_per_slot: int | None = Field(default=None, alias="WORKER_THREADS_PER_SLOT", ge=1)

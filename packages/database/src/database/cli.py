@@ -13,11 +13,16 @@ automl-db seed     insert the credit packages and tutorials (idempotent; `up`
 automl-db users promote|demote EMAIL
                    make the user of EMAIL an admin (or a user again): how the
                    first admin comes to be (an operator's act, no actor needed)
+automl-db inference-retention --before DATE [--dry-run]
+                   drop the request log's months ending on or before DATE
+automl-db charge-usage [--now]
+                   charge uncharged usage through the ledger (what the worker does)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -73,7 +78,8 @@ def inspect_database(connection: Connection, url: URL, is_embedded: bool) -> Rep
         connection.execute(
             text(
                 "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-                " AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version' ORDER BY 1"
+                " AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'"
+                " AND NOT c.relispartition ORDER BY 1"  # a partition is its table's
             )
         ).scalars()
     )
@@ -82,7 +88,7 @@ def inspect_database(connection: Connection, url: URL, is_embedded: bool) -> Rep
         text(
             "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
             " WHERE c.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal"
-            " ORDER BY 1, 2"
+            " AND NOT c.relispartition ORDER BY 1, 2"
         )
     ):
         installed.setdefault(table, []).append(name)
@@ -228,6 +234,38 @@ def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inference_retention(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    """Drop the request log's months that end on or before ``--before`` (whole
+    partitions: DDL as the owner; the rows are never DELETEd)."""
+    from database import metering
+
+    engine = _engine_for_admin(settings)
+    try:
+        names = metering.drop_partitions_before(engine, args.before, dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    verb = "would drop" if args.dry_run else "dropped"
+    print(f"{verb} {len(names)} partition(s) of inference_requests: {', '.join(names) or '-'}")
+    return 0
+
+
+def cmd_charge_usage(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    """Charge uncharged usage through the ledger (the closed hours; ``--now``: all)."""
+    from database import metering
+
+    engine = _engine_for_admin(settings)
+    try:
+        report = metering.charge_usage(
+            engine, through=dt.datetime.now(dt.UTC) if args.now else None
+        )
+    finally:
+        engine.dispose()
+    print(report.render())
+    for user_id, why in sorted(report.unpaid.items()):
+        print(f"  user {user_id} left uncharged: {why}")
+    return 0
+
+
 def cmd_users(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     from sqlalchemy.orm import Session
 
@@ -287,8 +325,26 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "purge": cmd_purge,
     "grant": cmd_grant,
     "users": cmd_users,
+    "inference-retention": cmd_inference_retention,
+    "charge-usage": cmd_charge_usage,
 }
-WITH_ARGS = {"verify", "purge", "grant", "down", "seed", "users"}
+WITH_ARGS = {
+    "verify",
+    "purge",
+    "grant",
+    "down",
+    "seed",
+    "users",
+    "inference-retention",
+    "charge-usage",
+}
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def _positive(value: str) -> int:
@@ -385,6 +441,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "action", choices=("promote", "demote"), help="promote: make admin; demote: make user"
     )
     users.add_argument("email", help="the account's email")
+    retention = sub.add_parser(
+        "inference-retention",
+        help="drop the months of the inference request log that end on or before a date",
+    )
+    retention.add_argument(
+        "--before",
+        type=_date,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="drop every month ending on or before this date (UTC); never the current one",
+    )
+    retention.add_argument("--dry-run", action="store_true", help="list, drop nothing")
+    charge = sub.add_parser(
+        "charge-usage", help="charge uncharged usage (predictions) through the ledger"
+    )
+    charge.add_argument(
+        "--now", action="store_true", help="charge up to now, not only the hours that ended"
+    )
     args = parser.parse_args(argv)
     try:
         settings = get_settings()

@@ -222,6 +222,50 @@ class PasswordRequired(DatabaseError):
     """The current password is missing or wrong, or the account has none."""
 
 
+class InferenceRequestsAppendOnly(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of ``inference_requests`` or a partition (ML085)."""
+
+
+class UsageAppendOnly(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of ``usage_events`` or ``usage_charges`` (ML086)."""
+
+
+class PaymentRequired(RuleViolation):
+    """``metering.admit`` (``public.usage_admit``): the user's balance, less what they
+    owe and what is held for requests in flight, cannot pay for the request's rows
+    (ML087; HTTP 402). Amounts in micro-credits (10**-6 credit)."""
+
+    @property
+    def needed_micro(self) -> int:
+        return _detail_int(self.detail, "needed") or 0
+
+    @property
+    def available_micro(self) -> int:
+        return _detail_int(self.detail, "available") or 0
+
+
+class QuotaExceeded(RuleViolation):
+    """``metering.admit`` (``public.usage_admit``): an API key's rate limit or monthly
+    row quota is spent (ML088; HTTP 429 with ``Retry-After: retry_after`` seconds).
+    ``quota`` names it (``rate_limit_per_minute``, ``monthly_row_quota``)."""
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, _detail_int(self.detail, "retry_after") or 1)
+
+    @property
+    def quota(self) -> str | None:
+        return _detail_word(self.detail, "quota")
+
+    @property
+    def limit(self) -> int | None:
+        return _detail_int(self.detail, "limit")
+
+
+class MeteredUserNotFound(RuleViolation):
+    """``public.usage_admit`` for a user that does not exist (ML089)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -265,6 +309,10 @@ class PaymentReferenceConflict(DuplicatePayment):
 
 class InvalidCreditAmount(InvalidValue):
     """Purchases and refunds are positive, charges negative, adjustments non-zero."""
+
+
+class UsageAlreadyRecorded(AlreadyExists):
+    """A usage event's idempotency key was recorded already."""
 
 
 class RegisteredModelNameTaken(AlreadyExists):
@@ -426,6 +474,11 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML102": ActorRequired,
     "ML103": SessionImmutable,
     "ML070": ModelRecordImmutable,
+    "ML085": InferenceRequestsAppendOnly,
+    "ML086": UsageAppendOnly,
+    "ML087": PaymentRequired,
+    "ML088": QuotaExceeded,
+    "ML089": MeteredUserNotFound,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -447,6 +500,7 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
     "uq_credit_transactions_idempotency_key": DuplicateAdjustment,
     "ck_credit_transactions_amount_sign": InvalidCreditAmount,
+    "uq_usage_events_idempotency_key": UsageAlreadyRecorded,
     "uq_registered_models_user_id_name": RegisteredModelNameTaken,
     "uq_model_versions_model_id_user_id": ModelAlreadyRegistered,
     "fk_model_aliases_model_version_id_model_versions": AliasVersionMismatch,

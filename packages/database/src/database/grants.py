@@ -26,9 +26,14 @@ Three kinds of role touch the database:
     - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
 
   - USAGE and SELECT on the sequences, if any;
+    - ``inference_requests``, ``usage_events``, ``usage_charges``: SELECT and INSERT
+      only (append-only: ML085, ML086); nothing on the partitions of
+      ``inference_requests`` (clients go through the parent, whose privileges apply);
+
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
     schema (EXECUTE is revoked from PUBLIC on all of them) but ``APP_FUNCTIONS``
-    (identity: the actor check, an admin's change of tier and credit adjustment);
+    (identity: the actor check, an admin's change of tier and credit adjustment;
+    metering: the request log's partitions and the admission of a prediction);
   - ``users``: no INSERT of ``role``, ``is_active`` or the ``can_*`` permissions (a
     new account has the defaults); their UPDATE is checked by a trigger (ML100-ML102);
 
@@ -61,7 +66,16 @@ from sqlalchemy.engine import Connection
 from database import errors
 from database.models.user import DERIVED_COLUMNS, PRIVILEGE_COLUMNS
 
-APPEND_ONLY = {"credit_transactions": "SELECT, INSERT", "model_downloads": "SELECT, INSERT"}
+APPEND_ONLY = {
+    "credit_transactions": "SELECT, INSERT",
+    "model_downloads": "SELECT, INSERT",
+    # Metering (database.metering): the request log and usage are append-only.
+    "inference_requests": "SELECT, INSERT",
+    "usage_events": "SELECT, INSERT",
+    "usage_charges": "SELECT, INSERT",
+}
+#: Functions the apps' role executes: the request log's partitions, made ahead by the
+#: worker and on demand by the API (SECURITY DEFINER: they run as the owner).
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.
 COLUMN_LIMITED = {
@@ -92,6 +106,9 @@ APP_FUNCTIONS = (
     "public.identity_check_actor(uuid, text)",
     "public.admin_set_tier(uuid, user_tier)",
     "public.admin_credit_adjust(uuid, integer, text, text)",
+    "public.inference_requests_partition_for(timestamptz)",
+    "public.inference_requests_ensure_partitions(integer)",
+    "public.usage_admit(uuid, uuid, uuid, bigint, bigint, text, integer)",
 )
 
 
@@ -179,7 +196,7 @@ def grant(
         conn.execute(
             text(
                 "SELECT c.relname FROM pg_class AS c WHERE c.relnamespace = 'public'::regnamespace"
-                " AND c.relkind IN ('r', 'p') ORDER BY 1"
+                " AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
             )
         ).scalars()
     )

@@ -403,7 +403,22 @@ _ELIGIBLE = (
 #: Tables that refer to users and whose rows purge keeps: the ledger, the repair log,
 #: the downloads the user made of other users' models (append-only, like the ledger;
 #: the downloads of the user's own versions go with the versions).
-KEPT_TABLES = frozenset({"credit_transactions", "derived_repairs", "model_downloads"})
+#: Metering's (issue 14) stay too: the request log (retention drops whole months of
+#: it, database.metering.drop_partitions_before), the usage and its charges (the
+#: financial history that the ledger's usage charges add up to) and the meter; the
+#: holds expire within minutes and metering's sweep removes them.
+KEPT_TABLES = frozenset(
+    {
+        "credit_transactions",
+        "derived_repairs",
+        "model_downloads",
+        "inference_requests",
+        "usage_events",
+        "usage_charges",
+        "usage_meters",
+        "usage_holds",
+    }
+)
 
 
 def purge_tables(conn: Connection) -> tuple[_Step, ...]:

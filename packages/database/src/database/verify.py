@@ -214,10 +214,13 @@ class Report:
     emails: dict[uuid.UUID, str | None] = field(default_factory=dict)
     #: Columns corrected by ``repair``: (user, column, old value, recomputed value).
     repaired: list[tuple[uuid.UUID, str, int, int]] = field(default_factory=list)
+    #: Metering invariants broken (database.metering.verify_usage): (user, problem).
+    #: Reported, never repaired.
+    usage: list[tuple[uuid.UUID, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.drift and not self.unproduced
+        return not self.drift and not self.unproduced and not self.usage
 
     def users(self) -> list[uuid.UUID]:
         return sorted({d.user_id for d in self.drift})
@@ -240,6 +243,8 @@ class Report:
                 f"ledger entry {u.entry_id} of user {u.user_id}: {u.problem}"
                 f" ({u.type} of {u.amount}), which no rule allows now"
             )
+        for user_id, problem in self.usage:
+            lines.append(f"usage of user {user_id}: {problem}")
         state = (
             "no drift"
             if not self.drift
@@ -248,6 +253,8 @@ class Report:
         if self.unproduced:
             n = len(self.unproduced)
             state += f"; {n} ledger entr{'ies' if n != 1 else 'y'} no rule could have produced"
+        if self.usage:
+            state += f"; {len(self.usage)} usage problem{'s' if len(self.usage) != 1 else ''}"
         lines.append(f"verified {self.users_checked} users: {state}")
         return "\n".join(lines)
 
@@ -351,6 +358,9 @@ def check(conn: Connection | Session, user_ids: Sequence[uuid.UUID] | None = Non
         Unproduced(r.id, r.user_id, r.type, r.amount, r.problem)
         for r in conn.execute(_UNPRODUCED, {"ids": ids})
     ]
+    from database.metering import verify_usage
+
+    report.usage = verify_usage(conn, ids)
     return report
 
 

@@ -30,6 +30,7 @@ from api.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
     ApiKeyOut,
+    ApiKeyQuotasIn,
     LimitsOut,
     MeOut,
     SignUpIn,
@@ -172,6 +173,8 @@ def create_api_key(principal: KeyManager, session: SessionDep, body: ApiKeyIn) -
         key_hash=digest,
         scopes=scopes,
         expires_at=body.expires_at,
+        rate_limit_per_minute=body.rate_limit_per_minute,
+        monthly_row_quota=body.monthly_row_quota,
     )
     session.add(key)
     session.flush()
@@ -294,3 +297,28 @@ def export_me(
         media_type="application/zip",
         headers={"Content-Disposition": 'attachment; filename="automl-export.zip"'},
     )
+
+
+@router.patch(
+    "/api-keys/{key_id}",
+    response_model=ApiKeyOut,
+    responses=error_responses(401, 403, 404, 422),
+    summary="Change an API key's quotas",
+)
+def change_api_key_quotas(
+    principal: KeyManager, session: SessionDep, key_id: uuid.UUID, body: ApiKeyQuotasIn
+) -> ApiKeyOut:
+    """Set ``rate_limit_per_minute`` and ``monthly_row_quota`` (null: no limit); the
+    fields left out stay. Counted from the current window on. The same rule as a
+    revocation: a key manages only keys with no scope it lacks (403)."""
+    key = session.scalar(
+        select(APIKey).where(APIKey.id == key_id, APIKey.user_id == principal.user_id)
+    )
+    if key is None:
+        raise not_found("API key")
+    _no_more_than(principal, key.scopes, "a key cannot change a key with scopes it lacks")
+    for name in body.model_fields_set:
+        setattr(key, name, getattr(body, name))
+    session.flush()
+    session.commit()
+    return ApiKeyOut.model_validate(key)

@@ -1,6 +1,7 @@
 """Every model and enum of the platform's schema."""
 
 from database.models.api_key import APIKey
+from database.models.api_key_usage_window import ApiKeyUsageWindow
 from database.models.credit_package import CreditPackage
 from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
@@ -11,6 +12,7 @@ from database.models.email_verification import EmailVerification
 from database.models.enums import (
     CreditTierRestriction,
     FileFormat,
+    InferenceStatus,
     IngestionStatus,
     JobKind,
     JobStatus,
@@ -24,13 +26,16 @@ from database.models.enums import (
     NodeType,
     OAuthProvider,
     ProblemType,
+    QuotaWindow,
     TransactionType,
     TutorialDifficulty,
+    UsageSku,
     UserRole,
     UserTier,
 )
 from database.models.experiment import Experiment
 from database.models.experiment_run import ExperimentRun
+from database.models.inference_request import InferenceRequest
 from database.models.ingestion_job import IngestionJob
 from database.models.job import Job
 from database.models.job_log import JobLog
@@ -46,6 +51,10 @@ from database.models.registered_model import RegisteredModel
 from database.models.registered_model_permission import RegisteredModelPermission
 from database.models.stripe_webhook_event import StripeWebhookEvent
 from database.models.tutorial import Tutorial
+from database.models.usage_charge import UsageCharge
+from database.models.usage_event import UsageEvent
+from database.models.usage_hold import UsageHold
+from database.models.usage_meter import UsageMeter
 from database.models.user import User
 from database.models.user_session import UserSession
 from database.models.user_tutorial_progress import UserTutorialProgress
@@ -55,6 +64,7 @@ from database.models.workflow_snapshot import WorkflowSnapshot
 
 __all__ = [
     "APIKey",
+    "ApiKeyUsageWindow",
     "CreditPackage",
     "CreditTierRestriction",
     "CreditTransaction",
@@ -66,6 +76,8 @@ __all__ = [
     "Experiment",
     "ExperimentRun",
     "FileFormat",
+    "InferenceRequest",
+    "InferenceStatus",
     "IngestionJob",
     "IngestionStatus",
     "Job",
@@ -90,11 +102,17 @@ __all__ = [
     "OAuthProvider",
     "ProblemType",
     "RateLimit",
+    "QuotaWindow",
     "RegisteredModel",
     "RegisteredModelPermission",
     "StripeWebhookEvent",
     "TransactionType",
     "Tutorial",
+    "UsageCharge",
+    "UsageEvent",
+    "UsageHold",
+    "UsageMeter",
+    "UsageSku",
     "TutorialDifficulty",
     "User",
     "UserRole",

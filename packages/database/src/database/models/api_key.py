@@ -15,7 +15,7 @@ import datetime as dt
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -42,6 +42,10 @@ class APIKey(IDMixin, CreatedAtMixin, Base):
     # Moved at most about once a minute per key, so reads do not each write a row.
     last_used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
+    #: Quotas (database.metering.admit; NULL: none): requests per minute, and
+    #: predicted rows per calendar month (UTC). Beyond them: 429 with Retry-After.
+    rate_limit_per_minute: Mapped[int | None]
+    monthly_row_quota: Mapped[int | None] = mapped_column(BigInteger)
 
     user: Mapped[User] = relationship(lazy="raise_on_sql", viewonly=True)
 
@@ -51,6 +55,13 @@ class APIKey(IDMixin, CreatedAtMixin, Base):
         CheckConstraint("array_position(scopes, NULL) IS NULL", name="scopes_not_null"),
         CheckConstraint(
             "expires_at IS NULL OR expires_at > created_at", name="expires_after_created"
+        ),
+        CheckConstraint(
+            "rate_limit_per_minute IS NULL OR rate_limit_per_minute > 0",
+            name="rate_limit_positive",
+        ),
+        CheckConstraint(
+            "monthly_row_quota IS NULL OR monthly_row_quota > 0", name="monthly_row_quota_positive"
         ),
         # A user's keys by date, and the cascade from users.
         Index("ix_api_keys_user_id_created_at", "user_id", "created_at"),

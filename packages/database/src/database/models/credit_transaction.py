@@ -66,8 +66,12 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
             " OR (type = 'refund' AND amount > 0) OR (type = 'adjustment' AND amount <> 0)",
             name="amount_sign",
         ),
+        # A consumption charges a job, or usage (database.metering): then it names
+        # no job and carries the usage charge's idempotency key.
         CheckConstraint(
-            "(type IN ('consumption', 'refund')) = (job_id IS NOT NULL)",
+            "CASE type WHEN 'consumption'"
+            " THEN (job_id IS NOT NULL) <> (idempotency_key IS NOT NULL)"
+            " WHEN 'refund' THEN job_id IS NOT NULL ELSE job_id IS NULL END",
             name="job_only_for_charges",
         ),
         CheckConstraint(

@@ -165,6 +165,34 @@ class ModelPermission(enum.StrEnum):
     DEPLOY = "deploy"
 
 
+class InferenceStatus(enum.StrEnum):
+    """How an inference request ended (``inference_requests.status``)."""
+
+    OK = "ok"
+    #: Bad input: a 4xx that names the problem (the model did not run, or refused it).
+    CLIENT_ERROR = "client_error"
+    #: Refused before the model ran: 402 (no credits) or 429 (a key's quota).
+    REFUSED = "refused"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+
+
+class UsageSku(enum.StrEnum):
+    """A billable unit (``usage_events.sku``); priced per 1,000 (database.metering)."""
+
+    PREDICTED_ROWS = "predicted_rows"
+    BATCH_ROWS = "batch_rows"
+
+
+class QuotaWindow(enum.StrEnum):
+    """The window an API key's quota counts in (``api_key_usage_windows``)."""
+
+    #: Requests per minute (``api_keys.rate_limit_per_minute``).
+    MINUTE = "minute"
+    #: Predicted rows per calendar month, UTC (``api_keys.monthly_row_quota``).
+    MONTH = "month"
+
+
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
     return SAEnum(
@@ -194,10 +222,14 @@ model_version_status = pg_enum(ModelVersionStatus, "model_version_status")
 lineage_relation = pg_enum(LineageRelation, "lineage_relation")
 model_format = pg_enum(ModelFormat, "model_format")
 model_permission = pg_enum(ModelPermission, "model_permission")
+inference_status = pg_enum(InferenceStatus, "inference_status")
+usage_sku = pg_enum(UsageSku, "usage_sku")
+quota_window = pg_enum(QuotaWindow, "quota_window")
 
 __all__ = [
     "CreditTierRestriction",
     "FileFormat",
+    "InferenceStatus",
     "IngestionStatus",
     "JobKind",
     "JobStatus",
@@ -207,10 +239,12 @@ __all__ = [
     "ModelPermission",
     "ModelVersionStatus",
     "ModelVisibility",
+    "UsageSku",
     "NodeStatus",
     "NodeType",
     "OAuthProvider",
     "ProblemType",
+    "QuotaWindow",
     "TransactionType",
     "TutorialDifficulty",
     "UserRole",

@@ -1,0 +1,203 @@
+"""What a caller used and paid (``GET /v1/usage``), and a deployment's request log
+(``GET /v1/deployments/{id}/requests``). Thin: the rules live in database.metering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from api.deps import Reader, SessionDep
+from api.errors import ApiError, error_responses, not_found
+from api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    paginate,
+)
+from database import metering
+from database.models import InferenceRequest, InferenceStatus
+from database.types import MIN_DATETIME, InvalidDatetime, check_datetime
+
+router = APIRouter(tags=["usage"])
+
+#: The longest span one GET /v1/usage may cover.
+MAX_SPAN = dt.timedelta(days=366)
+
+
+class GroupBy(StrEnum):
+    DAY = "day"
+    DEPLOYMENT = "deployment"
+    SKU = "sku"
+
+
+class UsageRow(BaseModel):
+    #: The day (YYYY-MM-DD, UTC), the deployment's id ("" for use of none) or the sku.
+    key: str
+    sku: str
+    #: Units used in the span (rows predicted, rows of batches).
+    quantity: int
+    #: What they cost, in credits (exact; fractions of a credit carry to the next charge).
+    cost_credits: Decimal
+    #: Credits the ledger charged for usage of this group whose period starts in the span.
+    charged_credits: int
+
+
+class UsageOut(BaseModel):
+    start: dt.datetime
+    end: dt.datetime
+    group_by: GroupBy
+    items: list[UsageRow]
+    total_quantity: int
+    total_cost_credits: Decimal
+    total_charged_credits: int
+
+
+class InferenceRequestOut(BaseModel):
+    id: uuid.UUID
+    deployment_id: uuid.UUID
+    model_version_id: uuid.UUID | None
+    api_key_id: uuid.UUID | None
+    rows: int
+    latency_ms: int
+    status: InferenceStatus
+    error_class: str | None
+    request_id: str | None
+    created_at: dt.datetime
+
+    model_config = {"from_attributes": True}
+
+
+def _instant(value: dt.datetime | None, name: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return check_datetime(value)
+    except InvalidDatetime as exc:
+        raise ApiError(422, "invalid_value", f"{name}: {exc}") from None
+
+
+@router.get(
+    "/usage",
+    response_model=UsageOut,
+    responses=error_responses(401, 403, 422),
+    summary="What the caller used and paid, grouped by day, deployment or sku",
+)
+def usage(
+    principal: Reader,
+    session: SessionDep,
+    start: Annotated[
+        dt.datetime | None,
+        Query(alias="from", description="Start (inclusive, with a zone); default: 30 days ago"),
+    ] = None,
+    end: Annotated[
+        dt.datetime | None,
+        Query(alias="to", description="End (exclusive, with a zone); default: now"),
+    ] = None,
+    group_by: GroupBy = GroupBy.DAY,
+) -> UsageOut:
+    """Usage is counted by the date it happened, cost in exact credits; charges
+    (whole credits) by the start of the period they charged."""
+    to = _instant(end, "to") or dt.datetime.now(dt.UTC)
+    month = dt.timedelta(days=30)
+    frm = _instant(start, "from") or (to - month if to - MIN_DATETIME > month else MIN_DATETIME)
+    if frm >= to:
+        raise ApiError(422, "invalid_range", "from must be before to")
+    if to - frm > MAX_SPAN:
+        raise ApiError(422, "invalid_range", f"a span of at most {MAX_SPAN.days} days")
+    rows = metering.usage_summary(session, principal.user_id, frm, to, group_by.value)
+    items = [
+        UsageRow(
+            key=r["key"],
+            sku=r["sku"],
+            quantity=r["quantity"],
+            cost_credits=Decimal(r["cost_micro"]) / metering.MICRO,
+            charged_credits=r["charged_credits"],
+        )
+        for r in rows
+    ]
+    return UsageOut(
+        start=frm,
+        end=to,
+        group_by=group_by,
+        items=items,
+        total_quantity=sum(i.quantity for i in items),
+        total_cost_credits=sum((i.cost_credits for i in items), Decimal(0)),
+        total_charged_credits=sum(i.charged_credits for i in items),
+    )
+
+
+# --- a deployment's requests ---------------------------------------------------------
+OwnsDeployment = Callable[[Session, uuid.UUID, uuid.UUID], bool]
+
+
+def owns_deployment(session: Session, deployment_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Whether ``deployment_id`` is ``user_id``'s: a query on serving's
+    ``deployments`` table (id, user_id, ...). Until that table exists (metering's
+    branch alone), no deployment is anyone's: 404, not a 500. The integrator may drop
+    the ``to_regclass`` test once serving's migration is in."""
+    if session.execute(text("SELECT to_regclass('public.deployments')")).scalar() is None:
+        return False
+    found = session.execute(
+        text("SELECT 1 FROM deployments WHERE id = :d AND user_id = :u"),
+        {"d": deployment_id, "u": user_id},
+    ).first()
+    return found is not None
+
+
+def get_ownership_check() -> OwnsDeployment:
+    """The ownership check (a dependency, so a test or the integrator may swap it)."""
+    return owns_deployment
+
+
+OwnershipDep = Annotated[OwnsDeployment, Depends(get_ownership_check)]
+
+
+@router.get(
+    "/deployments/{deployment_id}/requests",
+    response_model=Page[InferenceRequestOut],
+    responses=error_responses(401, 403, 404, 422),
+    summary="A deployment's inference requests, newest first (owner only)",
+)
+def deployment_requests(
+    principal: Reader,
+    session: SessionDep,
+    owns: OwnershipDep,
+    deployment_id: uuid.UUID,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    status: InferenceStatus | None = None,
+) -> Page[InferenceRequestOut]:
+    """The log of the deployment's requests (never their payloads): rows, latency,
+    status, error class. Another user's deployment is a missing one (404)."""
+    if cursor:
+        decode_cursor(cursor, dt.datetime)  # a bad cursor is 422, whoever's deployment
+    if not owns(session, deployment_id, principal.user_id):
+        raise not_found("deployment")
+    stmt = select(InferenceRequest).where(
+        InferenceRequest.deployment_id == deployment_id,
+        InferenceRequest.user_id == principal.user_id,
+    )
+    if status is not None:
+        stmt = stmt.where(InferenceRequest.status == status)
+    rows, next_cursor = paginate(
+        session,
+        stmt,
+        InferenceRequest.created_at,
+        InferenceRequest.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[InferenceRequestOut](
+        items=[InferenceRequestOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

@@ -1,0 +1,808 @@
+"""Metering: the inference request log, usage, its aggregate charges, key quotas.
+
+The one place these rules live (with ``sql/triggers/metering.sql``); the predict
+route, the batch job kind, the worker's maintenance and the usage routes call:
+
+    admit(session, *, user_id, api_key_id, deployment_id, rows)          before the model runs
+    record_request(session_or_engine, *, user_id, ..., request_id)      after, success or not
+    record_usage(session_or_engine, *, user_id, sku, quantity, key)     any other billable use
+    charge_usage(engine_or_session, *, user_id=None, through=None)       the aggregation
+    ensure_partitions(engine, months_ahead=2) / drop_partitions_before(engine, date)
+    maintenance(engine)                                                  what the worker runs
+
+**Money.** Prices are credits per 1,000 units (:func:`prices`, ``PRICING__...``
+settings). Costs are counted in micro-credits (10**-6 credit) so no fraction is
+lost: a usage event records its unit price in micro-credits; a charge takes whole
+credits from the ledger and carries the remainder (less than one credit) to the
+user's next charge, so the credits a user was charged are always exactly
+``floor(cost of the usage charged / 10**6)``.
+
+**Admission (402).** A request is admitted when the user's balance covers, in
+micro-credits, what they owe and the ledger does not show yet
+(``usage_meters.pending_micro``: uncharged usage plus the carried remainder), what
+is held for requests in flight (``usage_holds``), and this request's rows. Admission
+locks the user's row (the ledger's lock), then counts and holds in a new statement,
+so two admissions of one user, in any number of processes, are counted one after
+the other: together they never admit more than the balance pays for. The hold is
+released by :func:`record_request`; a hold whose process died expires after
+``HOLD_SECONDS`` and is swept by :func:`maintenance`. **Call admit in its own
+transaction** (a session with no transaction open, which it commits), never inside
+one that stays open while the model runs: the user's row stays locked until then.
+
+**Aggregation.** :func:`charge_usage` charges, per user, the usage dated in
+``[charged_through, cutoff)``: one ledger consumption per (deployment, sku) and
+period, with the idempotency key ``usage:<user>:<deployment>:<sku>:<from>:<to>``,
+never one per request. The worker charges closed hours (``cutoff`` = the current
+hour's start), so a deployment used all day gets one entry per hour; on demand,
+``through=`` any instant up to now. It holds the user's meter lock, the lock every
+usage event takes as it is dated: so every event dated before the cutoff is
+committed and seen, and none can arrive late. A retry after a crash, or a
+concurrent run, finds the meter moved and charges nothing twice. A user who cannot
+pay (a job took the credits since) is left uncharged, and reported; admission
+refuses them meanwhile.
+
+**Quotas (429).** A key's ``rate_limit_per_minute`` and ``monthly_row_quota`` are
+counted in ``api_key_usage_windows`` with one ``INSERT ... ON CONFLICT DO UPDATE
+... WHERE used + n <= limit RETURNING``: the row lock orders concurrent admissions
+of one key in every process, so the limit holds exactly. Refused requests count
+nothing (admission is all or nothing).
+
+**The request log** (``inference_requests``) is append-only and partitioned by
+month (UTC). Partitions are made ahead (:func:`ensure_partitions`, by the
+migration and the worker) and **on demand**: a row whose month has no partition
+makes it (``inference_requests_partition_for``, run as the owner) and is written
+again, so no request is lost and there is no DEFAULT partition (one would have to
+be emptied, by DELETE, before its month's partition could be made). Retention
+drops whole months (:func:`drop_partitions_before`: DDL by the owner, not DELETE,
+which stays refused).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import Engine, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.orm import Session
+
+from database import errors
+from database._tx import atomic
+from database.models import (
+    CreditTransaction,
+    InferenceStatus,
+    TransactionType,
+    UsageCharge,
+    UsageSku,
+)
+
+__all__ = [
+    "HOLD_SECONDS",
+    "ChargeReport",
+    "Prices",
+    "admit",
+    "charge_usage",
+    "drop_partitions_before",
+    "ensure_partitions",
+    "maintenance",
+    "prices",
+    "record_request",
+    "record_usage",
+    "sweep",
+    "unit_price_micro",
+    "usage_summary",
+]
+
+MICRO = 1_000_000
+#: How long an admitted request's hold counts against the balance without a record.
+HOLD_SECONDS = 600
+PARTITION_PREFIX = "inference_requests_p"
+_PARTITION_NAME = re.compile(rf"^{PARTITION_PREFIX}(\d{{4}})(\d{{2}})$")
+
+
+# --- prices ---------------------------------------------------------------------------
+class Prices(BaseModel):
+    """Credits per 1,000 units of each sku (at most 3 decimals: a unit's price is a
+    whole number of micro-credits)."""
+
+    predicted_rows_per_1000: Decimal = Field(default=Decimal(1), ge=0)
+    batch_rows_per_1000: Decimal = Field(default=Decimal("0.5"), ge=0)
+
+    @field_validator("predicted_rows_per_1000", "batch_rows_per_1000")
+    @classmethod
+    def _three_decimals(cls, value: Decimal) -> Decimal:
+        if (value * 1000) != (value * 1000).to_integral_value():
+            raise ValueError("a price per 1,000 units has at most 3 decimals")
+        return value
+
+
+class _PricingSettings(BaseSettings):
+    # The API's PRICING__... settings (apps/api settings.Pricing) ignore these keys.
+    model_config = SettingsConfigDict(extra="ignore", env_file=None, env_nested_delimiter="__")
+
+    pricing: Prices = Field(default_factory=Prices, alias="PRICING")
+
+
+@lru_cache(maxsize=1)
+def prices() -> Prices:
+    """THE prices of metered use, from ``PRICING__PREDICTED_ROWS_PER_1000`` and
+    ``PRICING__BATCH_ROWS_PER_1000`` (credits per 1,000 rows; defaults 1 and 0.5).
+    ``prices.cache_clear()`` reads them again."""
+    return _PricingSettings().pricing
+
+
+def unit_price_micro(sku: UsageSku | str) -> int:
+    """Micro-credits one unit of ``sku`` costs now."""
+    p = prices()
+    per_1000 = {
+        UsageSku.PREDICTED_ROWS: p.predicted_rows_per_1000,
+        UsageSku.BATCH_ROWS: p.batch_rows_per_1000,
+    }[UsageSku(sku)]
+    return int(per_1000 * 1000)
+
+
+# --- sessions -------------------------------------------------------------------------
+@contextmanager
+def _session(bind: Session | Engine) -> Iterator[Session]:
+    """One transaction on ``bind``: a new session committed on exit for an engine, or
+    :func:`database._tx.atomic` on a caller's session."""
+    if isinstance(bind, Engine):
+        with Session(bind) as session, session.begin():
+            yield session
+    else:
+        with atomic(bind):
+            yield bind
+
+
+def _one_statement(bind: Session | Engine, statement: Any, params: dict[str, Any]) -> None:
+    """Run one statement as a transaction of its own: in autocommit, so the server
+    gets no BEGIN and COMMIT round trips (a statement is atomic by itself). Inside
+    a caller's open transaction it joins it instead (in a savepoint)."""
+    if isinstance(bind, Session) and bind.in_transaction():
+        with atomic(bind):
+            bind.execute(statement, params)
+        return
+    if isinstance(bind, Session):
+        engine = bind.get_bind()
+        if not isinstance(engine, Engine):  # a session bound to a connection: use it
+            with atomic(bind):
+                bind.execute(statement, params)
+            return
+    else:
+        engine = bind
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(statement, params)
+
+
+def _uuid(value: Any, name: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise errors.InvalidValue(f"{name} is not a UUID: {value!r}") from None
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise errors.InvalidValue(f"{name} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+# --- admission ------------------------------------------------------------------------
+# One round trip: the rules are public.usage_admit's (sql/triggers/metering.sql).
+_ADMIT = text(
+    "SELECT public.usage_admit(:user, :key, :deployment, :rows, :amount, :request_id,"
+    " :hold_seconds)"
+)
+
+
+def admit(
+    session: Session | Engine,
+    *,
+    user_id: uuid.UUID,
+    api_key_id: uuid.UUID | None,
+    deployment_id: uuid.UUID | None,
+    rows: int,
+    request_id: str | None = None,
+    sku: UsageSku = UsageSku.PREDICTED_ROWS,
+) -> None:
+    """Admit a request of ``rows`` rows before the model runs, or refuse it.
+
+    Raises :class:`errors.QuotaExceeded` (429; ``retry_after`` seconds, ``quota`` is
+    ``rate_limit_per_minute`` or ``monthly_row_quota``) when the key's quota is
+    spent, :class:`errors.PaymentRequired` (402) when the user cannot pay for the
+    rows, :class:`errors.MeteredUserNotFound` for an unknown user. Nothing is
+    counted or held on a refusal.
+    ``request_id`` (optional) ties the hold to that request's
+    :func:`record_request`. One statement, its own transaction (autocommit: one
+    round trip), unless ``session`` has one open: then it joins it, and the user's
+    row stays locked until that commits (see the module doc).
+    """
+    n = _count(rows, "rows")
+    params = {
+        "user": _uuid(user_id, "user_id"),
+        "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
+        "deployment": None if deployment_id is None else _uuid(deployment_id, "deployment_id"),
+        "rows": n,
+        "amount": n * unit_price_micro(sku),
+        "request_id": (request_id or None) and str(request_id)[:200],
+        "hold_seconds": HOLD_SECONDS,
+    }
+    _one_statement(session, _ADMIT, params)
+
+
+# --- recording ------------------------------------------------------------------------
+def _no_partition(exc: errors.DatabaseError) -> bool:
+    return exc.sqlstate == "23514" and "no partition" in (exc.message or "")
+
+
+def _with_partition(bind: Session | Engine, statement: Any, params: dict[str, Any]) -> None:
+    """Run ``statement`` as one transaction; if the month has no partition yet, make
+    it (as the owner, through the SECURITY DEFINER function) and run it again."""
+    try:
+        _one_statement(bind, statement, params)
+        return
+    except errors.InvalidValue as exc:
+        if not _no_partition(exc):
+            raise
+    _one_statement(bind, text("SELECT public.inference_requests_partition_for(now())"), {})
+    _one_statement(bind, statement, params)
+
+
+def record_request(
+    session_or_engine: Session | Engine,
+    *,
+    user_id: uuid.UUID,
+    api_key_id: uuid.UUID | None,
+    deployment_id: uuid.UUID,
+    model_version_id: uuid.UUID | None,
+    rows: int,
+    latency_ms: int | float,
+    status: InferenceStatus | str,
+    error_class: str | None,
+    request_id: str | None,
+    sku: UsageSku = UsageSku.PREDICTED_ROWS,
+) -> None:
+    """Log one inference request (success or failure), release its admission's hold
+    and, when it succeeded with rows, record their usage (charged later, in
+    aggregate). One statement, its own transaction (autocommit: one round trip)
+    unless the session has one open; recording the same ``request_id``
+    twice logs and bills it once. Never the payload."""
+    state = InferenceStatus(status)
+    n = _count(rows, "rows")
+    latency = max(0, round(float(latency_ms)))
+    params: dict[str, Any] = {
+        "user": _uuid(user_id, "user_id"),
+        "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
+        "deployment": _uuid(deployment_id, "deployment_id"),
+        "version": None
+        if model_version_id is None
+        else _uuid(model_version_id, "model_version_id"),
+        "rows": n,
+        "latency": latency,
+        "status": state.value,
+        "error_class": (error_class or None) and str(error_class)[:200],
+        "request_id": (request_id or None) and str(request_id)[:200],
+        "sku": UsageSku(sku).value,
+        "price": unit_price_micro(sku),
+    }
+    params["usage_key"] = f"request:{params['request_id'] or uuid.uuid4()}:{params['sku']}"
+    parts = [
+        """WITH logged AS (
+            INSERT INTO public.inference_requests (user_id, deployment_id, model_version_id,
+                api_key_id, rows, latency_ms, status, error_class, request_id)
+            VALUES (:user, :deployment, :version, :key, :rows, :latency,
+                    CAST(:status AS inference_status), :error_class, :request_id)
+            RETURNING id)"""
+    ]
+    if state is not InferenceStatus.REFUSED and (n > 0 or params["request_id"]):
+        # The request's own hold if admit was told its id, else one of the same size
+        # (a refused request was never admitted: it holds nothing).
+        parts.append(
+            """, released AS (
+            DELETE FROM public.usage_holds WHERE id = (
+                SELECT h.id FROM public.usage_holds AS h
+                 WHERE h.user_id = :user
+                   AND (h.request_id = :request_id
+                        OR (h.rows = :rows AND h.deployment_id IS NOT DISTINCT FROM :deployment))
+                 ORDER BY (h.request_id IS NOT DISTINCT FROM :request_id) DESC, h.expires_at
+                 LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING id)"""
+        )
+    if state is InferenceStatus.OK and n > 0:
+        parts.append(
+            """, used AS (
+            INSERT INTO public.usage_events (user_id, deployment_id, api_key_id, sku, quantity,
+                unit_price_micro, idempotency_key)
+            VALUES (:user, :deployment, :key, CAST(:sku AS usage_sku), :rows, :price, :usage_key)
+            RETURNING id)"""
+        )
+    # The log and the usage are written without waiting for the WAL flush (one
+    # round trip, no fsync per request): a crash of the server may lose the last
+    # few hundred milliseconds of them (usage the user is then not charged for),
+    # never make them inconsistent. The ledger's charges stay synchronous.
+    parts.append(
+        " SELECT (SELECT count(*) FROM logged), set_config('synchronous_commit', 'off', true)"
+    )
+    try:
+        _with_partition(session_or_engine, text("".join(parts)), params)
+    except errors.UsageAlreadyRecorded:
+        return  # recorded by an earlier call for this request
+
+
+def record_usage(
+    session_or_engine: Session | Engine,
+    *,
+    user_id: uuid.UUID,
+    sku: UsageSku | str,
+    quantity: int,
+    idempotency_key: str,
+    deployment_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> bool:
+    """Record ``quantity`` units of ``sku`` (e.g. a batch job's rows, keyed by the
+    job) at today's price; False when ``idempotency_key`` was recorded already.
+    Charged later, in aggregate, like predictions."""
+    n = _count(quantity, "quantity")
+    if n == 0:
+        return False
+    key = str(idempotency_key or "").strip()
+    if not key or len(key) > 200:
+        raise errors.InvalidValue("idempotency_key must have 1 to 200 characters")
+    try:
+        with _session(session_or_engine) as s:
+            s.execute(
+                text(
+                    "INSERT INTO public.usage_events (user_id, deployment_id, api_key_id, sku,"
+                    " quantity, unit_price_micro, idempotency_key) VALUES (:user, :deployment,"
+                    " :key, CAST(:sku AS usage_sku), :n, :price, :ikey)"
+                ),
+                {
+                    "user": _uuid(user_id, "user_id"),
+                    "deployment": deployment_id,
+                    "key": api_key_id,
+                    "sku": UsageSku(sku).value,
+                    "n": n,
+                    "price": unit_price_micro(sku),
+                    "ikey": key,
+                },
+            )
+    except errors.UsageAlreadyRecorded:
+        return False
+    return True
+
+
+# --- aggregation ----------------------------------------------------------------------
+@dataclass
+class ChargeReport:
+    users: int = 0
+    charges: int = 0
+    credits: int = 0
+    #: Users whose usage could not be paid (left uncharged): id -> the message.
+    unpaid: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        line = f"{self.charges} usage charges, {self.credits} credits, {self.users} users"
+        if self.unpaid:
+            line += f"; {len(self.unpaid)} users could not pay (left uncharged)"
+        return line
+
+
+def charge_key(
+    user_id: uuid.UUID,
+    deployment_id: uuid.UUID | None,
+    sku: str,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> str:
+    """The idempotency key of one (deployment, sku, period)'s charge."""
+    return (
+        f"usage:{user_id}:{deployment_id or '-'}:{sku}:"
+        f"{start.astimezone(dt.UTC).isoformat()}:{end.astimezone(dt.UTC).isoformat()}"
+    )
+
+
+def _charge_user(
+    s: Session, user_id: uuid.UUID, through: dt.datetime | None, report: ChargeReport
+) -> None:
+    meter = s.execute(
+        text(
+            "SELECT charged_through, pending_micro, clock_timestamp() AS now"
+            " FROM public.usage_meters WHERE user_id = :u FOR UPDATE"
+        ),
+        {"u": user_id},
+    ).one_or_none()
+    if meter is None:
+        return
+    now: dt.datetime = meter.now
+    closed = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    cutoff = min(through, now) if through is not None else closed
+    start: dt.datetime = meter.charged_through
+    if cutoff <= start:
+        return
+    groups = s.execute(
+        text(
+            "SELECT deployment_id, sku::text AS sku, sum(quantity)::bigint AS quantity,"
+            " sum(quantity * unit_price_micro)::bigint AS amount"
+            " FROM public.usage_events WHERE user_id = :u"
+            " AND created_at >= :start AND created_at < :cutoff"
+            " GROUP BY deployment_id, sku ORDER BY deployment_id NULLS FIRST, sku"
+        ),
+        {"u": user_id, "start": start, "cutoff": cutoff},
+    ).all()
+    later = int(
+        s.execute(
+            text(
+                "SELECT coalesce(sum(quantity * unit_price_micro), 0)::bigint"
+                " FROM public.usage_events WHERE user_id = :u AND created_at >= :cutoff"
+            ),
+            {"u": user_id, "cutoff": cutoff},
+        ).scalar_one()
+    )
+    carry = int(meter.pending_micro) - later - sum(int(g.amount) for g in groups)
+    if carry < 0 or carry >= MICRO:
+        # The meter does not add up (automl-db verify says where): charge nothing.
+        report.unpaid[user_id] = f"usage meter drift (carry {carry}): run automl-db verify"
+        raise _Skip
+    total = 0
+    for g in groups:
+        owed = carry + int(g.amount)
+        credits, carry = divmod(owed, MICRO)
+        key = charge_key(user_id, g.deployment_id, g.sku, start, cutoff)
+        entry_id = None
+        if credits:
+            entry = CreditTransaction(
+                user_id=user_id,
+                type=TransactionType.CONSUMPTION,
+                amount=-credits,
+                idempotency_key=key,
+                description=f"{g.quantity} {g.sku} of deployment {g.deployment_id or '-'},"
+                f" {start.isoformat()} to {cutoff.isoformat()}",
+            )
+            s.add(entry)
+            s.flush()
+            entry_id = entry.id
+        s.add(
+            UsageCharge(
+                user_id=user_id,
+                deployment_id=g.deployment_id,
+                sku=UsageSku(g.sku),
+                period_start=start,
+                period_end=cutoff,
+                quantity=int(g.quantity),
+                amount_micro=int(g.amount),
+                credits=credits,
+                ledger_entry_id=entry_id,
+                idempotency_key=key,
+            )
+        )
+        total += credits
+        report.charges += 1
+    s.flush()
+    s.execute(
+        text(
+            "UPDATE public.usage_meters SET charged_through = :cutoff,"
+            " pending_micro = pending_micro - :charged WHERE user_id = :u"
+        ),
+        {"u": user_id, "cutoff": cutoff, "charged": total * MICRO},
+    )
+    report.credits += total
+    report.users += 1
+
+
+class _Skip(Exception):
+    pass
+
+
+def charge_usage(
+    bind: Engine | Session,
+    *,
+    user_id: uuid.UUID | None = None,
+    through: dt.datetime | None = None,
+) -> ChargeReport:
+    """Charge uncharged usage through the ledger, one transaction per user.
+
+    Without ``through``, the hours that have ended (what the worker runs); with it,
+    everything dated before ``through`` (capped at now: on demand). A user whose
+    balance cannot pay is rolled back and listed in ``unpaid``; the others are
+    charged. Idempotent under retries and concurrent runs (module doc)."""
+    report = ChargeReport()
+    if through is not None and through.tzinfo is None:
+        raise errors.InvalidValue("through must be timezone-aware")
+    if user_id is not None:
+        users = [_uuid(user_id, "user_id")]
+    else:
+        with _session(bind) as s:
+            users = list(
+                s.execute(
+                    text(
+                        "SELECT m.user_id FROM public.usage_meters AS m"
+                        " WHERE m.charged_through < coalesce(:through, date_trunc('hour', now()))"
+                        " AND EXISTS (SELECT 1 FROM public.usage_events AS e"
+                        "  WHERE e.user_id = m.user_id AND e.created_at >= m.charged_through"
+                        "  AND e.created_at < coalesce(:through, date_trunc('hour', now())))"
+                        " ORDER BY m.user_id"
+                    ),
+                    {"through": through},
+                ).scalars()
+            )
+    for uid in users:
+        try:
+            with _session(bind) as s:
+                _charge_user(s, uid, through, report)
+        except _Skip:
+            continue
+        except errors.InsufficientCredits as exc:
+            report.unpaid[uid] = str(exc)
+    return report
+
+
+# --- partitions -----------------------------------------------------------------------
+def ensure_partitions(engine: Engine | Session, months_ahead: int = 2) -> list[str]:
+    """Make this month's partition of ``inference_requests`` and the next
+    ``months_ahead`` ones (UTC months) that are missing; the names made."""
+    n = _count(months_ahead, "months_ahead")
+    with _session(engine) as s:
+        return list(
+            s.execute(
+                text("SELECT public.inference_requests_ensure_partitions(:n)"), {"n": n}
+            ).scalars()
+        )
+
+
+def _month_start(year: int, month: int) -> dt.datetime:
+    return dt.datetime(year, month, 1, tzinfo=dt.UTC)
+
+
+def _next_month(start: dt.datetime) -> dt.datetime:
+    return _month_start(start.year + start.month // 12, start.month % 12 + 1)
+
+
+def partitions(engine: Engine | Session) -> list[tuple[str, dt.datetime, dt.datetime]]:
+    """The partitions of ``inference_requests``: (name, from, to), oldest first."""
+    with _session(engine) as s:
+        names = s.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'public.inference_requests'::regclass ORDER BY 1"
+            )
+        ).scalars()
+        out = []
+        for name in names:
+            m = _PARTITION_NAME.match(name)
+            if m:
+                start = _month_start(int(m.group(1)), int(m.group(2)))
+                out.append((name, start, _next_month(start)))
+        return out
+
+
+def drop_partitions_before(
+    engine: Engine | Session, before: dt.date | dt.datetime, *, dry_run: bool = False
+) -> list[str]:
+    """Drop the months of ``inference_requests`` that end on or before ``before``
+    (a date is midnight UTC); never the current month. Owner only (DDL: the rows
+    go with their partition; DELETE stays refused). The names dropped (or, with
+    ``dry_run``, that would be)."""
+    if isinstance(before, dt.datetime):
+        if before.tzinfo is None:
+            raise errors.InvalidValue("before must be timezone-aware")
+        limit = before
+    else:
+        limit = dt.datetime(before.year, before.month, before.day, tzinfo=dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    current = _month_start(now.year, now.month)
+    doomed = [name for name, _start, end in partitions(engine) if end <= limit and end <= current]
+    if dry_run:
+        return doomed
+    for name in doomed:
+        with _session(engine) as s:
+            s.execute(text("SET LOCAL lock_timeout = '5s'"))
+            s.execute(text(f'DROP TABLE IF EXISTS public."{name}"'))
+    return doomed
+
+
+# --- housekeeping ---------------------------------------------------------------------
+def sweep(engine: Engine | Session) -> tuple[int, int]:
+    """Remove expired holds and quota windows no limit looks at any more (minutes
+    older than an hour, months before the previous one): (holds, windows)."""
+    with _session(engine) as s:
+        holds = s.execute(text("DELETE FROM public.usage_holds WHERE expires_at <= now()"))
+        windows = s.execute(
+            text(
+                "DELETE FROM public.api_key_usage_windows WHERE"
+                " (period = 'minute' AND window_start < now() - interval '1 hour') OR"
+                " (period = 'month' AND window_start < now() - interval '62 days')"
+            )
+        )
+        return int(getattr(holds, "rowcount", 0)), int(getattr(windows, "rowcount", 0))
+
+
+@dataclass
+class MaintenanceReport:
+    partitions_made: list[str]
+    charges: ChargeReport
+    holds_swept: int
+    windows_swept: int
+
+    def render(self) -> str:
+        made = ", ".join(self.partitions_made) or "none"
+        return (
+            f"partitions made: {made}; {self.charges.render()};"
+            f" swept {self.holds_swept} holds, {self.windows_swept} quota windows"
+        )
+
+
+def maintenance(engine: Engine, months_ahead: int = 2) -> MaintenanceReport:
+    """What the worker runs periodically: partitions ahead, the closed hours'
+    charges, the sweep."""
+    made = ensure_partitions(engine, months_ahead)
+    charges = charge_usage(engine)
+    holds, windows = sweep(engine)
+    return MaintenanceReport(made, charges, holds, windows)
+
+
+# --- reading --------------------------------------------------------------------------
+GROUPS = {
+    "day": "date_trunc('day', {t} AT TIME ZONE 'UTC')::date::text",
+    "deployment": "coalesce({d}::text, '')",
+    "sku": "{s}::text",
+}
+
+
+def usage_summary(
+    session: Session,
+    user_id: uuid.UUID,
+    start: dt.datetime,
+    end: dt.datetime,
+    group_by: str,
+) -> list[dict[str, Any]]:
+    """What ``user_id`` used in ``[start, end)`` (quantity and its cost, by the usage
+    events' dates) and was charged (credits of the charges whose period starts in
+    it), grouped by ``day`` (UTC), ``deployment`` or ``sku``; each row has ``key``,
+    ``sku``, ``quantity``, ``cost_micro``, ``charged_credits``."""
+    if group_by not in GROUPS:
+        raise errors.InvalidValue(f"group_by must be one of {', '.join(GROUPS)}")
+    used_key = GROUPS[group_by].format(t="created_at", d="deployment_id", s="sku")
+    charged_key = GROUPS[group_by].format(t="period_start", d="deployment_id", s="sku")
+    rows = session.execute(
+        text(
+            f"""
+            WITH used AS (
+                SELECT {used_key} AS key, sku::text AS sku, sum(quantity)::bigint AS quantity,
+                       sum(quantity * unit_price_micro)::bigint AS cost_micro
+                  FROM public.usage_events
+                 WHERE user_id = :u AND created_at >= :start AND created_at < :end
+                 GROUP BY 1, 2
+            ), charged AS (
+                SELECT {charged_key} AS key, sku::text AS sku, sum(credits)::bigint AS credits
+                  FROM public.usage_charges
+                 WHERE user_id = :u AND period_start >= :start AND period_start < :end
+                 GROUP BY 1, 2
+            )
+            SELECT coalesce(used.key, charged.key) AS key,
+                   coalesce(used.sku, charged.sku) AS sku,
+                   coalesce(used.quantity, 0) AS quantity,
+                   coalesce(used.cost_micro, 0) AS cost_micro,
+                   coalesce(charged.credits, 0) AS charged_credits
+              FROM used FULL JOIN charged ON used.key = charged.key AND used.sku = charged.sku
+             ORDER BY 1, 2
+            """
+        ),
+        {"u": user_id, "start": start, "end": end},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+# --- verification (automl-db verify) --------------------------------------------------
+_IDS_FILTER = "(CAST(:ids AS uuid[]) IS NULL OR {col} = ANY(CAST(:ids AS uuid[])))"
+
+_VERIFY = [
+    # A ledger charge of usage (a consumption naming no job) is one usage charge's.
+    """
+    SELECT t.user_id, format('ledger entry %s charged %s credits of usage that no usage charge'
+                             ' accounts for', t.id, -t.amount) AS problem
+      FROM public.credit_transactions AS t
+      LEFT JOIN public.usage_charges AS c ON c.ledger_entry_id = t.id
+     WHERE t.type = 'consumption' AND t.job_id IS NULL AND {ids_t}
+       AND (c.id IS NULL OR c.credits <> -t.amount)
+    """,
+    # ... and a usage charge's ledger entry is there, the user's, for its credits.
+    """
+    SELECT c.user_id, format('usage charge %s names ledger entry %s, which %s', c.id,
+                             c.ledger_entry_id,
+                             CASE WHEN t.id IS NULL THEN 'does not exist'
+                                  ELSE 'is not its charge' END) AS problem
+      FROM public.usage_charges AS c
+      LEFT JOIN public.credit_transactions AS t ON t.id = c.ledger_entry_id
+     WHERE c.ledger_entry_id IS NOT NULL AND {ids_c}
+       AND (t.id IS NULL OR t.user_id <> c.user_id OR t.type <> 'consumption'
+            OR t.amount <> -c.credits OR t.idempotency_key IS DISTINCT FROM c.idempotency_key)
+    """,
+    # Rounding: whole credits of the cost charged, the remainder carried.
+    """
+    SELECT c.user_id, format('usage charges sum to %s credits, their cost to %s micro-credits'
+                             ' (floor: %s)', sum(c.credits), sum(c.amount_micro),
+                             floor(sum(c.amount_micro) / 1000000)) AS problem
+      FROM public.usage_charges AS c WHERE {ids_c}
+     GROUP BY c.user_id
+    HAVING sum(c.credits) <> floor(sum(c.amount_micro) / 1000000)
+    """,
+    # A charge covers exactly the usage events of its period.
+    """
+    SELECT c.user_id, format('usage charge %s covers %s units costing %s, but its period holds'
+                             ' %s costing %s', c.id, c.quantity, c.amount_micro, ev.q, ev.a)
+      FROM public.usage_charges AS c
+      CROSS JOIN LATERAL (
+            SELECT coalesce(sum(e.quantity), 0) AS q,
+                   coalesce(sum(e.quantity * e.unit_price_micro), 0) AS a
+              FROM public.usage_events AS e
+             WHERE e.user_id = c.user_id AND e.sku = c.sku
+               AND e.deployment_id IS NOT DISTINCT FROM c.deployment_id
+               AND e.created_at >= c.period_start AND e.created_at < c.period_end) AS ev
+     WHERE {ids_c} AND (ev.q <> c.quantity OR ev.a <> c.amount_micro)
+    """,
+    # No usage is charged twice: the periods of one deployment and sku never overlap.
+    """
+    SELECT a.user_id, format('usage charges %s and %s overlap: usage charged twice',
+                             a.id, b.id) AS problem
+      FROM public.usage_charges AS a
+      JOIN public.usage_charges AS b
+        ON b.user_id = a.user_id AND b.sku = a.sku AND a.id < b.id
+       AND b.deployment_id IS NOT DISTINCT FROM a.deployment_id
+       AND a.period_start < b.period_end AND b.period_start < a.period_end
+     WHERE {ids_a}
+    """,
+    # Usage dated before the meter's mark is covered by a charge.
+    """
+    SELECT e.user_id, format('%s usage events before %s were never charged', count(*),
+                             m.charged_through) AS problem
+      FROM public.usage_events AS e
+      JOIN public.usage_meters AS m ON m.user_id = e.user_id
+     WHERE {ids_e} AND e.created_at < m.charged_through
+       AND NOT EXISTS (SELECT 1 FROM public.usage_charges AS c
+                        WHERE c.user_id = e.user_id AND c.sku = e.sku
+                          AND c.deployment_id IS NOT DISTINCT FROM e.deployment_id
+                          AND e.created_at >= c.period_start AND e.created_at < c.period_end)
+     GROUP BY e.user_id, m.charged_through
+    """,
+    # The meter: what was used less what was charged.
+    """
+    SELECT u.user_id, format('usage meter holds %s micro-credits pending, usage less charges'
+                             ' is %s', coalesce(m.pending_micro, 0), u.expected) AS problem
+      FROM (SELECT x.user_id,
+                   coalesce((SELECT sum(e.quantity * e.unit_price_micro)
+                               FROM public.usage_events AS e WHERE e.user_id = x.user_id), 0)
+                   - 1000000 * coalesce((SELECT sum(c.credits) FROM public.usage_charges AS c
+                                          WHERE c.user_id = x.user_id), 0) AS expected
+              FROM (SELECT user_id FROM public.usage_meters
+                    UNION SELECT user_id FROM public.usage_events) AS x) AS u
+      LEFT JOIN public.usage_meters AS m ON m.user_id = u.user_id
+     WHERE {ids_u} AND coalesce(m.pending_micro, 0) <> u.expected
+    """,
+]
+
+
+def verify_usage(conn: Any, user_ids: list[uuid.UUID] | None = None) -> list[tuple[uuid.UUID, str]]:
+    """The metering invariants ``automl-db verify`` checks, per user: what the ledger
+    charged for usage equals the usage charges' credits, whole credits of their cost;
+    each charge covers exactly its period's usage; none overlaps another (no usage
+    charged twice); no usage before a user's mark is left uncharged; the meter
+    equals usage less charges. Reported, never repaired. ``conn`` is a Connection
+    or Session (its transaction)."""
+    found: list[tuple[uuid.UUID, str]] = []
+    filters = {f"ids_{a}": _IDS_FILTER.format(col=f"{a}.user_id") for a in "tcaeu"}
+    ids = bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))
+    for statement in _VERIFY:
+        rows = conn.execute(text(statement.format(**filters)).bindparams(ids), {"ids": user_ids})
+        found.extend((r[0], r[1]) for r in rows)
+    return found

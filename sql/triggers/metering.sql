@@ -1,0 +1,244 @@
+-- Metering: the inference request log, usage events, usage charges (issue 14).
+--
+-- Rules (tests/test_metering.py tries to break each):
+--   * inference_requests is append-only: UPDATE, DELETE and TRUNCATE fail for every
+--     role, the owner included (ML085); its partitions too (the row triggers are
+--     cloned onto each partition; each partition gets its own TRUNCATE trigger
+--     when made). Retention drops whole partitions (DDL by the owner), never DELETE.
+--   * usage_events and usage_charges are append-only the same way (ML086).
+--   * a usage event locks its user's meter (usage_meters), adds its cost to
+--     pending_micro and is dated clock_timestamp() under that lock, so an
+--     aggregation holding the lock sees every event dated before it; a duplicate
+--     idempotency key is refused under the lock, before anything moves (an
+--     INSERT ... ON CONFLICT DO NOTHING would move the meter and skip the row: don't).
+--   * partitions are monthly, in UTC: [first of the month 00:00 UTC, first of the
+--     next). public.inference_requests_partition_for(ts) makes the month of ts;
+--     public.inference_requests_ensure_partitions(n) this month and the n next.
+
+CREATE OR REPLACE FUNCTION public.inference_requests_append_only()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'inference_requests is append-only: % refused', TG_OP
+        USING ERRCODE = 'ML085',
+              HINT = 'old months are dropped whole (automl-db inference-retention)';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.usage_append_only()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'ML086',
+              HINT = 'usage is corrected by a new entry in the ledger (an adjustment)';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.usage_events_before_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF NEW.user_id IS NULL OR NEW.quantity IS NULL OR NEW.unit_price_micro IS NULL
+       OR NEW.idempotency_key IS NULL THEN
+        RETURN NEW;  -- the NOT NULL constraints refuse the row
+    END IF;
+    -- The meter's row lock: events of one user are applied one at a time, and an
+    -- aggregation holding it sees every event dated before it.
+    INSERT INTO public.usage_meters AS m (user_id, charged_through, pending_micro)
+    VALUES (NEW.user_id, date_trunc('hour', clock_timestamp(), 'UTC'),
+            NEW.quantity * NEW.unit_price_micro)
+    ON CONFLICT (user_id) DO UPDATE
+        SET pending_micro = m.pending_micro + EXCLUDED.pending_micro;
+    IF EXISTS (SELECT 1 FROM public.usage_events AS e
+                WHERE e.idempotency_key = NEW.idempotency_key) THEN
+        RAISE EXCEPTION 'usage % was already recorded', NEW.idempotency_key
+            USING ERRCODE = 'unique_violation',
+                  CONSTRAINT = 'uq_usage_events_idempotency_key';
+    END IF;
+    NEW.created_at := clock_timestamp();
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.inference_requests_partition_for(p_at timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_start timestamp := date_trunc('month', p_at AT TIME ZONE 'UTC');
+    v_name text := 'inference_requests_p' || to_char(v_start, 'YYYYMM');
+BEGIN
+    IF p_at IS NULL OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'a partition needs a finite instant, not %', p_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Two callers making one month: the second waits, then finds it.
+    PERFORM pg_advisory_xact_lock(hashtextextended('inference-partition:' || v_name, 0));
+    IF to_regclass('public.' || v_name) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'CREATE TABLE public.%I PARTITION OF public.inference_requests'
+        ' FOR VALUES FROM (%L) TO (%L)',
+        v_name, v_start AT TIME ZONE 'UTC', (v_start + interval '1 month') AT TIME ZONE 'UTC');
+    -- TRUNCATE triggers are not cloned onto partitions: each gets its own.
+    EXECUTE format(
+        'CREATE TRIGGER inference_requests_no_truncate BEFORE TRUNCATE ON public.%I'
+        ' FOR EACH STATEMENT EXECUTE FUNCTION public.inference_requests_append_only()',
+        v_name);
+    RETURN v_name;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.inference_requests_ensure_partitions(p_months_ahead integer)
+RETURNS SETOF text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
+    v_made text;
+BEGIN
+    IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
+        RAISE EXCEPTION 'months ahead must be between 0 and 120, not %', p_months_ahead
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 0..p_months_ahead LOOP
+        v_made := public.inference_requests_partition_for(
+            (v_month + make_interval(months => i)) AT TIME ZONE 'UTC');
+        IF v_made IS NOT NULL THEN
+            RETURN NEXT v_made;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- Admission of a request before the model runs (database.metering.admit), one call:
+--   * the key's quotas, each one INSERT ... ON CONFLICT DO UPDATE ... WHERE used + n
+--     <= limit: the counter row's lock orders concurrent admissions of one key in
+--     every process; no row touched means the quota is spent  -> ML088 quota_exceeded
+--     (DETAIL quota=... limit=... retry_after=<seconds to the window's end>);
+--   * the user's row lock (the ledger's), then, in a new statement and so a new
+--     snapshot that sees every admission and record committed before the lock was
+--     granted, a hold of p_amount micro-credits if the balance covers the meter
+--     (uncharged usage and carry), the live holds and it      -> ML087 payment_required
+--     (DETAIL needed=... available=...); an unknown user       -> ML089.
+-- A refusal raises: the caller's transaction (or savepoint) undoes the counting.
+CREATE OR REPLACE FUNCTION public.usage_admit(p_user uuid, p_key uuid, p_deployment uuid, p_rows bigint, p_amount bigint, p_request_id text, p_hold_seconds integer)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now timestamptz := now();
+    v_rl integer;
+    v_mq bigint;
+    v_start timestamptz;
+    v_available bigint;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        SELECT k.rate_limit_per_minute, k.monthly_row_quota INTO v_rl, v_mq
+          FROM public.api_keys AS k WHERE k.id = p_key;
+        IF v_rl IS NOT NULL THEN
+            v_start := date_trunc('minute', v_now);
+            INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
+            VALUES (p_key, 'minute', v_start, 1)
+            ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + 1
+             WHERE w.used + 1 <= v_rl;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'API key rate limit of % requests per minute reached', v_rl
+                    USING ERRCODE = 'ML088',
+                          DETAIL = format('quota=rate_limit_per_minute limit=%s retry_after=%s', v_rl,
+                                          ceil(extract(epoch FROM v_start + interval '1 minute' - v_now))::int);
+            END IF;
+        END IF;
+        IF v_mq IS NOT NULL AND p_rows > 0 THEN
+            v_start := date_trunc('month', v_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+            IF p_rows <= v_mq THEN
+                INSERT INTO public.api_key_usage_windows AS w (api_key_id, period, window_start, used)
+                VALUES (p_key, 'month', v_start, p_rows)
+                ON CONFLICT (api_key_id, period, window_start) DO UPDATE SET used = w.used + p_rows
+                 WHERE w.used + p_rows <= v_mq;
+            END IF;
+            IF p_rows > v_mq OR NOT FOUND THEN
+                RAISE EXCEPTION 'API key monthly quota of % rows reached (this request: % rows)', v_mq, p_rows
+                    USING ERRCODE = 'ML088',
+                          DETAIL = format('quota=monthly_row_quota limit=%s retry_after=%s', v_mq,
+                                          ceil(extract(epoch FROM
+                                               ((v_start AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+                                               - v_now))::int);
+            END IF;
+        END IF;
+    END IF;
+    IF p_amount <= 0 THEN
+        RETURN;
+    END IF;
+    -- A hold need not survive a crash of the server (it only stands for a request in
+    -- flight): its commit does not wait for the WAL flush.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM 1 FROM public.users AS u WHERE u.id = p_user FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % does not exist', p_user USING ERRCODE = 'ML089';
+    END IF;
+    INSERT INTO public.usage_holds (user_id, deployment_id, rows, amount_micro, request_id, expires_at)
+    SELECT p_user, p_deployment, p_rows, p_amount, p_request_id,
+           v_now + make_interval(secs => p_hold_seconds)
+      FROM public.users AS u
+     WHERE u.id = p_user
+       AND u.credit_balance::bigint * 1000000
+           - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
+                        WHERE m.user_id = p_user), 0)
+           - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
+                        WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
+           >= p_amount;
+    IF NOT FOUND THEN
+        SELECT u.credit_balance::bigint * 1000000
+               - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
+                            WHERE m.user_id = p_user), 0)
+               - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
+                            WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
+          INTO v_available
+          FROM public.users AS u WHERE u.id = p_user;
+        RAISE EXCEPTION 'insufficient credits for % rows: they cost % micro-credits, % available',
+                p_rows, p_amount, greatest(v_available, 0)
+            USING ERRCODE = 'ML087',
+                  DETAIL = format('needed=%s available=%s', p_amount, v_available);
+    END IF;
+END;
+$$;
+
+CREATE TRIGGER inference_requests_no_update_delete
+BEFORE UPDATE OR DELETE ON inference_requests
+FOR EACH ROW EXECUTE FUNCTION public.inference_requests_append_only();
+
+CREATE TRIGGER inference_requests_no_truncate
+BEFORE TRUNCATE ON inference_requests
+FOR EACH STATEMENT EXECUTE FUNCTION public.inference_requests_append_only();
+
+CREATE TRIGGER usage_events_before_insert
+BEFORE INSERT ON usage_events
+FOR EACH ROW EXECUTE FUNCTION public.usage_events_before_insert();
+
+CREATE TRIGGER usage_events_no_update_delete
+BEFORE UPDATE OR DELETE ON usage_events
+FOR EACH ROW EXECUTE FUNCTION public.usage_append_only();
+
+CREATE TRIGGER usage_events_no_truncate
+BEFORE TRUNCATE ON usage_events
+FOR EACH STATEMENT EXECUTE FUNCTION public.usage_append_only();
+
+CREATE TRIGGER usage_charges_no_update_delete
+BEFORE UPDATE OR DELETE ON usage_charges
+FOR EACH ROW EXECUTE FUNCTION public.usage_append_only();
+
+CREATE TRIGGER usage_charges_no_truncate
+BEFORE TRUNCATE ON usage_charges
+FOR EACH STATEMENT EXECUTE FUNCTION public.usage_append_only();

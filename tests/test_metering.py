@@ -1,0 +1,745 @@
+"""Issue 14, metering: the request log, usage, aggregate charges, 402, key quotas.
+
+Every rule is tried through raw SQL as the owner, through the ORM, and as the apps'
+role where privileges matter; the concurrent ones with threads on two engines (two
+pools: what two API processes are to the database).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, delete, select, text, update
+from sqlalchemy.orm import Session
+
+from database import credits, errors, metering
+from database.grants import grant
+from database.models import (
+    InferenceRequest,
+    InferenceStatus,
+    UsageCharge,
+    UsageEvent,
+)
+from database.verify import verify
+
+from factories import make_job, make_user, scalar
+
+UTC = dt.UTC
+
+
+@pytest.fixture(autouse=True)
+def _prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "1")
+    monkeypatch.setenv("PRICING__BATCH_ROWS_PER_1000", "0.5")
+    metering.prices.cache_clear()
+    yield
+    metering.prices.cache_clear()
+
+
+@pytest.fixture
+def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
+    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
+    name = f"app_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        grant(conn, name)
+    eng = errors.install(create_engine(db_url.set(username=name), pool_size=10, max_overflow=20))
+    yield eng
+    eng.dispose()
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP OWNED BY "{name}"'))
+        conn.execute(text(f'DROP ROLE "{name}"'))
+
+
+@pytest.fixture
+def second_engine(db_url: Any) -> Iterator[Engine]:
+    """Another pool on the same database: a second API process, as far as it can tell."""
+    eng = errors.install(create_engine(db_url, pool_size=10, max_overflow=20))
+    yield eng
+    eng.dispose()
+
+
+def fund(engine: Engine, user_id: uuid.UUID, amount: int) -> None:
+    with Session(engine) as s:
+        credits.adjust(s, user_id, amount, "test credits", "tests")
+
+
+def balance(sql: Any, user_id: uuid.UUID) -> int:
+    return int(scalar(sql, "SELECT credit_balance FROM users WHERE id = :u", u=user_id))
+
+
+def admit(bind: Engine, user_id: uuid.UUID, rows: int, **kw: Any) -> None:
+    kw.setdefault("api_key_id", None)
+    kw.setdefault("deployment_id", DEPLOYMENT)
+    with Session(bind) as s:
+        metering.admit(s, user_id=user_id, rows=rows, **kw)
+
+
+def record(bind: Engine, user_id: uuid.UUID, rows: int, **kw: Any) -> None:
+    kw.setdefault("api_key_id", None)
+    kw.setdefault("deployment_id", DEPLOYMENT)
+    kw.setdefault("model_version_id", uuid.uuid4())
+    kw.setdefault("latency_ms", 3)
+    kw.setdefault("status", InferenceStatus.OK)
+    kw.setdefault("error_class", None)
+    kw.setdefault("request_id", uuid.uuid4().hex)
+    metering.record_request(bind, user_id=user_id, rows=rows, **kw)
+
+
+def serve(bind: Engine, user_id: uuid.UUID, rows: int, **kw: Any) -> None:
+    """What the predict route does: admit, (the model), record."""
+    request_id = uuid.uuid4().hex
+    admit(bind, user_id, rows, request_id=request_id, **kw)
+    record(bind, user_id, rows, request_id=request_id, **kw)
+
+
+def now_plus(seconds: float = 1) -> dt.datetime:
+    return dt.datetime.now(UTC) + dt.timedelta(seconds=seconds)
+
+
+DEPLOYMENT = uuid.UUID("00000000-0000-4000-8000-00000000d001")
+OTHER_DEPLOYMENT = uuid.UUID("00000000-0000-4000-8000-00000000d002")
+
+
+def usage_ok(engine: Engine) -> None:
+    report = verify(engine)
+    assert report.ok, report.render()
+
+
+def log_row(sql: Any, user_id: uuid.UUID, at: str | None = None) -> None:
+    cols = "user_id, deployment_id, rows, latency_ms, status"
+    vals = ":u, :d, 1, 1, 'ok'"
+    if at is not None:
+        cols += ", created_at"
+        vals += ", CAST(:at AS timestamptz)"
+    sql(f"INSERT INTO inference_requests ({cols}) VALUES ({vals})", u=user_id, d=DEPLOYMENT, at=at)
+
+
+# =====================================================================================
+# append-only, for every client
+# =====================================================================================
+def test_the_request_log_is_append_only_for_the_owner(sql, engine):
+    user = make_user(sql)
+    record(engine, user, 5)
+    partition = scalar(sql, "SELECT tableoid::regclass::text FROM inference_requests")
+    assert partition.startswith("inference_requests_p")
+    for statement in (
+        "UPDATE inference_requests SET rows = 0",
+        "DELETE FROM inference_requests",
+        "TRUNCATE inference_requests",
+        f"UPDATE {partition} SET rows = 0",
+        f"DELETE FROM {partition}",
+        f"TRUNCATE {partition}",
+    ):
+        with pytest.raises(errors.InferenceRequestsAppendOnly):
+            sql(statement)
+    with Session(engine) as s:
+        row = s.scalars(select(InferenceRequest)).one()
+        row.rows = 7
+        with pytest.raises(errors.InferenceRequestsAppendOnly):
+            s.commit()
+        s.rollback()
+        s.delete(s.scalars(select(InferenceRequest)).one())
+        with pytest.raises(errors.InferenceRequestsAppendOnly):
+            s.commit()
+        s.rollback()
+        with pytest.raises(errors.InferenceRequestsAppendOnly):
+            s.execute(delete(InferenceRequest))
+    assert scalar(sql, "SELECT rows FROM inference_requests") == 5
+
+
+def test_usage_is_append_only_for_the_owner(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 10)
+    serve(engine, user, 2500)
+    metering.charge_usage(engine, through=now_plus())
+    for table in ("usage_events", "usage_charges"):
+        for statement in (
+            f"UPDATE {table} SET quantity = 1",
+            f"DELETE FROM {table}",
+            f"TRUNCATE {table}",
+        ):
+            with pytest.raises(errors.UsageAppendOnly):
+                sql(statement)
+    with Session(engine) as s:
+        with pytest.raises(errors.UsageAppendOnly):
+            s.execute(update(UsageEvent).values(quantity=1))
+        s.rollback()
+        with pytest.raises(errors.UsageAppendOnly):
+            s.execute(update(UsageCharge).values(credits=0))
+        s.rollback()
+        s.delete(s.scalars(select(UsageCharge)).one())
+        with pytest.raises(errors.UsageAppendOnly):
+            s.commit()
+    usage_ok(engine)
+
+
+def test_the_apps_role_may_only_read_and_append(sql, engine, app_engine):
+    user = make_user(sql)
+    fund(engine, user, 10)
+    serve(app_engine, user, 1000)  # the whole path works as the apps' role
+    metering.charge_usage(app_engine, through=now_plus())
+    partition = scalar(sql, "SELECT tableoid::regclass::text FROM inference_requests")
+    for statement in (
+        "UPDATE inference_requests SET rows = 0",
+        "DELETE FROM inference_requests",
+        "TRUNCATE inference_requests",
+        f"SELECT * FROM {partition}",
+        f"DELETE FROM {partition}",
+        f"DROP TABLE {partition}",
+        "UPDATE usage_events SET quantity = 1",
+        "DELETE FROM usage_charges",
+        "TRUNCATE usage_events",
+        "ALTER TABLE usage_events DISABLE TRIGGER usage_events_no_update_delete",
+    ):
+        with pytest.raises(errors.PermissionDenied), app_engine.begin() as conn:
+            conn.execute(text(statement))
+    sql("SELECT public.inference_requests_partition_for('2020-01-01 00:00+00')")
+    with pytest.raises(errors.PermissionDenied):  # retention is the owner's (DDL)
+        metering.drop_partitions_before(app_engine, dt.date(2020, 2, 1))
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+    assert scalar(sql, "SELECT count(*) FROM usage_charges") == 1
+    assert balance(sql, user) == 9
+
+
+# =====================================================================================
+# partitions
+# =====================================================================================
+def test_partitions_are_made_ahead_and_on_demand(sql, engine, app_engine):
+    now = dt.datetime.now(UTC)
+    months = [
+        (now.year + (now.month - 1 + i) // 12, (now.month - 1 + i) % 12 + 1) for i in range(5)
+    ]
+    names = [f"inference_requests_p{y:04d}{m:02d}" for y, m in months]
+    have = {name for name, _, _ in metering.partitions(engine)}
+    assert set(names[:3]) <= have  # the migration made this month and the next two
+    made = metering.ensure_partitions(app_engine, months_ahead=4)  # the worker's call
+    assert made == names[3:]
+    assert metering.ensure_partitions(app_engine, months_ahead=4) == []
+    with pytest.raises(errors.InvalidValue):
+        metering.ensure_partitions(engine, months_ahead=-1)
+
+    # A row whose month has no partition makes it: no request is lost.
+    user = make_user(sql)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {names[0]}"))
+    record(app_engine, user, 3)
+    assert scalar(sql, "SELECT tableoid::regclass::text FROM inference_requests") == names[0]
+    # ... with its TRUNCATE guard.
+    with pytest.raises(errors.InferenceRequestsAppendOnly):
+        sql(f"TRUNCATE {names[0]}")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "America/St_Johns"])
+def test_months_are_utc_at_the_calendar_edges(sql, engine, zone):
+    user = make_user(sql)
+    edges = {
+        "2030-12-31 23:59:59.999+00": "inference_requests_p203012",
+        "2031-01-01 00:00:00+00": "inference_requests_p203101",
+        "2032-02-29 12:00:00+00": "inference_requests_p203202",
+        "2032-02-29 23:59:59.999999+00": "inference_requests_p203202",
+        "2032-03-01 00:00:00+00": "inference_requests_p203203",
+    }
+    with engine.begin() as conn:
+        conn.execute(text(f"SET LOCAL TIME ZONE '{zone}'"))
+        for at in edges:
+            conn.execute(
+                text("SELECT public.inference_requests_partition_for(CAST(:at AS timestamptz))"),
+                {"at": at},
+            )
+    for at, partition in edges.items():
+        log_row(sql, user, at)
+        got = scalar(
+            sql,
+            "SELECT tableoid::regclass::text FROM inference_requests"
+            " WHERE created_at = CAST(:at AS timestamptz)",
+            at=at,
+        )
+        assert got == partition, at
+    bounds = {n: (a, b) for n, a, b in metering.partitions(engine)}
+    assert bounds["inference_requests_p203202"] == (
+        dt.datetime(2032, 2, 1, tzinfo=UTC),
+        dt.datetime(2032, 3, 1, tzinfo=UTC),
+    )
+
+
+def test_retention_drops_whole_months_and_delete_stays_refused(sql, engine):
+    user = make_user(sql)
+    for at in ("2020-01-15 00:00+00", "2020-02-29 23:59:59+00", "2020-03-01 00:00+00"):
+        sql("SELECT public.inference_requests_partition_for(CAST(:at AS timestamptz))", at=at)
+        log_row(sql, user, at)
+    record(engine, user, 1)  # this month's
+    assert metering.drop_partitions_before(engine, dt.date(2020, 3, 1), dry_run=True) == [
+        "inference_requests_p202001",
+        "inference_requests_p202002",
+    ]
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 4  # dry run
+    # A bound inside March keeps March.
+    dropped = metering.drop_partitions_before(engine, dt.datetime(2020, 3, 20, tzinfo=UTC))
+    assert dropped == ["inference_requests_p202001", "inference_requests_p202002"]
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 2
+    # Never the current month, whatever the date.
+    metering.drop_partitions_before(engine, dt.date(9999, 1, 1))
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+    with pytest.raises(errors.InferenceRequestsAppendOnly):
+        sql("DELETE FROM inference_requests")
+
+
+# =====================================================================================
+# admission: 402
+# =====================================================================================
+def test_a_user_who_cannot_pay_gets_payment_required(sql, engine):
+    user = make_user(sql)
+    with pytest.raises(errors.PaymentRequired) as refused:
+        admit(engine, user, 1)
+    assert refused.value.needed_micro == 1000 and refused.value.available_micro == 0
+    fund(engine, user, 2)  # 2,000 rows
+    serve(engine, user, 1500)
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, user, 501)  # 1,500 are owed, not yet charged
+    serve(engine, user, 500)
+    assert scalar(sql, "SELECT count(*) FROM usage_holds") == 0
+    metering.charge_usage(engine, through=now_plus())
+    assert balance(sql, user) == 0
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, user, 1)
+    admit(engine, user, 0)  # nothing to pay
+    with pytest.raises(errors.InvalidValue):
+        admit(engine, user, -1)
+    with pytest.raises(errors.MeteredUserNotFound):
+        admit(engine, uuid.uuid4(), 1)
+    usage_ok(engine)
+
+
+def test_a_failed_request_releases_its_hold_and_costs_nothing(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 1)
+    admit(engine, user, 1000, request_id="r1")
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, user, 1)  # held
+    # Recorded with other rows (the input failed to parse: 0 rows), by its request id.
+    record(engine, user, 0, request_id="r1", status="client_error", error_class="ValueError")
+    admit(engine, user, 1000, request_id="r2")
+    record(engine, user, 1000, request_id="r2", status="server_error", error_class="OSError")
+    admit(engine, user, 1000, request_id="r3")
+    assert scalar(sql, "SELECT count(*) FROM usage_events") == 0
+    statuses = sql("SELECT status::text FROM inference_requests ORDER BY created_at")
+    assert [s[0] for s in statuses] == ["client_error", "server_error"]
+
+
+def test_concurrent_admissions_in_two_processes_never_overspend(sql, engine, second_engine):
+    user = make_user(sql)
+    fund(engine, user, 10)  # 10,000 rows
+    admitted: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def client(i: int) -> None:
+        eng = engine if i % 2 else second_engine
+        barrier.wait()
+        for _ in range(4):
+            try:
+                serve(eng, user, 1000)
+                admitted.append(1)
+            except errors.PaymentRequired:
+                pass
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(client, range(8)))
+    assert len(admitted) == 10
+    metering.charge_usage(engine, through=now_plus())
+    assert balance(sql, user) == 0
+    usage_ok(engine)
+
+
+# =====================================================================================
+# aggregation
+# =====================================================================================
+def test_usage_is_charged_in_aggregate_with_whole_credits_and_a_carry(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 100)
+    for _ in range(3):
+        serve(engine, user, 500, deployment_id=DEPLOYMENT)
+    serve(engine, user, 700, deployment_id=OTHER_DEPLOYMENT)
+    report = metering.charge_usage(engine, through=now_plus())
+    # 1,500 rows -> 1 credit, carry 0.5; 700 more -> 1.2 -> 1 credit, carry 0.2.
+    assert (report.charges, report.credits) == (2, 2)
+    entries = sql(
+        "SELECT amount FROM credit_transactions WHERE type = 'consumption' ORDER BY created_at"
+    )
+    assert [e.amount for e in entries] == [-1, -1]  # one per deployment, not per request
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters WHERE user_id = :u", u=user) == (
+        200_000
+    )
+    serve(engine, user, 800, deployment_id=DEPLOYMENT)  # 0.2 + 0.8 = 1 credit
+    assert metering.charge_usage(engine, through=now_plus()).credits == 1
+    assert balance(sql, user) == 97
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters WHERE user_id = :u", u=user) == 0
+    # Batch rows, recorded apart (a job's key), at their own price.
+    assert metering.record_usage(
+        engine, user_id=user, sku="batch_rows", quantity=4000, idempotency_key="job:1"
+    )
+    assert not metering.record_usage(
+        engine, user_id=user, sku="batch_rows", quantity=4000, idempotency_key="job:1"
+    )
+    assert metering.charge_usage(engine, through=now_plus()).credits == 2
+    assert balance(sql, user) == 95
+    usage_ok(engine)
+
+
+def test_the_worker_charges_closed_hours_only(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 10)
+    serve(engine, user, 3000)
+    report = metering.charge_usage(engine)  # the hour is still open
+    assert report.charges == 0 and balance(sql, user) == 10
+    # An hour later (the meter and the event moved back, as the owner: time travel).
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE usage_events DISABLE TRIGGER usage_events_no_update_delete"))
+        conn.execute(text("UPDATE usage_events SET created_at = created_at - interval '1 hour'"))
+        conn.execute(text("ALTER TABLE usage_events ENABLE TRIGGER usage_events_no_update_delete"))
+        conn.execute(
+            text("UPDATE usage_meters SET charged_through = charged_through - interval '1 hour'")
+        )
+    report = metering.maintenance(engine)
+    assert report.charges.credits == 3 and balance(sql, user) == 7
+    usage_ok(engine)
+
+
+def test_aggregation_is_idempotent_under_retries_and_concurrency(sql, engine, second_engine):
+    user = make_user(sql)
+    fund(engine, user, 50)
+    for i in range(20):
+        serve(engine, user, 1000, deployment_id=DEPLOYMENT if i % 2 else OTHER_DEPLOYMENT)
+    through = now_plus()
+    barrier = threading.Barrier(6)
+
+    def run(i: int) -> int:
+        barrier.wait()
+        return metering.charge_usage(engine if i % 2 else second_engine, through=through).credits
+
+    with ThreadPoolExecutor(6) as pool:
+        charged = list(pool.map(run, range(6)))
+    assert sorted(charged) == [0, 0, 0, 0, 0, 20]
+    assert metering.charge_usage(engine, through=through).credits == 0  # a retry
+    assert balance(sql, user) == 30
+    assert (
+        scalar(
+            sql,
+            "SELECT count(*) FROM credit_transactions WHERE job_id IS NULL"
+            " AND type = 'consumption'",
+        )
+        == 2
+    )
+    # The ledger refuses a second entry with a charge's key, whoever writes it.
+    key = scalar(sql, "SELECT idempotency_key FROM usage_charges LIMIT 1")
+    with pytest.raises(errors.AlreadyExists):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount, idempotency_key)"
+            " VALUES (:u, 'consumption', -1, :k)",
+            u=user,
+            k=key,
+        )
+    usage_ok(engine)
+
+
+def test_usage_a_user_can_no_longer_pay_is_left_uncharged(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 5)
+    serve(engine, user, 5000)
+    job = make_job(sql, user, credit_cost=3)
+    with Session(engine) as s:
+        credits.charge_job(s, job)  # the credits went elsewhere meanwhile
+    report = metering.charge_usage(engine, through=now_plus())
+    assert user in report.unpaid and report.credits == 0
+    assert balance(sql, user) == 2
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, user, 1)
+    fund(engine, user, 10)
+    assert metering.charge_usage(engine, through=now_plus()).credits == 5
+    assert balance(sql, user) == 7
+    usage_ok(engine)
+
+
+def test_a_consumption_names_a_job_or_carries_a_key(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 5)
+    with pytest.raises(errors.InvalidValue):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount)"
+            " VALUES (:u, 'consumption', -1)",
+            u=user,
+        )
+    with engine.begin() as conn:  # the declarative check too, with the trigger off
+        conn.execute(
+            text("ALTER TABLE credit_transactions DISABLE TRIGGER credit_tx_before_insert")
+        )
+        with pytest.raises(errors.InvalidValue):
+            conn.execute(
+                text(
+                    "INSERT INTO credit_transactions (user_id, type, amount, balance_after)"
+                    " VALUES (:u, 'consumption', -1, 0)"
+                ),
+                {"u": user},
+            )
+
+
+# =====================================================================================
+# recording
+# =====================================================================================
+def test_recording_a_request_twice_logs_and_bills_it_once(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 5)
+    admit(engine, user, 100, request_id="same")
+    record(engine, user, 100, request_id="same")
+    record(engine, user, 100, request_id="same")
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+    assert scalar(sql, "SELECT count(*) FROM usage_events") == 1
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters") == 100_000
+
+
+def test_an_insert_of_usage_on_conflict_do_nothing_moves_no_meter(sql, engine):
+    user = make_user(sql)
+    record(engine, user, 10, request_id="x")
+    with pytest.raises(errors.UsageAlreadyRecorded):
+        sql(
+            "INSERT INTO usage_events (user_id, sku, quantity, unit_price_micro, idempotency_key)"
+            " VALUES (:u, 'predicted_rows', 5, 1000, 'request:x:predicted_rows')"
+            " ON CONFLICT DO NOTHING",
+            u=user,
+        )
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters") == 10_000
+
+
+def test_record_refuses_bad_values(sql, engine):
+    user = make_user(sql)
+    for kw in ({"rows": -1}, {"status": "great"}, {"deployment_id": "nope"}):
+        with pytest.raises((errors.InvalidValue, ValueError)):
+            record(engine, user, **({"rows": 1} | kw))
+    record(
+        engine, user, 0, status="client_error", error_class="x" * 5000, request_id="\u00e9" * 300
+    )
+    assert scalar(sql, "SELECT char_length(error_class) FROM inference_requests") == 200
+
+
+# =====================================================================================
+# quotas, across two processes
+# =====================================================================================
+def _key(sql: Any, user: uuid.UUID, **cols: Any) -> uuid.UUID:
+    sets = ", ".join(f"{k} = :{k}" for k in cols)
+    key = scalar(
+        sql,
+        "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES"
+        " (:u, 'k', 'aml_x', md5(random()::text) || md5(random()::text)) RETURNING id",
+        u=user,
+    )
+    sql(f"UPDATE api_keys SET {sets} WHERE id = :id", id=key, **cols)
+    return key
+
+
+def _race(engines: list[Engine], n: int, attempt: Callable[[Engine], None]) -> list[Any]:
+    barrier = threading.Barrier(n)
+    outcomes: list[Any] = []
+
+    def client(i: int) -> None:
+        barrier.wait()
+        try:
+            attempt(engines[i % len(engines)])
+            outcomes.append("ok")
+        except errors.QuotaExceeded as exc:
+            outcomes.append(exc)
+
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(client, range(n)))
+    return outcomes
+
+
+def test_a_rate_limit_holds_exactly_across_two_processes(sql, engine, second_engine):
+    user = make_user(sql)
+    fund(engine, user, 100)
+    key = _key(sql, user, rate_limit_per_minute=5)
+    outcomes = _race([engine, second_engine], 12, lambda e: admit(e, user, 1, api_key_id=key))
+    refused = [o for o in outcomes if o != "ok"]
+    if len(outcomes) - len(refused) != 5:
+        # The minute turned during the race: two windows, each of at most 5.
+        assert len(outcomes) - len(refused) <= 10
+        assert scalar(sql, "SELECT max(used) FROM api_key_usage_windows") == 5
+    assert all(1 <= r.retry_after <= 60 and r.quota == "rate_limit_per_minute" for r in refused)
+
+
+def test_a_monthly_row_quota_holds_exactly_and_refusals_count_nothing(sql, engine, second_engine):
+    user = make_user(sql)
+    fund(engine, user, 100)
+    key = _key(sql, user, monthly_row_quota=1000)
+    outcomes = _race([engine, second_engine], 8, lambda e: admit(e, user, 300, api_key_id=key))
+    assert outcomes.count("ok") == 3
+    refused = [o for o in outcomes if o != "ok"]
+    assert all(r.quota == "monthly_row_quota" and r.retry_after >= 1 for r in refused)
+    assert scalar(sql, "SELECT used FROM api_key_usage_windows WHERE period = 'month'") == 900
+    admit(engine, user, 100, api_key_id=key)  # exactly up to the quota
+    with pytest.raises(errors.QuotaExceeded):
+        admit(engine, user, 1, api_key_id=key)
+    # A 402 counts nothing against the key.
+    poor = make_user(sql)
+    poor_key = _key(sql, poor, monthly_row_quota=10, rate_limit_per_minute=1)
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, poor, 5, api_key_id=poor_key)
+    assert (
+        scalar(sql, "SELECT count(*) FROM api_key_usage_windows WHERE api_key_id = :k", k=poor_key)
+        == 0
+    )
+
+
+def test_quota_columns_are_checked(sql):
+    user = make_user(sql)
+    for cols in ({"rate_limit_per_minute": 0}, {"monthly_row_quota": -1}):
+        with pytest.raises(errors.InvalidValue):
+            _key(sql, user, **cols)
+
+
+# =====================================================================================
+# verify: usage == ledger
+# =====================================================================================
+def _flow(sql: Any, engine: Engine) -> uuid.UUID:
+    user = make_user(sql)
+    fund(engine, user, 20)
+    serve(engine, user, 2500)
+    serve(engine, user, 1500, deployment_id=OTHER_DEPLOYMENT)
+    metering.charge_usage(engine, through=now_plus())
+    usage_ok(engine)
+    return user
+
+
+def test_verify_reports_a_ledger_charge_no_usage_accounts_for(sql, engine):
+    user = _flow(sql, engine)
+    sql(
+        "INSERT INTO credit_transactions (user_id, type, amount, idempotency_key)"
+        " VALUES (:u, 'consumption', -2, 'usage:forged')",
+        u=user,
+    )
+    report = verify(engine)
+    assert not report.ok and any("no usage charge accounts for" in p for _, p in report.usage)
+
+
+def test_verify_reports_usage_charged_twice(sql, engine):
+    user = _flow(sql, engine)
+    sql(
+        "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
+        " quantity, amount_micro, credits, idempotency_key)"
+        " SELECT user_id, deployment_id, sku, period_start, period_end, quantity, 0, 0, 'again'"
+        " FROM usage_charges WHERE user_id = :u LIMIT 1",
+        u=user,
+    )
+    problems = [p for _, p in verify(engine).usage]
+    assert any("charged twice" in p for p in problems)
+    assert any("covers" in p for p in problems)
+
+
+def test_verify_reports_a_meter_and_events_that_disagree(sql, engine):
+    user = _flow(sql, engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE usage_events DISABLE TRIGGER usage_events_before_insert"))
+        conn.execute(
+            text(
+                "INSERT INTO usage_events (user_id, sku, quantity, unit_price_micro,"
+                " idempotency_key, created_at) VALUES (:u, 'predicted_rows', 10, 1000, 'raw',"
+                " now() - interval '1 day')"
+            ),
+            {"u": user},
+        )
+        conn.execute(text("ALTER TABLE usage_events ENABLE TRIGGER usage_events_before_insert"))
+    problems = [p for _, p in verify(engine).usage]
+    assert any("usage meter" in p for p in problems)
+    assert any("never charged" in p for p in problems)
+    assert verify(engine, user_ids=[make_user(sql)]).usage == []
+
+
+def test_verify_reports_a_charge_whose_ledger_entry_is_missing(sql, engine):
+    user = _flow(sql, engine)
+    sql(
+        "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
+        " quantity, amount_micro, credits, ledger_entry_id, idempotency_key)"
+        " VALUES (:u, NULL, 'batch_rows', now() + interval '1 day', now() + interval '2 days',"
+        " 1, 0, 3, gen_random_uuid(), 'dangling')",
+        u=user,
+    )
+    problems = [p for _, p in verify(engine).usage]
+    assert any("does not exist" in p for p in problems)
+
+
+def test_the_retention_command(sql, engine, db_url, monkeypatch, capsys):
+    from database import cli
+
+    monkeypatch.setenv("DATABASE_URL", db_url.render_as_string(hide_password=False))
+    cli.get_settings.cache_clear()
+    try:
+        user = make_user(sql)
+        sql("SELECT public.inference_requests_partition_for('2021-06-10 00:00+00')")
+        log_row(sql, user, "2021-06-10 00:00+00")
+        assert cli.main(["inference-retention", "--before", "2021-07-01", "--dry-run"]) == 0
+        assert "would drop 1 partition(s) of inference_requests: inference_requests_p202106" in (
+            capsys.readouterr().out
+        )
+        assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+        assert cli.main(["inference-retention", "--before", "2021-07-01"]) == 0
+        assert scalar(sql, "SELECT count(*) FROM inference_requests") == 0
+        with pytest.raises(SystemExit):
+            cli.main(["inference-retention", "--before", "July"])
+        fund(engine, user, 3)
+        serve(engine, user, 2000)
+        assert cli.main(["charge-usage", "--now"]) == 0
+        assert "2 credits" in capsys.readouterr().out
+        assert balance(sql, user) == 1
+    finally:
+        cli.get_settings.cache_clear()
+
+
+def test_record_and_admit_join_a_callers_open_transaction(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 1)
+    name = scalar(sql, "SELECT tableoid::regclass::text FROM inference_requests LIMIT 1")
+    assert name is None
+    current = metering.partitions(engine)[0][0]
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {current}"))
+    with Session(engine) as s:
+        s.execute(text("SELECT 1"))  # the caller's transaction is open
+        metering.admit(s, user_id=user, api_key_id=None, deployment_id=DEPLOYMENT, rows=10)
+        # The month's partition is missing: made inside the caller's transaction.
+        metering.record_request(
+            s,
+            user_id=user,
+            api_key_id=None,
+            deployment_id=DEPLOYMENT,
+            model_version_id=None,
+            rows=10,
+            latency_ms=1.5,
+            status="ok",
+            error_class=None,
+            request_id="in-tx",
+        )
+        # (Not read from another connection here: making the partition locked the
+        # table until this transaction ends.)
+        s.commit()
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 1
+    assert scalar(sql, "SELECT count(*) FROM usage_holds") == 0
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters") == 10_000
+
+
+def test_an_expired_hold_counts_for_nothing(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 1)
+    sql(
+        "INSERT INTO usage_holds (user_id, rows, amount_micro, expires_at)"
+        " VALUES (:u, 1000, 1000000, now() - interval '1 second')",
+        u=user,
+    )
+    admit(engine, user, 1000)  # the dead process's hold no longer counts
+    with pytest.raises(errors.PaymentRequired):
+        admit(engine, user, 1)
+    assert metering.sweep(engine)[0] == 1
