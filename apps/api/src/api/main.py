@@ -15,10 +15,11 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
-from api.limits import BodyLimit, upload_routes
+from api.limits import BodyLimit, predict_routes, upload_routes
 from api.routers import (
     credits,
     datasets,
+    deployments,
     events,
     experiments,
     health,
@@ -126,6 +127,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         webhooks,
         experiments,
         tutorials,
+        deployments,
     ):
         v1.include_router(module.router)
     app.include_router(v1)
@@ -136,6 +138,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         uploads=upload_routes(app.routes),
+        max_predict_bytes=settings.max_predict_bytes,
+        predicts=predict_routes(app.routes),
     )
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app

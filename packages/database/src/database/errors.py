@@ -156,6 +156,20 @@ class RegisteredModelOwnerImmutable(RuleViolation):
     """An UPDATE of a registered model's owner (ML066)."""
 
 
+class DeployedFlagReadOnly(RuleViolation):
+    """A direct write to ``models.is_deployed`` (ML080): it follows the active
+    deployments (sql/triggers/deployments.sql)."""
+
+
+class DeploymentStatusTransition(InvalidStatusTransition):
+    """A deployment status change its life does not allow (ML081), e.g. a stopped
+    deployment made active again."""
+
+
+class DeploymentTargetImmutable(RuleViolation):
+    """An UPDATE of a deployment's owner, version, registered model or alias (ML082)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -251,6 +265,31 @@ class TrainedModelNotFound(ReferenceViolation):
     (``database.registry.register_version``)."""
 
 
+class DeploymentNotFound(ReferenceViolation):
+    """No deployment of this id is the caller's (``database.deployments``)."""
+
+
+class DeploymentNameTaken(AlreadyExists):
+    """The user has a deployment of this name already."""
+
+
+class InvalidDeploymentConfig(InvalidValue):
+    """A deployment's config that is not ``{"max_batch_rows", "timeout_ms"}`` in range."""
+
+
+class DeploymentTargetInvalid(ConstraintViolation):
+    """A deployment that names both a version and an alias, or neither."""
+
+
+class DeploymentNotServing(RuleViolation):
+    """A prediction or batch asked of a deployment that is not active, or whose alias
+    points at no version now (``database.deployments``)."""
+
+
+class DatasetVersionNotReady(RuleViolation):
+    """A batch prediction of a dataset version that is not the user's or not ingested."""
+
+
 class JobNotOwned(JobNotFound):
     """The job belongs to another user than the one named."""
 
@@ -330,6 +369,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML064": OwnerPermission,
     "ML065": LineageCycle,
     "ML066": RegisteredModelOwnerImmutable,
+    "ML080": DeployedFlagReadOnly,
+    "ML081": DeploymentStatusTransition,
+    "ML082": DeploymentTargetImmutable,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -360,6 +402,9 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "ck_model_version_metrics_split_name": InvalidMetric,
     "ck_model_lineage_one_parent": InvalidLineage,
     "ck_model_lineage_relation_parent": InvalidLineage,
+    "uq_deployments_user_id_name": DeploymentNameTaken,
+    "ck_deployments_config_shape": InvalidDeploymentConfig,
+    "ck_deployments_one_target": DeploymentTargetInvalid,
 }
 
 

@@ -67,6 +67,8 @@ class JobKind(enum.StrEnum):
 
     WORKFLOW_RUN = "workflow_run"
     INGESTION = "ingestion"
+    #: A deployment's model scores a dataset version into a Parquet file (issue 14).
+    BATCH_PREDICTION = "batch_prediction"
 
 
 class NodeType(enum.StrEnum):
@@ -157,6 +159,17 @@ class ModelPermission(enum.StrEnum):
     DEPLOY = "deploy"
 
 
+class DeploymentStatus(enum.StrEnum):
+    """A deployment's life (sql/triggers/deployments.sql, ML081): ``pending`` ->
+    ``active`` | ``failed`` | ``stopped``; ``active`` -> ``stopped`` | ``failed``.
+    Only an ``active`` deployment answers predictions and counts in ``models.is_deployed``."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
     return SAEnum(
@@ -185,9 +198,11 @@ model_version_status = pg_enum(ModelVersionStatus, "model_version_status")
 lineage_relation = pg_enum(LineageRelation, "lineage_relation")
 model_format = pg_enum(ModelFormat, "model_format")
 model_permission = pg_enum(ModelPermission, "model_permission")
+deployment_status = pg_enum(DeploymentStatus, "deployment_status")
 
 __all__ = [
     "CreditTierRestriction",
+    "DeploymentStatus",
     "FileFormat",
     "IngestionStatus",
     "JobKind",
