@@ -57,6 +57,15 @@ SET_UPDATED_AT_TRIGGER = (
 )
 
 
+MODEL_VERSIONS_IS_DEPLOYED = (
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\n"
+    "SET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n"
+    "    PERFORM public.models_refresh_deployed("
+    "ARRAY(SELECT DISTINCT o.model_id FROM old_rows AS o));\n"
+    "    RETURN NULL;\nEND;\n$$"
+)
+
+
 def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
@@ -64,7 +73,7 @@ def upgrade() -> None:
     public_models_refresh_deployed = PGFunction(
         schema="public",
         signature="models_refresh_deployed(p_model_ids uuid[])",
-        definition="returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    UPDATE public.models AS m\n       SET is_deployed = c.deployed\n      FROM (SELECT ids.id,\n                   EXISTS (\n                       SELECT 1\n                         FROM public.model_versions AS v\n                         JOIN public.deployments AS d\n                           ON d.status = 'active'\n                          AND (d.model_version_id = v.id\n                               OR EXISTS (SELECT 1 FROM public.model_aliases AS a\n                                           WHERE a.registered_model_id = d.registered_model_id\n                                             AND a.alias = d.alias\n                                             AND a.model_version_id = v.id))\n                        WHERE v.model_id = ids.id) AS deployed\n              FROM (SELECT DISTINCT unnest(p_model_ids) AS id) AS ids\n             WHERE ids.id IS NOT NULL) AS c\n     WHERE m.id = c.id AND m.is_deployed IS DISTINCT FROM c.deployed;\nEND;\n$$",
+        definition="returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    PERFORM 1 FROM public.models AS m WHERE m.id = ANY (p_model_ids) ORDER BY m.id FOR UPDATE;\n    UPDATE public.models AS m\n       SET is_deployed = c.deployed\n      FROM (SELECT ids.id,\n                   EXISTS (\n                       SELECT 1\n                         FROM public.model_versions AS v\n                         JOIN public.deployments AS d\n                           ON d.status = 'active'\n                          AND (d.model_version_id = v.id\n                               OR EXISTS (SELECT 1 FROM public.model_aliases AS a\n                                           WHERE a.registered_model_id = d.registered_model_id\n                                             AND a.alias = d.alias\n                                             AND a.model_version_id = v.id))\n                        WHERE v.model_id = ids.id) AS deployed\n              FROM (SELECT DISTINCT unnest(p_model_ids) AS id) AS ids\n             WHERE ids.id IS NOT NULL) AS c\n     WHERE m.id = c.id AND m.is_deployed IS DISTINCT FROM c.deployed;\nEND;\n$$",
     )
     op.create_entity(public_models_refresh_deployed)
 
@@ -78,7 +87,7 @@ def upgrade() -> None:
     public_deployments_is_deployed = PGFunction(
         schema="public",
         signature="deployments_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\nBEGIN\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,\n                                                     OLD.registered_model_id, OLD.alias);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || public.deployment_model_id(NEW.model_version_id,\n                                                     NEW.registered_model_id, NEW.alias);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
+        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\n    v_rm uuid;\n    v_alias text;\nBEGIN\n    IF TG_OP = 'DELETE' THEN\n        v_rm := OLD.registered_model_id; v_alias := OLD.alias;\n    ELSE\n        v_rm := NEW.registered_model_id; v_alias := NEW.alias;\n    END IF;\n    IF v_rm IS NOT NULL THEN\n        PERFORM 1 FROM public.model_aliases AS a\n         WHERE a.registered_model_id = v_rm AND a.alias = v_alias FOR SHARE;\n    END IF;\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,\n                                                     OLD.registered_model_id, OLD.alias);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || public.deployment_model_id(NEW.model_version_id,\n                                                     NEW.registered_model_id, NEW.alias);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
     )
     op.create_entity(public_deployments_is_deployed)
 
@@ -109,6 +118,26 @@ def upgrade() -> None:
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'deployment % may not change its owner, version, registered model or alias',\n            OLD.id\n        USING ERRCODE = 'ML082';\nEND;\n$$",
     )
     op.create_entity(public_deployments_target_immutable)
+
+    op.create_entity(
+        PGFunction(
+            schema="public",
+            signature="model_versions_is_deployed()",
+            definition=MODEL_VERSIONS_IS_DEPLOYED,
+        )
+    )
+    op.create_entity(
+        PGTrigger(
+            schema="public",
+            signature="model_versions_is_deployed",
+            on_entity="public.model_versions",
+            is_constraint=False,
+            definition=(
+                "AFTER DELETE ON public.model_versions REFERENCING OLD TABLE AS old_rows"
+                " FOR EACH STATEMENT EXECUTE FUNCTION public.model_versions_is_deployed()"
+            ),
+        )
+    )
 
     public_model_aliases_model_aliases_is_deployed = PGTrigger(
         schema="public",
@@ -312,6 +341,26 @@ def downgrade() -> None:
         definition="BEFORE UPDATE OF is_deployed ON public.models FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.is_deployed IS DISTINCT FROM OLD.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
     )
     op.drop_entity(public_models_models_guard_is_deployed_update)
+
+    op.drop_entity(
+        PGTrigger(
+            schema="public",
+            signature="model_versions_is_deployed",
+            on_entity="public.model_versions",
+            is_constraint=False,
+            definition=(
+                "AFTER DELETE ON public.model_versions REFERENCING OLD TABLE AS old_rows"
+                " FOR EACH STATEMENT EXECUTE FUNCTION public.model_versions_is_deployed()"
+            ),
+        )
+    )
+    op.drop_entity(
+        PGFunction(
+            schema="public",
+            signature="model_versions_is_deployed()",
+            definition=MODEL_VERSIONS_IS_DEPLOYED,
+        )
+    )
 
     public_models_models_guard_is_deployed_insert = PGTrigger(
         schema="public",

@@ -6,6 +6,10 @@
 -- deployment serves one of their versions, directly or through an alias that points
 -- at it now. Only rows whose value changes are written. SECURITY DEFINER: the
 -- applications' role holds no UPDATE on models.is_deployed (database/grants.py).
+-- The models' rows are locked first (in id order), and the value computed by the
+-- next statement, which sees what committed meanwhile (READ COMMITTED: a snapshot
+-- per statement): two transactions stopping the two deployments of one model
+-- cannot both read the other's as still active.
 CREATE OR REPLACE FUNCTION public.models_refresh_deployed(p_model_ids uuid[])
 RETURNS void
 LANGUAGE plpgsql
@@ -13,6 +17,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
+    PERFORM 1 FROM public.models AS m WHERE m.id = ANY (p_model_ids) ORDER BY m.id FOR UPDATE;
     UPDATE public.models AS m
        SET is_deployed = c.deployed
       FROM (SELECT ids.id,
@@ -50,7 +55,10 @@ AS $$
                                AND a.alias = p_alias));
 $$;
 
--- A deployment created, changed or deleted: the models it served and serves.
+-- A deployment created, changed or deleted: the models it served and serves. A
+-- deployment that follows an alias first takes a share lock on the alias's row, so
+-- a concurrent move of the alias (which holds that row) is committed before the
+-- alias is resolved here, and the moved-to model is the one refreshed.
 CREATE OR REPLACE FUNCTION public.deployments_is_deployed()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -59,7 +67,18 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_ids uuid[] := ARRAY[]::uuid[];
+    v_rm uuid;
+    v_alias text;
 BEGIN
+    IF TG_OP = 'DELETE' THEN
+        v_rm := OLD.registered_model_id; v_alias := OLD.alias;
+    ELSE
+        v_rm := NEW.registered_model_id; v_alias := NEW.alias;
+    END IF;
+    IF v_rm IS NOT NULL THEN
+        PERFORM 1 FROM public.model_aliases AS a
+         WHERE a.registered_model_id = v_rm AND a.alias = v_alias FOR SHARE;
+    END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,
                                                      OLD.registered_model_id, OLD.alias);
@@ -77,6 +96,27 @@ CREATE TRIGGER deployments_is_deployed
 AFTER INSERT OR DELETE OR UPDATE OF status ON deployments
 FOR EACH ROW
 EXECUTE FUNCTION public.deployments_is_deployed();
+
+-- Versions deleted: the deployments of them went with them (their key cascades),
+-- and deployment_model_id() can no longer find the model of a version that is gone,
+-- so the deleted versions' models are refreshed here, once per statement, after the
+-- cascades have run.
+CREATE OR REPLACE FUNCTION public.model_versions_is_deployed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    PERFORM public.models_refresh_deployed(ARRAY(SELECT DISTINCT o.model_id FROM old_rows AS o));
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER model_versions_is_deployed
+AFTER DELETE ON model_versions REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT
+EXECUTE FUNCTION public.model_versions_is_deployed();
 
 -- An alias created, moved or deleted: when an active deployment follows it, the
 -- model it pointed at and the one it points at now.
