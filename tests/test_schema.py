@@ -107,6 +107,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "model_format": ["joblib", "skops", "onnx", "mlflow"],
     # Ordered: deploy includes download includes read (database.registry.can).
     "model_permission": ["read", "download", "deploy"],
+    "deployment_status": ["pending", "active", "stopped", "failed"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -128,6 +129,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "lineage_relation": enums.LineageRelation,
     "model_format": enums.ModelFormat,
     "model_permission": enums.ModelPermission,
+    "deployment_status": enums.DeploymentStatus,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -180,6 +182,10 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_model_version_metrics_model_version_id_model_versions": ("c", "a", None),
     "fk_model_aliases_registered_model_id_registered_models": ("c", "a", None),
     "fk_model_aliases_model_version_id_model_versions": ("c", "a", None),
+    # A deployment goes with its owner, its version or its registered model (serving).
+    "fk_deployments_user_id_users": ("c", "a", None),
+    "fk_deployments_model_version_id_model_versions": ("c", "a", None),
+    "fk_deployments_registered_model_id_registered_models": ("c", "a", None),
     # A lineage edge goes with either end (exactly one parent: no dangling edge).
     "fk_model_lineage_child_version_id_model_versions": ("c", "a", None),
     "fk_model_lineage_parent_version_id_model_versions": ("c", "a", None),
