@@ -7,6 +7,9 @@
     python -m bench --only queue    the queue against pgqueuer alone (about 90 s at most)
     python -m bench.fit [--quick]   only the fit inside a job (bench/fit.py), which
                                     rewrites only its own section of the report
+    python -m bench.serving [--quick]  only serving (bench/serving.py: predict against
+                                    MLflow's scoring server and a bare endpoint, batch),
+                                    which rewrites only its own section
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).
@@ -33,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
-SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "fit")
+SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "fit", "serving")
 
 
 @dataclass
@@ -251,6 +254,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["fit"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
             results["fit_seconds"] = time.perf_counter() - t0
+        if "serving" in cfg.sections:
+            from bench import serving
+
+            t0 = time.perf_counter()
+            results["serving"] = serving.run(
+                seconds=3.0 if cfg.quick else 10.0,
+                reps=1 if cfg.quick else 3,
+                clients=(1, 8),
+                batch_rows=100_000 if cfg.quick else 1_000_000,
+                log=log,
+            )
+            results["serving_seconds"] = time.perf_counter() - t0
     finally:
         db.close()
     results["total_seconds"] = time.perf_counter() - started

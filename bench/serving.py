@@ -1,7 +1,8 @@
 """Serving: our predict against MLflow's scoring server and a bare endpoint; batch
 prediction against ``model.predict`` in one process.
 
-    python -m bench.serving             full run; writes the "Serving" section of docs/performance.md
+    python -m bench.serving             full run; writes the "Serving" section of
+                                        docs/performance.md
     python -m bench.serving --quick     short; bench/results/ only
 
 **Online.** One model (the platform's pipeline: imputation, scaling, one-hot, a
@@ -219,7 +220,12 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="automl-bench-serving-"))
     db = BenchDatabase()
     processes: list[subprocess.Popen[bytes]] = []
-    results: dict[str, Any] = {"trees": trees, "clients": list(clients), "seconds": seconds}
+    results: dict[str, Any] = {
+        "trees": trees,
+        "clients": list(clients),
+        "seconds": seconds,
+        "reps": reps,
+    }
     try:
         storage = LocalStorage(work / "storage")
         engine = make_engine(db.url)
@@ -449,6 +455,7 @@ def run(
             p.kill()
         db.close()
         shutil.rmtree(work, ignore_errors=True)
+    results["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["cpus"] = os.cpu_count()
     results["load"] = os.getloadavg()
     return results
@@ -470,7 +477,8 @@ def section(results: dict[str, Any], conditions: str) -> str:
     b = results["batch"]
     out += [
         "",
-        f"Batch of {b['rows']:,} rows: the job {b['job_s']:.1f} s ({b['job_rows_per_s']:,.0f} rows/s),"
+        f"Batch of {b['rows']:,} rows: the job {b['job_s']:.1f} s"
+        f" ({b['job_rows_per_s']:,.0f} rows/s),"
         f" `read_parquet` + `model.predict` in one process {b['predict_s']:.1f} s"
         f" ({b['predict_rows_per_s']:,.0f} rows/s): ratio {b['ratio']:.2f} (goal >= 0.8).",
         "",
@@ -511,14 +519,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     doc = None if a.doc == "-" else Path(a.doc) if a.doc else (None if a.quick else DOC)
     if doc is not None:
-        conditions = (
-            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {results['cpus']} cores"
-            f" shared with other work (load average at the end {results['load'][0]:.1f}),"
-            f" {seconds:.0f} s per side and point, {reps} repetitions (medians), the sides"
-            " alternating; load generator in the same machine (asyncio + httpx)."
-        )
-        write_section(doc, section(results, conditions))
+        write_section(doc, section(results, conditions(results)))
     return 0
+
+
+def conditions(results: dict[str, Any]) -> str:
+    return (
+        f"Run {results['finished_at']}, {results['cpus']} cores shared with other work (load"
+        f" average at the end {results['load'][0]:.1f}), {results['seconds']:.0f} s per side"
+        f" and point, {results['reps']} repetitions (medians), the sides alternating; the"
+        f" load generator on the same machine (asyncio + httpx); {results['trees']} trees."
+    )
 
 
 if __name__ == "__main__":
