@@ -246,15 +246,20 @@ class ModelCache:
                 if found is not None:
                     self._items.move_to_end(key)
                     return found
-            loaded = load()
+            try:
+                loaded = load()
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
             with self._lock:
+                self._loading.pop(key, None)
                 self.loads += 1
                 self._items[key] = loaded
                 self._bytes += loaded.size_bytes
                 while self._bytes > self.max_bytes and len(self._items) > 1:
                     _, old = self._items.popitem(last=False)
                     self._bytes -= old.size_bytes
-                self._loading.pop(key, None)
             return loaded
 
     def clear(self) -> None:
