@@ -523,27 +523,40 @@ def _plain(values: Iterable[Any]) -> list[Any]:
     return out
 
 
-def predict(model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
-    """``{"predictions": [...]}``, plus ``"probabilities"`` (one object of class:
-    probability per row) for a classifier. The model's own answers: the preprocessing
-    runs once, then the estimator's ``predict`` (and ``predict_proba``)."""
+def predict_arrays(model: LoadedModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's own predictions, and a classifier's probabilities (columns in the
+    order of ``model.classes``; None otherwise), as arrays: the preprocessing runs
+    once, then the estimator's ``predict`` (and ``predict_proba``; for trees and
+    forests, whose ``predict`` is the argmax of ``predict_proba`` in scikit-learn's own
+    code, one pass gives both)."""
     if model.head is not None:
         features = model.head.transform(frame)
         final = model.estimator
     else:
         features, final = frame, model.model
-    out: dict[str, Any] = {}
     if model.classes is not None and hasattr(final, "predict_proba"):
         proba = np.asarray(final.predict_proba(features))
         if model.argmax_predicts:
             predictions = np.asarray(final.classes_).take(np.argmax(proba, axis=1), axis=0)
         else:
-            predictions = final.predict(features)
-        labels = [str(c) for c in _plain(model.classes)]
-        out["predictions"] = _plain(np.asarray(predictions).tolist())
+            predictions = np.asarray(final.predict(features))
+        return predictions, proba
+    return np.asarray(final.predict(features)), None
+
+
+def class_labels(model: LoadedModel) -> list[str]:
+    """The classes as the answer names them (text)."""
+    return [str(c) for c in _plain(model.classes or [])]
+
+
+def predict(model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
+    """``{"predictions": [...]}``, plus ``"probabilities"`` (one object of class:
+    probability per row) for a classifier: :func:`predict_arrays` as JSON values."""
+    predictions, proba = predict_arrays(model, frame)
+    out: dict[str, Any] = {"predictions": _plain(predictions.tolist())}
+    if proba is not None:
+        labels = class_labels(model)
         out["probabilities"] = [dict(zip(labels, row, strict=True)) for row in proba.tolist()]
-        return out
-    out["predictions"] = _plain(np.asarray(final.predict(features)).tolist())
     return out
 
 
@@ -561,7 +574,9 @@ __all__ = [
     "frame_for_model",
     "load_model",
     "parse_body",
+    "class_labels",
     "predict",
+    "predict_arrays",
     "signature_columns",
     "training_columns",
 ]

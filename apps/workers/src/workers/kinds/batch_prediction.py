@@ -31,7 +31,13 @@ from sqlalchemy.orm import Session
 from database import deployments, jobs
 from database.jobs import Claim
 from database.models import JobKind, JobStatus
-from pipeline.serving import frame_for_model, load_model, predict
+from pipeline.serving import (
+    LoadedModel,
+    class_labels,
+    frame_for_model,
+    load_model,
+    predict_arrays,
+)
 from workers.kinds import Context, register
 
 log = logging.getLogger(__name__)
@@ -61,12 +67,13 @@ def _spec(context: Context, claim: Claim) -> dict[str, Any] | None:
     return spec
 
 
-def _columns(result: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"prediction": result["predictions"]}
-    probabilities = result.get("probabilities")
-    if probabilities:
-        for label in probabilities[0]:
-            out[f"probability_{label}"] = [row[label] for row in probabilities]
+def _columns(model: LoadedModel, frame: Any) -> dict[str, Any]:
+    """A chunk's output columns, as arrays (no per-row Python)."""
+    predictions, proba = predict_arrays(model, frame)
+    out: dict[str, Any] = {"prediction": predictions}
+    if proba is not None:
+        for i, label in enumerate(class_labels(model)):
+            out[f"probability_{label}"] = proba[:, i]
     return out
 
 
@@ -130,7 +137,7 @@ def handle(context: Context, claim: Claim) -> str:
                             )
                         return "cancelled"
                 frame = frame_for_model(model, batch.to_pandas())
-                table = pa.table(_columns(predict(model, frame)))
+                table = pa.table(_columns(model, frame))
                 if writer is None:
                     writer = pq.ParquetWriter(scratch, table.schema)
                 writer.write_table(table)
