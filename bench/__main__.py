@@ -10,6 +10,9 @@
                                     rewrites only its own section of the report
     python -m bench.registry [--quick]  only the registry's lineage and metric search
                                     (bench/registry.py), which rewrites only its section
+    python -m bench.serving [--quick]  only serving (bench/serving.py: predict against
+                                    MLflow's scoring server and a bare endpoint, batch),
+                                    which rewrites only its own section
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).
@@ -36,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
-SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit")
+SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit", "serving")
 
 
 @dataclass
@@ -269,6 +272,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["fit"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
             results["fit_seconds"] = time.perf_counter() - t0
+        if "serving" in cfg.sections:
+            from bench import serving
+
+            t0 = time.perf_counter()
+            results["serving"] = serving.run(
+                seconds=3.0 if cfg.quick else 10.0,
+                reps=1 if cfg.quick else 3,
+                clients=(1, 8),
+                batch_rows=100_000 if cfg.quick else 1_000_000,
+                log=log,
+            )
+            results["serving_seconds"] = time.perf_counter() - t0
     finally:
         db.close()
     results["total_seconds"] = time.perf_counter() - started

@@ -710,6 +710,11 @@ def render(results: dict[str, Any]) -> str:
 
         w(fit.render_section(results["fit"], m))
         w("")
+    if results.get("serving"):
+        from bench import serving
+
+        w(serving.section(results["serving"], serving.conditions(results["serving"])))
+        w("")
     w(CHANGES)
     w("")
     w(HOW_TO_RUN)

@@ -110,6 +110,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "inference_status": ["ok", "client_error", "refused", "server_error", "timeout"],
     "usage_sku": ["predicted_rows", "batch_rows"],
     "quota_window": ["minute", "month"],
+    "deployment_status": ["pending", "active", "stopped", "failed"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -135,6 +136,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "inference_status": enums.InferenceStatus,
     "usage_sku": enums.UsageSku,
     "quota_window": enums.QuotaWindow,
+    "deployment_status": enums.DeploymentStatus,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -189,6 +191,10 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_model_version_metrics_model_version_id_model_versions": ("c", "a", None),
     "fk_model_aliases_registered_model_id_registered_models": ("c", "a", None),
     "fk_model_aliases_model_version_id_model_versions": ("c", "a", None),
+    # A deployment goes with its owner, its version or its registered model (serving).
+    "fk_deployments_user_id_users": ("c", "a", None),
+    "fk_deployments_model_version_id_model_versions": ("c", "a", None),
+    "fk_deployments_registered_model_id_registered_models": ("c", "a", None),
     # A lineage edge goes with either end (exactly one parent: no dangling edge).
     "fk_model_lineage_child_version_id_model_versions": ("c", "a", None),
     "fk_model_lineage_parent_version_id_model_versions": ("c", "a", None),

@@ -70,6 +70,7 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
         "/v1/api-keys",
         "/v1/credits/transactions",
         "/v1/datasets",
+        "/v1/deployments",
         "/v1/experiments",
         "/v1/jobs",
         "/v1/jobs/{job_id}/logs",

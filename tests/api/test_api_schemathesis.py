@@ -111,6 +111,8 @@ def _body_limit(operation: Any, settings: ApiSettings) -> int | None:
         return None
     if "multipart/form-data" in content:
         return settings.max_upload_bytes + FRAMING_BYTES
+    if operation.definition.raw.get("x-body-limit") == "predict":
+        return settings.max_predict_bytes  # a prediction's own limit (api.limits)
     return settings.max_json_bytes
 
 

@@ -127,6 +127,16 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.RegistryCounterDecrease: (409, "version_counter_decrease"),
     db.DownloadsAppendOnly: (409, "downloads_append_only"),
     db.DownloadCountReadOnly: (409, "derived_column_read_only"),
+    # Deployments (database.deployments, issue 14).
+    db.DeploymentNotFound: (404, "not_found"),
+    db.DeploymentNameTaken: (409, "name_taken"),
+    db.InvalidDeploymentConfig: (422, "invalid_config"),
+    db.DeploymentTargetInvalid: (422, "invalid_target"),
+    db.DeploymentNotServing: (409, "deployment_not_serving"),
+    db.DatasetVersionNotReady: (409, "dataset_version_not_ready"),
+    db.DeployedFlagReadOnly: (409, "derived_column_read_only"),
+    db.DeploymentStatusTransition: (409, "invalid_status_transition"),
+    db.DeploymentTargetImmutable: (409, "deployment_target_immutable"),
     db.RestoreWindowExpired: (409, "restore_window_expired"),
     # Identity (database.identity, sql/triggers/identity.sql).
     db.OwnPrivileges: (403, "own_privileges"),

@@ -6,9 +6,10 @@ without running the route; a body without one (chunked) is counted as it
 streams in, and refused the moment it passes the limit, without reading the
 rest. The answer is the API's error shape (``api.errors``).
 
-Two limits: ``MAX_JSON_BYTES`` (default 1 MiB) for every body, and, for the routes
+Three limits: ``MAX_JSON_BYTES`` (default 1 MiB) for every body; for the routes
 that take a multipart upload, ``MAX_UPLOAD_BYTES`` plus room for the multipart
-framing (``api.uploads``, which then applies the tier's storage left as well).
+framing (``api.uploads``, which then applies the tier's storage left as well); for
+the predict routes (``openapi_extra`` ``x-body-limit: predict``), ``MAX_PREDICT_BYTES``.
 
 FastAPI's own ``max_body_size`` is not used: it lets a route that does not read
 its body run to the end before answering 413 (a DELETE with a huge declared body
@@ -49,6 +50,17 @@ def upload_routes(routes: Sequence[BaseRoute]) -> list[UploadRoute]:
     return found
 
 
+def predict_routes(routes: Sequence[BaseRoute]) -> list[UploadRoute]:
+    """The routes marked ``openapi_extra={"x-body-limit": "predict"}`` (a prediction's
+    body: JSON, CSV or Parquet, bounded by ``MAX_PREDICT_BYTES``)."""
+    found = []
+    for route in iter_route_contexts(routes):
+        extra = getattr(route, "openapi_extra", None) or {}
+        if extra.get("x-body-limit") == "predict":
+            found.append(UploadRoute(route.path_regex, frozenset(route.methods or ())))
+    return found
+
+
 def body_too_large(limit: int) -> ApiError:
     return ApiError(
         413,
@@ -72,17 +84,24 @@ class BodyLimit:
         max_json_bytes: int,
         max_upload_bytes: int,
         uploads: Iterable[UploadRoute] = (),
+        max_predict_bytes: int | None = None,
+        predicts: Iterable[UploadRoute] = (),
     ) -> None:
         self.app = app
         self.max_json_bytes = max_json_bytes
         self.max_upload_bytes = max_upload_bytes
         self.uploads = list(uploads)
+        self.max_predict_bytes = max_predict_bytes or max_json_bytes
+        self.predicts = list(predicts)
 
     def _limit(self, scope: Scope) -> tuple[int, ApiError]:
         method, path = scope["method"], scope["path"]
         for route in self.uploads:
             if method in route.methods and route.path.match(path):
                 return self.max_upload_bytes + FRAMING_BYTES, too_large(self.max_upload_bytes)
+        for route in self.predicts:
+            if method in route.methods and route.path.match(path):
+                return self.max_predict_bytes, body_too_large(self.max_predict_bytes)
         return self.max_json_bytes, body_too_large(self.max_json_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

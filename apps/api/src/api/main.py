@@ -15,13 +15,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
-from api.limits import BodyLimit, upload_routes
+from api.limits import BodyLimit, predict_routes, upload_routes
 from api.mail import ConsoleMailer
 from api.routers import (
     admin,
     auth,
     credits,
     datasets,
+    deployments,
     events,
     experiments,
     health,
@@ -138,6 +139,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         experiments,
         tutorials,
         usage,
+        deployments,
     ):
         v1.include_router(module.router)
     app.include_router(v1)
@@ -148,6 +150,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         uploads=upload_routes(app.routes),
+        max_predict_bytes=settings.max_predict_bytes,
+        predicts=predict_routes(app.routes),
     )
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app

@@ -36,10 +36,13 @@ class NodeCredits(BaseModel):
 
 
 class Pricing(BaseModel):
-    """A job costs ``base_credits`` plus the credits of each of its nodes."""
+    """A job costs ``base_credits`` plus the credits of each of its nodes; a batch
+    prediction ``base_credits`` plus ``batch_credits_per_10k_rows`` per started
+    10,000 rows scored."""
 
     base_credits: int = Field(default=1, ge=0)
     node_credits: NodeCredits = NodeCredits()
+    batch_credits_per_10k_rows: int = Field(default=1, ge=0)
 
 
 class Identity(BaseModel):
@@ -86,6 +89,17 @@ class ApiSettings(BaseSettings):
     dev_purchases: bool = Field(default=False, alias="ENABLE_DEV_PURCHASES")
     #: How often GET /v1/jobs/{id}/events looks at the database for news, in seconds.
     events_poll_seconds: float = Field(default=0.5, alias="EVENTS_POLL_SECONDS", gt=0, le=60)
+    #: The largest body of a prediction (JSON, CSV or Parquet): 413 past it.
+    max_predict_bytes: int = Field(default=20 * MiB, alias="MAX_PREDICT_BYTES", gt=0)
+    #: Where ``automl-serve`` answers predictions (``http://127.0.0.1:8001``): the API
+    #: forwards ``POST /v1/deployments/{id}/predict`` there. Unset: served in-process.
+    serving_url: str | None = Field(default=None, alias="SERVING_URL")
+    #: The serving process's port (``automl-serve``; its host is ``HOST``).
+    serve_port: int = Field(default=8001, alias="SERVE_PORT", ge=0, le=65535)
+    #: Memory the loaded models may hold in one process (LRU beyond it).
+    serve_cache_bytes: int = Field(default=1024 * MiB, alias="SERVE_CACHE_BYTES", gt=0)
+    #: Threads predictions run in (per process); 0: anyio's default (40).
+    serve_threads: int = Field(default=0, alias="SERVE_THREADS", ge=0, le=1000)
     tier_limits: Limits = Field(default_factory=Limits, alias="TIER_LIMITS")
     pricing: Pricing = Field(default_factory=Pricing, alias="PRICING")
     #: ``IDENTITY__LOGIN_PER_IP=100`` etc.

@@ -1,4 +1,4 @@
-"""``automl-run``: the API and a worker as child processes, supervised (``make run``).
+"""``automl-run``: the API, a worker and ``automl-serve``, supervised (``make run``).
 
 - Both start at once. A child that exits while nothing asked it to is started
   again after a pause that doubles with each quick failure (0.5 s, 1 s, 2 s, ...,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import signal
 import subprocess
@@ -34,11 +35,24 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
 
-#: What ``make run`` supervises: the API (uvicorn) and one worker.
+#: What ``make run`` supervises: the API (uvicorn), one worker and the serving
+#: process (``automl-serve``, predictions; the API forwards them there).
 DEFAULT_CHILDREN: dict[str, list[str]] = {
     "api": [sys.executable, "-m", "api.main"],
     "worker": [sys.executable, "-m", "workers"],
+    "serve": [sys.executable, "-m", "api.serving.app"],
 }
+
+
+def serving_environment(environ: dict[str, str]) -> None:
+    """With the default children, the API forwards predictions to the supervised
+    serving process: ``SERVING_URL`` from ``HOST`` and ``SERVE_PORT`` unless set."""
+    if not environ.get("SERVING_URL"):
+        host = environ.get("HOST") or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        environ["SERVING_URL"] = f"http://{host}:{environ.get('SERVE_PORT') or 8001}"
+
 
 POLL_SECONDS = 0.1
 
@@ -235,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     children = dict(args.child) if args.child else DEFAULT_CHILDREN
+    if not args.child:
+        serving_environment(os.environ)  # type: ignore[arg-type]
     supervisor = Supervisor(
         children,
         fast_seconds=args.fast_seconds,

@@ -264,6 +264,18 @@ class QuotaExceeded(RuleViolation):
 
 class MeteredUserNotFound(RuleViolation):
     """``public.usage_admit`` for a user that does not exist (ML089)."""
+class DeployedFlagReadOnly(RuleViolation):
+    """A direct write to ``models.is_deployed`` (ML080): it follows the active
+    deployments (sql/triggers/deployments.sql)."""
+
+
+class DeploymentStatusTransition(InvalidStatusTransition):
+    """A deployment status change its life does not allow (ML081), e.g. a stopped
+    deployment made active again."""
+
+
+class DeploymentTargetImmutable(RuleViolation):
+    """An UPDATE of a deployment's owner, version, registered model or alias (ML082)."""
 
 
 # --- declarative constraints -------------------------------------------------------
@@ -388,6 +400,29 @@ class InvalidFilter(InvalidValue):
         super().__init__(message, **kw)
         self.token = token
         self.position = position
+class DeploymentNotFound(ReferenceViolation):
+    """No deployment of this id is the caller's (``database.deployments``)."""
+
+
+class DeploymentNameTaken(AlreadyExists):
+    """The user has a deployment of this name already."""
+
+
+class InvalidDeploymentConfig(InvalidValue):
+    """A deployment's config that is not ``{"max_batch_rows", "timeout_ms"}`` in range."""
+
+
+class DeploymentTargetInvalid(ConstraintViolation):
+    """A deployment that names both a version and an alias, or neither."""
+
+
+class DeploymentNotServing(RuleViolation):
+    """A prediction or batch asked of a deployment that is not active, or whose alias
+    points at no version now (``database.deployments``)."""
+
+
+class DatasetVersionNotReady(RuleViolation):
+    """A batch prediction of a dataset version that is not the user's or not ingested."""
 
 
 class JobNotOwned(JobNotFound):
@@ -479,6 +514,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML087": PaymentRequired,
     "ML088": QuotaExceeded,
     "ML089": MeteredUserNotFound,
+    "ML080": DeployedFlagReadOnly,
+    "ML081": DeploymentStatusTransition,
+    "ML082": DeploymentTargetImmutable,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT
@@ -510,6 +548,9 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "ck_model_version_metrics_split_name": InvalidMetric,
     "ck_model_lineage_one_parent": InvalidLineage,
     "ck_model_lineage_relation_parent": InvalidLineage,
+    "uq_deployments_user_id_name": DeploymentNameTaken,
+    "ck_deployments_config_shape": InvalidDeploymentConfig,
+    "ck_deployments_one_target": DeploymentTargetInvalid,
 }
 
 

@@ -23,6 +23,9 @@ Three kinds of role touch the database:
     - ``model_versions``: SELECT, DELETE, INSERT and UPDATE of every column but
       ``download_count`` (kept by a trigger from the downloads; ML063 refuses a
       direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
+    - ``models``: SELECT, DELETE, INSERT and UPDATE of every column but
+      ``is_deployed`` (kept by a trigger from the active deployments; ML080 refuses
+      a direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
     - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
 
   - USAGE and SELECT on the sequences, if any;
@@ -79,6 +82,11 @@ APPEND_ONLY = {
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.
 COLUMN_LIMITED = {
+    # is_deployed follows the active deployments (sql/triggers/deployments.sql, ML080).
+    "models": (
+        frozenset({"is_deployed"}),
+        frozenset({"is_deployed", "id", "created_at"}),
+    ),
     "model_versions": (
         frozenset({"download_count"}),
         frozenset({"download_count", "id", "created_at"}),

@@ -7,10 +7,12 @@ from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
 from database.models.dataset_profile import DatasetProfile
 from database.models.dataset_version import DatasetVersion
+from database.models.deployment import Deployment
 from database.models.derived_repair import DerivedRepair
 from database.models.email_verification import EmailVerification
 from database.models.enums import (
     CreditTierRestriction,
+    DeploymentStatus,
     FileFormat,
     InferenceStatus,
     IngestionStatus,
@@ -71,6 +73,8 @@ __all__ = [
     "Dataset",
     "DatasetProfile",
     "DatasetVersion",
+    "Deployment",
+    "DeploymentStatus",
     "DerivedRepair",
     "EmailVerification",
     "Experiment",

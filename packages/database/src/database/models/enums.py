@@ -75,6 +75,8 @@ class JobKind(enum.StrEnum):
 
     WORKFLOW_RUN = "workflow_run"
     INGESTION = "ingestion"
+    #: A deployment's model scores a dataset version into a Parquet file (issue 14).
+    BATCH_PREDICTION = "batch_prediction"
 
 
 class NodeType(enum.StrEnum):
@@ -191,6 +193,15 @@ class QuotaWindow(enum.StrEnum):
     MINUTE = "minute"
     #: Predicted rows per calendar month, UTC (``api_keys.monthly_row_quota``).
     MONTH = "month"
+class DeploymentStatus(enum.StrEnum):
+    """A deployment's life (sql/triggers/deployments.sql, ML081): ``pending`` ->
+    ``active`` | ``failed`` | ``stopped``; ``active`` -> ``stopped`` | ``failed``.
+    Only an ``active`` deployment answers predictions and counts in ``models.is_deployed``."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    FAILED = "failed"
 
 
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
@@ -225,9 +236,11 @@ model_permission = pg_enum(ModelPermission, "model_permission")
 inference_status = pg_enum(InferenceStatus, "inference_status")
 usage_sku = pg_enum(UsageSku, "usage_sku")
 quota_window = pg_enum(QuotaWindow, "quota_window")
+deployment_status = pg_enum(DeploymentStatus, "deployment_status")
 
 __all__ = [
     "CreditTierRestriction",
+    "DeploymentStatus",
     "FileFormat",
     "InferenceStatus",
     "IngestionStatus",

@@ -1,0 +1,569 @@
+"""Serving: our predict against MLflow's scoring server and a bare endpoint; batch
+prediction against ``model.predict`` in one process.
+
+    python -m bench.serving             full run; writes the "Serving" section of
+                                        docs/performance.md
+    python -m bench.serving --quick     short; bench/results/ only
+
+**Online.** One model (the platform's pipeline: imputation, scaling, one-hot, a
+random forest of 50 trees, fitted on 20,000 rows of 4 columns), one record per request,
+1 and 8 concurrent clients (asyncio + httpx in this process), each side for
+``--seconds``, the sides alternating, repeated ``--reps`` times; each side is one
+uvicorn process:
+
+- **ours**: ``automl-serve`` (``api.serving.app``): API key, deployment and its
+  version read from PostgreSQL per request, model from the cache, the signature
+  check, metering's calls (the stand-in: no writes), the answer with probabilities;
+- **mlflow**: ``mlflow models serve --env-manager local`` of the same fitted
+  pipeline saved with ``mlflow.sklearn.save_model``, in a virtualenv of its own
+  (``.data/bench-mlflow``: mlflow pins pyarrow below ours, so it is kept out of the
+  workspace's lock), body ``{"dataframe_records": [...]}``;
+- **bare**: a starlette app that parses the JSON, builds the frame and calls
+  ``model.predict`` (no auth, no checks, no probabilities).
+
+Throughput is requests per second; p99 the 99th percentile latency. Goals: ours
+>= 1.0x MLflow with p99 no worse; >= 0.7x bare.
+
+**Batch.** A dataset version of ``--batch-rows`` (1,000,000) rows as Parquet: the
+``batch_prediction`` job kind's handler (claimed and dispatched as the worker does:
+read in chunks, score, write Parquet to storage) against ``pd.read_parquet`` +
+``model.predict`` in one process. Goal >= 0.8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "performance.md"
+TITLE = "## Serving"
+MLFLOW_VENV = REPO / ".data" / "bench-mlflow"
+MLFLOW_VERSION = "3.17.2"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, seconds: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {seconds} s")
+
+
+def mlflow_python(log: Callable[[str], None]) -> Path:
+    """The python of the benchmark's MLflow virtualenv, made (with uv) if missing:
+    mlflow and the workspace's scikit-learn, numpy and pandas versions."""
+    python = MLFLOW_VENV / "bin" / "python"
+    if python.exists():
+        return python
+    import numpy
+    import pandas
+    import sklearn
+
+    log(f"making {MLFLOW_VENV} (mlflow {MLFLOW_VERSION})")
+    subprocess.run(
+        ["uv", "venv", "--quiet", "--python", sys.executable, str(MLFLOW_VENV)], check=True
+    )
+    subprocess.run(
+        [
+            "uv",
+            "pip",
+            "install",
+            "--quiet",
+            f"mlflow=={MLFLOW_VERSION}",
+            f"scikit-learn=={sklearn.__version__}",
+            f"numpy=={numpy.__version__}",
+            f"pandas=={pandas.__version__}",
+        ],
+        check=True,
+        env={**os.environ, "VIRTUAL_ENV": str(MLFLOW_VENV)},
+    )
+    return python
+
+
+BARE_APP = """
+import io, json, sys
+import joblib, pandas as pd
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.concurrency import run_in_threadpool
+
+model = joblib.load(sys.argv[1])
+
+def score(body):
+    frame = pd.DataFrame(json.loads(body)["records"])
+    return json.dumps({"predictions": model.predict(frame).tolist()}).encode()
+
+async def predict(request):
+    return Response(await run_in_threadpool(score, await request.body()),
+                    media_type="application/json")
+
+async def ping(request):
+    return Response(b"ok")
+
+app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/ping", ping)])
+"""
+
+
+async def _load(
+    url: str, body: bytes, headers: dict[str, str], clients: int, seconds: float
+) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+
+        async def client() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                r = await http.post(url, content=body, headers=headers)
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": p99 * 1000,
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+def run(
+    *,
+    seconds: float,
+    reps: int,
+    clients: tuple[int, ...],
+    batch_rows: int,
+    trees: int = 50,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from api.deps import new_api_key
+    from bench.server import BenchDatabase
+    from database import credits, deployments, jobs, registry
+    from database.session import make_engine
+    from database.storage import LocalStorage
+    from pipeline.definition import PreprocessConfig
+    from pipeline.execute import build_transformer, serialize
+    from workers.kinds import Context, dispatch
+
+    numeric = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+
+    def frame(rows: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "a": rng.normal(0, 1, rows),
+                "b": rng.normal(5, 2, rows),
+                "c": rng.normal(-1, 3, rows),
+                "colour": rng.choice(["red", "green", "blue"], rows),
+            }
+        )
+
+    train = frame(20_000)
+    y = np.where(train["a"] + 0.3 * train["b"] > 1.5, "yes", "no")
+    model = Pipeline(
+        [
+            ("preprocess", build_transformer(PreprocessConfig(), numeric, ["colour"])),
+            ("model", RandomForestClassifier(n_estimators=trees, random_state=0)),
+        ]
+    ).fit(train, y)
+    model[-1].set_params(n_jobs=None)
+    record = frame(1).to_dict(orient="records")
+
+    work = Path(tempfile.mkdtemp(prefix="automl-bench-serving-"))
+    db = BenchDatabase()
+    processes: list[subprocess.Popen[bytes]] = []
+    results: dict[str, Any] = {
+        "trees": trees,
+        "clients": list(clients),
+        "seconds": seconds,
+        "reps": reps,
+    }
+    try:
+        storage = LocalStorage(work / "storage")
+        engine = make_engine(db.url)
+        data = serialize(model)
+        artifact = work / "model.joblib"
+        artifact.write_bytes(data)
+        key, prefix, digest = new_api_key()
+        with Session(engine) as session:
+            user = session.execute(
+                text("INSERT INTO users (email) VALUES ('bench@example.com') RETURNING id")
+            ).scalar_one()
+            session.execute(
+                text(
+                    "INSERT INTO api_keys (user_id, name, prefix, key_hash, scopes)"
+                    " VALUES (:u, 'bench', :p, :h, ARRAY['read', 'write'])"
+                ),
+                {"u": user, "p": prefix, "h": digest},
+            )
+            model_id = uuid.uuid4()
+            location = storage.write_bytes(f"models/{user}/{model_id}.joblib", data)
+            session.execute(
+                text(
+                    "INSERT INTO models (id, user_id, name, algorithm, problem_type, s3_path,"
+                    " size_bytes) VALUES (:m, :u, 'bench', 'random_forest', 'classification',"
+                    " :s, :b)"
+                ),
+                {"m": model_id, "u": user, "s": location, "b": len(data)},
+            )
+            rm = registry.create_registered_model(session, user, "bench")
+            signature = {
+                "inputs": [{"name": c, "type": "double"} for c in numeric]
+                + [{"name": "colour", "type": "string"}]
+            }
+            version = registry.register_version(session, rm.id, model_id, signature=signature)
+            deployment = deployments.create(session, user, "bench", model_version_id=version.id)
+            session.commit()
+            deployment_id = deployment.id
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": db.url.render_as_string(hide_password=False),
+            "STORAGE_URL": str(work / "storage"),
+            "HOST": "127.0.0.1",
+        }
+        ours_port, mlflow_port, bare_port = _port(), _port(), _port()
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "api.serving.app"],
+                env={**env, "SERVE_PORT": str(ours_port)},
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        (work / "bare.py").write_text(BARE_APP)
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys, uvicorn; sys.argv = ['bare', sys.argv[1]];"
+                    f" sys.path.insert(0, {str(work)!r}); import bare;"
+                    f" uvicorn.run(bare.app, host='127.0.0.1', port={bare_port},"
+                    " log_level='warning', access_log=False)",
+                    str(artifact),
+                ],
+                env=env,
+            )
+        )
+        python = mlflow_python(log)
+        mlflow_dir = work / "mlflow-model"
+        subprocess.run(
+            [
+                str(python),
+                "-c",
+                "import sys, joblib, mlflow.sklearn;"
+                " mlflow.sklearn.save_model(joblib.load(sys.argv[1]), sys.argv[2],"
+                " serialization_format='cloudpickle')",
+                str(artifact),
+                str(mlflow_dir),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(python.parent / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    str(mlflow_dir),
+                    "-p",
+                    str(mlflow_port),
+                    "-h",
+                    "127.0.0.1",
+                    "--env-manager",
+                    "local",
+                    "-w",
+                    "1",
+                ],
+                env={
+                    **os.environ,
+                    "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "MLFLOW_TRACKING_URI": f"file://{work / 'mlruns'}",
+                },
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        _wait_http(f"http://127.0.0.1:{ours_port}/healthz")
+        _wait_http(f"http://127.0.0.1:{bare_port}/ping")
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/ping")
+        sides = {
+            "ours": (
+                f"http://127.0.0.1:{ours_port}/v1/deployments/{deployment_id}/predict",
+                json.dumps({"records": record}).encode(),
+                {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            ),
+            "mlflow": (
+                f"http://127.0.0.1:{mlflow_port}/invocations",
+                json.dumps({"dataframe_records": record}).encode(),
+                {"Content-Type": "application/json"},
+            ),
+            "bare": (
+                f"http://127.0.0.1:{bare_port}/predict",
+                json.dumps({"records": record}).encode(),
+                {"Content-Type": "application/json"},
+            ),
+        }
+        for name, (url, body, headers) in sides.items():  # warm up, and check the answers
+            import httpx
+
+            r = httpx.post(url, content=body, headers=headers, timeout=30)
+            assert r.status_code == 200, (name, r.text)
+            asyncio.run(_load(url, body, headers, 1, min(1.0, seconds)))
+        online: dict[str, Any] = {}
+        order = list(sides)
+        for n in clients:
+            runs: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
+            for rep in range(reps):
+                for name in order[rep % 3 :] + order[: rep % 3]:
+                    url, body, headers = sides[name]
+                    runs[name].append(asyncio.run(_load(url, body, headers, n, seconds)))
+                    log(f"  {n} clients {name}: {runs[name][-1]['rps']:.0f} req/s")
+            point: dict[str, Any] = {}
+            for name, got in runs.items():
+                point[name] = {
+                    "rps": statistics.median(g["rps"] for g in got),
+                    "p99_ms": statistics.median(g["p99_ms"] for g in got),
+                    "p50_ms": statistics.median(g["p50_ms"] for g in got),
+                    "errors": sum(g["errors"] for g in got),
+                }
+            point["vs_mlflow"] = point["ours"]["rps"] / point["mlflow"]["rps"]
+            point["vs_bare"] = point["ours"]["rps"] / point["bare"]["rps"]
+            online[str(n)] = point
+        results["online"] = online
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.wait(30)
+        processes.clear()
+
+        # --- batch ---------------------------------------------------------------------
+        log(f"batch: {batch_rows} rows")
+        table = frame(batch_rows)
+        buffer = io.BytesIO()
+        table.to_parquet(buffer)
+        del table
+        with Session(engine) as session:
+            dataset = session.execute(
+                text("INSERT INTO datasets (user_id, name) VALUES (:u, 'b') RETURNING id"),
+                {"u": user},
+            ).scalar_one()
+            source = storage.write_bytes(f"datasets/{user}/b.parquet", buffer.getvalue())
+            dv = session.execute(
+                text(
+                    "INSERT INTO dataset_versions (dataset_id, user_id, s3_path, row_count,"
+                    " status) VALUES (:d, :u, :s, :n, 'completed') RETURNING id"
+                ),
+                {"d": dataset, "u": user, "s": source, "n": batch_rows},
+            ).scalar_one()
+            session.commit()
+            credits.adjust(session, user, 1_000_000, "bench credits", "bench")
+        job_side: list[float] = []
+        bare_side: list[float] = []
+        for rep in range(reps):
+
+            def bare() -> None:
+                t0 = time.perf_counter()
+                frame_in = pd.read_parquet(source)
+                joblib.load(artifact).predict(frame_in)
+                bare_side.append(time.perf_counter() - t0)
+
+            def job() -> None:
+                with Session(engine) as session:
+                    deployments.enqueue_batch(
+                        session, user, deployment_id, dv, base_credits=1, credits_per_10k_rows=1
+                    )
+                    session.commit()
+                claim = jobs.claim(engine, "job", "bench", 600)
+                assert claim is not None
+                context = Context(
+                    engine=engine,
+                    storage=storage,
+                    lease_seconds=600,
+                    max_attempts=1,
+                    stop=threading.Event(),
+                )
+                t0 = time.perf_counter()
+                outcome = dispatch(context, claim)
+                job_side.append(time.perf_counter() - t0)
+                assert outcome == "completed", outcome
+
+            for side in (bare, job) if rep % 2 == 0 else (job, bare):
+                side()
+            log(f"  batch rep {rep}: job {job_side[-1]:.1f} s, predict {bare_side[-1]:.1f} s")
+        results["batch"] = {
+            "rows": batch_rows,
+            "job_s": statistics.median(job_side),
+            "predict_s": statistics.median(bare_side),
+            "job_rows_per_s": batch_rows / statistics.median(job_side),
+            "predict_rows_per_s": batch_rows / statistics.median(bare_side),
+            "ratio": statistics.median(bare_side) / statistics.median(job_side),
+        }
+        engine.dispose()
+    finally:
+        for p in processes:
+            p.kill()
+        db.close()
+        shutil.rmtree(work, ignore_errors=True)
+    results["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["cpus"] = os.cpu_count()
+    results["load"] = os.getloadavg()
+    return results
+
+
+def section(results: dict[str, Any], conditions: str) -> str:
+    out = [TITLE, "", conditions, ""]
+    out.append(
+        "| clients | ours req/s | MLflow req/s | bare req/s | ours / MLflow (>= 1.0) |"
+        " ours / bare (>= 0.7) | p99 ours / MLflow / bare (ms) |"
+    )
+    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for n, p in results["online"].items():
+        out.append(
+            f"| {n} | {p['ours']['rps']:.0f} | {p['mlflow']['rps']:.0f} | {p['bare']['rps']:.0f}"
+            f" | {p['vs_mlflow']:.2f} | {p['vs_bare']:.2f} | {p['ours']['p99_ms']:.1f} /"
+            f" {p['mlflow']['p99_ms']:.1f} / {p['bare']['p99_ms']:.1f} |"
+        )
+    b = results["batch"]
+    out += [
+        "",
+        f"Batch of {b['rows']:,} rows: the job {b['job_s']:.1f} s"
+        f" ({b['job_rows_per_s']:,.0f} rows/s),"
+        f" `read_parquet` + `model.predict` in one process {b['predict_s']:.1f} s"
+        f" ({b['predict_rows_per_s']:,.0f} rows/s): ratio {b['ratio']:.2f} (goal >= 0.8).",
+        "",
+        READING,
+        "",
+    ]
+    return "\n".join(out)
+
+
+READING = """\
+What the sides do per request: **ours** authenticates the API key (the API's own
+`get_principal`: a query, and a commit), reads the deployment and resolves its alias (one
+query), checks the record against the signature, calls metering's `admit` and
+`record_request` (the stand-in in this branch: no writes), runs the pipeline and answers
+predictions *and* probabilities; **MLflow** and **bare** only parse and predict. All three
+run the model in a worker thread (MLflow too: `asyncio.to_thread`), one uvicorn process
+each.
+
+Reading (be careful: the 2 cores were shared with seven other engineers' builds and
+tests; the load average was 6-11 during the runs, and single repetitions of one side
+moved by 1.5x between repetitions):
+
+- **8 clients: goals met.** Ours above MLflow's scoring server (1.3-1.4x in both full runs
+  made) with a better p99, and about 0.9-1.0x the bare endpoint: with 8 requests in flight
+  the database round trips of one request overlap the model work of others.
+- **1 client: the MLflow goal is missed** (0.56x in both full runs; p99 about 1.4x
+  MLflow's); against bare 0.74-0.78x, within its goal. With one request at a time nothing
+  overlaps: ours pays its 4-5 database round trips (BEGIN, the key, COMMIT, the deployment,
+  COMMIT) in series before the model runs, a few milliseconds each on this loaded machine,
+  on top of a model call of about 13 ms. MLflow being faster than the bare endpoint at one
+  client, with the same model call, is not explained (the order of the sides rotates; the
+  difference stayed). What would close the gap: one round trip for the key and the
+  deployment together (a single statement, or the key's lookup cached for a second), and
+  autocommit for the read-only part; both left undone here, the first because the key's
+  rules belong to `api.deps` alone.
+- **Batch: goal met** (1.0x): chunks of 100,000 rows scored as arrays (the first version
+  built a JSON-style list per row and reached 0.31x; fixed before this run).
+"""
+
+
+def write_section(doc: Path, text_: str) -> None:
+    current = doc.read_text() if doc.exists() else ""
+    if TITLE in current:
+        start = current.index(TITLE)
+        end = current.find("\n## ", start + len(TITLE))
+        current = current[:start] + text_ + (current[end + 1 :] if end != -1 else "")
+    else:
+        current = current.rstrip() + "\n\n" + text_
+    doc.write_text(current)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.serving", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--batch-rows", type=int, default=None)
+    p.add_argument("--doc", default=None, help="report path ('-' for none)")
+    a = p.parse_args(argv)
+    seconds = a.seconds or (3.0 if a.quick else 10.0)
+    reps = a.reps or (1 if a.quick else 3)
+    rows = a.batch_rows or (100_000 if a.quick else 1_000_000)
+    results = run(seconds=seconds, reps=reps, clients=(1, 8), batch_rows=rows)
+    print(json.dumps(results, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"serving-{stamp}{'-quick' if a.quick else ''}.json").write_text(
+        json.dumps(results, indent=2)
+    )
+    doc = None if a.doc == "-" else Path(a.doc) if a.doc else (None if a.quick else DOC)
+    if doc is not None:
+        write_section(doc, section(results, conditions(results)))
+    return 0
+
+
+def conditions(results: dict[str, Any]) -> str:
+    return (
+        f"Run {results['finished_at']}, {results['cpus']} cores shared with other work (load"
+        f" average at the end {results['load'][0]:.1f}), {results['seconds']:.0f} s per side"
+        f" and point, {results['reps']} repetitions (medians), the sides alternating; the"
+        f" load generator on the same machine (asyncio + httpx); {results['trees']} trees."
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

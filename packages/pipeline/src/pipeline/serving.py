@@ -1,0 +1,621 @@
+"""Scoring with a saved model: load it once, check an input against what it expects,
+predict. Shared by the API's predict route, the serving process (``automl-serve``) and
+the batch-prediction job kind (docs/serving.md).
+
+- :func:`load_model` is the ONE place an artifact becomes a model (today the joblib
+  file at ``models.s3_path``, read through :mod:`database.storage`; the registry's
+  formats module, ``pipeline.formats.load_version``, replaces its body at merge);
+- :class:`ModelCache`: models kept in memory, least recently used first out, bounded
+  by bytes (``SERVE_CACHE_BYTES``); one load per version however many requests ask
+  for it at once;
+- :func:`parse_body`: the input shapes (``records``, MLflow's ``dataframe_records``,
+  ``dataframe_split``, ``instances``/``inputs``, CSV and Parquet bodies) as columns;
+- :func:`check_columns`: the columns against the version's signature (or, without
+  one, the model's training columns): missing ones and wrong types are an
+  :class:`InputError` naming them; unknown columns are dropped, as MLflow does;
+  JSON ``null`` is a missing value (NaN), which the pipeline's imputer fills;
+- :func:`predict`: predictions, and for a classifier the probabilities by class.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from database.registry import current_environment, environment_problems
+from database.storage import Storage
+
+#: Rows one request may carry unless the deployment's config says otherwise.
+DEFAULT_MAX_ROWS = 10_000
+#: Default memory the model cache may hold (``SERVE_CACHE_BYTES``).
+DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
+
+JSON_TYPES = ("application/json", "text/json")
+CSV_TYPES = ("text/csv", "application/csv")
+PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet")
+
+#: Signature type names (MLflow's and pandas') by the kind of value they hold.
+_NUMBER = frozenset(
+    {"double", "float", "long", "integer", "int", "number", "numeric"}
+    | {"float16", "float32", "float64", "int8", "int16", "int32", "int64"}
+    | {"uint8", "uint16", "uint32", "uint64"}
+)
+_STRING = frozenset({"string", "str", "object", "category", "categorical", "text"})
+_BOOLEAN = frozenset({"boolean", "bool"})
+_DATETIME = frozenset({"datetime", "datetime64", "datetime64[ns]", "timestamp", "date"})
+
+
+class InputError(Exception):
+    """An input the model cannot score: ``status`` (400, 413, 415, 422), a stable
+    ``code``, a message naming the problem and details (the columns)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+
+
+class ModelUnavailable(Exception):
+    """The version cannot be loaded here (no artifact, missing file, environment)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    #: ``number``, ``string``, ``boolean``, ``datetime`` or None (not checked).
+    kind: str | None
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory, with what its inputs must be."""
+
+    key: str
+    model: Any
+    columns: list[Column]
+    #: The classes of a classifier (None otherwise).
+    classes: list[Any] | None
+    #: Bytes it is counted for in the cache.
+    size_bytes: int
+    #: Preprocessing and estimator, when the model is a scikit-learn Pipeline.
+    head: Any = None
+    estimator: Any = None
+    #: predict is argmax of predict_proba (trees, forests): one pass gives both.
+    argmax_predicts: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _kind(type_name: Any) -> str | None:
+    name = str(type_name or "").strip().lower()
+    if name in _NUMBER:
+        return "number"
+    if name in _STRING:
+        return "string"
+    if name in _BOOLEAN:
+        return "boolean"
+    if name in _DATETIME or name.startswith("datetime64"):
+        return "datetime"
+    return None
+
+
+def signature_columns(signature: Mapping[str, Any] | None) -> list[Column]:
+    """The columns of a version's signature ``{"inputs": [{"name", "type"}]}``."""
+    inputs = (signature or {}).get("inputs") or []
+    out = []
+    for item in inputs:
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            out.append(Column(item["name"], _kind(item.get("type"))))
+    return out
+
+
+def training_columns(model: Any) -> list[Column]:
+    """The columns a fitted pipeline was trained on, with the kinds its column
+    transformer gave them (numeric: number; categorical: not checked)."""
+    head = model[0] if hasattr(model, "steps") and len(model.steps) > 1 else None
+    kinds: dict[str, str | None] = {}
+    for name, _, columns in getattr(head, "transformers_", None) or []:
+        if isinstance(columns, str):
+            columns = [columns]
+        if not isinstance(columns, Sequence | np.ndarray) or name == "remainder":
+            continue
+        for column in columns:
+            if isinstance(column, str):
+                kinds[column] = "number" if name == "numeric" else None
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        names = getattr(head, "feature_names_in_", None)
+    if names is None:
+        return [Column(c, k) for c, k in kinds.items()]
+    return [Column(str(c), kinds.get(str(c))) for c in names]
+
+
+def _argmax_predicts(estimator: Any) -> bool:
+    """Estimators whose ``predict`` is ``classes_[argmax(predict_proba)]`` in
+    scikit-learn's own code: one pass gives both answers."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+
+    return isinstance(
+        estimator,
+        RandomForestClassifier
+        | ExtraTreesClassifier
+        | DecisionTreeClassifier
+        | ExtraTreeClassifier,
+    )
+
+
+def describe_model(
+    key: str, model: Any, signature: Mapping[str, Any] | None, size_bytes: int
+) -> LoadedModel:
+    """What :func:`check_columns` and :func:`predict` need to know of ``model``."""
+    columns = signature_columns(signature) or training_columns(model)
+    head = estimator = None
+    if hasattr(model, "steps") and len(model.steps) > 1:
+        head, estimator = model[:-1], model[-1]
+    final = estimator if estimator is not None else model
+    classes = getattr(final, "classes_", None)
+    return LoadedModel(
+        key=key,
+        model=model,
+        columns=columns,
+        classes=None if classes is None else list(classes),
+        size_bytes=max(1, int(size_bytes)),
+        head=head,
+        estimator=estimator,
+        argmax_predicts=classes is not None and _argmax_predicts(final),
+    )
+
+
+def load_model(
+    storage: Storage,
+    *,
+    key: str,
+    location: str | None,
+    signature: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    size_bytes: int | None = None,
+) -> LoadedModel:
+    """THE loader: the artifact at ``location`` as a model. Today the joblib file the
+    worker's save node writes (``models.s3_path``); at merge its body becomes a call of
+    ``pipeline.formats.load_version`` (which checks the environment itself).
+
+    ``ModelUnavailable`` when there is no artifact, the file is gone, or the version's
+    ``environment`` cannot be loaded here (``database.registry.environment_problems``).
+    """
+    if not location:
+        raise ModelUnavailable("the model has no artifact")
+    problems = environment_problems(environment or {}, current_environment())
+    if problems:
+        raise ModelUnavailable("the model cannot be loaded here: " + "; ".join(problems))
+    try:
+        with storage.open_read(location) as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ModelUnavailable("the model's artifact is not in storage") from None
+    model = joblib.load(io.BytesIO(data))
+    return describe_model(key, model, signature, size_bytes or len(data))
+
+
+class ModelCache:
+    """Loaded models by key, least recently used evicted first once their bytes pass
+    ``max_bytes`` (the one in use is kept even if it alone is larger). Thread-safe;
+    concurrent misses of one key wait for a single load."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.loads = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, load: Callable[[], LoadedModel]) -> LoadedModel:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                found = self._items.get(key)
+                if found is not None:
+                    self._items.move_to_end(key)
+                    return found
+            try:
+                loaded = load()
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:
+                self._loading.pop(key, None)
+                self.loads += 1
+                self._items[key] = loaded
+                self._bytes += loaded.size_bytes
+                while self._bytes > self.max_bytes and len(self._items) > 1:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.size_bytes
+            return loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+# --- the input ------------------------------------------------------------------------------
+#: The body as columns: name -> values (None: missing), and whether it came typed (JSON)
+#: or as a table (CSV, Parquet: values are converted to a string column's text).
+@dataclass
+class Table:
+    columns: dict[str, list[Any]]
+    rows: int
+    typed: bool
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _from_records(records: Any, where: str) -> Table:
+    if not isinstance(records, list):
+        raise InputError(422, "invalid_input", f"{where} must be a list of records")
+    if not records:
+        raise InputError(422, "empty_input", f"{where} holds no records")
+    names: dict[str, None] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InputError(
+                422, "invalid_input", f"{where}[{i}] is not an object of column: value"
+            )
+        for name in record:
+            names.setdefault(name, None)
+    columns = {name: [r.get(name) for r in records] for name in names}
+    return Table(columns, len(records), True)
+
+
+def _from_split(split: Any) -> Table:
+    if not isinstance(split, dict):
+        raise InputError(422, "invalid_input", "dataframe_split must be an object")
+    cols, data = split.get("columns"), split.get("data")
+    if not isinstance(data, list):
+        raise InputError(422, "invalid_input", "dataframe_split.data must be a list of rows")
+    if not data:
+        raise InputError(422, "empty_input", "dataframe_split.data holds no rows")
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        raise InputError(
+            422, "invalid_input", "dataframe_split.columns must be a list of column names"
+        )
+    if len(set(cols)) != len(cols):
+        raise InputError(422, "invalid_input", "dataframe_split.columns names a column twice")
+    for i, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(cols):
+            raise InputError(
+                422,
+                "invalid_input",
+                f"dataframe_split.data[{i}] must be a list of {len(cols)} values",
+            )
+    return Table({c: [row[j] for row in data] for j, c in enumerate(cols)}, len(data), True)
+
+
+def _from_instances(instances: Any, expected: Sequence[Column], where: str) -> Table:
+    if isinstance(instances, list) and instances and isinstance(instances[0], list):
+        names = [c.name for c in expected]
+        if not names:
+            raise InputError(
+                422, "invalid_input", f"{where} as lists needs a model with known columns"
+            )
+        return _from_split({"columns": names, "data": instances})
+    if isinstance(instances, dict):  # column: values (TF serving's columnar form)
+        lengths = {len(v) if isinstance(v, list) else -1 for v in instances.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise InputError(422, "invalid_input", f"{where} columns must be lists of one length")
+        rows = lengths.pop()
+        if rows == 0:
+            raise InputError(422, "empty_input", f"{where} holds no rows")
+        return Table({k: list(v) for k, v in instances.items()}, rows, True)
+    return _from_records(instances, where)
+
+
+def _from_frame(frame: pd.DataFrame) -> Table:
+    if len(frame) == 0:
+        raise InputError(422, "empty_input", "the table holds no rows")
+    columns = {}
+    for name in frame.columns:
+        values = frame[name].astype(object).tolist()
+        columns[str(name)] = [None if _is_missing(v) else v for v in values]
+    return Table(columns, len(frame), False)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_body(body: bytes, content_type: str | None, expected: Sequence[Column] = ()) -> Table:
+    """The body as a :class:`Table`. JSON (``application/json``, also when no type is
+    given): ``{"records": [...]}``, ``{"dataframe_records": [...]}``,
+    ``{"dataframe_split": {"columns", "data"}}``, ``{"instances": ...}`` or
+    ``{"inputs": ...}``; CSV (``text/csv``) with a header row; Parquet."""
+    if not body or not body.strip():
+        raise InputError(422, "empty_body", "the request body is empty")
+    media = _media_type(content_type)
+    if media in CSV_TYPES:
+        try:
+            frame = pd.read_csv(io.BytesIO(body))
+        except Exception as exc:  # pandas' parser errors are many
+            raise InputError(
+                422, "invalid_csv", f"the CSV body could not be read: {_first_line(exc)}"
+            ) from None
+        return _from_frame(frame)
+    if media in PARQUET_TYPES:
+        try:
+            frame = pd.read_parquet(io.BytesIO(body))
+        except Exception as exc:
+            raise InputError(
+                422, "invalid_parquet", f"the Parquet body could not be read: {_first_line(exc)}"
+            ) from None
+        return _from_frame(frame)
+    if media and media not in JSON_TYPES and not media.endswith("+json"):
+        raise InputError(
+            415,
+            "unsupported_media_type",
+            f"a body of type {media!r} is not accepted: send application/json, text/csv"
+            " or application/vnd.apache.parquet",
+        )
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            422, "invalid_json", f"the body is not valid UTF-8 (byte {exc.start})"
+        ) from None
+    except RecursionError:
+        raise InputError(422, "invalid_json", "the body nests too deeply") from None
+    except ValueError as exc:
+        raise InputError(422, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InputError(
+            422,
+            "invalid_input",
+            'the body must be an object: {"records": [...]}, {"dataframe_records": [...]},'
+            ' {"dataframe_split": {...}} or {"instances": [...]}',
+        )
+    keys = [k for k in ("records", "dataframe_records", "dataframe_split", "instances", "inputs")]
+    given = [k for k in keys if k in payload]
+    if len(given) != 1 or len(payload) != 1:
+        raise InputError(
+            422,
+            "invalid_input",
+            "the body must hold exactly one of: " + ", ".join(keys),
+            {"keys": sorted(str(k) for k in payload)[:20]},
+        )
+    key = given[0]
+    if key == "dataframe_split":
+        return _from_split(payload[key])
+    if key in ("instances", "inputs"):
+        return _from_instances(payload[key], expected, key)
+    return _from_records(payload[key], key)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_column(column: Column, values: list[Any], typed: bool) -> tuple[Any, str | None]:
+    """The column as an array the model takes, or the reason it is the wrong type."""
+    kind = column.kind
+    if kind == "number":
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                return None, f"expected a number, row {i} holds {_show(v)}"
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64), None
+    if kind == "boolean":
+        for i, v in enumerate(values):
+            if v is not None and not isinstance(v, bool | np.bool_):
+                return None, f"expected true or false, row {i} holds {_show(v)}"
+    elif kind == "string":
+        if typed:
+            for i, v in enumerate(values):
+                if v is not None and not isinstance(v, str):
+                    return None, f"expected a string, row {i} holds {_show(v)}"
+        else:
+            values = [None if v is None else str(v) for v in values]
+    elif kind == "datetime":
+        for i, v in enumerate(values):
+            if v is not None and not isinstance(v, str | pd.Timestamp):
+                return None, f"expected a date and time, row {i} holds {_show(v)}"
+    elif typed:
+        for i, v in enumerate(values):
+            if isinstance(v, dict | list):
+                return None, f"expected a single value, row {i} holds {_show(v)}"
+    out = np.empty(len(values), dtype=object)
+    out[:] = [np.nan if v is None else v for v in values]
+    return out, None
+
+
+def check_columns(model: LoadedModel, table: Table, *, max_rows: int) -> pd.DataFrame:
+    """The frame the model takes: its columns in order, typed; unknown columns dropped.
+    ``InputError`` (422) naming the missing columns and the columns of a wrong type,
+    (413) for more rows than ``max_rows``."""
+    if table.rows > max_rows:
+        raise InputError(
+            413,
+            "too_many_rows",
+            f"{table.rows} rows sent, this deployment takes at most {max_rows} per request",
+            {"rows": table.rows, "max_rows": max_rows},
+        )
+    expected = model.columns or [Column(name, None) for name in table.columns]
+    missing = [c.name for c in expected if c.name not in table.columns]
+    if missing:
+        raise InputError(
+            422,
+            "missing_columns",
+            f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
+            {"missing": missing, "expected": [c.name for c in expected]},
+        )
+    data: dict[str, Any] = {}
+    wrong: dict[str, str] = {}
+    for column in expected:
+        array, problem = _check_column(column, table.columns[column.name], table.typed)
+        if problem is not None:
+            wrong[column.name] = problem
+        else:
+            data[column.name] = array
+    if wrong:
+        raise InputError(
+            422,
+            "wrong_types",
+            "wrong type in column"
+            + ("s " if len(wrong) > 1 else " ")
+            + "; ".join(f"{k}: {v}" for k, v in wrong.items()),
+            {"columns": wrong},
+        )
+    return pd.DataFrame(data, copy=False)
+
+
+def _plain(values: Iterable[Any]) -> list[Any]:
+    out = []
+    for v in values:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out.append(v)
+    return out
+
+
+def predict_arrays(model: LoadedModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's own predictions, and a classifier's probabilities (columns in the
+    order of ``model.classes``; None otherwise), as arrays: the preprocessing runs
+    once, then the estimator's ``predict`` (and ``predict_proba``; for trees and
+    forests, whose ``predict`` is the argmax of ``predict_proba`` in scikit-learn's own
+    code, one pass gives both)."""
+    if model.head is not None:
+        features = model.head.transform(frame)
+        final = model.estimator
+    else:
+        features, final = frame, model.model
+    if model.classes is not None and hasattr(final, "predict_proba"):
+        proba = np.asarray(final.predict_proba(features))
+        if model.argmax_predicts:
+            predictions = np.asarray(final.classes_).take(np.argmax(proba, axis=1), axis=0)
+        else:
+            predictions = np.asarray(final.predict(features))
+        return predictions, proba
+    return np.asarray(final.predict(features)), None
+
+
+def class_labels(model: LoadedModel) -> list[str]:
+    """The classes as the answer names them (text)."""
+    return [str(c) for c in _plain(model.classes or [])]
+
+
+def predict(model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
+    """``{"predictions": [...]}``, plus ``"probabilities"`` (one object of class:
+    probability per row) for a classifier: :func:`predict_arrays` as JSON values."""
+    predictions, proba = predict_arrays(model, frame)
+    out: dict[str, Any] = {"predictions": _plain(predictions.tolist())}
+    if proba is not None:
+        labels = class_labels(model)
+        out["probabilities"] = [dict(zip(labels, row, strict=True)) for row in proba.tolist()]
+    return out
+
+
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "DEFAULT_MAX_ROWS",
+    "Column",
+    "InputError",
+    "LoadedModel",
+    "ModelCache",
+    "ModelUnavailable",
+    "Table",
+    "check_columns",
+    "describe_model",
+    "frame_for_model",
+    "load_model",
+    "parse_body",
+    "class_labels",
+    "predict",
+    "predict_arrays",
+    "signature_columns",
+    "training_columns",
+]
+
+
+def frame_for_model(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """A table's frame (a dataset version's Parquet rows) as the model takes it,
+    column by column at once (the batch path: no per-cell Python): the expected
+    columns in order, numbers as float64; ``InputError`` naming missing columns and
+    columns that are not numbers where numbers are expected."""
+    expected = model.columns or [Column(str(c), None) for c in frame.columns]
+    missing = [c.name for c in expected if c.name not in frame.columns]
+    if missing:
+        raise InputError(
+            422,
+            "missing_columns",
+            f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
+            {"missing": missing},
+        )
+    out: dict[str, Any] = {}
+    wrong: dict[str, str] = {}
+    for column in expected:
+        values = frame[column.name]
+        if column.kind == "number" and not (
+            pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        ):
+            try:
+                values = pd.to_numeric(values, errors="raise")
+            except (TypeError, ValueError) as exc:
+                wrong[column.name] = f"expected numbers: {_first_line(exc)}"
+                continue
+        if column.kind == "number":
+            values = values.astype(np.float64)
+        out[column.name] = values
+    if wrong:
+        raise InputError(
+            422,
+            "wrong_types",
+            "wrong type in " + "; ".join(f"{k}: {v}" for k, v in wrong.items()),
+            {"columns": wrong},
+        )
+    return pd.DataFrame(out, copy=False)
