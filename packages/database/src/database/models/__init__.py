@@ -1,6 +1,10 @@
 """Every model and enum of the platform's schema."""
 
 from database.models.api_key import APIKey
+from database.models.billing_alert import BillingAlert
+from database.models.billing_alert_delivery import BillingAlertDelivery
+from database.models.billing_alert_event import BillingAlertEvent
+from database.models.billing_invoice import BillingInvoice
 from database.models.credit_package import CreditPackage
 from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
@@ -8,9 +12,12 @@ from database.models.dataset_profile import DatasetProfile
 from database.models.dataset_version import DatasetVersion
 from database.models.derived_repair import DerivedRepair
 from database.models.enums import (
+    AlertEventStatus,
+    BillingAlertKind,
     CreditTierRestriction,
     FileFormat,
     IngestionStatus,
+    InvoiceStatus,
     JobKind,
     JobStatus,
     LineageRelation,
@@ -22,7 +29,9 @@ from database.models.enums import (
     NodeStatus,
     NodeType,
     OAuthProvider,
+    PriceUnit,
     ProblemType,
+    ReconciliationKind,
     TransactionType,
     TutorialDifficulty,
     UserTier,
@@ -33,12 +42,17 @@ from database.models.ingestion_job import IngestionJob
 from database.models.job import Job
 from database.models.job_log import JobLog
 from database.models.job_node import JobNode
+from database.models.job_price_item import JobPriceItem
 from database.models.model import Model
 from database.models.model_alias import ModelAlias
 from database.models.model_download import ModelDownload
 from database.models.model_lineage import ModelLineage
 from database.models.model_version import ModelVersion
 from database.models.model_version_metric import ModelVersionMetric
+from database.models.price_book import PriceBook
+from database.models.price_item import PriceItem
+from database.models.reconciliation_adjustment import ReconciliationAdjustment
+from database.models.reconciliation_run import ReconciliationRun
 from database.models.registered_model import RegisteredModel
 from database.models.registered_model_permission import RegisteredModelPermission
 from database.models.stripe_webhook_event import StripeWebhookEvent
@@ -50,6 +64,20 @@ from database.models.workflow import Workflow
 from database.models.workflow_snapshot import WorkflowSnapshot
 
 __all__ = [
+    "BillingAlert",
+    "BillingAlertDelivery",
+    "BillingAlertEvent",
+    "BillingInvoice",
+    "JobPriceItem",
+    "PriceBook",
+    "PriceItem",
+    "ReconciliationAdjustment",
+    "ReconciliationRun",
+    "AlertEventStatus",
+    "BillingAlertKind",
+    "InvoiceStatus",
+    "PriceUnit",
+    "ReconciliationKind",
     "APIKey",
     "CreditPackage",
     "CreditTierRestriction",

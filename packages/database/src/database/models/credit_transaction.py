@@ -11,7 +11,6 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
-    UniqueConstraint,
     event,
     inspect,
     text,
@@ -80,7 +79,15 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         ),
         CheckConstraint("type = 'adjustment' OR actor IS NULL", name="actor_only_for_adjustments"),
         CheckConstraint("balance_after >= 0", name="balance_after_nonnegative"),
-        UniqueConstraint("stripe_payment_id"),
+        # Partial (issue 16, the ledger's weight): only purchases carry a payment id,
+        # package or job, so the indexes below hold only the rows that have one. The
+        # foreign keys' checks (``= value``) and the triggers' lookups still use them.
+        Index(
+            "uq_credit_transactions_stripe_payment_id",
+            "stripe_payment_id",
+            unique=True,
+            postgresql_where=text("stripe_payment_id IS NOT NULL"),
+        ),
         # Partial: charges and purchases (no key) add nothing to this index.
         Index(
             "uq_credit_transactions_idempotency_key",
@@ -103,8 +110,17 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         ),
         # A user's ledger, newest first.
         Index("ix_credit_transactions_user_id_created_at", "user_id", "created_at"),
-        Index("ix_credit_transactions_job_id_user_id", "job_id", "user_id"),
-        Index("ix_credit_transactions_package_id", "package_id"),
+        Index(
+            "ix_credit_transactions_job_id_user_id",
+            "job_id",
+            "user_id",
+            postgresql_where=text("job_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_credit_transactions_package_id",
+            "package_id",
+            postgresql_where=text("package_id IS NOT NULL"),
+        ),
     )
 
 

@@ -157,6 +157,43 @@ class ModelPermission(enum.StrEnum):
     DEPLOY = "deploy"
 
 
+class PriceUnit(enum.StrEnum):
+    """What one unit of a price item is (billing, issue 16)."""
+
+    JOB = "job"
+    NODE = "node"
+    THOUSAND_ROWS = "thousand_rows"
+    GB_MONTH = "gb_month"
+
+
+class InvoiceStatus(enum.StrEnum):
+    """A Stripe invoice's status (and ``paid`` for a paid checkout without one)."""
+
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+class BillingAlertKind(enum.StrEnum):
+    BALANCE_BELOW = "balance_below"
+    SPEND_ABOVE = "spend_above"
+
+
+class AlertEventStatus(enum.StrEnum):
+    """An outbox row's delivery state."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class ReconciliationKind(enum.StrEnum):
+    VERIFY = "verify"
+    REPAIR = "repair"
+
+
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
     return SAEnum(
@@ -185,9 +222,19 @@ model_version_status = pg_enum(ModelVersionStatus, "model_version_status")
 lineage_relation = pg_enum(LineageRelation, "lineage_relation")
 model_format = pg_enum(ModelFormat, "model_format")
 model_permission = pg_enum(ModelPermission, "model_permission")
+price_unit = pg_enum(PriceUnit, "price_unit")
+invoice_status = pg_enum(InvoiceStatus, "invoice_status")
+billing_alert_kind = pg_enum(BillingAlertKind, "billing_alert_kind")
+alert_event_status = pg_enum(AlertEventStatus, "alert_event_status")
+reconciliation_kind = pg_enum(ReconciliationKind, "reconciliation_kind")
 
 __all__ = [
+    "AlertEventStatus",
+    "BillingAlertKind",
     "CreditTierRestriction",
+    "InvoiceStatus",
+    "PriceUnit",
+    "ReconciliationKind",
     "FileFormat",
     "IngestionStatus",
     "JobKind",
