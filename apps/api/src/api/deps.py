@@ -185,3 +185,13 @@ Reader = Annotated[Principal, Depends(require(READ))]
 Writer = Annotated[Principal, Depends(require(WRITE))]
 Buyer = Annotated[Principal, Depends(require(BILLING))]
 KeyManager = Annotated[Principal, Depends(require(KEYS))]
+
+
+# --- operators ------------------------------------------------------------------------------
+def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """Stand-in (billing's branch): refuses everyone with 403 ``admin_required``.
+    identity (issue 17) owns the real one (users.role); the integrator keeps theirs."""
+    raise ApiError(403, "admin_required", "this route is for operators")
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from api import errors
 from api.limits import BodyLimit, upload_routes
 from api.routers import (
+    billing,
     credits,
     datasets,
     events,
@@ -123,6 +124,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         events,
         models,
         credits,
+        billing,
         webhooks,
         experiments,
         tutorials,

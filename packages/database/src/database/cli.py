@@ -8,6 +8,8 @@ automl-db down     stop the embedded PostgreSQL; exit 1, naming them, while live
                    processes use it (--force stops it anyway)
 automl-db seed     insert the credit packages and tutorials (idempotent; `up`
                    runs it after migrating)
+automl-db prices   show the price books (`show [--tier T]`), or start a new one
+                   (`set --tier T SKU=CREDITS ...`): an operator's act
 """
 
 from __future__ import annotations
@@ -173,15 +175,76 @@ def _engine_for_admin(settings: DatabaseSettings) -> Engine:
 
 
 def cmd_verify(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from database.billing import record_reconciliation
+    from database.errors import DatabaseError
     from database.verify import verify
 
     engine = _engine_for_admin(settings)
     try:
+        started = dt.datetime.now(dt.UTC)
         report = verify(engine, user_ids=args.user or None, repair=args.repair)
+        try:
+            # Every verify is kept (reconciliation_runs), with what a repair changed.
+            run_id = record_reconciliation(
+                engine, report, source="cli", started_at=started, repair=args.repair
+            )
+        except DatabaseError as exc:  # a role without INSERT there: report, go on
+            print(f"automl-db verify: run not recorded: {exc}", file=sys.stderr)
+            run_id = None
     finally:
         engine.dispose()
     print(report.render())
+    if run_id is not None:
+        print(f"recorded as reconciliation run {run_id}")
     return 0 if report.ok else 1
+
+
+def cmd_prices(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from database import billing
+    from database.errors import DatabaseError
+
+    engine = _engine_for_admin(settings)
+    try:
+        with Session(engine) as session:
+            if args.action == "set":
+                prices: dict[str, int] = {}
+                units: dict[str, str] = {}
+                for spec in args.prices:
+                    sku, _, value = spec.partition("=")
+                    credits, _, unit = value.partition("/")
+                    if not sku or not credits.isdigit():
+                        print(
+                            f"automl-db prices: {spec!r} is not SKU=CREDITS[/UNIT]", file=sys.stderr
+                        )
+                        return 2
+                    prices[sku] = int(credits)
+                    if unit:
+                        units[sku] = unit
+                try:
+                    book = billing.set_prices(
+                        session,
+                        tier=args.tier,
+                        prices=prices,
+                        units=units,
+                        description=args.description,
+                    )
+                except (DatabaseError, ValueError) as exc:
+                    print(f"automl-db prices: {exc}", file=sys.stderr)
+                    return 1
+                print(f"price book {book.id} ({book.tier}) in force from {book.effective_from}")
+                return 0
+            for book in billing.books(session, args.tier):
+                end = book.effective_to.isoformat() if book.effective_to else "open"
+                print(f"{book.tier} {book.id} {book.effective_from.isoformat()} .. {end}")
+                for sku, p in sorted(book.items.items()):
+                    print(f"  {sku:<20} {p.credits_per_unit:>8} credits / {p.unit}")
+    finally:
+        engine.dispose()
+    return 0
 
 
 def cmd_purge(settings: DatabaseSettings, args: argparse.Namespace) -> int:
@@ -240,8 +303,9 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "verify": cmd_verify,
     "purge": cmd_purge,
     "grant": cmd_grant,
+    "prices": cmd_prices,
 }
-WITH_ARGS = {"verify", "purge", "grant", "down"}
+WITH_ARGS = {"verify", "purge", "grant", "down", "prices"}
 
 
 def _positive(value: str) -> int:
@@ -317,7 +381,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="create the role (LOGIN, no password) if it does not exist",
     )
+    prices = sub.add_parser(
+        "prices", help="show the price books, or start a new one (an operator's act)"
+    )
+    prices.add_argument("action", choices=("show", "set"))
+    prices.add_argument("--tier", choices=("free", "pro", "enterprise"), default=None)
+    prices.add_argument("--description", default=None)
+    prices.add_argument(
+        "prices",
+        nargs="*",
+        metavar="SKU=CREDITS[/UNIT]",
+        help="set: the prices that change (a new sku needs its unit: job, node,"
+        " thousand_rows, gb_month)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "prices" and args.action == "set" and (not args.tier or not args.prices):
+        parser.error("prices set needs --tier and at least one SKU=CREDITS")
     try:
         settings = get_settings()
     except Exception as exc:  # pydantic ValidationError wrapping InvalidDatabaseURL

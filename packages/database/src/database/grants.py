@@ -23,7 +23,10 @@ Three kinds of role touch the database:
     - ``model_versions``: SELECT, DELETE, INSERT and UPDATE of every column but
       ``download_count`` (kept by a trigger from the downloads; ML063 refuses a
       direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
-    - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
+    - ``reconciliation_runs`` and ``reconciliation_adjustments``: SELECT and INSERT
+      (the worker's daily verify is recorded, never rewritten);
+    - ``credit_packages``, ``price_books``, ``price_items``, ``derived_repairs`` and
+      ``alembic_version``: SELECT only (prices are an operator's act);
 
   - USAGE and SELECT on the sequences, if any;
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
@@ -31,7 +34,9 @@ Three kinds of role touch the database:
 
 - an **operator's role** (``automl-db grant --operator ROLE``), for the people who
   sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
-  as it), INSERT, UPDATE and DELETE on ``credit_packages``, UPDATE of ``users.tier``
+  as it), INSERT, UPDATE and DELETE on ``credit_packages``, ``price_books`` and
+  ``price_items`` (``automl-db prices set``), INSERT on ``reconciliation_runs`` and
+  ``reconciliation_adjustments`` (its verify is recorded), UPDATE of ``users.tier``
   (which also lets it lock a user's row), and EXECUTE on ``public.credit_adjust``,
   its one way to move credits (an adjustment, with an actor and a reason). Nothing
   else: it does not charge, buy, upload or repair.
@@ -58,7 +63,13 @@ from sqlalchemy.engine import Connection
 from database import errors
 from database.models.user import DERIVED_COLUMNS
 
-APPEND_ONLY = {"credit_transactions": "SELECT, INSERT", "model_downloads": "SELECT, INSERT"}
+APPEND_ONLY = {
+    "credit_transactions": "SELECT, INSERT",
+    "model_downloads": "SELECT, INSERT",
+    # A verify (the worker's daily one) is recorded, never rewritten.
+    "reconciliation_runs": "SELECT, INSERT",
+    "reconciliation_adjustments": "SELECT, INSERT",
+}
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.
 COLUMN_LIMITED = {
@@ -67,13 +78,23 @@ COLUMN_LIMITED = {
         frozenset({"download_count", "id", "created_at"}),
     ),
 }
-READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages"})
+READ_ONLY = frozenset(
+    {"derived_repairs", "alembic_version", "credit_packages", "price_books", "price_items"}
+)
 #: users columns only an operator changes.
 OPERATOR_USER_COLUMNS = frozenset({"tier"})
 USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS})
 USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, "id", "created_at"})
 #: What an operator may write (on top of SELECT everywhere).
-OPERATOR_TABLES = {"credit_packages": "INSERT, UPDATE, DELETE"}
+OPERATOR_TABLES = {
+    "credit_packages": "INSERT, UPDATE, DELETE",
+    # Prices are an operator's act (automl-db prices set): a new book.
+    "price_books": "INSERT, UPDATE, DELETE",
+    "price_items": "INSERT, UPDATE, DELETE",
+    # automl-db verify, run as an operator, is recorded.
+    "reconciliation_runs": "INSERT",
+    "reconciliation_adjustments": "INSERT",
+}
 OPERATOR_FUNCTIONS = ("public.credit_adjust(uuid, integer, text, text, text)",)
 
 
