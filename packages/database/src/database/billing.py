@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import secrets
 import time
 import urllib.error
@@ -95,6 +96,7 @@ SKU_JOB = "job"
 SKU_PREDICTED_ROWS = "predicted_rows"
 SKU_BATCH_ROWS = "batch_rows"
 SKU_STORAGE = "storage_gb_month"
+_SKU = re.compile(r"[a-z][a-z0-9_]{0,62}")
 #: The unit row-priced skus are sold in.
 ROWS_PER_UNIT = 1000
 
@@ -280,6 +282,10 @@ def set_prices(
     books: ``PermissionDenied``). One transaction (a savepoint in the caller's)."""
     tier = UserTier(tier)
     for sku, credits in prices.items():
+        if not isinstance(sku, str) or not _SKU.fullmatch(sku):
+            raise errors.InvalidValue(
+                f"sku {sku[:70]!r} must be lower-case letters, digits and _ (at most 63)"
+            )
         if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
             raise errors.InvalidValue(f"the price of {sku!r} must be a whole number >= 0")
     with atomic(session):

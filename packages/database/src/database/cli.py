@@ -384,19 +384,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     prices = sub.add_parser(
         "prices", help="show the price books, or start a new one (an operator's act)"
     )
-    prices.add_argument("action", choices=("show", "set"))
-    prices.add_argument("--tier", choices=("free", "pro", "enterprise"), default=None)
-    prices.add_argument("--description", default=None)
-    prices.add_argument(
+    prices_sub = prices.add_subparsers(dest="action", required=True)
+    show = prices_sub.add_parser("show", help="every price book and its items")
+    show.add_argument("--tier", choices=("free", "pro", "enterprise"), default=None)
+    set_ = prices_sub.add_parser("set", help="a new book from now: the book in force, changed")
+    set_.add_argument("--tier", choices=("free", "pro", "enterprise"), required=True)
+    set_.add_argument("--description", default=None)
+    set_.add_argument(
         "prices",
-        nargs="*",
+        nargs="+",
         metavar="SKU=CREDITS[/UNIT]",
-        help="set: the prices that change (a new sku needs its unit: job, node,"
+        help="the prices that change (a new sku needs its unit: job, node,"
         " thousand_rows, gb_month)",
     )
     args = parser.parse_args(argv)
-    if args.command == "prices" and args.action == "set" and (not args.tier or not args.prices):
-        parser.error("prices set needs --tier and at least one SKU=CREDITS")
     try:
         settings = get_settings()
     except Exception as exc:  # pydantic ValidationError wrapping InvalidDatabaseURL
