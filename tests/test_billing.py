@@ -727,3 +727,53 @@ def test_the_apps_role_records_runs_but_never_rewrites_them(app_engine, sql):
 
 def test_the_jobs_price_lines_are_read_through_select(session):
     assert session.scalars(select(JobPriceItem)).all() == []
+
+
+# =====================================================================================
+# the ledger's weight: partial indexes still serve every foreign key and rule
+# =====================================================================================
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("package_id = :v", "ix_credit_transactions_package_id"),
+        ("job_id = :v AND user_id = :v", "ix_credit_transactions_job_id_user_id"),
+        ("stripe_payment_id = CAST(:v AS text)", "uq_credit_transactions_stripe_payment_id"),
+    ],
+)
+def test_the_sparse_columns_partial_indexes_serve_their_lookups(engine, where, index):
+    """The lookups of the foreign keys' checks (a package or job deleted) and of the
+    triggers (a payment id seen before) use the partial indexes: ``col = value``
+    implies ``col IS NOT NULL``."""
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        conn.execute(
+            text(
+                f"PREPARE q(uuid) AS SELECT 1 FROM credit_transactions WHERE "
+                f"{where.replace(':v', '$1')}"
+            )
+        )
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(text("EXPLAIN EXECUTE q('00000000-0000-0000-0000-000000000000')"))
+        )
+        conn.execute(text("DEALLOCATE q"))
+    assert index in plan, plan
+
+
+def test_a_duplicate_payment_is_still_refused(engine, sql):
+    from factories import make_credit_package
+
+    user = make_user(sql)
+    pkg = make_credit_package(sql, credits=10)
+    with Session(engine) as s:
+        credits.purchase(s, user, pkg, "pi_dup")
+    with pytest.raises(errors.DuplicatePayment):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount, package_id,"
+            " stripe_payment_id) VALUES (:u, 'purchase', 10, :p, 'pi_dup')",
+            u=user,
+            p=pkg,
+        )
+    with pytest.raises(errors.ReferenceViolation):
+        sql("DELETE FROM credit_packages WHERE id = :p", p=pkg)

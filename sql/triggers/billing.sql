@@ -111,7 +111,6 @@ DECLARE
     v_spend bigint;
     v_now timestamptz := clock_timestamp();
     v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
-    v_month date := (date_trunc('month', clock_timestamp(), 'UTC') AT TIME ZONE 'UTC')::date;
 BEGIN
     -- Nearly every statement ends here: one index probe per user of the statement.
     IF NOT EXISTS (SELECT 1 FROM public.billing_alerts AS a
@@ -141,21 +140,21 @@ BEGIN
             ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN
                 UPDATE public.billing_alerts SET armed = true WHERE id = r.id;
             END IF;
-        ELSIF r.fired_month IS DISTINCT FROM v_month THEN  -- spend_above
+        ELSIF r.fired_month IS DISTINCT FROM v_month_start THEN  -- spend_above
             SELECT coalesce(-sum(t.amount), 0) INTO v_spend
               FROM public.credit_transactions AS t
              WHERE t.user_id = r.user_id
                AND t.created_at >= v_month_start
                AND t.type IN ('consumption', 'refund');
             IF v_spend > r.threshold THEN
-                UPDATE public.billing_alerts SET fired_month = v_month WHERE id = r.id;
+                UPDATE public.billing_alerts SET fired_month = v_month_start WHERE id = r.id;
                 v_event := gen_random_uuid();
                 INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
                 VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,
                         jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
                                            'alert_id', r.id, 'user_id', r.user_id,
                                            'threshold', r.threshold, 'spend', v_spend,
-                                           'month', to_char(v_month, 'YYYY-MM'),
+                                           'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
                                            'created', floor(extract(epoch FROM v_now))::bigint));
             END IF;
         END IF;

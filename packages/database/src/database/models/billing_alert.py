@@ -4,7 +4,7 @@ go above it). The ledger's statement trigger fires it once per crossing
 (sql/triggers/billing.sql) into ``billing_alert_events``.
 
 ``armed``: balance_below fires only when armed, and re-arms when the balance is
-back at or above the threshold. ``fired_month``: spend_above fires once a month.
+back at or above the threshold. ``fired_month`` (the month's first instant, UTC): spend_above fires once a month.
 ``secret`` signs deliveries; it is shown once, at creation, and never in a repr.
 """
 
@@ -30,7 +30,8 @@ class BillingAlert(IDMixin, CreatedAtMixin, Base):
     secret: Mapped[str]
     active: Mapped[bool] = mapped_column(server_default=text("true"))
     armed: Mapped[bool] = mapped_column(server_default=text("true"))
-    fired_month: Mapped[dt.date | None]
+    # The first instant (UTC) of the month spend_above last fired in.
+    fired_month: Mapped[dt.datetime | None]
 
     __table_args__ = (
         CheckConstraint("threshold >= 0", name="threshold_nonnegative"),
