@@ -4,7 +4,8 @@ go above it). The ledger's statement trigger fires it once per crossing
 (sql/triggers/billing.sql) into ``billing_alert_events``.
 
 ``armed``: balance_below fires only when armed, and re-arms when the balance is
-back at or above the threshold. ``fired_month`` (the month's first instant, UTC): spend_above fires once a month.
+back at or above the threshold. ``fired_month`` (the month's first instant, UTC):
+spend_above fires once a month.
 ``secret`` signs deliveries; it is shown once, at creation, and never in a repr.
 """
 
