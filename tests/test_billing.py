@@ -777,3 +777,41 @@ def test_a_duplicate_payment_is_still_refused(engine, sql):
         )
     with pytest.raises(errors.ReferenceViolation):
         sql("DELETE FROM credit_packages WHERE id = :p", p=pkg)
+
+
+def test_purge_removes_a_users_alerts_and_unbilled_price_lines_keeps_invoices(engine, sql, session):
+    from database import lifecycle
+
+    user = make_user(sql)
+    give(engine, user, 100)
+    alert, _ = billing.create_alert(
+        session,
+        user_id=user,
+        kind="balance_below",
+        threshold=50,
+        webhook_url="https://example.com/h",
+    )
+    session.commit()
+    give(engine, user, -60)
+    billing.deliver_alerts(engine, post=lambda *a: (500, "HTTP 500"), base_delay_s=0)
+    charged = priced_job(engine, sql, user, ["model"])
+    with Session(engine) as s, s.begin():
+        quote = billing.quote_job(billing.book_in_force(s, "free"), ["save"])
+        unbilled = make_job(s.connection(), user, credit_cost=0)
+        billing.record_job_prices(s, unbilled, quote)
+    sql(
+        "INSERT INTO billing_invoices (user_id, stripe_id, amount_cents, currency, status)"
+        " VALUES (:u, 'in_purge', 100, 'usd', 'paid')",
+        u=user,
+    )
+    sql(
+        "UPDATE users SET is_deleted = true, deleted_at = now() - interval '40 days' WHERE id = :u",
+        u=user,
+    )
+    lifecycle.purge(engine, batch_size=2)
+    for table in ("billing_alerts", "billing_alert_events", "billing_alert_deliveries"):
+        assert scalar(sql, f"SELECT count(*) FROM {table}") == 0, table
+    left = {r[0] for r in sql("SELECT job_id FROM job_price_items")}
+    assert left == {charged}  # the charged job keeps what it cost; the other is gone
+    assert scalar(sql, "SELECT count(*) FROM billing_invoices") == 1
+    assert scalar(sql, "SELECT purged_at IS NOT NULL FROM users WHERE id = :u", u=user)

@@ -211,7 +211,6 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_job_price_items_job_id_jobs": ("c", "a", None),
     "fk_job_price_items_price_item_id_price_items": ("r", "a", None),
     "fk_billing_invoices_user_id_users": ("r", "a", None),
-    "fk_billing_invoices_credit_transaction_id_credit_transactions": ("r", "a", None),
     "fk_billing_alerts_user_id_users": ("c", "a", None),
     "fk_billing_alert_events_alert_id_billing_alerts": ("c", "a", None),
     "fk_billing_alert_deliveries_event_id_billing_alert_events": ("c", "a", None),

@@ -460,12 +460,6 @@ def upgrade() -> None:
             name=op.f("ck_billing_invoices_period_span"),
         ),
         sa.ForeignKeyConstraint(
-            ["credit_transaction_id"],
-            ["credit_transactions.id"],
-            name=op.f("fk_billing_invoices_credit_transaction_id_credit_transactions"),
-            ondelete="RESTRICT",
-        ),
-        sa.ForeignKeyConstraint(
             ["user_id"],
             ["users.id"],
             name=op.f("fk_billing_invoices_user_id_users"),

@@ -29,9 +29,10 @@ class BillingInvoice(IDMixin, TimestampMixin, Base):
     period_start: Mapped[dt.datetime | None]
     period_end: Mapped[dt.datetime | None]
     hosted_url: Mapped[str | None]
-    credit_transaction_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("credit_transactions.id", ondelete="RESTRICT")
-    )
+    # The ledger entry it credited. No foreign key: a table referring to the ledger
+    # would make TRUNCATE of it fail on the reference before the ledger's own refusal
+    # (ML002); the ledger is append-only, so the entry never goes away.
+    credit_transaction_id: Mapped[uuid.UUID | None]
 
     __table_args__ = (
         UniqueConstraint("stripe_id"),
