@@ -118,6 +118,10 @@ BEGIN
         RETURN NULL;
     END IF;
 
+    -- Read without a lock: most charges change no alert. A transition is an UPDATE
+    -- that tests the state again under the alert's row lock (armed, fired_month), so
+    -- of two transactions that saw the same state only one fires; and one user's
+    -- charges are serialized by the user's row lock anyway (credit_tx_before_insert).
     FOR r IN
         SELECT a.id, a.user_id, a.kind, a.threshold, a.armed, a.fired_month, u.credit_balance
           FROM public.billing_alerts AS a
@@ -125,18 +129,19 @@ BEGIN
          WHERE a.active
            AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)
          ORDER BY a.id
-           FOR NO KEY UPDATE OF a
     LOOP
         IF r.kind = 'balance_below' THEN
             IF r.armed AND r.credit_balance < r.threshold THEN
-                UPDATE public.billing_alerts SET armed = false WHERE id = r.id;
-                v_event := gen_random_uuid();
-                INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
-                VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,
-                        jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',
-                                           'alert_id', r.id, 'user_id', r.user_id,
-                                           'threshold', r.threshold, 'balance', r.credit_balance,
-                                           'created', floor(extract(epoch FROM v_now))::bigint));
+                UPDATE public.billing_alerts SET armed = false WHERE id = r.id AND armed;
+                IF FOUND THEN
+                    v_event := gen_random_uuid();
+                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
+                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,
+                            jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',
+                                               'alert_id', r.id, 'user_id', r.user_id,
+                                               'threshold', r.threshold, 'balance', r.credit_balance,
+                                               'created', floor(extract(epoch FROM v_now))::bigint));
+                END IF;
             ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN
                 UPDATE public.billing_alerts SET armed = true WHERE id = r.id;
             END IF;
@@ -147,15 +152,18 @@ BEGIN
                AND t.created_at >= v_month_start
                AND t.type IN ('consumption', 'refund');
             IF v_spend > r.threshold THEN
-                UPDATE public.billing_alerts SET fired_month = v_month_start WHERE id = r.id;
-                v_event := gen_random_uuid();
-                INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
-                VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,
-                        jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
-                                           'alert_id', r.id, 'user_id', r.user_id,
-                                           'threshold', r.threshold, 'spend', v_spend,
-                                           'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
-                                           'created', floor(extract(epoch FROM v_now))::bigint));
+                UPDATE public.billing_alerts SET fired_month = v_month_start
+                 WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;
+                IF FOUND THEN
+                    v_event := gen_random_uuid();
+                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
+                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,
+                            jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
+                                               'alert_id', r.id, 'user_id', r.user_id,
+                                               'threshold', r.threshold, 'spend', v_spend,
+                                               'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
+                                               'created', floor(extract(epoch FROM v_now))::bigint));
+                END IF;
             END IF;
         END IF;
     END LOOP;
