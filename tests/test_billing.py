@@ -815,3 +815,39 @@ def test_purge_removes_a_users_alerts_and_unbilled_price_lines_keeps_invoices(en
     assert left == {charged}  # the charged job keeps what it cost; the other is gone
     assert scalar(sql, "SELECT count(*) FROM billing_invoices") == 1
     assert scalar(sql, "SELECT purged_at IS NOT NULL FROM users WHERE id = :u", u=user)
+
+
+def test_invoices_are_idempotent_and_never_change_owner(sql, session):
+    a, b = make_user(sql), make_user(sql)
+    obj = {"id": "cs_1", "invoice": "in_1", "amount_total": 500, "currency": "EUR"}
+    first = billing.record_checkout(session, a, obj, None)
+    assert billing.record_checkout(session, a, obj, None) == first
+    assert billing.record_checkout(session, b, obj, None) is None
+    session.commit()
+    assert sql("SELECT user_id, currency, amount_cents FROM billing_invoices")[0] == (a, "eur", 500)
+    with pytest.raises(billing.InvoiceOwnerUnknown):
+        billing.record_invoice(session, {"id": "in_2", "metadata": {"user_id": "nope"}})
+    with pytest.raises(billing.InvoiceOwnerUnknown):
+        billing.record_invoice(session, {"id": "in_2", "metadata": {"user_id": str(uuid.uuid4())}})
+    with pytest.raises(billing.InvoiceOwnerUnknown):
+        billing.record_invoice(session, {"metadata": {"user_id": str(a)}})
+    # Malformed fields are dropped, not stored: a negative amount, a bad period, a NUL-free check.
+    new = billing.record_invoice(
+        session,
+        {
+            "id": "in_3",
+            "status": "weird",
+            "amount_due": -5,
+            "period_start": 10**20,
+            "period_end": "x",
+            "currency": 12,
+            "metadata": {"user_id": str(b)},
+        },
+    )
+    session.commit()
+    row = sql(
+        "SELECT status::text, amount_cents, period_start, currency FROM billing_invoices"
+        " WHERE id = :i",
+        i=new,
+    )[0]
+    assert tuple(row) == ("open", 0, None, "usd")

@@ -372,10 +372,11 @@ _STATUS_RANK = {
 
 def record_checkout(
     session: Session, user_id: uuid.UUID, obj: Mapping[str, Any], entry_id: uuid.UUID | None
-) -> uuid.UUID:
+) -> uuid.UUID | None:
     """Cache a paid checkout session as an invoice row (its ``invoice`` id when Stripe
     made one, else the session's id), linked to the ledger entry it credited.
-    Idempotent: a second event fills what the first did not know."""
+    Idempotent: a second event fills what the first did not know. None when the
+    Stripe id is already another user's invoice (left as it is)."""
     session_id = _text(obj.get("id"), 255) or ""
     invoice = obj.get("invoice")
     if isinstance(invoice, dict):
@@ -405,7 +406,7 @@ def record_checkout(
             },
             where=BillingInvoice.user_id == stmt.excluded.user_id,
         ).returning(BillingInvoice.id)
-    ).scalar_one()
+    ).scalar_one_or_none()
 
 
 class InvoiceOwnerUnknown(Exception):
