@@ -14,13 +14,20 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import stripe
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 from pydantic import BaseModel, Field, StrictInt, StringConstraints
 from sqlalchemy import select
 
 from api.deps import AdminDep, Buyer, Reader, SessionDep, SettingsDep
 from api.errors import ApiError, error_responses, not_found
-from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
+from api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    paginate,
+)
 from api.routers.credits import BUYABLE
 from api.schemas import Input, Output
 from database import billing
@@ -38,6 +45,16 @@ from database.models import (
 )
 
 router = APIRouter(tags=["billing"])
+
+
+def _checked_cursor(cursor: CursorQuery = None) -> str | None:
+    """The cursor, decoded first (422 ``invalid_cursor``) before any access check."""
+    if cursor:
+        decode_cursor(cursor, dt.datetime)
+    return cursor
+
+
+Cursor = Annotated[str | None, Depends(_checked_cursor)]
 
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 
@@ -412,11 +429,11 @@ def delete_alert(principal: Buyer, session: SessionDep, alert_id: uuid.UUID) -> 
     summary="Every delivery attempt of an alert's events, newest first",
 )
 def alert_deliveries(
+    cursor: Cursor,
     principal: Reader,
     session: SessionDep,
     alert_id: uuid.UUID,
     limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> Page[DeliveryOut]:
     owned = session.scalar(
         select(BillingAlert.id).where(
@@ -448,10 +465,10 @@ def alert_deliveries(
     summary="Operators: every verify and repair, with findings, newest first",
 )
 def reconciliation_runs(
+    cursor: Cursor,
     admin: AdminDep,
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> Page[ReconciliationRunOut]:
     rows, next_cursor = paginate(
         session,
