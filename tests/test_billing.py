@@ -851,3 +851,28 @@ def test_invoices_are_idempotent_and_never_change_owner(sql, session):
         i=new,
     )[0]
     assert tuple(row) == ("open", 0, None, "usd")
+
+
+def test_the_apps_role_runs_the_whole_billing_path(app_engine, engine, sql):
+    """Connected as the apps' role: price and record a run, charge it, fire and deliver
+    an alert, cache an invoice, read a statement; and never write a job's lines twice."""
+    user = make_user(sql)
+    give(engine, user, 100)
+    with Session(app_engine, expire_on_commit=False) as s:
+        alert, _ = billing.create_alert(
+            s, user_id=user, kind="balance_below", threshold=95, webhook_url="https://example.com/h"
+        )
+        s.commit()
+    job = priced_job(app_engine, sql, user, ["model"])
+    assert (
+        scalar(sql, "SELECT count(*) FROM billing_alert_events WHERE alert_id = :a", a=alert.id)
+        == 1
+    )
+    assert billing.deliver_alerts(app_engine, post=lambda *a: (200, None)).delivered == 1
+    with Session(app_engine) as s:
+        billing.record_checkout(s, user, {"id": "cs_app", "amount_total": 1}, None)
+        s.commit()
+        st = billing.statement(s, user, dt.datetime.now(dt.UTC).date().replace(day=1))
+        assert st.closing_balance == 89 and st.charges == {"job": 1, "model": 10}
+    with pytest.raises(errors.JobPriceImmutable), app_engine.begin() as conn:
+        conn.execute(text("UPDATE job_price_items SET quantity = 9 WHERE job_id = :j"), {"j": job})
