@@ -111,6 +111,12 @@ ENUM_LABELS: dict[str, list[str]] = {
     "usage_sku": ["predicted_rows", "batch_rows"],
     "quota_window": ["minute", "month"],
     "deployment_status": ["pending", "active", "stopped", "failed"],
+    # Billing (issue 16).
+    "price_unit": ["job", "node", "thousand_rows", "gb_month"],
+    "invoice_status": ["draft", "open", "paid", "void", "uncollectible"],
+    "billing_alert_kind": ["balance_below", "spend_above"],
+    "alert_event_status": ["pending", "delivered", "failed"],
+    "reconciliation_kind": ["verify", "repair"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -137,6 +143,11 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "usage_sku": enums.UsageSku,
     "quota_window": enums.QuotaWindow,
     "deployment_status": enums.DeploymentStatus,
+    "price_unit": enums.PriceUnit,
+    "invoice_status": enums.InvoiceStatus,
+    "billing_alert_kind": enums.BillingAlertKind,
+    "alert_event_status": enums.AlertEventStatus,
+    "reconciliation_kind": enums.ReconciliationKind,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -215,6 +226,20 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_usage_meters_user_id_users": ("r", "a", None),
     "fk_usage_holds_user_id_users": ("c", "a", None),
     "fk_api_key_usage_windows_api_key_id_api_keys": ("c", "a", None),
+    # Billing (issue 16): a book's items stay while a job names them; a job's price
+    # lines go with the job; invoices outlive the account like the ledger; a user's
+    # alerts (their events and deliveries) go with the user; a run's adjustments
+    # with the run.
+    "fk_price_items_price_book_id_price_books": ("r", "a", None),
+    "fk_job_price_items_job_id_jobs": ("c", "a", None),
+    "fk_job_price_items_price_item_id_price_items": ("r", "a", None),
+    "fk_billing_invoices_user_id_users": ("r", "a", None),
+    "fk_billing_alerts_user_id_users": ("c", "a", None),
+    "fk_billing_alert_events_alert_id_billing_alerts": ("c", "a", None),
+    "fk_billing_alert_deliveries_event_id_billing_alert_events": ("c", "a", None),
+    "fk_billing_alert_deliveries_alert_id_billing_alerts": ("c", "a", None),
+    "fk_reconciliation_adjustments_run_id_reconciliation_runs": ("c", "a", None),
+    "fk_reconciliation_adjustments_user_id_users": ("c", "a", None),
 }
 
 # Every foreign key needs an index whose leading columns are its own, no exception:
@@ -355,6 +380,8 @@ COMPOSITE_KEYS = {
     "inference_requests": ("id", "created_at"),
     "api_key_usage_windows": ("api_key_id", "period", "window_start"),
     "usage_meters": ("user_id",),
+    # A job's price lines keyed by (job, price item): one line per item (issue 16).
+    "job_price_items": ("job_id", "price_item_id"),
 }
 
 
@@ -396,11 +423,17 @@ def test_every_foreign_key_has_an_index(catalog: Engine) -> None:
     indexes: dict[int, list[tuple[list[int], bool]]] = {}
     for r in _rows(
         catalog,
-        "SELECT i.indrelid, i.indkey::int2[] AS keys, i.indnkeyatts, i.indisunique"
+        "SELECT i.indrelid, i.indkey::int2[] AS keys, i.indnkeyatts, i.indisunique,"
+        " pg_get_expr(i.indpred, i.indrelid) AS pred, a.attname AS first"
         " FROM pg_index AS i JOIN pg_class AS t ON t.oid = i.indrelid"
-        " WHERE t.relnamespace = 'public'::regnamespace"
-        " AND i.indpred IS NULL AND i.indisvalid",  # a partial index serves only its rows
+        " JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE t.relnamespace = 'public'::regnamespace AND i.indisvalid",
     ):
+        # A partial index serves only its rows: it counts when its predicate is "the
+        # first key column IS NOT NULL" (the ledger's sparse columns, issue 16), which
+        # every foreign key lookup (col = value) implies.
+        if r.pred is not None and r.pred != f"({r.first} IS NOT NULL)":
+            continue
         keys = list(r.keys)[: r.indnkeyatts]
         indexes.setdefault(r.indrelid, []).append((keys, r.indisunique))
 
@@ -441,7 +474,7 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
     indexes = _rows(
         catalog,
         "SELECT ic.relname AS name, t.relname AS tbl, i.indisunique, i.indisprimary,"
-        " con.conname IS NOT NULL AS is_constraint"
+        " con.conname IS NOT NULL AS is_constraint, con.contype::text AS contype"
         " FROM pg_index AS i JOIN pg_class AS ic ON ic.oid = i.indexrelid"
         " JOIN pg_class AS t ON t.oid = i.indrelid"
         " LEFT JOIN pg_constraint AS con"
@@ -458,7 +491,15 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         if not prefixed or not carries_table or len(c.conname) > 63:
             bad.append((c.tbl, c.conname))
     for i in indexes:
-        allowed = ("pk_",) if i.indisprimary else ("uq_",) if i.is_constraint else ("ix_", "uq_")
+        allowed = (
+            ("pk_",)
+            if i.indisprimary
+            else ("ex_",)
+            if i.contype == "x"
+            else ("uq_",)
+            if i.is_constraint
+            else ("ix_", "uq_")
+        )
         if (
             not i.name.startswith(allowed)
             or (i.name.startswith("uq_") and not i.indisunique)

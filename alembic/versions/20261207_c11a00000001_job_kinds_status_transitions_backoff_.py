@@ -167,7 +167,6 @@ def upgrade() -> None:
     )
     op.create_entity(public_datasets_datasets_version_counter_guard)
 
-
     public_datasets_set_updated_at = PGTrigger(
         schema="public",
         signature="set_updated_at",
@@ -176,6 +175,7 @@ def upgrade() -> None:
         definition="BEFORE UPDATE ON public.datasets FOR EACH ROW WHEN (OLD.last_version_number IS NOT DISTINCT FROM NEW.last_version_number\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
     )
     op.replace_entity(public_datasets_set_updated_at)
+
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,3 +229,94 @@ def checkout_event(
         },
     }
     return json.dumps(event).encode()
+
+
+# --- a local server that answers like Stripe's API ---------------------------------------
+class FakeStripe(http.server.BaseHTTPRequestHandler):
+    sessions: dict[str, dict[str, Any]]
+    requests: list[dict[str, Any]]
+    fail_with: int | None
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        form = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
+        cls = type(self)
+        cls.requests.append(
+            {
+                "path": self.path,
+                "auth": self.headers.get("Authorization"),
+                "form": form,
+                "idempotency_key": self.headers.get("Idempotency-Key"),
+            }
+        )
+        if self.path != "/v1/checkout/sessions":
+            return self._answer(
+                404,
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"Unrecognized request URL {self.path}",
+                    }
+                },
+            )
+        if cls.fail_with is not None:
+            return self._answer(
+                cls.fail_with,
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "parameter_invalid",
+                        "message": "Invalid URL",
+                    }
+                },
+            )
+        sid = f"cs_test_{uuid.uuid4().hex}"
+        amount = int(form.get("line_items[0][price_data][unit_amount]") or 0)
+        session = {
+            "id": sid,
+            "object": "checkout.session",
+            "mode": form.get("mode"),
+            "status": "open",
+            "payment_status": "unpaid",
+            "client_reference_id": form.get("client_reference_id"),
+            "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
+            "amount_total": amount,
+            "currency": form.get("line_items[0][price_data][currency]", "usd"),
+            "success_url": form.get("success_url"),
+            "cancel_url": form.get("cancel_url"),
+            "url": f"https://checkout.stripe.com/c/pay/{sid}",
+            "payment_intent": None,
+            "invoice": None,
+            "livemode": False,
+            "created": int(time.time()),
+        }
+        cls.sessions[sid] = session
+        self._answer(200, session)
+
+    def _answer(self, code: int, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Request-Id", f"req_{uuid.uuid4().hex[:12]}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def fake_stripe_server() -> Iterator[tuple[str, type[FakeStripe]]]:
+    """A local server answering like Stripe's API (``POST /v1/checkout/sessions``): its
+    base URL (``STRIPE_API_BASE``) and the handler class, which records the requests
+    (``requests``), the sessions made (``sessions``), and fails with ``fail_with``."""
+    handler = type("Handler", (FakeStripe,), {"sessions": {}, "requests": [], "fail_with": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -67,11 +67,15 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert _paginated_lists(spec) == [
         "/v1/admin/users",
+        "/v1/admin/reconciliation-runs",
         "/v1/api-keys",
+        "/v1/billing-alerts",
+        "/v1/billing-alerts/{alert_id}/deliveries",
         "/v1/credits/transactions",
         "/v1/datasets",
         "/v1/deployments",
         "/v1/experiments",
+        "/v1/invoices",
         "/v1/jobs",
         "/v1/jobs/{job_id}/logs",
         "/v1/model-versions",
@@ -107,11 +111,13 @@ def test_edge_dates_in_any_cursor_are_422(
     lists = _paginated_lists(client.get("/openapi.json").json())
     # A job's log is a list of a job: any job id (the cursor is refused before the job
     # is looked for).
-    # So are a registered model's versions (keyed by their number).
-    lists = [
-        p.replace("{job_id}", str(uuid.uuid4())).replace("{registered_model_id}", str(uuid.uuid4()))
-        for p in lists
-    ]
+    # So are a registered model's versions (keyed by their number), an alert's
+    # deliveries and a deployment's requests.
+    for name in ("{job_id}", "{registered_model_id}", "{alert_id}", "{deployment_id}"):
+        lists = [p.replace(name, str(uuid.uuid4())) for p in lists]
+    # Lists of something nobody may see (that job, registered model, alert or
+    # deployment is nobody's) answer 404 once the cursor is valid.
+    refused = {"deliveries": 404, "logs": 404, "versions": 404, "requests": 404}
 
     def cursor(path: str, value: str) -> str:
         if path == "/v1/model-versions":  # the search's cursor also names its order
@@ -132,11 +138,11 @@ def test_edge_dates_in_any_cursor_are_422(
             if path == "/v1/tutorials" or path.endswith(("/logs", "/versions")):
                 _error(r, 422, "invalid_cursor")
             else:
-                assert r.status_code == 200, (path, r.text)
+                expected = refused.get(path.rsplit("/", 1)[-1], 200)
+                assert r.status_code == expected, (path, r.text)
     # Every list still answers: no connection was left broken.
     for path in lists:
-        # That job and that registered model are nobody's.
-        expected = 404 if path.endswith(("/logs", "/versions")) else 200
+        expected = refused.get(path.rsplit("/", 1)[-1], 200)
         assert client.get(path, headers=account.headers).status_code == expected, path
 
 

@@ -27,6 +27,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -41,7 +42,15 @@ from api.settings import ApiSettings
 from api.uploads import FRAMING_BYTES
 from database.seed import seed
 
-from api_helpers import give_credits, make_app, make_dataset, make_workflow, rows, signup
+from api_helpers import (
+    fake_stripe_server,
+    give_credits,
+    make_app,
+    make_dataset,
+    make_workflow,
+    rows,
+    signup,
+)
 
 POSITIVE_EXAMPLES = 8
 NEGATIVE_EXAMPLES = 4
@@ -208,13 +217,26 @@ def _sweep(
     return failures
 
 
+@pytest.fixture
+def stripe_base() -> Iterator[str]:
+    """POST /v1/credits/checkout talks to a local Stripe-like server (api_helpers)."""
+    with fake_stripe_server() as (base, _):
+        yield base
+
+
 @pytest.mark.usefixtures("edge_datetimes")
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_server_errors_and_no_schema_violations(
-    engine: Engine, api_settings: ApiSettings, mode: GenerationMode
+    engine: Engine, api_settings: ApiSettings, mode: GenerationMode, stripe_base: str
 ) -> None:
     seed(engine)
-    settings = api_settings.model_copy(update={"max_json_bytes": MAX_JSON_BYTES})
+    settings = api_settings.model_copy(
+        update={
+            "max_json_bytes": MAX_JSON_BYTES,
+            "stripe_api_key": SecretStr("sk_test_schemathesis"),
+            "stripe_api_base": stripe_base,
+        }
+    )
     app = make_app(engine, settings)
     with TestClient(app) as client:
         account = signup(client)

@@ -20,6 +20,7 @@ from api.mail import ConsoleMailer
 from api.routers import (
     admin,
     auth,
+    billing,
     credits,
     datasets,
     deployments,
@@ -135,6 +136,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         registry,
         model_downloads,
         credits,
+        billing,
         webhooks,
         experiments,
         tutorials,

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, not_found
 from api.schemas import WorkflowDefinition
 from api.settings import ApiSettings
-from database import locks
+from database import billing, locks
+from database.billing import Book, Quote
 from database.limits import TierLimits
-from database.models import Job, JobStatus, User
+from database.models import Job, JobStatus, User, UserTier
 
 #: Jobs that count against the concurrent-jobs limit.
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
@@ -98,7 +99,12 @@ def check_storage(settings: ApiSettings, user: User, incoming_bytes: int) -> Non
         )
 
 
-def price(settings: ApiSettings, definition: WorkflowDefinition) -> int:
-    """Credits a run of ``definition`` costs: a base plus each node's price."""
-    pricing = settings.pricing
-    return pricing.base_credits + sum(pricing.node_credits.of(n.type) for n in definition.nodes)
+def price(
+    session: Session, tier: UserTier | str, definition: WorkflowDefinition, book: Book | None = None
+) -> Quote:
+    """What a run of ``definition`` costs under the ``tier``'s price book in force
+    (or ``book``): the ``job`` sku plus each node's type (``database.billing``).
+    ``quote.total`` is the credits; the run keeps ``quote``'s items
+    (``billing.record_job_prices``)."""
+    book = book or billing.book_in_force(session, tier)
+    return billing.quote_job(book, (n.type for n in definition.nodes))

@@ -36,9 +36,12 @@ class NodeCredits(BaseModel):
 
 
 class Pricing(BaseModel):
-    """A job costs ``base_credits`` plus the credits of each of its nodes; a batch
-    prediction ``base_credits`` plus ``batch_credits_per_10k_rows`` per started
-    10,000 rows scored."""
+    """A job costs ``base_credits`` plus the credits of each of its nodes.
+
+    Superseded by the price book (issue 16: ``price_books``/``price_items``, read by
+    ``api.policy.price``); migration c16a00000001 copied these defaults into the
+    first book of every tier. Kept so existing ``PRICING__...`` settings still
+    parse; changing them changes no price (``automl-db prices set`` does)."""
 
     base_credits: int = Field(default=1, ge=0)
     node_credits: NodeCredits = NodeCredits()
@@ -85,6 +88,14 @@ class ApiSettings(BaseSettings):
     #: The Stripe mode this server takes events of: false (test mode, the default)
     #: or true (live). An event of the other mode is refused (400 livemode_mismatch).
     stripe_livemode: bool = Field(default=False, alias="STRIPE_LIVEMODE")
+    #: Stripe's secret API key (sk_test_... / sk_live_...): POST /v1/credits/checkout
+    #: creates Checkout Sessions with it (503 checkout_not_configured without it).
+    stripe_api_key: SecretStr | None = Field(default=None, alias="STRIPE_API_KEY")
+    #: Another address for Stripe's API (the tests' local Stripe-like server).
+    stripe_api_base: str | None = Field(default=None, alias="STRIPE_API_BASE")
+    #: Billing alerts may post to http:// URLs (local receivers, development only);
+    #: otherwise a webhook_url must be https.
+    billing_alerts_allow_http: bool = Field(default=False, alias="BILLING_ALERTS_ALLOW_HTTP")
     #: POST /v1/credits/purchase credits a package without payment: development only.
     dev_purchases: bool = Field(default=False, alias="ENABLE_DEV_PURCHASES")
     #: How often GET /v1/jobs/{id}/events looks at the database for news, in seconds.

@@ -31,6 +31,7 @@ work is recovered (the job's child process dies with the worker).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import signal
@@ -46,7 +47,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import lifecycle, metering, worker_registry
+from database import billing, lifecycle, metering, verify, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
 from workers import kinds, queue, runner
@@ -87,6 +88,8 @@ class Worker:
         self._next_recovery = 0.0
         self._next_purge = time.monotonic() + settings.purge_hours * 3600
         self._next_metering = 0.0
+        self._next_reconcile = time.monotonic() + settings.reconcile_hours * 3600
+        self._next_alerts = 0.0
         self.outcomes: list[tuple[Claim, str]] = []
         self.db = DatabaseLink(log, cap=BACKOFF_CAP)
         self.limits = RunLimits.from_settings(settings)
@@ -400,6 +403,36 @@ class Worker:
                     self._next_purge = now
                     raise
                 log.warning("purge failed; will try at the next period", exc_info=True)
+        self._billing(now)
+
+    def _billing(self, now: float) -> None:
+        """Deliver the billing alerts' outbox, and the daily verify, recorded as a
+        reconciliation run (database.billing), each when due."""
+        if self.settings.alert_delivery_seconds and now >= self._next_alerts:
+            self._next_alerts = now + self.settings.alert_delivery_seconds
+            try:
+                sent = billing.deliver_alerts(self.engine)
+                if sent.delivered or sent.retried or sent.failed:
+                    log.info("billing alerts: %s", sent)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                log.warning("billing alert delivery failed; will try again", exc_info=True)
+        if self.settings.reconcile_hours and now >= self._next_reconcile:
+            self._next_reconcile = now + self.settings.reconcile_hours * 3600
+            try:
+                started = dt.datetime.now(dt.UTC)
+                report = verify.verify(self.engine)
+                billing.record_reconciliation(
+                    self.engine, report, source=f"worker:{self.name}", started_at=started
+                )
+                if not report.ok:
+                    log.warning("daily verify: %s", report.render())
+            except Exception as exc:
+                if is_outage(exc):
+                    self._next_reconcile = now
+                    raise
+                log.warning("daily verify failed; will try at the next period", exc_info=True)
 
 
 def main(argv: list[str] | None = None) -> int:

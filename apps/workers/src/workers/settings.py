@@ -56,6 +56,10 @@ class WorkerSettings(BaseSettings):
     metering_seconds: float = Field(default=300.0, alias="WORKER_METERING_SECONDS", ge=0)
     #: Months of request-log partitions kept made ahead of this one.
     inference_months_ahead: int = Field(default=2, alias="WORKER_INFERENCE_MONTHS_AHEAD", ge=0)
+    #: How often this worker runs a verify and records it (reconciliation_runs; 0: never).
+    reconcile_hours: float = Field(default=24.0, alias="WORKER_RECONCILE_HOURS", ge=0)
+    #: How often the billing alerts' outbox is delivered (0: never, from this worker).
+    alert_delivery_seconds: float = Field(default=30.0, alias="WORKER_ALERT_DELIVERY_SECONDS", ge=0)
     #: Threads one job's fit may use (n_jobs, BLAS, OpenMP); default: the cores divided
     #: among the slots, so that slots x threads = cores.
     threads_per_slot: int | None = Field(default=None, alias="WORKER_THREADS_PER_SLOT", ge=1)

@@ -17,6 +17,8 @@ automl-db inference-retention --before DATE [--dry-run]
                    drop the request log's months ending on or before DATE
 automl-db charge-usage [--now]
                    charge uncharged usage through the ledger (what the worker does)
+automl-db prices   show the price books (`show [--tier T]`), or start a new one
+                   (`set --tier T SKU=CREDITS ...`): an operator's act
 """
 
 from __future__ import annotations
@@ -185,15 +187,76 @@ def _engine_for_admin(settings: DatabaseSettings) -> Engine:
 
 
 def cmd_verify(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from database.billing import record_reconciliation
+    from database.errors import DatabaseError
     from database.verify import verify
 
     engine = _engine_for_admin(settings)
     try:
+        started = dt.datetime.now(dt.UTC)
         report = verify(engine, user_ids=args.user or None, repair=args.repair)
+        try:
+            # Every verify is kept (reconciliation_runs), with what a repair changed.
+            run_id = record_reconciliation(
+                engine, report, source="cli", started_at=started, repair=args.repair
+            )
+        except DatabaseError as exc:  # a role without INSERT there: report, go on
+            print(f"automl-db verify: run not recorded: {exc}", file=sys.stderr)
+            run_id = None
     finally:
         engine.dispose()
     print(report.render())
+    if run_id is not None:
+        print(f"recorded as reconciliation run {run_id}")
     return 0 if report.ok else 1
+
+
+def cmd_prices(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from database import billing
+    from database.errors import DatabaseError
+
+    engine = _engine_for_admin(settings)
+    try:
+        with Session(engine) as session:
+            if args.action == "set":
+                prices: dict[str, int] = {}
+                units: dict[str, str] = {}
+                for spec in args.prices:
+                    sku, _, value = spec.partition("=")
+                    credits, _, unit = value.partition("/")
+                    if not sku or not credits.isdigit():
+                        print(
+                            f"automl-db prices: {spec!r} is not SKU=CREDITS[/UNIT]", file=sys.stderr
+                        )
+                        return 2
+                    prices[sku] = int(credits)
+                    if unit:
+                        units[sku] = unit
+                try:
+                    book = billing.set_prices(
+                        session,
+                        tier=args.tier,
+                        prices=prices,
+                        units=units,
+                        description=args.description,
+                    )
+                except (DatabaseError, ValueError) as exc:
+                    print(f"automl-db prices: {exc}", file=sys.stderr)
+                    return 1
+                print(f"price book {book.id} ({book.tier}) in force from {book.effective_from}")
+                return 0
+            for book in billing.books(session, args.tier):
+                end = book.effective_to.isoformat() if book.effective_to else "open"
+                print(f"{book.tier} {book.id} {book.effective_from.isoformat()} .. {end}")
+                for sku, p in sorted(book.items.items()):
+                    print(f"  {sku:<20} {p.credits_per_unit:>8} credits / {p.unit}")
+    finally:
+        engine.dispose()
+    return 0
 
 
 def cmd_purge(settings: DatabaseSettings, args: argparse.Namespace) -> int:
@@ -327,6 +390,7 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "users": cmd_users,
     "inference-retention": cmd_inference_retention,
     "charge-usage": cmd_charge_usage,
+    "prices": cmd_prices,
 }
 WITH_ARGS = {
     "verify",
@@ -337,6 +401,7 @@ WITH_ARGS = {
     "users",
     "inference-retention",
     "charge-usage",
+    "prices",
 }
 
 
@@ -458,6 +523,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     charge.add_argument(
         "--now", action="store_true", help="charge up to now, not only the hours that ended"
+    )
+    prices = sub.add_parser(
+        "prices", help="show the price books, or start a new one (an operator's act)"
+    )
+    prices_sub = prices.add_subparsers(dest="action", required=True)
+    show = prices_sub.add_parser("show", help="every price book and its items")
+    show.add_argument("--tier", choices=("free", "pro", "enterprise"), default=None)
+    set_ = prices_sub.add_parser("set", help="a new book from now: the book in force, changed")
+    set_.add_argument("--tier", choices=("free", "pro", "enterprise"), required=True)
+    set_.add_argument("--description", default=None)
+    set_.add_argument(
+        "prices",
+        nargs="+",
+        metavar="SKU=CREDITS[/UNIT]",
+        help="the prices that change (a new sku needs its unit: job, node,"
+        " thousand_rows, gb_month)",
     )
     args = parser.parse_args(argv)
     try:

@@ -264,6 +264,8 @@ class QuotaExceeded(RuleViolation):
 
 class MeteredUserNotFound(RuleViolation):
     """``public.usage_admit`` for a user that does not exist (ML089)."""
+
+
 class DeployedFlagReadOnly(RuleViolation):
     """A direct write to ``models.is_deployed`` (ML080): it follows the active
     deployments (sql/triggers/deployments.sql)."""
@@ -400,6 +402,8 @@ class InvalidFilter(InvalidValue):
         super().__init__(message, **kw)
         self.token = token
         self.position = position
+
+
 class DeploymentNotFound(ReferenceViolation):
     """No deployment of this id is the caller's (``database.deployments``)."""
 
@@ -482,6 +486,30 @@ class StatementTimeout(DatabaseError):
     """A statement ran longer than ``statement_timeout`` (57014)."""
 
 
+# --- billing (sql/triggers/billing.sql) ---------------------------------------------
+class PriceItemImmutable(RuleViolation):
+    """An UPDATE or DELETE of a price item whose book is in force or past (ML090):
+    changing prices is a new price book."""
+
+
+class PriceBookImmutable(RuleViolation):
+    """A change to a price book in force or past other than closing it from now on,
+    or its DELETE (ML091)."""
+
+
+class JobPriceImmutable(RuleViolation):
+    """An UPDATE of the price lines a job was priced with (ML092)."""
+
+
+class NoPriceBook(RuleViolation):
+    """No price book in force for the tier, or it has no item for an sku (ML093)."""
+
+
+class PriceBookOverlap(ConstraintViolation):
+    """Two price books of one tier whose spans overlap (23P01, the exclusion
+    constraint of the tier)."""
+
+
 SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML001": InsufficientCredits,
     "ML002": LedgerImmutable,
@@ -517,6 +545,11 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML080": DeployedFlagReadOnly,
     "ML081": DeploymentStatusTransition,
     "ML082": DeploymentTargetImmutable,
+    "ML090": PriceItemImmutable,
+    "ML091": PriceBookImmutable,
+    "ML092": JobPriceImmutable,
+    "ML093": NoPriceBook,
+    "23P01": PriceBookOverlap,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

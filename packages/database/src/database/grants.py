@@ -26,7 +26,10 @@ Three kinds of role touch the database:
     - ``models``: SELECT, DELETE, INSERT and UPDATE of every column but
       ``is_deployed`` (kept by a trigger from the active deployments; ML080 refuses
       a direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
-    - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
+    - ``reconciliation_runs`` and ``reconciliation_adjustments``: SELECT and INSERT
+      (the worker's daily verify is recorded, never rewritten);
+    - ``credit_packages``, ``price_books``, ``price_items``, ``derived_repairs`` and
+      ``alembic_version``: SELECT only (prices are an operator's act);
 
   - USAGE and SELECT on the sequences, if any;
     - ``inference_requests``, ``usage_events``, ``usage_charges``: SELECT and INSERT
@@ -42,7 +45,9 @@ Three kinds of role touch the database:
 
 - an **operator's role** (``automl-db grant --operator ROLE``), for the people who
   sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
-  as it), INSERT, UPDATE and DELETE on ``credit_packages``, UPDATE of ``users.tier``
+  as it), INSERT, UPDATE and DELETE on ``credit_packages``, ``price_books`` and
+  ``price_items`` (``automl-db prices set``), INSERT on ``reconciliation_runs`` and
+  ``reconciliation_adjustments`` (its verify is recorded), UPDATE of ``users.tier``
   (which also lets it lock a user's row), and EXECUTE on ``public.credit_adjust``,
   its one way to move credits (an adjustment, with an actor and a reason). Nothing
   else: it does not charge, buy, upload or repair.
@@ -76,9 +81,10 @@ APPEND_ONLY = {
     "inference_requests": "SELECT, INSERT",
     "usage_events": "SELECT, INSERT",
     "usage_charges": "SELECT, INSERT",
+    # A verify (the worker's daily one) is recorded, never rewritten.
+    "reconciliation_runs": "SELECT, INSERT",
+    "reconciliation_adjustments": "SELECT, INSERT",
 }
-#: Functions the apps' role executes: the request log's partitions, made ahead by the
-#: worker and on demand by the API (SECURITY DEFINER: they run as the owner).
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.
 COLUMN_LIMITED = {
@@ -92,7 +98,9 @@ COLUMN_LIMITED = {
         frozenset({"download_count", "id", "created_at"}),
     ),
 }
-READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages"})
+READ_ONLY = frozenset(
+    {"derived_repairs", "alembic_version", "credit_packages", "price_books", "price_items"}
+)
 #: users columns only an operator changes.
 OPERATOR_USER_COLUMNS = frozenset({"tier"})
 #: users columns the apps' role may UPDATE but not INSERT: a new account has the
@@ -101,15 +109,25 @@ OPERATOR_USER_COLUMNS = frozenset({"tier"})
 USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, *PRIVILEGE_COLUMNS})
 USERS_NOT_UPDATABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS, "id", "created_at"})
 #: What an operator may write (on top of SELECT everywhere).
-OPERATOR_TABLES = {"credit_packages": "INSERT, UPDATE, DELETE"}
+OPERATOR_TABLES = {
+    "credit_packages": "INSERT, UPDATE, DELETE",
+    # Prices are an operator's act (automl-db prices set): a new book.
+    "price_books": "INSERT, UPDATE, DELETE",
+    "price_items": "INSERT, UPDATE, DELETE",
+    # automl-db verify, run as an operator, is recorded.
+    "reconciliation_runs": "INSERT",
+    "reconciliation_adjustments": "INSERT",
+}
 OPERATOR_FUNCTIONS = (
     "public.credit_adjust(uuid, integer, text, text, text)",
     # Run by the users guard trigger as the statement's role (a change of tier).
     "public.identity_check_actor(uuid, text)",
 )
-#: What the apps' role may call (sql/triggers/identity.sql): the actor check the
-#: users guard trigger runs as the statement's role, and an admin's two acts whose
-#: columns or rows that role may not write itself (each checks the actor is an admin).
+#: What the apps' role may call: the actor check the users guard trigger runs as the
+#: statement's role, and an admin's two acts whose columns or rows that role may not
+#: write itself (each checks the actor is an admin; sql/triggers/identity.sql); the
+#: request log's partitions, made ahead by the worker and on demand by the API, and
+#: the admission of a prediction (SECURITY DEFINER; sql/triggers/metering.sql).
 APP_FUNCTIONS = (
     "public.identity_check_actor(uuid, text)",
     "public.admin_set_tier(uuid, user_tier)",

@@ -358,11 +358,36 @@ _STEPS: tuple[_Step, ...] = (
         "datasets",
         ready="NOT EXISTS (SELECT 1 FROM dataset_versions AS v WHERE v.dataset_id = x.id)",
     ),
+    # Billing (issue 16): an alert's deliveries, then its events, then the alert.
+    _Step(
+        "billing_alert_deliveries",
+        owner="x.alert_id IN (SELECT a.id FROM billing_alerts AS a WHERE a.user_id = ANY(:uids))",
+        optional=True,
+    ),
+    _Step(
+        "billing_alert_events",
+        ready="NOT EXISTS (SELECT 1 FROM billing_alert_deliveries AS d WHERE d.event_id = x.id)",
+        optional=True,
+    ),
+    _Step(
+        "billing_alerts",
+        ready="NOT EXISTS (SELECT 1 FROM billing_alert_events AS e WHERE e.alert_id = x.id)",
+        optional=True,
+    ),
+    # A job's price lines go with the job (kept with it while the ledger names it).
+    _Step(
+        "job_price_items",
+        key="ctid",
+        owner="x.job_id IN (SELECT j.id FROM jobs AS j WHERE j.user_id = ANY(:uids))",
+        where=_NOT_IN_LEDGER.format(col="job_id"),
+        optional=True,
+    ),
     _Step("job_nodes", where=_NOT_IN_LEDGER.format(col="job_id")),
     _Step(
         "jobs",
         where=_NOT_IN_LEDGER.format(col="id"),
-        ready="NOT EXISTS (SELECT 1 FROM job_nodes AS n WHERE n.job_id = x.id)",
+        ready="NOT EXISTS (SELECT 1 FROM job_nodes AS n WHERE n.job_id = x.id)"
+        " AND NOT EXISTS (SELECT 1 FROM job_price_items AS p WHERE p.job_id = x.id)",
     ),
     _Step(
         "workflow_snapshots",
@@ -407,6 +432,9 @@ _ELIGIBLE = (
 #: it, database.metering.drop_partitions_before), the usage and its charges (the
 #: financial history that the ledger's usage charges add up to) and the meter; the
 #: holds expire within minutes and metering's sweep removes them.
+#: the downloads of the user's own versions go with the versions); the invoices
+#: (financial history, like the ledger) and the reconciliation adjustments (the
+#: repair log, like derived_repairs).
 KEPT_TABLES = frozenset(
     {
         "credit_transactions",
@@ -417,6 +445,8 @@ KEPT_TABLES = frozenset(
         "usage_charges",
         "usage_meters",
         "usage_holds",
+        "billing_invoices",
+        "reconciliation_adjustments",
     }
 )
 

@@ -10,6 +10,10 @@ credits ``metadata.package_id`` to ``client_reference_id`` for the payment
 ``payment_intent``: the ledger's unique payment reference makes that happen once
 even across different events for the same payment, and a second event for a
 payment already credited answers ``duplicate_payment`` (stored as ``ignored``).
+The credited checkout is cached in ``billing_invoices`` (its Stripe invoice, or
+the session), linked to the ledger entry; ``invoice.*`` events update that row
+(number, amount, status, period, hosted URL) or add one for the invoice's
+``metadata.user_id`` (``database.billing``), idempotently.
 
 An event whose ``livemode`` is not ``STRIPE_LIVEMODE`` (default false: test mode)
 is refused with 400 ``livemode_mismatch`` and not stored.
@@ -38,7 +42,7 @@ from sqlalchemy.orm import Session
 from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError, error_responses
 from api.schemas import WebhookOut, check_json
-from database import credits
+from database import billing, credits
 from database import errors as db
 from database.models import CreditTransaction, StripeWebhookEvent
 
@@ -101,9 +105,11 @@ def _credit(session: Session, obj: dict[str, Any]) -> None:
         raise _AlreadyCredited(f"payment {payment} was already credited (entry {credited.id})")
     # Not credited yet, or credited to another user or package: purchase refuses that
     # (PaymentReferenceConflict, recorded as failed).
-    credits.purchase(
+    entry = credits.purchase(
         session, user_id, package_id, payment, description=f"Stripe checkout {obj.get('id')}"
     )
+    # The invoice (or the paid session) cached, linked to the entry it credited.
+    billing.record_checkout(session, user_id, obj, entry.id)
 
 
 def _handle(session: Session, event: dict[str, Any], expected_livemode: bool) -> WebhookOut:
@@ -143,7 +149,14 @@ def _handle(session: Session, event: dict[str, Any], expected_livemode: bool) ->
         return WebhookOut(event_id=event_id, status="duplicate")
     status, error = "ignored", None
     answer: str | None = None
-    if event_type in CREDITING_EVENTS:
+    if event_type.startswith("invoice."):
+        obj = (event.get("data") or {}).get("object") or {}
+        try:
+            billing.record_invoice(session, obj if isinstance(obj, dict) else {})
+            status = "processed"
+        except billing.InvoiceOwnerUnknown as exc:
+            status, error = "failed", str(exc)
+    elif event_type in CREDITING_EVENTS:
         obj = (event.get("data") or {}).get("object") or {}
         try:
             _credit(session, obj if isinstance(obj, dict) else {})

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from api.deps import Reader, SessionDep, SettingsDep, Trainer, Writer
+from api.deps import Principal, Reader, SessionDep, SettingsDep, Trainer, Writer
 from api.errors import ApiError, error_responses, not_found
 from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
@@ -24,8 +24,9 @@ from api.schemas import (
     WorkflowOut,
     WorkflowPatch,
 )
-from api.settings import ApiSettings
-from database import jobs, lifecycle
+from database import billing, jobs, lifecycle
+from database.billing import Book
+from database.errors import NoPriceBook
 from database.models import (
     Dataset,
     DatasetVersion,
@@ -40,11 +41,20 @@ from pipeline.definition import DatasetConfig, DatasetInfo, DefinitionError, che
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
 
-def _out(settings: ApiSettings, workflow: Workflow) -> WorkflowOut:
+def _book(session: Session, principal: Principal) -> Book | None:
+    """The caller's tier's price book in force (None: no book, estimates read 0)."""
+    try:
+        return billing.book_in_force(session, principal.user.tier)
+    except NoPriceBook:
+        return None
+
+
+def _out(book: Book | None, workflow: Workflow) -> WorkflowOut:
     try:
         definition = WorkflowDefinition.model_validate(workflow.definition)
-        estimate = price(settings, definition)
-    except ValueError:  # written by something other than this API
+        nodes = (n.type for n in definition.nodes)
+        estimate = 0 if book is None else billing.quote_job(book, nodes).total
+    except (ValueError, NoPriceBook):  # written by something other than this API
         estimate = 0
     return WorkflowOut.model_validate(
         {
@@ -179,7 +189,7 @@ def create_workflow(
     session.add(workflow)
     session.flush()
     session.commit()
-    return _out(settings, workflow)
+    return _out(_book(session, principal), workflow)
 
 
 @router.get(
@@ -208,7 +218,8 @@ def list_workflows(
         limit=limit,
         cursor=cursor,
     )
-    return Page[WorkflowOut](items=[_out(settings, w) for w in rows], next_cursor=next_cursor)
+    book = _book(session, principal)
+    return Page[WorkflowOut](items=[_out(book, w) for w in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -220,7 +231,7 @@ def list_workflows(
 def get_workflow(
     principal: Reader, session: SessionDep, settings: SettingsDep, workflow_id: uuid.UUID
 ) -> WorkflowOut:
-    return _out(settings, _owned(session, principal.user_id, workflow_id))
+    return _out(_book(session, principal), _owned(session, principal.user_id, workflow_id))
 
 
 @router.patch(
@@ -249,7 +260,7 @@ def update_workflow(
         workflow.definition = _stored(body.definition)
     session.flush()
     session.commit()
-    return _out(settings, workflow)
+    return _out(_book(session, principal), workflow)
 
 
 @router.delete(
@@ -283,7 +294,7 @@ def restore_workflow(
         check_workflows(settings, user)
         workflow = lifecycle.restore_workflow(session, workflow.id)
     session.commit()
-    return _out(settings, workflow)
+    return _out(_book(session, principal), workflow)
 
 
 @router.post(
@@ -354,7 +365,9 @@ def run_workflow(
             422, "invalid_workflow", exc.problems[0], {"problems": exc.problems}
         ) from None
     check_running_jobs(settings, session, user)
-    cost = price(settings, definition)
+    # The tier's price book in force; the job keeps the items it was priced with.
+    quote = price(session, user.tier, definition)
+    cost = quote.total
 
     # Snapshot, job, nodes and charge: one transaction (database.jobs); InsufficientCredits
     # (402) leaves none of them.
@@ -378,13 +391,14 @@ def run_workflow(
                 }
                 for node, ds in datasets.items()
             },
-            "price": {"credits": cost},
+            "price": {"credits": cost, "price_book_id": str(quote.book.id)},
         },
         nodes=[(node.id, node.type) for node in definition.nodes],
         credit_cost=cost,
         priority=run.priority,
         description=f"run of workflow {workflow.name}",
     )
+    billing.record_job_prices(session, job.id, quote)
     session.commit()
     session.refresh(user, ["credit_balance"])
     out = JobOut.model_validate(job).model_copy(

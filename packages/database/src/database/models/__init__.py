@@ -2,6 +2,10 @@
 
 from database.models.api_key import APIKey
 from database.models.api_key_usage_window import ApiKeyUsageWindow
+from database.models.billing_alert import BillingAlert
+from database.models.billing_alert_delivery import BillingAlertDelivery
+from database.models.billing_alert_event import BillingAlertEvent
+from database.models.billing_invoice import BillingInvoice
 from database.models.credit_package import CreditPackage
 from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
@@ -11,11 +15,14 @@ from database.models.deployment import Deployment
 from database.models.derived_repair import DerivedRepair
 from database.models.email_verification import EmailVerification
 from database.models.enums import (
+    AlertEventStatus,
+    BillingAlertKind,
     CreditTierRestriction,
     DeploymentStatus,
     FileFormat,
     InferenceStatus,
     IngestionStatus,
+    InvoiceStatus,
     JobKind,
     JobStatus,
     LineageRelation,
@@ -27,8 +34,10 @@ from database.models.enums import (
     NodeStatus,
     NodeType,
     OAuthProvider,
+    PriceUnit,
     ProblemType,
     QuotaWindow,
+    ReconciliationKind,
     TransactionType,
     TutorialDifficulty,
     UsageSku,
@@ -42,13 +51,18 @@ from database.models.ingestion_job import IngestionJob
 from database.models.job import Job
 from database.models.job_log import JobLog
 from database.models.job_node import JobNode
+from database.models.job_price_item import JobPriceItem
 from database.models.model import Model
 from database.models.model_alias import ModelAlias
 from database.models.model_download import ModelDownload
 from database.models.model_lineage import ModelLineage
 from database.models.model_version import ModelVersion
 from database.models.model_version_metric import ModelVersionMetric
+from database.models.price_book import PriceBook
+from database.models.price_item import PriceItem
 from database.models.rate_limit import RateLimit
+from database.models.reconciliation_adjustment import ReconciliationAdjustment
+from database.models.reconciliation_run import ReconciliationRun
 from database.models.registered_model import RegisteredModel
 from database.models.registered_model_permission import RegisteredModelPermission
 from database.models.stripe_webhook_event import StripeWebhookEvent
@@ -65,6 +79,20 @@ from database.models.workflow import Workflow
 from database.models.workflow_snapshot import WorkflowSnapshot
 
 __all__ = [
+    "BillingAlert",
+    "BillingAlertDelivery",
+    "BillingAlertEvent",
+    "BillingInvoice",
+    "JobPriceItem",
+    "PriceBook",
+    "PriceItem",
+    "ReconciliationAdjustment",
+    "ReconciliationRun",
+    "AlertEventStatus",
+    "BillingAlertKind",
+    "InvoiceStatus",
+    "PriceUnit",
+    "ReconciliationKind",
     "APIKey",
     "ApiKeyUsageWindow",
     "CreditPackage",

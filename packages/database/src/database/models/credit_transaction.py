@@ -84,6 +84,9 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         ),
         CheckConstraint("type = 'adjustment' OR actor IS NULL", name="actor_only_for_adjustments"),
         CheckConstraint("balance_after >= 0", name="balance_after_nonnegative"),
+        # A constraint, not a partial index, although most entries have no payment id:
+        # clients retry a Stripe payment with INSERT ... ON CONFLICT (stripe_payment_id)
+        # DO NOTHING, which infers no partial index (test_credit_ledger).
         UniqueConstraint("stripe_payment_id"),
         # Partial: charges and purchases (no key) add nothing to this index.
         Index(
@@ -107,8 +110,20 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         ),
         # A user's ledger, newest first.
         Index("ix_credit_transactions_user_id_created_at", "user_id", "created_at"),
-        Index("ix_credit_transactions_job_id_user_id", "job_id", "user_id"),
-        Index("ix_credit_transactions_package_id", "package_id"),
+        # Partial (issue 16, the ledger's weight): only charges and refunds name a job,
+        # only purchases a package, so these hold only the rows that have one. The
+        # foreign keys' checks (col = value) and the triggers' lookups still use them.
+        Index(
+            "ix_credit_transactions_job_id_user_id",
+            "job_id",
+            "user_id",
+            postgresql_where=text("job_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_credit_transactions_package_id",
+            "package_id",
+            postgresql_where=text("package_id IS NOT NULL"),
+        ),
     )
 
 

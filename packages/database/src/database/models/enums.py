@@ -193,6 +193,8 @@ class QuotaWindow(enum.StrEnum):
     MINUTE = "minute"
     #: Predicted rows per calendar month, UTC (``api_keys.monthly_row_quota``).
     MONTH = "month"
+
+
 class DeploymentStatus(enum.StrEnum):
     """A deployment's life (sql/triggers/deployments.sql, ML081): ``pending`` ->
     ``active`` | ``failed`` | ``stopped``; ``active`` -> ``stopped`` | ``failed``.
@@ -202,6 +204,43 @@ class DeploymentStatus(enum.StrEnum):
     ACTIVE = "active"
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+class PriceUnit(enum.StrEnum):
+    """What one unit of a price item is (billing, issue 16)."""
+
+    JOB = "job"
+    NODE = "node"
+    THOUSAND_ROWS = "thousand_rows"
+    GB_MONTH = "gb_month"
+
+
+class InvoiceStatus(enum.StrEnum):
+    """A Stripe invoice's status (and ``paid`` for a paid checkout without one)."""
+
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+class BillingAlertKind(enum.StrEnum):
+    BALANCE_BELOW = "balance_below"
+    SPEND_ABOVE = "spend_above"
+
+
+class AlertEventStatus(enum.StrEnum):
+    """An outbox row's delivery state."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class ReconciliationKind(enum.StrEnum):
+    VERIFY = "verify"
+    REPAIR = "repair"
 
 
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
@@ -237,10 +276,20 @@ inference_status = pg_enum(InferenceStatus, "inference_status")
 usage_sku = pg_enum(UsageSku, "usage_sku")
 quota_window = pg_enum(QuotaWindow, "quota_window")
 deployment_status = pg_enum(DeploymentStatus, "deployment_status")
+price_unit = pg_enum(PriceUnit, "price_unit")
+invoice_status = pg_enum(InvoiceStatus, "invoice_status")
+billing_alert_kind = pg_enum(BillingAlertKind, "billing_alert_kind")
+alert_event_status = pg_enum(AlertEventStatus, "alert_event_status")
+reconciliation_kind = pg_enum(ReconciliationKind, "reconciliation_kind")
 
 __all__ = [
+    "AlertEventStatus",
+    "BillingAlertKind",
     "CreditTierRestriction",
     "DeploymentStatus",
+    "InvoiceStatus",
+    "PriceUnit",
+    "ReconciliationKind",
     "FileFormat",
     "InferenceStatus",
     "IngestionStatus",

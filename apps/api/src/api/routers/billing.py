@@ -1,0 +1,483 @@
+"""Billing (issue 16): the price book, Stripe Checkout, invoices, the monthly
+statement, billing alerts and (operators) reconciliation runs.
+
+Thin: the rules are ``database.billing``'s. Checkout calls Stripe's API with the
+official library (``STRIPE_API_KEY``; ``STRIPE_API_BASE`` points it elsewhere, as
+the tests do at a local Stripe-like server); the webhook (``routers/webhooks.py``)
+credits the payment and caches the invoice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+import stripe
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+from pydantic import BaseModel, Field, StrictInt, StringConstraints
+from sqlalchemy import select
+
+from api.deps import AdminDep, Buyer, Reader, SessionDep, SettingsDep
+from api.errors import ApiError, error_responses, not_found
+from api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    paginate,
+)
+from api.routers.credits import BUYABLE
+from api.schemas import Input, Output
+from database import billing
+from database.models import (
+    BillingAlert,
+    BillingAlertDelivery,
+    BillingAlertKind,
+    BillingInvoice,
+    CreditPackage,
+    InvoiceStatus,
+    PriceUnit,
+    ReconciliationKind,
+    ReconciliationRun,
+    UserTier,
+)
+
+router = APIRouter(tags=["billing"])
+
+
+def _checked_cursor(cursor: CursorQuery = None) -> str | None:
+    """The cursor, decoded first (422 ``invalid_cursor``) before any access check."""
+    if cursor:
+        decode_cursor(cursor, dt.datetime)
+    return cursor
+
+
+Cursor = Annotated[str | None, Depends(_checked_cursor)]
+
+Url = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+# --- schemas ---------------------------------------------------------------------------
+class PriceItemOut(BaseModel):
+    sku: str
+    unit: PriceUnit
+    credits_per_unit: int
+
+
+class PriceBookOut(BaseModel):
+    id: uuid.UUID
+    tier: UserTier
+    currency: str
+    effective_from: dt.datetime
+    effective_to: dt.datetime | None
+    items: list[PriceItemOut]
+
+
+class CheckoutIn(Input):
+    package_id: uuid.UUID
+    success_url: Url
+    cancel_url: Url
+
+
+class CheckoutOut(BaseModel):
+    id: str
+    url: str
+
+
+class InvoiceOut(Output):
+    id: uuid.UUID
+    stripe_id: str
+    number: str | None
+    amount_cents: int
+    currency: str
+    status: InvoiceStatus
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+    hosted_url: str | None
+    credit_transaction_id: uuid.UUID | None
+    created_at: dt.datetime
+
+
+class ChargeLine(BaseModel):
+    sku: str
+    credits: int
+
+
+class StatementOut(BaseModel):
+    month: str
+    period_start: dt.datetime
+    period_end: dt.datetime
+    opening_balance: int
+    purchases: int
+    charges: list[ChargeLine]
+    charged: int
+    refunds: int
+    adjustments: int
+    closing_balance: int
+    entries: int
+
+
+class AlertIn(Input):
+    kind: BillingAlertKind
+    threshold: StrictInt = Field(ge=0, le=2**53)
+    webhook_url: Url
+
+
+class AlertOut(Output):
+    id: uuid.UUID
+    kind: BillingAlertKind
+    threshold: int
+    webhook_url: str
+    active: bool
+    created_at: dt.datetime
+
+
+class AlertCreatedOut(AlertOut):
+    #: Signs every delivery (``Billing-Signature: t=...,v1=...``); shown only now.
+    secret: str
+
+
+class DeliveryOut(Output):
+    id: uuid.UUID
+    event_id: uuid.UUID
+    attempt: int
+    status_code: int | None
+    error: str | None
+    succeeded: bool
+    created_at: dt.datetime
+
+
+class ReconciliationRunOut(Output):
+    id: uuid.UUID
+    kind: ReconciliationKind
+    source: str
+    run_by: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    users_checked: int
+    drift_count: int
+    unproduced_count: int
+    repaired_count: int
+    ok: bool | None
+    findings: list[Any]
+
+
+# --- price book --------------------------------------------------------------------------
+@router.get(
+    "/price-book",
+    response_model=PriceBookOut,
+    responses=error_responses(401, 403, 503),
+    summary="The price book in force for the caller's tier",
+)
+def price_book(principal: Reader, session: SessionDep) -> PriceBookOut:
+    book = billing.book_in_force(session, principal.user.tier)
+    return PriceBookOut(
+        id=book.id,
+        tier=book.tier,
+        currency=book.currency,
+        effective_from=book.effective_from,
+        effective_to=book.effective_to,
+        items=[
+            PriceItemOut(sku=p.sku, unit=p.unit, credits_per_unit=p.credits_per_unit)
+            for _, p in sorted(book.items.items())
+        ],
+    )
+
+
+# --- checkout ----------------------------------------------------------------------------
+def _check_url(name: str, url: str) -> str:
+    try:
+        return billing.check_webhook_url(url, allow_http=True)
+    except billing.InvalidWebhookUrl:
+        raise ApiError(
+            422, "invalid_url", f"{name} must be an absolute http(s) URL", {"field": name}
+        ) from None
+
+
+@router.post(
+    "/credits/checkout",
+    response_model=CheckoutOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(401, 403, 404, 409, 422, 502, 503),
+    summary="Start a Stripe Checkout for a credit package; answers the page to pay on",
+)
+def checkout(
+    principal: Buyer,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: CheckoutIn,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$"),
+    ] = None,
+) -> CheckoutOut:
+    """The session names the caller (``client_reference_id``) and the package
+    (``metadata.package_id``), as the webhook expects; the webhook credits the
+    package when Stripe says it is paid. 404 unknown package, 409 not on sale,
+    403 not for the caller's tier; 503 ``checkout_not_configured`` without
+    ``STRIPE_API_KEY``; 502 ``stripe_error`` when Stripe refuses or is unreachable."""
+    key = settings.stripe_api_key
+    if key is None or not key.get_secret_value().strip():
+        raise ApiError(503, "checkout_not_configured", "STRIPE_API_KEY is not set on this server")
+    success_url = _check_url("success_url", body.success_url)
+    cancel_url = _check_url("cancel_url", body.cancel_url)
+    package = session.get(CreditPackage, body.package_id)
+    if package is None:
+        raise not_found("credit package")
+    if not package.is_active:
+        raise ApiError(
+            409, "package_unavailable", f'credit package "{package.name}" is not for sale'
+        )
+    tier = UserTier(principal.user.tier)
+    if package.tier_restriction not in BUYABLE[tier]:
+        raise ApiError(
+            403,
+            "package_tier_restricted",
+            f'credit package "{package.name}" is not for the {tier} tier',
+        )
+    user_id = str(principal.user_id)
+    meta = {"package_id": str(package.id), "user_id": user_id}
+    line: dict[str, Any] = (
+        {"price": package.stripe_price_id, "quantity": 1}
+        if package.stripe_price_id
+        else {
+            "price_data": {
+                "currency": "usd",
+                "unit_amount": package.price_cents,
+                "product_data": {"name": package.name},
+            },
+            "quantity": 1,
+        }
+    )
+    session.rollback()  # no transaction held while Stripe answers
+    client = stripe.StripeClient(
+        key.get_secret_value(),
+        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+        max_network_retries=1,
+    )
+    options: dict[str, Any] = {}
+    if idempotency_key:
+        options["idempotency_key"] = f"checkout:{user_id}:{idempotency_key}"
+    try:
+        params: Any = {
+            "mode": "payment",
+            "client_reference_id": user_id,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "line_items": [line],
+            "metadata": meta,
+            "payment_intent_data": {"metadata": meta},
+            "invoice_creation": {"enabled": True, "invoice_data": {"metadata": meta}},
+        }
+        created = client.v1.checkout.sessions.create(params=params, options=options)  # type: ignore[arg-type]
+    except stripe.StripeError as exc:
+        raise ApiError(
+            502,
+            "stripe_error",
+            "Stripe did not create the checkout session",
+            {"stripe_code": getattr(exc, "code", None)},
+        ) from None
+    if not created.url:
+        raise ApiError(502, "stripe_error", "Stripe answered a session without a URL")
+    return CheckoutOut(id=created.id, url=created.url)
+
+
+# --- invoices ----------------------------------------------------------------------------
+@router.get(
+    "/invoices",
+    response_model=Page[InvoiceOut],
+    responses=error_responses(401, 403, 422),
+    summary="The caller's invoices (from Stripe), newest first",
+)
+def invoices(
+    principal: Reader,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[InvoiceOut]:
+    rows, next_cursor = paginate(
+        session,
+        select(BillingInvoice).where(BillingInvoice.user_id == principal.user_id),
+        BillingInvoice.created_at,
+        BillingInvoice.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[InvoiceOut](
+        items=[InvoiceOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )
+
+
+# --- statement ---------------------------------------------------------------------------
+@router.get(
+    "/credits/statement",
+    response_model=StatementOut,
+    responses={
+        **error_responses(401, 403, 422),
+        200: {"content": {"application/json": {}, "text/csv": {}}},
+    },
+    summary="A calendar month (UTC) of the caller's credits: opening, movements, closing",
+)
+def credit_statement(
+    principal: Reader,
+    session: SessionDep,
+    month: Annotated[str, Query(max_length=32, description="YYYY-MM (UTC)")],
+    format: Annotated[Literal["json", "csv"], Query()] = "json",  # noqa: A002
+) -> Any:
+    try:
+        first = billing.parse_month(month)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_month", str(exc), {"month": month[:32]}) from None
+    st = billing.statement(session, principal.user_id, first)
+    label = first.strftime("%Y-%m")
+    if format == "csv":
+        return Response(
+            st.to_csv(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="statement-{label}.csv"'},
+        )
+    return StatementOut(
+        month=label,
+        period_start=st.period_start,
+        period_end=st.period_end,
+        opening_balance=st.opening_balance,
+        purchases=st.purchases,
+        charges=[ChargeLine(sku=k, credits=v) for k, v in sorted(st.charges.items())],
+        charged=st.charged,
+        refunds=st.refunds,
+        adjustments=st.adjustments,
+        closing_balance=st.closing_balance,
+        entries=st.entries,
+    )
+
+
+# --- billing alerts ----------------------------------------------------------------------
+@router.post(
+    "/billing-alerts",
+    response_model=AlertCreatedOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(401, 403, 422),
+    summary="A billing alert: posted, signed, to your URL when a threshold is crossed",
+)
+def create_alert(
+    principal: Buyer, session: SessionDep, settings: SettingsDep, body: AlertIn
+) -> AlertCreatedOut:
+    """``balance_below`` fires when the balance goes from at or above the threshold to
+    below it (once per crossing); ``spend_above`` once a calendar month (UTC) when
+    the month's charges, net of refunds, go above it. The secret is shown once."""
+    try:
+        alert, secret = billing.create_alert(
+            session,
+            user_id=principal.user_id,
+            kind=body.kind,
+            threshold=body.threshold,
+            webhook_url=body.webhook_url,
+            allow_http=settings.billing_alerts_allow_http,
+        )
+    except billing.InvalidWebhookUrl as exc:
+        raise ApiError(422, "invalid_webhook_url", exc.message) from None
+    session.commit()
+    return AlertCreatedOut.model_validate(
+        {**AlertOut.model_validate(alert).model_dump(), "secret": secret}
+    )
+
+
+@router.get(
+    "/billing-alerts",
+    response_model=Page[AlertOut],
+    responses=error_responses(401, 403, 422),
+    summary="The caller's active billing alerts, newest first",
+)
+def list_alerts(
+    principal: Reader,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> Page[AlertOut]:
+    rows, next_cursor = paginate(
+        session,
+        select(BillingAlert).where(
+            BillingAlert.user_id == principal.user_id, BillingAlert.active.is_(True)
+        ),
+        BillingAlert.created_at,
+        BillingAlert.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[AlertOut](items=[AlertOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.delete(
+    "/billing-alerts/{alert_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404),
+    summary="Stop a billing alert (its deliveries stay readable to operators)",
+)
+def delete_alert(principal: Buyer, session: SessionDep, alert_id: uuid.UUID) -> Response:
+    if not billing.deactivate_alert(session, principal.user_id, alert_id):
+        raise not_found("billing alert")
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/billing-alerts/{alert_id}/deliveries",
+    response_model=Page[DeliveryOut],
+    responses=error_responses(401, 403, 404, 422),
+    summary="Every delivery attempt of an alert's events, newest first",
+)
+def alert_deliveries(
+    cursor: Cursor,
+    principal: Reader,
+    session: SessionDep,
+    alert_id: uuid.UUID,
+    limit: LimitQuery = DEFAULT_LIMIT,
+) -> Page[DeliveryOut]:
+    owned = session.scalar(
+        select(BillingAlert.id).where(
+            BillingAlert.id == alert_id,
+            BillingAlert.user_id == principal.user_id,
+            BillingAlert.active.is_(True),
+        )
+    )
+    if owned is None:
+        raise not_found("billing alert")
+    rows, next_cursor = paginate(
+        session,
+        select(BillingAlertDelivery).where(BillingAlertDelivery.alert_id == alert_id),
+        BillingAlertDelivery.created_at,
+        BillingAlertDelivery.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[DeliveryOut](
+        items=[DeliveryOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )
+
+
+# --- operators ---------------------------------------------------------------------------
+@router.get(
+    "/admin/reconciliation-runs",
+    response_model=Page[ReconciliationRunOut],
+    responses=error_responses(401, 403, 422),
+    summary="Operators: every verify and repair, with findings, newest first",
+)
+def reconciliation_runs(
+    cursor: Cursor,
+    admin: AdminDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+) -> Page[ReconciliationRunOut]:
+    rows, next_cursor = paginate(
+        session,
+        select(ReconciliationRun),
+        ReconciliationRun.started_at,
+        ReconciliationRun.id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Page[ReconciliationRunOut](
+        items=[ReconciliationRunOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

@@ -1,0 +1,189 @@
+-- Billing (issue 16): price books, the price lines of a job, and billing alerts.
+-- The Python side is database/billing.py; routers and the worker only call it.
+--
+-- Price books (price_books, price_items): a tier's prices for a span of time.
+--   * two books of one tier never overlap   -> 23P01, the exclusion constraints
+--     ex_price_books_<tier>_span (written in the migration: one per tier, as the
+--     embedded PostgreSQL has no btree_gist for the tier's equality)
+--   * an item of a book in force or past (effective_from <= now()) is history:
+--     UPDATE or DELETE refused              -> ML090 price_item_immutable
+--     (changing prices is a new book: database.billing.set_prices)
+--   * a book in force or past keeps its tier, currency and start; it may only be
+--     closed from now on (effective_to >= now()), never deleted
+--                                           -> ML091 price_book_immutable
+-- A job's price lines (job_price_items): credits = quantity x the item's
+-- credits_per_unit, written here; never updated -> ML092 job_price_immutable.
+--
+-- Billing alerts: billing_alerts_fire runs once per INSERT statement on the ledger
+-- (REFERENCING NEW TABLE), after its rows' balance triggers, holding their users'
+-- row locks (taken by credit_tx_before_insert), so one user's firings are decided
+-- one transaction at a time:
+--   * balance_below fires when the balance goes from >= threshold (armed) to
+--     < threshold, and re-arms when it is back at or above the threshold;
+--   * spend_above fires once per calendar month (UTC) when the month's charges,
+--     net of refunds, go above the threshold.
+-- Each firing is one row of billing_alert_events (the outbox), in the
+-- transaction of the entry that crossed; the worker delivers it.
+
+CREATE OR REPLACE FUNCTION public.price_items_immutable()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_from timestamptz;
+BEGIN
+    SELECT b.effective_from INTO v_from FROM public.price_books AS b WHERE b.id = OLD.price_book_id;
+    IF v_from IS NOT NULL AND v_from <= now() THEN
+        RAISE EXCEPTION 'price item % (%) belongs to a price book in force since %: % refused',
+                OLD.id, OLD.sku, v_from, TG_OP
+            USING ERRCODE = 'ML090',
+                  HINT = 'change prices with a new price book (automl-db prices set)';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.price_books_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF OLD.effective_from > now() THEN
+        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;  -- not in force yet
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'price book % has been in force since %: it cannot be deleted',
+                OLD.id, OLD.effective_from
+            USING ERRCODE = 'ML091';
+    END IF;
+    IF (NEW.tier, NEW.currency, NEW.effective_from, NEW.id)
+       IS DISTINCT FROM (OLD.tier, OLD.currency, OLD.effective_from, OLD.id) THEN
+        RAISE EXCEPTION 'price book % has been in force since %: its tier, currency and start are history',
+                OLD.id, OLD.effective_from
+            USING ERRCODE = 'ML091',
+                  HINT = 'close it (effective_to from now on) and start a new book';
+    END IF;
+    IF NEW.effective_to IS DISTINCT FROM OLD.effective_to THEN
+        IF (OLD.effective_to IS NOT NULL AND OLD.effective_to <= now())
+           OR (NEW.effective_to IS NOT NULL AND NEW.effective_to < now()) THEN
+            RAISE EXCEPTION 'price book %: its end can change only from now on (% to %)',
+                    OLD.id, OLD.effective_to, NEW.effective_to
+                USING ERRCODE = 'ML091';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.job_price_items_fill()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'the price lines of job % are what it cost: UPDATE refused', OLD.job_id
+            USING ERRCODE = 'ML092';
+    END IF;
+    SELECT NEW.quantity * i.credits_per_unit INTO NEW.credits
+      FROM public.price_items AS i WHERE i.id = NEW.price_item_id;
+    IF NEW.credits IS NULL THEN
+        NEW.credits := 0;  -- no such item: its foreign key refuses the row
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.billing_alerts_fire()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    r record;
+    v_event uuid;
+    v_spend bigint;
+    v_now timestamptz := clock_timestamp();
+    v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
+BEGIN
+    -- Nearly every statement ends here: one index probe per user of the statement.
+    IF NOT EXISTS (SELECT 1 FROM public.billing_alerts AS a
+                    WHERE a.active AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)) THEN
+        RETURN NULL;
+    END IF;
+
+    -- Read without a lock: most charges change no alert. A transition is an UPDATE
+    -- that tests the state again under the alert's row lock (armed, fired_month), so
+    -- of two transactions that saw the same state only one fires; and one user's
+    -- charges are serialized by the user's row lock anyway (credit_tx_before_insert).
+    FOR r IN
+        SELECT a.id, a.user_id, a.kind, a.threshold, a.armed, a.fired_month, u.credit_balance
+          FROM public.billing_alerts AS a
+          JOIN public.users AS u ON u.id = a.user_id
+         WHERE a.active
+           AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)
+         ORDER BY a.id
+    LOOP
+        IF r.kind = 'balance_below' THEN
+            IF r.armed AND r.credit_balance < r.threshold THEN
+                UPDATE public.billing_alerts SET armed = false WHERE id = r.id AND armed;
+                IF FOUND THEN
+                    v_event := gen_random_uuid();
+                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
+                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,
+                            jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',
+                                               'alert_id', r.id, 'user_id', r.user_id,
+                                               'threshold', r.threshold, 'balance', r.credit_balance,
+                                               'created', floor(extract(epoch FROM v_now))::bigint));
+                END IF;
+            ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN
+                UPDATE public.billing_alerts SET armed = true WHERE id = r.id;
+            END IF;
+        ELSIF r.fired_month IS DISTINCT FROM v_month_start THEN  -- spend_above
+            SELECT coalesce(-sum(t.amount), 0) INTO v_spend
+              FROM public.credit_transactions AS t
+             WHERE t.user_id = r.user_id
+               AND t.created_at >= v_month_start
+               AND t.type IN ('consumption', 'refund');
+            IF v_spend > r.threshold THEN
+                UPDATE public.billing_alerts SET fired_month = v_month_start
+                 WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;
+                IF FOUND THEN
+                    v_event := gen_random_uuid();
+                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
+                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,
+                            jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
+                                               'alert_id', r.id, 'user_id', r.user_id,
+                                               'threshold', r.threshold, 'spend', v_spend,
+                                               'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
+                                               'created', floor(extract(epoch FROM v_now))::bigint));
+                END IF;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER price_items_immutable
+BEFORE UPDATE OR DELETE ON price_items
+FOR EACH ROW EXECUTE FUNCTION public.price_items_immutable();
+
+CREATE TRIGGER price_books_guard
+BEFORE UPDATE OR DELETE ON price_books
+FOR EACH ROW EXECUTE FUNCTION public.price_books_guard();
+
+CREATE TRIGGER job_price_items_fill
+BEFORE INSERT OR UPDATE ON job_price_items
+FOR EACH ROW EXECUTE FUNCTION public.job_price_items_fill();
+
+CREATE TRIGGER billing_alerts_fire
+AFTER INSERT ON credit_transactions
+REFERENCING NEW TABLE AS new_entries
+FOR EACH STATEMENT EXECUTE FUNCTION public.billing_alerts_fire();
