@@ -1,6 +1,7 @@
 """Every model and enum of the platform's schema."""
 
 from database.models.api_key import APIKey
+from database.models.audit_event import AuditEvent
 from database.models.credit_package import CreditPackage
 from database.models.credit_transaction import CreditTransaction
 from database.models.dataset import Dataset
@@ -8,6 +9,7 @@ from database.models.dataset_profile import DatasetProfile
 from database.models.dataset_version import DatasetVersion
 from database.models.derived_repair import DerivedRepair
 from database.models.enums import (
+    AuditOutcome,
     CreditTierRestriction,
     FileFormat,
     IngestionStatus,
@@ -51,6 +53,8 @@ from database.models.workflow_snapshot import WorkflowSnapshot
 
 __all__ = [
     "APIKey",
+    "AuditEvent",
+    "AuditOutcome",
     "CreditPackage",
     "CreditTierRestriction",
     "CreditTransaction",

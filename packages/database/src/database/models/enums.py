@@ -157,6 +157,14 @@ class ModelPermission(enum.StrEnum):
     DEPLOY = "deploy"
 
 
+class AuditOutcome(enum.StrEnum):
+    """What became of the action an audit event records."""
+
+    SUCCESS = "success"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
     return SAEnum(
@@ -185,8 +193,10 @@ model_version_status = pg_enum(ModelVersionStatus, "model_version_status")
 lineage_relation = pg_enum(LineageRelation, "lineage_relation")
 model_format = pg_enum(ModelFormat, "model_format")
 model_permission = pg_enum(ModelPermission, "model_permission")
+audit_outcome = pg_enum(AuditOutcome, "audit_outcome")
 
 __all__ = [
+    "AuditOutcome",
     "CreditTierRestriction",
     "FileFormat",
     "IngestionStatus",
