@@ -226,7 +226,7 @@ $$;
 -- months after it, and the DEFAULT partition; each partition gets the TRUNCATE
 -- refusal (a statement trigger on the parent does not fire for a TRUNCATE of a
 -- partition). Rows the DEFAULT partition caught for a month being created move into
--- it. Idempotent; concurrent callers queue on an advisory lock. Returns the
+-- it. Idempotent; concurrent callers queue on the parent's lock. Returns the
 -- partitions created. The workers call it periodically (database.audit.ensure_partitions).
 CREATE OR REPLACE FUNCTION public.audit_events_ensure_partitions(p_at timestamptz, p_months_ahead integer)
 RETURNS integer
@@ -253,7 +253,10 @@ BEGIN
     ) THEN
         RETURN 0;
     END IF;
-    PERFORM pg_advisory_xact_lock(7305017001);
+    -- Self-conflicting but not in the way of INSERTs; taking a relation lock also
+    -- reads the catalog changes of the caller that held it before (an advisory lock
+    -- would not: to_regclass could miss the partition it just made).
+    LOCK TABLE public.audit_events IN SHARE UPDATE EXCLUSIVE MODE;
     IF to_regclass('public.audit_events_default') IS NULL THEN
         CREATE TABLE public.audit_events_default PARTITION OF public.audit_events DEFAULT;
         CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.audit_events_default

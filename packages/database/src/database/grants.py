@@ -23,11 +23,15 @@ Three kinds of role touch the database:
     - ``model_versions``: SELECT, DELETE, INSERT and UPDATE of every column but
       ``download_count`` (kept by a trigger from the downloads; ML063 refuses a
       direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
-    - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
+    - ``credit_packages``, ``derived_repairs``, ``alembic_version`` and
+      ``audit_events``: SELECT only (the audit trail is written by the triggers and
+      by ``public.audit_record``; its partitions get no grant at all: a query goes
+      through the parent, whose privileges apply);
 
   - USAGE and SELECT on the sequences, if any;
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
-    schema (EXECUTE is revoked from PUBLIC on all of them);
+    schema (EXECUTE is revoked from PUBLIC on all of them) but ``APP_FUNCTIONS``
+    (``audit_record``, ``audit_events_ensure_partitions``);
 
 - an **operator's role** (``automl-db grant --operator ROLE``), for the people who
   sell credits and set tiers: SELECT on every table (so ``automl-db verify`` runs
@@ -67,7 +71,18 @@ COLUMN_LIMITED = {
         frozenset({"download_count", "id", "created_at"}),
     ),
 }
-READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages"})
+READ_ONLY = frozenset({"derived_repairs", "alembic_version", "credit_packages", "audit_events"})
+#: Functions the applications' role may call (SECURITY DEFINER, owned by the owner):
+#: the API's audit events (the trail's time and actor are the database's, so no
+#: INSERT on audit_events), the workers' monthly partitions ahead, and the purge's
+#: redaction.
+APP_FUNCTIONS = (
+    "public.audit_record(text, text, uuid, text, jsonb, uuid)",
+    "public.audit_events_ensure_partitions(timestamp with time zone, integer)",
+    # The purge (run by the workers) erases a purged user's IPs and user agents;
+    # it refuses anyone not purged (ML107) and changes no other column.
+    "public.audit_redact_user(uuid)",
+)
 #: users columns only an operator changes.
 OPERATOR_USER_COLUMNS = frozenset({"tier"})
 USERS_NOT_INSERTABLE = frozenset({*DERIVED_COLUMNS, *OPERATOR_USER_COLUMNS})
@@ -161,7 +176,7 @@ def grant(
         conn.execute(
             text(
                 "SELECT c.relname FROM pg_class AS c WHERE c.relnamespace = 'public'::regnamespace"
-                " AND c.relkind IN ('r', 'p') ORDER BY 1"
+                " AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
             )
         ).scalars()
     )
@@ -215,4 +230,7 @@ def grant(
         else:
             run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {q}")
     run(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {q}")
+    for fn in APP_FUNCTIONS:
+        if conn.execute(text("SELECT to_regprocedure(:f)"), {"f": fn}).scalar() is not None:
+            run(f"GRANT EXECUTE ON FUNCTION {fn} TO {q}")
     return report
