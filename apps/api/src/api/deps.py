@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from api.errors import ApiError
 from api.settings import ApiSettings
 from api.storage import Storage
+from database import audit
 from database.models import APIKey, User
 
 # --- scopes ---------------------------------------------------------------------------------
@@ -116,13 +117,45 @@ def _unauthenticated(code: str, message: str) -> ApiError:
     return ApiError(401, code, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def request_id(request: Request) -> str:
+    """The request's id (``api.request_id.RequestId``; a new one outside it)."""
+    value = getattr(request.state, "request_id", None)
+    if not isinstance(value, str):
+        value = request.state.request_id = audit.new_request_id()
+    return value
+
+
+def name_actor(
+    request: Request,
+    session: Session,
+    *,
+    user_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> None:
+    """The session's actor for the audit trail: the caller, the request's id, the
+    client's address (the socket's peer: behind a proxy, run uvicorn with
+    ``--proxy-headers --forwarded-allow-ips``) and its user agent."""
+    audit.set_actor(
+        session,
+        user_id=user_id,
+        api_key_id=api_key_id,
+        request_id=request_id(request),
+        client_ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
 def get_principal(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <key>``; 401 otherwise.
 
-    A revoked or expired key, and any key of a soft-deleted user, is refused.
+    A revoked or expired key, and any key of a soft-deleted user, is refused. Once
+    the caller is known, the session names it as the actor of everything the
+    request changes (``database.audit.set_actor``: user, key, request id, client IP,
+    user agent), for the audit triggers.
     """
     if credentials is None or not credentials.credentials:
         raise _unauthenticated("unauthenticated", "an API key is required (Authorization: Bearer)")
@@ -161,6 +194,7 @@ def get_principal(
         )
         set_committed_value(key, "last_used_at", now)
     session.commit()
+    name_actor(request, session, user_id=user.id, api_key_id=key.id)
     return Principal(user=user, key=key)
 
 
@@ -185,3 +219,16 @@ Reader = Annotated[Principal, Depends(require(READ))]
 Writer = Annotated[Principal, Depends(require(WRITE))]
 Buyer = Annotated[Principal, Depends(require(BILLING))]
 KeyManager = Annotated[Principal, Depends(require(KEYS))]
+
+
+def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """An administrator (403 ``admin_required`` otherwise).
+
+    STAND-IN of the audit branch: there are no roles here yet, so it refuses
+    everyone. The identity branch owns the real ``require_admin`` / ``AdminDep``
+    (users.role); the integrator keeps that one.
+    """
+    raise ApiError(403, "admin_required", "this route is for administrators")
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -16,7 +16,9 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.limits import BodyLimit, upload_routes
+from api.request_id import RequestId
 from api.routers import (
+    audit,
     credits,
     datasets,
     events,
@@ -126,6 +128,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         webhooks,
         experiments,
         tutorials,
+        audit,
     ):
         v1.include_router(module.router)
     app.include_router(v1)
@@ -137,6 +140,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
         uploads=upload_routes(app.routes),
     )
+    # Outermost: every answer, a 413 included, carries the request id.
+    app.add_middleware(RequestId)
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app
 

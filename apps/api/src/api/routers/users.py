@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import func, select, update
 
 from api.deps import (
@@ -15,6 +15,7 @@ from api.deps import (
     Reader,
     SessionDep,
     SettingsDep,
+    name_actor,
     new_api_key,
 )
 from api.errors import ApiError, error_responses, not_found
@@ -56,7 +57,7 @@ def _no_more_than(principal: Principal, scopes: Iterable[str], message: str) -> 
     responses=error_responses(409, 422),
     summary="Sign up: create a user and its first API key",
 )
-def sign_up(body: SignUpIn, session: SessionDep) -> SignUpOut:
+def sign_up(body: SignUpIn, session: SessionDep, request: Request) -> SignUpOut:
     """Creates the account and returns its first API key, with every scope.
 
     The key is shown once. An email already registered is 409 ``already_exists``.
@@ -67,6 +68,7 @@ def sign_up(body: SignUpIn, session: SessionDep) -> SignUpOut:
     user = User(email=body.email, full_name=body.full_name)
     session.add(user)
     session.flush()  # the unique key on email refuses a concurrent twin: 409 as well
+    name_actor(request, session, user_id=user.id)  # the first key is the new user's doing
     plain, prefix, digest = new_api_key()
     key = APIKey(
         user_id=user.id, name="default", prefix=prefix, key_hash=digest, scopes=list(ALL_SCOPES)
