@@ -107,6 +107,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "model_format": ["joblib", "skops", "onnx", "mlflow"],
     # Ordered: deploy includes download includes read (database.registry.can).
     "model_permission": ["read", "download", "deploy"],
+    "audit_outcome": ["success", "denied", "failed"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -128,6 +129,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "lineage_relation": enums.LineageRelation,
     "model_format": enums.ModelFormat,
     "model_permission": enums.ModelPermission,
+    "audit_outcome": enums.AuditOutcome,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -302,7 +304,8 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
         " JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
         " LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
         " WHERE c.contype = 'p' AND c.connamespace = 'public'::regnamespace"
-        " AND c.conrelid::regclass::text <> 'alembic_version'",
+        " AND c.conrelid::regclass::text <> 'alembic_version'"
+        " AND NOT (SELECT r.relispartition FROM pg_class AS r WHERE r.oid = c.conrelid)",
     )
     by_table = {r.tbl: r for r in rows}
     assert set(by_table) >= TABLES
@@ -324,6 +327,8 @@ COMPOSITE_KEYS = {
     "model_version_metrics": ("model_version_id", "metric", "split"),
     "model_aliases": ("registered_model_id", "alias"),
     "registered_model_permissions": ("registered_model_id", "user_id"),
+    # A partitioned table's key holds its partition key (the event's time).
+    "audit_events": ("id", "occurred_at"),
 }
 
 
@@ -403,7 +408,9 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         "SELECT c.conname, c.contype::text AS contype, c.conrelid::regclass::text AS tbl"
         " FROM pg_constraint AS c"
         " WHERE c.connamespace = 'public'::regnamespace AND c.contype IN ('p', 'f', 'u', 'c', 'x')"
-        " AND c.conrelid::regclass::text <> 'alembic_version'",
+        " AND c.conrelid::regclass::text <> 'alembic_version'"
+        # Partitions (audit_events_pYYYYMM...) inherit their parent's rules.
+        " AND NOT (SELECT r.relispartition FROM pg_class AS r WHERE r.oid = c.conrelid)",
     )
     indexes = _rows(
         catalog,
@@ -413,7 +420,8 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         " JOIN pg_class AS t ON t.oid = i.indrelid"
         " LEFT JOIN pg_constraint AS con"
         " ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x')"
-        " WHERE t.relnamespace = 'public'::regnamespace AND t.relname <> 'alembic_version'",
+        " WHERE t.relnamespace = 'public'::regnamespace AND t.relname <> 'alembic_version'"
+        " AND NOT t.relispartition",
     )
     assert len(constraints) > 50 and len(indexes) > 40
     bad = []

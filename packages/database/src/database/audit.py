@@ -36,6 +36,7 @@ from database.models.audit_event import MAX_REQUEST_ID, MAX_USER_AGENT
 
 __all__ = [
     "ACTOR_SETTINGS",
+    "make_actor",
     "MONTHS_AHEAD",
     "Actor",
     "Partition",
@@ -137,6 +138,28 @@ def _apply(conn: Connection, actor: Actor) -> None:
     conn.execute(_SET_ACTOR, actor.params())
 
 
+def make_actor(
+    *,
+    user_id: uuid.UUID | str | None = None,
+    api_key_id: uuid.UUID | str | None = None,
+    session_id: uuid.UUID | str | None = None,
+    request_id: str | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> Actor:
+    """An actor, its values checked and cleaned as :func:`set_actor` says."""
+    if request_id is not None and not valid_request_id(request_id):
+        raise ValueError("request_id must be 1-200 characters of [A-Za-z0-9._:/+=-]")
+    return Actor(
+        user_id=_uuid(user_id, "user_id"),
+        api_key_id=_uuid(api_key_id, "api_key_id"),
+        session_id=_uuid(session_id, "session_id"),
+        request_id=request_id,
+        client_ip=_ip(client_ip),
+        user_agent=_user_agent(user_agent),
+    )
+
+
 def set_actor(
     session: Session | Connection,
     *,
@@ -156,25 +179,27 @@ def set_actor(
     characters, a request id that is not 1-200 of ``[A-Za-z0-9._:/+=-]`` is
     refused (``ValueError``; the API makes a new one instead).
     """
-    if request_id is not None and not valid_request_id(request_id):
-        raise ValueError("request_id must be 1-200 characters of [A-Za-z0-9._:/+=-]")
-    actor = Actor(
-        user_id=_uuid(user_id, "user_id"),
-        api_key_id=_uuid(api_key_id, "api_key_id"),
-        session_id=_uuid(session_id, "session_id"),
+    actor = make_actor(
+        user_id=user_id,
+        api_key_id=api_key_id,
+        session_id=session_id,
         request_id=request_id,
-        client_ip=_ip(client_ip),
-        user_agent=_user_agent(user_agent),
+        client_ip=client_ip,
+        user_agent=user_agent,
     )
     if isinstance(session, Connection):
         _apply(session, actor)
         return actor
     session.info[_INFO_KEY] = actor
-    conn = session.connection()  # begins the transaction if needed (_after_begin applies)
-    current = session.get_transaction()
-    if session.info.get(_APPLIED_KEY) is not current:
-        _apply(conn, actor)
-        session.info[_APPLIED_KEY] = current
+    # Never begins a transaction itself (a caller's "own transaction or a savepoint in
+    # mine" logic, database._tx.atomic, must see the session as it was): outside one,
+    # _after_begin sets the actor when the next transaction starts.
+    if session.in_transaction():
+        conn = session.connection()
+        current = session.get_transaction()
+        if session.info.get(_APPLIED_KEY) is not current:
+            _apply(conn, actor)
+            session.info[_APPLIED_KEY] = current
     return actor
 
 

@@ -72,7 +72,8 @@ def inspect_database(connection: Connection, url: URL, is_embedded: bool) -> Rep
         connection.execute(
             text(
                 "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-                " AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version' ORDER BY 1"
+                " AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+                " AND c.relname <> 'alembic_version' ORDER BY 1"
             )
         ).scalars()
     )
@@ -81,6 +82,7 @@ def inspect_database(connection: Connection, url: URL, is_embedded: bool) -> Rep
         text(
             "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
             " WHERE c.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal"
+            " AND NOT c.relispartition"
             " ORDER BY 1, 2"
         )
     ):
