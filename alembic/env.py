@@ -54,9 +54,7 @@ def include_object(
     # triggers, their own TRUNCATE refusals) are differences.
     if reflected and isinstance(obj, PGTrigger):
         return obj.on_entity.split(".", 1)[1] not in _partitions
-    if reflected and type_ == "table" and name in _partitions:
-        return False
-    return True
+    return not (reflected and type_ == "table" and name in _partitions)
 
 
 _existing_tables: set[str] = set()

@@ -51,7 +51,9 @@ def _set(db: Any, pairs: tuple[tuple[str, str], ...], on: bool) -> None:
     db.script("".join(f"ALTER TABLE {t} {state} TRIGGER {n};\n" for t, n in pairs))
 
 
-def ledger(db: Any, *, users: int, clients: int, seconds: float, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+def ledger(
+    db: Any, *, users: int, clients: int, seconds: float, reps: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     from bench import ledger as ledger_bench
 
     ledger_bench.create_users(db, users)

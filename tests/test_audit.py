@@ -53,7 +53,9 @@ def with_actor(engine: Engine, statements: list[str], **settings: str) -> None:
     """Run ``statements`` in one transaction whose actor settings are ``settings``."""
     with engine.begin() as conn:
         for name, value in settings.items():
-            conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": f"automl.{name}", "v": value})
+            conn.execute(
+                text("SELECT set_config(:n, :v, true)"), {"n": f"automl.{name}", "v": value}
+            )
         for statement in statements:
             conn.execute(text(statement))
 
@@ -129,7 +131,9 @@ def test_the_apps_role_is_audited_the_same_way(sql, app_engine):
     key_id = make_key(sql, user_id)
     with app_engine.begin() as conn:
         audit.set_actor(conn, user_id=user_id, api_key_id=key_id, client_ip="::1")
-        conn.execute(text("UPDATE api_keys SET scopes = '{read,write}' WHERE id = :k"), {"k": key_id})
+        conn.execute(
+            text("UPDATE api_keys SET scopes = '{read,write}' WHERE id = :k"), {"k": key_id}
+        )
         conn.execute(text("DELETE FROM api_keys WHERE id = :k"), {"k": key_id})
     changed, deleted = events(sql, entity_id=key_id)[1:]
     assert changed.action == "api_key.scopes_changed"
@@ -188,8 +192,10 @@ def test_a_malformed_actor_setting_refuses_the_change(sql, engine):
         with pytest.raises(errors.InvalidAuditActor) as info:
             with_actor(
                 engine,
-                [f"INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ('{user_id}',"
-                 f" 'x', 'aml_x', '{'b' * 64}')"],
+                [
+                    f"INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ('{user_id}',"
+                    f" 'x', 'aml_x', '{'b' * 64}')"
+                ],
                 **{setting: value},
             )
         assert info.value.sqlstate == "ML106"
@@ -201,7 +207,11 @@ def test_users_deleted_restored_tier_and_email(sql, session):
     user_id = make_user(sql)
     lifecycle.soft_delete_user(session, user_id)
     lifecycle.restore_user(session, user_id)
-    sql("UPDATE users SET tier = 'pro', email = :e WHERE id = :u", u=user_id, e=f"{unique('n')}@x.io")
+    sql(
+        "UPDATE users SET tier = 'pro', email = :e WHERE id = :u",
+        u=user_id,
+        e=f"{unique('n')}@x.io",
+    )
     rows = events(sql, entity_id=user_id)
     assert [r.action for r in rows] == [
         "user.created",
@@ -244,7 +254,11 @@ def test_sharing_and_registered_models(sql):
         "registered_model.deleted",
     ]
     granted, changed, visibility, revoked, deleted = rows
-    assert granted.detail == {"user_id": str(grantee), "permission": "read", "granted_by": str(owner)}
+    assert granted.detail == {
+        "user_id": str(grantee),
+        "permission": "read",
+        "granted_by": str(owner),
+    }
     assert granted.subject_user_id == grantee and revoked.subject_user_id == grantee
     assert changed.detail == {"column": "permission", "old": "read", "new": "download"}
     assert visibility.detail == {"column": "visibility", "old": "private", "new": "public"}
@@ -260,15 +274,25 @@ def test_a_bulk_statement_writes_one_event_per_row(sql):
         " FROM generate_series(1, 300) AS i",
         u=user_id,
     )
-    assert scalar(
-        sql, "SELECT count(*) FROM audit_events WHERE action = 'api_key.created'"
-        " AND subject_user_id = :u", u=user_id
-    ) == 300
+    assert (
+        scalar(
+            sql,
+            "SELECT count(*) FROM audit_events WHERE action = 'api_key.created'"
+            " AND subject_user_id = :u",
+            u=user_id,
+        )
+        == 300
+    )
     sql("DELETE FROM api_keys WHERE user_id = :u", u=user_id)
-    assert scalar(
-        sql, "SELECT count(*) FROM audit_events WHERE action = 'api_key.deleted'"
-        " AND subject_user_id = :u", u=user_id
-    ) == 300
+    assert (
+        scalar(
+            sql,
+            "SELECT count(*) FROM audit_events WHERE action = 'api_key.deleted'"
+            " AND subject_user_id = :u",
+            u=user_id,
+        )
+        == 300
+    )
 
 
 def test_a_huge_key_name_is_audited_without_its_detail(sql):
@@ -287,7 +311,12 @@ def test_record_writes_with_the_actor_and_the_apps_role_may_only_call_it(sql, ap
     with Session(app_engine) as s:
         audit.set_actor(s, user_id=user_id, request_id="req-9")
         event_id = audit.record(
-            s, "model.downloaded", "model", model_id, "success", {"bytes": 10},
+            s,
+            "model.downloaded",
+            "model",
+            model_id,
+            "success",
+            {"bytes": 10},
             subject_user_id=user_id,
         )
         s.commit()
@@ -316,7 +345,9 @@ def test_record_writes_with_the_actor_and_the_apps_role_may_only_call_it(sql, ap
             " VALUES ('user.deleted', 'user', '2000-01-01')",
         )
     # Nor into a partition directly.
-    part = scalar(sql, "SELECT tableoid::regclass::text FROM audit_events WHERE id = :i", i=event_id)
+    part = scalar(
+        sql, "SELECT tableoid::regclass::text FROM audit_events WHERE id = :i", i=event_id
+    )
     with pytest.raises(errors.PermissionDenied):
         run_as(app_engine, f"INSERT INTO {part} (action, entity_type) VALUES ('a.b', 'x')")
 
@@ -324,7 +355,9 @@ def test_record_writes_with_the_actor_and_the_apps_role_may_only_call_it(sql, ap
 # =====================================================================================
 # append-only
 # =====================================================================================
-def test_audit_rows_refuse_update_delete_and_truncate_for_everyone(sql, engine, session, app_engine):
+def test_audit_rows_refuse_update_delete_and_truncate_for_everyone(
+    sql, engine, session, app_engine
+):
     user_id = make_user(sql)
     key_id = make_key(sql, user_id)
     (row,) = events(sql, entity_id=key_id)
@@ -402,10 +435,10 @@ def test_purge_redacts_ip_and_user_agent_of_the_purged_users_events(sql, engine,
     for actor in (gone, stays):
         with engine.begin() as conn:
             audit.set_actor(conn, user_id=actor, client_ip="192.0.2.9", user_agent="Firefox")
-            conn.execute(text("UPDATE api_keys SET scopes = '{read,write}' WHERE id = :k"),
-                         {"k": key_id})
-            conn.execute(text("UPDATE api_keys SET scopes = '{read}' WHERE id = :k"),
-                         {"k": key_id})
+            conn.execute(
+                text("UPDATE api_keys SET scopes = '{read,write}' WHERE id = :k"), {"k": key_id}
+            )
+            conn.execute(text("UPDATE api_keys SET scopes = '{read}' WHERE id = :k"), {"k": key_id})
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
     lifecycle.soft_delete_user(session, gone, at=long_ago)
     report = lifecycle.purge(engine, remove_file=lambda _: False)
@@ -479,19 +512,28 @@ def test_rows_beyond_the_partitions_are_kept_and_moved_when_their_month_is_made(
     far = [insert_at(sql, at) for at in ("2031-05-01 00:00:00+00", "2031-05-31 23:59:59+00")]
     later = insert_at(sql, "2031-06-01 00:00:00+00")
     assert {p for _, p in far} | {later[1]} == {"audit_events_default"}
-    assert audit.ensure_partitions(engine, at=dt.datetime(2031, 5, 9, tzinfo=dt.UTC), months_ahead=0) == 1
+    assert (
+        audit.ensure_partitions(engine, at=dt.datetime(2031, 5, 9, tzinfo=dt.UTC), months_ahead=0)
+        == 1
+    )
     moved = {
         r[0]: r[1]
         for r in sql(
             "SELECT id, tableoid::regclass::text FROM audit_events WHERE action = 'test.event'"
         )
     }
-    assert moved == {far[0][0]: "audit_events_p203105", far[1][0]: "audit_events_p203105",
-                     later[0]: "audit_events_default"}
+    assert moved == {
+        far[0][0]: "audit_events_p203105",
+        far[1][0]: "audit_events_p203105",
+        later[0]: "audit_events_default",
+    }
     # The new partition is append-only too (the cloned row trigger and its own TRUNCATE
     # refusal), and the moving door is closed again.
-    for statement in ["DELETE FROM audit_events_p203105", "TRUNCATE audit_events_p203105",
-                      "DELETE FROM audit_events_default"]:
+    for statement in [
+        "DELETE FROM audit_events_p203105",
+        "TRUNCATE audit_events_p203105",
+        "DELETE FROM audit_events_default",
+    ]:
         with pytest.raises(errors.AuditAppendOnly):
             sql(statement)
     # The moving door: the owner's, for the DEFAULT partition only (the month
@@ -499,7 +541,9 @@ def test_rows_beyond_the_partitions_are_kept_and_moved_when_their_month_is_made(
     with pytest.raises(errors.AuditAppendOnly):
         with_actor(engine, ["DELETE FROM audit_events_p203105"], audit_maintenance="on")
     with pytest.raises(errors.AuditAppendOnly):
-        with_actor(engine, ["UPDATE audit_events_default SET detail = '{}'"], audit_maintenance="on")
+        with_actor(
+            engine, ["UPDATE audit_events_default SET detail = '{}'"], audit_maintenance="on"
+        )
     with pytest.raises(DBAPIError, match="months ahead"):
         audit.ensure_partitions(engine, months_ahead=-1)
 
@@ -531,7 +575,9 @@ def test_dropping_a_partition_is_the_way_out_and_delete_stays_refused(sql, engin
     old = insert_at(sql, "2024-01-15 00:00:00+00")
     kept = insert_at(sql, "2024-02-15 00:00:00+00")
     assert (old[1], kept[1]) == ("audit_events_p202401", "audit_events_p202402")
-    dry = audit.drop_partitions_before(engine, dt.datetime(2024, 2, 20, tzinfo=dt.UTC), dry_run=True)
+    dry = audit.drop_partitions_before(
+        engine, dt.datetime(2024, 2, 20, tzinfo=dt.UTC), dry_run=True
+    )
     assert dry == [("audit_events_p202401", 1)]
     dropped = audit.drop_partitions_before(engine, dt.datetime(2024, 2, 20, tzinfo=dt.UTC))
     assert dropped == [("audit_events_p202401", 1)]  # February is cut by the date: it stays

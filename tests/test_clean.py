@@ -30,7 +30,9 @@ class Interrupted(Exception):
     pass
 
 
-def finished_job(sql: Any, user_id: uuid.UUID, when: str, status: str = "completed", logs: int = 0) -> uuid.UUID:
+def finished_job(
+    sql: Any, user_id: uuid.UUID, when: str, status: str = "completed", logs: int = 0
+) -> uuid.UUID:
     job_id = make_job(sql, user_id, status=status)
     sql("UPDATE jobs SET completed_at = CAST(:w AS timestamptz) WHERE id = :j", w=when, j=job_id)
     for i in range(logs):
@@ -127,8 +129,15 @@ def test_clean_removes_the_old_keeps_what_is_referred_to_and_archives_it(sql, en
     jobs_left = {r[0] for r in sql("SELECT id FROM jobs")}
     # The charged job (the ledger names it) and the one with a model stay, without logs.
     assert jobs_left == {w["charged"], w["with_model"], w["running"], w["recent"]}
-    assert scalar(sql, "SELECT count(*) FROM job_logs WHERE job_id IN (:a, :b)",
-                  a=w["charged"], b=w["with_model"]) == 0
+    assert (
+        scalar(
+            sql,
+            "SELECT count(*) FROM job_logs WHERE job_id IN (:a, :b)",
+            a=w["charged"],
+            b=w["with_model"],
+        )
+        == 0
+    )
     assert scalar(sql, "SELECT count(*) FROM job_logs WHERE job_id = :r", r=w["recent"]) == 2
     hooks_left = {r[0] for r in sql("SELECT id FROM stripe_webhook_events")}
     assert hooks_left == {w["unhandled"], w["hooks_new"]}
@@ -136,9 +145,9 @@ def test_clean_removes_the_old_keeps_what_is_referred_to_and_archives_it(sql, en
     # The archive: every removed row once, every column, readable.
     archived_logs = read_archive(tmp_path, "job_logs")
     removed_logs = [r for r in logs_before if r[0] != w["recent"]]
-    assert sorted((uuid.UUID(a["job_id"]), a["seq"], a["message"]) for a in archived_logs) == sorted(
-        tuple(r) for r in removed_logs
-    )
+    assert sorted(
+        (uuid.UUID(a["job_id"]), a["seq"], a["message"]) for a in archived_logs
+    ) == sorted(tuple(r) for r in removed_logs)
     jobs = read_archive(tmp_path, "jobs")
     assert sorted(uuid.UUID(j["id"]) for j in jobs) == sorted(w["old_jobs"])
     assert {j["status"] for j in jobs} == {"completed"}
@@ -172,7 +181,14 @@ def test_an_interrupted_run_rerun_loses_nothing(sql, engine, tmp_path, stage):
                 raise Interrupted
 
     with pytest.raises(Interrupted):
-        clean(engine, BEFORE, what=["jobs", "webhooks"], archive=tmp_path, batch_size=4, hook=interrupt)
+        clean(
+            engine,
+            BEFORE,
+            what=["jobs", "webhooks"],
+            archive=tmp_path,
+            batch_size=4,
+            hook=interrupt,
+        )
     partial = {r[0] for r in sql("SELECT id FROM jobs")}
     assert w["old_jobs"][0] in partial  # really interrupted
     clean(engine, BEFORE, what=["jobs", "webhooks"], archive=tmp_path, batch_size=4)
@@ -253,14 +269,31 @@ def test_cli_clean(sql, engine, cli_db, capsys):
     out = capsys.readouterr().out
     assert "would remove" in out and "jobs: 6 rows" in out
     archive = cli_db / "archive"
-    assert cli.main(["clean", "--before", "2026-06-01", "--what", "jobs,webhooks",
-                     "--archive", str(archive), "--batch-size", "5"]) == 0
+    assert (
+        cli.main(
+            [
+                "clean",
+                "--before",
+                "2026-06-01",
+                "--what",
+                "jobs,webhooks",
+                "--archive",
+                str(archive),
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "removed" in out and "stripe_webhook_events: 6 rows" in out
     assert len(read_archive(archive, "jobs")) == 6
-    for bad in (["--before", "yesterday"], ["--before", "2026-06-01T00:00:00"],
-                ["--before", "2026-06-01", "--what", "logs"],
-                ["--before", "2026-06-01", "--batch-size", "0"]):
+    for bad in (
+        ["--before", "yesterday"],
+        ["--before", "2026-06-01T00:00:00"],
+        ["--before", "2026-06-01", "--what", "logs"],
+        ["--before", "2026-06-01", "--batch-size", "0"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["clean", *bad])
         assert exit_info.value.code == 2

@@ -17,10 +17,11 @@ Create Date: 2026-12-07 07:50:46.610760+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from alembic_utils.pg_function import PGFunction
 from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
+
+from alembic import op
 
 revision: str = "c17b00000001"
 down_revision: str | Sequence[str] | None = "c13a00000001"

@@ -51,7 +51,9 @@ def test_key_changes_through_the_api_carry_the_requests_actor(
     assert made.client_ip is None
 
 
-def test_signup_attributes_the_first_key_to_the_new_user(client: TestClient, engine: Engine) -> None:
+def test_signup_attributes_the_first_key_to_the_new_user(
+    client: TestClient, engine: Engine
+) -> None:
     new = signup(client)
     (made,) = _events(engine, new.key_id)
     assert made.action == "api_key.created" and made.actor_user_id == new.user_id
@@ -100,14 +102,18 @@ def test_own_trail_filters_and_pages(
         ["user.created"] + ["api_key.created"] * 6 + ["api_key.revoked"]
     )
     assert len({e["id"] for e in seen}) == len(seen)
-    assert [e["occurred_at"] for e in seen] == sorted((e["occurred_at"] for e in seen), reverse=True)
+    assert [e["occurred_at"] for e in seen] == sorted(
+        (e["occurred_at"] for e in seen), reverse=True
+    )
     assert all(
         account.user_id in {_uuid(e["actor_user_id"]), _uuid(e["subject_user_id"])} for e in seen
     )
     revoked = next(e for e in seen if e["action"] == "api_key.revoked")
     assert revoked["actor_user_id"] is None and revoked["detail"]["column"] == "revoked_at"
 
-    exact = client.get("/v1/audit-events", params={"action": "api_key.revoked"}, headers=account.headers)
+    exact = client.get(
+        "/v1/audit-events", params={"action": "api_key.revoked"}, headers=account.headers
+    )
     assert [e["action"] for e in exact.json()["items"]] == ["api_key.revoked"]
     prefix = client.get("/v1/audit-events", params={"action": "api_key."}, headers=account.headers)
     assert len(prefix.json()["items"]) == 7

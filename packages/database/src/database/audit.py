@@ -66,7 +66,7 @@ MONTHS_AHEAD = 3
 
 _INFO_KEY = "automl.audit_actor"
 _APPLIED_KEY = "automl.audit_actor_applied"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,%d}$" % MAX_REQUEST_ID)
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:/+=-]{{1,{MAX_REQUEST_ID}}}$")
 _SET_ACTOR = text(
     "SELECT set_config('automl.actor_user_id', :u, true),"
     " set_config('automl.actor_api_key_id', :k, true),"

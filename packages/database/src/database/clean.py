@@ -78,7 +78,9 @@ class CleanReport:
         for table, n in sorted(self.rows.items()):
             lines.append(f"  {table}: {n} rows")
         for name, n in self.partitions:
-            lines.append(f"  partition {name}: {n} rows ({'to drop' if self.dry_run else 'dropped'})")
+            lines.append(
+                f"  partition {name}: {n} rows ({'to drop' if self.dry_run else 'dropped'})"
+            )
         if not self.rows and not self.partitions:
             lines.append("  nothing")
         if not self.dry_run:
@@ -127,10 +129,13 @@ def _job_referrers(conn: Connection) -> list[tuple[str, str]]:
 
 
 def _job_steps(conn: Connection) -> list[_Step]:
-    kept = " AND ".join(
-        f"NOT EXISTS (SELECT 1 FROM {table} AS ref WHERE ref.{column} = j.id)"
-        for table, column in _job_referrers(conn)
-    ) or "true"
+    kept = (
+        " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {table} AS ref WHERE ref.{column} = j.id)"
+            for table, column in _job_referrers(conn)
+        )
+        or "true"
+    )
     deletable = f"SELECT j.id FROM jobs AS j WHERE {_finished('j')} AND {kept}"
     return [
         _Step(
@@ -307,7 +312,9 @@ def _count(conn: Connection, step: _Step, before: dt.datetime) -> int:
     return int(value)
 
 
-def _archive_partition(archive: Path, batch_size: int) -> Callable[[Connection, audit.Partition], None]:
+def _archive_partition(
+    archive: Path, batch_size: int
+) -> Callable[[Connection, audit.Partition], None]:
     def write(conn: Connection, part: audit.Partition) -> None:
         columns = _columns(conn, part.name)
         schema = _arrow_schema(columns)
@@ -347,7 +354,9 @@ def clean(
         raise ValueError("naive datetime refused: give a timezone-aware datetime")
     unknown = sorted(set(what) - set(TARGETS))
     if unknown:
-        raise ValueError(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}")
+        raise ValueError(
+            f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}"
+        )
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     report = CleanReport(before=before, dry_run=dry_run)
@@ -395,7 +404,9 @@ def clean(
         )
         if archive is not None and not dry_run:
             report.files.extend(
-                archive / "audit_events" / f"{name}.parquet" for name, rows in report.partitions if rows
+                archive / "audit_events" / f"{name}.parquet"
+                for name, rows in report.partitions
+                if rows
             )
         with engine.connect() as conn:
             stranded = conn.execute(
@@ -419,7 +430,9 @@ def _inference(engine: Engine, before: dt.datetime, dry_run: bool, report: Clean
         metering = None
     drop = getattr(metering, "drop_partitions_before", None)
     if drop is None:
-        report.notes.append("inference: database.metering.drop_partitions_before is not here; skipped")
+        report.notes.append(
+            "inference: database.metering.drop_partitions_before is not here; skipped"
+        )
         return
     if dry_run:
         report.notes.append("inference: dry run; the metering system's partitions are not counted")

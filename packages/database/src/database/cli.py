@@ -234,9 +234,7 @@ def _targets(value: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = sorted(set(names) - set(TARGETS))
     if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"choose among {','.join(TARGETS)} (got {value!r})"
-        )
+        raise argparse.ArgumentTypeError(f"choose among {','.join(TARGETS)} (got {value!r})")
     return names
 
 

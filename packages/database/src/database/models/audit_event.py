@@ -90,8 +90,7 @@ class AuditEvent(Base):
         # The partition key is part of every unique key of a partitioned table.
         PrimaryKeyConstraint("id", "occurred_at"),
         CheckConstraint(
-            f"char_length(action) <= {MAX_ACTION}"
-            " AND action ~ '^[a-z][a-z_]*(\\.[a-z][a-z_]*)+$'",
+            f"char_length(action) <= {MAX_ACTION} AND action ~ '^[a-z][a-z_]*(\\.[a-z][a-z_]*)+$'",
             name="action_format",
         ),
         CheckConstraint(
