@@ -16,11 +16,13 @@ writes the "Audit trail overhead" section of docs/performance.md (not with
 * **api**: the app in process (FastAPI's TestClient, the bench database), two
   paths: ``GET /v1/me`` (authentication + ``set_actor``: one more statement per
   request) and ``POST /v1/api-keys`` (the above, plus the ``api_keys_audit_insert``
-  trigger writing its row). Variants: ``audit`` and ``no audit`` (the api_keys and
-  users audit triggers disabled, ``api.deps.name_actor`` a no-op).
+  trigger writing its row). Variants: ``audit`` and ``no audit`` (connections with
+  ``session_replication_role = replica``, so the api_keys audit triggers, the only
+  triggers on that table, do not fire; ``api.deps.name_actor`` a no-op). The two
+  variants' requests alternate one by one.
 
-Variants are interleaved and their order alternates from one repetition to the
-next; the figure is the median over repetitions.
+Ledger variants alternate run by run, their order swapped every repetition; every
+figure is the median over repetitions.
 """
 
 from __future__ import annotations
@@ -87,10 +89,15 @@ def ledger(
 
 
 def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Requests of the two variants alternate one by one (A, B, A, B...), so a change of
+    the machine's load hits both alike. ``no audit`` runs on connections with
+    ``session_replication_role = replica`` (no ordinary trigger fires; on ``api_keys``
+    the audit triggers are the only ones, and ``GET /v1/me`` fires none besides the
+    minute's ``last_used_at`` update) and without ``name_actor``."""
     import tempfile
 
     from fastapi.testclient import TestClient
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, event
     from sqlalchemy.orm import Session, sessionmaker
 
     import api.deps as deps
@@ -99,60 +106,88 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
     from api.settings import ApiSettings
     from database import errors
 
-    engine = errors.install(create_engine(db.url, pool_size=4))
-    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    engines = {
+        "audit": errors.install(create_engine(db.url, pool_size=2)),
+        "no audit": errors.install(create_engine(db.url, pool_size=2)),
+    }
+
+    @event.listens_for(engines["no audit"], "connect")
+    def _replica(dbapi_conn: Any, _: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET session_replication_role = replica")
+        dbapi_conn.commit()
+
+    factories = {k: sessionmaker(bind=e, expire_on_commit=False) for k, e in engines.items()}
+    current = {"variant": "audit"}
     tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     app = create_app(ApiSettings(data_dir=tmp, storage_url=str(tmp / "storage")))
 
     def session_override() -> Iterator[Session]:
-        with factory() as session:
+        with factories[current["variant"]]() as session:
             yield session
 
     app.dependency_overrides[get_session] = session_override
-    app.dependency_overrides[get_session_factory] = lambda: factory
+    app.dependency_overrides[get_session_factory] = lambda: factories[current["variant"]]
     real_name_actor = deps.name_actor
 
     def no_actor(*_: Any, **__: Any) -> None:
         return None
 
+    def use(variant: str) -> None:
+        current["variant"] = variant
+        deps.name_actor = real_name_actor if variant == "audit" else no_actor  # type: ignore[assignment]
+
     paths = ("GET /v1/me", "POST /v1/api-keys")
-    runs: dict[str, dict[str, list[float]]] = {p: {"audit": [], "no audit": []} for p in paths}
+    variants = ("audit", "no audit")
+    runs: dict[str, dict[str, list[float]]] = {p: {v: [] for v in variants} for p in paths}
+    rows_before = db.sql("SELECT count(*) FROM audit_events WHERE action = 'api_key.created'")[0][0]
     with TestClient(app) as client:
         r = client.post("/v1/users", json={"email": "bench-audit@bench.test"})
         headers = {"Authorization": f"Bearer {r.json()['api_key']['key']}"}
 
-        def one(path: str) -> None:
+        def one(path: str) -> float:
+            t0 = time.perf_counter()
             if path == "GET /v1/me":
-                assert client.get("/v1/me", headers=headers).status_code == 200
+                ok = client.get("/v1/me", headers=headers).status_code == 200
             else:
-                created = client.post("/v1/api-keys", json={"name": "b"}, headers=headers)
-                assert created.status_code == 201
+                ok = (
+                    client.post("/v1/api-keys", json={"name": "b"}, headers=headers).status_code
+                    == 201
+                )
+            assert ok, path
+            return time.perf_counter() - t0
 
         for path in paths:
-            for _ in range(max(5, requests // 10)):  # warm up
-                one(path)
+            for variant in variants:
+                use(variant)
+                for _ in range(max(5, requests // 10)):  # warm up (and both pools)
+                    one(path)
         for rep in range(reps):
-            order = ["audit", "no audit"] if rep % 2 == 0 else ["no audit", "audit"]
-            for variant in order:
-                on = variant == "audit"
-                _set(db, API_AUDIT_TRIGGERS, on)
-                deps.name_actor = real_name_actor if on else no_actor  # type: ignore[assignment]
-                for path in paths:
-                    t0 = time.perf_counter()
-                    for _ in range(requests):
-                        one(path)
-                    per_ms = (time.perf_counter() - t0) / requests * 1000
+            for path in paths:
+                spent = dict.fromkeys(variants, 0.0)
+                for i in range(requests):
+                    order = variants if (i + rep) % 2 == 0 else variants[::-1]
+                    for variant in order:
+                        use(variant)
+                        spent[variant] += one(path)
+                for variant in variants:
+                    per_ms = spent[variant] / requests * 1000
                     runs[path][variant].append(per_ms)
-                    log(f"api {path:18s} {variant:8s} rep {rep + 1}: {per_ms:.3f} ms/request")
-    deps.name_actor = real_name_actor  # type: ignore[assignment]
-    _set(db, API_AUDIT_TRIGGERS, True)
-    engine.dispose()
+                log(
+                    f"api {path:18s} rep {rep + 1}: audit {runs[path]['audit'][-1]:.3f},"
+                    f" no audit {runs[path]['no audit'][-1]:.3f} ms/request"
+                )
+    use("audit")
+    created = db.sql("SELECT count(*) FROM audit_events WHERE action = 'api_key.created'")[0][0]
+    for e in engines.values():
+        e.dispose()
     return {
         "requests": requests,
         "ms_per_request": {
             p: {k: statistics.median(v) for k, v in by.items()} for p, by in runs.items()
         },
         "runs": runs,
+        "api_key_created_rows": created - rows_before,
     }
 
 
@@ -193,13 +228,17 @@ def render_section(result: dict[str, Any]) -> str:
         " every credit moved (who, why, which job). A charge updates `users.credit_balance`;"
         " the `users_audit_update` trigger's WHEN clause names only the audited columns"
         " (is_deleted, tier, email), so a charge calls no audit function and writes no audit"
-        f" row ({led['audit_rows_written_by_charges']} rows after the run, all from sign-ups"
-        " or none). Ledger invariant after the run: "
+        f" row ({led['audit_rows_written_by_charges']} rows after the run, all `user.created`"
+        " of the bench users). Ledger invariant after the run: "
         + ("holds." if led["invariant_ok"] else f"BROKEN ({led['invariant_detail']})."),
         "",
         "`GET /v1/me` pays for `set_actor` alone (one `SELECT set_config(...)` per transaction"
         " after authentication); `POST /v1/api-keys` also for the statement-level trigger"
-        " writing the `api_key.created` row.",
+        " writing the `api_key.created` row"
+        f" ({result['api']['api_key_created_rows']} rows written by the audited requests,"
+        " sign-up included). The API's requests of the two variants alternate one by one,"
+        " so a change in the machine's load hits both alike; the ledger's runs alternate"
+        " run by run and are the noisier figure.",
         "",
     ]
     missed = [(name, cost) for name, cost in verdicts if cost > 5.0]

@@ -465,6 +465,24 @@ def insert_at(sql: Any, at: str) -> tuple[uuid.UUID, str]:
     return row[0], row[1]
 
 
+def test_the_workers_role_may_make_partitions_ahead(sql, app_engine):
+    """The workers (the apps' role) call it periodically: EXECUTE is granted, and the
+    DDL runs as the owner (SECURITY DEFINER)."""
+    made = run_as(app_engine, "SELECT public.audit_events_ensure_partitions(now(), 6)")[0][0]
+    assert made == 2  # months 4 and 5 ahead; 0-3 and the DEFAULT are the migration's
+    owners = {
+        r[0]
+        for r in sql(
+            "SELECT DISTINCT c.relowner::regrole::text FROM pg_inherits AS i"
+            " JOIN pg_class AS c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'audit_events'::regclass"
+        )
+    }
+    assert owners == {"postgres"}
+    with pytest.raises(errors.PermissionDenied):
+        run_as(app_engine, "DROP TABLE audit_events_default")
+
+
 def test_the_migration_made_this_month_three_ahead_and_a_default(sql, engine):
     with engine.connect() as conn:
         names = [p.name for p in audit.list_partitions(conn)]

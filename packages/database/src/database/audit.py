@@ -261,7 +261,7 @@ def visible_to(
     action: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
-) -> Select[tuple[AuditEvent]]:
+) -> Select[AuditEvent]:
     """A user's own trail: the events they made (actor) and the events about what is
     theirs (subject: their account, their keys, the models shared with them)."""
     stmt = select(AuditEvent).where(
@@ -271,12 +271,12 @@ def visible_to(
 
 
 def filtered(
-    stmt: Select[tuple[AuditEvent]],
+    stmt: Select[AuditEvent],
     *,
     action: str | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
-) -> Select[tuple[AuditEvent]]:
+) -> Select[AuditEvent]:
     """``action`` is an exact action, or a prefix ending in a dot (``api_key.``)."""
     conditions = []
     if action:

@@ -41,7 +41,7 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -214,7 +214,7 @@ def _cell(value: Any, as_text: bool) -> Any:
 
 
 def _records(
-    rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]], schema: Any
+    rows: Iterable[Any], columns: Sequence[tuple[str, str]], schema: Any
 ) -> list[dict[str, Any]]:
     import pyarrow as pa
 
@@ -248,7 +248,7 @@ def _write_parquet(path: Path, batches: Iterable[list[dict[str, Any]]], schema: 
     _fsync_dir(path.parent)
 
 
-def _batch_name(table: str, rows: Sequence[Mapping[str, Any]], ident: Sequence[str]) -> str:
+def _batch_name(table: str, rows: Sequence[Any], ident: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps([str(row[c]) for c in ident]).encode())
