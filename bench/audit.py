@@ -61,6 +61,7 @@ def ledger(
     ledger_bench.create_users(db, users)
     ledger_bench.reset_ledger(db)
     runs: dict[str, list[float]] = {"audit": [], "no audit": []}
+    cpu: dict[str, list[float]] = {"audit": [], "no audit": []}
     for rep in range(reps):
         order = ["audit", "no audit"] if rep % 2 == 0 else ["no audit", "audit"]
         for variant in order:
@@ -73,7 +74,13 @@ def ledger(
                 defines={"nclients": clients, "per": max(1, users // clients)},
             )
             runs[variant].append(result.tps)
-            log(f"ledger {variant:8s} rep {rep + 1}: {result.tps:,.0f} tps")
+            us = result.cpu_us_per_tx
+            if us is not None:
+                cpu[variant].append(us)
+            log(
+                f"ledger {variant:8s} rep {rep + 1}: {result.tps:,.0f} tps,"
+                f" server CPU {us or float('nan'):.0f} us/charge"
+            )
     _set(db, (("users", "users_audit_update"),), True)
     ok, detail = ledger_bench.check_invariant(db)
     audit_rows = db.sql("SELECT count(*) FROM audit_events")[0][0]
@@ -81,7 +88,9 @@ def ledger(
         "clients": clients,
         "seconds": seconds,
         "tps": {k: statistics.median(v) for k, v in runs.items()},
+        "cpu_us": {k: statistics.median(v) for k, v in cpu.items() if v},
         "runs": runs,
+        "cpu_runs": cpu,
         "invariant_ok": ok,
         "invariant_detail": detail,
         "audit_rows_written_by_charges": audit_rows,
@@ -214,6 +223,13 @@ def render_section(result: dict[str, Any]) -> str:
         f"| ledger charge, pgbench, {led['clients']} clients (tps) | {tps['audit']:,.0f} |"
         f" {tps['no audit']:,.0f} | {ledger_cost:+.1f}% |",
     ]
+    if len(led.get("cpu_us", {})) == 2:
+        c = led["cpu_us"]
+        cpu_cost = (c["audit"] - c["no audit"]) / c["no audit"] * 100
+        lines.append(
+            f"| ledger charge, server CPU per charge (us) | {c['audit']:,.0f} |"
+            f" {c['no audit']:,.0f} | {cpu_cost:+.1f}% |"
+        )
     verdicts = [("ledger", ledger_cost)]
     for path, by in result["api"]["ms_per_request"].items():
         cost = (by["audit"] - by["no audit"]) / by["no audit"] * 100
@@ -281,11 +297,11 @@ def main(argv: list[str] | None = None) -> int:
             db,
             users=1000 if a.quick else 5000,
             clients=4,
-            seconds=2 if a.quick else 4,
+            seconds=2 if a.quick else 3,
             reps=reps,
             log=log,
         )
-        result["api"] = api(db, requests=100 if a.quick else 300, reps=reps, log=log)
+        result["api"] = api(db, requests=100 if a.quick else 200, reps=reps, log=log)
     finally:
         db.close()
     result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

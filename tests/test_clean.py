@@ -299,3 +299,38 @@ def test_cli_clean(sql, engine, cli_db, capsys):
         assert exit_info.value.code == 2
     assert cli.main(["clean", "--before", "2999-01-01"]) == 2
     assert "future" in capsys.readouterr().err
+
+
+def test_concurrent_runs_share_the_work_and_archive_each_row_once(sql, engine, tmp_path):
+    import threading
+
+    w = world(sql, engine)
+    sql(
+        "INSERT INTO stripe_webhook_events (stripe_event_id, type, payload, status, created_at)"
+        " SELECT 'evt_bulk_' || i, 'x', '{}', 'processed', '2026-01-01Z'"
+        " FROM generate_series(1, 200) AS i"
+    )
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=30)
+            clean(engine, BEFORE, what=["jobs", "webhooks"], archive=tmp_path, batch_size=7)
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures
+    hooks = [h["id"] for h in read_archive(tmp_path, "stripe_webhook_events")]
+    assert len(hooks) == len(set(hooks)) == 206
+    assert {r[0] for r in sql("SELECT id FROM stripe_webhook_events")} == {
+        w["unhandled"],
+        w["hooks_new"],
+    }
+    jobs = [j["id"] for j in read_archive(tmp_path, "jobs")]
+    assert sorted(uuid.UUID(j) for j in jobs) == sorted(w["old_jobs"])
