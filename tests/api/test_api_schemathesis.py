@@ -185,6 +185,8 @@ def _sweep(
         def run(case: Any) -> None:
             kind = _sent(case, _body_limit(case.operation, settings))
             response = case.call_and_validate(headers=headers, checks=checks)
+            if response.status_code == 403 and '"admin_required"' in response.text:
+                return  # an admin route: the account is no admin, refused before its input
             if kind is not None:
                 sent[kind] += 1
                 expected = 413 if kind == "oversized_body" else 422
