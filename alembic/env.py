@@ -49,15 +49,12 @@ def include_object(
     if isinstance(obj, PGTrigger) and not reflected:
         table = obj.on_entity.split(".", 1)[1]
         return table in _existing_tables
-    # Partitions of a partitioned table (inference_requests_p202612, ...) are made at
-    # run time (database.metering), not by the models: neither they nor the
-    # triggers on them (clones of the parent's, their own TRUNCATE guard) are
-    # differences.
-    if reflected and type_ == "table" and name in _partitions:
-        return False
+    # Partitions are made at run time (audit_events_ensure_partitions), not by the
+    # models: neither they nor the triggers on them (the clones of the parent's row
+    # triggers, their own TRUNCATE refusals) are differences.
     if reflected and isinstance(obj, PGTrigger):
         return obj.on_entity.split(".", 1)[1] not in _partitions
-    return True
+    return not (reflected and type_ == "table" and name in _partitions)
 
 
 _existing_tables: set[str] = set()
@@ -94,8 +91,8 @@ def _run(connection: Connection) -> None:
         _partitions.update(
             connection.execute(
                 text(
-                    "SELECT relname FROM pg_class WHERE relispartition"
-                    " AND relnamespace = 'public'::regnamespace"
+                    "SELECT c.relname FROM pg_class AS c WHERE c.relispartition"
+                    " AND c.relnamespace = 'public'::regnamespace"
                 )
             ).scalars()
         )

@@ -117,6 +117,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "billing_alert_kind": ["balance_below", "spend_above"],
     "alert_event_status": ["pending", "delivered", "failed"],
     "reconciliation_kind": ["verify", "repair"],
+    "audit_outcome": ["success", "denied", "failed"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -148,6 +149,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "billing_alert_kind": enums.BillingAlertKind,
     "alert_event_status": enums.AlertEventStatus,
     "reconciliation_kind": enums.ReconciliationKind,
+    "audit_outcome": enums.AuditOutcome,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -352,6 +354,7 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
         " WHERE c.contype = 'p' AND c.connamespace = 'public'::regnamespace"
         " AND c.conrelid::regclass::text <> 'alembic_version'"
         " AND NOT (SELECT relispartition FROM pg_class WHERE oid = c.conrelid)",
+        " AND NOT (SELECT r.relispartition FROM pg_class AS r WHERE r.oid = c.conrelid)",
     )
     by_table = {r.tbl: r for r in rows}
     assert set(by_table) >= TABLES
@@ -382,6 +385,8 @@ COMPOSITE_KEYS = {
     "usage_meters": ("user_id",),
     # A job's price lines keyed by (job, price item): one line per item (issue 16).
     "job_price_items": ("job_id", "price_item_id"),
+    # A partitioned table's key holds its partition key (the event's time).
+    "audit_events": ("id", "occurred_at"),
 }
 
 
@@ -470,6 +475,8 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         " AND c.conrelid::regclass::text <> 'alembic_version'"
         # A partition's constraints are its parent's (inference_requests_p202612).
         " AND NOT (SELECT relispartition FROM pg_class WHERE oid = c.conrelid)",
+        # Partitions (audit_events_pYYYYMM...) inherit their parent's rules.
+        " AND NOT (SELECT r.relispartition FROM pg_class AS r WHERE r.oid = c.conrelid)",
     )
     indexes = _rows(
         catalog,

@@ -199,6 +199,8 @@ def _sweep(
             response = case.call_and_validate(headers=headers, checks=checks)
             if undelete is not None and case.operation.label == "DELETE /v1/me":
                 undelete()  # the account the sweep runs as is deleted: bring it back
+            if response.status_code == 403 and '"admin_required"' in response.text:
+                return  # an admin route: the account is no admin, refused before its input
             if kind is not None:
                 sent[kind] += 1
                 expected = 413 if kind == "oversized_body" else 422

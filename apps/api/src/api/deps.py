@@ -147,13 +147,34 @@ def user_agent(request: Request) -> str | None:
 
 
 def request_id(request: Request) -> str:
-    """The client's ``X-Request-ID`` (bounded), or a new one; the same for the whole request."""
-    found = getattr(request.state, "request_id", None)
-    if found is None:
-        given = request.headers.get("x-request-id", "")
-        found = given[:100] if given and given.isprintable() else uuid.uuid4().hex
-        request.state.request_id = found
-    return str(found)
+    """The request's id (``api.request_id.RequestId``; a new one outside it)."""
+    value = getattr(request.state, "request_id", None)
+    if not isinstance(value, str):
+        value = request.state.request_id = audit.new_request_id()
+    return value
+
+
+def name_actor(
+    request: Request,
+    session: Session,
+    *,
+    user_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
+) -> None:
+    """The session's actor for the audit trail (``database.audit.set_actor``, kept for
+    every transaction the session starts): the caller, the request's id, the
+    client's address (the socket's peer: behind a proxy, run uvicorn with
+    ``--proxy-headers --forwarded-allow-ips``) and its user agent."""
+    audit.set_actor(
+        session,
+        user_id=user_id,
+        api_key_id=api_key_id,
+        session_id=session_id,
+        request_id=request_id(request),
+        client_ip=client_ip(request),
+        user_agent=user_agent(request),
+    )
 
 
 def _key_principal(session: Session, token: str) -> Principal:
@@ -215,14 +236,12 @@ def get_principal(
         raise _unauthenticated("account_deleted", "the account of this API key was deleted")
     if not principal.user.is_active:
         raise ApiError(403, "account_inactive", "this account is deactivated")
-    audit.set_actor(
+    name_actor(
+        request,
         session,
         user_id=principal.user_id,
         api_key_id=principal.key.id if principal.key is not None else None,
         session_id=principal.session.id if principal.session is not None else None,
-        request_id=request_id(request),
-        client_ip=client_ip(request),
-        user_agent=user_agent(request),
     )
     return principal
 

@@ -17,8 +17,10 @@ from fastapi.openapi.utils import get_openapi
 from api import errors
 from api.limits import BodyLimit, predict_routes, upload_routes
 from api.mail import ConsoleMailer
+from api.request_id import RequestId
 from api.routers import (
     admin,
+    audit,
     auth,
     billing,
     credits,
@@ -142,6 +144,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         tutorials,
         usage,
         deployments,
+        audit,
     ):
         v1.include_router(module.router)
     app.include_router(v1)
@@ -155,6 +158,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         max_predict_bytes=settings.max_predict_bytes,
         predicts=predict_routes(app.routes),
     )
+    # Outermost: every answer, a 413 included, carries the request id.
+    app.add_middleware(RequestId)
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app
 

@@ -47,7 +47,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import billing, lifecycle, metering, verify, worker_registry
+from database import audit, billing, lifecycle, metering, verify, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
 from workers import kinds, queue, runner
@@ -379,6 +379,9 @@ class Worker:
                 )
                 with self.engine.begin() as conn:
                     worker_registry.prune(conn)
+                # The audit trail's month partitions, made ahead (nothing to do on
+                # most calls: one catalog lookup).
+                audit.ensure_partitions(self.engine)
             except Exception as exc:
                 if is_outage(exc):
                     raise

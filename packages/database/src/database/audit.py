@@ -1,54 +1,144 @@
-"""Who is acting: the transaction-local actor settings (issue 17).
+"""The audit trail (``audit_events``): the actor, the API's own events, partitions,
+redaction and listing. The rules themselves are in ``sql/triggers/audit.sql``.
 
-MINIMAL VERSION written in the identity branch: the audit branch owns this module
-(the names and the helper); the integrator keeps audit's version, with the one
-behaviour identity relies on: the settings hold in every transaction the session
-begins after :func:`set_actor` (an ``after_begin`` hook), not only the current one,
-since a request commits more than once (authentication records ``last_used_at``).
-
-    set_actor(session, user_id=..., api_key_id=..., session_id=..., request_id=...,
-              client_ip=..., user_agent=...)
-
-Each value is set with ``set_config(name, value, true)``; ``sql/triggers/identity.sql``
-reads ``automl.actor_user_id``.
+- :func:`set_actor` names who acts, in transaction-local settings
+  (``automl.actor_user_id``, ``automl.actor_api_key_id``, ``automl.actor_session_id``,
+  ``automl.request_id``, ``automl.client_ip``, ``automl.user_agent``) that the audit
+  triggers read, so every change the transaction makes, through the ORM or raw SQL,
+  is audited with that actor. The session remembers the actor and sets it again at
+  the start of each of its later transactions (a route that commits twice stays
+  attributed): one statement per transaction.
+- :func:`record` writes an event the triggers cannot see (a read that matters: an
+  artifact download), through ``public.audit_record`` (the apps' role may not
+  INSERT into ``audit_events``).
+- :func:`ensure_partitions` makes the month partitions ahead (the workers call it
+  periodically; the migration made the first ones); :func:`drop_partitions_before`
+  is the retention of ``automl-db clean --what audit``; :func:`redact_user` is the
+  purge's erasure of a purged user's IP addresses and user agents.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import Select, and_, event, or_, select, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
-SETTINGS = {
-    "user_id": "automl.actor_user_id",
-    "api_key_id": "automl.actor_api_key_id",
-    "session_id": "automl.actor_session_id",
-    "request_id": "automl.request_id",
-    "client_ip": "automl.client_ip",
-    "user_agent": "automl.user_agent",
-}
-_INFO_KEY = "automl.actor"
+from database.models import AuditEvent, AuditOutcome
+from database.models.audit_event import MAX_REQUEST_ID, MAX_USER_AGENT
+
+__all__ = [
+    "ACTOR_SETTINGS",
+    "make_actor",
+    "MONTHS_AHEAD",
+    "Actor",
+    "Partition",
+    "clear_actor",
+    "drop_partitions_before",
+    "ensure_partitions",
+    "list_partitions",
+    "new_request_id",
+    "record",
+    "redact_user",
+    "set_actor",
+    "valid_request_id",
+    "visible_to",
+]
+
+#: The transaction-local settings the triggers read (the names are this module's).
+ACTOR_SETTINGS = (
+    "automl.actor_user_id",
+    "automl.actor_api_key_id",
+    "automl.actor_session_id",
+    "automl.request_id",
+    "automl.client_ip",
+    "automl.user_agent",
+)
+#: Month partitions kept ahead of the current one.
+MONTHS_AHEAD = 3
+
+_INFO_KEY = "automl.audit_actor"
+_APPLIED_KEY = "automl.audit_actor_applied"
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:/+=-]{{1,{MAX_REQUEST_ID}}}$")
+_SET_ACTOR = text(
+    "SELECT set_config('automl.actor_user_id', :u, true),"
+    " set_config('automl.actor_api_key_id', :k, true),"
+    " set_config('automl.actor_session_id', :s, true),"
+    " set_config('automl.request_id', :r, true),"
+    " set_config('automl.client_ip', :ip, true),"
+    " set_config('automl.user_agent', :ua, true)"
+)
 
 
-def _apply(conn: Connection, values: dict[str, str]) -> None:
-    if values:
-        names = list(values)
-        conn.execute(
-            text(
-                "SELECT " + ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names)))
-            ),
-            {
-                **{f"n{i}": SETTINGS[k] for i, k in enumerate(names)},
-                **{f"v{i}": values[k] for i, k in enumerate(names)},
-            },
-        )
+@dataclass(frozen=True)
+class Actor:
+    user_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+    request_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+    def params(self) -> dict[str, str]:
+        def s(value: object) -> str:
+            return "" if value is None else str(value)
+
+        return {
+            "u": s(self.user_id),
+            "k": s(self.api_key_id),
+            "s": s(self.session_id),
+            "r": s(self.request_id),
+            "ip": s(self.client_ip),
+            "ua": s(self.user_agent),
+        }
 
 
-def set_actor(
-    session: Session,
+def _uuid(value: uuid.UUID | str | None, name: str) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ValueError(f"{name} must be a UUID") from None
+
+
+def _ip(value: str | None) -> str | None:
+    """The address, or None when there is none or it is not one (a proxy's junk)."""
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def _user_agent(value: str | None) -> str | None:
+    if not value:
+        return None
+    cleaned = "".join(ch for ch in value if ch.isprintable())[:MAX_USER_AGENT]
+    return cleaned or None
+
+
+def valid_request_id(value: str | None) -> bool:
+    return bool(value) and _REQUEST_ID.match(value or "") is not None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _apply(conn: Connection, actor: Actor) -> None:
+    conn.execute(_SET_ACTOR, actor.params())
+
+
+def make_actor(
     *,
     user_id: uuid.UUID | str | None = None,
     api_key_id: uuid.UUID | str | None = None,
@@ -56,25 +146,251 @@ def set_actor(
     request_id: str | None = None,
     client_ip: str | None = None,
     user_agent: str | None = None,
-) -> None:
-    """Name the actor of this session's transactions, the current one and the next."""
-    given: dict[str, Any] = {
-        "user_id": user_id,
-        "api_key_id": api_key_id,
-        "session_id": session_id,
-        "request_id": request_id,
-        "client_ip": client_ip,
-        "user_agent": user_agent,
-    }
-    # Every name is set (an empty string for none), so nothing of an earlier actor stays.
-    values = {k: "" if v is None else str(v).replace("\x00", "")[:500] for k, v in given.items()}
-    session.info[_INFO_KEY] = values
+) -> Actor:
+    """An actor, its values checked and cleaned as :func:`set_actor` says."""
+    if request_id is not None and not valid_request_id(request_id):
+        raise ValueError("request_id must be 1-200 characters of [A-Za-z0-9._:/+=-]")
+    return Actor(
+        user_id=_uuid(user_id, "user_id"),
+        api_key_id=_uuid(api_key_id, "api_key_id"),
+        session_id=_uuid(session_id, "session_id"),
+        request_id=request_id,
+        client_ip=_ip(client_ip),
+        user_agent=_user_agent(user_agent),
+    )
+
+
+def set_actor(
+    session: Session | Connection,
+    *,
+    user_id: uuid.UUID | str | None = None,
+    api_key_id: uuid.UUID | str | None = None,
+    session_id: uuid.UUID | str | None = None,
+    request_id: str | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> Actor:
+    """Name the actor of what ``session`` does from now on (all six settings: the ones
+    not given are cleared).
+
+    On a ``Session`` the actor holds for the current transaction and every later one
+    of the session; on a ``Connection`` for its current transaction only. A client
+    IP that is not an address is dropped, a user agent is cut to 512 printable
+    characters, a request id that is not 1-200 of ``[A-Za-z0-9._:/+=-]`` is
+    refused (``ValueError``; the API makes a new one instead).
+    """
+    actor = make_actor(
+        user_id=user_id,
+        api_key_id=api_key_id,
+        session_id=session_id,
+        request_id=request_id,
+        client_ip=client_ip,
+        user_agent=user_agent,
+    )
+    if isinstance(session, Connection):
+        _apply(session, actor)
+        return actor
+    session.info[_INFO_KEY] = actor
+    # Never begins a transaction itself (a caller's "own transaction or a savepoint in
+    # mine" logic, database._tx.atomic, must see the session as it was): outside one,
+    # _after_begin sets the actor when the next transaction starts.
     if session.in_transaction():
-        _apply(session.connection(), values)
+        conn = session.connection()
+        current = session.get_transaction()
+        if session.info.get(_APPLIED_KEY) is not current:
+            _apply(conn, actor)
+            session.info[_APPLIED_KEY] = current
+    return actor
+
+
+def clear_actor(session: Session) -> None:
+    """Forget the session's actor (the current transaction keeps it until it ends)."""
+    session.info.pop(_INFO_KEY, None)
+    session.info.pop(_APPLIED_KEY, None)
 
 
 @event.listens_for(Session, "after_begin")
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    values = session.info.get(_INFO_KEY)
-    if values:
-        _apply(connection, values)
+    actor = session.info.get(_INFO_KEY)
+    if actor is not None and transaction.parent is None:
+        _apply(connection, actor)
+        session.info[_APPLIED_KEY] = transaction
+
+
+# --- the API's own events -------------------------------------------------------------
+_RECORD = text(
+    "SELECT public.audit_record(:action, :entity_type, :entity_id, :outcome,"
+    " CAST(:detail AS jsonb), :subject)"
+)
+
+
+def record(
+    session: Session | Connection,
+    action: str,
+    entity_type: str,
+    entity_id: uuid.UUID | None,
+    outcome: AuditOutcome | str = AuditOutcome.SUCCESS,
+    detail: dict[str, Any] | None = None,
+    *,
+    subject_user_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Write one event with the transaction's actor; its id. Part of the caller's
+    transaction (commit it). A malformed action or entity type, or a detail over
+    4 KiB, is refused by the table's checks (``InvalidValue``)."""
+    import json
+
+    value = session.execute(
+        _RECORD,
+        {
+            "action": action,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "outcome": AuditOutcome(outcome).value,
+            "detail": json.dumps(detail or {}, default=str),
+            "subject": subject_user_id,
+        },
+    ).scalar_one()
+    assert isinstance(value, uuid.UUID)
+    return value
+
+
+# --- listing --------------------------------------------------------------------------
+def visible_to(
+    user_id: uuid.UUID,
+    *,
+    action: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> Select[AuditEvent]:
+    """A user's own trail: the events they made (actor) and the events about what is
+    theirs (subject: their account, their keys, the models shared with them)."""
+    stmt = select(AuditEvent).where(
+        or_(AuditEvent.actor_user_id == user_id, AuditEvent.subject_user_id == user_id)
+    )
+    return filtered(stmt, action=action, since=since, until=until)
+
+
+def filtered(
+    stmt: Select[AuditEvent],
+    *,
+    action: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> Select[AuditEvent]:
+    """``action`` is an exact action, or a prefix ending in a dot (``api_key.``)."""
+    conditions = []
+    if action:
+        if action.endswith("."):
+            conditions.append(AuditEvent.action.startswith(action, autoescape=True))
+        else:
+            conditions.append(AuditEvent.action == action)
+    if since is not None:
+        conditions.append(AuditEvent.occurred_at >= since)
+    if until is not None:
+        conditions.append(AuditEvent.occurred_at < until)
+    return stmt.where(and_(*conditions)) if conditions else stmt
+
+
+# --- partitions -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    #: Bounds (UTC); None for the DEFAULT partition.
+    start: dt.datetime | None
+    end: dt.datetime | None
+
+
+_PARTITION_NAME = re.compile(r"^audit_events_p(\d{4})(\d{2})$")
+
+
+def ensure_partitions(
+    bind: Engine | Connection, *, months_ahead: int = MONTHS_AHEAD, at: dt.datetime | None = None
+) -> int:
+    """Make the partitions of the month of ``at`` (default now) and ``months_ahead``
+    months after it, and the DEFAULT one; the number made. Cheap when they exist."""
+    if at is not None and at.tzinfo is None:
+        raise ValueError("naive datetime refused: give a timezone-aware datetime")
+    statement = text("SELECT public.audit_events_ensure_partitions(coalesce(:at, now()), :n)")
+    params = {"at": at, "n": months_ahead}
+    if isinstance(bind, Connection):
+        return int(bind.execute(statement, params).scalar_one())
+    with bind.begin() as conn:
+        return int(conn.execute(statement, params).scalar_one())
+
+
+def list_partitions(conn: Connection) -> list[Partition]:
+    """The partitions of ``audit_events``, the months in order, the DEFAULT last."""
+    names = conn.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'public.audit_events'::regclass"
+        )
+    ).scalars()
+    months: list[Partition] = []
+    default: list[Partition] = []
+    for name in names:
+        match = _PARTITION_NAME.match(name)
+        if match is None:
+            default.append(Partition(name, None, None))
+            continue
+        start = dt.datetime(int(match[1]), int(match[2]), 1, tzinfo=dt.UTC)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+        months.append(Partition(name, start, end))
+    return sorted(months, key=lambda p: p.name) + default
+
+
+def drop_partitions_before(
+    engine: Engine,
+    before: dt.datetime,
+    *,
+    dry_run: bool = False,
+    archive: Callable[[Connection, Partition], None] | None = None,
+    lock_timeout_ms: int = 5000,
+) -> list[tuple[str, int]]:
+    """Drop every month partition that ends on or before ``before`` (whole months
+    only: a month ``before`` cuts stays); (name, rows) of each. ``archive`` is called
+    with the partition, in the transaction that drops it, before the DROP (a failure
+    keeps the partition). DDL: the owner's (the apps' role owns nothing)."""
+    if before.tzinfo is None:
+        raise ValueError("naive datetime refused: give a timezone-aware datetime")
+    done: list[tuple[str, int]] = []
+    with engine.connect() as conn:
+        with conn.begin():
+            partitions = list_partitions(conn)
+        for part in partitions:
+            if part.end is None or part.end > before:
+                continue
+            with conn.begin():
+                conn.execute(
+                    text("SELECT set_config('lock_timeout', :v, true)"),
+                    {"v": f"{lock_timeout_ms}ms"},
+                )
+                rows = int(
+                    conn.execute(text(f'SELECT count(*) FROM public."{part.name}"')).scalar_one()
+                )
+                if not dry_run:
+                    if archive is not None and rows:
+                        archive(conn, part)
+                    conn.execute(text(f'DROP TABLE public."{part.name}"'))
+            done.append((part.name, rows))
+    return done
+
+
+# --- purge ----------------------------------------------------------------------------
+def redact_user(bind: Connection | Session, user_id: uuid.UUID) -> int:
+    """Clear the IP addresses and user agents of the events a purged user made (the
+    rest of the trail stays); the rows changed. ``AuditRedactionRefused`` (ML107) for
+    a user who is not purged."""
+    value = bind.execute(text("SELECT public.audit_redact_user(:u)"), {"u": user_id}).scalar_one()
+    return int(value)
+
+
+def actor_settings(bind: Connection | Session) -> dict[str, str | None]:
+    """The settings as the database sees them now (tests, debugging)."""
+    row = bind.execute(
+        text(
+            "SELECT "
+            + ", ".join(f"NULLIF(current_setting('{n}', true), '')" for n in ACTOR_SETTINGS)
+        )
+    ).one()
+    return dict(zip(ACTOR_SETTINGS, row, strict=True))

@@ -19,6 +19,9 @@ automl-db charge-usage [--now]
                    charge uncharged usage through the ledger (what the worker does)
 automl-db prices   show the price books (`show [--tier T]`), or start a new one
                    (`set --tier T SKU=CREDITS ...`): an operator's act
+automl-db clean    retention: remove finished jobs, old webhook events, ended
+                   sessions, old audit months, inference partitions older than
+                   --before, in batches, archived to Parquet first with --archive
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -280,6 +284,54 @@ def cmd_purge(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _before(value: str) -> dt.datetime:
+    """A date (midnight UTC) or an ISO datetime with a time zone."""
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date: {value!r} (YYYY-MM-DD, or an ISO datetime with a time zone)"
+        ) from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("give the datetime a time zone (e.g. ...T00:00:00Z)")
+    return parsed
+
+
+def _targets(value: str) -> list[str]:
+    from database.clean import TARGETS
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(TARGETS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"choose among {','.join(TARGETS)} (got {value!r})")
+    return names
+
+
+def cmd_clean(settings: DatabaseSettings, args: argparse.Namespace) -> int:
+    from database.clean import TARGETS, clean
+
+    if args.before > dt.datetime.now(dt.UTC):
+        print("automl-db clean: --before is in the future", file=sys.stderr)
+        return 2
+    engine = _engine_for_admin(settings)
+    try:
+        report = clean(
+            engine,
+            args.before,
+            what=args.what or TARGETS,
+            archive=args.archive,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+        )
+    finally:
+        engine.dispose()
+    print(report.render())
+    return 0
+
+
 def cmd_grant(settings: DatabaseSettings, args: argparse.Namespace) -> int:
     from database.errors import RoleNotFound, UnsafeRole
     from database.grants import grant
@@ -391,6 +443,7 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "inference-retention": cmd_inference_retention,
     "charge-usage": cmd_charge_usage,
     "prices": cmd_prices,
+    "clean": cmd_clean,
 }
 WITH_ARGS = {
     "verify",
@@ -402,6 +455,7 @@ WITH_ARGS = {
     "inference-retention",
     "charge-usage",
     "prices",
+    "clean",
 }
 
 
@@ -487,6 +541,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stop after this many batches (run again to continue)",
     )
     purge.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    clean = sub.add_parser(
+        "clean",
+        help="retention: remove what is older than --before, in batches (resumable)",
+    )
+    clean.add_argument(
+        "--before",
+        type=_before,
+        required=True,
+        metavar="DATE",
+        help="remove what ended before this date (YYYY-MM-DD, UTC) or ISO datetime",
+    )
+    clean.add_argument(
+        "--what",
+        type=_targets,
+        default=None,
+        metavar="LIST",
+        help="comma-separated among jobs,webhooks,sessions,audit,inference (default all)",
+    )
+    clean.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write every removed row to Parquet files in DIR first (fsynced before the delete)",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    clean.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=1000,
+        help="rows per transaction (default 1000)",
+    )
     grant = sub.add_parser(
         "grant", help="give the applications' role (or, --operator, an operator's) least privilege"
     )

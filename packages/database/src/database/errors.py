@@ -280,6 +280,25 @@ class DeploymentTargetImmutable(RuleViolation):
     """An UPDATE of a deployment's owner, version, registered model or alias (ML082)."""
 
 
+class AuditAppendOnly(RuleViolation):
+    """UPDATE, DELETE or TRUNCATE of ``audit_events`` or one of its partitions (ML105):
+    old months leave by dropping whole partitions (``automl-db clean --what audit``)."""
+
+
+class InvalidAuditActor(RuleViolation):
+    """An ``automl.actor_*`` (or ``automl.client_ip``) setting that is not a UUID (an
+    IP address): the audited statement is refused rather than audited wrongly (ML106)."""
+
+    @property
+    def setting(self) -> str | None:
+        match = re.search(r"\bsetting=([\w.]+)", self.detail or "")
+        return match.group(1) if match else None
+
+
+class AuditRedactionRefused(RuleViolation):
+    """``audit_redact_user`` of a user who is not purged (ML107)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -550,6 +569,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML092": JobPriceImmutable,
     "ML093": NoPriceBook,
     "23P01": PriceBookOverlap,
+    "ML105": AuditAppendOnly,
+    "ML106": InvalidAuditActor,
+    "ML107": AuditRedactionRefused,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

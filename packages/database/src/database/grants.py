@@ -30,6 +30,9 @@ Three kinds of role touch the database:
       (the worker's daily verify is recorded, never rewritten);
     - ``credit_packages``, ``price_books``, ``price_items``, ``derived_repairs`` and
       ``alembic_version``: SELECT only (prices are an operator's act);
+    - ``audit_events``: SELECT only (the audit trail is written by the triggers and
+      by ``public.audit_record``; its partitions get no grant at all: a query goes
+      through the parent, whose privileges apply);
 
   - USAGE and SELECT on the sequences, if any;
     - ``inference_requests``, ``usage_events``, ``usage_charges``: SELECT and INSERT
@@ -39,7 +42,8 @@ Three kinds of role touch the database:
   - no TRUNCATE, REFERENCES or TRIGGER anywhere, and EXECUTE on no function of the
     schema (EXECUTE is revoked from PUBLIC on all of them) but ``APP_FUNCTIONS``
     (identity: the actor check, an admin's change of tier and credit adjustment;
-    metering: the request log's partitions and the admission of a prediction);
+    metering: the request log's partitions and the admission of a prediction; audit:
+    ``audit_record``, ``audit_events_ensure_partitions``, ``audit_redact_user``);
   - ``users``: no INSERT of ``role``, ``is_active`` or the ``can_*`` permissions (a
     new account has the defaults); their UPDATE is checked by a trigger (ML100-ML102);
 
@@ -99,7 +103,14 @@ COLUMN_LIMITED = {
     ),
 }
 READ_ONLY = frozenset(
-    {"derived_repairs", "alembic_version", "credit_packages", "price_books", "price_items"}
+    {
+        "derived_repairs",
+        "alembic_version",
+        "credit_packages",
+        "price_books",
+        "price_items",
+        "audit_events",
+    }
 )
 #: users columns only an operator changes.
 OPERATOR_USER_COLUMNS = frozenset({"tier"})
@@ -135,6 +146,13 @@ APP_FUNCTIONS = (
     "public.inference_requests_partition_for(timestamptz)",
     "public.inference_requests_ensure_partitions(integer)",
     "public.usage_admit(uuid, uuid, uuid, bigint, bigint, text, integer)",
+    # The API's audit events (the trail's time and actor are the database's, so no
+    # INSERT on audit_events), the workers' monthly partitions ahead, and the purge's
+    # redaction of a purged user's IPs and user agents (it refuses anyone not purged,
+    # ML107, and changes no other column).
+    "public.audit_record(text, text, uuid, text, jsonb, uuid)",
+    "public.audit_events_ensure_partitions(timestamp with time zone, integer)",
+    "public.audit_redact_user(uuid)",
 )
 
 

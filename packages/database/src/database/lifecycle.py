@@ -10,7 +10,9 @@
   their nodes), the snapshots no remaining job runs, workflows, and the stored
   files of versions, models and uploads. Then it erases the account's personal data
   (email, full name, OAuth identity) and sets ``purged_at``: the row stays as a
-  tombstone, so the ledger, which is never deleted, still adds up. Jobs the ledger
+  tombstone, so the ledger, which is never deleted, still adds up. The user's audit
+  events stay, without the IP addresses and user agents of what they did
+  (``database.audit.redact_user``). Jobs the ledger
   refers to stay, with their nodes and snapshots. Soft-deleted workflows older
   than the window are deleted too (their snapshots and jobs stay; the snapshots'
   ``workflow_id`` becomes NULL).
@@ -47,7 +49,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from database import errors
+from database import audit, errors
 from database._tx import atomic
 from database.models import User, Workflow
 from database.storage import default_storage
@@ -531,6 +533,9 @@ def _purge_batch(
     for uid in uids:
         if conn.execute(tombstone, {"uids": [uid], "now": now}).rowcount:
             batch.users_purged += 1
+            # The audit trail stays; the IP addresses and user agents of what the
+            # user did leave it (database.audit.redact_user).
+            audit.redact_user(conn, uid)
         else:
             busy.append(uid)
     return busy

@@ -85,9 +85,15 @@ from database.models import (
     UsageSku,
 )
 
+#: The refusals of :func:`admit`, named here for its callers (the predict path).
+PaymentRequired = errors.PaymentRequired
+QuotaExceeded = errors.QuotaExceeded
+
 __all__ = [
     "HOLD_SECONDS",
     "ChargeReport",
+    "PaymentRequired",
+    "QuotaExceeded",
     "Prices",
     "admit",
     "charge_usage",

@@ -28,11 +28,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 
-from database.registry import current_environment, environment_problems
 from database.storage import Storage
 
 #: Rows one request may carry unless the deployment's config says otherwise.
@@ -189,24 +187,29 @@ def load_model(
     environment: Mapping[str, Any] | None = None,
     size_bytes: int | None = None,
 ) -> LoadedModel:
-    """THE loader: the artifact at ``location`` as a model. Today the joblib file the
-    worker's save node writes (``models.s3_path``); at merge its body becomes a call of
-    ``pipeline.formats.load_version`` (which checks the environment itself).
+    """THE loader of a served model: the artifact at ``location`` (the joblib file the
+    worker's save node writes, ``models.s3_path``), read and loaded by
+    :mod:`pipeline.formats` (its environment check and its loader, the same as
+    ``formats.load_version``'s; the deployment's query already gave the location,
+    signature and environment, so no second query).
 
     ``ModelUnavailable`` when there is no artifact, the file is gone, or the version's
-    ``environment`` cannot be loaded here (``database.registry.environment_problems``).
+    ``environment`` cannot be loaded here (``formats.IncompatibleEnvironment``).
     """
+    from pipeline import formats
+
     if not location:
         raise ModelUnavailable("the model has no artifact")
-    problems = environment_problems(environment or {}, current_environment())
-    if problems:
-        raise ModelUnavailable("the model cannot be loaded here: " + "; ".join(problems))
+    try:
+        formats.check_environment(f"model {key}", environment or {})
+    except formats.IncompatibleEnvironment as exc:
+        raise ModelUnavailable(str(exc)) from None
     try:
         with storage.open_read(location) as handle:
             data = handle.read()
     except FileNotFoundError:
         raise ModelUnavailable("the model's artifact is not in storage") from None
-    model = joblib.load(io.BytesIO(data))
+    model = formats.load(data, "joblib")
     return describe_model(key, model, signature, size_bytes or len(data))
 
 

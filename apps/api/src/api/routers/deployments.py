@@ -233,7 +233,7 @@ async def predict(
         deployment_id=deployment_id,
         body=body,
         content_type=request.headers.get("content-type"),
-        request_id=request.headers.get("x-request-id"),
+        request=request,
     )
     return Response(
         answer.content(),

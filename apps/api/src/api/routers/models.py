@@ -13,7 +13,8 @@ from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.schemas import ModelDetail, ModelOut
 from api.storage import safe_filename
-from database.models import Model
+from database import audit
+from database.models import AuditOutcome, Model
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -94,6 +95,17 @@ def download_artifact(
         raise ApiError(404, "artifact_not_found", "this model has no artifact")
     name = safe_filename(model.s3_path.rsplit("/", 1)[-1], default=f"model-{model.id}")
     answer = storage.download(model.s3_path, name)
+    # A read that matters: recorded (with the request's actor) before the answer goes.
+    audit.record(
+        session,
+        "model.downloaded",
+        "model",
+        model.id,
+        AuditOutcome.SUCCESS if answer is not None else AuditOutcome.FAILED,
+        {"file": name} if answer is not None else {"reason": "artifact_not_in_storage"},
+        subject_user_id=model.user_id,
+    )
+    session.commit()
     if answer is None:
         raise ApiError(404, "artifact_not_found", "the model's artifact is not in storage")
     return answer

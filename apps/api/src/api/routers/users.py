@@ -20,6 +20,7 @@ from api.deps import (
     SessionFactoryDep,
     SettingsDep,
     StorageDep,
+    name_actor,
     new_api_key,
 )
 from api.errors import ApiError, error_responses, not_found
@@ -81,6 +82,7 @@ def sign_up(
     user = User(email=body.email, full_name=body.full_name)
     session.add(user)
     session.flush()  # the unique key on email refuses a concurrent twin: 409 as well
+    name_actor(request, session, user_id=user.id)  # the first key is the new user's doing
     plain, prefix, digest = new_api_key()
     key = APIKey(
         user_id=user.id, name="default", prefix=prefix, key_hash=digest, scopes=list(ALL_SCOPES)

@@ -20,13 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
-from api.deps import READ, get_principal
+from api.deps import READ, get_principal, request_id
 from api.errors import ApiError, from_database
 from database import deployments, metering
 from database import errors as db
+from database.models import InferenceStatus
 from database.storage import Storage
 from pipeline.serving import (
     DEFAULT_MAX_ROWS,
@@ -72,6 +74,17 @@ def _token(authorization: str | None) -> HTTPAuthorizationCredentials | None:
     return HTTPAuthorizationCredentials(scheme="Bearer", credentials=credentials.strip())
 
 
+def _outcome(status: int) -> InferenceStatus:
+    """The request log's word for an answer's HTTP status."""
+    if status < 400:
+        return InferenceStatus.OK
+    if status in (402, 429):
+        return InferenceStatus.REFUSED
+    if status in (408, 504):
+        return InferenceStatus.TIMEOUT
+    return InferenceStatus.CLIENT_ERROR if status < 500 else InferenceStatus.SERVER_ERROR
+
+
 class Predictor:
     """The models of one process and the way to answer with them."""
 
@@ -104,14 +117,15 @@ class Predictor:
         deployment_id: uuid.UUID,
         body: bytes,
         content_type: str | None,
-        request_id: str | None = None,
+        request: Request,
     ) -> Answer:
         started = time.perf_counter()
+        rid = request_id(request)
         principal = target = None
         rows = 0
         try:
             with factory() as session:
-                principal = get_principal(session, _token(authorization))
+                principal = get_principal(request, session, _token(authorization))
                 if READ not in principal.scopes:
                     raise ApiError(
                         403,
@@ -128,9 +142,10 @@ class Predictor:
                 metering.admit(
                     session,
                     user_id=principal.user_id,
-                    api_key_id=principal.key.id,
+                    api_key_id=principal.key.id if principal.key is not None else None,
                     deployment_id=target.deployment_id,
                     rows=rows,
+                    request_id=rid,
                 )
                 session.commit()
             try:
@@ -167,7 +182,7 @@ class Predictor:
             log.exception("unhandled error on predict of deployment %s", deployment_id)
             answer = _error(ApiError(500, "internal_error", "internal error"))
         if principal is not None and target is not None:
-            self._record(factory, principal, target, rows, started, answer, request_id)
+            self._record(factory, principal, target, rows, started, answer, rid)
         return answer
 
     def _record(
@@ -186,12 +201,12 @@ class Predictor:
                 metering.record_request(
                     session,
                     user_id=principal.user_id,
-                    api_key_id=principal.key.id,
+                    api_key_id=principal.key.id if principal.key is not None else None,
                     deployment_id=target.deployment_id,
                     model_version_id=target.model_version_id,
                     rows=rows if answer.status == 200 else 0,
                     latency_ms=(time.perf_counter() - started) * 1000.0,
-                    status=answer.status,
+                    status=_outcome(answer.status),
                     error_class=error.get("code") if isinstance(error, Mapping) else None,
                     request_id=request_id,
                 )

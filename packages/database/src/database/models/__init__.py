@@ -2,6 +2,7 @@
 
 from database.models.api_key import APIKey
 from database.models.api_key_usage_window import ApiKeyUsageWindow
+from database.models.audit_event import AuditEvent
 from database.models.billing_alert import BillingAlert
 from database.models.billing_alert_delivery import BillingAlertDelivery
 from database.models.billing_alert_event import BillingAlertEvent
@@ -16,6 +17,7 @@ from database.models.derived_repair import DerivedRepair
 from database.models.email_verification import EmailVerification
 from database.models.enums import (
     AlertEventStatus,
+    AuditOutcome,
     BillingAlertKind,
     CreditTierRestriction,
     DeploymentStatus,
@@ -95,6 +97,8 @@ __all__ = [
     "ReconciliationKind",
     "APIKey",
     "ApiKeyUsageWindow",
+    "AuditEvent",
+    "AuditOutcome",
     "CreditPackage",
     "CreditTierRestriction",
     "CreditTransaction",

@@ -243,6 +243,14 @@ class ReconciliationKind(enum.StrEnum):
     REPAIR = "repair"
 
 
+class AuditOutcome(enum.StrEnum):
+    """What became of the action an audit event records."""
+
+    SUCCESS = "success"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
 def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     """The native PostgreSQL type for ``enum_cls``, labelled by member values."""
     return SAEnum(
@@ -281,9 +289,11 @@ invoice_status = pg_enum(InvoiceStatus, "invoice_status")
 billing_alert_kind = pg_enum(BillingAlertKind, "billing_alert_kind")
 alert_event_status = pg_enum(AlertEventStatus, "alert_event_status")
 reconciliation_kind = pg_enum(ReconciliationKind, "reconciliation_kind")
+audit_outcome = pg_enum(AuditOutcome, "audit_outcome")
 
 __all__ = [
     "AlertEventStatus",
+    "AuditOutcome",
     "BillingAlertKind",
     "CreditTierRestriction",
     "DeploymentStatus",

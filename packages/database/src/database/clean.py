@@ -1,0 +1,439 @@
+"""Retention (``automl-db clean``, after Airflow's ``db clean``): remove what is older
+than a date, in bounded batches, optionally archived to Parquet first.
+
+What each target removes (``--what``; all by default):
+
+- ``jobs``: finished jobs (completed, failed, cancelled) that finished before the
+  date, with their nodes and log lines. A job something still refers to is kept
+  whole, but its log lines go: the ledger (a charge or refund names it, and the
+  ledger is never deleted), a trained model, an experiment run, a lineage edge, or
+  any other table's foreign key (found in the catalog, so a later table counts too).
+- ``webhooks``: Stripe webhook events received before the date, except those still
+  ``received`` (never handled: an operator should look at them first). Stripe stops
+  redelivering after three days, and a redelivered payment is refused by the ledger
+  anyway (its payment id is unique).
+- ``sessions``: login sessions (``user_sessions``, the identity system's) that
+  expired or were revoked before the date; skipped while the table does not exist.
+- ``audit``: whole month partitions of ``audit_events`` that end on or before the
+  date (``DROP TABLE``: the owner's DDL, the one way rows leave the append-only
+  trail; a month the date cuts stays whole). Rows the DEFAULT partition holds are
+  counted, not removed.
+- ``inference``: the metering system's partitions, through
+  ``database.metering.drop_partitions_before(engine, date)``; skipped with a message
+  when that system is not installed.
+
+Each batch is one transaction: select at most ``batch_size`` rows (``FOR UPDATE
+SKIP LOCKED``: never waits for the apps), write them to a Parquet file and fsync it
+(with ``--archive``), delete them, commit. The archive is on disk before the delete
+commits; a kill at any point leaves either the rows (and maybe a file holding them:
+the re-run writes the same batch to the same file name, made from the batch's keys),
+or the file and no rows. Run it again: it continues where it stopped and loses
+nothing. Archive files are ``DIR/<table>/<table>-<hash>.parquet`` (a batch) and
+``DIR/audit_events/<partition>.parquet`` (a month); every column is kept, UUIDs,
+enums, addresses and JSON as strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from database import audit
+from database.models.enums import JobStatus
+
+TARGETS = ("jobs", "webhooks", "sessions", "audit", "inference")
+FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+__all__ = ["FINISHED", "TARGETS", "CleanReport", "clean"]
+
+
+@dataclass
+class CleanReport:
+    before: dt.datetime
+    dry_run: bool = False
+    #: Rows removed (dry run: to remove) per table.
+    rows: Counter[str] = field(default_factory=Counter)
+    #: Partitions dropped (dry run: to drop), with their rows.
+    partitions: list[tuple[str, int]] = field(default_factory=list)
+    #: What was skipped, and why.
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    batches: int = 0
+
+    def render(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        lines = [f"clean before {self.before.isoformat()} {verb}:"]
+        for table, n in sorted(self.rows.items()):
+            lines.append(f"  {table}: {n} rows")
+        for name, n in self.partitions:
+            lines.append(
+                f"  partition {name}: {n} rows ({'to drop' if self.dry_run else 'dropped'})"
+            )
+        if not self.rows and not self.partitions:
+            lines.append("  nothing")
+        if not self.dry_run:
+            lines.append(f"batches: {self.batches}; archive files written: {len(self.files)}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Step:
+    table: str
+    #: Which rows go (alias x; :before is the date).
+    where: str
+    #: Columns naming a row, for the DELETE and the archive file's name.
+    ident: tuple[str, ...] = ("id",)
+    #: What a dry run counts, when ``where`` also waits for children to go first.
+    count_where: str | None = None
+
+
+def _finished(alias: str) -> str:
+    statuses = ", ".join(f"'{s.value}'" for s in FINISHED)
+    return (
+        f"{alias}.status IN ({statuses})"
+        f" AND coalesce({alias}.completed_at, {alias}.updated_at) < :before"
+    )
+
+
+def _job_referrers(conn: Connection) -> list[tuple[str, str]]:
+    """(table, column) of every foreign key to jobs.id but the nodes' and logs'."""
+    return [
+        (r.table, r.column)
+        for r in conn.execute(
+            text(
+                "SELECT c.conrelid::regclass::text AS table, a.attname AS column"
+                " FROM pg_constraint AS c"
+                " CROSS JOIN LATERAL unnest(c.conkey, c.confkey) AS k(attnum, refnum)"
+                " JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.attnum"
+                " JOIN pg_attribute AS r ON r.attrelid = c.confrelid AND r.attnum = k.refnum"
+                " WHERE c.contype = 'f' AND c.confrelid = 'public.jobs'::regclass"
+                " AND r.attname = 'id'"
+                " AND c.conrelid NOT IN ('public.job_nodes'::regclass, 'public.job_logs'::regclass)"
+                " ORDER BY 1, 2"
+            )
+        )
+    ]
+
+
+def _job_steps(conn: Connection) -> list[_Step]:
+    kept = (
+        " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {table} AS ref WHERE ref.{column} = j.id)"
+            for table, column in _job_referrers(conn)
+        )
+        or "true"
+    )
+    deletable = f"SELECT j.id FROM jobs AS j WHERE {_finished('j')} AND {kept}"
+    return [
+        _Step(
+            "job_logs",
+            f"x.job_id IN (SELECT j.id FROM jobs AS j WHERE {_finished('j')})",
+            ident=("job_id", "seq"),
+        ),
+        _Step("job_nodes", f"x.job_id IN ({deletable})"),
+        _Step(
+            "jobs",
+            f"x.id IN ({deletable})"
+            " AND NOT EXISTS (SELECT 1 FROM job_nodes AS n WHERE n.job_id = x.id)"
+            " AND NOT EXISTS (SELECT 1 FROM job_logs AS l WHERE l.job_id = x.id)",
+            count_where=f"x.id IN ({deletable})",
+        ),
+    ]
+
+
+def _columns(conn: Connection, table: str) -> list[tuple[str, str]]:
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            text(
+                "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute AS a"
+                " WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
+                " ORDER BY a.attnum"
+            ),
+            {"t": f"public.{table}"},
+        )
+    ]
+
+
+def _session_step(conn: Connection) -> _Step | None:
+    names = {c for c, _ in _columns(conn, "user_sessions")}
+    if not names:
+        return None
+    ends = [f"x.{c} < :before" for c in ("expires_at", "revoked_at") if c in names]
+    if not ends or "id" not in names:
+        return None
+    return _Step("user_sessions", "(" + " OR ".join(ends) + ")")
+
+
+_WEBHOOKS = _Step("stripe_webhook_events", "x.created_at < :before AND x.status <> 'received'")
+
+
+# --- Parquet ------------------------------------------------------------------------------
+def _arrow_schema(columns: Sequence[tuple[str, str]]) -> Any:
+    import pyarrow as pa
+
+    def kind(pg_type: str) -> Any:
+        if pg_type == "timestamp with time zone":
+            return pa.timestamp("us", tz="UTC")
+        if pg_type in ("smallint", "integer", "bigint"):
+            return pa.int64()
+        if pg_type in ("real", "double precision"):
+            return pa.float64()
+        if pg_type == "boolean":
+            return pa.bool_()
+        return pa.string()
+
+    return pa.schema([(name, kind(pg_type)) for name, pg_type in columns])
+
+
+def _cell(value: Any, as_text: bool) -> Any:
+    if value is None or not as_text:
+        return value
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def _records(
+    rows: Iterable[Any], columns: Sequence[tuple[str, str]], schema: Any
+) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    text_columns = {f.name for f in schema if f.type == pa.string()}
+    return [{c: _cell(row[c], c in text_columns) for c, _ in columns} for row in rows]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_parquet(path: Path, batches: Iterable[list[dict[str, Any]]], schema: Any) -> None:
+    """Write to a temporary name, fsync, rename, fsync the folder: on disk for good
+    before the caller deletes anything."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        with pq.ParquetWriter(fh, schema) as writer:
+            for records in batches:
+                writer.write_table(pa.Table.from_pylist(records, schema=schema))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _batch_name(table: str, rows: Sequence[Any], ident: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([str(row[c]) for c in ident]).encode())
+    return f"{table}-{digest.hexdigest()[:24]}.parquet"
+
+
+# --- the work -----------------------------------------------------------------------------
+Hook = Callable[[str, str, CleanReport], None]
+
+
+def _set_lock_timeout(conn: Connection, ms: int) -> None:
+    conn.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": f"{ms}ms"})
+
+
+def _run_step(
+    conn: Connection,
+    step: _Step,
+    before: dt.datetime,
+    report: CleanReport,
+    *,
+    batch_size: int,
+    archive: Path | None,
+    hook: Hook | None,
+    lock_timeout_ms: int,
+) -> None:
+    with conn.begin():
+        columns = _columns(conn, step.table)
+    schema = _arrow_schema(columns) if archive is not None else None
+    key_list = ", ".join(f"x.{c}" for c in step.ident)
+    select_rows = text(
+        f"SELECT x.ctid::text AS _ctid, x.* FROM {step.table} AS x WHERE {step.where}"
+        f" ORDER BY {key_list} LIMIT :n FOR UPDATE OF x SKIP LOCKED"
+    )
+    delete = text(f"DELETE FROM {step.table} AS x WHERE x.ctid = ANY(CAST(:ctids AS tid[]))")
+    while True:
+        with conn.begin():
+            _set_lock_timeout(conn, lock_timeout_ms)
+            rows = conn.execute(select_rows, {"before": before, "n": batch_size}).mappings().all()
+            if not rows:
+                return
+            if archive is not None:
+                path = archive / step.table / _batch_name(step.table, rows, step.ident)
+                _write_parquet(path, [_records(rows, columns, schema)], schema)
+                report.files.append(path)
+                if hook is not None:
+                    hook("archived", step.table, report)
+            conn.execute(delete, {"ctids": [r["_ctid"] for r in rows]})
+        report.rows[step.table] += len(rows)
+        report.batches += 1
+        if hook is not None:
+            hook("committed", step.table, report)
+        if len(rows) < batch_size:
+            return
+
+
+def _count(conn: Connection, step: _Step, before: dt.datetime) -> int:
+    value = conn.execute(
+        text(f"SELECT count(*) FROM {step.table} AS x WHERE {step.count_where or step.where}"),
+        {"before": before},
+    ).scalar_one()
+    return int(value)
+
+
+def _archive_partition(
+    archive: Path, batch_size: int
+) -> Callable[[Connection, audit.Partition], None]:
+    def write(conn: Connection, part: audit.Partition) -> None:
+        columns = _columns(conn, part.name)
+        schema = _arrow_schema(columns)
+        result = conn.execute(
+            text(f'SELECT * FROM public."{part.name}" ORDER BY occurred_at, id').execution_options(
+                stream_results=True, yield_per=batch_size
+            )
+        )
+
+        def chunks() -> Iterable[list[dict[str, Any]]]:
+            for partition in result.mappings().partitions(batch_size):
+                yield _records(partition, columns, schema)
+
+        _write_parquet(archive / "audit_events" / f"{part.name}.parquet", chunks(), schema)
+
+    return write
+
+
+def clean(
+    engine: Engine,
+    before: dt.datetime,
+    *,
+    what: Sequence[str] = TARGETS,
+    archive: Path | None = None,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    hook: Hook | None = None,
+    lock_timeout_ms: int = 5000,
+) -> CleanReport:
+    """Remove what ``what`` names that is older than ``before`` (aware datetime).
+
+    ``hook(stage, table, report)`` is called after a batch's archive is on disk
+    (``archived``, before its delete commits) and after it commits (``committed``):
+    the tests interrupt a run there.
+    """
+    if before.tzinfo is None:
+        raise ValueError("naive datetime refused: give a timezone-aware datetime")
+    unknown = sorted(set(what) - set(TARGETS))
+    if unknown:
+        raise ValueError(
+            f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}"
+        )
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    report = CleanReport(before=before, dry_run=dry_run)
+
+    with engine.connect() as conn:
+        with conn.begin():
+            steps: list[_Step] = []
+            if "jobs" in what:
+                steps.extend(_job_steps(conn))
+            if "webhooks" in what:
+                steps.append(_WEBHOOKS)
+            if "sessions" in what:
+                session_step = _session_step(conn)
+                if session_step is None:
+                    report.notes.append("sessions: no user_sessions table here; skipped")
+                else:
+                    steps.append(session_step)
+            if dry_run:
+                for step in steps:
+                    n = _count(conn, step, before)
+                    if n:
+                        report.rows[step.table] += n
+        if not dry_run:
+            for step in steps:
+                _run_step(
+                    conn,
+                    step,
+                    before,
+                    report,
+                    batch_size=batch_size,
+                    archive=archive,
+                    hook=hook,
+                    lock_timeout_ms=lock_timeout_ms,
+                )
+
+    if "audit" in what:
+        report.partitions.extend(
+            audit.drop_partitions_before(
+                engine,
+                before,
+                dry_run=dry_run,
+                archive=_archive_partition(archive, batch_size) if archive is not None else None,
+                lock_timeout_ms=lock_timeout_ms,
+            )
+        )
+        if archive is not None and not dry_run:
+            report.files.extend(
+                archive / "audit_events" / f"{name}.parquet"
+                for name, rows in report.partitions
+                if rows
+            )
+        with engine.connect() as conn:
+            stranded = conn.execute(
+                text("SELECT count(*) FROM public.audit_events_default WHERE occurred_at < :b"),
+                {"b": before},
+            ).scalar_one()
+        if stranded:
+            report.notes.append(
+                f"audit: {stranded} rows older than the date are in the DEFAULT partition; they"
+                " leave once their month's partition exists (database.audit.ensure_partitions)"
+            )
+    if "inference" in what:
+        _inference(engine, before, dry_run, report)
+    return report
+
+
+def _inference(engine: Engine, before: dt.datetime, dry_run: bool, report: CleanReport) -> None:
+    from database import metering
+
+    drop = getattr(metering, "drop_partitions_before", None)
+    if drop is None:
+        report.notes.append(
+            "inference: database.metering.drop_partitions_before is not here; skipped"
+        )
+        return
+    if dry_run:
+        report.notes.append("inference: dry run; the metering system's partitions are not counted")
+        return
+    result = drop(engine, before)
+    report.notes.append(f"inference: database.metering.drop_partitions_before -> {result!r}")

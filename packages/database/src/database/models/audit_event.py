@@ -1,0 +1,127 @@
+"""One audit event (seed 000's ``OperationEvent``): who did what to which entity, and
+how it ended. Append-only, partitioned by month.
+
+Rows are written by the triggers of ``sql/triggers/audit.sql`` (changes of keys,
+accounts, sharing, registered models) and by ``database.audit.record`` (reads that
+matter, such as an artifact download). The actor columns default to the
+transaction-local settings ``automl.actor_*``, ``automl.request_id``,
+``automl.client_ip`` and ``automl.user_agent`` that ``database.audit.set_actor``
+sets, so a change made through raw SQL is audited with whatever actor its
+transaction named (NULL when none).
+
+UPDATE, DELETE and TRUNCATE are refused for every client (ML105,
+``audit_events_immutable``); old months leave by dropping whole partitions
+(``automl-db clean --what audit``). The only UPDATE allowed is the purge's
+redaction of a purged user's IP and user agent (``audit_redact_user``).
+
+The table is ``PARTITION BY RANGE (occurred_at)``, one partition a month (UTC
+bounds, ``audit_events_pYYYYMM``) plus ``audit_events_default``, made ahead by
+``audit_events_ensure_partitions``; the partitions are not models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, PrimaryKeyConstraint, func, text
+from sqlalchemy.dialects.postgresql import INET
+from sqlalchemy.orm import Mapped, mapped_column
+
+from database.base import Base
+from database.models.enums import AuditOutcome, audit_outcome
+
+MAX_USER_AGENT = 512
+MAX_REQUEST_ID = 200
+#: Bytes of ``detail`` (its JSON text) at most.
+MAX_DETAIL_BYTES = 4096
+MAX_ACTION = 100
+MAX_ENTITY_TYPE = 50
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(server_default=text("gen_random_uuid()"))
+    #: When it happened (the clock, not the transaction's start: events of one
+    #: transaction keep their order).
+    occurred_at: Mapped[dt.datetime] = mapped_column(server_default=func.clock_timestamp())
+    # Who: from the transaction-local settings (no foreign keys: the trail outlives
+    # the users, keys and sessions it names).
+    actor_user_id: Mapped[uuid.UUID | None] = mapped_column(
+        server_default=text("audit_setting_uuid('automl.actor_user_id')")
+    )
+    actor_api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        server_default=text("audit_setting_uuid('automl.actor_api_key_id')")
+    )
+    actor_session_id: Mapped[uuid.UUID | None] = mapped_column(
+        server_default=text("audit_setting_uuid('automl.actor_session_id')")
+    )
+    request_id: Mapped[str | None] = mapped_column(
+        server_default=text(
+            f"left(NULLIF(current_setting('automl.request_id', true), ''), {MAX_REQUEST_ID})"
+        )
+    )
+    client_ip: Mapped[IPv4Address | IPv6Address | None] = mapped_column(
+        INET, server_default=text("audit_setting_inet('automl.client_ip')")
+    )
+    user_agent: Mapped[str | None] = mapped_column(
+        server_default=text(
+            f"left(NULLIF(current_setting('automl.user_agent', true), ''), {MAX_USER_AGENT})"
+        )
+    )
+    #: The database role that made the change (the apps' role, the owner, an operator).
+    db_role: Mapped[str] = mapped_column(server_default=text("SESSION_USER"))
+    #: e.g. ``api_key.created``, ``user.deleted``, ``permission.granted``.
+    action: Mapped[str]
+    entity_type: Mapped[str]
+    entity_id: Mapped[uuid.UUID | None]
+    #: The user whose entity it is (a key's owner, the account itself, a grantee):
+    #: what ``GET /v1/audit-events`` shows a user besides their own actions.
+    subject_user_id: Mapped[uuid.UUID | None]
+    outcome: Mapped[AuditOutcome] = mapped_column(
+        audit_outcome, server_default=AuditOutcome.SUCCESS.value
+    )
+    detail: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+    __table_args__ = (
+        # The partition key is part of every unique key of a partitioned table.
+        PrimaryKeyConstraint("id", "occurred_at"),
+        CheckConstraint(
+            f"char_length(action) <= {MAX_ACTION} AND action ~ '^[a-z][a-z_]*(\\.[a-z][a-z_]*)+$'",
+            name="action_format",
+        ),
+        CheckConstraint(
+            f"entity_type ~ '^[a-z][a-z_]*$' AND char_length(entity_type) <= {MAX_ENTITY_TYPE}",
+            name="entity_type_format",
+        ),
+        CheckConstraint(
+            f"jsonb_typeof(detail) = 'object' AND octet_length(detail::text) <= {MAX_DETAIL_BYTES}",
+            name="detail_small_object",
+        ),
+        CheckConstraint(
+            f"user_agent IS NULL OR char_length(user_agent) <= {MAX_USER_AGENT}",
+            name="user_agent_length",
+        ),
+        CheckConstraint(
+            f"request_id IS NULL OR char_length(request_id) <= {MAX_REQUEST_ID}",
+            name="request_id_length",
+        ),
+        # A user's own trail (as actor, and as subject), the admin's list by time.
+        Index("ix_audit_events_actor_user_id_occurred_at", "actor_user_id", "occurred_at"),
+        Index("ix_audit_events_subject_user_id_occurred_at", "subject_user_id", "occurred_at"),
+        Index("ix_audit_events_occurred_at", "occurred_at"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )
+
+
+__all__ = [
+    "MAX_ACTION",
+    "MAX_DETAIL_BYTES",
+    "MAX_ENTITY_TYPE",
+    "MAX_REQUEST_ID",
+    "MAX_USER_AGENT",
+    "AuditEvent",
+]

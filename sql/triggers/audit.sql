@@ -1,0 +1,363 @@
+-- The audit trail: who did what to which entity (docs/audit.md).
+--
+-- Rules (each has a test in tests/test_audit.py):
+--   * the actor is read from transaction-local settings (automl.actor_user_id,
+--     automl.actor_api_key_id, automl.actor_session_id, automl.request_id,
+--     automl.client_ip, automl.user_agent; database.audit.set_actor sets them): the
+--     columns of audit_events default to them, so raw SQL is audited too, with a
+--     NULL actor when its transaction named none; a setting that is not a UUID
+--     (or an IP) fails the audited statement                 -> ML106 invalid_audit_actor
+--   * audit_events is append-only: UPDATE, DELETE and TRUNCATE are refused for
+--     every client, on the table and on each partition      -> ML105 audit_append_only
+--     Two narrow exceptions, both only for the owner role inside its own SECURITY
+--     DEFINER functions (a setting alone gives the apps' role nothing):
+--       - audit_redact_user: clears client_ip and user_agent of a purged user's
+--         rows, and changes nothing else (a purge's erasure of personal data);
+--       - audit_events_ensure_partitions: moves rows out of the DEFAULT partition
+--         into the month partition it creates for them.
+--     Old months leave by DROP of whole partitions (DDL, the owner's: automl-db clean).
+--   * a redaction of a user who is not purged is refused   -> ML107 audit_redaction_refused
+--
+-- The trigger functions are generic; the table-specific part is in TG_ARGV:
+--   audit_rows(entity_type, key column, subject column, action, detail columns...)
+--     statement-level AFTER INSERT / AFTER DELETE with a transition table: one
+--     INSERT ... SELECT per statement, whatever its number of rows;
+--   audit_changes(entity_type, key column, subject column, spec...)
+--     row-level AFTER UPDATE with a WHEN clause naming the watched columns, so an
+--     UPDATE of other columns (the ledger's credit_balance, a key's last_used_at)
+--     calls no function at all. A spec is 'column=action' (any change) or
+--     'column=action_when_set/action_when_cleared' (set = true or not NULL); a
+--     leading '~' records that the column changed but not its values (personal data).
+-- The "subject" is the user whose entity it is (a key's owner, the account, a
+-- grantee): GET /v1/audit-events shows a user the events of which they are actor or
+-- subject.
+
+CREATE OR REPLACE FUNCTION public.audit_setting_uuid(p_name text)
+RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+AS $$
+DECLARE
+    v text := NULLIF(current_setting(p_name, true), '');
+BEGIN
+    IF v IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RAISE EXCEPTION 'the setting % is not a UUID', p_name
+            USING ERRCODE = 'ML106', DETAIL = format('setting=%s', p_name);
+    END IF;
+    RETURN v::uuid;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_setting_inet(p_name text)
+RETURNS inet
+LANGUAGE plpgsql
+STABLE
+AS $$
+DECLARE
+    v text := NULLIF(current_setting(p_name, true), '');
+BEGIN
+    IF v IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v !~ '^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$' THEN
+        RAISE EXCEPTION 'the setting % is not an IP address', p_name
+            USING ERRCODE = 'ML106', DETAIL = format('setting=%s', p_name);
+    END IF;
+    RETURN v::inet;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_events_immutable()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    -- Not SECURITY DEFINER: current_user is the role whose statement this is (the
+    -- owner only inside the owner's own SECURITY DEFINER functions, or as itself).
+    IF TG_OP = 'UPDATE' THEN
+        IF current_setting('automl.audit_redact', true) = 'on'
+           AND pg_has_role(current_user,
+                           (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = TG_RELID),
+                           'MEMBER')
+           AND NEW.client_ip IS NULL AND NEW.user_agent IS NULL
+           AND (to_jsonb(NEW) - 'client_ip' - 'user_agent') = (to_jsonb(OLD) - 'client_ip' - 'user_agent')
+        THEN
+            RETURN NEW;
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        IF current_setting('automl.audit_maintenance', true) = 'on'
+           AND TG_TABLE_NAME = 'audit_events_default'
+           AND pg_has_role(current_user,
+                           (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = TG_RELID),
+                           'MEMBER')
+        THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'audit_events is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'ML105',
+              HINT = 'old months leave by dropping whole partitions (automl-db clean --what audit)';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_rows()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    -- TG_ARGV: entity_type, key column, subject column, action, detail columns...
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
+        SELECT TG_ARGV[3], TG_ARGV[0], (r.j ->> TG_ARGV[1])::uuid, (r.j ->> TG_ARGV[2])::uuid,
+               CASE WHEN octet_length(r.d::text) <= 2000 THEN r.d
+                    ELSE jsonb_build_object('truncated', true) END
+          FROM (SELECT n.j, coalesce((SELECT jsonb_object_agg(c, n.j -> c)
+                                        FROM unnest(TG_ARGV[4:]) AS c), '{}'::jsonb) AS d
+                  FROM (SELECT to_jsonb(x) AS j FROM new_rows AS x) AS n) AS r;
+    ELSE
+        INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
+        SELECT TG_ARGV[3], TG_ARGV[0], (r.j ->> TG_ARGV[1])::uuid, (r.j ->> TG_ARGV[2])::uuid,
+               CASE WHEN octet_length(r.d::text) <= 2000 THEN r.d
+                    ELSE jsonb_build_object('truncated', true) END
+          FROM (SELECT o.j, coalesce((SELECT jsonb_object_agg(c, o.j -> c)
+                                        FROM unnest(TG_ARGV[4:]) AS c), '{}'::jsonb) AS d
+                  FROM (SELECT to_jsonb(x) AS j FROM old_rows AS x) AS o) AS r;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_changes()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_old jsonb := to_jsonb(OLD);
+    v_new jsonb := to_jsonb(NEW);
+    v_spec text;
+    v_col text;
+    v_hide boolean;
+    v_actions text[];
+    v_detail jsonb;
+BEGIN
+    -- TG_ARGV: entity_type, key column, subject column, specs ('[~]column=action[/action]')
+    FOREACH v_spec IN ARRAY TG_ARGV[3:] LOOP
+        v_hide := starts_with(v_spec, '~');
+        IF v_hide THEN
+            v_spec := substr(v_spec, 2);
+        END IF;
+        v_col := split_part(v_spec, '=', 1);
+        CONTINUE WHEN (v_old -> v_col) IS NOT DISTINCT FROM (v_new -> v_col);
+        v_actions := string_to_array(split_part(v_spec, '=', 2), '/');
+        v_detail := CASE WHEN v_hide THEN jsonb_build_object('column', v_col)
+                         ELSE jsonb_build_object('column', v_col, 'old', v_old -> v_col,
+                                                 'new', v_new -> v_col) END;
+        IF octet_length(v_detail::text) > 2000 THEN
+            v_detail := jsonb_build_object('column', v_col, 'truncated', true);
+        END IF;
+        INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
+        VALUES (CASE WHEN cardinality(v_actions) > 1
+                          AND (v_new -> v_col) IN ('null'::jsonb, 'false'::jsonb)
+                     THEN v_actions[2] ELSE v_actions[1] END,
+                TG_ARGV[0], (v_new ->> TG_ARGV[1])::uuid, (v_new ->> TG_ARGV[2])::uuid, v_detail);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+-- The API's own events (reads that matter: downloads). The apps' role may EXECUTE
+-- it (database/grants.py) but not INSERT into audit_events: the time and the
+-- actor's columns are the database's.
+CREATE OR REPLACE FUNCTION public.audit_record(p_action text, p_entity_type text, p_entity_id uuid, p_outcome text, p_detail jsonb, p_subject_user_id uuid)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, outcome, detail)
+    VALUES (p_action, p_entity_type, p_entity_id, p_subject_user_id,
+            coalesce(p_outcome, 'success')::public.audit_outcome, coalesce(p_detail, '{}'::jsonb))
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END;
+$$;
+
+-- Purge's erasure of personal data: the IP and user agent of the events a purged
+-- user made. Owner only (EXECUTE revoked from PUBLIC); refuses a user who is not
+-- purged (ML107); the row trigger lets the UPDATE through only for these two
+-- columns going NULL.
+CREATE OR REPLACE FUNCTION public.audit_redact_user(p_user_id uuid)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.users AS u
+                    WHERE u.id = p_user_id AND u.purged_at IS NOT NULL) THEN
+        RAISE EXCEPTION 'user % is not purged: the audit trail keeps their IP and user agent',
+                p_user_id
+            USING ERRCODE = 'ML107';
+    END IF;
+    PERFORM set_config('automl.audit_redact', 'on', true);
+    UPDATE public.audit_events AS e
+       SET client_ip = NULL, user_agent = NULL
+     WHERE e.actor_user_id = p_user_id
+       AND (e.client_ip IS NOT NULL OR e.user_agent IS NOT NULL);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    PERFORM set_config('automl.audit_redact', 'off', true);
+    RETURN v_count;
+END;
+$$;
+
+-- Monthly partitions (UTC bounds), from the month of p_at through p_months_ahead
+-- months after it, and the DEFAULT partition; each partition gets the TRUNCATE
+-- refusal (a statement trigger on the parent does not fire for a TRUNCATE of a
+-- partition). Rows the DEFAULT partition caught for a month being created move into
+-- it. Idempotent; concurrent callers queue on the parent's lock. Returns the
+-- partitions created. The workers call it periodically (database.audit.ensure_partitions).
+CREATE OR REPLACE FUNCTION public.audit_events_ensure_partitions(p_at timestamptz, p_months_ahead integer)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_month timestamp := date_trunc('month', p_at AT TIME ZONE 'UTC');
+    v_lo text;
+    v_hi text;
+    v_name text;
+    v_created integer := 0;
+BEGIN
+    IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
+        RAISE EXCEPTION 'months ahead must be between 0 and 120, not %', p_months_ahead
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Nothing to do (the common case): no lock, no DDL.
+    IF to_regclass('public.audit_events_default') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM generate_series(0, p_months_ahead) AS i
+         WHERE to_regclass('public.audit_events_p'
+                           || to_char(v_month + make_interval(months => i), 'YYYYMM')) IS NULL
+    ) THEN
+        RETURN 0;
+    END IF;
+    -- Self-conflicting but not in the way of INSERTs; taking a relation lock also
+    -- reads the catalog changes of the caller that held it before (an advisory lock
+    -- would not: to_regclass could miss the partition it just made).
+    LOCK TABLE public.audit_events IN SHARE UPDATE EXCLUSIVE MODE;
+    IF to_regclass('public.audit_events_default') IS NULL THEN
+        CREATE TABLE public.audit_events_default PARTITION OF public.audit_events DEFAULT;
+        CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.audit_events_default
+            FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable();
+        v_created := v_created + 1;
+    END IF;
+    FOR i IN 0 .. p_months_ahead LOOP
+        v_name := 'audit_events_p' || to_char(v_month + make_interval(months => i), 'YYYYMM');
+        CONTINUE WHEN to_regclass('public.' || v_name) IS NOT NULL;
+        v_lo := to_char(v_month + make_interval(months => i), 'YYYY-MM-DD') || ' 00:00:00+00';
+        v_hi := to_char(v_month + make_interval(months => i + 1), 'YYYY-MM-DD') || ' 00:00:00+00';
+        IF EXISTS (SELECT 1 FROM public.audit_events_default AS d
+                    WHERE d.occurred_at >= v_lo::timestamptz AND d.occurred_at < v_hi::timestamptz) THEN
+            EXECUTE format('CREATE TABLE public.%I (LIKE public.audit_events INCLUDING DEFAULTS'
+                           ' INCLUDING CONSTRAINTS)', v_name);
+            PERFORM set_config('automl.audit_maintenance', 'on', true);
+            EXECUTE format('WITH moved AS (DELETE FROM public.audit_events_default AS d'
+                           ' WHERE d.occurred_at >= %L AND d.occurred_at < %L RETURNING d.*)'
+                           ' INSERT INTO public.%I SELECT * FROM moved', v_lo, v_hi, v_name);
+            PERFORM set_config('automl.audit_maintenance', 'off', true);
+            EXECUTE format('ALTER TABLE public.audit_events ATTACH PARTITION public.%I'
+                           ' FOR VALUES FROM (%L) TO (%L)', v_name, v_lo, v_hi);
+        ELSE
+            EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_events'
+                           ' FOR VALUES FROM (%L) TO (%L)', v_name, v_lo, v_hi);
+        END IF;
+        EXECUTE format('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.%I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable()',
+                       v_name);
+        v_created := v_created + 1;
+    END LOOP;
+    RETURN v_created;
+END;
+$$;
+
+-- audit_events: append-only (the row trigger is cloned onto every partition).
+CREATE TRIGGER audit_events_no_update_delete
+BEFORE UPDATE OR DELETE ON audit_events
+FOR EACH ROW EXECUTE FUNCTION public.audit_events_immutable();
+
+CREATE TRIGGER audit_events_no_truncate
+BEFORE TRUNCATE ON audit_events
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable();
+
+-- api_keys: created, revoked (and un-revoked by raw SQL), scopes or expiry changed, deleted.
+CREATE TRIGGER api_keys_audit_insert
+AFTER INSERT ON api_keys
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('api_key', 'id', 'user_id', 'api_key.created', 'name', 'prefix', 'scopes', 'expires_at');
+
+CREATE TRIGGER api_keys_audit_update
+AFTER UPDATE ON api_keys
+FOR EACH ROW
+WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at OR OLD.scopes IS DISTINCT FROM NEW.scopes OR OLD.expires_at IS DISTINCT FROM NEW.expires_at)
+EXECUTE FUNCTION public.audit_changes('api_key', 'id', 'user_id', 'revoked_at=api_key.revoked/api_key.unrevoked', 'scopes=api_key.scopes_changed', 'expires_at=api_key.expiry_changed');
+
+CREATE TRIGGER api_keys_audit_delete
+AFTER DELETE ON api_keys
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('api_key', 'id', 'user_id', 'api_key.deleted', 'name', 'prefix');
+
+-- users: created; deleted and restored (is_deleted), tier and email changes. To watch
+-- one more column (identity's role, is_active, permissions), add it to the WHEN line
+-- and a spec ('role=user.role_changed') to the arguments.
+CREATE TRIGGER users_audit_insert
+AFTER INSERT ON users
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('user', 'id', 'id', 'user.created');
+
+CREATE TRIGGER users_audit_update
+AFTER UPDATE ON users
+FOR EACH ROW
+WHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email)
+EXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed');
+
+-- registered_model_permissions (sharing): granted, changed, revoked; the entity is the
+-- registered model, the subject the grantee.
+CREATE TRIGGER registered_model_permissions_audit_insert
+AFTER INSERT ON registered_model_permissions
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('registered_model', 'registered_model_id', 'user_id', 'permission.granted', 'user_id', 'permission', 'granted_by');
+
+CREATE TRIGGER registered_model_permissions_audit_update
+AFTER UPDATE ON registered_model_permissions
+FOR EACH ROW
+WHEN (OLD.permission IS DISTINCT FROM NEW.permission)
+EXECUTE FUNCTION public.audit_changes('registered_model', 'registered_model_id', 'user_id', 'permission=permission.changed');
+
+CREATE TRIGGER registered_model_permissions_audit_delete
+AFTER DELETE ON registered_model_permissions
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('registered_model', 'registered_model_id', 'user_id', 'permission.revoked', 'user_id', 'permission');
+
+-- registered_models: visibility changes, deletes.
+CREATE TRIGGER registered_models_audit_update
+AFTER UPDATE ON registered_models
+FOR EACH ROW
+WHEN (OLD.visibility IS DISTINCT FROM NEW.visibility)
+EXECUTE FUNCTION public.audit_changes('registered_model', 'id', 'user_id', 'visibility=registered_model.visibility_changed');
+
+CREATE TRIGGER registered_models_audit_delete
+AFTER DELETE ON registered_models
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('registered_model', 'id', 'user_id', 'registered_model.deleted', 'name');
