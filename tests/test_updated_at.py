@@ -242,7 +242,7 @@ ORM_EDITS: list[tuple[type, str, Callable[[Any], None]]] = [
     (Workflow, "workflows", lambda o: setattr(o, "definition", {"nodes": [1], "edges": []})),
     (Job, "jobs", lambda o: setattr(o, "status", JobStatus.QUEUED)),
     (JobNode, "job_nodes", lambda o: setattr(o, "error_message", "boom")),
-    (Model, "models", lambda o: setattr(o, "is_deployed", True)),
+    (Model, "models", lambda o: setattr(o, "name", "renamed")),
     (CreditPackage, "credit_packages", lambda o: setattr(o, "is_active", False)),
     (Experiment, "experiments", lambda o: setattr(o, "primary_metric", "rmse")),
     (Tutorial, "tutorials", lambda o: setattr(o, "sort_order", 9)),

@@ -76,6 +76,12 @@ HAND_TRIGGERS = (
         "BEFORE INSERT OR UPDATE ON public.job_price_items FOR EACH ROW"
         " EXECUTE FUNCTION public.job_price_items_fill()",
     ),
+    (
+        "set_updated_at",
+        "billing_invoices",
+        "BEFORE UPDATE ON public.billing_invoices FOR EACH ROW"
+        " WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION public.set_updated_at()",
+    ),
 )
 
 

@@ -255,7 +255,7 @@ def upgrade() -> None:
         signature="users_audit_update",
         on_entity="public.users",
         is_constraint=False,
-        definition="AFTER UPDATE ON public.users FOR EACH ROW\nWHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email)\nEXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed')",
+        definition="AFTER UPDATE ON public.users FOR EACH ROW\nWHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email OR OLD.role IS DISTINCT FROM NEW.role OR OLD.is_active IS DISTINCT FROM NEW.is_active OR OLD.can_upload IS DISTINCT FROM NEW.can_upload OR OLD.can_train IS DISTINCT FROM NEW.can_train OR OLD.can_deploy IS DISTINCT FROM NEW.can_deploy OR OLD.can_download IS DISTINCT FROM NEW.can_download OR OLD.can_buy IS DISTINCT FROM NEW.can_buy)\nEXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed', 'role=user.role_changed', 'is_active=user.activated/user.deactivated', 'can_upload=user.permission_changed', 'can_train=user.permission_changed', 'can_deploy=user.permission_changed', 'can_download=user.permission_changed', 'can_buy=user.permission_changed')",
     )
     op.create_entity(public_users_users_audit_update)
 
@@ -304,9 +304,100 @@ def upgrade() -> None:
     )
     op.create_entity(public_registered_models_registered_models_audit_delete)
 
+    # The tables of identity (sessions) and serving (deployments).
+    public_user_sessions_user_sessions_audit_insert = PGTrigger(
+        schema="public",
+        signature="user_sessions_audit_insert",
+        on_entity="public.user_sessions",
+        is_constraint=False,
+        definition="AFTER INSERT ON public.user_sessions REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('session', 'id', 'user_id', 'session.created')",
+    )
+    op.create_entity(public_user_sessions_user_sessions_audit_insert)
+
+    public_user_sessions_user_sessions_audit_update = PGTrigger(
+        schema="public",
+        signature="user_sessions_audit_update",
+        on_entity="public.user_sessions",
+        is_constraint=False,
+        definition="AFTER UPDATE ON public.user_sessions FOR EACH ROW\nWHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at)\nEXECUTE FUNCTION public.audit_changes('session', 'id', 'user_id', 'revoked_at=session.revoked/session.unrevoked')",
+    )
+    op.create_entity(public_user_sessions_user_sessions_audit_update)
+
+    public_deployments_deployments_audit_insert = PGTrigger(
+        schema="public",
+        signature="deployments_audit_insert",
+        on_entity="public.deployments",
+        is_constraint=False,
+        definition="AFTER INSERT ON public.deployments REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.created', 'name')",
+    )
+    op.create_entity(public_deployments_deployments_audit_insert)
+
+    public_deployments_deployments_audit_update = PGTrigger(
+        schema="public",
+        signature="deployments_audit_update",
+        on_entity="public.deployments",
+        is_constraint=False,
+        definition="AFTER UPDATE ON public.deployments FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.audit_changes('deployment', 'id', 'user_id', 'status=deployment.status_changed')",
+    )
+    op.create_entity(public_deployments_deployments_audit_update)
+
+    public_deployments_deployments_audit_delete = PGTrigger(
+        schema="public",
+        signature="deployments_audit_delete",
+        on_entity="public.deployments",
+        is_constraint=False,
+        definition="AFTER DELETE ON public.deployments REFERENCING OLD TABLE AS old_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.deleted', 'name')",
+    )
+    op.create_entity(public_deployments_deployments_audit_delete)
+
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    public_deployments_deployments_audit_delete = PGTrigger(
+        schema="public",
+        signature="deployments_audit_delete",
+        on_entity="public.deployments",
+        is_constraint=False,
+        definition="AFTER DELETE ON public.deployments REFERENCING OLD TABLE AS old_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.deleted', 'name')",
+    )
+    op.drop_entity(public_deployments_deployments_audit_delete)
+
+    public_deployments_deployments_audit_update = PGTrigger(
+        schema="public",
+        signature="deployments_audit_update",
+        on_entity="public.deployments",
+        is_constraint=False,
+        definition="AFTER UPDATE ON public.deployments FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.audit_changes('deployment', 'id', 'user_id', 'status=deployment.status_changed')",
+    )
+    op.drop_entity(public_deployments_deployments_audit_update)
+
+    public_deployments_deployments_audit_insert = PGTrigger(
+        schema="public",
+        signature="deployments_audit_insert",
+        on_entity="public.deployments",
+        is_constraint=False,
+        definition="AFTER INSERT ON public.deployments REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.created', 'name')",
+    )
+    op.drop_entity(public_deployments_deployments_audit_insert)
+
+    public_user_sessions_user_sessions_audit_update = PGTrigger(
+        schema="public",
+        signature="user_sessions_audit_update",
+        on_entity="public.user_sessions",
+        is_constraint=False,
+        definition="AFTER UPDATE ON public.user_sessions FOR EACH ROW\nWHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at)\nEXECUTE FUNCTION public.audit_changes('session', 'id', 'user_id', 'revoked_at=session.revoked/session.unrevoked')",
+    )
+    op.drop_entity(public_user_sessions_user_sessions_audit_update)
+
+    public_user_sessions_user_sessions_audit_insert = PGTrigger(
+        schema="public",
+        signature="user_sessions_audit_insert",
+        on_entity="public.user_sessions",
+        is_constraint=False,
+        definition="AFTER INSERT ON public.user_sessions REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('session', 'id', 'user_id', 'session.created')",
+    )
+    op.drop_entity(public_user_sessions_user_sessions_audit_insert)
+
     public_registered_models_registered_models_audit_delete = PGTrigger(
         schema="public",
         signature="registered_models_audit_delete",
@@ -357,7 +448,7 @@ def downgrade() -> None:
         signature="users_audit_update",
         on_entity="public.users",
         is_constraint=False,
-        definition="AFTER UPDATE ON public.users FOR EACH ROW\nWHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email)\nEXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed')",
+        definition="AFTER UPDATE ON public.users FOR EACH ROW\nWHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email OR OLD.role IS DISTINCT FROM NEW.role OR OLD.is_active IS DISTINCT FROM NEW.is_active OR OLD.can_upload IS DISTINCT FROM NEW.can_upload OR OLD.can_train IS DISTINCT FROM NEW.can_train OR OLD.can_deploy IS DISTINCT FROM NEW.can_deploy OR OLD.can_download IS DISTINCT FROM NEW.can_download OR OLD.can_buy IS DISTINCT FROM NEW.can_buy)\nEXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed', 'role=user.role_changed', 'is_active=user.activated/user.deactivated', 'can_upload=user.permission_changed', 'can_train=user.permission_changed', 'can_deploy=user.permission_changed', 'can_download=user.permission_changed', 'can_buy=user.permission_changed')",
     )
     op.drop_entity(public_users_users_audit_update)
 

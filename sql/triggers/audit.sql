@@ -329,8 +329,8 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('user', 'id', 'id', 'user.
 CREATE TRIGGER users_audit_update
 AFTER UPDATE ON users
 FOR EACH ROW
-WHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email)
-EXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed');
+WHEN (OLD.is_deleted IS DISTINCT FROM NEW.is_deleted OR OLD.tier IS DISTINCT FROM NEW.tier OR OLD.email IS DISTINCT FROM NEW.email OR OLD.role IS DISTINCT FROM NEW.role OR OLD.is_active IS DISTINCT FROM NEW.is_active OR OLD.can_upload IS DISTINCT FROM NEW.can_upload OR OLD.can_train IS DISTINCT FROM NEW.can_train OR OLD.can_deploy IS DISTINCT FROM NEW.can_deploy OR OLD.can_download IS DISTINCT FROM NEW.can_download OR OLD.can_buy IS DISTINCT FROM NEW.can_buy)
+EXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.deleted/user.restored', 'tier=user.tier_changed', '~email=user.email_changed', 'role=user.role_changed', 'is_active=user.activated/user.deactivated', 'can_upload=user.permission_changed', 'can_train=user.permission_changed', 'can_deploy=user.permission_changed', 'can_download=user.permission_changed', 'can_buy=user.permission_changed');
 
 -- registered_model_permissions (sharing): granted, changed, revoked; the entity is the
 -- registered model, the subject the grantee.
@@ -361,3 +361,32 @@ CREATE TRIGGER registered_models_audit_delete
 AFTER DELETE ON registered_models
 REFERENCING OLD TABLE AS old_rows
 FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('registered_model', 'id', 'user_id', 'registered_model.deleted', 'name');
+
+-- identity's user_sessions: created, revoked; the entity is the session, the subject its user.
+CREATE TRIGGER user_sessions_audit_insert
+AFTER INSERT ON user_sessions
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('session', 'id', 'user_id', 'session.created');
+
+CREATE TRIGGER user_sessions_audit_update
+AFTER UPDATE ON user_sessions
+FOR EACH ROW
+WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at)
+EXECUTE FUNCTION public.audit_changes('session', 'id', 'user_id', 'revoked_at=session.revoked/session.unrevoked');
+
+-- serving's deployments: created, status changes (stopped, failed...), deleted.
+CREATE TRIGGER deployments_audit_insert
+AFTER INSERT ON deployments
+REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.created', 'name');
+
+CREATE TRIGGER deployments_audit_update
+AFTER UPDATE ON deployments
+FOR EACH ROW
+WHEN (OLD.status IS DISTINCT FROM NEW.status)
+EXECUTE FUNCTION public.audit_changes('deployment', 'id', 'user_id', 'status=deployment.status_changed');
+
+CREATE TRIGGER deployments_audit_delete
+AFTER DELETE ON deployments
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.deleted', 'name');

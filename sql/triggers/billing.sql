@@ -187,3 +187,11 @@ CREATE TRIGGER billing_alerts_fire
 AFTER INSERT ON credit_transactions
 REFERENCING NEW TABLE AS new_entries
 FOR EACH STATEMENT EXECUTE FUNCTION public.billing_alerts_fire();
+
+-- updated_at, like every table's (updated_at.sql holds the function): an invoice's
+-- status moves with Stripe's events.
+CREATE TRIGGER set_updated_at
+BEFORE UPDATE ON billing_invoices
+FOR EACH ROW
+WHEN (OLD.* IS DISTINCT FROM NEW.*)
+EXECUTE FUNCTION public.set_updated_at();

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import ApiSettings
-from database import jobs, registry
+from database import jobs, metering, registry
 from database.models import ModelPermission
 from database.storage import LocalStorage
 from workers.kinds import Context, dispatch
@@ -34,6 +34,17 @@ from api_helpers import Account, give_credits, make_app, scalar
 from factories import make_dataset, make_version
 
 PARQUET = "application/vnd.apache.parquet"
+
+
+@pytest.fixture(autouse=True)
+def free_predictions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Predictions cost nothing here (metering's price, read once per process): these
+    tests are about serving; what a prediction costs is test_a_user_who_cannot_pay's
+    and tests/api/test_api_usage.py's."""
+    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "0")
+    metering.prices.cache_clear()
+    yield
+    metering.prices.cache_clear()
 
 
 @pytest.fixture
@@ -585,3 +596,36 @@ def test_an_unreachable_serving_process_is_503(
     with TestClient(proxied) as via_api:
         r = via_api.post(url(deployment), headers=account.headers, json={"records": records(1)})
     assert r.status_code == 503 and r.json()["error"]["code"] == "serving_unavailable"
+
+
+def test_a_user_who_cannot_pay_gets_402_before_the_model_runs(
+    client: TestClient,
+    account: Account,
+    engine: Engine,
+    deployment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "1")
+    metering.prices.cache_clear()
+    r = client.post(url(deployment), headers=account.headers, json={"records": records(3)})
+    assert r.status_code == 402 and r.json()["error"]["code"] == "payment_required", r.text
+    give_credits(engine, account.user_id, 1)
+    r = client.post(url(deployment), headers=account.headers, json={"records": records(3)})
+    assert r.status_code == 200, r.text
+    logged = [
+        row[0]
+        for row in engine.connect().execute(
+            text(
+                "SELECT status::text FROM inference_requests WHERE deployment_id = :d"
+                " ORDER BY created_at"
+            ),
+            {"d": deployment["id"]},
+        )
+    ]
+    assert logged == ["refused", "ok"]
+    used = scalar(
+        engine,
+        "SELECT coalesce(sum(quantity), 0) FROM usage_events WHERE deployment_id = :d",
+        d=deployment["id"],
+    )
+    assert used == 3

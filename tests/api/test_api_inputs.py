@@ -66,14 +66,17 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
     and ``expires_at`` of a new key. A new one fails here until it is tested too."""
     spec = client.get("/openapi.json").json()
     assert _paginated_lists(spec) == [
-        "/v1/admin/users",
+        "/v1/admin/audit-events",
         "/v1/admin/reconciliation-runs",
+        "/v1/admin/users",
         "/v1/api-keys",
+        "/v1/audit-events",
         "/v1/billing-alerts",
         "/v1/billing-alerts/{alert_id}/deliveries",
         "/v1/credits/transactions",
         "/v1/datasets",
         "/v1/deployments",
+        "/v1/deployments/{deployment_id}/requests",
         "/v1/experiments",
         "/v1/invoices",
         "/v1/jobs",
@@ -100,7 +103,35 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
                 for name, prop in props.items():
                     if "date" in json.dumps(prop):
                         found.append((method, path, name))
-    assert found == [("post", "/v1/api-keys", "expires_at")]
+    assert found == [
+        ("post", "/v1/api-keys", "expires_at"),
+        ("get", "/v1/usage", "from"),
+        ("get", "/v1/usage", "to"),
+        ("get", "/v1/audit-events", "from"),
+        ("get", "/v1/audit-events", "to"),
+        ("get", "/v1/admin/audit-events", "from"),
+        ("get", "/v1/admin/audit-events", "to"),
+    ]
+
+
+def test_edge_dates_in_date_filters_are_clear(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    """The ``from`` / ``to`` filters of usage and the audit trail: a date at the
+    calendar's edge, naive or past year 9999 in UTC, is a 200 or a 422 naming it,
+    never a 500."""
+    rows(engine, "UPDATE users SET role = 'admin' WHERE id = :u", u=account.user_id)
+    for path in ("/v1/usage", "/v1/audit-events", "/v1/admin/audit-events"):
+        for name in ("from", "to"):
+            for value in [*EDGE_DATETIMES, MIN_DATETIME.isoformat(), MAX_DATETIME.isoformat()]:
+                r = client.get(path, headers=account.headers, params={name: value})
+                assert r.status_code in (200, 422), (path, name, value, r.text)
+                if r.status_code == 422:
+                    assert r.json()["error"]["code"] in (
+                        "validation_error",
+                        "invalid_value",
+                        "invalid_range",
+                    )
 
 
 def test_edge_dates_in_any_cursor_are_422(

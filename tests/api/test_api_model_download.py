@@ -548,3 +548,25 @@ def test_public_versions_download_without_a_key_and_permissions_still_hold(
         f"/v1/model-versions/{version_id}/download", headers={"Authorization": "Bearer aml_nope"}
     )
     assert bad.status_code == 401
+
+
+def test_downloads_are_in_the_audit_trail_with_their_outcome(
+    client: TestClient, account: Account, engine: Engine, storage: Storage
+) -> None:
+    version_id = _hand_made_version(
+        engine, storage, account.user_id, registry.current_environment()
+    )
+    stranger = signup(client)
+    assert download(client, account, version_id, "joblib").status_code == 200
+    assert download(client, stranger, version_id, "joblib").status_code == 404
+    events = rows(
+        engine,
+        "SELECT actor_user_id, outcome::text AS outcome, detail->>'format' AS format"
+        " FROM audit_events WHERE action = 'model_version.downloaded' AND entity_id = :v"
+        " ORDER BY occurred_at",
+        v=version_id,
+    )
+    assert [(e.actor_user_id, e.outcome, e.format) for e in events] == [
+        (account.user_id, "success", "joblib"),
+        (stranger.user_id, "denied", "joblib"),
+    ]

@@ -32,25 +32,42 @@ def _prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def deployments(engine: Engine) -> None:
-    """Serving's table, reduced to what the ownership check reads (tests only)."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE IF NOT EXISTS deployments"
-                " (id uuid PRIMARY KEY, user_id uuid NOT NULL)"
-            )
-        )
+def deployments() -> None:
+    """Kept for the tests' signatures: serving's table is in the schema."""
 
 
 def deployment_of(engine: Engine, account: Account) -> uuid.UUID:
-    dep = uuid.uuid4()
+    """A deployment of the account's: a trained model, registered as a version, deployed."""
     with engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO deployments (id, user_id) VALUES (:d, :u)"),
-            {"d": dep, "u": account.user_id},
+        model = conn.execute(
+            text(
+                "INSERT INTO models (user_id, name, algorithm, problem_type)"
+                " VALUES (:u, 'm', 'random_forest', 'classification') RETURNING id"
+            ),
+            {"u": account.user_id},
+        ).scalar_one()
+        registered = conn.execute(
+            text("INSERT INTO registered_models (user_id, name) VALUES (:u, :n) RETURNING id"),
+            {"u": account.user_id, "n": f"rm-{uuid.uuid4().hex[:8]}"},
+        ).scalar_one()
+        version = conn.execute(
+            text(
+                "INSERT INTO model_versions (registered_model_id, model_id)"
+                " VALUES (:r, :m) RETURNING id"
+            ),
+            {"r": registered, "m": model},
+        ).scalar_one()
+        return uuid.UUID(
+            str(
+                conn.execute(
+                    text(
+                        "INSERT INTO deployments (user_id, name, model_version_id)"
+                        " VALUES (:u, :n, :v) RETURNING id"
+                    ),
+                    {"u": account.user_id, "n": f"d-{uuid.uuid4().hex[:8]}", "v": version},
+                ).scalar_one()
+            )
         )
-    return dep
 
 
 def serve(engine: Engine, account: Account, dep: uuid.UUID, rows: int, **kw: Any) -> None:

@@ -327,6 +327,7 @@ def get_optional_principal(
     given must be valid (401 otherwise: never a silent downgrade to anonymous) and
     carry the ``read`` scope (403)."""
     if credentials is None:
+        name_actor(request, session)  # no user, but the request's id, address and agent
         return None
     principal = get_principal(request, session, credentials)
     return require(READ)(principal)

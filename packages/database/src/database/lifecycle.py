@@ -324,6 +324,9 @@ _STEPS: tuple[_Step, ...] = (
         "experiments",
         ready="NOT EXISTS (SELECT 1 FROM experiment_runs AS r WHERE r.experiment_id = x.id)",
     ),
+    # Deployments first: they name versions and trained models (a stopped or active
+    # one goes; models.is_deployed follows by trigger).
+    _Step("deployments", optional=True),
     # The registry: the grants the user holds and the grants on the user's models, then
     # the versions (their metrics, aliases, lineage edges and downloads go with them:
     # model_downloads refuses a DELETE of its own, ML062), then the registered models.
@@ -429,14 +432,13 @@ _ELIGIBLE = (
 
 #: Tables that refer to users and whose rows purge keeps: the ledger, the repair log,
 #: the downloads the user made of other users' models (append-only, like the ledger;
-#: the downloads of the user's own versions go with the versions).
-#: Metering's (issue 14) stay too: the request log (retention drops whole months of
-#: it, database.metering.drop_partitions_before), the usage and its charges (the
-#: financial history that the ledger's usage charges add up to) and the meter; the
-#: holds expire within minutes and metering's sweep removes them.
 #: the downloads of the user's own versions go with the versions); the invoices
 #: (financial history, like the ledger) and the reconciliation adjustments (the
-#: repair log, like derived_repairs).
+#: repair log, like derived_repairs). Metering's (issue 14) stay too: the request log
+#: (retention drops whole months of it, database.metering.drop_partitions_before),
+#: the usage and its charges (the financial history that the ledger's usage charges
+#: add up to) and the meter; the holds expire within minutes and metering's sweep
+#: removes them.
 KEPT_TABLES = frozenset(
     {
         "credit_transactions",

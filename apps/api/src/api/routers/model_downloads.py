@@ -32,9 +32,9 @@ from sqlalchemy import select
 
 from api.deps import MaybeReader, SessionDep, StorageDep, ensure_permission
 from api.errors import ApiError, error_responses, not_found
-from database import registry
+from database import audit, registry
 from database.models import ModelVersion
-from database.models.enums import ModelFormat, ModelPermission
+from database.models.enums import AuditOutcome, ModelFormat, ModelPermission
 from database.models.model_download import MAX_USER_AGENT
 from pipeline import formats
 
@@ -56,6 +56,21 @@ def _user_agent(request: Request) -> str | None:
     if not agent:
         return None
     return agent.replace("\x00", "")[:MAX_USER_AGENT] or None
+
+
+def _audit(
+    session: SessionDep, version_id: uuid.UUID, format: ModelFormat, outcome: AuditOutcome
+) -> None:
+    """A read that matters, in the audit trail with the request's actor (beside the
+    registry's own ``model_downloads``, which the version's counter is kept from)."""
+    audit.record(
+        session,
+        "model_version.downloaded",
+        "model_version",
+        version_id,
+        outcome,
+        {"format": str(format)},
+    )
 
 
 @router.get(
@@ -99,6 +114,7 @@ def download_version(
         registry.record_download(
             session, version_id, user_id=user_id, format=format, ip=ip, user_agent=agent
         )
+        _audit(session, version_id, format, AuditOutcome.DENIED)
         session.commit()
         if not registry.can(session, user_id, registered_model_id, ModelPermission.READ):
             raise not_found("model version")
@@ -127,6 +143,12 @@ def download_version(
         ) from None
     download = registry.record_download(
         session, version_id, user_id=user_id, format=format, ip=ip, user_agent=agent
+    )
+    _audit(
+        session,
+        version_id,
+        format,
+        AuditOutcome.SUCCESS if download.granted else AuditOutcome.DENIED,
     )
     session.commit()
     if not download.granted:  # access taken away meanwhile
