@@ -10,6 +10,7 @@ is stored or charged.
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from sqlalchemy import func, select
@@ -20,7 +21,8 @@ from api.schemas import WorkflowDefinition
 from api.settings import ApiSettings
 from database import locks
 from database.limits import TierLimits
-from database.models import Job, JobStatus, User
+from database.models import Job, JobStatus, NodeType, User
+from pipeline.definition import AutoMLConfig
 
 #: Jobs that count against the concurrent-jobs limit.
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
@@ -99,6 +101,13 @@ def check_storage(settings: ApiSettings, user: User, incoming_bytes: int) -> Non
 
 
 def price(settings: ApiSettings, definition: WorkflowDefinition) -> int:
-    """Credits a run of ``definition`` costs: a base plus each node's price."""
+    """Credits a run of ``definition`` costs: a base plus each node's price; an automl
+    node's grows with its budget (``automl_per_minute`` per started minute)."""
     pricing = settings.pricing
-    return pricing.base_credits + sum(pricing.node_credits.of(n.type) for n in definition.nodes)
+    total = pricing.base_credits
+    for node in definition.nodes:
+        total += pricing.node_credits.of(node.type)
+        if node.type == NodeType.AUTOML:
+            budget = node.config_as(AutoMLConfig).time_budget_s
+            total += math.ceil(budget / 60) * pricing.node_credits.automl_per_minute
+    return total
