@@ -632,6 +632,8 @@ def automl_problems(
             f" of the dataset of node {data_node!r}"
         )
     problem_type = supervised_problem_type(info.problem_type, info.target_problem_type)
+    if info.problem_type == ProblemType.CLUSTERING:
+        problem_type = ProblemType.CLUSTERING  # declared: automl_config_problems refuses it
     if problem_type is None:
         return None, problems
     learners = tuple(config.estimators) if config.estimators else None
