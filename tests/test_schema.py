@@ -89,7 +89,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "file_format": ["csv", "json", "parquet", "excel", "unknown"],
     "problem_type": ["classification", "regression", "clustering", "other"],
     "job_status": ["pending", "queued", "running", "completed", "failed", "cancelled"],
-    "node_type": ["dataset", "preprocess", "model", "visualize", "save"],
+    "node_type": ["dataset", "preprocess", "model", "visualize", "save", "automl"],
     "node_status": ["pending", "running", "success", "failed", "skipped"],
     "transaction_type": ["purchase", "consumption", "refund", "adjustment"],
     "tutorial_difficulty": ["beginner", "intermediate", "advanced"],
@@ -107,6 +107,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "model_format": ["joblib", "skops", "onnx", "mlflow"],
     # Ordered: deploy includes download includes read (database.registry.can).
     "model_permission": ["read", "download", "deploy"],
+    "experiment_run_status": ["finished", "failed"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -128,6 +129,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "lineage_relation": enums.LineageRelation,
     "model_format": enums.ModelFormat,
     "model_permission": enums.ModelPermission,
+    "experiment_run_status": enums.ExperimentRunStatus,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)

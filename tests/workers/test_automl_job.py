@@ -203,3 +203,14 @@ def test_the_price_grows_with_the_budget(client: TestClient, account: Account) -
     # 10 credits per started minute of budget (PRICING__NODE_CREDITS__AUTOML_PER_MINUTE).
     assert prices[61] - prices[60] == 10
     assert prices[600] - prices[60] == 90
+
+
+def test_the_automl_config_is_in_the_openapi_schema(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    config = schemas["AutoMLConfig"]
+    assert config["additionalProperties"] is False
+    budget = config["properties"]["time_budget_s"]
+    assert (budget["minimum"], budget["maximum"], budget["default"]) == (1, 3600, 60)
+    assert "accuracy" in str(config["properties"]["metric"])
+    assert "lgbm" in str(config["properties"]["estimators"])
+    assert {"ModelConfig", "PreprocessConfig", "SaveConfig"} <= set(schemas)
