@@ -226,6 +226,14 @@ class InvalidLineage(InvalidValue):
 
 
 # --- refusals of database.credits and database.lifecycle, checked before any write ----
+class TrialNumberTaken(AlreadyExists):
+    """An automl search's experiment already has a run of this trial number."""
+
+
+class InvalidTrial(InvalidValue):
+    """A trial's number below 1 or a negative duration (``experiment_runs`` checks)."""
+
+
 class UserNotFound(ReferenceViolation):
     """No user has this id."""
 
@@ -360,6 +368,9 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "ck_model_version_metrics_split_name": InvalidMetric,
     "ck_model_lineage_one_parent": InvalidLineage,
     "ck_model_lineage_relation_parent": InvalidLineage,
+    "uq_experiment_runs_experiment_id_trial_number": TrialNumberTaken,
+    "ck_experiment_runs_trial_number_positive": InvalidTrial,
+    "ck_experiment_runs_duration_not_negative": InvalidTrial,
 }
 
 
