@@ -89,8 +89,10 @@ def test_the_best_of_a_loss_is_the_lowest(engine: Engine, sql: Any) -> None:
 def test_a_hand_made_run_reads_as_before(sql: Any) -> None:
     user_id = make_user(sql)
     run_id = make_experiment_run(sql, make_experiment(sql, user_id), user_id)
-    row = sql("SELECT status::text AS s, trial_number, parameters FROM experiment_runs"
-              " WHERE id = :id", id=run_id)[0]
+    row = sql(
+        "SELECT status::text AS s, trial_number, parameters FROM experiment_runs WHERE id = :id",
+        id=run_id,
+    )[0]
     assert (row.s, row.trial_number, row.parameters) == ("finished", None, None)
 
 
@@ -103,7 +105,10 @@ def test_a_hand_made_run_reads_as_before(sql: Any) -> None:
     ],
 )
 def test_the_checks_hold_in_raw_sql_and_as_the_apps_role(
-    sql: Any, app_engine: Engine, cols: dict[str, Any], error: type[Exception]
+    sql: Any,
+    app_engine: Engine,  # noqa: F811  (the fixture of test_privileges)
+    cols: dict[str, Any],
+    error: type[Exception],
 ) -> None:
     user_id = make_user(sql)
     experiment_id = make_experiment(sql, user_id)
@@ -132,7 +137,11 @@ def test_a_trial_number_is_used_once_per_experiment(engine: Engine, sql: Any) ->
         make_experiment_run(sql, experiment_id, user_id, trial_number=1)
     with Session(engine) as session, pytest.raises(errors.TrialNumberTaken):
         automl.record_trial(
-            session, experiment_id=experiment_id, user_id=user_id, job_id=job_id, record=trial(1, 0.5)
+            session,
+            experiment_id=experiment_id,
+            user_id=user_id,
+            job_id=job_id,
+            record=trial(1, 0.5),
         )
     # Another experiment (a search started again) numbers from 1 too.
     make_experiment_run(sql, make_experiment(sql, user_id), user_id, trial_number=1)

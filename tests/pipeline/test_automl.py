@@ -222,7 +222,10 @@ def test_the_search_runs_on_a_dask_cluster() -> None:
         distributed.LocalCluster(
             # joblib sends work to a cluster of two cores or more (with one, its
             # Dask backend runs everything in the caller, sequentially).
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            dashboard_address=None,
         ) as cluster,
         distributed.Client(cluster) as client,
         distributed.get_task_stream(client) as stream,

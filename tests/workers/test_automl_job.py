@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 from test_runner_e2e import job_status, node_status, refunds, running
 from test_worker_e2e import (
     assert_books_balance,
@@ -25,8 +26,10 @@ from test_worker_e2e import (
     wait_for,
 )
 
-from api_helpers import Account, rows
+from database import registry
 from workers.main import Worker
+
+from api_helpers import Account, rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -115,10 +118,27 @@ def test_a_search_job_saves_the_best_model_and_records_every_trial(
     lines = [
         r.message
         for r in rows(
-            engine, "SELECT message FROM job_logs WHERE job_id = :j AND node_id = 'search'", j=job_id
+            engine,
+            "SELECT message FROM job_logs WHERE job_id = :j AND node_id = 'search'",
+            j=job_id,
         )
     ]
     assert any(line.startswith("trial 1:") and "best so far" in line for line in lines)
+    # Registered as a version, the model's lineage reaches the job, whose runs are the
+    # trials: version -> produced_by job -> every trial (docs/automl.md, "Lineage").
+    with Session(engine) as session, session.begin():
+        registered = registry.create_registered_model(session, account.user_id, "iris search")
+        version = registry.register_version(session, registered.id, model.id)
+        version_id = version.id
+    [edge] = rows(
+        engine,
+        "SELECT job_id FROM model_lineage WHERE child_version_id = :v"
+        " AND relation = 'produced_by' AND job_id IS NOT NULL",
+        v=version_id,
+    )
+    assert str(edge.job_id) == job_id
+    reached = rows(engine, "SELECT id FROM experiment_runs WHERE job_id = :j", j=edge.job_id)
+    assert {r.id for r in reached} == {r.id for r in runs}
     assert_books_balance(engine)
 
 

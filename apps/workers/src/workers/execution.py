@@ -260,9 +260,7 @@ def _compute(
     # The node's steps as log lines, its progress at most once a second.
     reporter = ProgressReporter(engine, run.claim.id, worker=run.claim.worker)
     trials = _search_recorder(engine, run, node) if node.type == NodeType.AUTOML else None
-    return process.run(
-        node.id, source, watch, progress=reporter.callback(node.id), trials=trials
-    )
+    return process.run(node.id, source, watch, progress=reporter.callback(node.id), trials=trials)
 
 
 def _search_recorder(engine: Engine, run: _Run, node: WorkflowNode) -> Any:

@@ -54,7 +54,9 @@ from sklearn.preprocessing import LabelEncoder
 from database.models.enums import ProblemType
 
 #: FLAML's learners the platform offers (no extra install beyond ours).
-Learner = Literal["lgbm", "xgboost", "xgb_limitdepth", "rf", "extra_tree", "lrl1", "lrl2", "kneighbor"]
+Learner = Literal[
+    "lgbm", "xgboost", "xgb_limitdepth", "rf", "extra_tree", "lrl1", "lrl2", "kneighbor"
+]
 LEARNERS: tuple[str, ...] = get_args(Learner)
 #: Learners for classification only.
 CLASSIFICATION_ONLY = frozenset({"lrl1", "lrl2"})
@@ -86,6 +88,14 @@ DEFAULT_METRIC = {ProblemType.CLASSIFICATION: "accuracy", ProblemType.REGRESSION
 OnTrial = Callable[[dict[str, Any]], None]
 #: ``progress(fraction, message)`` as in :mod:`pipeline.execute`.
 Progress = Callable[[float, str | None], None]
+
+
+def _quiet(fraction: float, message: str | None = None) -> None:
+    """The progress callback when none is given."""
+
+
+def _ignore(record: dict[str, Any]) -> None:
+    """The trial callback when none is given."""
 
 
 class SearchFailed(Exception):
@@ -132,7 +142,7 @@ def config_problems(
     return problems
 
 
-class LabelDecoded(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class LabelDecoded(ClassifierMixin, BaseEstimator):
     """A fitted classifier that learned on encoded labels (0..k-1), answering in the
     original ones (``classes_``). FLAML encodes labels itself; so does XGBoost need."""
 
@@ -181,7 +191,7 @@ class SearchResult:
 def _flaml_automl(on_trial: OnTrial, metric: str, progress: Progress, budget: float) -> Any:
     from flaml import AutoML
 
-    class _Recording(AutoML):  # type: ignore[misc]
+    class _Recording(AutoML):
         """FLAML's AutoML, telling ``on_trial`` of every trial."""
 
         trials_done = 0
@@ -254,8 +264,9 @@ def _backend(address: str | None) -> Iterator[None]:
     import joblib
     from distributed import Client
 
-    with Client(address, set_as_default=False) as client, joblib.parallel_backend(
-        "dask", client=client
+    with (
+        Client(address, set_as_default=False) as client,
+        joblib.parallel_backend("dask", client=client),
     ):
         yield
 
@@ -289,8 +300,8 @@ def search(
     learners = learners or DEFAULT_LEARNERS[problem_type]
     if problem_type == ProblemType.REGRESSION:
         learners = tuple(name for name in learners if name not in CLASSIFICATION_ONLY)
-    report = progress or (lambda fraction, message=None: None)
-    trials = on_trial or (lambda record: None)
+    report: Progress = progress or _quiet
+    trials: OnTrial = on_trial or _ignore
     started = time.monotonic()
     fitted = clone(transformer)
     matrix = fitted.fit_transform(x_train)
@@ -327,8 +338,11 @@ def search(
     }
     if max_trials is not None:
         settings["max_iter"] = max_trials
-    report(0.0, f"searching {', '.join(learners)} for {time_budget_s:g} s, {folds}-fold CV on"
-           f" {len(target)} rows, {metric}")
+    report(
+        0.0,
+        f"searching {', '.join(learners)} for {time_budget_s:g} s, {folds}-fold CV on"
+        f" {len(target)} rows, {metric}",
+    )
     with warnings.catch_warnings(), _backend(scheduler):
         warnings.simplefilter("ignore")
         automl.fit(matrix, target, **settings)

@@ -62,8 +62,8 @@ from sklearn.preprocessing import (
 )
 
 from database.models.enums import NodeType, ProblemType
-from pipeline import metrics as measure
 from pipeline import automl
+from pipeline import metrics as measure
 from pipeline.definition import (
     AutoMLConfig,
     DatasetInfo,
@@ -551,8 +551,7 @@ def _search(
         raise NodeFailed("; ".join(problems))
     assert problem_type is not None and data.y_train is not None
     if problem_type == ProblemType.REGRESSION and (
-        not pd.api.types.is_numeric_dtype(data.y_train)
-        or pd.api.types.is_bool_dtype(data.y_train)
+        not pd.api.types.is_numeric_dtype(data.y_train) or pd.api.types.is_bool_dtype(data.y_train)
     ):
         raise NodeFailed(
             f"node {node_id!r}: regression needs a numeric target, and"

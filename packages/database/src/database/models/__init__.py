@@ -9,6 +9,7 @@ from database.models.dataset_version import DatasetVersion
 from database.models.derived_repair import DerivedRepair
 from database.models.enums import (
     CreditTierRestriction,
+    ExperimentRunStatus,
     FileFormat,
     IngestionStatus,
     JobKind,
@@ -19,7 +20,6 @@ from database.models.enums import (
     ModelPermission,
     ModelVersionStatus,
     ModelVisibility,
-    ExperimentRunStatus,
     NodeStatus,
     NodeType,
     OAuthProvider,
