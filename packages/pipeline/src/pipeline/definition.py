@@ -428,7 +428,7 @@ def definition_problems(definition: WorkflowDefinition) -> list[str]:
             problems.append(f"node {node_id!r} has no input: every path starts at a dataset node")
             continue
         allowed = INPUT_TYPES[node_type]
-        wanted = " or ".join(f"a {t} node" for t in allowed)
+        wanted = " or ".join(f"{'an' if t[0] in 'aeiou' else 'a'} {t} node" for t in allowed)
         if len(sources) > 1:
             problems.append(
                 f"{node_type} node {node_id!r} takes exactly one input ({wanted}),"
