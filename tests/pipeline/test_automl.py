@@ -255,3 +255,25 @@ def test_label_decoded_refits_and_decodes() -> None:
     model = automl.LabelDecoded(LogisticRegression(max_iter=500)).fit(x, IRIS["target"])
     assert list(model.classes_) == ["setosa", "versicolor", "virginica"]
     assert set(pd.unique(model.predict(x))) <= set(model.classes_)
+
+
+def test_text_columns_and_gaps_go_through_the_preprocess_node() -> None:
+    rng = np.random.default_rng(0)
+    rows = 120
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "city": rng.choice(["Paris", "Oslo", "Rome"], rows),
+            "label": rng.choice(["yes", "no"], rows),
+        }
+    )
+    frame.loc[::9, "age"] = np.nan
+    frame.loc[::11, "city"] = None
+    trials: list[dict[str, Any]] = []
+    parsed = definition(
+        {"time_budget_s": 1, "folds": 3, "estimators": ["lgbm", "lrl1"], "max_trials": 4}
+    )
+    outcomes = run_all(parsed, LoadedDataset(frame, "label", None, "people"), trials)
+    assert trials
+    model = joblib.load(io.BytesIO(outcomes["keep"].artifact))
+    assert set(model.predict(frame.drop(columns=["label"]).head(20))) <= {"yes", "no"}
