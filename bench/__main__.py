@@ -13,6 +13,9 @@
     python -m bench.serving [--quick]  only serving (bench/serving.py: predict against
                                     MLflow's scoring server and a bare endpoint, batch),
                                     which rewrites only its own section
+    python -m bench --only automl [--quick]
+                                    the AutoML search vs FLAML (bench/automl.py, not in the
+                                    default run: about 30 minutes); same as python -m bench.automl
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).
@@ -40,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
 SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit", "serving")
+#: Sections run only when named in ``--only`` (long, and needing no database).
+OPTIONAL_SECTIONS = ("automl",)
 
 
 @dataclass
@@ -116,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         return quick if a.quick else full
 
     sections = tuple(s.strip() for s in a.only.split(",") if s.strip())
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(SECTIONS) - set(OPTIONAL_SECTIONS)
     if unknown:
         p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     if a.doc == "-":
@@ -154,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     # A TERM (timeout, CI) unwinds like Ctrl-C, so the throw-away server is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = parse_args(argv)
+    if "automl" in cfg.sections:
+        from bench import automl
+
+        automl.main(["--quick"] if cfg.quick else [])
+        cfg.sections = tuple(s for s in cfg.sections if s != "automl")
+        if not cfg.sections:
+            return 0
     from bench import bulk, ledger, queries, report
     from bench import queue as queue_bench
     from bench.server import BenchDatabase, machine_description

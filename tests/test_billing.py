@@ -33,6 +33,8 @@ DEFAULTS = {
     "model": 10,
     "visualize": 1,
     "save": 1,
+    "automl": 10,
+    "automl_minute": 10,
     "predicted_rows": 1,
     "batch_rows": 1,
     "storage_gb_month": 1,

@@ -89,7 +89,7 @@ ENUM_LABELS: dict[str, list[str]] = {
     "file_format": ["csv", "json", "parquet", "excel", "unknown"],
     "problem_type": ["classification", "regression", "clustering", "other"],
     "job_status": ["pending", "queued", "running", "completed", "failed", "cancelled"],
-    "node_type": ["dataset", "preprocess", "model", "visualize", "save"],
+    "node_type": ["dataset", "preprocess", "model", "visualize", "save", "automl"],
     "node_status": ["pending", "running", "success", "failed", "skipped"],
     "transaction_type": ["purchase", "consumption", "refund", "adjustment"],
     "tutorial_difficulty": ["beginner", "intermediate", "advanced"],
@@ -112,12 +112,13 @@ ENUM_LABELS: dict[str, list[str]] = {
     "quota_window": ["minute", "month"],
     "deployment_status": ["pending", "active", "stopped", "failed"],
     # Billing (issue 16).
-    "price_unit": ["job", "node", "thousand_rows", "gb_month"],
+    "price_unit": ["job", "node", "thousand_rows", "gb_month", "minute"],
     "invoice_status": ["draft", "open", "paid", "void", "uncollectible"],
     "billing_alert_kind": ["balance_below", "spend_above"],
     "alert_event_status": ["pending", "delivered", "failed"],
     "reconciliation_kind": ["verify", "repair"],
     "audit_outcome": ["success", "denied", "failed"],
+    "experiment_run_status": ["finished", "failed"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -150,6 +151,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "alert_event_status": enums.AlertEventStatus,
     "reconciliation_kind": enums.ReconciliationKind,
     "audit_outcome": enums.AuditOutcome,
+    "experiment_run_status": enums.ExperimentRunStatus,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)

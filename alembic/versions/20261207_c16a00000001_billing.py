@@ -36,7 +36,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 ENUMS = {
-    "price_unit": ("job", "node", "thousand_rows", "gb_month"),
+    "price_unit": ("job", "node", "thousand_rows", "gb_month", "minute"),
     "invoice_status": ("draft", "open", "paid", "void", "uncollectible"),
     "billing_alert_kind": ("balance_below", "spend_above"),
     "alert_event_status": ("pending", "delivered", "failed"),
@@ -52,6 +52,9 @@ FIRST_BOOK = (
     ("model", "node", 10),
     ("visualize", "node", 1),
     ("save", "node", 1),
+    # The automl node (issue 15): a node's price plus each started minute of its budget.
+    ("automl", "node", 10),
+    ("automl_minute", "minute", 10),
     ("predicted_rows", "thousand_rows", 1),
     ("batch_rows", "thousand_rows", 1),
     ("storage_gb_month", "gb_month", 1),

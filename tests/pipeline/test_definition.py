@@ -398,17 +398,19 @@ def test_either_estimator_is_enough_on_save_and_the_chosen_one_on_run() -> None:
         (
             [node("d", "dataset"), node("v", "visualize", kind="residuals")],
             [edge("d", "v")],
-            "visualize node 'v' takes a model node as input, not the dataset node 'd'",
+            "visualize node 'v' takes a model node or an automl node as input,"
+            " not the dataset node 'd'",
         ),
         (
             [node("d", "dataset"), node("s", "save", name="x")],
             [edge("d", "s")],
-            "save node 's' takes a model node as input",
+            "save node 's' takes a model node or an automl node as input",
         ),
         (
             [node("d", "dataset"), node("p", "preprocess"), node("s", "save", name="x")],
             [edge("d", "p"), edge("p", "s")],
-            "save node 's' takes a model node as input, not the preprocess node 'p'",
+            "save node 's' takes a model node or an automl node as input,"
+            " not the preprocess node 'p'",
         ),
         (
             [node("d", "dataset"), node("p", "preprocess"), node("q", "preprocess")],

@@ -76,6 +76,7 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
             routes=app.routes,
         )
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        _node_configs(schemas)
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         reasons = {
@@ -106,6 +107,22 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
         return spec
 
     return openapi
+
+
+def _node_configs(schemas: dict[str, Any]) -> None:
+    """Each node type's config model (``pipeline.definition.CONFIG_MODELS``) as a
+    schema of its own, e.g. ``AutoMLConfig``: a node's ``config`` is stored as a JSON
+    object and checked against the model of its ``type``."""
+    from pipeline.definition import CONFIG_MODELS
+
+    template = "#/components/schemas/{model}"
+    for node_type, model in CONFIG_MODELS.items():
+        schema = model.model_json_schema(ref_template=template)
+        schemas.update(schema.pop("$defs", {}))
+        schema["description"] = (
+            f"The config of a {node_type} node. " + (schema.get("description") or "")
+        ).strip()
+        schemas.setdefault(model.__name__, schema)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

@@ -10,6 +10,7 @@ is stored or charged.
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from sqlalchemy import func, select
@@ -21,7 +22,8 @@ from api.settings import ApiSettings
 from database import billing, locks
 from database.billing import Book, Quote
 from database.limits import TierLimits
-from database.models import Job, JobStatus, User, UserTier
+from database.models import Job, JobStatus, NodeType, User, UserTier
+from pipeline.definition import AutoMLConfig
 
 #: Jobs that count against the concurrent-jobs limit.
 ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
@@ -107,4 +109,10 @@ def price(
     ``quote.total`` is the credits; the run keeps ``quote``'s items
     (``billing.record_job_prices``)."""
     book = book or billing.book_in_force(session, tier)
-    return billing.quote_job(book, (n.type for n in definition.nodes))
+    # An automl node's price grows with its budget: one ``automl_minute`` a started minute.
+    minutes = sum(
+        math.ceil(n.config_as(AutoMLConfig).time_budget_s / 60)
+        for n in definition.nodes
+        if n.type == NodeType.AUTOML
+    )
+    return billing.quote_job(book, (n.type for n in definition.nodes), [("automl_minute", minutes)])

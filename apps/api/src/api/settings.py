@@ -29,6 +29,10 @@ class NodeCredits(BaseModel):
     model: int = Field(default=10, ge=0)
     visualize: int = Field(default=1, ge=0)
     save: int = Field(default=1, ge=0)
+    #: An automl node: this, plus ``automl_per_minute`` for each started minute of its
+    #: ``time_budget_s`` (``api.policy.price``).
+    automl: int = Field(default=10, ge=0)
+    automl_per_minute: int = Field(default=10, ge=0)
 
     def of(self, node_type: NodeType | str) -> int:
         value: int = getattr(self, NodeType(node_type).value)

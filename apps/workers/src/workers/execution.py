@@ -31,12 +31,14 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from database import automl as searches
 from database import jobs
 from database.joblog import ProgressReporter
 from database.jobs import Claim
 from database.limits import Limits
 from database.models import JobStatus, NodeStatus, NodeType
-from pipeline.definition import WorkflowDefinition, WorkflowNode
+from pipeline.automl import greater_is_better
+from pipeline.definition import AutoMLConfig, WorkflowDefinition, WorkflowNode
 from pipeline.storage import Storage
 from workers.runner import ChildDied, DatasetSource, Interrupted, NodeProcess, Reply
 
@@ -80,6 +82,9 @@ class _Run:
     first_trace: str | None = None
     #: The tiers' limits: a saved model must fit in its owner's storage quota.
     tier_limits: Limits = field(default_factory=Limits)
+    #: automl node id -> its search so far (experiment, trials, best trial): kept in
+    #: the job's results whatever the job's end.
+    searches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _snapshot(engine: Engine, claim: Claim) -> tuple[dict[str, Any], str] | None:
@@ -255,7 +260,70 @@ def _compute(
             return Reply("failed", error=str(exc))
     # The node's steps as log lines, its progress at most once a second.
     reporter = ProgressReporter(engine, run.claim.id, worker=run.claim.worker)
-    return process.run(node.id, source, watch, progress=reporter.callback(node.id))
+    trials = _search_recorder(engine, run, node) if node.type == NodeType.AUTOML else None
+    return process.run(node.id, source, watch, progress=reporter.callback(node.id), trials=trials)
+
+
+def _search_recorder(engine: Engine, run: _Run, node: WorkflowNode) -> Any:
+    """An automl node's search: its experiment, and the callback that records each
+    trial as a run of it as the child reports it (``database.automl``)."""
+    config = node.config_as(AutoMLConfig)
+    claim = run.claim
+    dataset_node = run.definition.dataset_node(node.id)
+    frozen = (run.snapshot.get("dataset_versions") or {}).get(dataset_node) or {}
+    with Session(engine) as session:
+        experiment_id = searches.start_search(
+            session,
+            user_id=claim.user_id,
+            job_id=claim.id,
+            node_id=node.id,
+            metric=config.metric,
+            dataset_id=run.definition.dataset_ids().get(dataset_node),
+            problem_type=frozen.get("problem_type")
+            if frozen.get("problem_type") in ("classification", "regression")
+            else None,
+        )
+    found: dict[str, Any] = {"experiment_id": str(experiment_id), "trials": 0, "best": None}
+    run.searches[node.id] = found
+
+    def record(trial: dict[str, Any]) -> None:
+        with Session(engine) as session:
+            if config.metric is None and trial.get("metric"):
+                # The default metric is known once the child knows the problem type.
+                from database.models import Experiment
+
+                experiment = session.get(Experiment, experiment_id)
+                if experiment is not None and experiment.primary_metric is None:
+                    experiment.primary_metric = str(trial["metric"])
+                    session.commit()
+            run_id = searches.record_trial(
+                session,
+                experiment_id=experiment_id,
+                user_id=claim.user_id,
+                job_id=claim.id,
+                record=trial,
+            )
+        found["trials"] += 1
+        score = trial.get("score")
+        best = found["best"]
+        if score is not None and (
+            best is None
+            or (
+                score > best["score"]
+                if greater_is_better(str(trial.get("metric")))
+                else score < best["score"]
+            )
+        ):
+            found["best"] = {
+                "run_id": str(run_id),
+                "trial": trial.get("number"),
+                "learner": trial.get("learner"),
+                "metric": trial.get("metric"),
+                "score": score,
+                "hyperparameters": trial.get("config"),
+            }
+
+    return record
 
 
 def _fail_node(engine: Engine, run: _Run, node_id: str, reply: Reply, lease_seconds: float) -> None:
@@ -282,7 +350,7 @@ def _succeed(
 ) -> None:
     claim = run.claim
     output = dict(outcome.output or {})
-    if node.type == NodeType.MODEL and "metrics" in output:
+    if node.type in (NodeType.MODEL, NodeType.AUTOML) and "metrics" in output:
         run.metrics[node.id] = output["metrics"]
     if outcome.artifact is None or outcome.model is None:
         with engine.begin() as conn:
@@ -323,6 +391,16 @@ def _succeed(
         raise
     run.models.append(str(model_id))
     run.status[node.id] = "success"
+    search = run.searches.get(run.definition.inputs(node.id)[0])
+    if search is not None and search.get("best") is not None:
+        # The saved model is the search's best trial's (refitted on all training rows).
+        with Session(engine) as session:
+            searches.attach_model(
+                session,
+                uuid.UUID(search["experiment_id"]),
+                uuid.UUID(search["best"]["run_id"]),
+                model_id,
+            )
 
 
 def _registration(run: _Run, node: WorkflowNode, record: Any) -> jobs.Registration | None:
@@ -342,7 +420,11 @@ def _registration(run: _Run, node: WorkflowNode, record: Any) -> jobs.Registrati
 
 
 def _results(run: _Run) -> dict[str, Any]:
-    return {"nodes": dict(run.status), "metrics": run.metrics, "models": run.models}
+    results = {"nodes": dict(run.status), "metrics": run.metrics, "models": run.models}
+    if run.searches:
+        # Kept however the job ends: a cancelled search's best trial so far is here.
+        results["automl"] = run.searches
+    return results
 
 
 def _finish(

@@ -49,7 +49,7 @@ from pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 #: Modules the forkserver imports once, so that a child starts without importing them.
-PRELOAD = ["workers.runner", "pipeline.execute", "pyarrow.parquet"]
+PRELOAD = ["workers.runner", "pipeline.execute", "pyarrow.parquet", "flaml"]
 #: Seconds a child has to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 2.0
 
@@ -111,6 +111,14 @@ class Note:
 
     fraction: float
     message: str | None
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A finished trial of an automl node's search (plain values, see
+    ``pipeline.automl._trial_record``), sent by the child as it happens."""
+
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,13 @@ def _child(
         try:
             upstream = {u: values[u] for u in parsed.inputs(node_id) if u in values}
             outcome = execute_node(
-                parsed, node_id, upstream, load, progress=_notes(conn), n_jobs=threads
+                parsed,
+                node_id,
+                upstream,
+                load,
+                progress=_notes(conn),
+                n_jobs=threads,
+                on_trial=_trials(conn),
             )
         except (
             Exception
@@ -235,6 +249,16 @@ def _notes(conn: Connection) -> Callable[[float, str | None], None]:
         # The parent gone or ending us: the node's result no longer matters.
         with contextlib.suppress(BrokenPipeError, EOFError):
             conn.send(Note(fraction, message))
+
+    return send
+
+
+def _trials(conn: Connection) -> Callable[[dict[str, Any]], None]:
+    """An automl node's trial callback in the child: each trial goes to the parent."""
+
+    def send(record: dict[str, Any]) -> None:
+        with contextlib.suppress(BrokenPipeError, EOFError):
+            conn.send(Trial(record))
 
     return send
 
@@ -307,11 +331,13 @@ class NodeProcess:
         source: DatasetSource | None,
         watch: Callable[[], str | None],
         progress: Callable[[float, str | None], object] | None = None,
+        trials: Callable[[dict[str, Any]], object] | None = None,
     ) -> Reply:
         """Run node ``node_id`` in the child; while it runs, ``watch()`` every
         ``poll_seconds``: a reason it returns ends the child (:class:`Interrupted`),
         as does an exception it raises (re-raised). The child's steps (:class:`Note`)
-        go to ``progress`` as they come."""
+        go to ``progress`` as they come, an automl node's trials (:class:`Trial`) to
+        ``trials``."""
         conn = self._start()
         try:
             conn.send((node_id, source))
@@ -319,10 +345,13 @@ class NodeProcess:
             while True:
                 if conn.poll(max(0.0, next_watch - time.monotonic())):
                     message = conn.recv()
-                    if not isinstance(message, Note):
+                    if isinstance(message, Trial):
+                        if trials is not None:
+                            trials(message.record)
+                    elif not isinstance(message, Note):
                         reply = message
                         break
-                    if progress is not None:
+                    elif progress is not None:
                         progress(message.fraction, message.message)
                     if time.monotonic() < next_watch:
                         continue

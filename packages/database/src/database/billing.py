@@ -229,11 +229,16 @@ class Quote:
         return sum(p.credits_per_unit * q for p, q in self.lines)
 
 
-def quote_job(book: Book, node_types: Iterable[str]) -> Quote:
-    """A run's price: the ``job`` sku once plus each node's type."""
+def quote_job(
+    book: Book, node_types: Iterable[str], extra: Iterable[tuple[str, int]] = ()
+) -> Quote:
+    """A run's price: the ``job`` sku once plus each node's type, plus ``extra``
+    (sku, quantity) lines (an automl node's started minutes: ``automl_minute``)."""
     counts = Counter(str(getattr(t, "value", t)) for t in node_types)
+    for sku, quantity in extra:
+        counts[sku] += quantity
     lines = [(book.price(SKU_JOB), 1)]
-    lines.extend((book.price(sku), n) for sku, n in sorted(counts.items()))
+    lines.extend((book.price(sku), n) for sku, n in sorted(counts.items()) if n > 0)
     return Quote(book=book, lines=tuple(lines))
 
 

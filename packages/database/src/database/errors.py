@@ -373,6 +373,14 @@ class InvalidLineage(InvalidValue):
 
 
 # --- refusals of database.credits and database.lifecycle, checked before any write ----
+class TrialNumberTaken(AlreadyExists):
+    """An automl search's experiment already has a run of this trial number."""
+
+
+class InvalidTrial(InvalidValue):
+    """A trial's number below 1 or a negative duration (``experiment_runs`` checks)."""
+
+
 class UserNotFound(ReferenceViolation):
     """No user has this id."""
 
@@ -606,6 +614,9 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "uq_deployments_user_id_name": DeploymentNameTaken,
     "ck_deployments_config_shape": InvalidDeploymentConfig,
     "ck_deployments_one_target": DeploymentTargetInvalid,
+    "uq_experiment_runs_experiment_id_trial_number": TrialNumberTaken,
+    "ck_experiment_runs_trial_number_positive": InvalidTrial,
+    "ck_experiment_runs_duration_not_negative": InvalidTrial,
 }
 
 

@@ -33,7 +33,7 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,8 @@ from pydantic import (
 )
 
 from database.models.enums import NodeType, ProblemType
+from pipeline.automl import Learner, Metric
+from pipeline.automl import config_problems as automl_config_problems
 from pipeline.estimators import (
     ALGORITHMS,
     PLATFORM_PARAMETERS,
@@ -191,8 +193,45 @@ class SaveConfig(_Config):
     registration: RegisterConfig | None = Field(default=None, alias="register")
 
 
-NodeConfig = DatasetConfig | PreprocessConfig | ModelConfig | VisualizeConfig | SaveConfig
-C = TypeVar("C", DatasetConfig, PreprocessConfig, ModelConfig, VisualizeConfig, SaveConfig)
+#: Bounds of an automl node's budget (seconds) and folds.
+MAX_TIME_BUDGET_S = 3600
+MAX_FOLDS = 20
+MAX_TRIALS = 10_000
+
+
+class AutoMLConfig(_Config):
+    """A search over learners and hyperparameters (:mod:`pipeline.automl`)."""
+
+    #: Wall-clock seconds the search may take (FLAML's ``time_budget``); the price
+    #: grows with it.
+    time_budget_s: Annotated[int, Field(ge=1, le=MAX_TIME_BUDGET_S, strict=True)] = 60
+    #: The metric the search optimizes; None: accuracy (classification) or r2.
+    metric: Metric | None = None
+    #: The learners tried; None: every learner that suits the problem.
+    estimators: (
+        Annotated[list[Learner], Field(min_length=1, max_length=len(get_args(Learner)))] | None
+    ) = None
+    #: Cross-validation folds of every trial.
+    folds: Annotated[int, Field(ge=2, le=MAX_FOLDS, strict=True)] = 5
+    #: At most this many trials (FLAML's ``max_iter``); None: as many as the budget allows.
+    max_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS, strict=True)] | None = None
+    #: The search's seed; None: 0 (repeatable).
+    seed: Annotated[int, Field(ge=0, le=INT32_MAX, strict=True)] | None = None
+
+    @field_validator("estimators")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError("a learner is named twice")
+        return value
+
+
+NodeConfig = (
+    DatasetConfig | PreprocessConfig | ModelConfig | VisualizeConfig | SaveConfig | AutoMLConfig
+)
+C = TypeVar(
+    "C", DatasetConfig, PreprocessConfig, ModelConfig, VisualizeConfig, SaveConfig, AutoMLConfig
+)
 
 CONFIG_MODELS: dict[NodeType, type[_Config]] = {
     NodeType.DATASET: DatasetConfig,
@@ -200,6 +239,7 @@ CONFIG_MODELS: dict[NodeType, type[_Config]] = {
     NodeType.MODEL: ModelConfig,
     NodeType.VISUALIZE: VisualizeConfig,
     NodeType.SAVE: SaveConfig,
+    NodeType.AUTOML: AutoMLConfig,
 }
 
 #: node type -> the node types its one input may have (dataset: no input).
@@ -207,8 +247,9 @@ INPUT_TYPES: dict[NodeType, tuple[NodeType, ...]] = {
     NodeType.DATASET: (),
     NodeType.PREPROCESS: (NodeType.DATASET,),
     NodeType.MODEL: (NodeType.PREPROCESS, NodeType.DATASET),
-    NodeType.VISUALIZE: (NodeType.MODEL,),
-    NodeType.SAVE: (NodeType.MODEL,),
+    NodeType.VISUALIZE: (NodeType.MODEL, NodeType.AUTOML),
+    NodeType.SAVE: (NodeType.MODEL, NodeType.AUTOML),
+    NodeType.AUTOML: (NodeType.PREPROCESS, NodeType.DATASET),
 }
 
 
@@ -408,7 +449,7 @@ def definition_problems(definition: WorkflowDefinition) -> list[str]:
             problems.append(f"node {node_id!r} has no input: every path starts at a dataset node")
             continue
         allowed = INPUT_TYPES[node_type]
-        wanted = " or ".join(f"a {t} node" for t in allowed)
+        wanted = " or ".join(f"{'an' if t[0] in 'aeiou' else 'a'} {t} node" for t in allowed)
         if len(sources) > 1:
             problems.append(
                 f"{node_type} node {node_id!r} takes exactly one input ({wanted}),"
@@ -592,6 +633,38 @@ def model_problems(
     return problem_type, problems
 
 
+def automl_problems(
+    definition: WorkflowDefinition, node_id: str, info: DatasetInfo, classes: int | None = None
+) -> tuple[ProblemType | None, list[str]]:
+    """The problem type automl node ``node_id`` solves on ``info``'s dataset, and why it
+    cannot run there (``classes``: the target's class count, when known)."""
+    config = definition.node(node_id).config_as(AutoMLConfig)
+    data_node = definition.dataset_node(node_id)
+    problems: list[str] = []
+    if info.target_column is None:
+        problems.append(
+            f"node {node_id!r}: automl needs a target column, and the dataset of node"
+            f" {data_node!r} has none (set the dataset's target_column)"
+        )
+        return None, problems
+    if info.columns is not None and info.target_column not in info.columns:
+        problems.append(
+            f"node {node_id!r}: the target column {info.target_column!r} is not a column"
+            f" of the dataset of node {data_node!r}"
+        )
+    problem_type = supervised_problem_type(info.problem_type, info.target_problem_type)
+    if info.problem_type == ProblemType.CLUSTERING:
+        problem_type = ProblemType.CLUSTERING  # declared: automl_config_problems refuses it
+    if problem_type is None:
+        return None, problems
+    learners = tuple(config.estimators) if config.estimators else None
+    problems.extend(
+        f"node {node_id!r}: {p}"
+        for p in automl_config_problems(problem_type, config.metric, learners, classes)
+    )
+    return problem_type, problems
+
+
 def visualize_problems(
     definition: WorkflowDefinition, node_id: str, problem_type: ProblemType | None
 ) -> list[str]:
@@ -627,6 +700,11 @@ def runnable_problems(
             if info is not None:
                 solves[node_id], found = model_problems(definition, node_id, info)
                 problems.extend(found)
+        elif node.type == NodeType.AUTOML:
+            info = datasets.get(definition.dataset_node(node_id))
+            if info is not None:
+                solves[node_id], found = automl_problems(definition, node_id, info)
+                problems.extend(found)
         elif node.type == NodeType.VISUALIZE:
             model = definition.inputs(node_id)[0]
             problems.extend(visualize_problems(definition, node_id, solves.get(model)))
@@ -641,6 +719,8 @@ def check_runnable(definition: WorkflowDefinition, datasets: Mapping[str, Datase
 
 
 __all__ = [
+    "AutoMLConfig",
+    "automl_problems",
     "CONFIG_MODELS",
     "DatasetConfig",
     "DatasetInfo",

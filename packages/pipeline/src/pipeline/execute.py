@@ -61,9 +61,10 @@ from sklearn.preprocessing import (
 
 from database.models.enums import ModelFormat, NodeType, ProblemType
 from database.registry import current_environment
-from pipeline import formats
+from pipeline import automl, formats
 from pipeline import metrics as measure
 from pipeline.definition import (
+    AutoMLConfig,
     DatasetInfo,
     DefinitionError,
     ModelConfig,
@@ -73,6 +74,7 @@ from pipeline.definition import (
     VisualizeConfig,
     WorkflowDefinition,
     WorkflowNode,
+    automl_problems,
     infer_problem_type,
     model_problems,
     supervised_problem_type,
@@ -194,6 +196,7 @@ def execute_node(
     progress: Progress | None = None,
     *,
     n_jobs: int = 1,
+    on_trial: automl.OnTrial | None = None,
 ) -> NodeOutcome:
     """Run node ``node_id`` of ``definition``.
 
@@ -201,7 +204,8 @@ def execute_node(
     node's inputs); ``load_dataset`` reads a dataset node's version; ``progress`` is
     told of the node's steps; ``n_jobs`` is how many threads a fit may use (given to
     estimators that take ``n_jobs``). Raises :class:`NodeFailed` with a message for the
-    user when the node cannot run.
+    user when the node cannot run. An automl node tells ``on_trial`` of each trial of
+    its search (:mod:`pipeline.automl`), as plain dicts.
     """
     report = progress or _silent
     node = definition.node(node_id)
@@ -222,6 +226,12 @@ def execute_node(
     if isinstance(config, ModelConfig):
         trained = _train(definition, node_id, config, value, report, n_jobs=n_jobs)
         return NodeOutcome(output=measure.json_safe(_model_output(trained)), value=trained)
+    if isinstance(config, AutoMLConfig):
+        trained, found = _search(
+            definition, node_id, config, value, report, n_jobs=n_jobs, on_trial=on_trial
+        )
+        output = {**_model_output(trained), "search": found}
+        return NodeOutcome(output=measure.json_safe(output), value=trained)
     model = _expect(value, TrainedModel, node_id)
     if isinstance(config, VisualizeConfig):
         problems = visualize_problems(definition, node_id, model.problem_type)
@@ -518,6 +528,90 @@ def _train(
         predictions=predictions,
         notes=notes + more,
     )
+
+
+def _search(
+    definition: WorkflowDefinition,
+    node_id: str,
+    config: AutoMLConfig,
+    source: Any,
+    report: Progress = _silent,
+    *,
+    n_jobs: int = 1,
+    on_trial: automl.OnTrial | None = None,
+) -> tuple[TrainedModel, dict[str, Any]]:
+    """An automl node: FLAML's search on the training rows, the best pipeline scored on
+    the test rows (:mod:`pipeline.automl`)."""
+    if isinstance(source, LoadedDataset):
+        data = prepare(source, PreprocessConfig())
+        report(0.01, f"default preprocessing: {_split_message(data)}")
+    else:
+        data = _expect(source, PreparedData, node_id)
+    dataset = data.dataset
+    info = DatasetInfo(
+        problem_type=_declared(dataset),
+        target_column=dataset.target_column,
+        columns=tuple(str(c) for c in dataset.frame.columns),
+        target_problem_type=data.target_problem_type,
+    )
+    classes = None if data.y_train is None else int(data.y_train.nunique())
+    problem_type, problems = automl_problems(definition, node_id, info, classes)
+    if problems:
+        raise NodeFailed("; ".join(problems))
+    assert problem_type is not None and data.y_train is not None
+    if problem_type == ProblemType.REGRESSION and (
+        not pd.api.types.is_numeric_dtype(data.y_train) or pd.api.types.is_bool_dtype(data.y_train)
+    ):
+        raise NodeFailed(
+            f"node {node_id!r}: regression needs a numeric target, and"
+            f" {dataset.target_column!r} is not numeric"
+        )
+    try:
+        result = automl.search(
+            data.transformer,
+            data.x_train,
+            data.y_train.to_numpy(),
+            problem_type,
+            time_budget_s=config.time_budget_s,
+            metric=config.metric,
+            learners=tuple(config.estimators) if config.estimators else None,
+            folds=config.folds,
+            max_trials=config.max_trials,
+            seed=config.seed,
+            n_jobs=n_jobs,
+            on_trial=on_trial,
+            progress=report,
+            scheduler=automl.dask_address(),
+        )
+    except automl.SearchFailed as exc:
+        raise NodeFailed(f"node {node_id!r}: {exc}") from None
+    pipeline = result.pipeline
+    predictions = np.asarray(pipeline.predict(data.x_test))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores, notes = _holdout_metrics(pipeline, data, predictions, problem_type)
+    report(1.0, _metrics_message(scores))
+    hyperparameters = {"learner": result.learner, **result.config}
+    found = {
+        "learner": result.learner,
+        "metric": result.metric,
+        "best_cv_score": result.best_score,
+        "folds": config.folds,
+        "trials": result.trials,
+        "seconds": round(result.seconds, 3),
+        "time_budget_s": config.time_budget_s,
+    }
+    trained = TrainedModel(
+        pipeline=pipeline,
+        algorithm="automl",
+        problem_type=problem_type,
+        metrics=scores,
+        hyperparameters=hyperparameters,
+        data=data,
+        predictions=predictions,
+        notes=notes,
+    )
+    return trained, found
 
 
 def _metrics_message(scores: Mapping[str, float]) -> str:

@@ -85,6 +85,15 @@ class NodeType(enum.StrEnum):
     MODEL = "model"
     VISUALIZE = "visualize"
     SAVE = "save"
+    #: A search over learners and hyperparameters (``pipeline.automl``).
+    AUTOML = "automl"
+
+
+class ExperimentRunStatus(enum.StrEnum):
+    """How a run ended: an automl trial that FLAML scored, or one that failed."""
+
+    FINISHED = "finished"
+    FAILED = "failed"
 
 
 class NodeStatus(enum.StrEnum):
@@ -213,6 +222,8 @@ class PriceUnit(enum.StrEnum):
     NODE = "node"
     THOUSAND_ROWS = "thousand_rows"
     GB_MONTH = "gb_month"
+    #: A started minute (of an automl node's time budget).
+    MINUTE = "minute"
 
 
 class InvoiceStatus(enum.StrEnum):
@@ -270,6 +281,7 @@ ingestion_status = pg_enum(IngestionStatus, "ingestion_status")
 job_status = pg_enum(JobStatus, "job_status")
 job_kind = pg_enum(JobKind, "job_kind")
 node_type = pg_enum(NodeType, "node_type")
+experiment_run_status = pg_enum(ExperimentRunStatus, "experiment_run_status")
 node_status = pg_enum(NodeStatus, "node_status")
 transaction_type = pg_enum(TransactionType, "transaction_type")
 log_level = pg_enum(LogLevel, "log_level")
@@ -295,6 +307,7 @@ __all__ = [
     "AlertEventStatus",
     "AuditOutcome",
     "BillingAlertKind",
+    "ExperimentRunStatus",
     "CreditTierRestriction",
     "DeploymentStatus",
     "InvoiceStatus",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKeyConstraint, Index, UniqueConstraint
-from sqlalchemy.orm import Mapped, relationship
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, CreatedAtMixin, IDMixin
+from database.models.enums import ExperimentRunStatus, experiment_run_status
 
 if TYPE_CHECKING:
     from database.models.experiment import Experiment
@@ -28,6 +29,15 @@ class ExperimentRun(IDMixin, CreatedAtMixin, Base):
     notes: Mapped[str | None]
     # Metrics copied when the run was recorded, so a comparison survives the model.
     metrics: Mapped[dict[str, Any] | None]
+    # An automl trial (database.automl): its number in the search, the learner and
+    # hyperparameters it tried, its seconds and how it ended. A hand-made run leaves
+    # them empty (status finished).
+    trial_number: Mapped[int | None]
+    parameters: Mapped[dict[str, Any] | None]
+    duration_seconds: Mapped[float | None]
+    status: Mapped[ExperimentRunStatus] = mapped_column(
+        experiment_run_status, server_default=ExperimentRunStatus.FINISHED.value
+    )
 
     experiment: Mapped[Experiment] = relationship(
         back_populates="runs", lazy="raise_on_sql", foreign_keys="ExperimentRun.experiment_id"
@@ -52,6 +62,9 @@ class ExperimentRun(IDMixin, CreatedAtMixin, Base):
             ondelete="SET NULL (model_id)",
         ),
         UniqueConstraint("experiment_id", "model_id"),
+        UniqueConstraint("experiment_id", "trial_number"),
+        CheckConstraint("trial_number >= 1", name="trial_number_positive"),
+        CheckConstraint("duration_seconds >= 0", name="duration_not_negative"),
         Index("ix_experiment_runs_experiment_id_user_id", "experiment_id", "user_id"),
         Index("ix_experiment_runs_job_id_user_id", "job_id", "user_id"),
         Index("ix_experiment_runs_model_id_user_id", "model_id", "user_id"),
