@@ -156,6 +156,24 @@ class RegisteredModelOwnerImmutable(RuleViolation):
     """An UPDATE of a registered model's owner (ML066)."""
 
 
+class TargetNotAColumn(RuleViolation):
+    """A dataset's target column that is not a column of its current version (ML115)."""
+
+
+class IgnoredColumnsInvalid(RuleViolation):
+    """A dataset's ignored columns that are not columns of its current version, or
+    that include the target (ML116)."""
+
+
+class RowResultsWriteOnce(RuleViolation):
+    """An UPDATE of ``evaluation_row_results`` (ML117)."""
+
+
+class EvaluationRunWriteOnce(RuleViolation):
+    """An UPDATE of what an evaluation run evaluated, or of its results once written
+    (ML118)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -330,6 +348,10 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML064": OwnerPermission,
     "ML065": LineageCycle,
     "ML066": RegisteredModelOwnerImmutable,
+    "ML115": TargetNotAColumn,
+    "ML116": IgnoredColumnsInvalid,
+    "ML117": RowResultsWriteOnce,
+    "ML118": EvaluationRunWriteOnce,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

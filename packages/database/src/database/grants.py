@@ -23,6 +23,8 @@ Three kinds of role touch the database:
     - ``model_versions``: SELECT, DELETE, INSERT and UPDATE of every column but
       ``download_count`` (kept by a trigger from the downloads; ML063 refuses a
       direct write from anyone), and UPDATE of neither ``id`` nor ``created_at``;
+    - ``evaluation_row_results`` and its partitions: SELECT and INSERT only (written
+      once by COPY; they leave with their run through the foreign key's cascade);
     - ``credit_packages``, ``derived_repairs`` and ``alembic_version``: SELECT only;
 
   - USAGE and SELECT on the sequences, if any;
@@ -58,7 +60,15 @@ from sqlalchemy.engine import Connection
 from database import errors
 from database.models.user import DERIVED_COLUMNS
 
-APPEND_ONLY = {"credit_transactions": "SELECT, INSERT", "model_downloads": "SELECT, INSERT"}
+APPEND_ONLY = {
+    "credit_transactions": "SELECT, INSERT",
+    "model_downloads": "SELECT, INSERT",
+    # Written once by COPY, removed with their run (the foreign key's cascade runs as
+    # the owner): the apps never UPDATE or DELETE a row (ML117 refuses UPDATE).
+    "evaluation_row_results": "SELECT, INSERT",
+}
+#: Partitions carry their parent's privileges (a direct write to one is no way around).
+PARTITION_PREFIXES = {"evaluation_row_results_p": "evaluation_row_results"}
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.
 COLUMN_LIMITED = {
@@ -190,7 +200,10 @@ def grant(
 
     for table in tables:
         t = f"public.{_quote(conn, table)}"
-        if table == "users":
+        parent = next((p for pre, p in PARTITION_PREFIXES.items() if table.startswith(pre)), None)
+        if parent is not None:
+            run(f"GRANT {APPEND_ONLY[parent]} ON {t} TO {q}")
+        elif table == "users":
             insertable = ", ".join(
                 _quote(conn, c) for c in user_columns if c not in USERS_NOT_INSERTABLE
             )

@@ -9,6 +9,8 @@ from database.models.dataset_version import DatasetVersion
 from database.models.derived_repair import DerivedRepair
 from database.models.enums import (
     CreditTierRestriction,
+    CriterionKind,
+    CriterionOperator,
     FileFormat,
     IngestionStatus,
     JobKind,
@@ -23,10 +25,14 @@ from database.models.enums import (
     NodeType,
     OAuthProvider,
     ProblemType,
+    RowRule,
     TransactionType,
     TutorialDifficulty,
     UserTier,
 )
+from database.models.evaluation_criterion import EvaluationCriterion
+from database.models.evaluation_row_result import EvaluationRowResult
+from database.models.evaluation_run import EvaluationRun
 from database.models.experiment import Experiment
 from database.models.experiment_run import ExperimentRun
 from database.models.ingestion_job import IngestionJob
@@ -54,10 +60,15 @@ __all__ = [
     "CreditPackage",
     "CreditTierRestriction",
     "CreditTransaction",
+    "CriterionKind",
+    "CriterionOperator",
     "Dataset",
     "DatasetProfile",
     "DatasetVersion",
     "DerivedRepair",
+    "EvaluationCriterion",
+    "EvaluationRowResult",
+    "EvaluationRun",
     "Experiment",
     "ExperimentRun",
     "FileFormat",
@@ -84,6 +95,7 @@ __all__ = [
     "NodeType",
     "OAuthProvider",
     "ProblemType",
+    "RowRule",
     "RegisteredModel",
     "RegisteredModelPermission",
     "StripeWebhookEvent",

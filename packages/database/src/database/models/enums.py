@@ -67,6 +67,8 @@ class JobKind(enum.StrEnum):
 
     WORKFLOW_RUN = "workflow_run"
     INGESTION = "ingestion"
+    #: A model version scored on a dataset version against criteria (issue 15).
+    EVALUATION = "evaluation"
 
 
 class NodeType(enum.StrEnum):
@@ -167,6 +169,29 @@ def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     )
 
 
+class CriterionKind(enum.StrEnum):
+    """What an evaluation criterion tests: a metric of the whole set, or every row."""
+
+    METRIC_THRESHOLD = "metric_threshold"
+    ROW_RULE = "row_rule"
+
+
+class CriterionOperator(enum.StrEnum):
+    """How a metric is compared with a criterion's threshold."""
+
+    GE = ">="
+    GT = ">"
+    LE = "<="
+    LT = "<"
+
+
+class RowRule(enum.StrEnum):
+    """A per-row rule: |prediction - actual| <= tolerance, or prediction == actual."""
+
+    ABSOLUTE_ERROR_LE = "absolute_error_le"
+    PREDICTED_EQUALS_ACTUAL = "predicted_equals_actual"
+
+
 user_tier = pg_enum(UserTier, "user_tier")
 oauth_provider = pg_enum(OAuthProvider, "oauth_provider")
 file_format = pg_enum(FileFormat, "file_format")
@@ -185,9 +210,14 @@ model_version_status = pg_enum(ModelVersionStatus, "model_version_status")
 lineage_relation = pg_enum(LineageRelation, "lineage_relation")
 model_format = pg_enum(ModelFormat, "model_format")
 model_permission = pg_enum(ModelPermission, "model_permission")
+criterion_kind = pg_enum(CriterionKind, "criterion_kind")
+criterion_operator = pg_enum(CriterionOperator, "criterion_operator")
+row_rule = pg_enum(RowRule, "row_rule")
 
 __all__ = [
     "CreditTierRestriction",
+    "CriterionKind",
+    "CriterionOperator",
     "FileFormat",
     "IngestionStatus",
     "JobKind",
@@ -202,6 +232,7 @@ __all__ = [
     "NodeType",
     "OAuthProvider",
     "ProblemType",
+    "RowRule",
     "TransactionType",
     "TutorialDifficulty",
     "UserTier",
