@@ -19,6 +19,7 @@ from api.limits import BodyLimit, upload_routes
 from api.routers import (
     credits,
     datasets,
+    evaluations,
     events,
     experiments,
     health,
@@ -126,6 +127,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         webhooks,
         experiments,
         tutorials,
+        evaluations,
     ):
         v1.include_router(module.router)
     app.include_router(v1)

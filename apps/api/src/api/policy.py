@@ -102,3 +102,8 @@ def price(settings: ApiSettings, definition: WorkflowDefinition) -> int:
     """Credits a run of ``definition`` costs: a base plus each node's price."""
     pricing = settings.pricing
     return pricing.base_credits + sum(pricing.node_credits.of(n.type) for n in definition.nodes)
+
+
+def evaluation_price(settings: ApiSettings) -> int:
+    """Credits an evaluation run costs (``PRICING__EVALUATION_CREDITS``)."""
+    return settings.pricing.evaluation_credits

@@ -40,6 +40,8 @@ class Pricing(BaseModel):
 
     base_credits: int = Field(default=1, ge=0)
     node_credits: NodeCredits = NodeCredits()
+    #: An evaluation run (``POST /v1/evaluations``): scoring, no fit.
+    evaluation_credits: int = Field(default=2, ge=0)
 
 
 def _default_data_dir() -> Path:

@@ -342,3 +342,25 @@ def score(
         plot_data=plot,
         notes=notes,
     )
+
+
+def load_model(storage: Any, location: str) -> Any:
+    """The fitted pipeline a trained model's joblib artifact holds (``models.s3_path``).
+
+    The one place an evaluation loads a model: when ``pipeline.formats.load_version``
+    lands (the formats helper), point this at it. Artifacts are the platform's own
+    (written by the save node), so unpickling them is trusting our own storage."""
+    import io
+
+    import joblib
+
+    with storage.open_read(location) as stream:
+        return joblib.load(io.BytesIO(stream.read()))
+
+
+def load_frame(storage: Any, location: str) -> pd.DataFrame:
+    """A dataset version's processed Parquet file (``dataset_versions.s3_path``)."""
+    import io
+
+    with storage.open_read(location) as stream:
+        return pd.read_parquet(io.BytesIO(stream.read()))

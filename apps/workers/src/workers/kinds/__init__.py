@@ -73,7 +73,7 @@ Handler = Callable[[Context, Claim], str]
 HANDLERS: dict[JobKind, Handler] = {}
 
 #: The modules that register the kinds (imported by :func:`load`).
-MODULES = ("workers.kinds.ingestion", "workers.kinds.workflow_run")
+MODULES = ("workers.kinds.ingestion", "workers.kinds.workflow_run", "workers.kinds.evaluation")
 
 
 def register(kind: JobKind) -> Callable[[Handler], Handler]:
