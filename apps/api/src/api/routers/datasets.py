@@ -314,7 +314,7 @@ def patch_dataset(
     dataset = _owned(session, principal.user_id, dataset_id, lock=True)
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     if changes.get("name", "") is None:
-        raise ApiError(422, "invalid_request", "name cannot be null")
+        raise ApiError(422, "validation_error", "name cannot be null")
     try:
         evaluation.update_dataset(session, dataset, changes)
     except evaluation.EvaluationProblem as exc:

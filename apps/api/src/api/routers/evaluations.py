@@ -171,7 +171,7 @@ class EvaluationOut(Output):
     id: uuid.UUID
     job_id: uuid.UUID
     #: The job's: queued, running, completed, failed or cancelled.
-    status: str
+    status: str = "queued"
     error_message: str | None = None
     model_version_id: uuid.UUID
     dataset_version_id: uuid.UUID
