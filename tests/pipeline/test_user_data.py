@@ -55,7 +55,7 @@ def test_dates_become_features_and_the_pipeline_fits_and_predicts():
     assert prepared.output["date_features"] == ["signed_up"]
     transformer = prepared.transformer.fit(prepared.x_train)
     names = list(transformer.get_feature_names_out())
-    for part in ("year", "month", "day", "dayofweek"):
+    for part in ("year", "month", "day", "day_of_week"):
         assert any(n.endswith(f"signed_up_{part}") for n in names), names
     matrix = transformer.transform(frame[prepared.features])
     column = [i for i, n in enumerate(names) if n.endswith("signed_up_month")][0]

@@ -275,7 +275,7 @@ def _dataset(node: WorkflowNode, load_dataset: LoadDataset, report: Progress) ->
 
 # --- preprocess -------------------------------------------------------------------------------
 #: The parts a date column becomes (``date_parts``).
-DATE_PARTS = ("year", "month", "day", "dayofweek", "dayofyear", "hour")
+DATE_PARTS = ("year", "month", "day", "day_of_week", "day_of_year", "hour")
 
 
 def date_parts(frame: Any) -> np.ndarray:
