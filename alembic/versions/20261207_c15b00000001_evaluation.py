@@ -204,7 +204,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_evaluation_runs")),
         sa.UniqueConstraint("id", "user_id", name=op.f("uq_evaluation_runs_id_user_id")),
-        sa.UniqueConstraint("job_id", name=op.f("uq_evaluation_runs_job_id")),
+        sa.UniqueConstraint("job_id", "user_id", name=op.f("uq_evaluation_runs_job_id_user_id")),
     )
     op.create_index(
         "ix_evaluation_runs_dataset_version_id_user_id",

@@ -53,7 +53,9 @@ class EvaluationRun(IDMixin, CreatedAtMixin, Base):
     completed_at: Mapped[dt.datetime | None]
 
     __table_args__ = (
-        UniqueConstraint("job_id"),
+        # One run per job (a job's id decides its user_id: unique on job_id), and the
+        # index of the key to jobs.
+        UniqueConstraint("job_id", "user_id"),
         UniqueConstraint("id", "user_id"),
         ForeignKeyConstraint(["job_id", "user_id"], ["jobs.id", "jobs.user_id"], ondelete="CASCADE"),
         ForeignKeyConstraint(
