@@ -154,13 +154,15 @@ def _bare(engine: Engine, run: uuid.UUID, rows: list[tuple[Any, ...]]) -> float:
         raw = conn.connection.driver_connection
         assert raw is not None
         start = time.perf_counter()
-        with raw.cursor() as cursor:
-            with cursor.copy(
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(
                 f"COPY {BARE} (evaluation_run_id, row_index, prediction, actual, score, error,"
                 " criteria_passed, passed) FROM STDIN"
-            ) as copy:
-                for row in rows:
-                    copy.write_row((run, *row))
+            ) as copy,
+        ):
+            for row in rows:
+                copy.write_row((run, *row))
         raw.commit()
         return time.perf_counter() - start
 

@@ -43,21 +43,21 @@ def upgrade() -> None:
     op.execute("ALTER TYPE job_kind ADD VALUE IF NOT EXISTS 'evaluation'")
     public_datasets_columns_check = PGFunction(
         schema="public",
-        signature='datasets_columns_check()',
-        definition='returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> \'name\') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> \'columns\') = \'array\'\n                    THEN v.columns_metadata -> \'columns\' ELSE \'[]\'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION \'target column "%" is not a column of the dataset\'\'s current version\',\n                NEW.target_column\n            USING ERRCODE = \'ML115\', DETAIL = format(\'column=%s\', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION \'ignored columns are not columns of the dataset\'\'s current version\\: %\',\n                array_to_string(unknown, \', \')\n            USING ERRCODE = \'ML116\';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION \'the target column "%" cannot be ignored\', NEW.target_column\n            USING ERRCODE = \'ML116\';\n    END IF;\n    RETURN NEW;\nEND;\n$$',
+        signature="datasets_columns_check()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> 'name') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> 'columns') = 'array'\n                    THEN v.columns_metadata -> 'columns' ELSE '[]'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION 'target column \"%\" is not a column of the dataset''s current version',\n                NEW.target_column\n            USING ERRCODE = 'ML115', DETAIL = format('column=%s', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION 'ignored columns are not columns of the dataset''s current version\\: %',\n                array_to_string(unknown, ', ')\n            USING ERRCODE = 'ML116';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION 'the target column \"%\" cannot be ignored', NEW.target_column\n            USING ERRCODE = 'ML116';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
     )
     op.create_entity(public_datasets_columns_check)
 
     public_evaluation_row_results_write_once = PGFunction(
         schema="public",
-        signature='evaluation_row_results_write_once()',
+        signature="evaluation_row_results_write_once()",
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'evaluation_row_results are written once\\: UPDATE refused'\n        USING ERRCODE = 'ML117', HINT = 'run a new evaluation instead';\nEND;\n$$",
     )
     op.create_entity(public_evaluation_row_results_write_once)
 
     public_evaluation_runs_write_once = PGFunction(
         schema="public",
-        signature='evaluation_runs_write_once()',
+        signature="evaluation_runs_write_once()",
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.user_id IS DISTINCT FROM OLD.user_id\n       OR NEW.job_id IS DISTINCT FROM OLD.job_id\n       OR NEW.model_version_id IS DISTINCT FROM OLD.model_version_id\n       OR NEW.dataset_version_id IS DISTINCT FROM OLD.dataset_version_id\n       OR NEW.criteria IS DISTINCT FROM OLD.criteria\n       OR OLD.completed_at IS NOT NULL THEN\n        RAISE EXCEPTION 'evaluation run % may not change what it evaluated or its results',\n                OLD.id\n            USING ERRCODE = 'ML118';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
     )
     op.create_entity(public_evaluation_runs_write_once)
@@ -264,7 +264,9 @@ def upgrade() -> None:
         ),
     )
     op.create_check_constraint(
-        op.f("ck_datasets_ignored_columns_count"), "datasets", "cardinality(ignored_columns) <= 1000"
+        op.f("ck_datasets_ignored_columns_count"),
+        "datasets",
+        "cardinality(ignored_columns) <= 1000",
     )
     for n in range(PARTITIONS):
         op.execute(
@@ -273,31 +275,30 @@ def upgrade() -> None:
         )
     public_datasets_datasets_columns_check = PGTrigger(
         schema="public",
-        signature='datasets_columns_check',
-        on_entity='public.datasets',
+        signature="datasets_columns_check",
+        on_entity="public.datasets",
         is_constraint=False,
-        definition='BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()',
+        definition="BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()",
     )
     op.create_entity(public_datasets_datasets_columns_check)
 
     public_evaluation_row_results_evaluation_row_results_write_once = PGTrigger(
         schema="public",
-        signature='evaluation_row_results_write_once',
-        on_entity='public.evaluation_row_results',
+        signature="evaluation_row_results_write_once",
+        on_entity="public.evaluation_row_results",
         is_constraint=False,
-        definition='BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()',
+        definition="BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()",
     )
     op.create_entity(public_evaluation_row_results_evaluation_row_results_write_once)
 
     public_evaluation_runs_evaluation_runs_write_once = PGTrigger(
         schema="public",
-        signature='evaluation_runs_write_once',
-        on_entity='public.evaluation_runs',
+        signature="evaluation_runs_write_once",
+        on_entity="public.evaluation_runs",
         is_constraint=False,
-        definition='BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()',
+        definition="BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()",
     )
     op.create_entity(public_evaluation_runs_evaluation_runs_write_once)
-
 
 
 def downgrade() -> None:
@@ -305,49 +306,49 @@ def downgrade() -> None:
     # Triggers first: drop_entity fails once their table is gone; then the functions.
     public_evaluation_runs_evaluation_runs_write_once = PGTrigger(
         schema="public",
-        signature='evaluation_runs_write_once',
-        on_entity='public.evaluation_runs',
+        signature="evaluation_runs_write_once",
+        on_entity="public.evaluation_runs",
         is_constraint=False,
-        definition='BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()',
+        definition="BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()",
     )
     op.drop_entity(public_evaluation_runs_evaluation_runs_write_once)
 
     public_evaluation_row_results_evaluation_row_results_write_once = PGTrigger(
         schema="public",
-        signature='evaluation_row_results_write_once',
-        on_entity='public.evaluation_row_results',
+        signature="evaluation_row_results_write_once",
+        on_entity="public.evaluation_row_results",
         is_constraint=False,
-        definition='BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()',
+        definition="BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()",
     )
     op.drop_entity(public_evaluation_row_results_evaluation_row_results_write_once)
 
     public_datasets_datasets_columns_check = PGTrigger(
         schema="public",
-        signature='datasets_columns_check',
-        on_entity='public.datasets',
+        signature="datasets_columns_check",
+        on_entity="public.datasets",
         is_constraint=False,
-        definition='BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()',
+        definition="BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()",
     )
     op.drop_entity(public_datasets_datasets_columns_check)
 
     public_evaluation_runs_write_once = PGFunction(
         schema="public",
-        signature='evaluation_runs_write_once()',
+        signature="evaluation_runs_write_once()",
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.user_id IS DISTINCT FROM OLD.user_id\n       OR NEW.job_id IS DISTINCT FROM OLD.job_id\n       OR NEW.model_version_id IS DISTINCT FROM OLD.model_version_id\n       OR NEW.dataset_version_id IS DISTINCT FROM OLD.dataset_version_id\n       OR NEW.criteria IS DISTINCT FROM OLD.criteria\n       OR OLD.completed_at IS NOT NULL THEN\n        RAISE EXCEPTION 'evaluation run % may not change what it evaluated or its results',\n                OLD.id\n            USING ERRCODE = 'ML118';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
     )
     op.drop_entity(public_evaluation_runs_write_once)
 
     public_evaluation_row_results_write_once = PGFunction(
         schema="public",
-        signature='evaluation_row_results_write_once()',
+        signature="evaluation_row_results_write_once()",
         definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'evaluation_row_results are written once\\: UPDATE refused'\n        USING ERRCODE = 'ML117', HINT = 'run a new evaluation instead';\nEND;\n$$",
     )
     op.drop_entity(public_evaluation_row_results_write_once)
 
     public_datasets_columns_check = PGFunction(
         schema="public",
-        signature='datasets_columns_check()',
-        definition='returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> \'name\') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> \'columns\') = \'array\'\n                    THEN v.columns_metadata -> \'columns\' ELSE \'[]\'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION \'target column "%" is not a column of the dataset\'\'s current version\',\n                NEW.target_column\n            USING ERRCODE = \'ML115\', DETAIL = format(\'column=%s\', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION \'ignored columns are not columns of the dataset\'\'s current version\\: %\',\n                array_to_string(unknown, \', \')\n            USING ERRCODE = \'ML116\';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION \'the target column "%" cannot be ignored\', NEW.target_column\n            USING ERRCODE = \'ML116\';\n    END IF;\n    RETURN NEW;\nEND;\n$$',
+        signature="datasets_columns_check()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> 'name') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> 'columns') = 'array'\n                    THEN v.columns_metadata -> 'columns' ELSE '[]'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION 'target column \"%\" is not a column of the dataset''s current version',\n                NEW.target_column\n            USING ERRCODE = 'ML115', DETAIL = format('column=%s', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION 'ignored columns are not columns of the dataset''s current version\\: %',\n                array_to_string(unknown, ', ')\n            USING ERRCODE = 'ML116';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION 'the target column \"%\" cannot be ignored', NEW.target_column\n            USING ERRCODE = 'ML116';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
     )
     op.drop_entity(public_datasets_columns_check)
 

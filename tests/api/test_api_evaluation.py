@@ -15,7 +15,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -27,7 +26,7 @@ from database import jobs
 from database.storage import make_storage
 from workers import kinds
 
-from api_helpers import Account, give_credits, ingested, make_dataset, ready_dataset, rows, scalar
+from api_helpers import give_credits, ingested, make_dataset, ready_dataset, rows, scalar
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,13 +50,19 @@ def test_patch_changes_what_is_sent(client, account, engine):
     r = client.patch(
         f"/v1/datasets/{dataset['id']}",
         headers=account.headers,
-        json={"name": "iris 2", "target_column": "sepal_length", "problem_type": "regression",
-              "ignored_columns": ["species"]},
+        json={
+            "name": "iris 2",
+            "target_column": "sepal_length",
+            "problem_type": "regression",
+            "ignored_columns": ["species"],
+        },
     )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["name"], body["target_column"], body["problem_type"]) == (
-        "iris 2", "sepal_length", "regression"
+        "iris 2",
+        "sepal_length",
+        "regression",
     )
     assert body["ignored_columns"] == ["species"]
     r = client.patch(f"/v1/datasets/{dataset['id']}", headers=account.headers, json={})
@@ -101,8 +106,14 @@ def test_criteria_create_list_and_refuse(client, account, other):
     ok = client.post(
         "/v1/evaluation-criteria",
         headers=account.headers,
-        json={"name": "accurate", "kind": "metric_threshold", "metric": "accuracy",
-              "operator": ">=", "threshold": 0.9, "slice": {"column": "region", "equals": "EU"}},
+        json={
+            "name": "accurate",
+            "kind": "metric_threshold",
+            "metric": "accuracy",
+            "operator": ">=",
+            "threshold": 0.9,
+            "slice": {"column": "region", "equals": "EU"},
+        },
     )
     assert ok.status_code == 201, ok.text
     assert ok.json()["slice"] == {"column": "region", "equals": "EU"}
@@ -117,14 +128,33 @@ def test_criteria_create_list_and_refuse(client, account, other):
         {"name": "b", "kind": "row_rule", "rule": "absolute_error_le"},
         {"name": "c", "kind": "row_rule", "rule": "predicted_equals_actual", "tolerance": 1},
         {"name": "d", "kind": "row_rule", "rule": "absolute_error_le", "tolerance": -1},
-        {"name": "e", "kind": "metric_threshold", "metric": "accuracy", "operator": "=",
-         "threshold": 1},
-        {"name": "f", "kind": "row_rule", "rule": "predicted_equals_actual",
-         "slice": {"column": "r", "equals": "x", "sql": "1=1"}},
-        {"name": "g", "kind": "metric_threshold", "metric": "DROP TABLE", "operator": ">",
-         "threshold": 1},
-        {"name": "h", "kind": "metric_threshold", "metric": "accuracy", "operator": ">",
-         "threshold": "0.9"},
+        {
+            "name": "e",
+            "kind": "metric_threshold",
+            "metric": "accuracy",
+            "operator": "=",
+            "threshold": 1,
+        },
+        {
+            "name": "f",
+            "kind": "row_rule",
+            "rule": "predicted_equals_actual",
+            "slice": {"column": "r", "equals": "x", "sql": "1=1"},
+        },
+        {
+            "name": "g",
+            "kind": "metric_threshold",
+            "metric": "DROP TABLE",
+            "operator": ">",
+            "threshold": 1,
+        },
+        {
+            "name": "h",
+            "kind": "metric_threshold",
+            "metric": "accuracy",
+            "operator": ">",
+            "threshold": "0.9",
+        },
     ):
         r = client.post("/v1/evaluation-criteria", headers=account.headers, json=bad)
         assert r.status_code == 422, (bad, r.text)
@@ -159,33 +189,39 @@ def _model_version(
         engine,
         "INSERT INTO models (user_id, name, algorithm, problem_type, s3_path)"
         " VALUES (:u, :n, 'logistic_regression', CAST(:p AS problem_type), :s) RETURNING id",
-        u=user_id, n=f"m-{uuid.uuid4().hex[:6]}", p=problem, s=location,
+        u=user_id,
+        n=f"m-{uuid.uuid4().hex[:6]}",
+        p=problem,
+        s=location,
     )
     [registered] = rows(
         engine,
         "INSERT INTO registered_models (user_id, name) VALUES (:u, :n) RETURNING id",
-        u=user_id, n=f"rm-{uuid.uuid4().hex[:6]}",
+        u=user_id,
+        n=f"rm-{uuid.uuid4().hex[:6]}",
     )
     [version] = rows(
         engine,
         "INSERT INTO model_versions (registered_model_id, model_id) VALUES (:r, :m) RETURNING id",
-        r=registered.id, m=model_row.id,
+        r=registered.id,
+        m=model_row.id,
     )
     return str(version.id)
 
 
 def _dataset_version(client, account, engine, storage, frame: pd.DataFrame) -> str:
-    dataset = make_dataset(
-        client, account, target_column="label", problem_type="classification"
-    )
+    dataset = make_dataset(client, account, target_column="label", problem_type="classification")
     version_id = dataset["version"]["id"]
     buffer = io.BytesIO()
     frame.to_parquet(buffer)
     location = storage.write_bytes(f"processed/{version_id}.parquet", buffer.getvalue())
-    columns = {"columns": [
-        {"name": "a", "kind": "numeric"}, {"name": "region", "kind": "categorical"},
-        {"name": "label", "kind": "categorical"},
-    ]}
+    columns = {
+        "columns": [
+            {"name": "a", "kind": "numeric"},
+            {"name": "region", "kind": "categorical"},
+            {"name": "label", "kind": "categorical"},
+        ]
+    }
     ingested(engine, version_id, columns=columns)
     rows(engine, "UPDATE dataset_versions SET s3_path = :s WHERE id = :i", s=location, i=version_id)
     return version_id
@@ -211,20 +247,35 @@ def test_an_evaluation_end_to_end(client, account, other, engine, storage):
     version = _model_version(engine, storage, account.user_id, frame, "classification")
     data = _dataset_version(client, account, engine, storage, frame)
     strict = client.post(
-        "/v1/evaluation-criteria", headers=account.headers,
-        json={"name": "perfect", "kind": "metric_threshold", "metric": "accuracy",
-              "operator": ">=", "threshold": 1.0},
+        "/v1/evaluation-criteria",
+        headers=account.headers,
+        json={
+            "name": "perfect",
+            "kind": "metric_threshold",
+            "metric": "accuracy",
+            "operator": ">=",
+            "threshold": 1.0,
+        },
     ).json()
     exact = client.post(
-        "/v1/evaluation-criteria", headers=account.headers,
-        json={"name": "exact EU", "kind": "row_rule", "rule": "predicted_equals_actual",
-              "slice": {"column": "region", "equals": "EU"}},
+        "/v1/evaluation-criteria",
+        headers=account.headers,
+        json={
+            "name": "exact EU",
+            "kind": "row_rule",
+            "rule": "predicted_equals_actual",
+            "slice": {"column": "region", "equals": "EU"},
+        },
     ).json()
     balance = scalar(engine, "SELECT credit_balance FROM users WHERE id = :u", u=account.user_id)
     r = client.post(
-        "/v1/evaluations", headers=account.headers,
-        json={"model_version_id": version, "dataset_version_id": data,
-              "criteria_ids": [strict["id"], exact["id"]]},
+        "/v1/evaluations",
+        headers=account.headers,
+        json={
+            "model_version_id": version,
+            "dataset_version_id": data,
+            "criteria_ids": [strict["id"], exact["id"]],
+        },
     )
     assert r.status_code == 202, r.text
     run = r.json()
@@ -243,15 +294,20 @@ def test_an_evaluation_end_to_end(client, account, other, engine, storage):
     assert done["passed"] is False and done["row_count"] == 60
 
     # Per-row results match the model's predictions.
-    model = joblib.load(io.BytesIO(open(storage.local_path(scalar(
-        engine, "SELECT s3_path FROM models m JOIN model_versions v ON v.model_id = m.id"
-        " WHERE v.id = :v", v=version)), "rb").read()))
+    location = scalar(
+        engine,
+        "SELECT s3_path FROM models m JOIN model_versions v ON v.model_id = m.id WHERE v.id = :v",
+        v=version,
+    )
+    with storage.open_read(location) as stream:
+        model = joblib.load(io.BytesIO(stream.read()))
     expected = model.predict(frame.drop(columns="label"))
     got: list[dict[str, Any]] = []
     cursor = None
     while True:
         page = client.get(
-            f"/v1/evaluations/{run['id']}/rows", headers=account.headers,
+            f"/v1/evaluations/{run['id']}/rows",
+            headers=account.headers,
             params={"limit": 25, **({"cursor": cursor} if cursor else {})},
         ).json()
         got.extend(page["items"])
@@ -261,7 +317,8 @@ def test_an_evaluation_end_to_end(client, account, other, engine, storage):
     assert [g["row_index"] for g in got] == list(range(60))
     assert [g["prediction"] for g in got] == list(expected)
     failing = client.get(
-        f"/v1/evaluations/{run['id']}/rows", headers=account.headers,
+        f"/v1/evaluations/{run['id']}/rows",
+        headers=account.headers,
         params={"passed": "false", "limit": 200},
     ).json()["items"]
     wrong_eu = [
@@ -278,9 +335,12 @@ def test_an_evaluation_end_to_end(client, account, other, engine, storage):
             assert png.status_code == 200 and png.content.startswith(PNG), (base, kind)
             svg = client.get(f"{base}/plots/{kind}.svg", headers=account.headers)
             assert ET.fromstring(svg.content).tag.endswith("svg")
-            assert json.loads(
-                client.get(f"{base}/plots/{kind}.json", headers=account.headers).content
-            )["kind"] == kind
+            assert (
+                json.loads(
+                    client.get(f"{base}/plots/{kind}.json", headers=account.headers).content
+                )["kind"]
+                == kind
+            )
     r = client.get(f"/v1/evaluations/{run['id']}/plots/residuals.png", headers=account.headers)
     assert r.status_code == 422 and r.json()["error"]["code"] == "plot_not_for_problem_type"
     r = client.get(f"/v1/model-versions/{version}/plots/trials.png", headers=account.headers)
@@ -291,11 +351,23 @@ def test_an_evaluation_end_to_end(client, account, other, engine, storage):
     assert r.status_code == 404
 
     # The rows leave with the run.
-    assert scalar(engine, "SELECT count(*) FROM evaluation_row_results WHERE evaluation_run_id"
-                  " = :r", r=run["id"]) == 60
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM evaluation_row_results WHERE evaluation_run_id = :r",
+            r=run["id"],
+        )
+        == 60
+    )
     rows(engine, "DELETE FROM evaluation_runs WHERE id = :r", r=run["id"])
-    assert scalar(engine, "SELECT count(*) FROM evaluation_row_results WHERE evaluation_run_id"
-                  " = :r", r=run["id"]) == 0
+    assert (
+        scalar(
+            engine,
+            "SELECT count(*) FROM evaluation_row_results WHERE evaluation_run_id = :r",
+            r=run["id"],
+        )
+        == 0
+    )
 
 
 def test_evaluation_refusals(client, account, other, engine, storage):
@@ -307,9 +379,9 @@ def test_evaluation_refusals(client, account, other, engine, storage):
 
     def post(**body: Any) -> Any:
         return client.post(
-            "/v1/evaluations", headers=account.headers,
-            json={"model_version_id": mine, "dataset_version_id": data, "criteria_ids": [],
-                  **body},
+            "/v1/evaluations",
+            headers=account.headers,
+            json={"model_version_id": mine, "dataset_version_id": data, "criteria_ids": [], **body},
         )
 
     assert post(model_version_id=theirs).status_code == 404  # private: not readable
@@ -323,7 +395,8 @@ def test_evaluation_refusals(client, account, other, engine, storage):
     r = client.get(f"/v1/model-versions/{mine}/plots/residuals.svg", headers=account.headers)
     assert r.status_code == 422
     broke = client.post(
-        "/v1/evaluations", headers=other.headers,
+        "/v1/evaluations",
+        headers=other.headers,
         json={"model_version_id": theirs, "dataset_version_id": data, "criteria_ids": []},
     )
     assert broke.status_code == 404  # not their dataset version

@@ -67,12 +67,30 @@ def test_metric_threshold_passes_and_fails():
         "y",
         "classification",
         [
-            {"id": 1, "name": "easy", "kind": "metric_threshold", "metric": "accuracy",
-             "operator": ">=", "threshold": 0.75},
-            {"id": 2, "name": "hard", "kind": "metric_threshold", "metric": "accuracy",
-             "operator": ">", "threshold": 0.75},
-            {"id": 3, "name": "absent", "kind": "metric_threshold", "metric": "rmse",
-             "operator": "<", "threshold": 1.0},
+            {
+                "id": 1,
+                "name": "easy",
+                "kind": "metric_threshold",
+                "metric": "accuracy",
+                "operator": ">=",
+                "threshold": 0.75,
+            },
+            {
+                "id": 2,
+                "name": "hard",
+                "kind": "metric_threshold",
+                "metric": "accuracy",
+                "operator": ">",
+                "threshold": 0.75,
+            },
+            {
+                "id": 3,
+                "name": "absent",
+                "kind": "metric_threshold",
+                "metric": "rmse",
+                "operator": "<",
+                "threshold": 1.0,
+            },
         ],
         importance=False,
     )
@@ -84,15 +102,23 @@ def test_metric_threshold_passes_and_fails():
 
 
 def test_row_rules_per_row_and_on_a_slice():
-    frame = pd.DataFrame(
-        {"region": ["EU", "US", "EU", "US", "EU"], "y": [1.0, 2.0, 3.0, 4.0, 5.0]}
-    )
+    frame = pd.DataFrame({"region": ["EU", "US", "EU", "US", "EU"], "y": [1.0, 2.0, 3.0, 4.0, 5.0]})
     model = Fixed([1.5, 2.0, 6.0, 4.2, 5.0])  # errors 0.5, 0, 3, 0.2, 0
     criteria = [
-        {"id": 1, "name": "close", "kind": "row_rule", "rule": "absolute_error_le",
-         "tolerance": 0.5},
-        {"id": 2, "name": "exact in EU", "kind": "row_rule", "rule": "predicted_equals_actual",
-         "slice": {"column": "region", "equals": "EU"}},
+        {
+            "id": 1,
+            "name": "close",
+            "kind": "row_rule",
+            "rule": "absolute_error_le",
+            "tolerance": 0.5,
+        },
+        {
+            "id": 2,
+            "name": "exact in EU",
+            "kind": "row_rule",
+            "rule": "predicted_equals_actual",
+            "slice": {"column": "region", "equals": "EU"},
+        },
     ]
     scored = score(model, frame, "y", "regression", criteria, importance=False)
     rows = scored.rows
@@ -121,7 +147,9 @@ def test_per_row_results_match_the_predictions():
     assert scored.rows["row_index"].tolist() == kept.index.tolist()
     assert scored.rows["prediction"].tolist() == list(expected)
     assert scored.rows["actual"].tolist() == kept["label"].tolist()
-    assert scored.rows["error"].tolist() == [float(p != a) for p, a in zip(expected, kept["label"])]
+    assert scored.rows["error"].tolist() == [
+        float(p != a) for p, a in zip(expected, kept["label"], strict=True)
+    ]
     proba = model.predict_proba(kept.drop(columns="label"))[:, 1]
     assert scored.rows["score"].to_numpy() == pytest.approx(proba)
     assert scored.metrics["accuracy"] == pytest.approx(float((expected == kept["label"]).mean()))
@@ -134,8 +162,17 @@ def test_a_slice_column_that_does_not_exist_fails_the_criterion():
         frame,
         "y",
         "regression",
-        [{"id": 1, "name": "s", "kind": "metric_threshold", "metric": "mae", "operator": "<=",
-          "threshold": 1, "slice": {"column": "nope", "equals": 1}}],
+        [
+            {
+                "id": 1,
+                "name": "s",
+                "kind": "metric_threshold",
+                "metric": "mae",
+                "operator": "<=",
+                "threshold": 1,
+                "slice": {"column": "nope", "equals": 1},
+            }
+        ],
         importance=False,
     )
     assert scored.criteria_results[0]["passed"] is False

@@ -233,8 +233,14 @@ class DatasetPatch(Input):
     target_column: ShortText | None = None
     problem_type: ProblemType | None = None
     ignored_columns: (
-        Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200),
-                                 AfterValidator(no_nul)]], Field(max_length=1000)]
+        Annotated[
+            list[
+                Annotated[
+                    str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)
+                ]
+            ],
+            Field(max_length=1000),
+        ]
         | None
     ) = None
 

@@ -90,9 +90,7 @@ def version_columns(version: DatasetVersion | None) -> dict[str, str] | None:
     columns = version.columns_metadata.get("columns")
     if not isinstance(columns, list):
         return None
-    return {
-        str(c.get("name")): str(c.get("kind") or "") for c in columns if isinstance(c, dict)
-    }
+    return {str(c.get("name")): str(c.get("kind") or "") for c in columns if isinstance(c, dict)}
 
 
 def dataset_problems(
@@ -403,9 +401,7 @@ def _copy_value(value: Any) -> Any:
     return value
 
 
-def write_row_results(
-    session: Session, run_id: uuid.UUID, rows: Iterable[Sequence[Any]]
-) -> int:
+def write_row_results(session: Session, run_id: uuid.UUID, rows: Iterable[Sequence[Any]]) -> int:
     """COPY per-row results of ``run_id`` (tuples of :data:`ROW_COLUMNS` after the
     run id: row_index, prediction, actual, score, error, criteria_passed, passed) in
     the session's transaction; returns the number of rows. psycopg's binary-free
@@ -414,11 +410,11 @@ def write_row_results(
     assert connection is not None
     count = 0
     columns = ", ".join(ROW_COLUMNS)
-    with connection.cursor() as cursor:
-        with cursor.copy(f"COPY evaluation_row_results ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row((run_id, *(_copy_value(v) for v in row)))
-                count += 1
+    statement = f"COPY evaluation_row_results ({columns}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row((run_id, *(_copy_value(v) for v in row)))
+            count += 1
     return count
 
 
@@ -462,9 +458,7 @@ def visible_run(session: Session, user_id: uuid.UUID, run_id: uuid.UUID) -> Eval
 
 
 def job_status(session: Session, run: EvaluationRun) -> tuple[str, str | None]:
-    row = session.execute(
-        select(Job.status, Job.error_message).where(Job.id == run.job_id)
-    ).one()
+    row = session.execute(select(Job.status, Job.error_message).where(Job.id == run.job_id)).one()
     return row[0].value, row[1]
 
 

@@ -133,9 +133,7 @@ class DatasetConfig(_Config):
     version: Annotated[int, Field(ge=1, le=INT32_MAX, strict=True)] | None = None
 
 
-ColumnName = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)
-]
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)]
 
 
 class PreprocessConfig(_Config):

@@ -287,7 +287,9 @@ def score(
                 )
                 continue
             passed = OPERATORS[criterion["operator"]](value, float(criterion["threshold"]))
-            results.append({**base, "passed": bool(passed), "value": value, "rows": int(picked.sum())})
+            results.append(
+                {**base, "passed": bool(passed), "value": value, "rows": int(picked.sum())}
+            )
             continue
         rule = criterion["rule"]
         if rule == "absolute_error_le":

@@ -77,8 +77,12 @@ def trials_data(runs: Sequence[Mapping[str, Any]], metric: str | None = None) ->
         if s is not None and (current is None or s > current):
             current = s
         best.append(current)
-    return {"metric": metric, "trial": list(range(1, len(scores) + 1)), "score": scores,
-            "best_so_far": best}
+    return {
+        "metric": metric,
+        "trial": list(range(1, len(scores) + 1)),
+        "score": scores,
+        "best_so_far": best,
+    }
 
 
 def _draw(fig: Figure, kind: str, data: Mapping[str, Any]) -> None:
@@ -124,12 +128,17 @@ def _draw(fig: Figure, kind: str, data: Mapping[str, Any]) -> None:
         ax.set(xlabel="Predicted", ylabel="Actual - predicted", title="Residuals")
     elif kind == "feature_importance":
         features = [str(f)[:40] for f in data["features"]][::-1]
-        ax.barh(features, list(data["importance"])[::-1], xerr=list(data.get("std") or [])[::-1]
-                or None)
+        ax.barh(
+            features, list(data["importance"])[::-1], xerr=list(data.get("std") or [])[::-1] or None
+        )
         ax.set(xlabel="Importance (score drop when shuffled)", title="Feature importance")
     elif kind == "trials":
-        ax.scatter(data["trial"], [s if s is not None else float("nan") for s in data["score"]],
-                   s=12, label="trial")
+        ax.scatter(
+            data["trial"],
+            [s if s is not None else float("nan") for s in data["score"]],
+            s=12,
+            label="trial",
+        )
         best = [b if b is not None else float("nan") for b in data["best_so_far"]]
         ax.step(data["trial"], best, where="post", color="C1", label="best so far")
         ax.set(xlabel="Trial", ylabel=data.get("metric") or "score", title="Search trials")

@@ -18,9 +18,9 @@ from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginat
 from api.policy import check_datasets, check_storage, lock_user, storage_left
 from api.schemas import (
     DatasetDetail,
-    DatasetPatch,
     DatasetForm,
     DatasetOut,
+    DatasetPatch,
     IngestionJobOut,
     ProfileOut,
     UploadOut,

@@ -43,9 +43,7 @@ from pipeline import plots
 router = APIRouter(tags=["evaluation"])
 
 Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-ColumnName = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)
-]
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)]
 SliceValue = Annotated[str, StringConstraints(max_length=200), AfterValidator(no_nul)]
 
 
@@ -275,7 +273,7 @@ def evaluation_rows(
 
 
 # --- plots ------------------------------------------------------------------------------
-_PLOT_RESPONSES = {
+_PLOT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {media: {} for media in plots.MEDIA_TYPES.values()},
         "description": "The plot as PNG, SVG or its JSON data",
@@ -317,8 +315,9 @@ def _run_plot(session: Session, run: EvaluationRun, kind: str, fmt: str) -> Resp
     data = run.plot_data.get(kind)
     if data is None:
         raise ApiError(
-            404, "plot_unavailable", f"no {kind} plot: the model gives no probabilities or"
-            " the data holds a single class"
+            404,
+            "plot_unavailable",
+            f"no {kind} plot: the model gives no probabilities or the data holds a single class",
         )
     return _plot_response(kind, fmt, data)
 

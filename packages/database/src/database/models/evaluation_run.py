@@ -57,7 +57,9 @@ class EvaluationRun(IDMixin, CreatedAtMixin, Base):
         # index of the key to jobs.
         UniqueConstraint("job_id", "user_id"),
         UniqueConstraint("id", "user_id"),
-        ForeignKeyConstraint(["job_id", "user_id"], ["jobs.id", "jobs.user_id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(
+            ["job_id", "user_id"], ["jobs.id", "jobs.user_id"], ondelete="CASCADE"
+        ),
         ForeignKeyConstraint(
             ["dataset_version_id", "user_id"],
             ["dataset_versions.id", "dataset_versions.user_id"],
