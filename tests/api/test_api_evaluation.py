@@ -15,6 +15,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -400,3 +401,45 @@ def test_evaluation_refusals(client, account, other, engine, storage):
         json={"model_version_id": theirs, "dataset_version_id": data, "criteria_ids": []},
     )
     assert broke.status_code == 404  # not their dataset version
+
+
+def test_an_evaluation_costs_credits(engine, api_settings, storage):
+    from api.settings import Pricing
+
+    from api_helpers import make_app, signup
+
+    settings = api_settings.model_copy(update={"pricing": Pricing(evaluation_credits=10**6)})
+    with TestClient(make_app(engine, settings)) as client:
+        account = signup(client)
+        frame = _frame(10)
+        version = _model_version(engine, storage, account.user_id, frame, "classification")
+        data = _dataset_version(client, account, engine, storage, frame)
+        r = client.post(
+            "/v1/evaluations",
+            headers=account.headers,
+            json={"model_version_id": version, "dataset_version_id": data, "criteria_ids": []},
+        )
+        assert r.status_code == 402, r.text
+        assert scalar(engine, "SELECT count(*) FROM evaluation_runs") == 0
+        assert scalar(engine, "SELECT count(*) FROM jobs WHERE kind = 'evaluation'") == 0
+
+
+def test_data_the_model_cannot_score_fails_the_job_and_refunds(client, account, engine, storage):
+    give_credits(engine, account.user_id, 100)
+    frame = _frame(20)
+    version = _model_version(engine, storage, account.user_id, frame, "classification")
+    data = _dataset_version(client, account, engine, storage, frame.drop(columns=["a"]))
+    before = scalar(engine, "SELECT credit_balance FROM users WHERE id = :u", u=account.user_id)
+    run = client.post(
+        "/v1/evaluations",
+        headers=account.headers,
+        json={"model_version_id": version, "dataset_version_id": data, "criteria_ids": []},
+    ).json()
+    assert _work(engine, storage) == "failed"
+    done = client.get(f"/v1/evaluations/{run['id']}", headers=account.headers).json()
+    assert done["status"] == "failed" and "could not predict" in done["error_message"]
+    assert done["metrics"] is None
+    after = scalar(engine, "SELECT credit_balance FROM users WHERE id = :u", u=account.user_id)
+    assert after == before
+    r = client.get(f"/v1/evaluations/{run['id']}/plots/roc.png", headers=account.headers)
+    assert r.status_code == 409

@@ -315,6 +315,9 @@ _NOT_IN_LEDGER = "NOT EXISTS (SELECT 1 FROM credit_transactions AS t WHERE t.job
 # locked is skipped, and its parent with it, instead of waiting in a cascade).
 _STEPS: tuple[_Step, ...] = (
     _Step("api_keys", optional=True),  # first: a purged account authenticates nothing
+    # Evaluation (issue 15): a run's per-row results go with it (ON DELETE CASCADE).
+    _Step("evaluation_runs", optional=True),
+    _Step("evaluation_criteria", optional=True),
     _Step("experiment_runs"),
     _Step(
         "experiments",

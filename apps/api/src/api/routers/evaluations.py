@@ -259,11 +259,11 @@ def evaluation_rows(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[RowOut]:
+    after = decode_seq_cursor(cursor) if cursor else None  # a bad cursor: 422 first
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
     except evaluation.EvaluationProblem as exc:
         raise _problem(exc) from None
-    after = decode_seq_cursor(cursor) if cursor else None
     rows = evaluation.rows_page(session, run.id, passed=passed, after=after, limit=limit + 1)
     next_cursor = None
     if len(rows) > limit:
