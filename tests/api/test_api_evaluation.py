@@ -443,3 +443,33 @@ def test_data_the_model_cannot_score_fails_the_job_and_refunds(client, account, 
     assert after == before
     r = client.get(f"/v1/evaluations/{run['id']}/plots/roc.png", headers=account.headers)
     assert r.status_code == 409
+
+
+def test_a_cancel_asked_while_scoring_writes_nothing_and_refunds(client, account, engine, storage):
+    from sqlalchemy.orm import Session
+
+    give_credits(engine, account.user_id, 100)
+    frame = _frame(20)
+    version = _model_version(engine, storage, account.user_id, frame, "classification")
+    data = _dataset_version(client, account, engine, storage, frame)
+    before = scalar(engine, "SELECT credit_balance FROM users WHERE id = :u", u=account.user_id)
+    run = client.post(
+        "/v1/evaluations",
+        headers=account.headers,
+        json={"model_version_id": version, "dataset_version_id": data, "criteria_ids": []},
+    ).json()
+    claim = jobs.claim(engine, "job", "test-worker", 60)
+    assert claim is not None and str(claim.id) == run["job_id"]
+    with Session(engine) as session:
+        jobs.cancel_job(session, uuid.UUID(str(account.user_id)), claim.id)
+        session.commit()
+    context = kinds.Context(
+        engine=engine, storage=storage, lease_seconds=60, max_attempts=3, stop=threading.Event()
+    )
+    assert kinds.dispatch(context, claim) == "cancelled"
+    done = client.get(f"/v1/evaluations/{run['id']}", headers=account.headers).json()
+    assert done["status"] == "cancelled" and done["metrics"] is None
+    count = "SELECT count(*) FROM evaluation_row_results WHERE evaluation_run_id = :r"
+    assert scalar(engine, count, r=run["id"]) == 0
+    after = scalar(engine, "SELECT credit_balance FROM users WHERE id = :u", u=account.user_id)
+    assert after == before
