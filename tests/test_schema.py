@@ -119,6 +119,9 @@ ENUM_LABELS: dict[str, list[str]] = {
     "reconciliation_kind": ["verify", "repair"],
     "audit_outcome": ["success", "denied", "failed"],
     "experiment_run_status": ["finished", "failed"],
+    "criterion_kind": ["metric_threshold", "row_rule"],
+    "criterion_operator": [">=", ">", "<=", "<"],
+    "row_rule": ["absolute_error_le", "predicted_equals_actual"],
 }
 
 PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
@@ -152,6 +155,9 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
     "reconciliation_kind": enums.ReconciliationKind,
     "audit_outcome": enums.AuditOutcome,
     "experiment_run_status": enums.ExperimentRunStatus,
+    "criterion_kind": enums.CriterionKind,
+    "criterion_operator": enums.CriterionOperator,
+    "row_rule": enums.RowRule,
 }
 
 # Every foreign key's ON DELETE and ON UPDATE action, and for ON DELETE SET NULL (cols)
@@ -212,6 +218,12 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_deployments_registered_model_id_registered_models": ("c", "a", None),
     # A lineage edge goes with either end (exactly one parent: no dangling edge).
     "fk_model_lineage_child_version_id_model_versions": ("c", "a", None),
+    "fk_evaluation_criteria_user_id_users": ("c", "a", None),
+    "fk_evaluation_runs_user_id_users": ("c", "a", None),
+    "fk_evaluation_runs_job_id_user_id_jobs": ("c", "a", None),
+    "fk_evaluation_runs_model_version_id_model_versions": ("c", "a", None),
+    "fk_evaluation_runs_dataset_version_id_user_id_dataset_versions": ("c", "a", None),
+    "fk_evaluation_row_results_evaluation_run_id_evaluation_runs": ("c", "a", None),
     "fk_model_lineage_parent_version_id_model_versions": ("c", "a", None),
     "fk_model_lineage_dataset_version_id_dataset_versions": ("c", "a", None),
     "fk_model_lineage_workflow_snapshot_id_workflow_snapshots": ("c", "a", None),
@@ -356,6 +368,8 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
         " WHERE c.contype = 'p' AND c.connamespace = 'public'::regnamespace"
         " AND c.conrelid::regclass::text <> 'alembic_version'"
         " AND NOT (SELECT r.relispartition FROM pg_class AS r WHERE r.oid = c.conrelid)",
+        # Partitions carry their parent's key (evaluation_row_results_p*).
+        " AND NOT (SELECT k.relispartition FROM pg_class AS k WHERE k.oid = c.conrelid)",
     )
     by_table = {r.tbl: r for r in rows}
     assert set(by_table) >= TABLES
@@ -374,6 +388,8 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
 # rule (one alias per model, one grant per user) and the index of the first column's key.
 COMPOSITE_KEYS = {
     "job_logs": ("job_id", "seq"),
+    # A run's rows by row index: the key is the keyset of its pages (issue 15).
+    "evaluation_row_results": ("evaluation_run_id", "row_index"),
     "model_version_metrics": ("model_version_id", "metric", "split"),
     "model_aliases": ("registered_model_id", "alias"),
     "registered_model_permissions": ("registered_model_id", "user_id"),
@@ -421,7 +437,9 @@ def _foreign_keys(engine: Engine) -> list[Any]:
         " (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute AS a"
         "   WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.confdelsetcols)) AS setcols"
         " FROM pg_constraint AS c"
-        " WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace ORDER BY c.conname",
+        " WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace"
+        " AND NOT (SELECT k.relispartition FROM pg_class AS k WHERE k.oid = c.conrelid)"
+        " ORDER BY c.conname",
     )
 
 
@@ -477,6 +495,8 @@ def test_constraint_and_index_names_follow_the_convention(catalog: Engine) -> No
         # A partition's constraints are its parent's (inference_requests_p202612,
         # audit_events_pYYYYMM...).
         " AND NOT (SELECT r.relispartition FROM pg_class AS r WHERE r.oid = c.conrelid)",
+        # Partitions' constraints and indexes are their parent's, named by PostgreSQL.
+        " AND NOT (SELECT k.relispartition FROM pg_class AS k WHERE k.oid = c.conrelid)",
     )
     indexes = _rows(
         catalog,

@@ -66,6 +66,7 @@ def test_run_snapshots_prices_queues_and_charges(
             "version_number": 1,
             "problem_type": "classification",
             "target_column": "species",
+            "ignored_columns": [],
         }
     }
     [(kind, amount, job_id)] = rows(

@@ -265,7 +265,7 @@ def test_categorical_columns_and_missing_values(encode: str) -> None:
     assert prep["train_rows"] + prep["test_rows"] == 58
     assert prep["numeric_features"] == ["age", "income"]
     assert prep["categorical_features"] == ["city", "member"]
-    assert "signed_up" in prep["ignored_columns"]
+    assert prep["date_features"] == ["signed_up"]  # dates become features (issue 15)
     features = results["chart"].output["features"]
     if encode == "onehot":
         assert "city_Paris" in features

@@ -26,6 +26,7 @@ from api.routers import (
     credits,
     datasets,
     deployments,
+    evaluations,
     events,
     experiments,
     health,
@@ -162,6 +163,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         usage,
         deployments,
         audit,
+        evaluations,
     ):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -116,3 +116,8 @@ def price(
         if n.type == NodeType.AUTOML
     )
     return billing.quote_job(book, (n.type for n in definition.nodes), [("automl_minute", minutes)])
+
+
+def evaluation_price(settings: ApiSettings) -> int:
+    """Credits an evaluation run costs (``PRICING__EVALUATION_CREDITS``)."""
+    return settings.pricing.evaluation_credits

@@ -247,12 +247,32 @@ class VersionOut(Output):
     waiting_for: Literal["worker"] | None = None
 
 
+class DatasetPatch(Input):
+    """``PATCH /v1/datasets/{id}``: only the fields sent change."""
+
+    name: Name | None = None
+    target_column: ShortText | None = None
+    problem_type: ProblemType | None = None
+    ignored_columns: (
+        Annotated[
+            list[
+                Annotated[
+                    str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)
+                ]
+            ],
+            Field(max_length=1000),
+        ]
+        | None
+    ) = None
+
+
 class DatasetOut(Output):
     id: uuid.UUID
     name: str
     description: str | None
     problem_type: ProblemType | None
     target_column: str | None
+    ignored_columns: list[str] = []
     current_version_id: uuid.UUID | None
     created_at: dt.datetime
     updated_at: dt.datetime

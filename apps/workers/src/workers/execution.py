@@ -134,6 +134,7 @@ def _dataset_source(engine: Engine, run: _Run, node: WorkflowNode) -> DatasetSou
         problem_type=frozen.get("problem_type"),
         name=row.name,
         version_number=row.version_number,
+        ignored_columns=tuple(frozen.get("ignored_columns") or ()),
     )
 
 

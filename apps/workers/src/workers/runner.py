@@ -103,6 +103,8 @@ class DatasetSource:
     problem_type: str | None
     name: str
     version_number: int
+    #: The dataset's ignored columns, frozen in the snapshot (older snapshots: none).
+    ignored_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ def _child(
                 target_column=source.target_column,
                 problem_type=source.problem_type,
                 name=source.name,
+                ignored_columns=source.ignored_columns,
             )
 
         try:

@@ -299,6 +299,24 @@ class AuditRedactionRefused(RuleViolation):
     """``audit_redact_user`` of a user who is not purged (ML107)."""
 
 
+class TargetNotAColumn(RuleViolation):
+    """A dataset's target column that is not a column of its current version (ML115)."""
+
+
+class IgnoredColumnsInvalid(RuleViolation):
+    """A dataset's ignored columns that are not columns of its current version, or
+    that include the target (ML116)."""
+
+
+class RowResultsWriteOnce(RuleViolation):
+    """An UPDATE of ``evaluation_row_results`` (ML117)."""
+
+
+class EvaluationRunWriteOnce(RuleViolation):
+    """An UPDATE of what an evaluation run evaluated, or of its results once written
+    (ML118)."""
+
+
 # --- declarative constraints -------------------------------------------------------
 class ConstraintViolation(RuleViolation):
     """A constraint of the schema refused the row (SQLSTATE class 23)."""
@@ -580,6 +598,10 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML105": AuditAppendOnly,
     "ML106": InvalidAuditActor,
     "ML107": AuditRedactionRefused,
+    "ML115": TargetNotAColumn,
+    "ML116": IgnoredColumnsInvalid,
+    "ML117": RowResultsWriteOnce,
+    "ML118": EvaluationRunWriteOnce,
     "23505": AlreadyExists,
     "23503": ReferenceViolation,
     "23001": ReferenceViolation,  # ON DELETE RESTRICT

@@ -33,6 +33,8 @@ Three kinds of role touch the database:
     - ``audit_events``: SELECT only (the audit trail is written by the triggers and
       by ``public.audit_record``; its partitions get no grant at all: a query goes
       through the parent, whose privileges apply);
+    - ``evaluation_row_results``: SELECT and INSERT only (written once by COPY; they
+      leave with their run through the foreign key's cascade);
 
   - USAGE and SELECT on the sequences, if any;
     - ``inference_requests``, ``usage_events``, ``usage_charges``: SELECT and INSERT
@@ -88,6 +90,9 @@ APPEND_ONLY = {
     # A verify (the worker's daily one) is recorded, never rewritten.
     "reconciliation_runs": "SELECT, INSERT",
     "reconciliation_adjustments": "SELECT, INSERT",
+    # Written once by COPY, removed with their run (the foreign key's cascade runs as
+    # the owner): the apps never UPDATE or DELETE a row (ML117 refuses UPDATE).
+    "evaluation_row_results": "SELECT, INSERT",
 }
 #: Tables written column by column: (columns not insertable, columns not updatable).
 #: users is handled apart (no DELETE); these keep DELETE.

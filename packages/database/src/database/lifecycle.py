@@ -319,6 +319,9 @@ _STEPS: tuple[_Step, ...] = (
     _Step("api_keys", optional=True),  # first: a purged account authenticates nothing
     _Step("user_sessions", optional=True),  # nor any of its sessions
     _Step("email_verifications", optional=True),
+    # Evaluation (issue 15): a run's per-row results go with it (ON DELETE CASCADE).
+    _Step("evaluation_runs", optional=True),
+    _Step("evaluation_criteria", optional=True),
     _Step("experiment_runs"),
     _Step(
         "experiments",

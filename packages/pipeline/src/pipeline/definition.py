@@ -135,12 +135,27 @@ class DatasetConfig(_Config):
     version: Annotated[int, Field(ge=1, le=INT32_MAX, strict=True)] | None = None
 
 
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)]
+
+
 class PreprocessConfig(_Config):
     impute: Impute = "mean"
     scale: Scale = "standard"
     encode: Encode = "onehot"
     #: The share of rows held out to measure the model.
     test_size: Annotated[float, Field(gt=0, lt=1, strict=True)] = 0.2
+    #: Only these columns are features (then identifier and constant columns are
+    #: kept if named here); None: every column but the ones left out by default.
+    include: Annotated[tuple[ColumnName, ...], Field(max_length=1000)] | None = None
+    #: Never features (on top of the dataset's ignored columns).
+    exclude: Annotated[tuple[ColumnName, ...], Field(max_length=1000)] = ()
+
+    @model_validator(mode="after")
+    def _lists_apart(self) -> PreprocessConfig:
+        both = set(self.include or ()) & set(self.exclude)
+        if both:
+            raise ValueError(f"columns both included and excluded: {', '.join(sorted(both))}")
+        return self
 
 
 class ModelConfig(_Config):

@@ -106,6 +106,8 @@ class LoadedDataset:
     #: value is accepted too).
     problem_type: ProblemType | str | None
     name: str
+    #: The dataset's ignored columns (``datasets.ignored_columns``): never features.
+    ignored_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -292,33 +294,85 @@ def _dataset(node: WorkflowNode, load_dataset: LoadDataset, report: Progress) ->
 
 
 # --- preprocess -------------------------------------------------------------------------------
-def _column_kinds(x: pd.DataFrame) -> tuple[list[str], list[str], dict[str, str]]:
-    """numeric columns, categorical columns, and the ignored ones with the reason."""
+#: The parts a date column becomes (``date_parts``).
+DATE_PARTS = ("year", "month", "day", "day_of_week", "day_of_year", "hour")
+
+
+def date_parts(frame: Any) -> np.ndarray:
+    """Each date column as its year, month, day, day of week, day of year and hour
+    (missing stays missing). Module-level, so a saved pipeline can pickle it."""
+    frame = pd.DataFrame(frame)
+    parts = []
+    for name in frame.columns:
+        column = pd.to_datetime(frame[name], errors="coerce", utc=True)
+        for part in DATE_PARTS:
+            parts.append(getattr(column.dt, part).astype("float64").to_numpy())
+    return np.column_stack(parts) if parts else np.empty((len(frame), 0))
+
+
+def _date_names(transformer: Any, names: Any) -> list[str]:
+    return [f"{n}_{part}" for n in names for part in DATE_PARTS]
+
+
+def _identifier(column: pd.Series) -> bool:
+    """Every row a different text value (the profile's ``high_cardinality``), or whole
+    numbers counting up one by one: an identifier, no feature."""
+    values = column.dropna()
+    if len(values) < 2 or values.nunique() != len(values):
+        return False
+    if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        ordered = np.sort(values.to_numpy())
+        return bool((np.diff(ordered) == 1).all())
+    return not pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_datetime64_any_dtype(
+        values
+    )
+
+
+def _column_kinds(
+    x: pd.DataFrame, keep: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str], list[str], dict[str, str]]:
+    """numeric, categorical and date columns, and the ignored ones with the reason.
+    Identifier and constant columns are left out unless named in ``keep``."""
     numeric: list[str] = []
     categorical: list[str] = []
+    dates: list[str] = []
     ignored: dict[str, str] = {}
     for name in x.columns:
         column = x[name]
         if column.isna().all():
             ignored[name] = "no values"
+        elif name not in keep and len(column) > 1 and column.nunique(dropna=True) == 1:
+            ignored[name] = "constant: a single value"
+        elif name not in keep and _identifier(column):
+            ignored[name] = "an identifier: every row differs"
         elif pd.api.types.is_bool_dtype(column):
             categorical.append(name)
         elif pd.api.types.is_numeric_dtype(column):
             numeric.append(name)
-        elif pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(
-            column
-        ):
-            ignored[name] = "dates and durations are not features"
+        elif pd.api.types.is_datetime64_any_dtype(column):
+            dates.append(name)
+        elif pd.api.types.is_timedelta64_dtype(column):
+            ignored[name] = "durations are not features"
         else:
             categorical.append(name)
-    return numeric, categorical, ignored
+    return numeric, categorical, dates, ignored
 
 
 def build_transformer(
-    config: PreprocessConfig, numeric: list[str], categorical: list[str]
+    config: PreprocessConfig,
+    numeric: list[str],
+    categorical: list[str],
+    dates: list[str] | None = None,
 ) -> ColumnTransformer:
     """The unfitted ``ColumnTransformer`` of ``config`` (other columns are dropped)."""
     parts: list[tuple[str, Any, list[str]]] = []
+    if dates:
+        steps_d: list[tuple[str, Any]] = [
+            ("parts", FunctionTransformer(date_parts, feature_names_out=_date_names))
+        ]
+        if config.impute != "none":
+            steps_d.append(("impute", SimpleImputer(strategy="most_frequent")))
+        parts.append(("dates", Pipeline(steps_d), dates))
     if numeric:
         steps: list[tuple[str, Any]] = []
         if config.impute != "none":
@@ -372,11 +426,27 @@ def prepare(dataset: LoadedDataset, config: PreprocessConfig) -> PreparedData:
         x = frame.drop(columns=[target])
     else:
         x = frame
-    numeric, categorical, ignored = _column_kinds(x)
+    named = [c for c in (config.include or ()) + config.exclude if c not in x.columns]
+    if named:
+        raise NodeFailed(
+            "include / exclude name columns the data does not have: "
+            + ", ".join(repr(c) for c in named[:20])
+        )
+    left_out: dict[str, str] = {}
+    for name in dataset.ignored_columns:
+        if name in x.columns and name not in (config.include or ()):
+            left_out[name] = "ignored by the dataset"
+    for name in config.exclude:
+        left_out[name] = "excluded"
+    if config.include is not None:
+        left_out.update({c: "not included" for c in x.columns if c not in config.include})
+    x = x.drop(columns=[c for c in x.columns if c in left_out])
+    numeric, categorical, dates, ignored = _column_kinds(x, frozenset(config.include or ()))
+    ignored = {**left_out, **ignored}
     if config.encode == "none":
         ignored.update({c: "encode is none" for c in categorical})
         categorical = []
-    features = [c for c in x.columns if c in set(numeric) | set(categorical)]
+    features = [c for c in x.columns if c in set(numeric) | set(categorical) | set(dates)]
     if not features:
         raise NodeFailed("no feature columns are left to learn from")
     rows = len(x)
@@ -417,12 +487,13 @@ def prepare(dataset: LoadedDataset, config: PreprocessConfig) -> PreparedData:
         "features": features,
         "numeric_features": numeric,
         "categorical_features": categorical,
+        "date_features": dates,
         "ignored_columns": ignored,
     }
     return PreparedData(
         dataset=dataset,
         config=config,
-        transformer=build_transformer(config, numeric, categorical),
+        transformer=build_transformer(config, numeric, categorical, dates),
         features=features,
         x_train=x_train,
         x_test=x_test,

@@ -56,6 +56,11 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 #: Parquet is built in memory up to this size, then in a temporary file.
 SPOOL_BYTES = 64 * 1024 * 1024
 PARQUET_COMPRESSION = "zstd"
+#: A text column whose values are numbers but for at most this share of junk values
+#: is read as numbers, the junk as missing (and the profile says how many).
+MAX_JUNK_FRACTION = 0.1
+#: ... when it holds at least this many numbers.
+MIN_NUMBERS = 10
 MAX_MESSAGE_CHARS = 500
 
 _XLSX_MAGIC = b"PK\x03\x04"
@@ -299,6 +304,24 @@ def _text_column(series: pd.Series) -> pd.Series:
     return pd.Series([_as_text(v) for v in series], index=series.index, dtype="str")
 
 
+def _mostly_numbers(series: pd.Series) -> tuple[pd.Series, int] | None:
+    """A text column of numbers with a few junk values (``"n/a"``, ``"?"``, ``"-"``) as
+    numbers with the junk missing, and how many values were junk; None when the
+    column is not mostly numbers (:data:`MAX_JUNK_FRACTION`, at least
+    :data:`MIN_NUMBERS` numbers)."""
+    present = int(series.notna().sum())
+    if present < MIN_NUMBERS:
+        return None
+    stripped = series.map(lambda v: v.strip() if isinstance(v, str) else v)
+    numbers = pd.to_numeric(stripped.replace("", np.nan), errors="coerce")
+    if numbers.dtype == object:
+        return None
+    junk = present - int(numbers.notna().sum())
+    if junk == 0 or junk > MAX_JUNK_FRACTION * present or present - junk < MIN_NUMBERS:
+        return None
+    return numbers, junk
+
+
 def _plain_object_column(series: pd.Series) -> pd.Series:
     """An object column as one Parquet-writable type."""
     inferred = ptypes.infer_dtype(series, skipna=True)
@@ -320,13 +343,22 @@ def _plain_object_column(series: pd.Series) -> pd.Series:
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text column names, a fresh index, Parquet-writable object columns."""
+    """Text column names, a fresh index, Parquet-writable object columns; a column of
+    numbers with a few junk values becomes numbers, the count of junk values in
+    ``frame.attrs["coerced_values"]`` (the profile reports it)."""
     frame = frame.reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
+    coerced: dict[str, int] = {}
     for position in range(frame.shape[1]):
         series = frame.iloc[:, position]
-        if ptypes.is_object_dtype(series.dtype):
-            frame.isetitem(position, _plain_object_column(series))
+        if ptypes.is_object_dtype(series.dtype) or ptypes.is_string_dtype(series.dtype):
+            found = _mostly_numbers(series)
+            if found is not None:
+                frame.isetitem(position, found[0])
+                coerced[str(frame.columns[position])] = found[1]
+            elif ptypes.is_object_dtype(series.dtype):
+                frame.isetitem(position, _plain_object_column(series))
+    frame.attrs["coerced_values"] = coerced
     return frame
 
 

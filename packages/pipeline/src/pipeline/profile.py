@@ -21,7 +21,9 @@ counted), then by kind:
 column) is computed only between 2 and 50 numeric columns, else None. ``warnings``
 lists ``{"column", "kind", "message"}``: ``empty`` (every value missing), ``missing``
 (more than half missing), ``constant`` (a single distinct value), ``high_cardinality``
-(a categorical column whose every row differs: an identifier?) and
+(a categorical column whose every row differs: an identifier?),
+``coerced`` (a column of numbers whose few junk values were read as missing, at
+ingestion: ``column_stats[name]["coerced_values"]`` says how many) and
 ``duplicate_rows`` (``column`` None).
 """
 
@@ -229,9 +231,20 @@ def profile(frame: pd.DataFrame) -> Profile:
     column_stats: dict[str, dict[str, Any]] = {}
     warnings: list[dict[str, Any]] = []
     numeric: list[str] = []
+    coerced: dict[str, int] = frame.attrs.get("coerced_values") or {}
     for name, series in frame.items():
         kind = column_kind(series)
         stats = _column_stats(series, kind, rows)
+        if coerced.get(str(name)):
+            stats["coerced_values"] = int(coerced[str(name)])
+            warnings.append(
+                {
+                    "column": str(name),
+                    "kind": "coerced",
+                    "message": f"{stats['coerced_values']} values that are not numbers were"
+                    " read as missing",
+                }
+            )
         column_stats[str(name)] = stats
         warnings.extend(_column_warnings(str(name), stats, rows))
         if kind == "numeric":

@@ -20,6 +20,7 @@ from api.schemas import (
     DatasetDetail,
     DatasetForm,
     DatasetOut,
+    DatasetPatch,
     IngestionJobOut,
     ProfileOut,
     UploadOut,
@@ -29,7 +30,7 @@ from api.schemas import (
 from api.settings import ApiSettings
 from api.storage import Storage, safe_filename
 from api.uploads import Upload, file_format, multipart_body, parse_fields, read_upload
-from database import jobs
+from database import evaluation, jobs
 from database.models import (
     Dataset,
     DatasetProfile,
@@ -294,6 +295,32 @@ def get_dataset(principal: Reader, session: SessionDep, dataset_id: uuid.UUID) -
         **DatasetOut.model_validate(dataset).model_dump(),
         versions=[_version_out(v, workers) for v in _versions(session, dataset)],
     )
+
+
+@router.patch(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses=error_responses(401, 403, 404, 409, 422),
+    summary="Change a dataset's name, target column, problem type or ignored columns",
+)
+def patch_dataset(
+    principal: Writer, session: SessionDep, dataset_id: uuid.UUID, body: DatasetPatch
+) -> DatasetOut:
+    """Only the fields sent change (null clears ``target_column`` / ``problem_type``).
+    The target and ignored columns are checked against the current version's columns:
+    422 ``target_not_a_column`` / ``ignored_columns_invalid`` naming the column, 422
+    ``problem_type_mismatch`` for regression on a non-numeric target, 409
+    ``columns_unknown`` while the current version is not ingested."""
+    dataset = _owned(session, principal.user_id, dataset_id, lock=True)
+    changes = {k: getattr(body, k) for k in body.model_fields_set}
+    if changes.get("name", "") is None:
+        raise ApiError(422, "validation_error", "name cannot be null")
+    try:
+        evaluation.update_dataset(session, dataset, changes)
+    except evaluation.EvaluationProblem as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
+    session.commit()
+    return DatasetOut.model_validate(dataset)
 
 
 def _version_out(version: DatasetVersion, workers: WorkerCheck) -> VersionOut:

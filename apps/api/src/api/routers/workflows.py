@@ -388,6 +388,7 @@ def run_workflow(
                     "version_number": versions[node].version_number,
                     "problem_type": ds.problem_type.value if ds.problem_type else None,
                     "target_column": ds.target_column,
+                    "ignored_columns": list(ds.ignored_columns or []),
                 }
                 for node, ds in datasets.items()
             },

@@ -77,6 +77,7 @@ MODULES = (
     "workers.kinds.ingestion",
     "workers.kinds.workflow_run",
     "workers.kinds.batch_prediction",
+    "workers.kinds.evaluation",
 )
 
 

@@ -20,6 +20,8 @@ from database.models.enums import (
     AuditOutcome,
     BillingAlertKind,
     CreditTierRestriction,
+    CriterionKind,
+    CriterionOperator,
     DeploymentStatus,
     ExperimentRunStatus,
     FileFormat,
@@ -41,12 +43,16 @@ from database.models.enums import (
     ProblemType,
     QuotaWindow,
     ReconciliationKind,
+    RowRule,
     TransactionType,
     TutorialDifficulty,
     UsageSku,
     UserRole,
     UserTier,
 )
+from database.models.evaluation_criterion import EvaluationCriterion
+from database.models.evaluation_row_result import EvaluationRowResult
+from database.models.evaluation_run import EvaluationRun
 from database.models.experiment import Experiment
 from database.models.experiment_run import ExperimentRun
 from database.models.inference_request import InferenceRequest
@@ -103,6 +109,8 @@ __all__ = [
     "CreditPackage",
     "CreditTierRestriction",
     "CreditTransaction",
+    "CriterionKind",
+    "CriterionOperator",
     "Dataset",
     "DatasetProfile",
     "DatasetVersion",
@@ -110,6 +118,9 @@ __all__ = [
     "DeploymentStatus",
     "DerivedRepair",
     "EmailVerification",
+    "EvaluationCriterion",
+    "EvaluationRowResult",
+    "EvaluationRun",
     "Experiment",
     "ExperimentRun",
     "FileFormat",
@@ -141,6 +152,7 @@ __all__ = [
     "ProblemType",
     "RateLimit",
     "QuotaWindow",
+    "RowRule",
     "RegisteredModel",
     "RegisteredModelPermission",
     "StripeWebhookEvent",

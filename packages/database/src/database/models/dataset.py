@@ -5,7 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, ForeignKey, ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy import (
+    ARRAY,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin, counter_column
@@ -24,6 +33,11 @@ class Dataset(IDMixin, TimestampMixin, Base):
     description: Mapped[str | None]
     problem_type: Mapped[ProblemType | None] = mapped_column(problem_type)
     target_column: Mapped[str | None]
+    # Columns never used as features (PATCH /v1/datasets/{id}); checked against the
+    # current version's columns by sql/triggers/evaluation.sql (ML116).
+    ignored_columns: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]")
+    )
     current_version_id: Mapped[uuid.UUID | None]
     # The highest version number ever given (sql/triggers/dataset_versions.sql): the
     # next version gets one more, so a number is never reused after a delete.
@@ -61,4 +75,5 @@ class Dataset(IDMixin, TimestampMixin, Base):
         # The current-version key's own column: a version's delete finds its dataset.
         Index("ix_datasets_current_version_id_id", "current_version_id", "id"),
         CheckConstraint("last_version_number >= 0", name="last_version_number_nonnegative"),
+        CheckConstraint("cardinality(ignored_columns) <= 1000", name="ignored_columns_count"),
     )

@@ -77,6 +77,8 @@ class JobKind(enum.StrEnum):
     INGESTION = "ingestion"
     #: A deployment's model scores a dataset version into a Parquet file (issue 14).
     BATCH_PREDICTION = "batch_prediction"
+    #: A model version scored on a dataset version against criteria (issue 15).
+    EVALUATION = "evaluation"
 
 
 class NodeType(enum.StrEnum):
@@ -272,6 +274,29 @@ def pg_enum(enum_cls: type[enum.Enum], name: str) -> SAEnum:
     )
 
 
+class CriterionKind(enum.StrEnum):
+    """What an evaluation criterion tests: a metric of the whole set, or every row."""
+
+    METRIC_THRESHOLD = "metric_threshold"
+    ROW_RULE = "row_rule"
+
+
+class CriterionOperator(enum.StrEnum):
+    """How a metric is compared with a criterion's threshold."""
+
+    GE = ">="
+    GT = ">"
+    LE = "<="
+    LT = "<"
+
+
+class RowRule(enum.StrEnum):
+    """A per-row rule: |prediction - actual| <= tolerance, or prediction == actual."""
+
+    ABSOLUTE_ERROR_LE = "absolute_error_le"
+    PREDICTED_EQUALS_ACTUAL = "predicted_equals_actual"
+
+
 user_tier = pg_enum(UserTier, "user_tier")
 user_role = pg_enum(UserRole, "user_role")
 oauth_provider = pg_enum(OAuthProvider, "oauth_provider")
@@ -302,6 +327,9 @@ billing_alert_kind = pg_enum(BillingAlertKind, "billing_alert_kind")
 alert_event_status = pg_enum(AlertEventStatus, "alert_event_status")
 reconciliation_kind = pg_enum(ReconciliationKind, "reconciliation_kind")
 audit_outcome = pg_enum(AuditOutcome, "audit_outcome")
+criterion_kind = pg_enum(CriterionKind, "criterion_kind")
+criterion_operator = pg_enum(CriterionOperator, "criterion_operator")
+row_rule = pg_enum(RowRule, "row_rule")
 
 __all__ = [
     "AlertEventStatus",
@@ -313,6 +341,8 @@ __all__ = [
     "InvoiceStatus",
     "PriceUnit",
     "ReconciliationKind",
+    "CriterionKind",
+    "CriterionOperator",
     "FileFormat",
     "InferenceStatus",
     "IngestionStatus",
@@ -330,6 +360,7 @@ __all__ = [
     "OAuthProvider",
     "ProblemType",
     "QuotaWindow",
+    "RowRule",
     "TransactionType",
     "TutorialDifficulty",
     "UserRole",
