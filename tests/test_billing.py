@@ -99,7 +99,8 @@ def test_the_migration_moved_todays_defaults_into_each_tiers_first_book(session,
     pricing = Pricing()
     assert DEFAULTS["job"] == pricing.base_credits
     for node_type, credits_ in pricing.node_credits.model_dump().items():
-        assert DEFAULTS[node_type] == credits_
+        sku = "automl_minute" if node_type == "automl_per_minute" else node_type
+        assert DEFAULTS[sku] == credits_
     for tier in UserTier:
         book = billing.book_in_force(session, tier)
         assert {s: p.credits_per_unit for s, p in book.items.items()} == DEFAULTS

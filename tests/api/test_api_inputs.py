@@ -77,6 +77,8 @@ def test_every_date_typed_input_is_known(client: TestClient) -> None:
         "/v1/datasets",
         "/v1/deployments",
         "/v1/deployments/{deployment_id}/requests",
+        "/v1/evaluation-criteria",
+        "/v1/evaluations/{evaluation_id}/rows",
         "/v1/experiments",
         "/v1/invoices",
         "/v1/jobs",
@@ -144,11 +146,17 @@ def test_edge_dates_in_any_cursor_are_422(
     # is looked for).
     # So are a registered model's versions (keyed by their number), an alert's
     # deliveries and a deployment's requests.
-    for name in ("{job_id}", "{registered_model_id}", "{alert_id}", "{deployment_id}"):
+    for name in (
+        "{job_id}",
+        "{registered_model_id}",
+        "{alert_id}",
+        "{deployment_id}",
+        "{evaluation_id}",
+    ):
         lists = [p.replace(name, str(uuid.uuid4())) for p in lists]
-    # Lists of something nobody may see (that job, registered model, alert or
-    # deployment is nobody's) answer 404 once the cursor is valid.
-    refused = {"deliveries": 404, "logs": 404, "versions": 404, "requests": 404}
+    # Lists of something nobody may see (that job, registered model, alert, deployment
+    # or evaluation is nobody's) answer 404 once the cursor is valid.
+    refused = {"deliveries": 404, "logs": 404, "versions": 404, "requests": 404, "rows": 404}
 
     def cursor(path: str, value: str) -> str:
         if path == "/v1/model-versions":  # the search's cursor also names its order
@@ -160,13 +168,13 @@ def test_edge_dates_in_any_cursor_are_422(
         for value in EDGE_DATETIMES:
             r = client.get(path, headers=account.headers, params={"cursor": cursor(path, value)})
             _error(r, 422, "invalid_cursor")
-        # The ends of the range are keys like any other (tutorials, log lines and model
-        # versions are keyed by an int).
+        # The ends of the range are keys like any other (tutorials, log lines, evaluation
+        # rows and model versions are keyed by an int).
         for value in (MIN_DATETIME, MAX_DATETIME):
             r = client.get(
                 path, headers=account.headers, params={"cursor": cursor(path, value.isoformat())}
             )
-            if path == "/v1/tutorials" or path.endswith(("/logs", "/versions")):
+            if path == "/v1/tutorials" or path.endswith(("/logs", "/versions", "/rows")):
                 _error(r, 422, "invalid_cursor")
             else:
                 expected = refused.get(path.rsplit("/", 1)[-1], 200)
@@ -369,7 +377,7 @@ def test_405_allows_every_method_of_the_path(client: TestClient, account: Accoun
     for method, path, allowed in (
         ("PUT", "/v1/api-keys", "GET, POST"),
         ("DELETE", "/v1/datasets", "GET, POST"),
-        ("PUT", f"/v1/datasets/{some_id}", "DELETE, GET"),
+        ("PUT", f"/v1/datasets/{some_id}", "DELETE, GET, PATCH"),
         ("POST", f"/v1/workflows/{some_id}", "DELETE, GET, PATCH"),
         ("PUT", "/v1/me", "DELETE, GET"),
         ("GET", f"/v1/tutorials/{some_id}/progress", "PUT"),

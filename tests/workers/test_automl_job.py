@@ -220,7 +220,7 @@ def test_the_price_grows_with_the_budget(client: TestClient, account: Account) -
         r = create(client, account, definition)
         assert r.status_code == 201, r.text
         prices[budget] = r.json()["estimated_credits"]
-    # 10 credits per started minute of budget (PRICING__NODE_CREDITS__AUTOML_PER_MINUTE).
+    # 10 credits per started minute of budget (the price book's automl_minute).
     assert prices[61] - prices[60] == 10
     assert prices[600] - prices[60] == 90
 

@@ -101,21 +101,26 @@ def check_storage(settings: ApiSettings, user: User, incoming_bytes: int) -> Non
         )
 
 
-def price(
-    session: Session, tier: UserTier | str, definition: WorkflowDefinition, book: Book | None = None
-) -> Quote:
-    """What a run of ``definition`` costs under the ``tier``'s price book in force
-    (or ``book``): the ``job`` sku plus each node's type (``database.billing``).
-    ``quote.total`` is the credits; the run keeps ``quote``'s items
-    (``billing.record_job_prices``)."""
-    book = book or billing.book_in_force(session, tier)
-    # An automl node's price grows with its budget: one ``automl_minute`` a started minute.
+def quote(book: Book, definition: WorkflowDefinition) -> Quote:
+    """What a run of ``definition`` costs under ``book``: the ``job`` sku plus each
+    node's type (``database.billing``), and an automl node's budget, one
+    ``automl_minute`` a started minute. The one pricing of a run: the estimate of a
+    workflow and the charge of its run both come from here."""
     minutes = sum(
         math.ceil(n.config_as(AutoMLConfig).time_budget_s / 60)
         for n in definition.nodes
         if n.type == NodeType.AUTOML
     )
     return billing.quote_job(book, (n.type for n in definition.nodes), [("automl_minute", minutes)])
+
+
+def price(
+    session: Session, tier: UserTier | str, definition: WorkflowDefinition, book: Book | None = None
+) -> Quote:
+    """What a run of ``definition`` costs under the ``tier``'s price book in force
+    (or ``book``): :func:`quote`. ``quote.total`` is the credits; the run keeps the
+    quote's items (``billing.record_job_prices``)."""
+    return quote(book or billing.book_in_force(session, tier), definition)
 
 
 def evaluation_price(settings: ApiSettings) -> int:

@@ -14,7 +14,7 @@ from api.deps import Principal, Reader, SessionDep, SettingsDep, Trainer, Writer
 from api.errors import ApiError, error_responses, not_found
 from api.liveness import WorkerCheck
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
-from api.policy import check_running_jobs, check_workflows, lock_user, price
+from api.policy import check_running_jobs, check_workflows, lock_user, price, quote
 from api.schemas import (
     JobOut,
     RunIn,
@@ -52,8 +52,7 @@ def _book(session: Session, principal: Principal) -> Book | None:
 def _out(book: Book | None, workflow: Workflow) -> WorkflowOut:
     try:
         definition = WorkflowDefinition.model_validate(workflow.definition)
-        nodes = (n.type for n in definition.nodes)
-        estimate = 0 if book is None else billing.quote_job(book, nodes).total
+        estimate = 0 if book is None else quote(book, definition).total
     except (ValueError, NoPriceBook):  # written by something other than this API
         estimate = 0
     return WorkflowOut.model_validate(
