@@ -225,11 +225,10 @@ def render_section(result: dict[str, Any]) -> str:
         "",
         f"Run {result['finished_at']} with `python -m bench.audit"
         f"{' --quick' if result['quick'] else ''}` ({machine.get('cpu', '?')}, load at start"
-        f" {machine.get('load_average_at_start', '?')}). The machine was shared with seven other"
-        " engineers' builds and tests while this ran: the numbers are noisy, read the ratios"
-        " (each measured side by side, variants interleaved, median of"
-        f" {len(led['runs']['audit'])} repetitions), not the absolute values."
-        + (f" {machine['note']}" if machine.get("note") else ""),
+        f" {machine.get('load_average_at_start', '?')}"
+        + (f"; {machine['note']}" if machine.get("note") else "")
+        + "). Read the ratios (each measured side by side, variants interleaved, median of"
+        f" {len(led['runs']['audit'])} repetitions), not the absolute values.",
         "",
         "Goal: the audit triggers and `set_actor` cost at most 5%.",
         "",
