@@ -142,8 +142,10 @@ def client_ip(request: Request) -> str | None:
 
 
 def user_agent(request: Request) -> str | None:
+    """The client's ``User-Agent`` without NUL bytes, cut to 500 characters (what every
+    table that keeps one accepts); None when absent or empty."""
     value = request.headers.get("user-agent")
-    return None if value is None else value.replace("\x00", "")[:500]
+    return None if value is None else value.replace("\x00", "")[:500] or None
 
 
 def request_id(request: Request) -> str:

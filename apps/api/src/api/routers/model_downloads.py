@@ -23,39 +23,20 @@ few that are downloaded in another format.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from api.deps import MaybeReader, SessionDep, StorageDep, ensure_permission
+from api.deps import MaybeReader, SessionDep, StorageDep, client_ip, ensure_permission, user_agent
 from api.errors import ApiError, error_responses, not_found
 from database import audit, registry
 from database.models import ModelVersion
 from database.models.enums import AuditOutcome, ModelFormat, ModelPermission
-from database.models.model_download import MAX_USER_AGENT
 from pipeline import formats
 
 router = APIRouter(prefix="/model-versions", tags=["registry"])
-
-
-def _client_ip(request: Request) -> str | None:
-    host = request.client.host if request.client else None
-    if not host:
-        return None
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:  # a test client's name, a unix socket
-        return None
-
-
-def _user_agent(request: Request) -> str | None:
-    agent = request.headers.get("user-agent")
-    if not agent:
-        return None
-    return agent.replace("\x00", "")[:MAX_USER_AGENT] or None
 
 
 def _audit(
@@ -109,7 +90,7 @@ def download_version(
     user_id = None
     if principal is not None:
         user_id = ensure_permission(principal, "can_download").user_id
-    ip, agent = _client_ip(request), _user_agent(request)
+    ip, agent = client_ip(request), user_agent(request)
     if not registry.can(session, user_id, registered_model_id, ModelPermission.DOWNLOAD):
         registry.record_download(
             session, version_id, user_id=user_id, format=format, ip=ip, user_agent=agent
