@@ -15,14 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 from pydantic import Field, StrictInt, StringConstraints, model_validator
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep, StorageDep, Writer
 from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
 from api.schemas import Input, Name, Output
 from api.serving import proxy
-from api.serving.service import Predictor
+from api.serving.service import Predictor, respond
 from api.storage import safe_filename
 from database import deployments
 from database.models import (
@@ -225,22 +224,7 @@ async def predict(
     active. Forwarded to ``automl-serve`` when ``SERVING_URL`` is set."""
     if settings.serving_url:
         return await proxy.forward(request, settings.serving_url)
-    body = await request.body()
-    answer = await run_in_threadpool(
-        predictor(request).handle,
-        factory,
-        authorization=request.headers.get("authorization"),
-        deployment_id=deployment_id,
-        body=body,
-        content_type=request.headers.get("content-type"),
-        request=request,
-    )
-    return Response(
-        answer.content(),
-        status_code=answer.status,
-        headers=answer.headers or None,
-        media_type="application/json",
-    )
+    return await respond(predictor(request), factory, request, deployment_id)
 
 
 # --- batch predictions ------------------------------------------------------------------------

@@ -13,19 +13,17 @@ cache (``SERVE_CACHE_BYTES``); the deployments and aliases are read per request.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.limits import BodyLimit, UploadRoute
-from api.serving.service import Predictor
+from api.serving.service import Predictor, respond
 from api.settings import ApiSettings, get_settings
 from api.storage import make_storage
 
@@ -39,31 +37,6 @@ def set_threads(threads: int) -> None:
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-
-
-async def respond(
-    predictor: Predictor,
-    factory: Callable[[], Session],
-    request: Request,
-    deployment_id: uuid.UUID,
-) -> Response:
-    """Read the body, answer it in a worker thread."""
-    body = await request.body()
-    answer = await run_in_threadpool(
-        predictor.handle,
-        factory,
-        authorization=request.headers.get("authorization"),
-        deployment_id=deployment_id,
-        body=body,
-        content_type=request.headers.get("content-type"),
-        request=request,
-    )
-    return Response(
-        answer.content(),
-        status_code=answer.status,
-        headers=answer.headers or None,
-        media_type="application/json",
-    )
 
 
 def create_app(

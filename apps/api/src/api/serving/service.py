@@ -23,6 +23,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from api.deps import READ, get_principal, request_id
 from api.errors import ApiError, from_database
@@ -215,4 +217,30 @@ class Predictor:
             log.exception("the request to deployment %s was not recorded", target.deployment_id)
 
 
-__all__ = ["Answer", "Predictor"]
+async def respond(
+    predictor: Predictor,
+    factory: Callable[[], Session],
+    request: Request,
+    deployment_id: uuid.UUID,
+) -> Response:
+    """Read the body, answer it in a worker thread: the predict route of the API (in
+    process) and of ``automl-serve`` alike."""
+    body = await request.body()
+    answer = await run_in_threadpool(
+        predictor.handle,
+        factory,
+        authorization=request.headers.get("authorization"),
+        deployment_id=deployment_id,
+        body=body,
+        content_type=request.headers.get("content-type"),
+        request=request,
+    )
+    return Response(
+        answer.content(),
+        status_code=answer.status,
+        headers=answer.headers or None,
+        media_type="application/json",
+    )
+
+
+__all__ = ["Answer", "Predictor", "respond"]
