@@ -509,7 +509,7 @@ def test_job_is_charged_once(engine: Any, db: Ledger, session: Session, subtests
             with subtests.test(via=via, credits=credits):
                 with refused(db.sql, errors.JobAlreadyCharged) as info:
                     entry(via, db, session, u, "consumption", -credits, job_id=j)
-                assert info.value.constraint == "uq_credit_transactions_job_id_consumption"
+                assert info.value.constraint == "uq_credit_transactions_job_id_user_id_type"
     # Twice in one transaction, and twice in one statement.
     j2 = db.job(u)
     ins = text(
@@ -554,7 +554,7 @@ def test_job_is_refunded_once_and_never_beyond_its_charge(
             for amount in (4, 1):
                 with refused(db.sql, errors.JobAlreadyRefunded) as info:
                     entry(via, db, session, u, "refund", amount, job_id=j)
-                assert info.value.constraint == "uq_credit_transactions_job_id_refund"
+                assert info.value.constraint == "uq_credit_transactions_job_id_user_id_type"
             assert assert_consistent(db.sql, u) == 94
     # The full charge may come back; a refund in the statement that charges is bounded too.
     u = db.user(credits=20)
@@ -629,7 +629,8 @@ def test_stripe_payment_credits_once(db: Ledger, session: Session, subtests: Any
 ON_CONFLICT_CASES = {
     "stripe_webhook_retry": (
         "INSERT INTO credit_transactions(user_id, type, amount, stripe_payment_id)"
-        " VALUES (:u, 'purchase', 100, 'pi_hook') ON CONFLICT (stripe_payment_id) DO NOTHING"
+        " VALUES (:u, 'purchase', 100, 'pi_hook')"
+        " ON CONFLICT (stripe_payment_id) WHERE stripe_payment_id IS NOT NULL DO NOTHING"
     ),
     "stripe_webhook_retry_any_conflict": (
         "INSERT INTO credit_transactions(user_id, type, amount, stripe_payment_id)"
@@ -638,11 +639,12 @@ ON_CONFLICT_CASES = {
     "charge_retry": (
         "INSERT INTO credit_transactions(user_id, type, amount, job_id)"
         " VALUES (:u, 'consumption', -10, :j)"
-        " ON CONFLICT (job_id) WHERE type = 'consumption' DO NOTHING"
+        " ON CONFLICT (job_id, user_id, type) WHERE job_id IS NOT NULL DO NOTHING"
     ),
     "refund_retry": (
         "INSERT INTO credit_transactions(user_id, type, amount, job_id)"
-        " VALUES (:u, 'refund', 10, :j) ON CONFLICT (job_id) WHERE type = 'refund' DO NOTHING"
+        " VALUES (:u, 'refund', 10, :j)"
+        " ON CONFLICT (job_id, user_id, type) WHERE job_id IS NOT NULL DO NOTHING"
     ),
     "same_id": (
         "INSERT INTO credit_transactions(id, user_id, type, amount)"

@@ -14,16 +14,21 @@
 -- A job's price lines (job_price_items): credits = quantity x the item's
 -- credits_per_unit, written here; never updated -> ML092 job_price_immutable.
 --
--- Billing alerts: billing_alerts_fire runs once per INSERT statement on the ledger
--- (REFERENCING NEW TABLE), after its rows' balance triggers, holding their users'
--- row locks (taken by credit_tx_before_insert), so one user's firings are decided
--- one transaction at a time:
+-- Billing alerts: checked by the ledger's own balance trigger
+-- (credit_tx_before_insert, credit_ledger.sql), which reads users.billing_alerts_active
+-- with the balance it updates (RETURNING: no statement more) and calls
+-- billing_alerts_check only for a user with an active alert. It holds the user's row
+-- lock, so one user's firings are decided one entry at a time:
 --   * balance_below fires when the balance goes from >= threshold (armed) to
 --     < threshold, and re-arms when it is back at or above the threshold;
 --   * spend_above fires once per calendar month (UTC) when the month's charges,
 --     net of refunds, go above the threshold.
 -- Each firing is one row of billing_alert_events (the outbox), in the
 -- transaction of the entry that crossed; the worker delivers it.
+-- users.billing_alerts_active = "the user has an active alert", kept by
+-- billing_alerts_flag on every change of billing_alerts (c16b00000001: the
+-- statement-level trigger it replaces cost every charge 12-18% of CPU, alert or not;
+-- docs/performance.md).
 
 CREATE OR REPLACE FUNCTION public.price_items_immutable()
 RETURNS trigger
@@ -99,8 +104,13 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION public.billing_alerts_fire()
-RETURNS trigger
+-- The alerts of one user after one ledger entry, called by credit_tx_before_insert
+-- (holding the user's row lock) when users.billing_alerts_active: p_balance is the
+-- balance after the entry, p_spent what the entry adds to the month's spend (its
+-- charge, or minus its refund; 0 for the other types). The entry is not in the
+-- ledger yet (a BEFORE trigger), the earlier entries of its statement are.
+CREATE OR REPLACE FUNCTION public.billing_alerts_check(p_user uuid, p_balance bigint, p_spent bigint)
+RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
@@ -112,43 +122,35 @@ DECLARE
     v_now timestamptz := clock_timestamp();
     v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
 BEGIN
-    -- Nearly every statement ends here: one index probe per user of the statement.
-    IF NOT EXISTS (SELECT 1 FROM public.billing_alerts AS a
-                    WHERE a.active AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)) THEN
-        RETURN NULL;
-    END IF;
-
     -- Read without a lock: most charges change no alert. A transition is an UPDATE
     -- that tests the state again under the alert's row lock (armed, fired_month), so
     -- of two transactions that saw the same state only one fires; and one user's
-    -- charges are serialized by the user's row lock anyway (credit_tx_before_insert).
+    -- entries are serialized by the user's row lock anyway.
     FOR r IN
-        SELECT a.id, a.user_id, a.kind, a.threshold, a.armed, a.fired_month, u.credit_balance
+        SELECT a.id, a.kind, a.threshold, a.armed, a.fired_month
           FROM public.billing_alerts AS a
-          JOIN public.users AS u ON u.id = a.user_id
-         WHERE a.active
-           AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)
+         WHERE a.user_id = p_user AND a.active
          ORDER BY a.id
     LOOP
         IF r.kind = 'balance_below' THEN
-            IF r.armed AND r.credit_balance < r.threshold THEN
+            IF r.armed AND p_balance < r.threshold THEN
                 UPDATE public.billing_alerts SET armed = false WHERE id = r.id AND armed;
                 IF FOUND THEN
                     v_event := gen_random_uuid();
                     INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
-                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,
+                    VALUES (v_event, r.id, p_user, r.kind, r.threshold, p_balance,
                             jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',
-                                               'alert_id', r.id, 'user_id', r.user_id,
-                                               'threshold', r.threshold, 'balance', r.credit_balance,
+                                               'alert_id', r.id, 'user_id', p_user,
+                                               'threshold', r.threshold, 'balance', p_balance,
                                                'created', floor(extract(epoch FROM v_now))::bigint));
                 END IF;
-            ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN
+            ELSIF NOT r.armed AND p_balance >= r.threshold THEN
                 UPDATE public.billing_alerts SET armed = true WHERE id = r.id;
             END IF;
-        ELSIF r.fired_month IS DISTINCT FROM v_month_start THEN  -- spend_above
-            SELECT coalesce(-sum(t.amount), 0) INTO v_spend
+        ELSIF r.fired_month IS DISTINCT FROM v_month_start AND p_spent > 0 THEN  -- spend_above
+            SELECT coalesce(-sum(t.amount), 0) + p_spent INTO v_spend
               FROM public.credit_transactions AS t
-             WHERE t.user_id = r.user_id
+             WHERE t.user_id = p_user
                AND t.created_at >= v_month_start
                AND t.type IN ('consumption', 'refund');
             IF v_spend > r.threshold THEN
@@ -157,15 +159,40 @@ BEGIN
                 IF FOUND THEN
                     v_event := gen_random_uuid();
                     INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
-                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,
+                    VALUES (v_event, r.id, p_user, r.kind, r.threshold, v_spend,
                             jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
-                                               'alert_id', r.id, 'user_id', r.user_id,
+                                               'alert_id', r.id, 'user_id', p_user,
                                                'threshold', r.threshold, 'spend', v_spend,
                                                'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
                                                'created', floor(extract(epoch FROM v_now))::bigint));
                 END IF;
             END IF;
         END IF;
+    END LOOP;
+END;
+$$;
+
+-- users.billing_alerts_active follows the user's active alerts (every INSERT,
+-- DELETE, and change of active or user_id). Its UPDATE of users waits for the
+-- user's entries in flight (their balance UPDATE holds the row), so an entry
+-- committed after the alert's transaction sees the flag.
+CREATE OR REPLACE FUNCTION public.billing_alerts_flag()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_user uuid;
+BEGIN
+    FOREACH v_user IN ARRAY ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
+                                  CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END] LOOP
+        CONTINUE WHEN v_user IS NULL;
+        UPDATE public.users AS u
+           SET billing_alerts_active = x.any_active
+          FROM (SELECT EXISTS (SELECT 1 FROM public.billing_alerts AS a
+                                WHERE a.user_id = v_user AND a.active) AS any_active) AS x
+         WHERE u.id = v_user AND u.billing_alerts_active IS DISTINCT FROM x.any_active;
     END LOOP;
     RETURN NULL;
 END;
@@ -183,10 +210,9 @@ CREATE TRIGGER job_price_items_fill
 BEFORE INSERT OR UPDATE ON job_price_items
 FOR EACH ROW EXECUTE FUNCTION public.job_price_items_fill();
 
-CREATE TRIGGER billing_alerts_fire
-AFTER INSERT ON credit_transactions
-REFERENCING NEW TABLE AS new_entries
-FOR EACH STATEMENT EXECUTE FUNCTION public.billing_alerts_fire();
+CREATE TRIGGER billing_alerts_flag
+AFTER INSERT OR DELETE OR UPDATE OF active, user_id ON billing_alerts
+FOR EACH ROW EXECUTE FUNCTION public.billing_alerts_flag();
 
 -- updated_at, like every table's (updated_at.sql holds the function): an invoice's
 -- status moves with Stripe's events.

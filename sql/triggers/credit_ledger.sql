@@ -15,7 +15,8 @@
 --   * an entry is dated when it is applied (clock_timestamp() under the row lock),
 --     so the latest entry by created_at is the one that holds the balance.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
--- of each type's amount, one charge and one refund per job, unique Stripe payment ids.
+-- of each type's amount, one charge and one refund per job (one unique index on
+-- (job_id, user_id, type), issue 16), unique Stripe payment ids.
 -- Invariant for every user: credit_balance = sum(amount) = latest balance_after.
 
 CREATE OR REPLACE FUNCTION public.credit_tx_before_insert()
@@ -28,6 +29,7 @@ DECLARE
     v_charged integer;
     v_balance integer;
     v_deleted boolean;
+    v_alerts boolean;
 BEGIN
     -- A malformed row is refused by the constraint it breaks, before any balance
     -- is read (BEFORE triggers run ahead of NOT NULL and CHECK constraints).
@@ -92,8 +94,8 @@ BEGIN
             IF EXISTS (SELECT 1 FROM public.credit_transactions AS t
                         WHERE t.job_id = NEW.job_id AND t.type = NEW.type) THEN
                 RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
-                    USING ERRCODE = 'unique_violation',
-                          CONSTRAINT = 'uq_credit_transactions_job_id_' || NEW.type::text;
+                    USING ERRCODE = 'unique_violation', DETAIL = 'type=' || NEW.type::text,
+                          CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
             END IF;
         END IF;
     END IF;
@@ -127,15 +129,15 @@ BEGIN
        AND u.credit_balance + NEW.amount >= 0
        AND NOT (u.is_deleted AND NEW.type = 'purchase')
        AND NOT EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id)
-    RETURNING u.credit_balance INTO NEW.balance_after;
+    RETURNING u.credit_balance, u.billing_alerts_active INTO NEW.balance_after, v_alerts;
 
     IF NOT FOUND THEN
         IF NEW.type = 'consumption' THEN
             IF EXISTS (SELECT 1 FROM public.credit_transactions AS t
                         WHERE t.job_id = NEW.job_id AND t.type = 'consumption') THEN
                 RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
-                    USING ERRCODE = 'unique_violation',
-                          CONSTRAINT = 'uq_credit_transactions_job_id_consumption';
+                    USING ERRCODE = 'unique_violation', DETAIL = 'type=consumption',
+                          CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
             END IF;
         END IF;
         IF EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id) THEN
@@ -167,9 +169,16 @@ BEGIN
         IF EXISTS (SELECT 1 FROM public.credit_transactions AS t
                     WHERE t.job_id = NEW.job_id AND t.type = 'consumption') THEN
             RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
-                USING ERRCODE = 'unique_violation',
-                      CONSTRAINT = 'uq_credit_transactions_job_id_consumption';
+                USING ERRCODE = 'unique_violation', DETAIL = 'type=consumption',
+                      CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
         END IF;
+    END IF;
+    -- Billing alerts (billing.sql), only for a user who has an active one: the flag
+    -- came back with the balance, so the others pay nothing for them.
+    IF v_alerts THEN
+        PERFORM public.billing_alerts_check(
+            NEW.user_id, NEW.balance_after,
+            CASE WHEN NEW.type IN ('consumption', 'refund') THEN -NEW.amount ELSE 0 END);
     END IF;
     NEW.created_at := clock_timestamp();
     RETURN NEW;

@@ -618,8 +618,9 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
 }
 
 CONSTRAINTS: dict[str, type[DatabaseError]] = {
-    "uq_credit_transactions_job_id_consumption": JobAlreadyCharged,
-    "uq_credit_transactions_job_id_refund": JobAlreadyRefunded,
+    # One index for a job's charge and refund (issue 16): which one is in the detail
+    # (the ledger trigger's "type=refund", the index's "Key (...)=(..., refund)").
+    "uq_credit_transactions_job_id_user_id_type": JobAlreadyCharged,
     "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
     "uq_credit_transactions_idempotency_key": DuplicateAdjustment,
     "ck_credit_transactions_amount_sign": InvalidCreditAmount,
@@ -666,6 +667,8 @@ def translate(exc: BaseException) -> DatabaseError | None:
     detail = getattr(diag, "message_detail", None)
     message = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
     cls = CONSTRAINTS.get(constraint or "") or SQLSTATES.get(sqlstate)
+    if constraint == "uq_credit_transactions_job_id_user_id_type" and "refund" in (detail or ""):
+        cls = JobAlreadyRefunded
     if cls is None:
         return None
     return cls(message, sqlstate=sqlstate, constraint=constraint, detail=detail, orig=orig)

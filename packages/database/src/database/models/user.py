@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, Index, UniqueConstraint, text
+from sqlalchemy import CheckConstraint, FetchedValue, Index, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin, big_counter_column, counter_column
@@ -40,6 +40,8 @@ DERIVED_COLUMNS = (
     "workflow_count",
     "model_count",
     "storage_used_bytes",
+    # True while the user has an active billing alert (sql/triggers/billing.sql).
+    "billing_alerts_active",
 )
 
 
@@ -72,6 +74,11 @@ class User(IDMixin, TimestampMixin, Base):
     purged_at: Mapped[dt.datetime | None]
 
     credit_balance: Mapped[int] = counter_column()
+    # Kept by billing_alerts_flag (sql/triggers/billing.sql): the ledger's balance
+    # trigger reads it with the balance and checks alerts only when it is true.
+    billing_alerts_active: Mapped[bool] = mapped_column(
+        server_default=text("false"), server_onupdate=FetchedValue()
+    )
     dataset_count: Mapped[int] = counter_column()
     workflow_count: Mapped[int] = counter_column()
     model_count: Mapped[int] = counter_column()
