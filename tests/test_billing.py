@@ -880,3 +880,93 @@ def test_the_apps_role_runs_the_whole_billing_path(app_engine, engine, sql):
         assert st.closing_balance == 89 and st.charges == {"job": 1, "model": 10}
     with pytest.raises(errors.JobPriceImmutable), app_engine.begin() as conn:
         conn.execute(text("UPDATE job_price_items SET quantity = 9 WHERE job_id = :j"), {"j": job})
+
+
+# =====================================================================================
+# metered use is priced by the book in force for the user's tier (c16b00000001)
+# =====================================================================================
+def _usage(engine: Engine, user: uuid.UUID, sku: str, rows: int, key: str, price: int = 7) -> None:
+    """A usage event as any client writes it, raw SQL, with a made-up unit price."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO usage_events (user_id, sku, quantity, unit_price_micro,"
+                " idempotency_key) VALUES (:u, CAST(:s AS usage_sku), :q, :p, :k)"
+            ),
+            {"u": user, "s": sku, "q": rows, "p": price, "k": key},
+        )
+
+
+def test_usage_is_priced_by_the_book_in_force_for_the_users_tier(engine, sql, session):
+    from database import metering
+
+    free, pro = make_user(sql), make_user(sql, tier="pro")
+    billing.set_prices(session, tier="pro", prices={"predicted_rows": 3, "batch_rows": 2})
+    session.commit()
+    _usage(engine, free, "predicted_rows", 1000, "u-free")
+    _usage(engine, pro, "predicted_rows", 1000, "u-pro")
+    _usage(engine, pro, "batch_rows", 1000, "u-pro-batch")
+    prices = dict(
+        sql(
+            "SELECT idempotency_key, unit_price_micro FROM usage_events WHERE user_id IN (:a, :b)",
+            a=free,
+            b=pro,
+        )
+    )
+    # The client's 7 is replaced: credits per 1,000 rows x 1,000 micro-credits per row.
+    assert prices == {"u-free": 1000, "u-pro": 3000, "u-pro-batch": 2000}
+    # The function metering's admission and summaries read gives the same prices.
+    assert metering.prices(engine, tier="pro") == metering.Prices(
+        predicted_rows_per_1000=3, batch_rows_per_1000=2
+    )
+    assert metering.prices(engine, tier="free").predicted_rows_per_1000 == 1
+    assert metering.prices(engine).predicted_rows_per_1000 == 3  # the highest of the tiers
+    assert metering.unit_price_micro("predicted_rows", engine, user_id=pro) == 3000
+    assert metering.unit_price_micro("batch_rows", engine, user_id=free) == 1000
+
+
+def test_a_price_change_applies_to_usage_recorded_after_it_never_before(engine, sql, session):
+    from database import metering
+
+    user = make_user(sql)
+    give(engine, user, 100)
+    _usage(engine, user, "predicted_rows", 2000, "before-1")
+    metering.charge_usage(engine, user_id=user, through=dt.datetime.now(dt.UTC))
+    _usage(engine, user, "predicted_rows", 3000, "before-2")  # recorded, not charged yet
+    charged_before = sql(
+        "SELECT id, amount, balance_after FROM credit_transactions"
+        " WHERE user_id = :u AND type = 'consumption'",
+        u=user,
+    )
+    assert [r.amount for r in charged_before] == [-2]
+    billing.set_prices(session, tier="free", prices={"predicted_rows": 10})
+    session.commit()
+    _usage(engine, user, "predicted_rows", 1000, "after-1")
+    metering.charge_usage(engine, user_id=user, through=dt.datetime.now(dt.UTC))
+    by_key = dict(
+        sql("SELECT idempotency_key, unit_price_micro FROM usage_events WHERE user_id = :u", u=user)
+    )
+    assert by_key == {"before-1": 1000, "before-2": 1000, "after-1": 10_000}
+    # The charge before the change is untouched; the next one is 3 credits at the old
+    # price plus 10 at the new.
+    entries = sql(
+        "SELECT id, amount FROM credit_transactions WHERE user_id = :u AND type = 'consumption'"
+        " ORDER BY created_at",
+        u=user,
+    )
+    assert entries[0].id == charged_before[0].id and entries[0].amount == -2
+    assert sum(-e.amount for e in entries[1:]) == 3 + 10
+    assert scalar(sql, "SELECT credit_balance FROM users WHERE id = :u", u=user) == 100 - 15
+
+
+def test_usage_without_a_price_book_is_refused(engine, sql, session):
+    user = make_user(sql, tier="enterprise")
+    session.execute(
+        text(
+            "UPDATE price_books SET effective_to = now() WHERE tier = 'enterprise'"
+            " AND effective_to IS NULL"
+        )
+    )
+    session.commit()
+    with pytest.raises(errors.NoPriceBook):
+        _usage(engine, user, "predicted_rows", 10, "no-book")

@@ -35,11 +35,9 @@ UTC = dt.UTC
 
 @pytest.fixture(autouse=True)
 def _prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "1")
-    monkeypatch.setenv("PRICING__BATCH_ROWS_PER_1000", "0.5")
-    metering.prices.cache_clear()
+    # Metered use is priced by the price book (migration c16a00000001's first book:
+    # 1 credit per 1,000 predicted or batch rows).
     yield
-    metering.prices.cache_clear()
 
 
 @pytest.fixture

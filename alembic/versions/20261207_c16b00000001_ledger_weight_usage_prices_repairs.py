@@ -111,12 +111,66 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("job_id IS NOT NULL"),
     )
+    public_billing_usage_price_micro = PGFunction(
+        schema="public",
+        signature="billing_usage_price_micro(p_user uuid, p_sku text)",
+        definition="returns bigint\nLANGUAGE plpgsql\nSTABLE\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_tier public.user_tier;\n    v_price bigint;\n    v_at timestamptz := clock_timestamp();\nBEGIN\n    SELECT u.tier INTO v_tier FROM public.users AS u WHERE u.id = p_user;\n    IF NOT FOUND THEN\n        RETURN NULL;  -- no such user\\: the row's foreign key refuses it\n    END IF;\n    SELECT i.credits_per_unit INTO v_price\n      FROM public.price_books AS b\n      JOIN public.price_items AS i ON i.price_book_id = b.id AND i.sku = p_sku\n     WHERE b.tier = v_tier\n       AND b.effective_from <= v_at\n       AND (b.effective_to IS NULL OR b.effective_to > v_at)\n     ORDER BY b.effective_from DESC\n     LIMIT 1;\n    IF v_price IS NULL THEN\n        RAISE EXCEPTION 'no % price book in force prices %', v_tier, p_sku\n            USING ERRCODE = 'ML093';\n    END IF;\n    RETURN v_price * 1000;\nEND;\n$$",
+    )
+    op.create_entity(public_billing_usage_price_micro)
+
+    public_usage_events_apply_price = PGFunction(
+        schema="public",
+        signature="usage_events_apply_price()",
+        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF NEW.user_id IS NOT NULL AND NEW.sku IS NOT NULL THEN\n        NEW.unit_price_micro := public.billing_usage_price_micro(NEW.user_id, NEW.sku::text);\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    )
+    op.create_entity(public_usage_events_apply_price)
+
+    public_usage_events_usage_events_apply_price = PGTrigger(
+        schema="public",
+        signature="usage_events_apply_price",
+        on_entity="public.usage_events",
+        is_constraint=False,
+        definition="BEFORE INSERT ON public.usage_events FOR EACH ROW EXECUTE FUNCTION public.usage_events_apply_price()",
+    )
+    op.create_entity(public_usage_events_usage_events_apply_price)
+    # Metering's skus in every book that is open (c16a's first books have them; a
+    # book an operator made since keeps its items): added where missing, at the first
+    # book's price (1 credit per 1,000 rows). By hand.
+    for sku in ("predicted_rows", "batch_rows"):
+        op.execute(
+            "INSERT INTO price_items (price_book_id, sku, unit, credits_per_unit)"
+            f" SELECT b.id, '{sku}', 'thousand_rows', 1 FROM price_books AS b"
+            " WHERE b.effective_to IS NULL AND NOT EXISTS (SELECT 1 FROM price_items AS i"
+            f" WHERE i.price_book_id = b.id AND i.sku = '{sku}')"
+        )
     # By hand (autogenerate compares no server default): time-ordered entry ids.
     op.alter_column("credit_transactions", "id", server_default=sa.text("uuidv7()"))
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    public_usage_events_usage_events_apply_price = PGTrigger(
+        schema="public",
+        signature="usage_events_apply_price",
+        on_entity="public.usage_events",
+        is_constraint=False,
+        definition="BEFORE INSERT ON public.usage_events FOR EACH ROW EXECUTE FUNCTION public.usage_events_apply_price()",
+    )
+    op.drop_entity(public_usage_events_usage_events_apply_price)
+
+    public_usage_events_apply_price = PGFunction(
+        schema="public",
+        signature="usage_events_apply_price()",
+        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF NEW.user_id IS NOT NULL AND NEW.sku IS NOT NULL THEN\n        NEW.unit_price_micro := public.billing_usage_price_micro(NEW.user_id, NEW.sku::text);\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    )
+    op.drop_entity(public_usage_events_apply_price)
+
+    public_billing_usage_price_micro = PGFunction(
+        schema="public",
+        signature="billing_usage_price_micro(p_user uuid, p_sku text)",
+        definition="returns bigint\nLANGUAGE plpgsql\nSTABLE\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_tier public.user_tier;\n    v_price bigint;\n    v_at timestamptz := clock_timestamp();\nBEGIN\n    SELECT u.tier INTO v_tier FROM public.users AS u WHERE u.id = p_user;\n    IF NOT FOUND THEN\n        RETURN NULL;  -- no such user\\: the row's foreign key refuses it\n    END IF;\n    SELECT i.credits_per_unit INTO v_price\n      FROM public.price_books AS b\n      JOIN public.price_items AS i ON i.price_book_id = b.id AND i.sku = p_sku\n     WHERE b.tier = v_tier\n       AND b.effective_from <= v_at\n       AND (b.effective_to IS NULL OR b.effective_to > v_at)\n     ORDER BY b.effective_from DESC\n     LIMIT 1;\n    IF v_price IS NULL THEN\n        RAISE EXCEPTION 'no % price book in force prices %', v_tier, p_sku\n            USING ERRCODE = 'ML093';\n    END IF;\n    RETURN v_price * 1000;\nEND;\n$$",
+    )
+    op.drop_entity(public_billing_usage_price_micro)
     op.alter_column("credit_transactions", "id", server_default=sa.text("gen_random_uuid()"))
     op.drop_index(
         "uq_credit_transactions_job_id_user_id_type",

@@ -11,6 +11,8 @@
 --   * a book in force or past keeps its tier, currency and start; it may only be
 --     closed from now on (effective_to >= now()), never deleted
 --                                           -> ML091 price_book_immutable
+-- Metered use (usage_events) is priced by the book in force for the user's tier as
+-- it is recorded (usage_events_apply_price; ML093 without a book).
 -- A job's price lines (job_price_items): credits = quantity x the item's
 -- credits_per_unit, written here; never updated -> ML092 job_price_immutable.
 --
@@ -80,6 +82,61 @@ BEGIN
                     OLD.id, OLD.effective_to, NEW.effective_to
                 USING ERRCODE = 'ML091';
         END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+-- Metered use (issue 14's usage_events: predicted_rows, batch_rows) is priced by the
+-- book in force for the user's tier when it is recorded: the price of one unit in
+-- micro-credits (the item's credits per 1,000 units x 1,000). ML093 when the tier
+-- has no book in force, or the book no such item. A price change therefore applies
+-- to the usage recorded after it; usage recorded before keeps its price (and what
+-- was charged for it stays in the ledger).
+CREATE OR REPLACE FUNCTION public.billing_usage_price_micro(p_user uuid, p_sku text)
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_tier public.user_tier;
+    v_price bigint;
+    v_at timestamptz := clock_timestamp();
+BEGIN
+    SELECT u.tier INTO v_tier FROM public.users AS u WHERE u.id = p_user;
+    IF NOT FOUND THEN
+        RETURN NULL;  -- no such user: the row's foreign key refuses it
+    END IF;
+    SELECT i.credits_per_unit INTO v_price
+      FROM public.price_books AS b
+      JOIN public.price_items AS i ON i.price_book_id = b.id AND i.sku = p_sku
+     WHERE b.tier = v_tier
+       AND b.effective_from <= v_at
+       AND (b.effective_to IS NULL OR b.effective_to > v_at)
+     ORDER BY b.effective_from DESC
+     LIMIT 1;
+    IF v_price IS NULL THEN
+        RAISE EXCEPTION 'no % price book in force prices %', v_tier, p_sku
+            USING ERRCODE = 'ML093';
+    END IF;
+    RETURN v_price * 1000;
+END;
+$$;
+
+-- Every usage event is priced here, whatever unit price the client sent (named to
+-- run before metering's usage_events_before_insert, which adds the event's cost to
+-- the user's meter: BEFORE triggers run in name order).
+CREATE OR REPLACE FUNCTION public.usage_events_apply_price()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF NEW.user_id IS NOT NULL AND NEW.sku IS NOT NULL THEN
+        NEW.unit_price_micro := public.billing_usage_price_micro(NEW.user_id, NEW.sku::text);
     END IF;
     RETURN NEW;
 END;
@@ -209,6 +266,10 @@ FOR EACH ROW EXECUTE FUNCTION public.price_books_guard();
 CREATE TRIGGER job_price_items_fill
 BEFORE INSERT OR UPDATE ON job_price_items
 FOR EACH ROW EXECUTE FUNCTION public.job_price_items_fill();
+
+CREATE TRIGGER usage_events_apply_price
+BEFORE INSERT ON usage_events
+FOR EACH ROW EXECUTE FUNCTION public.usage_events_apply_price();
 
 CREATE TRIGGER billing_alerts_flag
 AFTER INSERT OR DELETE OR UPDATE OF active, user_id ON billing_alerts

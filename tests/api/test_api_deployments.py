@@ -25,8 +25,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import ApiSettings
-from database import jobs, metering, registry
-from database.models import ModelPermission
+from database import billing, jobs, metering, registry
+from database.models import ModelPermission, UserTier
 from database.storage import LocalStorage
 from workers.kinds import Context, dispatch
 
@@ -36,15 +36,29 @@ from factories import make_dataset, make_version
 PARQUET = "application/vnd.apache.parquet"
 
 
+def set_prediction_price(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, credits_per_1000: int
+) -> None:
+    """Every tier's price book prices predicted rows at ``credits_per_1000`` from now
+    (a new book: database.billing.set_prices), and admission estimates with it."""
+    with Session(engine) as s:
+        for tier in UserTier:
+            billing.set_prices(s, tier=tier, prices={"predicted_rows": credits_per_1000})
+        s.commit()
+    monkeypatch.setattr(
+        metering,
+        "FIRST_BOOK_PRICES",
+        metering.Prices(predicted_rows_per_1000=credits_per_1000),
+    )
+
+
 @pytest.fixture(autouse=True)
-def free_predictions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Predictions cost nothing here (metering's price, read once per process): these
-    tests are about serving; what a prediction costs is test_a_user_who_cannot_pay's
-    and tests/api/test_api_usage.py's."""
-    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "0")
-    metering.prices.cache_clear()
+def free_predictions(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> Iterator[None]:
+    """Predictions cost nothing here (a price book at 0): these tests are about
+    serving; what a prediction costs is test_a_user_who_cannot_pay's and
+    tests/api/test_api_usage.py's."""
+    set_prediction_price(engine, monkeypatch, 0)
     yield
-    metering.prices.cache_clear()
 
 
 @pytest.fixture
@@ -605,8 +619,7 @@ def test_a_user_who_cannot_pay_gets_402_before_the_model_runs(
     deployment: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "1")
-    metering.prices.cache_clear()
+    set_prediction_price(engine, monkeypatch, 1)
     r = client.post(url(deployment), headers=account.headers, json={"records": records(3)})
     assert r.status_code == 402 and r.json()["error"]["code"] == "payment_required", r.text
     give_credits(engine, account.user_id, 1)

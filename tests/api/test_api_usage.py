@@ -25,10 +25,8 @@ from api_helpers import Account, give_credits, scalar, signup
 
 @pytest.fixture(autouse=True)
 def _prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "1")
-    metering.prices.cache_clear()
+    # Metered use is priced by the price book (1 credit per 1,000 predicted rows).
     yield
-    metering.prices.cache_clear()
 
 
 @pytest.fixture

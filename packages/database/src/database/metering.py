@@ -10,8 +10,10 @@ route, the batch job kind, the worker's maintenance and the usage routes call:
     ensure_partitions(engine, months_ahead=2) / drop_partitions_before(engine, date)
     maintenance(engine)                                                  what the worker runs
 
-**Money.** Prices are credits per 1,000 units (:func:`prices`, ``PRICING__...``
-settings). Costs are counted in micro-credits (10**-6 credit) so no fraction is
+**Money.** Prices are credits per 1,000 units, from the price book in force for
+the user's tier (:func:`prices`; the database prices each usage event as it is
+recorded, ``usage_events_apply_price`` in sql/triggers/billing.sql). Costs are
+counted in micro-credits (10**-6 credit) so no fraction is
 lost: a usage event records its unit price in micro-credits; a charge takes whole
 credits from the ledger and carries the remainder (less than one credit) to the
 user's next charge, so the credits a user was charged are always exactly
@@ -66,12 +68,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, bindparam, text
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
@@ -83,6 +83,7 @@ from database.models import (
     TransactionType,
     UsageCharge,
     UsageSku,
+    UserTier,
 )
 
 #: The refusals of :func:`admit`, named here for its callers (the predict path).
@@ -117,42 +118,84 @@ _PARTITION_NAME = re.compile(rf"^{PARTITION_PREFIX}(\d{{4}})(\d{{2}})$")
 
 # --- prices ---------------------------------------------------------------------------
 class Prices(BaseModel):
-    """Credits per 1,000 units of each sku (at most 3 decimals: a unit's price is a
-    whole number of micro-credits)."""
+    """Credits per 1,000 units of each sku."""
 
     predicted_rows_per_1000: Decimal = Field(default=Decimal(1), ge=0)
-    batch_rows_per_1000: Decimal = Field(default=Decimal("0.5"), ge=0)
-
-    @field_validator("predicted_rows_per_1000", "batch_rows_per_1000")
-    @classmethod
-    def _three_decimals(cls, value: Decimal) -> Decimal:
-        if (value * 1000) != (value * 1000).to_integral_value():
-            raise ValueError("a price per 1,000 units has at most 3 decimals")
-        return value
+    batch_rows_per_1000: Decimal = Field(default=Decimal(1), ge=0)
 
 
-class _PricingSettings(BaseSettings):
-    # The API's PRICING__... settings (apps/api settings.Pricing) ignore these keys.
-    model_config = SettingsConfigDict(extra="ignore", env_file=None, env_nested_delimiter="__")
-
-    pricing: Prices = Field(default_factory=Prices, alias="PRICING")
+#: The first price book's metered prices (migration c16a00000001): what
+#: :func:`unit_price_micro` estimates with when it is given no database to read.
+FIRST_BOOK_PRICES = Prices()
 
 
-@lru_cache(maxsize=1)
-def prices() -> Prices:
-    """THE prices of metered use, from ``PRICING__PREDICTED_ROWS_PER_1000`` and
-    ``PRICING__BATCH_ROWS_PER_1000`` (credits per 1,000 rows; defaults 1 and 0.5).
-    ``prices.cache_clear()`` reads them again."""
-    return _PricingSettings().pricing
+def prices(
+    bind: Session | Engine | Connection, *, tier: UserTier | str | None = None
+) -> Prices:
+    """THE prices of metered use: the items ``predicted_rows`` and ``batch_rows`` of
+    the price book in force for ``tier`` (``database.billing.book_in_force``; credits
+    per 1,000 rows). ``tier=None``: the highest price of each in any tier's book in
+    force (an estimate that never undercounts). ``NoPriceBook`` without a book.
+
+    The price a usage event is charged at is the database's: the book in force for
+    the user's tier when it is recorded (``usage_events_apply_price``,
+    sql/triggers/billing.sql), whatever the client sends."""
+    from database import billing
+
+    def read(conn: Session | Connection) -> Prices:
+        tiers = [UserTier(tier)] if tier is not None else list(UserTier)
+        books = []
+        for t in tiers:
+            try:
+                books.append(billing.book_in_force(conn, t))
+            except errors.NoPriceBook:
+                if tier is not None:
+                    raise
+        if not books:
+            raise errors.NoPriceBook("no price book is in force")
+        return Prices(
+            predicted_rows_per_1000=max(
+                b.price(billing.SKU_PREDICTED_ROWS).credits_per_unit for b in books
+            ),
+            batch_rows_per_1000=max(
+                b.price(billing.SKU_BATCH_ROWS).credits_per_unit for b in books
+            ),
+        )
+
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return read(conn)
+    return read(bind)
 
 
-def unit_price_micro(sku: UsageSku | str) -> int:
-    """Micro-credits one unit of ``sku`` costs now."""
-    p = prices()
+def unit_price_micro(
+    sku: UsageSku | str,
+    bind: Session | Engine | Connection | None = None,
+    *,
+    user_id: uuid.UUID | None = None,
+) -> int:
+    """Micro-credits one unit of ``sku`` costs now: for ``user_id`` exactly (the
+    database's ``billing_usage_price_micro``, the price its usage is recorded at),
+    else the highest of the books in force (:func:`prices`). Without ``bind``, the
+    first book's price (:data:`FIRST_BOOK_PRICES`): an estimate, for admission's
+    hold; the usage itself is priced by the database when recorded."""
+    sku = UsageSku(sku)
+    if bind is not None and user_id is not None:
+        statement = text("SELECT public.billing_usage_price_micro(:u, :s)")
+        params = {"u": _uuid(user_id, "user_id"), "s": sku.value}
+        if isinstance(bind, Engine):
+            with bind.connect() as conn:
+                value = conn.execute(statement, params).scalar_one()
+        else:
+            value = bind.execute(statement, params).scalar_one()
+        if value is None:
+            raise errors.MeteredUserNotFound(f"user {user_id} does not exist")
+        return int(value)
+    p = prices(bind) if bind is not None else FIRST_BOOK_PRICES
     per_1000 = {
         UsageSku.PREDICTED_ROWS: p.predicted_rows_per_1000,
         UsageSku.BATCH_ROWS: p.batch_rows_per_1000,
-    }[UsageSku(sku)]
+    }[sku]
     return int(per_1000 * 1000)
 
 
