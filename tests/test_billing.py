@@ -970,3 +970,91 @@ def test_usage_without_a_price_book_is_refused(engine, sql, session):
     session.commit()
     with pytest.raises(errors.NoPriceBook):
         _usage(engine, user, "predicted_rows", 10, "no-book")
+
+
+# =====================================================================================
+# a slow receiver: delivery is bounded and holds nothing in the database meanwhile
+# =====================================================================================
+class _SlowReceiver(http.server.BaseHTTPRequestHandler):
+    release = threading.Event()
+    arrived = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).arrived.set()
+        type(self).release.wait(60)  # answers only when the test says so
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_receiver() -> Iterator[tuple[str, type[_SlowReceiver]]]:
+    handler = type(
+        "SlowReceiver",
+        (_SlowReceiver,),
+        {"release": threading.Event(), "arrived": threading.Event()},
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/slow", handler
+    handler.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def _alert_fired(engine: Engine, sql: Any, session: Session, url: str) -> uuid.UUID:
+    user = make_user(sql)
+    give(engine, user, 100)
+    alert, _ = billing.create_alert(
+        session, user_id=user, kind="balance_below", threshold=50, webhook_url=url, allow_http=True
+    )
+    session.commit()
+    give(engine, user, -60)
+    return alert.id
+
+
+def test_a_receiver_that_does_not_answer_is_a_failed_attempt_within_the_timeout(
+    engine, sql, session, slow_receiver
+):
+    url, handler = slow_receiver
+    alert = _alert_fired(engine, sql, session, url)
+    report = billing.deliver_alerts(engine, timeout_s=0.5)
+    # Returned while the receiver still holds the request: it was never answered.
+    assert handler.arrived.is_set() and not handler.release.is_set()
+    assert (report.delivered, report.retried) == (0, 1)
+    [(status, error, ok)] = sql(
+        "SELECT status_code, error, succeeded FROM billing_alert_deliveries WHERE alert_id = :a",
+        a=alert,
+    )
+    assert (status, ok) == (None, False) and "no answer within 0.5 s" in error
+    # No transaction or row lock was left open for the receiver: the event is
+    # pending, and can be read and locked at once.
+    assert (
+        sql(
+            "SELECT status::text FROM billing_alert_events WHERE alert_id = :a FOR UPDATE NOWAIT",
+            a=alert,
+        )[0][0]
+        == "pending"
+    )
+
+
+def test_claimed_events_are_leased_so_two_deliveries_never_post_one_event_twice(
+    engine, sql, session, receiver
+):
+    url, handler = receiver
+    _alert_fired(engine, sql, session, url)
+    posted: list[str] = []
+
+    def post(u: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+        posted.append(headers["Billing-Event-Id"])
+        # A second delivery while this one is in flight finds nothing due.
+        assert billing.deliver_alerts(engine, post=lambda *a: (200, None)).delivered == 0
+        return 500, "HTTP 500"
+
+    assert billing.deliver_alerts(engine, post=post, base_delay_s=0).retried == 1
+    assert len(posted) == 1

@@ -90,6 +90,7 @@ class Worker:
         self._next_metering = 0.0
         self._next_reconcile = time.monotonic() + settings.reconcile_hours * 3600
         self._next_alerts = 0.0
+        self._alerts_thread: threading.Thread | None = None
         self.outcomes: list[tuple[Claim, str]] = []
         self.db = DatabaseLink(log, cap=BACKOFF_CAP)
         self.limits = RunLimits.from_settings(settings)
@@ -164,6 +165,8 @@ class Worker:
         finally:
             self.stopping.set()
             self._pool.shutdown(wait=True)
+            if self._alerts_thread is not None:  # a round in flight records its attempts
+                self._alerts_thread.join(timeout=ALERT_DELIVERY_JOIN_SECONDS)
             self._finished.set()
             heartbeat.join(timeout=self.settings.heartbeat)
             self._deregister()
@@ -408,19 +411,31 @@ class Worker:
                 log.warning("purge failed; will try at the next period", exc_info=True)
         self._billing(now)
 
+    def _deliver_alerts(self) -> None:
+        try:
+            sent = billing.deliver_alerts(self.engine)
+            if sent.delivered or sent.retried or sent.failed:
+                log.info("billing alerts: %s", sent)
+        except Exception as exc:
+            # The loop notices an outage on its own; this round is retried when due.
+            log.warning(
+                "billing alert delivery failed; will try again%s",
+                " (database unreachable)" if is_outage(exc) else "",
+                exc_info=not is_outage(exc),
+            )
+
     def _billing(self, now: float) -> None:
         """Deliver the billing alerts' outbox, and the daily verify, recorded as a
         reconciliation run (database.billing), each when due."""
         if self.settings.alert_delivery_seconds and now >= self._next_alerts:
             self._next_alerts = now + self.settings.alert_delivery_seconds
-            try:
-                sent = billing.deliver_alerts(self.engine)
-                if sent.delivered or sent.retried or sent.failed:
-                    log.info("billing alerts: %s", sent)
-            except Exception as exc:
-                if is_outage(exc):
-                    raise
-                log.warning("billing alert delivery failed; will try again", exc_info=True)
+            # In its own thread, one at a time: a slow receiver never holds up the
+            # job loop (each delivery round is bounded by its timeout anyway).
+            if self._alerts_thread is None or not self._alerts_thread.is_alive():
+                self._alerts_thread = threading.Thread(
+                    target=self._deliver_alerts, name="billing-alerts", daemon=True
+                )
+                self._alerts_thread.start()
         if self.settings.reconcile_hours and now >= self._next_reconcile:
             self._next_reconcile = now + self.settings.reconcile_hours * 3600
             try:
@@ -436,6 +451,11 @@ class Worker:
                     self._next_reconcile = now
                     raise
                 log.warning("daily verify failed; will try at the next period", exc_info=True)
+
+
+#: How long a stopping worker waits for a billing alert round in flight (it is
+#: bounded by deliver_alerts' timeout, 10 s by default).
+ALERT_DELIVERY_JOIN_SECONDS = 15.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,14 @@ from __future__ import annotations
 import calendar
 import csv
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import io
 import json
 import re
 import secrets
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -691,10 +693,12 @@ def sign(secret: str, payload: bytes, timestamp: int) -> str:
 Poster = Callable[[str, bytes, dict[str, str]], tuple[int | None, str | None]]
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+def _post(
+    url: str, body: bytes, headers: dict[str, str], timeout_s: float = 10.0
+) -> tuple[int | None, str | None]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (https checked)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (https checked)
             return int(response.status), None
     except urllib.error.HTTPError as exc:
         return int(exc.code), f"HTTP {exc.code}"
@@ -702,15 +706,21 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
+#: Claim the due events: each leased for ``lease`` seconds (its next_attempt_at moved
+#: on), in one short transaction, so no row lock or transaction stays open while the
+#: receivers answer; a worker that dies mid-delivery leaves them to be retried.
 _CLAIM = text(
     """
-SELECT e.id, e.alert_id, e.attempts, e.payload, a.webhook_url, a.secret
-  FROM billing_alert_events AS e
-  JOIN billing_alerts AS a ON a.id = e.alert_id
- WHERE e.status = 'pending' AND e.next_attempt_at <= now()
- ORDER BY e.next_attempt_at
- LIMIT :n
-   FOR UPDATE OF e SKIP LOCKED
+UPDATE billing_alert_events AS e
+   SET next_attempt_at = now() + make_interval(secs => :lease)
+  FROM billing_alerts AS a
+ WHERE a.id = e.alert_id
+   AND e.id IN (SELECT d.id FROM billing_alert_events AS d
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+                 ORDER BY d.next_attempt_at
+                 LIMIT :n
+                   FOR UPDATE OF d SKIP LOCKED)
+RETURNING e.id, e.alert_id, e.attempts, e.payload, a.webhook_url, a.secret
 """
 )
 
@@ -721,10 +731,40 @@ class DeliveryReport:
     retried: int = 0
     failed: int = 0
 
+    def __str__(self) -> str:
+        return f"{self.delivered} delivered, {self.retried} to retry, {self.failed} failed"
+
 
 def backoff(attempt: int, base_s: float) -> float:
     """Seconds before attempt ``attempt + 1``: base, 2x, 4x ... capped at an hour."""
     return float(min(3600.0, base_s * (2 ** max(0, attempt - 1))))
+
+
+def _post_all(
+    poster: Poster, posts: list[tuple[str, bytes, dict[str, str]]], deadline_s: float
+) -> list[tuple[int | None, str | None]]:
+    """Every post at once, each in a daemon thread, waited for at most ``deadline_s``
+    in all: a receiver that has not answered by then counts as a failed attempt
+    (its thread is left to end with its socket's timeout; it holds no database
+    resource)."""
+    results: list[tuple[int | None, str | None] | None] = [None] * len(posts)
+
+    def one(i: int, url: str, body: bytes, headers: dict[str, str]) -> None:
+        try:
+            results[i] = poster(url, body, headers)
+        except Exception as exc:  # a poster's bug is the attempt's error, not the batch's
+            results[i] = (None, f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    threads = [
+        threading.Thread(target=one, args=(i, *p), name="billing-alert-post", daemon=True)
+        for i, p in enumerate(posts)
+    ]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + deadline_s
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    return [r if r is not None else (None, f"no answer within {deadline_s:g} s") for r in results]
 
 
 def deliver_alerts(
@@ -734,24 +774,35 @@ def deliver_alerts(
     batch: int = 20,
     max_attempts: int = 8,
     base_delay_s: float = 30.0,
+    timeout_s: float = 10.0,
 ) -> DeliveryReport:
     """Post the due outbox rows, each signed with its alert's secret; record every
-    attempt in ``billing_alert_deliveries``. A failure (no 2xx) is retried after
-    :func:`backoff`; after ``max_attempts`` the event is ``failed``. Rows are claimed
-    with ``FOR UPDATE SKIP LOCKED``, so several workers share the work."""
-    poster = post or _post
+    attempt in ``billing_alert_deliveries``. A failure (no 2xx, or no answer within
+    ``timeout_s``) is retried after :func:`backoff`; after ``max_attempts`` the
+    event is ``failed``. Rows are claimed with ``FOR UPDATE SKIP LOCKED`` and leased
+    (several workers share the work); the posts run in parallel with no transaction
+    open, so one call takes at most about ``timeout_s`` however slow the receivers."""
+    poster = post or functools.partial(_post, timeout_s=timeout_s)
     report = DeliveryReport()
-    with engine.connect() as conn, conn.begin():
-        for row in conn.execute(_CLAIM, {"n": batch}).all():
-            body = json.dumps(row.payload, sort_keys=True, separators=(",", ":")).encode()
+    with engine.begin() as conn:
+        rows = conn.execute(_CLAIM, {"n": batch, "lease": max(60.0, 4 * timeout_s)}).all()
+    if not rows:
+        return report
+    now = int(time.time())
+    posts = []
+    for row in rows:
+        body = json.dumps(row.payload, sort_keys=True, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "automl-billing-alerts/1",
+            "Billing-Signature": sign(row.secret, body, now),
+            "Billing-Event-Id": str(row.id),
+        }
+        posts.append((row.webhook_url, body, headers))
+    answers = _post_all(poster, posts, timeout_s)
+    with engine.begin() as conn:
+        for row, (status, error) in zip(rows, answers, strict=True):
             attempt = row.attempts + 1
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "automl-billing-alerts/1",
-                "Billing-Signature": sign(row.secret, body, int(time.time())),
-                "Billing-Event-Id": str(row.id),
-            }
-            status, error = poster(row.webhook_url, body, headers)
             ok = status is not None and 200 <= status < 300
             conn.execute(
                 insert(BillingAlertDelivery).values(
