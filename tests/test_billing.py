@@ -708,12 +708,12 @@ def test_verify_and_repair_are_recorded(engine, sql):
     )[0]
     assert tuple(r2) == ("repair", True, 1)
     adj = sql(
-        "SELECT user_id, column_name, old_value, new_value, reason"
+        "SELECT user_id, table_name, row_id, column_name, old_value, new_value, reason"
         " FROM reconciliation_adjustments WHERE run_id = :r",
         r=run2,
     )
-    assert [tuple(a[:4]) for a in adj] == [(user, "dataset_count", 7, 0)]
-    assert "recomputed" in adj[0][4]
+    assert [tuple(a[:6]) for a in adj] == [(user, "users", None, "dataset_count", 7, 0)]
+    assert "users.dataset_count drifted" in adj[0][6] and "counted again" in adj[0][6]
 
 
 def test_the_apps_role_records_runs_but_never_rewrites_them(app_engine, sql):

@@ -378,15 +378,16 @@ def test_usage_is_charged_in_aggregate_with_whole_credits_and_a_carry(sql, engin
     assert metering.charge_usage(engine, through=now_plus()).credits == 1
     assert balance(sql, user) == 97
     assert scalar(sql, "SELECT pending_micro FROM usage_meters WHERE user_id = :u", u=user) == 0
-    # Batch rows, recorded apart (a job's key), at their own price.
+    # Batch rows, recorded apart (a job's key), at their own price (the book's
+    # batch_rows: 1 credit per 1,000 rows).
     assert metering.record_usage(
         engine, user_id=user, sku="batch_rows", quantity=4000, idempotency_key="job:1"
     )
     assert not metering.record_usage(
         engine, user_id=user, sku="batch_rows", quantity=4000, idempotency_key="job:1"
     )
-    assert metering.charge_usage(engine, through=now_plus()).credits == 2
-    assert balance(sql, user) == 95
+    assert metering.charge_usage(engine, through=now_plus()).credits == 4
+    assert balance(sql, user) == 93
     usage_ok(engine)
 
 

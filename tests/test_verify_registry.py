@@ -407,3 +407,45 @@ def test_a_bulk_load_of_lineage_is_checked_for_cycles_edge_by_edge(sql, owner):
             c=c,
         )
     assert scalar(sql, "SELECT count(*) FROM model_lineage") == len(chain) - 1
+
+
+def test_every_repair_of_a_recorded_run_is_an_adjustment_naming_its_row(sql, engine, owner):
+    """derived_repairs folded into reconciliation runs (issue 16): a repair of a
+    registry row is an adjustment of the run with the table, the row's id, the
+    column, the old and new value and why; the database's own log agrees."""
+    import datetime as dt
+
+    from database import billing
+
+    rm, (v1, v2) = registered(sql, owner)
+    untriggered(
+        engine,
+        "INSERT INTO model_downloads (model_version_id, format, granted)"
+        " SELECT :v, 'onnx', true FROM generate_series(1, 3)",
+        v=v1,
+    )
+    untriggered(engine, "UPDATE users SET model_count = 9 WHERE id = :u", u=owner)
+    report = verify(engine, repair=True)
+    run = billing.record_reconciliation(
+        engine, report, source="test", started_at=dt.datetime.now(dt.UTC), repair=True
+    )
+    adjustments = {
+        (r.table_name, r.row_id, r.column_name): (r.old_value, r.new_value, r.reason)
+        for r in sql(
+            "SELECT table_name, row_id, column_name, old_value, new_value, reason"
+            " FROM reconciliation_adjustments WHERE run_id = :r",
+            r=run,
+        )
+    }
+    assert set(adjustments) == {
+        ("model_versions", v1, "download_count"),
+        ("users", None, "model_count"),
+    }
+    old, new, why = adjustments[("model_versions", v1, "download_count")]
+    assert (old, new) == (0, 3) and "model_versions.download_count drifted" in why
+    assert adjustments[("users", None, "model_count")][0] == 9
+    logged = {
+        (r.table_name, r.row_id, r.column_name)
+        for r in sql("SELECT table_name, row_id, column_name FROM derived_repairs")
+    }
+    assert logged == set(adjustments)

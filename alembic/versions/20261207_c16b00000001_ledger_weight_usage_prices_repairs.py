@@ -135,20 +135,56 @@ def upgrade() -> None:
     op.create_entity(public_usage_events_usage_events_apply_price)
     # Metering's skus in every book that is open (c16a's first books have them; a
     # book an operator made since keeps its items): added where missing, at the first
-    # book's price (1 credit per 1,000 rows). By hand.
-    for sku in ("predicted_rows", "batch_rows"):
+    # book's price (1 credit per 1,000 rows). By hand. Adding an item to a book in
+    # force changes no price anything was charged at (nothing was priced with it).
+    # An evaluation run's price (PRICING__EVALUATION_CREDITS' default, 2) joins them.
+    for sku, unit, credits in (
+        ("predicted_rows", "thousand_rows", 1),
+        ("batch_rows", "thousand_rows", 1),
+        ("evaluation", "job", 2),
+    ):
         op.execute(
             "INSERT INTO price_items (price_book_id, sku, unit, credits_per_unit)"
-            f" SELECT b.id, '{sku}', 'thousand_rows', 1 FROM price_books AS b"
+            f" SELECT b.id, '{sku}', '{unit}', {credits} FROM price_books AS b"
             " WHERE b.effective_to IS NULL AND NOT EXISTS (SELECT 1 FROM price_items AS i"
             f" WHERE i.price_book_id = b.id AND i.sku = '{sku}')"
         )
+    # Reconciliation adjustments name the row they changed, like derived_repairs.
+    op.add_column(
+        "reconciliation_adjustments",
+        sa.Column("table_name", sa.Text(), server_default=sa.text("'users'"), nullable=False),
+    )
+    op.add_column("reconciliation_adjustments", sa.Column("row_id", sa.UUID(), nullable=True))
+    # A registry repair recorded before: "download_count of model version <id>" (by hand).
+    op.execute(
+        "UPDATE reconciliation_adjustments AS a"
+        " SET table_name = CASE m[2] WHEN 'model version' THEN 'model_versions'"
+        " ELSE 'registered_models' END, row_id = m[3]::uuid, column_name = m[1]"
+        " FROM (SELECT id, regexp_match(column_name,"
+        " '^([a-z_]+) of (model version|registered model) ([0-9a-f-]{36})$') AS m"
+        " FROM reconciliation_adjustments) AS x"
+        " WHERE x.id = a.id AND x.m IS NOT NULL"
+    )
+    op.create_check_constraint(
+        "table_name_known",
+        "reconciliation_adjustments",
+        "table_name IN ('users', 'model_versions', 'registered_models')",
+    )
+    op.create_check_constraint(
+        "row_id_unless_users",
+        "reconciliation_adjustments",
+        "(table_name = 'users') = (row_id IS NULL)",
+    )
     # By hand (autogenerate compares no server default): time-ordered entry ids.
     op.alter_column("credit_transactions", "id", server_default=sa.text("uuidv7()"))
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
+    op.drop_constraint("row_id_unless_users", "reconciliation_adjustments", type_="check")
+    op.drop_constraint("table_name_known", "reconciliation_adjustments", type_="check")
+    op.drop_column("reconciliation_adjustments", "row_id")
+    op.drop_column("reconciliation_adjustments", "table_name")
     public_usage_events_usage_events_apply_price = PGTrigger(
         schema="public",
         signature="usage_events_apply_price",

@@ -354,3 +354,41 @@ def test_reconciliation_runs_are_for_operators(client: TestClient, account: Acco
     r = client.get("/v1/admin/reconciliation-runs", headers=account.headers)
     assert r.status_code == 403 and r.json()["error"]["code"] == "admin_required"
     assert client.get("/v1/admin/reconciliation-runs").status_code == 401
+
+
+def test_reconciliation_runs_show_what_each_repair_changed(
+    client: TestClient, engine: Engine
+) -> None:
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    from database import billing
+    from database.verify import verify
+
+    admin = signup(client)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE users SET role = 'admin' WHERE id = :u"), {"u": admin.user_id})
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text("UPDATE users SET workflow_count = 4 WHERE id = :u"), {"u": admin.user_id}
+        )
+    run = billing.record_reconciliation(
+        engine,
+        verify(engine, repair=True),
+        source="test",
+        started_at=dt.datetime.now(dt.UTC),
+        repair=True,
+    )
+    r = client.get("/v1/admin/reconciliation-runs", headers=admin.headers)
+    assert r.status_code == 200, r.text
+    [item] = [i for i in r.json()["items"] if i["id"] == str(run)]
+    assert item["kind"] == "repair" and item["repaired_count"] == 1
+    [adj] = item["adjustments"]
+    assert (adj["table_name"], adj["row_id"], adj["column_name"]) == (
+        "users",
+        None,
+        "workflow_count",
+    )
+    assert (adj["old_value"], adj["new_value"], adj["user_id"]) == (4, 0, str(admin.user_id))
+    assert "workflow_count drifted" in adj["reason"]

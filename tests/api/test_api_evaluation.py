@@ -404,12 +404,19 @@ def test_evaluation_refusals(client, account, other, engine, storage):
 
 
 def test_an_evaluation_costs_credits(engine, api_settings, storage):
-    from api.settings import Pricing
+    from sqlalchemy.orm import Session
+
+    from database import billing
+    from database.models import UserTier
 
     from api_helpers import make_app, signup
 
-    settings = api_settings.model_copy(update={"pricing": Pricing(evaluation_credits=10**6)})
-    with TestClient(make_app(engine, settings)) as client:
+    # Priced by the book in force (sku evaluation), like a run's nodes.
+    with Session(engine) as s:
+        for tier in UserTier:
+            billing.set_prices(s, tier=tier, prices={"evaluation": 10**6})
+        s.commit()
+    with TestClient(make_app(engine, api_settings)) as client:
         account = signup(client)
         frame = _frame(10)
         version = _model_version(engine, storage, account.user_id, frame, "classification")

@@ -123,6 +123,9 @@ def price(
     return quote(book or billing.book_in_force(session, tier), definition)
 
 
-def evaluation_price(settings: ApiSettings) -> int:
-    """Credits an evaluation run costs (``PRICING__EVALUATION_CREDITS``)."""
-    return settings.pricing.evaluation_credits
+def evaluation_quote(session: Session, tier: UserTier | str) -> Quote:
+    """What an evaluation run costs: one ``evaluation`` (sku, unit ``job``) of the
+    ``tier``'s book in force, like a run's nodes (:func:`quote`); the run keeps the
+    line (``billing.record_job_prices``)."""
+    book = billing.book_in_force(session, tier)
+    return Quote(book=book, lines=((book.price(billing.SKU_EVALUATION), 1),))

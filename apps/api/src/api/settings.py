@@ -50,8 +50,6 @@ class Pricing(BaseModel):
     base_credits: int = Field(default=1, ge=0)
     node_credits: NodeCredits = NodeCredits()
     batch_credits_per_10k_rows: int = Field(default=1, ge=0)
-    #: An evaluation run (``POST /v1/evaluations``): scoring, no fit.
-    evaluation_credits: int = Field(default=2, ge=0)
 
 
 class Identity(BaseModel):

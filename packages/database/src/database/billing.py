@@ -42,6 +42,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -98,6 +99,8 @@ SKU_JOB = "job"
 SKU_PREDICTED_ROWS = "predicted_rows"
 SKU_BATCH_ROWS = "batch_rows"
 SKU_STORAGE = "storage_gb_month"
+#: An evaluation run (POST /v1/evaluations), unit job (c16b00000001 added it at 2).
+SKU_EVALUATION = "evaluation"
 _SKU = re.compile(r"[a-z][a-z0-9_]{0,62}")
 #: The unit row-priced skus are sold in.
 ROWS_PER_UNIT = 1000
@@ -835,6 +838,26 @@ def deliver_alerts(
 
 
 # --- reconciliation runs ---------------------------------------------------------------
+#: Why a repair changed a value: what the column must equal, and what recomputed it.
+_REPAIR_REASONS = {
+    ("users", "dataset_count"): "the user's datasets, counted again (users_repair_derived)",
+    ("users", "workflow_count"): "the user's workflows, counted again (users_repair_derived)",
+    ("users", "model_count"): "the user's models, counted again (users_repair_derived)",
+    ("users", "storage_used_bytes"): "the bytes of the user's dataset versions and models,"
+    " summed again (users_repair_derived)",
+    ("model_versions", "download_count"): "the version's recorded downloads, counted again"
+    " (registry_repair_derived)",
+    ("registered_models", "last_version_number"): "raised to the model's highest version"
+    " number, so no number is given twice (registry_repair_derived)",
+}
+
+
+def repair_reason(table: str, column: str) -> str:
+    """The reason a reconciliation adjustment of ``table.column`` gives."""
+    why = _REPAIR_REASONS.get((table, column), "recomputed from the rows it derives from")
+    return f"{table}.{column} drifted from its rows: set to {why}"
+
+
 def record_reconciliation(
     bind: Engine | Connection | Session,
     report: Any,
@@ -885,20 +908,27 @@ def record_reconciliation(
             )
             .returning(ReconciliationRun.id)
         ).scalar_one()
-        if report.repaired:
+        repairs = list(getattr(report, "repairs", None) or [])
+        if not repairs and report.repaired:  # a report without the rows' tables
+            repairs = [
+                SimpleNamespace(user_id=u, table="users", row_id=None, column=c, old=o, new=n)
+                for u, c, o, n in report.repaired
+            ]
+        if repairs:
             conn.execute(
                 insert(ReconciliationAdjustment),
                 [
                     {
                         "run_id": run_id,
-                        "user_id": user_id,
-                        "column_name": column,
-                        "old_value": old,
-                        "new_value": new,
-                        "reason": f"{column} drifted from its rows: recomputed from them"
-                        " (users_repair_derived; also logged in derived_repairs)",
+                        "user_id": r.user_id,
+                        "table_name": r.table,
+                        "row_id": r.row_id,
+                        "column_name": r.column,
+                        "old_value": r.old,
+                        "new_value": r.new,
+                        "reason": repair_reason(r.table, r.column),
                     }
-                    for user_id, column, old, new in report.repaired
+                    for r in repairs
                 ],
             )
         return run_id

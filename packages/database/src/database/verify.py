@@ -205,6 +205,30 @@ class Unproduced:
     problem: str
 
 
+@dataclass(frozen=True)
+class Repair:
+    """One value a repair corrected: the row (``table``, ``row_id``; the user's own
+    row for ``users``, where ``row_id`` is None), the column, its old and new value.
+    Recorded as a reconciliation adjustment of the run (database.billing)."""
+
+    user_id: uuid.UUID
+    table: str
+    row_id: uuid.UUID | None
+    column: str
+    old: int
+    new: int
+
+    @property
+    def label(self) -> str:
+        """The column as ``Report.repaired`` names it (a registry row with its id)."""
+        if self.row_id is None:
+            return self.column
+        return f"{self.column} of {_SINGULAR.get(self.table, self.table)} {self.row_id}"
+
+
+_SINGULAR = {"model_versions": "model version", "registered_models": "registered model"}
+
+
 @dataclass
 class Report:
     users_checked: int = 0
@@ -214,6 +238,8 @@ class Report:
     emails: dict[uuid.UUID, str | None] = field(default_factory=dict)
     #: Columns corrected by ``repair``: (user, column, old value, recomputed value).
     repaired: list[tuple[uuid.UUID, str, int, int]] = field(default_factory=list)
+    #: The same corrections with their table and row (reconciliation adjustments).
+    repairs: list[Repair] = field(default_factory=list)
     #: Metering invariants broken (database.metering.verify_usage): (user, problem).
     #: Reported, never repaired.
     usage: list[tuple[uuid.UUID, str]] = field(default_factory=list)
@@ -379,15 +405,14 @@ def _registry_drift(r: Any) -> Drift:
     return Drift(r.user_id, r.check_name, r.stored, r.expected, message, row_id=r.row_id)
 
 
-def repair_user(conn: Connection | Session, user_id: uuid.UUID) -> list[tuple[str, int, int]]:
+def repairs_of_user(conn: Connection | Session, user_id: uuid.UUID) -> list[Repair]:
     """Recompute one user's counters and storage, and the registry's derived columns
-    of the user's registered models and versions; the values corrected (what, old,
-    new), a registry row named with its id."""
+    of the user's registered models and versions: every value corrected."""
     rows = conn.execute(
         text("SELECT column_name, old_value, new_value FROM public.users_repair_derived(:u)"),
         {"u": user_id},
     )
-    out = [(c, o, n) for c, o, n in rows]
+    out = [Repair(user_id, "users", None, c, o, n) for c, o, n in rows]
     registry = conn.execute(
         text(
             "SELECT table_name, row_id, column_name, old_value, new_value"
@@ -395,9 +420,18 @@ def repair_user(conn: Connection | Session, user_id: uuid.UUID) -> list[tuple[st
         ),
         {"u": user_id},
     )
-    singular = {"model_versions": "model version", "registered_models": "registered model"}
-    out.extend((f"{c} of {singular[t]} {r}", o, n) for t, r, c, o, n in registry)
+    out.extend(Repair(user_id, t, r, c, o, n) for t, r, c, o, n in registry)
     return out
+
+
+def repair_user(conn: Connection | Session, user_id: uuid.UUID) -> list[tuple[str, int, int]]:
+    """:func:`repairs_of_user` as (what, old, new), a registry row named with its id."""
+    return [(r.label, r.old, r.new) for r in repairs_of_user(conn, user_id)]
+
+
+def _record(report: Report, repairs: list[Repair]) -> None:
+    report.repairs.extend(repairs)
+    report.repaired.extend((r.user_id, r.label, r.old, r.new) for r in repairs)
 
 
 def verify(
@@ -430,9 +464,7 @@ def verify(
         with bind.connect() as conn:
             for user_id in sorted({d.user_id for d in report.drift if d.repairable}):
                 with conn.begin():
-                    report.repaired.extend(
-                        (user_id, c, o, n) for c, o, n in repair_user(conn, user_id)
-                    )
+                    _record(report, repairs_of_user(conn, user_id))
             with conn.begin():
                 report = _recheck(conn, report, user_ids)
     return report
@@ -440,7 +472,7 @@ def verify(
 
 def _repair(conn: Connection | Session, report: Report) -> None:
     for user_id in sorted({d.user_id for d in report.drift if d.repairable}):
-        report.repaired.extend((user_id, c, o, n) for c, o, n in repair_user(conn, user_id))
+        _record(report, repairs_of_user(conn, user_id))
 
 
 def _recheck(
@@ -448,5 +480,6 @@ def _recheck(
 ) -> Report:
     after = check(conn, user_ids)
     after.repaired = before.repaired
+    after.repairs = before.repairs
     after.emails = {**before.emails, **after.emails}
     return after

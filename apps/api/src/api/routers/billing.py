@@ -39,6 +39,7 @@ from database.models import (
     CreditPackage,
     InvoiceStatus,
     PriceUnit,
+    ReconciliationAdjustment,
     ReconciliationKind,
     ReconciliationRun,
     UserTier,
@@ -149,6 +150,20 @@ class DeliveryOut(Output):
     created_at: dt.datetime
 
 
+class ReconciliationAdjustmentOut(Output):
+    user_id: uuid.UUID = Field(description="The user whose row (or registry row) was repaired.")
+    table_name: str = Field(
+        description="The table of the corrected row: users, model_versions or registered_models."
+    )
+    row_id: uuid.UUID | None = Field(
+        description="The corrected row's id; null for the user's own row in users."
+    )
+    column_name: str = Field(description="The corrected column.")
+    old_value: int = Field(description="Its value before the repair.")
+    new_value: int = Field(description="The value the repair set (recomputed from its rows).")
+    reason: str = Field(description="Why the value was changed.")
+
+
 class ReconciliationRunOut(Output):
     id: uuid.UUID
     kind: ReconciliationKind
@@ -162,6 +177,10 @@ class ReconciliationRunOut(Output):
     repaired_count: int
     ok: bool | None
     findings: list[Any]
+    adjustments: list[ReconciliationAdjustmentOut] = Field(
+        default_factory=list,
+        description="Every value the run's repair changed, with the row and why.",
+    )
 
 
 # --- price book --------------------------------------------------------------------------
@@ -478,6 +497,19 @@ def reconciliation_runs(
         limit=limit,
         cursor=cursor,
     )
-    return Page[ReconciliationRunOut](
-        items=[ReconciliationRunOut.model_validate(r) for r in rows], next_cursor=next_cursor
-    )
+    adjustments: dict[uuid.UUID, list[ReconciliationAdjustmentOut]] = {}
+    if rows:
+        for a in session.scalars(
+            select(ReconciliationAdjustment)
+            .where(ReconciliationAdjustment.run_id.in_([r.id for r in rows]))
+            .order_by(ReconciliationAdjustment.created_at, ReconciliationAdjustment.id)
+        ):
+            adjustments.setdefault(a.run_id, []).append(
+                ReconciliationAdjustmentOut.model_validate(a)
+            )
+    items = []
+    for r in rows:
+        item = ReconciliationRunOut.model_validate(r)
+        item.adjustments = adjustments.get(r.id, [])
+        items.append(item)
+    return Page[ReconciliationRunOut](items=items, next_cursor=next_cursor)

@@ -26,9 +26,9 @@ from api.pagination import (
     encode_seq_cursor,
     paginate,
 )
-from api.policy import check_running_jobs, evaluation_price, lock_user
+from api.policy import check_running_jobs, evaluation_quote, lock_user
 from api.schemas import Input, Name, Output, no_nul
-from database import evaluation
+from database import billing, evaluation
 from database.models import (
     CriterionKind,
     CriterionOperator,
@@ -206,6 +206,7 @@ def create_evaluation(
     its columns; the criteria theirs. Charged like any job; 402 without the credits."""
     user = lock_user(session, principal.user_id)
     check_running_jobs(settings, session, user)
+    quote = evaluation_quote(session, user.tier)
     try:
         run = evaluation.start_evaluation(
             session,
@@ -213,10 +214,11 @@ def create_evaluation(
             model_version_id=body.model_version_id,
             dataset_version_id=body.dataset_version_id,
             criteria_ids=body.criteria_ids,
-            credit_cost=evaluation_price(settings),
+            credit_cost=quote.total,
         )
     except evaluation.EvaluationProblem as exc:
         raise _problem(exc) from None
+    billing.record_job_prices(session, run.job_id, quote)
     session.commit()
     return _run_out(session, run)
 
