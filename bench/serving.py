@@ -185,8 +185,10 @@ def run(
     from sqlalchemy.orm import Session
 
     from api.deps import new_api_key
+    from api.policy import batch_quote
     from bench.server import BenchDatabase
     from database import credits, deployments, jobs, registry
+    from database.models import UserTier
     from database.session import make_engine
     from database.storage import LocalStorage
     from pipeline.definition import PreprocessConfig
@@ -421,7 +423,11 @@ def run(
             def job() -> None:
                 with Session(engine) as session:
                     deployments.enqueue_batch(
-                        session, user, deployment_id, dv, base_credits=1, credits_per_10k_rows=1
+                        session,
+                        user,
+                        deployment_id,
+                        dv,
+                        quote=lambda rows: batch_quote(session, UserTier.FREE, rows),
                     )
                     session.commit()
                 claim = jobs.claim(engine, "job", "bench", 600)

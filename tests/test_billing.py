@@ -38,6 +38,8 @@ DEFAULTS = {
     "predicted_rows": 1,
     "batch_rows": 1,
     "storage_gb_month": 1,
+    # c16b00000001: an evaluation run (PRICING__EVALUATION_CREDITS' default).
+    "evaluation": 2,
 }
 
 
@@ -94,13 +96,11 @@ def priced_job(engine: Engine, sql: Any, user_id: uuid.UUID, nodes: list[str]) -
 # the price book
 # =====================================================================================
 def test_the_migration_moved_todays_defaults_into_each_tiers_first_book(session, sql):
-    from api.settings import Pricing
+    # The PRICING__... settings these came from are gone (c16b00000001): the book is
+    # the one source of prices.
+    from api.settings import ApiSettings
 
-    pricing = Pricing()
-    assert DEFAULTS["job"] == pricing.base_credits
-    for node_type, credits_ in pricing.node_credits.model_dump().items():
-        sku = "automl_minute" if node_type == "automl_per_minute" else node_type
-        assert DEFAULTS[sku] == credits_
+    assert "pricing" not in ApiSettings.model_fields
     for tier in UserTier:
         book = billing.book_in_force(session, tier)
         assert {s: p.credits_per_unit for s, p in book.items.items()} == DEFAULTS

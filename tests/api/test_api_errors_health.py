@@ -348,13 +348,13 @@ def test_s3_needs_the_s3_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIER_LIMITS__FREE__MAX_DATASETS", "3")
-    monkeypatch.setenv("PRICING__NODE_CREDITS__MODEL", "25")
+    monkeypatch.setenv("IDENTITY__LOGIN_PER_IP", "25")
     monkeypatch.setenv("ENABLE_DEV_PURCHASES", "true")
     monkeypatch.setenv("PORT", "9001")
     settings = ApiSettings()
     assert settings.tier_limits.free.max_datasets == 3
     assert settings.tier_limits.free.max_workflows == 20  # the rest keep their defaults
-    assert settings.pricing.node_credits.model == 25 and settings.pricing.base_credits == 1
+    assert settings.identity.login_per_ip == 25 and settings.identity.signup_per_ip == 20
     assert settings.dev_purchases is True and settings.port == 9001
     monkeypatch.delenv("ENABLE_DEV_PURCHASES")
     assert ApiSettings().dev_purchases is False

@@ -123,6 +123,18 @@ def price(
     return quote(book or billing.book_in_force(session, tier), definition)
 
 
+def batch_quote(session: Session, tier: UserTier | str, rows: int) -> Quote:
+    """What a batch prediction of ``rows`` rows costs under the ``tier``'s book in
+    force: the ``job`` sku once plus ``batch_rows`` (credits per 1,000 rows) for each
+    started 1,000 rows (at least one), like a run's nodes (:func:`quote`)."""
+    book = billing.book_in_force(session, tier)
+    thousands = max(1, -(-rows // billing.ROWS_PER_UNIT))
+    return Quote(
+        book=book,
+        lines=((book.price(billing.SKU_JOB), 1), (book.price(billing.SKU_BATCH_ROWS), thousands)),
+    )
+
+
 def evaluation_quote(session: Session, tier: UserTier | str) -> Quote:
     """What an evaluation run costs: one ``evaluation`` (sku, unit ``job``) of the
     ``tier``'s book in force, like a run's nodes (:func:`quote`); the run keeps the

@@ -2,7 +2,8 @@
 
 The database's own settings (``DATABASE_URL``, pool, timeouts, ``AUTOML_DATA_DIR``)
 stay in :mod:`database.config`; these are the service's. Nested values use ``__``:
-``TIER_LIMITS__FREE__MAX_DATASETS=5``, ``PRICING__NODE_CREDITS__MODEL=20``.
+``TIER_LIMITS__FREE__MAX_DATASETS=5``. Prices are not settings: they are the price
+book in the database (docs/billing.md, ``automl-db prices``).
 """
 
 from __future__ import annotations
@@ -18,38 +19,6 @@ from database.config import get_settings as get_database_settings
 # The tier limits live with the database package: the workers hold the storage
 # quota too (the Parquet copies and the models count against it).
 from database.limits import Limits, MiB
-from database.models import NodeType
-
-
-class NodeCredits(BaseModel):
-    """Credits each node of a workflow costs when it runs."""
-
-    dataset: int = Field(default=0, ge=0)
-    preprocess: int = Field(default=1, ge=0)
-    model: int = Field(default=10, ge=0)
-    visualize: int = Field(default=1, ge=0)
-    save: int = Field(default=1, ge=0)
-    #: An automl node: this, plus ``automl_per_minute`` for each started minute of its
-    #: ``time_budget_s`` (``api.policy.price``).
-    automl: int = Field(default=10, ge=0)
-    automl_per_minute: int = Field(default=10, ge=0)
-
-    def of(self, node_type: NodeType | str) -> int:
-        value: int = getattr(self, NodeType(node_type).value)
-        return value
-
-
-class Pricing(BaseModel):
-    """A job costs ``base_credits`` plus the credits of each of its nodes.
-
-    Superseded by the price book (issue 16: ``price_books``/``price_items``, read by
-    ``api.policy.price``); migration c16a00000001 copied these defaults into the
-    first book of every tier. Kept so existing ``PRICING__...`` settings still
-    parse; changing them changes no price (``automl-db prices set`` does)."""
-
-    base_credits: int = Field(default=1, ge=0)
-    node_credits: NodeCredits = NodeCredits()
-    batch_credits_per_10k_rows: int = Field(default=1, ge=0)
 
 
 class Identity(BaseModel):
@@ -116,7 +85,6 @@ class ApiSettings(BaseSettings):
     #: Threads predictions run in (per process); 0: anyio's default (40).
     serve_threads: int = Field(default=0, alias="SERVE_THREADS", ge=0, le=1000)
     tier_limits: Limits = Field(default_factory=Limits, alias="TIER_LIMITS")
-    pricing: Pricing = Field(default_factory=Pricing, alias="PRICING")
     #: ``IDENTITY__LOGIN_PER_IP=100`` etc.
     identity: Identity = Field(default_factory=Identity, alias="IDENTITY")
     #: The address users reach the service at (links in mails).

@@ -26,7 +26,7 @@ and a name unique per user. This module adds what needs a decision:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,23 +260,13 @@ def version_details(session: Session, model_version_id: uuid.UUID) -> tuple[dict
 
 
 # --- batch predictions ----------------------------------------------------------------------
-#: Rows per started unit of a batch's price (``PRICING__BATCH_CREDITS_PER_10K_ROWS``).
-BATCH_PRICE_ROWS = 10_000
-
-
-def batch_price(rows: int, *, base_credits: int, credits_per_10k_rows: int) -> int:
-    """A batch's credits: the base of every job, plus one unit per started 10,000 rows."""
-    return base_credits + credits_per_10k_rows * max(1, -(-rows // BATCH_PRICE_ROWS))
-
-
 def enqueue_batch(
     session: Session,
     user_id: uuid.UUID,
     deployment_id: uuid.UUID,
     dataset_version_id: uuid.UUID,
     *,
-    base_credits: int,
-    credits_per_10k_rows: int,
+    quote: Callable[[int], Any],
 ) -> Any:
     """Queue a batch prediction: the deployment's version now (an alias is resolved
     here and frozen in the job's snapshot) scores the user's ingested dataset version.
@@ -304,7 +294,9 @@ def enqueue_batch(
             f"dataset version {dataset_version_id} is not ingested (status {row.status})"
         )
     rows = int(row.row_count or 0)
-    price = batch_price(rows, base_credits=base_credits, credits_per_10k_rows=credits_per_10k_rows)
+    # Priced by the caller's price book (api.policy.batch_quote: database.billing
+    # Quote for this many rows); the job keeps the lines it was priced with.
+    price = quote(rows)
     snapshot = {
         "batch_prediction": {
             "deployment_id": str(target.deployment_id),
@@ -313,21 +305,23 @@ def enqueue_batch(
             "rows": rows,
         }
     }
-    return jobs.enqueue_run(
+    job = jobs.enqueue_run(
         session,
         user_id=user_id,
         workflow_id=None,
         snapshot_data=snapshot,
         nodes=[],
-        credit_cost=price,
+        credit_cost=price.total,
         description=f"batch prediction of {rows} rows by deployment {target.deployment_id}",
         kind=JobKind.BATCH_PREDICTION,
     )
+    from database import billing
+
+    billing.record_job_prices(session, job.id, price)
+    return job
 
 
 __all__ = [
-    "BATCH_PRICE_ROWS",
-    "batch_price",
     "enqueue_batch",
     "DeploymentNotFound",
     "DeploymentNotServing",

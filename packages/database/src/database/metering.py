@@ -129,9 +129,7 @@ class Prices(BaseModel):
 FIRST_BOOK_PRICES = Prices()
 
 
-def prices(
-    bind: Session | Engine | Connection, *, tier: UserTier | str | None = None
-) -> Prices:
+def prices(bind: Session | Engine | Connection, *, tier: UserTier | str | None = None) -> Prices:
     """THE prices of metered use: the items ``predicted_rows`` and ``batch_rows`` of
     the price book in force for ``tier`` (``database.billing.book_in_force``; credits
     per 1,000 rows). ``tier=None``: the highest price of each in any tier's book in

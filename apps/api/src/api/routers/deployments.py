@@ -19,6 +19,7 @@ from sqlalchemy import select
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep, StorageDep, Writer
 from api.errors import ApiError, error_responses, not_found
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
+from api.policy import batch_quote
 from api.schemas import Input, Name, Output
 from api.serving import proxy
 from api.serving.service import Predictor, respond
@@ -258,18 +259,19 @@ def create_batch(
     deployment_id: uuid.UUID,
     body: BatchIn,
 ) -> BatchOut:
-    """A ``batch_prediction`` job, charged like any job (``PRICING__BASE_CREDITS`` plus
-    ``PRICING__BATCH_CREDITS_PER_10K_ROWS`` per started 10,000 rows). Follow it with
-    ``GET /v1/jobs/{job_id}`` or ``GET /v1/deployments/{id}/batch/{job_id}``; the
-    Parquet file (the dataset's columns and ``prediction``, plus ``probability_<class>``
-    for a classifier) is at ``.../output`` once completed."""
+    """A ``batch_prediction`` job, charged like any job, by the caller's price book:
+    the ``job`` sku plus ``batch_rows`` for each started 1,000 rows (``GET
+    /v1/price-book``). Follow it with ``GET /v1/jobs/{job_id}`` or ``GET
+    /v1/deployments/{id}/batch/{job_id}``; the Parquet file (the dataset's columns and
+    ``prediction``, plus ``probability_<class>`` for a classifier) is at ``.../output``
+    once completed."""
+    tier = principal.user.tier
     job = deployments.enqueue_batch(
         session,
         principal.user_id,
         deployment_id,
         body.dataset_version_id,
-        base_credits=settings.pricing.base_credits,
-        credits_per_10k_rows=settings.pricing.batch_credits_per_10k_rows,
+        quote=lambda rows: batch_quote(session, tier, rows),
     )
     session.commit()
     return _batch_out(job)
