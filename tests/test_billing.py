@@ -1058,3 +1058,15 @@ def test_claimed_events_are_leased_so_two_deliveries_never_post_one_event_twice(
 
     assert billing.deliver_alerts(engine, post=post, base_delay_s=0).retried == 1
     assert len(posted) == 1
+
+
+def test_the_apps_role_reads_a_users_metered_price_and_cannot_forge_one(app_engine, sql):
+    from database import metering
+
+    user = make_user(sql, tier="pro")
+    assert metering.unit_price_micro("predicted_rows", app_engine, user_id=user) == 1000
+    _usage(app_engine, user, "predicted_rows", 10, "app-usage", price=0)
+    assert (
+        scalar(sql, "SELECT unit_price_micro FROM usage_events WHERE idempotency_key = 'app-usage'")
+        == 1000
+    )

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ def set_prediction_price(
     monkeypatch.setattr(
         metering,
         "FIRST_BOOK_PRICES",
-        metering.Prices(predicted_rows_per_1000=credits_per_1000),
+        metering.Prices(predicted_rows_per_1000=Decimal(credits_per_1000)),
     )
 
 

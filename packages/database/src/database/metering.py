@@ -152,11 +152,11 @@ def prices(bind: Session | Engine | Connection, *, tier: UserTier | str | None =
         if not books:
             raise errors.NoPriceBook("no price book is in force")
         return Prices(
-            predicted_rows_per_1000=max(
-                b.price(billing.SKU_PREDICTED_ROWS).credits_per_unit for b in books
+            predicted_rows_per_1000=Decimal(
+                max(b.price(billing.SKU_PREDICTED_ROWS).credits_per_unit for b in books)
             ),
-            batch_rows_per_1000=max(
-                b.price(billing.SKU_BATCH_ROWS).credits_per_unit for b in books
+            batch_rows_per_1000=Decimal(
+                max(b.price(billing.SKU_BATCH_ROWS).credits_per_unit for b in books)
             ),
         )
 
