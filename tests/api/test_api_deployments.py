@@ -505,7 +505,19 @@ def test_batch_job_end_to_end(
     )
     assert r.status_code == 202, r.text
     batch = r.json()
-    assert batch["status"] == "queued" and batch["credit_cost"] == 2
+    # Priced by the book: the job sku (1) plus batch_rows (1 per 1,000 rows) for each of
+    # the 3 started thousands of 2,500 rows; the job keeps its price lines.
+    assert batch["status"] == "queued" and batch["credit_cost"] == 4
+    with engine.begin() as conn:
+        lines = conn.execute(
+            text(
+                "SELECT i.sku, l.quantity, l.credits FROM job_price_items AS l"
+                " JOIN price_items AS i ON i.id = l.price_item_id WHERE l.job_id = :j"
+                " ORDER BY i.sku"
+            ),
+            {"j": batch["job_id"]},
+        ).all()
+    assert [tuple(r) for r in lines] == [("batch_rows", 3, 3), ("job", 1, 1)]
     r = client.get(f"{url(deployment, 'batch')}/{batch['job_id']}/output", headers=account.headers)
     assert r.status_code == 409
     claim = jobs.claim(engine, "job", "test-worker", 60)
