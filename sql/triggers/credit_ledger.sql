@@ -14,6 +14,9 @@
 --     skip a row after its balance had moved;
 --   * an entry is dated when it is applied (clock_timestamp() under the row lock),
 --     so the latest entry by created_at is the one that holds the balance.
+--   * a user who has an active billing alert (users.billing_alerts_active, read with
+--     the balance) has the entry checked against those alerts, under the same lock
+--     (billing_alerts_check, billing.sql); nobody else pays for alerts.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
 -- of each type's amount, one charge and one refund per job (one unique index on
 -- (job_id, user_id, type), issue 16), unique Stripe payment ids.
