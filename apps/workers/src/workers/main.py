@@ -47,7 +47,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import audit, billing, lifecycle, metering, verify, worker_registry
+from database import audit, billing, lifecycle, logs, metering, verify, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
 from workers import kinds, queue, runner
@@ -208,13 +208,15 @@ class Worker:
         return callback
 
     def _work(self, claim: Claim) -> str:
-        log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
-        # The kind's handler (workers.kinds); errors are classed there: transient ones
-        # wait and retry, permanent ones fail the work at once, and a lost database
-        # comes back here (_outage): the work is given back once the database returns.
-        outcome = kinds.dispatch(self._context, claim)
-        self.outcomes.append((claim, outcome))
-        return outcome
+        # Every line logged about this work carries its id and this worker's.
+        with logs.scope(worker_id=self.name, job_id=str(claim.id), job_kind=claim.kind):
+            log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
+            # The kind's handler (workers.kinds); errors are classed there: transient
+            # ones wait and retry, permanent ones fail the work at once, and a lost
+            # database comes back here (_outage): the work is given back once it returns.
+            outcome = kinds.dispatch(self._context, claim)
+            self.outcomes.append((claim, outcome))
+            return outcome
 
     def _outage(self, claim: Claim, exc: BaseException) -> str | None:
         """A connection error under the work. If the database answers now, it was the
@@ -438,23 +440,9 @@ class Worker:
                 log.warning("daily verify failed; will try at the next period", exc_info=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="automl-worker", description="Run ingestion and training jobs from the database queue."
-    )
-    parser.add_argument("--slots", type=int, help="jobs at once (default WORKER_SLOTS, 2)")
-    parser.add_argument(
-        "--until-idle",
-        action="store_true",
-        help="exit once nothing waits or runs (scripts and tests)",
-    )
-    parser.add_argument("--name", help="this worker's name in leases (default host:pid:random)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    settings = WorkerSettings()
+def start(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """Run a worker with the parsed options (``workers.cli``) until signalled."""
+    logs.setup("worker")
     if args.slots is not None:
         settings.slots = max(1, args.slots)
     worker = Worker(
@@ -463,10 +451,18 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         name=args.name,
     )
+    logs.bind_process(worker_id=worker.name)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run(until_idle=args.until_idle)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``automl-worker`` (``workers.cli``: parsed before the heavy imports)."""
+    from workers.cli import worker
+
+    return worker(argv)
 
 
 def run() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "get_logger",
     "redact",
     "redact_text",
+    "reset",
     "scope",
     "setup",
 ]
@@ -168,6 +169,7 @@ def _merge(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
 
 def _stringify(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """UUIDs, paths, datetimes bound as they are: rendered as strings (JSON)."""
+    event_dict.pop("color_message", None)  # uvicorn's copy of the message, with colours
     for key, value in event_dict.items():
         if not isinstance(value, str | int | float | bool | list | dict) and value is not None:
             event_dict[key] = str(value)
@@ -285,6 +287,7 @@ def setup(
         if old.get_name() == HANDLER or type(old) in (logging.StreamHandler, logging.FileHandler):
             root.removeHandler(old)
     root.addHandler(handler)
+    _configured.setdefault("root_level", root.level)
     root.setLevel(_level(level))
     for name, quiet in QUIET.items():
         logging.getLogger(name).setLevel(quiet)
@@ -303,6 +306,19 @@ def setup(
         cache_logger_on_first_use=False,
     )
     _configured.update(process=process, json=as_json)
+
+
+def reset() -> None:
+    """Undo :func:`setup` (tests): our handler removed, structlog's defaults back."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == HANDLER:
+            root.removeHandler(old)
+    if "root_level" in _configured:
+        root.setLevel(_configured["root_level"])
+    structlog.reset_defaults()
+    _process.clear()
+    _configured.clear()
 
 
 def _colors(stream: IO[str]) -> bool:
