@@ -83,7 +83,9 @@ def test_an_unreachable_database_is_one_line_without_the_password(
         assert "s3cret-pw" not in captured.out + captured.err
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1, captured.err  # one line, no traceback
-        assert lines[0].startswith(f"automl-db {' '.join(argv[:2] if argv[0] == 'users' else argv)}:")
+        assert lines[0].startswith(
+            f"automl-db {' '.join(argv[:2] if argv[0] == 'users' else argv)}:"
+        )
         assert "cannot reach DATABASE_URL=postgresql://app:***@127.0.0.1:1/nowhere" in lines[0]
         assert "Connection refused" in lines[0]
 

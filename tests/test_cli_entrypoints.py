@@ -97,9 +97,7 @@ def test_automl_db_unreachable_is_one_line_and_exit_3(tmp_path: Path) -> None:
         DATABASE_URL="postgresql://ops:pw-secret@127.0.0.1:1/automl",
     )
     assert result.returncode == 3, result.stderr
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip()
-    ]  # one line, no traceback
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
     assert "cannot reach DATABASE_URL=postgresql://ops:***@127.0.0.1:1/automl" in result.stderr
     assert "pw-secret" not in result.stderr + result.stdout
 

@@ -22,7 +22,11 @@ def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
 
 
 def test_clean_verify_seed_purge_draw_a_bar_on_a_terminal(
-    sql: Any, engine: Any, cli_db: Any, terminal: io.StringIO, capsys: Any
+    sql: Any,
+    engine: Any,
+    cli_db: Any,  # noqa: F811  (the fixture of test_clean)
+    terminal: io.StringIO,
+    capsys: Any,
 ) -> None:
     world(sql, engine)
     assert cli.main(["clean", "--before", "2026-06-01", "--batch-size", "2"]) == 0
@@ -44,7 +48,12 @@ def test_clean_verify_seed_purge_draw_a_bar_on_a_terminal(
     assert "\x1b[" not in capsys.readouterr().out  # reports stay plain on standard output
 
 
-def test_no_bar_off_a_terminal(sql: Any, engine: Any, cli_db: Any, capsys: Any) -> None:
+def test_no_bar_off_a_terminal(
+    sql: Any,
+    engine: Any,
+    cli_db: Any,  # noqa: F811  (the fixture of test_clean)
+    capsys: Any,
+) -> None:
     world(sql, engine)
     assert cli.main(["clean", "--before", "2026-06-01"]) == 0
     captured = capsys.readouterr()

@@ -26,11 +26,11 @@ SERVE_DESCRIPTION = (
 )
 
 
-def _parser(prog: str, description: str, port_env: str, default_port: int) -> argparse.ArgumentParser:
+def _parser(
+    prog: str, description: str, port_env: str, default_port: int
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument(
-        "--version", action="version", version=version_line(prog, "automl-api")
-    )
+    parser.add_argument("--version", action="version", version=version_line(prog, "automl-api"))
     parser.add_argument(
         "--host", metavar="ADDRESS", help="the address to listen on (default HOST, 127.0.0.1)"
     )

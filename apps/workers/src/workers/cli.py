@@ -48,7 +48,9 @@ def settings() -> Any:
         database_settings()
         return WorkerSettings()
     except ValidationError as exc:
-        raise SystemExit(refuse("automl-worker", f"invalid setting: {settings_error(exc)}")) from None
+        raise SystemExit(
+            refuse("automl-worker", f"invalid setting: {settings_error(exc)}")
+        ) from None
 
 
 def worker(argv: Sequence[str] | None = None) -> int:

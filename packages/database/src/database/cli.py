@@ -535,9 +535,7 @@ def _unreachable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, psycopg.OperationalError):
-        return True
-    return False
+    return isinstance(exc, psycopg.OperationalError)
 
 
 def _reason(exc: BaseException) -> str:
@@ -914,7 +912,9 @@ def inference_retention(
 ) -> int:
     """Drop the months of the inference request log that end on or before a date."""
     return _run(
-        "inference-retention", cmd_inference_retention, SimpleNamespace(before=before, dry_run=dry_run)
+        "inference-retention",
+        cmd_inference_retention,
+        SimpleNamespace(before=before, dry_run=dry_run),
     )
 
 
@@ -978,7 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click_errors.ClickException as exc:
         _err(f"automl-db: {exc.format_message()}")
         raise SystemExit(exc.exit_code) from None
-    except (click_errors.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _err("automl-db: interrupted")
         return Exit.INTERRUPTED
     if isinstance(result, int):

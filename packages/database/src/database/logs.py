@@ -215,9 +215,7 @@ class _Stream:
     follows a stream replaced later (a test's capture); any other stream as is."""
 
     def __init__(self, stream: IO[str]) -> None:
-        self._name = next(
-            (n for n in ("stdout", "stderr") if stream is getattr(sys, n)), None
-        )
+        self._name = next((n for n in ("stdout", "stderr") if stream is getattr(sys, n)), None)
         self._stream = stream
 
     @property
