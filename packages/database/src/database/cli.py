@@ -792,15 +792,21 @@ def verify(
 @app.command()
 def purge(
     older_than_days: Annotated[
-        int, typer.Option("--older-than-days", help="Retention window in days (minimum 30).")
+        int,
+        typer.Option(
+            "--older-than-days", metavar="DAYS", help="Retention window in days (minimum 30)."
+        ),
     ] = 30,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Rows deleted per transaction.")
+        int, typer.Option("--batch-size", min=1, metavar="N", help="Rows deleted per transaction.")
     ] = 500,
     max_batches: Annotated[
         int | None,
         typer.Option(
-            "--max-batches", min=1, help="Stop after this many batches (run again to continue)."
+            "--max-batches",
+            min=1,
+            metavar="N",
+            help="Stop after this many batches (run again to continue).",
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, remove nothing.")] = False,
@@ -848,7 +854,7 @@ def clean(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, remove nothing.")] = False,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Rows per transaction.")
+        int, typer.Option("--batch-size", min=1, metavar="N", help="Rows per transaction.")
     ] = 1000,
 ) -> int:
     """Retention: remove finished jobs, handled webhook events, ended sessions, whole
@@ -950,7 +956,7 @@ def prices_set(
         ),
     ],
     description: Annotated[
-        str | None, typer.Option("--description", help="What the new book is for.")
+        str | None, typer.Option("--description", metavar="TEXT", help="What the new book is for.")
     ] = None,
 ) -> int:
     """A new book from now: the book in force, changed."""
