@@ -160,3 +160,15 @@ def test_automl_db_version_and_no_command(capsys: pytest.CaptureFixture[str]) ->
         cli.main([])
     assert info.value.code == cli.Exit.USAGE
     assert "Commands" in capsys.readouterr().err
+
+
+def test_automl_db_embedded_server_that_cannot_start_is_one_line_and_exit_3(
+    tmp_path: Path,
+) -> None:
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file where the data folder should be")
+    result = run("automl-db", "up", data=not_a_folder)
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("automl-db up: the embedded PostgreSQL (data folder ")
+    assert "did not start" in line

