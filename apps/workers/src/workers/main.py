@@ -195,7 +195,7 @@ class Worker:
             took = True
             with self._lock:
                 self._active[claimed.id] = claimed
-            future = self._pool.submit(self._work, claimed)
+            future = self._pool.submit(self._logged_work, claimed)
             future.add_done_callback(self._done(claimed))
         return took
 
@@ -207,16 +207,19 @@ class Worker:
 
         return callback
 
-    def _work(self, claim: Claim) -> str:
-        # Every line logged about this work carries its id and this worker's.
+    def _logged_work(self, claim: Claim) -> str:
+        """``_work`` with every line logged about it carrying its id and this worker's."""
         with logs.scope(worker_id=self.name, job_id=str(claim.id), job_kind=claim.kind):
-            log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
-            # The kind's handler (workers.kinds); errors are classed there: transient
-            # ones wait and retry, permanent ones fail the work at once, and a lost
-            # database comes back here (_outage): the work is given back once it returns.
-            outcome = kinds.dispatch(self._context, claim)
-            self.outcomes.append((claim, outcome))
-            return outcome
+            return self._work(claim)
+
+    def _work(self, claim: Claim) -> str:
+        log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
+        # The kind's handler (workers.kinds); errors are classed there: transient ones
+        # wait and retry, permanent ones fail the work at once, and a lost database
+        # comes back here (_outage): the work is given back once the database returns.
+        outcome = kinds.dispatch(self._context, claim)
+        self.outcomes.append((claim, outcome))
+        return outcome
 
     def _outage(self, claim: Claim, exc: BaseException) -> str | None:
         """A connection error under the work. If the database answers now, it was the
