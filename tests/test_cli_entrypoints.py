@@ -172,3 +172,27 @@ def test_automl_db_embedded_server_that_cannot_start_is_one_line_and_exit_3(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("automl-db up: the embedded PostgreSQL (data folder ")
     assert "did not start" in line
+
+
+def test_automl_db_a_refusal_of_the_database_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any named exception of database.errors a command does not handle itself."""
+    from database import errors, metering
+    from database.config import get_settings
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise errors.NoPriceBook("no price book in force for tier free", sqlstate="ML000")
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:pw-secret@127.0.0.1:1/automl")
+    monkeypatch.setattr(metering, "charge_usage", refuse)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["charge-usage"]) == cli.Exit.FAILED == 1
+    finally:
+        get_settings.cache_clear()
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "automl-db charge-usage: no price book in force for tier free (NoPriceBook)\n"
+    )
+    assert captured.out == ""

@@ -115,7 +115,7 @@ class Supervisor:
         if self.out is None:
             from database import logs
 
-            logs.get_logger("automl-run").info(f"automl-run: {message}")
+            logs.get_logger("automl-run").info(message)
             return
         print(f"automl-run: {message}", file=self.out, flush=True)
 
