@@ -196,3 +196,15 @@ def test_automl_db_a_refusal_of_the_database_is_one_line_and_exit_1(
         "automl-db charge-usage: no price book in force for tier free (NoPriceBook)\n"
     )
     assert captured.out == ""
+
+
+def test_automl_db_main_leaves_the_callers_logging_as_it_was(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    assert cli.main(["--version"]) == 0
+    assert (list(root.handlers), root.level) == (handlers, level)
+    capsys.readouterr()

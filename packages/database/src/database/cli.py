@@ -979,7 +979,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     code; a usage error exits (SystemExit 2) after one line on standard error."""
     from database import logs
 
-    logs.setup("automl-db", stream=sys.stderr, capture_warnings=False)
+    # The process's logging as it was is restored afterwards (a test calling main
+    # keeps its own); the console script's process ends anyway.
+    configured = logs.is_configured()
+    if not configured:
+        logs.setup("automl-db", stream=sys.stderr, capture_warnings=False)
+    try:
+        return _main(argv)
+    finally:
+        if not configured:
+            logs.reset()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -328,6 +328,11 @@ def _colors(stream: IO[str]) -> bool:
         return False
 
 
+def is_configured() -> bool:
+    """Whether :func:`setup` ran (and :func:`reset` did not undo it)."""
+    return bool(_configured.get("process"))
+
+
 def is_json() -> bool:
     """Whether :func:`setup` chose JSON lines (False before it ran)."""
     return bool(_configured.get("json"))
