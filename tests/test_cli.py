@@ -72,15 +72,22 @@ def test_status_fails_when_a_trigger_is_missing(
     assert "MISSING triggers: credit_transactions.credit_tx_no_truncate" in capsys.readouterr().out
 
 
-def test_status_hides_the_password(
+def test_an_unreachable_database_is_one_line_without_the_password(
     empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
     monkeypatch.setenv("DATABASE_URL", "postgresql://app:s3cret-pw@127.0.0.1:1/nowhere")
     get_settings.cache_clear()
-    with pytest.raises(Exception) as info:
-        cli.main(["status"])
-    captured = capsys.readouterr()
-    assert "s3cret-pw" not in captured.out + captured.err + str(info.value)
+    for argv in (["status"], ["up"], ["verify"], ["users", "promote", "a@example.com"]):
+        assert cli.main(argv) == cli.Exit.UNREACHABLE == 3
+        captured = capsys.readouterr()
+        assert "s3cret-pw" not in captured.out + captured.err
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1, captured.err  # one line, no traceback
+        assert lines[0].startswith(
+            f"automl-db {' '.join(argv[:2] if argv[0] == 'users' else argv)}:"
+        )
+        assert "cannot reach DATABASE_URL=postgresql://app:***@127.0.0.1:1/nowhere" in lines[0]
+        assert "Connection refused" in lines[0]
 
 
 def test_invalid_url_is_a_clear_error(

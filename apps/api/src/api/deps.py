@@ -21,7 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from api.errors import ApiError
 from api.settings import ApiSettings
 from api.storage import Storage
-from database import audit, identity
+from database import audit, identity, logs
 from database.models import APIKey, User, UserRole, UserSession
 
 # --- scopes ---------------------------------------------------------------------------------
@@ -167,7 +167,9 @@ def name_actor(
     """The session's actor for the audit trail (``database.audit.set_actor``, kept for
     every transaction the session starts): the caller, the request's id, the
     client's address (the socket's peer: behind a proxy, run uvicorn with
-    ``--proxy-headers --forwarded-allow-ips``) and its user agent."""
+    ``--proxy-headers --forwarded-allow-ips``) and its user agent. The caller is
+    bound to the request's log lines too (``database.logs``)."""
+    logs.bind(user_id=str(user_id) if user_id is not None else None)
     audit.set_actor(
         session,
         user_id=user_id,

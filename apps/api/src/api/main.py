@@ -7,7 +7,6 @@ The database is ``DATABASE_URL``, or the embedded PostgreSQL of ``automl-db up``
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -183,17 +182,26 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     return app
 
 
-def run() -> None:
-    """``automl-api``: serve the API with uvicorn on ``HOST``:``PORT``."""
+def serve(settings: ApiSettings) -> None:
+    """Serve the API with uvicorn on ``settings``' host and port, its logs and
+    uvicorn's through ``database.logs`` (one format; a line per request from
+    ``api.request_id``)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # /readyz reads the revision on every call: alembic's context banner is noise.
-    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
-    settings = get_settings()
+    from database import logs
+
+    logs.setup("api")
     app = create_app(settings)
-    print(f"AutoML API on http://{settings.host}:{settings.port}  (docs: /docs)", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    url = f"http://{settings.host}:{settings.port}"
+    logs.get_logger("api").info(f"AutoML API on {url}  (docs: /docs)", url=url)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def run() -> None:
+    """``automl-api`` (``python -m api.main``): see :mod:`api.cli`."""
+    from api.cli import run_api
+
+    run_api()
 
 
 if __name__ == "__main__":  # pragma: no cover

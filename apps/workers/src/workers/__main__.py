@@ -1,5 +1,5 @@
 """``python -m workers``: the same as ``automl-worker``."""
 
-from workers.main import run
+from workers.cli import run_worker
 
-run()
+run_worker()

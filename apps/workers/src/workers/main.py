@@ -47,7 +47,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import audit, billing, lifecycle, metering, verify, worker_registry
+from database import audit, billing, lifecycle, logs, metering, verify, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
 from workers import kinds, queue, runner
@@ -198,7 +198,7 @@ class Worker:
             took = True
             with self._lock:
                 self._active[claimed.id] = claimed
-            future = self._pool.submit(self._work, claimed)
+            future = self._pool.submit(self._logged_work, claimed)
             future.add_done_callback(self._done(claimed))
         return took
 
@@ -209,6 +209,11 @@ class Worker:
             self._wake.set()
 
         return callback
+
+    def _logged_work(self, claim: Claim) -> str:
+        """``_work`` with every line logged about it carrying its id and this worker's."""
+        with logs.scope(worker_id=self.name, job_id=str(claim.id), job_kind=claim.kind):
+            return self._work(claim)
 
     def _work(self, claim: Claim) -> str:
         log.info("%s %s claimed (attempt %d)", claim.kind, claim.id, claim.attempts)
@@ -458,23 +463,9 @@ class Worker:
 ALERT_DELIVERY_JOIN_SECONDS = 15.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="automl-worker", description="Run ingestion and training jobs from the database queue."
-    )
-    parser.add_argument("--slots", type=int, help="jobs at once (default WORKER_SLOTS, 2)")
-    parser.add_argument(
-        "--until-idle",
-        action="store_true",
-        help="exit once nothing waits or runs (scripts and tests)",
-    )
-    parser.add_argument("--name", help="this worker's name in leases (default host:pid:random)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    settings = WorkerSettings()
+def start(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """Run a worker with the parsed options (``workers.cli``) until signalled."""
+    logs.setup("worker")
     if args.slots is not None:
         settings.slots = max(1, args.slots)
     worker = Worker(
@@ -483,10 +474,18 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         name=args.name,
     )
+    logs.bind_process(worker_id=worker.name)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run(until_idle=args.until_idle)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``automl-worker`` (``workers.cli``: parsed before the heavy imports)."""
+    from workers.cli import worker
+
+    return worker(argv)
 
 
 def run() -> None:

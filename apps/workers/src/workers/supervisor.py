@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
 
+from database.cmdline import version_line
+
 #: What ``make run`` supervises: the API (uvicorn), one worker and the serving
 #: process (``automl-serve``, predictions; the API forwards them there).
 DEFAULT_CHILDREN: dict[str, list[str]] = {
@@ -104,11 +106,17 @@ class Supervisor:
         self.backoff_initial = backoff_initial
         self.backoff_cap = backoff_cap
         self.stop_timeout = stop_timeout
-        self.out = out or sys.stderr
+        #: None: the lines are logged (database.logs, set up by ``main``).
+        self.out = out
         self.clock = clock
         self.stop_signal: int | None = None
 
     def say(self, message: str) -> None:
+        if self.out is None:
+            from database import logs
+
+            logs.get_logger("automl-run").info(message)
+            return
         print(f"automl-run: {message}", file=self.out, flush=True)
 
     # --- signals ----------------------------------------------------------------------------
@@ -234,7 +242,12 @@ def _child(value: str) -> tuple[str, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="automl-run",
-        description="Run the API and a worker; restart one that exits; stop both on Ctrl-C.",
+        description="Run the API, a worker and the serving process (automl-serve);"
+        " restart one that exits (with backoff); stop them all on Ctrl-C. Exits 1 when a"
+        " child keeps failing.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=version_line("automl-run", "automl-workers")
     )
     parser.add_argument(
         "--child",
@@ -243,11 +256,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=COMMAND",
         help="a process to supervise (repeatable; default: the API and a worker)",
     )
-    parser.add_argument("--fast-seconds", type=float, default=10.0)
-    parser.add_argument("--max-fast-failures", type=int, default=5)
-    parser.add_argument("--backoff-cap", type=float, default=30.0)
-    parser.add_argument("--stop-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--fast-seconds",
+        type=float,
+        default=10.0,
+        help="an exit within this many seconds of starting is a quick failure (default 10)",
+    )
+    parser.add_argument(
+        "--max-fast-failures",
+        type=int,
+        default=5,
+        help="give up after this many quick failures in a row of one child (default 5)",
+    )
+    parser.add_argument(
+        "--backoff-cap",
+        type=float,
+        default=30.0,
+        help="the longest pause before a restart, in seconds (default 30)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a child has to stop before it is killed (default 60)",
+    )
     args = parser.parse_args(argv)
+    from database import logs
+
+    logs.setup("run")
     children = dict(args.child) if args.child else DEFAULT_CHILDREN
     if not args.child:
         serving_environment(os.environ)  # type: ignore[arg-type]

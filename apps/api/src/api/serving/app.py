@@ -12,7 +12,6 @@ cache (``SERVE_CACHE_BYTES``); the deployments and aliases are read per request.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -85,17 +84,32 @@ def create_app(
     return app
 
 
-def run() -> None:
-    """``automl-serve``: the serving process on ``HOST``:``SERVE_PORT``."""
+def serve(settings: ApiSettings) -> None:
+    """The serving process on ``settings``' host and ``serve_port`` (no line per
+    request: predictions are the hot path; warnings and errors are logged)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
+    from database import logs
+
+    logs.setup("serve")
     app = create_app(settings)
-    print(f"AutoML serving on http://{settings.host}:{settings.serve_port}", flush=True)
+    url = f"http://{settings.host}:{settings.serve_port}"
+    logs.get_logger("api.serving").info(f"AutoML serving on {url}", url=url)
     uvicorn.run(
-        app, host=settings.host, port=settings.serve_port, log_level="warning", access_log=False
+        app,
+        host=settings.host,
+        port=settings.serve_port,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
     )
+
+
+def run() -> None:
+    """``automl-serve`` (``python -m api.serving.app``): see :mod:`api.cli`."""
+    from api.cli import run_serve
+
+    run_serve()
 
 
 if __name__ == "__main__":  # pragma: no cover
