@@ -55,13 +55,14 @@ def app(engine: Engine, api_settings: ApiSettings) -> FastAPI:
 
 @pytest.fixture
 def mailer(app: FastAPI) -> MemoryMailer:
-    m = MemoryMailer()
-    app.state.mailer = m
-    return m
+    """The mails the API sent (kept in memory, not printed)."""
+    found: MemoryMailer = app.state.mailer
+    return found
 
 
 @pytest.fixture
 def http(app: FastAPI) -> Iterator[TestClient]:
+    app.state.mailer = MemoryMailer()
     with TestClient(app) as c:
         yield c
 

@@ -94,7 +94,7 @@ def test_login_sessions_password_logout(
     assert wrong.value.code == "invalid_credentials"
 
 
-def test_email_verification(http: TestClient, mailer: MemoryMailer) -> None:
+def test_email_verification(mailer: MemoryMailer, http: TestClient) -> None:
     client = new_user(http)
     client.me.resend_verification()
     assert len(mailer.sent) == 2
