@@ -28,7 +28,10 @@ def test_async_client_against_the_api(app: FastAPI, client: automl.Client) -> No
             assert me.id == client.me.get().id
             sent: list[int] = []
             upload = await aclient.datasets.upload(
-                b"a,b\n1,2\n3,4\n", "tiny", filename="tiny.csv", progress=lambda d, t: sent.append(d)
+                b"a,b\n1,2\n3,4\n",
+                "tiny",
+                filename="tiny.csv",
+                progress=lambda d, t: sent.append(d),
             )
             assert sent[-1] == 12 and upload.dataset.name == "tiny"
             for i in range(3):
@@ -69,7 +72,11 @@ def test_config_from_arguments_environment_and_file(
     env = automl.load_config()
     assert (env.base_url, env.api_key, env.token) == ("https://env.example.com", "aml_env", None)
     given = automl.load_config(base_url="https://arg.example.com", token="ams_arg")
-    assert (given.base_url, given.token, given.api_key) == ("https://arg.example.com", "ams_arg", None)
+    assert (given.base_url, given.token, given.api_key) == (
+        "https://arg.example.com",
+        "ams_arg",
+        None,
+    )
     assert "aml_env" not in repr(env) and "ams_arg" not in repr(given)
     assert given.auth_headers() == {"Authorization": "Bearer ams_arg"}
     automl.save_config(profile="staging", clear=True)
@@ -84,7 +91,10 @@ def test_error_classes_by_status() -> None:
     def error(status: int, body: bytes, **headers: str) -> automl.ApiError:
         return from_response(httpx.Response(status, content=body, headers=headers))
 
-    body = b'{"error": {"code": "quota_exceeded", "message": "slow down", "details": {"retry_after": 7}}}'
+    body = (
+        b'{"error": {"code": "quota_exceeded", "message": "slow down",'
+        b' "details": {"retry_after": 7}}}'
+    )
     limited = error(429, body, **{"Retry-After": "7"})
     assert isinstance(limited, automl.RateLimited) and limited.retry_after == 7.0
     assert (limited.code, limited.message, limited.details["retry_after"]) == (
@@ -118,6 +128,26 @@ def test_sse_parser() -> None:
     events = list(parser.parse(lines))
     assert [(e.event, e.data, e.id) for e in events] == [
         ("status", '{"a":\n1}', "3"),
-        ("message", "x", None),
+        ("message", "x", "3"),  # the last event id persists (WHATWG)
     ]
     assert parser.last_id == "3"
+
+
+def test_the_client_needs_none_of_the_servers_packages() -> None:
+    """``import automl`` loads no server dependency, and the package declares none."""
+    import subprocess
+    import sys
+    import tomllib
+
+    code = (
+        "import sys, automl; c = automl.Client('http://127.0.0.1:9');"
+        " heavy = [m for m in ('sqlalchemy', 'fastapi', 'sklearn', 'pandas', 'database', 'api',"
+        " 'pipeline', 'workers', 'starlette') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    root = Path(__file__).resolve().parents[2] / "packages" / "client" / "pyproject.toml"
+    project = tomllib.loads(root.read_text())["project"]
+    names = {d.split(">")[0].split("[")[0].strip() for d in project["dependencies"]}
+    assert names == {"httpx", "pydantic"}
+    assert set(project["optional-dependencies"]) >= {"cli", "pandas"}

@@ -14,10 +14,9 @@ import anyio
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from test_client_ml import definition, iris
 
 import automl
-
-from test_client_ml import definition, iris
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
