@@ -31,6 +31,8 @@ from automl._wire import Multipart, SSEParser
 from automl.config import Config
 
 USER_AGENT = f"automl-client/{__version__}"
+#: The event after which a job's stream closes for good (api/routers/events.py).
+END = "end"
 #: Pause before reconnecting an event stream that closed before its end.
 RECONNECT_SECONDS = 0.5
 
@@ -171,15 +173,19 @@ class SyncRunner(_Base):
                     if response.status_code >= 400:
                         response.read()
                         _check(response)
+                    last: ServerEvent | None = None
                     for line in response.iter_lines():
                         event = parser.feed(line)
                         if event is not None:
+                            last = event
                             if stream.on_event:
                                 stream.on_event(event)
                             if stream.until(event):
                                 return event
                         if deadline is not None and time.monotonic() >= deadline:
                             return None
+                    if last is not None and last.event == END:
+                        return last  # the job has ended: nothing more will come
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:
@@ -292,13 +298,17 @@ class AsyncRunner(_Base):
                     if response.status_code >= 400:
                         await response.aread()
                         _check(response)
+                    last: ServerEvent | None = None
                     async for line in response.aiter_lines():
                         event = parser.feed(line)
                         if event is not None:
+                            last = event
                             if stream.on_event:
                                 stream.on_event(event)
                             if stream.until(event):
                                 return event
+                    if last is not None and last.event == END:
+                        return last  # the job has ended: nothing more will come
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:
