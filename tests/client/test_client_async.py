@@ -120,6 +120,8 @@ def test_error_classes_by_status() -> None:
         assert type(error(status, b"{}")) is cls
     busy = error(503, b'{"error": {"code": "busy", "message": "retry"}}', **{"Retry-After": "1"})
     assert isinstance(busy, automl.ServerError) and busy.retry_after == 1.0
+    not_ready = error(503, b'{"status": "not ready", "database": false}')
+    assert not_ready.message == "not ready" and not_ready.details["body"]["database"] is False
     plain = error(502, b"<html>bad gateway</html>")
     assert plain.status == 502 and "bad gateway" in plain.message and plain.code == "error"
 
