@@ -219,6 +219,29 @@ def _flaml_automl(on_trial: OnTrial, metric: str, progress: Progress, budget: fl
     return _Recording()
 
 
+#: The key of a trial's logged metrics that carries its folds' losses (see :func:`_folds`).
+FOLD_LOSSES = "fold_losses"
+
+
+def _folds(val_loss_folds: list[float], log_metrics_folds: list[Any]) -> tuple[float, Any]:
+    """FLAML's ``cv_score_agg_func``: its own default aggregation (the mean of the
+    folds' losses, the mean of the logged metrics), plus every fold's loss under
+    :data:`FOLD_LOSSES`. FLAML hands the folds' losses to this function after the
+    trial's cross-validation, so the fold scores cost no refit; the loss FLAML
+    minimizes is unchanged."""
+    from flaml.automl.ml import default_cv_score_agg_func
+
+    loss, logged = default_cv_score_agg_func(val_loss_folds, log_metrics_folds)
+    if isinstance(logged, Mapping):
+        logged = dict(logged)
+    elif logged is None:
+        logged = {}
+    else:
+        logged = {"metric": logged}
+    logged[FOLD_LOSSES] = [float(v) for v in val_loss_folds]
+    return loss, logged
+
+
 def _number(value: Any) -> Any:
     """A JSON-safe scalar (numpy scalars to Python; NaN and infinity to None)."""
     if isinstance(value, np.generic):
@@ -238,7 +261,14 @@ def _trial_record(number: int, state: Any, learner: str, metric: str) -> dict[st
     config.pop("FLAML_sample_size", None)
     logged = getattr(state, "metric_for_logging", None)
     extra = {}
+    folds: list[float | None] | None = None
     if isinstance(logged, Mapping):
+        losses = logged.get(FOLD_LOSSES)
+        if isinstance(losses, list | tuple):
+            folds = [
+                None if (v := _number(loss)) is None else score_of(metric, float(v))
+                for loss in losses
+            ]
         extra = {str(k): _number(v) for k, v in logged.items() if _number(v) is not None}
         extra = {k: v for k, v in extra.items() if isinstance(v, int | float)}
     return {
@@ -248,6 +278,7 @@ def _trial_record(number: int, state: Any, learner: str, metric: str) -> dict[st
         "metric": metric,
         "loss": loss,
         "score": None if loss is None else score_of(metric, float(loss)),
+        "fold_scores": folds,
         "seconds": _number(getattr(state, "trial_time", None)),
         "sample_size": _number(getattr(state, "sample_size", None)),
         "logged": extra,
@@ -332,6 +363,7 @@ def search(
         "estimator_list": list(learners),
         "n_jobs": n_jobs,
         "log_type": "all",
+        "cv_score_agg_func": _folds,
         "verbose": 0,
         "mlflow_logging": False,
         "seed": seed if seed is not None else 0,
