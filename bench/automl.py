@@ -71,7 +71,14 @@ def datasets(synthetic_rows: int) -> dict[str, tuple[Any, str]]:
     return out
 
 
-def _definition(budget: int, seed: int) -> dict[str, Any]:
+def _definition(
+    budget: int, seed: int, max_trials: int | None = None, learners: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    search: dict[str, Any] = {"time_budget_s": budget, "folds": FOLDS, "seed": seed}
+    if learners:
+        search["estimators"] = list(learners)
+    if max_trials is not None:
+        search["max_trials"] = max_trials
     return {
         "nodes": [
             {"id": "data", "type": "dataset", "config": {}},
@@ -79,7 +86,7 @@ def _definition(budget: int, seed: int) -> dict[str, Any]:
             {
                 "id": "search",
                 "type": "automl",
-                "config": {"time_budget_s": budget, "folds": FOLDS, "seed": seed},
+                "config": search,
             },
         ],
         "edges": [{"source": "data", "target": "prep"}, {"source": "prep", "target": "search"}],
@@ -118,8 +125,10 @@ def _direct(
     budget: int,
     seed: int,
     cores: int,
+    max_trials: int | None = None,
 ) -> dict[str, Any]:
     """FLAML run directly on the same training rows, budget, metric, folds, learners."""
+    extra = {} if max_trials is None else {"max_iter": max_trials}
     from flaml import AutoML
 
     from pipeline import automl
@@ -141,6 +150,7 @@ def _direct(
             seed=seed,
             verbose=0,
             mlflow_logging=False,
+            **extra,
         )
     return {
         "score": automl.score_of(metric, float(direct.best_loss)),
@@ -188,6 +198,8 @@ def run(
     synthetic_rows: int,
     sets: tuple[str, ...] | None = None,
     journal: Path | None = None,
+    max_trials: int | None = None,
+    only_learners: tuple[str, ...] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every (data set, seed): the platform and FLAML directly, one after the other, the
@@ -213,21 +225,23 @@ def run(
                 continue
             problem_type = ProblemType(problem)
             metric = automl.default_metric(problem_type)
-            learners = automl.DEFAULT_LEARNERS[problem_type]
+            learners = only_learners or automl.DEFAULT_LEARNERS[problem_type]
             location = storage.location(f"{name}.parquet")
             frame.to_parquet(location)
             source = runner.DatasetSource(location, "label", problem, name, 1)
             data = prepare(LoadedDataset(frame, "label", problem, name), PreprocessConfig())
             points = []
             for seed in seeds:
-                body = _definition(budget, seed)
+                body = _definition(budget, seed, max_trials, only_learners)
                 sides: dict[str, dict[str, Any]] = {}
                 order = ("platform", "flaml") if seed % 2 == 0 else ("flaml", "platform")
                 for side in order:
                     if side == "platform":
                         sides[side] = _platform(runner, body, storage, source, cores)
                     else:
-                        sides[side] = _direct(data, problem, metric, learners, budget, seed, cores)
+                        sides[side] = _direct(
+                            data, problem, metric, learners, budget, seed, cores, max_trials
+                        )
                 p, f = sides["platform"], sides["flaml"]
                 point = {
                     "set": name,
@@ -236,6 +250,8 @@ def run(
                     "problem_type": problem,
                     "metric": metric,
                     "budget_s": budget,
+                    "max_trials": max_trials,
+                    "learners": list(learners),
                     "seed": seed,
                     "order": list(order),
                     "platform": p["score"],
@@ -302,7 +318,7 @@ def render_section(result: dict[str, Any], machine: dict[str, str] | None = None
     if machine:
         out.append(
             f"Machine: {machine.get('cpu', '?')}, {result['cores']} cores usable, load average"
-            f" at the start {machine.get('load_average_at_start', '?')}"
+            f" (1/5/15 min) {machine.get('load_average_at_start', '?')} at the start"
             f"{' (' + machine['note'] + ')' if machine.get('note') else ''}."
             f" Finished {result.get('finished_at', '?')}."
         )
@@ -362,6 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated data sets (prefixes: breast_cancer,wine,digits,diabetes,synthetic)",
     )
     p.add_argument("--rows", type=int, default=None, help="rows of the synthetic set")
+    p.add_argument("--learners", default=None, help="comma-separated learners (both sides)")
+    p.add_argument(
+        "--max-trials",
+        type=int,
+        default=None,
+        help="both sides stop after this many trials (FLAML's max_iter): the same trials"
+        " whatever the machine's load, for a like-for-like check of the scores",
+    )
     p.add_argument("--journal", default=None, help="JSON lines file, one line per point, appended")
     p.add_argument(
         "--from-journal", default=None, help="only render the report from a journal (no run)"
@@ -384,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_journal:
         result = from_journal(Path(a.from_journal))
         result["cores"] = machine.get("cores", "?")
+        points = [q for ps in result["sets"].values() for q in ps["points"]]
+        machine["load_average_at_start"] = points[0].get("load_average", "?")
+        result["finished_at"] = f"{points[-1].get('at', '?')} UTC"
     else:
         journal = (
             Path(a.journal)
@@ -403,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             sets=tuple(a.sets.split(",")) if a.sets else None,
             journal=journal,
             log=log,
+            max_trials=a.max_trials,
+            only_learners=tuple(a.learners.split(",")) if a.learners else None,
         )
         result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         result["machine"] = machine
