@@ -71,7 +71,14 @@ def datasets(synthetic_rows: int) -> dict[str, tuple[Any, str]]:
     return out
 
 
-def _definition(budget: int, seed: int) -> dict[str, Any]:
+def _definition(
+    budget: int, seed: int, max_trials: int | None = None, learners: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    search: dict[str, Any] = {"time_budget_s": budget, "folds": FOLDS, "seed": seed}
+    if learners:
+        search["estimators"] = list(learners)
+    if max_trials is not None:
+        search["max_trials"] = max_trials
     return {
         "nodes": [
             {"id": "data", "type": "dataset", "config": {}},
@@ -79,10 +86,108 @@ def _definition(budget: int, seed: int) -> dict[str, Any]:
             {
                 "id": "search",
                 "type": "automl",
-                "config": {"time_budget_s": budget, "folds": FOLDS, "seed": seed},
+                "config": search,
             },
         ],
         "edges": [{"source": "data", "target": "prep"}, {"source": "prep", "target": "search"}],
+    }
+
+
+def _platform(
+    runner: Any, body: dict[str, Any], storage: Any, source: Any, cores: int
+) -> dict[str, Any]:
+    """One search through the worker's child process: its best CV score and trials."""
+    trials: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    with runner.NodeProcess(body, storage, threads=cores) as process:
+        for node_id in ("data", "prep", "search"):
+            reply = process.run(
+                node_id,
+                source if node_id == "data" else None,
+                lambda: None,
+                trials=trials.append,
+            )
+            assert reply.status == "ok", reply.error
+    assert reply.output is not None
+    return {
+        "score": float(reply.output["search"]["best_cv_score"]),
+        "trials": len(trials),
+        "seconds": time.perf_counter() - t0,
+        "learner": reply.output["search"]["learner"],
+    }
+
+
+def _direct(
+    data: Any,
+    problem: str,
+    metric: str,
+    learners: tuple[str, ...],
+    budget: int,
+    seed: int,
+    cores: int,
+    max_trials: int | None = None,
+) -> dict[str, Any]:
+    """FLAML run directly on the same training rows, budget, metric, folds, learners."""
+    extra = {} if max_trials is None else {"max_iter": max_trials}
+    from flaml import AutoML
+
+    from pipeline import automl
+
+    t0 = time.perf_counter()
+    direct = AutoML()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct.fit(
+            data.x_train,
+            data.y_train,
+            task=problem,
+            metric=metric,
+            time_budget=budget,
+            eval_method="cv",
+            n_splits=FOLDS,
+            estimator_list=list(learners),
+            n_jobs=cores,
+            seed=seed,
+            verbose=0,
+            mlflow_logging=False,
+            **extra,
+        )
+    return {
+        "score": automl.score_of(metric, float(direct.best_loss)),
+        "trials": sum(getattr(direct, "_iter_per_learner", {}).values()),
+        "seconds": time.perf_counter() - t0,
+        "learner": direct.best_estimator,
+    }
+
+
+def _warm_up_direct(cores: int) -> None:
+    """One tiny FLAML search in this process, so the direct side's first point does not
+    pay the learners' imports (the platform's forkserver has them loaded already)."""
+    from sklearn.datasets import load_iris
+
+    from pipeline import automl
+    from pipeline.definition import PreprocessConfig
+    from pipeline.execute import LoadedDataset, prepare
+
+    frame = load_iris(as_frame=True).frame.rename(columns={"target": "label"})
+    data = prepare(LoadedDataset(frame, "label", "classification", "iris"), PreprocessConfig())
+    learners = automl.DEFAULT_LEARNERS[automl.ProblemType.CLASSIFICATION]
+    _direct(data, "classification", "accuracy", learners, 2, 0, cores)
+
+
+def summarize(name: str, rows: int, problem: str, metric: str, points: list[dict[str, Any]]):
+    """A data set's medians over its seeds and whether the goal is met."""
+    platform_median = statistics.median(p["platform"] for p in points)
+    flaml_median = statistics.median(p["flaml"] for p in points)
+    return {
+        "rows": rows,
+        "problem_type": problem,
+        "metric": metric,
+        "points": points,
+        "platform_median": platform_median,
+        "flaml_median": flaml_median,
+        "difference": platform_median - flaml_median,
+        "met": platform_median >= flaml_median - TOLERANCE,
     }
 
 
@@ -91,10 +196,16 @@ def run(
     budget: int,
     seeds: tuple[int, ...],
     synthetic_rows: int,
+    sets: tuple[str, ...] | None = None,
+    journal: Path | None = None,
+    max_trials: int | None = None,
+    only_learners: tuple[str, ...] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from flaml import AutoML
-
+    """Every (data set, seed): the platform and FLAML directly, one after the other, the
+    order alternating with the seed (platform first on even seeds, FLAML first on odd
+    ones) so a load change on the machine hits both alike. Each point is appended to
+    ``journal`` (JSON lines) as soon as it is measured."""
     from database.models.enums import ProblemType
     from pipeline import automl
     from pipeline.definition import PreprocessConfig
@@ -105,82 +216,91 @@ def run(
 
     cores = cpu_count()
     runner.warm_up()
+    _warm_up_direct(cores)
     out: dict[str, Any] = {"budget_s": budget, "seeds": list(seeds), "cores": cores, "sets": {}}
     with tempfile.TemporaryDirectory(prefix="bench-automl-") as folder:
         storage = make_storage(folder)
         for name, (frame, problem) in datasets(synthetic_rows).items():
+            if sets and not any(name.startswith(wanted) for wanted in sets):
+                continue
             problem_type = ProblemType(problem)
             metric = automl.default_metric(problem_type)
-            learners = automl.DEFAULT_LEARNERS[problem_type]
+            learners = only_learners or automl.DEFAULT_LEARNERS[problem_type]
             location = storage.location(f"{name}.parquet")
             frame.to_parquet(location)
             source = runner.DatasetSource(location, "label", problem, name, 1)
             data = prepare(LoadedDataset(frame, "label", problem, name), PreprocessConfig())
             points = []
             for seed in seeds:
-                body = _definition(budget, seed)
-                trials: list[dict[str, Any]] = []
-                t0 = time.perf_counter()
-                with runner.NodeProcess(body, storage, threads=cores) as process:
-                    for node_id in ("data", "prep", "search"):
-                        reply = process.run(
-                            node_id,
-                            source if node_id == "data" else None,
-                            lambda: None,
-                            trials=trials.append,
+                body = _definition(budget, seed, max_trials, only_learners)
+                sides: dict[str, dict[str, Any]] = {}
+                order = ("platform", "flaml") if seed % 2 == 0 else ("flaml", "platform")
+                for side in order:
+                    if side == "platform":
+                        sides[side] = _platform(runner, body, storage, source, cores)
+                    else:
+                        sides[side] = _direct(
+                            data, problem, metric, learners, budget, seed, cores, max_trials
                         )
-                        assert reply.status == "ok", reply.error
-                platform_seconds = time.perf_counter() - t0
-                assert reply.output is not None
-                platform = float(reply.output["search"]["best_cv_score"])
-                t0 = time.perf_counter()
-                direct = AutoML()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    direct.fit(
-                        data.x_train,
-                        data.y_train,
-                        task=problem,
-                        metric=metric,
-                        time_budget=budget,
-                        eval_method="cv",
-                        n_splits=FOLDS,
-                        estimator_list=list(learners),
-                        n_jobs=cores,
-                        seed=seed,
-                        verbose=0,
-                        mlflow_logging=False,
-                    )
-                flaml_seconds = time.perf_counter() - t0
-                flaml_score = automl.score_of(metric, float(direct.best_loss))
+                p, f = sides["platform"], sides["flaml"]
                 point = {
+                    "set": name,
+                    "rows": len(frame),
+                    "training_rows": len(data.y_train),
+                    "problem_type": problem,
+                    "metric": metric,
+                    "budget_s": budget,
+                    "max_trials": max_trials,
+                    "learners": list(learners),
                     "seed": seed,
-                    "platform": platform,
-                    "flaml": flaml_score,
-                    "platform_trials": len(trials),
-                    "platform_seconds": platform_seconds,
-                    "flaml_seconds": flaml_seconds,
-                    "platform_learner": reply.output["search"]["learner"],
-                    "flaml_learner": direct.best_estimator,
+                    "order": list(order),
+                    "platform": p["score"],
+                    "flaml": f["score"],
+                    "platform_trials": p["trials"],
+                    "flaml_trials": f["trials"],
+                    "platform_seconds": p["seconds"],
+                    "flaml_seconds": f["seconds"],
+                    "platform_learner": p["learner"],
+                    "flaml_learner": f["learner"],
+                    "load_average": _load(),
+                    "at": time.strftime("%H:%M:%S"),
                 }
+                if journal is not None:
+                    with journal.open("a") as sink:
+                        sink.write(json.dumps(point, default=str) + "\n")
                 log(
-                    f"automl {name} seed {seed}: platform {platform:.4f}"
-                    f" ({len(trials)} trials, {platform_seconds:.1f}s), flaml"
-                    f" {flaml_score:.4f} ({flaml_seconds:.1f}s)"
+                    f"automl {name} seed {seed} ({order[0]} first): platform"
+                    f" {p['score']:.4f} ({p['trials']} trials, {p['seconds']:.1f}s), flaml"
+                    f" {f['score']:.4f} ({f['trials']} trials, {f['seconds']:.1f}s)"
                 )
                 points.append(point)
-            platform_median = statistics.median(p["platform"] for p in points)
-            flaml_median = statistics.median(p["flaml"] for p in points)
-            out["sets"][name] = {
-                "rows": len(frame),
-                "problem_type": problem,
-                "metric": metric,
-                "points": points,
-                "platform_median": platform_median,
-                "flaml_median": flaml_median,
-                "difference": platform_median - flaml_median,
-                "met": platform_median >= flaml_median - TOLERANCE,
-            }
+            out["sets"][name] = summarize(name, len(frame), problem, metric, points)
+    out["met"] = all(s["met"] for s in out["sets"].values())
+    return out
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
+def from_journal(path: Path) -> dict[str, Any]:
+    """The result of a run from its journal (JSON lines), finished or not: the sets
+    with every seed measured, in the order they ran."""
+    points: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            point = json.loads(line)
+            points.setdefault(point["set"], []).append(point)
+    first = next(iter(points.values()))[0]
+    seeds = sorted({p["seed"] for ps in points.values() for p in ps})
+    out: dict[str, Any] = {"budget_s": first["budget_s"], "seeds": seeds, "sets": {}}
+    for name, ps in points.items():
+        out["sets"][name] = summarize(
+            name, ps[0]["rows"], ps[0]["problem_type"], ps[0]["metric"], ps
+        )
     out["met"] = all(s["met"] for s in out["sets"].values())
     return out
 
@@ -198,7 +318,7 @@ def render_section(result: dict[str, Any], machine: dict[str, str] | None = None
     if machine:
         out.append(
             f"Machine: {machine.get('cpu', '?')}, {result['cores']} cores usable, load average"
-            f" at the start {machine.get('load_average_at_start', '?')}"
+            f" (1/5/15 min) {machine.get('load_average_at_start', '?')} at the start"
             f"{' (' + machine['note'] + ')' if machine.get('note') else ''}."
             f" Finished {result.get('finished_at', '?')}."
         )
@@ -211,6 +331,27 @@ def render_section(result: dict[str, Any], machine: dict[str, str] | None = None
             f" {s['flaml_median']:.4f} | {s['difference']:+.4f} |"
             f" {'met' if s['met'] else '**missed**'} |"
         )
+    out.append("")
+    out.append(
+        "Every point (the order of the two sides alternates with the seed; trials: how many"
+        " configurations each side evaluated in the budget; seconds: wall clock of the whole"
+        " run, the platform's child process, preprocessing and FLAML's final refit included;"
+        " load: the machine's 1/5/15-minute load average after the point):"
+    )
+    out.append("")
+    out.append(
+        "| data set | seed | first | platform | trials | s | learner | FLAML | trials | s"
+        " | learner | load |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, s in result["sets"].items():
+        for q in s["points"]:
+            out.append(
+                f"| {name} | {q['seed']} | {q.get('order', ['?'])[0]} | {q['platform']:.4f} |"
+                f" {q['platform_trials']} | {q['platform_seconds']:.0f} | {q['platform_learner']} |"
+                f" {q['flaml']:.4f} | {q.get('flaml_trials', '?')} | {q['flaml_seconds']:.0f} |"
+                f" {q['flaml_learner']} | {q.get('load_average', '?')} |"
+            )
     return "\n".join(out)
 
 
@@ -230,6 +371,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.automl", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--budget", type=int, default=None, help="seconds per search")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    p.add_argument(
+        "--sets",
+        default=None,
+        help="comma-separated data sets (prefixes: breast_cancer,wine,digits,diabetes,synthetic)",
+    )
+    p.add_argument("--rows", type=int, default=None, help="rows of the synthetic set")
+    p.add_argument("--learners", default=None, help="comma-separated learners (both sides)")
+    p.add_argument(
+        "--max-trials",
+        type=int,
+        default=None,
+        help="both sides stop after this many trials (FLAML's max_iter): the same trials"
+        " whatever the machine's load, for a like-for-like check of the scores",
+    )
+    p.add_argument("--journal", default=None, help="JSON lines file, one line per point, appended")
+    p.add_argument(
+        "--from-journal", default=None, help="only render the report from a journal (no run)"
+    )
     p.add_argument("--doc", default=None, help="report path ('-' for none)")
     p.add_argument("--note", default="", help="a word on the machine's conditions")
     a = p.parse_args(argv)
@@ -243,15 +403,40 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     if a.note:
         machine["note"] = a.note
-    if a.quick:
-        result = run(budget=a.budget or 3, seeds=(0,), synthetic_rows=5_000, log=log)
-    else:
-        result = run(budget=a.budget or 60, seeds=(0, 1, 2), synthetic_rows=100_000, log=log)
-    result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    result["machine"] = machine
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    raw = RESULTS / f"automl-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if a.quick else ''}.json"
-    raw.write_text(json.dumps(result, indent=2, default=str))
+    if a.from_journal:
+        result = from_journal(Path(a.from_journal))
+        result["cores"] = machine.get("cores", "?")
+        points = [q for ps in result["sets"].values() for q in ps["points"]]
+        machine["load_average_at_start"] = points[0].get("load_average", "?")
+        result["finished_at"] = f"{points[-1].get('at', '?')} UTC"
+    else:
+        journal = (
+            Path(a.journal)
+            if a.journal
+            else RESULTS / f"automl-{stamp}{'-quick' if a.quick else ''}.jsonl"
+        )
+        log(f"journal: {journal}")
+        seeds = (
+            tuple(int(x) for x in a.seeds.split(","))
+            if a.seeds
+            else ((0,) if a.quick else (0, 1, 2))
+        )
+        result = run(
+            budget=a.budget or (3 if a.quick else 60),
+            seeds=seeds,
+            synthetic_rows=a.rows or (5_000 if a.quick else 100_000),
+            sets=tuple(a.sets.split(",")) if a.sets else None,
+            journal=journal,
+            log=log,
+            max_trials=a.max_trials,
+            only_learners=tuple(a.learners.split(",")) if a.learners else None,
+        )
+        result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        result["machine"] = machine
+        raw = RESULTS / f"automl-{stamp}{'-quick' if a.quick else ''}.json"
+        raw.write_text(json.dumps(result, indent=2, default=str))
     section = render_section(result, machine)
     print()
     print(section)

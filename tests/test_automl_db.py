@@ -31,6 +31,7 @@ def trial(number: int, score: float | None, **changes: Any) -> dict[str, Any]:
         "loss": None if score is None else 1 - score,
         "score": score,
         "seconds": 0.5,
+        "fold_scores": None if score is None else [score - 0.05, score + 0.05],
         "sample_size": 100,
         "logged": {"pred_time": 0.001},
         "status": "failed" if score is None else "finished",
@@ -65,6 +66,42 @@ def test_trials_are_recorded_and_the_best_is_found(engine: Engine, sql: Any) -> 
     }
     assert row.metrics["accuracy"] == pytest.approx(0.8)
     assert (row.trial_number, row.duration_seconds, row.job_id) == (1, 0.5, job_id)
+    assert row.fold_scores == pytest.approx([0.75, 0.85])
+
+
+def test_fold_scores_keep_their_order_and_an_unscored_fold(engine: Engine, sql: Any) -> None:
+    user_id = make_user(sql)
+    job_id = make_job(sql, user_id)
+    with Session(engine) as session:
+        experiment_id = automl.start_search(
+            session, user_id=user_id, job_id=job_id, node_id="s", metric="accuracy"
+        )
+        run_id = automl.record_trial(
+            session,
+            experiment_id=experiment_id,
+            user_id=user_id,
+            job_id=job_id,
+            # an infinite loss is a fold FLAML could not score: kept as NULL, in its place
+            record=trial(1, 0.6, fold_scores=[0.9, None, float("-inf"), 0.3]),
+        )
+        hand_made = make_experiment_run(sql, experiment_id, user_id)
+        assert session.get(ExperimentRun, run_id).fold_scores == [0.9, None, None, 0.3]  # type: ignore[union-attr]
+    assert sql("SELECT fold_scores FROM experiment_runs WHERE id = :id", id=hand_made)[0][0] is None
+
+
+def test_the_orm_refuses_an_infinite_fold_score(engine: Engine, sql: Any) -> None:
+    user_id = make_user(sql)
+    experiment_id = make_experiment(sql, user_id)
+    with Session(engine) as session, pytest.raises(errors.InvalidTrial):
+        session.add(
+            ExperimentRun(
+                experiment_id=experiment_id,
+                user_id=user_id,
+                trial_number=1,
+                fold_scores=[0.5, float("inf")],
+            )
+        )
+        session.commit()
 
 
 def test_the_best_of_a_loss_is_the_lowest(engine: Engine, sql: Any) -> None:
@@ -102,6 +139,13 @@ def test_a_hand_made_run_reads_as_before(sql: Any) -> None:
         ({"trial_number": 0}, errors.InvalidTrial),
         ({"trial_number": -5}, errors.InvalidTrial),
         ({"duration_seconds": -0.1}, errors.InvalidTrial),
+        # fold scores as PostgreSQL array literals: none, 21, NaN, infinities, 2-D
+        ({"fold_scores": "{}"}, errors.InvalidTrial),
+        ({"fold_scores": "{" + ",".join(["0.5"] * 21) + "}"}, errors.InvalidTrial),
+        ({"fold_scores": "{0.5,NaN}"}, errors.InvalidTrial),
+        ({"fold_scores": "{Infinity,0.5}"}, errors.InvalidTrial),
+        ({"fold_scores": "{-Infinity}"}, errors.InvalidTrial),
+        ({"fold_scores": "{{0.5,0.6},{0.7,0.8}}"}, errors.InvalidTrial),
     ],
 )
 def test_the_checks_hold_in_raw_sql_and_as_the_apps_role(

@@ -90,6 +90,10 @@ def test_a_search_finds_a_model_and_reports_every_trial() -> None:
         if trial["status"] == "finished":
             assert 0 <= trial["score"] <= 1
             assert trial["seconds"] >= 0
+            # Each fold's score (FLAML's own folds, no refit); the trial's is their mean.
+            assert len(trial["fold_scores"]) == 3
+            assert all(0 <= f <= 1 for f in trial["fold_scores"])
+            assert sum(trial["fold_scores"]) / 3 == pytest.approx(trial["score"])
     finished = [t["score"] for t in trials if t["status"] == "finished"]
     assert result.best_score == pytest.approx(max(finished))
     assert result.learner in ("lgbm", "rf", "lrl1")
@@ -99,6 +103,102 @@ def test_a_search_finds_a_model_and_reports_every_trial() -> None:
     assert result.pipeline.predict_proba(x.head(3)).shape == (3, 3)
     assert any(m and m.startswith("trial 1:") for _, m in notes)
     assert all(0 <= f <= 1 for f, _ in notes)
+
+
+def test_fold_scores_of_a_loss_are_the_metric_per_fold() -> None:
+    trials: list[dict[str, Any]] = []
+    frame = load_diabetes(as_frame=True).frame
+    x = frame.drop(columns=["target"])
+    automl.search(
+        build_transformer(PreprocessConfig(), list(x.columns), []),
+        x,
+        frame["target"].to_numpy(),
+        ProblemType.REGRESSION,
+        time_budget_s=30,
+        metric="rmse",
+        folds=4,
+        max_trials=3,
+        learners=("lgbm",),
+        on_trial=trials.append,
+    )
+    finished = [t for t in trials if t["status"] == "finished"]
+    assert finished
+    for trial in finished:
+        # rmse is FLAML's loss itself: the folds' values are rmse, all positive,
+        # and not all alike (four different folds).
+        assert len(trial["fold_scores"]) == 4
+        assert all(f > 0 for f in trial["fold_scores"])
+        assert len(set(trial["fold_scores"])) > 1
+        assert sum(trial["fold_scores"]) / 4 == pytest.approx(trial["score"])
+
+
+def test_the_best_so_far_goes_to_each_save_node_as_it_is_found() -> None:
+    trials: list[dict[str, Any]] = []
+    interims: list[tuple[str, int, Any]] = []
+    values: dict[str, Any] = {}
+    loaded = LoadedDataset(IRIS, "target", None, "iris")
+    config = {"time_budget_s": 30, "folds": 3, "estimators": ["rf", "lgbm"], "max_trials": 6}
+    parsed = definition(config)
+    for node_id in ("data", "prep", "search"):
+        upstream = {u: values[u] for u in parsed.inputs(node_id)}
+        values[node_id] = execute_node(
+            parsed,
+            node_id,
+            upstream,
+            lambda node: loaded,
+            on_trial=trials.append,
+            on_interim=lambda node, trial, outcome: interims.append((node, trial, outcome)),
+        ).value
+    assert interims, "the first finished trial is a best so far"
+    numbers = [trial for _, trial, _ in interims]
+    assert numbers == sorted(set(numbers))
+    by_number = {t["number"]: t for t in trials}
+    best = None
+    for node, number, outcome in interims:
+        assert node == "keep"
+        trial = by_number[number]
+        # a best so far: no earlier finished trial scored higher
+        earlier = [t["score"] for t in trials if t["number"] < number and t["score"] is not None]
+        assert all(trial["score"] >= e for e in earlier)
+        assert best is None or trial["score"] > best
+        best = trial["score"]
+        assert outcome.model.hyperparameters["learner"] == trial["learner"]
+        assert outcome.output["kept_from"]["trial"] == number
+        assert outcome.output["kept_from"]["cv_score"] == pytest.approx(trial["score"])
+        model = joblib.load(io.BytesIO(outcome.artifact))
+        predicted = model.predict(IRIS.drop(columns=["target"]).head(20))
+        assert set(predicted) <= {"setosa", "versicolor", "virginica"}
+
+
+def test_no_save_node_no_best_so_far() -> None:
+    interims: list[Any] = []
+    values: dict[str, Any] = {}
+    loaded = LoadedDataset(IRIS, "target", None, "iris")
+    parsed = definition({"time_budget_s": 30, "folds": 3, "max_trials": 2}, save=False)
+    for node_id in ("data", "prep", "search"):
+        upstream = {u: values[u] for u in parsed.inputs(node_id)}
+        values[node_id] = execute_node(
+            parsed, node_id, upstream, lambda node: loaded, on_interim=interims.append
+        ).value
+    assert interims == []
+
+
+def test_the_pacer_holds_a_best_while_the_last_one_is_recent() -> None:
+    called: list[Any] = []
+    pacer = automl._Pacer(called.append)
+    first, second, third = object(), object(), object()
+    pacer.offer(first)  # type: ignore[arg-type]
+    assert called == [first]
+    pacer.ready_at = float("inf")  # as if the last call had been slow
+    pacer.offer(second)  # type: ignore[arg-type]
+    pacer.offer(third)  # type: ignore[arg-type]
+    pacer.offer(None)
+    assert called == [first]  # held; the newer best replaced the older
+    pacer.ready_at = 0.0
+    pacer.offer(None)  # the next trial's end
+    assert called == [first, third]
+    pacer.offer(None)
+    assert called == [first, third]
 
 
 def test_max_trials_bounds_the_search() -> None:

@@ -8,9 +8,12 @@ for time.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
+import joblib
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -103,6 +106,20 @@ def test_a_search_job_saves_the_best_model_and_records_every_trial(
         assert run.duration_seconds is not None and run.duration_seconds >= 0
         if run.run_status == "finished":
             assert 0 <= run.metrics["accuracy"] <= 1
+            # Every fold's score, in order; their mean is the trial's score (no refit).
+            assert len(run.fold_scores) == 3
+            assert sum(run.fold_scores) / 3 == pytest.approx(run.metrics["accuracy"])
+    # The runs' API output carries the trial: number, parameters, fold scores, status.
+    r = client.get(f"/v1/experiments/{runs[0].experiment_id}", headers=account.headers)
+    assert r.status_code == 200, r.text
+    shown = {run["trial_number"]: run for run in r.json()["runs"]}
+    assert sorted(shown) == [r.trial_number for r in runs]
+    for run in runs:
+        out = shown[run.trial_number]
+        assert out["fold_scores"] == run.fold_scores
+        assert out["parameters"]["learner"] == run.parameters["learner"]
+        assert out["duration_seconds"] == run.duration_seconds
+        assert out["status"] == run.run_status
     # The saved model is the best trial's, and the results name it.
     [model] = rows(engine, "SELECT * FROM models WHERE job_id = :j", j=job_id)
     assert model.algorithm == "automl"
@@ -142,7 +159,7 @@ def test_a_search_job_saves_the_best_model_and_records_every_trial(
     assert_books_balance(engine)
 
 
-def test_cancel_mid_search_keeps_the_trials_and_the_best_so_far(
+def test_cancel_mid_search_keeps_the_trials_and_the_best_model_so_far(
     client: TestClient,
     account: Account,
     drain: Callable[..., Worker],
@@ -152,27 +169,61 @@ def test_cancel_mid_search_keeps_the_trials_and_the_best_so_far(
     dataset = ingested_dataset(client, account, drain, iris_csv())
     before = balance(client, account)
     config = {"time_budget_s": 600, "folds": 3, "estimators": ["rf", "lgbm"]}
-    job_id = start(client, account, automl_definition(dataset["dataset"]["id"], config))
+    definition = automl_definition(dataset["dataset"]["id"], config)
+    definition["nodes"][-1]["config"]["register"] = {"name": "iris search", "alias": "kept"}
+    job_id = start(client, account, definition)
+    price = before - balance(client, account)
+    assert price > 0
     worker = make_worker(slots=1)
     with running(worker):
+        # The child sends the best model so far right after the trial that found it,
+        # so once trial 2 is recorded, trial 1's model (at least) has reached the worker.
         wait_for(lambda: len(trial_runs(engine, job_id)) >= 2, "two trials", seconds=120)
         r = client.post(f"/v1/jobs/{job_id}/cancel", headers=account.headers)
         assert r.status_code == 200, r.text
         wait_for(lambda: job_status(engine, job_id) == "cancelled", "the cancel", seconds=30)
     assert node_status(engine, job_id, "search") == "failed"  # a started node never skips
-    assert node_status(engine, job_id, "keep") == "skipped"
+    assert node_status(engine, job_id, "chart") == "skipped"
+    # The save node saved the best trial so far: a model, registered as a version.
+    assert node_status(engine, job_id, "keep") == "success"
     kept = trial_runs(engine, job_id)
     assert len(kept) >= 2
     job = job_detail(client, account, job_id)
+    assert "best model so far" in job["error_message"]
     search = job["results"]["automl"]["search"]
     assert search["trials"] == len(kept)
     best = search["best"]
     assert best is not None and best["learner"] in ("rf", "lgbm")
     finished = [r.metrics["accuracy"] for r in kept if r.run_status == "finished"]
     assert best["score"] == pytest.approx(max(finished))
-    assert refunds(engine, job_id) == 1
-    assert balance(client, account) == before
-    assert value(engine, "SELECT count(*) FROM models") == 0
+    [model] = rows(engine, "SELECT * FROM models WHERE job_id = :j", j=job_id)
+    [linked] = [r for r in kept if r.model_id is not None]
+    assert linked.model_id == model.id
+    assert search["kept"] == {"trial": linked.trial_number, "save_node": "keep"}
+    assert model.algorithm == "automl"
+    assert model.hyperparameters["learner"] == linked.parameters["learner"]
+    assert 0 <= model.metrics["accuracy"] <= 1  # scored on the held-out rows
+    r = client.get(f"/v1/models/{model.id}/artifact", headers=account.headers)
+    assert r.status_code == 200, r.text
+    fitted = joblib.load(io.BytesIO(r.content))
+    raw = pd.read_csv(io.BytesIO(iris_csv())).drop(columns=["species"]).head(10)
+    assert set(fitted.predict(raw)) <= {"setosa", "versicolor", "virginica"}
+    [node] = rows(
+        engine,
+        "SELECT output_data FROM job_nodes WHERE job_id = :j AND node_id = 'keep'",
+        j=job_id,
+    )
+    assert node.output_data["kept_from"]["trial"] == linked.trial_number
+    [version] = rows(
+        engine,
+        "SELECT v.id FROM model_versions AS v JOIN registered_models AS m"
+        " ON m.id = v.registered_model_id WHERE v.model_id = :m AND m.name = 'iris search'",
+        m=model.id,
+    )
+    assert version.id is not None
+    # The job delivered a model: its charge stands (no refund).
+    assert refunds(engine, job_id) == 0
+    assert balance(client, account) == before - price
     assert_books_balance(engine)
 
 

@@ -33,6 +33,7 @@ from pydantic import (
 
 from database.models import (
     CreditTierRestriction,
+    ExperimentRunStatus,
     FileFormat,
     IngestionStatus,
     JobStatus,
@@ -508,6 +509,29 @@ class ExperimentRunOut(Output):
     notes: str | None
     metrics: dict[str, Any] | None
     created_at: dt.datetime
+    trial_number: int | None = Field(
+        default=None,
+        description="An AutoML trial's number in its search (1, 2, ...); null for a run"
+        " recorded by hand.",
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="An AutoML trial's learner, hyperparameters and rows sampled"
+        " (`learner`, `hyperparameters`, `sample_size`).",
+    )
+    fold_scores: list[float | None] | None = Field(
+        default=None,
+        description="An AutoML trial's score of the searched metric on each"
+        " cross-validation fold, in fold order (the run's score is their mean); null for"
+        " a run recorded by hand.",
+    )
+    duration_seconds: float | None = Field(
+        default=None, description="An AutoML trial's seconds (its folds' fits and scoring)."
+    )
+    status: ExperimentRunStatus = Field(
+        default=ExperimentRunStatus.FINISHED,
+        description="How the trial ended: `failed` when it could not be scored.",
+    )
 
 
 class Comparison(BaseModel):

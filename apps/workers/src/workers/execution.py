@@ -40,7 +40,7 @@ from database.models import JobStatus, NodeStatus, NodeType
 from pipeline.automl import greater_is_better
 from pipeline.definition import AutoMLConfig, WorkflowDefinition, WorkflowNode
 from pipeline.storage import Storage
-from workers.runner import ChildDied, DatasetSource, Interrupted, NodeProcess, Reply
+from workers.runner import ChildDied, DatasetSource, Interim, Interrupted, NodeProcess, Reply
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ class _Run:
     #: automl node id -> its search so far (experiment, trials, best trial): kept in
     #: the job's results whatever the job's end.
     searches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: automl node id -> trial number -> its experiment run's id.
+    trial_runs: dict[str, dict[int, uuid.UUID]] = field(default_factory=dict)
+    #: automl node id -> save node id -> the newest best-so-far model the child sent
+    #: (saved if the search is cancelled before it ends).
+    interims: dict[str, dict[str, Interim]] = field(default_factory=dict)
 
 
 def _snapshot(engine: Engine, claim: Claim) -> tuple[dict[str, Any], str] | None:
@@ -221,7 +226,10 @@ def run_job(
                     return _release(engine, storage, claim)
                 if exc.reason == "cancelled":
                     log.info("job %s: cancelled while node %s ran", claim.id, node_id)
-                    return _cancel(engine, claim, run, order, lease_seconds, running=node_id)
+                    kept = _keep_best_so_far(engine, storage, run, node_id, lease_seconds)
+                    return _cancel(
+                        engine, claim, run, order, lease_seconds, running=node_id, kept=kept
+                    )
                 return _time_out(engine, run, order, node_id, time_limit, lease_seconds)
             except ChildDied as exc:
                 log.warning("job %s node %s: %s", claim.id, node_id, exc)
@@ -261,8 +269,22 @@ def _compute(
             return Reply("failed", error=str(exc))
     # The node's steps as log lines, its progress at most once a second.
     reporter = ProgressReporter(engine, run.claim.id, worker=run.claim.worker)
-    trials = _search_recorder(engine, run, node) if node.type == NodeType.AUTOML else None
-    return process.run(node.id, source, watch, progress=reporter.callback(node.id), trials=trials)
+    trials = interim = None
+    if node.type == NodeType.AUTOML:
+        trials = _search_recorder(engine, run, node)
+        kept = run.interims.setdefault(node.id, {})
+
+        def interim(message: Interim) -> None:
+            kept[message.node_id] = message  # the newest is the best so far
+
+    return process.run(
+        node.id,
+        source,
+        watch,
+        progress=reporter.callback(node.id),
+        trials=trials,
+        interim=interim,
+    )
 
 
 def _search_recorder(engine: Engine, run: _Run, node: WorkflowNode) -> Any:
@@ -286,6 +308,7 @@ def _search_recorder(engine: Engine, run: _Run, node: WorkflowNode) -> Any:
         )
     found: dict[str, Any] = {"experiment_id": str(experiment_id), "trials": 0, "best": None}
     run.searches[node.id] = found
+    run_ids = run.trial_runs.setdefault(node.id, {})
 
     def record(trial: dict[str, Any]) -> None:
         with Session(engine) as session:
@@ -305,6 +328,7 @@ def _search_recorder(engine: Engine, run: _Run, node: WorkflowNode) -> Any:
                 record=trial,
             )
         found["trials"] += 1
+        run_ids[int(trial["number"])] = run_id
         score = trial.get("score")
         best = found["best"]
         if score is not None and (
@@ -341,6 +365,43 @@ def _fail_node(engine: Engine, run: _Run, node_id: str, reply: Reply, lease_seco
         jobs.record_node(conn, claim, node_id, NodeStatus.FAILED, error=error)
 
 
+def _keep_best_so_far(
+    engine: Engine, storage: Storage, run: _Run, node_id: str, lease_seconds: float
+) -> int | None:
+    """A search cancelled before it ended keeps its best trial so far: each save node
+    it feeds saves the newest best-so-far model the child sent (the trial's fold
+    model, see ``pipeline.automl.BestSoFar``), as it would have saved the final one
+    (model row, registration, lineage to the job), linked to that trial's run. The
+    bytes are already in this process: this costs one transaction per save node,
+    within the cancel's bound. Returns the trial kept, or None (no trial finished, no
+    save node, or the model did not fit: the trials alone are kept, as before)."""
+    kept_trial = None
+    for save_id, message in (run.interims.get(node_id) or {}).items():
+        run_id = (run.trial_runs.get(node_id) or {}).get(message.trial)
+        with engine.begin() as conn:
+            jobs.check_job(conn, run.claim, lease_seconds)
+            jobs.record_node(conn, run.claim, save_id, NodeStatus.RUNNING)
+        try:
+            _succeed(
+                engine,
+                storage,
+                run,
+                run.definition.node(save_id),
+                message.reply,
+                lease_seconds,
+                trial_run_id=run_id,
+            )
+        except (jobs.OverQuota, jobs.RegistrationRefused) as exc:
+            log.info("job %s: the best-so-far model of %s not kept: %s", run.claim.id, node_id, exc)
+            _fail_node(engine, run, save_id, Reply("failed", error=str(exc)), lease_seconds)
+            continue
+        kept_trial = message.trial
+        search = run.searches.get(node_id)
+        if search is not None:
+            search["kept"] = {"trial": message.trial, "save_node": save_id}
+    return kept_trial
+
+
 def _succeed(
     engine: Engine,
     storage: Storage,
@@ -348,7 +409,11 @@ def _succeed(
     node: WorkflowNode,
     outcome: Reply,
     lease_seconds: float,
+    *,
+    trial_run_id: uuid.UUID | None = None,
 ) -> None:
+    """A node's success (a save node's model written with it). ``trial_run_id``: the
+    automl trial whose model this is (default: the search's best trial)."""
     claim = run.claim
     output = dict(outcome.output or {})
     if node.type in (NodeType.MODEL, NodeType.AUTOML) and "metrics" in output:
@@ -393,13 +458,14 @@ def _succeed(
     run.models.append(str(model_id))
     run.status[node.id] = "success"
     search = run.searches.get(run.definition.inputs(node.id)[0])
-    if search is not None and search.get("best") is not None:
-        # The saved model is the search's best trial's (refitted on all training rows).
+    if search is not None and (trial_run_id is not None or search.get("best") is not None):
+        # The saved model is the search's best trial's (refitted on all training rows),
+        # or, for a cancelled search, the trial whose fold model was kept.
         with Session(engine) as session:
             searches.attach_model(
                 session,
                 uuid.UUID(search["experiment_id"]),
-                uuid.UUID(search["best"]["run_id"]),
+                trial_run_id or uuid.UUID(search["best"]["run_id"]),
                 model_id,
             )
 
@@ -436,6 +502,7 @@ def _finish(
     error: str | None = None,
     results: dict[str, Any] | None = None,
     trace: str | None = None,
+    refund: bool = True,
 ) -> None:
     with Session(engine) as session:
         refunded = jobs.finish_job(
@@ -445,6 +512,7 @@ def _finish(
             results=results,
             error=error,
             traceback=trace,
+            refund=refund,
         )
     log.info("job %s %s%s", claim.id, status, f", {refunded} credits refunded" if refunded else "")
 
@@ -457,9 +525,12 @@ def _cancel(
     lease_seconds: float,
     *,
     running: str | None = None,
+    kept: int | None = None,
 ) -> str:
-    """End the job cancelled (refunded): the node it interrupted (``running``) failed
-    (a started node cannot be skipped), the nodes not run skipped."""
+    """End the job cancelled: the node it interrupted (``running``) failed (a started
+    node cannot be skipped), the nodes not run skipped. Refunded, unless a cancelled
+    search kept its best model so far (``kept``: the trial): the job then delivered
+    a model, and its charge stands."""
     with engine.begin() as conn:
         jobs.check_job(conn, claim, lease_seconds)
         if running is not None:
@@ -473,8 +544,11 @@ def _cancel(
                     conn, claim, node_id, NodeStatus.SKIPPED, error="skipped: the job was cancelled"
                 )
                 run.status[node_id] = "skipped"
+    error = "cancelled by its owner"
+    if kept is not None:
+        error += f"; the search's best model so far (trial {kept}) was kept"
     _finish(
-        engine, claim, JobStatus.CANCELLED, error="cancelled by its owner", results=_results(run)
+        engine, claim, JobStatus.CANCELLED, error=error, results=_results(run), refund=kept is None
     )
     return "cancelled"
 

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 PRELOAD = ["workers.runner", "pipeline.execute", "pyarrow.parquet", "flaml"]
 #: Seconds a child has to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 2.0
+#: Seconds an interrupted node's messages already in the pipe are still handled.
+DRAIN_SECONDS = 0.5
 
 
 def _context() -> Any:
@@ -121,6 +123,17 @@ class Trial:
     ``pipeline.automl._trial_record``), sent by the child as it happens."""
 
     record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Interim:
+    """What save node ``node_id`` would save of an automl search's best trial so far
+    (``trial``), sent by the child while the search runs: the parent keeps the
+    newest, and saves it if the search is cancelled before it ends."""
+
+    node_id: str
+    trial: int
+    reply: Reply
 
 
 @dataclass(frozen=True)
@@ -226,6 +239,7 @@ def _child(
                 progress=_notes(conn),
                 n_jobs=threads,
                 on_trial=_trials(conn),
+                on_interim=_interims(conn),
             )
         except (
             Exception
@@ -262,6 +276,18 @@ def _trials(conn: Connection) -> Callable[[dict[str, Any]], None]:
     def send(record: dict[str, Any]) -> None:
         with contextlib.suppress(BrokenPipeError, EOFError):
             conn.send(Trial(record))
+
+    return send
+
+
+def _interims(conn: Connection) -> Callable[[str, int, Any], None]:
+    """An automl node's best-so-far callback in the child: what each save node it
+    feeds would save goes to the parent (:class:`Interim`)."""
+
+    def send(node_id: str, trial: int, outcome: Any) -> None:
+        reply = Reply("ok", output=outcome.output, artifact=outcome.artifact, model=outcome.model)
+        with contextlib.suppress(BrokenPipeError, EOFError):
+            conn.send(Interim(node_id, trial, reply))
 
     return send
 
@@ -335,27 +361,40 @@ class NodeProcess:
         watch: Callable[[], str | None],
         progress: Callable[[float, str | None], object] | None = None,
         trials: Callable[[dict[str, Any]], object] | None = None,
+        interim: Callable[[Interim], object] | None = None,
     ) -> Reply:
         """Run node ``node_id`` in the child; while it runs, ``watch()`` every
         ``poll_seconds``: a reason it returns ends the child (:class:`Interrupted`),
         as does an exception it raises (re-raised). The child's steps (:class:`Note`)
         go to ``progress`` as they come, an automl node's trials (:class:`Trial`) to
-        ``trials``."""
+        ``trials`` and its best-so-far models (:class:`Interim`) to ``interim``; the
+        messages already in the pipe when ``watch`` names a reason are handled first
+        (at most :data:`DRAIN_SECONDS`), so a cancel keeps what the child had sent."""
         conn = self._start()
+
+        def handle(message: Any) -> Reply | None:
+            if isinstance(message, Trial):
+                if trials is not None:
+                    trials(message.record)
+            elif isinstance(message, Interim):
+                if interim is not None:
+                    interim(message)
+            elif isinstance(message, Note):
+                if progress is not None:
+                    progress(message.fraction, message.message)
+            else:
+                return message
+            return None
+
         try:
             conn.send((node_id, source))
             next_watch = time.monotonic() + self.poll_seconds
             while True:
                 if conn.poll(max(0.0, next_watch - time.monotonic())):
-                    message = conn.recv()
-                    if isinstance(message, Trial):
-                        if trials is not None:
-                            trials(message.record)
-                    elif not isinstance(message, Note):
-                        reply = message
+                    found = handle(conn.recv())
+                    if found is not None:
+                        reply = found
                         break
-                    elif progress is not None:
-                        progress(message.fraction, message.message)
                     if time.monotonic() < next_watch:
                         continue
                 assert self.process is not None
@@ -363,6 +402,10 @@ class NodeProcess:
                     raise ChildDied(self._death())
                 reason = watch()
                 if reason is not None:
+                    drain_until = time.monotonic() + DRAIN_SECONDS
+                    while time.monotonic() < drain_until and conn.poll(0):
+                        if handle(conn.recv()) is not None:
+                            break  # the node ended just now: it is interrupted all the same
                     raise Interrupted(reason)
                 next_watch = time.monotonic() + self.poll_seconds
         except (EOFError, BrokenPipeError, ConnectionResetError):

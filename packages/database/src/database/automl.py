@@ -18,6 +18,7 @@ are the trials: version -> job -> runs is the path, every trial on it.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -68,7 +69,7 @@ def record_trial(
     record: Mapping[str, Any],
 ) -> uuid.UUID:
     """One trial (``pipeline.automl``'s record: number, learner, config, metric, score,
-    loss, seconds, status) as a run of ``experiment_id``; commits."""
+    loss, fold scores, seconds, status) as a run of ``experiment_id``; commits."""
     number = int(record["number"])
     metric = str(record.get("metric") or "score")
     metrics: dict[str, Any] = {}
@@ -82,6 +83,12 @@ def record_trial(
         if _float(value) is not None and key not in metrics:
             metrics[str(key)] = _float(value)
     seconds = _float(record.get("seconds"))
+    folds = record.get("fold_scores")
+    fold_scores = (
+        [_float(v) if _float(v) is None or math.isfinite(float(v)) else None for v in folds]
+        if isinstance(folds, list | tuple) and folds
+        else None
+    )
     failed = record.get("status") == ExperimentRunStatus.FAILED.value
     run = ExperimentRun(
         experiment_id=experiment_id,
@@ -96,6 +103,7 @@ def record_trial(
         },
         metrics=metrics,
         duration_seconds=None if seconds is None else max(0.0, seconds),
+        fold_scores=fold_scores,
         status=ExperimentRunStatus.FAILED if failed else ExperimentRunStatus.FINISHED,
     )
     session.add(run)

@@ -396,7 +396,8 @@ class TrialNumberTaken(AlreadyExists):
 
 
 class InvalidTrial(InvalidValue):
-    """A trial's number below 1 or a negative duration (``experiment_runs`` checks)."""
+    """A trial's number below 1, a negative duration, or fold scores that are not 1..20
+    finite numbers in one dimension (``experiment_runs`` checks)."""
 
 
 class UserNotFound(ReferenceViolation):
@@ -640,6 +641,7 @@ CONSTRAINTS: dict[str, type[DatabaseError]] = {
     "uq_experiment_runs_experiment_id_trial_number": TrialNumberTaken,
     "ck_experiment_runs_trial_number_positive": InvalidTrial,
     "ck_experiment_runs_duration_not_negative": InvalidTrial,
+    "ck_experiment_runs_fold_scores_finite": InvalidTrial,
 }
 
 

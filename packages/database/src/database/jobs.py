@@ -651,9 +651,12 @@ def finish_job(
     results: dict[str, Any] | None = None,
     error: str | None = None,
     traceback: str | None = None,
+    refund: bool = True,
 ) -> int:
     """End the job this worker holds, in one transaction, refunding a failed or
     cancelled one; returns the credits refunded. Raises :class:`LeaseLost`.
+    ``refund=False``: a cancelled job that delivered what it was charged for (an
+    automl search that kept its best model so far) keeps its charge.
 
     A completion moves no credits: it is one statement in autocommit that locks the
     user's row, then ends the job if this worker's lease holds
@@ -680,7 +683,7 @@ def finish_job(
         if status == JobStatus.CANCELLED:
             _skip_waiting_nodes(session, claim.id, "skipped: the job was cancelled")
         refunded = 0
-        if status != JobStatus.COMPLETED:
+        if status != JobStatus.COMPLETED and refund:
             refunded = _refund(session, claim.id, claim.user_id, error or f"job {status}")
     return refunded
 

@@ -90,6 +90,29 @@ OnTrial = Callable[[dict[str, Any]], None]
 Progress = Callable[[float, str | None], None]
 
 
+@dataclass
+class BestSoFar:
+    """A trial that beat every earlier one, with the model it fitted (see
+    :func:`search`'s ``on_best``): kept by a search that ends before FLAML's refit."""
+
+    #: The trial's number (as in its :func:`_trial_record`).
+    trial: int
+    learner: str
+    #: Its hyperparameters (FLAML's names).
+    config: dict[str, Any]
+    #: Its cross-validated score.
+    score: float
+    #: Preprocess + the trial's model as fitted on the training part of its last
+    #: cross-validation fold ((folds - 1) / folds of the rows it was given): no refit.
+    pipeline: Pipeline
+    #: Rows the trial's folds came from (FLAML samples big data in its early trials).
+    sample_size: int | None
+
+
+#: ``on_best(found)``: told of each new best trial, in the search's process.
+OnBest = Callable[[BestSoFar], None]
+
+
 def _quiet(fraction: float, message: str | None = None) -> None:
     """The progress callback when none is given."""
 
@@ -188,7 +211,66 @@ class SearchResult:
     seconds: float
 
 
-def _flaml_automl(on_trial: OnTrial, metric: str, progress: Progress, budget: float) -> Any:
+class _Pacer:
+    """Calls ``on_best`` with the newest best trial, at most at a pace where its cost
+    (serializing a model) stays within a tenth of the search's time: after a call that
+    took ``t`` seconds, the next waits until ``10 t`` have passed; a best found in
+    between waits for the next trial's end (or is superseded)."""
+
+    def __init__(self, on_best: OnBest | None) -> None:
+        self.on_best = on_best
+        self.pending: BestSoFar | None = None
+        self.ready_at = 0.0
+
+    def offer(self, found: BestSoFar | None) -> None:
+        if self.on_best is None:
+            return
+        if found is not None:
+            self.pending = found
+        if self.pending is None or time.monotonic() < self.ready_at:
+            return
+        found, self.pending = self.pending, None
+        began = time.monotonic()
+        self.on_best(found)
+        spent = time.monotonic() - began
+        self.ready_at = began + 10 * spent
+
+
+def _best_so_far(
+    number: int,
+    record: dict[str, Any],
+    state: Any,
+    fitted: Any,
+    classes: Any,
+) -> BestSoFar | None:
+    """The new best trial with its fitted model (FLAML keeps each learner's best
+    trained estimator with ``model_history=True``), or None when it kept none."""
+    trained = getattr(state, "trained_estimator", None)
+    model = None if trained is None else getattr(trained, "estimator", None)
+    if model is None or record.get("score") is None:
+        return None
+    if "n_jobs" in model.get_params(deep=False):
+        model.set_params(n_jobs=None)  # the worker's threads are not the model's
+    final: Any = model if classes is None else LabelDecoded(model, classes)
+    return BestSoFar(
+        trial=number,
+        learner=str(record["learner"]),
+        config=dict(record.get("config") or {}),
+        score=float(record["score"]),
+        pipeline=Pipeline([("preprocess", fitted), ("model", final)]),
+        sample_size=record.get("sample_size"),
+    )
+
+
+def _flaml_automl(
+    on_trial: OnTrial,
+    metric: str,
+    progress: Progress,
+    budget: float,
+    pacer: _Pacer | None = None,
+    fitted: Any = None,
+    classes: Any = None,
+) -> Any:
     from flaml import AutoML
 
     class _Recording(AutoML):
@@ -202,12 +284,19 @@ def _flaml_automl(on_trial: OnTrial, metric: str, progress: Progress, budget: fl
             type(self).trials_done += 1
             record = _trial_record(type(self).trials_done, search_state, estimator, metric)
             score = record.get("score")
-            if score is not None and (
+            better = score is not None and (
                 self.best is None
                 or (score > self.best if greater_is_better(metric) else score < self.best)
-            ):
+            )
+            if better:
                 type(self).best = score
             on_trial(record)
+            if pacer is not None:
+                pacer.offer(
+                    _best_so_far(record["number"], record, search_state, fitted, classes)
+                    if better
+                    else None
+                )
             elapsed = float(self._state.time_from_start)
             shown = "none yet" if self.best is None else f"{self.best:.4g}"
             progress(
@@ -217,6 +306,29 @@ def _flaml_automl(on_trial: OnTrial, metric: str, progress: Progress, budget: fl
             )
 
     return _Recording()
+
+
+#: The key of a trial's logged metrics that carries its folds' losses (see :func:`_folds`).
+FOLD_LOSSES = "fold_losses"
+
+
+def _folds(val_loss_folds: list[float], log_metrics_folds: list[Any]) -> tuple[float, Any]:
+    """FLAML's ``cv_score_agg_func``: its own default aggregation (the mean of the
+    folds' losses, the mean of the logged metrics), plus every fold's loss under
+    :data:`FOLD_LOSSES`. FLAML hands the folds' losses to this function after the
+    trial's cross-validation, so the fold scores cost no refit; the loss FLAML
+    minimizes is unchanged."""
+    from flaml.automl.ml import default_cv_score_agg_func
+
+    loss, logged = default_cv_score_agg_func(val_loss_folds, log_metrics_folds)
+    if isinstance(logged, Mapping):
+        logged = dict(logged)
+    elif logged is None:
+        logged = {}
+    else:
+        logged = {"metric": logged}
+    logged[FOLD_LOSSES] = [float(v) for v in val_loss_folds]
+    return loss, logged
 
 
 def _number(value: Any) -> Any:
@@ -238,7 +350,14 @@ def _trial_record(number: int, state: Any, learner: str, metric: str) -> dict[st
     config.pop("FLAML_sample_size", None)
     logged = getattr(state, "metric_for_logging", None)
     extra = {}
+    folds: list[float | None] | None = None
     if isinstance(logged, Mapping):
+        losses = logged.get(FOLD_LOSSES)
+        if isinstance(losses, list | tuple):
+            folds = [
+                None if (v := _number(loss)) is None else score_of(metric, float(v))
+                for loss in losses
+            ]
         extra = {str(k): _number(v) for k, v in logged.items() if _number(v) is not None}
         extra = {k: v for k, v in extra.items() if isinstance(v, int | float)}
     return {
@@ -248,6 +367,7 @@ def _trial_record(number: int, state: Any, learner: str, metric: str) -> dict[st
         "metric": metric,
         "loss": loss,
         "score": None if loss is None else score_of(metric, float(loss)),
+        "fold_scores": folds,
         "seconds": _number(getattr(state, "trial_time", None)),
         "sample_size": _number(getattr(state, "sample_size", None)),
         "logged": extra,
@@ -292,10 +412,20 @@ def search(
     on_trial: OnTrial | None = None,
     progress: Progress | None = None,
     scheduler: str | None = None,
+    on_best: OnBest | None = None,
 ) -> SearchResult:
     """Search learners and hyperparameters for ``x_train``/``y_train`` (raw rows; the
     unfitted ``transformer`` is fitted on them). Raises :class:`SearchFailed` when no
-    trial finished in the budget."""
+    trial finished in the budget.
+
+    ``on_best``: told of each new best trial with the model it fitted on its last
+    fold (:class:`BestSoFar`), paced (:class:`_Pacer`), so that a search that is ended
+    early (a cancel) still has a model to keep; with it, FLAML keeps each learner's
+    best trained estimator (``model_history``) instead of dropping it.
+
+    ``n_jobs``: the threads of a trial's fits. With a Dask ``scheduler``, the
+    learners get ``n_jobs=-1``: joblib's Dask backend then counts the cluster's cores
+    (with the slot's count, it would cap the cluster at the slot's threads)."""
     metric = metric or default_metric(problem_type)
     learners = learners or DEFAULT_LEARNERS[problem_type]
     if problem_type == ProblemType.REGRESSION:
@@ -322,7 +452,8 @@ def search(
                 f"{folds}-fold cross-validation needs {folds} rows of every class;"
                 f" the smallest class has {smallest} training rows"
             )
-    automl = _flaml_automl(trials, metric, report, time_budget_s)
+    pacer = _Pacer(on_best) if on_best is not None else None
+    automl = _flaml_automl(trials, metric, report, time_budget_s, pacer, fitted, classes)
     settings: dict[str, Any] = {
         "time_budget": time_budget_s,
         "metric": metric,
@@ -330,14 +461,17 @@ def search(
         "eval_method": "cv",
         "n_splits": folds,
         "estimator_list": list(learners),
-        "n_jobs": n_jobs,
+        "n_jobs": -1 if scheduler else n_jobs,
         "log_type": "all",
+        "cv_score_agg_func": _folds,
         "verbose": 0,
         "mlflow_logging": False,
         "seed": seed if seed is not None else 0,
     }
     if max_trials is not None:
         settings["max_iter"] = max_trials
+    if on_best is not None:
+        settings["model_history"] = True
     report(
         0.0,
         f"searching {', '.join(learners)} for {time_budget_s:g} s, {folds}-fold CV on"

@@ -182,6 +182,9 @@ class NodeOutcome:
 
 
 LoadDataset = Callable[[WorkflowNode], LoadedDataset]
+#: ``on_interim(save_node_id, trial, outcome)``: what a save node fed by an automl node
+#: would save of the search's best trial so far (see :func:`_interim_saver`).
+OnInterim = Callable[[str, int, "NodeOutcome"], None]
 #: ``progress(fraction, message)``: how far the node is (0..1) and what it just did.
 Progress = Callable[[float, str | None], None]
 
@@ -199,6 +202,7 @@ def execute_node(
     *,
     n_jobs: int = 1,
     on_trial: automl.OnTrial | None = None,
+    on_interim: OnInterim | None = None,
 ) -> NodeOutcome:
     """Run node ``node_id`` of ``definition``.
 
@@ -207,7 +211,9 @@ def execute_node(
     told of the node's steps; ``n_jobs`` is how many threads a fit may use (given to
     estimators that take ``n_jobs``). Raises :class:`NodeFailed` with a message for the
     user when the node cannot run. An automl node tells ``on_trial`` of each trial of
-    its search (:mod:`pipeline.automl`), as plain dicts.
+    its search (:mod:`pipeline.automl`), as plain dicts, and ``on_interim`` of what
+    each save node it feeds would save of the best trial so far (kept if the search is
+    cancelled before it ends).
     """
     report = progress or _silent
     node = definition.node(node_id)
@@ -230,7 +236,14 @@ def execute_node(
         return NodeOutcome(output=measure.json_safe(_model_output(trained)), value=trained)
     if isinstance(config, AutoMLConfig):
         trained, found = _search(
-            definition, node_id, config, value, report, n_jobs=n_jobs, on_trial=on_trial
+            definition,
+            node_id,
+            config,
+            value,
+            report,
+            n_jobs=n_jobs,
+            on_trial=on_trial,
+            on_interim=on_interim,
         )
         output = {**_model_output(trained), "search": found}
         return NodeOutcome(output=measure.json_safe(output), value=trained)
@@ -610,6 +623,7 @@ def _search(
     *,
     n_jobs: int = 1,
     on_trial: automl.OnTrial | None = None,
+    on_interim: OnInterim | None = None,
 ) -> tuple[TrainedModel, dict[str, Any]]:
     """An automl node: FLAML's search on the training rows, the best pipeline scored on
     the test rows (:mod:`pipeline.automl`)."""
@@ -653,6 +667,7 @@ def _search(
             on_trial=on_trial,
             progress=report,
             scheduler=automl.dask_address(),
+            on_best=_interim_saver(definition, node_id, data, problem_type, on_interim),
         )
     except automl.SearchFailed as exc:
         raise NodeFailed(f"node {node_id!r}: {exc}") from None
@@ -683,6 +698,55 @@ def _search(
         notes=notes,
     )
     return trained, found
+
+
+def _interim_saver(
+    definition: WorkflowDefinition,
+    node_id: str,
+    data: PreparedData,
+    problem_type: ProblemType,
+    on_interim: OnInterim | None,
+) -> automl.OnBest | None:
+    """An automl node's ``on_best``: each save node it feeds serializes the best trial
+    so far (its fold model, scored on the held-out test rows like the final one) and
+    hands it to ``on_interim``. None when nobody listens or nothing would be saved."""
+    saves = [
+        (n, cfg)
+        for n in definition.outputs(node_id)
+        if isinstance(cfg := definition.node(n).typed_config(), SaveConfig)
+    ]
+    if on_interim is None or not saves:
+        return None
+
+    def save(found: automl.BestSoFar) -> None:
+        pipeline = found.pipeline
+        predictions = np.asarray(pipeline.predict(data.x_test))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scores, notes = _holdout_metrics(pipeline, data, predictions, problem_type)
+        trained = TrainedModel(
+            pipeline=pipeline,
+            algorithm="automl",
+            problem_type=problem_type,
+            metrics=scores,
+            hyperparameters={"learner": found.learner, **found.config},
+            data=data,
+            predictions=predictions,
+            notes=notes,
+        )
+        for save_id, config in saves:
+            outcome = _save(config, trained)
+            outcome.output["kept_from"] = {
+                "automl_node": node_id,
+                "trial": found.trial,
+                "cv_score": found.score,
+                "fitted_on": "the training part of the trial's last cross-validation fold"
+                " (not refitted on every training row: the search ended before its refit)",
+                "sample_size": found.sample_size,
+            }
+            on_interim(save_id, found.trial, outcome)
+
+    return save
 
 
 def _metrics_message(scores: Mapping[str, float]) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy import CheckConstraint, Double, ForeignKeyConstraint, Index, UniqueConstraint
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, CreatedAtMixin, IDMixin
@@ -35,6 +36,9 @@ class ExperimentRun(IDMixin, CreatedAtMixin, Base):
     trial_number: Mapped[int | None]
     parameters: Mapped[dict[str, Any] | None]
     duration_seconds: Mapped[float | None]
+    # The trial's score on each cross-validation fold, in fold order (their mean is the
+    # run's score); NULL for a fold FLAML could not score. Finite numbers only.
+    fold_scores: Mapped[list[float | None] | None] = mapped_column(ARRAY(Double))
     status: Mapped[ExperimentRunStatus] = mapped_column(
         experiment_run_status, server_default=ExperimentRunStatus.FINISHED.value
     )
@@ -65,6 +69,13 @@ class ExperimentRun(IDMixin, CreatedAtMixin, Base):
         UniqueConstraint("experiment_id", "trial_number"),
         CheckConstraint("trial_number >= 1", name="trial_number_positive"),
         CheckConstraint("duration_seconds >= 0", name="duration_not_negative"),
+        CheckConstraint(
+            "array_ndims(fold_scores) = 1 AND cardinality(fold_scores) BETWEEN 1 AND 20"
+            " AND NOT ('NaN'::float8 = ANY (fold_scores))"
+            " AND NOT ('Infinity'::float8 = ANY (fold_scores))"
+            " AND NOT ('-Infinity'::float8 = ANY (fold_scores))",
+            name="fold_scores_finite",
+        ),
         Index("ix_experiment_runs_experiment_id_user_id", "experiment_id", "user_id"),
         Index("ix_experiment_runs_job_id_user_id", "job_id", "user_id"),
         Index("ix_experiment_runs_model_id_user_id", "model_id", "user_id"),
