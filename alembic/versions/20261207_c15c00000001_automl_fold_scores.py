@@ -7,7 +7,7 @@ finite numbers or NULL (a fold that could not be scored), checked by
 ``ck_experiment_runs_fold_scores_finite``. The downgrade drops the column.
 
 Revision ID: c15c00000001
-Revises: c15b00000001
+Revises: c16b00000001
 Create Date: 2026-12-07 10:40:00+00:00
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "c15c00000001"
-down_revision: str | Sequence[str] | None = "c15b00000001"
+down_revision: str | Sequence[str] | None = "c16b00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
