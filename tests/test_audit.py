@@ -385,13 +385,13 @@ def test_audit_rows_refuse_update_delete_and_truncate_for_everyone(
     with pytest.raises(errors.PermissionDenied):
         run_as(app_engine, "TRUNCATE audit_events")
     # Through the ORM.
-    event = session.get(AuditEvent, (row.id, row.occurred_at))
+    event = session.get(AuditEvent, (row.occurred_at, row.id))
     assert event is not None
     event.action = "api_key.deleted"
     with pytest.raises(errors.AuditAppendOnly):
         session.flush()
     session.rollback()
-    event = session.get(AuditEvent, (row.id, row.occurred_at))
+    event = session.get(AuditEvent, (row.occurred_at, row.id))
     session.delete(event)
     with pytest.raises(errors.AuditAppendOnly):
         session.flush()

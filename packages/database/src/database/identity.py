@@ -45,7 +45,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from database import errors, lifecycle
+from database import audit, errors, lifecycle
 from database._tx import atomic
 from database.models import (
     CreditTransaction,
@@ -319,19 +319,36 @@ def login(
     return token, row
 
 
-def authenticate_session(session: Session, token: str) -> tuple[UserSession, User]:
+def authenticate_session(
+    session: Session,
+    token: str,
+    *,
+    request_id: str | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> tuple[UserSession, User]:
     """The live session of ``token`` and its user; records ``last_seen_at`` (at most
     once a minute; committed). Raises ``SessionRefused`` (code ``invalid_session``,
     ``session_revoked`` or ``session_expired``). The user's state (deleted,
-    inactive) is the caller's to check, as for API keys."""
+    inactive) is the caller's to check, as for API keys.
+
+    The lookup also names the session's user as the audit actor of the session's
+    transaction (``audit.select_as_actor``: one statement), with ``request_id``,
+    ``client_ip`` and ``user_agent``; a refusal leaves it to the caller's rollback."""
     if not token.startswith(SESSION_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
         raise errors.SessionRefused("unknown session", code="invalid_session")
-    row = session.execute(
+    row = audit.select_as_actor(
+        session,
         select(UserSession, User, func.now())
         .join(User, User.id == UserSession.user_id)
         .where(UserSession.token_hash == hash_token(token))
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+        .execution_options(populate_existing=True),
+        user_id=UserSession.user_id,
+        session_id=UserSession.id,
+        request_id=request_id,
+        client_ip=client_ip,
+        user_agent=user_agent,
+    )
     if row is None:
         raise errors.SessionRefused("unknown session", code="invalid_session")
     found, user, now = row
