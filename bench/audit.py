@@ -14,12 +14,14 @@ writes the "Audit trail overhead" section of docs/performance.md (not with
   charge calls no function. Variants: ``audit`` (as migrated) and ``no audit``
   (``ALTER TABLE users DISABLE TRIGGER users_audit_update``).
 * **api**: the app in process (FastAPI's TestClient, the bench database), two
-  paths: ``GET /v1/me`` (authentication + ``set_actor``: one more statement per
-  request) and ``POST /v1/api-keys`` (the above, plus the ``api_keys_audit_insert``
-  trigger writing its row). Variants: ``audit`` and ``no audit`` (connections with
-  ``session_replication_role = replica``, so the api_keys audit triggers, the only
-  triggers on that table, do not fire; ``api.deps.name_actor`` a no-op). The two
-  variants' requests alternate one by one.
+  paths: ``GET /v1/me`` (authentication, whose key lookup also sets the actor:
+  ``database.audit.select_as_actor``, six ``set_config`` calls in the lookup's
+  select list, no statement of their own) and ``POST /v1/api-keys`` (the above,
+  plus the ``api_keys_audit_insert`` trigger writing its row). Variants: ``audit``
+  and ``no audit`` (connections with ``session_replication_role = replica``, so the
+  api_keys audit triggers, the only triggers on that table, do not fire; the
+  lookup without the ``set_config`` calls). The two variants' requests alternate
+  one by one.
 
 Ledger variants alternate run by run, their order swapped every repetition; every
 figure is the median over repetitions.
@@ -115,15 +117,17 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
     the machine's load hits both alike. ``no audit`` runs on connections with
     ``session_replication_role = replica`` (no ordinary trigger fires; on ``api_keys``
     the audit triggers are the only ones, and ``GET /v1/me`` fires none besides the
-    minute's ``last_used_at`` update) and without ``name_actor``."""
+    minute's ``last_used_at`` update) and with the key lookup alone (no
+    ``set_config`` in it)."""
     import tempfile
 
     from fastapi.testclient import TestClient
     from sqlalchemy import create_engine, event
     from sqlalchemy.orm import Session, sessionmaker
 
-    import api.deps as deps
     from api.deps import get_session, get_session_factory
+    from database import _tx
+    from database import audit as audit_module
     from api.main import create_app
     from api.settings import ApiSettings
     from database import errors
@@ -150,14 +154,18 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
 
     app.dependency_overrides[get_session] = session_override
     app.dependency_overrides[get_session_factory] = lambda: factories[current["variant"]]
-    real_name_actor = deps.name_actor
+    real_select_as_actor = audit_module.select_as_actor
 
-    def no_actor(*_: Any, **__: Any) -> None:
-        return None
+    def lookup_only(session: Session, stmt: Any, **_: Any) -> tuple[Any, ...] | None:
+        row = session.execute(stmt).one_or_none()
+        _tx.offer(session)
+        return None if row is None else tuple(row)
 
     def use(variant: str) -> None:
         current["variant"] = variant
-        deps.name_actor = real_name_actor if variant == "audit" else no_actor  # type: ignore[assignment]
+        audit_module.select_as_actor = (  # type: ignore[assignment]
+            real_select_as_actor if variant == "audit" else lookup_only
+        )
 
     paths = ("GET /v1/me", "POST /v1/api-keys")
     variants = ("audit", "no audit")
@@ -268,9 +276,10 @@ def render_section(result: dict[str, Any]) -> str:
         " Ledger invariant after the run: "
         + ("holds." if led["invariant_ok"] else f"BROKEN ({led['invariant_detail']})."),
         "",
-        "`GET /v1/me` pays for `set_actor` alone (one `SELECT set_config(...)` per transaction"
-        " after authentication); `POST /v1/api-keys` also for the statement-level trigger"
-        " writing the `api_key.created` row"
+        "`GET /v1/me` pays for naming the actor alone: six `set_config` calls in the select"
+        " list of authentication's key lookup (`database.audit.select_as_actor`: no"
+        " statement, no round trip of their own); `POST /v1/api-keys` also for the"
+        " statement-level trigger writing the `api_key.created` row"
         f" ({result['api']['api_key_created_rows']} rows written by the audited requests,"
         " sign-up included). The API's requests of the two variants alternate one by one,"
         " so a change in the machine's load hits both alike; the ledger's runs alternate"
@@ -285,12 +294,12 @@ def render_section(result: dict[str, Any]) -> str:
     lines.append(
         "Repetitions where the audited requests were slower: "
         + ", ".join(f"`{p}` {n} of {len(api_runs[p]['audit'])}" for p, n in slower.items())
-        + ". What the audit adds to a request is fixed work: one round trip more"
-        " (`set_config`) per transaction, and for a key's creation one more row (a"
-        " partition's insert and its four index entries, through a statement trigger)."
-        " A round trip costs little CPU but, on a machine whose cores are all busy, a wait"
-        " to be scheduled on both sides: that is why the relative cost grows with the"
-        " load (and why the absolute times here are several times a quiet machine's)."
+        + ". What the audit adds to a request is fixed work and no round trip: six"
+        " `set_config` calls inside authentication's own statement, and for a key's"
+        " creation one more row written by a statement trigger (a partition's insert"
+        " and two index entries: the key `(occurred_at, id)`, appended at its right end,"
+        " and the subject index; the actor index takes only the events whose actor is"
+        " not their subject)."
     )
     lines.append("")
     missed = [(name, cost) for name, cost in verdicts if cost > 5.0]
