@@ -190,7 +190,9 @@ def _key_principal(session: Session, token: str, request: Request) -> Principal:
         .where(APIKey.key_hash == hash_api_key(token)),
         user_id=APIKey.user_id,
         api_key_id=APIKey.id,
-        **_request_actor(request),
+        request_id=request_id(request),
+        client_ip=client_ip(request),
+        user_agent=user_agent(request),
     )
     if row is None:
         raise _unauthenticated("invalid_api_key", "unknown API key")
@@ -222,15 +224,6 @@ def _key_principal(session: Session, token: str, request: Request) -> Principal:
     return Principal(user=user, key=key)
 
 
-def _request_actor(request: Request) -> dict[str, str | None]:
-    """The request's part of the actor: its id, the client's address and agent."""
-    return {
-        "request_id": request_id(request),
-        "client_ip": client_ip(request),
-        "user_agent": user_agent(request),
-    }
-
-
 def get_principal(
     request: Request,
     session: SessionDep,
@@ -251,7 +244,13 @@ def get_principal(
         raise _unauthenticated("unauthenticated", "an API key is required (Authorization: Bearer)")
     token = credentials.credentials
     if token.startswith(identity.SESSION_PREFIX):
-        found, user = identity.authenticate_session(session, token, **_request_actor(request))
+        found, user = identity.authenticate_session(
+            session,
+            token,
+            request_id=request_id(request),
+            client_ip=client_ip(request),
+            user_agent=user_agent(request),
+        )
         principal = Principal(user=user, session=found)
     elif token.startswith(KEY_PREFIX) and len(token) <= 200:
         principal = _key_principal(session, token, request)

@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    ColumnExpressionArgument,
     Select,
     Text,
     and_,
@@ -226,11 +227,11 @@ def set_actor(
 
 def select_as_actor(
     session: Session,
-    stmt: Select[Any],
+    stmt: Select[*tuple[Any, ...]],
     *,
-    user_id: ColumnElement[Any],
-    api_key_id: ColumnElement[Any] | None = None,
-    session_id: ColumnElement[Any] | None = None,
+    user_id: ColumnExpressionArgument[Any],
+    api_key_id: ColumnExpressionArgument[Any] | None = None,
+    session_id: ColumnExpressionArgument[Any] | None = None,
     request_id: str | None = None,
     client_ip: str | None = None,
     user_agent: str | None = None,
@@ -246,7 +247,7 @@ def select_as_actor(
     """
     given = make_actor(request_id=request_id, client_ip=client_ip, user_agent=user_agent)
 
-    def value(expr: ColumnElement[Any] | None) -> ColumnElement[Any]:
+    def value(expr: ColumnExpressionArgument[Any] | None) -> ColumnElement[Any]:
         return literal("", Text) if expr is None else cast(expr, Text)
 
     values = [
