@@ -175,10 +175,14 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
     # Replica mode skips every ordinary trigger, the foreign keys' checks too (they are
     # triggers): made to fire "always", so the baseline checks api_keys.user_id like
     # the audited variant; only the audit triggers stay off in it.
-    db.script(
-        "ALTER TABLE api_keys ENABLE ALWAYS TRIGGER ALL;\n"
-        + "".join(f"ALTER TABLE {t} ENABLE TRIGGER {n};\n" for t, n in API_AUDIT_TRIGGERS)
-    )
+    internal = [
+        r[0]
+        for r in db.sql(
+            "SELECT tgname FROM pg_trigger"
+            " WHERE tgrelid = 'public.api_keys'::regclass AND tgisinternal"
+        )
+    ]
+    db.script("".join(f'ALTER TABLE api_keys ENABLE ALWAYS TRIGGER "{n}";\n' for n in internal))
     with TestClient(app) as client:
         r = client.post("/v1/users", json={"email": "bench-audit@bench.test"})
         headers = {"Authorization": f"Bearer {r.json()['api_key']['key']}"}
@@ -226,7 +230,7 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
                     f" paired median cost {paired[path][-1]:+.1f}%"
                 )
     use("audit")
-    db.script("ALTER TABLE api_keys ENABLE TRIGGER ALL;")
+    db.script("".join(f'ALTER TABLE api_keys ENABLE TRIGGER "{n}";\n' for n in internal))
     created = db.sql("SELECT count(*) FROM audit_events WHERE action = 'api_key.created'")[0][0]
     for e in engines.values():
         e.dispose()
