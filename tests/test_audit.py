@@ -385,13 +385,13 @@ def test_audit_rows_refuse_update_delete_and_truncate_for_everyone(
     with pytest.raises(errors.PermissionDenied):
         run_as(app_engine, "TRUNCATE audit_events")
     # Through the ORM.
-    event = session.get(AuditEvent, (row.id, row.occurred_at))
+    event = session.get(AuditEvent, (row.occurred_at, row.id))
     assert event is not None
     event.action = "api_key.deleted"
     with pytest.raises(errors.AuditAppendOnly):
         session.flush()
     session.rollback()
-    event = session.get(AuditEvent, (row.id, row.occurred_at))
+    event = session.get(AuditEvent, (row.occurred_at, row.id))
     session.delete(event)
     with pytest.raises(errors.AuditAppendOnly):
         session.flush()
@@ -605,3 +605,71 @@ def test_dropping_a_partition_is_the_way_out_and_delete_stays_refused(sql, engin
         sql("DELETE FROM audit_events WHERE id = :i", i=kept[0])
     with pytest.raises(ValueError):
         audit.drop_partitions_before(engine, dt.datetime(2024, 2, 20))
+
+
+# =====================================================================================
+# indexes: each query the trail serves uses one (migration c17c00000001)
+# =====================================================================================
+def _plan(engine: Engine, stmt: Any) -> str:
+    from sqlalchemy.dialects import postgresql
+
+    compiled = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        return "\n".join(r[0] for r in conn.execute(text(f"EXPLAIN {compiled}")))
+
+
+def test_the_trails_queries_use_the_light_indexes(sql, engine):
+    from sqlalchemy import select
+
+    user = make_user(sql)
+    other = make_user(sql)
+    # The usual kind (actor = subject: the user's own key) and another actor's act
+    # on the user's key.
+    key = make_key(sql, user)
+    with_actor(
+        engine, [f"UPDATE api_keys SET name = 'n' WHERE id = '{key}'"], actor_user_id=str(user)
+    )
+    with_actor(
+        engine,
+        [
+            f"INSERT INTO api_keys (user_id, name, prefix, key_hash, scopes) VALUES ('{user}', 'a',"
+            f" 'aml_zzzzzzzz', '{hashlib.sha256(b'x').hexdigest()}', ARRAY['read'])",
+            f"UPDATE api_keys SET revoked_at = now() WHERE id = '{key}'",
+        ],
+        actor_user_id=str(other),
+    )
+    with_actor(
+        engine,
+        [f"UPDATE api_keys SET scopes = ARRAY['read', 'write'] WHERE id = '{key}'"],
+        actor_user_id=str(user),
+    )
+    sql("ANALYZE audit_events")
+    # (The partitions' copies of an index are named after it: <partition>_<columns>_idx.)
+    own = _plan(engine, audit.visible_to(user))
+    assert "subject_user_id_occurred_at" in own, own
+    assert "actor_user_id_occurred_at" in own, own
+    by_actor = _plan(engine, select(AuditEvent).where(audit.by_actor(other)))
+    assert "actor_user_id_occurred_at" in by_actor, by_actor
+    admin = _plan(
+        engine,
+        select(AuditEvent).order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(50),
+    )
+    assert "Index Scan Backward using audit_events_p" in admin and "_pkey" in admin, admin
+    # The answers are the same as the plain "actor = u OR subject = u".
+    with Session(engine) as s:
+        mine = {e.id for e in s.scalars(audit.visible_to(user))}
+        plain = {
+            e.id
+            for e in s.scalars(
+                select(AuditEvent).where(
+                    (AuditEvent.actor_user_id == user) | (AuditEvent.subject_user_id == user)
+                )
+            )
+        }
+        assert mine == plain and len(mine) >= 3
+        theirs = {e.id for e in s.scalars(select(AuditEvent).where(audit.by_actor(other)))}
+        assert theirs == {
+            e.id for e in s.scalars(select(AuditEvent).where(AuditEvent.actor_user_id == other))
+        }
+        assert theirs

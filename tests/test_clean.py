@@ -340,3 +340,83 @@ def test_concurrent_runs_share_the_work_and_archive_each_row_once(sql, engine, t
     }
     jobs = [j["id"] for j in read_archive(tmp_path, "jobs")]
     assert sorted(uuid.UUID(j) for j in jobs) == sorted(w["old_jobs"])
+
+
+def test_a_sigkilled_clean_process_rerun_loses_nothing_and_archives_each_row_once(
+    sql, engine, db_url, tmp_path
+):
+    """A real ``automl-db clean`` process, killed with SIGKILL after its first batch
+    is observed (many rows, small batches: mid-work), then run again: every removable
+    row is either still there or in the archive, exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sql(
+        "INSERT INTO stripe_webhook_events (stripe_event_id, type, payload, status, created_at)"
+        " SELECT 'evt_kill_' || i, 'x', jsonb_build_object('n', i), 'processed', '2026-01-01Z'"
+        " FROM generate_series(1, 3000) AS i"
+    )
+    kept = webhook(sql, NEW)
+    original = {r[0] for r in sql("SELECT id FROM stripe_webhook_events WHERE id <> :k", k=kept)}
+    archive = tmp_path / "archive"
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url.render_as_string(hide_password=False),
+        "AUTOML_DATA_DIR": str(tmp_path / "data"),
+    }
+    command = [
+        str(Path(sys.executable).with_name("automl-db")),
+        "clean",
+        "--before",
+        "2026-06-01",
+        "--what",
+        "webhooks",
+        "--archive",
+        str(archive),
+        "--batch-size",
+        "3",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while scalar(sql, "SELECT count(*) FROM stripe_webhook_events") > len(original):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no batch committed in 120 s"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    left = {r[0] for r in sql("SELECT id FROM stripe_webhook_events WHERE id <> :k", k=kept)}
+    assert left and left < original  # killed mid-work: some rows gone, some left
+    archived = [uuid.UUID(r["id"]) for r in _archive_rows(archive)]
+    assert set(archived) | left == original  # nothing lost at the kill
+    # The killed run's backend is gone before the re-run (its open batch's rows are
+    # otherwise still locked, and a run skips locked rows).
+    deadline = time.monotonic() + 60
+    while scalar(
+        sql,
+        "SELECT count(*) FROM pg_locks AS l WHERE l.pid <> pg_backend_pid()"
+        " AND l.relation = 'public.stripe_webhook_events'::regclass",
+    ):
+        assert time.monotonic() < deadline, "the killed run's transaction is still open"
+        time.sleep(0.05)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "removed" in rerun.stdout
+    assert {r[0] for r in sql("SELECT id FROM stripe_webhook_events")} == {kept}
+    archived = [uuid.UUID(r["id"]) for r in read_archive(archive, "stripe_webhook_events")]
+    assert len(archived) == len(set(archived)), "a row was archived twice"
+    assert set(archived) == original
+
+
+def _archive_rows(root: Path) -> list[dict[str, Any]]:
+    """The archive's rows as a killed run left them (its temporary file, if any, is
+    not part of it)."""
+    out: list[dict[str, Any]] = []
+    for path in sorted((root / "stripe_webhook_events").glob("*.parquet")):
+        out.extend(pq.read_table(path).to_pylist())
+    return out

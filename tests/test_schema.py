@@ -392,6 +392,9 @@ TIME_ORDERED_KEYS = {"credit_transactions": "uuidv7()"}
 # metric, split), an alias by (model, alias), a grant by (model, user); the key is the
 # rule (one alias per model, one grant per user) and the index of the first column's key.
 COMPOSITE_KEYS = {
+    # The audit trail: time first, so appends land at the index's right end and the key
+    # serves the admin's list in time order (c17c00000001, docs/audit.md).
+    "audit_events": ("occurred_at", "id"),
     "job_logs": ("job_id", "seq"),
     # A run's rows by row index: the key is the keyset of its pages (issue 15).
     "evaluation_row_results": ("evaluation_run_id", "row_index"),
@@ -407,8 +410,6 @@ COMPOSITE_KEYS = {
     "usage_meters": ("user_id",),
     # A job's price lines keyed by (job, price item): one line per item (issue 16).
     "job_price_items": ("job_id", "price_item_id"),
-    # A partitioned table's key holds its partition key (the event's time).
-    "audit_events": ("id", "occurred_at"),
 }
 
 

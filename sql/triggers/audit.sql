@@ -88,7 +88,8 @@ BEGIN
             RETURN NEW;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
-        IF current_setting('automl.audit_maintenance', true) = 'on'
+        -- public.partition_month moving the DEFAULT partition's rows of a new month.
+        IF current_setting('automl.partition_maintenance', true) = 'on'
            AND TG_TABLE_NAME = 'audit_events_default'
            AND pg_has_role(current_user,
                            (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = TG_RELID),
@@ -212,9 +213,12 @@ BEGIN
             USING ERRCODE = 'ML107';
     END IF;
     PERFORM set_config('automl.audit_redact', 'on', true);
+    -- "actor = the user", written as the two arms the partial indexes serve
+    -- (database.audit.by_actor says why).
     UPDATE public.audit_events AS e
        SET client_ip = NULL, user_agent = NULL
-     WHERE e.actor_user_id = p_user_id
+     WHERE ((e.subject_user_id = p_user_id AND e.actor_user_id = p_user_id)
+            OR (e.actor_user_id = p_user_id AND e.actor_user_id IS DISTINCT FROM e.subject_user_id))
        AND (e.client_ip IS NOT NULL OR e.user_agent IS NOT NULL);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     PERFORM set_config('automl.audit_redact', 'off', true);
@@ -223,11 +227,12 @@ END;
 $$;
 
 -- Monthly partitions (UTC bounds), from the month of p_at through p_months_ahead
--- months after it, and the DEFAULT partition; each partition gets the TRUNCATE
--- refusal (a statement trigger on the parent does not fire for a TRUNCATE of a
--- partition). Rows the DEFAULT partition caught for a month being created move into
--- it. Idempotent; concurrent callers queue on the parent's lock. Returns the
--- partitions created. The workers call it periodically (database.audit.ensure_partitions).
+-- months after it (public.partition_months, partitions.sql: shared with the request
+-- log), and the DEFAULT partition, which catches a row of a month not made yet;
+-- rows it caught for a month being created move into it. Each partition gets the
+-- TRUNCATE refusal. Idempotent; concurrent callers queue on the parent's lock.
+-- Returns the partitions created. The workers call it periodically
+-- (database.audit.ensure_partitions).
 CREATE OR REPLACE FUNCTION public.audit_events_ensure_partitions(p_at timestamptz, p_months_ahead integer)
 RETURNS integer
 LANGUAGE plpgsql
@@ -235,60 +240,20 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    v_month timestamp := date_trunc('month', p_at AT TIME ZONE 'UTC');
-    v_lo text;
-    v_hi text;
-    v_name text;
     v_created integer := 0;
 BEGIN
-    IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
-        RAISE EXCEPTION 'months ahead must be between 0 and 120, not %', p_months_ahead
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- Nothing to do (the common case): no lock, no DDL.
-    IF to_regclass('public.audit_events_default') IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM generate_series(0, p_months_ahead) AS i
-         WHERE to_regclass('public.audit_events_p'
-                           || to_char(v_month + make_interval(months => i), 'YYYYMM')) IS NULL
-    ) THEN
-        RETURN 0;
-    END IF;
-    -- Self-conflicting but not in the way of INSERTs; taking a relation lock also
-    -- reads the catalog changes of the caller that held it before (an advisory lock
-    -- would not: to_regclass could miss the partition it just made).
-    LOCK TABLE public.audit_events IN SHARE UPDATE EXCLUSIVE MODE;
     IF to_regclass('public.audit_events_default') IS NULL THEN
-        CREATE TABLE public.audit_events_default PARTITION OF public.audit_events DEFAULT;
-        CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.audit_events_default
-            FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable();
-        v_created := v_created + 1;
-    END IF;
-    FOR i IN 0 .. p_months_ahead LOOP
-        v_name := 'audit_events_p' || to_char(v_month + make_interval(months => i), 'YYYYMM');
-        CONTINUE WHEN to_regclass('public.' || v_name) IS NOT NULL;
-        v_lo := to_char(v_month + make_interval(months => i), 'YYYY-MM-DD') || ' 00:00:00+00';
-        v_hi := to_char(v_month + make_interval(months => i + 1), 'YYYY-MM-DD') || ' 00:00:00+00';
-        IF EXISTS (SELECT 1 FROM public.audit_events_default AS d
-                    WHERE d.occurred_at >= v_lo::timestamptz AND d.occurred_at < v_hi::timestamptz) THEN
-            EXECUTE format('CREATE TABLE public.%I (LIKE public.audit_events INCLUDING DEFAULTS'
-                           ' INCLUDING CONSTRAINTS)', v_name);
-            PERFORM set_config('automl.audit_maintenance', 'on', true);
-            EXECUTE format('WITH moved AS (DELETE FROM public.audit_events_default AS d'
-                           ' WHERE d.occurred_at >= %L AND d.occurred_at < %L RETURNING d.*)'
-                           ' INSERT INTO public.%I SELECT * FROM moved', v_lo, v_hi, v_name);
-            PERFORM set_config('automl.audit_maintenance', 'off', true);
-            EXECUTE format('ALTER TABLE public.audit_events ATTACH PARTITION public.%I'
-                           ' FOR VALUES FROM (%L) TO (%L)', v_name, v_lo, v_hi);
-        ELSE
-            EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_events'
-                           ' FOR VALUES FROM (%L) TO (%L)', v_name, v_lo, v_hi);
+        LOCK TABLE public.audit_events IN SHARE UPDATE EXCLUSIVE MODE;
+        IF to_regclass('public.audit_events_default') IS NULL THEN
+            CREATE TABLE public.audit_events_default PARTITION OF public.audit_events DEFAULT;
+            CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.audit_events_default
+                FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable();
+            v_created := 1;
         END IF;
-        EXECUTE format('CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.%I'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable()',
-                       v_name);
-        v_created := v_created + 1;
-    END LOOP;
-    RETURN v_created;
+    END IF;
+    RETURN v_created + (SELECT count(*)::integer
+                          FROM public.partition_months('audit_events', p_at, p_months_ahead,
+                                                       'audit_events_immutable'));
 END;
 $$;
 

@@ -66,35 +66,17 @@ BEGIN
 END;
 $$;
 
+-- The month partitions: public.partition_month / partition_months (partitions.sql,
+-- shared with the audit trail). partition_for(ts) makes the month of ts (its name,
+-- NULL when it existed); ensure_partitions(n) this month and the n next.
 CREATE OR REPLACE FUNCTION public.inference_requests_partition_for(p_at timestamptz)
 RETURNS text
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-DECLARE
-    v_start timestamp := date_trunc('month', p_at AT TIME ZONE 'UTC');
-    v_name text := 'inference_requests_p' || to_char(v_start, 'YYYYMM');
 BEGIN
-    IF p_at IS NULL OR NOT isfinite(p_at) THEN
-        RAISE EXCEPTION 'a partition needs a finite instant, not %', p_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- Two callers making one month: the second waits, then finds it.
-    PERFORM pg_advisory_xact_lock(hashtextextended('inference-partition:' || v_name, 0));
-    IF to_regclass('public.' || v_name) IS NOT NULL THEN
-        RETURN NULL;
-    END IF;
-    EXECUTE format(
-        'CREATE TABLE public.%I PARTITION OF public.inference_requests'
-        ' FOR VALUES FROM (%L) TO (%L)',
-        v_name, v_start AT TIME ZONE 'UTC', (v_start + interval '1 month') AT TIME ZONE 'UTC');
-    -- TRUNCATE triggers are not cloned onto partitions: each gets its own.
-    EXECUTE format(
-        'CREATE TRIGGER inference_requests_no_truncate BEFORE TRUNCATE ON public.%I'
-        ' FOR EACH STATEMENT EXECUTE FUNCTION public.inference_requests_append_only()',
-        v_name);
-    RETURN v_name;
+    RETURN public.partition_month('inference_requests', p_at, 'inference_requests_append_only');
 END;
 $$;
 
@@ -104,21 +86,9 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
-DECLARE
-    v_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
-    v_made text;
 BEGIN
-    IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
-        RAISE EXCEPTION 'months ahead must be between 0 and 120, not %', p_months_ahead
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    FOR i IN 0..p_months_ahead LOOP
-        v_made := public.inference_requests_partition_for(
-            (v_month + make_interval(months => i)) AT TIME ZONE 'UTC');
-        IF v_made IS NOT NULL THEN
-            RETURN NEXT v_made;
-        END IF;
-    END LOOP;
+    RETURN QUERY SELECT public.partition_months('inference_requests', now(), p_months_ahead,
+                                                'inference_requests_append_only');
 END;
 $$;
 

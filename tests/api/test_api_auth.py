@@ -368,6 +368,45 @@ def test_login_lockout_after_failures(engine, api_settings):
         login(client, account.email)
 
 
+def test_a_lockout_spares_the_owners_keys_sessions_and_other_addresses(engine, api_settings):
+    """Someone guessing from one address locks out that address only; past the
+    per-email count, new addresses are slowed (429 with a short Retry-After), never
+    the owner's keys and sessions."""
+    api_settings.identity = Identity(
+        lockout_failures=2, login_per_ip=1000, slow_failures=4, slow_interval_s=30
+    )
+    app = make_app(engine, api_settings)
+    with (
+        TestClient(app, client=("203.0.113.20", 50000)) as owner,
+        TestClient(app, client=("198.51.100.1", 50000)) as guesser,
+        TestClient(app, client=("198.51.100.2", 50000)) as guesser2,
+        TestClient(app, client=("192.0.2.9", 50000)) as newcomer,
+    ):
+        account = signup(owner)
+        set_password(owner, account)
+        session_token = login(owner, account.email)
+        for client in (guesser, guesser, guesser2, guesser2):
+            r = client.post(
+                "/v1/auth/login", json={"email": account.email, "password": "bad guess!!"}
+            )
+            assert r.status_code == 401
+        # The guessers' addresses are locked out, even with the right password.
+        r = guesser.post("/v1/auth/login", json={"email": account.email, "password": PASSWORD})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 30
+        # Four failures: a new address is slowed (one attempt per 30 s), not locked.
+        r = newcomer.post(
+            "/v1/auth/login", json={"email": account.email, "password": "bad guess!!"}
+        )
+        assert r.status_code == 401
+        r = newcomer.post("/v1/auth/login", json={"email": account.email, "password": PASSWORD})
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 30
+        # The owner's key and session keep working; from where they logged in before,
+        # the password does too.
+        assert owner.get("/v1/me", headers=account.headers).status_code == 200
+        assert owner.get("/v1/me", headers=bearer(session_token)).status_code == 200
+        login(owner, account.email)
+
+
 @pytest.fixture
 def two_apps(db_url: Any, api_settings: ApiSettings) -> Iterator[tuple[TestClient, TestClient]]:
     """Two API instances, each with an engine (a pool) of its own: two processes' view."""

@@ -181,12 +181,21 @@ def name_actor(
     )
 
 
-def _key_principal(session: Session, token: str) -> Principal:
-    row = session.execute(
+def _key_principal(session: Session, token: str, request: Request) -> Principal:
+    """The key's row and its user, the actor named in the same statement
+    (``database.audit.select_as_actor``): one round trip, in the transaction the
+    request goes on using."""
+    row = audit.select_as_actor(
+        session,
         select(APIKey, User, func.now().label("now"))
         .join(User, User.id == APIKey.user_id)
-        .where(APIKey.key_hash == hash_api_key(token))
-    ).one_or_none()
+        .where(APIKey.key_hash == hash_api_key(token)),
+        user_id=APIKey.user_id,
+        api_key_id=APIKey.id,
+        request_id=request_id(request),
+        client_ip=client_ip(request),
+        user_agent=user_agent(request),
+    )
     if row is None:
         raise _unauthenticated("invalid_api_key", "unknown API key")
     key, user, now = row
@@ -197,7 +206,9 @@ def _key_principal(session: Session, token: str) -> Principal:
     if key.last_used_at is None or key.last_used_at < now - dt.timedelta(
         seconds=LAST_USED_RESOLUTION_S
     ):
-        # Recorded even when the request then fails; at most once a minute per key.
+        # Recorded even when the request then fails (committed now; the actor is set
+        # again when the session's next transaction begins): at most once a minute
+        # per key, the only time authentication costs more than its one statement.
         session.execute(
             update(APIKey)
             .where(
@@ -210,6 +221,7 @@ def _key_principal(session: Session, token: str) -> Principal:
             .values(last_used_at=func.now())
             .execution_options(synchronize_session=False)
         )
+        session.commit()
         set_committed_value(key, "last_used_at", now)
     return Principal(user=user, key=key)
 
@@ -222,31 +234,34 @@ def get_principal(
     """The caller, from ``Authorization: Bearer <key or session token>``; 401 otherwise.
 
     A revoked or expired key or session, and any key or session of a soft-deleted
-    user, is refused (401); a deactivated user's too (403 ``account_inactive``). Then
-    the caller is the actor of the request's transactions (``database.audit.set_actor``).
+    user, is refused (401); a deactivated user's too (403 ``account_inactive``).
+
+    One round trip: the lookup of the key (or session) and its user also names the
+    caller as the actor of the request's transaction (``database.audit``'s settings,
+    kept for the session's later transactions), and that transaction stays open for
+    the route: a route that then streams for long ends it first (``session.close()``
+    or a commit), so that no connection waits idle in a transaction.
     """
     if credentials is None or not credentials.credentials:
         raise _unauthenticated("unauthenticated", "an API key is required (Authorization: Bearer)")
     token = credentials.credentials
     if token.startswith(identity.SESSION_PREFIX):
-        found, user = identity.authenticate_session(session, token)
+        found, user = identity.authenticate_session(
+            session,
+            token,
+            request_id=request_id(request),
+            client_ip=client_ip(request),
+            user_agent=user_agent(request),
+        )
         principal = Principal(user=user, session=found)
     elif token.startswith(KEY_PREFIX) and len(token) <= 200:
-        principal = _key_principal(session, token)
+        principal = _key_principal(session, token, request)
     else:
         raise _unauthenticated("invalid_api_key", "unknown API key")
-    session.commit()
     if principal.user.is_deleted:
         raise _unauthenticated("account_deleted", "the account of this API key was deleted")
     if not principal.user.is_active:
         raise ApiError(403, "account_inactive", "this account is deactivated")
-    name_actor(
-        request,
-        session,
-        user_id=principal.user_id,
-        api_key_id=principal.key.id if principal.key is not None else None,
-        session_id=principal.session.id if principal.session is not None else None,
-    )
     return principal
 
 

@@ -32,6 +32,10 @@ class Identity(BaseModel):
     lockout_failures: int = Field(default=5, ge=1)
     lockout_window_s: int = Field(default=900, ge=1)
     lockout_s: int = Field(default=900, ge=1)
+    slow_failures: int = Field(default=20, ge=1)
+    slow_window_s: int = Field(default=900, ge=1)
+    slow_interval_s: int = Field(default=10, ge=1)
+    known_address_days: int = Field(default=90, ge=0)
 
 
 def _default_data_dir() -> Path:

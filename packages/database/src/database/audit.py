@@ -8,6 +8,11 @@ redaction and listing. The rules themselves are in ``sql/triggers/audit.sql``.
   is audited with that actor. The session remembers the actor and sets it again at
   the start of each of its later transactions (a route that commits twice stays
   attributed): one statement per transaction.
+- :func:`select_as_actor` is the same in no statement of its own: it adds the
+  ``set_config`` calls to the select list of a lookup the caller makes anyway (the
+  API's authentication: the key's or the session's row names the actor), so
+  authenticating and naming the actor is one round trip, in the transaction the
+  request goes on using.
 - :func:`record` writes an event the triggers cannot see (a read that matters: an
   artifact download), through ``public.audit_record`` (the apps' role may not
   INSERT into ``audit_events``).
@@ -27,16 +32,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, event, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    ColumnExpressionArgument,
+    Select,
+    Text,
+    and_,
+    cast,
+    event,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
+from database import _tx
 from database.models import AuditEvent, AuditOutcome
 from database.models.audit_event import MAX_REQUEST_ID, MAX_USER_AGENT
 
 __all__ = [
     "ACTOR_SETTINGS",
     "make_actor",
+    "by_actor",
+    "select_as_actor",
     "MONTHS_AHEAD",
     "Actor",
     "Partition",
@@ -203,6 +225,60 @@ def set_actor(
     return actor
 
 
+def select_as_actor(
+    session: Session,
+    stmt: Select[*tuple[Any, ...]],
+    *,
+    user_id: ColumnExpressionArgument[Any],
+    api_key_id: ColumnExpressionArgument[Any] | None = None,
+    session_id: ColumnExpressionArgument[Any] | None = None,
+    request_id: str | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> tuple[Any, ...] | None:
+    """Run ``stmt`` (a lookup of at most one row) with the actor's six ``set_config``
+    calls in its select list: the row without them, or None (then nothing was set).
+
+    The ids are SQL expressions over the looked-up row (the key's ``user_id`` and
+    ``id``); the rest are values, checked and cleaned as :func:`set_actor` says. When
+    a row comes back the settings hold for the session's current transaction (the
+    one ``stmt`` ran in, which the caller goes on using) and, like
+    :func:`set_actor`'s, for its later ones. One statement, one round trip.
+    """
+    given = make_actor(request_id=request_id, client_ip=client_ip, user_agent=user_agent)
+
+    def value(expr: ColumnExpressionArgument[Any] | None) -> ColumnElement[Any]:
+        return literal("", Text) if expr is None else cast(expr, Text)
+
+    values = [
+        value(user_id),
+        value(api_key_id),
+        value(session_id),
+        *(literal(v, Text) for v in list(given.params().values())[3:]),
+    ]
+    setter = array(
+        [func.set_config(name, v, True) for name, v in zip(ACTOR_SETTINGS, values, strict=True)]
+    ).label("audit_actor")
+    row = session.execute(stmt.add_columns(setter)).one_or_none()
+    if row is None:
+        return None
+    *found, applied = tuple(row)
+    actor = Actor(
+        user_id=_uuid(applied[0] or None, "user_id"),
+        api_key_id=_uuid(applied[1] or None, "api_key_id"),
+        session_id=_uuid(applied[2] or None, "session_id"),
+        request_id=given.request_id,
+        client_ip=given.client_ip,
+        user_agent=given.user_agent,
+    )
+    session.info[_INFO_KEY] = actor
+    session.info[_APPLIED_KEY] = session.get_transaction()
+    # A lookup only: the package's operations may take this transaction as their own
+    # (database._tx.atomic), as they took a new one when authentication committed.
+    _tx.offer(session)
+    return tuple(found)
+
+
 def clear_actor(session: Session) -> None:
     """Forget the session's actor (the current transaction keeps it until it ends)."""
     session.info.pop(_INFO_KEY, None)
@@ -265,9 +341,30 @@ def visible_to(
     """A user's own trail: the events they made (actor) and the events about what is
     theirs (subject: their account, their keys, the models shared with them)."""
     stmt = select(AuditEvent).where(
-        or_(AuditEvent.actor_user_id == user_id, AuditEvent.subject_user_id == user_id)
+        or_(
+            AuditEvent.subject_user_id == user_id,
+            and_(
+                AuditEvent.actor_user_id == user_id,
+                AuditEvent.actor_user_id.is_distinct_from(AuditEvent.subject_user_id),
+            ),
+        )
     )
     return filtered(stmt, action=action, since=since, until=until)
+
+
+def by_actor(user_id: uuid.UUID) -> ColumnElement[bool]:
+    """``actor_user_id = user_id``, written as the two arms the indexes serve: the
+    subject index holds the events about the actor's own things (actor = subject, the
+    usual event), the actor index only the events whose actor is not their subject
+    (``models.audit_event.ACTOR_INDEX_WHERE``). ``audit_redact_user`` says it the
+    same way."""
+    return or_(
+        and_(AuditEvent.subject_user_id == user_id, AuditEvent.actor_user_id == user_id),
+        and_(
+            AuditEvent.actor_user_id == user_id,
+            AuditEvent.actor_user_id.is_distinct_from(AuditEvent.subject_user_id),
+        ),
+    )
 
 
 def filtered(

@@ -28,7 +28,14 @@ SKIP LOCKED``: never waits for the apps), write them to a Parquet file and fsync
 commits; a kill at any point leaves either the rows (and maybe a file holding them:
 the re-run writes the same batch to the same file name, made from the batch's keys),
 or the file and no rows. Run it again: it continues where it stopped and loses
-nothing. Archive files are ``DIR/<table>/<table>-<hash>.parquet`` (a batch) and
+nothing, and archives no row twice (tests/test_clean.py SIGKILLs a real
+``automl-db clean`` mid-work and re-runs it). A kill while a file is being written
+leaves its temporary (``.<name>.<pid>.tmp``, never a ``*.parquet``); the next run
+with ``--archive`` removes the temporaries of processes that no longer exist on this
+machine. Right after a kill the server may take a moment to notice the client is
+gone; until it has, the rows of the killed run's open batch stay locked and a run
+skips them (``SKIP LOCKED``): a run that reports fewer rows than expected is simply
+run again. Archive files are ``DIR/<table>/<table>-<hash>.parquet`` (a batch) and
 ``DIR/audit_events/<partition>.parquet`` (a month); every column is kept, UUIDs,
 enums, addresses and JSON as strings.
 """
@@ -255,6 +262,34 @@ def _batch_name(table: str, rows: Sequence[Any], ident: Sequence[str]) -> str:
     return f"{table}-{digest.hexdigest()[:24]}.parquet"
 
 
+def _remove_stale_temporaries(archive: Path) -> list[Path]:
+    """Remove the temporaries (``.<name>.<pid>.tmp``) of runs killed while writing:
+    those whose process no longer exists on this machine."""
+    removed: list[Path] = []
+    if not archive.is_dir():
+        return removed
+    for path in archive.glob("*/.*.tmp"):
+        try:
+            pid = int(path.name.rsplit(".", 2)[-2])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --- the work -----------------------------------------------------------------------------
 Hook = Callable[[str, str, CleanReport], None]
 
@@ -360,6 +395,13 @@ def clean(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     report = CleanReport(before=before, dry_run=dry_run)
+    if archive is not None and not dry_run:
+        stale = _remove_stale_temporaries(archive)
+        if stale:
+            report.notes.append(
+                f"removed {len(stale)} temporary file(s) of an interrupted run (no row lost:"
+                " their rows were not deleted)"
+            )
 
     with engine.connect() as conn:
         with conn.begin():

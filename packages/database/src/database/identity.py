@@ -18,10 +18,19 @@ routers call it and nothing else does these things.
   ``last_seen_at`` at most once a minute.
 - **Abuse limits** (:func:`hit`): one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``
   on ``rate_limits`` counts an attempt in a fixed window; every API process counts in
-  the same row. Sign-ups and logins per IP; failed logins per account (by email,
-  known or not, so the answer does not tell which emails exist): after
-  ``lockout_failures`` failures within ``lockout_window_s`` the account's logins are
-  refused for ``lockout_s``. A success clears the failures.
+  the same row. Sign-ups and logins per IP. Failed logins (by email, known or not, so
+  the answer does not tell which emails exist) are counted twice:
+  - per (email, address): after ``lockout_failures`` failures within
+    ``lockout_window_s`` that address's logins to that account are refused for
+    ``lockout_s`` (a lockout: someone guessing from one place stops there, and locks
+    out no one else);
+  - per email, from every address: past ``slow_failures`` within ``slow_window_s``
+    (a guess spread over many addresses), the account's logins from addresses it
+    has not logged in from within ``known_address_days`` are slowed, not refused: at
+    most one attempt each ``slow_interval_s`` among all of them. Its owner, from an
+    address they used, is not slowed at all.
+  A success clears both counts. Nothing here touches API keys or sessions: a user
+  whose password logins are locked or slowed keeps using their keys and sessions.
 - The functions commit what must last whatever the caller does next (an attempt
   counted, a failure recorded), and say so.
 """
@@ -31,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -45,7 +55,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from database import errors, lifecycle
+from database import audit, errors, lifecycle
 from database._tx import atomic
 from database.models import (
     CreditTransaction,
@@ -174,6 +184,10 @@ class AbuseLimits:
     lockout_failures: int = 5
     lockout_window_s: int = 900
     lockout_s: int = 900
+    slow_failures: int = 20
+    slow_window_s: int = 900
+    slow_interval_s: int = 10
+    known_address_days: int = 90
 
 
 _HIT = text(
@@ -231,6 +245,45 @@ def record_signup(session: Session, ip: str | None, limits: AbuseLimits) -> None
         )
 
 
+def _fail_key(email: str, ip: str | None) -> str:
+    return f"login-fail:{email}|{ip or '-'}"
+
+
+def _email_key(email: str) -> str:
+    return f"login-fail-email:{email}"
+
+
+def _email_failures(session: Session, email: str, limits: AbuseLimits) -> int:
+    """The email's failures, from every address, in the current window."""
+    value = session.execute(
+        text(
+            "SELECT count FROM rate_limits WHERE key = :key"
+            " AND window_started_at > now() - make_interval(secs => :window)"
+        ),
+        {"key": _email_key(email)[:400], "window": limits.slow_window_s},
+    ).scalar()
+    return int(value or 0)
+
+
+def _known_address(session: Session, email: str, ip: str | None, limits: AbuseLimits) -> bool:
+    """Whether the account of ``email`` logged in from ``ip`` within
+    ``known_address_days`` (a session of it was opened from there)."""
+    try:
+        address = str(ipaddress.ip_address((ip or "").strip()))
+    except ValueError:
+        return False
+    return bool(
+        session.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM user_sessions AS s JOIN users AS u"
+                " ON u.id = s.user_id WHERE u.email = :email AND s.ip = CAST(:ip AS inet)"
+                " AND s.created_at > now() - make_interval(days => :days))"
+            ),
+            {"email": email, "ip": address, "days": limits.known_address_days},
+        ).scalar()
+    )
+
+
 def _login_guard(session: Session, email: str, ip: str | None, limits: AbuseLimits) -> None:
     retry = hit(session, f"login-ip:{ip or '-'}", limits.login_per_ip, limits.login_window_s)
     session.commit()
@@ -238,25 +291,41 @@ def _login_guard(session: Session, email: str, ip: str | None, limits: AbuseLimi
         raise errors.AccountLocked(
             f"too many login attempts from this address; retry in {retry} s", retry_after=retry
         )
-    locked = _blocked(session, f"login-fail:{email}")
+    locked = _blocked(session, _fail_key(email, ip))
     if locked:
         session.commit()
         raise errors.AccountLocked(
-            f"too many failed logins for this account; retry in {locked} s", retry_after=locked
+            f"too many failed logins for this account from this address; retry in {locked} s",
+            retry_after=locked,
         )
+    if _email_failures(session, email, limits) >= limits.slow_failures and not _known_address(
+        session, email, ip, limits
+    ):
+        retry = hit(session, f"login-slow:{email}", 1, limits.slow_interval_s)
+        session.commit()
+        if retry:
+            raise errors.AccountLocked(
+                f"logins to this account are slowed after many failures; retry in {retry} s",
+                retry_after=retry,
+            )
+    session.commit()
 
 
-def _check_password(session: Session, email: str, password: str, limits: AbuseLimits) -> User:
+def _check_password(
+    session: Session, email: str, password: str, limits: AbuseLimits, ip: str | None = None
+) -> User:
     """The user of ``email`` if ``password`` is theirs; a failure is recorded (and
     committed) and raises ``AuthenticationFailed``."""
     row = session.execute(select(User, User.password_hash).where(User.email == email)).one_or_none()
     user, stored = (row[0], row[1]) if row is not None else (None, None)
     if user is None or not verify_password(stored, password):
-        _record_failure(session, f"login-fail:{email}", limits)
+        _record_failure(session, _fail_key(email, ip), limits)
+        hit(session, _email_key(email), 2**31 - 1, limits.slow_window_s)
         session.commit()
         raise errors.AuthenticationFailed("wrong email or password")
     session.execute(
-        text("DELETE FROM rate_limits WHERE key = :k"), {"k": f"login-fail:{email}"[:400]}
+        text("DELETE FROM rate_limits WHERE key IN (:k, :e)"),
+        {"k": _fail_key(email, ip)[:400], "e": _email_key(email)[:400]},
     )
     return user
 
@@ -305,7 +374,7 @@ def login(
     """
     email = email.strip().lower()
     _login_guard(session, email, ip_key or ip, limits)
-    user = _check_password(session, email, password, limits)
+    user = _check_password(session, email, password, limits, ip_key or ip)
     if user.is_deleted:
         session.commit()
         raise errors.AccountDeleted(
@@ -319,19 +388,36 @@ def login(
     return token, row
 
 
-def authenticate_session(session: Session, token: str) -> tuple[UserSession, User]:
+def authenticate_session(
+    session: Session,
+    token: str,
+    *,
+    request_id: str | None = None,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> tuple[UserSession, User]:
     """The live session of ``token`` and its user; records ``last_seen_at`` (at most
     once a minute; committed). Raises ``SessionRefused`` (code ``invalid_session``,
     ``session_revoked`` or ``session_expired``). The user's state (deleted,
-    inactive) is the caller's to check, as for API keys."""
+    inactive) is the caller's to check, as for API keys.
+
+    The lookup also names the session's user as the audit actor of the session's
+    transaction (``audit.select_as_actor``: one statement), with ``request_id``,
+    ``client_ip`` and ``user_agent``; a refusal leaves it to the caller's rollback."""
     if not token.startswith(SESSION_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
         raise errors.SessionRefused("unknown session", code="invalid_session")
-    row = session.execute(
+    row = audit.select_as_actor(
+        session,
         select(UserSession, User, func.now())
         .join(User, User.id == UserSession.user_id)
         .where(UserSession.token_hash == hash_token(token))
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+        .execution_options(populate_existing=True),
+        user_id=UserSession.user_id,
+        session_id=UserSession.id,
+        request_id=request_id,
+        client_ip=client_ip,
+        user_agent=user_agent,
+    )
     if row is None:
         raise errors.SessionRefused("unknown session", code="invalid_session")
     found, user, now = row
@@ -584,7 +670,7 @@ def restore_account(
     locked out like a login. Commits."""
     email = email.strip().lower()
     _login_guard(session, email, ip_key, limits)
-    user = _check_password(session, email, password, limits)
+    user = _check_password(session, email, password, limits, ip_key)
     session.commit()
     return lifecycle.restore_user(session, user.id)
 

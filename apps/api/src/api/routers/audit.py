@@ -138,7 +138,7 @@ def list_all_audit_events(
     _range(since, to)
     stmt = audit.filtered(select(AuditEvent), action=action, since=since, until=to)
     if actor_user_id is not None:
-        stmt = stmt.where(AuditEvent.actor_user_id == actor_user_id)
+        stmt = stmt.where(audit.by_actor(actor_user_id))
     if entity_id is not None:
         stmt = stmt.where(AuditEvent.entity_id == entity_id)
     rows, next_cursor = paginate(

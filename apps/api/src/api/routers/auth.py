@@ -43,6 +43,10 @@ def limits_of(settings: ApiSettings) -> identity.AbuseLimits:
         lockout_failures=i.lockout_failures,
         lockout_window_s=i.lockout_window_s,
         lockout_s=i.lockout_s,
+        slow_failures=i.slow_failures,
+        slow_window_s=i.slow_window_s,
+        slow_interval_s=i.slow_interval_s,
+        known_address_days=i.known_address_days,
     )
 
 

@@ -285,7 +285,7 @@ def _archive(factory: Any, storage: Storage, user_id: uuid.UUID) -> Iterator[byt
     summary="Everything the account holds, in one zip archive (streamed)",
 )
 def export_me(
-    principal: Reader, factory: SessionFactoryDep, storage: StorageDep
+    principal: Reader, session: SessionDep, factory: SessionFactoryDep, storage: StorageDep
 ) -> StreamingResponse:
     """``records/<table>.json`` (the user, API keys and sessions without their hashes,
     datasets and versions, workflows, jobs, models, the registry, experiments, the
@@ -294,6 +294,9 @@ def export_me(
     ``files/models/<model id>/model``; a file missing from storage is listed in
     ``files/MISSING.txt``. Written as it is read: the
     archive never sits whole in memory."""
+    # Authentication's transaction ends here: the archive reads with a session of its
+    # own, and no connection waits idle in a transaction while the stream goes.
+    session.close()
     return StreamingResponse(
         _archive(factory, storage, principal.user_id),
         media_type="application/zip",
