@@ -196,7 +196,7 @@ def resend_verification(
     responses=error_responses(401, 404, 409, 422, 429),
     summary="Restore a deleted account within 30 days, with its password",
 )
-def restore(
+def restore_account(
     body: RestoreIn, request: Request, session: SessionDep, settings: SettingsDep
 ) -> UserOut:
     """Limited like a login. Deleted more than 30 days ago: 409

@@ -171,7 +171,7 @@ class ReconciliationRunOut(Output):
     responses=error_responses(401, 403, 503),
     summary="The price book in force for the caller's tier",
 )
-def price_book(principal: Reader, session: SessionDep) -> PriceBookOut:
+def get_price_book(principal: Reader, session: SessionDep) -> PriceBookOut:
     book = billing.book_in_force(session, principal.user.tier)
     return PriceBookOut(
         id=book.id,
@@ -291,7 +291,7 @@ def checkout(
     responses=error_responses(401, 403, 422),
     summary="The caller's invoices (from Stripe), newest first",
 )
-def invoices(
+def list_invoices(
     principal: Reader,
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
@@ -320,7 +320,7 @@ def invoices(
     },
     summary="A calendar month (UTC) of the caller's credits: opening, movements, closing",
 )
-def credit_statement(
+def get_statement(
     principal: Reader,
     session: SessionDep,
     month: Annotated[str, Query(max_length=32, description="YYYY-MM (UTC)")],
@@ -428,7 +428,7 @@ def delete_alert(principal: Buyer, session: SessionDep, alert_id: uuid.UUID) -> 
     responses=error_responses(401, 403, 404, 422),
     summary="Every delivery attempt of an alert's events, newest first",
 )
-def alert_deliveries(
+def list_alert_deliveries(
     cursor: Cursor,
     principal: Reader,
     session: SessionDep,
@@ -464,7 +464,7 @@ def alert_deliveries(
     responses=error_responses(401, 403, 422),
     summary="Operators: every verify and repair, with findings, newest first",
 )
-def reconciliation_runs(
+def list_reconciliation_runs(
     cursor: Cursor,
     admin: AdminDep,
     session: SessionDep,

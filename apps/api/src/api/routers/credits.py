@@ -37,7 +37,7 @@ BUYABLE: dict[UserTier, tuple[CreditTierRestriction, ...]] = {
     responses=error_responses(401, 403),
     summary="The caller's credit balance",
 )
-def balance(principal: Reader, session: SessionDep) -> BalanceOut:
+def get_balance(principal: Reader, session: SessionDep) -> BalanceOut:
     value = session.scalar(select(User.credit_balance).where(User.id == principal.user_id))
     return BalanceOut(balance=value or 0)
 
@@ -48,7 +48,7 @@ def balance(principal: Reader, session: SessionDep) -> BalanceOut:
     responses=error_responses(401, 403, 422),
     summary="The caller's credit ledger, newest first",
 )
-def transactions(
+def list_transactions(
     principal: Reader,
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
@@ -73,7 +73,7 @@ def transactions(
     responses=error_responses(401, 403),
     summary="The credit packages on sale to the caller's tier",
 )
-def packages(principal: Reader, session: SessionDep) -> list[PackageOut]:
+def list_packages(principal: Reader, session: SessionDep) -> list[PackageOut]:
     tier = session.scalar(select(User.tier).where(User.id == principal.user_id))
     rows = session.scalars(
         select(CreditPackage)

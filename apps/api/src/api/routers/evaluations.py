@@ -251,7 +251,7 @@ class RowOut(Output):
     responses=error_responses(401, 403, 404, 422),
     summary="Per-row results of an evaluation, by row index (keyset pages)",
 )
-def evaluation_rows(
+def list_rows(
     principal: Reader,
     session: SessionDep,
     evaluation_id: uuid.UUID,
@@ -329,7 +329,7 @@ def _run_plot(session: Session, run: EvaluationRun, kind: str, fmt: str) -> Resp
     summary="A plot of an evaluation run: roc, pr, confusion_matrix, calibration, residuals,"
     " feature_importance, trials; as .png, .svg or .json",
 )
-def evaluation_plot(
+def get_plot(
     principal: Reader,
     session: SessionDep,
     evaluation_id: uuid.UUID,
@@ -350,7 +350,7 @@ def evaluation_plot(
     summary="A plot of a model version (from the caller's newest completed evaluation of it;"
     " trials from the search that found it)",
 )
-def model_version_plot(
+def get_model_version_plot(
     principal: Reader,
     session: SessionDep,
     model_version_id: uuid.UUID,

@@ -520,7 +520,7 @@ def get_lineage(
     responses=error_responses(401, 403, 404, 422),
     summary="Point an alias at a version (creates or moves it, atomically)",
 )
-def put_alias(
+def set_alias(
     principal: Writer,
     session: SessionDep,
     registered_model_id: uuid.UUID,

@@ -63,7 +63,7 @@ def list_tutorials(
     responses=error_responses(401, 403, 404, 422),
     summary="Record the caller's progress in a tutorial",
 )
-def put_progress(
+def set_progress(
     principal: Writer, session: SessionDep, tutorial_id: uuid.UUID, body: ProgressIn
 ) -> ProgressOut:
     """Replaces the caller's progress. Steps are numbered from 0 and must exist;

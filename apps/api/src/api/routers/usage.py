@@ -93,7 +93,7 @@ def _instant(value: dt.datetime | None, name: str) -> dt.datetime | None:
     responses=error_responses(401, 403, 422),
     summary="What the caller used and paid, grouped by day, deployment or sku",
 )
-def usage(
+def get_usage(
     principal: Reader,
     session: SessionDep,
     start: Annotated[
@@ -169,7 +169,7 @@ OwnershipDep = Annotated[OwnsDeployment, Depends(get_ownership_check)]
     responses=error_responses(401, 403, 404, 422),
     summary="A deployment's inference requests, newest first (owner only)",
 )
-def deployment_requests(
+def list_deployment_requests(
     principal: Reader,
     session: SessionDep,
     owns: OwnershipDep,
