@@ -44,17 +44,24 @@ class DeploymentConfig(Input):
     """Limits of a deployment: rows per request (and per batch chunk), and a time."""
 
     max_batch_rows: StrictInt | None = Field(default=None, ge=1, le=MAX_BATCH_ROWS)
+    """Rows at most per prediction request (and per chunk of a batch); null: the server's default."""
     timeout_ms: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
+    """Milliseconds a prediction may take before it is answered 504; null: the server's default."""
 
 
 class DeploymentIn(Input):
     """``{"name", "model_version_id"}`` or ``{"name", "registered_model_id", "alias"}``."""
 
     name: Name
+    """The deployment's name."""
     model_version_id: uuid.UUID | None = None
+    """Deploy this model version (fixed)."""
     registered_model_id: uuid.UUID | None = None
+    """Deploy the version an alias of this registered model points at (with alias)."""
     alias: Alias | None = None
+    """The alias followed, e.g. production: moving it redeploys."""
     config: DeploymentConfig | None = None
+    """Limits of the deployment."""
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentIn:
@@ -68,32 +75,58 @@ class DeploymentIn(Input):
 
 
 class DeploymentOut(Output):
+    """A deployment: a model version served for predictions."""
+
     id: uuid.UUID
+    """The deployment's id (UUID)."""
     name: str
+    """The deployment's name."""
     status: DeploymentStatus
+    """pending, active, failed or stopped: only an active one predicts."""
     model_version_id: uuid.UUID | None
+    """The model version served."""
     registered_model_id: uuid.UUID | None
+    """The registered model, when deployed by alias."""
     alias: str | None
+    """The alias followed, if any."""
     config: dict[str, Any]
+    """Its limits (max_batch_rows, timeout_ms)."""
     error_message: str | None
+    """Why it failed."""
     created_at: dt.datetime
+    """When the deployment was created (UTC)."""
     updated_at: dt.datetime
+    """When the deployment last changed (UTC)."""
 
 
 class BatchIn(Input):
+    """A batch prediction over a dataset version."""
+
     dataset_version_id: uuid.UUID
+    """The rows to predict (a completed dataset version of the caller's)."""
 
 
 class BatchOut(Output):
+    """A batch prediction job."""
+
     job_id: uuid.UUID
+    """The job."""
     status: JobStatus
+    """pending, queued, running, completed, failed or cancelled."""
     credit_cost: int
+    """Credits charged for it."""
     model_version_id: uuid.UUID | None = None
+    """The model version that predicts."""
     rows: int | None = None
+    """Rows predicted (when done)."""
     output_bytes: int | None = None
+    """Size of the output file (when done)."""
     error_message: str | None = None
+    """Why it failed."""
     created_at: dt.datetime
+    """When it was queued (UTC)."""
     completed_at: dt.datetime | None = None
+    """When it ended."""
 
 
 @router.post(

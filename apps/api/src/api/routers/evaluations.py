@@ -56,31 +56,55 @@ class SliceIn(Input):
     """The rows a criterion looks at: ``column`` equal to ``equals``."""
 
     column: ColumnName
+    """The column compared."""
     equals: StrictBool | Finite | SliceValue
+    """The value it must equal (text, number or boolean)."""
 
 
 class CriterionIn(Input):
+    """An evaluation criterion: a metric compared with a threshold, or a rule every row must pass."""
+
     name: Name
+    """The criterion's name."""
     kind: CriterionKind
+    """metric (one number for the set) or row (checked per row)."""
     metric: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
+    """The metric (kind metric), e.g. accuracy or rmse."""
     operator: CriterionOperator | None = None
+    """How the metric compares with the threshold (kind metric)."""
     threshold: Finite | None = None
+    """The value compared with (kind metric)."""
     rule: RowRule | None = None
+    """The per-row rule (kind row)."""
     tolerance: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] | None = None
+    """The largest |prediction - actual| that passes (rule within_tolerance)."""
     slice: SliceIn | None = None
+    """Only the rows where a column equals a value; null: every row."""
 
 
 class CriterionOut(Output):
+    """An evaluation criterion."""
+
     id: uuid.UUID
+    """The criterion's id (UUID)."""
     name: str
+    """The criterion's name."""
     kind: CriterionKind
+    """metric or row."""
     metric: str | None
+    """The metric compared."""
     operator: CriterionOperator | None
+    """How it is compared."""
     threshold: float | None
+    """The value compared with."""
     rule: RowRule | None
+    """The per-row rule."""
     tolerance: float | None
+    """The largest error that passes."""
     slice: dict[str, Any] | None
+    """The rows it looks at (column, equals)."""
     created_at: dt.datetime
+    """When the criterion was created (UTC)."""
 
 
 def _shape_problem(body: CriterionIn) -> str | None:
@@ -160,28 +184,49 @@ def list_criteria(
 
 # --- runs -------------------------------------------------------------------------------
 class EvaluationIn(Input):
+    """An evaluation of a model version on a dataset version against criteria."""
+
     model_version_id: uuid.UUID
+    """The model version evaluated."""
     dataset_version_id: uuid.UUID
+    """The data it is evaluated on (with the target column)."""
     criteria_ids: list[uuid.UUID] = Field(default_factory=list, max_length=100)
+    """The criteria checked (GET /v1/evaluation-criteria); none: metrics only."""
 
 
 class EvaluationOut(Output):
+    """An evaluation run and, once done, its results."""
+
     id: uuid.UUID
+    """The evaluation's id (UUID)."""
     job_id: uuid.UUID
-    #: The job's: queued, running, completed, failed or cancelled.
+    """The job running it."""
     status: str = "queued"
+    """The job's: queued, running, completed, failed or cancelled."""
     error_message: str | None = None
+    """Why it failed."""
     model_version_id: uuid.UUID
+    """The model version evaluated."""
     dataset_version_id: uuid.UUID
+    """The data it was evaluated on."""
     problem_type: ProblemType | None
+    """classification or regression."""
     criteria: list[Any]
+    """The criteria checked, as they were when it started."""
     metrics: dict[str, Any] | None
+    """The metrics on the whole set."""
     criteria_results: list[Any] | None
+    """Each criterion's result (value, passed)."""
     passed: bool | None
+    """Whether every criterion passed (null: not done)."""
     row_count: int | None
+    """Rows evaluated."""
     failed_row_count: int | None
+    """Rows that failed a row criterion."""
     created_at: dt.datetime
+    """When the evaluation was created (UTC)."""
     completed_at: dt.datetime | None
+    """When it ended."""
 
 
 def _run_out(session: Session, run: EvaluationRun) -> EvaluationOut:
@@ -236,13 +281,22 @@ def get_evaluation(principal: Reader, session: SessionDep, evaluation_id: uuid.U
 
 
 class RowOut(Output):
+    """One evaluated row."""
+
     row_index: int
+    """The row's position in the dataset version (0-based)."""
     prediction: str | None
+    """What the model predicted."""
     actual: str | None
+    """The target's value."""
     score: float | None
+    """The predicted class's probability, if any."""
     error: float | None
+    """|prediction - actual| (regression)."""
     criteria_passed: list[bool | None]
+    """Each row criterion's result, in the evaluation's order (null: not applicable)."""
     passed: bool
+    """Whether the row passed every row criterion."""
 
 
 @router.get(
