@@ -213,7 +213,8 @@ class ApiKeyIn(Input):
     name: Name = "API key"
     """A name to tell the key apart in lists."""
     scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=4)
-    """Default: the scopes of the key making the request. Never more than those, and at least one."""
+    """Default: the scopes of the key making the request. Never more than those, and at
+    least one."""
     expires_at: UtcDatetime | None = None
     """When the key stops working (aware datetime); null: never."""
     rate_limit_per_minute: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
@@ -1044,7 +1045,8 @@ class LineageEdgeOut(Schema):
     child_version_id: uuid.UUID
     """The version the edge leads to."""
     relation: LineageRelation
-    """What the parent was to the child: trained_on, evaluated_on, produced_by, retrained_from or tuned_from."""
+    """What the parent was to the child: trained_on, evaluated_on, produced_by,
+    retrained_from or tuned_from."""
     parent_kind: Literal["model_version", "dataset_version", "workflow_snapshot", "job"]
     """What the parent is."""
     parent_id: uuid.UUID

@@ -59,8 +59,8 @@ from database.models.enums import NodeType, ProblemType
 from pipeline.automl import Learner, Metric
 from pipeline.automl import config_problems as automl_config_problems
 from pipeline.estimators import (
-    ALGORITHMS,
     ALGORITHM_NAMES,
+    ALGORITHMS,
     PLATFORM_PARAMETERS,
     Algorithm,
     estimator_class,

@@ -151,6 +151,8 @@ def list_all_audit_events(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[AuditEventOut]:
+    """Every audit event, newest first, filtered by `action` (exact, or a prefix ending in `.`),
+    `from`/`to`, `actor_user_id` and `entity_id`. Administrators only (403 `admin_required`)."""
     _range(since, to)
     stmt = audit.filtered(select(AuditEvent), action=action, since=since, until=to)
     if actor_user_id is not None:

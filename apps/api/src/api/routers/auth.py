@@ -108,6 +108,8 @@ def list_sessions(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[SessionOut]:
+    """Every login session of the caller's account, revoked and expired ones included, newest first;
+    `current` marks the one making the request. Keyset pagination (`limit`, `cursor`)."""
     rows, next_cursor = paginate(
         session,
         select(UserSession).where(UserSession.user_id == principal.user_id),
@@ -182,6 +184,8 @@ def verify_email(body: VerifyEmailIn, session: SessionDep) -> VerifiedOut:
 def resend_verification(
     principal: KeyManager, request: Request, session: SessionDep, settings: SettingsDep
 ) -> Response:
+    """Mails a new verification token to the caller's address (a previous token stops working). 409
+    when the address is already verified; 429 past the per-account limit."""
     if principal.user.email_verified:
         raise ApiError(409, "already_verified", "this address is already verified")
     token, email = identity.issue_verification(session, principal.user_id)

@@ -263,6 +263,8 @@ class ReconciliationRunOut(Output):
     summary="The price book in force for the caller's tier",
 )
 def get_price_book(principal: Reader, session: SessionDep) -> PriceBookOut:
+    """The prices in force for the caller's tier: the credits each unit (job, node, thousand rows,
+    GB-month, automl minute) costs."""
     book = billing.book_in_force(session, principal.user.tier)
     return PriceBookOut(
         id=book.id,
@@ -388,6 +390,8 @@ def list_invoices(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[InvoiceOut]:
+    """The caller's invoices for credit purchases, cached from Stripe, newest first, with Stripe's
+    hosted page for each."""
     rows, next_cursor = paginate(
         session,
         select(BillingInvoice).where(BillingInvoice.user_id == principal.user_id),
@@ -417,6 +421,9 @@ def get_statement(
     month: Annotated[str, Query(max_length=32, description="YYYY-MM (UTC)")],
     format: Annotated[Literal["json", "csv"], Query()] = "json",  # noqa: A002
 ) -> Any:
+    """One calendar month (UTC, `month=YYYY-MM`, default the current one) of the caller's credits:
+    the opening balance, purchases, charges per sku, refunds, adjustments and the closing balance.
+    422 for a malformed or future month."""
     try:
         first = billing.parse_month(month)
     except ValueError as exc:
@@ -487,6 +494,7 @@ def list_alerts(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[AlertOut]:
+    """The caller's active billing alerts, newest first (without their secrets)."""
     rows, next_cursor = paginate(
         session,
         select(BillingAlert).where(
@@ -507,6 +515,8 @@ def list_alerts(
     summary="Stop a billing alert (its deliveries stay readable to operators)",
 )
 def delete_alert(principal: Buyer, session: SessionDep, alert_id: uuid.UUID) -> Response:
+    """Stops the billing alert: it fires no more. Its past deliveries stay readable. 404 when it is
+    not the caller's."""
     if not billing.deactivate_alert(session, principal.user_id, alert_id):
         raise not_found("billing alert")
     session.commit()
@@ -526,6 +536,8 @@ def list_alert_deliveries(
     alert_id: uuid.UUID,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> Page[DeliveryOut]:
+    """Every attempt to deliver the alert's events to its webhook, newest first, with the status
+    code or error of each."""
     owned = session.scalar(
         select(BillingAlert.id).where(
             BillingAlert.id == alert_id,
@@ -561,6 +573,8 @@ def list_reconciliation_runs(
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> Page[ReconciliationRunOut]:
+    """Every run of the ledger's reconciliation (`automl-db verify`, repairs, the worker's nightly
+    run) with what it found, newest first. Administrators only."""
     rows, next_cursor = paginate(
         session,
         select(ReconciliationRun),

@@ -44,7 +44,8 @@ class DeploymentConfig(Input):
     """Limits of a deployment: rows per request (and per batch chunk), and a time."""
 
     max_batch_rows: StrictInt | None = Field(default=None, ge=1, le=MAX_BATCH_ROWS)
-    """Rows at most per prediction request (and per chunk of a batch); null: the server's default."""
+    """Rows at most per prediction request (and per chunk of a batch); null: the server's
+    default."""
     timeout_ms: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
     """Milliseconds a prediction may take before it is answered 504; null: the server's default."""
 
@@ -166,6 +167,7 @@ def list_deployments(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[DeploymentOut]:
+    """The caller's deployments, newest first, stopped ones included (keyset pagination)."""
     rows, next_cursor = paginate(
         session,
         select(Deployment).where(Deployment.user_id == principal.user_id),
@@ -188,6 +190,8 @@ def list_deployments(
 def get_deployment(
     principal: Reader, session: SessionDep, deployment_id: uuid.UUID
 ) -> DeploymentOut:
+    """A deployment of the caller's: the model version it serves, its status and limits. 404 when it
+    is not the caller's."""
     return DeploymentOut.model_validate(deployments.get(session, principal.user_id, deployment_id))
 
 
@@ -200,6 +204,8 @@ def get_deployment(
 def stop_deployment(
     principal: Writer, session: SessionDep, deployment_id: uuid.UUID
 ) -> DeploymentOut:
+    """Stops the deployment for good: it answers no more predictions and the model no longer counts
+    as deployed. 409 when it is already stopped."""
     deployment = deployments.stop(session, principal.user_id, deployment_id)
     session.commit()
     return DeploymentOut.model_validate(deployment)
@@ -335,6 +341,8 @@ def _batch_job(
 def get_batch(
     principal: Reader, session: SessionDep, deployment_id: uuid.UUID, job_id: uuid.UUID
 ) -> BatchOut:
+    """A batch prediction of the deployment: its status, cost, and once done the rows predicted and
+    the output's size."""
     return _batch_out(_batch_job(session, principal.user_id, deployment_id, job_id))
 
 
@@ -360,6 +368,8 @@ def download_batch(
     deployment_id: uuid.UUID,
     job_id: uuid.UUID,
 ) -> Response:
+    """The batch prediction's output, a Parquet file with the input's rows and a `prediction`
+    column. 409 while the job has not completed."""
     job = _batch_job(session, principal.user_id, deployment_id, job_id)
     location = (job.results or {}).get("output")
     if job.status != JobStatus.COMPLETED or not location:

@@ -62,7 +62,8 @@ class SliceIn(Input):
 
 
 class CriterionIn(Input):
-    """An evaluation criterion: a metric compared with a threshold, or a rule every row must pass."""
+    """An evaluation criterion: a metric compared with a threshold, or a rule every row
+    must pass."""
 
     name: Name
     """The criterion's name."""
@@ -169,6 +170,7 @@ def list_criteria(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[CriterionOut]:
+    """The caller's evaluation criteria, newest first (keyset pagination)."""
     rows, next_cursor = paginate(
         session,
         select(EvaluationCriterion).where(EvaluationCriterion.user_id == principal.user_id),
@@ -273,6 +275,8 @@ def create_evaluation(
     summary="An evaluation run: its status, metrics and criteria results",
 )
 def get_evaluation(principal: Reader, session: SessionDep, evaluation_id: uuid.UUID) -> Any:
+    """An evaluation run: its status and, once completed, the metrics on the whole set, each
+    criterion's result and whether all passed."""
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
     except evaluation.EvaluationProblem as exc:
@@ -313,6 +317,8 @@ def list_rows(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[RowOut]:
+    """The evaluated rows, by row index (keyset pagination), optionally only the failing ones:
+    prediction, actual value, error and each row criterion's result."""
     after = decode_seq_cursor(cursor) if cursor else None  # a bad cursor: 422 first
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
@@ -389,6 +395,9 @@ def get_plot(
     evaluation_id: uuid.UUID,
     plot: str,
 ) -> Response:
+    """A plot of the evaluation: `roc`, `pr`, `confusion_matrix`, `calibration`, `residuals`,
+    `feature_importance` or `trials`, with the extension `.png`, `.svg` or `.json` (the plot's
+    data). 404 when the plot does not suit the problem type."""
     kind, fmt = _split(plot)
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)

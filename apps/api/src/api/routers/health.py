@@ -31,6 +31,8 @@ def _head() -> list[str]:
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up")
 def live() -> HealthOut:
+    """200 whenever the process answers; no database access. For liveness probes; use `/readyz` for
+    readiness."""
     return HealthOut(status="ok")
 
 

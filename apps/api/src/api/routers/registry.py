@@ -233,6 +233,8 @@ def list_registered_models(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[RegisteredModelOut]:
+    """Registered models the caller may read (their own, those shared with them, public ones),
+    newest first; filter by `visibility`. Anonymous callers see public models only."""
     for text_ in [name or "", owner or "", *(tag or [])]:
         if "\x00" in text_ or len(text_) > 400:
             raise ApiError(422, "invalid_value", "a search parameter has a NUL or is too long")
@@ -261,6 +263,8 @@ def list_registered_models(
 def get_registered_model(
     principal: MaybeReader, session: SessionDep, registered_model_id: uuid.UUID
 ) -> RegisteredModelDetail:
+    """A registered model the caller may read, with its model card, aliases (alias -> version) and
+    the caller's access. 404 when the caller may not read it."""
     model = registry.authorize(session, _user(principal), registered_model_id)
     return _model_detail(session, _user(principal), model)
 
@@ -356,6 +360,8 @@ def list_versions(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[ModelVersionOut]:
+    """The versions of a registered model the caller may read, highest number first, with their
+    metrics and aliases (keyset pagination)."""
     if cursor:
         decode_cursor(cursor, int)  # a bad cursor is 422 before the model is looked up
     model = registry.authorize(session, _user(principal), registered_model_id)
@@ -470,6 +476,8 @@ def search_versions(
 def get_version(
     principal: MaybeReader, session: SessionDep, version_id: uuid.UUID
 ) -> ModelVersionDetail:
+    """One model version: its input signature and example, the environment it was trained in, its
+    metrics, aliases and a summary of its lineage."""
     version, model = registry.authorize_version(session, _user(principal), version_id)
     return _version_detail(session, _user(principal), version, model)
 
@@ -483,6 +491,8 @@ def get_version(
 def patch_version(
     principal: Writer, session: SessionDep, version_id: uuid.UUID, body: ModelVersionPatch
 ) -> ModelVersionDetail:
+    """Changes a version's description, primary metric or status (`ready` or `archived`,
+    either way back). Only the owner: 403 `forbidden` for a caller who may only read it."""
     version, model = registry.authorize_version(session, principal.user_id, version_id, manage=True)
     for field in sorted(body.model_fields_set):
         setattr(version, field, getattr(body, field))
@@ -551,6 +561,8 @@ def set_alias(
 def delete_alias(
     principal: Writer, session: SessionDep, registered_model_id: uuid.UUID, alias: str
 ) -> Response:
+    """Removes the alias from the registered model; the version it pointed at stays. 404
+    `alias_not_found` when there is no such alias. Only the owner."""
     _check_alias(alias)
     registry.authorize(session, principal.user_id, registered_model_id, manage=True)
     if not registry.delete_alias(session, registered_model_id, alias):

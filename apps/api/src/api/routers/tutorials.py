@@ -29,6 +29,8 @@ def list_tutorials(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[TutorialOut]:
+    """Every published tutorial, in the order to take them, with the caller's progress in each
+    (null: not started). Keyset pagination on the order."""
     rows, next_cursor = paginate(
         session,
         select(Tutorial).where(Tutorial.is_published.is_(True)),
