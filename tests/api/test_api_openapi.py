@@ -41,6 +41,8 @@ def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "anyOf" in schema:  # an optional body: the model or null
+        schema = next((s for s in schema["anyOf"] if "$ref" in s), schema)
     ref = schema.get("$ref")
     if ref:
         return spec["components"]["schemas"][ref.rsplit("/", 1)[1]]  # type: ignore[no-any-return]
@@ -202,8 +204,11 @@ def test_hyperparameter_schemas_agree_with_validation() -> None:
         return {
             "nodes": [
                 {"id": "d", "type": "dataset", "config": {}},
-                {"id": "m", "type": "model", "config": {"algorithm": algorithm,
-                                                        "hyperparameters": params}},
+                {
+                    "id": "m",
+                    "type": "model",
+                    "config": {"algorithm": algorithm, "hyperparameters": params},
+                },
             ],
             "edges": [{"source": "d", "target": "m"}],
         }

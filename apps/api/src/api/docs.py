@@ -11,6 +11,7 @@ so they render without reaching a CDN.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 from fastapi import FastAPI, Request
@@ -111,6 +112,41 @@ TAGS: list[dict[str, str]] = [
         "(no authentication).",
     },
 ]
+
+
+#: Path parameters that recur across routes, described once: a route whose path
+#: parameter has no ``description`` of its own gets this one (``api.main``'s OpenAPI).
+PATH_PARAMETERS: dict[str, str] = {
+    "user_id": "The user's id.",
+    "key_id": "The API key's id (`GET /v1/api-keys`).",
+    "session_id": "The session's id (`GET /v1/sessions`).",
+    "dataset_id": "The dataset's id (`GET /v1/datasets`).",
+    "version_number": "The dataset version's number: 1 for the first upload, then 2, 3...",
+    "workflow_id": "The workflow's id (`GET /v1/workflows`).",
+    "job_id": "The job's id (`GET /v1/jobs`; a batch prediction's job for the batch routes).",
+    "model_id": "The trained model's id (`GET /v1/models`).",
+    "registered_model_id": "The registered model's id (`GET /v1/registered-models`).",
+    "version_id": "The model version's id (`GET /v1/registered-models/{id}/versions`).",
+    "model_version_id": "The model version's id (`GET /v1/registered-models/{id}/versions`).",
+    "alias": "The alias: a lowercase word such as `production` (never a number).",
+    "alert_id": "The billing alert's id (`GET /v1/billing-alerts`).",
+    "experiment_id": "The experiment's id (`GET /v1/experiments`).",
+    "tutorial_id": "The tutorial's id (`GET /v1/tutorials`).",
+    "deployment_id": "The deployment's id (`GET /v1/deployments`).",
+    "evaluation_id": "The evaluation's id (`POST /v1/evaluations` returned it).",
+    "plot": "The plot and its format: `roc.png`, `confusion_matrix.svg`, `residuals.json`...",
+}
+
+
+def describe_path_parameters(spec: dict[str, Any]) -> None:
+    """Give every path parameter without a description its :data:`PATH_PARAMETERS` one."""
+    for path_item in spec.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and not parameter.get("description"):
+                    text = PATH_PARAMETERS.get(parameter["name"])
+                    if text:
+                        parameter["description"] = text
 
 
 def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:

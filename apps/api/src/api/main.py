@@ -97,6 +97,7 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
             tags=app.openapi_tags,
         )
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        docs.describe_path_parameters(spec)
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         reasons = {

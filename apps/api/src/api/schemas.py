@@ -145,6 +145,10 @@ Scope = Literal["read", "write", "billing", "keys"]
 class SignUpIn(Input):
     """A new account: its email and, optionally, the user's name."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "ada@example.com", "full_name": "Ada Lovelace"}]}
+    )
+
     email: Email
     """The account's email address (stored lower-cased and trimmed; unique)."""
     full_name: Name | None = None
@@ -210,6 +214,19 @@ class MeOut(UserOut):
 class ApiKeyIn(Input):
     """A new API key: a name, its scopes, an optional expiry and quotas."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "CI",
+                    "scopes": ["read", "write"],
+                    "expires_at": "2027-06-30T00:00:00Z",
+                    "rate_limit_per_minute": 600,
+                }
+            ]
+        }
+    )
+
     name: Name = "API key"
     """A name to tell the key apart in lists."""
     scopes: list[Scope] | None = Field(default=None, min_length=1, max_length=4)
@@ -227,6 +244,12 @@ class ApiKeyIn(Input):
 class ApiKeyQuotasIn(Input):
     """New quotas of a key: a field given replaces the quota (null removes it); a
     field left out keeps it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"rate_limit_per_minute": 120, "monthly_row_quota": 1000000}]
+        }
+    )
 
     rate_limit_per_minute: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     """Requests per minute the predict route accepts with the key; null removes the quota."""
@@ -331,6 +354,18 @@ class VersionOut(Output):
 class DatasetPatch(Input):
     """``PATCH /v1/datasets/{id}``: only the fields sent change."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "target_column": "churned",
+                    "problem_type": "classification",
+                    "ignored_columns": ["customer_id"],
+                }
+            ]
+        }
+    )
+
     name: Name | None = None
     """A new name."""
     target_column: ShortText | None = None
@@ -432,6 +467,56 @@ class ProfileOut(Output):
 class WorkflowIn(Input):
     """A new workflow: a name and a definition (empty: a draft)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Churn model",
+                    "description": "Random forest on the customer table",
+                    "definition": {
+                        "nodes": [
+                            {
+                                "id": "data",
+                                "type": "dataset",
+                                "config": {"dataset_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c"},
+                            },
+                            {
+                                "id": "prep",
+                                "type": "preprocess",
+                                "config": {
+                                    "impute": "median",
+                                    "scale": "standard",
+                                    "test_size": 0.2,
+                                },
+                            },
+                            {
+                                "id": "forest",
+                                "type": "model",
+                                "config": {
+                                    "algorithm": "random_forest",
+                                    "hyperparameters": {"n_estimators": 200, "max_depth": 8},
+                                },
+                            },
+                            {
+                                "id": "save",
+                                "type": "save",
+                                "config": {
+                                    "name": "churn-forest",
+                                    "register": {"name": "churn", "alias": "staging"},
+                                },
+                            },
+                        ],
+                        "edges": [
+                            {"source": "data", "target": "prep"},
+                            {"source": "prep", "target": "forest"},
+                            {"source": "forest", "target": "save"},
+                        ],
+                    },
+                }
+            ]
+        }
+    )
+
     name: Name
     """The workflow's name."""
     description: LongText | None = None
@@ -442,6 +527,8 @@ class WorkflowIn(Input):
 
 class WorkflowPatch(Input):
     """Changes to a workflow: only the fields sent change."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Churn model v2"}]})
 
     name: Name | None = None
     """A new name."""
@@ -476,6 +563,8 @@ class WorkflowOut(Output):
 
 class RunIn(Input):
     """Options of a run."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"priority": 10}]})
 
     priority: StrictInt = Field(default=0, ge=0, le=100)
     """Queue priority: higher runs first."""
@@ -660,6 +749,10 @@ class PackageOut(Output):
 class PurchaseIn(Input):
     """A purchase of a credit package (development only: real payments go through checkout)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"package_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c"}]}
+    )
+
     package_id: uuid.UUID
     """The package to buy (GET /v1/credit-packages)."""
 
@@ -687,6 +780,19 @@ class WebhookOut(Schema):
 # --- experiments -------------------------------------------------------------------------------
 class ExperimentIn(Input):
     """A new experiment: a group of runs compared by a metric."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Churn: trees vs linear",
+                    "problem_type": "classification",
+                    "dataset_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "primary_metric": "f1",
+                }
+            ]
+        }
+    )
 
     name: Name
     """The experiment's name."""
@@ -729,6 +835,18 @@ class ExperimentOut(Output):
 
 class ExperimentRunIn(Input):
     """A run to add to an experiment: a model, a job, or both."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "name": "forest, depth 8",
+                    "notes": "200 trees",
+                }
+            ]
+        }
+    )
 
     model_id: uuid.UUID | None = None
     """A trained model of the caller's."""
@@ -792,6 +910,12 @@ class ExperimentDetail(ExperimentOut):
 # --- tutorials ---------------------------------------------------------------------------------
 class ProgressIn(Input):
     """The caller's progress in a tutorial (replaces the previous)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"current_step": 2, "completed_steps": [0, 1], "is_completed": False}]
+        }
+    )
 
     current_step: StrictInt = Field(ge=0, le=10_000)
     """The step the user is on (0-based)."""
@@ -908,6 +1032,20 @@ Tags = Annotated[dict[TagKey, TagValue], Field(max_length=50), AfterValidator(_t
 class RegisteredModelIn(Input):
     """A new registered model: a named home for model versions."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "churn",
+                    "description": "Predicts which customers leave next month",
+                    "license": "Apache-2.0",
+                    "tags": {"team": "growth"},
+                    "visibility": "private",
+                }
+            ]
+        }
+    )
+
     name: Name
     """The name, unique among the owner's registered models."""
     description: Description | None = None
@@ -924,6 +1062,12 @@ class RegisteredModelIn(Input):
 
 class RegisteredModelPatch(Input):
     """Only the fields given change; ``null`` clears description, model_card or license."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"visibility": "shared", "tags": {"team": "growth", "stage": "beta"}}]
+        }
+    )
 
     name: Name | None = None
     """A new name."""
@@ -984,6 +1128,19 @@ class RegisteredModelDetail(RegisteredModelOut):
 
 class RegisterVersionIn(Input):
     """A trained model registered as the next version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "description": "Trained on the March export",
+                    "primary_metric": "f1",
+                    "aliases": ["staging"],
+                }
+            ]
+        }
+    )
 
     model_id: uuid.UUID
     """A trained model of the caller's (GET /v1/models)."""
@@ -1078,6 +1235,8 @@ class ModelVersionDetail(ModelVersionOut):
 class ModelVersionPatch(Input):
     """Changes to a model version: only the fields sent change."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "archived"}]})
+
     description: Description | None = None
     """A new description."""
     primary_metric: MetricName | None = None
@@ -1108,6 +1267,8 @@ class LineageOut(Schema):
 class AliasIn(Input):
     """The version an alias points at."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"version": 3}]})
+
     version: StrictInt = Field(ge=1, le=INT32_MAX)
     """The version number."""
 
@@ -1127,6 +1288,10 @@ class AliasOut(Schema):
 
 class PermissionIn(Input):
     """The user by ``user_id`` or by ``email`` (exactly one)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "grace@example.com", "permission": "download"}]}
+    )
 
     user_id: uuid.UUID | None = None
     """The grantee's id."""
@@ -1163,6 +1328,12 @@ Token = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterVal
 class LoginIn(Input):
     """Password login."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "ada@example.com", "password": "correct horse battery staple"}]
+        }
+    )
+
     email: Email
     """The account's email address."""
     password: PasswordText
@@ -1183,6 +1354,17 @@ class LoginOut(Schema):
 class PasswordIn(Input):
     """A password change (or the first password of an account created with a key)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "current_password": "correct horse battery staple",
+                    "new_password": "a longer and newer passphrase",
+                }
+            ]
+        }
+    )
+
     new_password: PasswordText
     """The new password (the rules are checked by the server: 422 ``invalid_password``)."""
     current_password: PasswordText | None = None
@@ -1199,6 +1381,10 @@ class PasswordChanged(Schema):
 class VerifyEmailIn(Input):
     """An email verification."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"token": "amv_Zx3kP0q9w8e7r6t5y4u3i2o1"}]}
+    )
+
     token: Token
     """The token from the verification email."""
 
@@ -1214,6 +1400,12 @@ class VerifiedOut(Schema):
 
 class RestoreIn(Input):
     """Restore a deleted account, before its data is purged."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "ada@example.com", "password": "correct horse battery staple"}]
+        }
+    )
 
     email: Email
     """The account's email address."""
@@ -1268,6 +1460,8 @@ class AdminUserOut(UserOut):
 class AdminUserPatch(Input):
     """Changes to a user by an administrator: only the fields sent change."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tier": "pro", "can_deploy": True}]})
+
     tier: UserTier | None = None
     """A new tier."""
     role: UserRole | None = None
@@ -1288,6 +1482,18 @@ class AdminUserPatch(Input):
 
 class CreditAdjustmentIn(Input):
     """A credit adjustment by an administrator (recorded in the ledger and the audit trail)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "amount": 500,
+                    "reason": "Goodwill credit for the outage of 3 December",
+                    "idempotency_key": "ticket-4821",
+                }
+            ]
+        }
+    )
 
     amount: Annotated[StrictInt, Field(ge=-INT32_MAX, le=INT32_MAX)]
     """Credits to add (negative: to remove); never zero."""

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import stripe
 from fastapi import APIRouter, Depends, Header, Query, Response, status
-from pydantic import Field, StrictInt, StringConstraints
+from pydantic import ConfigDict, Field, StrictInt, StringConstraints
 from sqlalchemy import select
 
 from api.deps import AdminDep, Buyer, Reader, SessionDep, SettingsDep
@@ -90,6 +90,18 @@ class PriceBookOut(Schema):
 
 class CheckoutIn(Input):
     """A Stripe Checkout for a credit package."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "package_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "success_url": "https://app.example.com/billing/done",
+                    "cancel_url": "https://app.example.com/billing",
+                }
+            ]
+        }
+    )
 
     package_id: uuid.UUID
     """The package to buy (GET /v1/credit-packages)."""
@@ -174,6 +186,18 @@ class StatementOut(Schema):
 class AlertIn(Input):
     """A billing alert: a webhook called when the balance falls below, or the month's spend rises
     above, a threshold."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "balance_below",
+                    "threshold": 1000,
+                    "webhook_url": "https://hooks.example.com/automl-billing",
+                }
+            ]
+        }
+    )
 
     kind: BillingAlertKind
     """balance_below or spend_above."""
@@ -303,7 +327,12 @@ def checkout(
     body: CheckoutIn,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$"),
+        Header(
+            alias="Idempotency-Key",
+            max_length=100,
+            pattern=r"^[A-Za-z0-9_.:-]+$",
+            description="The same key again returns the same checkout session.",
+        ),
     ] = None,
 ) -> CheckoutOut:
     """The session names the caller (``client_reference_id``) and the package
@@ -419,7 +448,9 @@ def get_statement(
     principal: Reader,
     session: SessionDep,
     month: Annotated[str, Query(max_length=32, description="YYYY-MM (UTC)")],
-    format: Annotated[Literal["json", "csv"], Query()] = "json",  # noqa: A002
+    format: Annotated[  # noqa: A002
+        Literal["json", "csv"], Query(description="json, or csv (one row per ledger entry).")
+    ] = "json",
 ) -> Any:
     """One calendar month (UTC, `month=YYYY-MM`, default the current one) of the caller's credits:
     the opening balance, purchases, charges per sku, refunds, adjustments and the closing balance.

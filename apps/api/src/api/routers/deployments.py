@@ -13,7 +13,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import Field, StrictInt, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StrictInt, StringConstraints, model_validator
 from sqlalchemy import select
 
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep, StorageDep, Writer
@@ -52,6 +52,19 @@ class DeploymentConfig(Input):
 
 class DeploymentIn(Input):
     """``{"name", "model_version_id"}`` or ``{"name", "registered_model_id", "alias"}``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "churn-prod",
+                    "registered_model_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "alias": "production",
+                    "config": {"max_batch_rows": 1000, "timeout_ms": 2000},
+                }
+            ]
+        }
+    )
 
     name: Name
     """The deployment's name."""
@@ -102,6 +115,12 @@ class DeploymentOut(Output):
 
 class BatchIn(Input):
     """A batch prediction over a dataset version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"dataset_version_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c"}]
+        }
+    )
 
     dataset_version_id: uuid.UUID
     """The rows to predict (a completed dataset version of the caller's)."""
@@ -220,7 +239,8 @@ _PREDICT_BODY = {
                 "description": 'One of {"records": [...]}, {"dataframe_records": [...]},'
                 ' {"dataframe_split": {"columns": [...], "data": [[...]]}},'
                 ' {"instances": [...]}, {"inputs": [...]}',
-            }
+            },
+            "example": {"records": [{"age": 42, "plan": "pro", "monthly_spend": 59.5}]},
         },
         "text/csv": {"schema": {"type": "string"}},
         "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},

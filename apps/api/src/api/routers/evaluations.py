@@ -11,7 +11,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import AfterValidator, Field, Strict, StrictBool, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, Strict, StrictBool, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -64,6 +64,20 @@ class SliceIn(Input):
 class CriterionIn(Input):
     """An evaluation criterion: a metric compared with a threshold, or a rule every row
     must pass."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "f1 at least 0.8",
+                    "kind": "metric",
+                    "metric": "f1",
+                    "operator": "gte",
+                    "threshold": 0.8,
+                }
+            ]
+        }
+    )
 
     name: Name
     """The criterion's name."""
@@ -187,6 +201,18 @@ def list_criteria(
 # --- runs -------------------------------------------------------------------------------
 class EvaluationIn(Input):
     """An evaluation of a model version on a dataset version against criteria."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "dataset_version_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "criteria_ids": ["0d1c2b3a-4f5e-4d6c-8b7a-9e8d7c6b5a4f"],
+                }
+            ]
+        }
+    )
 
     model_version_id: uuid.UUID
     """The model version evaluated."""

@@ -229,7 +229,9 @@ def list_registered_models(
         str | None,
         Query(min_length=1, max_length=320, description="`me`, a user id or an email."),
     ] = None,
-    visibility: ModelVisibility | None = None,
+    visibility: Annotated[
+        ModelVisibility | None, Query(description="Only models with this visibility.")
+    ] = None,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[RegisteredModelOut]:
@@ -512,8 +514,14 @@ def get_lineage(
     principal: MaybeReader,
     session: SessionDep,
     version_id: uuid.UUID,
-    direction: Literal["up", "down"] = "up",
-    depth: Annotated[int, Query(ge=1, le=registry.MAX_LINEAGE_DEPTH)] = 5,
+    direction: Annotated[
+        Literal["up", "down"],
+        Query(description="up: what made the version; down: what was made from it."),
+    ] = "up",
+    depth: Annotated[
+        int,
+        Query(ge=1, le=registry.MAX_LINEAGE_DEPTH, description="How many steps to follow."),
+    ] = 5,
 ) -> LineageOut:
     """Edges to or from versions the caller may not read are left out."""
     version, _ = registry.authorize_version(session, _user(principal), version_id)
@@ -642,8 +650,13 @@ def revoke_permission(
     principal: Writer,
     session: SessionDep,
     registered_model_id: uuid.UUID,
-    user_id: uuid.UUID | None = None,
-    email: Annotated[str | None, Query(min_length=3, max_length=320)] = None,
+    user_id: Annotated[
+        uuid.UUID | None, Query(description="The grantee, by id (or email).")
+    ] = None,
+    email: Annotated[
+        str | None,
+        Query(min_length=3, max_length=320, description="The grantee, by email (or user_id)."),
+    ] = None,
 ) -> Response:
     """The user by ``user_id`` or ``email`` (query parameters, exactly one); 404
     ``permission_not_found`` when they hold none."""

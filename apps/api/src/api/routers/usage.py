@@ -130,7 +130,9 @@ def get_usage(
         dt.datetime | None,
         Query(alias="to", description="End (exclusive, with a zone); default: now"),
     ] = None,
-    group_by: GroupBy = GroupBy.DAY,
+    group_by: Annotated[
+        GroupBy, Query(description="Rows per day (UTC), per deployment or per sku.")
+    ] = GroupBy.DAY,
 ) -> UsageOut:
     """Usage is counted by the date it happened, cost in exact credits; charges
     (whole credits) by the start of the period they charged."""
@@ -202,7 +204,9 @@ def list_deployment_requests(
     deployment_id: uuid.UUID,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
-    status: InferenceStatus | None = None,
+    status: Annotated[
+        InferenceStatus | None, Query(description="Only requests that ended so.")
+    ] = None,
 ) -> Page[InferenceRequestOut]:
     """The log of the deployment's requests (never their payloads): rows, latency,
     status, error class. Another user's deployment is a missing one (404)."""
