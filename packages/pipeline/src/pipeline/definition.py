@@ -31,7 +31,7 @@ import builtins
 import heapq
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args
 
@@ -311,6 +311,16 @@ CONFIG_MODELS: dict[NodeType, type[_Config]] = {
 _CLASS_NAMES = {"kmeans": "KMeans"}
 
 
+def _literal(value: Any) -> Any:
+    """``Literal[value]``, built at run time."""
+    return Literal[value]
+
+
+def _union(types: Iterable[type[BaseModel]]) -> Any:
+    """``Union[...]`` of ``types``, built at run time."""
+    return Union[tuple(types)]  # noqa: UP007
+
+
 def _model_config_variant(algorithm: str) -> type[BaseModel]:
     name = _CLASS_NAMES.get(algorithm) or "".join(w.capitalize() for w in algorithm.split("_"))
     types = " or ".join(str(p) for p in ALGORITHMS[algorithm])
@@ -318,7 +328,7 @@ def _model_config_variant(algorithm: str) -> type[BaseModel]:
         f"{name}Config",
         __base__=_Config,
         __doc__=f"A model node's config for {algorithm} ({types}).",
-        algorithm=(Literal[algorithm], Field(description="The algorithm.")),  # type: ignore[valid-type]
+        algorithm=(_literal(algorithm), Field(description="The algorithm.")),
         hyperparameters=(
             Annotated[dict[str, Any], WithJsonSchema(hyperparameters_schema(algorithm))],
             Field(
@@ -334,9 +344,8 @@ def _model_config_variant(algorithm: str) -> type[BaseModel]:
 MODEL_CONFIG_VARIANTS: dict[str, type[BaseModel]] = {
     a: _model_config_variant(a) for a in ALGORITHM_NAMES
 }
-ModelConfigVariant = Annotated[
-    Union[tuple(MODEL_CONFIG_VARIANTS.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="algorithm"),
+ModelConfigVariant: Any = Annotated[
+    _union(MODEL_CONFIG_VARIANTS.values()), Field(discriminator="algorithm")
 ]
 
 
@@ -357,7 +366,7 @@ def _node_variant(node_type: NodeType, config: type[BaseModel], doc: str) -> typ
         f"{node_type.value.capitalize() if node_type != NodeType.AUTOML else 'AutoML'}Node",
         __base__=_NodeSchema,
         __doc__=doc,
-        type=(Literal[node_type], Field(description="The node's type: selects its config.")),  # type: ignore[valid-type]
+        type=(_literal(node_type), Field(description="The node's type: selects its config.")),
         config=(
             config,
             Field(description=f"The {node_type.value} node's settings.", **default),
@@ -396,10 +405,7 @@ NODE_VARIANTS: dict[NodeType, type[BaseModel]] = {
         " output, within a time budget.",
     ),
 }
-NodeVariant = Annotated[
-    Union[tuple(NODE_VARIANTS.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="type"),
-]
+NodeVariant: Any = Annotated[_union(NODE_VARIANTS.values()), Field(discriminator="type")]
 
 #: node type -> the node types its one input may have (dataset: no input).
 INPUT_TYPES: dict[NodeType, tuple[NodeType, ...]] = {
