@@ -184,8 +184,8 @@ def verify_email(body: VerifyEmailIn, session: SessionDep) -> VerifiedOut:
 def resend_verification(
     principal: KeyManager, request: Request, session: SessionDep, settings: SettingsDep
 ) -> Response:
-    """Mails a new verification token to the caller's address (a previous token stops working). 409
-    when the address is already verified; 429 past the per-account limit."""
+    """Mails a new verification token to the caller's address; 202 once it is sent. 409
+    `already_verified` when the address is already verified."""
     if principal.user.email_verified:
         raise ApiError(409, "already_verified", "this address is already verified")
     token, email = identity.issue_verification(session, principal.user_id)

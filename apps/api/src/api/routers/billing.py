@@ -449,12 +449,14 @@ def get_statement(
     session: SessionDep,
     month: Annotated[str, Query(max_length=32, description="YYYY-MM (UTC)")],
     format: Annotated[  # noqa: A002
-        Literal["json", "csv"], Query(description="json, or csv (one row per ledger entry).")
+        Literal["json", "csv"],
+        Query(description="json, or csv (one row per line of the statement)."),
     ] = "json",
 ) -> Any:
-    """One calendar month (UTC, `month=YYYY-MM`, default the current one) of the caller's credits:
-    the opening balance, purchases, charges per sku, refunds, adjustments and the closing balance.
-    422 for a malformed or future month."""
+    """One calendar month (UTC, `month=YYYY-MM`) of the caller's credits: the opening balance,
+    purchases, charges per sku, refunds, adjustments and the closing balance; `format=csv`
+    gives the same as a CSV file (section, item, credits). 422 `invalid_month` for a malformed
+    month."""
     try:
         first = billing.parse_month(month)
     except ValueError as exc:

@@ -224,7 +224,8 @@ def stop_deployment(
     principal: Writer, session: SessionDep, deployment_id: uuid.UUID
 ) -> DeploymentOut:
     """Stops the deployment for good: it answers no more predictions and the model no longer counts
-    as deployed. 409 when it is already stopped."""
+    as deployed. Stopping a stopped one returns it unchanged; a failed one cannot be stopped
+    (409)."""
     deployment = deployments.stop(session, principal.user_id, deployment_id)
     session.commit()
     return DeploymentOut.model_validate(deployment)

@@ -423,7 +423,8 @@ def get_plot(
 ) -> Response:
     """A plot of the evaluation: `roc`, `pr`, `confusion_matrix`, `calibration`, `residuals`,
     `feature_importance` or `trials`, with the extension `.png`, `.svg` or `.json` (the plot's
-    data). 404 when the plot does not suit the problem type."""
+    data). 422 `plot_not_for_problem_type` when the plot does not suit the problem type, 409
+    while the evaluation has no results."""
     kind, fmt = _split(plot)
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
