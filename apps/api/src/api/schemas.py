@@ -602,7 +602,7 @@ class JobOut(Output):
     status: JobStatus
     """pending, queued, running, completed, failed or cancelled."""
     credit_cost: int
-    """Credits charged when it was queued (refunded if it fails or is cancelled in the queue)."""
+    """Credits charged when it was queued."""
     priority: int
     """Queue priority: higher runs first."""
     workflow_snapshot_id: uuid.UUID
@@ -960,7 +960,7 @@ class TutorialOut(Output):
     difficulty: TutorialDifficulty
     """beginner, intermediate or advanced."""
     steps: list[Any]
-    """The steps, each with a title and its content."""
+    """The tutorial's steps, in order."""
     estimated_minutes: int | None
     """About how long it takes."""
     sort_order: int
@@ -1158,7 +1158,7 @@ class MetricOut(Output):
     metric: str
     """The metric's name, e.g. accuracy."""
     split: str
-    """The rows it was measured on: test, train or validation."""
+    """The rows it was measured on, e.g. test."""
     value: float
     """Its value."""
 
@@ -1429,7 +1429,7 @@ class SessionOut(Output):
     expires_at: dt.datetime
     """When it stops working."""
     revoked_at: dt.datetime | None
-    """When it was ended (logout, revoke, password change)."""
+    """When it was ended (logout or revoke); null: it is not."""
     current: bool = False
     """The session making this request."""
 

@@ -258,7 +258,7 @@ class ReconciliationRunOut(Output):
     kind: ReconciliationKind
     """verify (reports) or repair (also fixes)."""
     source: str
-    """What started it: the CLI or the worker."""
+    """What started it (the CLI, the worker...)."""
     run_by: str
     """Who ran it."""
     started_at: dt.datetime

@@ -72,7 +72,7 @@ class CriterionIn(Input):
                     "name": "f1 at least 0.8",
                     "kind": "metric",
                     "metric": "f1",
-                    "operator": "gte",
+                    "operator": ">=",
                     "threshold": 0.8,
                 }
             ]
@@ -92,7 +92,7 @@ class CriterionIn(Input):
     rule: RowRule | None = None
     """The per-row rule (kind row)."""
     tolerance: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] | None = None
-    """The largest |prediction - actual| that passes (rule within_tolerance)."""
+    """The largest |prediction - actual| that passes (rule absolute_error_le)."""
     slice: SliceIn | None = None
     """Only the rows where a column equals a value; null: every row."""
 
@@ -320,7 +320,7 @@ class RowOut(Output):
     actual: str | None
     """The target's value."""
     score: float | None
-    """The predicted class's probability, if any."""
+    """The model's score for the row, when it gives one."""
     error: float | None
     """|prediction - actual| (regression)."""
     criteria_passed: list[bool | None]
