@@ -70,7 +70,7 @@ class CriterionIn(Input):
             "examples": [
                 {
                     "name": "f1 at least 0.8",
-                    "kind": "metric",
+                    "kind": "metric_threshold",
                     "metric": "f1",
                     "operator": ">=",
                     "threshold": 0.8,
@@ -82,15 +82,15 @@ class CriterionIn(Input):
     name: Name
     """The criterion's name."""
     kind: CriterionKind
-    """metric (one number for the set) or row (checked per row)."""
+    """metric_threshold (one number for the whole set) or row_rule (checked per row)."""
     metric: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
-    """The metric (kind metric), e.g. accuracy or rmse."""
+    """The metric (kind metric_threshold), e.g. accuracy or rmse."""
     operator: CriterionOperator | None = None
-    """How the metric compares with the threshold (kind metric)."""
+    """How the metric compares with the threshold (kind metric_threshold)."""
     threshold: Finite | None = None
-    """The value compared with (kind metric)."""
+    """The value compared with (kind metric_threshold)."""
     rule: RowRule | None = None
-    """The per-row rule (kind row)."""
+    """The per-row rule (kind row_rule)."""
     tolerance: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] | None = None
     """The largest |prediction - actual| that passes (rule absolute_error_le)."""
     slice: SliceIn | None = None
@@ -105,7 +105,7 @@ class CriterionOut(Output):
     name: str
     """The criterion's name."""
     kind: CriterionKind
-    """metric or row."""
+    """metric_threshold or row_rule."""
     metric: str | None
     """The metric compared."""
     operator: CriterionOperator | None
