@@ -225,8 +225,18 @@ def _param_doc(cls: type[BaseEstimator], name: str) -> str | None:
                 if len(follow) - len(follow.lstrip()) <= indent:
                     break
                 text.append(follow.strip())
-            return " ".join(text) or None
+            return _plain(" ".join(text)) or None
     return None
+
+
+def _plain(text: str) -> str:
+    """scikit-learn's reStructuredText roles as plain text: ``:ref:`Pruning <x>``` ->
+    ``Pruning``, a bare ``:ref:`` -> the user guide, ``:class:`~sklearn.X``` -> ``X``."""
+    text = re.sub(r":\w+:`([^`<]+?)\s*<[^`>]+>`", r"\1", text)
+    text = re.sub(r":ref:`[^`]+`", "scikit-learn's user guide", text)
+    text = re.sub(r":\w+:`~(?:[\w.]+\.)?([^`]+)`", r"`\1`", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
 
 
 def _bounds(
