@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -52,13 +52,25 @@ def not_found(what: str) -> ApiError:
 
 # --- the response shape, for OpenAPI -------------------------------------------------------
 class ErrorInfo(BaseModel):
+    """What went wrong."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     code: str
+    """A stable machine-readable code, e.g. not_found or insufficient_credits."""
     message: str
+    """A sentence for people."""
     details: dict[str, Any] = {}
+    """More about it (depends on the code), e.g. the validation errors or the limit reached."""
 
 
 class ErrorBody(BaseModel):
+    """Every error answer of the API."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     error: ErrorInfo
+    """The error."""
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

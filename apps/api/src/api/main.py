@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
-from api import errors
+from api import docs, errors
 from api.limits import BodyLimit, predict_routes, upload_routes
 from api.mail import ConsoleMailer
 from api.request_id import RequestId
@@ -53,6 +54,24 @@ Lists are paginated with `limit` and `cursor` (pass the previous page's `next_cu
 """
 
 
+#: Verbs spelled differently in operation ids than in function names.
+_VERBS = {"patch": "update"}
+
+
+def operation_id(route: APIRoute) -> str:
+    """Every operation's ``operationId``, the one place they are made: the route's
+    tag, then its endpoint function's name without the words that repeat the tag
+    (``datasets`` + ``create_dataset`` -> ``datasets_create``; ``jobs`` +
+    ``list_job_logs`` -> ``jobs_list_logs``). Name an endpoint function for what it
+    does (``get_balance``, not ``balance``): its name is the rest of the id.
+    ``tests/api/test_api_openapi.py`` checks they are unique and read
+    ``^[a-z]+(_[a-z]+)*$``."""
+    tag = str(route.tags[0]) if route.tags else "api"
+    repeats = {tag, tag.removesuffix("s")}
+    words = [_VERBS.get(w, w) for w in route.name.split("_") if w and w not in repeats]
+    return "_".join([tag, *words])
+
+
 def _error_ref() -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
 
@@ -74,9 +93,10 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
             version=app.version,
             description=app.description,
             routes=app.routes,
+            tags=app.openapi_tags,
         )
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        _node_configs(schemas)
+        docs.describe_path_parameters(spec)
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         reasons = {
@@ -109,22 +129,6 @@ def _document_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-def _node_configs(schemas: dict[str, Any]) -> None:
-    """Each node type's config model (``pipeline.definition.CONFIG_MODELS``) as a
-    schema of its own, e.g. ``AutoMLConfig``: a node's ``config`` is stored as a JSON
-    object and checked against the model of its ``type``."""
-    from pipeline.definition import CONFIG_MODELS
-
-    template = "#/components/schemas/{model}"
-    for node_type, model in CONFIG_MODELS.items():
-        schema = model.model_json_schema(ref_template=template)
-        schemas.update(schema.pop("$defs", {}))
-        schema["description"] = (
-            f"The config of a {node_type} node. " + (schema.get("description") or "")
-        ).strip()
-        schemas.setdefault(model.__name__, schema)
-
-
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """A new application. The database session comes from ``api.deps.get_session``
     (override it to use another engine, as the tests do)."""
@@ -134,9 +138,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         openapi_url="/openapi.json",
-        docs_url="/docs",
-        redoc_url="/redoc",
+        openapi_tags=docs.TAGS,
+        generate_unique_id_function=operation_id,
+        # Served by api.docs from the app's own assets (FastAPI's load from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     app.state.storage = make_storage(settings.storage_location(), settings.data_dir)
     app.state.mailer = ConsoleMailer()

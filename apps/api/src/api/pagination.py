@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -39,10 +39,22 @@ CursorQuery = Annotated[
 ]
 
 
+def _describe_page(schema: dict[str, Any], cls: type) -> None:
+    """``Page[DatasetOut]``'s description names its items (a parametrized class has no
+    docstring of its own)."""
+    item = cls.__name__.partition("[")[2].rstrip("]") or "item"
+    schema.setdefault("description", f"A page of {item} items, newest first.")
+
+
 class Page(BaseModel, Generic[T]):
+    """A page of a list, newest first; ``next_cursor`` fetches the next."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, json_schema_extra=_describe_page)
+
     items: list[T]
-    #: Pass as ``cursor`` for the next page; null on the last page.
+    """The page's items (at most ``limit``)."""
     next_cursor: str | None = None
+    """Pass as ``cursor`` for the next page; null on the last page."""
 
 
 def _invalid() -> ApiError:

@@ -31,9 +31,9 @@ import builtins
 import heapq
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args
 
 import numpy as np
 import pandas as pd
@@ -42,21 +42,29 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from database.models.enums import NodeType, ProblemType
 from pipeline.automl import Learner, Metric
 from pipeline.automl import config_problems as automl_config_problems
 from pipeline.estimators import (
+    ALGORITHM_NAMES,
     ALGORITHMS,
     PLATFORM_PARAMETERS,
     Algorithm,
     estimator_class,
+    hyperparameters_schema,
     is_supervised,
     parameter_problem,
 )
@@ -125,30 +133,41 @@ KIND_PROBLEM_TYPES: dict[str, tuple[ProblemType, ...]] = {
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings are the fields' descriptions in /openapi.json.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DatasetConfig(_Config):
-    #: None only in a draft: a run refuses it.
+    """Where a workflow's data comes from: one of the caller's datasets, at a version."""
+
     dataset_id: uuid.UUID | None = None
-    #: The dataset's version number; None: the dataset's current version at run time.
+    """The dataset read (``GET /v1/datasets``); null only in a draft: a run refuses it."""
     version: Annotated[int, Field(ge=1, le=INT32_MAX, strict=True)] | None = None
+    """The dataset's version number; null: the dataset's current version when the run starts."""
 
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(no_nul)]
 
 
 class PreprocessConfig(_Config):
+    """How the dataset's rows become features: missing values, scaling, encoding, the
+    columns used and the share held out for testing."""
+
     impute: Impute = "mean"
+    """How missing numeric values are filled (categorical ones take the most frequent
+    value); ``none`` leaves them (the algorithm must then accept gaps)."""
     scale: Scale = "standard"
+    """How numeric features are scaled: to mean 0 and variance 1, to [0, 1], or not."""
     encode: Encode = "onehot"
-    #: The share of rows held out to measure the model.
+    """How categorical features become numbers: one column per value, one integer per
+    value, or not at all (the columns are dropped)."""
     test_size: Annotated[float, Field(gt=0, lt=1, strict=True)] = 0.2
-    #: Only these columns are features (then identifier and constant columns are
-    #: kept if named here); None: every column but the ones left out by default.
+    """The share of rows held out to measure the model (between 0 and 1, exclusive)."""
     include: Annotated[tuple[ColumnName, ...], Field(max_length=1000)] | None = None
-    #: Never features (on top of the dataset's ignored columns).
+    """Only these columns are features (identifier and constant columns are then kept if
+    named here); null: every column but the ones left out by default."""
     exclude: Annotated[tuple[ColumnName, ...], Field(max_length=1000)] = ()
+    """Columns that are never features (on top of the dataset's ignored columns)."""
 
     @model_validator(mode="after")
     def _lists_apart(self) -> PreprocessConfig:
@@ -159,9 +178,26 @@ class PreprocessConfig(_Config):
 
 
 class ModelConfig(_Config):
+    """Train one scikit-learn estimator. In /openapi.json this is a union discriminated
+    by ``algorithm`` (:data:`MODEL_CONFIG_VARIANTS`), each variant listing its
+    hyperparameters with their types, ranges and defaults."""
+
     algorithm: Algorithm
-    #: Keyword arguments of the scikit-learn estimator.
+    """The algorithm; classification or regression follows from the dataset."""
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the scikit-learn estimator, checked by scikit-learn on save."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Documented as the union of the algorithms' configs; validated as this model.
+        schema = handler(TypeAdapter(ModelConfigVariant).core_schema)
+        return {
+            "description": "Trains one scikit-learn estimator: the algorithm selects"
+            " which hyperparameters it takes.",
+            **schema,
+        }
 
     @field_validator("hyperparameters")
     @classmethod
@@ -175,7 +211,11 @@ class ModelConfig(_Config):
 
 
 class VisualizeConfig(_Config):
+    """Draw a plot of the model node it follows."""
+
     kind: VisualizationKind
+    """The plot: a confusion matrix (classification), the residuals (regression) or the
+    feature importances (both)."""
 
 
 #: A registered model's name (``registered_models.name``: 1 to 200 characters).
@@ -193,19 +233,24 @@ class RegisterConfig(_Config):
     ``name`` (created when absent), and point ``alias`` at it."""
 
     name: RegisteredName
+    """The registered model's name (created when the caller has none by that name)."""
     alias: AliasName | None = None
+    """An alias (a lowercase word, e.g. ``staging``) moved to the new version; null: none."""
 
 
 class SaveConfig(_Config):
-    #: The saved model's name.
+    """Save the model node it follows as a trained model (``GET /v1/models``), and
+    optionally register it as a new version in the model registry."""
+
     name: Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
         AfterValidator(no_nul),
     ]
-    #: Also register it in the model registry: ``"register": {"name": ..., "alias": ...}``
-    #: (the attribute is ``registration``: ``register`` is a method of pydantic's classes).
+    """The saved model's name."""
+    # (the attribute is ``registration``: ``register`` is a method of pydantic's classes).
     registration: RegisterConfig | None = Field(default=None, alias="register")
+    """Also register it in the model registry: ``"register": {"name": ..., "alias": ...}``."""
 
 
 #: Bounds of an automl node's budget (seconds) and folds.
@@ -217,21 +262,21 @@ MAX_TRIALS = 10_000
 class AutoMLConfig(_Config):
     """A search over learners and hyperparameters (:mod:`pipeline.automl`)."""
 
-    #: Wall-clock seconds the search may take (FLAML's ``time_budget``); the price
-    #: grows with it.
     time_budget_s: Annotated[int, Field(ge=1, le=MAX_TIME_BUDGET_S, strict=True)] = 60
-    #: The metric the search optimizes; None: accuracy (classification) or r2.
+    """Wall-clock seconds the search may take (FLAML's ``time_budget``); the price grows
+    with it."""
     metric: Metric | None = None
-    #: The learners tried; None: every learner that suits the problem.
+    """The metric the search optimizes; null: accuracy (classification) or r2 (regression)."""
     estimators: (
         Annotated[list[Learner], Field(min_length=1, max_length=len(get_args(Learner)))] | None
     ) = None
-    #: Cross-validation folds of every trial.
+    """The learners tried, each at most once; null: every learner that suits the problem."""
     folds: Annotated[int, Field(ge=2, le=MAX_FOLDS, strict=True)] = 5
-    #: At most this many trials (FLAML's ``max_iter``); None: as many as the budget allows.
+    """Cross-validation folds of every trial."""
     max_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS, strict=True)] | None = None
-    #: The search's seed; None: 0 (repeatable).
+    """At most this many trials (FLAML's ``max_iter``); null: as many as the budget allows."""
     seed: Annotated[int, Field(ge=0, le=INT32_MAX, strict=True)] | None = None
+    """The search's seed; null: 0 (the search is repeatable)."""
 
     @field_validator("estimators")
     @classmethod
@@ -256,6 +301,111 @@ CONFIG_MODELS: dict[NodeType, type[_Config]] = {
     NodeType.SAVE: SaveConfig,
     NodeType.AUTOML: AutoMLConfig,
 }
+
+# --- the schema of a node, as /openapi.json shows it ---------------------------------------
+# A discriminated union: a node's ``type`` selects its ``config``'s schema, and a model
+# node's ``algorithm`` selects its hyperparameters' (types, ranges, defaults). For the
+# schema only: a definition is validated as :class:`WorkflowNode` (the config stored as
+# given, then checked against :data:`CONFIG_MODELS` by :func:`definition_problems`), so
+# every problem of every node is reported at once, named by node and field.
+_CLASS_NAMES = {"kmeans": "KMeans"}
+
+
+def _literal(value: Any) -> Any:
+    """``Literal[value]``, built at run time."""
+    return Literal[value]
+
+
+def _union(types: Iterable[type[BaseModel]]) -> Any:
+    """``Union[...]`` of ``types``, built at run time."""
+    return Union[tuple(types)]  # noqa: UP007
+
+
+def _model_config_variant(algorithm: str) -> type[BaseModel]:
+    name = _CLASS_NAMES.get(algorithm) or "".join(w.capitalize() for w in algorithm.split("_"))
+    types = " or ".join(str(p) for p in ALGORITHMS[algorithm])
+    return create_model(
+        f"{name}Config",
+        __base__=_Config,
+        __doc__=f"A model node's config for {algorithm} ({types}).",
+        algorithm=(_literal(algorithm), Field(description="The algorithm.")),
+        hyperparameters=(
+            Annotated[dict[str, Any], WithJsonSchema(hyperparameters_schema(algorithm))],
+            Field(
+                default_factory=dict,
+                description="Keyword arguments of the scikit-learn estimator; any left out"
+                " take scikit-learn's default.",
+            ),
+        ),
+    )
+
+
+#: algorithm -> the schema of a model node's config with it.
+MODEL_CONFIG_VARIANTS: dict[str, type[BaseModel]] = {
+    a: _model_config_variant(a) for a in ALGORITHM_NAMES
+}
+ModelConfigVariant: Any = Annotated[
+    _union(MODEL_CONFIG_VARIANTS.values()), Field(discriminator="algorithm")
+]
+
+
+class _NodeSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    id: NodeId
+    """The node's id, unique in the definition; edges name nodes by it."""
+    label: Label | None = None
+    """A name shown for the node (free text)."""
+
+
+def _node_variant(node_type: NodeType, config: type[BaseModel], doc: str) -> type[BaseModel]:
+    # A config with a required field is required (an empty one cannot be valid).
+    required = any(f.is_required() for f in config.model_fields.values())
+    default: dict[str, Any] = {} if required else {"default_factory": dict}
+    return create_model(
+        f"{node_type.value.capitalize() if node_type != NodeType.AUTOML else 'AutoML'}Node",
+        __base__=_NodeSchema,
+        __doc__=doc,
+        type=(_literal(node_type), Field(description="The node's type: selects its config.")),
+        config=(
+            config,
+            Field(description=f"The {node_type.value} node's settings.", **default),
+        ),
+    )
+
+
+#: node type -> the schema of a node of that type.
+NODE_VARIANTS: dict[NodeType, type[BaseModel]] = {
+    NodeType.DATASET: _node_variant(
+        NodeType.DATASET, DatasetConfig, "Reads a dataset version; every path starts at one."
+    ),
+    NodeType.PREPROCESS: _node_variant(
+        NodeType.PREPROCESS,
+        PreprocessConfig,
+        "Turns a dataset node's rows into features and a train/test split.",
+    ),
+    NodeType.MODEL: _node_variant(
+        NodeType.MODEL,
+        ModelConfig,
+        "Trains one scikit-learn estimator on a preprocess node's output (or a dataset node's,"
+        " with default preprocessing).",
+    ),
+    NodeType.VISUALIZE: _node_variant(
+        NodeType.VISUALIZE, VisualizeConfig, "Draws a plot of a model or automl node's model."
+    ),
+    NodeType.SAVE: _node_variant(
+        NodeType.SAVE,
+        SaveConfig,
+        "Saves a model or automl node's model, and optionally registers it.",
+    ),
+    NodeType.AUTOML: _node_variant(
+        NodeType.AUTOML,
+        AutoMLConfig,
+        "Searches learners and hyperparameters (FLAML) on a preprocess or dataset node's"
+        " output, within a time budget.",
+    ),
+}
+NodeVariant: Any = Annotated[_union(NODE_VARIANTS.values()), Field(discriminator="type")]
 
 #: node type -> the node types its one input may have (dataset: no input).
 INPUT_TYPES: dict[NodeType, tuple[NodeType, ...]] = {
@@ -306,15 +456,34 @@ def _error_text(node_id: str, error: Mapping[str, Any], model: type[_Config]) ->
 
 # --- the definition ---------------------------------------------------------------------------
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class WorkflowNode(_Input):
+    """One step of a workflow. Its ``config`` is checked against the schema of its
+    ``type``; in /openapi.json a node is the union of those, discriminated by ``type``."""
+
     id: NodeId
+    """The node's id, unique in the definition; edges name nodes by it."""
     type: NodeType
-    #: Stored as given; :meth:`typed_config` is what it means.
+    """The node's type: selects its config."""
+    # Stored as given; :meth:`typed_config` is what it means.
     config: JsonObject = Field(default_factory=dict)
+    """The node's settings, per its type."""
     label: Label | None = None
+    """A name shown for the node (free text)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Documented as the discriminated union of the node types; validated as this
+        # model (see NODE_VARIANTS).
+        schema = handler(TypeAdapter(NodeVariant).core_schema)
+        return {
+            "description": "One step of a workflow; its type selects its config's schema.",
+            **schema,
+        }
 
     def config_problems(self) -> list[str]:
         """Why ``config`` does not fit the node's type, each naming the node and field."""
@@ -344,8 +513,12 @@ class WorkflowNode(_Input):
 
 
 class WorkflowEdge(_Input):
+    """Data flows from ``source`` to ``target``."""
+
     source: NodeId
+    """The id of the node whose output is used."""
     target: NodeId
+    """The id of the node that takes it as input."""
 
 
 class WorkflowDefinition(_Input):
@@ -356,7 +529,9 @@ class WorkflowDefinition(_Input):
     """
 
     nodes: list[WorkflowNode] = Field(default_factory=list, max_length=MAX_NODES)
+    """The steps, in any order."""
     edges: list[WorkflowEdge] = Field(default_factory=list, max_length=MAX_EDGES)
+    """How data flows between them: a DAG whose every path starts at a dataset node."""
 
     @model_validator(mode="after")
     def _rules(self) -> WorkflowDefinition:

@@ -26,8 +26,10 @@ is repeatable.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, Literal, get_args
 
 from sklearn.base import BaseEstimator
@@ -39,6 +41,7 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
 from database.models.enums import ProblemType
 
@@ -204,3 +207,144 @@ def build_estimator(
     if cls in USES_N_JOBS:
         settings["n_jobs"] = max(1, n_jobs)
     return cls(**settings)
+
+
+# --- the hyperparameters as JSON Schema (what /openapi.json shows of a model node) -----------
+def _param_doc(cls: type[BaseEstimator], name: str) -> str | None:
+    """The first paragraph of ``name``'s entry in ``cls``'s numpydoc Parameters section."""
+    lines = (cls.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if re.match(rf"^\s*{re.escape(name)}\s*:", line):
+            indent = len(line) - len(line.lstrip())
+            text: list[str] = []
+            for follow in lines[i + 1 :]:
+                if not follow.strip():
+                    if text:
+                        break
+                    continue
+                if len(follow) - len(follow.lstrip()) <= indent:
+                    break
+                text.append(follow.strip())
+            return _plain(" ".join(text)) or None
+    return None
+
+
+def _plain(text: str) -> str:
+    """scikit-learn's reStructuredText roles as plain text: ``:ref:`Pruning <x>``` ->
+    ``Pruning``, a bare ``:ref:`` -> the user guide, ``:class:`~sklearn.X``` -> ``X``."""
+    text = re.sub(r":\w+:`([^`<]+?)\s*<[^`>]+>`", r"\1", text)
+    text = re.sub(r":ref:`[^`]+`", "scikit-learn's user guide", text)
+    text = re.sub(r":\w+:`~(?:[\w.]+\.)?([^`]+)`", r"`\1`", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def _bounds(
+    interval: Interval, platform: Range | None
+) -> tuple[float | None, bool, float | None, bool]:
+    """(low, low_open, high, high_open) of ``interval`` within the platform's range."""
+    low, high = interval.left, interval.right
+    low_open = interval.closed in ("right", "neither")
+    high_open = interval.closed in ("left", "neither")
+    if platform is not None:
+        if low is None or platform.low > low or (platform.low == low and platform.low_open):
+            low, low_open = platform.low, platform.low_open
+        if high is None or platform.high < high:
+            high, high_open = platform.high, False
+    return low, low_open, high, high_open
+
+
+def _constraint_schema(constraint: Any, platform: Range | None) -> dict[str, Any] | None:
+    """One scikit-learn parameter constraint as JSON Schema (None: not expressible in
+    JSON, such as a callable, an array or an estimator)."""
+    if isinstance(constraint, Hidden):
+        return None
+    if isinstance(constraint, Interval):
+        integer = constraint.type is Integral
+        schema: dict[str, Any] = {"type": "integer" if integer else "number"}
+        low, low_open, high, high_open = _bounds(constraint, platform)
+        cast = int if integer else float
+        if low is not None and math.isfinite(low):
+            schema["exclusiveMinimum" if low_open else "minimum"] = cast(low)
+        if high is not None and math.isfinite(high):
+            schema["exclusiveMaximum" if high_open else "maximum"] = cast(high)
+        return schema
+    if isinstance(constraint, StrOptions):
+        options = sorted(o for o in constraint.options if o not in constraint.deprecated)
+        return {"type": "string", "enum": options} if options else None
+    if constraint is None:
+        return {"type": "null"}
+    if constraint == "boolean":
+        return {"type": "boolean"}
+    if constraint == "random_state":
+        return {"type": "integer", "minimum": 0, "maximum": int(RANGES["random_state"].high)}
+    if constraint is Integral:
+        return {"type": "integer"}
+    if constraint is dict:
+        return {"type": "object"}
+    return None
+
+
+def _json_default(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
+def hyperparameters_schema(algorithm: str) -> dict[str, Any]:
+    """The hyperparameters ``algorithm`` takes, as a JSON Schema object: one property
+    per parameter of its estimators (less :data:`PLATFORM_PARAMETERS`), typed from
+    scikit-learn's own ``_parameter_constraints`` narrowed by :data:`RANGES`, with
+    scikit-learn's default and the first paragraph of its documentation.
+
+    For the schema only: a node's hyperparameters are validated by
+    :func:`parameter_problem` (scikit-learn itself), which this mirrors.
+    """
+    classes = ALGORITHMS[algorithm]
+    properties: dict[str, dict[str, Any]] = {}
+    for problem_type, cls in classes.items():
+        defaults = cls().get_params(deep=False)
+        constraints: dict[str, list[Any]] = getattr(cls, "_parameter_constraints", {})
+        for name in sorted(defaults):
+            if name in PLATFORM_PARAMETERS:
+                continue
+            options = [
+                s
+                for c in constraints.get(name, [])
+                if (s := _constraint_schema(c, RANGES.get(name))) is not None
+            ]
+            entry = properties.get(name)
+            if entry is None:
+                doc = _param_doc(cls, name) or f"{cls.__name__}'s {name!r} parameter."
+                entry = properties[name] = {"description": doc, "anyOf": []}
+                default = _json_default(defaults[name])
+                if default is not _NO_DEFAULT and default != "deprecated":
+                    entry["default"] = default
+                if len(classes) > 1:
+                    entry["x-problem-types"] = []
+            if len(classes) > 1:
+                entry["x-problem-types"].append(str(problem_type))
+            for schema in options:
+                if schema not in entry["anyOf"]:
+                    entry["anyOf"].append(schema)
+    for entry in properties.values():
+        if not entry["anyOf"]:
+            del entry["anyOf"]  # any JSON value scikit-learn accepts
+        elif len(entry["anyOf"]) == 1:
+            entry.update(entry.pop("anyOf")[0])
+    names = " / ".join(cls.__name__ for cls in classes.values())
+    return {
+        "type": "object",
+        "description": (
+            f"Keyword arguments of scikit-learn's {names} (the defaults are scikit-learn's;"
+            " random_state defaults to 0 here). Checked by scikit-learn when the workflow is"
+            " saved. n_jobs and verbose are set by the platform."
+        ),
+        "properties": properties,
+        "additionalProperties": False,
+    }

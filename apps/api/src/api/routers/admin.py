@@ -32,6 +32,8 @@ def list_users(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[AdminUserOut]:
+    """Every account, deleted ones included, newest first, with role, activity and permissions.
+    Administrators only (403 `admin_required`)."""
     rows, next_cursor = paginate(
         session, select(User), User.created_at, User.id, limit=limit, cursor=cursor
     )
@@ -47,6 +49,7 @@ def list_users(
     summary="One user",
 )
 def get_user(principal: AdminDep, session: SessionDep, user_id: uuid.UUID) -> AdminUserOut:
+    """One account as an administrator sees it. 404 when no such user exists."""
     user = session.get(User, user_id)
     if user is None:
         raise not_found("user")

@@ -13,13 +13,13 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from sqlalchemy import select
 
 from api.deps import AdminDep, Reader, SessionDep
 from api.errors import ApiError, error_responses
 from api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page, paginate
-from api.schemas import UtcDatetime
+from api.schemas import Schema, UtcDatetime
 from database import audit
 from database.models import AuditEvent, AuditOutcome
 
@@ -42,23 +42,39 @@ ToQuery = Annotated[
 ]
 
 
-class AuditEventOut(BaseModel):
+class AuditEventOut(Schema):
+    """One event of the audit trail: who did what to which entity, and how it ended."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    """The event's id."""
     occurred_at: dt.datetime
+    """When it happened (UTC)."""
     actor_user_id: uuid.UUID | None
+    """The user who acted (null: the system)."""
     actor_api_key_id: uuid.UUID | None
+    """The API key they used."""
     actor_session_id: uuid.UUID | None
+    """The session they used."""
     request_id: str | None
+    """The request's X-Request-ID."""
     client_ip: str | None
+    """The caller's address."""
     user_agent: str | None
+    """The caller's User-Agent."""
     action: str
+    """What was done, e.g. api_key.created or model.downloaded."""
     entity_type: str
+    """The kind of entity acted on."""
     entity_id: uuid.UUID | None
+    """The entity acted on."""
     subject_user_id: uuid.UUID | None
+    """The user the entity belongs to."""
     outcome: AuditOutcome
+    """success, failed or denied."""
     detail: dict[str, Any]
+    """What changed (old and new values, without secrets)."""
 
     @classmethod
     def from_event(cls, event: AuditEvent) -> AuditEventOut:
@@ -135,6 +151,8 @@ def list_all_audit_events(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[AuditEventOut]:
+    """Every audit event, newest first, filtered by `action` (exact, or a prefix ending in `.`),
+    `from`/`to`, `actor_user_id` and `entity_id`. Administrators only (403 `admin_required`)."""
     _range(since, to)
     stmt = audit.filtered(select(AuditEvent), action=action, since=since, until=to)
     if actor_user_id is not None:

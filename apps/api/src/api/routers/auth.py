@@ -112,6 +112,8 @@ def list_sessions(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[SessionOut]:
+    """Every login session of the caller's account, revoked and expired ones included, newest first;
+    `current` marks the one making the request. Keyset pagination (`limit`, `cursor`)."""
     rows, next_cursor = paginate(
         session,
         select(UserSession).where(UserSession.user_id == principal.user_id),
@@ -186,6 +188,8 @@ def verify_email(body: VerifyEmailIn, session: SessionDep) -> VerifiedOut:
 def resend_verification(
     principal: KeyManager, request: Request, session: SessionDep, settings: SettingsDep
 ) -> Response:
+    """Mails a new verification token to the caller's address; 202 once it is sent. 409
+    `already_verified` when the address is already verified."""
     if principal.user.email_verified:
         raise ApiError(409, "already_verified", "this address is already verified")
     token, email = identity.issue_verification(session, principal.user_id)
@@ -200,7 +204,7 @@ def resend_verification(
     responses=error_responses(401, 404, 409, 422, 429),
     summary="Restore a deleted account within 30 days, with its password",
 )
-def restore(
+def restore_account(
     body: RestoreIn, request: Request, session: SessionDep, settings: SettingsDep
 ) -> UserOut:
     """Limited like a login. Deleted more than 30 days ago: 409

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import stripe
 from fastapi import APIRouter, Depends, Header, Query, Response, status
-from pydantic import BaseModel, Field, StrictInt, StringConstraints
+from pydantic import ConfigDict, Field, StrictInt, StringConstraints
 from sqlalchemy import select
 
 from api.deps import AdminDep, Buyer, Reader, SessionDep, SettingsDep
@@ -29,7 +29,7 @@ from api.pagination import (
     paginate,
 )
 from api.routers.credits import BUYABLE
-from api.schemas import Input, Output
+from api.schemas import Input, Output, Schema
 from database import billing
 from database.models import (
     BillingAlert,
@@ -61,93 +61,194 @@ Url = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 
 
 # --- schemas ---------------------------------------------------------------------------
-class PriceItemOut(BaseModel):
+class PriceItemOut(Schema):
+    """One price of a price book."""
+
     sku: str
+    """What is priced, e.g. workflow_node or prediction_rows."""
     unit: PriceUnit
+    """What one unit is: a job, a node, a thousand rows, a GB-month, a minute."""
     credits_per_unit: int
+    """Credits one unit costs."""
 
 
-class PriceBookOut(BaseModel):
+class PriceBookOut(Schema):
+    """The prices in force for a tier."""
+
     id: uuid.UUID
+    """The price book's id (UUID)."""
     tier: UserTier
+    """The tier it prices."""
     currency: str
+    """The currency of package prices (ISO 4217, e.g. usd)."""
     effective_from: dt.datetime
+    """When it took effect."""
     effective_to: dt.datetime | None
+    """When it stops (null: in force until replaced)."""
     items: list[PriceItemOut]
+    """Every price."""
 
 
 class CheckoutIn(Input):
+    """A Stripe Checkout for a credit package."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "package_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "success_url": "https://app.example.com/billing/done",
+                    "cancel_url": "https://app.example.com/billing",
+                }
+            ]
+        }
+    )
+
     package_id: uuid.UUID
+    """The package to buy (GET /v1/credit-packages)."""
     success_url: Url
+    """Where Stripe sends the buyer after paying."""
     cancel_url: Url
+    """Where Stripe sends the buyer who gives up."""
 
 
-class CheckoutOut(BaseModel):
+class CheckoutOut(Schema):
+    """A Stripe Checkout session to send the buyer to."""
+
     id: str
+    """Stripe's session id."""
     url: str
+    """The payment page: redirect the buyer there."""
 
 
 class InvoiceOut(Output):
+    """An invoice of a credit purchase (cached from Stripe)."""
+
     id: uuid.UUID
+    """The invoice's id (UUID)."""
     stripe_id: str
+    """Stripe's invoice (or checkout session) id."""
     number: str | None
+    """The invoice number Stripe gave."""
     amount_cents: int
+    """The amount, in cents of the currency."""
     currency: str
+    """The currency (ISO 4217)."""
     status: InvoiceStatus
+    """draft, open, paid, void or uncollectible."""
     period_start: dt.datetime | None
+    """Start of the period invoiced."""
     period_end: dt.datetime | None
+    """End of the period invoiced."""
     hosted_url: str | None
+    """Stripe's page for the invoice."""
     credit_transaction_id: uuid.UUID | None
+    """The ledger entry that credited the purchase."""
     created_at: dt.datetime
+    """When the invoice was created (UTC)."""
 
 
-class ChargeLine(BaseModel):
+class ChargeLine(Schema):
+    """Credits charged for one sku in a month."""
+
     sku: str
+    """What was charged for."""
     credits: int
+    """Credits charged for it."""
 
 
-class StatementOut(BaseModel):
+class StatementOut(Schema):
+    """A month's statement: the balance at both ends and every movement between, summed."""
+
     month: str
+    """The month, YYYY-MM (UTC)."""
     period_start: dt.datetime
+    """Its first instant (UTC)."""
     period_end: dt.datetime
+    """The first instant after it (UTC)."""
     opening_balance: int
+    """The balance when the month began."""
     purchases: int
+    """Credits bought."""
     charges: list[ChargeLine]
+    """Credits charged, per sku."""
     charged: int
+    """Credits charged in all."""
     refunds: int
+    """Credits refunded."""
     adjustments: int
+    """Credits adjusted by administrators (net)."""
     closing_balance: int
+    """The balance when the month ended (or now, for the current month)."""
     entries: int
+    """Ledger entries in the month."""
 
 
 class AlertIn(Input):
+    """A billing alert: a webhook called when the balance falls below, or the month's spend rises
+    above, a threshold."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "balance_below",
+                    "threshold": 1000,
+                    "webhook_url": "https://hooks.example.com/automl-billing",
+                }
+            ]
+        }
+    )
+
     kind: BillingAlertKind
+    """balance_below or spend_above."""
     threshold: StrictInt = Field(ge=0, le=2**53)
+    """The threshold, in credits."""
     webhook_url: Url
+    """The URL each alert is POSTed to (signed with the alert's secret)."""
 
 
 class AlertOut(Output):
+    """A billing alert."""
+
     id: uuid.UUID
+    """The alert's id (UUID)."""
     kind: BillingAlertKind
+    """balance_below or spend_above."""
     threshold: int
+    """The threshold, in credits."""
     webhook_url: str
+    """The URL alerts are POSTed to."""
     active: bool
+    """Whether it still fires."""
     created_at: dt.datetime
+    """When the alert was created (UTC)."""
 
 
 class AlertCreatedOut(AlertOut):
-    #: Signs every delivery (``Billing-Signature: t=...,v1=...``); shown only now.
+    """A new billing alert, with its signing secret (shown once)."""
+
     secret: str
+    """Signs every delivery (``Billing-Signature: t=...,v1=...``); shown only now."""
 
 
 class DeliveryOut(Output):
+    """One attempt to deliver an alert to its webhook."""
+
     id: uuid.UUID
+    """The delivery's id (UUID)."""
     event_id: uuid.UUID
+    """The alert event delivered."""
     attempt: int
+    """1 for the first try, then 2, 3..."""
     status_code: int | None
+    """The HTTP status the webhook answered (null: no answer)."""
     error: str | None
+    """Why the attempt failed."""
     succeeded: bool
+    """Whether the webhook answered 2xx."""
     created_at: dt.datetime
+    """When the delivery was created (UTC)."""
 
 
 class ReconciliationAdjustmentOut(Output):
@@ -165,18 +266,32 @@ class ReconciliationAdjustmentOut(Output):
 
 
 class ReconciliationRunOut(Output):
+    """A run of the ledger's reconciliation (automl-db verify, or the worker's)."""
+
     id: uuid.UUID
+    """The run's id (UUID)."""
     kind: ReconciliationKind
+    """verify (reports) or repair (also fixes)."""
     source: str
+    """What started it (the CLI, the worker...)."""
     run_by: str
+    """Who ran it."""
     started_at: dt.datetime
+    """When it started."""
     finished_at: dt.datetime | None
+    """When it finished (null: still running or died)."""
     users_checked: int
+    """Users whose balances and counters were checked."""
     drift_count: int
+    """Drifts found (a stored value that disagrees with the ledger)."""
     unproduced_count: int
+    """Charges without the usage they should price, or the reverse."""
     repaired_count: int
+    """Drifts repaired."""
     ok: bool | None
+    """Whether nothing was found (null: not finished)."""
     findings: list[Any]
+    """What was found, one entry per problem."""
     adjustments: list[ReconciliationAdjustmentOut] = Field(
         default_factory=list,
         description="Every value the run's repair changed, with the row and why.",
@@ -190,7 +305,9 @@ class ReconciliationRunOut(Output):
     responses=error_responses(401, 403, 503),
     summary="The price book in force for the caller's tier",
 )
-def price_book(principal: Reader, session: SessionDep) -> PriceBookOut:
+def get_price_book(principal: Reader, session: SessionDep) -> PriceBookOut:
+    """The prices in force for the caller's tier: the credits each unit (job, node, thousand rows,
+    GB-month, automl minute) costs."""
     book = billing.book_in_force(session, principal.user.tier)
     return PriceBookOut(
         id=book.id,
@@ -229,7 +346,12 @@ def checkout(
     body: CheckoutIn,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$"),
+        Header(
+            alias="Idempotency-Key",
+            max_length=100,
+            pattern=r"^[A-Za-z0-9_.:-]+$",
+            description="The same key again returns the same checkout session.",
+        ),
     ] = None,
 ) -> CheckoutOut:
     """The session names the caller (``client_reference_id``) and the package
@@ -310,12 +432,14 @@ def checkout(
     responses=error_responses(401, 403, 422),
     summary="The caller's invoices (from Stripe), newest first",
 )
-def invoices(
+def list_invoices(
     principal: Reader,
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[InvoiceOut]:
+    """The caller's invoices for credit purchases, cached from Stripe, newest first, with Stripe's
+    hosted page for each."""
     rows, next_cursor = paginate(
         session,
         select(BillingInvoice).where(BillingInvoice.user_id == principal.user_id),
@@ -339,12 +463,19 @@ def invoices(
     },
     summary="A calendar month (UTC) of the caller's credits: opening, movements, closing",
 )
-def credit_statement(
+def get_statement(
     principal: Reader,
     session: SessionDep,
     month: Annotated[str, Query(max_length=32, description="YYYY-MM (UTC)")],
-    format: Annotated[Literal["json", "csv"], Query()] = "json",  # noqa: A002
+    format: Annotated[  # noqa: A002
+        Literal["json", "csv"],
+        Query(description="json, or csv (one row per line of the statement)."),
+    ] = "json",
 ) -> Any:
+    """One calendar month (UTC, `month=YYYY-MM`) of the caller's credits: the opening balance,
+    purchases, charges per sku, refunds, adjustments and the closing balance; `format=csv`
+    gives the same as a CSV file (section, item, credits). 422 `invalid_month` for a malformed
+    month."""
     try:
         first = billing.parse_month(month)
     except ValueError as exc:
@@ -415,6 +546,7 @@ def list_alerts(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[AlertOut]:
+    """The caller's active billing alerts, newest first (without their secrets)."""
     rows, next_cursor = paginate(
         session,
         select(BillingAlert).where(
@@ -435,6 +567,8 @@ def list_alerts(
     summary="Stop a billing alert (its deliveries stay readable to operators)",
 )
 def delete_alert(principal: Buyer, session: SessionDep, alert_id: uuid.UUID) -> Response:
+    """Stops the billing alert: it fires no more. Its past deliveries stay readable. 404 when it is
+    not the caller's."""
     if not billing.deactivate_alert(session, principal.user_id, alert_id):
         raise not_found("billing alert")
     session.commit()
@@ -447,13 +581,15 @@ def delete_alert(principal: Buyer, session: SessionDep, alert_id: uuid.UUID) -> 
     responses=error_responses(401, 403, 404, 422),
     summary="Every delivery attempt of an alert's events, newest first",
 )
-def alert_deliveries(
+def list_alert_deliveries(
     cursor: Cursor,
     principal: Reader,
     session: SessionDep,
     alert_id: uuid.UUID,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> Page[DeliveryOut]:
+    """Every attempt to deliver the alert's events to its webhook, newest first, with the status
+    code or error of each."""
     owned = session.scalar(
         select(BillingAlert.id).where(
             BillingAlert.id == alert_id,
@@ -483,12 +619,14 @@ def alert_deliveries(
     responses=error_responses(401, 403, 422),
     summary="Operators: every verify and repair, with findings, newest first",
 )
-def reconciliation_runs(
+def list_reconciliation_runs(
     cursor: Cursor,
     admin: AdminDep,
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> Page[ReconciliationRunOut]:
+    """Every run of the ledger's reconciliation (`automl-db verify`, repairs, the worker's nightly
+    run) with what it found, newest first. Administrators only."""
     rows, next_cursor = paginate(
         session,
         select(ReconciliationRun),

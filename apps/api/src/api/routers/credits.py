@@ -37,7 +37,8 @@ BUYABLE: dict[UserTier, tuple[CreditTierRestriction, ...]] = {
     responses=error_responses(401, 403),
     summary="The caller's credit balance",
 )
-def balance(principal: Reader, session: SessionDep) -> BalanceOut:
+def get_balance(principal: Reader, session: SessionDep) -> BalanceOut:
+    """The caller's credit balance now: what runs, predictions and storage draw from."""
     value = session.scalar(select(User.credit_balance).where(User.id == principal.user_id))
     return BalanceOut(balance=value or 0)
 
@@ -48,12 +49,14 @@ def balance(principal: Reader, session: SessionDep) -> BalanceOut:
     responses=error_responses(401, 403, 422),
     summary="The caller's credit ledger, newest first",
 )
-def transactions(
+def list_transactions(
     principal: Reader,
     session: SessionDep,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[TransactionOut]:
+    """The caller's credit ledger, newest first: every purchase, charge, refund and adjustment with
+    the balance after it (keyset pagination)."""
     rows, next_cursor = paginate(
         session,
         select(CreditTransaction).where(CreditTransaction.user_id == principal.user_id),
@@ -73,7 +76,9 @@ def transactions(
     responses=error_responses(401, 403),
     summary="The credit packages on sale to the caller's tier",
 )
-def packages(principal: Reader, session: SessionDep) -> list[PackageOut]:
+def list_packages(principal: Reader, session: SessionDep) -> list[PackageOut]:
+    """The active credit packages the caller's tier may buy, cheapest first. Buy one with `POST
+    /v1/credits/checkout`."""
     tier = session.scalar(select(User.tier).where(User.id == principal.user_id))
     rows = session.scalars(
         select(CreditPackage)

@@ -256,6 +256,8 @@ def list_datasets(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[DatasetOut]:
+    """The caller's datasets, newest first (keyset pagination: `limit`, `cursor`). Each has its
+    current version's id; `GET /v1/datasets/{id}` lists the versions."""
     rows, next_cursor = paginate(
         session,
         select(Dataset).where(Dataset.user_id == principal.user_id),
@@ -289,6 +291,8 @@ def _versions(session: Session, dataset: Dataset) -> list[DatasetVersion]:
     summary="A dataset and its versions",
 )
 def get_dataset(principal: Reader, session: SessionDep, dataset_id: uuid.UUID) -> DatasetDetail:
+    """A dataset of the caller's with every version and its ingestion status. Another user's dataset
+    is 404, like a missing one."""
     dataset = _owned(session, principal.user_id, dataset_id)
     workers = WorkerCheck(session)
     return DatasetDetail(

@@ -13,7 +13,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import Field, StrictInt, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StrictInt, StringConstraints, model_validator
 from sqlalchemy import select
 
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep, StorageDep, Writer
@@ -45,17 +45,38 @@ class DeploymentConfig(Input):
     """Limits of a deployment: rows per request (and per batch chunk), and a time."""
 
     max_batch_rows: StrictInt | None = Field(default=None, ge=1, le=MAX_BATCH_ROWS)
+    """Rows at most per prediction request (and per chunk of a batch); null: the server's
+    default."""
     timeout_ms: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_MS)
+    """Milliseconds a prediction may take before it is answered 504; null: the server's default."""
 
 
 class DeploymentIn(Input):
     """``{"name", "model_version_id"}`` or ``{"name", "registered_model_id", "alias"}``."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "churn-prod",
+                    "registered_model_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "alias": "production",
+                    "config": {"max_batch_rows": 1000, "timeout_ms": 2000},
+                }
+            ]
+        }
+    )
+
     name: Name
+    """The deployment's name."""
     model_version_id: uuid.UUID | None = None
+    """Deploy this model version (fixed)."""
     registered_model_id: uuid.UUID | None = None
+    """Deploy the version an alias of this registered model points at (with alias)."""
     alias: Alias | None = None
+    """The alias followed, e.g. production: moving it redeploys."""
     config: DeploymentConfig | None = None
+    """Limits of the deployment."""
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentIn:
@@ -69,32 +90,64 @@ class DeploymentIn(Input):
 
 
 class DeploymentOut(Output):
+    """A deployment: a model version served for predictions."""
+
     id: uuid.UUID
+    """The deployment's id (UUID)."""
     name: str
+    """The deployment's name."""
     status: DeploymentStatus
+    """pending, active, failed or stopped: only an active one predicts."""
     model_version_id: uuid.UUID | None
+    """The model version served."""
     registered_model_id: uuid.UUID | None
+    """The registered model, when deployed by alias."""
     alias: str | None
+    """The alias followed, if any."""
     config: dict[str, Any]
+    """Its limits (max_batch_rows, timeout_ms)."""
     error_message: str | None
+    """Why it failed."""
     created_at: dt.datetime
+    """When the deployment was created (UTC)."""
     updated_at: dt.datetime
+    """When the deployment last changed (UTC)."""
 
 
 class BatchIn(Input):
+    """A batch prediction over a dataset version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"dataset_version_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c"}]
+        }
+    )
+
     dataset_version_id: uuid.UUID
+    """The rows to predict (a completed dataset version of the caller's)."""
 
 
 class BatchOut(Output):
+    """A batch prediction job."""
+
     job_id: uuid.UUID
+    """The job."""
     status: JobStatus
+    """pending, queued, running, completed, failed or cancelled."""
     credit_cost: int
+    """Credits charged for it."""
     model_version_id: uuid.UUID | None = None
+    """The model version that predicts."""
     rows: int | None = None
+    """Rows predicted (when done)."""
     output_bytes: int | None = None
+    """Size of the output file (when done)."""
     error_message: str | None = None
+    """Why it failed."""
     created_at: dt.datetime
+    """When it was queued (UTC)."""
     completed_at: dt.datetime | None = None
+    """When it ended."""
 
 
 @router.post(
@@ -134,6 +187,7 @@ def list_deployments(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[DeploymentOut]:
+    """The caller's deployments, newest first, stopped ones included (keyset pagination)."""
     rows, next_cursor = paginate(
         session,
         select(Deployment).where(Deployment.user_id == principal.user_id),
@@ -156,6 +210,8 @@ def list_deployments(
 def get_deployment(
     principal: Reader, session: SessionDep, deployment_id: uuid.UUID
 ) -> DeploymentOut:
+    """A deployment of the caller's: the model version it serves, its status and limits. 404 when it
+    is not the caller's."""
     return DeploymentOut.model_validate(deployments.get(session, principal.user_id, deployment_id))
 
 
@@ -168,6 +224,9 @@ def get_deployment(
 def stop_deployment(
     principal: Writer, session: SessionDep, deployment_id: uuid.UUID
 ) -> DeploymentOut:
+    """Stops the deployment for good: it answers no more predictions and the model no longer counts
+    as deployed. Stopping a stopped one returns it unchanged; a failed one cannot be stopped
+    (409)."""
     deployment = deployments.stop(session, principal.user_id, deployment_id)
     session.commit()
     return DeploymentOut.model_validate(deployment)
@@ -182,7 +241,8 @@ _PREDICT_BODY = {
                 "description": 'One of {"records": [...]}, {"dataframe_records": [...]},'
                 ' {"dataframe_split": {"columns": [...], "data": [[...]]}},'
                 ' {"instances": [...]}, {"inputs": [...]}',
-            }
+            },
+            "example": {"records": [{"age": 42, "plan": "pro", "monthly_spend": 59.5}]},
         },
         "text/csv": {"schema": {"type": "string"}},
         "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
@@ -304,6 +364,8 @@ def _batch_job(
 def get_batch(
     principal: Reader, session: SessionDep, deployment_id: uuid.UUID, job_id: uuid.UUID
 ) -> BatchOut:
+    """A batch prediction of the deployment: its status, cost, and once done the rows predicted and
+    the output's size."""
     return _batch_out(_batch_job(session, principal.user_id, deployment_id, job_id))
 
 
@@ -329,6 +391,8 @@ def download_batch(
     deployment_id: uuid.UUID,
     job_id: uuid.UUID,
 ) -> Response:
+    """The batch prediction's output, a Parquet file with the input's rows and a `prediction`
+    column. 409 while the job has not completed."""
     job = _batch_job(session, principal.user_id, deployment_id, job_id)
     location = (job.results or {}).get("output")
     if job.status != JobStatus.COMPLETED or not location:

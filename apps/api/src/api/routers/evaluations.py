@@ -11,7 +11,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import AfterValidator, Field, Strict, StrictBool, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, Strict, StrictBool, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -56,31 +56,70 @@ class SliceIn(Input):
     """The rows a criterion looks at: ``column`` equal to ``equals``."""
 
     column: ColumnName
+    """The column compared."""
     equals: StrictBool | Finite | SliceValue
+    """The value it must equal (text, number or boolean)."""
 
 
 class CriterionIn(Input):
+    """An evaluation criterion: a metric compared with a threshold, or a rule every row
+    must pass."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "f1 at least 0.8",
+                    "kind": "metric_threshold",
+                    "metric": "f1",
+                    "operator": ">=",
+                    "threshold": 0.8,
+                }
+            ]
+        }
+    )
+
     name: Name
+    """The criterion's name."""
     kind: CriterionKind
+    """metric_threshold (one number for the whole set) or row_rule (checked per row)."""
     metric: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
+    """The metric (kind metric_threshold), e.g. accuracy or rmse."""
     operator: CriterionOperator | None = None
+    """How the metric compares with the threshold (kind metric_threshold)."""
     threshold: Finite | None = None
+    """The value compared with (kind metric_threshold)."""
     rule: RowRule | None = None
+    """The per-row rule (kind row_rule)."""
     tolerance: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] | None = None
+    """The largest |prediction - actual| that passes (rule absolute_error_le)."""
     slice: SliceIn | None = None
+    """Only the rows where a column equals a value; null: every row."""
 
 
 class CriterionOut(Output):
+    """An evaluation criterion."""
+
     id: uuid.UUID
+    """The criterion's id (UUID)."""
     name: str
+    """The criterion's name."""
     kind: CriterionKind
+    """metric_threshold or row_rule."""
     metric: str | None
+    """The metric compared."""
     operator: CriterionOperator | None
+    """How it is compared."""
     threshold: float | None
+    """The value compared with."""
     rule: RowRule | None
+    """The per-row rule."""
     tolerance: float | None
+    """The largest error that passes."""
     slice: dict[str, Any] | None
+    """The rows it looks at (column, equals)."""
     created_at: dt.datetime
+    """When the criterion was created (UTC)."""
 
 
 def _shape_problem(body: CriterionIn) -> str | None:
@@ -145,6 +184,7 @@ def list_criteria(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[CriterionOut]:
+    """The caller's evaluation criteria, newest first (keyset pagination)."""
     rows, next_cursor = paginate(
         session,
         select(EvaluationCriterion).where(EvaluationCriterion.user_id == principal.user_id),
@@ -160,28 +200,61 @@ def list_criteria(
 
 # --- runs -------------------------------------------------------------------------------
 class EvaluationIn(Input):
+    """An evaluation of a model version on a dataset version against criteria."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version_id": "3f2b8c1e-5a4d-4c2e-9b7a-1d2e3f4a5b6c",
+                    "dataset_version_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "criteria_ids": ["0d1c2b3a-4f5e-4d6c-8b7a-9e8d7c6b5a4f"],
+                }
+            ]
+        }
+    )
+
     model_version_id: uuid.UUID
+    """The model version evaluated."""
     dataset_version_id: uuid.UUID
+    """The data it is evaluated on (with the target column)."""
     criteria_ids: list[uuid.UUID] = Field(default_factory=list, max_length=100)
+    """The criteria checked (GET /v1/evaluation-criteria); none: metrics only."""
 
 
 class EvaluationOut(Output):
+    """An evaluation run and, once done, its results."""
+
     id: uuid.UUID
+    """The evaluation's id (UUID)."""
     job_id: uuid.UUID
-    #: The job's: queued, running, completed, failed or cancelled.
+    """The job running it."""
     status: str = "queued"
+    """The job's: queued, running, completed, failed or cancelled."""
     error_message: str | None = None
+    """Why it failed."""
     model_version_id: uuid.UUID
+    """The model version evaluated."""
     dataset_version_id: uuid.UUID
+    """The data it was evaluated on."""
     problem_type: ProblemType | None
+    """classification or regression."""
     criteria: list[Any]
+    """The criteria checked, as they were when it started."""
     metrics: dict[str, Any] | None
+    """The metrics on the whole set."""
     criteria_results: list[Any] | None
+    """Each criterion's result (value, passed)."""
     passed: bool | None
+    """Whether every criterion passed (null: not done)."""
     row_count: int | None
+    """Rows evaluated."""
     failed_row_count: int | None
+    """Rows that failed a row criterion."""
     created_at: dt.datetime
+    """When the evaluation was created (UTC)."""
     completed_at: dt.datetime | None
+    """When it ended."""
 
 
 def _run_out(session: Session, run: EvaluationRun) -> EvaluationOut:
@@ -230,6 +303,8 @@ def create_evaluation(
     summary="An evaluation run: its status, metrics and criteria results",
 )
 def get_evaluation(principal: Reader, session: SessionDep, evaluation_id: uuid.UUID) -> Any:
+    """An evaluation run: its status and, once completed, the metrics on the whole set, each
+    criterion's result and whether all passed."""
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
     except evaluation.EvaluationProblem as exc:
@@ -238,13 +313,22 @@ def get_evaluation(principal: Reader, session: SessionDep, evaluation_id: uuid.U
 
 
 class RowOut(Output):
+    """One evaluated row."""
+
     row_index: int
+    """The row's position in the dataset version (0-based)."""
     prediction: str | None
+    """What the model predicted."""
     actual: str | None
+    """The target's value."""
     score: float | None
+    """The model's score for the row, when it gives one."""
     error: float | None
+    """|prediction - actual| (regression)."""
     criteria_passed: list[bool | None]
+    """Each row criterion's result, in the evaluation's order (null: not applicable)."""
     passed: bool
+    """Whether the row passed every row criterion."""
 
 
 @router.get(
@@ -253,7 +337,7 @@ class RowOut(Output):
     responses=error_responses(401, 403, 404, 422),
     summary="Per-row results of an evaluation, by row index (keyset pages)",
 )
-def evaluation_rows(
+def list_rows(
     principal: Reader,
     session: SessionDep,
     evaluation_id: uuid.UUID,
@@ -261,6 +345,8 @@ def evaluation_rows(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[RowOut]:
+    """The evaluated rows, by row index (keyset pagination), optionally only the failing ones:
+    prediction, actual value, error and each row criterion's result."""
     after = decode_seq_cursor(cursor) if cursor else None  # a bad cursor: 422 first
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
@@ -331,12 +417,16 @@ def _run_plot(session: Session, run: EvaluationRun, kind: str, fmt: str) -> Resp
     summary="A plot of an evaluation run: roc, pr, confusion_matrix, calibration, residuals,"
     " feature_importance, trials; as .png, .svg or .json",
 )
-def evaluation_plot(
+def get_plot(
     principal: Reader,
     session: SessionDep,
     evaluation_id: uuid.UUID,
     plot: str,
 ) -> Response:
+    """A plot of the evaluation: `roc`, `pr`, `confusion_matrix`, `calibration`, `residuals`,
+    `feature_importance` or `trials`, with the extension `.png`, `.svg` or `.json` (the plot's
+    data). 422 `plot_not_for_problem_type` when the plot does not suit the problem type, 409
+    while the evaluation has no results."""
     kind, fmt = _split(plot)
     try:
         run = evaluation.visible_run(session, principal.user_id, evaluation_id)
@@ -352,7 +442,7 @@ def evaluation_plot(
     summary="A plot of a model version (from the caller's newest completed evaluation of it;"
     " trials from the search that found it)",
 )
-def model_version_plot(
+def get_model_version_plot(
     principal: Reader,
     session: SessionDep,
     model_version_id: uuid.UUID,

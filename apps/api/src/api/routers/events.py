@@ -43,7 +43,7 @@ from api.pagination import (
     decode_seq_cursor,
     paginate_by_key,
 )
-from api.schemas import LogLineOut, ShortText
+from api.schemas import LogLineOut, Schema, ShortText
 from database.models import Job, JobLog, JobStatus, LogLevel, NodeStatus, NodeType
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -96,38 +96,57 @@ def list_job_logs(
 
 
 # --- the event stream -------------------------------------------------------------------------
-class StatusEvent(BaseModel):
+class StatusEvent(Schema):
     """``event: status``: the job's status."""
 
     job_id: uuid.UUID
+    """The job."""
     status: JobStatus
+    """Its status."""
     attempts: int
+    """How many times a worker claimed it."""
     cancel_requested: bool
+    """Whether a cancel was asked for."""
     error_message: str | None
+    """Why it failed."""
     started_at: dt.datetime | None = None
+    """When it started."""
     completed_at: dt.datetime | None = None
+    """When it ended."""
 
 
-class EndEvent(BaseModel):
+class EndEvent(Schema):
     """``event: end``: the job has ended; the stream closes after it."""
 
     job_id: uuid.UUID
+    """The job."""
     status: JobStatus
+    """Its final status."""
     error_message: str | None
+    """Why it failed."""
     results: dict[str, Any] | None
+    """What the run produced, by node."""
 
 
-class NodeEvent(BaseModel):
+class NodeEvent(Schema):
     """``event: node``: a node's status and progress."""
 
     node_id: str
+    """The node's id."""
     node_type: NodeType
+    """The node's type."""
     status: NodeStatus
+    """Its status."""
     progress: float
+    """How far it is, 0..1."""
     progress_message: str | None
+    """What it is doing now."""
     error_message: str | None
+    """Why it failed."""
     started_at: dt.datetime | None = None
+    """When it started."""
     completed_at: dt.datetime | None = None
+    """When it ended."""
 
 
 # One statement, so one snapshot: a status that has ended comes with every line

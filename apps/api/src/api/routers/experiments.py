@@ -107,6 +107,7 @@ def list_experiments(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[ExperimentOut]:
+    """The caller's experiments, newest first (keyset pagination)."""
     rows, next_cursor = paginate(
         session,
         select(Experiment).where(Experiment.user_id == principal.user_id),
@@ -129,6 +130,8 @@ def list_experiments(
 def get_experiment(
     principal: Reader, session: SessionDep, experiment_id: uuid.UUID
 ) -> ExperimentDetail:
+    """An experiment with its runs and their comparison: the runs ranked by the experiment's metric,
+    best first."""
     experiment = _owned(session, principal.user_id, experiment_id)
     runs = list(
         session.scalars(

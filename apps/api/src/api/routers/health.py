@@ -30,7 +30,9 @@ def _head() -> list[str]:
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up")
-def healthz() -> HealthOut:
+def live() -> HealthOut:
+    """200 whenever the process answers; no database access. For liveness probes; use `/readyz` for
+    readiness."""
     return HealthOut(status="ok")
 
 
@@ -40,7 +42,7 @@ def healthz() -> HealthOut:
     responses={503: {"model": ReadyOut, "description": "Not ready: the reason is given"}},
     summary="The database is reachable and migrated to head; how many workers are alive",
 )
-def readyz(session: SessionDep) -> JSONResponse:
+def ready(session: SessionDep) -> JSONResponse:
     """503 with the reason when the database cannot be reached or its schema is not
     the code's (behind, or ahead of, head): the service must not take traffic then.
     200 otherwise, with the number of live workers; none is a warning, not a 503."""

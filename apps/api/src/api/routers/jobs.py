@@ -73,6 +73,8 @@ def list_jobs(
     cursor: CursorQuery = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
 ) -> Page[JobOut]:
+    """The caller's jobs, newest first, optionally only those in one `status` (keyset pagination).
+    `waiting_for` says `worker` when a queued job waits for a worker to start."""
     stmt = select(Job).where(Job.user_id == principal.user_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)  # ix_jobs_user_id_status_created_at
@@ -89,6 +91,8 @@ def list_jobs(
     summary="A job, with the status of each of its nodes",
 )
 def get_job(principal: Reader, session: SessionDep, job_id: uuid.UUID) -> JobDetail:
+    """A job of the caller's with its results and each node's status, progress and output. Follow a
+    running job live with `GET /v1/jobs/{id}/events`."""
     job = _owned(session, principal.user_id, job_id)
     nodes = session.scalars(
         select(JobNode)

@@ -80,6 +80,10 @@ def download_version(
         ModelFormat.JOBLIB
     ),
 ) -> Response:
+    """The version's model file in the `format` asked for (joblib, skops, onnx or mlflow), converted
+    on first request. Public models need no key. 404 when the caller may not read the model, 403
+    `download_not_permitted` when they may read but not download it; every download and refusal is
+    recorded."""
     registered_model_id = session.scalar(
         select(ModelVersion.registered_model_id).where(ModelVersion.id == version_id)
     )

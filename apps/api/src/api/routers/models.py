@@ -44,6 +44,8 @@ def list_models(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[ModelOut]:
+    """The caller's trained models, newest first (keyset pagination). Register one in the model
+    registry to version, share and deploy it."""
     rows, next_cursor = paginate(
         session,
         select(Model).where(Model.user_id == principal.user_id),
@@ -62,6 +64,8 @@ def list_models(
     summary="A model, with its metrics and hyperparameters",
 )
 def get_model(principal: Reader, session: SessionDep, model_id: uuid.UUID) -> ModelDetail:
+    """A trained model of the caller's with its metrics on the held-out rows and the hyperparameters
+    it was trained with."""
     model = _owned(session, principal.user_id, model_id)
     return ModelDetail(
         **_out(model).model_dump(),

@@ -229,10 +229,14 @@ def list_registered_models(
         str | None,
         Query(min_length=1, max_length=320, description="`me`, a user id or an email."),
     ] = None,
-    visibility: ModelVisibility | None = None,
+    visibility: Annotated[
+        ModelVisibility | None, Query(description="Only models with this visibility.")
+    ] = None,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[RegisteredModelOut]:
+    """Registered models the caller may read (their own, those shared with them, public ones),
+    newest first; filter by `visibility`. Anonymous callers see public models only."""
     for text_ in [name or "", owner or "", *(tag or [])]:
         if "\x00" in text_ or len(text_) > 400:
             raise ApiError(422, "invalid_value", "a search parameter has a NUL or is too long")
@@ -261,6 +265,8 @@ def list_registered_models(
 def get_registered_model(
     principal: MaybeReader, session: SessionDep, registered_model_id: uuid.UUID
 ) -> RegisteredModelDetail:
+    """A registered model the caller may read, with its model card, aliases (alias -> version) and
+    the caller's access. 404 when the caller may not read it."""
     model = registry.authorize(session, _user(principal), registered_model_id)
     return _model_detail(session, _user(principal), model)
 
@@ -356,6 +362,8 @@ def list_versions(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[ModelVersionOut]:
+    """The versions of a registered model the caller may read, highest number first, with their
+    metrics and aliases (keyset pagination)."""
     if cursor:
         decode_cursor(cursor, int)  # a bad cursor is 422 before the model is looked up
     model = registry.authorize(session, _user(principal), registered_model_id)
@@ -470,6 +478,8 @@ def search_versions(
 def get_version(
     principal: MaybeReader, session: SessionDep, version_id: uuid.UUID
 ) -> ModelVersionDetail:
+    """One model version: its input signature and example, the environment it was trained in, its
+    metrics, aliases and a summary of its lineage."""
     version, model = registry.authorize_version(session, _user(principal), version_id)
     return _version_detail(session, _user(principal), version, model)
 
@@ -483,6 +493,8 @@ def get_version(
 def patch_version(
     principal: Writer, session: SessionDep, version_id: uuid.UUID, body: ModelVersionPatch
 ) -> ModelVersionDetail:
+    """Changes a version's description, primary metric or status (`ready` or `archived`,
+    either way back). Only the owner: 403 `forbidden` for a caller who may only read it."""
     version, model = registry.authorize_version(session, principal.user_id, version_id, manage=True)
     for field in sorted(body.model_fields_set):
         setattr(version, field, getattr(body, field))
@@ -502,8 +514,14 @@ def get_lineage(
     principal: MaybeReader,
     session: SessionDep,
     version_id: uuid.UUID,
-    direction: Literal["up", "down"] = "up",
-    depth: Annotated[int, Query(ge=1, le=registry.MAX_LINEAGE_DEPTH)] = 5,
+    direction: Annotated[
+        Literal["up", "down"],
+        Query(description="up: what made the version; down: what was made from it."),
+    ] = "up",
+    depth: Annotated[
+        int,
+        Query(ge=1, le=registry.MAX_LINEAGE_DEPTH, description="How many steps to follow."),
+    ] = 5,
 ) -> LineageOut:
     """Edges to or from versions the caller may not read are left out."""
     version, _ = registry.authorize_version(session, _user(principal), version_id)
@@ -520,7 +538,7 @@ def get_lineage(
     responses=error_responses(401, 403, 404, 422),
     summary="Point an alias at a version (creates or moves it, atomically)",
 )
-def put_alias(
+def set_alias(
     principal: Writer,
     session: SessionDep,
     registered_model_id: uuid.UUID,
@@ -551,6 +569,8 @@ def put_alias(
 def delete_alias(
     principal: Writer, session: SessionDep, registered_model_id: uuid.UUID, alias: str
 ) -> Response:
+    """Removes the alias from the registered model; the version it pointed at stays. 404
+    `alias_not_found` when there is no such alias. Only the owner."""
     _check_alias(alias)
     registry.authorize(session, principal.user_id, registered_model_id, manage=True)
     if not registry.delete_alias(session, registered_model_id, alias):
@@ -630,8 +650,13 @@ def revoke_permission(
     principal: Writer,
     session: SessionDep,
     registered_model_id: uuid.UUID,
-    user_id: uuid.UUID | None = None,
-    email: Annotated[str | None, Query(min_length=3, max_length=320)] = None,
+    user_id: Annotated[
+        uuid.UUID | None, Query(description="The grantee, by id (or email).")
+    ] = None,
+    email: Annotated[
+        str | None,
+        Query(min_length=3, max_length=320, description="The grantee, by email (or user_id)."),
+    ] = None,
 ) -> Response:
     """The user by ``user_id`` or ``email`` (query parameters, exactly one); 404
     ``permission_not_found`` when they hold none."""

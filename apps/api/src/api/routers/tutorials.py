@@ -29,6 +29,8 @@ def list_tutorials(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> Page[TutorialOut]:
+    """Every published tutorial, in the order to take them, with the caller's progress in each
+    (null: not started). Keyset pagination on the order."""
     rows, next_cursor = paginate(
         session,
         select(Tutorial).where(Tutorial.is_published.is_(True)),
@@ -63,7 +65,7 @@ def list_tutorials(
     responses=error_responses(401, 403, 404, 422),
     summary="Record the caller's progress in a tutorial",
 )
-def put_progress(
+def set_progress(
     principal: Writer, session: SessionDep, tutorial_id: uuid.UUID, body: ProgressIn
 ) -> ProgressOut:
     """Replaces the caller's progress. Steps are numbered from 0 and must exist;

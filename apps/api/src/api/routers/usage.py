@@ -11,7 +11,6 @@ from enum import StrEnum
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -25,6 +24,7 @@ from api.pagination import (
     decode_cursor,
     paginate,
 )
+from api.schemas import Schema
 from database import metering
 from database.models import InferenceRequest, InferenceStatus
 from database.types import MIN_DATETIME, InvalidDatetime, check_datetime
@@ -36,44 +36,70 @@ MAX_SPAN = dt.timedelta(days=366)
 
 
 class GroupBy(StrEnum):
+    """How usage rows are grouped: per day (UTC), per deployment, or per sku."""
+
     DAY = "day"
     DEPLOYMENT = "deployment"
     SKU = "sku"
 
 
-class UsageRow(BaseModel):
-    #: The day (YYYY-MM-DD, UTC), the deployment's id ("" for use of none) or the sku.
+class UsageRow(Schema):
+    """What was used in the span, for one day, deployment or sku."""
+
     key: str
+    """The day (YYYY-MM-DD, UTC), the deployment's id ("" for use of none) or the sku."""
     sku: str
-    #: Units used in the span (rows predicted, rows of batches).
+    """What was used (prediction_rows, batch_rows...)."""
     quantity: int
-    #: What they cost, in credits (exact; fractions of a credit carry to the next charge).
+    """Units used in the span (rows predicted, rows of batches)."""
     cost_credits: Decimal
-    #: Credits the ledger charged for usage of this group whose period starts in the span.
+    """What they cost, in credits (exact; fractions of a credit carry to the next charge)."""
     charged_credits: int
+    """Credits the ledger charged for usage of this group whose period starts in the span."""
 
 
-class UsageOut(BaseModel):
+class UsageOut(Schema):
+    """What the caller used and was charged in a span, grouped."""
+
     start: dt.datetime
+    """The span's start (inclusive)."""
     end: dt.datetime
+    """The span's end (exclusive)."""
     group_by: GroupBy
+    """How the rows are grouped: day, deployment or sku."""
     items: list[UsageRow]
+    """One row per group."""
     total_quantity: int
+    """Units used in the span."""
     total_cost_credits: Decimal
+    """What they cost, in credits (exact)."""
     total_charged_credits: int
+    """Credits the ledger charged for them."""
 
 
-class InferenceRequestOut(BaseModel):
+class InferenceRequestOut(Schema):
+    """One prediction request a deployment answered."""
+
     id: uuid.UUID
+    """The request's id (UUID)."""
     deployment_id: uuid.UUID
+    """The deployment."""
     model_version_id: uuid.UUID | None
+    """The model version that answered."""
     api_key_id: uuid.UUID | None
+    """The key that asked (null: a session)."""
     rows: int
+    """Rows predicted."""
     latency_ms: int
+    """How long it took."""
     status: InferenceStatus
+    """How it ended (success, or why not)."""
     error_class: str | None
+    """The error's kind when it failed."""
     request_id: str | None
+    """The X-Request-ID of the request."""
     created_at: dt.datetime
+    """When the request was created (UTC)."""
 
     model_config = {"from_attributes": True}
 
@@ -93,7 +119,7 @@ def _instant(value: dt.datetime | None, name: str) -> dt.datetime | None:
     responses=error_responses(401, 403, 422),
     summary="What the caller used and paid, grouped by day, deployment or sku",
 )
-def usage(
+def get_usage(
     principal: Reader,
     session: SessionDep,
     start: Annotated[
@@ -104,7 +130,9 @@ def usage(
         dt.datetime | None,
         Query(alias="to", description="End (exclusive, with a zone); default: now"),
     ] = None,
-    group_by: GroupBy = GroupBy.DAY,
+    group_by: Annotated[
+        GroupBy, Query(description="Rows per day (UTC), per deployment or per sku.")
+    ] = GroupBy.DAY,
 ) -> UsageOut:
     """Usage is counted by the date it happened, cost in exact credits; charges
     (whole credits) by the start of the period they charged."""
@@ -169,14 +197,16 @@ OwnershipDep = Annotated[OwnsDeployment, Depends(get_ownership_check)]
     responses=error_responses(401, 403, 404, 422),
     summary="A deployment's inference requests, newest first (owner only)",
 )
-def deployment_requests(
+def list_deployment_requests(
     principal: Reader,
     session: SessionDep,
     owns: OwnershipDep,
     deployment_id: uuid.UUID,
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
-    status: InferenceStatus | None = None,
+    status: Annotated[
+        InferenceStatus | None, Query(description="Only requests that ended so.")
+    ] = None,
 ) -> Page[InferenceRequestOut]:
     """The log of the deployment's requests (never their payloads): rows, latency,
     status, error class. Another user's deployment is a missing one (404)."""

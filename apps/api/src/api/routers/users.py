@@ -101,7 +101,10 @@ def sign_up(
     responses=error_responses(401, 403),
     summary="The caller's account, usage and tier limits",
 )
-def me(principal: Reader, session: SessionDep, settings: SettingsDep) -> MeOut:
+def get_me(principal: Reader, session: SessionDep, settings: SettingsDep) -> MeOut:
+    """The account of the key or session making the request: its email, tier and balance, what it
+    holds now (datasets, workflows, models, storage, running jobs) and its tier's limits on them.
+    Scope `read`."""
     user = session.get(User, principal.user_id, populate_existing=True)
     if user is None:  # pragma: no cover - the key's user exists (CASCADE)
         raise not_found("user")

@@ -189,7 +189,19 @@ def _handle(session: Session, event: dict[str, Any], expected_livemode: bool) ->
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "A Stripe event, as Stripe sends it.",
+                    },
+                    "example": {
+                        "id": "evt_1Q2w3E4r5T6y",
+                        "type": "checkout.session.completed",
+                        "data": {"object": {"id": "cs_test_a1B2c3", "payment_status": "paid"}},
+                    },
+                }
+            },
         }
     },
     summary="Stripe webhook endpoint",
@@ -198,7 +210,12 @@ async def stripe_webhook(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+    stripe_signature: Annotated[
+        str | None,
+        Header(
+            alias="Stripe-Signature", description="Stripe's signature of the body (t=...,v1=...)."
+        ),
+    ] = None,
 ) -> WebhookOut:
     """Verified with ``STRIPE_WEBHOOK_SECRET`` (400 ``invalid_signature`` otherwise;
     503 ``webhooks_not_configured`` without a secret); an event of the other Stripe

@@ -207,6 +207,8 @@ def list_workflows(
         bool, Query(description="List the soft-deleted workflows (the trash) instead.")
     ] = False,
 ) -> Page[WorkflowOut]:
+    """The caller's workflows, newest first; soft-deleted ones are left out. Each carries
+    `estimated_credits`, what a run of it costs now."""
     rows, next_cursor = paginate(
         session,
         select(Workflow).where(
@@ -230,6 +232,8 @@ def list_workflows(
 def get_workflow(
     principal: Reader, session: SessionDep, settings: SettingsDep, workflow_id: uuid.UUID
 ) -> WorkflowOut:
+    """A workflow of the caller's, soft-deleted ones included (`is_deleted`), with its definition
+    and the credits a run costs."""
     return _out(_book(session, principal), _owned(session, principal.user_id, workflow_id))
 
 
@@ -270,6 +274,9 @@ def update_workflow(
     summary="Soft-delete a workflow (restorable; purged after the retention window)",
 )
 def delete_workflow(principal: Writer, session: SessionDep, workflow_id: uuid.UUID) -> Response:
+    """Soft-deletes the workflow: it leaves the lists, its jobs and models stay, and `POST
+    /v1/workflows/{id}/restore` brings it back until it is purged. 204 on success; 404 when it is
+    not the caller's."""
     lock_user(session, principal.user_id)  # workflow_count moves: the user's lock first
     workflow = _owned(session, principal.user_id, workflow_id, lock=True)
     lifecycle.soft_delete_workflow(session, workflow.id)

@@ -13,6 +13,9 @@ from sqlalchemy import Enum as SAEnum
 
 
 class UserTier(enum.StrEnum):
+    """An account's tier: its limits (datasets, workflows, running jobs, storage) and its price
+    book."""
+
     FREE = "free"
     PRO = "pro"
     ENTERPRISE = "enterprise"
@@ -27,11 +30,15 @@ class UserRole(enum.StrEnum):
 
 
 class OAuthProvider(enum.StrEnum):
+    """An identity provider an account may sign in with."""
+
     GOOGLE = "google"
     GITHUB = "github"
 
 
 class FileFormat(enum.StrEnum):
+    """The format of an uploaded file."""
+
     CSV = "csv"
     JSON = "json"
     PARQUET = "parquet"
@@ -40,6 +47,9 @@ class FileFormat(enum.StrEnum):
 
 
 class ProblemType(enum.StrEnum):
+    """What a model learns: classes (classification), a number (regression) or groups without a
+    target (clustering)."""
+
     CLASSIFICATION = "classification"
     REGRESSION = "regression"
     CLUSTERING = "clustering"
@@ -56,6 +66,9 @@ class IngestionStatus(enum.StrEnum):
 
 
 class JobStatus(enum.StrEnum):
+    """A job's life: pending -> queued -> running -> completed, failed or cancelled (the database
+    refuses other moves)."""
+
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -82,6 +95,8 @@ class JobKind(enum.StrEnum):
 
 
 class NodeType(enum.StrEnum):
+    """The kind of a workflow node; it selects the schema of the node's config."""
+
     DATASET = "dataset"
     PREPROCESS = "preprocess"
     MODEL = "model"
@@ -99,6 +114,8 @@ class ExperimentRunStatus(enum.StrEnum):
 
 
 class NodeStatus(enum.StrEnum):
+    """A job node's state: success once its output exists; skipped when an input failed."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCESS = "success"
@@ -116,6 +133,9 @@ class LogLevel(enum.StrEnum):
 
 
 class TransactionType(enum.StrEnum):
+    """What moved credits: a purchase, a consumption (a charge), a refund or an administrator's
+    adjustment."""
+
     PURCHASE = "purchase"
     CONSUMPTION = "consumption"
     REFUND = "refund"
@@ -123,12 +143,16 @@ class TransactionType(enum.StrEnum):
 
 
 class TutorialDifficulty(enum.StrEnum):
+    """How much a tutorial assumes the reader knows."""
+
     BEGINNER = "beginner"
     INTERMEDIATE = "intermediate"
     ADVANCED = "advanced"
 
 
 class CreditTierRestriction(enum.StrEnum):
+    """Which tiers may buy a credit package."""
+
     NONE = "none"
     PRO_ONLY = "pro_only"
     ENTERPRISE_ONLY = "enterprise_only"
@@ -239,6 +263,9 @@ class InvoiceStatus(enum.StrEnum):
 
 
 class BillingAlertKind(enum.StrEnum):
+    """When a billing alert fires: the balance falls below its threshold, or the month's spend
+    rises above it."""
+
     BALANCE_BELOW = "balance_below"
     SPEND_ABOVE = "spend_above"
 
@@ -252,6 +279,8 @@ class AlertEventStatus(enum.StrEnum):
 
 
 class ReconciliationKind(enum.StrEnum):
+    """A reconciliation run that only reports (verify) or also fixes what it finds (repair)."""
+
     VERIFY = "verify"
     REPAIR = "repair"
 
