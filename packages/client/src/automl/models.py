@@ -42,6 +42,7 @@ __all__ = [
     "AuditOutcome",
     "AuditEventOut",
     "AutoMLConfig",
+    "AutoMLNode",
     "BalanceOut",
     "BatchIn",
     "JobStatus",
@@ -67,6 +68,7 @@ __all__ = [
     "IngestionStatus",
     "VersionOut",
     "DatasetDetail",
+    "DatasetNode",
     "DatasetOut",
     "DatasetPatch",
     "DeliveryOut",
@@ -78,11 +80,13 @@ __all__ = [
     "ErrorBody",
     "EvaluationIn",
     "EvaluationOut",
+    "ExperimentRunStatus",
     "ExperimentRunOut",
     "ExperimentDetail",
     "ExperimentIn",
     "ExperimentOut",
     "ExperimentRunIn",
+    "GradientBoostingConfig",
     "GroupBy",
     "HealthOut",
     "InferenceStatus",
@@ -94,21 +98,27 @@ __all__ = [
     "NodeType",
     "JobNodeOut",
     "JobDetail",
+    "KMeansConfig",
     "LimitsOut",
     "LineageRelation",
     "LineageEdgeOut",
     "LineageOut",
     "LineageSummary",
+    "LinearRegressionConfig",
     "LogLevel",
     "LogLineOut",
     "LoginIn",
     "LoginOut",
+    "LogisticRegressionConfig",
     "Usage",
     "MeOut",
     "MetricOut",
+    "RandomForestConfig",
+    "RidgeConfig",
     "ModelConfig",
     "ModelDetail",
     "ModelFormat",
+    "ModelNode",
     "ModelOut",
     "ModelPermission",
     "ModelVersionStatus",
@@ -117,6 +127,7 @@ __all__ = [
     "ModelVersionPatch",
     "ModelVisibility",
     "PackageOut",
+    "ReconciliationAdjustmentOut",
     "ReconciliationKind",
     "ReconciliationRunOut",
     "RegisteredModelOut",
@@ -133,6 +144,7 @@ __all__ = [
     "PermissionIn",
     "PermissionOut",
     "PreprocessConfig",
+    "PreprocessNode",
     "PriceUnit",
     "PriceItemOut",
     "PriceBookOut",
@@ -150,6 +162,7 @@ __all__ = [
     "RunIn",
     "RunOut",
     "SaveConfig",
+    "SaveNode",
     "SignUpIn",
     "UserOut",
     "SignUpOut",
@@ -160,6 +173,7 @@ __all__ = [
     "VerifiedOut",
     "VerifyEmailIn",
     "VisualizeConfig",
+    "VisualizeNode",
     "WebhookOut",
     "WorkflowEdge",
     "WorkflowNode",
@@ -179,12 +193,19 @@ class UserRole(StrEnum):
 
 
 class UserTier(StrEnum):
+    """An account's tier: its limits (datasets, workflows, running jobs, storage) and its
+    price
+    book.
+    """
+
     FREE = "free"
     PRO = "pro"
     ENTERPRISE = "enterprise"
 
 
 class AdminUserOut(Model):
+    """A user as an administrator sees it."""
+
     id: UUID
     email: str | None
     full_name: str | None
@@ -204,6 +225,8 @@ class AdminUserOut(Model):
 
 
 class AdminUserPatch(Model):
+    """Changes to a user by an administrator: only the fields sent change."""
+
     tier: UserTier | str | None = None
     role: UserRole | str | None = None
     is_active: bool | None = None
@@ -215,11 +238,18 @@ class AdminUserPatch(Model):
 
 
 class BillingAlertKind(StrEnum):
+    """When a billing alert fires: the balance falls below its threshold, or the month's
+    spend
+    rises above it.
+    """
+
     BALANCE_BELOW = "balance_below"
     SPEND_ABOVE = "spend_above"
 
 
 class AlertCreatedOut(Model):
+    """A new billing alert, with its signing secret (shown once)."""
+
     id: UUID
     kind: BillingAlertKind | str
     threshold: int
@@ -230,12 +260,19 @@ class AlertCreatedOut(Model):
 
 
 class AlertIn(Model):
+    """A billing alert: a webhook called when the balance falls below, or the month's spend
+    rises
+    above, a threshold.
+    """
+
     kind: BillingAlertKind | str
     threshold: int
     webhook_url: str
 
 
 class AlertOut(Model):
+    """A billing alert."""
+
     id: UUID
     kind: BillingAlertKind | str
     threshold: int
@@ -245,10 +282,14 @@ class AlertOut(Model):
 
 
 class AliasIn(Model):
+    """The version an alias points at."""
+
     version: int
 
 
 class AliasOut(Model):
+    """An alias of a registered model."""
+
     alias: str
     version: int
     model_version_id: UUID
@@ -256,6 +297,8 @@ class AliasOut(Model):
 
 
 class ApiKeyCreated(Model):
+    """A key just created, with its secret (shown once)."""
+
     id: UUID
     name: str
     prefix: str
@@ -270,6 +313,8 @@ class ApiKeyCreated(Model):
 
 
 class ApiKeyIn(Model):
+    """A new API key: a name, its scopes, an optional expiry and quotas."""
+
     name: str = "API key"
     scopes: list[str] | None = None
     expires_at: datetime | None = None
@@ -278,6 +323,8 @@ class ApiKeyIn(Model):
 
 
 class ApiKeyOut(Model):
+    """An API key, without its secret."""
+
     id: UUID
     name: str
     prefix: str
@@ -308,6 +355,8 @@ class AuditOutcome(StrEnum):
 
 
 class AuditEventOut(Model):
+    """One event of the audit trail: who did what to which entity, and how it ended."""
+
     id: UUID
     occurred_at: datetime
     actor_user_id: UUID | None
@@ -325,9 +374,7 @@ class AuditEventOut(Model):
 
 
 class AutoMLConfig(Model):
-    """The config of a automl node. A search over learners and hyperparameters
-    (:mod:`pipeline.automl`).
-    """
+    """A search over learners and hyperparameters (:mod:`pipeline.automl`)."""
 
     time_budget_s: int = 60
     metric: str | None = None
@@ -337,15 +384,35 @@ class AutoMLConfig(Model):
     seed: int | None = None
 
 
+class AutoMLNode(Model):
+    """Searches learners and hyperparameters (FLAML) on a preprocess or dataset node's
+    output, within a time budget.
+    """
+
+    id: str
+    label: str | None = None
+    type: str
+    config: AutoMLConfig | None = None
+
+
 class BalanceOut(Model):
+    """The caller's credit balance."""
+
     balance: int
 
 
 class BatchIn(Model):
+    """A batch prediction over a dataset version."""
+
     dataset_version_id: UUID
 
 
 class JobStatus(StrEnum):
+    """A job's life: pending -> queued -> running -> completed, failed or cancelled (the
+    database
+    refuses other moves).
+    """
+
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -355,6 +422,8 @@ class JobStatus(StrEnum):
 
 
 class BatchOut(BatchMixin, Model):
+    """A batch prediction job."""
+
     job_id: UUID
     status: JobStatus | str
     credit_cost: int
@@ -367,6 +436,8 @@ class BatchOut(BatchMixin, Model):
 
 
 class JobOut(JobMixin, Model):
+    """A job: one run of a workflow (or a batch prediction, an evaluation)."""
+
     id: UUID
     status: JobStatus | str
     credit_cost: int
@@ -383,27 +454,37 @@ class JobOut(JobMixin, Model):
 
 
 class CancelOut(Model):
+    """A job after a cancel request."""
+
     job: JobOut
     refunded_credits: int
 
 
 class ChargeLine(Model):
+    """Credits charged for one sku in a month."""
+
     sku: str
     credits: int
 
 
 class CheckoutIn(Model):
+    """A Stripe Checkout for a credit package."""
+
     package_id: UUID
     success_url: str
     cancel_url: str
 
 
 class CheckoutOut(Model):
+    """A Stripe Checkout session to send the buyer to."""
+
     id: str
     url: str
 
 
 class Comparison(Model):
+    """An experiment's runs ranked by its metric."""
+
     metric: str | None
     direction: str | None
     ranking: list[UUID]
@@ -412,12 +493,18 @@ class Comparison(Model):
 
 
 class CreditAdjustmentIn(Model):
+    """A credit adjustment by an administrator (recorded in the ledger and the audit
+    trail).
+    """
+
     amount: int
     reason: str
     idempotency_key: str
 
 
 class CreditAdjustmentOut(Model):
+    """A credit adjustment's ledger entry."""
+
     id: UUID
     user_id: UUID
     amount: int
@@ -428,6 +515,8 @@ class CreditAdjustmentOut(Model):
 
 
 class CreditTierRestriction(StrEnum):
+    """Which tiers may buy a credit package."""
+
     NONE = "none"
     PRO_ONLY = "pro_only"
     ENTERPRISE_ONLY = "enterprise_only"
@@ -464,6 +553,10 @@ class SliceIn(Model):
 
 
 class CriterionIn(Model):
+    """An evaluation criterion: a metric compared with a threshold, or a rule every row
+    must pass.
+    """
+
     name: str
     kind: CriterionKind | str
     metric: str | None = None
@@ -475,6 +568,8 @@ class CriterionIn(Model):
 
 
 class CriterionOut(Model):
+    """An evaluation criterion."""
+
     id: UUID
     name: str
     kind: CriterionKind | str
@@ -488,13 +583,18 @@ class CriterionOut(Model):
 
 
 class DatasetConfig(Model):
-    """The config of a dataset node."""
+    """Where a workflow's data comes from: one of the caller's datasets, at a version."""
 
     dataset_id: UUID | None = None
     version: int | None = None
 
 
 class ProblemType(StrEnum):
+    """What a model learns: classes (classification), a number (regression) or groups
+    without a
+    target (clustering).
+    """
+
     CLASSIFICATION = "classification"
     REGRESSION = "regression"
     CLUSTERING = "clustering"
@@ -502,6 +602,8 @@ class ProblemType(StrEnum):
 
 
 class FileFormat(StrEnum):
+    """The format of an uploaded file."""
+
     CSV = "csv"
     JSON = "json"
     PARQUET = "parquet"
@@ -519,6 +621,8 @@ class IngestionStatus(StrEnum):
 
 
 class VersionOut(Model):
+    """A version of a dataset: one uploaded file and what ingestion found in it."""
+
     id: UUID
     version_number: int
     version_label: str | None
@@ -535,6 +639,8 @@ class VersionOut(Model):
 
 
 class DatasetDetail(DatasetMixin, Model):
+    """A dataset with its versions."""
+
     id: UUID
     name: str
     description: str | None
@@ -547,7 +653,18 @@ class DatasetDetail(DatasetMixin, Model):
     versions: list[VersionOut]
 
 
+class DatasetNode(Model):
+    """Reads a dataset version; every path starts at one."""
+
+    id: str
+    label: str | None = None
+    type: str
+    config: DatasetConfig | None = None
+
+
 class DatasetOut(DatasetMixin, Model):
+    """A dataset: named tabular data with numbered versions."""
+
     id: UUID
     name: str
     description: str | None
@@ -569,6 +686,8 @@ class DatasetPatch(Model):
 
 
 class DeliveryOut(Model):
+    """One attempt to deliver an alert to its webhook."""
+
     id: UUID
     event_id: UUID
     attempt: int
@@ -609,6 +728,8 @@ class DeploymentStatus(StrEnum):
 
 
 class DeploymentOut(DeploymentMixin, Model):
+    """A deployment: a model version served for predictions."""
+
     id: UUID
     name: str
     status: DeploymentStatus | str
@@ -622,22 +743,30 @@ class DeploymentOut(DeploymentMixin, Model):
 
 
 class ErrorInfo(Model):
+    """What went wrong."""
+
     code: str
     message: str
     details: dict[str, Any] = Field(default_factory=lambda: {})
 
 
 class ErrorBody(Model):
+    """Every error answer of the API."""
+
     error: ErrorInfo
 
 
 class EvaluationIn(Model):
+    """An evaluation of a model version on a dataset version against criteria."""
+
     model_version_id: UUID
     dataset_version_id: UUID
     criteria_ids: list[UUID] | None = None
 
 
 class EvaluationOut(EvaluationMixin, Model):
+    """An evaluation run and, once done, its results."""
+
     id: UUID
     job_id: UUID
     status: str = "queued"
@@ -655,7 +784,16 @@ class EvaluationOut(EvaluationMixin, Model):
     completed_at: datetime | None
 
 
+class ExperimentRunStatus(StrEnum):
+    """How a run ended: an automl trial that FLAML scored, or one that failed."""
+
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
 class ExperimentRunOut(Model):
+    """A run of an experiment."""
+
     id: UUID
     job_id: UUID | None
     model_id: UUID | None
@@ -663,9 +801,16 @@ class ExperimentRunOut(Model):
     notes: str | None
     metrics: dict[str, Any] | None
     created_at: datetime
+    trial_number: int | None = None
+    parameters: dict[str, Any] | None = None
+    fold_scores: list[float | None] | None = None
+    duration_seconds: float | None = None
+    status: ExperimentRunStatus | str = "finished"
 
 
 class ExperimentDetail(Model):
+    """An experiment with its runs and their comparison."""
+
     id: UUID
     name: str
     description: str | None
@@ -679,6 +824,8 @@ class ExperimentDetail(Model):
 
 
 class ExperimentIn(Model):
+    """A new experiment: a group of runs compared by a metric."""
+
     name: str
     description: str | None = None
     problem_type: ProblemType | str | None = None
@@ -687,6 +834,8 @@ class ExperimentIn(Model):
 
 
 class ExperimentOut(Model):
+    """An experiment."""
+
     id: UUID
     name: str
     description: str | None
@@ -698,19 +847,32 @@ class ExperimentOut(Model):
 
 
 class ExperimentRunIn(Model):
+    """A run to add to an experiment: a model, a job, or both."""
+
     model_id: UUID | None = None
     job_id: UUID | None = None
     name: str | None = None
     notes: str | None = None
 
 
+class GradientBoostingConfig(Model):
+    """A model node's config for gradient_boosting (classification or regression)."""
+
+    algorithm: str
+    hyperparameters: dict[str, Any] | None = None
+
+
 class GroupBy(StrEnum):
+    """How usage rows are grouped: per day (UTC), per deployment, or per sku."""
+
     DAY = "day"
     DEPLOYMENT = "deployment"
     SKU = "sku"
 
 
 class HealthOut(Model):
+    """The process answers."""
+
     status: str
 
 
@@ -725,6 +887,8 @@ class InferenceStatus(StrEnum):
 
 
 class InferenceRequestOut(Model):
+    """One prediction request a deployment answered."""
+
     id: UUID
     deployment_id: UUID
     model_version_id: UUID | None
@@ -738,6 +902,8 @@ class InferenceRequestOut(Model):
 
 
 class IngestionJobOut(Model):
+    """The job that ingests an upload."""
+
     id: UUID
     status: IngestionStatus | str
     created_at: datetime
@@ -754,6 +920,8 @@ class InvoiceStatus(StrEnum):
 
 
 class InvoiceOut(Model):
+    """An invoice of a credit purchase (cached from Stripe)."""
+
     id: UUID
     stripe_id: str
     number: str | None
@@ -768,6 +936,8 @@ class InvoiceOut(Model):
 
 
 class NodeStatus(StrEnum):
+    """A job node's state: success once its output exists; skipped when an input failed."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCESS = "success"
@@ -776,6 +946,8 @@ class NodeStatus(StrEnum):
 
 
 class NodeType(StrEnum):
+    """The kind of a workflow node; it selects the schema of the node's config."""
+
     DATASET = "dataset"
     PREPROCESS = "preprocess"
     MODEL = "model"
@@ -785,6 +957,8 @@ class NodeType(StrEnum):
 
 
 class JobNodeOut(Model):
+    """One node of a job: its status, output and timing."""
+
     node_id: str
     node_type: NodeType | str
     status: NodeStatus | str
@@ -797,6 +971,8 @@ class JobNodeOut(Model):
 
 
 class JobDetail(JobMixin, Model):
+    """A job with its results and its nodes."""
+
     id: UUID
     status: JobStatus | str
     credit_cost: int
@@ -814,7 +990,16 @@ class JobDetail(JobMixin, Model):
     nodes: list[JobNodeOut]
 
 
+class KMeansConfig(Model):
+    """A model node's config for kmeans (clustering)."""
+
+    algorithm: str
+    hyperparameters: dict[str, Any] | None = None
+
+
 class LimitsOut(Model):
+    """The limits of the account's tier."""
+
     storage_bytes: int
     max_datasets: int
     max_workflows: int
@@ -832,6 +1017,8 @@ class LineageRelation(StrEnum):
 
 
 class LineageEdgeOut(Model):
+    """One edge of a model version's lineage."""
+
     depth: int
     child_version_id: UUID
     relation: LineageRelation | str
@@ -840,6 +1027,8 @@ class LineageEdgeOut(Model):
 
 
 class LineageOut(Model):
+    """A version's lineage, up (what made it) or down (what it made)."""
+
     version_id: UUID
     direction: str
     depth: int
@@ -847,8 +1036,17 @@ class LineageOut(Model):
 
 
 class LineageSummary(Model):
+    """A version's lineage in short."""
+
     parents: list[LineageEdgeOut]
     derived_versions: int
+
+
+class LinearRegressionConfig(Model):
+    """A model node's config for linear_regression (regression)."""
+
+    algorithm: str
+    hyperparameters: dict[str, Any] | None = None
 
 
 class LogLevel(StrEnum):
@@ -871,17 +1069,30 @@ class LogLineOut(Model):
 
 
 class LoginIn(Model):
+    """Password login."""
+
     email: str
     password: str
 
 
 class LoginOut(Model):
+    """A new session."""
+
     token: str
     expires_at: datetime
     session_id: UUID
 
 
+class LogisticRegressionConfig(Model):
+    """A model node's config for logistic_regression (classification)."""
+
+    algorithm: str
+    hyperparameters: dict[str, Any] | None = None
+
+
 class Usage(Model):
+    """What the account holds and runs now (the counts its limits apply to)."""
+
     datasets: int
     workflows: int
     models: int
@@ -890,6 +1101,8 @@ class Usage(Model):
 
 
 class MeOut(Model):
+    """The caller's account with what it uses and its tier's limits."""
+
     id: UUID
     email: str | None
     full_name: str | None
@@ -902,19 +1115,40 @@ class MeOut(Model):
 
 
 class MetricOut(Model):
+    """One metric of a model version."""
+
     metric: str
     split: str
     value: float
 
 
-class ModelConfig(Model):
-    """The config of a model node."""
+class RandomForestConfig(Model):
+    """A model node's config for random_forest (classification or regression)."""
 
     algorithm: str
     hyperparameters: dict[str, Any] | None = None
 
 
+class RidgeConfig(Model):
+    """A model node's config for ridge (regression)."""
+
+    algorithm: str
+    hyperparameters: dict[str, Any] | None = None
+
+
+ModelConfig = (
+    LogisticRegressionConfig
+    | RandomForestConfig
+    | GradientBoostingConfig
+    | LinearRegressionConfig
+    | RidgeConfig
+    | KMeansConfig
+)
+
+
 class ModelDetail(Model):
+    """A trained model with its metrics and hyperparameters."""
+
     id: UUID
     name: str
     algorithm: str
@@ -937,7 +1171,20 @@ class ModelFormat(StrEnum):
     MLFLOW = "mlflow"
 
 
+class ModelNode(Model):
+    """Trains one scikit-learn estimator on a preprocess node's output (or a dataset
+    node's, with default preprocessing).
+    """
+
+    id: str
+    label: str | None = None
+    type: str
+    config: ModelConfig
+
+
 class ModelOut(Model):
+    """A trained model (what a workflow's model or automl node saved)."""
+
     id: UUID
     name: str
     algorithm: str
@@ -968,6 +1215,8 @@ class ModelVersionStatus(StrEnum):
 
 
 class ModelVersionDetail(ModelVersionMixin, Model):
+    """A model version with its signature, example, environment and lineage."""
+
     id: UUID
     registered_model_id: UUID
     registered_model_name: str
@@ -988,6 +1237,8 @@ class ModelVersionDetail(ModelVersionMixin, Model):
 
 
 class ModelVersionOut(ModelVersionMixin, Model):
+    """A version of a registered model."""
+
     id: UUID
     registered_model_id: UUID
     registered_model_name: str
@@ -1004,6 +1255,8 @@ class ModelVersionOut(ModelVersionMixin, Model):
 
 
 class ModelVersionPatch(Model):
+    """Changes to a model version: only the fields sent change."""
+
     description: str | None = None
     primary_metric: str | None = None
     status: ModelVersionStatus | str | None = None
@@ -1020,6 +1273,8 @@ class ModelVisibility(StrEnum):
 
 
 class PackageOut(Model):
+    """A credit package on sale."""
+
     id: UUID
     name: str
     credits: int
@@ -1027,12 +1282,32 @@ class PackageOut(Model):
     tier_restriction: CreditTierRestriction | str
 
 
+class ReconciliationAdjustmentOut(Model):
+    """One value a reconciliation run's repair changed: the row, the column, before and
+    after, and why.
+    """
+
+    user_id: UUID
+    table_name: str
+    row_id: UUID | None
+    column_name: str
+    old_value: int
+    new_value: int
+    reason: str
+
+
 class ReconciliationKind(StrEnum):
+    """A reconciliation run that only reports (verify) or also fixes what it finds
+    (repair).
+    """
+
     VERIFY = "verify"
     REPAIR = "repair"
 
 
 class ReconciliationRunOut(Model):
+    """A run of the ledger's reconciliation (automl-db verify, or the worker's)."""
+
     id: UUID
     kind: ReconciliationKind | str
     source: str
@@ -1045,9 +1320,12 @@ class ReconciliationRunOut(Model):
     repaired_count: int
     ok: bool | None
     findings: list[Any]
+    adjustments: list[ReconciliationAdjustmentOut] | None = None
 
 
 class RegisteredModelOut(Model):
+    """A registered model."""
+
     id: UUID
     user_id: UUID
     name: str
@@ -1061,6 +1339,8 @@ class RegisteredModelOut(Model):
 
 
 class RowOut(Model):
+    """One evaluated row."""
+
     row_index: int
     prediction: str | None
     actual: str | None
@@ -1071,6 +1351,8 @@ class RowOut(Model):
 
 
 class SessionOut(Model):
+    """A login session."""
+
     id: UUID
     user_agent: str | None
     ip: str | None
@@ -1082,6 +1364,11 @@ class SessionOut(Model):
 
 
 class TransactionType(StrEnum):
+    """What moved credits: a purchase, a consumption (a charge), a refund or an
+    administrator's
+    adjustment.
+    """
+
     PURCHASE = "purchase"
     CONSUMPTION = "consumption"
     REFUND = "refund"
@@ -1089,6 +1376,8 @@ class TransactionType(StrEnum):
 
 
 class TransactionOut(Model):
+    """One entry of the credit ledger."""
+
     id: UUID
     type: TransactionType | str
     amount: int
@@ -1100,6 +1389,8 @@ class TransactionOut(Model):
 
 
 class ProgressOut(Model):
+    """The caller's progress in a tutorial."""
+
     tutorial_id: UUID
     current_step: int
     completed_steps: list[int]
@@ -1110,12 +1401,16 @@ class ProgressOut(Model):
 
 
 class TutorialDifficulty(StrEnum):
+    """How much a tutorial assumes the reader knows."""
+
     BEGINNER = "beginner"
     INTERMEDIATE = "intermediate"
     ADVANCED = "advanced"
 
 
 class TutorialOut(Model):
+    """A tutorial, with the caller's progress in it."""
+
     id: UUID
     slug: str
     title: str
@@ -1128,6 +1423,8 @@ class TutorialOut(Model):
 
 
 class WorkflowOut(WorkflowMixin, Model):
+    """A workflow: its definition and what a run of it costs."""
+
     id: UUID
     name: str
     description: str | None
@@ -1140,10 +1437,14 @@ class WorkflowOut(WorkflowMixin, Model):
 
 
 class PasswordChanged(Model):
+    """What a password change did."""
+
     sessions_revoked: int
 
 
 class PasswordIn(Model):
+    """A password change (or the first password of an account created with a key)."""
+
     new_password: str
     current_password: str | None = None
 
@@ -1157,13 +1458,17 @@ class PermissionIn(Model):
 
 
 class PermissionOut(Model):
+    """A permission on a registered model."""
+
     user_id: UUID
     permission: ModelPermission | str
     granted_by: UUID | None
 
 
 class PreprocessConfig(Model):
-    """The config of a preprocess node."""
+    """How the dataset's rows become features: missing values, scaling, encoding, the
+    columns used and the share held out for testing.
+    """
 
     impute: str = "mean"
     scale: str = "standard"
@@ -1171,6 +1476,15 @@ class PreprocessConfig(Model):
     test_size: float = 0.2
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=lambda: [])
+
+
+class PreprocessNode(Model):
+    """Turns a dataset node's rows into features and a train/test split."""
+
+    id: str
+    label: str | None = None
+    type: str
+    config: PreprocessConfig | None = None
 
 
 class PriceUnit(StrEnum):
@@ -1184,12 +1498,16 @@ class PriceUnit(StrEnum):
 
 
 class PriceItemOut(Model):
+    """One price of a price book."""
+
     sku: str
     unit: PriceUnit | str
     credits_per_unit: int
 
 
 class PriceBookOut(Model):
+    """The prices in force for a tier."""
+
     id: UUID
     tier: UserTier | str
     currency: str
@@ -1199,6 +1517,8 @@ class PriceBookOut(Model):
 
 
 class ProfileOut(Model):
+    """A dataset version's profile: counts, per-column statistics and correlations."""
+
     dataset_version_id: UUID
     row_count: int
     column_count: int
@@ -1212,21 +1532,31 @@ class ProfileOut(Model):
 
 
 class ProgressIn(Model):
+    """The caller's progress in a tutorial (replaces the previous)."""
+
     current_step: int
     completed_steps: list[int] | None = None
     is_completed: bool = False
 
 
 class PurchaseIn(Model):
+    """A purchase of a credit package (development only: real payments go through
+    checkout).
+    """
+
     package_id: UUID
 
 
 class PurchaseOut(Model):
+    """The ledger entry of a purchase and the new balance."""
+
     transaction: TransactionOut
     balance: int
 
 
 class ReadyOut(Model):
+    """Whether the API can serve: the database reachable and at the code's migration head."""
+
     status: str
     database: bool
     revision: list[str]
@@ -1246,6 +1576,8 @@ class RegisterConfig(Model):
 
 
 class RegisterVersionIn(Model):
+    """A trained model registered as the next version."""
+
     model_id: UUID
     description: str | None = None
     primary_metric: str | None = None
@@ -1253,6 +1585,8 @@ class RegisterVersionIn(Model):
 
 
 class RegisteredModelDetail(Model):
+    """A registered model with its card, aliases and the caller's access."""
+
     id: UUID
     user_id: UUID
     name: str
@@ -1269,6 +1603,8 @@ class RegisteredModelDetail(Model):
 
 
 class RegisteredModelIn(Model):
+    """A new registered model: a named home for model versions."""
+
     name: str
     description: str | None = None
     model_card: str | None = None
@@ -1289,32 +1625,53 @@ class RegisteredModelPatch(Model):
 
 
 class RestoreIn(Model):
+    """Restore a deleted account, before its data is purged."""
+
     email: str
     password: str
 
 
 class RunIn(Model):
+    """Options of a run."""
+
     priority: int = 0
 
 
 class RunOut(Model):
+    """A queued run and the caller's balance after its charge."""
+
     job: JobOut
     balance: int
 
 
 class SaveConfig(Model):
-    """The config of a save node."""
+    """Save the model node it follows as a trained model (``GET /v1/models``), and
+    optionally register it as a new version in the model registry.
+    """
 
     name: str
     register_: RegisterConfig | None = Field(default=None, alias="register")
 
 
+class SaveNode(Model):
+    """Saves a model or automl node's model, and optionally registers it."""
+
+    id: str
+    label: str | None = None
+    type: str
+    config: SaveConfig
+
+
 class SignUpIn(Model):
+    """A new account: its email and, optionally, the user's name."""
+
     email: str
     full_name: str | None = None
 
 
 class UserOut(Model):
+    """A user account as its owner sees it."""
+
     id: UUID
     email: str | None
     full_name: str | None
@@ -1325,11 +1682,15 @@ class UserOut(Model):
 
 
 class SignUpOut(Model):
+    """The new account and its first API key (every scope)."""
+
     user: UserOut
     api_key: ApiKeyCreated
 
 
 class StatementOut(Model):
+    """A month's statement: the balance at both ends and every movement between, summed."""
+
     month: str
     period_start: datetime
     period_end: datetime
@@ -1344,12 +1705,16 @@ class StatementOut(Model):
 
 
 class UploadOut(Model):
+    """What an upload created: the dataset, its new version and the ingestion job."""
+
     dataset: DatasetOut
     version: VersionOut
     ingestion_job: IngestionJobOut
 
 
 class UsageRow(Model):
+    """What was used in the span, for one day, deployment or sku."""
+
     key: str
     sku: str
     quantity: int
@@ -1358,6 +1723,8 @@ class UsageRow(Model):
 
 
 class UsageOut(Model):
+    """What the caller used and was charged in a span, grouped."""
+
     start: datetime
     end: datetime
     group_by: GroupBy | str
@@ -1368,35 +1735,48 @@ class UsageOut(Model):
 
 
 class VerifiedOut(Model):
+    """The account's email verification state."""
+
     user_id: UUID
     email_verified: bool
 
 
 class VerifyEmailIn(Model):
+    """An email verification."""
+
     token: str
 
 
 class VisualizeConfig(Model):
-    """The config of a visualize node."""
+    """Draw a plot of the model node it follows."""
 
     kind: str
 
 
+class VisualizeNode(Model):
+    """Draws a plot of a model or automl node's model."""
+
+    id: str
+    label: str | None = None
+    type: str
+    config: VisualizeConfig
+
+
 class WebhookOut(Model):
+    """What became of a webhook event."""
+
     event_id: str
     status: str
 
 
 class WorkflowEdge(Model):
+    """Data flows from ``source`` to ``target``."""
+
     source: str
     target: str
 
 
-class WorkflowNode(Model):
-    id: str
-    type: NodeType | str
-    config: dict[str, Any] | None = None
-    label: str | None = None
+WorkflowNode = DatasetNode | PreprocessNode | ModelNode | VisualizeNode | SaveNode | AutoMLNode
 
 
 class WorkflowDefinition(Model):
@@ -1411,12 +1791,16 @@ class WorkflowDefinition(Model):
 
 
 class WorkflowIn(Model):
+    """A new workflow: a name and a definition (empty: a draft)."""
+
     name: str
     description: str | None = None
     definition: WorkflowDefinition | None = None
 
 
 class WorkflowPatch(Model):
+    """Changes to a workflow: only the fields sent change."""
+
     name: str | None = None
     description: str | None = None
     definition: WorkflowDefinition | None = None

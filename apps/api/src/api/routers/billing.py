@@ -252,6 +252,8 @@ class DeliveryOut(Output):
 
 
 class ReconciliationAdjustmentOut(Output):
+    """One value a reconciliation run's repair changed: the row, the column, before and after, and why."""
+
     user_id: uuid.UUID = Field(description="The user whose row (or registry row) was repaired.")
     table_name: str = Field(
         description="The table of the corrected row: users, model_versions or registered_models."
