@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import errors
+from api import errors, metrics
 from api.limits import BodyLimit, predict_routes, upload_routes
 from api.mail import ConsoleMailer
 from api.request_id import RequestId
@@ -179,6 +179,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     # Outermost: every answer, a 413 included, carries the request id.
     app.add_middleware(RequestId)
+    metrics.install(app)  # /metrics; the request metrics outside everything
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app
 
