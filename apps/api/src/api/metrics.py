@@ -29,11 +29,13 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import time
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -44,8 +46,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute, compile_path
@@ -62,6 +62,23 @@ log = logging.getLogger("api.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The route label of a request no route matched (a 404 of an unknown path).
 UNMATCHED = "<unmatched>"
+
+
+def ledger_counter() -> Counter:
+    """``automl_credits_total``: the API and the worker count the same series (one
+    definition in a process that imports both, as the tests do)."""
+    try:
+        return Counter(
+            "automl_credits_total",
+            "Credits the ledger moved in this process's committed transactions, by entry"
+            " type (consumption: charges; purchase, refund, adjustment), as positive numbers.",
+            ["type"],
+        )
+    except ValueError:  # already registered by the other module
+        existing = REGISTRY._names_to_collectors["automl_credits_total"]  # noqa: SLF001
+        assert isinstance(existing, Counter)
+        return existing
+
 
 REQUESTS = Counter(
     "automl_http_requests_total",
@@ -80,16 +97,10 @@ IN_FLIGHT = Gauge(
     "HTTP requests being answered now.",
     multiprocess_mode="livesum",
 )
-CREDITS = Counter(
-    "automl_credits_total",
-    "Credits the ledger moved in this process's committed transactions, by entry type"
-    " (consumption: charges; purchase, refund, adjustment), as positive numbers.",
-    ["type"],
-)
+CREDITS = ledger_counter()
 PREDICTIONS = Counter(
     "automl_predictions_total",
-    "Predict requests answered, by outcome (ok, refused, timeout, client_error,"
-    " server_error).",
+    "Predict requests answered, by outcome (ok, refused, timeout, client_error, server_error).",
     ["status"],
 )
 PREDICTION_ROWS = Counter(
@@ -190,7 +201,7 @@ def _count_credits(kind: TransactionType, amount: int) -> None:
 
 def count_credits() -> None:
     """Count the ledger entries this process commits (idempotent)."""
-    telemetry.on_ledger_commit(_count_credits)
+    telemetry.on_ledger_commit(_count_credits, key="automl_credits_total")
 
 
 def _outcome(status: int) -> str:
@@ -271,7 +282,7 @@ def process_registry() -> CollectorRegistry:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry)
         return registry
     return REGISTRY
 

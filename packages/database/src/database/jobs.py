@@ -363,9 +363,7 @@ def claim(engine: Engine, queue: Queue, worker: str, lease_seconds: float) -> Cl
             ).one_or_none()
         if row is None:
             return None
-        return Claim(
-            "job", row.kind, row.id, row.user_id, row.attempts, worker, float(row.waited)
-        )
+        return Claim("job", row.kind, row.id, row.user_id, row.attempts, worker, float(row.waited))
     with engine.begin() as conn:
         next_ingestion = (
             select(

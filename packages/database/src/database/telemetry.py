@@ -18,6 +18,7 @@ No third-party metrics library here: the apps own the series (``api.metrics``,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,20 +139,22 @@ def queue_snapshot(conn: Connection | Session) -> QueueSnapshot:
 
 # --- the ledger's entries, as committed ---------------------------------------------------
 LedgerCallback = Callable[[TransactionType, int], None]
-_callbacks: list[LedgerCallback] = []
+_callbacks: dict[object, LedgerCallback] = {}
 #: ``session.info`` key: the entries flushed and not yet committed, each with the
 #: (innermost) transaction it was flushed in.
 _KEY = "telemetry_ledger"
 
 
-def on_ledger_commit(callback: LedgerCallback) -> None:
+def on_ledger_commit(callback: LedgerCallback, key: str | None = None) -> None:
     """Call ``callback(type, amount)`` for each ledger entry a session of this process
     commits (amount as written: negative for a consumption). An entry of a rolled
-    back transaction or savepoint is not reported. The session hooks are installed
-    with the first callback."""
-    if callback in _callbacks:
+    back transaction or savepoint is not reported. One callback per ``key`` (default:
+    the callback itself): a second registration is ignored. The session hooks are
+    installed with the first callback."""
+    name = key or callback
+    if name in _callbacks:
         return
-    _callbacks.append(callback)
+    _callbacks[name] = callback
     if not event.contains(Session, "after_flush", _after_flush):
         event.listen(Session, "after_flush", _after_flush)
         event.listen(Session, "after_commit", _after_commit)
@@ -171,13 +174,16 @@ def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
 
 
 def _after_commit(session: Session) -> None:
+    # Fired for a savepoint's release too (the savepoint is still the session's
+    # current transaction then): only the outermost commit writes.
+    if session.in_nested_transaction():
+        return
     entries = session.info.pop(_KEY, None)
     for _, kind, amount in entries or ():
-        for callback in _callbacks:
-            try:
+        for callback in list(_callbacks.values()):
+            # A metric never breaks a commit that already happened.
+            with contextlib.suppress(Exception):
                 callback(TransactionType(kind), int(amount))
-            except Exception:  # a metric never breaks a commit that already happened
-                pass
 
 
 def _inside(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
