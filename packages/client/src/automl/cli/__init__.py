@@ -16,6 +16,6 @@ line); 2 bad usage; 3 not logged in or not allowed (401, 403, no credentials);
 7 the API could not be reached; 130 interrupted.
 """
 
-from automl.cli.app import app, main
+from automl.cli.commands import app, main
 
 __all__ = ["app", "main"]

@@ -421,7 +421,8 @@ def run(
         typer.Option(
             "--file",
             "-f",
-            help='A workflow as JSON ({"name", "definition"} or the definition alone): created, then run.',
+            help='A workflow as JSON ({"name", "definition"} or the definition alone):'
+            " created, then run.",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -438,7 +439,7 @@ def run(
 ) -> None:
     """Run a workflow (charged from your credits) and follow its job (progress bar)."""
     if (workflow is None) == (file is None):
-        raise click.UsageError("give a workflow id or --file, one of them")
+        fail("give a workflow id or --file, one of them", EXIT_USAGE)
     c = client()
     if file is not None:
         try:
@@ -526,8 +527,9 @@ def logs(
         if level and line.get("level") not in level:
             return
         node = f" [{line['node_id']}]" if line.get("node_id") else ""
+        when = str(line.get("created_at", ""))[:19]
         console.print(
-            f"{str(line.get('created_at', ''))[:19]} {line.get('level', '')}{node} {line.get('message', '')}",
+            f"{when} {line.get('level', '')}{node} {line.get('message', '')}",
             markup=False,
             soft_wrap=True,
         )
@@ -607,7 +609,7 @@ def _read_rows(source: str) -> Any:
         return json.loads(text) if stripped[:1] in ("[", "{") else text
     path = Path(source)
     if not path.is_file():
-        raise click.BadParameter(f"{source}: no such file", param_hint="INPUT")
+        fail(f"{source}: no such file", EXIT_USAGE)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return path.read_bytes()
@@ -677,7 +679,7 @@ def download(
 
         if model:
             if format not in (None, "joblib"):
-                raise click.UsageError("--model downloads the joblib artifact: no --format")
+                fail("--model downloads the joblib artifact: no --format", EXIT_USAGE)
             path = c.models.download_artifact(version, output, progress=progress)
         else:
             path = c.model_versions.download(version, format, output, progress=progress)
