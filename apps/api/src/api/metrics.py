@@ -308,8 +308,11 @@ def authorized(header: str | None, token: str | None) -> bool:
 router = APIRouter(tags=["health"])
 
 
+# An operators' endpoint for Prometheus, not a user API: not in /openapi.json (nor in
+# the client, which covers every documented operation).
 @router.get(
     "/metrics",
+    include_in_schema=False,
     response_class=Response,
     summary="Prometheus metrics of this process and of the queues",
     responses={
