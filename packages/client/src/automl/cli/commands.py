@@ -102,7 +102,13 @@ def fail(message: str, code: int) -> NoReturn:
 
 def _api_message(exc: errors.ApiError) -> str:
     text = f"{exc.message} ({exc.code})"
-    problems = exc.details.get("errors") if isinstance(exc.details, dict) else None
+    details = exc.details if isinstance(exc.details, dict) else {}
+    facts = [
+        f"{k} {v}" for k, v in details.items() if isinstance(v, (int, float, str)) and k != "errors"
+    ][:4]
+    if facts:
+        text += f": {', '.join(facts)}"
+    problems = details.get("errors")
     if isinstance(problems, list) and problems and isinstance(problems[0], dict):
         first = problems[0]
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
@@ -393,11 +399,26 @@ def _job_summary(job: m.JobDetail) -> None:
         )
     if job.nodes:
         console.print(table)
-    metrics = (job.results or {}).get("metrics")
+    results = job.results or {}
+    for model_id in results.get("models") or []:
+        console.print(f"model {model_id}", markup=False)
+    for node in job.nodes:
+        registered = (node.output_data or {}).get("registered")
+        if isinstance(registered, dict):
+            alias = f", alias {registered['alias']}" if registered.get("alias") else ""
+            console.print(
+                f"registered {registered.get('name')} version {registered.get('version')}"
+                f" ({registered.get('model_version_id')}){alias}",
+                markup=False,
+            )
+    metrics = results.get("metrics")
     if isinstance(metrics, dict) and metrics:
-        scores = Table("metric", "value", box=None)
-        for key, value in metrics.items():
-            scores.add_row(str(key), f"{value:.4g}" if isinstance(value, float) else str(value))
+        scores = Table("node", "metric", "value", box=None)
+        for node_id, values in metrics.items():
+            pairs = values.items() if isinstance(values, dict) else [("", values)]
+            for key, value in pairs:
+                shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+                scores.add_row(str(node_id), str(key), shown)
         console.print(scores)
 
 
@@ -453,7 +474,12 @@ def run(
         out().print(f"workflow {created.id} ({created.name})", markup=False)
         workflow = str(created.id)
     assert workflow is not None
-    started = c.workflows.run(workflow)
+    try:
+        started = c.workflows.run(workflow)
+    except errors.ApiError:
+        if file is not None:  # created but not run: say how to run it, not create another
+            err().print(f"the workflow is saved: `automl run {workflow}` runs it", markup=False)
+        raise
     job_id = str(started.job.id)
     if not wait:
         if as_json:
