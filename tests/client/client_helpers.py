@@ -34,5 +34,3 @@ async def async_client(app: FastAPI, api_key: str | None) -> AsyncIterator[autom
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield automl.AsyncClient(http_client=http, api_key=api_key)
-
-

@@ -109,6 +109,7 @@ def drain(engine: Engine, api_settings: ApiSettings) -> Callable[[], Worker]:
         settings = WorkerSettings(
             slots=1,
             lease_seconds=30,
+            heartbeat_seconds=1.0,
             purge_hours=0,
             data_dir=api_settings.data_dir,
             storage_url=str(api_settings.storage_url),

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 import automl
+from api.main import create_app
+from api.settings import ApiSettings
 from automl import models
 from automl._client import _Api
 from automl._core import Call, Endpoint, Flow, Paged, _Endpoint
-from api.main import create_app
-from api.settings import ApiSettings
 
 HERE = Path(__file__).parent
 UUID = "00000000-0000-4000-8000-000000000001"
@@ -137,9 +137,7 @@ def test_paged_methods_are_the_lists_with_a_cursor() -> None:
 def test_every_client_method_is_exercised_by_a_test() -> None:
     """Each method appears as ``.<group>.<method>(`` in a test of tests/client, which
     runs it against the real API (this file only builds the calls)."""
-    text = "\n".join(
-        p.read_text() for p in HERE.glob("test_*.py") if p.name != Path(__file__).name
-    )
+    text = "\n".join(p.read_text() for p in HERE.glob("test_*.py") if p.name != Path(__file__).name)
     missing = [
         f"client.{group}.{name}"
         for group, name, _ in endpoints()
@@ -170,8 +168,8 @@ def test_the_models_cover_every_schema_the_api_answers_with() -> None:
         fields = {f.alias or n for n, f in getattr(models, target).model_fields.items()}
         if not page and props - fields:
             missing.append(f"{name}: {sorted(props - fields)}")
-    assert not missing, (
-        "run packages/client/scripts/generate_models.py; missing: " + ", ".join(missing)
+    assert not missing, "run packages/client/scripts/generate_models.py; missing: " + ", ".join(
+        missing
     )
 
 

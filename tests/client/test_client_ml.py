@@ -61,7 +61,9 @@ def train(
         filename="iris.csv",
         target_column="species",
         problem_type="classification",
-        progress=(lambda done, total: progress.append((done, total))) if progress is not None else None,
+        progress=(lambda done, total: progress.append((done, total)))
+        if progress is not None
+        else None,
     )
     drain()
     ready = client.datasets.wait_ready(upload, timeout=30)

@@ -202,12 +202,12 @@ def parse_as(tp: type[T] | Any) -> Callable[[Any], T]:
 
 
 def bind(result: Any, client: Any) -> Any:
-    """Let the models of ``result`` call back through ``client`` (``job.wait()``...)."""
+    """Let the models of ``result`` (nested ones too: ``run.job``) call back through
+    ``client`` (``job.wait()``...)."""
     if isinstance(result, Model):
         result._client = client
-        if isinstance(result, Page):
-            for item in result.items:
-                bind(item, client)
+        for name in type(result).model_fields:
+            bind(getattr(result, name, None), client)
     elif isinstance(result, list):
         for item in result:
             bind(item, client)
