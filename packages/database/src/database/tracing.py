@@ -64,7 +64,11 @@ def configure(service: str, engine: Engine | None = None, *, exporter: Any = Non
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         else:
             tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-        trace.set_tracer_provider(tracer_provider)
+        if exporter is None:
+            # The process's global provider: libraries that trace by themselves use it.
+            # A given exporter (the tests') stays local: the instrumentations get the
+            # provider explicitly, and nothing else in the process starts tracing.
+            trace.set_tracer_provider(tracer_provider)
         _provider = tracer_provider
     if engine is not None:
         instrument_engine(engine)
