@@ -54,17 +54,17 @@ def app(engine: Engine, api_settings: ApiSettings) -> FastAPI:
 
 
 @pytest.fixture
-def mailer(app: FastAPI) -> MemoryMailer:
-    """The mails the API sent (kept in memory, not printed)."""
-    found: MemoryMailer = app.state.mailer
-    return found
-
-
-@pytest.fixture
 def http(app: FastAPI) -> Iterator[TestClient]:
     app.state.mailer = MemoryMailer()
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+def mailer(app: FastAPI, http: TestClient) -> MemoryMailer:
+    """The mails the API sent (kept in memory by ``http``, not printed)."""
+    found: MemoryMailer = app.state.mailer
+    return found
 
 
 @pytest.fixture

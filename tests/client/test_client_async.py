@@ -5,8 +5,10 @@ client that need no server: configuration, errors, SSE parsing."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import stat
+import threading
 from pathlib import Path
 
 import anyio
@@ -118,6 +120,8 @@ def test_error_classes_by_status() -> None:
         assert type(error(status, b"{}")) is cls
     busy = error(503, b'{"error": {"code": "busy", "message": "retry"}}', **{"Retry-After": "1"})
     assert isinstance(busy, automl.ServerError) and busy.retry_after == 1.0
+    not_ready = error(503, b'{"status": "not ready", "database": false}')
+    assert not_ready.message == "not ready" and not_ready.details["body"]["database"] is False
     plain = error(502, b"<html>bad gateway</html>")
     assert plain.status == 502 and "bad gateway" in plain.message and plain.code == "error"
 
@@ -151,3 +155,53 @@ def test_the_client_needs_none_of_the_servers_packages() -> None:
     names = {d.split(">")[0].split("[")[0].strip() for d in project["dependencies"]}
     assert names == {"httpx", "pydantic"}
     assert set(project["optional-dependencies"]) >= {"cli", "pandas"}
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Answers 503 (Retry-After: 0) to its first ``failures`` requests, then 200."""
+
+    failures = 2
+    seen: list[str]
+
+    def _answer(self) -> None:
+        type(self).seen.append(self.command)
+        if len(type(self).seen) <= type(self).failures:
+            status, body, headers = 503, b'{"error": {"code": "busy", "message": "retry"}}', 0
+        else:
+            status, body, headers = 200, b'{"status": "ok"}', None
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        if headers is not None:
+            self.send_header("Retry-After", str(headers))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_reads_are_retried_after_retry_after_writes_are_not() -> None:
+    handler = type("Handler", (_Flaky,), {"seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with automl.Client(url, api_key="aml_x") as client:
+            assert client.health.live().status == "ok"
+            assert handler.seen == ["GET", "GET", "GET"]
+            handler.seen.clear()
+            with pytest.raises(automl.ServerError) as busy:
+                client.auth.logout()  # a POST is sent once
+            assert busy.value.code == "busy" and busy.value.retry_after == 0
+            assert handler.seen == ["POST"]
+        handler.seen.clear()
+        with automl.Client(url, api_key="aml_x", max_retries=0) as once:
+            with pytest.raises(automl.ServerError):
+                once.health.live()
+            assert handler.seen == ["GET"]
+    finally:
+        server.shutdown()
+        server.server_close()

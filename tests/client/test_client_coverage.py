@@ -31,10 +31,17 @@ def spec() -> dict[str, Any]:
     return create_app(ApiSettings()).openapi()
 
 
+#: Paths that are the platform's plumbing, not operations a user's client calls
+#: (Prometheus' scrape, the documentation's pages and assets), should they be listed.
+NOT_FOR_CLIENTS = ("/metrics", "/docs", "/redoc", "/openapi.json", "/static/")
+
+
 def operations() -> dict[tuple[str, str], str]:
     """(METHOD, path template) -> operationId, for every operation of the API."""
     out = {}
     for template, ops in spec()["paths"].items():
+        if template.startswith(NOT_FOR_CLIENTS):
+            continue
         for method, op in ops.items():
             if method in {"get", "post", "put", "patch", "delete"}:
                 out[(method.upper(), template)] = op.get("operationId", "")
@@ -123,6 +130,8 @@ def test_paged_methods_are_the_lists_with_a_cursor() -> None:
     """A method is paged exactly when its operation takes ``cursor`` (keyset pagination)."""
     by_route = {}
     for template, ops in spec()["paths"].items():
+        if template.startswith(NOT_FOR_CLIENTS):
+            continue
         for method, op in ops.items():
             names = {p["name"] for p in op.get("parameters", [])}
             by_route[(method.upper(), template)] = "cursor" in names

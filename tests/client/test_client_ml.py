@@ -121,6 +121,8 @@ def test_datasets_workflows_jobs_models_experiments(
     end = client.jobs.events(job, on_event=events.append, timeout=30)
     assert end is not None and end.event == "end" and end.json()["status"] == "completed"
     assert events[0].event == "status" and {"node", "log"} <= {e.event for e in events}
+    # an ended job's stream closes after "end": reading it for something else stops there
+    assert client.jobs.events(job, until=lambda e: False).event == "end"
     # a second run, cancelled while queued (a wait's timeout: test_client_socket.py, where
     # the stream is read as it comes; TestClient answers once the stream has ended)
     run = workflow.run()
@@ -204,6 +206,10 @@ def test_registry_deployments_evaluations_usage(
     assert target == tmp_path / "model.joblib"
     loaded = joblib.load(target)
     assert hasattr(loaded, "predict")
+    missing = tmp_path / "missing.joblib"
+    with pytest.raises(automl.NotFound):
+        client.model_versions.download("00000000-0000-4000-8000-000000000001", path=missing)
+    assert not missing.exists()
     data = client.model_versions.download(version, format="joblib")
     assert data == target.read_bytes()
     assert client.model_versions.get(version).download_count == 2

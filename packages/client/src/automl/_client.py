@@ -128,8 +128,9 @@ class Client(_Api[SyncMode]):
     ``Client()`` reads ``AUTOML_BASE_URL`` and ``AUTOML_API_KEY``/``AUTOML_TOKEN``, then
     the config file (:mod:`automl.config`); arguments win. ``http_client`` is an
     ``httpx.Client`` to send with (a ``fastapi.testclient.TestClient`` in tests; its
-    ``base_url`` is used unless one is given). Use it as a context manager, or
-    ``close()`` it."""
+    ``base_url`` is used unless one is given). Reads (GET) are sent again up to
+    ``max_retries`` times on 429/502/503/504 (after ``Retry-After``) and when the API
+    cannot be reached; nothing else is. Use it as a context manager, or ``close()`` it."""
 
     def __init__(
         self,
@@ -142,6 +143,7 @@ class Client(_Api[SyncMode]):
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         http_client: httpx.Client | None = None,
+        max_retries: int = 2,
     ) -> None:
         http_base = str(http_client.base_url).rstrip("/") if http_client is not None else None
         self.config = _config(base_url, api_key, token, profile, config, http_base or None)
@@ -149,7 +151,7 @@ class Client(_Api[SyncMode]):
         http = http_client or httpx.Client(
             timeout=timeout if timeout is not None else env_timeout(), follow_redirects=True
         )
-        self._attach(SyncRunner(self.config, self, http, headers))
+        self._attach(SyncRunner(self.config, self, http, headers, max_retries))
 
     def login(self, email: str, password: str) -> Any:
         """Log in with a password and send the session token from now on; the login."""
@@ -189,6 +191,7 @@ class AsyncClient(_Api[AsyncMode]):
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
+        max_retries: int = 2,
     ) -> None:
         http_base = str(http_client.base_url).rstrip("/") if http_client is not None else None
         self.config = _config(base_url, api_key, token, profile, config, http_base or None)
@@ -196,7 +199,7 @@ class AsyncClient(_Api[AsyncMode]):
         http = http_client or httpx.AsyncClient(
             timeout=timeout if timeout is not None else env_timeout(), follow_redirects=True
         )
-        self._attach(AsyncRunner(self.config, self, http, headers))
+        self._attach(AsyncRunner(self.config, self, http, headers, max_retries))
 
     async def login(self, email: str, password: str) -> Any:
         """Log in with a password and send the session token from now on; the login."""

@@ -31,15 +31,51 @@ from automl._wire import Multipart, SSEParser
 from automl.config import Config
 
 USER_AGENT = f"automl-client/{__version__}"
+#: The event after which a job's stream closes for good (api/routers/events.py).
+END = "end"
 #: Pause before reconnecting an event stream that closed before its end.
 RECONNECT_SECONDS = 0.5
 
 
+#: Statuses a read is retried on (with the answer's Retry-After, when it has one).
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: A Retry-After longer than this is not waited for: the error is raised.
+MAX_RETRY_AFTER = 30.0
+
+
+def retry_delay(call: Call[Any], exc: Exception, attempt: int, max_retries: int) -> float | None:
+    """Seconds to wait before sending ``call`` again, or None to raise ``exc``.
+
+    Only reads (GET) are retried, as nothing is changed twice by sending one again: on
+    429/502/503/504 after the answer's ``Retry-After`` (1 s, 2 s... without one), and
+    when the API could not be reached."""
+    if attempt >= max_retries or call.method != "GET":
+        return None
+    backoff = min(0.5 * 2**attempt, 8.0)
+    if isinstance(exc, errors.TransportError):
+        return backoff
+    if isinstance(exc, errors.ApiError) and exc.status in RETRY_STATUSES:
+        after = (
+            exc.retry_after if isinstance(exc, (errors.RateLimited, errors.ServerError)) else None
+        )
+        if after is None:
+            return backoff
+        return after if after <= MAX_RETRY_AFTER else None
+    return None
+
+
 class _Base(Runner):
-    def __init__(self, config: Config, client: Any, headers: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: Any,
+        headers: dict[str, str] | None,
+        max_retries: int = 2,
+    ) -> None:
         self.config = config
         self.client = client
         self.extra_headers = dict(headers or {})
+        self.max_retries = max_retries
 
     def url(self, call: Call[Any]) -> str:
         return self.config.base_url + call.path
@@ -103,8 +139,9 @@ class SyncRunner(_Base):
         client: Any,
         http: httpx.Client,
         headers: dict[str, str] | None = None,
+        max_retries: int = 2,
     ) -> None:
-        super().__init__(config, client, headers)
+        super().__init__(config, client, headers, max_retries)
         self.http = http
 
     def run(self, call: Call[Any]) -> Any:
@@ -113,6 +150,18 @@ class SyncRunner(_Base):
         if call.expect == "sleep":
             time.sleep(call.timeout or 0)
             return None
+        attempt = 0
+        while True:
+            try:
+                return self._send(call)
+            except errors.AutomlError as exc:
+                delay = retry_delay(call, exc, attempt, self.max_retries)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+            attempt += 1
+
+    def _send(self, call: Call[Any]) -> Any:
         kw, multipart = self.request_kwargs(call)
         if multipart is not None:
             kw["content"] = iter(multipart)
@@ -171,15 +220,19 @@ class SyncRunner(_Base):
                     if response.status_code >= 400:
                         response.read()
                         _check(response)
+                    last: ServerEvent | None = None
                     for line in response.iter_lines():
                         event = parser.feed(line)
                         if event is not None:
+                            last = event
                             if stream.on_event:
                                 stream.on_event(event)
                             if stream.until(event):
                                 return event
                         if deadline is not None and time.monotonic() >= deadline:
                             return None
+                    if last is not None and last.event == END:
+                        return last  # the job has ended: nothing more will come
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:
@@ -216,18 +269,31 @@ class AsyncRunner(_Base):
         client: Any,
         http: httpx.AsyncClient,
         headers: dict[str, str] | None = None,
+        max_retries: int = 2,
     ) -> None:
-        super().__init__(config, client, headers)
+        super().__init__(config, client, headers, max_retries)
         self.http = http
 
     async def run(self, call: Call[Any]) -> Any:
+        import anyio
+
         if call.expect == "events":
             return await self._events(call)
         if call.expect == "sleep":
-            import anyio
-
             await anyio.sleep(call.timeout or 0)
             return None
+        attempt = 0
+        while True:
+            try:
+                return await self._send(call)
+            except errors.AutomlError as exc:
+                delay = retry_delay(call, exc, attempt, self.max_retries)
+                if delay is None:
+                    raise
+            await anyio.sleep(delay)
+            attempt += 1
+
+    async def _send(self, call: Call[Any]) -> Any:
         kw, multipart = self.request_kwargs(call)
         if multipart is not None:
             kw["content"] = multipart.aiter()
@@ -292,13 +358,17 @@ class AsyncRunner(_Base):
                     if response.status_code >= 400:
                         await response.aread()
                         _check(response)
+                    last: ServerEvent | None = None
                     async for line in response.aiter_lines():
                         event = parser.feed(line)
                         if event is not None:
+                            last = event
                             if stream.on_event:
                                 stream.on_event(event)
                             if stream.until(event):
                                 return event
+                    if last is not None and last.event == END:
+                        return last  # the job has ended: nothing more will come
             except httpx.ReadTimeout:
                 continue
             except httpx.TransportError as exc:

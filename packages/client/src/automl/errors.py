@@ -173,6 +173,10 @@ def from_response(response: httpx.Response, body: bytes | None = None) -> ApiErr
         message = str(info.get("message", message))
         found = info.get("details")
         details = found if isinstance(found, dict) else {}
+    elif isinstance(parsed, dict):
+        # Not the error shape (GET /readyz's 503 is its ReadyOut): kept whole in details.
+        details = {"body": parsed}
+        message = str(parsed.get("message") or parsed.get("status") or message)
     elif raw:
         message = raw[:500].decode("utf-8", "replace")
     headers = {k.lower(): v for k, v in response.headers.items()}
