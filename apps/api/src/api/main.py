@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from api import docs, errors
+from api import docs, errors, metrics, tracing
 from api.limits import BodyLimit, predict_routes, upload_routes
 from api.mail import ConsoleMailer
 from api.request_id import RequestId
@@ -186,6 +186,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     # Outermost: every answer, a 413 included, carries the request id.
     app.add_middleware(RequestId)
+    metrics.install(app)  # /metrics; the request metrics outside everything
+    tracing.install(app)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     app.openapi = _document_errors(app)  # type: ignore[method-assign]
     return app
 

@@ -58,6 +58,8 @@ class ApiSettings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * MiB, alias="MAX_UPLOAD_BYTES", gt=0)
     #: The largest body of any other request (JSON): refused with 413 past it.
     max_json_bytes: int = Field(default=1 * MiB, alias="MAX_JSON_BYTES", gt=0)
+    #: ``GET /metrics`` wants ``Authorization: Bearer <this>`` when set (docs/metrics.md).
+    metrics_token: SecretStr | None = Field(default=None, alias="METRICS_TOKEN")
     #: The signing secret of the Stripe webhook endpoint (whsec_...).
     stripe_webhook_secret: SecretStr | None = Field(default=None, alias="STRIPE_WEBHOOK_SECRET")
     #: Stripe's tolerance for the age of a signed webhook, in seconds.

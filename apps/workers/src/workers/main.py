@@ -47,10 +47,10 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from database import audit, billing, lifecycle, logs, metering, verify, worker_registry
+from database import audit, billing, lifecycle, logs, metering, tracing, verify, worker_registry
 from database.session import get_engine
 from pipeline.storage import Storage, make_storage
-from workers import kinds, queue, runner
+from workers import kinds, metrics, queue, runner
 from workers.execution import RunLimits
 from workers.outage import Backoff, DatabaseLink, is_outage
 from workers.queue import Claim, LeaseLost
@@ -120,6 +120,7 @@ class Worker:
         Another error of the loop is logged and retried the same way, except with
         ``until_idle`` (scripts and tests), where it is raised.
         """
+        metrics.setup(self.settings.slots)
         heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         threads = [heartbeat]
         if not until_idle:
@@ -196,6 +197,7 @@ class Worker:
             if claimed is None:
                 break
             took = True
+            metrics.claimed(claimed)
             with self._lock:
                 self._active[claimed.id] = claimed
             future = self._pool.submit(self._logged_work, claimed)
@@ -220,7 +222,14 @@ class Worker:
         # The kind's handler (workers.kinds); errors are classed there: transient ones
         # wait and retry, permanent ones fail the work at once, and a lost database
         # comes back here (_outage): the work is given back once the database returns.
-        outcome = kinds.dispatch(self._context, claim)
+        started, outcome = time.monotonic(), "error"
+        try:
+            with tracing.span(
+                f"{claim.kind} work", queue=claim.queue, kind=str(claim.kind), id=str(claim.id)
+            ):
+                outcome = kinds.dispatch(self._context, claim)
+        finally:
+            metrics.finished(claim, outcome, time.monotonic() - started)
         self.outcomes.append((claim, outcome))
         return outcome
 
@@ -475,6 +484,9 @@ def start(args: argparse.Namespace, settings: WorkerSettings) -> int:
         name=args.name,
     )
     logs.bind_process(worker_id=worker.name)
+    tracing.configure("automl-worker", worker.engine)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.metrics_host)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run(until_idle=args.until_idle)

@@ -81,6 +81,10 @@ class WorkerSettings(BaseSettings):
     #: The tiers' limits (the API's setting): the storage quota the Parquet copies
     #: and the saved models must fit in.
     tier_limits: Limits = Field(default_factory=Limits, alias="TIER_LIMITS")
+    #: ``/metrics`` of this worker on this port (0: not served; docs/metrics.md).
+    metrics_port: int = Field(default=0, alias="WORKER_METRICS_PORT", ge=0, le=65535)
+    #: The address it listens on (``0.0.0.0``: every interface).
+    metrics_host: str = Field(default="127.0.0.1", alias="WORKER_METRICS_HOST")
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerSettings:

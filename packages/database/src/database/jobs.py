@@ -152,6 +152,9 @@ class Claim:
     user_id: uuid.UUID
     attempts: int
     worker: str
+    #: Seconds the work waited in the queue before this claim: from when it became
+    #: due (``run_after``, else its creation) to the claim (the database's clock).
+    waited_seconds: float | None = None
 
 
 @dataclass
@@ -305,20 +308,25 @@ def _due(run_after: Any) -> Any:
     return or_(run_after.is_(None), run_after <= func.now())
 
 
+def _waited(due_at: Any) -> Any:
+    """Seconds from ``due_at`` to now (the claim's time), never negative."""
+    return func.greatest(func.extract("epoch", func.now() - due_at), 0).label("waited")
+
+
 def _claim_job_statement() -> Any:
     """The job's claim, built once (the hot path: building a statement costs the
     client more than running it); parameters ``worker`` and ``lease``."""
     next_job = (
-        select(Job.id)
+        select(Job.id, func.coalesce(Job.run_after, Job.created_at).label("due_at"))
         .where(Job.status == JobStatus.QUEUED, _due(Job.run_after))
         .order_by(Job.priority.desc(), Job.created_at)  # ix_jobs_queue
         .limit(1)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        .subquery("next_job")
     )
     return (
         update(Job)
-        .where(Job.id == next_job)
+        .where(Job.id == next_job.c.id)
         .values(
             status=JobStatus.RUNNING,
             leased_by=bindparam("worker", type_=String),
@@ -327,7 +335,7 @@ def _claim_job_statement() -> Any:
             started_at=func.coalesce(Job.started_at, func.now()),
             run_after=None,
         )
-        .returning(Job.id, Job.user_id, Job.attempts, Job.kind)
+        .returning(Job.id, Job.user_id, Job.attempts, Job.kind, _waited(next_job.c.due_at))
     )
 
 
@@ -355,19 +363,22 @@ def claim(engine: Engine, queue: Queue, worker: str, lease_seconds: float) -> Cl
             ).one_or_none()
         if row is None:
             return None
-        return Claim("job", row.kind, row.id, row.user_id, row.attempts, worker)
+        return Claim("job", row.kind, row.id, row.user_id, row.attempts, worker, float(row.waited))
     with engine.begin() as conn:
         next_ingestion = (
-            select(IngestionJob.id)
+            select(
+                IngestionJob.id,
+                func.coalesce(IngestionJob.run_after, IngestionJob.created_at).label("due_at"),
+            )
             .where(IngestionJob.status == IngestionStatus.PENDING, _due(IngestionJob.run_after))
             .order_by(IngestionJob.created_at)  # ix_ingestion_jobs_pending_created_at
             .limit(1)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            .subquery("next_ingestion")
         )
         taken = conn.execute(
             update(IngestionJob)
-            .where(IngestionJob.id == next_ingestion)
+            .where(IngestionJob.id == next_ingestion.c.id)
             .values(
                 status=IngestionStatus.PROCESSING,
                 leased_by=worker,
@@ -382,6 +393,7 @@ def claim(engine: Engine, queue: Queue, worker: str, lease_seconds: float) -> Cl
                 IngestionJob.user_id,
                 IngestionJob.attempts,
                 IngestionJob.dataset_version_id,
+                _waited(next_ingestion.c.due_at),
             )
         ).one_or_none()
         if taken is None:
@@ -396,7 +408,13 @@ def claim(engine: Engine, queue: Queue, worker: str, lease_seconds: float) -> Cl
             .values(status=IngestionStatus.PROCESSING, error_message=None)
         )
         return Claim(
-            "ingestion", JobKind.INGESTION, taken.id, taken.user_id, taken.attempts, worker
+            "ingestion",
+            JobKind.INGESTION,
+            taken.id,
+            taken.user_id,
+            taken.attempts,
+            worker,
+            float(taken.waited),
         )
 
 

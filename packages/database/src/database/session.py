@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from database import errors
+from database import errors, tracing
 from database.config import DatabaseSettings, get_settings
 
 
@@ -88,6 +88,7 @@ def make_engine(url: URL | str | None = None, settings: DatabaseSettings | None 
     settings = settings or get_settings()
     engine = create_engine(url or settings.url(), **_engine_kwargs(settings))
     _ping_after_idle(engine, settings)
+    tracing.instrument_engine(engine)  # a span a statement when tracing is on
     return errors.install(engine)
 
 

@@ -4,7 +4,8 @@
 
 It answers ``POST /v1/deployments/{id}/predict`` exactly as the API does in process
 (:class:`api.serving.service.Predictor`: the same authentication, checks, metering
-and error shapes) and ``GET /healthz``. The API forwards predictions to it when
+and error shapes), ``GET /healthz`` and ``GET /metrics`` (its own series:
+predictions and requests, docs/metrics.md). The API forwards predictions to it when
 ``SERVING_URL`` is set, so clients keep the API's one base URL; it can also be
 reached directly. Several may run behind a load balancer: each keeps its own model
 cache (``SERVE_CACHE_BYTES``); the deployments and aliases are read per request.
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api import metrics
 from api.limits import BodyLimit, UploadRoute
 from api.serving.service import Predictor, respond
 from api.settings import ApiSettings, get_settings
@@ -68,9 +70,19 @@ def create_app(
         set_threads(settings.serve_threads)
         yield
 
+    async def metrics_text(request: Request) -> Response:
+        # This process's series (predictions, requests); the queues are the API's.
+        token = settings.metrics_token
+        if not metrics.authorized(
+            request.headers.get("authorization"), token.get_secret_value() if token else None
+        ):
+            return JSONResponse({"error": {"code": "unauthorized"}}, status_code=401)
+        return Response(metrics.exposition(None), media_type=metrics.CONTENT_TYPE_LATEST)
+
     routes = [
         Route(PREDICT_PATH, predict, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.predictor = predictor
@@ -81,6 +93,7 @@ def create_app(
         max_predict_bytes=settings.max_predict_bytes,
         predicts=[UploadRoute(routes[0].path_regex, frozenset({"POST"}))],
     )
+    app.add_middleware(metrics.RequestMetrics, routes=lambda: app.routes)
     return app
 
 

@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from api.deps import READ, get_principal, request_id
 from api.errors import ApiError, from_database
+from api.metrics import record_prediction
 from database import deployments, metering
 from database import errors as db
 from database.models import InferenceStatus
@@ -235,6 +236,7 @@ async def respond(
         content_type=request.headers.get("content-type"),
         request=request,
     )
+    record_prediction(answer.status, answer.body)
     return Response(
         answer.content(),
         status_code=answer.status,
