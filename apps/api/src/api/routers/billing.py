@@ -252,7 +252,7 @@ class DeliveryOut(Output):
 
 
 class ReconciliationAdjustmentOut(Output):
-    """One value a reconciliation run's repair changed: the row, the column, before and after, and why."""
+    """One value a reconciliation run's repair changed: row, column, before, after, why."""
 
     user_id: uuid.UUID = Field(description="The user whose row (or registry row) was repaired.")
     table_name: str = Field(
