@@ -151,6 +151,7 @@ APP_FUNCTIONS = (
     "public.inference_requests_partition_for(timestamptz)",
     "public.inference_requests_ensure_partitions(integer)",
     "public.usage_admit(uuid, uuid, uuid, bigint, bigint, text, integer)",
+    "public.usage_hold(uuid, uuid, uuid, bigint, bigint, text, integer)",
     # The API's audit events (the trail's time and actor are the database's, so no
     # INSERT on audit_events), the workers' monthly partitions ahead, and the purge's
     # redaction of a purged user's IPs and user agents (it refuses anyone not purged,
