@@ -223,8 +223,7 @@ def _count(value: Any, name: str) -> int:
 # --- admission ------------------------------------------------------------------------
 # One round trip: the rules are public.usage_hold's (sql/triggers/metering.sql).
 _ADMIT = text(
-    "SELECT public.usage_hold(:user, :key, :deployment, :rows, :amount, :request_id,"
-    " :hold_seconds)"
+    "SELECT public.usage_hold(:user, :key, :deployment, :rows, :amount, :request_id, :hold_seconds)"
 )
 
 
@@ -487,9 +486,11 @@ def record_request(
 
 def _transient(exc: BaseException) -> bool:
     """A failure of the database's availability (retry later), not of the rows."""
-    return isinstance(
-        exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError
-    ) or bool(getattr(exc, "retryable", False)) or isinstance(exc, errors.StatementTimeout)
+    return (
+        isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+        or bool(getattr(exc, "retryable", False))
+        or isinstance(exc, errors.StatementTimeout)
+    )
 
 
 class RequestLog:
@@ -552,9 +553,7 @@ class RequestLog:
                 )
             self._rows.append(record)
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run, name="request-log", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
                 self._thread.start()
             if len(self._rows) >= self.batch_rows:
                 self._cond.notify()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import Field, StrictInt, StringConstraints, model_validator
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep, StorageDep, Writer
 from api.errors import ApiError, error_responses, not_found
@@ -35,7 +38,19 @@ from database.models import (
 from database.models.deployment import MAX_BATCH_ROWS, MAX_TIMEOUT_MS
 from database.models.model_alias import ALIAS_PATTERN
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    """A graceful shutdown writes the predictor's buffered request log."""
+    try:
+        yield
+    finally:
+        found: Predictor | None = getattr(app.state, "predictor", None)
+        if found is not None:
+            await run_in_threadpool(found.close)
+
+
+router = APIRouter(prefix="/deployments", tags=["deployments"], lifespan=_lifespan)
 
 Alias = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)]
 
