@@ -11,9 +11,11 @@ random forest of 50 trees, fitted on 20,000 rows of 4 columns), one record per r
 ``--seconds``, the sides alternating, repeated ``--reps`` times; each side is one
 uvicorn process:
 
-- **ours**: ``automl-serve`` (``api.serving.app``): API key, deployment and its
-  version read from PostgreSQL per request, model from the cache, the signature
-  check, metering's calls (the stand-in: no writes), the answer with probabilities;
+- **ours**: ``automl-serve`` (``api.serving.app``): the API key checked and the
+  deployment read with the request's admission (quotas, the credit hold) in one
+  statement per request, model from the cache, the signature check, the request
+  logged and metered through the buffered request log (written in batches), the
+  answer with probabilities; the bench user has credits and pays for every row;
 - **mlflow**: ``mlflow models serve --env-manager local`` of the same fitted
   pipeline saved with ``mlflow.sklearn.save_model``, in a virtualenv of its own
   (``.data/bench-mlflow``: mlflow pins pyarrow below ours, so it is kept out of the
@@ -263,6 +265,7 @@ def run(
             deployment = deployments.create(session, user, "bench", model_version_id=version.id)
             session.commit()
             deployment_id = deployment.id
+            credits.adjust(session, user, 1_000_000, "bench credits", "bench")
 
         env = {
             **os.environ,
@@ -386,6 +389,16 @@ def run(
         for p in processes:
             p.wait(30)
         processes.clear()
+        # automl-serve's graceful shutdown wrote its buffered request log: every
+        # request answered is logged, and its usage agrees with the meters.
+        from database import metering
+
+        with engine.connect() as conn:
+            results["logged_requests"] = conn.execute(
+                text("SELECT count(*) FROM inference_requests WHERE deployment_id = :d"),
+                {"d": deployment_id},
+            ).scalar_one()
+            results["usage_problems"] = [p for _, p in metering.verify_usage(conn, [user])]
 
         # --- batch ---------------------------------------------------------------------
         log(f"batch: {batch_rows} rows")
@@ -407,7 +420,6 @@ def run(
                 {"d": dataset, "u": user, "s": source, "n": batch_rows},
             ).scalar_one()
             session.commit()
-            credits.adjust(session, user, 1_000_000, "bench credits", "bench")
         job_side: list[float] = []
         bare_side: list[float] = []
         for rep in range(reps):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -258,6 +259,7 @@ def serving(session: Session, user_id: uuid.UUID, deployment_id: uuid.UUID) -> T
     return target
 
 
+@lru_cache(maxsize=8)
 def _admit_serving_statement(default_max_rows: int) -> Any:
     """The statement of :func:`admit_serving` (its values bound by name)."""
     d, a, v, r, m = Deployment, ModelAlias, ModelVersion, RegisteredModel, Model
