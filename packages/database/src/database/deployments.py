@@ -469,8 +469,37 @@ def enqueue_batch(
     )
 
 
+def record_batch_output(
+    session: Session, *, job_id: uuid.UUID, user_id: uuid.UUID, location: str, size_bytes: int
+) -> None:
+    """A batch prediction's output file, stored: counted in ``user_id``'s storage
+    (``users.storage_used_bytes`` follows ``batch_outputs``, sql/triggers/storage.sql)
+    until the purge removes it with its file. Its own transaction when the session
+    has none open."""
+    from database._tx import atomic
+    from database.models import BatchOutput
+
+    with atomic(session):
+        session.add(
+            BatchOutput(job_id=job_id, user_id=user_id, location=location, size_bytes=size_bytes)
+        )
+
+
+def forget_batch_output(session: Session, job_id: uuid.UUID) -> None:
+    """The output of a batch that did not complete after all (its file deleted)."""
+    from database._tx import atomic
+    from database.models import BatchOutput
+
+    with atomic(session):
+        session.execute(
+            BatchOutput.__table__.delete().where(BatchOutput.__table__.c.job_id == job_id)
+        )
+
+
 __all__ = [
     "Admitted",
+    "forget_batch_output",
+    "record_batch_output",
     "BATCH_PRICE_ROWS",
     "admit_serving",
     "batch_price",

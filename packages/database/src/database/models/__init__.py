@@ -79,6 +79,7 @@ from database.models.tutorial import Tutorial
 from database.models.usage_charge import UsageCharge
 from database.models.usage_event import UsageEvent
 from database.models.usage_hold import UsageHold
+from database.models.batch_output import BatchOutput
 from database.models.usage_meter import UsageMeter
 from database.models.user import User
 from database.models.user_session import UserSession
@@ -161,6 +162,7 @@ __all__ = [
     "UsageCharge",
     "UsageEvent",
     "UsageHold",
+    "BatchOutput",
     "UsageMeter",
     "UsageSku",
     "TutorialDifficulty",

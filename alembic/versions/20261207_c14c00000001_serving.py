@@ -1,20 +1,31 @@
-"""serving: the admission's hold id
+"""serving: the admission's hold id, batch outputs in the storage quota
 
-Issue 14's gaps (serving). New ``public.usage_hold()`` (``sql/triggers/metering.sql``):
-the admission of a prediction (the key's quotas, the credit hold; ML087-ML089, as
-before) returning the hold's id, so a request's record releases exactly its own
-hold; ``usage_admit()`` becomes a call of it. EXECUTE on the new function revoked
-from PUBLIC (by hand; the apps' role gets it from ``database.grants``). The
-downgrade restores ``usage_admit()``'s body, then drops ``usage_hold()``.
+Issue 14's gaps (serving, [serving.md](../../docs/serving.md)):
+
+- new ``public.usage_hold()`` (``sql/triggers/metering.sql``): the admission of a
+  prediction (the key's quotas, the credit hold; ML087-ML089, as before) returning
+  the hold's id, so a request's record releases exactly its own hold;
+  ``usage_admit()`` becomes a call of it. EXECUTE on the new function revoked from
+  PUBLIC (by hand; the apps' role gets it from ``database.grants``);
+- table ``batch_outputs`` (a batch prediction's Parquet file: user, job, location,
+  size) and its triggers (``sql/triggers/storage.sql``): ``storage_used_bytes``
+  follows it through ``users_adjust_model_storage()``, its size is written once
+  (``storage_size_read_only()``, ML022); written after the table, dropped before
+  it; ``users_repair_derived()`` counts it.
+
+The downgrade drops the triggers, the table, restores the two functions' bodies and
+drops ``usage_hold()``.
 
 Revision ID: c14c00000001
 Revises: c15b00000001
-Create Date: 2026-12-07 10:23:12.684650+00:00
+Create Date: 2026-12-07 10:48:50.125292+00:00
 """
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic_utils.pg_function import PGFunction
+from alembic_utils.pg_trigger import PGTrigger
 
 from alembic import op
 
@@ -46,12 +57,132 @@ def upgrade() -> None:
     )
     op.replace_entity(public_usage_admit)
 
+    public_users_repair_derived = PGFunction(
+        schema="public",
+        signature="users_repair_derived(p_user_id uuid)",
+        definition="returns TABLE (column_name text, old_value bigint, new_value bigint)\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_old record;\n    v_datasets bigint;\n    v_workflows bigint;\n    v_models bigint;\n    v_storage bigint;\nBEGIN\n    -- The lock the counter triggers take\\: a concurrent insert either committed its\n    -- delta before this point (and its row is counted below, each statement taking\n    -- a new snapshot) or applies it after this transaction, on top of the repair.\n    SELECT u.dataset_count, u.workflow_count, u.model_count, u.storage_used_bytes\n      INTO v_old\n      FROM public.users AS u\n     WHERE u.id = p_user_id\n       FOR NO KEY UPDATE;\n    IF NOT FOUND THEN\n        RAISE EXCEPTION 'user % does not exist', p_user_id USING ERRCODE = 'no_data_found';\n    END IF;\n\n    SELECT count(*) INTO v_datasets FROM public.datasets AS d WHERE d.user_id = p_user_id;\n    SELECT count(*) INTO v_workflows\n      FROM public.workflows AS w WHERE w.user_id = p_user_id AND NOT w.is_deleted;\n    SELECT count(*) INTO v_models FROM public.models AS m WHERE m.user_id = p_user_id;\n    SELECT coalesce(sum(coalesce(v.original_size_bytes, 0) + coalesce(v.parquet_size_bytes, 0)), 0)\n           + (SELECT coalesce(sum(coalesce(m.size_bytes, 0)), 0)\n                FROM public.models AS m WHERE m.user_id = p_user_id)\n           + (SELECT coalesce(sum(b.size_bytes), 0)\n                FROM public.batch_outputs AS b WHERE b.user_id = p_user_id)\n      INTO v_storage\n      FROM public.dataset_versions AS v WHERE v.user_id = p_user_id;\n\n    IF (v_old.dataset_count, v_old.workflow_count, v_old.model_count, v_old.storage_used_bytes)\n       = (v_datasets, v_workflows, v_models, v_storage) THEN\n        RETURN;\n    END IF;\n\n    PERFORM set_config('automl.repair', 'on', true);\n    UPDATE public.users AS u\n       SET dataset_count = v_datasets,\n           workflow_count = v_workflows,\n           model_count = v_models,\n           storage_used_bytes = v_storage\n     WHERE u.id = p_user_id;\n    PERFORM set_config('automl.repair', 'off', true);\n\n    RETURN QUERY\n    SELECT c.col, c.was, c.fixed\n      FROM (VALUES ('dataset_count', v_old.dataset_count::bigint, v_datasets),\n                   ('workflow_count', v_old.workflow_count::bigint, v_workflows),\n                   ('model_count', v_old.model_count::bigint, v_models),\n                   ('storage_used_bytes', v_old.storage_used_bytes, v_storage))\n           AS c(col, was, fixed)\n     WHERE c.was <> c.fixed;\nEND;\n$$",
+    )
+    op.replace_entity(public_users_repair_derived)
+
+    op.create_table(
+        "batch_outputs",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("user_id", sa.UUID(), nullable=False),
+        sa.Column("job_id", sa.UUID(), nullable=False),
+        sa.Column("location", sa.Text(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.TIMESTAMP(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "char_length(location) BETWEEN 1 AND 2000",
+            name=op.f("ck_batch_outputs_location_length"),
+        ),
+        sa.CheckConstraint("size_bytes >= 0", name=op.f("ck_batch_outputs_size_nonnegative")),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_batch_outputs_job_id_jobs"), ondelete="RESTRICT"
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_batch_outputs_user_id_users"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_batch_outputs")),
+        sa.UniqueConstraint("job_id", name=op.f("uq_batch_outputs_job_id")),
+    )
+    op.create_index("ix_batch_outputs_user_id", "batch_outputs", ["user_id"], unique=False)
+    # The table's storage triggers (sql/triggers/storage.sql), after the table.
+    public_batch_outputs_users_adjust_batch_output_storage_insert = PGTrigger(
+        schema="public",
+        signature="users_adjust_batch_output_storage_insert",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="AFTER INSERT ON public.batch_outputs REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage()",
+    )
+    op.create_entity(public_batch_outputs_users_adjust_batch_output_storage_insert)
+
+    public_batch_outputs_users_adjust_batch_output_storage_delete = PGTrigger(
+        schema="public",
+        signature="users_adjust_batch_output_storage_delete",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="AFTER DELETE ON public.batch_outputs REFERENCING OLD TABLE AS old_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage()",
+    )
+    op.create_entity(public_batch_outputs_users_adjust_batch_output_storage_delete)
+
+    public_batch_outputs_users_adjust_batch_output_storage_update = PGTrigger(
+        schema="public",
+        signature="users_adjust_batch_output_storage_update",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="AFTER UPDATE ON public.batch_outputs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage()",
+    )
+    op.create_entity(public_batch_outputs_users_adjust_batch_output_storage_update)
+
+    public_batch_outputs_batch_outputs_size_read_only = PGTrigger(
+        schema="public",
+        signature="batch_outputs_size_read_only",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF size_bytes ON public.batch_outputs FOR EACH ROW\nWHEN (NEW.size_bytes IS DISTINCT FROM OLD.size_bytes)\nEXECUTE FUNCTION public.storage_size_read_only()",
+    )
+    op.create_entity(public_batch_outputs_batch_outputs_size_read_only)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     # ### commands auto generated by Alembic - please adjust! ###
+    # The table's triggers before the table.
+    public_batch_outputs_batch_outputs_size_read_only = PGTrigger(
+        schema="public",
+        signature="batch_outputs_size_read_only",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="BEFORE UPDATE OF size_bytes ON public.batch_outputs FOR EACH ROW\nWHEN (NEW.size_bytes IS DISTINCT FROM OLD.size_bytes)\nEXECUTE FUNCTION public.storage_size_read_only()",
+    )
+    op.drop_entity(public_batch_outputs_batch_outputs_size_read_only)
+
+    public_batch_outputs_users_adjust_batch_output_storage_update = PGTrigger(
+        schema="public",
+        signature="users_adjust_batch_output_storage_update",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="AFTER UPDATE ON public.batch_outputs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage()",
+    )
+    op.drop_entity(public_batch_outputs_users_adjust_batch_output_storage_update)
+
+    public_batch_outputs_users_adjust_batch_output_storage_delete = PGTrigger(
+        schema="public",
+        signature="users_adjust_batch_output_storage_delete",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="AFTER DELETE ON public.batch_outputs REFERENCING OLD TABLE AS old_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage()",
+    )
+    op.drop_entity(public_batch_outputs_users_adjust_batch_output_storage_delete)
+
+    public_batch_outputs_users_adjust_batch_output_storage_insert = PGTrigger(
+        schema="public",
+        signature="users_adjust_batch_output_storage_insert",
+        on_entity="public.batch_outputs",
+        is_constraint=False,
+        definition="AFTER INSERT ON public.batch_outputs REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage()",
+    )
+    op.drop_entity(public_batch_outputs_users_adjust_batch_output_storage_insert)
+
+    op.drop_index("ix_batch_outputs_user_id", table_name="batch_outputs")
+    op.drop_table("batch_outputs")
+    public_users_repair_derived = PGFunction(
+        schema="public",
+        signature="users_repair_derived(p_user_id uuid)",
+        definition="returns TABLE(column_name text, old_value bigint, new_value bigint)\n LANGUAGE plpgsql\n SECURITY DEFINER\n SET search_path TO 'pg_catalog', 'public', 'pg_temp'\nAS $function$\nDECLARE\n    v_old record;\n    v_datasets bigint;\n    v_workflows bigint;\n    v_models bigint;\n    v_storage bigint;\nBEGIN\n    -- The lock the counter triggers take\\: a concurrent insert either committed its\n    -- delta before this point (and its row is counted below, each statement taking\n    -- a new snapshot) or applies it after this transaction, on top of the repair.\n    SELECT u.dataset_count, u.workflow_count, u.model_count, u.storage_used_bytes\n      INTO v_old\n      FROM public.users AS u\n     WHERE u.id = p_user_id\n       FOR NO KEY UPDATE;\n    IF NOT FOUND THEN\n        RAISE EXCEPTION 'user % does not exist', p_user_id USING ERRCODE = 'no_data_found';\n    END IF;\n\n    SELECT count(*) INTO v_datasets FROM public.datasets AS d WHERE d.user_id = p_user_id;\n    SELECT count(*) INTO v_workflows\n      FROM public.workflows AS w WHERE w.user_id = p_user_id AND NOT w.is_deleted;\n    SELECT count(*) INTO v_models FROM public.models AS m WHERE m.user_id = p_user_id;\n    SELECT coalesce(sum(coalesce(v.original_size_bytes, 0) + coalesce(v.parquet_size_bytes, 0)), 0)\n           + (SELECT coalesce(sum(coalesce(m.size_bytes, 0)), 0)\n                FROM public.models AS m WHERE m.user_id = p_user_id)\n      INTO v_storage\n      FROM public.dataset_versions AS v WHERE v.user_id = p_user_id;\n\n    IF (v_old.dataset_count, v_old.workflow_count, v_old.model_count, v_old.storage_used_bytes)\n       = (v_datasets, v_workflows, v_models, v_storage) THEN\n        RETURN;\n    END IF;\n\n    PERFORM set_config('automl.repair', 'on', true);\n    UPDATE public.users AS u\n       SET dataset_count = v_datasets,\n           workflow_count = v_workflows,\n           model_count = v_models,\n           storage_used_bytes = v_storage\n     WHERE u.id = p_user_id;\n    PERFORM set_config('automl.repair', 'off', true);\n\n    RETURN QUERY\n    SELECT c.col, c.was, c.fixed\n      FROM (VALUES ('dataset_count', v_old.dataset_count::bigint, v_datasets),\n                   ('workflow_count', v_old.workflow_count::bigint, v_workflows),\n                   ('model_count', v_old.model_count::bigint, v_models),\n                   ('storage_used_bytes', v_old.storage_used_bytes, v_storage))\n           AS c(col, was, fixed)\n     WHERE c.was <> c.fixed;\nEND;\n$function$",
+    )
+    op.replace_entity(public_users_repair_derived)
     public_usage_admit = PGFunction(
         schema="public",
         signature="usage_admit(p_user uuid, p_key uuid, p_deployment uuid, p_rows bigint, p_amount bigint, p_request_id text, p_hold_seconds integer)",
