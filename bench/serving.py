@@ -339,7 +339,8 @@ def run(
         )
         _wait_http(f"http://127.0.0.1:{ours_port}/healthz")
         _wait_http(f"http://127.0.0.1:{bare_port}/ping")
-        _wait_http(f"http://127.0.0.1:{mlflow_port}/ping")
+        # mlflow's imports alone take 30 s and more on a loaded machine.
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/ping", seconds=600.0)
         sides = {
             "ours": (
                 f"http://127.0.0.1:{ours_port}/v1/deployments/{deployment_id}/predict",
