@@ -35,6 +35,7 @@ from database import errors, metering, registry
 from database.models import InferenceStatus
 from database.session import make_engine
 from database.storage import LocalStorage
+from database.verify import verify
 
 from api_helpers import Account, give_credits, make_app, scalar, signup
 from pgtest import RestartableServer
@@ -443,3 +444,89 @@ def test_a_keys_rate_limit_holds_across_two_uvicorn_processes(
             ).all()
         )
     assert counts == {"ok": limit, "refused": sent - limit}
+
+
+# --- batch outputs in the storage quota ------------------------------------------------------
+def test_a_batch_output_counts_in_storage_and_the_purge_removes_it(
+    client: TestClient, account: Account, engine: Engine, storage: LocalStorage
+) -> None:
+    import io
+
+    from database import jobs, lifecycle
+    from workers.kinds import Context, dispatch
+
+    from factories import make_dataset, make_version
+
+    model = register(engine, storage, account.user_id)
+    d = deploy(client, account, model_version_id=str(model.version_id))
+    x, _ = frame(300, seed=4)
+    buffer = io.BytesIO()
+    x.to_parquet(buffer)
+    with engine.begin() as conn:
+        dataset = make_dataset(conn, account.user_id)
+        location = storage.write_bytes(f"datasets/{account.user_id}/b.parquet", buffer.getvalue())
+        version = make_version(
+            conn,
+            dataset,
+            s3_path=location,
+            row_count=len(x),
+            status="completed",
+            parquet=len(buffer.getvalue()),
+        )
+    give_credits(engine, account.user_id, 100)
+    before = scalar(engine, "SELECT storage_used_bytes FROM users WHERE id = :u", u=account.user_id)
+    r = client.post(
+        f"/v1/deployments/{d['id']}/batch",
+        headers=account.headers,
+        json={"dataset_version_id": str(version)},
+    )
+    assert r.status_code == 202, r.text
+    claim = jobs.claim(engine, "job", "test-worker", 60)
+    assert claim is not None
+    context = Context(
+        engine=engine, storage=storage, lease_seconds=60, max_attempts=3, stop=threading.Event()
+    )
+    assert dispatch(context, claim) == "completed"
+    done = client.get(f"/v1/deployments/{d['id']}/batch/{claim.id}", headers=account.headers)
+    size = done.json()["output_bytes"]
+    assert size > 0
+    after = scalar(engine, "SELECT storage_used_bytes FROM users WHERE id = :u", u=account.user_id)
+    assert after == before + size
+    output = scalar(engine, "SELECT location FROM batch_outputs WHERE job_id = :j", j=claim.id)
+    assert storage.exists(output)
+
+    # Its size is the database's to keep: written once, through the ORM or raw SQL.
+    from database.models import BatchOutput
+
+    with pytest.raises(errors.SizeReadOnly), Session(engine) as session:
+        row = session.query(BatchOutput).filter_by(job_id=claim.id).one()
+        row.size_bytes = 1
+        session.commit()
+    with pytest.raises(errors.SizeReadOnly), engine.begin() as conn:
+        conn.execute(
+            text("UPDATE batch_outputs SET size_bytes = 0 WHERE job_id = :j"), {"j": claim.id}
+        )
+    report = verify(engine)
+    assert report.ok, report.render()
+
+    # The purge of the (long deleted) user removes the file and its bytes.
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    with Session(engine) as session:
+        lifecycle.soft_delete_user(session, account.user_id, at=long_ago)
+        session.commit()
+    removed: list[str] = []
+
+    def remove(path: str) -> bool:
+        removed.append(path)
+        return storage.delete(path)
+
+    result = lifecycle.purge(engine, remove_file=remove)
+    assert result.users_purged == 1
+    assert output in removed and not storage.exists(output)
+    assert (
+        scalar(engine, "SELECT count(*) FROM batch_outputs WHERE user_id = :u", u=account.user_id)
+        == 0
+    )
+    assert (
+        scalar(engine, "SELECT storage_used_bytes FROM users WHERE id = :u", u=account.user_id) == 0
+    )
