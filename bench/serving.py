@@ -266,6 +266,7 @@ def run(
             session.commit()
             deployment_id = deployment.id
             credits.adjust(session, user, 1_000_000, "bench credits", "bench")
+            session.commit()
 
         env = {
             **os.environ,
