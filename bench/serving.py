@@ -278,7 +278,13 @@ def run(
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "api.serving.app"],
-                env={**env, "SERVE_PORT": str(ours_port)},
+                # A serving process's recommended pool setting (docs/serving.md): no
+                # pre-ping round trip for a connection back in the pool within 5 s.
+                env={
+                    **env,
+                    "SERVE_PORT": str(ours_port),
+                    "DB_POOL_PRE_PING_IDLE_S": os.environ.get("DB_POOL_PRE_PING_IDLE_S", "5"),
+                },
                 stdout=subprocess.DEVNULL,
             )
         )
