@@ -3,6 +3,7 @@
 from database.models.api_key import APIKey
 from database.models.api_key_usage_window import ApiKeyUsageWindow
 from database.models.audit_event import AuditEvent
+from database.models.batch_output import BatchOutput
 from database.models.billing_alert import BillingAlert
 from database.models.billing_alert_delivery import BillingAlertDelivery
 from database.models.billing_alert_event import BillingAlertEvent
@@ -79,7 +80,6 @@ from database.models.tutorial import Tutorial
 from database.models.usage_charge import UsageCharge
 from database.models.usage_event import UsageEvent
 from database.models.usage_hold import UsageHold
-from database.models.batch_output import BatchOutput
 from database.models.usage_meter import UsageMeter
 from database.models.user import User
 from database.models.user_session import UserSession
