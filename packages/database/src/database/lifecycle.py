@@ -10,8 +10,8 @@
   their nodes), the snapshots no remaining job runs, workflows, and the stored
   files of versions, models, uploads and batch predictions' outputs (their
   ``batch_outputs`` rows, even of a job the ledger keeps). Then it erases the
-  account's personal data (email, full name, OAuth identity) and sets ``purged_at``: the row stays as a
-  tombstone, so the ledger, which is never deleted, still adds up. The user's audit
+  account's personal data (email, full name, OAuth identity) and sets
+  ``purged_at``: the row stays as a tombstone, so the ledger, which is never deleted, still adds up. The user's audit
   events stay, without the IP addresses and user agents of what they did
   (``database.audit.redact_user``). Jobs the ledger
   refers to stay, with their nodes and snapshots. Soft-deleted workflows older
