@@ -11,8 +11,8 @@
   files of versions, models, uploads and batch predictions' outputs (their
   ``batch_outputs`` rows, even of a job the ledger keeps). Then it erases the
   account's personal data (email, full name, OAuth identity) and sets
-  ``purged_at``: the row stays as a tombstone, so the ledger, which is never deleted, still adds up. The user's audit
-  events stay, without the IP addresses and user agents of what they did
+  ``purged_at``: the row stays as a tombstone, so the ledger, which is never
+  deleted, still adds up. The user's audit events stay, without the IP addresses and user agents of what they did
   (``database.audit.redact_user``). Jobs the ledger
   refers to stay, with their nodes and snapshots. Soft-deleted workflows older
   than the window are deleted too (their snapshots and jobs stay; the snapshots'
