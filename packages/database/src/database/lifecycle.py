@@ -12,9 +12,9 @@
   ``batch_outputs`` rows, even of a job the ledger keeps). Then it erases the
   account's personal data (email, full name, OAuth identity) and sets
   ``purged_at``: the row stays as a tombstone, so the ledger, which is never
-  deleted, still adds up. The user's audit events stay, without the IP addresses and user agents of what they did
-  (``database.audit.redact_user``). Jobs the ledger
-  refers to stay, with their nodes and snapshots. Soft-deleted workflows older
+  deleted, still adds up. The user's audit events stay, without the IP addresses
+  and user agents of what they did (``database.audit.redact_user``). Jobs the
+  ledger refers to stay, with their nodes and snapshots. Soft-deleted workflows older
   than the window are deleted too (their snapshots and jobs stay; the snapshots'
   ``workflow_id`` becomes NULL).
 - Purge works in bounded batches, each its own transaction of at most
