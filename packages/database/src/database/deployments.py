@@ -39,6 +39,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    delete,
     func,
     literal,
     or_,
@@ -265,7 +266,11 @@ def _admit_serving_statement(default_max_rows: int) -> Any:
     d, a, v, r, m = Deployment, ModelAlias, ModelVersion, RegisteredModel, Model
     user = bindparam("user", type_=UUID(as_uuid=True))
     rows = bindparam("rows", type_=BigInteger)
-    may_deploy = or_(r.user_id == user, registry.readable(user, ModelPermission.DEPLOY, r))
+    # readable() binds the caller's id; here it is the statement's :user.
+    may_deploy = or_(
+        r.user_id == user,
+        registry.readable(user, ModelPermission.DEPLOY, r),  # type: ignore[arg-type]
+    )
     max_rows = func.coalesce(
         cast(d.config["max_batch_rows"].astext, Integer), literal(default_max_rows, Integer)
     )
@@ -491,9 +496,7 @@ def forget_batch_output(session: Session, job_id: uuid.UUID) -> None:
     from database.models import BatchOutput
 
     with atomic(session):
-        session.execute(
-            BatchOutput.__table__.delete().where(BatchOutput.__table__.c.job_id == job_id)
-        )
+        session.execute(delete(BatchOutput).where(BatchOutput.job_id == job_id))
 
 
 __all__ = [

@@ -228,7 +228,7 @@ _ADMIT = text(
 
 
 def admit(
-    session: Session | Engine,
+    session: Session | Engine | Connection,
     *,
     user_id: uuid.UUID,
     api_key_id: uuid.UUID | None,

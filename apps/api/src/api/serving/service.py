@@ -386,6 +386,7 @@ class Predictor:
         self, principal: Any, state: _State, started: float, answer: Answer, rid: str | None
     ) -> None:
         error = answer.body.get("error") if answer.status >= 400 else None
+        assert state.deployment_id is not None
         try:
             record = metering.RequestRecord.make(
                 user_id=principal.user_id,
