@@ -177,11 +177,8 @@ def run(
     price = metering.unit_price_micro(UsageSku.PREDICTED_ROWS)
 
     def read_only(i: int) -> None:
-        with (
-            engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
-            Session(bind=conn) as session,
-        ):
-            deployments.resolve(session, users[i], targets[i][0])
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            deployments.resolve(conn, users[i], targets[i][0])
 
     def admitted(
         user: uuid.UUID, target: tuple[uuid.UUID, uuid.UUID], work: Callable[[], int]

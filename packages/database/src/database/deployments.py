@@ -227,7 +227,7 @@ _RESOLVE = text(
 )
 
 
-def resolve(session: Session, user_id: uuid.UUID, deployment_id: uuid.UUID) -> Target:
+def resolve(session: Session | Connection, user_id: uuid.UUID, deployment_id: uuid.UUID) -> Target:
     """What the user's deployment serves now, in one statement (its alias resolved
     there: an alias moved is served from the next call on). ``DeploymentNotFound``
     for none or another user's."""
