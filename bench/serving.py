@@ -509,33 +509,14 @@ def section(results: dict[str, Any], conditions: str) -> str:
 
 
 READING = """\
-What the sides do per request: **ours** authenticates the API key (the API's own
-`get_principal`: a query, and a commit), reads the deployment and resolves its alias (one
-query), checks the record against the signature, calls metering's `admit` and
-`record_request` (the stand-in in this branch: no writes), runs the pipeline and answers
-predictions *and* probabilities; **MLflow** and **bare** only parse and predict. All three
-run the model in a worker thread (MLflow too: `asyncio.to_thread`), one uvicorn process
-each.
-
-Reading (be careful: the 2 cores were shared with seven other engineers' builds and
-tests; the load average was 6-11 during the runs, and single repetitions of one side
-moved by 1.5x between repetitions):
-
-- **8 clients: goals met.** Ours above MLflow's scoring server (1.3-1.4x in both full runs
-  made) with a better p99, and about 0.9-1.0x the bare endpoint: with 8 requests in flight
-  the database round trips of one request overlap the model work of others.
-- **1 client: the MLflow goal is missed** (0.56x in both full runs; p99 about 1.4x
-  MLflow's); against bare 0.74-0.78x, within its goal. With one request at a time nothing
-  overlaps: ours pays its 4-5 database round trips (BEGIN, the key, COMMIT, the deployment,
-  COMMIT) in series before the model runs, a few milliseconds each on this loaded machine,
-  on top of a model call of about 13 ms. MLflow being faster than the bare endpoint at one
-  client, with the same model call, is not explained (the order of the sides rotates; the
-  difference stayed). What would close the gap: one round trip for the key and the
-  deployment together (a single statement, or the key's lookup cached for a second), and
-  autocommit for the read-only part; both left undone here, the first because the key's
-  rules belong to `api.deps` alone.
-- **Batch: goal met** (1.0x): chunks of 100,000 rows scored as arrays (the first version
-  built a JSON-style list per row and reached 0.31x; fixed before this run).
+What the sides do per request: **ours** (`automl-serve`) authenticates the API key (the
+API's own `get_principal`, on a pooled connection in autocommit), reads the deployment and
+admits the request in one statement (`deployments.admit_serving`: the alias, the key's
+quotas, the credit hold), checks the record against the signature, runs the pipeline,
+answers predictions *and* probabilities, and adds the request to the buffered request log
+(written in batches off the request path); **MLflow** and **bare** only parse and predict.
+All three run the model in a worker thread, one uvicorn process each. The reading of a
+run (what was met, what was missed and why) is written by hand below the table.
 """
 
 
