@@ -222,7 +222,7 @@ def predictor(request: Request) -> Predictor:
             ' (classifiers), "model_version_id"}',
             "content": {"application/json": {"schema": {"type": "object"}}},
         },
-        **error_responses(401, 402, 403, 404, 409, 413, 415, 422, 503),
+        **error_responses(401, 402, 403, 404, 409, 413, 415, 422, 429, 503, 504),
     },
     openapi_extra={"x-body-limit": "predict", "requestBody": _PREDICT_BODY},
     summary="Predict with a deployment",
@@ -236,7 +236,9 @@ async def predict(
     """JSON records (null is a missing value), MLflow's shapes, CSV or Parquet; the
     input is checked against the version's signature (422 naming missing columns and
     wrong types; unknown columns are ignored). 409 for a deployment that is not
-    active. Forwarded to ``automl-serve`` when ``SERVING_URL`` is set."""
+    active; 402 / 429 before the model runs (credits, the key's quotas); 504
+    ``prediction_timeout`` past the deployment's ``timeout_ms``; 503 while the database
+    is unavailable. Forwarded to ``automl-serve`` when ``SERVING_URL`` is set."""
     if settings.serving_url:
         return await proxy.forward(request, settings.serving_url)
     return await respond(predictor(request), factory, request, deployment_id)
