@@ -102,10 +102,13 @@ def test_a_deployment_served_before_costs_the_key_and_one_statement(
     d = deploy(client, account, model_version_id=str(model.version_id))
     body = {"records": records(2)}
     assert client.post(url(d), headers=account.headers, json=body).status_code == 200
+    flush(client)
     statements: list[str] = []
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        # The request log's thread writes on the same engine, whenever it wakes.
+        if "inference_requests" not in statement:
+            statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", seen)
     try:
