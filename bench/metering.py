@@ -1,23 +1,27 @@
-"""Metering on / off: what ``admit`` + ``record_request`` add to one online request.
+"""Metering on / off: what the admission and the request log add to the predict route.
 
     uv run python -m bench.metering [--seconds 3] [--reps 3] [--clients 1,4] [--doc -]
 
-One request is what the predict path does besides HTTP: build a one-row DataFrame
-from a record and call a loaded scikit-learn model's ``predict`` (a
-LogisticRegression on 8 features). *off* runs just that; *on* wraps it in
-``metering.admit`` (one call to ``public.usage_admit``: quotas, the user's lock, the
-hold) and ``metering.record_request`` (one statement: the request log row, the hold
-released, the usage event and its meter). Clients are threads, each with its own
-pooled connection, for ``--seconds`` per run; the variants are interleaved and
+One request is the predict route's database and model work, without HTTP, as
+``automl-serve`` does it on a pooled connection in autocommit:
+
+- *route off*: the deployment read (``deployments.resolve``, one statement) and the
+  model (a one-row DataFrame and a LogisticRegression's ``predict`` on 8 features):
+  what the route would do with no metering at all;
+- *route on*: the deployment read with the admission in the same statement
+  (``deployments.admit_serving``: the key's quotas, the user's lock, the credit
+  hold), the model, and the request's record added to a ``metering.RequestLog``
+  (written by its thread in batches during the run: the log row, the hold released,
+  the usage event and its meter);
+- *model only*: the model alone (the worst case: no database at all);
+- *metering only*: route on without a model (the absolute cost per request).
+
+Clients are threads, for ``--seconds`` per run; the variants are interleaved and
 their order alternates from one repetition to the next; the median of the reps is
 reported. ``distinct``: every client is a user of its own; ``hot``: all clients
-are one user (admissions serialize on the user's row lock, records on the meter's).
-
-``ratio`` is on / off throughput; the issue's goal is >= 0.9 for the whole predict
-route, of which this is the metering part: serving's benchmark (HTTP, parsing,
-the model) adds the same fixed cost to both sides, so the ratio of the route is
-higher than the one here. ``metering only`` is admit + record with no model at all:
-the absolute cost per request.
+are one user (admissions serialize on the user's row lock). The issue's goal, the
+request log and metering on / off >= 0.9, is ``route on / route off``. After the
+run, ``verify_usage`` must find nothing (usage equals the meters and charges).
 
 Serving's benchmark can call :func:`metered` around its own request function.
 """
@@ -37,6 +41,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
+
+from database import metering
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -124,40 +130,96 @@ def _run(clients: int, seconds: float, one: Callable[[int], None]) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def _deployment(session: Session, user_id: uuid.UUID) -> uuid.UUID:
+    """A deployment of ``user_id`` serving a model version (a file never read here)."""
+    from sqlalchemy import text
+
+    from database import deployments, registry
+
+    model_id = session.execute(
+        text(
+            "INSERT INTO models (user_id, name, algorithm, problem_type, s3_path, size_bytes)"
+            " VALUES (:u, 'bench', 'logistic_regression', 'classification', 'bench://m', 1)"
+            " RETURNING id"
+        ),
+        {"u": user_id},
+    ).scalar_one()
+    rm = registry.create_registered_model(session, user_id, f"bench-{uuid.uuid4().hex[:6]}")
+    version = registry.register_version(session, rm.id, model_id)
+    found = deployments.create(session, user_id, "bench", model_version_id=version.id)
+    session.flush()
+    return found.id
+
+
 def run(
     url: Any, *, seconds: float, reps: int, clients: tuple[int, ...], log: Any
 ) -> dict[str, Any]:
-    from database import credits, errors
-    from database.models import User
+    from database import credits, deployments, errors
+    from database.models import UsageSku, User
+    from pipeline.serving import DEFAULT_MAX_ROWS
 
     engine = errors.install(create_engine(url, pool_size=max(clients) + 2, max_overflow=4))
     predict = _model()
-    users = []
+    users: list[uuid.UUID] = []
+    targets: list[tuple[uuid.UUID, uuid.UUID]] = []  # (deployment, version)
     with Session(engine) as s:
         for i in range(max(clients)):
             user = User(email=f"bench-metering-{uuid.uuid4().hex[:8]}-{i}@example.com")
             s.add(user)
             s.flush()
             users.append(user.id)
+            d = _deployment(s, user.id)
+            targets.append((d, deployments.resolve(s, user.id, d).model_version_id))  # type: ignore[arg-type]
         s.commit()
         for uid in users:
             credits.adjust(s, uid, 1_000_000_000, "bench", "bench")
-    deployment = uuid.uuid4()
+    request_log = metering.RequestLog(engine)
+    price = metering.unit_price_micro(UsageSku.PREDICTED_ROWS)
 
-    def off(i: int) -> None:
-        predict()
+    def read_only(i: int) -> None:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            deployments.resolve(conn, users[i], targets[i][0])
 
-    def on(user_of: Callable[[int], uuid.UUID]) -> Callable[[int], None]:
-        return lambda i: metered(engine, user_of(i), deployment, predict)
-
-    def meter_only(i: int) -> None:
-        metered(engine, users[i], deployment, lambda: 1)
+    def admitted(
+        user: uuid.UUID, target: tuple[uuid.UUID, uuid.UUID], work: Callable[[], int]
+    ) -> None:
+        started = time.perf_counter()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            found = deployments.admit_serving(
+                conn,
+                user,
+                target[0],
+                model_version_id=target[1],
+                rows=1,
+                amount_micro=price,
+                api_key_id=None,
+                request_id=None,
+                hold_seconds=metering.HOLD_SECONDS,
+                default_max_rows=DEFAULT_MAX_ROWS,
+            )
+        assert found.admitted
+        rows = work()
+        request_log.add(
+            metering.RequestRecord.make(
+                user_id=user,
+                api_key_id=None,
+                deployment_id=target[0],
+                model_version_id=target[1],
+                rows=rows,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                status=metering.InferenceStatus.OK,
+                error_class=None,
+                request_id=uuid.uuid4().hex,
+                hold_id=found.hold_id,
+            )
+        )
 
     variants: dict[str, Callable[[int], None]] = {
-        "off": off,
-        "on (distinct users)": on(lambda i: users[i]),
-        "on (one hot user)": on(lambda i: users[0]),
-        "metering only": meter_only,
+        "model only": lambda i: (predict(), None)[1],
+        "route off": lambda i: (read_only(i), predict(), None)[2],
+        "route on (distinct users)": lambda i: admitted(users[i], targets[i], predict),
+        "route on (one hot user)": lambda i: admitted(users[0], targets[0], predict),
+        "metering only": lambda i: admitted(users[i], targets[i], lambda: 1),
     }
     results: list[dict[str, Any]] = []
     for n in clients:
@@ -172,12 +234,17 @@ def run(
             {
                 "clients": n,
                 "tps": med,
-                "ratio_distinct": med["on (distinct users)"] / med["off"],
-                "ratio_hot": med["on (one hot user)"] / med["off"],
+                "ratio_distinct": med["route on (distinct users)"] / med["route off"],
+                "ratio_hot": med["route on (one hot user)"] / med["route off"],
+                "ratio_model": med["route on (distinct users)"] / med["model only"],
                 "metering_us": 1e6 * n / med["metering only"],
                 "all": tps,
             }
         )
+    request_log.close()
+    with engine.connect() as conn:
+        problems = metering.verify_usage(conn, users)
+    assert not problems, problems
     engine.dispose()
     return {"seconds": seconds, "reps": reps, "results": results}
 
@@ -186,23 +253,30 @@ def render_section(data: dict[str, Any], machine: dict[str, str], note: str) -> 
     lines = [
         TITLE,
         "",
-        "`uv run python -m bench.metering` (bench/metering.py): one online request's work"
-        " besides HTTP (a one-row DataFrame and a LogisticRegression's `predict`) without"
-        " metering (*off*) and wrapped in `metering.admit` + `metering.record_request` (*on*),"
-        f" threads as clients, {data['seconds']} s per run, median of {data['reps']}"
-        " interleaved repetitions. Requests per second:",
+        "`uv run python -m bench.metering` (bench/metering.py): the predict route's database"
+        " and model work without HTTP, threads as clients, each on a pooled connection in"
+        " autocommit as `automl-serve`, one-row requests. *route off*: the deployment read"
+        " (`deployments.resolve`, one statement) and the model (a one-row DataFrame and a"
+        " LogisticRegression's `predict`); *route on*: the same read with the admission in it"
+        " (`deployments.admit_serving`, one statement: the deployment, the key's quotas, the"
+        " credit hold), the model, and the request's record added to the buffered"
+        " `metering.RequestLog` (written in batches by its thread, in the run);"
+        " *model only*: the model alone; *metering only*: route on without a model."
+        f" {data['seconds']} s per run, median of {data['reps']} interleaved repetitions."
+        " Requests per second:",
         "",
-        "| clients | off | on, distinct users | on, one hot user | metering only |"
-        " ratio on/off (distinct) | ratio on/off (hot) | metering per request |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| clients | model only | route off | route on, distinct users | route on, one hot user |"
+        " metering only | on/off (distinct) | on/off (hot) | on / model only |"
+        " metering per request |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in data["results"]:
         t = r["tps"]
         lines.append(
-            f"| {r['clients']} | {t['off']:.0f} | {t['on (distinct users)']:.0f}"
-            f" | {t['on (one hot user)']:.0f} | {t['metering only']:.0f}"
-            f" | {r['ratio_distinct']:.2f} | {r['ratio_hot']:.2f}"
-            f" | {r['metering_us']:.0f} µs |"
+            f"| {r['clients']} | {t['model only']:.0f} | {t['route off']:.0f}"
+            f" | {t['route on (distinct users)']:.0f} | {t['route on (one hot user)']:.0f}"
+            f" | {t['metering only']:.0f} | {r['ratio_distinct']:.2f} | {r['ratio_hot']:.2f}"
+            f" | {r['ratio_model']:.2f} | {r['metering_us']:.0f} µs |"
         )
     lines += [
         "",

@@ -742,3 +742,122 @@ def test_an_expired_hold_counts_for_nothing(sql, engine):
     with pytest.raises(errors.PaymentRequired):
         admit(engine, user, 1)
     assert metering.sweep(engine)[0] == 1
+
+
+# =====================================================================================
+# the request log in batches (RequestLog, record_requests)
+# =====================================================================================
+def _records(user_id: uuid.UUID, holds: list[uuid.UUID | None], rows: int = 10) -> list[Any]:
+    return [
+        metering.RequestRecord.make(
+            user_id=user_id,
+            api_key_id=None,
+            deployment_id=DEPLOYMENT,
+            model_version_id=None,
+            rows=rows,
+            latency_ms=2,
+            status=InferenceStatus.OK,
+            error_class=None,
+            request_id=uuid.uuid4().hex,
+            hold_id=hold,
+        )
+        for hold in holds
+    ]
+
+
+def test_a_batch_of_requests_is_one_statement_as_the_apps_role(sql, engine, app_engine):
+    users = [make_user(sql), make_user(sql)]
+    log = metering.RequestLog(app_engine, interval_s=3600)
+    for user in users:
+        fund(engine, user, 5)
+        holds = []
+        for _ in range(5):
+            with Session(app_engine) as s:
+                holds.append(
+                    metering.admit(
+                        s, user_id=user, api_key_id=None, deployment_id=DEPLOYMENT, rows=10
+                    )
+                )
+        assert all(h is not None for h in holds)
+        for r in _records(user, holds):
+            log.add(r)
+    refused = _records(users[0], [None])[0]
+    log.add(
+        metering.RequestRecord.make(
+            **{
+                **{k: getattr(refused, k) for k in ("user_id", "api_key_id", "deployment_id")},
+                "model_version_id": None,
+                "rows": 0,
+                "latency_ms": 1,
+                "status": InferenceStatus.REFUSED,
+                "error_class": "payment_required",
+                "request_id": None,
+            }
+        )
+    )
+    statements: list[str] = []
+    listener = lambda *a: statements.append(a[2])  # noqa: E731
+    from sqlalchemy import event
+
+    event.listen(app_engine, "before_cursor_execute", listener)
+    try:
+        assert log.flush() == 11
+    finally:
+        event.remove(app_engine, "before_cursor_execute", listener)
+    log.close()
+    assert len(statements) == 1
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 11
+    assert scalar(sql, "SELECT count(*) FROM usage_holds") == 0
+    assert scalar(sql, "SELECT sum(quantity) FROM usage_events") == 100
+    assert scalar(sql, "SELECT sum(pending_micro) FROM usage_meters") == 100_000
+    usage_ok(engine)
+
+
+def test_a_batch_written_twice_logs_and_bills_each_request_once(sql, engine):
+    user = make_user(sql)
+    batch = _records(user, [None, None, None])
+    assert metering.record_requests(engine, batch) == 3
+    # The commit's answer was lost and the batch is written again: nothing new.
+    assert metering.record_requests(engine, batch + batch[:1]) == 0
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 3
+    assert scalar(sql, "SELECT count(*) FROM usage_events") == 3
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters") == 30_000
+    usage_ok(engine)
+
+
+def test_a_record_refused_for_its_values_is_dropped_alone(sql, engine):
+    user = make_user(sql)
+    good = _records(user, [None, None])
+    ghost = _records(uuid.uuid4(), [None])  # no such user: its usage is refused
+    log = metering.RequestLog(engine, interval_s=3600)
+    for r in [good[0], *ghost, good[1]]:
+        log.add(r)
+    log.flush()
+    log.close()
+    assert log.dropped == 1 and len(log) == 0
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 2
+    assert scalar(sql, "SELECT sum(quantity) FROM usage_events") == 20
+
+
+def test_two_processes_logs_of_the_same_users_at_once(sql, engine, second_engine):
+    """Two serving processes flushing batches of the same users concurrently: no
+    deadlock (meters are locked in user order), every request logged and billed once."""
+    users = [make_user(sql) for _ in range(4)]
+    logs = [metering.RequestLog(e, interval_s=3600, batch_rows=25) for e in (engine, second_engine)]
+    for i in range(200):
+        logs[i % 2].add(_records(users[(i * 7) % 4], [None], rows=1)[0])
+    barrier = threading.Barrier(2)
+
+    def write(log: metering.RequestLog) -> int:
+        barrier.wait()
+        return log.flush()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, logs))
+    for log in logs:
+        log.close()
+    # (their threads took part of the work: batch_rows were waiting)
+    assert [log.written for log in logs] == [100, 100] and [len(log) for log in logs] == [0, 0]
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 200
+    assert scalar(sql, "SELECT sum(quantity) FROM usage_events") == 200
+    usage_ok(engine)

@@ -241,6 +241,10 @@ FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     "fk_usage_charges_user_id_users": ("r", "a", None),
     "fk_usage_meters_user_id_users": ("r", "a", None),
     "fk_usage_holds_user_id_users": ("c", "a", None),
+    # A batch's output file goes with the purge's own step (its file removed), never
+    # by a cascade that would leave the file behind.
+    "fk_batch_outputs_user_id_users": ("r", "a", None),
+    "fk_batch_outputs_job_id_jobs": ("r", "a", None),
     "fk_api_key_usage_windows_api_key_id_api_keys": ("c", "a", None),
     # Billing (issue 16): a book's items stay while a job names them; a job's price
     # lines go with the job; invoices outlive the account like the ledger; a user's

@@ -92,7 +92,8 @@ BEGIN
 END;
 $$;
 
--- Admission of a request before the model runs (database.metering.admit), one call:
+-- Admission of a request before the model runs (database.metering.admit, and
+-- database.deployments.admit_serving in the statement that reads the deployment), one call:
 --   * the key's quotas, each one INSERT ... ON CONFLICT DO UPDATE ... WHERE used + n
 --     <= limit: the counter row's lock orders concurrent admissions of one key in
 --     every process; no row touched means the quota is spent  -> ML088 quota_exceeded
@@ -103,8 +104,10 @@ $$;
 --     (uncharged usage and carry), the live holds and it      -> ML087 payment_required
 --     (DETAIL needed=... available=...); an unknown user       -> ML089.
 -- A refusal raises: the caller's transaction (or savepoint) undoes the counting.
-CREATE OR REPLACE FUNCTION public.usage_admit(p_user uuid, p_key uuid, p_deployment uuid, p_rows bigint, p_amount bigint, p_request_id text, p_hold_seconds integer)
-RETURNS void
+-- The hold's id is returned (NULL when nothing is held: p_amount <= 0), so the
+-- request's record releases exactly its own hold (database.metering.record_requests).
+CREATE OR REPLACE FUNCTION public.usage_hold(p_user uuid, p_key uuid, p_deployment uuid, p_rows bigint, p_amount bigint, p_request_id text, p_hold_seconds integer)
+RETURNS uuid
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -113,6 +116,7 @@ DECLARE
     v_mq bigint;
     v_start timestamptz;
     v_available bigint;
+    v_hold uuid;
 BEGIN
     IF p_key IS NOT NULL THEN
         SELECT k.rate_limit_per_minute, k.monthly_row_quota INTO v_rl, v_mq
@@ -149,7 +153,7 @@ BEGIN
         END IF;
     END IF;
     IF p_amount <= 0 THEN
-        RETURN;
+        RETURN NULL;
     END IF;
     -- A hold need not survive a crash of the server (it only stands for a request in
     -- flight): its commit does not wait for the WAL flush.
@@ -168,7 +172,8 @@ BEGIN
                         WHERE m.user_id = p_user), 0)
            - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
                         WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
-           >= p_amount;
+           >= p_amount
+    RETURNING id INTO v_hold;
     IF NOT FOUND THEN
         SELECT u.credit_balance::bigint * 1000000
                - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
@@ -182,6 +187,18 @@ BEGIN
             USING ERRCODE = 'ML087',
                   DETAIL = format('needed=%s available=%s', p_amount, v_available);
     END IF;
+    RETURN v_hold;
+END;
+$$;
+
+-- The same admission, its hold's id not needed (kept for callers of the first version).
+CREATE OR REPLACE FUNCTION public.usage_admit(p_user uuid, p_key uuid, p_deployment uuid, p_rows bigint, p_amount bigint, p_request_id text, p_hold_seconds integer)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM public.usage_hold(p_user, p_key, p_deployment, p_rows, p_amount, p_request_id,
+                              p_hold_seconds);
 END;
 $$;
 

@@ -44,6 +44,8 @@ BEGIN
     SELECT coalesce(sum(coalesce(v.original_size_bytes, 0) + coalesce(v.parquet_size_bytes, 0)), 0)
            + (SELECT coalesce(sum(coalesce(m.size_bytes, 0)), 0)
                 FROM public.models AS m WHERE m.user_id = p_user_id)
+           + (SELECT coalesce(sum(b.size_bytes), 0)
+                FROM public.batch_outputs AS b WHERE b.user_id = p_user_id)
       INTO v_storage
       FROM public.dataset_versions AS v WHERE v.user_id = p_user_id;
 

@@ -1,6 +1,7 @@
 -- users.storage_used_bytes = what the user stores: the sum over the user's dataset
 -- versions of original_size_bytes + parquet_size_bytes, plus the sum over the
--- user's models of size_bytes (the model artifact); NULL counts as 0. It follows
+-- user's models of size_bytes (the model artifact), plus the sum over the user's
+-- batch_outputs of size_bytes (a batch prediction's Parquet); NULL counts as 0. It follows
 -- inserts, changes of owner, deletes of versions, of whole datasets (the cascade
 -- deletes their versions) and of models. Statement-level, like counters.sql, whose
 -- users_apply_deltas does the locked update.
@@ -137,4 +138,24 @@ CREATE TRIGGER models_size_read_only
 BEFORE UPDATE OF size_bytes ON models
 FOR EACH ROW
 WHEN (OLD.size_bytes IS NOT NULL AND NEW.size_bytes IS DISTINCT FROM OLD.size_bytes)
+EXECUTE FUNCTION public.storage_size_read_only();
+
+-- A batch prediction's output (batch_outputs): counted like a model's artifact, by
+-- the same function (it reads user_id and size_bytes of the rows).
+CREATE TRIGGER users_adjust_batch_output_storage_insert
+AFTER INSERT ON batch_outputs REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage();
+
+CREATE TRIGGER users_adjust_batch_output_storage_delete
+AFTER DELETE ON batch_outputs REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage();
+
+CREATE TRIGGER users_adjust_batch_output_storage_update
+AFTER UPDATE ON batch_outputs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION public.users_adjust_model_storage();
+
+CREATE TRIGGER batch_outputs_size_read_only
+BEFORE UPDATE OF size_bytes ON batch_outputs
+FOR EACH ROW
+WHEN (NEW.size_bytes IS DISTINCT FROM OLD.size_bytes)
 EXECUTE FUNCTION public.storage_size_read_only();

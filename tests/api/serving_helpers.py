@@ -129,3 +129,27 @@ def register(
         )
         session.commit()
         return Registered(registered_model_id, version.id, version.version, model_id, pipeline)
+
+
+#: Seconds :func:`slow_identity` sleeps (0 while a slow model is fitted).
+SLOW_SECONDS = 0.0
+
+
+def slow_identity(x: Any) -> Any:
+    """A step of a slow model (``timeout_ms`` tests): waits, then passes ``x`` on."""
+    import time
+
+    time.sleep(SLOW_SECONDS)
+    return x
+
+
+def fit_slow(seed: int = 0) -> Pipeline:
+    """A pipeline whose prediction takes ``SLOW_SECONDS`` (set it after fitting)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    x, y = frame(120, seed)
+    model = Pipeline(
+        [("slow", FunctionTransformer(slow_identity, validate=False)), ("inner", fit(seed=seed))]
+    )
+    model.fit(x, y)
+    return model

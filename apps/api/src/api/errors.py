@@ -88,6 +88,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         429: "Too many requests (an abuse limit or a quota of the API key); retry after"
         " Retry-After seconds",
         503: "Temporarily unavailable; retry",
+        504: "Took longer than allowed (a deployment's timeout_ms)",
     }
     return {s: {"model": ErrorBody, "description": described.get(s, "Error")} for s in statuses}
 

@@ -28,13 +28,39 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from database import errors, registry
-from database.models import Deployment, DeploymentStatus, ModelPermission, ModelVersion
+from database.models import (
+    Deployment,
+    DeploymentStatus,
+    Model,
+    ModelAlias,
+    ModelPermission,
+    ModelVersion,
+    RegisteredModel,
+)
 from database.models.deployment import MAX_ERROR
 
 DeploymentNotFound = errors.DeploymentNotFound
@@ -201,28 +227,14 @@ _RESOLVE = text(
 )
 
 
-def resolve(session: Session, user_id: uuid.UUID, deployment_id: uuid.UUID) -> Target:
+def resolve(session: Session | Connection, user_id: uuid.UUID, deployment_id: uuid.UUID) -> Target:
     """What the user's deployment serves now, in one statement (its alias resolved
     there: an alias moved is served from the next call on). ``DeploymentNotFound``
     for none or another user's."""
     row = session.execute(_RESOLVE, {"id": deployment_id, "user": user_id}).one_or_none()
     if row is None:
         raise DeploymentNotFound(f"deployment {deployment_id} not found")
-    return Target(
-        deployment_id=row.id,
-        user_id=row.user_id,
-        status=DeploymentStatus(row.status),
-        config=dict(row.config or {}),
-        alias=row.alias,
-        model_version_id=row.version_id,
-        version=row.version,
-        registered_model_id=row.registered_model_id,
-        model_owner_id=row.owner_id,
-        model_id=row.model_id,
-        location=row.s3_path,
-        size_bytes=row.size_bytes,
-        problem_type=row.problem_type,
-    )
+    return _target(row)
 
 
 def serving(session: Session, user_id: uuid.UUID, deployment_id: uuid.UUID) -> Target:
@@ -246,6 +258,143 @@ def serving(session: Session, user_id: uuid.UUID, deployment_id: uuid.UUID) -> T
             f"deployment {deployment_id}: its owner may no longer deploy this model"
         )
     return target
+
+
+@lru_cache(maxsize=8)
+def _admit_serving_statement(default_max_rows: int) -> Any:
+    """The statement of :func:`admit_serving` (its values bound by name)."""
+    d, a, v, r, m = Deployment, ModelAlias, ModelVersion, RegisteredModel, Model
+    user = bindparam("user", type_=UUID(as_uuid=True))
+    rows = bindparam("rows", type_=BigInteger)
+    # readable() binds the caller's id; here it is the statement's :user.
+    may_deploy = or_(
+        r.user_id == user,
+        registry.readable(user, ModelPermission.DEPLOY, r),  # type: ignore[arg-type]
+    )
+    max_rows = func.coalesce(
+        cast(d.config["max_batch_rows"].astext, Integer), literal(default_max_rows, Integer)
+    )
+    servable = and_(
+        d.status == DeploymentStatus.ACTIVE,
+        v.id == bindparam("version", type_=UUID(as_uuid=True)),
+        may_deploy,
+        rows <= max_rows,
+    )
+    hold = func.public.usage_hold(
+        user,
+        bindparam("key", type_=UUID(as_uuid=True)),
+        d.id,
+        rows,
+        bindparam("amount", type_=BigInteger),
+        bindparam("request_id", type_=Text),
+        bindparam("hold_seconds", type_=Integer),
+        type_=UUID(as_uuid=True),
+    )
+    return (
+        select(
+            d.id,
+            d.user_id,
+            cast(d.status, Text).label("status"),
+            d.config,
+            d.alias,
+            v.id.label("version_id"),
+            v.version,
+            v.registered_model_id,
+            r.user_id.label("owner_id"),
+            m.id.label("model_id"),
+            m.s3_path,
+            m.size_bytes,
+            cast(m.problem_type, Text).label("problem_type"),
+            servable.label("admitted"),
+            # CASE evaluates the admission only for a deployment that can serve
+            # the version asked for (a volatile function is never evaluated ahead).
+            case((servable, hold), else_=None).label("hold_id"),
+        )
+        .select_from(d)
+        .outerjoin(a, and_(a.registered_model_id == d.registered_model_id, a.alias == d.alias))
+        .outerjoin(v, v.id == func.coalesce(d.model_version_id, a.model_version_id))
+        .outerjoin(r, r.id == v.registered_model_id)
+        .outerjoin(m, m.id == v.model_id)
+        .where(d.id == bindparam("id", type_=UUID(as_uuid=True)), d.user_id == user)
+    )
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What :func:`admit_serving` found: the target, and whether the request was admitted."""
+
+    target: Target
+    #: True: admitted (counted against the key's quotas, and ``hold_id`` held).
+    admitted: bool
+    #: The admission's hold (None: admitted at no cost, or not admitted).
+    hold_id: uuid.UUID | None
+
+
+def admit_serving(
+    bind: Session | Connection,
+    user_id: uuid.UUID,
+    deployment_id: uuid.UUID,
+    *,
+    model_version_id: uuid.UUID,
+    rows: int,
+    amount_micro: int,
+    api_key_id: uuid.UUID | None,
+    request_id: str | None,
+    hold_seconds: int,
+    default_max_rows: int,
+) -> Admitted:
+    """The predict path's one round trip: the user's deployment and what it serves
+    now (its alias resolved, as :func:`resolve`) and, when it can serve
+    ``model_version_id`` (the version whose signature the request was checked
+    against; active, the owner may deploy the model, ``rows`` within the config's
+    ``max_batch_rows``), the admission of ``rows`` in the same statement
+    (``public.usage_hold``: the key's quotas and the credit hold, the rules of
+    :func:`database.metering.admit`, which raises ``QuotaExceeded`` /
+    ``PaymentRequired`` here too).
+
+    Not admitted (``admitted`` False, nothing counted) when the deployment cannot
+    serve that version now: an alias moved, the deployment stopped, a grant taken
+    back. The caller then takes the long way (:func:`serving`, the model of the
+    version found, :func:`database.metering.admit`), which says why. So a version
+    a process remembers for a deployment is only ever a guess checked here, never
+    served past an alias move. ``DeploymentNotFound`` for none or another user's.
+    Run it in autocommit (the user's row stays locked until the statement's
+    transaction ends)."""
+    statement = _admit_serving_statement(default_max_rows)
+    row = bind.execute(
+        statement,
+        {
+            "id": deployment_id,
+            "user": user_id,
+            "version": model_version_id,
+            "rows": rows,
+            "amount": amount_micro,
+            "key": api_key_id,
+            "request_id": request_id,
+            "hold_seconds": hold_seconds,
+        },
+    ).one_or_none()
+    if row is None:
+        raise DeploymentNotFound(f"deployment {deployment_id} not found")
+    return Admitted(_target(row), bool(row.admitted), row.hold_id)
+
+
+def _target(row: Any) -> Target:
+    return Target(
+        deployment_id=row.id,
+        user_id=row.user_id,
+        status=DeploymentStatus(row.status),
+        config=dict(row.config or {}),
+        alias=row.alias,
+        model_version_id=row.version_id,
+        version=row.version,
+        registered_model_id=row.registered_model_id,
+        model_owner_id=row.owner_id,
+        model_id=row.model_id,
+        location=row.s3_path,
+        size_bytes=row.size_bytes,
+        problem_type=row.problem_type,
+    )
 
 
 def version_details(session: Session, model_version_id: uuid.UUID) -> tuple[dict, dict]:
@@ -321,7 +470,36 @@ def enqueue_batch(
     return job
 
 
+def record_batch_output(
+    session: Session, *, job_id: uuid.UUID, user_id: uuid.UUID, location: str, size_bytes: int
+) -> None:
+    """A batch prediction's output file, stored: counted in ``user_id``'s storage
+    (``users.storage_used_bytes`` follows ``batch_outputs``, sql/triggers/storage.sql)
+    until the purge removes it with its file. Its own transaction when the session
+    has none open."""
+    from database._tx import atomic
+    from database.models import BatchOutput
+
+    with atomic(session):
+        session.add(
+            BatchOutput(job_id=job_id, user_id=user_id, location=location, size_bytes=size_bytes)
+        )
+
+
+def forget_batch_output(session: Session, job_id: uuid.UUID) -> None:
+    """The output of a batch that did not complete after all (its file deleted)."""
+    from database._tx import atomic
+    from database.models import BatchOutput
+
+    with atomic(session):
+        session.execute(delete(BatchOutput).where(BatchOutput.job_id == job_id))
+
+
 __all__ = [
+    "Admitted",
+    "forget_batch_output",
+    "record_batch_output",
+    "admit_serving",
     "enqueue_batch",
     "DeploymentNotFound",
     "DeploymentNotServing",

@@ -154,6 +154,7 @@ APP_FUNCTIONS = (
     # The price of a user's next metered unit (metering.unit_price_micro; what
     # usage_events_apply_price records), from the price book (sql/triggers/billing.sql).
     "public.billing_usage_price_micro(uuid, text)",
+    "public.usage_hold(uuid, uuid, uuid, bigint, bigint, text, integer)",
     # The API's audit events (the trail's time and actor are the database's, so no
     # INSERT on audit_events), the workers' monthly partitions ahead, and the purge's
     # redaction of a purged user's IPs and user agents (it refuses anyone not purged,

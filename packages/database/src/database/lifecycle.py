@@ -8,12 +8,13 @@
   experiments and their runs, models, tutorial progress, ingestion jobs, dataset
   profiles, versions and datasets, the jobs the ledger does not refer to (with
   their nodes), the snapshots no remaining job runs, workflows, and the stored
-  files of versions, models and uploads. Then it erases the account's personal data
-  (email, full name, OAuth identity) and sets ``purged_at``: the row stays as a
-  tombstone, so the ledger, which is never deleted, still adds up. The user's audit
-  events stay, without the IP addresses and user agents of what they did
-  (``database.audit.redact_user``). Jobs the ledger
-  refers to stay, with their nodes and snapshots. Soft-deleted workflows older
+  files of versions, models, uploads and batch predictions' outputs (their
+  ``batch_outputs`` rows, even of a job the ledger keeps). Then it erases the
+  account's personal data (email, full name, OAuth identity) and sets
+  ``purged_at``: the row stays as a tombstone, so the ledger, which is never
+  deleted, still adds up. The user's audit events stay, without the IP addresses
+  and user agents of what they did (``database.audit.redact_user``). Jobs the
+  ledger refers to stay, with their nodes and snapshots. Soft-deleted workflows older
   than the window are deleted too (their snapshots and jobs stay; the snapshots'
   ``workflow_id`` becomes NULL).
 - Purge works in bounded batches, each its own transaction of at most
@@ -382,6 +383,9 @@ _STEPS: tuple[_Step, ...] = (
         ready="NOT EXISTS (SELECT 1 FROM billing_alert_events AS e WHERE e.alert_id = x.id)",
         optional=True,
     ),
+    # A batch prediction's output file goes, whether or not the ledger keeps its job
+    # (storage_used_bytes follows by trigger).
+    _Step("batch_outputs", path="location", optional=True),
     # A job's price lines go with the job (kept with it while the ledger names it).
     _Step(
         "job_price_items",
@@ -395,7 +399,8 @@ _STEPS: tuple[_Step, ...] = (
         "jobs",
         where=_NOT_IN_LEDGER.format(col="id"),
         ready="NOT EXISTS (SELECT 1 FROM job_nodes AS n WHERE n.job_id = x.id)"
-        " AND NOT EXISTS (SELECT 1 FROM job_price_items AS p WHERE p.job_id = x.id)",
+        " AND NOT EXISTS (SELECT 1 FROM job_price_items AS p WHERE p.job_id = x.id)"
+        " AND NOT EXISTS (SELECT 1 FROM batch_outputs AS b WHERE b.job_id = x.id)",
     ),
     _Step(
         "workflow_snapshots",

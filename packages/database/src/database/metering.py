@@ -5,6 +5,8 @@ route, the batch job kind, the worker's maintenance and the usage routes call:
 
     admit(session, *, user_id, api_key_id, deployment_id, rows)          before the model runs
     record_request(session_or_engine, *, user_id, ..., request_id)      after, success or not
+    record_requests(bind, [RequestRecord, ...])                         many, one statement
+    RequestLog(engine).add(RequestRecord.make(...))                     buffered, written in batches
     record_usage(session_or_engine, *, user_id, sku, quantity, key)     any other billable use
     charge_usage(engine_or_session, *, user_id=None, through=None)       the aggregation
     ensure_partitions(engine, months_ahead=2) / drop_partitions_before(engine, date)
@@ -62,8 +64,12 @@ which stays refused).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,6 +78,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
@@ -86,6 +93,8 @@ from database.models import (
     UserTier,
 )
 
+_log = logging.getLogger("database.metering")
+
 #: The refusals of :func:`admit`, named here for its callers (the predict path).
 PaymentRequired = errors.PaymentRequired
 QuotaExceeded = errors.QuotaExceeded
@@ -96,6 +105,8 @@ __all__ = [
     "PaymentRequired",
     "QuotaExceeded",
     "Prices",
+    "RequestLog",
+    "RequestRecord",
     "admit",
     "charge_usage",
     "drop_partitions_before",
@@ -103,6 +114,7 @@ __all__ = [
     "maintenance",
     "prices",
     "record_request",
+    "record_requests",
     "record_usage",
     "sweep",
     "unit_price_micro",
@@ -210,24 +222,28 @@ def _session(bind: Session | Engine) -> Iterator[Session]:
             yield bind
 
 
-def _one_statement(bind: Session | Engine, statement: Any, params: dict[str, Any]) -> None:
+def _one_statement(
+    bind: Session | Engine | Connection, statement: Any, params: dict[str, Any]
+) -> Any:
     """Run one statement as a transaction of its own: in autocommit, so the server
     gets no BEGIN and COMMIT round trips (a statement is atomic by itself). Inside
-    a caller's open transaction it joins it instead (in a savepoint)."""
+    a caller's open transaction it joins it instead (in a savepoint). A Connection
+    is used as it is (the caller chose its mode). The first column of the first row
+    (None without rows)."""
+    if isinstance(bind, Connection):
+        return bind.execute(statement, params).scalar()
     if isinstance(bind, Session) and bind.in_transaction():
         with atomic(bind):
-            bind.execute(statement, params)
-        return
+            return bind.execute(statement, params).scalar()
     if isinstance(bind, Session):
         engine = bind.get_bind()
         if not isinstance(engine, Engine):  # a session bound to a connection: use it
             with atomic(bind):
-                bind.execute(statement, params)
-            return
+                return bind.execute(statement, params).scalar()
     else:
         engine = bind
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(statement, params)
+        return conn.execute(statement, params).scalar()
 
 
 def _uuid(value: Any, name: str) -> uuid.UUID:
@@ -246,15 +262,14 @@ def _count(value: Any, name: str) -> int:
 
 
 # --- admission ------------------------------------------------------------------------
-# One round trip: the rules are public.usage_admit's (sql/triggers/metering.sql).
+# One round trip: the rules are public.usage_hold's (sql/triggers/metering.sql).
 _ADMIT = text(
-    "SELECT public.usage_admit(:user, :key, :deployment, :rows, :amount, :request_id,"
-    " :hold_seconds)"
+    "SELECT public.usage_hold(:user, :key, :deployment, :rows, :amount, :request_id, :hold_seconds)"
 )
 
 
 def admit(
-    session: Session | Engine,
+    session: Session | Engine | Connection,
     *,
     user_id: uuid.UUID,
     api_key_id: uuid.UUID | None,
@@ -262,8 +277,9 @@ def admit(
     rows: int,
     request_id: str | None = None,
     sku: UsageSku = UsageSku.PREDICTED_ROWS,
-) -> None:
-    """Admit a request of ``rows`` rows before the model runs, or refuse it.
+) -> uuid.UUID | None:
+    """Admit a request of ``rows`` rows before the model runs, or refuse it; the id
+    of its hold (None when the rows cost nothing), for :class:`RequestRecord`.
 
     Raises :class:`errors.QuotaExceeded` (429; ``retry_after`` seconds, ``quota`` is
     ``rate_limit_per_minute`` or ``monthly_row_quota``) when the key's quota is
@@ -285,7 +301,8 @@ def admit(
         "request_id": (request_id or None) and str(request_id)[:200],
         "hold_seconds": HOLD_SECONDS,
     }
-    _one_statement(session, _ADMIT, params)
+    found = _one_statement(session, _ADMIT, params)
+    return None if found is None else _uuid(found, "hold")
 
 
 # --- recording ------------------------------------------------------------------------
@@ -293,17 +310,180 @@ def _no_partition(exc: errors.DatabaseError) -> bool:
     return exc.sqlstate == "23514" and "no partition" in (exc.message or "")
 
 
-def _with_partition(bind: Session | Engine, statement: Any, params: dict[str, Any]) -> None:
-    """Run ``statement`` as one transaction; if the month has no partition yet, make
-    it (as the owner, through the SECURITY DEFINER function) and run it again."""
+@dataclass(frozen=True)
+class RequestRecord:
+    """One inference request as the log keeps it (never its payload)."""
+
+    user_id: uuid.UUID
+    api_key_id: uuid.UUID | None
+    deployment_id: uuid.UUID
+    model_version_id: uuid.UUID | None
+    rows: int
+    latency_ms: int
+    status: InferenceStatus
+    error_class: str | None
+    request_id: str | None
+    #: The admission's hold (``admit``'s answer); None: a hold like it is released
+    #: (this request's id, or one of the same rows and deployment), if any.
+    hold_id: uuid.UUID | None = None
+    sku: UsageSku = UsageSku.PREDICTED_ROWS
+    #: When the request was answered (the log's ``created_at``).
+    at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    #: Micro-credits a unit costs, fixed when the request is made.
+    price_micro: int = -1
+    usage_key: str = ""
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        user_id: uuid.UUID,
+        api_key_id: uuid.UUID | None,
+        deployment_id: uuid.UUID,
+        model_version_id: uuid.UUID | None,
+        rows: int,
+        latency_ms: int | float,
+        status: InferenceStatus | str,
+        error_class: str | None,
+        request_id: str | None,
+        hold_id: uuid.UUID | None = None,
+        sku: UsageSku = UsageSku.PREDICTED_ROWS,
+    ) -> RequestRecord:
+        """A record, its values checked (``InvalidValue`` naming a bad one)."""
+        rid = (request_id or None) and str(request_id)[:200]
+        sku = UsageSku(sku)
+        return cls(
+            user_id=_uuid(user_id, "user_id"),
+            api_key_id=None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
+            deployment_id=_uuid(deployment_id, "deployment_id"),
+            model_version_id=None
+            if model_version_id is None
+            else _uuid(model_version_id, "model_version_id"),
+            rows=_count(rows, "rows"),
+            latency_ms=max(0, round(float(latency_ms))),
+            status=InferenceStatus(status),
+            error_class=(error_class or None) and str(error_class)[:200],
+            request_id=rid,
+            hold_id=None if hold_id is None else _uuid(hold_id, "hold_id"),
+            sku=sku,
+            price_micro=unit_price_micro(sku),
+            usage_key=f"request:{rid or uuid.uuid4()}:{sku.value}",
+        )
+
+    @property
+    def billable(self) -> bool:
+        return self.status is InferenceStatus.OK and self.rows > 0
+
+
+# The log rows, the holds released and the usage of many requests, one statement.
+# A request whose usage key is recorded already (a batch written again after a
+# commit whose answer was lost) is skipped whole; a request refused at admission
+# held nothing; usage is inserted in user order (the meters' locks, in one order).
+_RECORD = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(CAST(:users AS uuid[]), CAST(:keys AS uuid[]),
+                             CAST(:deployments AS uuid[]), CAST(:versions AS uuid[]),
+                             CAST(:rows AS integer[]), CAST(:latencies AS integer[]),
+                             CAST(CAST(:statuses AS text[]) AS inference_status[]),
+                             CAST(:errors AS text[]), CAST(:request_ids AS text[]),
+                             CAST(:holds AS uuid[]), CAST(CAST(:skus AS text[]) AS usage_sku[]),
+                             CAST(:prices AS bigint[]), CAST(:usage_keys AS text[]),
+                             CAST(:ats AS timestamptz[]), CAST(:billable AS boolean[]))
+            WITH ORDINALITY AS x(user_id, api_key_id, deployment_id, model_version_id, rows,
+                                 latency_ms, status, error_class, request_id, hold_id, sku,
+                                 price, usage_key, at, billable, ord)
+    ), fresh AS (
+        SELECT i.* FROM input AS i
+         WHERE NOT (i.billable AND EXISTS (SELECT 1 FROM public.usage_events AS e
+                                            WHERE e.idempotency_key = i.usage_key))
+    ), logged AS (
+        INSERT INTO public.inference_requests (user_id, deployment_id, model_version_id,
+            api_key_id, rows, latency_ms, status, error_class, request_id, created_at)
+        SELECT user_id, deployment_id, model_version_id, api_key_id, rows, latency_ms, status,
+               error_class, request_id, at
+          FROM fresh ORDER BY ord
+        RETURNING 1
+    ), released AS (
+        DELETE FROM public.usage_holds
+         WHERE id IN (SELECT hold_id FROM input WHERE hold_id IS NOT NULL)
+        RETURNING 1
+    ), guessed AS (
+        DELETE FROM public.usage_holds
+         WHERE id IN (
+            SELECT g.id FROM input AS i CROSS JOIN LATERAL (
+                SELECT h.id FROM public.usage_holds AS h
+                 WHERE h.user_id = i.user_id
+                   AND (h.request_id = i.request_id
+                        OR (h.rows = i.rows
+                            AND h.deployment_id IS NOT DISTINCT FROM i.deployment_id))
+                 ORDER BY (h.request_id IS NOT DISTINCT FROM i.request_id) DESC, h.expires_at
+                 LIMIT 1 FOR UPDATE SKIP LOCKED) AS g
+             WHERE i.hold_id IS NULL AND i.status <> 'refused'
+               AND (i.rows > 0 OR i.request_id IS NOT NULL))
+        RETURNING 1
+    ), used AS (
+        INSERT INTO public.usage_events (user_id, deployment_id, api_key_id, sku, quantity,
+            unit_price_micro, idempotency_key)
+        SELECT user_id, deployment_id, api_key_id, sku, rows, price, usage_key
+          FROM fresh WHERE billable ORDER BY user_id, ord
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM logged), set_config('synchronous_commit', 'off', true)
+    """
+)
+
+
+def _record_params(records: list[RequestRecord]) -> dict[str, Any]:
+    return {
+        "users": [r.user_id for r in records],
+        "keys": [r.api_key_id for r in records],
+        "deployments": [r.deployment_id for r in records],
+        "versions": [r.model_version_id for r in records],
+        "rows": [r.rows for r in records],
+        "latencies": [r.latency_ms for r in records],
+        "statuses": [r.status.value for r in records],
+        "errors": [r.error_class for r in records],
+        "request_ids": [r.request_id for r in records],
+        "holds": [r.hold_id for r in records],
+        "skus": [r.sku.value for r in records],
+        "prices": [r.price_micro for r in records],
+        "usage_keys": [r.usage_key for r in records],
+        "ats": [r.at for r in records],
+        "billable": [r.billable for r in records],
+    }
+
+
+def record_requests(bind: Session | Engine | Connection, records: list[RequestRecord]) -> int:
+    """Log these requests, release their admissions' holds and record the usage of
+    the successful ones (charged later, in aggregate): ONE statement, its own
+    transaction (autocommit, unless the session has one open), committed without
+    waiting for the WAL flush (a crash of the server may lose the last few hundred
+    milliseconds of them, never make them inconsistent; the ledger's charges stay
+    synchronous). A request whose usage was recorded already (its usage key) is
+    skipped whole, so a batch written twice logs and bills each request once; two
+    records of one usage key in the list keep the first. The month's partition is
+    made if it is missing. The number of requests logged."""
+    seen: set[str] = set()
+    unique = []
+    for r in records:
+        if r.billable:
+            if r.usage_key in seen:
+                continue
+            seen.add(r.usage_key)
+        unique.append(r)
+    if not unique:
+        return 0
+    params = _record_params(unique)
     try:
-        _one_statement(bind, statement, params)
-        return
+        return int(_one_statement(bind, _RECORD, params) or 0)
     except errors.InvalidValue as exc:
         if not _no_partition(exc):
             raise
-    _one_statement(bind, text("SELECT public.inference_requests_partition_for(now())"), {})
-    _one_statement(bind, statement, params)
+    make = text("SELECT public.inference_requests_partition_for(:at)")
+    for at in sorted({min(r.at for r in unique), max(r.at for r in unique)}):
+        _one_statement(bind, make, {"at": at})
+    return int(_one_statement(bind, _RECORD, params) or 0)
 
 
 def record_request(
@@ -319,72 +499,192 @@ def record_request(
     error_class: str | None,
     request_id: str | None,
     sku: UsageSku = UsageSku.PREDICTED_ROWS,
+    hold_id: uuid.UUID | None = None,
 ) -> None:
     """Log one inference request (success or failure), release its admission's hold
-    and, when it succeeded with rows, record their usage (charged later, in
-    aggregate). One statement, its own transaction (autocommit: one round trip)
-    unless the session has one open; recording the same ``request_id``
-    twice logs and bills it once. Never the payload."""
-    state = InferenceStatus(status)
-    n = _count(rows, "rows")
-    latency = max(0, round(float(latency_ms)))
-    params: dict[str, Any] = {
-        "user": _uuid(user_id, "user_id"),
-        "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
-        "deployment": _uuid(deployment_id, "deployment_id"),
-        "version": None
-        if model_version_id is None
-        else _uuid(model_version_id, "model_version_id"),
-        "rows": n,
-        "latency": latency,
-        "status": state.value,
-        "error_class": (error_class or None) and str(error_class)[:200],
-        "request_id": (request_id or None) and str(request_id)[:200],
-        "sku": UsageSku(sku).value,
-        "price": unit_price_micro(sku),
-    }
-    params["usage_key"] = f"request:{params['request_id'] or uuid.uuid4()}:{params['sku']}"
-    parts = [
-        """WITH logged AS (
-            INSERT INTO public.inference_requests (user_id, deployment_id, model_version_id,
-                api_key_id, rows, latency_ms, status, error_class, request_id)
-            VALUES (:user, :deployment, :version, :key, :rows, :latency,
-                    CAST(:status AS inference_status), :error_class, :request_id)
-            RETURNING id)"""
-    ]
-    if state is not InferenceStatus.REFUSED and (n > 0 or params["request_id"]):
-        # The request's own hold if admit was told its id, else one of the same size
-        # (a refused request was never admitted: it holds nothing).
-        parts.append(
-            """, released AS (
-            DELETE FROM public.usage_holds WHERE id = (
-                SELECT h.id FROM public.usage_holds AS h
-                 WHERE h.user_id = :user
-                   AND (h.request_id = :request_id
-                        OR (h.rows = :rows AND h.deployment_id IS NOT DISTINCT FROM :deployment))
-                 ORDER BY (h.request_id IS NOT DISTINCT FROM :request_id) DESC, h.expires_at
-                 LIMIT 1 FOR UPDATE SKIP LOCKED)
-            RETURNING id)"""
-        )
-    if state is InferenceStatus.OK and n > 0:
-        parts.append(
-            """, used AS (
-            INSERT INTO public.usage_events (user_id, deployment_id, api_key_id, sku, quantity,
-                unit_price_micro, idempotency_key)
-            VALUES (:user, :deployment, :key, CAST(:sku AS usage_sku), :rows, :price, :usage_key)
-            RETURNING id)"""
-        )
-    # The log and the usage are written without waiting for the WAL flush (one
-    # round trip, no fsync per request): a crash of the server may lose the last
-    # few hundred milliseconds of them (usage the user is then not charged for),
-    # never make them inconsistent. The ledger's charges stay synchronous.
-    parts.append(
-        " SELECT (SELECT count(*) FROM logged), set_config('synchronous_commit', 'off', true)"
+    and, when it succeeded with rows, record their usage, now: :func:`record_requests`
+    of one. The serving processes buffer theirs instead (:class:`RequestLog`).
+    Recording the same ``request_id`` twice logs and bills it once."""
+    record_requests(
+        session_or_engine,
+        [
+            RequestRecord.make(
+                user_id=user_id,
+                api_key_id=api_key_id,
+                deployment_id=deployment_id,
+                model_version_id=model_version_id,
+                rows=rows,
+                latency_ms=latency_ms,
+                status=status,
+                error_class=error_class,
+                request_id=request_id,
+                hold_id=hold_id,
+                sku=sku,
+            )
+        ],
     )
-    try:
-        _with_partition(session_or_engine, text("".join(parts)), params)
-    except errors.UsageAlreadyRecorded:
-        return  # recorded by an earlier call for this request
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the database's availability (retry later), not of the rows."""
+    return (
+        isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+        or bool(getattr(exc, "retryable", False))
+        or isinstance(exc, errors.StatementTimeout)
+    )
+
+
+class RequestLog:
+    """The request log of a serving process, off the request path: records are
+    buffered in memory and written by a background thread, many per statement
+    (:func:`record_requests`), every ``interval_s`` or as soon as ``batch_rows`` are
+    waiting. :meth:`close` (a graceful shutdown) writes what is left.
+
+    **The loss window.** What is buffered is lost if the process is killed
+    (SIGKILL, a crash, the machine): at most ``interval_s`` of requests in normal
+    running (plus what waits while the database is unreachable). Those requests
+    were answered but are not logged nor billed; their holds stay and expire after
+    ``HOLD_SECONDS``, so the user could not spend the money meanwhile. Nothing is
+    ever billed twice: each request's usage has its idempotency key.
+
+    **The database away.** A write that fails for the database's availability
+    (connection refused or lost, a timeout) keeps its records, in order, and is
+    tried again with a growing pause (up to ``retry_max_s``). A write refused for
+    its rows (never expected) is retried one record at a time, and only a record
+    refused alone is dropped, logged. At most ``max_rows`` wait; beyond, the
+    oldest are dropped (counted in ``dropped``, logged): a bound on memory while
+    the database is away (predictions cannot be admitted meanwhile, so few come).
+    """
+
+    def __init__(
+        self,
+        bind: Engine,
+        *,
+        interval_s: float = 0.15,
+        batch_rows: int = 500,
+        max_rows: int = 100_000,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.bind = bind
+        self.interval_s = interval_s
+        self.batch_rows = batch_rows
+        self.max_rows = max_rows
+        self.retry_max_s = retry_max_s
+        self.dropped = 0
+        self.written = 0
+        self.failures = 0
+        self._rows: deque[RequestRecord] = deque()
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._rows)
+
+    def add(self, record: RequestRecord) -> None:
+        """Buffer one record (never blocks on the database)."""
+        with self._cond:
+            if len(self._rows) >= self.max_rows:
+                self._rows.popleft()
+                self.dropped += 1
+                _log.error(
+                    "request log buffer full (%d): the oldest record was dropped", self.max_rows
+                )
+            self._rows.append(record)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+                self._thread.start()
+            if len(self._rows) >= self.batch_rows:
+                self._cond.notify()
+
+    def _write_some(self) -> int:
+        """Write up to ``batch_rows`` of the oldest records; on failure they stay."""
+        with self._write_lock:
+            with self._cond:
+                n = min(len(self._rows), self.batch_rows)
+                batch = [self._rows.popleft() for _ in range(n)]
+            if not batch:
+                return 0
+            try:
+                record_requests(self.bind, batch)
+            except Exception as exc:
+                if _transient(exc):
+                    with self._cond:
+                        self._rows.extendleft(reversed(batch))
+                    raise
+                batch = self._one_by_one(batch)
+            self.written += len(batch)
+            return len(batch)
+
+    def _one_by_one(self, batch: list[RequestRecord]) -> list[RequestRecord]:
+        written = []
+        for i, record in enumerate(batch):
+            try:
+                record_requests(self.bind, [record])
+            except Exception as exc:
+                if _transient(exc):
+                    with self._cond:
+                        self._rows.extendleft(reversed(batch[i:]))
+                    raise
+                self.dropped += 1
+                _log.error("a request log record was refused and dropped: %r", exc)
+                continue
+            written.append(record)
+        return written
+
+    def flush(self) -> int:
+        """Write everything buffered now, in the caller's thread (the database's
+        errors raised, the records kept). The number written."""
+        total = 0
+        while True:
+            n = self._write_some()
+            if n == 0:
+                return total
+            total += n
+
+    def _run(self) -> None:
+        pause = self.interval_s
+        while True:
+            with self._cond:
+                if not self._closed and len(self._rows) < self.batch_rows:
+                    self._cond.wait(pause)
+                if self._closed:
+                    return
+            try:
+                self.flush()
+                pause = self.interval_s
+            except Exception as exc:
+                self.failures += 1
+                if pause == self.interval_s:
+                    _log.warning("request log not written (kept, retried): %r", exc)
+                pause = min(self.retry_max_s, pause * 2)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread and write what is buffered, retrying for ``timeout_s`` if
+        the database is away; what is still unwritten then is logged as lost."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        pause = self.interval_s
+        while True:
+            try:
+                self.flush()
+                return
+            except Exception as exc:
+                if time.monotonic() + pause > deadline:
+                    _log.error(
+                        "request log: %d records not written at shutdown (lost): %r",
+                        len(self),
+                        exc,
+                    )
+                    return
+                time.sleep(pause)
+                pause = min(self.retry_max_s, pause * 2)
 
 
 def record_usage(

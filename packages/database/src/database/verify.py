@@ -96,7 +96,9 @@ WITH walk AS (
       FROM (SELECT user_id, coalesce(original_size_bytes, 0) + coalesce(parquet_size_bytes, 0) AS n
               FROM dataset_versions
             UNION ALL
-            SELECT user_id, coalesce(size_bytes, 0) FROM models) AS b
+            SELECT user_id, coalesce(size_bytes, 0) FROM models
+            UNION ALL
+            SELECT user_id, size_bytes FROM batch_outputs) AS b
      GROUP BY b.user_id
 ), checked AS (
     SELECT u.id, u.email, u.credit_balance,
@@ -355,7 +357,7 @@ def _drift(row: object, conn: Connection | Session) -> list[Drift]:
         ("dataset_count", "datasets", "datasets"),
         ("workflow_count", "workflows", "workflows not deleted"),
         ("model_count", "models", "models"),
-        ("storage_used_bytes", "storage", "bytes in dataset versions and models"),
+        ("storage_used_bytes", "storage", "bytes in dataset versions, models and batch outputs"),
     ):
         if r[column] != r[expected]:
             found.append(

@@ -236,6 +236,14 @@ class ModelCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def peek(self, key: str) -> LoadedModel | None:
+        """The model of ``key`` if it is loaded (marked as used), else None."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
     def get(self, key: str, load: Callable[[], LoadedModel]) -> LoadedModel:
         with self._lock:
             found = self._items.get(key)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import ConfigDict, Field, StrictInt, StringConstraints, model_validator
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, SessionDep, SessionFactoryDep, SettingsDep, StorageDep, Writer
 from api.errors import ApiError, error_responses, not_found
@@ -36,7 +39,19 @@ from database.models import (
 from database.models.deployment import MAX_BATCH_ROWS, MAX_TIMEOUT_MS
 from database.models.model_alias import ALIAS_PATTERN
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+@asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    """A graceful shutdown writes the predictor's buffered request log."""
+    try:
+        yield
+    finally:
+        found: Predictor | None = getattr(app.state, "predictor", None)
+        if found is not None:
+            await run_in_threadpool(found.close)
+
+
+router = APIRouter(prefix="/deployments", tags=["deployments"], lifespan=_lifespan)
 
 Alias = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)]
 
@@ -268,7 +283,7 @@ def predictor(request: Request) -> Predictor:
             ' (classifiers), "model_version_id"}',
             "content": {"application/json": {"schema": {"type": "object"}}},
         },
-        **error_responses(401, 402, 403, 404, 409, 413, 415, 422, 503),
+        **error_responses(401, 402, 403, 404, 409, 413, 415, 422, 429, 503, 504),
     },
     openapi_extra={"x-body-limit": "predict", "requestBody": _PREDICT_BODY},
     summary="Predict with a deployment",
@@ -282,7 +297,9 @@ async def predict(
     """JSON records (null is a missing value), MLflow's shapes, CSV or Parquet; the
     input is checked against the version's signature (422 naming missing columns and
     wrong types; unknown columns are ignored). 409 for a deployment that is not
-    active. Forwarded to ``automl-serve`` when ``SERVING_URL`` is set."""
+    active; 402 / 429 before the model runs (credits, the key's quotas); 504
+    ``prediction_timeout`` past the deployment's ``timeout_ms``; 503 while the database
+    is unavailable. Forwarded to ``automl-serve`` when ``SERVING_URL`` is set."""
     if settings.serving_url:
         return await proxy.forward(request, settings.serving_url)
     return await respond(predictor(request), factory, request, deployment_id)

@@ -13,11 +13,12 @@ cache (``SERVE_CACHE_BYTES``); the deployments and aliases are read per request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -41,7 +42,7 @@ def set_threads(threads: int) -> None:
 
 
 def create_app(
-    settings: ApiSettings | None = None, factory: Callable[[], Session] | None = None
+    settings: ApiSettings | None = None, factory: sessionmaker[Session] | None = None
 ) -> Starlette:
     """The serving app; its sessions from ``factory`` (default: the database package's)."""
     settings = settings or get_settings()
@@ -50,7 +51,7 @@ def create_app(
         settings.serve_cache_bytes,
     )
 
-    def sessions() -> Callable[[], Session]:
+    def sessions() -> sessionmaker[Session]:
         if factory is not None:
             return factory
         from database.session import get_sessionmaker
@@ -68,7 +69,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         set_threads(settings.serve_threads)
-        yield
+        try:
+            yield
+        finally:  # a graceful shutdown writes the buffered request log
+            await run_in_threadpool(predictor.close)
 
     async def metrics_text(request: Request) -> Response:
         # This process's series (predictions, requests); the queues are the API's.

@@ -2,27 +2,34 @@
 process, when ``SERVING_URL`` is unset) and ``automl-serve`` run (docs/serving.md).
 
 :meth:`Predictor.handle` is synchronous and runs in a worker thread (never on the
-event loop): authentication (the API key, as every route), the deployment and what
-it serves now (:func:`database.deployments.serving`, one statement, the alias
-resolved in it), the model from the memory-bounded cache (loaded once per version),
-the body parsed and checked against the version's signature, ``metering.admit``
-before the model runs, the model, ``metering.record_request`` after. The database
-session is closed before the model runs, so a slow model holds no connection.
+event loop), on one pooled connection in autocommit: authentication (the API key,
+as every route: ``api.deps.get_principal``), then, usually, ONE statement that
+reads the deployment, resolves its alias and admits the request
+(:func:`database.deployments.admit_serving`; see :class:`Predictor` for when it
+takes the long way), the model from the memory-bounded cache (loaded once per
+version) within the deployment's ``timeout_ms``, and the request logged through a
+buffer written in batches off the request path (``metering.RequestLog``). The
+connection is back in the pool before the model runs, so a slow model holds none.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -31,7 +38,7 @@ from api.errors import ApiError, from_database
 from api.metrics import record_prediction
 from database import deployments, metering
 from database import errors as db
-from database.models import InferenceStatus
+from database.models import InferenceStatus, UsageSku
 from database.storage import Storage
 from pipeline.serving import (
     DEFAULT_MAX_ROWS,
@@ -88,12 +95,92 @@ def _outcome(status: int) -> InferenceStatus:
     return InferenceStatus.CLIENT_ERROR if status < 500 else InferenceStatus.SERVER_ERROR
 
 
-class Predictor:
-    """The models of one process and the way to answer with them."""
+#: Deployments remembered per process (user, deployment) -> (version, max rows): a guess.
+MAX_HINTS = 10_000
 
-    def __init__(self, storage: Storage, cache_bytes: int) -> None:
+
+@dataclass
+class _State:
+    """What one request found so far (what its log row says)."""
+
+    deployment_id: uuid.UUID | None = None
+    version_id: uuid.UUID | None = None
+    hold_id: uuid.UUID | None = None
+    rows: int = 0
+
+
+@dataclass
+class _Ready:
+    target_config: dict[str, Any]
+    model: LoadedModel
+    frame: Any
+    rows: int
+
+
+def database_unavailable() -> ApiError:
+    """The answer while the database cannot be reached (as the API's own handler)."""
+    return ApiError(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry",
+        headers={"Retry-After": "5"},
+    )
+
+
+class Predictor:
+    """The models of one process, the way to answer with them, and its request log.
+
+    Per process it keeps what cannot change: a version's loaded model (by version
+    id), and, per (user, deployment), the version it served last, only as a guess:
+    the request is checked against that version's signature, then ONE statement
+    (:func:`database.deployments.admit_serving`) reads the deployment, resolves its
+    alias and admits the request only if the deployment serves that version now.
+    When it does not (an alias moved, the deployment stopped), the long way
+    (:func:`database.deployments.serving`, the model of the version found,
+    :func:`database.metering.admit`) answers, and the guess is updated. The request
+    is then logged through :class:`database.metering.RequestLog` (buffered, written
+    in batches by a thread, off the request path)."""
+
+    def __init__(self, storage: Storage, cache_bytes: int, *, model_threads: int = 32) -> None:
         self.storage = storage
         self.cache = ModelCache(cache_bytes)
+        self.log: metering.RequestLog | None = None
+        self._hints: dict[tuple[uuid.UUID, uuid.UUID], tuple[uuid.UUID, int]] = {}
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+        self._model_threads = model_threads
+        self._executor: ThreadPoolExecutor | None = None
+
+    # --- process state ------------------------------------------------------------------
+    def engine(self, factory: sessionmaker[Session]) -> Engine:
+        if self._engine is None:
+            with factory() as session:
+                bind = session.get_bind()
+            assert isinstance(bind, Engine)
+            with self._lock:
+                if self._engine is None:
+                    self._engine = bind
+                    self.log = metering.RequestLog(bind)
+        return self._engine
+
+    def executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._model_threads, thread_name_prefix="predict"
+                )
+            return self._executor
+
+    def flush(self) -> int:
+        """Write the buffered request log now (tests; a shutdown calls :meth:`close`)."""
+        return self.log.flush() if self.log is not None else 0
+
+    def close(self) -> None:
+        """A graceful shutdown: the request log written, the model threads let go."""
+        if self.log is not None:
+            self.log.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def model(self, session: Session, target: deployments.Target) -> LoadedModel:
         assert target.model_version_id is not None
@@ -112,9 +199,130 @@ class Predictor:
 
         return self.cache.get(str(version_id), load)
 
+    def _remember(self, user_id: uuid.UUID, target: deployments.Target) -> None:
+        if len(self._hints) >= MAX_HINTS:
+            self._hints.clear()
+        assert target.model_version_id is not None
+        max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
+        self._hints[(user_id, target.deployment_id)] = (target.model_version_id, max_rows)
+
+    # --- one request ----------------------------------------------------------------------
+    def _quick(
+        self,
+        conn: Connection,
+        principal: Any,
+        deployment_id: uuid.UUID,
+        body: bytes,
+        content_type: str | None,
+        rid: str,
+        state: _State,
+    ) -> _Ready | None:
+        """The one-round-trip way, when this process served the deployment before and
+        the body fits that version; None: take the long way (nothing was counted)."""
+        hint = self._hints.get((principal.user_id, deployment_id))
+        if hint is None:
+            return None
+        version_id, max_rows = hint
+        model = self.cache.peek(str(version_id))
+        if model is None:
+            return None
+        try:
+            table = parse_body(body, content_type, model.columns)
+            frame = check_columns(model, table, max_rows=max_rows)
+        except InputError:
+            return None  # the long way says it, after the deployment's own errors
+        rows = table.rows
+        try:
+            found = deployments.admit_serving(
+                conn,
+                principal.user_id,
+                deployment_id,
+                model_version_id=version_id,
+                rows=rows,
+                amount_micro=rows * metering.unit_price_micro(UsageSku.PREDICTED_ROWS),
+                api_key_id=principal.key.id if principal.key is not None else None,
+                request_id=rid,
+                hold_seconds=metering.HOLD_SECONDS,
+                default_max_rows=DEFAULT_MAX_ROWS,
+            )
+        except (metering.QuotaExceeded, metering.PaymentRequired):
+            state.deployment_id, state.version_id = deployment_id, version_id
+            raise
+        except deployments.DeploymentNotFound:
+            self._hints.pop((principal.user_id, deployment_id), None)
+            raise
+        if not found.admitted:
+            return None
+        state.deployment_id, state.version_id = deployment_id, version_id
+        state.hold_id, state.rows = found.hold_id, rows
+        return _Ready(found.target.config, model, frame, rows)
+
+    def _long(
+        self,
+        conn: Connection,
+        session: Session,
+        principal: Any,
+        deployment_id: uuid.UUID,
+        body: bytes,
+        content_type: str | None,
+        rid: str,
+        state: _State,
+    ) -> _Ready:
+        try:
+            target = deployments.serving(session, principal.user_id, deployment_id)
+        except db.DatabaseError:
+            self._hints.pop((principal.user_id, deployment_id), None)
+            raise
+        state.deployment_id, state.version_id = target.deployment_id, target.model_version_id
+        self._remember(principal.user_id, target)
+        model = self.model(session, target)
+        table = parse_body(body, content_type, model.columns)
+        max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
+        frame = check_columns(model, table, max_rows=max_rows)
+        state.hold_id = metering.admit(
+            conn,
+            user_id=principal.user_id,
+            api_key_id=principal.key.id if principal.key is not None else None,
+            deployment_id=target.deployment_id,
+            rows=table.rows,
+            request_id=rid,
+        )
+        state.rows = table.rows
+        return _Ready(target.config, model, frame, table.rows)
+
+    def _predict(self, ready: _Ready, started: float) -> dict[str, Any]:
+        """The model, within the deployment's ``timeout_ms`` (from the request's
+        arrival): past it, 504 ``prediction_timeout`` (the model's thread finishes its
+        work unobserved: Python cannot stop it)."""
+        timeout_ms = ready.target_config.get("timeout_ms")
+        try:
+            if not timeout_ms:
+                return predict(ready.model, ready.frame)
+            left = float(timeout_ms) / 1000.0 - (time.perf_counter() - started)
+            if left > 0:
+                future = self.executor().submit(predict, ready.model, ready.frame)
+                try:
+                    return future.result(timeout=left)
+                except FutureTimeout:
+                    future.cancel()
+            raise ApiError(
+                504,
+                "prediction_timeout",
+                f"the prediction took longer than the deployment's timeout_ms ({timeout_ms} ms)",
+                {"timeout_ms": timeout_ms},
+            )
+        except (ApiError, MemoryError):
+            raise
+        except Exception as exc:  # scikit-learn's refusal of a value, in its words
+            raise InputError(
+                422,
+                "prediction_failed",
+                f"the model could not score the input: {str(exc).splitlines()[0][:300]}",
+            ) from None
+
     def handle(
         self,
-        factory: Callable[[], Session],
+        factory: sessionmaker[Session],
         *,
         authorization: str | None,
         deployment_id: uuid.UUID,
@@ -124,10 +332,16 @@ class Predictor:
     ) -> Answer:
         started = time.perf_counter()
         rid = request_id(request)
-        principal = target = None
-        rows = 0
+        principal = None
+        state = _State()
         try:
-            with factory() as session:
+            engine = self.engine(factory)
+            # One connection, in autocommit: the key's lookup, then (usually) one
+            # statement for the deployment and the admission; no BEGIN/COMMIT.
+            with (
+                engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+                factory(bind=conn) as session,
+            ):
                 principal = get_principal(request, session, _token(authorization))
                 if READ not in principal.scopes:
                     raise ApiError(
@@ -136,32 +350,10 @@ class Predictor:
                         f"this API key lacks the '{READ}' scope",
                         {"required_scope": READ, "key_scopes": sorted(principal.scopes)},
                     )
-                target = deployments.serving(session, principal.user_id, deployment_id)
-                model = self.model(session, target)
-                table = parse_body(body, content_type, model.columns)
-                rows = table.rows
-                max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
-                frame = check_columns(model, table, max_rows=max_rows)
-                metering.admit(
-                    session,
-                    user_id=principal.user_id,
-                    api_key_id=principal.key.id if principal.key is not None else None,
-                    deployment_id=target.deployment_id,
-                    rows=rows,
-                    request_id=rid,
-                )
-                session.commit()
-            try:
-                result = predict(model, frame)
-            except MemoryError:
-                raise
-            except Exception as exc:  # scikit-learn's refusal of a value, in its words
-                raise InputError(
-                    422,
-                    "prediction_failed",
-                    f"the model could not score the input: {str(exc).splitlines()[0][:300]}",
-                ) from None
-            result["model_version_id"] = str(target.model_version_id)
+                args = (principal, deployment_id, body, content_type, rid, state)
+                ready = self._quick(conn, *args) or self._long(conn, session, *args)
+            result = self._predict(ready, started)
+            result["model_version_id"] = str(state.version_id)
             answer = Answer(200, result)
         except ApiError as exc:
             answer = _error(exc)
@@ -181,46 +373,43 @@ class Predictor:
             if err.status >= 500:
                 log.error("database error on predict: %r", exc)
             answer = _error(err)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            log.error("database unavailable on predict of deployment %s: %r", deployment_id, exc)
+            answer = _error(database_unavailable())
         except Exception:
             log.exception("unhandled error on predict of deployment %s", deployment_id)
             answer = _error(ApiError(500, "internal_error", "internal error"))
-        if principal is not None and target is not None:
-            self._record(factory, principal, target, rows, started, answer, rid)
+        if principal is not None and state.deployment_id is not None:
+            self._record(principal, state, started, answer, rid)
         return answer
 
     def _record(
-        self,
-        factory: Callable[[], Session],
-        principal: Any,
-        target: deployments.Target,
-        rows: int,
-        started: float,
-        answer: Answer,
-        request_id: str | None,
+        self, principal: Any, state: _State, started: float, answer: Answer, rid: str | None
     ) -> None:
         error = answer.body.get("error") if answer.status >= 400 else None
+        assert state.deployment_id is not None
         try:
-            with factory() as session:
-                metering.record_request(
-                    session,
-                    user_id=principal.user_id,
-                    api_key_id=principal.key.id if principal.key is not None else None,
-                    deployment_id=target.deployment_id,
-                    model_version_id=target.model_version_id,
-                    rows=rows if answer.status == 200 else 0,
-                    latency_ms=(time.perf_counter() - started) * 1000.0,
-                    status=_outcome(answer.status),
-                    error_class=error.get("code") if isinstance(error, Mapping) else None,
-                    request_id=request_id,
-                )
-                session.commit()
+            record = metering.RequestRecord.make(
+                user_id=principal.user_id,
+                api_key_id=principal.key.id if principal.key is not None else None,
+                deployment_id=state.deployment_id,
+                model_version_id=state.version_id,
+                rows=state.rows if answer.status == 200 else 0,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                status=_outcome(answer.status),
+                error_class=error.get("code") if isinstance(error, Mapping) else None,
+                request_id=rid,
+                hold_id=state.hold_id,
+            )
+            assert self.log is not None
+            self.log.add(record)
         except Exception:  # the answer stands; the log says what was not recorded
-            log.exception("the request to deployment %s was not recorded", target.deployment_id)
+            log.exception("the request to deployment %s was not recorded", state.deployment_id)
 
 
 async def respond(
     predictor: Predictor,
-    factory: Callable[[], Session],
+    factory: sessionmaker[Session],
     request: Request,
     deployment_id: uuid.UUID,
 ) -> Response:
@@ -245,4 +434,4 @@ async def respond(
     )
 
 
-__all__ = ["Answer", "Predictor", "respond"]
+__all__ = ["Answer", "Predictor", "database_unavailable", "respond"]

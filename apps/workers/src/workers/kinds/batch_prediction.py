@@ -150,8 +150,15 @@ def handle(context: Context, claim: Claim) -> str:
         location = context.storage.location(key)
     finally:
         os.unlink(scratch)
+    recorded = False
     try:
         with Session(context.engine) as session:
+            # Counted in the user's storage from the moment the file is there.
+            deployments.record_batch_output(
+                session, job_id=claim.id, user_id=claim.user_id, location=location, size_bytes=size
+            )
+            session.commit()
+            recorded = True
             jobs.finish_job(
                 session,
                 claim,
@@ -165,6 +172,10 @@ def handle(context: Context, claim: Claim) -> str:
             )
     except Exception:
         context.storage.delete(location)
+        if recorded:
+            with Session(context.engine) as session:
+                deployments.forget_batch_output(session, claim.id)
+                session.commit()
         raise
     log.info("batch %s: %d rows scored into %s", claim.id, rows, location)
     return "completed"

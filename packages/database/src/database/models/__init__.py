@@ -3,6 +3,7 @@
 from database.models.api_key import APIKey
 from database.models.api_key_usage_window import ApiKeyUsageWindow
 from database.models.audit_event import AuditEvent
+from database.models.batch_output import BatchOutput
 from database.models.billing_alert import BillingAlert
 from database.models.billing_alert_delivery import BillingAlertDelivery
 from database.models.billing_alert_event import BillingAlertEvent
@@ -161,6 +162,7 @@ __all__ = [
     "UsageCharge",
     "UsageEvent",
     "UsageHold",
+    "BatchOutput",
     "UsageMeter",
     "UsageSku",
     "TutorialDifficulty",
