@@ -63,17 +63,17 @@ def test_a_refused_request_has_its_line_and_no_caller(
 def test_a_line_logged_inside_a_request_carries_its_id(
     client: TestClient, account: Account, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Any logger used while the request runs (here: the one the audit actor is set
-    through, in the threadpool the route runs in) gets request_id and user_id."""
-    from api import deps
+    """Any logger used while the request runs (here: one called by the route, in the
+    threadpool it runs in) gets request_id and user_id."""
+    from api.routers import users
 
-    original = deps.audit.set_actor
+    original = users.limits_for
 
-    def set_actor(*args: Any, **kwargs: Any) -> None:
-        logging.getLogger("probe").warning("setting the actor")
-        original(*args, **kwargs)
+    def limits_for(*args: Any, **kwargs: Any) -> Any:
+        logging.getLogger("probe").warning("reading the limits")
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(deps.audit, "set_actor", set_actor)
+    monkeypatch.setattr(users, "limits_for", limits_for)
     r = client.get("/v1/me", headers=account.headers)
     assert r.status_code == 200
     (probe,) = [x for x in parsed(log_lines) if x.get("logger") == "probe"]

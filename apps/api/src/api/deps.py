@@ -258,6 +258,7 @@ def get_principal(
         principal = _key_principal(session, token, request)
     else:
         raise _unauthenticated("invalid_api_key", "unknown API key")
+    logs.bind(user_id=str(principal.user.id))  # the caller on the request's log lines
     if principal.user.is_deleted:
         raise _unauthenticated("account_deleted", "the account of this API key was deleted")
     if not principal.user.is_active:
