@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,7 @@ from database.verify import verify
 from api_helpers import Account, give_credits, make_app, scalar, signup
 from pgtest import RestartableServer
 
-
-@pytest.fixture(autouse=True)
-def prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One credit per 1,000 predicted rows (metering's price, read once per process)."""
-    monkeypatch.setenv("PRICING__PREDICTED_ROWS_PER_1000", "1")
-    metering.prices.cache_clear()
-    yield
-    metering.prices.cache_clear()
+# Prices: the first price book (migration c16a00000001), 1 credit per 1,000 predicted rows.
 
 
 @pytest.fixture
