@@ -137,7 +137,7 @@ def test_the_queue_and_request_series_move_when_a_job_runs(
     assert r.status_code == 201, r.text
     workflow_id = r.json()["id"]
     route = "/v1/workflows/{workflow_id}/run"
-    worker_before = samples(httpx.get(worker_endpoint).text)
+    worker_before = samples(httpx.get(worker_endpoint, timeout=60).text)
     before = scrape(client)
 
     r = client.post(f"/v1/workflows/{workflow_id}/run", headers=account.headers)
@@ -185,7 +185,7 @@ def test_the_queue_and_request_series_move_when_a_job_runs(
     ) not in done
 
     # The worker's own series, from its endpoint.
-    worker_after = samples(httpx.get(worker_endpoint).text)
+    worker_after = samples(httpx.get(worker_endpoint, timeout=60).text)
     job = {"queue": "job", "kind": "workflow_run"}
     finished = {**job, "outcome": "completed"}
     for name, labels in (
