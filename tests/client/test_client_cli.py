@@ -121,6 +121,7 @@ def test_help_and_version_exit_0_without_side_effects(
             [c, "--help"]
             for c in (
                 "login",
+                "signup",
                 "logout",
                 "upload",
                 "run",
@@ -283,3 +284,45 @@ def test_logout_forgets_the_key(
     assert cli("logout").exit_code == 0
     assert read_config_file(config_file)["default"] == {"base_url": BASE}
     one_line_error(cli("models"), EXIT_AUTH, "not logged in")
+
+
+def test_signup_saves_the_key_and_sets_the_password(
+    cli: Callable[..., Result], http: TestClient, config_file: Path
+) -> None:
+    """``automl signup``: the account made, its key saved (never printed) as ``login``
+    saves one, the password asked for twice without echo and set, so that ``automl
+    login --email`` works with it; a second sign-up of the email is one line, exit 1."""
+    email = f"signup-{uuid.uuid4().hex[:8]}@example.com"
+    password = "correct horse battery staple"
+    result = cli("--base-url", BASE, "signup", email, "--name", "Ada", input=f"{password}\n" * 2)
+    assert result.exit_code == 0, result.output
+    assert f"Signed up to {BASE} as {email}" in result.stdout
+    saved = read_config_file(config_file)["default"]
+    assert saved["base_url"] == BASE and saved["api_key"].startswith("aml_")
+    assert saved["api_key"] not in result.output and password not in result.output
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
+    me = cli("models")  # the saved key works
+    assert me.exit_code == 0, me.output
+    # The password was set: a login with it (a session) is accepted and saved.
+    logged = cli("--base-url", BASE, "login", "--email", email, input=f"{password}\n")
+    assert logged.exit_code == 0, logged.output
+    assert "token" in read_config_file(config_file)["default"]
+
+    again = cli("--base-url", BASE, "signup", email, "--no-password")
+    one_line_error(again, EXIT_API)
+    # a refused sign-up saves nothing: the session of the login above is kept
+    assert "token" in read_config_file(config_file)["default"]
+
+
+def test_signup_with_a_refused_password_keeps_the_key(
+    cli: Callable[..., Result], http: TestClient, config_file: Path
+) -> None:
+    email = f"signup-{uuid.uuid4().hex[:8]}@example.com"
+    result = cli("--base-url", BASE, "signup", email, input="x\nx\n")
+    line = one_line_error(result, EXIT_API, "created and its key saved", "password was refused")
+    assert "aml_" not in line
+    assert read_config_file(config_file)["default"]["api_key"].startswith("aml_")
+    # --no-password: the key alone
+    other = f"signup-{uuid.uuid4().hex[:8]}@example.com"
+    result = cli("--base-url", BASE, "signup", other, "--no-password")
+    assert result.exit_code == 0 and "(no password set)" in result.stdout, result.output

@@ -26,6 +26,7 @@ from typing import (
     IO,
     TYPE_CHECKING,
     Any,
+    ClassVar,
     Concatenate,
     Generic,
     Literal,
@@ -265,52 +266,45 @@ class _Endpoint(Generic[P, T]):
         return bound
 
 
-class Endpoint(_Endpoint[P, T]):
+class _Sent(_Endpoint[P, T]):
+    """What :class:`Endpoint` and :class:`Flow` share: ``fn``'s result is handed to
+    the runner's method named :attr:`_send`; ``T`` on a Client, ``Awaitable[T]`` on an
+    AsyncClient."""
+
+    #: The runner's method that sends what ``fn`` returns.
+    _send: ClassVar[str]
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __get__(self, obj: None, owner: type | None = None) -> Self: ...
+        @overload
+        def __get__(self, obj: Resource[SyncMode], owner: type | None = None) -> Callable[P, T]: ...
+        @overload
+        def __get__(
+            self, obj: Resource[AsyncMode], owner: type | None = None
+        ) -> Callable[P, Awaitable[T]]: ...
+        def __get__(self, obj: Any, owner: type | None = None) -> Any: ...
+
+    def _bound(self, obj: Resource[Any]) -> Callable[..., Any]:
+        fn, runner, send = self.fn, obj._runner, self._send
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(runner, send)(fn(obj, *args, **kwargs))
+
+        return call
+
+
+class Endpoint(_Sent[P, T]):
     """One request: ``T`` on a Client, ``Awaitable[T]`` on an AsyncClient."""
 
-    if TYPE_CHECKING:
-
-        @overload
-        def __get__(self, obj: None, owner: type | None = None) -> Self: ...
-        @overload
-        def __get__(self, obj: Resource[SyncMode], owner: type | None = None) -> Callable[P, T]: ...
-        @overload
-        def __get__(
-            self, obj: Resource[AsyncMode], owner: type | None = None
-        ) -> Callable[P, Awaitable[T]]: ...
-        def __get__(self, obj: Any, owner: type | None = None) -> Any: ...
-
-    def _bound(self, obj: Resource[Any]) -> Callable[..., Any]:
-        fn, runner = self.fn, obj._runner
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return runner.run(fn(obj, *args, **kwargs))
-
-        return call
+    _send = "run"
 
 
-class Flow(_Endpoint[P, T]):
+class Flow(_Sent[P, T]):
     """Several requests (a generator of calls): like :class:`Endpoint` to its caller."""
 
-    if TYPE_CHECKING:
-
-        @overload
-        def __get__(self, obj: None, owner: type | None = None) -> Self: ...
-        @overload
-        def __get__(self, obj: Resource[SyncMode], owner: type | None = None) -> Callable[P, T]: ...
-        @overload
-        def __get__(
-            self, obj: Resource[AsyncMode], owner: type | None = None
-        ) -> Callable[P, Awaitable[T]]: ...
-        def __get__(self, obj: Any, owner: type | None = None) -> Any: ...
-
-    def _bound(self, obj: Resource[Any]) -> Callable[..., Any]:
-        fn, runner = self.fn, obj._runner
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return runner.run_flow(fn(obj, *args, **kwargs))
-
-        return call
+    _send = "run_flow"
 
 
 class Paged(_Endpoint[P, T]):

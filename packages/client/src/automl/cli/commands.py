@@ -267,6 +267,53 @@ def login(
 
 @app.command()
 @handled
+def signup(
+    email: Annotated[str, typer.Argument(help="The new account's email.")],
+    full_name: Annotated[
+        str | None, typer.Option("--name", help="Your name, as the account shows it.")
+    ] = None,
+    no_password: Annotated[
+        bool,
+        typer.Option(
+            "--no-password",
+            help="Do not set a password (the API key alone; set one later with the API).",
+        ),
+    ] = False,
+) -> None:
+    """Create an account, save its first API key in the config file like `automl login`
+    does (the key is shown by the API once: it is kept, never printed), and set the
+    account's password (asked for, not echoed) for `automl login --email`."""
+    profile = state.profile or load_config(use_env=False, profile=state.profile).profile
+    base = state.base_url or load_config(profile=profile).base_url
+    password = None
+    if not no_password:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with make_client(Config(base_url=base, profile=profile)) as anonymous:
+        created = anonymous.users.create(email, full_name=full_name)
+    key = created.api_key.key
+    # Saved before anything else can fail: the API shows this key only once.
+    path = save_config(base_url=base, api_key=key, profile=profile, clear=True)
+    user = created.user
+    if password is not None:
+        with make_client(Config(base_url=base, api_key=key, profile=profile)) as c:
+            try:
+                c.me.change_password(password)
+            except errors.ApiError as exc:
+                fail(
+                    f"account {user.email or user.id} created and its key saved to {path},"
+                    f" but the password was refused: {_api_message(exc)}",
+                    EXIT_API,
+                )
+    out().print(
+        f"Signed up to {base} as {user.email or user.id} ({_s(user.tier)},"
+        f" {user.credit_balance} credits); API key saved to {path}"
+        + ("" if password is not None else " (no password set)"),
+        markup=False,
+    )
+
+
+@app.command()
+@handled
 def logout() -> None:
     """Forget the saved credentials of the profile (the base URL is kept)."""
     profile = state.profile or load_config(use_env=False).profile
