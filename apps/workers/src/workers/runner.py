@@ -25,6 +25,12 @@ In the child:
   through threadpoolctl, for BLAS and OpenMP: a job uses the cores of its slot.
 - It dies with the worker (``PR_SET_PDEATHSIG`` on Linux), and ignores SIGINT: a
   Ctrl-C in a terminal reaches the worker, which decides.
+- It logs as the worker does (``database.logs``: JSON lines on the worker's standard
+  output when that is not a terminal), with the worker's ``worker_id``, ``job_id``
+  and ``job_kind`` (bound where :class:`NodeProcess` starts it, inside the job's
+  logging scope), ``child="node"``, and ``node_id`` on the lines of a node: one
+  line when it starts, one per node (its status and seconds), and every Python
+  warning the libraries raise (scikit-learn's ``ConvergenceWarning``...).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from database import logs
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -188,10 +195,19 @@ def _child(
     storage: Storage,
     threads: int,
     memory_limit_mb: int | None,
+    log_settings: dict[str, Any] | None = None,
 ) -> None:
     """The child's loop: one node per message, until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    if log_settings:
+        logs.setup_child(log_settings, child="node")
+    log.info(
+        "node process %d started (%d thread(s), memory limit %s)",
+        os.getpid(),
+        threads,
+        f"{memory_limit_mb} MB" if memory_limit_mb else "none",
+    )
     import pandas as pd
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -229,27 +245,32 @@ def _child(
                 ignored_columns=source.ignored_columns,
             )
 
-        try:
-            upstream = {u: values[u] for u in parsed.inputs(node_id) if u in values}
-            outcome = execute_node(
-                parsed,
-                node_id,
-                upstream,
-                load,
-                progress=_notes(conn),
-                n_jobs=threads,
-                on_trial=_trials(conn),
-                on_interim=_interims(conn),
-            )
-        except (
-            Exception
-        ) as exc:  # a MemoryError too: classed by _failure: the memory limit, or the node's own
-            reply = _failure(exc, memory_limit_mb)
-        else:
-            values[node_id] = outcome.value
-            reply = Reply(
-                "ok", output=outcome.output, artifact=outcome.artifact, model=outcome.model
-            )
+        started = time.monotonic()
+        with logs.scope(node_id=node_id):
+            try:
+                upstream = {u: values[u] for u in parsed.inputs(node_id) if u in values}
+                outcome = execute_node(
+                    parsed,
+                    node_id,
+                    upstream,
+                    load,
+                    progress=_notes(conn),
+                    n_jobs=threads,
+                    on_trial=_trials(conn),
+                    on_interim=_interims(conn),
+                )
+            except Exception as exc:  # a MemoryError too: the memory limit, or the node's own
+                reply = _failure(exc, memory_limit_mb)
+            else:
+                values[node_id] = outcome.value
+                reply = Reply(
+                    "ok", output=outcome.output, artifact=outcome.artifact, model=outcome.model
+                )
+            seconds = round(time.monotonic() - started, 3)
+            if reply.status == "ok":
+                log.info("node %s done in %.2f s", node_id, seconds)
+            else:  # the message only: the trace is the job's (job_logs)
+                log.warning("node %s %s in %.2f s: %s", node_id, reply.status, seconds, reply.error)
         try:
             conn.send(reply)
         except MemoryError:
@@ -343,9 +364,19 @@ class NodeProcess:
             return self._conn
         warm_up()
         parent, child = _CONTEXT.Pipe()
+        # Called in the job's thread, inside its logging scope: the child's lines
+        # carry the worker's and the job's ids.
+        log_settings = logs.child_settings()
         process = _CONTEXT.Process(
             target=_child,
-            args=(child, self.definition, self.storage, self.threads, self.memory_limit_mb),
+            args=(
+                child,
+                self.definition,
+                self.storage,
+                self.threads,
+                self.memory_limit_mb,
+                log_settings,
+            ),
             name="automl-node",
             daemon=True,
         )

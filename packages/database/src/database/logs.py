@@ -15,6 +15,11 @@ Every entry point calls :func:`setup` once (``automl-api``, ``automl-serve``,
   mapping, so a value bound inside a thread the request runs on, with
   :func:`bind`, is seen by the request's last line too); :func:`bind_process`
   binds for the whole process.
+- a child process that inherits nothing (``multiprocessing``'s ``forkserver`` or
+  ``spawn``: the worker's node processes, ``workers.runner``) logs the same way:
+  the parent passes :func:`child_settings` (plain values) and the child calls
+  :func:`setup_child` first, so its lines carry the parent's ``process``,
+  ``worker_id``, ``job_id`` and ``job_kind``, and what the child adds.
 - secrets never reach a line (:func:`redact`): a URL's password, API keys and
   session tokens (``aml_...``, ``ams_...``), Stripe keys, bearer tokens,
   ``password=...`` pairs, and any value bound under a name like ``password``,
@@ -42,12 +47,14 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 __all__ = [
     "bind",
     "bind_process",
+    "child_settings",
     "get_logger",
     "redact",
     "redact_text",
     "reset",
     "scope",
     "setup",
+    "setup_child",
 ]
 
 #: Loggers too chatty at INFO for every process start.
@@ -304,6 +311,48 @@ def setup(
         cache_logger_on_first_use=False,
     )
     _configured.update(process=process, json=as_json)
+
+
+def child_settings() -> dict[str, Any]:
+    """What a child process needs to log as this one does, as plain values (they
+    cross a pipe to a ``forkserver`` or ``spawn`` child, which inherits nothing of
+    this setup): the process's name, JSON or console, the level, and what is bound
+    here now (the process's values, the current scope's: a worker's ``worker_id``,
+    ``job_id``, ``job_kind``). Empty when :func:`setup` did not run (a library use,
+    a test): the child then sets nothing up either."""
+    if not is_configured():
+        return {}
+    bound = {
+        **_process,
+        **structlog.contextvars.get_contextvars(),
+        **(_scope.get() or {}),
+    }
+    return {
+        "process": _configured["process"],
+        "json": is_json(),
+        "level": logging.getLogger().level,
+        "bound": {
+            k: v if isinstance(v, str | int | float | bool) else str(v)
+            for k, v in bound.items()
+            if v is not None and k != "process"
+        },
+    }
+
+
+def setup_child(settings: Mapping[str, Any], **values: Any) -> bool:
+    """In a child process: :func:`setup` as the parent's :func:`child_settings` say
+    (same name, format and level, on this process's standard output), with what the
+    parent had bound, plus ``values`` (e.g. ``child="node"``), on every line. False,
+    and nothing set up, when the parent had no logging set up."""
+    if not settings.get("process"):
+        return False
+    setup(
+        str(settings["process"]),
+        fmt="json" if settings.get("json") else "console",
+        level=settings.get("level"),
+    )
+    bind_process(**dict(settings.get("bound") or {}), **values)
+    return True
 
 
 def reset() -> None:
