@@ -3,7 +3,7 @@
 A real run goes through the API and an in-process worker (as the other API tests
 run jobs): the queue's series (read from the database when scraped) show it
 waiting, then gone; the request series count the run's request under its route
-template; the credits counter the charge; the worker's own endpoint (its
+template; the credits counter (read from the ledger) the charge; the worker's own endpoint (its
 ``WORKER_METRICS_PORT`` server) its claim, queue wait, duration and outcome.
 """
 
@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from test_api_job_events import iris_csv
@@ -29,7 +29,7 @@ from test_api_job_events import iris_csv
 from api import metrics
 from api import tracing as api_tracing
 from api.settings import ApiSettings
-from database import credits, tracing, worker_registry
+from database import credits, errors, telemetry, tracing, worker_registry
 from pipeline.storage import make_storage
 from workers import metrics as worker_metrics
 from workers.main import Worker
@@ -44,7 +44,7 @@ from api_helpers import (
     signup,
     upload,
 )
-from factories import make_credit_package
+from factories import make_credit_package, make_user
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -234,7 +234,6 @@ def test_a_rolled_back_ledger_entry_is_not_counted(
 ) -> None:
     """Purchases through database.credits, in a caller's transaction (a savepoint
     each): only what the outermost commit wrote is counted."""
-    metrics.count_credits()
     small = make_credit_package(sql, credits=5)
     large = make_credit_package(sql, credits=11)
     factory = sessionmaker(bind=engine, expire_on_commit=False)
@@ -252,6 +251,82 @@ def test_a_rolled_back_ledger_entry_is_not_counted(
         savepoint.rollback()
         session.commit()
     assert value(scrape(client), "automl_credits_total", type="purchase") == before + 5
+
+
+def test_an_operators_adjustment_through_sql_is_counted(
+    engine: Engine, client: TestClient, account: Account, sql: Any
+) -> None:
+    """Adjustments through the SQL function (an operator in psql) and a raw INSERT
+    by the ledger's owner: no ORM session of this process wrote them, and both are
+    in the credits and entries series at the next scrape, a refused one not."""
+    before = scrape(client)
+    sql(
+        "SELECT * FROM public.credit_adjust(:u, 7, 'goodwill', 'ops:ada', NULL)",
+        u=account.user_id,
+    )
+    sql(
+        "INSERT INTO credit_transactions (user_id, type, amount, description, actor)"
+        " VALUES (:u, 'adjustment', -3, 'correction', 'ops:ada')",
+        u=account.user_id,
+    )
+    with pytest.raises(errors.InsufficientCredits):  # would go below zero: not written
+        sql(
+            "SELECT * FROM public.credit_adjust(:u, -1000000, 'too much', 'ops:ada', NULL)",
+            u=account.user_id,
+        )
+    after = scrape(client)
+    assert (
+        value(after, "automl_credits_total", type="adjustment")
+        == value(before, "automl_credits_total", type="adjustment") + 10
+    )
+    assert (
+        value(after, "automl_ledger_entries_total", type="adjustment")
+        == value(before, "automl_ledger_entries_total", type="adjustment") + 2
+    )
+
+
+def _ledger_total(engine: Engine, ledger: telemetry.LedgerTotals) -> dict[str, Any]:
+    with Session(engine) as session:
+        return telemetry.queue_snapshot(session, ledger).ledger
+
+
+def test_the_ledger_read_incrementally_equals_a_full_count(
+    engine: Engine, account: Account, sql: Any
+) -> None:
+    """``LedgerTotals`` keeps the settled part between scrapes and reads only what is
+    past it: after entries of every kind, its totals equal a fresh full count, with
+    no horizon (everything settled at once) and with one. An entry whose transaction
+    took its id before a later entry was read, and committed after, is counted once
+    it commits (within the horizon)."""
+    package = make_credit_package(sql, credits=4)
+    eager = telemetry.LedgerTotals(horizon_seconds=0)
+    patient = telemetry.LedgerTotals(horizon_seconds=3600)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    for n in range(3):
+        with factory.begin() as session:
+            credits.purchase(session, account.user_id, package, f"pi_incr_{n}")
+        sql("SELECT * FROM public.credit_adjust(:u, 2, 'g', 'ops', NULL)", u=account.user_id)
+        first_eager, first_patient = _ledger_total(engine, eager), _ledger_total(engine, patient)
+        full = _ledger_total(engine, telemetry.LedgerTotals())
+        assert first_eager == first_patient == full
+        assert full["purchase"].entries >= n + 1
+    assert eager.settled_ms > 0 and eager.settled  # the boundary moved; totals kept
+    late = engine.connect()
+    try:
+        late.begin()
+        late.execute(  # takes its id (uuidv7: now) and does not commit yet
+            text("SELECT * FROM public.credit_adjust(:u, 5, 'late', 'ops', NULL)"),
+            {"u": account.user_id},
+        )
+        other = make_user(sql)  # another user: the late entry holds this one's row
+        sql("SELECT * FROM public.credit_adjust(:u, 1, 'later', 'ops', NULL)", u=other)
+        seen = _ledger_total(engine, patient)
+        late.commit()
+    finally:
+        late.close()
+    now = _ledger_total(engine, patient)
+    assert now["adjustment"].credits == seen["adjustment"].credits + 5
+    assert now == _ledger_total(engine, telemetry.LedgerTotals())
 
 
 def test_metrics_token(engine: Engine, api_settings: ApiSettings) -> None:

@@ -5,21 +5,24 @@ Two kinds of series:
 - **Of this process**, counted as things happen: requests by route template (never
   the raw path, so ids do not multiply the series), method and status, their
   latency and the requests in flight (:class:`RequestMetrics`, a pure ASGI
-  middleware); the credits the ledger moved (``database.telemetry.on_ledger_commit``:
-  only what was committed); predictions by outcome and the rows they scored
+  middleware); predictions by outcome and the rows they scored
   (:func:`record_prediction`, called by ``api.serving.service.respond``, so
   ``automl-serve`` counts its own).
 - **Of the platform**, read from the database when scraped, in one statement
   (``database.telemetry.queue_snapshot``): the work waiting and running by queue,
   kind and status, the age of the oldest waiting piece, the live workers and their
-  slots. Like a queue exporter, they are the database's truth whichever process is
-  scraped, and no worker has to be reachable for them; each API process answers
-  them alike, so scrape one target for them (or ``max`` over targets).
+  slots, and the credits and entries of every committed ledger entry by type
+  (whoever wrote it: an operator's ``credit_adjust()`` too), read incrementally
+  (``database.telemetry.LedgerTotals``, kept in the app's state). Like a queue
+  exporter, they are the database's truth whichever process is scraped, and no
+  worker has to be reachable for them; each API process answers them alike, so
+  scrape one target for them (or ``max`` over targets).
 
 Several uvicorn processes (``--workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an
 empty folder shared by them before they start (prometheus-client's multiprocess
-mode); each scrape then sums the processes' files (the in-flight gauge over the live
-processes). Without it, each process counts alone.
+mode); each scrape then sums the processes' files, and the in-flight gauge counts
+the live processes only (:func:`forget_dead_processes`). Without it, each process
+counts alone.
 
 ``METRICS_TOKEN`` set: ``/metrics`` wants ``Authorization: Bearer <token>``.
 """
@@ -45,7 +48,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute, compile_path
@@ -54,7 +57,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import SessionFactoryDep
 from api.errors import ApiError
 from database import telemetry
-from database.models.enums import TransactionType
 
 log = logging.getLogger("api.metrics")
 
@@ -62,22 +64,6 @@ log = logging.getLogger("api.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The route label of a request no route matched (a 404 of an unknown path).
 UNMATCHED = "<unmatched>"
-
-
-def ledger_counter() -> Counter:
-    """``automl_credits_total``: the API and the worker count the same series (one
-    definition in a process that imports both, as the tests do)."""
-    try:
-        return Counter(
-            "automl_credits_total",
-            "Credits the ledger moved in this process's committed transactions, by entry"
-            " type (consumption: charges; purchase, refund, adjustment), as positive numbers.",
-            ["type"],
-        )
-    except ValueError:  # already registered by the other module
-        existing = REGISTRY._names_to_collectors["automl_credits_total"]  # noqa: SLF001
-        assert isinstance(existing, Counter)
-        return existing
 
 
 REQUESTS = Counter(
@@ -97,7 +83,6 @@ IN_FLIGHT = Gauge(
     "HTTP requests being answered now.",
     multiprocess_mode="livesum",
 )
-CREDITS = ledger_counter()
 PREDICTIONS = Counter(
     "automl_predictions_total",
     "Predict requests answered, by outcome (ok, refused, timeout, client_error, server_error).",
@@ -194,16 +179,7 @@ class RequestMetrics:
             LATENCY.labels(*labels).observe(time.perf_counter() - started)
 
 
-# --- credits and predictions ----------------------------------------------------------------
-def _count_credits(kind: TransactionType, amount: int) -> None:
-    CREDITS.labels(kind.value).inc(abs(amount))
-
-
-def count_credits() -> None:
-    """Count the ledger entries this process commits (idempotent)."""
-    telemetry.on_ledger_commit(_count_credits, key="automl_credits_total")
-
-
+# --- predictions -------------------------------------------------------------------------
 def _outcome(status: int) -> str:
     if status < 400:
         return "ok"
@@ -225,12 +201,16 @@ def record_prediction(status: int, body: Any) -> None:
 
 # --- the database's series, at scrape time ------------------------------------------------
 class QueueCollector(Collector):
-    """The queues and the workers as :func:`database.telemetry.queue_snapshot` reads
-    them, once per scrape; ``automl_queue_snapshot_ok`` 0 when the database did not
-    answer (the process's own series are served anyway)."""
+    """The queues, the workers and the ledger's totals as
+    :func:`database.telemetry.queue_snapshot` reads them, once per scrape;
+    ``automl_queue_snapshot_ok`` 0 when the database did not answer (the process's
+    own series are served anyway). ``ledger`` keeps what earlier scrapes settled."""
 
-    def __init__(self, factory: Callable[[], Session]) -> None:
+    def __init__(
+        self, factory: Callable[[], Session], ledger: telemetry.LedgerTotals | None = None
+    ) -> None:
         self.factory = factory
+        self.ledger = ledger
 
     def collect(self) -> Iterable[Metric]:
         ok = GaugeMetricFamily(
@@ -239,7 +219,7 @@ class QueueCollector(Collector):
         )
         try:
             with self.factory() as session:
-                snapshot = telemetry.queue_snapshot(session)
+                snapshot = telemetry.queue_snapshot(session, self.ledger)
         except Exception as exc:
             log.warning("metrics: the queue snapshot failed: %s", type(exc).__name__)
             ok.add_metric([], 0)
@@ -274,25 +254,86 @@ class QueueCollector(Collector):
         )
         slots.add_metric([], snapshot.worker_slots)
         yield slots
+        credits = CounterMetricFamily(
+            "automl_credits",
+            "Credits moved by the ledger's committed entries, by entry type (consumption:"
+            " charges; purchase, refund, adjustment), as positive numbers: every entry"
+            " whoever wrote it (the apps, an operator's credit_adjust(), raw SQL), read"
+            " from the database.",
+            labels=["type"],
+        )
+        entries = CounterMetricFamily(
+            "automl_ledger_entries",
+            "The ledger's committed entries, by entry type, read from the database.",
+            labels=["type"],
+        )
+        for kind, total in snapshot.ledger.items():
+            credits.add_metric([kind], total.credits)
+            entries.add_metric([kind], total.entries)
+        yield credits
+        yield entries
 
 
 def process_registry() -> CollectorRegistry:
     """This process's series, or all processes' in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         from prometheus_client import multiprocess
 
+        forget_dead_processes(directory)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=directory)
         return registry
     return REGISTRY
 
 
-def exposition(factory: Callable[[], Session] | None) -> bytes:
+_LIVE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def forget_dead_processes(directory: str) -> list[int]:
+    """Multiprocess mode: the ``livesum``/``livemax`` gauges (requests in flight) of
+    processes that are gone, removed. prometheus-client sums every file it finds;
+    a process killed while answering (SIGKILL, a crash, a uvicorn worker restarted)
+    left its in-flight count behind, and gunicorn's ``child_exit`` hook, where its
+    docs call ``mark_process_dead``, does not exist under ``uvicorn --workers``.
+    Counters and histograms of dead processes are kept (they are history). Returns
+    the pids forgotten."""
+    from prometheus_client import multiprocess
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    dead = sorted(
+        {
+            int(m.group(1))
+            for m in map(_LIVE_FILE.match, names)
+            if m is not None and not _alive(int(m.group(1)))
+        }
+    )
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return dead
+
+
+def exposition(
+    factory: Callable[[], Session] | None, ledger: telemetry.LedgerTotals | None = None
+) -> bytes:
     """The text of one scrape: the process's series, then the database's."""
     text = generate_latest(process_registry())
     if factory is not None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(QueueCollector(factory))
+        registry.register(QueueCollector(factory, ledger))
         text += generate_latest(registry)
     return text
 
@@ -323,22 +364,23 @@ router = APIRouter(tags=["health"])
     },
 )
 def metrics(request: Request, factory: SessionFactoryDep) -> Response:
-    """The Prometheus text format: this process's requests, credits and predictions,
-    then the queues and workers read from the database at this scrape (one query).
+    """The Prometheus text format: this process's requests and predictions, then the
+    queues, workers and ledger totals read from the database at this scrape (one query).
     With ``METRICS_TOKEN`` set, it wants ``Authorization: Bearer <token>`` (401)."""
     token = request.app.state.settings.metrics_token
     if not authorized(
         request.headers.get("authorization"), token.get_secret_value() if token else None
     ):
         raise ApiError(401, "unauthorized", "/metrics wants the METRICS_TOKEN as a bearer token")
-    return Response(exposition(factory), media_type=CONTENT_TYPE_LATEST)
+    ledger = getattr(request.app.state, "ledger_totals", None)
+    return Response(exposition(factory, ledger), media_type=CONTENT_TYPE_LATEST)
 
 
 def install(app: Any) -> None:
     """``/metrics``, the request middleware (add it last: outermost) and the ledger's
-    counter, on ``app``."""
+    totals kept between scrapes, on ``app``."""
     app.include_router(router)
-    count_credits()
+    app.state.ledger_totals = telemetry.LedgerTotals()
     app.add_middleware(RequestMetrics, routes=lambda: app.routes)
 
 
@@ -347,7 +389,7 @@ __all__ = [
     "QueueCollector",
     "RequestMetrics",
     "authorized",
-    "count_credits",
+    "forget_dead_processes",
     "exposition",
     "install",
     "record_prediction",

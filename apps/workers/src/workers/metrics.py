@@ -4,21 +4,19 @@
 What only the worker sees, counted as it happens: the work it claimed and how
 long it had waited in the queue (the database's clock, at the claim:
 ``database.jobs.Claim.waited_seconds``), the work in its slots now, each piece's
-final outcome and duration, and the credits its committed transactions moved
-(refunds of failed jobs). What the database knows (queue depth, the oldest wait,
-the live workers) is served by the API's ``/metrics``, read at scrape time: it is
-the same whichever worker is asked, and must be there when no worker is.
+final outcome and duration. What the database knows (queue depth, the oldest wait,
+the live workers, the credits of every ledger entry, the worker's refunds and
+usage charges among them) is served by the API's ``/metrics``, read at scrape
+time: it is the same whichever worker is asked, and must be there when no worker is.
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from database import telemetry
 from database.jobs import Claim
-from database.models.enums import TransactionType
 
 log = logging.getLogger("workers.metrics")
 
@@ -26,22 +24,6 @@ log = logging.getLogger("workers.metrics")
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 #: Seconds: from a small ingestion to a four-hour training.
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
-
-
-def ledger_counter() -> Counter:
-    """``automl_credits_total``: the API and the worker count the same series (one
-    definition in a process that imports both, as the tests do)."""
-    try:
-        return Counter(
-            "automl_credits_total",
-            "Credits the ledger moved in this process's committed transactions, by entry"
-            " type (consumption: charges; purchase, refund, adjustment), as positive numbers.",
-            ["type"],
-        )
-    except ValueError:  # already registered by the other module
-        existing = REGISTRY._names_to_collectors["automl_credits_total"]  # noqa: SLF001
-        assert isinstance(existing, Counter)
-        return existing
 
 
 CLAIMED = Counter(
@@ -80,7 +62,6 @@ DURATION = Histogram(
     ["queue", "kind", "outcome"],
     buckets=DURATION_BUCKETS,
 )
-CREDITS = ledger_counter()
 
 
 def _kind(claim: Claim) -> tuple[str, str]:
@@ -104,14 +85,9 @@ def finished(claim: Claim, outcome: str, seconds: float) -> None:
     DURATION.labels(*labels, outcome).observe(seconds)
 
 
-def _count_credits(kind: TransactionType, amount: int) -> None:
-    CREDITS.labels(kind.value).inc(abs(amount))
-
-
 def setup(slots: int) -> None:
-    """This worker's constant series and the ledger's counter (idempotent)."""
+    """This worker's constant series (idempotent)."""
     SLOTS.set(slots)
-    telemetry.on_ledger_commit(_count_credits, key="automl_credits_total")
 
 
 def serve(port: int, host: str = "0.0.0.0") -> bool:

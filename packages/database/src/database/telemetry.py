@@ -8,9 +8,19 @@ at this moment, and the credits the ledger moved in this process.
   ``ix_jobs_lease_expires_at``, ``ix_ingestion_jobs_pending_created_at``,
   ``ix_ingestion_jobs_lease_expires_at``), so its cost follows the queue's depth,
   never the tables' history.
-- :func:`on_ledger_commit`: calls back with each ledger entry (type, amount) a
-  session of this process committed: the ``credits`` counters count what was
-  really written, never what a rolled back transaction tried.
+- :class:`LedgerTotals`: the credits and entries of the ledger by type, read in
+  that same statement, so every committed entry is counted whoever wrote it: the
+  apps through the ORM, an operator through ``public.credit_adjust()`` or raw SQL,
+  a trigger. A full count per scrape would read the whole ledger each time; the
+  ledger's ids are ``uuidv7()`` (time-ordered), so each scrape reads only the
+  entries past a *settled* boundary through the primary key, adds those older than
+  ``horizon_seconds`` to the settled totals for good and moves the boundary up to
+  them. The entries of the last ``horizon_seconds`` are read again at every scrape:
+  an entry whose transaction commits after a later one's was read is counted at
+  the first scrape that sees it, provided it commits within the horizon (15
+  minutes) of taking its id; the ledger's writers are short transactions. The first
+  scrape of a process reads the whole ledger once. Totals only grow: what
+  ``automl-db purge`` removes of a long-deleted user was settled long before.
 
 No third-party metrics library here: the apps own the series (``api.metrics``,
 ``workers.metrics``).
@@ -18,18 +28,29 @@ No third-party metrics library here: the apps own the series (``api.metrics``,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, Text, event, func, literal, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Text,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
+from sqlalchemy.orm import Session
 
 from database import worker_registry
 from database.models import CreditTransaction, IngestionJob, Job, JobKind, Worker
-from database.models.enums import IngestionStatus, JobStatus, TransactionType
+from database.models.enums import IngestionStatus, JobStatus
 
 
 @dataclass(frozen=True)
@@ -46,11 +67,25 @@ class QueueRow:
 
 
 @dataclass(frozen=True)
+class LedgerTotal:
+    """The ledger's entries of one type: how many, and the credits they moved
+    (absolute values: a consumption's negative amount counts as positive)."""
+
+    entries: int = 0
+    credits: int = 0
+
+    def __add__(self, other: LedgerTotal) -> LedgerTotal:
+        return LedgerTotal(self.entries + other.entries, self.credits + other.credits)
+
+
+@dataclass(frozen=True)
 class QueueSnapshot:
     rows: list[QueueRow] = field(default_factory=list)
     workers_alive: int = 0
     #: Slots of the live workers: how much work may run at once.
     worker_slots: int = 0
+    #: Every committed ledger entry, by type (``credit_transactions.type``).
+    ledger: dict[str, LedgerTotal] = field(default_factory=dict)
 
 
 _WAITING = (JobStatus.QUEUED, IngestionStatus.PENDING)
@@ -107,99 +142,114 @@ def _snapshot_statement() -> Any:
             sub.c.value.cast(Float),
         )
 
-    return union_all(text_columns(jobs), text_columns(ingestions), text_columns(workers))
+    # The ledger past the settled boundary (milliseconds since the epoch, as the
+    # first 48 bits of a uuidv7): by type, split at the new boundary (now minus the
+    # horizon, never below the old one), and the new boundary itself.
+    settled_from = bindparam("ledger_from_ms", type_=BigInteger)
+    horizon = bindparam("ledger_horizon_ms", type_=BigInteger)
+    now_ms = cast(func.floor(func.extract("epoch", func.now()) * 1000), BigInteger)
+    settle_to = func.greatest(settled_from, now_ms - horizon)
+    ledger_type = CreditTransaction.type.cast(Text)
+    settled = case((CreditTransaction.id < _ms_uuid(settle_to), "settled"), else_="tail")
+    ledger = (
+        select(
+            literal("ledger").label("queue"),
+            ledger_type.label("kind"),
+            settled.label("status"),
+            func.count().label("n"),
+            func.sum(func.abs(CreditTransaction.amount)).label("value"),
+        )
+        .where(CreditTransaction.id >= _ms_uuid(settled_from))
+        .group_by(ledger_type, settled)
+    )
+    boundary = select(
+        literal("ledger_settled").label("queue"),
+        literal("").label("kind"),
+        literal("").label("status"),
+        literal(0, BigInteger).label("n"),
+        settle_to.label("value"),
+    )
+    return union_all(
+        text_columns(jobs),
+        text_columns(ingestions),
+        text_columns(workers),
+        text_columns(ledger),
+        text_columns(boundary),
+    )
+
+
+def _ms_uuid(ms: Any) -> Any:
+    """The smallest uuid of millisecond ``ms``: uuidv7 puts the Unix time in
+    milliseconds in its first 48 bits, and uuids compare byte by byte."""
+    return cast(func.lpad(func.to_hex(ms), 12, "0").concat("0" * 20), UUID(as_uuid=True))
 
 
 _SNAPSHOT = _snapshot_statement()
 
 
-def queue_snapshot(conn: Connection | Session) -> QueueSnapshot:
-    """The queues and the workers now (one statement). Kinds and statuses with no
-    work are absent: the caller reports them as 0."""
+class LedgerTotals:
+    """The ledger's totals by type as this process has read them (see the module's
+    doc): the settled part and its boundary, kept between scrapes. One per database
+    a process scrapes (the API keeps one in its app state). Thread-safe: a scrape
+    holds its lock from the statement to the update, so two scrapes never add the
+    same entries twice."""
+
+    def __init__(self, horizon_seconds: float = 900.0) -> None:
+        self.horizon_ms = int(horizon_seconds * 1000)
+        self.settled_ms = 0
+        self.settled: dict[str, LedgerTotal] = {}
+        self.lock = threading.Lock()
+
+    def params(self) -> dict[str, int]:
+        return {"ledger_from_ms": self.settled_ms, "ledger_horizon_ms": self.horizon_ms}
+
+    def update(self, rows: list[tuple[str, str, int, float | None]]) -> dict[str, LedgerTotal]:
+        """Fold a scrape's ledger rows ((kind, status, n, value), and the boundary's)
+        in; the totals now (settled plus the tail just read)."""
+        tail: dict[str, LedgerTotal] = {}
+        for kind, status, n, value in rows:
+            if kind == "" and status == "":  # the new boundary
+                self.settled_ms = max(self.settled_ms, int(value or 0))
+                continue
+            part = LedgerTotal(int(n), int(value or 0))
+            if status == "settled":
+                self.settled[kind] = self.settled.get(kind, LedgerTotal()) + part
+            else:
+                tail[kind] = part
+        return {
+            kind: self.settled.get(kind, LedgerTotal()) + tail.get(kind, LedgerTotal())
+            for kind in sorted(set(self.settled) | set(tail))
+        }
+
+
+def queue_snapshot(conn: Connection | Session, ledger: LedgerTotals | None = None) -> QueueSnapshot:
+    """The queues, the workers and the ledger's totals now (one statement). Kinds
+    and statuses with no work are absent: the caller reports them as 0. ``ledger``
+    keeps what earlier scrapes settled (None: a fresh one, which reads the whole
+    ledger)."""
+    ledger = ledger if ledger is not None else LedgerTotals()
     rows: list[QueueRow] = []
     alive = slots = 0
-    for queue, kind, status, count, value in conn.execute(_SNAPSHOT):
-        if queue == "workers":
-            alive, slots = int(count), int(value or 0)
-            continue
-        waiting = status in _WAITING
-        rows.append(
-            QueueRow(
-                queue=queue,
-                kind=kind,
-                status=status,
-                count=int(count),
-                oldest_wait_seconds=(
-                    max(0.0, float(value)) if waiting and value is not None else None
-                ),
+    with ledger.lock:
+        ledger_rows: list[tuple[str, str, int, float | None]] = []
+        for queue, kind, status, count, value in conn.execute(_SNAPSHOT, ledger.params()):
+            if queue in ("ledger", "ledger_settled"):
+                ledger_rows.append((kind, status, count, value))
+                continue
+            if queue == "workers":
+                alive, slots = int(count), int(value or 0)
+                continue
+            waiting = status in _WAITING
+            rows.append(
+                QueueRow(
+                    queue=queue,
+                    kind=kind,
+                    status=status,
+                    count=int(count),
+                    oldest_wait_seconds=(
+                        max(0.0, float(value)) if waiting and value is not None else None
+                    ),
+                )
             )
-        )
-    return QueueSnapshot(rows=rows, workers_alive=alive, worker_slots=slots)
-
-
-# --- the ledger's entries, as committed ---------------------------------------------------
-LedgerCallback = Callable[[TransactionType, int], None]
-_callbacks: dict[object, LedgerCallback] = {}
-#: ``session.info`` key: the entries flushed and not yet committed, each with the
-#: (innermost) transaction it was flushed in.
-_KEY = "telemetry_ledger"
-
-
-def on_ledger_commit(callback: LedgerCallback, key: str | None = None) -> None:
-    """Call ``callback(type, amount)`` for each ledger entry a session of this process
-    commits (amount as written: negative for a consumption). An entry of a rolled
-    back transaction or savepoint is not reported. One callback per ``key`` (default:
-    the callback itself): a second registration is ignored. The session hooks are
-    installed with the first callback."""
-    name = key or callback
-    if name in _callbacks:
-        return
-    _callbacks[name] = callback
-    if not event.contains(Session, "after_flush", _after_flush):
-        event.listen(Session, "after_flush", _after_flush)
-        event.listen(Session, "after_commit", _after_commit)
-        event.listen(Session, "after_soft_rollback", _after_rollback)
-
-
-def _after_flush(session: Session, flush_context: UOWTransaction) -> None:
-    # After a flush, ``session.new`` still lists what the flush inserted.
-    entries = [
-        (entry.type, entry.amount)
-        for entry in session.new
-        if isinstance(entry, CreditTransaction) and entry.amount is not None
-    ]
-    if entries:
-        current = session.get_nested_transaction() or session.get_transaction()
-        session.info.setdefault(_KEY, []).extend((current, *e) for e in entries)
-
-
-def _after_commit(session: Session) -> None:
-    # Fired for a savepoint's release too (the savepoint is still the session's
-    # current transaction then): only the outermost commit writes.
-    if session.in_nested_transaction():
-        return
-    entries = session.info.pop(_KEY, None)
-    for _, kind, amount in entries or ():
-        for callback in list(_callbacks.values()):
-            # A metric never breaks a commit that already happened.
-            with contextlib.suppress(Exception):
-                callback(TransactionType(kind), int(amount))
-
-
-def _inside(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
-    while transaction is not None:
-        if transaction is ended:
-            return True
-        transaction = transaction.parent
-    return False
-
-
-def _after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    """What was flushed in the rolled back transaction (or savepoint) was not written."""
-    entries = session.info.get(_KEY)
-    if entries:
-        kept = [e for e in entries if not _inside(e[0], previous_transaction)]
-        if kept:
-            session.info[_KEY] = kept
-        else:
-            session.info.pop(_KEY, None)
+        totals = ledger.update(ledger_rows)
+    return QueueSnapshot(rows=rows, workers_alive=alive, worker_slots=slots, ledger=totals)
