@@ -64,6 +64,7 @@ from database.models import (
     RegisteredModel,
     User,
 )
+from database.progress import Progress
 from database.storage import Storage
 from pipeline.definition import WorkflowDefinition
 from pipeline.execute import LoadedDataset, NodeOutcome, execute_node
@@ -640,25 +641,41 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return list(json.loads(frame.to_json(orient="records")))
 
 
-def seed_demo(engine: Engine, storage: Storage, *, new_key: bool = False) -> DemoReport:
-    """Seed the demo registry (see the module doc) in one transaction; the report."""
+def seed_demo(
+    engine: Engine, storage: Storage, *, new_key: bool = False, progress: Progress | None = None
+) -> DemoReport:
+    """Seed the demo registry (see the module doc) in one transaction; the report.
+    ``progress(done, total, what)`` (``database.progress``) after each user, data
+    set and registered model (its versions trained), and the sharing."""
     report = DemoReport()
+    total, done = len(USERS) + len(DATASETS) + len(MODELS) + 1, 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
     with Session(engine) as session:
         run = _Run(session, storage, report)
         try:
             with session.begin():
                 for email in USERS:
                     run.users[email] = run.user(email)
+                    step(f"user {email}")
                 if new_key and report.api_key is None:
                     run.issue_key(run.users[OWNER], OWNER)
                 for spec in DATASETS:
                     run.dataset(spec)
+                    step(f"data set {spec.name}")
                 datasets = {d.name: d for d in DATASETS}
                 before = report.created["versions"]
                 for model in MODELS:
                     run.registered_model(model, datasets[model.dataset])
+                    step(f"model {model.name}")
                 if report.created["versions"] > before:
                     run.share_and_download()
+                step("shared and downloaded")
         except BaseException:
             for location in run.written:
                 storage.delete(location)

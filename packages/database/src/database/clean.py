@@ -59,6 +59,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from database import audit
 from database.models.enums import JobStatus
+from database.progress import Progress
 
 TARGETS = ("jobs", "webhooks", "sessions", "audit", "inference")
 FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -378,12 +379,17 @@ def clean(
     batch_size: int = 1000,
     hook: Hook | None = None,
     lock_timeout_ms: int = 5000,
+    progress: Progress | None = None,
 ) -> CleanReport:
     """Remove what ``what`` names that is older than ``before`` (aware datetime).
 
     ``hook(stage, table, report)`` is called after a batch's archive is on disk
     (``archived``, before its delete commits) and after it commits (``committed``):
-    the tests interrupt a run there.
+    the tests interrupt a run there. ``progress(done, total, table)``
+    (``database.progress``): with it, the rows are counted first (in the
+    transaction that finds the tables), then each committed batch advances
+    ``done``; a dry run advances per table counted. Audit partitions and the
+    inference log's months are dropped whole, after the rows.
     """
     if before.tzinfo is None:
         raise ValueError("naive datetime refused: give a timezone-aware datetime")
@@ -416,12 +422,27 @@ def clean(
                     report.notes.append("sessions: no user_sessions table here; skipped")
                 else:
                     steps.append(session_step)
+            total = 0
             if dry_run:
-                for step in steps:
+                for i, step in enumerate(steps):
                     n = _count(conn, step, before)
                     if n:
                         report.rows[step.table] += n
+                    if progress is not None:
+                        progress(i + 1, len(steps), step.table)
+            elif progress is not None:
+                total = sum(_count(conn, step, before) for step in steps)
+                progress(0, total, "counted")
         if not dry_run:
+            tables = [step.table for step in steps]
+
+            def advance(stage: str, table: str, report: CleanReport) -> None:
+                if hook is not None:
+                    hook(stage, table, report)
+                if progress is not None and stage == "committed":
+                    done = sum(report.rows[t] for t in tables)
+                    progress(done, max(total, done), table)
+
             for step in steps:
                 _run_step(
                     conn,
@@ -430,7 +451,7 @@ def clean(
                     report,
                     batch_size=batch_size,
                     archive=archive,
-                    hook=hook,
+                    hook=advance if hook is not None or progress is not None else None,
                     lock_timeout_ms=lock_timeout_ms,
                 )
 
@@ -462,6 +483,9 @@ def clean(
             )
     if "inference" in what:
         _inference(engine, before, dry_run, report)
+    if progress is not None:  # the partitions and the log's months, dropped whole: done
+        end = len(steps) if dry_run else max(total, sum(report.rows[s.table] for s in steps))
+        progress(end, end, "done")
     return report
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from database import embedded, migrations, seed
 from database.config import DatabaseSettings, InvalidDatabaseURL, get_settings
+from database.progress import Progress
 from database.session import make_engine
 from database.triggers import expected_triggers
 
@@ -157,6 +158,29 @@ class _Bar:
     def __init__(self, progress: Any = None, task: Any = None) -> None:
         self._progress = progress
         self._task = task
+        self._label = ""
+
+    @property
+    def counts(self) -> Progress | None:
+        """The domain modules' ``progress(done, total, what)`` callback drawing this
+        bar (counts, percent), or None off a terminal: then the work counts nothing
+        for it (``database.progress``)."""
+        if self._progress is None:
+            return None
+
+        def draw(done: int, total: int, what: str) -> None:
+            self.update(
+                completed=done, total=max(total, done), description=f"{self._label}: {what}"
+            )
+
+        return draw
+
+    def stage(self, label: str) -> Progress | None:
+        """A new stage of the same bar (``seed --demo``: the packages, then the demo):
+        its label, its count from zero; its callback."""
+        self._label = label
+        self.update(completed=0, total=None, description=label)
+        return self.counts
 
     def update(
         self,
@@ -182,8 +206,10 @@ class _Bar:
 
 @contextlib.contextmanager
 def progress(description: str, total: float | None = None) -> Iterator[_Bar]:
-    """A progress bar (``total`` None: one that pulses, with the time elapsed) on
-    standard error while the block runs, when that is a terminal; else nothing."""
+    """A progress bar (``total`` None: one that pulses, with the time elapsed, until
+    counts come) on standard error while the block runs, when that is a terminal;
+    else nothing. Its ``counts`` is the callback the domain modules advance
+    (``database.progress``): done of total, and the percent."""
     console = _console()
     if not console.is_terminal:
         yield _Bar()
@@ -193,6 +219,7 @@ def progress(description: str, total: float | None = None) -> Iterator[_Bar]:
         MofNCompleteColumn,
         Progress,
         SpinnerColumn,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
     )
@@ -202,11 +229,14 @@ def progress(description: str, total: float | None = None) -> Iterator[_Bar]:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
         console=console,
         transient=True,
     ) as bar:
-        yield _Bar(bar, bar.add_task(description, total=total))
+        shown = _Bar(bar, bar.add_task(description, total=total))
+        shown._label = description
+        yield shown
 
 
 # --- the commands' work (settings, options) -> exit code ----------------------------------
@@ -305,8 +335,10 @@ def cmd_verify(settings: DatabaseSettings, args: Any) -> int:
     try:
         started = dt.datetime.now(dt.UTC)
         what = "checking and repairing" if args.repair else "checking"
-        with progress(f"{what} balances, ledgers, counters, storage") as bar:
-            report = verify(engine, user_ids=args.user or None, repair=args.repair)
+        with progress(what) as bar:
+            report = verify(
+                engine, user_ids=args.user or None, repair=args.repair, progress=bar.counts
+            )
             bar.update(description="recording the run")
             try:
                 # Every verify is kept (reconciliation_runs), with what a repair changed.
@@ -374,13 +406,14 @@ def cmd_purge(settings: DatabaseSettings, args: Any) -> int:
     engine = _engine_for_admin(settings)
     try:
         verb = "counting" if args.dry_run else "purging"
-        with progress(f"{verb} users deleted over {args.older_than_days} days ago"):
+        with progress(f"{verb} users deleted over {args.older_than_days} days ago") as bar:
             report = purge(
                 engine,
                 older_than_days=args.older_than_days,
                 batch_size=args.batch_size,
                 dry_run=args.dry_run,
                 max_batches=args.max_batches,
+                counts=bar.counts,
             )
     except ValueError as exc:
         _err(f"automl-db purge: {exc}")
@@ -392,7 +425,7 @@ def cmd_purge(settings: DatabaseSettings, args: Any) -> int:
 
 
 def cmd_clean(settings: DatabaseSettings, args: Any) -> int:
-    from database.clean import TARGETS, CleanReport, clean
+    from database.clean import TARGETS, clean
 
     if args.before > dt.datetime.now(dt.UTC):
         _err("automl-db clean: --before is in the future")
@@ -400,22 +433,8 @@ def cmd_clean(settings: DatabaseSettings, args: Any) -> int:
     what = args.what or TARGETS
     engine = _engine_for_admin(settings)
     try:
-        with progress("counting what is older than --before") as bar:
-            hook: Callable[[str, str, CleanReport], None] | None = None
-            if not args.dry_run and _console().is_terminal:
-                # The bar's total: a dry run's count of the rows (partitions are
-                # dropped whole, at the end).
-                counted = clean(engine, args.before, what=what, dry_run=True)
-                total = sum(counted.rows.values())
-                bar.update(total=total, completed=0, description="removing rows in batches")
-
-                def hook(stage: str, table: str, report: CleanReport) -> None:
-                    if stage == "committed":
-                        bar.update(
-                            completed=min(total, sum(report.rows.values())),
-                            description=f"removing rows in batches ({table})",
-                        )
-
+        label = "counting rows older than --before" if args.dry_run else "removing rows"
+        with progress(label) as bar:
             report = clean(
                 engine,
                 args.before,
@@ -423,7 +442,7 @@ def cmd_clean(settings: DatabaseSettings, args: Any) -> int:
                 archive=args.archive,
                 dry_run=args.dry_run,
                 batch_size=args.batch_size,
-                hook=hook,
+                progress=bar.counts,
             )
     finally:
         engine.dispose()
@@ -515,16 +534,18 @@ def cmd_seed(settings: DatabaseSettings, args: Any) -> int:
             return Exit.USAGE
     engine = make_engine(_url(settings), settings)
     try:
-        with progress("seeding credit packages and tutorials", total=2 if args.demo else 1) as bar:
-            report = seed.seed(engine)
-            bar.update(advance=1)
+        with progress("seeding credit packages and tutorials") as bar:
+            report = seed.seed(engine, bar.counts)
             demo = None
             if seed_demo is not None:
                 from database.storage import default_storage
 
-                bar.update(description="seeding the demo registry (training small models)")
-                demo = seed_demo(engine, default_storage(settings), new_key=args.new_key)
-                bar.update(advance=1)
+                demo = seed_demo(
+                    engine,
+                    default_storage(settings),
+                    new_key=args.new_key,
+                    progress=bar.stage("seeding the demo registry (training small models)"),
+                )
         print(report.render())
         if demo is not None:
             # The demo owner's key, when one was issued, is shown here once, on purpose

@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 from database import audit, errors
 from database._tx import atomic
 from database.models import User, Workflow
+from database.progress import Progress
 from database.storage import default_storage
 
 #: Days a soft-deleted user (or workflow) can be restored; purge never acts sooner.
@@ -562,6 +563,7 @@ def purge(
     max_batches: int | None = None,
     progress: Callable[[PurgeReport], None] | None = None,
     lock_timeout_ms: int | None = None,
+    counts: Progress | None = None,
 ) -> PurgeReport:
     """Purge users deleted, and workflows soft-deleted, more than ``older_than_days`` ago.
 
@@ -571,6 +573,10 @@ def purge(
     after each batch. A batch whose cascade would wait longer than
     ``lock_timeout_ms`` (default ``DB_LOCK_TIMEOUT_MS``) for a row someone holds is
     rolled back and its users left for the next run. Returns what was removed.
+
+    ``counts(done, total, what)`` (``database.progress``): with it, the rows to
+    remove are counted first (as a dry run does), then each batch advances ``done``
+    by the rows it removed; a dry run advances per table counted.
     """
     if older_than_days < RETENTION_DAYS:
         raise ValueError(
@@ -589,8 +595,20 @@ def purge(
         cutoff = current - dt.timedelta(days=older_than_days)
         if dry_run:
             with conn.begin():
-                _dry_run(conn, steps, cutoff, report)
+                _dry_run(conn, steps, cutoff, report, counts)
             return report
+        total = 0
+        if counts is not None:
+            counted = PurgeReport(dry_run=True)
+            with conn.begin():
+                _dry_run(conn, steps, cutoff, counted)
+            total = sum(counted.rows.values())
+            counts(0, total, "counted")
+
+        def advance(what: str) -> None:
+            if counts is not None:
+                done = sum(report.rows.values())
+                counts(done, max(total, done), what)
 
         skip: list[uuid.UUID] = []
         users_per_batch = batch_size
@@ -627,6 +645,7 @@ def purge(
             report.batches += 1
             if progress is not None:
                 progress(report)
+            advance("users")
 
         while max_batches is None or report.batches < max_batches:
             try:
@@ -644,8 +663,12 @@ def purge(
             report.rows["workflows"] += n
             if progress is not None:
                 progress(report)
+            advance("workflows")
             if n < batch_size:
                 break
+    if counts is not None:
+        done = sum(report.rows.values())
+        counts(done, done, "done")  # fewer than counted when rows were held (skipped)
     return report
 
 
@@ -658,7 +681,11 @@ def _remove_files(remover: FileRemover, paths: Sequence[str], report: PurgeRepor
 
 
 def _dry_run(
-    conn: Connection, steps: Sequence[_Step], cutoff: dt.datetime, report: PurgeReport
+    conn: Connection,
+    steps: Sequence[_Step],
+    cutoff: dt.datetime,
+    report: PurgeReport,
+    counts: Progress | None = None,
 ) -> None:
     uids = list(
         conn.execute(
@@ -667,11 +694,12 @@ def _dry_run(
         ).scalars()
     )
     report.users_purged = len(uids)
-    if uids:
-        for step in steps:
-            report.rows[step.table] += conn.execute(
-                text(_count(step)).bindparams(_UIDS), {"uids": uids}
-            ).scalar_one()
+    for i, step in enumerate(steps if uids else ()):
+        report.rows[step.table] += conn.execute(
+            text(_count(step)).bindparams(_UIDS), {"uids": uids}
+        ).scalar_one()
+        if counts is not None:
+            counts(i + 1, len(steps) + 1, step.table)
     n = conn.execute(
         text(
             "SELECT count(*) FROM workflows WHERE is_deleted AND deleted_at < :cutoff"
@@ -681,3 +709,5 @@ def _dry_run(
     ).scalar_one()
     report.workflows_purged = n
     report.rows["workflows"] += n
+    if counts is not None:
+        counts(len(steps) + 1, len(steps) + 1, "workflows")

@@ -9,6 +9,7 @@ alone: packages and tutorials added by an operator survive a re-seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import Connection, Engine, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
 from database.models import CreditPackage, CreditTierRestriction, Tutorial, TutorialDifficulty
+from database.progress import Progress
 
 CREDIT_PACKAGES: list[dict[str, Any]] = [
     {
@@ -117,10 +119,18 @@ class SeedReport:
         )
 
 
-def _upsert(conn: Connection, model: Any, key: str, rows: list[dict[str, Any]]) -> tuple[int, int]:
+def _upsert(
+    conn: Connection,
+    model: Any,
+    key: str,
+    rows: list[dict[str, Any]],
+    step: Callable[[str], None] | None = None,
+) -> tuple[int, int]:
     table = model.__table__
     inserted = updated = 0
     for row in rows:
+        if step is not None:
+            step(str(row[key]))
         values = insert(table).values(**row)
         columns = [c for c in row if c != key]
         differs = or_(*(table.c[c].is_distinct_from(values.excluded[c]) for c in columns))
@@ -139,19 +149,28 @@ def _upsert(conn: Connection, model: Any, key: str, rows: list[dict[str, Any]]) 
     return inserted, updated
 
 
-def seed(bind: Connection | Engine) -> SeedReport:
-    """Upsert the credit packages and tutorials, in one transaction."""
+def seed(bind: Connection | Engine, progress: Progress | None = None) -> SeedReport:
+    """Upsert the credit packages and tutorials, in one transaction.
+    ``progress(done, total, name)`` (``database.progress``) as each row is upserted."""
     if isinstance(bind, Engine):
         with bind.begin() as conn:
-            return seed(conn)
+            return seed(conn, progress)
     report = SeedReport()
     packages = [{**p, "is_active": True} for p in CREDIT_PACKAGES]
     tutorials = [{**t, "is_published": True} for t in TUTORIALS]
+    total, done = len(packages) + len(tutorials), 0
+
+    def step(name: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, name)
+
     report.inserted["packages"], report.updated["packages"] = _upsert(
-        bind, CreditPackage, "name", packages
+        bind, CreditPackage, "name", packages, step
     )
     report.inserted["tutorials"], report.updated["tutorials"] = _upsert(
-        bind, Tutorial, "slug", tutorials
+        bind, Tutorial, "slug", tutorials, step
     )
     return report
 

@@ -56,6 +56,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+from database.progress import Progress
+
 #: Columns ``repair`` may correct.
 REPAIRABLE = (
     "dataset_count",
@@ -372,23 +374,50 @@ def _drift(row: object, conn: Connection | Session) -> list[Drift]:
     return found
 
 
-def check(conn: Connection | Session, user_ids: Sequence[uuid.UUID] | None = None) -> Report:
-    """Check the invariants in ``conn``'s current transaction; the report."""
+#: The checks of :func:`check`, in order: one statement each (the first, per
+#: drifting user, also walks the user's ledger).
+CHECKS = (
+    "users",
+    "balances, ledgers, counters, storage",
+    "the registry's counts",
+    "unproduced ledger entries",
+    "usage against the ledger",
+)
+
+
+def check(
+    conn: Connection | Session,
+    user_ids: Sequence[uuid.UUID] | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Check the invariants in ``conn``'s current transaction; the report.
+    ``progress(done, total, check)`` after each of :data:`CHECKS` (they are whole
+    statements over every user, one snapshot: the progress is per check)."""
     ids = list(user_ids) if user_ids is not None else None
+
+    def done(i: int) -> None:
+        if progress is not None:
+            progress(i + 1, len(CHECKS), CHECKS[i])
+
     report = Report(users_checked=conn.execute(_COUNT, {"ids": ids}).scalar_one())
+    done(0)
     for row in conn.execute(_CHECK, {"ids": ids}).all():
         report.emails[row.id] = row.email
         report.drift.extend(_drift(row, conn))
+    done(1)
     for r in conn.execute(_REGISTRY, {"ids": ids}):
         report.emails.setdefault(r.user_id, r.email)
         report.drift.append(_registry_drift(r))
+    done(2)
     report.unproduced = [
         Unproduced(r.id, r.user_id, r.type, r.amount, r.problem)
         for r in conn.execute(_UNPRODUCED, {"ids": ids})
     ]
+    done(3)
     from database.metering import verify_usage
 
     report.usage = verify_usage(conn, ids)
+    done(4)
     return report
 
 
@@ -441,8 +470,13 @@ def verify(
     *,
     user_ids: Sequence[uuid.UUID] | None = None,
     repair: bool = False,
+    progress: Progress | None = None,
 ) -> Report:
     """Check every user (or ``user_ids``); with ``repair``, fix counters and storage.
+
+    ``progress(done, total, what)`` (``database.progress``): the checks
+    (:data:`CHECKS`), then, when there is something to repair, each user repaired
+    and the checks again (``total`` grows then, once).
 
     With an Engine, the check runs in its own REPEATABLE READ transaction (one
     snapshot, so a busy database shows no passing drift) and each user's repair in
@@ -451,36 +485,70 @@ def verify(
     the caller commits; make it REPEATABLE READ on a busy database, as the main
     check and the per-user chain check are separate statements.
     """
+    steps = _Steps(progress)
     if not isinstance(bind, Engine):
-        report = check(bind, user_ids)
+        report = check(bind, user_ids, steps.checks())
         if repair:
-            _repair(bind, report)
-            report = _recheck(bind, report, user_ids)
+            _repair(bind, report, steps)
+            report = _recheck(bind, report, user_ids, steps.checks())
         return report
 
     with bind.connect() as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            report = check(conn, user_ids)
+            report = check(conn, user_ids, steps.checks())
     if repair and any(d.repairable for d in report.drift):
+        users = sorted({d.user_id for d in report.drift if d.repairable})
+        steps.more(len(users) + len(CHECKS))
         with bind.connect() as conn:
-            for user_id in sorted({d.user_id for d in report.drift if d.repairable}):
+            for user_id in users:
                 with conn.begin():
                     _record(report, repairs_of_user(conn, user_id))
+                steps.one(f"repaired user {user_id}")
             with conn.begin():
-                report = _recheck(conn, report, user_ids)
+                report = _recheck(conn, report, user_ids, steps.checks())
     return report
 
 
-def _repair(conn: Connection | Session, report: Report) -> None:
-    for user_id in sorted({d.user_id for d in report.drift if d.repairable}):
+class _Steps:
+    """One count over verify's stages: the checks, the repairs, the checks again."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.done = 0
+        self.total = len(CHECKS)
+
+    def more(self, n: int) -> None:
+        self.total += n
+
+    def one(self, what: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+    def checks(self) -> Progress | None:
+        if self.progress is None:
+            return None
+        return lambda _done, _total, what: self.one(what)
+
+
+def _repair(conn: Connection | Session, report: Report, steps: _Steps | None = None) -> None:
+    users = sorted({d.user_id for d in report.drift if d.repairable})
+    if steps is not None:
+        steps.more(len(users) + len(CHECKS))
+    for user_id in users:
         _record(report, repairs_of_user(conn, user_id))
+        if steps is not None:
+            steps.one(f"repaired user {user_id}")
 
 
 def _recheck(
-    conn: Connection | Session, before: Report, user_ids: Sequence[uuid.UUID] | None
+    conn: Connection | Session,
+    before: Report,
+    user_ids: Sequence[uuid.UUID] | None,
+    progress: Progress | None = None,
 ) -> Report:
-    after = check(conn, user_ids)
+    after = check(conn, user_ids, progress)
     after.repaired = before.repaired
     after.repairs = before.repairs
     after.emails = {**before.emails, **after.emails}
