@@ -33,11 +33,12 @@ def test_clean_verify_seed_purge_draw_a_bar_on_a_terminal(
     out = capsys.readouterr().out
     assert "removed" in out and "jobs: 6 rows" in out  # the same report as off a terminal
     drawn = terminal.getvalue()
-    assert "removing rows in batches" in drawn
+    assert "removing rows" in drawn
     assert "\x1b[" in drawn  # drawn with the terminal's control sequences, on its console
+    assert "100%" in drawn  # counts, not only the time: done of total, and the percent
 
     for argv, label in (
-        (["verify"], "checking balances"),
+        (["verify"], "checking"),
         (["seed"], "seeding credit packages"),
         (["purge", "--dry-run"], "counting users deleted"),
     ):
