@@ -576,7 +576,8 @@ def purge(
 
     ``counts(done, total, what)`` (``database.progress``): with it, the rows to
     remove are counted first (as a dry run does), then each batch advances ``done``
-    by the rows it removed; a dry run advances per table counted.
+    by the rows it removed; a dry run advances per table counted. A run stopped by
+    ``max_batches`` ends short of the total.
     """
     if older_than_days < RETENTION_DAYS:
         raise ValueError(
@@ -668,7 +669,10 @@ def purge(
                 break
     if counts is not None:
         done = sum(report.rows.values())
-        counts(done, done, "done")  # fewer than counted when rows were held (skipped)
+        if max_batches is not None and report.batches >= max_batches:
+            counts(done, max(total, done), "stopped at --max-batches")  # the rest: next run
+        else:  # done: fewer than counted when rows were held by others (skipped)
+            counts(done, done, "done")
     return report
 
 
