@@ -93,10 +93,30 @@ def upgrade() -> None:
     op.create_entity(public_billing_alerts_billing_alerts_sync)
 
     op.drop_column("users", "billing_alerts_active")
+    # users_guard_derived also guards the alert columns (ML003).
+    public_users_guard_derived = PGFunction(
+        schema="public",
+        signature="users_guard_derived()",
+        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    v_columns text[] := ARRAY[]::text[];\nBEGIN\n    IF TG_OP = 'UPDATE'\n       AND current_setting('automl.repair', true) = 'on'\n       AND NEW.credit_balance = OLD.credit_balance THEN\n        INSERT INTO public.derived_repairs (user_id, column_name, old_value, new_value)\n        SELECT NEW.id, c.name, c.old_value, c.new_value\n          FROM (VALUES ('dataset_count', OLD.dataset_count::bigint, NEW.dataset_count::bigint),\n                       ('workflow_count', OLD.workflow_count::bigint, NEW.workflow_count::bigint),\n                       ('model_count', OLD.model_count::bigint, NEW.model_count::bigint),\n                       ('storage_used_bytes', OLD.storage_used_bytes, NEW.storage_used_bytes))\n               AS c(name, old_value, new_value)\n         WHERE c.old_value IS DISTINCT FROM c.new_value;\n        RETURN NEW;\n    END IF;\n    IF TG_OP = 'INSERT' THEN\n        IF NEW.credit_balance <> 0 THEN v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count <> 0 THEN v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count <> 0 THEN v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count <> 0 THEN v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes <> 0 THEN v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n        IF num_nonnulls(NEW.alert_below, NEW.alert_rearm, NEW.alert_spend_above, NEW.alert_spend,\n                        NEW.alert_spend_until) > 0 THEN\n            v_columns := array_append(v_columns, 'alert_*'); END IF;\n    ELSE\n        IF NEW.credit_balance IS DISTINCT FROM OLD.credit_balance THEN\n            v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count IS DISTINCT FROM OLD.dataset_count THEN\n            v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count IS DISTINCT FROM OLD.workflow_count THEN\n            v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count IS DISTINCT FROM OLD.model_count THEN\n            v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes IS DISTINCT FROM OLD.storage_used_bytes THEN\n            v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n        -- The next billing alert thresholds (billing.sql's billing_alerts_sync).\n        IF (NEW.alert_below, NEW.alert_rearm, NEW.alert_spend_above, NEW.alert_spend,\n            NEW.alert_spend_until)\n           IS DISTINCT FROM (OLD.alert_below, OLD.alert_rearm, OLD.alert_spend_above,\n                             OLD.alert_spend, OLD.alert_spend_until) THEN\n            v_columns := array_append(v_columns, 'alert_*'); END IF;\n    END IF;\n    IF cardinality(v_columns) = 0 THEN\n        RETURN NEW;  -- an UPDATE that leaves the derived columns alone\n    END IF;\n    RAISE EXCEPTION 'users.% is maintained by the database and cannot be written directly',\n        array_to_string(v_columns, ', users.')\n        USING ERRCODE = 'ML003',\n              HINT = 'credits move through credit_transactions; counters and storage follow their tables';\nEND;\n$$",
+    )
+    op.replace_entity(public_users_guard_derived)
+
+    public_users_users_guard_derived_insert = PGTrigger(
+        schema="public",
+        signature="users_guard_derived_insert",
+        on_entity="public.users",
+        is_constraint=False,
+        definition="BEFORE INSERT ON public.users FOR EACH ROW\nWHEN (NEW.credit_balance <> 0 OR NEW.dataset_count <> 0 OR NEW.workflow_count <> 0\n      OR NEW.model_count <> 0 OR NEW.storage_used_bytes <> 0\n      OR num_nonnulls(NEW.alert_below, NEW.alert_rearm, NEW.alert_spend_above,\n                      NEW.alert_spend, NEW.alert_spend_until) > 0)\nEXECUTE FUNCTION public.users_guard_derived()",
+    )
+    op.replace_entity(public_users_users_guard_derived_insert)
     # The thresholds of the users who have active alerts already.
+    # (through the alerts' trigger: users_guard_derived refuses a write of these
+    # columns by a statement, at trigger depth 0).
+    op.execute("UPDATE public.billing_alerts SET active = active WHERE active")
+    # Callable helpers: never by PUBLIC (SECURITY DEFINER; automl-db grant revokes too).
+    op.execute("REVOKE EXECUTE ON FUNCTION public.billing_alerts_sync(uuid) FROM PUBLIC")
     op.execute(
-        "SELECT public.billing_alerts_sync(a.user_id)"
-        " FROM (SELECT DISTINCT user_id FROM public.billing_alerts WHERE active) AS a"
+        "REVOKE EXECUTE ON FUNCTION public.billing_alerts_check(uuid, bigint, bigint) FROM PUBLIC"
     )
 
 
@@ -169,6 +189,21 @@ def downgrade() -> None:
     )
     op.create_entity(public_billing_alerts_billing_alerts_flag)
 
+    public_users_users_guard_derived_insert = PGTrigger(
+        schema="public",
+        signature="users_guard_derived_insert",
+        on_entity="public.users",
+        is_constraint=False,
+        definition="BEFORE INSERT ON public.users FOR EACH ROW WHEN (((new.credit_balance <> 0) OR (new.dataset_count <> 0) OR (new.workflow_count <> 0) OR (new.model_count <> 0) OR (new.storage_used_bytes <> 0))) EXECUTE FUNCTION users_guard_derived()",
+    )
+    op.replace_entity(public_users_users_guard_derived_insert)
+
+    public_users_guard_derived = PGFunction(
+        schema="public",
+        signature="users_guard_derived()",
+        definition="returns trigger\n LANGUAGE plpgsql\nAS $function$\nDECLARE\n    v_columns text[] := ARRAY[]::text[];\nBEGIN\n    IF TG_OP = 'UPDATE'\n       AND current_setting('automl.repair', true) = 'on'\n       AND NEW.credit_balance = OLD.credit_balance THEN\n        INSERT INTO public.derived_repairs (user_id, column_name, old_value, new_value)\n        SELECT NEW.id, c.name, c.old_value, c.new_value\n          FROM (VALUES ('dataset_count', OLD.dataset_count::bigint, NEW.dataset_count::bigint),\n                       ('workflow_count', OLD.workflow_count::bigint, NEW.workflow_count::bigint),\n                       ('model_count', OLD.model_count::bigint, NEW.model_count::bigint),\n                       ('storage_used_bytes', OLD.storage_used_bytes, NEW.storage_used_bytes))\n               AS c(name, old_value, new_value)\n         WHERE c.old_value IS DISTINCT FROM c.new_value;\n        RETURN NEW;\n    END IF;\n    IF TG_OP = 'INSERT' THEN\n        IF NEW.credit_balance <> 0 THEN v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count <> 0 THEN v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count <> 0 THEN v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count <> 0 THEN v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes <> 0 THEN v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    ELSE\n        IF NEW.credit_balance IS DISTINCT FROM OLD.credit_balance THEN\n            v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count IS DISTINCT FROM OLD.dataset_count THEN\n            v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count IS DISTINCT FROM OLD.workflow_count THEN\n            v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count IS DISTINCT FROM OLD.model_count THEN\n            v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes IS DISTINCT FROM OLD.storage_used_bytes THEN\n            v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    END IF;\n    IF cardinality(v_columns) = 0 THEN\n        RETURN NEW;  -- an UPDATE that leaves the derived columns alone\n    END IF;\n    RAISE EXCEPTION 'users.% is maintained by the database and cannot be written directly',\n        array_to_string(v_columns, ', users.')\n        USING ERRCODE = 'ML003',\n              HINT = 'credits move through credit_transactions; counters and storage follow their tables';\nEND;\n$function$",
+    )
+    op.replace_entity(public_users_guard_derived)
     op.alter_column("jobs", "id", server_default=sa.text("gen_random_uuid()"))
     op.drop_column("users", "alert_spend_until")
     op.drop_column("users", "alert_spend")

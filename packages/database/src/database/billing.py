@@ -51,7 +51,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from database import errors
+from database import errors, locks
 from database._tx import atomic
 from database.models import (
     AlertEventStatus,
@@ -669,8 +669,14 @@ def create_alert(
 
 
 def deactivate_alert(session: Session, user_id: uuid.UUID, alert_id: uuid.UUID) -> bool:
-    """Stop an alert (its events and deliveries stay); False if it is not the user's."""
+    """Stop an alert (its events and deliveries stay); False if it is not the user's.
+
+    The user's row first, as the ledger's entries take it before an alert's row (a
+    crossing updates the alert under it), and the alert's trigger then moves the
+    user's thresholds (billing_alerts_sync): in the other order the two would wait
+    on each other."""
     with atomic(session):
+        locks.lock_users(session, [user_id])
         done = session.execute(
             update(BillingAlert)
             .where(
