@@ -516,9 +516,7 @@ def _cpu_by_rep(runs: list[dict[str, Any]]) -> dict[Any, dict[str, float]]:
 
 
 def _cpu_cost(runs: list[dict[str, Any]], variant: str) -> float | None:
-    ratios = [
-        v[variant] / v["trigger_off"] for v in _cpu_by_rep(runs).values() if variant in v
-    ]
+    ratios = [v[variant] / v["trigger_off"] for v in _cpu_by_rep(runs).values() if variant in v]
     return statistics.median(ratios) - 1 if ratios else None
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from database import billing, credits, errors
 from database.grants import grant
 from database.models import User
+
 from factories import make_job, make_user, scalar
 
 HOOK = "https://example.com/hook"

@@ -99,9 +99,7 @@ class User(IDMixin, TimestampMixin, Base):
     # This month's charges net of refunds, while the user has a spend_above alert.
     alert_spend: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
     # The end of the month alert_spend counts (UTC).
-    alert_spend_until: Mapped[dt.datetime | None] = mapped_column(
-        server_onupdate=FetchedValue()
-    )
+    alert_spend_until: Mapped[dt.datetime | None] = mapped_column(server_onupdate=FetchedValue())
     dataset_count: Mapped[int] = counter_column()
     workflow_count: Mapped[int] = counter_column()
     model_count: Mapped[int] = counter_column()
