@@ -22,8 +22,10 @@ from sqlalchemy import Engine, create_engine, text, update
 from sqlalchemy.orm import Session
 
 from database import billing, credits, errors
+from database.billing import alert_threshold_drift
 from database.grants import grant
 from database.models import User
+from database.verify import verify
 
 from factories import make_job, make_user, scalar
 
@@ -347,3 +349,26 @@ def test_the_apps_role_moves_thresholds_only_through_alerts(app_engine, engine, 
         s.commit()
     assert thresholds(sql, user) == (None, None, None, None, None)
     assert not events(sql, make_user(sql))
+
+
+def test_verify_reports_thresholds_that_drifted(engine, sql, session):
+    user = make_user(sql)
+    give(engine, user, 100)
+    alert(session, user, "balance_below", 50)
+    alert(session, user, "spend_above", 30)
+    charge(engine, user, 60)  # 40: both fired
+    give(engine, user, 100)  # 140: re-armed
+    assert verify(engine, user_ids=[user]).ok
+    assert alert_threshold_drift(engine.connect(), [user]) == []
+    with engine.begin() as conn:  # what only a disabled trigger could do
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text("UPDATE users SET alert_below = 7, alert_spend = 1 WHERE id = :u"), {"u": user}
+        )
+    report = verify(engine, user_ids=[user])
+    assert not report.ok
+    assert sorted((d.check, d.stored, d.expected) for d in report.drift) == [
+        ("alert_below", 7, 50),
+        ("alert_spend", 1, 60),
+    ]
+    assert not any(d.repairable for d in report.drift)
