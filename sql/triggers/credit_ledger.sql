@@ -33,7 +33,6 @@ DECLARE
     v_charged integer;
     v_balance integer;
     v_deleted boolean;
-    v_spent bigint;
     v_alert boolean;
 BEGIN
     -- A malformed row is refused by the constraint it breaks, before any balance
@@ -128,21 +127,23 @@ BEGIN
     END IF;
 
     -- One statement takes the row lock, applies the rule and computes the balance.
-    -- It also adds the entry's spend to the month's (users.alert_spend, NULL unless
-    -- the user has a spend_above alert) and tells whether the entry crossed one of
-    -- the user's next alert thresholds (users.alert_*, billing.sql; all NULL for a
-    -- user without alerts, so the test is NULL, i.e. no).
-    v_spent := CASE WHEN NEW.type IN ('consumption', 'refund') THEN -NEW.amount ELSE 0 END;
+    -- It also adds the entry's spend (a charge, minus a refund) to the month's
+    -- (users.alert_spend, NULL unless the user has a spend_above alert: NULL stays
+    -- NULL) and tells whether the entry crossed one
+    -- of the user's next alert thresholds (users.alert_*, billing.sql; all NULL for a
+    -- user without alerts, so the test is NULL, i.e. no). A charge is the only entry
+    -- that adds to the spend (a positive spend).
     UPDATE public.users AS u
        SET credit_balance = u.credit_balance + NEW.amount,
-           alert_spend = u.alert_spend + v_spent
+           alert_spend = u.alert_spend
+                         - CASE WHEN NEW.type IN ('consumption', 'refund') THEN NEW.amount ELSE 0 END
      WHERE u.id = NEW.user_id
        AND u.credit_balance + NEW.amount >= 0
        AND NOT (u.is_deleted AND NEW.type = 'purchase')
        AND NOT EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id)
     RETURNING u.credit_balance,
               u.credit_balance < u.alert_below OR u.credit_balance >= u.alert_rearm
-              OR (v_spent > 0 AND u.alert_spend > u.alert_spend_above)
+              OR (u.alert_spend > u.alert_spend_above AND NEW.type = 'consumption')
               OR (u.alert_spend_until IS NOT NULL AND clock_timestamp() >= u.alert_spend_until)
          INTO NEW.balance_after, v_alert;
 
@@ -191,7 +192,8 @@ BEGIN
     -- Billing alerts (billing.sql), only when the entry crossed a threshold: the
     -- test came back with the balance, so the other entries pay nothing more.
     IF v_alert THEN
-        PERFORM public.billing_alerts_check(NEW.user_id, NEW.balance_after, v_spent);
+        PERFORM public.billing_alerts_check(NEW.user_id, NEW.balance_after,
+            CASE WHEN NEW.type IN ('consumption', 'refund') THEN -NEW.amount ELSE 0 END);
     END IF;
     NEW.created_at := clock_timestamp();
     RETURN NEW;
