@@ -595,7 +595,7 @@ def render_section(res: dict[str, Any]) -> str:
         f" {res['server_version']} embedded). Conditions: load average"
         f" {m['load_average_at_start']} at the start, {loads[0] if loads else '?'} to"
         f" {loads[-1] if loads else '?'} during the runs, on {m['cores']} cores"
-        f" ({res.get('conditions', 'see the load average')})."
+        f" ({res.get('conditions', 'a machine shared with other engineers: noisy')})."
         f" {res['clients']} pgbench clients, each charging its own users of {res['users']};"
         f" {res['reps']} rounds, each running the four variants under both"
         f" synchronous_commit settings ({res['seconds']:.0f} s each, order rotating from"
