@@ -1,24 +1,28 @@
-"""Billing (issue 16): what the alert trigger costs a charge, and the ledger's weight.
+"""Billing (issue 16): what the alert check costs a charge, and the ledger's weight.
 
-    uv run python -m bench.billing                 about 4 minutes on 2 cores
-    uv run python -m bench.billing --quick         a smoke run (about 1 minute)
+    uv run --group bench python -m bench --only billing    about 4 minutes on a quiet
+                                                           2-core machine (10 loaded)
+    uv run python -m bench.billing                 the same
+    uv run python -m bench.billing --quick         a smoke run (about 2 minutes)
     uv run python -m bench.billing --doc -         print, do not touch the report
 
-1. **The alert trigger** (``billing_alerts_fire``, a statement-level AFTER INSERT
-   trigger with a transition table): charges per second through the ledger
-   (pgbench, ``bench/scripts/ledger_trigger.sql``, each client its own users), with
-   the trigger disabled, enabled with no active alert, and enabled with one alert
-   on every user that never fires; each with ``synchronous_commit`` on (what
-   deployments use) and off. Many short runs in rounds: every round runs all six
-   (variant, setting) pairs, in an order that rotates, switching in place (no reset
-   between runs); the cost is the median over rounds of the ratio to the same
-   round's trigger-off run, for throughput and for server CPU per charge, with the
-   lowest and highest round as the spread.
+1. **The alert check** (c16c00000001: the balance UPDATE of ``credit_tx_before_insert``
+   compares the entry with the user's next thresholds, ``users.alert_*``, and calls
+   ``billing_alerts_check`` only on a crossing). Four variants: the trigger without any
+   alert code ("off"), with it and no user with an alert, with a ``balance_below``
+   alert on every user, with a ``spend_above`` alert on every user (never crossed).
+   (a) Server CPU per charge in one session: single-row INSERTs in a PL/pgSQL loop,
+   the backend's time on CPU from ``/proc/PID/schedstat``, many short rounds with the
+   variants interleaved; cost = median of each round's ratio to its off run. (b) How
+   often ``billing_alerts_check`` ran (``track_functions``): 0 for charges that cross
+   nothing. (c) Charges per second through pgbench (``bench/scripts/
+   ledger_trigger.sql``, each client its own users) under ``synchronous_commit`` on
+   (what deployments use) and off, rounds rotating the order, switched in place.
 2. **Bytes per ledger entry**, by type (purchase, consumption, refund, adjustment,
-   a metering usage charge): the heap and every index of ``credit_transactions``,
-   measured on ``n`` entries of one type at a time written as the code writes them,
-   with today's schema and with the one before c16b00000001 (random ids, three job
-   indexes, the Stripe id's full unique constraint).
+   a metering usage charge, and the usage charge with its ``usage_charges`` row): the
+   heap and every index of ``credit_transactions``, on ``n`` entries of one type at a
+   time written as the code writes them, with today's schema, with random job ids
+   (c16b00000001) and with the schema before c16b00000001.
 """
 
 from __future__ import annotations
