@@ -13,6 +13,11 @@
     python -m bench.serving [--quick]  only serving (bench/serving.py: predict against
                                     MLflow's scoring server and a bare endpoint, batch),
                                     which rewrites only its own section
+    python -m bench --only billing [--quick]
+                                    the ledger's bytes per entry and the billing alerts'
+                                    cost, synchronous_commit on and off (bench/billing.py,
+                                    about 4 minutes; --quick about 1); same as
+                                    python -m bench.billing
     python -m bench --only automl [--quick]
                                     the AutoML search vs FLAML (bench/automl.py, not in the
                                     default run: about 30 minutes); same as python -m bench.automl
@@ -44,7 +49,7 @@ RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
 SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit", "serving")
 #: Sections run only when named in ``--only`` (long, and needing no database).
-OPTIONAL_SECTIONS = ("automl",)
+OPTIONAL_SECTIONS = ("automl", "billing")
 
 
 @dataclass
@@ -164,6 +169,20 @@ def main(argv: list[str] | None = None) -> int:
 
         automl.main(["--quick"] if cfg.quick else [])
         cfg.sections = tuple(s for s in cfg.sections if s != "automl")
+        if not cfg.sections:
+            return 0
+    if "billing" in cfg.sections:
+        # The ledger's weight and the alert check's cost, sync commit on and off
+        # (bench/billing.py, a few minutes; its own section of the report).
+        from bench import billing
+
+        billing_argv = ["--quick"] if cfg.quick else []
+        if cfg.doc is None:
+            billing_argv += ["--doc", "-"]
+        elif not cfg.quick:
+            billing_argv += ["--doc", str(cfg.doc)]
+        billing.main(billing_argv)
+        cfg.sections = tuple(s for s in cfg.sections if s != "billing")
         if not cfg.sections:
             return 0
     from bench import bulk, ledger, queries, report

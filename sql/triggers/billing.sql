@@ -17,20 +17,20 @@
 -- credits_per_unit, written here; never updated -> ML092 job_price_immutable.
 --
 -- Billing alerts: checked by the ledger's own balance trigger
--- (credit_tx_before_insert, credit_ledger.sql), which reads users.billing_alerts_active
--- with the balance it updates (RETURNING: no statement more) and calls
--- billing_alerts_check only for a user with an active alert. It holds the user's row
--- lock, so one user's firings are decided one entry at a time:
+-- (credit_tx_before_insert, credit_ledger.sql). The user's row carries the next
+-- thresholds (users.alert_below, alert_rearm, alert_spend_above, with alert_spend
+-- and alert_spend_until for the month's spend; kept by billing_alerts_sync), so the
+-- balance UPDATE compares the new balance and spend with them (RETURNING: no
+-- statement more) and billing_alerts_check runs only for an entry that crossed one
+-- (c16c00000001: calling it on every entry of a user with an alert cost that user's
+-- charges +22% of CPU; docs/performance.md). It holds the user's row lock, so one
+-- user's firings are decided one entry at a time:
 --   * balance_below fires when the balance goes from >= threshold (armed) to
 --     < threshold, and re-arms when it is back at or above the threshold;
 --   * spend_above fires once per calendar month (UTC) when the month's charges,
---     net of refunds, go above the threshold.
+--     net of refunds, go above the threshold (on a charge).
 -- Each firing is one row of billing_alert_events (the outbox), in the
 -- transaction of the entry that crossed; the worker delivers it.
--- users.billing_alerts_active = "the user has an active alert", kept by
--- billing_alerts_flag on every change of billing_alerts (c16b00000001: the
--- statement-level trigger it replaces cost every charge 12-18% of CPU, alert or not;
--- docs/performance.md).
 
 CREATE OR REPLACE FUNCTION public.price_items_immutable()
 RETURNS trigger
@@ -162,10 +162,12 @@ END;
 $$;
 
 -- The alerts of one user after one ledger entry, called by credit_tx_before_insert
--- (holding the user's row lock) when users.billing_alerts_active: p_balance is the
+-- (holding the user's row lock) only when the entry crossed one of the user's
+-- next thresholds (users.alert_*, kept by billing_alerts_sync): p_balance is the
 -- balance after the entry, p_spent what the entry adds to the month's spend (its
 -- charge, or minus its refund; 0 for the other types). The entry is not in the
--- ledger yet (a BEFORE trigger), the earlier entries of its statement are.
+-- ledger yet (a BEFORE trigger), the earlier entries of its statement are; the
+-- balance UPDATE has already added p_spent to users.alert_spend.
 CREATE OR REPLACE FUNCTION public.billing_alerts_check(p_user uuid, p_balance bigint, p_spent bigint)
 RETURNS void
 LANGUAGE plpgsql
@@ -176,13 +178,29 @@ DECLARE
     r record;
     v_event uuid;
     v_spend bigint;
+    v_until timestamptz;
     v_now timestamptz := clock_timestamp();
     v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
 BEGIN
-    -- Read without a lock: most charges change no alert. A transition is an UPDATE
-    -- that tests the state again under the alert's row lock (armed, fired_month), so
-    -- of two transactions that saw the same state only one fires; and one user's
-    -- entries are serialized by the user's row lock anyway.
+    SELECT u.alert_spend, u.alert_spend_until INTO v_spend, v_until
+      FROM public.users AS u WHERE u.id = p_user;
+    IF v_until IS NOT NULL AND v_now >= v_until THEN
+        -- A new month: its spend is counted again from the ledger (once a month per
+        -- user with a spend_above alert), this entry included.
+        SELECT coalesce(-sum(t.amount), 0) + p_spent INTO v_spend
+          FROM public.credit_transactions AS t
+         WHERE t.user_id = p_user
+           AND t.created_at >= v_month_start
+           AND t.type IN ('consumption', 'refund');
+        UPDATE public.users
+           SET alert_spend = v_spend,
+               alert_spend_until = (v_month_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
+         WHERE id = p_user;
+    END IF;
+    -- Read without a lock: the user's entries are serialized by the user's row lock,
+    -- and a transition is an UPDATE that tests the state again (armed, fired_month).
+    -- Each transition's UPDATE of billing_alerts runs billing_alerts_sync, which
+    -- moves the user's next thresholds.
     FOR r IN
         SELECT a.id, a.kind, a.threshold, a.armed, a.fired_month
           FROM public.billing_alerts AS a
@@ -204,53 +222,105 @@ BEGIN
             ELSIF NOT r.armed AND p_balance >= r.threshold THEN
                 UPDATE public.billing_alerts SET armed = true WHERE id = r.id;
             END IF;
-        ELSIF r.fired_month IS DISTINCT FROM v_month_start AND p_spent > 0 THEN  -- spend_above
-            SELECT coalesce(-sum(t.amount), 0) + p_spent INTO v_spend
-              FROM public.credit_transactions AS t
-             WHERE t.user_id = p_user
-               AND t.created_at >= v_month_start
-               AND t.type IN ('consumption', 'refund');
-            IF v_spend > r.threshold THEN
-                UPDATE public.billing_alerts SET fired_month = v_month_start
-                 WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;
-                IF FOUND THEN
-                    v_event := gen_random_uuid();
-                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
-                    VALUES (v_event, r.id, p_user, r.kind, r.threshold, v_spend,
-                            jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
-                                               'alert_id', r.id, 'user_id', p_user,
-                                               'threshold', r.threshold, 'spend', v_spend,
-                                               'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
-                                               'created', floor(extract(epoch FROM v_now))::bigint));
-                END IF;
+        ELSIF r.fired_month IS DISTINCT FROM v_month_start AND p_spent > 0
+              AND v_spend > r.threshold THEN  -- spend_above
+            UPDATE public.billing_alerts SET fired_month = v_month_start
+             WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;
+            IF FOUND THEN
+                v_event := gen_random_uuid();
+                INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)
+                VALUES (v_event, r.id, p_user, r.kind, r.threshold, v_spend,
+                        jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',
+                                           'alert_id', r.id, 'user_id', p_user,
+                                           'threshold', r.threshold, 'spend', v_spend,
+                                           'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),
+                                           'created', floor(extract(epoch FROM v_now))::bigint));
             END IF;
         END IF;
     END LOOP;
+    -- A new month re-arms the spend_above alerts fired last month, though none of
+    -- their rows changed: move the thresholds here too.
+    IF v_until IS NOT NULL AND v_now >= v_until THEN
+        PERFORM public.billing_alerts_sync(p_user);
+    END IF;
 END;
 $$;
 
--- users.billing_alerts_active follows the user's active alerts (every INSERT,
--- DELETE, and change of active or user_id). Its UPDATE of users waits for the
--- user's entries in flight (their balance UPDATE holds the row), so an entry
--- committed after the alert's transaction sees the flag.
-CREATE OR REPLACE FUNCTION public.billing_alerts_flag()
-RETURNS trigger
+-- The user's next thresholds (users.alert_*), from the user's active alerts:
+--   alert_below       the highest armed balance_below threshold (fires below it)
+--   alert_rearm       the lowest disarmed balance_below threshold (re-arms at it)
+--   alert_spend_above the lowest spend_above threshold not fired this month
+--   alert_spend       this month's spend (charges net of refunds), kept while the
+--                     user has an active spend_above alert (else NULL), counted
+--                     from the ledger when it starts or the month changes and then
+--                     added to by the balance UPDATE of each entry
+--   alert_spend_until when that month ends (UTC)
+-- Run by billing_alerts_sync_trigger on every change of billing_alerts that can
+-- move them, and by billing_alerts_check on a new month. Locks the user's row
+-- first, so the spend is counted after every entry in flight committed.
+CREATE OR REPLACE FUNCTION public.billing_alerts_sync(p_user uuid)
+RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    v_user uuid;
+    v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
+    v_until timestamptz;
+    v_below bigint;
+    v_rearm bigint;
+    v_spend_above bigint;
+    v_has_spend boolean;
+    v_spend bigint;
+    v_old_until timestamptz;
 BEGIN
-    FOREACH v_user IN ARRAY ARRAY[CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
-                                  CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END] LOOP
-        CONTINUE WHEN v_user IS NULL;
-        UPDATE public.users AS u
-           SET billing_alerts_active = x.any_active
-          FROM (SELECT EXISTS (SELECT 1 FROM public.billing_alerts AS a
-                                WHERE a.user_id = v_user AND a.active) AS any_active) AS x
-         WHERE u.id = v_user AND u.billing_alerts_active IS DISTINCT FROM x.any_active;
-    END LOOP;
+    v_until := (v_month_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
+    SELECT u.alert_spend, u.alert_spend_until INTO v_spend, v_old_until
+      FROM public.users AS u WHERE u.id = p_user FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;  -- the user is being deleted (billing_alerts cascades)
+    END IF;
+    SELECT max(a.threshold) FILTER (WHERE a.kind = 'balance_below' AND a.armed),
+           min(a.threshold) FILTER (WHERE a.kind = 'balance_below' AND NOT a.armed),
+           min(a.threshold) FILTER (WHERE a.kind = 'spend_above'
+                                      AND a.fired_month IS DISTINCT FROM v_month_start),
+           coalesce(bool_or(a.kind = 'spend_above'), false)
+      INTO v_below, v_rearm, v_spend_above, v_has_spend
+      FROM public.billing_alerts AS a
+     WHERE a.user_id = p_user AND a.active;
+    IF NOT v_has_spend THEN
+        v_spend := NULL;
+        v_until := NULL;
+    ELSIF v_old_until IS DISTINCT FROM v_until OR v_spend IS NULL THEN
+        -- A new statement after the row lock: every entry committed before it counts.
+        SELECT coalesce(-sum(t.amount), 0) INTO v_spend
+          FROM public.credit_transactions AS t
+         WHERE t.user_id = p_user
+           AND t.created_at >= v_month_start
+           AND t.type IN ('consumption', 'refund');
+    END IF;
+    UPDATE public.users AS u
+       SET alert_below = v_below, alert_rearm = v_rearm, alert_spend_above = v_spend_above,
+           alert_spend = v_spend, alert_spend_until = v_until
+     WHERE u.id = p_user
+       AND (u.alert_below, u.alert_rearm, u.alert_spend_above, u.alert_spend, u.alert_spend_until)
+           IS DISTINCT FROM (v_below, v_rearm, v_spend_above, v_spend, v_until);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION public.billing_alerts_sync_trigger()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM public.billing_alerts_sync(OLD.user_id);
+    END IF;
+    IF TG_OP <> 'DELETE' AND (TG_OP = 'INSERT' OR NEW.user_id IS DISTINCT FROM OLD.user_id) THEN
+        PERFORM public.billing_alerts_sync(NEW.user_id);
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -271,9 +341,10 @@ CREATE TRIGGER usage_events_apply_price
 BEFORE INSERT ON usage_events
 FOR EACH ROW EXECUTE FUNCTION public.usage_events_apply_price();
 
-CREATE TRIGGER billing_alerts_flag
-AFTER INSERT OR DELETE OR UPDATE OF active, user_id ON billing_alerts
-FOR EACH ROW EXECUTE FUNCTION public.billing_alerts_flag();
+CREATE TRIGGER billing_alerts_sync
+AFTER INSERT OR DELETE OR UPDATE OF active, user_id, kind, threshold, armed, fired_month
+ON billing_alerts
+FOR EACH ROW EXECUTE FUNCTION public.billing_alerts_sync_trigger();
 
 -- updated_at, like every table's (updated_at.sql holds the function): an invoice's
 -- status moves with Stripe's events.

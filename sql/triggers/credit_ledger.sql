@@ -14,9 +14,10 @@
 --     skip a row after its balance had moved;
 --   * an entry is dated when it is applied (clock_timestamp() under the row lock),
 --     so the latest entry by created_at is the one that holds the balance.
---   * a user who has an active billing alert (users.billing_alerts_active, read with
---     the balance) has the entry checked against those alerts, under the same lock
---     (billing_alerts_check, billing.sql); nobody else pays for alerts.
+--   * an entry that crosses one of its user's next alert thresholds (users.alert_*,
+--     compared by the balance UPDATE itself) is checked against the user's alerts,
+--     under the same lock (billing_alerts_check, billing.sql); no other entry pays
+--     more than that comparison for alerts.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
 -- of each type's amount, one charge and one refund per job (one unique index on
 -- (job_id, user_id, type), issue 16), unique Stripe payment ids.
@@ -32,7 +33,7 @@ DECLARE
     v_charged integer;
     v_balance integer;
     v_deleted boolean;
-    v_alerts boolean;
+    v_alert boolean;
 BEGIN
     -- A malformed row is refused by the constraint it breaks, before any balance
     -- is read (BEFORE triggers run ahead of NOT NULL and CHECK constraints).
@@ -126,13 +127,25 @@ BEGIN
     END IF;
 
     -- One statement takes the row lock, applies the rule and computes the balance.
+    -- It also adds the entry's spend (a charge, minus a refund) to the month's
+    -- (users.alert_spend, NULL unless the user has a spend_above alert: NULL stays
+    -- NULL) and tells whether the entry crossed one
+    -- of the user's next alert thresholds (users.alert_*, billing.sql; all NULL for a
+    -- user without alerts, so the test is NULL, i.e. no). A charge is the only entry
+    -- that adds to the spend (a positive spend).
     UPDATE public.users AS u
-       SET credit_balance = u.credit_balance + NEW.amount
+       SET credit_balance = u.credit_balance + NEW.amount,
+           alert_spend = u.alert_spend
+                         - CASE WHEN NEW.type IN ('consumption', 'refund') THEN NEW.amount ELSE 0 END
      WHERE u.id = NEW.user_id
        AND u.credit_balance + NEW.amount >= 0
        AND NOT (u.is_deleted AND NEW.type = 'purchase')
        AND NOT EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id)
-    RETURNING u.credit_balance, u.billing_alerts_active INTO NEW.balance_after, v_alerts;
+    RETURNING u.credit_balance,
+              u.credit_balance < u.alert_below OR u.credit_balance >= u.alert_rearm
+              OR (u.alert_spend > u.alert_spend_above AND NEW.type = 'consumption')
+              OR (u.alert_spend_until IS NOT NULL AND clock_timestamp() >= u.alert_spend_until)
+         INTO NEW.balance_after, v_alert;
 
     IF NOT FOUND THEN
         IF NEW.type = 'consumption' THEN
@@ -176,11 +189,10 @@ BEGIN
                       CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
         END IF;
     END IF;
-    -- Billing alerts (billing.sql), only for a user who has an active one: the flag
-    -- came back with the balance, so the others pay nothing for them.
-    IF v_alerts THEN
-        PERFORM public.billing_alerts_check(
-            NEW.user_id, NEW.balance_after,
+    -- Billing alerts (billing.sql), only when the entry crossed a threshold: the
+    -- test came back with the balance, so the other entries pay nothing more.
+    IF v_alert THEN
+        PERFORM public.billing_alerts_check(NEW.user_id, NEW.balance_after,
             CASE WHEN NEW.type IN ('consumption', 'refund') THEN -NEW.amount ELSE 0 END);
     END IF;
     NEW.created_at := clock_timestamp();

@@ -1,6 +1,7 @@
 -- The users columns that only triggers write: credit_balance (the ledger),
 -- dataset_count, workflow_count, model_count (counters.sql) and storage_used_bytes
--- (storage.sql). A direct write fails with ML003 derived_column_read_only.
+-- (storage.sql), and the next billing alert thresholds alert_* (billing.sql,
+-- c16c00000001). A direct write fails with ML003 derived_column_read_only.
 --
 -- The trigger functions that maintain them update users from inside a trigger
 -- (pg_trigger_depth() > 0); any statement issued by a client runs at depth 0.
@@ -39,6 +40,9 @@ BEGIN
         IF NEW.workflow_count <> 0 THEN v_columns := array_append(v_columns, 'workflow_count'); END IF;
         IF NEW.model_count <> 0 THEN v_columns := array_append(v_columns, 'model_count'); END IF;
         IF NEW.storage_used_bytes <> 0 THEN v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;
+        IF num_nonnulls(NEW.alert_below, NEW.alert_rearm, NEW.alert_spend_above, NEW.alert_spend,
+                        NEW.alert_spend_until) > 0 THEN
+            v_columns := array_append(v_columns, 'alert_*'); END IF;
     ELSE
         IF NEW.credit_balance IS DISTINCT FROM OLD.credit_balance THEN
             v_columns := array_append(v_columns, 'credit_balance'); END IF;
@@ -50,6 +54,12 @@ BEGIN
             v_columns := array_append(v_columns, 'model_count'); END IF;
         IF NEW.storage_used_bytes IS DISTINCT FROM OLD.storage_used_bytes THEN
             v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;
+        -- The next billing alert thresholds (billing.sql's billing_alerts_sync).
+        IF (NEW.alert_below, NEW.alert_rearm, NEW.alert_spend_above, NEW.alert_spend,
+            NEW.alert_spend_until)
+           IS DISTINCT FROM (OLD.alert_below, OLD.alert_rearm, OLD.alert_spend_above,
+                             OLD.alert_spend, OLD.alert_spend_until) THEN
+            v_columns := array_append(v_columns, 'alert_*'); END IF;
     END IF;
     IF cardinality(v_columns) = 0 THEN
         RETURN NEW;  -- an UPDATE that leaves the derived columns alone
@@ -65,7 +75,9 @@ CREATE TRIGGER users_guard_derived_insert
 BEFORE INSERT ON users
 FOR EACH ROW
 WHEN (NEW.credit_balance <> 0 OR NEW.dataset_count <> 0 OR NEW.workflow_count <> 0
-      OR NEW.model_count <> 0 OR NEW.storage_used_bytes <> 0)
+      OR NEW.model_count <> 0 OR NEW.storage_used_bytes <> 0
+      OR num_nonnulls(NEW.alert_below, NEW.alert_rearm, NEW.alert_spend_above,
+                      NEW.alert_spend, NEW.alert_spend_until) > 0)
 EXECUTE FUNCTION public.users_guard_derived();
 
 -- The WHEN clause is only the depth test, and the function compares the columns:

@@ -51,7 +51,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from database import errors
+from database import errors, locks
 from database._tx import atomic
 from database.models import (
     AlertEventStatus,
@@ -668,9 +668,73 @@ def create_alert(
     return alert, secret
 
 
+#: The users' next alert thresholds (users.alert_*, kept by billing_alerts_sync)
+#: against their alerts and the ledger: one row per column that differs. The month
+#: is the one the row counts (alert_spend_until's), so a month that ended with no
+#: entry since (the next entry counts the new one) is not drift.
+_ALERT_THRESHOLD_DRIFT = text(
+    """
+SELECT x.user_id, c.col, c.stored, c.expected
+  FROM (SELECT u.id AS user_id, u.alert_below, u.alert_rearm, u.alert_spend_above,
+               u.alert_spend, u.alert_spend_until, m.month_start, e.*,
+               CASE WHEN e.has_spend THEN
+                   (SELECT coalesce(-sum(t.amount), 0) FROM public.credit_transactions AS t
+                     WHERE t.user_id = u.id AND t.created_at >= m.month_start
+                       AND t.type IN ('consumption', 'refund'))
+               END AS spend
+          FROM public.users AS u
+         CROSS JOIN LATERAL (
+               SELECT coalesce(u.alert_spend_until - interval '1 month',
+                               date_trunc('month', clock_timestamp(), 'UTC')) AS month_start) AS m
+         CROSS JOIN LATERAL (
+               SELECT max(a.threshold) FILTER (WHERE a.kind = 'balance_below' AND a.armed)
+                          AS below,
+                      min(a.threshold) FILTER (WHERE a.kind = 'balance_below' AND NOT a.armed)
+                          AS rearm,
+                      min(a.threshold) FILTER (WHERE a.kind = 'spend_above'
+                                                 AND a.fired_month IS DISTINCT FROM m.month_start)
+                          AS spend_above,
+                      coalesce(bool_or(a.kind = 'spend_above'), false) AS has_spend
+                 FROM public.billing_alerts AS a
+                WHERE a.user_id = u.id AND a.active) AS e
+         WHERE (CAST(:ids AS uuid[]) IS NULL OR u.id = ANY (CAST(:ids AS uuid[])))
+           AND (num_nonnulls(u.alert_below, u.alert_rearm, u.alert_spend_above, u.alert_spend,
+                             u.alert_spend_until) > 0
+                OR EXISTS (SELECT 1 FROM public.billing_alerts AS a
+                            WHERE a.user_id = u.id AND a.active))) AS x
+ CROSS JOIN LATERAL (VALUES ('alert_below', x.alert_below, x.below),
+                            ('alert_rearm', x.alert_rearm, x.rearm),
+                            ('alert_spend_above', x.alert_spend_above, x.spend_above),
+                            ('alert_spend', x.alert_spend, x.spend),
+                            ('alert_spend_until',
+                             CASE WHEN x.alert_spend_until IS NOT NULL THEN 1 END,
+                             CASE WHEN x.has_spend THEN 1 END)) AS c(col, stored, expected)
+ WHERE c.stored IS DISTINCT FROM c.expected
+ ORDER BY x.user_id, c.col
+"""
+)
+
+
+def alert_threshold_drift(
+    conn: Connection | Session, user_ids: Iterable[uuid.UUID] | None = None
+) -> list[tuple[uuid.UUID, str, int | None, int | None]]:
+    """Users whose next alert thresholds (users.alert_*) are not what their active
+    alerts and this month's ledger say: (user, column, stored, expected), NULL as None
+    (``alert_spend_until``: 1 when set). ``automl-db verify`` reports them."""
+    ids = list(user_ids) if user_ids is not None else None
+    rows = conn.execute(_ALERT_THRESHOLD_DRIFT, {"ids": ids}).all()
+    return [(r.user_id, r.col, r.stored, r.expected) for r in rows]
+
+
 def deactivate_alert(session: Session, user_id: uuid.UUID, alert_id: uuid.UUID) -> bool:
-    """Stop an alert (its events and deliveries stay); False if it is not the user's."""
+    """Stop an alert (its events and deliveries stay); False if it is not the user's.
+
+    The user's row first, as the ledger's entries take it before an alert's row (a
+    crossing updates the alert under it), and the alert's trigger then moves the
+    user's thresholds (billing_alerts_sync): in the other order the two would wait
+    on each other."""
     with atomic(session):
+        locks.lock_users(session, [user_id])
         done = session.execute(
             update(BillingAlert)
             .where(

@@ -26,6 +26,9 @@ from ``balance_after - amount`` to ``balance_after`` (each balance in as often a
 out, but 0 one more out and the final balance one more in, all edges connected).
 That is exact, and costs nothing for users whose walk does not break.
 
+The users' next billing alert thresholds (``alert_*``, c16c00000001) equal what the
+user's active alerts and this month's ledger say (``database.billing``); reported only.
+
 The registry's derived columns, reported under the owner of the row:
 
 - ``model_versions.download_count`` equals the number of the version's granted
@@ -414,9 +417,24 @@ def check(
         for r in conn.execute(_UNPRODUCED, {"ids": ids})
     ]
     done(3)
+    from database.billing import alert_threshold_drift
     from database.metering import verify_usage
 
     report.usage = verify_usage(conn, ids)
+    # The users' next billing alert thresholds (c16c00000001): reported, not repaired
+    # (billing_alerts_sync recomputes them on the next change of the user's alerts).
+    for user_id, column, stored, expected in alert_threshold_drift(conn, ids):
+        report.drift.append(
+            Drift(
+                user_id,
+                column,
+                -1 if stored is None else stored,
+                expected,
+                f"{column} {'NULL' if stored is None else stored} != "
+                f"{'NULL' if expected is None else expected} from the user's active"
+                " billing alerts and this month's ledger",
+            )
+        )
     done(4)
     return report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, FetchedValue, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, FetchedValue, Index, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from database.base import Base, IDMixin, TimestampMixin, big_counter_column, counter_column
@@ -33,6 +33,16 @@ PERMISSION_COLUMNS = ("can_upload", "can_train", "can_deploy", "can_download", "
 #: (sql/triggers/identity.sql, ML100-ML102); the apps' role may not INSERT them.
 PRIVILEGE_COLUMNS = ("role", "is_active", *PERMISSION_COLUMNS)
 
+#: The user's next billing alert thresholds, kept by billing_alerts_sync
+#: (sql/triggers/billing.sql, c16c00000001); all NULL for a user without alerts.
+ALERT_COLUMNS = (
+    "alert_below",
+    "alert_rearm",
+    "alert_spend_above",
+    "alert_spend",
+    "alert_spend_until",
+)
+
 # The columns only the triggers write (sql/triggers/users_derived.sql).
 DERIVED_COLUMNS = (
     "credit_balance",
@@ -40,8 +50,8 @@ DERIVED_COLUMNS = (
     "workflow_count",
     "model_count",
     "storage_used_bytes",
-    # True while the user has an active billing alert (sql/triggers/billing.sql).
-    "billing_alerts_active",
+    # The next billing alert thresholds and the month's spend (sql/triggers/billing.sql).
+    *ALERT_COLUMNS,
 )
 
 
@@ -74,11 +84,22 @@ class User(IDMixin, TimestampMixin, Base):
     purged_at: Mapped[dt.datetime | None]
 
     credit_balance: Mapped[int] = counter_column()
-    # Kept by billing_alerts_flag (sql/triggers/billing.sql): the ledger's balance
-    # trigger reads it with the balance and checks alerts only when it is true.
-    billing_alerts_active: Mapped[bool] = mapped_column(
-        server_default=text("false"), server_onupdate=FetchedValue()
+    # The next billing alert thresholds (c16c00000001), kept by billing_alerts_sync
+    # (sql/triggers/billing.sql) from the user's active alerts: the ledger's balance
+    # UPDATE compares the new balance and the month's spend with them and checks the
+    # alerts only when one is crossed. NULL: no such alert.
+    # The highest armed balance_below threshold (fires when the balance goes below).
+    alert_below: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
+    # The lowest fired balance_below threshold (re-arms when the balance is back at it).
+    alert_rearm: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
+    # The lowest spend_above threshold not fired this month.
+    alert_spend_above: Mapped[int | None] = mapped_column(
+        BigInteger, server_onupdate=FetchedValue()
     )
+    # This month's charges net of refunds, while the user has a spend_above alert.
+    alert_spend: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
+    # The end of the month alert_spend counts (UTC).
+    alert_spend_until: Mapped[dt.datetime | None] = mapped_column(server_onupdate=FetchedValue())
     dataset_count: Mapped[int] = counter_column()
     workflow_count: Mapped[int] = counter_column()
     model_count: Mapped[int] = counter_column()
