@@ -155,7 +155,7 @@ def run(
     url: Any, *, seconds: float, reps: int, clients: tuple[int, ...], log: Any
 ) -> dict[str, Any]:
     from database import credits, deployments, errors
-    from database.models import UsageSku, User
+    from database.models import User
     from pipeline.serving import DEFAULT_MAX_ROWS
 
     engine = errors.install(create_engine(url, pool_size=max(clients) + 2, max_overflow=4))
@@ -174,7 +174,6 @@ def run(
         for uid in users:
             credits.adjust(s, uid, 1_000_000_000, "bench", "bench")
     request_log = metering.RequestLog(engine)
-    price = metering.unit_price_micro(UsageSku.PREDICTED_ROWS)
 
     def read_only(i: int) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -191,7 +190,7 @@ def run(
                 target[0],
                 model_version_id=target[1],
                 rows=1,
-                amount_micro=price,
+                amount_micro=None,
                 api_key_id=None,
                 request_id=None,
                 hold_seconds=metering.HOLD_SECONDS,
