@@ -653,7 +653,14 @@ def run_metering(*, seconds: float, reps: int) -> dict[str, Any]:
     machine = machine_description()
     db = BenchDatabase()
     try:
-        data = metering_bench.run(db.url, seconds=seconds, reps=reps, clients=(1, 4), log=print)
+        data = metering_bench.run(
+            db.url,
+            seconds=seconds,
+            reps=reps,
+            clients=(1, 4),
+            log=print,
+            pg_pid=_postmaster_pid(db),
+        )
     finally:
         db.close()
     data["machine"] = machine

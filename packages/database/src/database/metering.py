@@ -479,7 +479,8 @@ def _record_params(records: list[RequestRecord]) -> dict[str, Any]:
 
 
 def record_requests(bind: Session | Engine | Connection, records: list[RequestRecord]) -> int:
-    """Log these requests, release their admissions' holds and record the usage of
+    """Log these requests, release their admissions' holds (a request admitted from a
+    credit lease takes its part off the lease's hold instead) and record the usage of
     the successful ones (charged later, in aggregate): ONE statement, its own
     transaction (autocommit, unless the session has one open), committed without
     waiting for the WAL flush (a crash of the server may lose the last few hundred
@@ -844,8 +845,8 @@ class CreditLeases:
                 hold_id, int(price), int(amount or 0), time.monotonic() + self.seconds
             )
             with self._lock:
-                if price == 0:
-                    lease.left_micro = 0
+                if not price:  # free: nothing held, and nothing kept (a price may come)
+                    lease.left_micro, lease.expires = 0, 0.0
                 self._leases[user_id] = lease
                 found = self._consume(lease, n)
             assert found is not None  # the statement held at least this request's cost
