@@ -382,7 +382,12 @@ def test_a_keys_rate_limit_holds_across_two_uvicorn_processes(
                 assert all(p.poll() is None for p in procs), "an API process exited"
                 time.sleep(0.2)
         base = f"http://127.0.0.1:{ports[0]}"
-        r = httpx.post(f"{base}/v1/users", json={"email": "quota@example.com", "full_name": "Q"})
+        # 60-s timeouts: a loaded machine answers slower than httpx's default 5 s.
+        r = httpx.post(
+            f"{base}/v1/users",
+            json={"email": "quota@example.com", "full_name": "Q"},
+            timeout=60,
+        )
         assert r.status_code == 201, r.text
         key, user_id = r.json()["api_key"]["key"], uuid.UUID(r.json()["user"]["id"])
         headers = {"Authorization": f"Bearer {key}"}
@@ -392,6 +397,7 @@ def test_a_keys_rate_limit_holds_across_two_uvicorn_processes(
             f"{base}/v1/deployments",
             headers=headers,
             json={"name": "q", "model_version_id": str(model.version_id)},
+            timeout=60,
         )
         assert r.status_code == 201, r.text
         deployment_id = r.json()["id"]
