@@ -841,9 +841,7 @@ class CreditLeases:
                 raise
             self.taken += 1
             hold_id, amount, price = row
-            lease = _Lease(
-                hold_id, int(price), int(amount or 0), time.monotonic() + self.seconds
-            )
+            lease = _Lease(hold_id, int(price), int(amount or 0), time.monotonic() + self.seconds)
             with self._lock:
                 if not price:  # free: nothing held, and nothing kept (a price may come)
                     lease.left_micro, lease.expires = 0, 0.0
