@@ -423,6 +423,10 @@ def test_a_lease_shrinks_near_the_limit_and_gives_its_rest_back(sql, engine):
         leases.take(conn, user, 1)
     # 1,000 of the first still held (its request is not recorded), and the new lease.
     assert held(sql, user) == 1000 + (1_000_000 - 1000) // 4
+    # An expired lease is given back without a next request (the log's thread does it).
+    assert leases.return_expired(engine) == 1
+    assert held(sql, user) == 2000  # the two requests, not yet recorded
+    assert leases.return_expired(engine) == 0
 
 
 def test_credit_leases_in_two_processes_spend_the_balance_exactly(sql, engine, second_engine):

@@ -70,7 +70,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -591,8 +591,11 @@ class RequestLog:
         batch_rows: int = 500,
         max_rows: int = 100_000,
         retry_max_s: float = 5.0,
+        after_write: Callable[[], Any] | None = None,
     ) -> None:
         self.bind = bind
+        #: Run by the thread after each round of writes (the credit leases' expiry).
+        self.after_write = after_write
         self.interval_s = interval_s
         self.batch_rows = batch_rows
         self.max_rows = max_rows
@@ -681,6 +684,8 @@ class RequestLog:
                     return
             try:
                 self.flush()
+                if self.after_write is not None:
+                    self.after_write()
                 pause = self.interval_s
             except Exception as exc:
                 self.failures += 1
@@ -869,6 +874,26 @@ class CreditLeases:
         with self._lock:
             lease = self._leases.get(user_id)
             return 0 if lease is None else lease.left_micro
+
+    def return_expired(self, bind: Engine) -> int:
+        """Give back the unused part of every lease past :data:`LEASE_SECONDS` (one
+        statement; none when there is nothing to give): a user who stopped sending
+        requests does not keep credit held by this process. Run by the request log's
+        thread after its writes (:class:`RequestLog`'s ``after_write``)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [u for u, lease in self._leases.items() if lease.expires <= now]
+            parts = {}
+            for user in expired:
+                lease = self._leases.pop(user)
+                if lease.hold_id is not None and lease.left_micro > 0:
+                    parts[lease.hold_id] = lease.left_micro
+        if not parts:
+            return 0
+        with bind.connect() as conn:
+            conn.execute(_RETURN_LEASES, {"ids": list(parts), "micro": list(parts.values())})
+            conn.commit()
+        return len(parts)
 
     def close(self, bind: Engine) -> int:
         """Give every lease's unused part back (a graceful shutdown, or a test that

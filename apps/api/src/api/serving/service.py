@@ -172,7 +172,12 @@ class Predictor:
             with self._lock:
                 if self._engine is None:
                     self._engine = bind
-                    self.log = metering.RequestLog(bind)
+                    leases = self.leases
+                    self.log = metering.RequestLog(
+                        bind,
+                        # Expired leases' unused parts given back off the request path.
+                        after_write=None if leases is None else lambda: leases.return_expired(bind),
+                    )
         return self._engine
 
     def executor(self) -> ThreadPoolExecutor:
