@@ -10,6 +10,8 @@
                                     rewrites only its own section of the report
     python -m bench.registry [--quick]  only the registry's lineage and metric search
                                     (bench/registry.py), which rewrites only its section
+    python -m bench serving [...]   the same as python -m bench.serving [...] (and
+                                    python -m bench metering [...]: bench/metering.py)
     python -m bench.serving [--quick]  only serving (bench/serving.py: predict against
                                     MLflow's scoring server and a bare endpoint, batch),
                                     which rewrites only its own section
@@ -159,8 +161,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
 
 
+#: ``python -m bench serving ...`` is ``python -m bench.serving ...`` (its own flags).
+DELEGATED = ("serving", "metering")
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in DELEGATED:
+        import importlib
+
+        delegated: Any = importlib.import_module(f"bench.{args[0]}")
+        return int(delegated.main(args[1:]))
     # A TERM (timeout, CI) unwinds like Ctrl-C, so the throw-away server is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = parse_args(argv)

@@ -8,11 +8,12 @@ One request is the predict route's database and model work, without HTTP, as
 - *route off*: the deployment read (``deployments.resolve``, one statement) and the
   model (a one-row DataFrame and a LogisticRegression's ``predict`` on 8 features):
   what the route would do with no metering at all;
-- *route on*: the deployment read with the admission in the same statement
-  (``deployments.admit_serving``: the key's quotas, the user's lock, the credit
-  hold), the model, and the request's record added to a ``metering.RequestLog``
-  (written by its thread in batches during the run: the log row, the hold released,
-  the usage event and its meter);
+- *route on*: as ``automl-serve``'s quick way: the credit taken from the process's
+  lease (``metering.CreditLeases``: one statement per block of credit, the user's
+  lock and hold then), the deployment read with the admission in the same statement
+  (``deployments.admit_serving``: the key's quotas), the model, and the request's
+  record added to a ``metering.RequestLog`` (written by its thread in batches during
+  the run: the log row, the lease's hold reduced, the usage event and its meter);
 - *model only*: the model alone (the worst case: no database at all);
 - *metering only*: route on without a model (the absolute cost per request).
 
@@ -107,7 +108,13 @@ def _model() -> Callable[[], int]:
     return predict
 
 
-def _run(clients: int, seconds: float, one: Callable[[int], None]) -> float:
+def _run(
+    clients: int, seconds: float, one: Callable[[int], None], pg_pid: int | None = None
+) -> tuple[float, float, float]:
+    """Requests per second, and CPU milliseconds per request of this process (all its
+    threads: the clients and the request log's) and of PostgreSQL (``pg_pid``'s tree)."""
+    from bench.serving import tree_cpu_seconds
+
     stop = threading.Event()
     counts = [0] * clients
     barrier = threading.Barrier(clients + 1)
@@ -122,12 +129,17 @@ def _run(clients: int, seconds: float, one: Callable[[int], None]) -> float:
     for t in threads:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, cpu0, pg0 = time.perf_counter(), time.process_time(), tree_cpu_seconds(pg_pid)
     time.sleep(seconds)
     stop.set()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    done = max(1, sum(counts))
+    return (
+        sum(counts) / (time.perf_counter() - t0),
+        1000 * (time.process_time() - cpu0) / done,
+        1000 * (tree_cpu_seconds(pg_pid) - pg0) / done,
+    )
 
 
 def _deployment(session: Session, user_id: uuid.UUID) -> uuid.UUID:
@@ -152,10 +164,16 @@ def _deployment(session: Session, user_id: uuid.UUID) -> uuid.UUID:
 
 
 def run(
-    url: Any, *, seconds: float, reps: int, clients: tuple[int, ...], log: Any
+    url: Any,
+    *,
+    seconds: float,
+    reps: int,
+    clients: tuple[int, ...],
+    log: Any,
+    pg_pid: int | None = None,
 ) -> dict[str, Any]:
     from database import credits, deployments, errors
-    from database.models import UsageSku, User
+    from database.models import User
     from pipeline.serving import DEFAULT_MAX_ROWS
 
     engine = errors.install(create_engine(url, pool_size=max(clients) + 2, max_overflow=4))
@@ -174,7 +192,9 @@ def run(
         for uid in users:
             credits.adjust(s, uid, 1_000_000_000, "bench", "bench")
     request_log = metering.RequestLog(engine)
-    price = metering.unit_price_micro(UsageSku.PREDICTED_ROWS)
+    # The serving process's credit leases (its quick way): the credit admitted
+    # locally, the statement counts the key's quotas only.
+    leases = metering.CreditLeases()
 
     def read_only(i: int) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -185,13 +205,14 @@ def run(
     ) -> None:
         started = time.perf_counter()
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            leased = leases.take(conn, user, 1)
             found = deployments.admit_serving(
                 conn,
                 user,
                 target[0],
                 model_version_id=target[1],
                 rows=1,
-                amount_micro=price,
+                amount_micro=0,
                 api_key_id=None,
                 request_id=None,
                 hold_seconds=metering.HOLD_SECONDS,
@@ -210,7 +231,8 @@ def run(
                 status=metering.InferenceStatus.OK,
                 error_class=None,
                 request_id=uuid.uuid4().hex,
-                hold_id=found.hold_id,
+                hold_id=leased.hold_id,
+                leased_micro=leased.amount_micro,
             )
         )
 
@@ -224,11 +246,19 @@ def run(
     results: list[dict[str, Any]] = []
     for n in clients:
         tps: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}
+        pg: dict[str, list[float]] = {k: [] for k in variants}
         for rep in range(reps):
             order = list(variants) if rep % 2 == 0 else list(reversed(variants))
             for name in order:
-                tps[name].append(_run(n, seconds, variants[name]))
-                log(f"clients {n} rep {rep + 1} {name}: {tps[name][-1]:.0f}/s")
+                rate, own, db_ms = _run(n, seconds, variants[name], pg_pid)
+                tps[name].append(rate)
+                cpu[name].append(own)
+                pg[name].append(db_ms)
+                log(
+                    f"clients {n} rep {rep + 1} {name}: {rate:.0f}/s, CPU {own:.2f} ms"
+                    f" + PostgreSQL {db_ms:.2f} ms per request"
+                )
         med = {k: statistics.median(v) for k, v in tps.items()}
         results.append(
             {
@@ -238,10 +268,13 @@ def run(
                 "ratio_hot": med["route on (one hot user)"] / med["route off"],
                 "ratio_model": med["route on (distinct users)"] / med["model only"],
                 "metering_us": 1e6 * n / med["metering only"],
+                "cpu_ms": {k: statistics.median(v) for k, v in cpu.items()},
+                "pg_cpu_ms": {k: statistics.median(v) for k, v in pg.items()},
                 "all": tps,
             }
         )
     request_log.close()
+    leases.close(engine)
     with engine.connect() as conn:
         problems = metering.verify_usage(conn, users)
     assert not problems, problems
@@ -257,9 +290,10 @@ def render_section(data: dict[str, Any], machine: dict[str, str], note: str) -> 
         " and model work without HTTP, threads as clients, each on a pooled connection in"
         " autocommit as `automl-serve`, one-row requests. *route off*: the deployment read"
         " (`deployments.resolve`, one statement) and the model (a one-row DataFrame and a"
-        " LogisticRegression's `predict`); *route on*: the same read with the admission in it"
-        " (`deployments.admit_serving`, one statement: the deployment, the key's quotas, the"
-        " credit hold), the model, and the request's record added to the buffered"
+        " LogisticRegression's `predict`); *route on*: the credit taken from the process's"
+        " lease (`metering.CreditLeases`: a statement once per block), the same read with the"
+        " admission in it (`deployments.admit_serving`, one statement: the deployment, the"
+        " key's quotas), the model, and the request's record added to the buffered"
         " `metering.RequestLog` (written in batches by its thread, in the run);"
         " *model only*: the model alone; *metering only*: route on without a model."
         f" {data['seconds']} s per run, median of {data['reps']} interleaved repetitions."
@@ -278,6 +312,30 @@ def render_section(data: dict[str, Any], machine: dict[str, str], note: str) -> 
             f" | {t['metering only']:.0f} | {r['ratio_distinct']:.2f} | {r['ratio_hot']:.2f}"
             f" | {r['ratio_model']:.2f} | {r['metering_us']:.0f} µs |"
         )
+    lines += [
+        "",
+        "CPU milliseconds per request (this process's threads + PostgreSQL's backends;"
+        " less moved by the machine's other load than requests per second):",
+        "",
+        "| clients | model only | route off | route on, distinct users |"
+        " route on, one hot user | metering only |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data["results"]:
+        c, g = r.get("cpu_ms"), r.get("pg_cpu_ms")
+        if not c or not g:
+            continue
+        cells = [
+            f"{c[k]:.2f} + {g[k]:.2f}"
+            for k in (
+                "model only",
+                "route off",
+                "route on (distinct users)",
+                "route on (one hot user)",
+                "metering only",
+            )
+        ]
+        lines.append(f"| {r['clients']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Machine: {machine.get('cpu', '?')},"
@@ -307,12 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     db = BenchDatabase()
     try:
+        from bench.serving import _postmaster_pid
+
         data = run(
             db.url,
             seconds=a.seconds,
             reps=a.reps,
             clients=tuple(int(c) for c in a.clients.split(",")),
             log=log,
+            pg_pid=_postmaster_pid(db),
         )
     finally:
         db.close()

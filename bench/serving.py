@@ -4,6 +4,10 @@ prediction against ``model.predict`` in one process.
     python -m bench.serving             full run; writes the "Serving" section of
                                         docs/performance.md
     python -m bench.serving --quick     short; bench/results/ only
+    python -m bench.serving --seconds 8 --reps 2 --doc -
+                                        the integrator's run: both online points,
+                                        batch, and metering on / off at 1 and 4
+                                        clients (bench/metering.py), no report
 
 **Online.** One model (the platform's pipeline: imputation, scaling, one-hot, a
 random forest of 50 trees, fitted on 20,000 rows of 4 columns), one record per request,
@@ -64,6 +68,53 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _cpu_ticks() -> dict[int, tuple[int, int]]:
+    """Every process's parent and CPU time so far (user + system, clock ticks)."""
+    out: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return out
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds used so far by ``pid`` and its live descendants (Linux /proc; 0
+    elsewhere or for None): a figure of the work a side does per request that the
+    machine's other load does not change much, unlike its requests per second."""
+    if pid is None or not os.path.isdir("/proc"):
+        return 0.0
+    table = _cpu_ticks()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += table.get(current, (0, 0))[1]
+        todo.extend(children.get(current, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _postmaster_pid(db: Any) -> int | None:
+    """The embedded PostgreSQL's postmaster (its backends are its children)."""
+    folder = getattr(db, "_tmpdir", None)
+    if not getattr(db, "embedded", False) or not folder:
+        return None
+    for found in Path(folder).rglob("postmaster.pid"):
+        try:
+            return int(found.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
 
 def _wait_http(url: str, seconds: float = 120.0) -> None:
@@ -373,6 +424,8 @@ def run(
             r = httpx.post(url, content=body, headers=headers, timeout=30)
             assert r.status_code == 200, (name, r.text)
             asyncio.run(_load(url, body, headers, 1, min(1.0, seconds)))
+        pids = {"ours": processes[0].pid, "bare": processes[1].pid, "mlflow": processes[2].pid}
+        pg_pid = _postmaster_pid(db)
         online: dict[str, Any] = {}
         order = list(sides)
         for n in clients:
@@ -380,8 +433,17 @@ def run(
             for rep in range(reps):
                 for name in order[rep % 3 :] + order[: rep % 3]:
                     url, body, headers = sides[name]
-                    runs[name].append(asyncio.run(_load(url, body, headers, n, seconds)))
-                    log(f"  {n} clients {name}: {runs[name][-1]['rps']:.0f} req/s")
+                    cpu0, pg0 = tree_cpu_seconds(pids[name]), tree_cpu_seconds(pg_pid)
+                    got = asyncio.run(_load(url, body, headers, n, seconds))
+                    done = max(1, got["requests"])
+                    got["cpu_ms"] = 1000 * (tree_cpu_seconds(pids[name]) - cpu0) / done
+                    got["pg_cpu_ms"] = 1000 * (tree_cpu_seconds(pg_pid) - pg0) / done
+                    runs[name].append(got)
+                    log(
+                        f"  {n} clients {name}: {got['rps']:.0f} req/s, p50"
+                        f" {got['p50_ms']:.1f} ms, CPU {got['cpu_ms']:.2f} ms/request"
+                        f" (+ PostgreSQL {got['pg_cpu_ms']:.2f})"
+                    )
             point: dict[str, Any] = {}
             for name, got in runs.items():
                 point[name] = {
@@ -389,6 +451,8 @@ def run(
                     "p99_ms": statistics.median(g["p99_ms"] for g in got),
                     "p50_ms": statistics.median(g["p50_ms"] for g in got),
                     "errors": sum(g["errors"] for g in got),
+                    "cpu_ms": statistics.median(g["cpu_ms"] for g in got),
+                    "pg_cpu_ms": statistics.median(g["pg_cpu_ms"] for g in got),
                 }
             point["vs_mlflow"] = point["ours"]["rps"] / point["mlflow"]["rps"]
             point["vs_bare"] = point["ours"]["rps"] / point["bare"]["rps"]
@@ -492,13 +556,16 @@ def section(results: dict[str, Any], conditions: str) -> str:
     out.append(
         "| clients | ours req/s | MLflow req/s | bare req/s | ours / MLflow (>= 1.0) |"
         " ours / bare (>= 0.7) | p99 ours / MLflow / bare (ms) |"
+        " CPU ms per request, ours (+ PostgreSQL) / MLflow / bare |"
     )
-    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n, p in results["online"].items():
         out.append(
             f"| {n} | {p['ours']['rps']:.0f} | {p['mlflow']['rps']:.0f} | {p['bare']['rps']:.0f}"
             f" | {p['vs_mlflow']:.2f} | {p['vs_bare']:.2f} | {p['ours']['p99_ms']:.1f} /"
             f" {p['mlflow']['p99_ms']:.1f} / {p['bare']['p99_ms']:.1f} |"
+            f" {p['ours'].get('cpu_ms', 0):.2f} (+ {p['ours'].get('pg_cpu_ms', 0):.2f}) /"
+            f" {p['mlflow'].get('cpu_ms', 0):.2f} / {p['bare'].get('cpu_ms', 0):.2f} |"
         )
     b = results["batch"]
     out += [
@@ -546,11 +613,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--batch-rows", type=int, default=None)
     p.add_argument("--doc", default=None, help="report path ('-' for none)")
+    p.add_argument(
+        "--no-metering",
+        action="store_true",
+        help="skip metering on / off (bench/metering.py at 1 and 4 clients)",
+    )
     a = p.parse_args(argv)
     seconds = a.seconds or (3.0 if a.quick else 10.0)
     reps = a.reps or (1 if a.quick else 3)
     rows = a.batch_rows or (100_000 if a.quick else 1_000_000)
     results = run(seconds=seconds, reps=reps, clients=(1, 8), batch_rows=rows)
+    if not a.no_metering:
+        results["metering"] = run_metering(seconds=min(seconds, 4.0), reps=max(reps, 2))
     print(json.dumps(results, indent=2))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -560,7 +634,37 @@ def main(argv: list[str] | None = None) -> int:
     doc = None if a.doc == "-" else Path(a.doc) if a.doc else (None if a.quick else DOC)
     if doc is not None:
         write_section(doc, section(results, conditions(results)))
+        if "metering" in results:
+            from bench import metering as metering_bench
+
+            m = results["metering"]
+            metering_bench._write(
+                doc, metering_bench.render_section(m, m["machine"], "Run by bench.serving.")
+            )
     return 0
+
+
+def run_metering(*, seconds: float, reps: int) -> dict[str, Any]:
+    """The issue's metering on / off (bench/metering.py) at 1 and 4 clients, on a
+    database of its own: serving's benchmark reports both goals in one run."""
+    from bench import metering as metering_bench
+    from bench.server import BenchDatabase, machine_description
+
+    machine = machine_description()
+    db = BenchDatabase()
+    try:
+        data = metering_bench.run(
+            db.url,
+            seconds=seconds,
+            reps=reps,
+            clients=(1, 4),
+            log=print,
+            pg_pid=_postmaster_pid(db),
+        )
+    finally:
+        db.close()
+    data["machine"] = machine
+    return data
 
 
 def conditions(results: dict[str, Any]) -> str:

@@ -315,6 +315,153 @@ def test_a_user_who_cannot_pay_gets_payment_required(sql, engine):
     usage_ok(engine)
 
 
+def test_the_hold_is_priced_by_the_users_book(sql, engine, app_engine):
+    """Admission holds what the rows will cost: the price of the book in force for
+    the user's tier (billing_usage_price_micro), not the first book's estimate."""
+    from database import billing
+
+    free, pro = make_user(sql), make_user(sql, tier="pro")
+    with Session(engine) as s:
+        billing.set_prices(s, tier="free", prices={"predicted_rows": 3})
+        billing.set_prices(s, tier="pro", prices={"predicted_rows": 5})
+        s.commit()
+    fund(engine, free, 3)  # 1,000 rows at 3 credits per 1,000
+    fund(engine, pro, 10)
+    admit(engine, free, 1000, request_id="f1")
+    assert scalar(sql, "SELECT amount_micro FROM usage_holds WHERE user_id = :u", u=free) == (
+        3_000_000
+    )
+    with pytest.raises(errors.PaymentRequired) as refused:
+        admit(engine, free, 1)  # 3,000 micro-credits, none left (the first book: 1,000)
+    assert refused.value.needed_micro == 3000 and refused.value.available_micro == 0
+    # The same function through raw SQL as the apps' role: no amount -> the book's.
+    with app_engine.begin() as conn:
+        hold = conn.execute(
+            text("SELECT public.usage_hold(:u, NULL, NULL, 7, NULL, 'p1', 600)"), {"u": pro}
+        ).scalar_one()
+    assert scalar(sql, "SELECT amount_micro FROM usage_holds WHERE id = :h", h=hold) == 35_000
+    # An explicit amount is held as given; rows of no cost hold nothing.
+    with app_engine.begin() as conn:
+        given = conn.execute(
+            text("SELECT public.usage_hold(:u, NULL, NULL, 7, 123, 'p2', 600)"), {"u": pro}
+        ).scalar_one()
+        nothing = conn.execute(
+            text("SELECT public.usage_hold(:u, NULL, NULL, 0, NULL, 'p3', 600)"), {"u": pro}
+        ).scalar_one()
+    assert scalar(sql, "SELECT amount_micro FROM usage_holds WHERE id = :h", h=given) == 123
+    assert nothing is None
+    with pytest.raises(errors.MeteredUserNotFound):
+        admit(engine, uuid.uuid4(), 1)
+    # What it recorded is charged at that price, and usage still equals the ledger.
+    record(engine, free, 1000, request_id="f1")
+    assert scalar(sql, "SELECT count(*) FROM usage_holds WHERE user_id = :u", u=free) == 0
+    metering.charge_usage(engine, through=now_plus())
+    assert balance(sql, free) == 0
+    usage_ok(engine)
+
+
+def _leased_request(bind: Engine, leases: metering.CreditLeases, user: uuid.UUID) -> bool:
+    """One 1-row request admitted from ``leases`` (a serving process's) and recorded
+    at once; False when refused (402)."""
+    with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        try:
+            leased = leases.take(conn, user, 1)
+        except errors.PaymentRequired:
+            return False
+    rid = uuid.uuid4().hex
+    record(bind, user, 1, request_id=rid, hold_id=leased.hold_id, leased_micro=leased.amount_micro)
+    return True
+
+
+def held(sql: Any, user: uuid.UUID) -> int:
+    return int(
+        scalar(
+            sql, "SELECT coalesce(sum(amount_micro), 0) FROM usage_holds WHERE user_id = :u", u=user
+        )
+    )
+
+
+def test_a_credit_lease_admits_locally_and_settles_exactly(sql, engine, app_engine):
+    """A serving process's lease: one statement per block, as the apps' role; each
+    record takes its part off the lease's hold; the unused part comes back at close."""
+    user = make_user(sql)
+    fund(engine, user, 10)
+    leases = metering.CreditLeases(block_micro=100_000)  # 100 one-row requests
+    for _ in range(150):
+        assert _leased_request(app_engine, leases, user)
+    assert leases.taken == 2
+    # The first lease used up and recorded (nothing held), the second half used.
+    assert held(sql, user) == 50_000 == leases.left(user)
+    assert leases.close(app_engine) == 1
+    assert held(sql, user) == 0
+    assert scalar(sql, "SELECT count(*) FROM usage_holds WHERE user_id = :u", u=user) <= 1
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters WHERE user_id = :u", u=user) == (
+        150_000
+    )
+    metering.sweep(engine)
+    usage_ok(engine)
+    # A user with no credits is refused by the lease's statement (before any model).
+    broke = make_user(sql)
+    with (
+        app_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        pytest.raises(errors.PaymentRequired),
+    ):
+        leases.take(conn, broke, 1)
+    assert held(sql, broke) == 0
+
+
+def test_a_lease_shrinks_near_the_limit_and_gives_its_rest_back(sql, engine):
+    user = make_user(sql)
+    fund(engine, user, 1)  # 1,000 rows
+    # Leases that expire at once: every take is a statement.
+    leases = metering.CreditLeases(block_micro=10_000_000, seconds=0.0)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        first = leases.take(conn, user, 1)
+        assert held(sql, user) == 250_000  # a quarter of what is available, not the block
+        assert first.amount_micro == 1000
+        # The next take gives the expired lease's unused part back in its statement.
+        leases.take(conn, user, 1)
+    # 1,000 of the first still held (its request is not recorded), and the new lease.
+    assert held(sql, user) == 1000 + (1_000_000 - 1000) // 4
+    # An expired lease is given back without a next request (the log's thread does it).
+    assert leases.return_expired(engine) == 1
+    assert held(sql, user) == 2000  # the two requests, not yet recorded
+    assert leases.return_expired(engine) == 0
+
+
+def test_credit_leases_in_two_processes_spend_the_balance_exactly(sql, engine, second_engine):
+    """Two serving processes, each with its own leases, admitting one-row requests
+    of one user until both are refused: exactly the balance is admitted, never more,
+    and usage equals the ledger after the charge."""
+    user = make_user(sql)
+    fund(engine, user, 1)  # 1,000 rows at the first book's price
+    admitted = [0, 0]
+
+    def process(i: int, bind: Engine) -> None:
+        leases = metering.CreditLeases(block_micro=50_000)
+        refused = 0
+        while refused < 3:
+            if _leased_request(bind, leases, user):
+                admitted[i] += 1
+                refused = 0
+            else:
+                refused += 1
+        leases.close(bind)
+
+    threads = [
+        threading.Thread(target=process, args=(i, e)) for i, e in enumerate([engine, second_engine])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 1000, admitted
+    assert held(sql, user) == 0
+    metering.charge_usage(engine, through=now_plus())
+    assert balance(sql, user) == 0
+    usage_ok(engine)
+
+
 def test_a_failed_request_releases_its_hold_and_costs_nothing(sql, engine):
     user = make_user(sql)
     fund(engine, user, 1)

@@ -103,6 +103,10 @@ $$;
 --     granted, a hold of p_amount micro-credits if the balance covers the meter
 --     (uncharged usage and carry), the live holds and it      -> ML087 payment_required
 --     (DETAIL needed=... available=...); an unknown user       -> ML089.
+--   * the hold's amount: p_amount micro-credits, or, when p_amount is NULL (what the
+--     apps pass), p_rows x the price of a predicted row in the book in force for the
+--     user's tier (billing_usage_price_micro: the price the usage is recorded at, so
+--     the hold is what the request will cost; ML093 when no book prices it).
 -- A refusal raises: the caller's transaction (or savepoint) undoes the counting.
 -- The hold's id is returned (NULL when nothing is held: p_amount <= 0), so the
 -- request's record releases exactly its own hold (database.metering.record_requests).
@@ -117,6 +121,7 @@ DECLARE
     v_start timestamptz;
     v_available bigint;
     v_hold uuid;
+    v_amount bigint := p_amount;
 BEGIN
     IF p_key IS NOT NULL THEN
         SELECT k.rate_limit_per_minute, k.monthly_row_quota INTO v_rl, v_mq
@@ -152,7 +157,14 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    IF p_amount <= 0 THEN
+    IF v_amount IS NULL THEN
+        IF coalesce(p_rows, 0) <= 0 THEN
+            RETURN NULL;
+        END IF;
+        -- NULL for an unknown user: refused below (ML089).
+        v_amount := p_rows * public.billing_usage_price_micro(p_user, 'predicted_rows');
+    END IF;
+    IF v_amount <= 0 THEN
         RETURN NULL;
     END IF;
     -- A hold need not survive a crash of the server (it only stands for a request in
@@ -163,7 +175,7 @@ BEGIN
         RAISE EXCEPTION 'user % does not exist', p_user USING ERRCODE = 'ML089';
     END IF;
     INSERT INTO public.usage_holds (user_id, deployment_id, rows, amount_micro, request_id, expires_at)
-    SELECT p_user, p_deployment, p_rows, p_amount, p_request_id,
+    SELECT p_user, p_deployment, p_rows, v_amount, p_request_id,
            v_now + make_interval(secs => p_hold_seconds)
       FROM public.users AS u
      WHERE u.id = p_user
@@ -172,7 +184,7 @@ BEGIN
                         WHERE m.user_id = p_user), 0)
            - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
                         WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
-           >= p_amount
+           >= v_amount
     RETURNING id INTO v_hold;
     IF NOT FOUND THEN
         SELECT u.credit_balance::bigint * 1000000
@@ -183,11 +195,81 @@ BEGIN
           INTO v_available
           FROM public.users AS u WHERE u.id = p_user;
         RAISE EXCEPTION 'insufficient credits for % rows: they cost % micro-credits, % available',
-                p_rows, p_amount, greatest(v_available, 0)
+                p_rows, v_amount, greatest(v_available, 0)
             USING ERRCODE = 'ML087',
-                  DETAIL = format('needed=%s available=%s', p_amount, v_available);
+                  DETAIL = format('needed=%s available=%s', v_amount, v_available);
     END IF;
     RETURN v_hold;
+END;
+$$;
+
+-- A serving process's credit lease (database.metering.CreditLeases): one hold taken
+-- in bulk, from which the process admits requests of this user locally, without a
+-- round trip each, until it is used up or expires; the key's quotas are still counted
+-- per request (usage_hold with p_amount 0), so they hold exactly across processes.
+--   * the price of a predicted row: the book in force for the user's tier
+--     (billing_usage_price_micro; ML093 when none prices it); 0: nothing is held;
+--   * the user's row lock, then, in a new snapshot, a hold of
+--     greatest(needed, least(p_block_micro, available / 4)): the block, shrinking as
+--     the balance runs low, down to the request's own cost near the limit, so other
+--     processes find the rest; available < needed                -> ML087, as usage_hold;
+--   * p_retire / p_retire_micro: the process's previous lease of the user, its unused
+--     part given back in the same statement (its used part is given back by the
+--     request log as its requests are recorded: database.metering.record_requests).
+-- Returns the hold's id (NULL when the price is 0), the micro-credits held and the
+-- price of a row they were held at.
+CREATE OR REPLACE FUNCTION public.usage_lease(p_user uuid, p_rows bigint, p_block_micro bigint, p_retire uuid, p_retire_micro bigint, p_hold_seconds integer, OUT hold_id uuid, OUT amount_micro bigint, OUT price_micro bigint)
+RETURNS record
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now timestamptz := now();
+    v_needed bigint;
+    v_available bigint;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    IF p_retire IS NOT NULL AND coalesce(p_retire_micro, 0) > 0 THEN
+        -- Nothing left but the unused part (every request of the lease recorded): gone.
+        DELETE FROM public.usage_holds AS h
+         WHERE h.id = p_retire AND h.user_id = p_user AND h.amount_micro <= p_retire_micro;
+        IF NOT FOUND THEN
+            UPDATE public.usage_holds AS h SET amount_micro = h.amount_micro - p_retire_micro
+             WHERE h.id = p_retire AND h.user_id = p_user;
+        END IF;
+    END IF;
+    price_micro := public.billing_usage_price_micro(p_user, 'predicted_rows');
+    IF price_micro IS NULL THEN
+        RAISE EXCEPTION 'user % does not exist', p_user USING ERRCODE = 'ML089';
+    END IF;
+    v_needed := greatest(p_rows, 1) * price_micro;
+    IF v_needed <= 0 THEN
+        amount_micro := 0;
+        RETURN;
+    END IF;
+    PERFORM 1 FROM public.users AS u WHERE u.id = p_user FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % does not exist', p_user USING ERRCODE = 'ML089';
+    END IF;
+    -- A new statement, so a new snapshot: every hold and record committed before the
+    -- lock was granted is seen.
+    SELECT u.credit_balance::bigint * 1000000
+           - coalesce((SELECT m.pending_micro FROM public.usage_meters AS m
+                        WHERE m.user_id = p_user), 0)
+           - coalesce((SELECT sum(h.amount_micro) FROM public.usage_holds AS h
+                        WHERE h.user_id = p_user AND h.expires_at > v_now), 0)
+      INTO v_available
+      FROM public.users AS u WHERE u.id = p_user;
+    IF v_available < v_needed THEN
+        RAISE EXCEPTION 'insufficient credits for % rows: they cost % micro-credits, % available',
+                greatest(p_rows, 1), v_needed, greatest(v_available, 0)
+            USING ERRCODE = 'ML087',
+                  DETAIL = format('needed=%s available=%s', v_needed, v_available);
+    END IF;
+    amount_micro := greatest(v_needed, least(coalesce(p_block_micro, 0), v_available / 4));
+    INSERT INTO public.usage_holds (user_id, deployment_id, rows, amount_micro, request_id, expires_at)
+    VALUES (p_user, NULL, greatest(amount_micro / price_micro, 1), amount_micro, NULL,
+            v_now + make_interval(secs => p_hold_seconds))
+    RETURNING id INTO hold_id;
 END;
 $$;
 

@@ -337,7 +337,7 @@ def admit_serving(
     *,
     model_version_id: uuid.UUID,
     rows: int,
-    amount_micro: int,
+    amount_micro: int | None = None,
     api_key_id: uuid.UUID | None,
     request_id: str | None,
     hold_seconds: int,
@@ -348,7 +348,9 @@ def admit_serving(
     ``model_version_id`` (the version whose signature the request was checked
     against; active, the owner may deploy the model, ``rows`` within the config's
     ``max_batch_rows``), the admission of ``rows`` in the same statement
-    (``public.usage_hold``: the key's quotas and the credit hold, the rules of
+    (``public.usage_hold``: the key's quotas and the credit hold of ``amount_micro``,
+    by default None: the rows priced by the book in force for the user's tier, the
+    price the usage is recorded at; the rules of
     :func:`database.metering.admit`, which raises ``QuotaExceeded`` /
     ``PaymentRequired`` here too).
 

@@ -155,6 +155,8 @@ APP_FUNCTIONS = (
     # usage_events_apply_price records), from the price book (sql/triggers/billing.sql).
     "public.billing_usage_price_micro(uuid, text)",
     "public.usage_hold(uuid, uuid, uuid, bigint, bigint, text, integer)",
+    # A serving process's credit lease (database.metering.CreditLeases).
+    "public.usage_lease(uuid, bigint, bigint, uuid, bigint, integer)",
     # The API's audit events (the trail's time and actor are the database's, so no
     # INSERT on audit_events), the workers' monthly partitions ahead, and the purge's
     # redaction of a purged user's IPs and user agents (it refuses anyone not purged,

@@ -70,14 +70,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import BigInteger, Connection, Engine, bindparam, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
@@ -101,7 +101,11 @@ QuotaExceeded = errors.QuotaExceeded
 
 __all__ = [
     "HOLD_SECONDS",
+    "LEASE_BLOCK_MICRO",
+    "LEASE_SECONDS",
     "ChargeReport",
+    "CreditLeases",
+    "Leased",
     "PaymentRequired",
     "QuotaExceeded",
     "Prices",
@@ -187,8 +191,9 @@ def unit_price_micro(
     """Micro-credits one unit of ``sku`` costs now: for ``user_id`` exactly (the
     database's ``billing_usage_price_micro``, the price its usage is recorded at),
     else the highest of the books in force (:func:`prices`). Without ``bind``, the
-    first book's price (:data:`FIRST_BOOK_PRICES`): an estimate, for admission's
-    hold; the usage itself is priced by the database when recorded."""
+    first book's price (:data:`FIRST_BOOK_PRICES`): an estimate. Neither the
+    admission's hold (``usage_hold`` prices it from the user's book in the statement)
+    nor the usage (priced by the database when recorded) uses it."""
     sku = UsageSku(sku)
     if bind is not None and user_id is not None:
         statement = text("SELECT public.billing_usage_price_micro(:u, :s)")
@@ -265,7 +270,7 @@ def _count(value: Any, name: str) -> int:
 # One round trip: the rules are public.usage_hold's (sql/triggers/metering.sql).
 _ADMIT = text(
     "SELECT public.usage_hold(:user, :key, :deployment, :rows, :amount, :request_id, :hold_seconds)"
-)
+).bindparams(bindparam("amount", type_=BigInteger))
 
 
 def admit(
@@ -297,7 +302,11 @@ def admit(
         "key": None if api_key_id is None else _uuid(api_key_id, "api_key_id"),
         "deployment": None if deployment_id is None else _uuid(deployment_id, "deployment_id"),
         "rows": n,
-        "amount": n * unit_price_micro(sku),
+        # The hold is priced by the book in force for the user's tier, in the
+        # statement (usage_hold with no amount); another sku's price is read first.
+        "amount": None
+        if UsageSku(sku) is UsageSku.PREDICTED_ROWS
+        else n * unit_price_micro(sku, session, user_id=user_id),
         "request_id": (request_id or None) and str(request_id)[:200],
         "hold_seconds": HOLD_SECONDS,
     }
@@ -332,6 +341,10 @@ class RequestRecord:
     #: Micro-credits a unit costs, fixed when the request is made.
     price_micro: int = -1
     usage_key: str = ""
+    #: Micro-credits this request took from its process's credit lease (``hold_id``
+    #: is then the lease's hold, which its record reduces by this much rather than
+    #: releasing it: :class:`CreditLeases`); 0: a hold of its own, or none.
+    leased_micro: int = 0
 
     @classmethod
     def make(
@@ -348,6 +361,7 @@ class RequestRecord:
         request_id: str | None,
         hold_id: uuid.UUID | None = None,
         sku: UsageSku = UsageSku.PREDICTED_ROWS,
+        leased_micro: int = 0,
     ) -> RequestRecord:
         """A record, its values checked (``InvalidValue`` naming a bad one)."""
         rid = (request_id or None) and str(request_id)[:200]
@@ -368,6 +382,7 @@ class RequestRecord:
             sku=sku,
             price_micro=unit_price_micro(sku),
             usage_key=f"request:{rid or uuid.uuid4()}:{sku.value}",
+            leased_micro=_count(leased_micro, "leased_micro"),
         )
 
     @property
@@ -389,10 +404,11 @@ _RECORD = text(
                              CAST(:errors AS text[]), CAST(:request_ids AS text[]),
                              CAST(:holds AS uuid[]), CAST(CAST(:skus AS text[]) AS usage_sku[]),
                              CAST(:prices AS bigint[]), CAST(:usage_keys AS text[]),
-                             CAST(:ats AS timestamptz[]), CAST(:billable AS boolean[]))
+                             CAST(:ats AS timestamptz[]), CAST(:billable AS boolean[]),
+                             CAST(:leased AS bigint[]))
             WITH ORDINALITY AS x(user_id, api_key_id, deployment_id, model_version_id, rows,
                                  latency_ms, status, error_class, request_id, hold_id, sku,
-                                 price, usage_key, at, billable, ord)
+                                 price, usage_key, at, billable, leased, ord)
     ), fresh AS (
         SELECT i.* FROM input AS i
          WHERE NOT (i.billable AND EXISTS (SELECT 1 FROM public.usage_events AS e
@@ -406,7 +422,14 @@ _RECORD = text(
         RETURNING 1
     ), released AS (
         DELETE FROM public.usage_holds
-         WHERE id IN (SELECT hold_id FROM input WHERE hold_id IS NOT NULL)
+         WHERE id IN (SELECT hold_id FROM input WHERE hold_id IS NOT NULL AND leased = 0)
+        RETURNING 1
+    ), lease_used AS (
+        UPDATE public.usage_holds AS h
+           SET amount_micro = greatest(h.amount_micro - u.micro, 0)
+          FROM (SELECT hold_id, sum(leased) AS micro FROM fresh
+                 WHERE hold_id IS NOT NULL AND leased > 0 GROUP BY hold_id) AS u
+         WHERE h.id = u.hold_id
         RETURNING 1
     ), guessed AS (
         DELETE FROM public.usage_holds
@@ -419,7 +442,7 @@ _RECORD = text(
                             AND h.deployment_id IS NOT DISTINCT FROM i.deployment_id))
                  ORDER BY (h.request_id IS NOT DISTINCT FROM i.request_id) DESC, h.expires_at
                  LIMIT 1 FOR UPDATE SKIP LOCKED) AS g
-             WHERE i.hold_id IS NULL AND i.status <> 'refused'
+             WHERE i.hold_id IS NULL AND i.status <> 'refused' AND i.leased = 0
                AND (i.rows > 0 OR i.request_id IS NOT NULL))
         RETURNING 1
     ), used AS (
@@ -451,11 +474,13 @@ def _record_params(records: list[RequestRecord]) -> dict[str, Any]:
         "usage_keys": [r.usage_key for r in records],
         "ats": [r.at for r in records],
         "billable": [r.billable for r in records],
+        "leased": [r.leased_micro for r in records],
     }
 
 
 def record_requests(bind: Session | Engine | Connection, records: list[RequestRecord]) -> int:
-    """Log these requests, release their admissions' holds and record the usage of
+    """Log these requests, release their admissions' holds (a request admitted from a
+    credit lease takes its part off the lease's hold instead) and record the usage of
     the successful ones (charged later, in aggregate): ONE statement, its own
     transaction (autocommit, unless the session has one open), committed without
     waiting for the WAL flush (a crash of the server may lose the last few hundred
@@ -500,6 +525,7 @@ def record_request(
     request_id: str | None,
     sku: UsageSku = UsageSku.PREDICTED_ROWS,
     hold_id: uuid.UUID | None = None,
+    leased_micro: int = 0,
 ) -> None:
     """Log one inference request (success or failure), release its admission's hold
     and, when it succeeded with rows, record their usage, now: :func:`record_requests`
@@ -520,6 +546,7 @@ def record_request(
                 request_id=request_id,
                 hold_id=hold_id,
                 sku=sku,
+                leased_micro=leased_micro,
             )
         ],
     )
@@ -564,8 +591,11 @@ class RequestLog:
         batch_rows: int = 500,
         max_rows: int = 100_000,
         retry_max_s: float = 5.0,
+        after_write: Callable[[], Any] | None = None,
     ) -> None:
         self.bind = bind
+        #: Run by the thread after each round of writes (the credit leases' expiry).
+        self.after_write = after_write
         self.interval_s = interval_s
         self.batch_rows = batch_rows
         self.max_rows = max_rows
@@ -654,6 +684,8 @@ class RequestLog:
                     return
             try:
                 self.flush()
+                if self.after_write is not None:
+                    self.after_write()
                 pause = self.interval_s
             except Exception as exc:
                 self.failures += 1
@@ -685,6 +717,201 @@ class RequestLog:
                     return
                 time.sleep(pause)
                 pause = min(self.retry_max_s, pause * 2)
+
+
+# --- credit leases ----------------------------------------------------------------------
+#: The block of credit a serving process leases for a user at a time (micro-credits:
+#: 1 credit, 1,000 one-row predictions in the first book), shrinking near the limit.
+LEASE_BLOCK_MICRO = 1_000_000
+#: How long a process admits from one lease before it gives the rest back.
+LEASE_SECONDS = 30.0
+
+_LEASE = text(
+    "SELECT hold_id, amount_micro, price_micro FROM public.usage_lease(:user, :rows, :block,"
+    " :retire, :retire_micro, :hold_seconds)"
+).bindparams(
+    bindparam("retire", type_=UUID(as_uuid=True)),
+    bindparam("retire_micro", type_=BigInteger),
+)
+# Unused parts of leases given back: a hold left with nothing is deleted.
+_RETURN_LEASES = text(
+    "WITH r AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:micro AS bigint[]))"
+    " AS r(id, micro)), gone AS (DELETE FROM public.usage_holds AS h USING r"
+    " WHERE h.id = r.id AND h.amount_micro <= r.micro RETURNING h.id)"
+    " UPDATE public.usage_holds AS h SET amount_micro = h.amount_micro - r.micro"
+    " FROM r WHERE h.id = r.id AND h.amount_micro > r.micro"
+)
+
+
+@dataclass
+class _Lease:
+    hold_id: uuid.UUID | None
+    price_micro: int
+    left_micro: int
+    expires: float
+
+
+@dataclass(frozen=True)
+class Leased:
+    """A request admitted from a lease: the hold it is counted in, and how much."""
+
+    hold_id: uuid.UUID | None
+    amount_micro: int
+
+
+class CreditLeases:
+    """The credit holds of one serving process, taken in bulk: admission without a
+    round trip on the hot path (docs/serving.md, "Credit leases").
+
+    For each user the process holds one lease: a hold of up to
+    :data:`LEASE_BLOCK_MICRO` (``public.usage_lease``: priced by the user's book;
+    ``PaymentRequired`` when the balance does not cover the request itself, so a user
+    with no credits is refused before the model runs). :meth:`take` admits a
+    request from it in memory until it is used up or :data:`LEASE_SECONDS` old; then
+    the next request's statement gives back the unused part and takes a new lease.
+    Each request's record (:class:`RequestLog`) reduces the lease's hold by what it
+    took, so a hold always covers exactly the requests admitted and not yet recorded
+    plus what is left to admit: the user's balance is never overspent, in any number
+    of processes. Near the limit the lease shrinks (a quarter of what is available,
+    down to the request's own cost), so other processes find the rest; a process may
+    still refuse while another holds an unused lease of the user, for at most
+    :data:`LEASE_SECONDS`. :meth:`close` gives every unused part back (a graceful
+    shutdown); after a crash the holds expire (``HOLD_SECONDS``) as a request's do.
+
+    The key's quotas are not leased: they are counted per request, in the statement
+    that reads the deployment, so they hold exactly across processes.
+    """
+
+    def __init__(
+        self,
+        *,
+        block_micro: int = LEASE_BLOCK_MICRO,
+        seconds: float = LEASE_SECONDS,
+        hold_seconds: int = HOLD_SECONDS,
+    ) -> None:
+        self.block_micro = block_micro
+        self.seconds = seconds
+        self.hold_seconds = hold_seconds
+        self.taken = 0  # leases taken (statements), for tests and the benchmark
+        self._leases: dict[uuid.UUID, _Lease] = {}
+        self._lock = threading.Lock()
+        self._user_locks: dict[uuid.UUID, threading.Lock] = {}
+
+    def _local(self, user_id: uuid.UUID, rows: int) -> Leased | None:
+        lease = self._leases.get(user_id)
+        if lease is None or lease.expires <= time.monotonic():
+            return None
+        return self._consume(lease, rows)
+
+    @staticmethod
+    def _consume(lease: _Lease, rows: int) -> Leased | None:
+        amount = rows * lease.price_micro
+        if amount > lease.left_micro:
+            return None
+        lease.left_micro -= amount
+        return Leased(lease.hold_id if amount > 0 else None, amount)
+
+    def take(self, bind: Connection | Session, user_id: uuid.UUID, rows: int) -> Leased:
+        """Admit ``rows`` of ``user_id`` from the process's lease, taking a new one
+        (one statement on ``bind``, in autocommit) when it is used up or expired."""
+        n = _count(rows, "rows")
+        with self._lock:
+            found = self._local(user_id, n)
+            if found is not None:
+                return found
+            user_lock = self._user_locks.setdefault(user_id, threading.Lock())
+        with user_lock:  # one renewal per user at a time; the others use its lease
+            with self._lock:
+                found = self._local(user_id, n)
+                if found is not None:
+                    return found
+                old = self._leases.pop(user_id, None)
+            retire = old.hold_id if old is not None and old.left_micro > 0 else None
+            try:
+                row = bind.execute(
+                    _LEASE,
+                    {
+                        "user": user_id,
+                        "rows": n,
+                        "block": max(self.block_micro, 0),
+                        "retire": retire,
+                        "retire_micro": old.left_micro if old is not None and retire else 0,
+                        "hold_seconds": self.hold_seconds,
+                    },
+                ).one()
+            except BaseException:
+                if old is not None:
+                    with self._lock:  # nothing was given back: it stays usable
+                        self._leases.setdefault(user_id, old)
+                raise
+            self.taken += 1
+            hold_id, amount, price = row
+            lease = _Lease(hold_id, int(price), int(amount or 0), time.monotonic() + self.seconds)
+            with self._lock:
+                if not price:  # free: nothing held, and nothing kept (a price may come)
+                    lease.left_micro, lease.expires = 0, 0.0
+                self._leases[user_id] = lease
+                found = self._consume(lease, n)
+            assert found is not None  # the statement held at least this request's cost
+            return found
+
+    def give_back(self, bind: Connection | Session, user_id: uuid.UUID, leased: Leased) -> None:
+        """A request admitted from the lease that will not run after all (its
+        deployment was not served as guessed, a quota refused it): its part may be
+        admitted again, or, when the lease was renewed meanwhile, its hold is reduced
+        now (one statement on ``bind``)."""
+        if leased.amount_micro <= 0 or leased.hold_id is None:
+            return
+        with self._lock:
+            lease = self._leases.get(user_id)
+            if lease is not None and lease.hold_id == leased.hold_id:
+                lease.left_micro += leased.amount_micro
+                return
+        bind.execute(_RETURN_LEASES, {"ids": [leased.hold_id], "micro": [leased.amount_micro]})
+
+    def left(self, user_id: uuid.UUID) -> int:
+        """Micro-credits the process may still admit for ``user_id`` without a statement."""
+        with self._lock:
+            lease = self._leases.get(user_id)
+            return 0 if lease is None else lease.left_micro
+
+    def return_expired(self, bind: Engine) -> int:
+        """Give back the unused part of every lease past :data:`LEASE_SECONDS` (one
+        statement; none when there is nothing to give): a user who stopped sending
+        requests does not keep credit held by this process. Run by the request log's
+        thread after its writes (:class:`RequestLog`'s ``after_write``)."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [u for u, lease in self._leases.items() if lease.expires <= now]
+            parts = {}
+            for user in expired:
+                lease = self._leases.pop(user)
+                if lease.hold_id is not None and lease.left_micro > 0:
+                    parts[lease.hold_id] = lease.left_micro
+        if not parts:
+            return 0
+        with bind.connect() as conn:
+            conn.execute(_RETURN_LEASES, {"ids": list(parts), "micro": list(parts.values())})
+            conn.commit()
+        return len(parts)
+
+    def close(self, bind: Engine) -> int:
+        """Give every lease's unused part back (a graceful shutdown, or a test that
+        wants the holds settled; write the request log first): one statement. The
+        number of leases given back; the next :meth:`take` takes a new one."""
+        with self._lock:
+            parts = {
+                lease.hold_id: lease.left_micro
+                for lease in self._leases.values()
+                if lease.hold_id is not None and lease.left_micro > 0
+            }
+            self._leases.clear()
+        if not parts:
+            return 0
+        with bind.connect() as conn:
+            conn.execute(_RETURN_LEASES, {"ids": list(parts), "micro": list(parts.values())})
+            conn.commit()
+        return len(parts)
 
 
 def record_usage(

@@ -156,6 +156,43 @@ def _argmax_predicts(estimator: Any) -> bool:
     )
 
 
+def _sequential_forest(estimator: Any) -> bool:
+    """A forest of classification trees whose ``predict_proba`` :func:`forest_proba`
+    gives exactly (the same sums in the same order): scikit-learn's own
+    RandomForestClassifier and ExtraTreesClassifier (not a subclass, which may
+    override it), one output, run in one thread (``n_jobs`` None or 1: the platform
+    saves its models so)."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    return (
+        type(estimator) in (RandomForestClassifier, ExtraTreesClassifier)
+        and getattr(estimator, "n_outputs_", None) == 1
+        and estimator.n_jobs in (None, 1)
+        and bool(getattr(estimator, "estimators_", None))
+    )
+
+
+def forest_proba(estimator: Any, features: Any) -> np.ndarray | None:
+    """``estimator.predict_proba(features)`` for a forest of :func:`_sequential_forest`,
+    without joblib: the trees' class fractions summed one tree after the other into a
+    float64 array, then divided by the number of trees -- exactly what scikit-learn's
+    ``ForestClassifier.predict_proba`` computes with ``n_jobs`` None (its
+    ``_accumulate_prediction`` adds each tree's ``tree_.predict(X)[:, :n_classes_]``,
+    in the order of ``estimators_``), bit for bit (tested on real data). Its
+    ``Parallel`` call, the per-tree configuration and warning-filter context and the
+    per-tree fitted checks cost ~20x the trees' own work on a one-row request.
+    None: not such a forest (the caller asks the estimator)."""
+    if not _sequential_forest(estimator):
+        return None
+    X = estimator._validate_X_predict(features)
+    trees = estimator.estimators_
+    out = np.zeros((X.shape[0], int(estimator.n_classes_)), dtype=np.float64)
+    for tree in trees:
+        out += tree.tree_.predict(X)[:, : tree.n_classes_]
+    out /= len(trees)
+    return out
+
+
 def describe_model(
     key: str, model: Any, signature: Mapping[str, Any] | None, size_bytes: int
 ) -> LoadedModel:
@@ -546,7 +583,9 @@ def predict_arrays(model: LoadedModel, frame: pd.DataFrame) -> tuple[np.ndarray,
     else:
         features, final = frame, model.model
     if model.classes is not None and hasattr(final, "predict_proba"):
-        proba = np.asarray(final.predict_proba(features))
+        proba = forest_proba(final, features)
+        if proba is None:
+            proba = np.asarray(final.predict_proba(features))
         if model.argmax_predicts:
             predictions = np.asarray(final.classes_).take(np.argmax(proba, axis=1), axis=0)
         else:
@@ -588,6 +627,7 @@ __all__ = [
     "class_labels",
     "predict",
     "predict_arrays",
+    "forest_proba",
     "signature_columns",
     "training_columns",
 ]

@@ -38,7 +38,7 @@ from api.errors import ApiError, from_database
 from api.metrics import record_prediction
 from database import deployments, metering
 from database import errors as db
-from database.models import InferenceStatus, UsageSku
+from database.models import InferenceStatus
 from database.storage import Storage
 from pipeline.serving import (
     DEFAULT_MAX_ROWS,
@@ -107,6 +107,8 @@ class _State:
     version_id: uuid.UUID | None = None
     hold_id: uuid.UUID | None = None
     rows: int = 0
+    #: Taken from the process's credit lease (``hold_id`` is then the lease's hold).
+    leased_micro: int = 0
 
 
 @dataclass
@@ -141,10 +143,20 @@ class Predictor:
     is then logged through :class:`database.metering.RequestLog` (buffered, written
     in batches by a thread, off the request path)."""
 
-    def __init__(self, storage: Storage, cache_bytes: int, *, model_threads: int = 32) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        cache_bytes: int,
+        *,
+        model_threads: int = 32,
+        credit_lease: bool = True,
+    ) -> None:
         self.storage = storage
         self.cache = ModelCache(cache_bytes)
         self.log: metering.RequestLog | None = None
+        #: The process's credit leases (the quick way's admission without a round
+        #: trip for the credit; None: a hold per request, in the statement).
+        self.leases = metering.CreditLeases() if credit_lease else None
         self._hints: dict[tuple[uuid.UUID, uuid.UUID], tuple[uuid.UUID, int]] = {}
         self._engine: Engine | None = None
         self._lock = threading.Lock()
@@ -160,7 +172,12 @@ class Predictor:
             with self._lock:
                 if self._engine is None:
                     self._engine = bind
-                    self.log = metering.RequestLog(bind)
+                    leases = self.leases
+                    self.log = metering.RequestLog(
+                        bind,
+                        # Expired leases' unused parts given back off the request path.
+                        after_write=None if leases is None else lambda: leases.return_expired(bind),
+                    )
         return self._engine
 
     def executor(self) -> ThreadPoolExecutor:
@@ -172,13 +189,23 @@ class Predictor:
             return self._executor
 
     def flush(self) -> int:
-        """Write the buffered request log now (tests; a shutdown calls :meth:`close`)."""
-        return self.log.flush() if self.log is not None else 0
+        """Write the buffered request log now and give the credit leases' unused parts
+        back (tests; a shutdown calls :meth:`close`)."""
+        written = self.log.flush() if self.log is not None else 0
+        if self.leases is not None and self._engine is not None:
+            self.leases.close(self._engine)
+        return written
 
     def close(self) -> None:
-        """A graceful shutdown: the request log written, the model threads let go."""
+        """A graceful shutdown: the request log written, the credit leases' unused
+        parts given back, the model threads let go."""
         if self.log is not None:
             self.log.close()
+        if self.leases is not None and self._engine is not None:
+            try:
+                self.leases.close(self._engine)
+            except Exception:  # their holds expire (HOLD_SECONDS) as a crash's would
+                log.exception("the credit leases were not given back")
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -232,30 +259,50 @@ class Predictor:
         except InputError:
             return None  # the long way says it, after the deployment's own errors
         rows = table.rows
+        leased: metering.Leased | None = None
         try:
+            if self.leases is not None:
+                # The credit, from the process's lease: no statement, except when
+                # it is used up or expired (402 here for a user who cannot pay).
+                leased = self.leases.take(conn, principal.user_id, rows)
             found = deployments.admit_serving(
                 conn,
                 principal.user_id,
                 deployment_id,
                 model_version_id=version_id,
                 rows=rows,
-                amount_micro=rows * metering.unit_price_micro(UsageSku.PREDICTED_ROWS),
+                # Leased: only the key's quotas are counted here. Else the hold, at
+                # the book's price for the user's tier (None), in the statement.
+                amount_micro=0 if leased is not None else None,
                 api_key_id=principal.key.id if principal.key is not None else None,
                 request_id=rid,
                 hold_seconds=metering.HOLD_SECONDS,
                 default_max_rows=DEFAULT_MAX_ROWS,
             )
         except (metering.QuotaExceeded, metering.PaymentRequired):
+            self._give_back(conn, principal.user_id, leased)
             state.deployment_id, state.version_id = deployment_id, version_id
             raise
         except deployments.DeploymentNotFound:
+            self._give_back(conn, principal.user_id, leased)
             self._hints.pop((principal.user_id, deployment_id), None)
             raise
         if not found.admitted:
+            self._give_back(conn, principal.user_id, leased)
             return None
         state.deployment_id, state.version_id = deployment_id, version_id
-        state.hold_id, state.rows = found.hold_id, rows
+        state.rows = rows
+        if leased is not None:
+            state.hold_id, state.leased_micro = leased.hold_id, leased.amount_micro
+        else:
+            state.hold_id = found.hold_id
         return _Ready(found.target.config, model, frame, rows)
+
+    def _give_back(
+        self, conn: Connection, user_id: uuid.UUID, leased: metering.Leased | None
+    ) -> None:
+        if leased is not None and self.leases is not None:
+            self.leases.give_back(conn, user_id, leased)
 
     def _long(
         self,
@@ -400,6 +447,7 @@ class Predictor:
                 error_class=error.get("code") if isinstance(error, Mapping) else None,
                 request_id=rid,
                 hold_id=state.hold_id,
+                leased_micro=state.leased_micro,
             )
             assert self.log is not None
             self.log.add(record)
