@@ -24,8 +24,9 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
+    v_column text;
     v_bytes text;
-    v_rows text[] := ARRAY[]::text[];
+    v_rows text;
     v_ids uuid[];
     v_deltas bigint[];
 BEGIN
@@ -34,17 +35,21 @@ BEGIN
             TG_TABLE_NAME
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT string_agg(format('coalesce(r.%I, 0)', c), ' + ') INTO v_bytes FROM unnest(TG_ARGV) AS c;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        v_rows := v_rows || format('SELECT r.user_id, %s AS n FROM new_rows AS r', v_bytes);
+    -- Built with expressions, not a query: each statement run here costs a plan.
+    FOREACH v_column IN ARRAY TG_ARGV LOOP
+        v_bytes := concat_ws(' + ', v_bytes, format('coalesce(r.%I, 0)', v_column));
+    END LOOP;
+    IF TG_OP = 'INSERT' THEN
+        v_rows := format('SELECT r.user_id, %s AS n FROM new_rows AS r', v_bytes);
+    ELSIF TG_OP = 'DELETE' THEN
+        v_rows := format('SELECT r.user_id, -(%s) AS n FROM old_rows AS r', v_bytes);
+    ELSE
+        v_rows := format('SELECT r.user_id, %s AS n FROM new_rows AS r'
+                         ' UNION ALL SELECT r.user_id, -(%s) FROM old_rows AS r', v_bytes, v_bytes);
     END IF;
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        v_rows := v_rows || format('SELECT r.user_id, -(%s) AS n FROM old_rows AS r', v_bytes);
-    END IF;
-    EXECUTE format('SELECT array_agg(s.user_id), array_agg(s.n)
-                      FROM (SELECT c.user_id, sum(c.n)::bigint AS n
-                              FROM (%s) AS c GROUP BY c.user_id) AS s',
-                   array_to_string(v_rows, ' UNION ALL '))
+    EXECUTE 'SELECT array_agg(s.user_id), array_agg(s.n)'
+            ' FROM (SELECT c.user_id, sum(c.n)::bigint AS n FROM (' || v_rows || ') AS c'
+            ' GROUP BY c.user_id) AS s'
        INTO v_ids, v_deltas;
     PERFORM public.users_apply_deltas('storage_used_bytes', v_ids, v_deltas);
     RETURN NULL;
