@@ -88,22 +88,26 @@ def trigger(name: str, table: str, definition: str, *, constraint: bool = False)
     )
 
 
+# The three entity operations are registered on ``op`` by alembic-utils at import time,
+# which mypy cannot see.
+
+
 def create(*entities: ReplaceableEntity) -> None:
     """``op.create_entity`` of each, in order."""
     for entity in entities:
-        op.create_entity(entity)
+        op.create_entity(entity)  # type: ignore[attr-defined]
 
 
 def replace(*entities: ReplaceableEntity) -> None:
     """``op.replace_entity`` of each, in order (a trigger is dropped and created again)."""
     for entity in entities:
-        op.replace_entity(entity)
+        op.replace_entity(entity)  # type: ignore[attr-defined]
 
 
 def drop(*entities: ReplaceableEntity) -> None:
     """``op.drop_entity`` of each, in order (triggers before their table and function)."""
     for entity in entities:
-        op.drop_entity(entity)
+        op.drop_entity(entity)  # type: ignore[attr-defined]
 
 
 def revoke_execute_from_public(*signatures: str) -> None:
