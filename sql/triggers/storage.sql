@@ -16,7 +16,9 @@
 -- row's size columns (dataset_versions: original_size_bytes, parquet_size_bytes;
 -- models and batch_outputs: size_bytes), and a row counts the sum of them, NULL as 0.
 -- The table needs a user_id. The statement is built from the arguments (quoted as
--- identifiers) and reads the transition tables new_rows and old_rows.
+-- identifiers) and reads the transition tables new_rows and old_rows. Its price: a plan
+-- per statement, where a per-table function's written-out query was planned once per
+-- session (docs/performance.md, "The storage trigger"; bench/storage_trigger.py).
 CREATE OR REPLACE FUNCTION public.users_adjust_storage()
 RETURNS trigger
 LANGUAGE plpgsql
