@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import sections
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
@@ -206,6 +208,7 @@ def run(
     order alternating with the seed (platform first on even seeds, FLAML first on odd
     ones) so a load change on the machine hits both alike. Each point is appended to
     ``journal`` (JSON lines) as soon as it is measured."""
+    from bench.server import load_average
     from database.models.enums import ProblemType
     from pipeline import automl
     from pipeline.definition import PreprocessConfig
@@ -262,7 +265,7 @@ def run(
                     "flaml_seconds": f["seconds"],
                     "platform_learner": p["learner"],
                     "flaml_learner": f["learner"],
-                    "load_average": _load(),
+                    "load_average": load_average(),
                     "at": time.strftime("%H:%M:%S"),
                 }
                 if journal is not None:
@@ -277,13 +280,6 @@ def run(
             out["sets"][name] = summarize(name, len(frame), problem, metric, points)
     out["met"] = all(s["met"] for s in out["sets"].values())
     return out
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return ""
 
 
 def from_journal(path: Path) -> dict[str, Any]:
@@ -357,14 +353,7 @@ def render_section(result: dict[str, Any], machine: dict[str, str] | None = None
 
 def write_section(doc: Path, section: str) -> None:
     """Replace (or add at the end) the section in ``doc``."""
-    text = doc.read_text() if doc.exists() else ""
-    if TITLE in text:
-        start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + ("\n" + text[end:] if end != -1 else "\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
+    sections.write_section(doc, section, TITLE, before=())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ledger import SEED_CREDITS, _rotate, create_users, reset_ledger, user_uuid_sql
-from bench.server import BenchDatabase
+from bench.server import BenchDatabase, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -184,7 +184,7 @@ def alert_cost(
                         "failed": result.failed,
                         "cpu_us_per_tx": result.cpu_us_per_tx,
                         "events": fired,
-                        "load": _load(),
+                        "load": load_average(),
                     }
                 )
                 cpu = result.cpu_us_per_tx
@@ -277,13 +277,6 @@ def alert_cpu(
         "DELETE FROM billing_alerts;\n"
     )
     return runs
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return ""
 
 
 _SIZES = """
@@ -769,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             "alerts": alerts,
             "alerts_cpu": alerts_cpu,
             "weight": weight,
-            "load_at_end": _load(),
+            "load_at_end": load_average(),
         }
     finally:
         db.close()

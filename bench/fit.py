@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import sections
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
@@ -230,17 +232,7 @@ def render_section(fit: dict[str, Any], machine: dict[str, str] | None = None) -
 
 def write_section(doc: Path, section: str) -> None:
     """Replace (or add, before "## What was changed for this") the section in ``doc``."""
-    text = doc.read_text() if doc.exists() else ""
-    if TITLE in text:
-        start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + ("\n" + text[end:] if end != -1 else "\n")
-    elif "\n## What was changed for this" in text:
-        at = text.index("\n## What was changed for this") + 1
-        text = text[:at] + section + "\n\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
+    sections.write_section(doc, section, TITLE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import sections
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
@@ -524,20 +526,9 @@ the page fills): such filters need their own index or a bound on the walk."""
 def write_section(doc: Path, section: str) -> None:
     """Replace (or add, before "## Fit inside a job" or "## What was changed for this")
     the section in ``doc``."""
-    text = doc.read_text() if doc.exists() else ""
-    if TITLE in text:
-        start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + ("\n" + text[end:] if end != -1 else "\n")
-    else:
-        for anchor in ("\n## Fit inside a job", "\n## What was changed for this"):
-            if anchor in text:
-                at = text.index(anchor) + 1
-                text = text[:at] + section + "\n\n" + text[at:]
-                break
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
+    sections.write_section(
+        doc, section, TITLE, before=("\n## Fit inside a job", sections.WHAT_WAS_CHANGED)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -337,6 +337,13 @@ def _grab(pattern: str, out: str, default: float | None = None) -> float:
     return float(m.group(1))
 
 
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages as /proc/loadavg writes them ("" if unknown)."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return ""
+
+
 def machine_description() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -354,9 +361,7 @@ def machine_description() -> dict[str, str]:
                 break
     except OSError:
         pass
-    load = ""
-    with contextlib.suppress(OSError):
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = load_average()
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),

@@ -8,10 +8,10 @@ Create Date: 2026-11-25 14:10:31.440592+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function
 
 revision: str = "978101ddeebc"
 down_revision: str | Sequence[str] | None = None
@@ -19,86 +19,69 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+USERS_APPLY_DELTAS_FUNCTION = function(
+    "users_apply_deltas(p_column text, p_user_ids uuid[], p_deltas bigint[])",
+    "returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF p_column NOT IN ('dataset_count', 'workflow_count', 'model_count', 'storage_used_bytes') THEN\n        RAISE EXCEPTION 'users_apply_deltas\\: unknown column %', p_column\n            USING ERRCODE = 'invalid_parameter_value';\n    END IF;\n    WITH delta AS (\n        SELECT d.user_id, d.n\n          FROM unnest(p_user_ids, p_deltas) AS d(user_id, n)\n         WHERE d.n <> 0\n    ), locked AS (\n        SELECT u.id\n          FROM public.users AS u JOIN delta ON delta.user_id = u.id\n         ORDER BY u.id\n           FOR NO KEY UPDATE OF u\n    )\n    UPDATE public.users AS u\n       SET dataset_count = u.dataset_count\n               + CASE WHEN p_column = 'dataset_count' THEN delta.n::integer ELSE 0 END,\n           workflow_count = u.workflow_count\n               + CASE WHEN p_column = 'workflow_count' THEN delta.n::integer ELSE 0 END,\n           model_count = u.model_count\n               + CASE WHEN p_column = 'model_count' THEN delta.n::integer ELSE 0 END,\n           storage_used_bytes = u.storage_used_bytes\n               + CASE WHEN p_column = 'storage_used_bytes' THEN delta.n ELSE 0 END\n      FROM delta JOIN locked ON locked.id = delta.user_id\n     WHERE u.id = delta.user_id;\nEND;\n$$",
+)
+USERS_COUNT_DATASETS_FUNCTION = function(
+    "users_count_datasets()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('dataset_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
+)
+USERS_COUNT_WORKFLOWS_FUNCTION = function(
+    "users_count_workflows()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r\n                 WHERE NOT r.is_deleted GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r\n                 WHERE NOT r.is_deleted GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r WHERE NOT r.is_deleted\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r WHERE NOT r.is_deleted) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('workflow_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
+)
+USERS_COUNT_MODELS_FUNCTION = function(
+    "users_count_models()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('model_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
+)
+CREDIT_TX_BEFORE_INSERT_FUNCTION = function(
+    "credit_tx_before_insert()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_charged integer;\n    v_balance integer;\n    v_deleted boolean;\nBEGIN\n    IF NEW.type = 'refund' THEN\n        SELECT -t.amount INTO v_charged\n          FROM public.credit_transactions AS t\n         WHERE t.job_id = NEW.job_id AND t.type = 'consumption';\n        IF v_charged IS NULL THEN\n            RAISE EXCEPTION 'job % was never charged, so it cannot be refunded', NEW.job_id\n                USING ERRCODE = 'ML004';\n        ELSIF NEW.amount > v_charged THEN\n            RAISE EXCEPTION 'refund of % credits exceeds the % charged for job %',\n                NEW.amount, v_charged, NEW.job_id\n                USING ERRCODE = 'ML004';\n        END IF;\n    END IF;\n\n    -- One statement takes the row lock, applies the rule and computes the balance.\n    UPDATE public.users AS u\n       SET credit_balance = u.credit_balance + NEW.amount\n     WHERE u.id = NEW.user_id\n       AND u.credit_balance + NEW.amount >= 0\n       AND NOT (u.is_deleted AND NEW.type = 'purchase')\n    RETURNING u.credit_balance INTO NEW.balance_after;\n\n    IF NOT FOUND THEN\n        SELECT u.credit_balance, u.is_deleted INTO v_balance, v_deleted\n          FROM public.users AS u WHERE u.id = NEW.user_id;\n        IF NOT FOUND THEN\n            RAISE EXCEPTION 'user % does not exist', NEW.user_id\n                USING ERRCODE = 'foreign_key_violation',\n                      CONSTRAINT = 'fk_credit_transactions_user_id_users';\n        ELSIF v_deleted AND NEW.type = 'purchase' THEN\n            RAISE EXCEPTION 'user % is deleted and cannot buy credits', NEW.user_id\n                USING ERRCODE = 'ML005';\n        ELSE\n            RAISE EXCEPTION 'insufficient credits\\: balance %, % of %',\n                v_balance, NEW.type, NEW.amount\n                USING ERRCODE = 'ML001',\n                      DETAIL = format('balance=%s amount=%s', v_balance, NEW.amount);\n        END IF;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+CREDIT_TX_IMMUTABLE_FUNCTION = function(
+    "credit_tx_immutable()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'credit_transactions is an append-only ledger\\: % is not allowed', TG_OP\n        USING ERRCODE = 'ML002',\n              HINT = 'correct a mistake with a new entry (a refund or an adjustment)';\nEND;\n$$",
+)
+DATASET_VERSIONS_NUMBER_FUNCTION = function(
+    "dataset_versions_number()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    PERFORM 1 FROM public.datasets AS d WHERE d.id = NEW.dataset_id FOR NO KEY UPDATE;\n    SELECT coalesce(max(v.version_number), 0) + 1 INTO NEW.version_number\n      FROM public.dataset_versions AS v\n     WHERE v.dataset_id = NEW.dataset_id;\n    RETURN NEW;\nEND;\n$$",
+)
+USERS_ADJUST_STORAGE_FUNCTION = function(
+    "users_adjust_storage()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id,\n                       sum(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0)) AS n\n                  FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id,\n                       -sum(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0)) AS n\n                  FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id,\n                               coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0) AS n\n                          FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id,\n                               -(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0))\n                          FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('storage_used_bytes', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
+)
+SET_UPDATED_AT_FUNCTION = function(
+    "set_updated_at()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    NEW.updated_at := now();\n    RETURN NEW;\nEND;\n$$",
+)
+USERS_GUARD_DERIVED_FUNCTION = function(
+    "users_guard_derived()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    v_columns text[] := ARRAY[]::text[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        IF NEW.credit_balance <> 0 THEN v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count <> 0 THEN v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count <> 0 THEN v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count <> 0 THEN v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes <> 0 THEN v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    ELSE\n        IF NEW.credit_balance IS DISTINCT FROM OLD.credit_balance THEN\n            v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count IS DISTINCT FROM OLD.dataset_count THEN\n            v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count IS DISTINCT FROM OLD.workflow_count THEN\n            v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count IS DISTINCT FROM OLD.model_count THEN\n            v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes IS DISTINCT FROM OLD.storage_used_bytes THEN\n            v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    END IF;\n    RAISE EXCEPTION 'users.% is maintained by the database and cannot be written directly',\n        array_to_string(v_columns, ', users.')\n        USING ERRCODE = 'ML003',\n              HINT = 'credits move through credit_transactions; counters and storage follow their tables';\nEND;\n$$",
+)
+WORKFLOW_SNAPSHOTS_IMMUTABLE_FUNCTION = function(
+    "workflow_snapshots_immutable()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.workflow_id IS NULL\n       AND (NEW.id, NEW.user_id, NEW.snapshot_data, NEW.created_at)\n           IS NOT DISTINCT FROM (OLD.id, OLD.user_id, OLD.snapshot_data, OLD.created_at) THEN\n        RETURN NEW;\n    END IF;\n    RAISE EXCEPTION 'workflow snapshot % is immutable', OLD.id\n        USING ERRCODE = 'ML006',\n              HINT = 'create a new snapshot from the workflow instead';\nEND;\n$$",
+)
+
+
 def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
     # ### commands auto generated by Alembic - please adjust! ###
-    public_users_apply_deltas = PGFunction(
-        schema="public",
-        signature="users_apply_deltas(p_column text, p_user_ids uuid[], p_deltas bigint[])",
-        definition="returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF p_column NOT IN ('dataset_count', 'workflow_count', 'model_count', 'storage_used_bytes') THEN\n        RAISE EXCEPTION 'users_apply_deltas\\: unknown column %', p_column\n            USING ERRCODE = 'invalid_parameter_value';\n    END IF;\n    WITH delta AS (\n        SELECT d.user_id, d.n\n          FROM unnest(p_user_ids, p_deltas) AS d(user_id, n)\n         WHERE d.n <> 0\n    ), locked AS (\n        SELECT u.id\n          FROM public.users AS u JOIN delta ON delta.user_id = u.id\n         ORDER BY u.id\n           FOR NO KEY UPDATE OF u\n    )\n    UPDATE public.users AS u\n       SET dataset_count = u.dataset_count\n               + CASE WHEN p_column = 'dataset_count' THEN delta.n::integer ELSE 0 END,\n           workflow_count = u.workflow_count\n               + CASE WHEN p_column = 'workflow_count' THEN delta.n::integer ELSE 0 END,\n           model_count = u.model_count\n               + CASE WHEN p_column = 'model_count' THEN delta.n::integer ELSE 0 END,\n           storage_used_bytes = u.storage_used_bytes\n               + CASE WHEN p_column = 'storage_used_bytes' THEN delta.n ELSE 0 END\n      FROM delta JOIN locked ON locked.id = delta.user_id\n     WHERE u.id = delta.user_id;\nEND;\n$$",
+    create(
+        USERS_APPLY_DELTAS_FUNCTION,
+        USERS_COUNT_DATASETS_FUNCTION,
+        USERS_COUNT_WORKFLOWS_FUNCTION,
+        USERS_COUNT_MODELS_FUNCTION,
+        CREDIT_TX_BEFORE_INSERT_FUNCTION,
+        CREDIT_TX_IMMUTABLE_FUNCTION,
+        DATASET_VERSIONS_NUMBER_FUNCTION,
+        USERS_ADJUST_STORAGE_FUNCTION,
+        SET_UPDATED_AT_FUNCTION,
+        USERS_GUARD_DERIVED_FUNCTION,
+        WORKFLOW_SNAPSHOTS_IMMUTABLE_FUNCTION,
     )
-    op.create_entity(public_users_apply_deltas)
-
-    public_users_count_datasets = PGFunction(
-        schema="public",
-        signature="users_count_datasets()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('dataset_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_users_count_datasets)
-
-    public_users_count_workflows = PGFunction(
-        schema="public",
-        signature="users_count_workflows()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r\n                 WHERE NOT r.is_deleted GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r\n                 WHERE NOT r.is_deleted GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r WHERE NOT r.is_deleted\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r WHERE NOT r.is_deleted) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('workflow_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_users_count_workflows)
-
-    public_users_count_models = PGFunction(
-        schema="public",
-        signature="users_count_models()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('model_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_users_count_models)
-
-    public_credit_tx_before_insert = PGFunction(
-        schema="public",
-        signature="credit_tx_before_insert()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_charged integer;\n    v_balance integer;\n    v_deleted boolean;\nBEGIN\n    IF NEW.type = 'refund' THEN\n        SELECT -t.amount INTO v_charged\n          FROM public.credit_transactions AS t\n         WHERE t.job_id = NEW.job_id AND t.type = 'consumption';\n        IF v_charged IS NULL THEN\n            RAISE EXCEPTION 'job % was never charged, so it cannot be refunded', NEW.job_id\n                USING ERRCODE = 'ML004';\n        ELSIF NEW.amount > v_charged THEN\n            RAISE EXCEPTION 'refund of % credits exceeds the % charged for job %',\n                NEW.amount, v_charged, NEW.job_id\n                USING ERRCODE = 'ML004';\n        END IF;\n    END IF;\n\n    -- One statement takes the row lock, applies the rule and computes the balance.\n    UPDATE public.users AS u\n       SET credit_balance = u.credit_balance + NEW.amount\n     WHERE u.id = NEW.user_id\n       AND u.credit_balance + NEW.amount >= 0\n       AND NOT (u.is_deleted AND NEW.type = 'purchase')\n    RETURNING u.credit_balance INTO NEW.balance_after;\n\n    IF NOT FOUND THEN\n        SELECT u.credit_balance, u.is_deleted INTO v_balance, v_deleted\n          FROM public.users AS u WHERE u.id = NEW.user_id;\n        IF NOT FOUND THEN\n            RAISE EXCEPTION 'user % does not exist', NEW.user_id\n                USING ERRCODE = 'foreign_key_violation',\n                      CONSTRAINT = 'fk_credit_transactions_user_id_users';\n        ELSIF v_deleted AND NEW.type = 'purchase' THEN\n            RAISE EXCEPTION 'user % is deleted and cannot buy credits', NEW.user_id\n                USING ERRCODE = 'ML005';\n        ELSE\n            RAISE EXCEPTION 'insufficient credits\\: balance %, % of %',\n                v_balance, NEW.type, NEW.amount\n                USING ERRCODE = 'ML001',\n                      DETAIL = format('balance=%s amount=%s', v_balance, NEW.amount);\n        END IF;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_credit_tx_before_insert)
-
-    public_credit_tx_immutable = PGFunction(
-        schema="public",
-        signature="credit_tx_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'credit_transactions is an append-only ledger\\: % is not allowed', TG_OP\n        USING ERRCODE = 'ML002',\n              HINT = 'correct a mistake with a new entry (a refund or an adjustment)';\nEND;\n$$",
-    )
-    op.create_entity(public_credit_tx_immutable)
-
-    public_dataset_versions_number = PGFunction(
-        schema="public",
-        signature="dataset_versions_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    PERFORM 1 FROM public.datasets AS d WHERE d.id = NEW.dataset_id FOR NO KEY UPDATE;\n    SELECT coalesce(max(v.version_number), 0) + 1 INTO NEW.version_number\n      FROM public.dataset_versions AS v\n     WHERE v.dataset_id = NEW.dataset_id;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_dataset_versions_number)
-
-    public_users_adjust_storage = PGFunction(
-        schema="public",
-        signature="users_adjust_storage()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id,\n                       sum(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0)) AS n\n                  FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id,\n                       -sum(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0)) AS n\n                  FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id,\n                               coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0) AS n\n                          FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id,\n                               -(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0))\n                          FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('storage_used_bytes', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_users_adjust_storage)
-
-    public_set_updated_at = PGFunction(
-        schema="public",
-        signature="set_updated_at()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    NEW.updated_at := now();\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_set_updated_at)
-
-    public_users_guard_derived = PGFunction(
-        schema="public",
-        signature="users_guard_derived()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    v_columns text[] := ARRAY[]::text[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        IF NEW.credit_balance <> 0 THEN v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count <> 0 THEN v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count <> 0 THEN v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count <> 0 THEN v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes <> 0 THEN v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    ELSE\n        IF NEW.credit_balance IS DISTINCT FROM OLD.credit_balance THEN\n            v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count IS DISTINCT FROM OLD.dataset_count THEN\n            v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count IS DISTINCT FROM OLD.workflow_count THEN\n            v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count IS DISTINCT FROM OLD.model_count THEN\n            v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes IS DISTINCT FROM OLD.storage_used_bytes THEN\n            v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    END IF;\n    RAISE EXCEPTION 'users.% is maintained by the database and cannot be written directly',\n        array_to_string(v_columns, ', users.')\n        USING ERRCODE = 'ML003',\n              HINT = 'credits move through credit_transactions; counters and storage follow their tables';\nEND;\n$$",
-    )
-    op.create_entity(public_users_guard_derived)
-
-    public_workflow_snapshots_immutable = PGFunction(
-        schema="public",
-        signature="workflow_snapshots_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.workflow_id IS NULL\n       AND (NEW.id, NEW.user_id, NEW.snapshot_data, NEW.created_at)\n           IS NOT DISTINCT FROM (OLD.id, OLD.user_id, OLD.snapshot_data, OLD.created_at) THEN\n        RETURN NEW;\n    END IF;\n    RAISE EXCEPTION 'workflow snapshot % is immutable', OLD.id\n        USING ERRCODE = 'ML006',\n              HINT = 'create a new snapshot from the workflow instead';\nEND;\n$$",
-    )
-    op.create_entity(public_workflow_snapshots_immutable)
 
     op.create_table(
         "credit_packages",
@@ -1042,82 +1025,19 @@ def downgrade() -> None:
     op.drop_index("ix_tutorials_sort_order", table_name="tutorials")
     op.drop_table("tutorials")
     op.drop_table("credit_packages")
-    public_workflow_snapshots_immutable = PGFunction(
-        schema="public",
-        signature="workflow_snapshots_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.workflow_id IS NULL\n       AND (NEW.id, NEW.user_id, NEW.snapshot_data, NEW.created_at)\n           IS NOT DISTINCT FROM (OLD.id, OLD.user_id, OLD.snapshot_data, OLD.created_at) THEN\n        RETURN NEW;\n    END IF;\n    RAISE EXCEPTION 'workflow snapshot % is immutable', OLD.id\n        USING ERRCODE = 'ML006',\n              HINT = 'create a new snapshot from the workflow instead';\nEND;\n$$",
+    drop(
+        WORKFLOW_SNAPSHOTS_IMMUTABLE_FUNCTION,
+        USERS_GUARD_DERIVED_FUNCTION,
+        SET_UPDATED_AT_FUNCTION,
+        USERS_ADJUST_STORAGE_FUNCTION,
+        DATASET_VERSIONS_NUMBER_FUNCTION,
+        CREDIT_TX_IMMUTABLE_FUNCTION,
+        CREDIT_TX_BEFORE_INSERT_FUNCTION,
+        USERS_COUNT_MODELS_FUNCTION,
+        USERS_COUNT_WORKFLOWS_FUNCTION,
+        USERS_COUNT_DATASETS_FUNCTION,
+        USERS_APPLY_DELTAS_FUNCTION,
     )
-    op.drop_entity(public_workflow_snapshots_immutable)
-
-    public_users_guard_derived = PGFunction(
-        schema="public",
-        signature="users_guard_derived()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    v_columns text[] := ARRAY[]::text[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        IF NEW.credit_balance <> 0 THEN v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count <> 0 THEN v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count <> 0 THEN v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count <> 0 THEN v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes <> 0 THEN v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    ELSE\n        IF NEW.credit_balance IS DISTINCT FROM OLD.credit_balance THEN\n            v_columns := array_append(v_columns, 'credit_balance'); END IF;\n        IF NEW.dataset_count IS DISTINCT FROM OLD.dataset_count THEN\n            v_columns := array_append(v_columns, 'dataset_count'); END IF;\n        IF NEW.workflow_count IS DISTINCT FROM OLD.workflow_count THEN\n            v_columns := array_append(v_columns, 'workflow_count'); END IF;\n        IF NEW.model_count IS DISTINCT FROM OLD.model_count THEN\n            v_columns := array_append(v_columns, 'model_count'); END IF;\n        IF NEW.storage_used_bytes IS DISTINCT FROM OLD.storage_used_bytes THEN\n            v_columns := array_append(v_columns, 'storage_used_bytes'); END IF;\n    END IF;\n    RAISE EXCEPTION 'users.% is maintained by the database and cannot be written directly',\n        array_to_string(v_columns, ', users.')\n        USING ERRCODE = 'ML003',\n              HINT = 'credits move through credit_transactions; counters and storage follow their tables';\nEND;\n$$",
-    )
-    op.drop_entity(public_users_guard_derived)
-
-    public_set_updated_at = PGFunction(
-        schema="public",
-        signature="set_updated_at()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    NEW.updated_at := now();\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_set_updated_at)
-
-    public_users_adjust_storage = PGFunction(
-        schema="public",
-        signature="users_adjust_storage()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id,\n                       sum(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0)) AS n\n                  FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id,\n                       -sum(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0)) AS n\n                  FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id,\n                               coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0) AS n\n                          FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id,\n                               -(coalesce(r.original_size_bytes, 0) + coalesce(r.parquet_size_bytes, 0))\n                          FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('storage_used_bytes', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_users_adjust_storage)
-
-    public_dataset_versions_number = PGFunction(
-        schema="public",
-        signature="dataset_versions_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    PERFORM 1 FROM public.datasets AS d WHERE d.id = NEW.dataset_id FOR NO KEY UPDATE;\n    SELECT coalesce(max(v.version_number), 0) + 1 INTO NEW.version_number\n      FROM public.dataset_versions AS v\n     WHERE v.dataset_id = NEW.dataset_id;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_dataset_versions_number)
-
-    public_credit_tx_immutable = PGFunction(
-        schema="public",
-        signature="credit_tx_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'credit_transactions is an append-only ledger\\: % is not allowed', TG_OP\n        USING ERRCODE = 'ML002',\n              HINT = 'correct a mistake with a new entry (a refund or an adjustment)';\nEND;\n$$",
-    )
-    op.drop_entity(public_credit_tx_immutable)
-
-    public_credit_tx_before_insert = PGFunction(
-        schema="public",
-        signature="credit_tx_before_insert()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_charged integer;\n    v_balance integer;\n    v_deleted boolean;\nBEGIN\n    IF NEW.type = 'refund' THEN\n        SELECT -t.amount INTO v_charged\n          FROM public.credit_transactions AS t\n         WHERE t.job_id = NEW.job_id AND t.type = 'consumption';\n        IF v_charged IS NULL THEN\n            RAISE EXCEPTION 'job % was never charged, so it cannot be refunded', NEW.job_id\n                USING ERRCODE = 'ML004';\n        ELSIF NEW.amount > v_charged THEN\n            RAISE EXCEPTION 'refund of % credits exceeds the % charged for job %',\n                NEW.amount, v_charged, NEW.job_id\n                USING ERRCODE = 'ML004';\n        END IF;\n    END IF;\n\n    -- One statement takes the row lock, applies the rule and computes the balance.\n    UPDATE public.users AS u\n       SET credit_balance = u.credit_balance + NEW.amount\n     WHERE u.id = NEW.user_id\n       AND u.credit_balance + NEW.amount >= 0\n       AND NOT (u.is_deleted AND NEW.type = 'purchase')\n    RETURNING u.credit_balance INTO NEW.balance_after;\n\n    IF NOT FOUND THEN\n        SELECT u.credit_balance, u.is_deleted INTO v_balance, v_deleted\n          FROM public.users AS u WHERE u.id = NEW.user_id;\n        IF NOT FOUND THEN\n            RAISE EXCEPTION 'user % does not exist', NEW.user_id\n                USING ERRCODE = 'foreign_key_violation',\n                      CONSTRAINT = 'fk_credit_transactions_user_id_users';\n        ELSIF v_deleted AND NEW.type = 'purchase' THEN\n            RAISE EXCEPTION 'user % is deleted and cannot buy credits', NEW.user_id\n                USING ERRCODE = 'ML005';\n        ELSE\n            RAISE EXCEPTION 'insufficient credits\\: balance %, % of %',\n                v_balance, NEW.type, NEW.amount\n                USING ERRCODE = 'ML001',\n                      DETAIL = format('balance=%s amount=%s', v_balance, NEW.amount);\n        END IF;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_credit_tx_before_insert)
-
-    public_users_count_models = PGFunction(
-        schema="public",
-        signature="users_count_models()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('model_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_users_count_models)
-
-    public_users_count_workflows = PGFunction(
-        schema="public",
-        signature="users_count_workflows()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r\n                 WHERE NOT r.is_deleted GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r\n                 WHERE NOT r.is_deleted GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r WHERE NOT r.is_deleted\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r WHERE NOT r.is_deleted) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('workflow_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_users_count_workflows)
-
-    public_users_count_datasets = PGFunction(
-        schema="public",
-        signature="users_count_datasets()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[];\n    v_deltas bigint[];\nBEGIN\n    IF TG_OP = 'INSERT' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, count(*) AS n FROM new_rows AS r GROUP BY r.user_id) AS s;\n    ELSIF TG_OP = 'DELETE' THEN\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT r.user_id, -count(*) AS n FROM old_rows AS r GROUP BY r.user_id) AS s;\n    ELSE\n        SELECT array_agg(s.user_id), array_agg(s.n) INTO v_ids, v_deltas\n          FROM (SELECT c.user_id, sum(c.n) AS n\n                  FROM (SELECT r.user_id, 1 AS n FROM new_rows AS r\n                        UNION ALL\n                        SELECT r.user_id, -1 AS n FROM old_rows AS r) AS c\n                 GROUP BY c.user_id) AS s;\n    END IF;\n    PERFORM public.users_apply_deltas('dataset_count', v_ids, v_deltas);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_users_count_datasets)
-
-    public_users_apply_deltas = PGFunction(
-        schema="public",
-        signature="users_apply_deltas(p_column text, p_user_ids uuid[], p_deltas bigint[])",
-        definition="returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF p_column NOT IN ('dataset_count', 'workflow_count', 'model_count', 'storage_used_bytes') THEN\n        RAISE EXCEPTION 'users_apply_deltas\\: unknown column %', p_column\n            USING ERRCODE = 'invalid_parameter_value';\n    END IF;\n    WITH delta AS (\n        SELECT d.user_id, d.n\n          FROM unnest(p_user_ids, p_deltas) AS d(user_id, n)\n         WHERE d.n <> 0\n    ), locked AS (\n        SELECT u.id\n          FROM public.users AS u JOIN delta ON delta.user_id = u.id\n         ORDER BY u.id\n           FOR NO KEY UPDATE OF u\n    )\n    UPDATE public.users AS u\n       SET dataset_count = u.dataset_count\n               + CASE WHEN p_column = 'dataset_count' THEN delta.n::integer ELSE 0 END,\n           workflow_count = u.workflow_count\n               + CASE WHEN p_column = 'workflow_count' THEN delta.n::integer ELSE 0 END,\n           model_count = u.model_count\n               + CASE WHEN p_column = 'model_count' THEN delta.n::integer ELSE 0 END,\n           storage_used_bytes = u.storage_used_bytes\n               + CASE WHEN p_column = 'storage_used_bytes' THEN delta.n ELSE 0 END\n      FROM delta JOIN locked ON locked.id = delta.user_id\n     WHERE u.id = delta.user_id;\nEND;\n$$",
-    )
-    op.drop_entity(public_users_apply_deltas)
 
     # drop_table leaves enum types behind.
     for name in [

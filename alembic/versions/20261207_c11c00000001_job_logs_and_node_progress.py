@@ -16,15 +16,43 @@ Create Date: 2026-12-07 04:58:55.814911+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
-from alembic_utils.pg_trigger import PGTrigger
 
 from alembic import op
+from database.migrations import create, drop, function, trigger
 
 revision: str = "c11c00000001"
 down_revision: str | Sequence[str] | None = "c11b00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+JOB_LOGS_NUMBER_FUNCTION = function(
+    "job_logs_number()",
+    "returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nDECLARE\n    last_seq integer;\nBEGIN\n    PERFORM pg_advisory_xact_lock(7305040, hashtext(NEW.job_id::text));\n    SELECT l.seq INTO last_seq\n      FROM public.job_logs AS l\n     WHERE l.job_id = NEW.job_id\n     ORDER BY l.seq DESC\n     LIMIT 1;\n    NEW.seq := coalesce(last_seq, 0) + 1;\n    IF NEW.seq > 1000 THEN\n        RETURN NULL;\n    END IF;\n    IF NEW.seq = 1000 THEN\n        NEW.level := 'warning';\n        NEW.node_id := NULL;\n        NEW.message := 'the log of this job is full (1000 lines)\\: later lines are not kept';\n    END IF;\n    IF NEW.created_at IS NULL THEN\n        NEW.created_at := clock_timestamp();\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+JOB_LOGS_JOB_STATUS_FUNCTION = function(
+    "job_logs_job_status()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    line text;\n    lvl text := 'info';  -- a log_level label (the type is created with the table)\nBEGIN\n    CASE NEW.status\n        WHEN 'running' THEN\n            line := format('job claimed by a worker (attempt %s)', NEW.attempts);\n        WHEN 'queued' THEN\n            IF OLD.status = 'running' THEN\n                lvl := 'warning';\n                line := format(\n                    'attempt %s ended without finishing (its worker stopped or was lost)\\:'\n                    ' the job waits in the queue again', OLD.attempts);\n            ELSE\n                line := 'job queued';\n            END IF;\n        WHEN 'completed' THEN\n            line := 'job completed';\n        WHEN 'failed' THEN\n            lvl := 'error';\n            line := 'job failed\\: ' || coalesce(NEW.error_message, 'no reason given');\n        WHEN 'cancelled' THEN\n            lvl := 'warning';\n            line := 'job cancelled' || coalesce('\\: ' || NEW.error_message, '');\n        ELSE\n            line := 'job ' || NEW.status::text;\n    END CASE;\n    INSERT INTO public.job_logs (job_id, level, message) VALUES (NEW.id, CAST(lvl AS public.log_level), left(line, 2000));\n    RETURN NULL;\nEND;\n$$",
+)
+JOB_NODES_STATUS_PROGRESS_FUNCTION = function(
+    "job_nodes_status_progress()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    line text;\n    lvl text := 'info';  -- a log_level label (the type is created with the table)\nBEGIN\n    NEW.progress_message := NULL;\n    CASE NEW.status\n        WHEN 'running' THEN\n            NEW.progress := 0;\n            line := format('node %s (%s) started', NEW.node_id, NEW.node_type);\n        WHEN 'success' THEN\n            NEW.progress := 1;\n            line := format('node %s succeeded', NEW.node_id);\n        WHEN 'failed' THEN\n            lvl := 'error';\n            line := format('node %s failed\\: %s', NEW.node_id,\n                           coalesce(NEW.error_message, 'no reason given'));\n        WHEN 'skipped' THEN\n            lvl := 'warning';\n            IF NEW.error_message LIKE 'skipped%' THEN\n                line := format('node %s %s', NEW.node_id, NEW.error_message);\n            ELSE\n                line := format('node %s skipped\\: %s', NEW.node_id,\n                               coalesce(NEW.error_message, 'no reason given'));\n            END IF;\n        ELSE\n            NEW.progress := 0;\n    END CASE;\n    IF line IS NOT NULL THEN\n        INSERT INTO public.job_logs (job_id, level, node_id, message)\n        VALUES (NEW.job_id, CAST(lvl AS public.log_level), NEW.node_id, left(line, 2000));\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+JOB_LOGS_NUMBER_TRIGGER = trigger(
+    "job_logs_number",
+    "job_logs",
+    "BEFORE INSERT ON public.job_logs FOR EACH ROW\nEXECUTE FUNCTION public.job_logs_number()",
+)
+JOBS_LOG_STATUS_TRIGGER = trigger(
+    "jobs_log_status",
+    "jobs",
+    "AFTER UPDATE OF status ON public.jobs FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.job_logs_job_status()",
+)
+JOB_NODES_STATUS_PROGRESS_TRIGGER = trigger(
+    "job_nodes_status_progress",
+    "job_nodes",
+    "BEFORE UPDATE OF status ON public.job_nodes FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.job_nodes_status_progress()",
+)
 
 
 def upgrade() -> None:
@@ -80,83 +108,23 @@ def upgrade() -> None:
         "progress_message IS NULL OR char_length(progress_message) BETWEEN 1 AND 500",
     )
 
-    public_job_logs_number = PGFunction(
-        schema="public",
-        signature="job_logs_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nDECLARE\n    last_seq integer;\nBEGIN\n    PERFORM pg_advisory_xact_lock(7305040, hashtext(NEW.job_id::text));\n    SELECT l.seq INTO last_seq\n      FROM public.job_logs AS l\n     WHERE l.job_id = NEW.job_id\n     ORDER BY l.seq DESC\n     LIMIT 1;\n    NEW.seq := coalesce(last_seq, 0) + 1;\n    IF NEW.seq > 1000 THEN\n        RETURN NULL;\n    END IF;\n    IF NEW.seq = 1000 THEN\n        NEW.level := 'warning';\n        NEW.node_id := NULL;\n        NEW.message := 'the log of this job is full (1000 lines)\\: later lines are not kept';\n    END IF;\n    IF NEW.created_at IS NULL THEN\n        NEW.created_at := clock_timestamp();\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    create(
+        JOB_LOGS_NUMBER_FUNCTION,
+        JOB_LOGS_JOB_STATUS_FUNCTION,
+        JOB_NODES_STATUS_PROGRESS_FUNCTION,
+        JOB_LOGS_NUMBER_TRIGGER,
+        JOBS_LOG_STATUS_TRIGGER,
+        JOB_NODES_STATUS_PROGRESS_TRIGGER,
     )
-    op.create_entity(public_job_logs_number)
-
-    public_job_logs_job_status = PGFunction(
-        schema="public",
-        signature="job_logs_job_status()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    line text;\n    lvl text := 'info';  -- a log_level label (the type is created with the table)\nBEGIN\n    CASE NEW.status\n        WHEN 'running' THEN\n            line := format('job claimed by a worker (attempt %s)', NEW.attempts);\n        WHEN 'queued' THEN\n            IF OLD.status = 'running' THEN\n                lvl := 'warning';\n                line := format(\n                    'attempt %s ended without finishing (its worker stopped or was lost)\\:'\n                    ' the job waits in the queue again', OLD.attempts);\n            ELSE\n                line := 'job queued';\n            END IF;\n        WHEN 'completed' THEN\n            line := 'job completed';\n        WHEN 'failed' THEN\n            lvl := 'error';\n            line := 'job failed\\: ' || coalesce(NEW.error_message, 'no reason given');\n        WHEN 'cancelled' THEN\n            lvl := 'warning';\n            line := 'job cancelled' || coalesce('\\: ' || NEW.error_message, '');\n        ELSE\n            line := 'job ' || NEW.status::text;\n    END CASE;\n    INSERT INTO public.job_logs (job_id, level, message) VALUES (NEW.id, CAST(lvl AS public.log_level), left(line, 2000));\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_job_logs_job_status)
-
-    public_job_nodes_status_progress = PGFunction(
-        schema="public",
-        signature="job_nodes_status_progress()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    line text;\n    lvl text := 'info';  -- a log_level label (the type is created with the table)\nBEGIN\n    NEW.progress_message := NULL;\n    CASE NEW.status\n        WHEN 'running' THEN\n            NEW.progress := 0;\n            line := format('node %s (%s) started', NEW.node_id, NEW.node_type);\n        WHEN 'success' THEN\n            NEW.progress := 1;\n            line := format('node %s succeeded', NEW.node_id);\n        WHEN 'failed' THEN\n            lvl := 'error';\n            line := format('node %s failed\\: %s', NEW.node_id,\n                           coalesce(NEW.error_message, 'no reason given'));\n        WHEN 'skipped' THEN\n            lvl := 'warning';\n            IF NEW.error_message LIKE 'skipped%' THEN\n                line := format('node %s %s', NEW.node_id, NEW.error_message);\n            ELSE\n                line := format('node %s skipped\\: %s', NEW.node_id,\n                               coalesce(NEW.error_message, 'no reason given'));\n            END IF;\n        ELSE\n            NEW.progress := 0;\n    END CASE;\n    IF line IS NOT NULL THEN\n        INSERT INTO public.job_logs (job_id, level, node_id, message)\n        VALUES (NEW.job_id, CAST(lvl AS public.log_level), NEW.node_id, left(line, 2000));\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_job_nodes_status_progress)
-
-    public_job_logs_job_logs_number = PGTrigger(
-        schema="public",
-        signature="job_logs_number",
-        on_entity="public.job_logs",
-        is_constraint=False,
-        definition="BEFORE INSERT ON public.job_logs FOR EACH ROW\nEXECUTE FUNCTION public.job_logs_number()",
-    )
-    op.create_entity(public_job_logs_job_logs_number)
-
-    public_jobs_jobs_log_status = PGTrigger(
-        schema="public",
-        signature="jobs_log_status",
-        on_entity="public.jobs",
-        is_constraint=False,
-        definition="AFTER UPDATE OF status ON public.jobs FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.job_logs_job_status()",
-    )
-    op.create_entity(public_jobs_jobs_log_status)
-
-    public_job_nodes_job_nodes_status_progress = PGTrigger(
-        schema="public",
-        signature="job_nodes_status_progress",
-        on_entity="public.job_nodes",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF status ON public.job_nodes FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.job_nodes_status_progress()",
-    )
-    op.create_entity(public_job_nodes_job_nodes_status_progress)
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    public_jobs_jobs_log_status = PGTrigger(
-        schema="public",
-        signature="jobs_log_status",
-        on_entity="public.jobs",
-        is_constraint=False,
-        definition="AFTER UPDATE OF status ON public.jobs FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.job_logs_job_status()",
+    drop(
+        JOBS_LOG_STATUS_TRIGGER,
+        JOB_NODES_STATUS_PROGRESS_TRIGGER,
+        JOB_LOGS_NUMBER_TRIGGER,
     )
-    op.drop_entity(public_jobs_jobs_log_status)
-
-    public_job_nodes_job_nodes_status_progress = PGTrigger(
-        schema="public",
-        signature="job_nodes_status_progress",
-        on_entity="public.job_nodes",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF status ON public.job_nodes FOR EACH ROW\nWHEN (OLD.status IS DISTINCT FROM NEW.status)\nEXECUTE FUNCTION public.job_nodes_status_progress()",
-    )
-    op.drop_entity(public_job_nodes_job_nodes_status_progress)
-
-    public_job_logs_job_logs_number = PGTrigger(
-        schema="public",
-        signature="job_logs_number",
-        on_entity="public.job_logs",
-        is_constraint=False,
-        definition="BEFORE INSERT ON public.job_logs FOR EACH ROW\nEXECUTE FUNCTION public.job_logs_number()",
-    )
-    op.drop_entity(public_job_logs_job_logs_number)
 
     op.drop_constraint(op.f("ck_job_nodes_progress_message_length"), "job_nodes", type_="check")
     op.drop_constraint(op.f("ck_job_nodes_progress_range"), "job_nodes", type_="check")
@@ -165,23 +133,8 @@ def downgrade() -> None:
     op.drop_table("job_logs")
     sa.Enum(name="log_level").drop(op.get_bind())
 
-    public_job_nodes_status_progress = PGFunction(
-        schema="public",
-        signature="job_nodes_status_progress()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    line text;\n    lvl text := 'info';  -- a log_level label (the type is created with the table)\nBEGIN\n    NEW.progress_message := NULL;\n    CASE NEW.status\n        WHEN 'running' THEN\n            NEW.progress := 0;\n            line := format('node %s (%s) started', NEW.node_id, NEW.node_type);\n        WHEN 'success' THEN\n            NEW.progress := 1;\n            line := format('node %s succeeded', NEW.node_id);\n        WHEN 'failed' THEN\n            lvl := 'error';\n            line := format('node %s failed\\: %s', NEW.node_id,\n                           coalesce(NEW.error_message, 'no reason given'));\n        WHEN 'skipped' THEN\n            lvl := 'warning';\n            IF NEW.error_message LIKE 'skipped%' THEN\n                line := format('node %s %s', NEW.node_id, NEW.error_message);\n            ELSE\n                line := format('node %s skipped\\: %s', NEW.node_id,\n                               coalesce(NEW.error_message, 'no reason given'));\n            END IF;\n        ELSE\n            NEW.progress := 0;\n    END CASE;\n    IF line IS NOT NULL THEN\n        INSERT INTO public.job_logs (job_id, level, node_id, message)\n        VALUES (NEW.job_id, CAST(lvl AS public.log_level), NEW.node_id, left(line, 2000));\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    drop(
+        JOB_NODES_STATUS_PROGRESS_FUNCTION,
+        JOB_LOGS_JOB_STATUS_FUNCTION,
+        JOB_LOGS_NUMBER_FUNCTION,
     )
-    op.drop_entity(public_job_nodes_status_progress)
-
-    public_job_logs_job_status = PGFunction(
-        schema="public",
-        signature="job_logs_job_status()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    line text;\n    lvl text := 'info';  -- a log_level label (the type is created with the table)\nBEGIN\n    CASE NEW.status\n        WHEN 'running' THEN\n            line := format('job claimed by a worker (attempt %s)', NEW.attempts);\n        WHEN 'queued' THEN\n            IF OLD.status = 'running' THEN\n                lvl := 'warning';\n                line := format(\n                    'attempt %s ended without finishing (its worker stopped or was lost)\\:'\n                    ' the job waits in the queue again', OLD.attempts);\n            ELSE\n                line := 'job queued';\n            END IF;\n        WHEN 'completed' THEN\n            line := 'job completed';\n        WHEN 'failed' THEN\n            lvl := 'error';\n            line := 'job failed\\: ' || coalesce(NEW.error_message, 'no reason given');\n        WHEN 'cancelled' THEN\n            lvl := 'warning';\n            line := 'job cancelled' || coalesce('\\: ' || NEW.error_message, '');\n        ELSE\n            line := 'job ' || NEW.status::text;\n    END CASE;\n    INSERT INTO public.job_logs (job_id, level, message) VALUES (NEW.id, CAST(lvl AS public.log_level), left(line, 2000));\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_job_logs_job_status)
-
-    public_job_logs_number = PGFunction(
-        schema="public",
-        signature="job_logs_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET enable_seqscan = off\nAS $$\nDECLARE\n    last_seq integer;\nBEGIN\n    PERFORM pg_advisory_xact_lock(7305040, hashtext(NEW.job_id::text));\n    SELECT l.seq INTO last_seq\n      FROM public.job_logs AS l\n     WHERE l.job_id = NEW.job_id\n     ORDER BY l.seq DESC\n     LIMIT 1;\n    NEW.seq := coalesce(last_seq, 0) + 1;\n    IF NEW.seq > 1000 THEN\n        RETURN NULL;\n    END IF;\n    IF NEW.seq = 1000 THEN\n        NEW.level := 'warning';\n        NEW.node_id := NULL;\n        NEW.message := 'the log of this job is full (1000 lines)\\: later lines are not kept';\n    END IF;\n    IF NEW.created_at IS NULL THEN\n        NEW.created_at := clock_timestamp();\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_job_logs_number)

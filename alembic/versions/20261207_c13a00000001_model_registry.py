@@ -20,11 +20,10 @@ Create Date: 2026-12-07 06:18:47.823664+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
-from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function, trigger
 
 revision: str = "c13a00000001"
 down_revision: str | Sequence[str] | None = "c11c00000001"
@@ -32,71 +31,123 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+MODEL_VERSIONS_NUMBER_FUNCTION = function(
+    "model_versions_number()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.registered_models AS r\n       SET last_version_number = r.last_version_number + 1\n     WHERE r.id = NEW.registered_model_id\n    RETURNING r.last_version_number, r.user_id INTO NEW.version, NEW.user_id;\n    IF NOT FOUND THEN\n        NEW.version := 1;  -- no such registered model\\: its foreign key refuses the row\n    END IF;\n    NEW.download_count := 0;\n    RETURN NEW;\nEND;\n$$",
+)
+REGISTERED_MODELS_OWNER_IMMUTABLE_FUNCTION = function(
+    "registered_models_owner_immutable()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'registered model % may not change its owner', OLD.id\n        USING ERRCODE = 'ML066';\nEND;\n$$",
+)
+REGISTERED_MODELS_VERSION_COUNTER_GUARD_FUNCTION = function(
+    "registered_models_version_counter_guard()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'the version counter of registered model % may not go down (% to %)',\n            OLD.id, OLD.last_version_number, NEW.last_version_number\n        USING ERRCODE = 'ML060';\nEND;\n$$",
+)
+MODEL_VERSIONS_IDENTITY_IMMUTABLE_FUNCTION = function(
+    "model_versions_identity_immutable()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model version % may not change its version, registered model, model or owner',\n            OLD.id\n        USING ERRCODE = 'ML061',\n              DETAIL = format('version=%s registered_model_id=%s', OLD.version,\n                              OLD.registered_model_id);\nEND;\n$$",
+)
+MODEL_DOWNLOADS_APPEND_ONLY_FUNCTION = function(
+    "model_downloads_append_only()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model_downloads is append-only\\: % refused', TG_OP\n        USING ERRCODE = 'ML062',\n              HINT = 'record a new download instead';\nEND;\n$$",
+)
+MODEL_DOWNLOADS_COUNT_FUNCTION = function(
+    "model_downloads_count()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    UPDATE public.model_versions AS v\n       SET download_count = v.download_count + c.n\n      FROM (SELECT n.model_version_id, count(*) AS n\n              FROM new_rows AS n\n             WHERE n.granted\n             GROUP BY n.model_version_id) AS c\n     WHERE v.id = c.model_version_id;\n    RETURN NULL;\nEND;\n$$",
+)
+MODEL_VERSIONS_DOWNLOAD_COUNT_GUARD_FUNCTION = function(
+    "model_versions_download_count_guard()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model_versions.download_count is kept by the database (% to %)',\n            OLD.download_count, NEW.download_count\n        USING ERRCODE = 'ML063',\n              HINT = 'record a download in model_downloads';\nEND;\n$$",
+)
+REGISTERED_MODEL_PERMISSIONS_NOT_OWNER_FUNCTION = function(
+    "registered_model_permissions_not_owner()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF EXISTS (SELECT 1 FROM public.registered_models AS r\n                WHERE r.id = NEW.registered_model_id AND r.user_id = NEW.user_id) THEN\n        RAISE EXCEPTION 'user % owns registered model %\\: the owner cannot be granted a permission',\n                NEW.user_id, NEW.registered_model_id\n            USING ERRCODE = 'ML064';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+MODEL_LINEAGE_NO_CYCLE_FUNCTION = function(
+    "model_lineage_no_cycle()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    PERFORM pg_advisory_xact_lock(7305065);\n    IF EXISTS (\n        WITH RECURSIVE up(id) AS (\n            SELECT NEW.parent_version_id\n            UNION\n            SELECT l.parent_version_id\n              FROM public.model_lineage AS l JOIN up ON l.child_version_id = up.id\n             WHERE l.parent_version_id IS NOT NULL\n        )\n        SELECT 1 FROM up WHERE up.id = NEW.child_version_id\n    ) THEN\n        RAISE EXCEPTION 'model version % descends from model version % already\\: the edge would make a cycle',\n                NEW.parent_version_id, NEW.child_version_id\n            USING ERRCODE = 'ML065';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+MODEL_VERSIONS_NUMBER_TRIGGER = trigger(
+    "model_versions_number",
+    "model_versions",
+    "BEFORE INSERT ON public.model_versions FOR EACH ROW\nEXECUTE FUNCTION public.model_versions_number()",
+)
+REGISTERED_MODELS_OWNER_IMMUTABLE_TRIGGER = trigger(
+    "registered_models_owner_immutable",
+    "registered_models",
+    "BEFORE UPDATE OF user_id ON public.registered_models FOR EACH ROW\nWHEN (NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.registered_models_owner_immutable()",
+)
+REGISTERED_MODELS_VERSION_COUNTER_GUARD_TRIGGER = trigger(
+    "registered_models_version_counter_guard",
+    "registered_models",
+    "BEFORE UPDATE OF last_version_number ON public.registered_models FOR EACH ROW\nWHEN (NEW.last_version_number < OLD.last_version_number)\nEXECUTE FUNCTION public.registered_models_version_counter_guard()",
+)
+MODEL_VERSIONS_IDENTITY_IMMUTABLE_TRIGGER = trigger(
+    "model_versions_identity_immutable",
+    "model_versions",
+    "BEFORE UPDATE OF version, registered_model_id, model_id, user_id ON public.model_versions FOR EACH ROW\nWHEN (NEW.version IS DISTINCT FROM OLD.version\n      OR NEW.registered_model_id IS DISTINCT FROM OLD.registered_model_id\n      OR NEW.model_id IS DISTINCT FROM OLD.model_id\n      OR NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.model_versions_identity_immutable()",
+)
+MODEL_DOWNLOADS_APPEND_ONLY_TRIGGER = trigger(
+    "model_downloads_append_only",
+    "model_downloads",
+    "BEFORE UPDATE OR DELETE ON public.model_downloads FOR EACH ROW\nWHEN (pg_trigger_depth() = 0)\nEXECUTE FUNCTION public.model_downloads_append_only()",
+)
+MODEL_DOWNLOADS_NO_TRUNCATE_TRIGGER = trigger(
+    "model_downloads_no_truncate",
+    "model_downloads",
+    "BEFORE TRUNCATE ON public.model_downloads FOR EACH STATEMENT\nEXECUTE FUNCTION public.model_downloads_append_only()",
+)
+MODEL_DOWNLOADS_COUNT_TRIGGER = trigger(
+    "model_downloads_count",
+    "model_downloads",
+    "AFTER INSERT ON public.model_downloads REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT\nEXECUTE FUNCTION public.model_downloads_count()",
+)
+MODEL_VERSIONS_DOWNLOAD_COUNT_GUARD_TRIGGER = trigger(
+    "model_versions_download_count_guard",
+    "model_versions",
+    "BEFORE UPDATE OF download_count ON public.model_versions FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.download_count IS DISTINCT FROM OLD.download_count)\nEXECUTE FUNCTION public.model_versions_download_count_guard()",
+)
+REGISTERED_MODEL_PERMISSIONS_NOT_OWNER_TRIGGER = trigger(
+    "registered_model_permissions_not_owner",
+    "registered_model_permissions",
+    "BEFORE INSERT OR UPDATE OF user_id, registered_model_id ON public.registered_model_permissions FOR EACH ROW\nEXECUTE FUNCTION public.registered_model_permissions_not_owner()",
+)
+MODEL_LINEAGE_NO_CYCLE_TRIGGER = trigger(
+    "model_lineage_no_cycle",
+    "model_lineage",
+    "BEFORE INSERT OR UPDATE OF parent_version_id, child_version_id ON public.model_lineage FOR EACH ROW\nWHEN (NEW.parent_version_id IS NOT NULL)\nEXECUTE FUNCTION public.model_lineage_no_cycle()",
+)
+SET_UPDATED_AT_TRIGGER = trigger(
+    "set_updated_at",
+    "registered_models",
+    "BEFORE UPDATE ON public.registered_models FOR EACH ROW\nWHEN (OLD.last_version_number IS NOT DISTINCT FROM NEW.last_version_number\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
+)
+MODEL_VERSIONS_SET_UPDATED_AT_TRIGGER = trigger(
+    "set_updated_at",
+    "model_versions",
+    "BEFORE UPDATE ON public.model_versions FOR EACH ROW\nWHEN (OLD.download_count IS NOT DISTINCT FROM NEW.download_count\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
+)
+MODEL_ALIASES_SET_UPDATED_AT_TRIGGER = trigger(
+    "set_updated_at",
+    "model_aliases",
+    "BEFORE UPDATE ON public.model_aliases FOR EACH ROW\nWHEN (OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
+)
+
+
 def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
-    public_model_versions_number = PGFunction(
-        schema="public",
-        signature="model_versions_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.registered_models AS r\n       SET last_version_number = r.last_version_number + 1\n     WHERE r.id = NEW.registered_model_id\n    RETURNING r.last_version_number, r.user_id INTO NEW.version, NEW.user_id;\n    IF NOT FOUND THEN\n        NEW.version := 1;  -- no such registered model\\: its foreign key refuses the row\n    END IF;\n    NEW.download_count := 0;\n    RETURN NEW;\nEND;\n$$",
+    create(
+        MODEL_VERSIONS_NUMBER_FUNCTION,
+        REGISTERED_MODELS_OWNER_IMMUTABLE_FUNCTION,
+        REGISTERED_MODELS_VERSION_COUNTER_GUARD_FUNCTION,
+        MODEL_VERSIONS_IDENTITY_IMMUTABLE_FUNCTION,
+        MODEL_DOWNLOADS_APPEND_ONLY_FUNCTION,
+        MODEL_DOWNLOADS_COUNT_FUNCTION,
+        MODEL_VERSIONS_DOWNLOAD_COUNT_GUARD_FUNCTION,
+        REGISTERED_MODEL_PERMISSIONS_NOT_OWNER_FUNCTION,
+        MODEL_LINEAGE_NO_CYCLE_FUNCTION,
     )
-    op.create_entity(public_model_versions_number)
-
-    public_registered_models_owner_immutable = PGFunction(
-        schema="public",
-        signature="registered_models_owner_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'registered model % may not change its owner', OLD.id\n        USING ERRCODE = 'ML066';\nEND;\n$$",
-    )
-    op.create_entity(public_registered_models_owner_immutable)
-
-    public_registered_models_version_counter_guard = PGFunction(
-        schema="public",
-        signature="registered_models_version_counter_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'the version counter of registered model % may not go down (% to %)',\n            OLD.id, OLD.last_version_number, NEW.last_version_number\n        USING ERRCODE = 'ML060';\nEND;\n$$",
-    )
-    op.create_entity(public_registered_models_version_counter_guard)
-
-    public_model_versions_identity_immutable = PGFunction(
-        schema="public",
-        signature="model_versions_identity_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model version % may not change its version, registered model, model or owner',\n            OLD.id\n        USING ERRCODE = 'ML061',\n              DETAIL = format('version=%s registered_model_id=%s', OLD.version,\n                              OLD.registered_model_id);\nEND;\n$$",
-    )
-    op.create_entity(public_model_versions_identity_immutable)
-
-    public_model_downloads_append_only = PGFunction(
-        schema="public",
-        signature="model_downloads_append_only()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model_downloads is append-only\\: % refused', TG_OP\n        USING ERRCODE = 'ML062',\n              HINT = 'record a new download instead';\nEND;\n$$",
-    )
-    op.create_entity(public_model_downloads_append_only)
-
-    public_model_downloads_count = PGFunction(
-        schema="public",
-        signature="model_downloads_count()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    UPDATE public.model_versions AS v\n       SET download_count = v.download_count + c.n\n      FROM (SELECT n.model_version_id, count(*) AS n\n              FROM new_rows AS n\n             WHERE n.granted\n             GROUP BY n.model_version_id) AS c\n     WHERE v.id = c.model_version_id;\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_model_downloads_count)
-
-    public_model_versions_download_count_guard = PGFunction(
-        schema="public",
-        signature="model_versions_download_count_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model_versions.download_count is kept by the database (% to %)',\n            OLD.download_count, NEW.download_count\n        USING ERRCODE = 'ML063',\n              HINT = 'record a download in model_downloads';\nEND;\n$$",
-    )
-    op.create_entity(public_model_versions_download_count_guard)
-
-    public_registered_model_permissions_not_owner = PGFunction(
-        schema="public",
-        signature="registered_model_permissions_not_owner()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF EXISTS (SELECT 1 FROM public.registered_models AS r\n                WHERE r.id = NEW.registered_model_id AND r.user_id = NEW.user_id) THEN\n        RAISE EXCEPTION 'user % owns registered model %\\: the owner cannot be granted a permission',\n                NEW.user_id, NEW.registered_model_id\n            USING ERRCODE = 'ML064';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_registered_model_permissions_not_owner)
-
-    public_model_lineage_no_cycle = PGFunction(
-        schema="public",
-        signature="model_lineage_no_cycle()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    PERFORM pg_advisory_xact_lock(7305065);\n    IF EXISTS (\n        WITH RECURSIVE up(id) AS (\n            SELECT NEW.parent_version_id\n            UNION\n            SELECT l.parent_version_id\n              FROM public.model_lineage AS l JOIN up ON l.child_version_id = up.id\n             WHERE l.parent_version_id IS NOT NULL\n        )\n        SELECT 1 FROM up WHERE up.id = NEW.child_version_id\n    ) THEN\n        RAISE EXCEPTION 'model version % descends from model version % already\\: the edge would make a cycle',\n                NEW.parent_version_id, NEW.child_version_id\n            USING ERRCODE = 'ML065';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_model_lineage_no_cycle)
 
     op.create_table(
         "registered_models",
@@ -526,243 +577,41 @@ def upgrade() -> None:
         unique=False,
     )
     # Triggers, by hand, after the tables they are on.
-    public_model_versions_model_versions_number = PGTrigger(
-        schema="public",
-        signature="model_versions_number",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE INSERT ON public.model_versions FOR EACH ROW\nEXECUTE FUNCTION public.model_versions_number()",
+    create(
+        MODEL_VERSIONS_NUMBER_TRIGGER,
+        REGISTERED_MODELS_OWNER_IMMUTABLE_TRIGGER,
+        REGISTERED_MODELS_VERSION_COUNTER_GUARD_TRIGGER,
+        MODEL_VERSIONS_IDENTITY_IMMUTABLE_TRIGGER,
+        MODEL_DOWNLOADS_APPEND_ONLY_TRIGGER,
+        MODEL_DOWNLOADS_NO_TRUNCATE_TRIGGER,
+        MODEL_DOWNLOADS_COUNT_TRIGGER,
+        MODEL_VERSIONS_DOWNLOAD_COUNT_GUARD_TRIGGER,
+        REGISTERED_MODEL_PERMISSIONS_NOT_OWNER_TRIGGER,
+        MODEL_LINEAGE_NO_CYCLE_TRIGGER,
+        SET_UPDATED_AT_TRIGGER,
+        MODEL_VERSIONS_SET_UPDATED_AT_TRIGGER,
+        MODEL_ALIASES_SET_UPDATED_AT_TRIGGER,
     )
-    op.create_entity(public_model_versions_model_versions_number)
-
-    public_registered_models_registered_models_owner_immutable = PGTrigger(
-        schema="public",
-        signature="registered_models_owner_immutable",
-        on_entity="public.registered_models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF user_id ON public.registered_models FOR EACH ROW\nWHEN (NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.registered_models_owner_immutable()",
-    )
-    op.create_entity(public_registered_models_registered_models_owner_immutable)
-
-    public_registered_models_registered_models_version_counter_guard = PGTrigger(
-        schema="public",
-        signature="registered_models_version_counter_guard",
-        on_entity="public.registered_models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF last_version_number ON public.registered_models FOR EACH ROW\nWHEN (NEW.last_version_number < OLD.last_version_number)\nEXECUTE FUNCTION public.registered_models_version_counter_guard()",
-    )
-    op.create_entity(public_registered_models_registered_models_version_counter_guard)
-
-    public_model_versions_model_versions_identity_immutable = PGTrigger(
-        schema="public",
-        signature="model_versions_identity_immutable",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF version, registered_model_id, model_id, user_id ON public.model_versions FOR EACH ROW\nWHEN (NEW.version IS DISTINCT FROM OLD.version\n      OR NEW.registered_model_id IS DISTINCT FROM OLD.registered_model_id\n      OR NEW.model_id IS DISTINCT FROM OLD.model_id\n      OR NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.model_versions_identity_immutable()",
-    )
-    op.create_entity(public_model_versions_model_versions_identity_immutable)
-
-    public_model_downloads_model_downloads_append_only = PGTrigger(
-        schema="public",
-        signature="model_downloads_append_only",
-        on_entity="public.model_downloads",
-        is_constraint=False,
-        definition="BEFORE UPDATE OR DELETE ON public.model_downloads FOR EACH ROW\nWHEN (pg_trigger_depth() = 0)\nEXECUTE FUNCTION public.model_downloads_append_only()",
-    )
-    op.create_entity(public_model_downloads_model_downloads_append_only)
-
-    public_model_downloads_model_downloads_no_truncate = PGTrigger(
-        schema="public",
-        signature="model_downloads_no_truncate",
-        on_entity="public.model_downloads",
-        is_constraint=False,
-        definition="BEFORE TRUNCATE ON public.model_downloads FOR EACH STATEMENT\nEXECUTE FUNCTION public.model_downloads_append_only()",
-    )
-    op.create_entity(public_model_downloads_model_downloads_no_truncate)
-
-    public_model_downloads_model_downloads_count = PGTrigger(
-        schema="public",
-        signature="model_downloads_count",
-        on_entity="public.model_downloads",
-        is_constraint=False,
-        definition="AFTER INSERT ON public.model_downloads REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT\nEXECUTE FUNCTION public.model_downloads_count()",
-    )
-    op.create_entity(public_model_downloads_model_downloads_count)
-
-    public_model_versions_model_versions_download_count_guard = PGTrigger(
-        schema="public",
-        signature="model_versions_download_count_guard",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF download_count ON public.model_versions FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.download_count IS DISTINCT FROM OLD.download_count)\nEXECUTE FUNCTION public.model_versions_download_count_guard()",
-    )
-    op.create_entity(public_model_versions_model_versions_download_count_guard)
-
-    public_registered_model_permissions_registered_model_permissions_not_owner = PGTrigger(
-        schema="public",
-        signature="registered_model_permissions_not_owner",
-        on_entity="public.registered_model_permissions",
-        is_constraint=False,
-        definition="BEFORE INSERT OR UPDATE OF user_id, registered_model_id ON public.registered_model_permissions FOR EACH ROW\nEXECUTE FUNCTION public.registered_model_permissions_not_owner()",
-    )
-    op.create_entity(public_registered_model_permissions_registered_model_permissions_not_owner)
-
-    public_model_lineage_model_lineage_no_cycle = PGTrigger(
-        schema="public",
-        signature="model_lineage_no_cycle",
-        on_entity="public.model_lineage",
-        is_constraint=False,
-        definition="BEFORE INSERT OR UPDATE OF parent_version_id, child_version_id ON public.model_lineage FOR EACH ROW\nWHEN (NEW.parent_version_id IS NOT NULL)\nEXECUTE FUNCTION public.model_lineage_no_cycle()",
-    )
-    op.create_entity(public_model_lineage_model_lineage_no_cycle)
-
-    public_registered_models_set_updated_at = PGTrigger(
-        schema="public",
-        signature="set_updated_at",
-        on_entity="public.registered_models",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.registered_models FOR EACH ROW\nWHEN (OLD.last_version_number IS NOT DISTINCT FROM NEW.last_version_number\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
-    )
-    op.create_entity(public_registered_models_set_updated_at)
-
-    public_model_versions_set_updated_at = PGTrigger(
-        schema="public",
-        signature="set_updated_at",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.model_versions FOR EACH ROW\nWHEN (OLD.download_count IS NOT DISTINCT FROM NEW.download_count\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
-    )
-    op.create_entity(public_model_versions_set_updated_at)
-
-    public_model_aliases_set_updated_at = PGTrigger(
-        schema="public",
-        signature="set_updated_at",
-        on_entity="public.model_aliases",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.model_aliases FOR EACH ROW\nWHEN (OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
-    )
-    op.create_entity(public_model_aliases_set_updated_at)
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     # Triggers first: drop_entity fails once their table is gone.
-    public_registered_models_registered_models_owner_immutable = PGTrigger(
-        schema="public",
-        signature="registered_models_owner_immutable",
-        on_entity="public.registered_models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF user_id ON public.registered_models FOR EACH ROW\nWHEN (NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.registered_models_owner_immutable()",
+    drop(
+        REGISTERED_MODELS_OWNER_IMMUTABLE_TRIGGER,
+        MODEL_ALIASES_SET_UPDATED_AT_TRIGGER,
+        MODEL_VERSIONS_SET_UPDATED_AT_TRIGGER,
+        SET_UPDATED_AT_TRIGGER,
+        MODEL_LINEAGE_NO_CYCLE_TRIGGER,
+        REGISTERED_MODEL_PERMISSIONS_NOT_OWNER_TRIGGER,
+        MODEL_VERSIONS_DOWNLOAD_COUNT_GUARD_TRIGGER,
+        MODEL_DOWNLOADS_COUNT_TRIGGER,
+        MODEL_DOWNLOADS_NO_TRUNCATE_TRIGGER,
+        MODEL_DOWNLOADS_APPEND_ONLY_TRIGGER,
+        MODEL_VERSIONS_IDENTITY_IMMUTABLE_TRIGGER,
+        REGISTERED_MODELS_VERSION_COUNTER_GUARD_TRIGGER,
+        MODEL_VERSIONS_NUMBER_TRIGGER,
     )
-    op.drop_entity(public_registered_models_registered_models_owner_immutable)
-
-    public_model_aliases_set_updated_at = PGTrigger(
-        schema="public",
-        signature="set_updated_at",
-        on_entity="public.model_aliases",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.model_aliases FOR EACH ROW\nWHEN (OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
-    )
-    op.drop_entity(public_model_aliases_set_updated_at)
-
-    public_model_versions_set_updated_at = PGTrigger(
-        schema="public",
-        signature="set_updated_at",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.model_versions FOR EACH ROW\nWHEN (OLD.download_count IS NOT DISTINCT FROM NEW.download_count\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
-    )
-    op.drop_entity(public_model_versions_set_updated_at)
-
-    public_registered_models_set_updated_at = PGTrigger(
-        schema="public",
-        signature="set_updated_at",
-        on_entity="public.registered_models",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.registered_models FOR EACH ROW\nWHEN (OLD.last_version_number IS NOT DISTINCT FROM NEW.last_version_number\n      AND OLD.* IS DISTINCT FROM NEW.*)\nEXECUTE FUNCTION public.set_updated_at()",
-    )
-    op.drop_entity(public_registered_models_set_updated_at)
-
-    public_model_lineage_model_lineage_no_cycle = PGTrigger(
-        schema="public",
-        signature="model_lineage_no_cycle",
-        on_entity="public.model_lineage",
-        is_constraint=False,
-        definition="BEFORE INSERT OR UPDATE OF parent_version_id, child_version_id ON public.model_lineage FOR EACH ROW\nWHEN (NEW.parent_version_id IS NOT NULL)\nEXECUTE FUNCTION public.model_lineage_no_cycle()",
-    )
-    op.drop_entity(public_model_lineage_model_lineage_no_cycle)
-
-    public_registered_model_permissions_registered_model_permissions_not_owner = PGTrigger(
-        schema="public",
-        signature="registered_model_permissions_not_owner",
-        on_entity="public.registered_model_permissions",
-        is_constraint=False,
-        definition="BEFORE INSERT OR UPDATE OF user_id, registered_model_id ON public.registered_model_permissions FOR EACH ROW\nEXECUTE FUNCTION public.registered_model_permissions_not_owner()",
-    )
-    op.drop_entity(public_registered_model_permissions_registered_model_permissions_not_owner)
-
-    public_model_versions_model_versions_download_count_guard = PGTrigger(
-        schema="public",
-        signature="model_versions_download_count_guard",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF download_count ON public.model_versions FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.download_count IS DISTINCT FROM OLD.download_count)\nEXECUTE FUNCTION public.model_versions_download_count_guard()",
-    )
-    op.drop_entity(public_model_versions_model_versions_download_count_guard)
-
-    public_model_downloads_model_downloads_count = PGTrigger(
-        schema="public",
-        signature="model_downloads_count",
-        on_entity="public.model_downloads",
-        is_constraint=False,
-        definition="AFTER INSERT ON public.model_downloads REFERENCING NEW TABLE AS new_rows\nFOR EACH STATEMENT\nEXECUTE FUNCTION public.model_downloads_count()",
-    )
-    op.drop_entity(public_model_downloads_model_downloads_count)
-
-    public_model_downloads_model_downloads_no_truncate = PGTrigger(
-        schema="public",
-        signature="model_downloads_no_truncate",
-        on_entity="public.model_downloads",
-        is_constraint=False,
-        definition="BEFORE TRUNCATE ON public.model_downloads FOR EACH STATEMENT\nEXECUTE FUNCTION public.model_downloads_append_only()",
-    )
-    op.drop_entity(public_model_downloads_model_downloads_no_truncate)
-
-    public_model_downloads_model_downloads_append_only = PGTrigger(
-        schema="public",
-        signature="model_downloads_append_only",
-        on_entity="public.model_downloads",
-        is_constraint=False,
-        definition="BEFORE UPDATE OR DELETE ON public.model_downloads FOR EACH ROW\nWHEN (pg_trigger_depth() = 0)\nEXECUTE FUNCTION public.model_downloads_append_only()",
-    )
-    op.drop_entity(public_model_downloads_model_downloads_append_only)
-
-    public_model_versions_model_versions_identity_immutable = PGTrigger(
-        schema="public",
-        signature="model_versions_identity_immutable",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF version, registered_model_id, model_id, user_id ON public.model_versions FOR EACH ROW\nWHEN (NEW.version IS DISTINCT FROM OLD.version\n      OR NEW.registered_model_id IS DISTINCT FROM OLD.registered_model_id\n      OR NEW.model_id IS DISTINCT FROM OLD.model_id\n      OR NEW.user_id IS DISTINCT FROM OLD.user_id)\nEXECUTE FUNCTION public.model_versions_identity_immutable()",
-    )
-    op.drop_entity(public_model_versions_model_versions_identity_immutable)
-
-    public_registered_models_registered_models_version_counter_guard = PGTrigger(
-        schema="public",
-        signature="registered_models_version_counter_guard",
-        on_entity="public.registered_models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF last_version_number ON public.registered_models FOR EACH ROW\nWHEN (NEW.last_version_number < OLD.last_version_number)\nEXECUTE FUNCTION public.registered_models_version_counter_guard()",
-    )
-    op.drop_entity(public_registered_models_registered_models_version_counter_guard)
-
-    public_model_versions_model_versions_number = PGTrigger(
-        schema="public",
-        signature="model_versions_number",
-        on_entity="public.model_versions",
-        is_constraint=False,
-        definition="BEFORE INSERT ON public.model_versions FOR EACH ROW\nEXECUTE FUNCTION public.model_versions_number()",
-    )
-    op.drop_entity(public_model_versions_model_versions_number)
 
     op.drop_index("ix_model_version_metrics_metric_split_value", table_name="model_version_metrics")
     op.drop_table("model_version_metrics")
@@ -798,65 +647,14 @@ def downgrade() -> None:
         "model_visibility",
     ):
         sa.Enum(name=enum_name).drop(op.get_bind())
-    public_model_lineage_no_cycle = PGFunction(
-        schema="public",
-        signature="model_lineage_no_cycle()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    PERFORM pg_advisory_xact_lock(7305065);\n    IF EXISTS (\n        WITH RECURSIVE up(id) AS (\n            SELECT NEW.parent_version_id\n            UNION\n            SELECT l.parent_version_id\n              FROM public.model_lineage AS l JOIN up ON l.child_version_id = up.id\n             WHERE l.parent_version_id IS NOT NULL\n        )\n        SELECT 1 FROM up WHERE up.id = NEW.child_version_id\n    ) THEN\n        RAISE EXCEPTION 'model version % descends from model version % already\\: the edge would make a cycle',\n                NEW.parent_version_id, NEW.child_version_id\n            USING ERRCODE = 'ML065';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    drop(
+        MODEL_LINEAGE_NO_CYCLE_FUNCTION,
+        REGISTERED_MODEL_PERMISSIONS_NOT_OWNER_FUNCTION,
+        MODEL_VERSIONS_DOWNLOAD_COUNT_GUARD_FUNCTION,
+        MODEL_DOWNLOADS_COUNT_FUNCTION,
+        MODEL_DOWNLOADS_APPEND_ONLY_FUNCTION,
+        MODEL_VERSIONS_IDENTITY_IMMUTABLE_FUNCTION,
+        REGISTERED_MODELS_VERSION_COUNTER_GUARD_FUNCTION,
+        MODEL_VERSIONS_NUMBER_FUNCTION,
+        REGISTERED_MODELS_OWNER_IMMUTABLE_FUNCTION,
     )
-    op.drop_entity(public_model_lineage_no_cycle)
-
-    public_registered_model_permissions_not_owner = PGFunction(
-        schema="public",
-        signature="registered_model_permissions_not_owner()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF EXISTS (SELECT 1 FROM public.registered_models AS r\n                WHERE r.id = NEW.registered_model_id AND r.user_id = NEW.user_id) THEN\n        RAISE EXCEPTION 'user % owns registered model %\\: the owner cannot be granted a permission',\n                NEW.user_id, NEW.registered_model_id\n            USING ERRCODE = 'ML064';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_registered_model_permissions_not_owner)
-
-    public_model_versions_download_count_guard = PGFunction(
-        schema="public",
-        signature="model_versions_download_count_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model_versions.download_count is kept by the database (% to %)',\n            OLD.download_count, NEW.download_count\n        USING ERRCODE = 'ML063',\n              HINT = 'record a download in model_downloads';\nEND;\n$$",
-    )
-    op.drop_entity(public_model_versions_download_count_guard)
-
-    public_model_downloads_count = PGFunction(
-        schema="public",
-        signature="model_downloads_count()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    UPDATE public.model_versions AS v\n       SET download_count = v.download_count + c.n\n      FROM (SELECT n.model_version_id, count(*) AS n\n              FROM new_rows AS n\n             WHERE n.granted\n             GROUP BY n.model_version_id) AS c\n     WHERE v.id = c.model_version_id;\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_model_downloads_count)
-
-    public_model_downloads_append_only = PGFunction(
-        schema="public",
-        signature="model_downloads_append_only()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model_downloads is append-only\\: % refused', TG_OP\n        USING ERRCODE = 'ML062',\n              HINT = 'record a new download instead';\nEND;\n$$",
-    )
-    op.drop_entity(public_model_downloads_append_only)
-
-    public_model_versions_identity_immutable = PGFunction(
-        schema="public",
-        signature="model_versions_identity_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model version % may not change its version, registered model, model or owner',\n            OLD.id\n        USING ERRCODE = 'ML061',\n              DETAIL = format('version=%s registered_model_id=%s', OLD.version,\n                              OLD.registered_model_id);\nEND;\n$$",
-    )
-    op.drop_entity(public_model_versions_identity_immutable)
-
-    public_registered_models_version_counter_guard = PGFunction(
-        schema="public",
-        signature="registered_models_version_counter_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'the version counter of registered model % may not go down (% to %)',\n            OLD.id, OLD.last_version_number, NEW.last_version_number\n        USING ERRCODE = 'ML060';\nEND;\n$$",
-    )
-    op.drop_entity(public_registered_models_version_counter_guard)
-
-    public_model_versions_number = PGFunction(
-        schema="public",
-        signature="model_versions_number()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    UPDATE public.registered_models AS r\n       SET last_version_number = r.last_version_number + 1\n     WHERE r.id = NEW.registered_model_id\n    RETURNING r.last_version_number, r.user_id INTO NEW.version, NEW.user_id;\n    IF NOT FOUND THEN\n        NEW.version := 1;  -- no such registered model\\: its foreign key refuses the row\n    END IF;\n    NEW.download_count := 0;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_model_versions_number)
-
-    public_registered_models_owner_immutable = PGFunction(
-        schema="public",
-        signature="registered_models_owner_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'registered model % may not change its owner', OLD.id\n        USING ERRCODE = 'ML066';\nEND;\n$$",
-    )
-    op.drop_entity(public_registered_models_owner_immutable)

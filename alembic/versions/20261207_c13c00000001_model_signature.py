@@ -24,6 +24,7 @@ from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function, trigger
 
 revision: str = "c13c00000001"
 down_revision: str | Sequence[str] | None = "c13b00000001"
@@ -32,20 +33,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _function() -> PGFunction:
-    return PGFunction(
-        schema="public",
-        signature="models_record_read_only()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model %\\: its signature, input example and environment are written once', OLD.id\n        USING ERRCODE = 'ML070',\n              HINT = 'train and save a new model instead';\nEND;\n$$",
+    return function(
+        "models_record_read_only()",
+        "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'model %\\: its signature, input example and environment are written once', OLD.id\n        USING ERRCODE = 'ML070',\n              HINT = 'train and save a new model instead';\nEND;\n$$",
     )
 
 
 def _trigger() -> PGTrigger:
-    return PGTrigger(
-        schema="public",
-        signature="models_record_read_only",
-        on_entity="public.models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF signature, input_example, environment ON public.models FOR EACH ROW\nWHEN ((OLD.signature <> '{}'::jsonb AND NEW.signature IS DISTINCT FROM OLD.signature)\n      OR (OLD.input_example IS NOT NULL AND NEW.input_example IS DISTINCT FROM OLD.input_example)\n      OR (OLD.environment <> '{}'::jsonb AND NEW.environment IS DISTINCT FROM OLD.environment))\nEXECUTE FUNCTION public.models_record_read_only()",
+    return trigger(
+        "models_record_read_only",
+        "models",
+        "BEFORE UPDATE OF signature, input_example, environment ON public.models FOR EACH ROW\nWHEN ((OLD.signature <> '{}'::jsonb AND NEW.signature IS DISTINCT FROM OLD.signature)\n      OR (OLD.input_example IS NOT NULL AND NEW.input_example IS DISTINCT FROM OLD.input_example)\n      OR (OLD.environment <> '{}'::jsonb AND NEW.environment IS DISTINCT FROM OLD.environment))\nEXECUTE FUNCTION public.models_record_read_only()",
     )
 
 
@@ -90,14 +88,18 @@ def upgrade() -> None:
         "models",
         "jsonb_typeof(environment) = 'object' AND char_length(environment::text) <= 10000",
     )
-    op.create_entity(_function())
-    op.create_entity(_trigger())  # after its columns
+    create(
+        _function(),
+        _trigger(),
+    )  # after its columns
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.drop_entity(_trigger())
-    op.drop_entity(_function())
+    drop(
+        _trigger(),
+        _function(),
+    )
     op.drop_constraint(op.f("ck_models_environment_shape"), "models", type_="check")
     op.drop_constraint(op.f("ck_models_input_example_shape"), "models", type_="check")
     op.drop_constraint(op.f("ck_models_signature_shape"), "models", type_="check")

@@ -21,11 +21,10 @@ Create Date: 2026-12-07 07:32:23.393038+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
-from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function, revoke_execute_from_public, trigger
 
 revision: str = "c14a00000001"
 down_revision: str | Sequence[str] | None = "c14b00000001"
@@ -66,105 +65,88 @@ MODEL_VERSIONS_IS_DEPLOYED = (
 )
 
 
+DEPLOYMENT_MODEL_ID_FUNCTION = function(
+    "deployment_model_id( p_model_version_id uuid, p_registered_model_id uuid, p_alias text)",
+    "returns uuid\nLANGUAGE sql\nSTABLE\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\n    SELECT v.model_id\n      FROM public.model_versions AS v\n     WHERE v.id = COALESCE(p_model_version_id,\n                           (SELECT a.model_version_id FROM public.model_aliases AS a\n                             WHERE a.registered_model_id = p_registered_model_id\n                               AND a.alias = p_alias));\n$$",
+)
+MODEL_ALIASES_IS_DEPLOYED_FUNCTION = function(
+    "model_aliases_is_deployed()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\n    v_rm uuid;\n    v_alias text;\nBEGIN\n    IF TG_OP = 'DELETE' THEN\n        v_rm := OLD.registered_model_id; v_alias := OLD.alias;\n    ELSE\n        v_rm := NEW.registered_model_id; v_alias := NEW.alias;\n    END IF;\n    IF NOT EXISTS (SELECT 1 FROM public.deployments AS d\n                    WHERE d.registered_model_id = v_rm AND d.alias = v_alias\n                      AND d.status = 'active') THEN\n        RETURN NULL;\n    END IF;\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || (SELECT v.model_id FROM public.model_versions AS v\n                            WHERE v.id = OLD.model_version_id);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || (SELECT v.model_id FROM public.model_versions AS v\n                            WHERE v.id = NEW.model_version_id);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
+)
+MODELS_GUARD_IS_DEPLOYED_FUNCTION = function(
+    "models_guard_is_deployed()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'models.is_deployed is maintained by the database and cannot be written directly'\n        USING ERRCODE = 'ML080',\n              HINT = 'create or stop a deployment instead';\nEND;\n$$",
+)
+DEPLOYMENTS_STATUS_TRANSITION_FUNCTION = function(
+    "deployments_status_transition()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF (OLD.status = 'pending' AND NEW.status IN ('active', 'failed', 'stopped'))\n       OR (OLD.status = 'active' AND NEW.status IN ('stopped', 'failed')) THEN\n        RETURN NEW;\n    END IF;\n    RAISE EXCEPTION 'deployment % may not go from % to %', OLD.id, OLD.status, NEW.status\n        USING ERRCODE = 'ML081',\n              DETAIL = format('table=deployments from=%s to=%s', OLD.status, NEW.status);\nEND;\n$$",
+)
+DEPLOYMENTS_TARGET_IMMUTABLE_FUNCTION = function(
+    "deployments_target_immutable()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'deployment % may not change its owner, version, registered model or alias',\n            OLD.id\n        USING ERRCODE = 'ML082';\nEND;\n$$",
+)
+MODEL_VERSIONS_IS_DEPLOYED_FUNCTION = function(
+    "model_versions_is_deployed()", MODEL_VERSIONS_IS_DEPLOYED
+)
+MODEL_VERSIONS_IS_DEPLOYED_TRIGGER = trigger(
+    "model_versions_is_deployed",
+    "model_versions",
+    "AFTER DELETE ON public.model_versions REFERENCING OLD TABLE AS old_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION public.model_versions_is_deployed()",
+)
+MODEL_ALIASES_IS_DEPLOYED_TRIGGER = trigger(
+    "model_aliases_is_deployed",
+    "model_aliases",
+    "AFTER INSERT OR DELETE OR UPDATE OF model_version_id ON public.model_aliases FOR EACH ROW\nEXECUTE FUNCTION public.model_aliases_is_deployed()",
+)
+MODELS_GUARD_IS_DEPLOYED_INSERT_TRIGGER = trigger(
+    "models_guard_is_deployed_insert",
+    "models",
+    "BEFORE INSERT ON public.models FOR EACH ROW\nWHEN (NEW.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
+)
+MODELS_GUARD_IS_DEPLOYED_UPDATE_TRIGGER = trigger(
+    "models_guard_is_deployed_update",
+    "models",
+    "BEFORE UPDATE OF is_deployed ON public.models FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.is_deployed IS DISTINCT FROM OLD.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
+)
+DEPLOYMENTS_DEPLOYMENTS_IS_DEPLOYED_TRIGGER = trigger(
+    "deployments_is_deployed", "deployments", DEPLOYMENTS_IS_DEPLOYED_TRIGGER
+)
+DEPLOYMENTS_DEPLOYMENTS_STATUS_TRANSITION_TRIGGER = trigger(
+    "deployments_status_transition", "deployments", DEPLOYMENTS_STATUS_TRANSITION_TRIGGER
+)
+DEPLOYMENTS_DEPLOYMENTS_TARGET_IMMUTABLE_TRIGGER = trigger(
+    "deployments_target_immutable", "deployments", DEPLOYMENTS_TARGET_IMMUTABLE_TRIGGER
+)
+DEPLOYMENTS_SET_UPDATED_AT_TRIGGER = trigger(
+    "set_updated_at", "deployments", SET_UPDATED_AT_TRIGGER
+)
+
+
 def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute("ALTER TYPE job_kind ADD VALUE IF NOT EXISTS 'batch_prediction'")
-    public_models_refresh_deployed = PGFunction(
-        schema="public",
-        signature="models_refresh_deployed(p_model_ids uuid[])",
-        definition="returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    PERFORM 1 FROM public.models AS m WHERE m.id = ANY (p_model_ids) ORDER BY m.id FOR UPDATE;\n    UPDATE public.models AS m\n       SET is_deployed = c.deployed\n      FROM (SELECT ids.id,\n                   EXISTS (\n                       SELECT 1\n                         FROM public.model_versions AS v\n                         JOIN public.deployments AS d\n                           ON d.status = 'active'\n                          AND (d.model_version_id = v.id\n                               OR EXISTS (SELECT 1 FROM public.model_aliases AS a\n                                           WHERE a.registered_model_id = d.registered_model_id\n                                             AND a.alias = d.alias\n                                             AND a.model_version_id = v.id))\n                        WHERE v.model_id = ids.id) AS deployed\n              FROM (SELECT DISTINCT unnest(p_model_ids) AS id) AS ids\n             WHERE ids.id IS NOT NULL) AS c\n     WHERE m.id = c.id AND m.is_deployed IS DISTINCT FROM c.deployed;\nEND;\n$$",
+    create(
+        function(
+            "models_refresh_deployed(p_model_ids uuid[])",
+            "returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    PERFORM 1 FROM public.models AS m WHERE m.id = ANY (p_model_ids) ORDER BY m.id FOR UPDATE;\n    UPDATE public.models AS m\n       SET is_deployed = c.deployed\n      FROM (SELECT ids.id,\n                   EXISTS (\n                       SELECT 1\n                         FROM public.model_versions AS v\n                         JOIN public.deployments AS d\n                           ON d.status = 'active'\n                          AND (d.model_version_id = v.id\n                               OR EXISTS (SELECT 1 FROM public.model_aliases AS a\n                                           WHERE a.registered_model_id = d.registered_model_id\n                                             AND a.alias = d.alias\n                                             AND a.model_version_id = v.id))\n                        WHERE v.model_id = ids.id) AS deployed\n              FROM (SELECT DISTINCT unnest(p_model_ids) AS id) AS ids\n             WHERE ids.id IS NOT NULL) AS c\n     WHERE m.id = c.id AND m.is_deployed IS DISTINCT FROM c.deployed;\nEND;\n$$",
+        ),
+        DEPLOYMENT_MODEL_ID_FUNCTION,
+        function(
+            "deployments_is_deployed()",
+            "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\n    v_rm uuid;\n    v_alias text;\nBEGIN\n    IF TG_OP = 'DELETE' THEN\n        v_rm := OLD.registered_model_id; v_alias := OLD.alias;\n    ELSE\n        v_rm := NEW.registered_model_id; v_alias := NEW.alias;\n    END IF;\n    IF v_rm IS NOT NULL THEN\n        PERFORM 1 FROM public.model_aliases AS a\n         WHERE a.registered_model_id = v_rm AND a.alias = v_alias FOR SHARE;\n    END IF;\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,\n                                                     OLD.registered_model_id, OLD.alias);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || public.deployment_model_id(NEW.model_version_id,\n                                                     NEW.registered_model_id, NEW.alias);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
+        ),
+        MODEL_ALIASES_IS_DEPLOYED_FUNCTION,
+        MODELS_GUARD_IS_DEPLOYED_FUNCTION,
+        DEPLOYMENTS_STATUS_TRANSITION_FUNCTION,
+        DEPLOYMENTS_TARGET_IMMUTABLE_FUNCTION,
+        MODEL_VERSIONS_IS_DEPLOYED_FUNCTION,
+        MODEL_VERSIONS_IS_DEPLOYED_TRIGGER,
+        MODEL_ALIASES_IS_DEPLOYED_TRIGGER,
+        MODELS_GUARD_IS_DEPLOYED_INSERT_TRIGGER,
+        MODELS_GUARD_IS_DEPLOYED_UPDATE_TRIGGER,
     )
-    op.create_entity(public_models_refresh_deployed)
-
-    public_deployment_model_id = PGFunction(
-        schema="public",
-        signature="deployment_model_id( p_model_version_id uuid, p_registered_model_id uuid, p_alias text)",
-        definition="returns uuid\nLANGUAGE sql\nSTABLE\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\n    SELECT v.model_id\n      FROM public.model_versions AS v\n     WHERE v.id = COALESCE(p_model_version_id,\n                           (SELECT a.model_version_id FROM public.model_aliases AS a\n                             WHERE a.registered_model_id = p_registered_model_id\n                               AND a.alias = p_alias));\n$$",
-    )
-    op.create_entity(public_deployment_model_id)
-
-    public_deployments_is_deployed = PGFunction(
-        schema="public",
-        signature="deployments_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\n    v_rm uuid;\n    v_alias text;\nBEGIN\n    IF TG_OP = 'DELETE' THEN\n        v_rm := OLD.registered_model_id; v_alias := OLD.alias;\n    ELSE\n        v_rm := NEW.registered_model_id; v_alias := NEW.alias;\n    END IF;\n    IF v_rm IS NOT NULL THEN\n        PERFORM 1 FROM public.model_aliases AS a\n         WHERE a.registered_model_id = v_rm AND a.alias = v_alias FOR SHARE;\n    END IF;\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,\n                                                     OLD.registered_model_id, OLD.alias);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || public.deployment_model_id(NEW.model_version_id,\n                                                     NEW.registered_model_id, NEW.alias);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_deployments_is_deployed)
-
-    public_model_aliases_is_deployed = PGFunction(
-        schema="public",
-        signature="model_aliases_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\n    v_rm uuid;\n    v_alias text;\nBEGIN\n    IF TG_OP = 'DELETE' THEN\n        v_rm := OLD.registered_model_id; v_alias := OLD.alias;\n    ELSE\n        v_rm := NEW.registered_model_id; v_alias := NEW.alias;\n    END IF;\n    IF NOT EXISTS (SELECT 1 FROM public.deployments AS d\n                    WHERE d.registered_model_id = v_rm AND d.alias = v_alias\n                      AND d.status = 'active') THEN\n        RETURN NULL;\n    END IF;\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || (SELECT v.model_id FROM public.model_versions AS v\n                            WHERE v.id = OLD.model_version_id);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || (SELECT v.model_id FROM public.model_versions AS v\n                            WHERE v.id = NEW.model_version_id);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_model_aliases_is_deployed)
-
-    public_models_guard_is_deployed = PGFunction(
-        schema="public",
-        signature="models_guard_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'models.is_deployed is maintained by the database and cannot be written directly'\n        USING ERRCODE = 'ML080',\n              HINT = 'create or stop a deployment instead';\nEND;\n$$",
-    )
-    op.create_entity(public_models_guard_is_deployed)
-
-    public_deployments_status_transition = PGFunction(
-        schema="public",
-        signature="deployments_status_transition()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF (OLD.status = 'pending' AND NEW.status IN ('active', 'failed', 'stopped'))\n       OR (OLD.status = 'active' AND NEW.status IN ('stopped', 'failed')) THEN\n        RETURN NEW;\n    END IF;\n    RAISE EXCEPTION 'deployment % may not go from % to %', OLD.id, OLD.status, NEW.status\n        USING ERRCODE = 'ML081',\n              DETAIL = format('table=deployments from=%s to=%s', OLD.status, NEW.status);\nEND;\n$$",
-    )
-    op.create_entity(public_deployments_status_transition)
-
-    public_deployments_target_immutable = PGFunction(
-        schema="public",
-        signature="deployments_target_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'deployment % may not change its owner, version, registered model or alias',\n            OLD.id\n        USING ERRCODE = 'ML082';\nEND;\n$$",
-    )
-    op.create_entity(public_deployments_target_immutable)
-
-    op.create_entity(
-        PGFunction(
-            schema="public",
-            signature="model_versions_is_deployed()",
-            definition=MODEL_VERSIONS_IS_DEPLOYED,
-        )
-    )
-    op.create_entity(
-        PGTrigger(
-            schema="public",
-            signature="model_versions_is_deployed",
-            on_entity="public.model_versions",
-            is_constraint=False,
-            definition=(
-                "AFTER DELETE ON public.model_versions REFERENCING OLD TABLE AS old_rows"
-                " FOR EACH STATEMENT EXECUTE FUNCTION public.model_versions_is_deployed()"
-            ),
-        )
-    )
-
-    public_model_aliases_model_aliases_is_deployed = PGTrigger(
-        schema="public",
-        signature="model_aliases_is_deployed",
-        on_entity="public.model_aliases",
-        is_constraint=False,
-        definition="AFTER INSERT OR DELETE OR UPDATE OF model_version_id ON public.model_aliases FOR EACH ROW\nEXECUTE FUNCTION public.model_aliases_is_deployed()",
-    )
-    op.create_entity(public_model_aliases_model_aliases_is_deployed)
-
-    public_models_models_guard_is_deployed_insert = PGTrigger(
-        schema="public",
-        signature="models_guard_is_deployed_insert",
-        on_entity="public.models",
-        is_constraint=False,
-        definition="BEFORE INSERT ON public.models FOR EACH ROW\nWHEN (NEW.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
-    )
-    op.create_entity(public_models_models_guard_is_deployed_insert)
-
-    public_models_models_guard_is_deployed_update = PGTrigger(
-        schema="public",
-        signature="models_guard_is_deployed_update",
-        on_entity="public.models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF is_deployed ON public.models FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.is_deployed IS DISTINCT FROM OLD.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
-    )
-    op.create_entity(public_models_models_guard_is_deployed_update)
 
     op.create_table(
         "deployments",
@@ -247,184 +229,47 @@ def upgrade() -> None:
     )
 
     # Triggers on the new table, by hand, after it.
-    op.create_entity(
-        PGTrigger(
-            schema="public",
-            signature="deployments_is_deployed",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=DEPLOYMENTS_IS_DEPLOYED_TRIGGER,
-        )
+    create(
+        DEPLOYMENTS_DEPLOYMENTS_IS_DEPLOYED_TRIGGER,
+        DEPLOYMENTS_DEPLOYMENTS_STATUS_TRANSITION_TRIGGER,
+        DEPLOYMENTS_DEPLOYMENTS_TARGET_IMMUTABLE_TRIGGER,
+        DEPLOYMENTS_SET_UPDATED_AT_TRIGGER,
     )
-    op.create_entity(
-        PGTrigger(
-            schema="public",
-            signature="deployments_status_transition",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=DEPLOYMENTS_STATUS_TRANSITION_TRIGGER,
-        )
+    revoke_execute_from_public(
+        "public.models_refresh_deployed(uuid[])", "public.deployment_model_id(uuid, uuid, text)"
     )
-    op.create_entity(
-        PGTrigger(
-            schema="public",
-            signature="deployments_target_immutable",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=DEPLOYMENTS_TARGET_IMMUTABLE_TRIGGER,
-        )
-    )
-    op.create_entity(
-        PGTrigger(
-            schema="public",
-            signature="set_updated_at",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=SET_UPDATED_AT_TRIGGER,
-        )
-    )
-    for fn in (
-        "models_refresh_deployed(uuid[])",
-        "deployment_model_id(uuid, uuid, text)",
-    ):
-        op.execute(f"REVOKE EXECUTE ON FUNCTION public.{fn} FROM PUBLIC")
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     # Triggers first: drop_entity fails once their table is gone.
-    op.drop_entity(
-        PGTrigger(
-            schema="public",
-            signature="set_updated_at",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=SET_UPDATED_AT_TRIGGER,
-        )
-    )
-    op.drop_entity(
-        PGTrigger(
-            schema="public",
-            signature="deployments_target_immutable",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=DEPLOYMENTS_TARGET_IMMUTABLE_TRIGGER,
-        )
-    )
-    op.drop_entity(
-        PGTrigger(
-            schema="public",
-            signature="deployments_status_transition",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=DEPLOYMENTS_STATUS_TRANSITION_TRIGGER,
-        )
-    )
-    op.drop_entity(
-        PGTrigger(
-            schema="public",
-            signature="deployments_is_deployed",
-            on_entity="public.deployments",
-            is_constraint=False,
-            definition=DEPLOYMENTS_IS_DEPLOYED_TRIGGER,
-        )
+    drop(
+        DEPLOYMENTS_SET_UPDATED_AT_TRIGGER,
+        DEPLOYMENTS_DEPLOYMENTS_TARGET_IMMUTABLE_TRIGGER,
+        DEPLOYMENTS_DEPLOYMENTS_STATUS_TRANSITION_TRIGGER,
+        DEPLOYMENTS_DEPLOYMENTS_IS_DEPLOYED_TRIGGER,
     )
     op.drop_index("ix_deployments_registered_model_id_alias", table_name="deployments")
     op.drop_index("ix_deployments_model_version_id", table_name="deployments")
     op.drop_table("deployments")
     sa.Enum(name="deployment_status").drop(op.get_bind())
-    public_models_models_guard_is_deployed_update = PGTrigger(
-        schema="public",
-        signature="models_guard_is_deployed_update",
-        on_entity="public.models",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF is_deployed ON public.models FOR EACH ROW\nWHEN (pg_trigger_depth() = 0 AND NEW.is_deployed IS DISTINCT FROM OLD.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
+    drop(
+        MODELS_GUARD_IS_DEPLOYED_UPDATE_TRIGGER,
+        MODEL_VERSIONS_IS_DEPLOYED_TRIGGER,
+        MODEL_VERSIONS_IS_DEPLOYED_FUNCTION,
+        MODELS_GUARD_IS_DEPLOYED_INSERT_TRIGGER,
+        MODEL_ALIASES_IS_DEPLOYED_TRIGGER,
+        DEPLOYMENTS_TARGET_IMMUTABLE_FUNCTION,
+        DEPLOYMENTS_STATUS_TRANSITION_FUNCTION,
+        MODELS_GUARD_IS_DEPLOYED_FUNCTION,
+        MODEL_ALIASES_IS_DEPLOYED_FUNCTION,
+        function(
+            "deployments_is_deployed()",
+            "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\nBEGIN\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,\n                                                     OLD.registered_model_id, OLD.alias);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || public.deployment_model_id(NEW.model_version_id,\n                                                     NEW.registered_model_id, NEW.alias);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
+        ),
+        DEPLOYMENT_MODEL_ID_FUNCTION,
+        function(
+            "models_refresh_deployed(p_model_ids uuid[])",
+            "returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    UPDATE public.models AS m\n       SET is_deployed = c.deployed\n      FROM (SELECT ids.id,\n                   EXISTS (\n                       SELECT 1\n                         FROM public.model_versions AS v\n                         JOIN public.deployments AS d\n                           ON d.status = 'active'\n                          AND (d.model_version_id = v.id\n                               OR EXISTS (SELECT 1 FROM public.model_aliases AS a\n                                           WHERE a.registered_model_id = d.registered_model_id\n                                             AND a.alias = d.alias\n                                             AND a.model_version_id = v.id))\n                        WHERE v.model_id = ids.id) AS deployed\n              FROM (SELECT DISTINCT unnest(p_model_ids) AS id) AS ids\n             WHERE ids.id IS NOT NULL) AS c\n     WHERE m.id = c.id AND m.is_deployed IS DISTINCT FROM c.deployed;\nEND;\n$$",
+        ),
     )
-    op.drop_entity(public_models_models_guard_is_deployed_update)
-
-    op.drop_entity(
-        PGTrigger(
-            schema="public",
-            signature="model_versions_is_deployed",
-            on_entity="public.model_versions",
-            is_constraint=False,
-            definition=(
-                "AFTER DELETE ON public.model_versions REFERENCING OLD TABLE AS old_rows"
-                " FOR EACH STATEMENT EXECUTE FUNCTION public.model_versions_is_deployed()"
-            ),
-        )
-    )
-    op.drop_entity(
-        PGFunction(
-            schema="public",
-            signature="model_versions_is_deployed()",
-            definition=MODEL_VERSIONS_IS_DEPLOYED,
-        )
-    )
-
-    public_models_models_guard_is_deployed_insert = PGTrigger(
-        schema="public",
-        signature="models_guard_is_deployed_insert",
-        on_entity="public.models",
-        is_constraint=False,
-        definition="BEFORE INSERT ON public.models FOR EACH ROW\nWHEN (NEW.is_deployed)\nEXECUTE FUNCTION public.models_guard_is_deployed()",
-    )
-    op.drop_entity(public_models_models_guard_is_deployed_insert)
-
-    public_model_aliases_model_aliases_is_deployed = PGTrigger(
-        schema="public",
-        signature="model_aliases_is_deployed",
-        on_entity="public.model_aliases",
-        is_constraint=False,
-        definition="AFTER INSERT OR DELETE OR UPDATE OF model_version_id ON public.model_aliases FOR EACH ROW\nEXECUTE FUNCTION public.model_aliases_is_deployed()",
-    )
-    op.drop_entity(public_model_aliases_model_aliases_is_deployed)
-
-    public_deployments_target_immutable = PGFunction(
-        schema="public",
-        signature="deployments_target_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'deployment % may not change its owner, version, registered model or alias',\n            OLD.id\n        USING ERRCODE = 'ML082';\nEND;\n$$",
-    )
-    op.drop_entity(public_deployments_target_immutable)
-
-    public_deployments_status_transition = PGFunction(
-        schema="public",
-        signature="deployments_status_transition()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF (OLD.status = 'pending' AND NEW.status IN ('active', 'failed', 'stopped'))\n       OR (OLD.status = 'active' AND NEW.status IN ('stopped', 'failed')) THEN\n        RETURN NEW;\n    END IF;\n    RAISE EXCEPTION 'deployment % may not go from % to %', OLD.id, OLD.status, NEW.status\n        USING ERRCODE = 'ML081',\n              DETAIL = format('table=deployments from=%s to=%s', OLD.status, NEW.status);\nEND;\n$$",
-    )
-    op.drop_entity(public_deployments_status_transition)
-
-    public_models_guard_is_deployed = PGFunction(
-        schema="public",
-        signature="models_guard_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'models.is_deployed is maintained by the database and cannot be written directly'\n        USING ERRCODE = 'ML080',\n              HINT = 'create or stop a deployment instead';\nEND;\n$$",
-    )
-    op.drop_entity(public_models_guard_is_deployed)
-
-    public_model_aliases_is_deployed = PGFunction(
-        schema="public",
-        signature="model_aliases_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\n    v_rm uuid;\n    v_alias text;\nBEGIN\n    IF TG_OP = 'DELETE' THEN\n        v_rm := OLD.registered_model_id; v_alias := OLD.alias;\n    ELSE\n        v_rm := NEW.registered_model_id; v_alias := NEW.alias;\n    END IF;\n    IF NOT EXISTS (SELECT 1 FROM public.deployments AS d\n                    WHERE d.registered_model_id = v_rm AND d.alias = v_alias\n                      AND d.status = 'active') THEN\n        RETURN NULL;\n    END IF;\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || (SELECT v.model_id FROM public.model_versions AS v\n                            WHERE v.id = OLD.model_version_id);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || (SELECT v.model_id FROM public.model_versions AS v\n                            WHERE v.id = NEW.model_version_id);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_model_aliases_is_deployed)
-
-    public_deployments_is_deployed = PGFunction(
-        schema="public",
-        signature="deployments_is_deployed()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_ids uuid[] := ARRAY[]::uuid[];\nBEGIN\n    IF TG_OP IN ('UPDATE', 'DELETE') THEN\n        v_ids := v_ids || public.deployment_model_id(OLD.model_version_id,\n                                                     OLD.registered_model_id, OLD.alias);\n    END IF;\n    IF TG_OP IN ('INSERT', 'UPDATE') THEN\n        v_ids := v_ids || public.deployment_model_id(NEW.model_version_id,\n                                                     NEW.registered_model_id, NEW.alias);\n    END IF;\n    PERFORM public.models_refresh_deployed(v_ids);\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_deployments_is_deployed)
-
-    public_deployment_model_id = PGFunction(
-        schema="public",
-        signature="deployment_model_id( p_model_version_id uuid, p_registered_model_id uuid, p_alias text)",
-        definition="returns uuid\nLANGUAGE sql\nSTABLE\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\n    SELECT v.model_id\n      FROM public.model_versions AS v\n     WHERE v.id = COALESCE(p_model_version_id,\n                           (SELECT a.model_version_id FROM public.model_aliases AS a\n                             WHERE a.registered_model_id = p_registered_model_id\n                               AND a.alias = p_alias));\n$$",
-    )
-    op.drop_entity(public_deployment_model_id)
-
-    public_models_refresh_deployed = PGFunction(
-        schema="public",
-        signature="models_refresh_deployed(p_model_ids uuid[])",
-        definition="returns void\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    UPDATE public.models AS m\n       SET is_deployed = c.deployed\n      FROM (SELECT ids.id,\n                   EXISTS (\n                       SELECT 1\n                         FROM public.model_versions AS v\n                         JOIN public.deployments AS d\n                           ON d.status = 'active'\n                          AND (d.model_version_id = v.id\n                               OR EXISTS (SELECT 1 FROM public.model_aliases AS a\n                                           WHERE a.registered_model_id = d.registered_model_id\n                                             AND a.alias = d.alias\n                                             AND a.model_version_id = v.id))\n                        WHERE v.model_id = ids.id) AS deployed\n              FROM (SELECT DISTINCT unnest(p_model_ids) AS id) AS ids\n             WHERE ids.id IS NOT NULL) AS c\n     WHERE m.id = c.id AND m.is_deployed IS DISTINCT FROM c.deployed;\nEND;\n$$",
-    )
-    op.drop_entity(public_models_refresh_deployed)

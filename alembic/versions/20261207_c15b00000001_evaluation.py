@@ -19,11 +19,10 @@ Create Date: 2026-12-07 08:28:23.768325+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
-from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function, trigger
 
 revision: str = "c15b00000001"
 down_revision: str | Sequence[str] | None = "c15a00000001"
@@ -36,31 +35,45 @@ PROBLEM_TYPE = postgresql.ENUM(
 )
 
 
+DATASETS_COLUMNS_CHECK_FUNCTION = function(
+    "datasets_columns_check()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> 'name') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> 'columns') = 'array'\n                    THEN v.columns_metadata -> 'columns' ELSE '[]'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION 'target column \"%\" is not a column of the dataset''s current version',\n                NEW.target_column\n            USING ERRCODE = 'ML115', DETAIL = format('column=%s', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION 'ignored columns are not columns of the dataset''s current version\\: %',\n                array_to_string(unknown, ', ')\n            USING ERRCODE = 'ML116';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION 'the target column \"%\" cannot be ignored', NEW.target_column\n            USING ERRCODE = 'ML116';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+EVALUATION_ROW_RESULTS_WRITE_ONCE_FUNCTION = function(
+    "evaluation_row_results_write_once()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'evaluation_row_results are written once\\: UPDATE refused'\n        USING ERRCODE = 'ML117', HINT = 'run a new evaluation instead';\nEND;\n$$",
+)
+EVALUATION_RUNS_WRITE_ONCE_FUNCTION = function(
+    "evaluation_runs_write_once()",
+    "returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.user_id IS DISTINCT FROM OLD.user_id\n       OR NEW.job_id IS DISTINCT FROM OLD.job_id\n       OR NEW.model_version_id IS DISTINCT FROM OLD.model_version_id\n       OR NEW.dataset_version_id IS DISTINCT FROM OLD.dataset_version_id\n       OR NEW.criteria IS DISTINCT FROM OLD.criteria\n       OR OLD.completed_at IS NOT NULL THEN\n        RAISE EXCEPTION 'evaluation run % may not change what it evaluated or its results',\n                OLD.id\n            USING ERRCODE = 'ML118';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+DATASETS_COLUMNS_CHECK_TRIGGER = trigger(
+    "datasets_columns_check",
+    "datasets",
+    "BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()",
+)
+EVALUATION_ROW_RESULTS_WRITE_ONCE_TRIGGER = trigger(
+    "evaluation_row_results_write_once",
+    "evaluation_row_results",
+    "BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()",
+)
+EVALUATION_RUNS_WRITE_ONCE_TRIGGER = trigger(
+    "evaluation_runs_write_once",
+    "evaluation_runs",
+    "BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()",
+)
+
+
 def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
     # Not used in this transaction, so ADD VALUE may run inside it (PostgreSQL >= 12).
     op.execute("ALTER TYPE job_kind ADD VALUE IF NOT EXISTS 'evaluation'")
-    public_datasets_columns_check = PGFunction(
-        schema="public",
-        signature="datasets_columns_check()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> 'name') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> 'columns') = 'array'\n                    THEN v.columns_metadata -> 'columns' ELSE '[]'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION 'target column \"%\" is not a column of the dataset''s current version',\n                NEW.target_column\n            USING ERRCODE = 'ML115', DETAIL = format('column=%s', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION 'ignored columns are not columns of the dataset''s current version\\: %',\n                array_to_string(unknown, ', ')\n            USING ERRCODE = 'ML116';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION 'the target column \"%\" cannot be ignored', NEW.target_column\n            USING ERRCODE = 'ML116';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    create(
+        DATASETS_COLUMNS_CHECK_FUNCTION,
+        EVALUATION_ROW_RESULTS_WRITE_ONCE_FUNCTION,
+        EVALUATION_RUNS_WRITE_ONCE_FUNCTION,
     )
-    op.create_entity(public_datasets_columns_check)
-
-    public_evaluation_row_results_write_once = PGFunction(
-        schema="public",
-        signature="evaluation_row_results_write_once()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'evaluation_row_results are written once\\: UPDATE refused'\n        USING ERRCODE = 'ML117', HINT = 'run a new evaluation instead';\nEND;\n$$",
-    )
-    op.create_entity(public_evaluation_row_results_write_once)
-
-    public_evaluation_runs_write_once = PGFunction(
-        schema="public",
-        signature="evaluation_runs_write_once()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.user_id IS DISTINCT FROM OLD.user_id\n       OR NEW.job_id IS DISTINCT FROM OLD.job_id\n       OR NEW.model_version_id IS DISTINCT FROM OLD.model_version_id\n       OR NEW.dataset_version_id IS DISTINCT FROM OLD.dataset_version_id\n       OR NEW.criteria IS DISTINCT FROM OLD.criteria\n       OR OLD.completed_at IS NOT NULL THEN\n        RAISE EXCEPTION 'evaluation run % may not change what it evaluated or its results',\n                OLD.id\n            USING ERRCODE = 'ML118';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_evaluation_runs_write_once)
 
     op.create_table(
         "evaluation_criteria",
@@ -273,84 +286,24 @@ def upgrade() -> None:
             f"CREATE TABLE evaluation_row_results_p{n} PARTITION OF evaluation_row_results"
             f" FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {n})"
         )
-    public_datasets_datasets_columns_check = PGTrigger(
-        schema="public",
-        signature="datasets_columns_check",
-        on_entity="public.datasets",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()",
+    create(
+        DATASETS_COLUMNS_CHECK_TRIGGER,
+        EVALUATION_ROW_RESULTS_WRITE_ONCE_TRIGGER,
+        EVALUATION_RUNS_WRITE_ONCE_TRIGGER,
     )
-    op.create_entity(public_datasets_datasets_columns_check)
-
-    public_evaluation_row_results_evaluation_row_results_write_once = PGTrigger(
-        schema="public",
-        signature="evaluation_row_results_write_once",
-        on_entity="public.evaluation_row_results",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()",
-    )
-    op.create_entity(public_evaluation_row_results_evaluation_row_results_write_once)
-
-    public_evaluation_runs_evaluation_runs_write_once = PGTrigger(
-        schema="public",
-        signature="evaluation_runs_write_once",
-        on_entity="public.evaluation_runs",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()",
-    )
-    op.create_entity(public_evaluation_runs_evaluation_runs_write_once)
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     # Triggers first: drop_entity fails once their table is gone; then the functions.
-    public_evaluation_runs_evaluation_runs_write_once = PGTrigger(
-        schema="public",
-        signature="evaluation_runs_write_once",
-        on_entity="public.evaluation_runs",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.evaluation_runs FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_runs_write_once()",
+    drop(
+        EVALUATION_RUNS_WRITE_ONCE_TRIGGER,
+        EVALUATION_ROW_RESULTS_WRITE_ONCE_TRIGGER,
+        DATASETS_COLUMNS_CHECK_TRIGGER,
+        EVALUATION_RUNS_WRITE_ONCE_FUNCTION,
+        EVALUATION_ROW_RESULTS_WRITE_ONCE_FUNCTION,
+        DATASETS_COLUMNS_CHECK_FUNCTION,
     )
-    op.drop_entity(public_evaluation_runs_evaluation_runs_write_once)
-
-    public_evaluation_row_results_evaluation_row_results_write_once = PGTrigger(
-        schema="public",
-        signature="evaluation_row_results_write_once",
-        on_entity="public.evaluation_row_results",
-        is_constraint=False,
-        definition="BEFORE UPDATE ON public.evaluation_row_results FOR EACH ROW\nEXECUTE FUNCTION public.evaluation_row_results_write_once()",
-    )
-    op.drop_entity(public_evaluation_row_results_evaluation_row_results_write_once)
-
-    public_datasets_datasets_columns_check = PGTrigger(
-        schema="public",
-        signature="datasets_columns_check",
-        on_entity="public.datasets",
-        is_constraint=False,
-        definition="BEFORE UPDATE OF target_column, ignored_columns ON public.datasets FOR EACH ROW\nWHEN (NEW.target_column IS DISTINCT FROM OLD.target_column\n      OR NEW.ignored_columns IS DISTINCT FROM OLD.ignored_columns)\nEXECUTE FUNCTION public.datasets_columns_check()",
-    )
-    op.drop_entity(public_datasets_datasets_columns_check)
-
-    public_evaluation_runs_write_once = PGFunction(
-        schema="public",
-        signature="evaluation_runs_write_once()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    IF NEW.user_id IS DISTINCT FROM OLD.user_id\n       OR NEW.job_id IS DISTINCT FROM OLD.job_id\n       OR NEW.model_version_id IS DISTINCT FROM OLD.model_version_id\n       OR NEW.dataset_version_id IS DISTINCT FROM OLD.dataset_version_id\n       OR NEW.criteria IS DISTINCT FROM OLD.criteria\n       OR OLD.completed_at IS NOT NULL THEN\n        RAISE EXCEPTION 'evaluation run % may not change what it evaluated or its results',\n                OLD.id\n            USING ERRCODE = 'ML118';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_evaluation_runs_write_once)
-
-    public_evaluation_row_results_write_once = PGFunction(
-        schema="public",
-        signature="evaluation_row_results_write_once()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nBEGIN\n    RAISE EXCEPTION 'evaluation_row_results are written once\\: UPDATE refused'\n        USING ERRCODE = 'ML117', HINT = 'run a new evaluation instead';\nEND;\n$$",
-    )
-    op.drop_entity(public_evaluation_row_results_write_once)
-
-    public_datasets_columns_check = PGFunction(
-        schema="public",
-        signature="datasets_columns_check()",
-        definition="returns trigger\nLANGUAGE plpgsql\nAS $$\nDECLARE\n    names text[];\n    unknown text[];\nBEGIN\n    IF NEW.current_version_id IS NULL THEN\n        RETURN NEW;\n    END IF;\n    SELECT array_agg(c ->> 'name') INTO names\n      FROM public.dataset_versions AS v,\n           jsonb_array_elements(\n               CASE WHEN jsonb_typeof(v.columns_metadata -> 'columns') = 'array'\n                    THEN v.columns_metadata -> 'columns' ELSE '[]'::jsonb END) AS c\n     WHERE v.id = NEW.current_version_id;\n    IF names IS NULL THEN\n        RETURN NEW;  -- not ingested yet\\: nothing to check against\n    END IF;\n    IF NEW.target_column IS NOT NULL AND NOT NEW.target_column = ANY (names) THEN\n        RAISE EXCEPTION 'target column \"%\" is not a column of the dataset''s current version',\n                NEW.target_column\n            USING ERRCODE = 'ML115', DETAIL = format('column=%s', NEW.target_column);\n    END IF;\n    SELECT array_agg(i) INTO unknown\n      FROM unnest(NEW.ignored_columns) AS i\n     WHERE NOT i = ANY (names);\n    IF unknown IS NOT NULL THEN\n        RAISE EXCEPTION 'ignored columns are not columns of the dataset''s current version\\: %',\n                array_to_string(unknown, ', ')\n            USING ERRCODE = 'ML116';\n    END IF;\n    IF NEW.target_column = ANY (NEW.ignored_columns) THEN\n        RAISE EXCEPTION 'the target column \"%\" cannot be ignored', NEW.target_column\n            USING ERRCODE = 'ML116';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_datasets_columns_check)
 
     op.drop_constraint(op.f("ck_datasets_ignored_columns_count"), "datasets", type_="check")
     op.drop_column("datasets", "ignored_columns")

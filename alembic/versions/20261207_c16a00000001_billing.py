@@ -23,11 +23,10 @@ import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
-from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function, trigger
 
 revision: str = "c16a00000001"
 down_revision: str | Sequence[str] | None = "c14a00000001"
@@ -88,48 +87,42 @@ HAND_TRIGGERS = (
 )
 
 
+PRICE_ITEMS_IMMUTABLE_FUNCTION = function(
+    "price_items_immutable()",
+    "returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_from timestamptz;\nBEGIN\n    SELECT b.effective_from INTO v_from FROM public.price_books AS b WHERE b.id = OLD.price_book_id;\n    IF v_from IS NOT NULL AND v_from <= now() THEN\n        RAISE EXCEPTION 'price item % (%) belongs to a price book in force since %\\: % refused',\n                OLD.id, OLD.sku, v_from, TG_OP\n            USING ERRCODE = 'ML090',\n                  HINT = 'change prices with a new price book (automl-db prices set)';\n    END IF;\n    IF TG_OP = 'DELETE' THEN\n        RETURN OLD;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+PRICE_BOOKS_GUARD_FUNCTION = function(
+    "price_books_guard()",
+    "returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF OLD.effective_from > now() THEN\n        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;  -- not in force yet\n    END IF;\n    IF TG_OP = 'DELETE' THEN\n        RAISE EXCEPTION 'price book % has been in force since %\\: it cannot be deleted',\n                OLD.id, OLD.effective_from\n            USING ERRCODE = 'ML091';\n    END IF;\n    IF (NEW.tier, NEW.currency, NEW.effective_from, NEW.id)\n       IS DISTINCT FROM (OLD.tier, OLD.currency, OLD.effective_from, OLD.id) THEN\n        RAISE EXCEPTION 'price book % has been in force since %\\: its tier, currency and start are history',\n                OLD.id, OLD.effective_from\n            USING ERRCODE = 'ML091',\n                  HINT = 'close it (effective_to from now on) and start a new book';\n    END IF;\n    IF NEW.effective_to IS DISTINCT FROM OLD.effective_to THEN\n        IF (OLD.effective_to IS NOT NULL AND OLD.effective_to <= now())\n           OR (NEW.effective_to IS NOT NULL AND NEW.effective_to < now()) THEN\n            RAISE EXCEPTION 'price book %\\: its end can change only from now on (% to %)',\n                    OLD.id, OLD.effective_to, NEW.effective_to\n                USING ERRCODE = 'ML091';\n        END IF;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+JOB_PRICE_ITEMS_FILL_FUNCTION = function(
+    "job_price_items_fill()",
+    "returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF TG_OP = 'UPDATE' THEN\n        RAISE EXCEPTION 'the price lines of job % are what it cost\\: UPDATE refused', OLD.job_id\n            USING ERRCODE = 'ML092';\n    END IF;\n    SELECT NEW.quantity * i.credits_per_unit INTO NEW.credits\n      FROM public.price_items AS i WHERE i.id = NEW.price_item_id;\n    IF NEW.credits IS NULL THEN\n        NEW.credits := 0;  -- no such item\\: its foreign key refuses the row\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+)
+BILLING_ALERTS_FIRE_FUNCTION = function(
+    "billing_alerts_fire()",
+    "returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    r record;\n    v_event uuid;\n    v_spend bigint;\n    v_now timestamptz := clock_timestamp();\n    v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');\nBEGIN\n    -- Nearly every statement ends here\\: one index probe per user of the statement.\n    IF NOT EXISTS (SELECT 1 FROM public.billing_alerts AS a\n                    WHERE a.active AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)) THEN\n        RETURN NULL;\n    END IF;\n\n    -- Read without a lock\\: most charges change no alert. A transition is an UPDATE\n    -- that tests the state again under the alert's row lock (armed, fired_month), so\n    -- of two transactions that saw the same state only one fires; and one user's\n    -- charges are serialized by the user's row lock anyway (credit_tx_before_insert).\n    FOR r IN\n        SELECT a.id, a.user_id, a.kind, a.threshold, a.armed, a.fired_month, u.credit_balance\n          FROM public.billing_alerts AS a\n          JOIN public.users AS u ON u.id = a.user_id\n         WHERE a.active\n           AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)\n         ORDER BY a.id\n    LOOP\n        IF r.kind = 'balance_below' THEN\n            IF r.armed AND r.credit_balance < r.threshold THEN\n                UPDATE public.billing_alerts SET armed = false WHERE id = r.id AND armed;\n                IF FOUND THEN\n                    v_event := gen_random_uuid();\n                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)\n                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,\n                            jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',\n                                               'alert_id', r.id, 'user_id', r.user_id,\n                                               'threshold', r.threshold, 'balance', r.credit_balance,\n                                               'created', floor(extract(epoch FROM v_now))::bigint));\n                END IF;\n            ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN\n                UPDATE public.billing_alerts SET armed = true WHERE id = r.id;\n            END IF;\n        ELSIF r.fired_month IS DISTINCT FROM v_month_start THEN  -- spend_above\n            SELECT coalesce(-sum(t.amount), 0) INTO v_spend\n              FROM public.credit_transactions AS t\n             WHERE t.user_id = r.user_id\n               AND t.created_at >= v_month_start\n               AND t.type IN ('consumption', 'refund');\n            IF v_spend > r.threshold THEN\n                UPDATE public.billing_alerts SET fired_month = v_month_start\n                 WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;\n                IF FOUND THEN\n                    v_event := gen_random_uuid();\n                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)\n                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,\n                            jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',\n                                               'alert_id', r.id, 'user_id', r.user_id,\n                                               'threshold', r.threshold, 'spend', v_spend,\n                                               'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),\n                                               'created', floor(extract(epoch FROM v_now))::bigint));\n                END IF;\n            END IF;\n        END IF;\n    END LOOP;\n    RETURN NULL;\nEND;\n$$",
+)
+BILLING_ALERTS_FIRE_TRIGGER = trigger(
+    "billing_alerts_fire",
+    "credit_transactions",
+    "AFTER INSERT ON public.credit_transactions REFERENCING NEW TABLE AS new_entries\nFOR EACH STATEMENT EXECUTE FUNCTION public.billing_alerts_fire()",
+)
+
+
 def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
     for name, labels in ENUMS.items():
         postgresql.ENUM(*labels, name=name).create(op.get_bind())
     # ### commands auto generated by Alembic - please adjust! ###
-    public_price_items_immutable = PGFunction(
-        schema="public",
-        signature="price_items_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_from timestamptz;\nBEGIN\n    SELECT b.effective_from INTO v_from FROM public.price_books AS b WHERE b.id = OLD.price_book_id;\n    IF v_from IS NOT NULL AND v_from <= now() THEN\n        RAISE EXCEPTION 'price item % (%) belongs to a price book in force since %\\: % refused',\n                OLD.id, OLD.sku, v_from, TG_OP\n            USING ERRCODE = 'ML090',\n                  HINT = 'change prices with a new price book (automl-db prices set)';\n    END IF;\n    IF TG_OP = 'DELETE' THEN\n        RETURN OLD;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    create(
+        PRICE_ITEMS_IMMUTABLE_FUNCTION,
+        PRICE_BOOKS_GUARD_FUNCTION,
+        JOB_PRICE_ITEMS_FILL_FUNCTION,
+        BILLING_ALERTS_FIRE_FUNCTION,
+        BILLING_ALERTS_FIRE_TRIGGER,
     )
-    op.create_entity(public_price_items_immutable)
-
-    public_price_books_guard = PGFunction(
-        schema="public",
-        signature="price_books_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF OLD.effective_from > now() THEN\n        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;  -- not in force yet\n    END IF;\n    IF TG_OP = 'DELETE' THEN\n        RAISE EXCEPTION 'price book % has been in force since %\\: it cannot be deleted',\n                OLD.id, OLD.effective_from\n            USING ERRCODE = 'ML091';\n    END IF;\n    IF (NEW.tier, NEW.currency, NEW.effective_from, NEW.id)\n       IS DISTINCT FROM (OLD.tier, OLD.currency, OLD.effective_from, OLD.id) THEN\n        RAISE EXCEPTION 'price book % has been in force since %\\: its tier, currency and start are history',\n                OLD.id, OLD.effective_from\n            USING ERRCODE = 'ML091',\n                  HINT = 'close it (effective_to from now on) and start a new book';\n    END IF;\n    IF NEW.effective_to IS DISTINCT FROM OLD.effective_to THEN\n        IF (OLD.effective_to IS NOT NULL AND OLD.effective_to <= now())\n           OR (NEW.effective_to IS NOT NULL AND NEW.effective_to < now()) THEN\n            RAISE EXCEPTION 'price book %\\: its end can change only from now on (% to %)',\n                    OLD.id, OLD.effective_to, NEW.effective_to\n                USING ERRCODE = 'ML091';\n        END IF;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_price_books_guard)
-
-    public_job_price_items_fill = PGFunction(
-        schema="public",
-        signature="job_price_items_fill()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF TG_OP = 'UPDATE' THEN\n        RAISE EXCEPTION 'the price lines of job % are what it cost\\: UPDATE refused', OLD.job_id\n            USING ERRCODE = 'ML092';\n    END IF;\n    SELECT NEW.quantity * i.credits_per_unit INTO NEW.credits\n      FROM public.price_items AS i WHERE i.id = NEW.price_item_id;\n    IF NEW.credits IS NULL THEN\n        NEW.credits := 0;  -- no such item\\: its foreign key refuses the row\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_job_price_items_fill)
-
-    public_billing_alerts_fire = PGFunction(
-        schema="public",
-        signature="billing_alerts_fire()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    r record;\n    v_event uuid;\n    v_spend bigint;\n    v_now timestamptz := clock_timestamp();\n    v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');\nBEGIN\n    -- Nearly every statement ends here\\: one index probe per user of the statement.\n    IF NOT EXISTS (SELECT 1 FROM public.billing_alerts AS a\n                    WHERE a.active AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)) THEN\n        RETURN NULL;\n    END IF;\n\n    -- Read without a lock\\: most charges change no alert. A transition is an UPDATE\n    -- that tests the state again under the alert's row lock (armed, fired_month), so\n    -- of two transactions that saw the same state only one fires; and one user's\n    -- charges are serialized by the user's row lock anyway (credit_tx_before_insert).\n    FOR r IN\n        SELECT a.id, a.user_id, a.kind, a.threshold, a.armed, a.fired_month, u.credit_balance\n          FROM public.billing_alerts AS a\n          JOIN public.users AS u ON u.id = a.user_id\n         WHERE a.active\n           AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)\n         ORDER BY a.id\n    LOOP\n        IF r.kind = 'balance_below' THEN\n            IF r.armed AND r.credit_balance < r.threshold THEN\n                UPDATE public.billing_alerts SET armed = false WHERE id = r.id AND armed;\n                IF FOUND THEN\n                    v_event := gen_random_uuid();\n                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)\n                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,\n                            jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',\n                                               'alert_id', r.id, 'user_id', r.user_id,\n                                               'threshold', r.threshold, 'balance', r.credit_balance,\n                                               'created', floor(extract(epoch FROM v_now))::bigint));\n                END IF;\n            ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN\n                UPDATE public.billing_alerts SET armed = true WHERE id = r.id;\n            END IF;\n        ELSIF r.fired_month IS DISTINCT FROM v_month_start THEN  -- spend_above\n            SELECT coalesce(-sum(t.amount), 0) INTO v_spend\n              FROM public.credit_transactions AS t\n             WHERE t.user_id = r.user_id\n               AND t.created_at >= v_month_start\n               AND t.type IN ('consumption', 'refund');\n            IF v_spend > r.threshold THEN\n                UPDATE public.billing_alerts SET fired_month = v_month_start\n                 WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;\n                IF FOUND THEN\n                    v_event := gen_random_uuid();\n                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)\n                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,\n                            jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',\n                                               'alert_id', r.id, 'user_id', r.user_id,\n                                               'threshold', r.threshold, 'spend', v_spend,\n                                               'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),\n                                               'created', floor(extract(epoch FROM v_now))::bigint));\n                END IF;\n            END IF;\n        END IF;\n    END LOOP;\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.create_entity(public_billing_alerts_fire)
-
-    public_credit_transactions_billing_alerts_fire = PGTrigger(
-        schema="public",
-        signature="billing_alerts_fire",
-        on_entity="public.credit_transactions",
-        is_constraint=False,
-        definition="AFTER INSERT ON public.credit_transactions REFERENCING NEW TABLE AS new_entries\nFOR EACH STATEMENT EXECUTE FUNCTION public.billing_alerts_fire()",
-    )
-    op.create_entity(public_credit_transactions_billing_alerts_fire)
 
     op.create_table(
         "price_books",
@@ -521,16 +514,7 @@ def upgrade() -> None:
             " EXCLUDE USING gist (tstzrange(effective_from, effective_to, '[)') WITH &&)"
             f" WHERE (tier = '{tier}')"
         )
-    for name, table, definition in HAND_TRIGGERS:
-        op.create_entity(
-            PGTrigger(
-                schema="public",
-                signature=name,
-                on_entity=f"public.{table}",
-                is_constraint=False,
-                definition=definition,
-            )
-        )
+    create(*(trigger(name, table, definition) for name, table, definition in HAND_TRIGGERS))
     # The first price book of each tier: today's defaults.
     for tier in TIERS:
         op.execute(
@@ -553,16 +537,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    for name, table, definition in HAND_TRIGGERS:
-        op.drop_entity(
-            PGTrigger(
-                schema="public",
-                signature=name,
-                on_entity=f"public.{table}",
-                is_constraint=False,
-                definition=definition,
-            )
-        )
+    drop(*(trigger(name, table, definition) for name, table, definition in HAND_TRIGGERS))
     op.drop_index("ix_credit_transactions_package_id", table_name="credit_transactions")
     op.create_index("ix_credit_transactions_package_id", "credit_transactions", ["package_id"])
     op.drop_index("ix_credit_transactions_job_id_user_id", table_name="credit_transactions")
@@ -609,42 +584,13 @@ def downgrade() -> None:
     op.drop_table("reconciliation_runs")
     op.drop_index("ix_price_books_tier_effective_from", table_name="price_books")
     op.drop_table("price_books")
-    public_credit_transactions_billing_alerts_fire = PGTrigger(
-        schema="public",
-        signature="billing_alerts_fire",
-        on_entity="public.credit_transactions",
-        is_constraint=False,
-        definition="AFTER INSERT ON public.credit_transactions REFERENCING NEW TABLE AS new_entries\nFOR EACH STATEMENT EXECUTE FUNCTION public.billing_alerts_fire()",
+    drop(
+        BILLING_ALERTS_FIRE_TRIGGER,
+        BILLING_ALERTS_FIRE_FUNCTION,
+        JOB_PRICE_ITEMS_FILL_FUNCTION,
+        PRICE_BOOKS_GUARD_FUNCTION,
+        PRICE_ITEMS_IMMUTABLE_FUNCTION,
     )
-    op.drop_entity(public_credit_transactions_billing_alerts_fire)
-
-    public_billing_alerts_fire = PGFunction(
-        schema="public",
-        signature="billing_alerts_fire()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    r record;\n    v_event uuid;\n    v_spend bigint;\n    v_now timestamptz := clock_timestamp();\n    v_month_start timestamptz := date_trunc('month', clock_timestamp(), 'UTC');\nBEGIN\n    -- Nearly every statement ends here\\: one index probe per user of the statement.\n    IF NOT EXISTS (SELECT 1 FROM public.billing_alerts AS a\n                    WHERE a.active AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)) THEN\n        RETURN NULL;\n    END IF;\n\n    -- Read without a lock\\: most charges change no alert. A transition is an UPDATE\n    -- that tests the state again under the alert's row lock (armed, fired_month), so\n    -- of two transactions that saw the same state only one fires; and one user's\n    -- charges are serialized by the user's row lock anyway (credit_tx_before_insert).\n    FOR r IN\n        SELECT a.id, a.user_id, a.kind, a.threshold, a.armed, a.fired_month, u.credit_balance\n          FROM public.billing_alerts AS a\n          JOIN public.users AS u ON u.id = a.user_id\n         WHERE a.active\n           AND a.user_id IN (SELECT n.user_id FROM new_entries AS n)\n         ORDER BY a.id\n    LOOP\n        IF r.kind = 'balance_below' THEN\n            IF r.armed AND r.credit_balance < r.threshold THEN\n                UPDATE public.billing_alerts SET armed = false WHERE id = r.id AND armed;\n                IF FOUND THEN\n                    v_event := gen_random_uuid();\n                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)\n                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, r.credit_balance,\n                            jsonb_build_object('id', v_event, 'type', 'billing_alert.balance_below',\n                                               'alert_id', r.id, 'user_id', r.user_id,\n                                               'threshold', r.threshold, 'balance', r.credit_balance,\n                                               'created', floor(extract(epoch FROM v_now))::bigint));\n                END IF;\n            ELSIF NOT r.armed AND r.credit_balance >= r.threshold THEN\n                UPDATE public.billing_alerts SET armed = true WHERE id = r.id;\n            END IF;\n        ELSIF r.fired_month IS DISTINCT FROM v_month_start THEN  -- spend_above\n            SELECT coalesce(-sum(t.amount), 0) INTO v_spend\n              FROM public.credit_transactions AS t\n             WHERE t.user_id = r.user_id\n               AND t.created_at >= v_month_start\n               AND t.type IN ('consumption', 'refund');\n            IF v_spend > r.threshold THEN\n                UPDATE public.billing_alerts SET fired_month = v_month_start\n                 WHERE id = r.id AND fired_month IS DISTINCT FROM v_month_start;\n                IF FOUND THEN\n                    v_event := gen_random_uuid();\n                    INSERT INTO public.billing_alert_events (id, alert_id, user_id, kind, threshold, value, payload)\n                    VALUES (v_event, r.id, r.user_id, r.kind, r.threshold, v_spend,\n                            jsonb_build_object('id', v_event, 'type', 'billing_alert.spend_above',\n                                               'alert_id', r.id, 'user_id', r.user_id,\n                                               'threshold', r.threshold, 'spend', v_spend,\n                                               'month', to_char(v_month_start AT TIME ZONE 'UTC', 'YYYY-MM'),\n                                               'created', floor(extract(epoch FROM v_now))::bigint));\n                END IF;\n            END IF;\n        END IF;\n    END LOOP;\n    RETURN NULL;\nEND;\n$$",
-    )
-    op.drop_entity(public_billing_alerts_fire)
-
-    public_job_price_items_fill = PGFunction(
-        schema="public",
-        signature="job_price_items_fill()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF TG_OP = 'UPDATE' THEN\n        RAISE EXCEPTION 'the price lines of job % are what it cost\\: UPDATE refused', OLD.job_id\n            USING ERRCODE = 'ML092';\n    END IF;\n    SELECT NEW.quantity * i.credits_per_unit INTO NEW.credits\n      FROM public.price_items AS i WHERE i.id = NEW.price_item_id;\n    IF NEW.credits IS NULL THEN\n        NEW.credits := 0;  -- no such item\\: its foreign key refuses the row\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_job_price_items_fill)
-
-    public_price_books_guard = PGFunction(
-        schema="public",
-        signature="price_books_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF OLD.effective_from > now() THEN\n        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;  -- not in force yet\n    END IF;\n    IF TG_OP = 'DELETE' THEN\n        RAISE EXCEPTION 'price book % has been in force since %\\: it cannot be deleted',\n                OLD.id, OLD.effective_from\n            USING ERRCODE = 'ML091';\n    END IF;\n    IF (NEW.tier, NEW.currency, NEW.effective_from, NEW.id)\n       IS DISTINCT FROM (OLD.tier, OLD.currency, OLD.effective_from, OLD.id) THEN\n        RAISE EXCEPTION 'price book % has been in force since %\\: its tier, currency and start are history',\n                OLD.id, OLD.effective_from\n            USING ERRCODE = 'ML091',\n                  HINT = 'close it (effective_to from now on) and start a new book';\n    END IF;\n    IF NEW.effective_to IS DISTINCT FROM OLD.effective_to THEN\n        IF (OLD.effective_to IS NOT NULL AND OLD.effective_to <= now())\n           OR (NEW.effective_to IS NOT NULL AND NEW.effective_to < now()) THEN\n            RAISE EXCEPTION 'price book %\\: its end can change only from now on (% to %)',\n                    OLD.id, OLD.effective_to, NEW.effective_to\n                USING ERRCODE = 'ML091';\n        END IF;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_price_books_guard)
-
-    public_price_items_immutable = PGFunction(
-        schema="public",
-        signature="price_items_immutable()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_from timestamptz;\nBEGIN\n    SELECT b.effective_from INTO v_from FROM public.price_books AS b WHERE b.id = OLD.price_book_id;\n    IF v_from IS NOT NULL AND v_from <= now() THEN\n        RAISE EXCEPTION 'price item % (%) belongs to a price book in force since %\\: % refused',\n                OLD.id, OLD.sku, v_from, TG_OP\n            USING ERRCODE = 'ML090',\n                  HINT = 'change prices with a new price book (automl-db prices set)';\n    END IF;\n    IF TG_OP = 'DELETE' THEN\n        RETURN OLD;\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_price_items_immutable)
 
     # ### end Alembic commands ###
     for name in ENUMS:

@@ -19,11 +19,10 @@ Create Date: 2026-12-07 07:33:40.173493+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic_utils.pg_function import PGFunction
-from alembic_utils.pg_trigger import PGTrigger
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from database.migrations import create, drop, function, revoke_execute_from_public, trigger
 
 revision: str = "c17a00000001"
 down_revision: str | Sequence[str] | None = "c13d00000001"
@@ -39,12 +38,10 @@ FUNCTIONS = (
     "public.user_sessions_guard()",
 )
 
-USERS_PRIVILEGES_GUARD = PGTrigger(
-    schema="public",
-    signature="users_privileges_guard",
-    on_entity="public.users",
-    is_constraint=False,
-    definition="BEFORE UPDATE OF role, is_active, can_upload, can_train, can_deploy,"
+USERS_PRIVILEGES_GUARD = trigger(
+    "users_privileges_guard",
+    "users",
+    "BEFORE UPDATE OF role, is_active, can_upload, can_train, can_deploy,"
     " can_download, can_buy, tier ON users\nFOR EACH ROW\n"
     "WHEN (OLD.role IS DISTINCT FROM NEW.role OR OLD.is_active IS DISTINCT FROM NEW.is_active\n"
     "      OR OLD.can_upload IS DISTINCT FROM NEW.can_upload"
@@ -55,13 +52,32 @@ USERS_PRIVILEGES_GUARD = PGTrigger(
     "EXECUTE FUNCTION public.users_privileges_guard()",
 )
 
-USER_SESSIONS_GUARD = PGTrigger(
-    schema="public",
-    signature="user_sessions_guard",
-    on_entity="public.user_sessions",
-    is_constraint=False,
-    definition="BEFORE UPDATE ON user_sessions\nFOR EACH ROW\n"
-    "EXECUTE FUNCTION public.user_sessions_guard()",
+USER_SESSIONS_GUARD = trigger(
+    "user_sessions_guard",
+    "user_sessions",
+    "BEFORE UPDATE ON user_sessions\nFOR EACH ROW\nEXECUTE FUNCTION public.user_sessions_guard()",
+)
+
+
+IDENTITY_CHECK_ACTOR_FUNCTION = function(
+    "identity_check_actor(p_target uuid, p_what text)",
+    "returns void\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_setting text := nullif(current_setting('automl.actor_user_id', true), '');\n    v_actor uuid;\nBEGIN\n    IF v_setting IS NULL THEN\n        IF pg_has_role(current_user,\n                       (SELECT c.relowner FROM pg_catalog.pg_class AS c\n                         WHERE c.oid = 'public.users'::regclass), 'USAGE')\n           OR has_function_privilege(current_user,\n                                     'public.credit_adjust(uuid, integer, text, text, text)',\n                                     'EXECUTE') THEN\n            RETURN;\n        END IF;\n        RAISE EXCEPTION '% of user % refused\\: no actor is set', p_what, p_target\n            USING ERRCODE = 'ML102',\n                  HINT = 'the apps set automl.actor_user_id (database.audit.set_actor) to an admin';\n    END IF;\n    BEGIN\n        v_actor := v_setting::uuid;\n    EXCEPTION WHEN invalid_text_representation THEN\n        RAISE EXCEPTION '% of user % refused\\: the actor % is not a user id', p_what, p_target, v_setting\n            USING ERRCODE = 'ML102';\n    END;\n    IF v_actor = p_target THEN\n        RAISE EXCEPTION 'user % may not make % of their own account', p_target, p_what\n            USING ERRCODE = 'ML100',\n                  HINT = 'another admin makes it (or an operator\\: automl-db users)';\n    END IF;\n    IF NOT EXISTS (SELECT 1 FROM public.users AS u\n                    WHERE u.id = v_actor AND u.role = 'admin' AND u.is_active\n                      AND NOT u.is_deleted) THEN\n        RAISE EXCEPTION '% of user % refused\\: user % is not an active admin', p_what, p_target, v_actor\n            USING ERRCODE = 'ML101';\n    END IF;\nEND;\n$$",
+)
+USERS_PRIVILEGES_GUARD_FUNCTION = function(
+    "users_privileges_guard()",
+    "returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    PERFORM public.identity_check_actor(OLD.id, 'a change of role, permissions, activity or tier');\n    RETURN NEW;\nEND;\n$$",
+)
+ADMIN_SET_TIER_FUNCTION = function(
+    "admin_set_tier(p_user_id uuid, p_tier user_tier)",
+    "returns boolean\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF nullif(current_setting('automl.actor_user_id', true), '') IS NULL THEN\n        RAISE EXCEPTION 'a change of tier of user % refused\\: no actor is set', p_user_id\n            USING ERRCODE = 'ML102';\n    END IF;\n    UPDATE public.users SET tier = p_tier WHERE id = p_user_id;\n    RETURN FOUND;\nEND;\n$$",
+)
+ADMIN_CREDIT_ADJUST_FUNCTION = function(
+    "admin_credit_adjust(p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text)",
+    "returns SETOF public.credit_transactions\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_actor text := nullif(current_setting('automl.actor_user_id', true), '');\nBEGIN\n    IF v_actor IS NULL THEN\n        RAISE EXCEPTION 'a credit adjustment of user % refused\\: no actor is set', p_user_id\n            USING ERRCODE = 'ML102';\n    END IF;\n    PERFORM public.identity_check_actor(p_user_id, 'a credit adjustment');\n    RETURN QUERY\n        INSERT INTO public.credit_transactions (user_id, type, amount, description, actor, idempotency_key)\n        VALUES (p_user_id, 'adjustment', p_amount, p_reason, 'admin\\:' || v_actor, p_idempotency_key)\n        RETURNING *;\nEND;\n$$",
+)
+USER_SESSIONS_GUARD_FUNCTION = function(
+    "user_sessions_guard()",
+    "returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF NEW.user_id <> OLD.user_id OR NEW.token_hash <> OLD.token_hash\n       OR NEW.created_at <> OLD.created_at\n       OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at)\n       OR NEW.expires_at > OLD.expires_at THEN\n        RAISE EXCEPTION 'session % may not change its owner, token or creation, be revoked again or un-revoked, or live longer', OLD.id\n            USING ERRCODE = 'ML103',\n                  HINT = 'log in again for a new session';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
 )
 
 
@@ -69,40 +85,13 @@ def upgrade() -> None:
     # Never queue behind a long transaction while holding locks others wait on.
     op.execute("SET LOCAL lock_timeout = '5s'")
     # ### commands auto generated by Alembic - please adjust! ###
-    public_identity_check_actor = PGFunction(
-        schema="public",
-        signature="identity_check_actor(p_target uuid, p_what text)",
-        definition="returns void\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_setting text := nullif(current_setting('automl.actor_user_id', true), '');\n    v_actor uuid;\nBEGIN\n    IF v_setting IS NULL THEN\n        IF pg_has_role(current_user,\n                       (SELECT c.relowner FROM pg_catalog.pg_class AS c\n                         WHERE c.oid = 'public.users'::regclass), 'USAGE')\n           OR has_function_privilege(current_user,\n                                     'public.credit_adjust(uuid, integer, text, text, text)',\n                                     'EXECUTE') THEN\n            RETURN;\n        END IF;\n        RAISE EXCEPTION '% of user % refused\\: no actor is set', p_what, p_target\n            USING ERRCODE = 'ML102',\n                  HINT = 'the apps set automl.actor_user_id (database.audit.set_actor) to an admin';\n    END IF;\n    BEGIN\n        v_actor := v_setting::uuid;\n    EXCEPTION WHEN invalid_text_representation THEN\n        RAISE EXCEPTION '% of user % refused\\: the actor % is not a user id', p_what, p_target, v_setting\n            USING ERRCODE = 'ML102';\n    END;\n    IF v_actor = p_target THEN\n        RAISE EXCEPTION 'user % may not make % of their own account', p_target, p_what\n            USING ERRCODE = 'ML100',\n                  HINT = 'another admin makes it (or an operator\\: automl-db users)';\n    END IF;\n    IF NOT EXISTS (SELECT 1 FROM public.users AS u\n                    WHERE u.id = v_actor AND u.role = 'admin' AND u.is_active\n                      AND NOT u.is_deleted) THEN\n        RAISE EXCEPTION '% of user % refused\\: user % is not an active admin', p_what, p_target, v_actor\n            USING ERRCODE = 'ML101';\n    END IF;\nEND;\n$$",
+    create(
+        IDENTITY_CHECK_ACTOR_FUNCTION,
+        USERS_PRIVILEGES_GUARD_FUNCTION,
+        ADMIN_SET_TIER_FUNCTION,
+        ADMIN_CREDIT_ADJUST_FUNCTION,
+        USER_SESSIONS_GUARD_FUNCTION,
     )
-    op.create_entity(public_identity_check_actor)
-
-    public_users_privileges_guard = PGFunction(
-        schema="public",
-        signature="users_privileges_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    PERFORM public.identity_check_actor(OLD.id, 'a change of role, permissions, activity or tier');\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_users_privileges_guard)
-
-    public_admin_set_tier = PGFunction(
-        schema="public",
-        signature="admin_set_tier(p_user_id uuid, p_tier user_tier)",
-        definition="returns boolean\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF nullif(current_setting('automl.actor_user_id', true), '') IS NULL THEN\n        RAISE EXCEPTION 'a change of tier of user % refused\\: no actor is set', p_user_id\n            USING ERRCODE = 'ML102';\n    END IF;\n    UPDATE public.users SET tier = p_tier WHERE id = p_user_id;\n    RETURN FOUND;\nEND;\n$$",
-    )
-    op.create_entity(public_admin_set_tier)
-
-    public_admin_credit_adjust = PGFunction(
-        schema="public",
-        signature="admin_credit_adjust(p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text)",
-        definition="returns SETOF public.credit_transactions\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_actor text := nullif(current_setting('automl.actor_user_id', true), '');\nBEGIN\n    IF v_actor IS NULL THEN\n        RAISE EXCEPTION 'a credit adjustment of user % refused\\: no actor is set', p_user_id\n            USING ERRCODE = 'ML102';\n    END IF;\n    PERFORM public.identity_check_actor(p_user_id, 'a credit adjustment');\n    RETURN QUERY\n        INSERT INTO public.credit_transactions (user_id, type, amount, description, actor, idempotency_key)\n        VALUES (p_user_id, 'adjustment', p_amount, p_reason, 'admin\\:' || v_actor, p_idempotency_key)\n        RETURNING *;\nEND;\n$$",
-    )
-    op.create_entity(public_admin_credit_adjust)
-
-    public_user_sessions_guard = PGFunction(
-        schema="public",
-        signature="user_sessions_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF NEW.user_id <> OLD.user_id OR NEW.token_hash <> OLD.token_hash\n       OR NEW.created_at <> OLD.created_at\n       OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at)\n       OR NEW.expires_at > OLD.expires_at THEN\n        RAISE EXCEPTION 'session % may not change its owner, token or creation, be revoked again or un-revoked, or live longer', OLD.id\n            USING ERRCODE = 'ML103',\n                  HINT = 'log in again for a new session';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.create_entity(public_user_sessions_guard)
 
     op.create_table(
         "rate_limits",
@@ -239,17 +228,20 @@ def upgrade() -> None:
         "users",
         "password_hash IS NULL OR password_hash LIKE '$argon2id$%'",
     )
-    op.create_entity(USERS_PRIVILEGES_GUARD)
-    op.create_entity(USER_SESSIONS_GUARD)
-    for fn in FUNCTIONS:
-        op.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC")
+    create(
+        USERS_PRIVILEGES_GUARD,
+        USER_SESSIONS_GUARD,
+    )
+    revoke_execute_from_public(*FUNCTIONS)
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.drop_entity(USER_SESSIONS_GUARD)
-    op.drop_entity(USERS_PRIVILEGES_GUARD)
+    drop(
+        USER_SESSIONS_GUARD,
+        USERS_PRIVILEGES_GUARD,
+    )
     op.drop_constraint(op.f("ck_users_password_hash_argon2id"), "users", type_="check")
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_column("users", "can_buy")
@@ -267,40 +259,13 @@ def downgrade() -> None:
     op.drop_table("email_verifications")
     op.drop_index("ix_rate_limits_window_started_at", table_name="rate_limits")
     op.drop_table("rate_limits")
-    public_user_sessions_guard = PGFunction(
-        schema="public",
-        signature="user_sessions_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF NEW.user_id <> OLD.user_id OR NEW.token_hash <> OLD.token_hash\n       OR NEW.created_at <> OLD.created_at\n       OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at)\n       OR NEW.expires_at > OLD.expires_at THEN\n        RAISE EXCEPTION 'session % may not change its owner, token or creation, be revoked again or un-revoked, or live longer', OLD.id\n            USING ERRCODE = 'ML103',\n                  HINT = 'log in again for a new session';\n    END IF;\n    RETURN NEW;\nEND;\n$$",
+    drop(
+        USER_SESSIONS_GUARD_FUNCTION,
+        ADMIN_CREDIT_ADJUST_FUNCTION,
+        ADMIN_SET_TIER_FUNCTION,
+        USERS_PRIVILEGES_GUARD_FUNCTION,
+        IDENTITY_CHECK_ACTOR_FUNCTION,
     )
-    op.drop_entity(public_user_sessions_guard)
-
-    public_admin_credit_adjust = PGFunction(
-        schema="public",
-        signature="admin_credit_adjust(p_user_id uuid, p_amount integer, p_reason text, p_idempotency_key text)",
-        definition="returns SETOF public.credit_transactions\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_actor text := nullif(current_setting('automl.actor_user_id', true), '');\nBEGIN\n    IF v_actor IS NULL THEN\n        RAISE EXCEPTION 'a credit adjustment of user % refused\\: no actor is set', p_user_id\n            USING ERRCODE = 'ML102';\n    END IF;\n    PERFORM public.identity_check_actor(p_user_id, 'a credit adjustment');\n    RETURN QUERY\n        INSERT INTO public.credit_transactions (user_id, type, amount, description, actor, idempotency_key)\n        VALUES (p_user_id, 'adjustment', p_amount, p_reason, 'admin\\:' || v_actor, p_idempotency_key)\n        RETURNING *;\nEND;\n$$",
-    )
-    op.drop_entity(public_admin_credit_adjust)
-
-    public_admin_set_tier = PGFunction(
-        schema="public",
-        signature="admin_set_tier(p_user_id uuid, p_tier user_tier)",
-        definition="returns boolean\nLANGUAGE plpgsql\nSECURITY DEFINER\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    IF nullif(current_setting('automl.actor_user_id', true), '') IS NULL THEN\n        RAISE EXCEPTION 'a change of tier of user % refused\\: no actor is set', p_user_id\n            USING ERRCODE = 'ML102';\n    END IF;\n    UPDATE public.users SET tier = p_tier WHERE id = p_user_id;\n    RETURN FOUND;\nEND;\n$$",
-    )
-    op.drop_entity(public_admin_set_tier)
-
-    public_users_privileges_guard = PGFunction(
-        schema="public",
-        signature="users_privileges_guard()",
-        definition="returns trigger\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nBEGIN\n    PERFORM public.identity_check_actor(OLD.id, 'a change of role, permissions, activity or tier');\n    RETURN NEW;\nEND;\n$$",
-    )
-    op.drop_entity(public_users_privileges_guard)
-
-    public_identity_check_actor = PGFunction(
-        schema="public",
-        signature="identity_check_actor(p_target uuid, p_what text)",
-        definition="returns void\nLANGUAGE plpgsql\nSET search_path = pg_catalog, public, pg_temp\nAS $$\nDECLARE\n    v_setting text := nullif(current_setting('automl.actor_user_id', true), '');\n    v_actor uuid;\nBEGIN\n    IF v_setting IS NULL THEN\n        IF pg_has_role(current_user,\n                       (SELECT c.relowner FROM pg_catalog.pg_class AS c\n                         WHERE c.oid = 'public.users'::regclass), 'USAGE')\n           OR has_function_privilege(current_user,\n                                     'public.credit_adjust(uuid, integer, text, text, text)',\n                                     'EXECUTE') THEN\n            RETURN;\n        END IF;\n        RAISE EXCEPTION '% of user % refused\\: no actor is set', p_what, p_target\n            USING ERRCODE = 'ML102',\n                  HINT = 'the apps set automl.actor_user_id (database.audit.set_actor) to an admin';\n    END IF;\n    BEGIN\n        v_actor := v_setting::uuid;\n    EXCEPTION WHEN invalid_text_representation THEN\n        RAISE EXCEPTION '% of user % refused\\: the actor % is not a user id', p_what, p_target, v_setting\n            USING ERRCODE = 'ML102';\n    END;\n    IF v_actor = p_target THEN\n        RAISE EXCEPTION 'user % may not make % of their own account', p_target, p_what\n            USING ERRCODE = 'ML100',\n                  HINT = 'another admin makes it (or an operator\\: automl-db users)';\n    END IF;\n    IF NOT EXISTS (SELECT 1 FROM public.users AS u\n                    WHERE u.id = v_actor AND u.role = 'admin' AND u.is_active\n                      AND NOT u.is_deleted) THEN\n        RAISE EXCEPTION '% of user % refused\\: user % is not an active admin', p_what, p_target, v_actor\n            USING ERRCODE = 'ML101';\n    END IF;\nEND;\n$$",
-    )
-    op.drop_entity(public_identity_check_actor)
 
     sa.Enum(name="user_role").drop(op.get_bind(), checkfirst=False)
     # ### end Alembic commands ###

@@ -1,6 +1,13 @@
-"""Run and inspect the alembic migrations from Python (the CLI and the tests).
+"""Run and inspect the alembic migrations from Python (the CLI and the tests), and the
+few helpers the migration files share.
 
 The migrations live at the repository root (``alembic/``, ``alembic.ini``).
+
+The helpers (``function``, ``trigger``, ``create``, ``replace``, ``drop``,
+``revoke_execute_from_public``) build the alembic-utils entities of ``public`` and
+run their operations: what every migration used to spell out in full. Migrations
+already applied call them too, so what they emit must never change: a new need is a
+new helper (or a keyword with the old behaviour as its default).
 """
 
 from __future__ import annotations
@@ -11,9 +18,12 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic_utils.pg_function import PGFunction
+from alembic_utils.pg_trigger import PGTrigger
+from alembic_utils.replaceable_entity import ReplaceableEntity
 from sqlalchemy.engine import Connection, Engine
 
-from alembic import command
+from alembic import command, op
 from database.config import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -57,3 +67,52 @@ def heads() -> tuple[str, ...]:
 def current(connection: Connection) -> tuple[str, ...]:
     """The revisions the database is at (empty before the first migration)."""
     return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
+# --- helpers for the migration files (alembic/versions) ---------------------------------
+
+
+def function(signature: str, definition: str) -> PGFunction:
+    """The function ``public.<signature>`` (``definition``: from ``returns`` on)."""
+    return PGFunction(schema="public", signature=signature, definition=definition)
+
+
+def trigger(name: str, table: str, definition: str, *, constraint: bool = False) -> PGTrigger:
+    """The trigger ``name`` on ``public.<table>`` (``definition``: after its name)."""
+    return PGTrigger(
+        schema="public",
+        signature=name,
+        on_entity=f"public.{table}",
+        is_constraint=constraint,
+        definition=definition,
+    )
+
+
+# The three entity operations are registered on ``op`` by alembic-utils at import time,
+# which mypy cannot see.
+
+
+def create(*entities: ReplaceableEntity) -> None:
+    """``op.create_entity`` of each, in order."""
+    for entity in entities:
+        op.create_entity(entity)  # type: ignore[attr-defined]
+
+
+def replace(*entities: ReplaceableEntity) -> None:
+    """``op.replace_entity`` of each, in order (a trigger is dropped and created again)."""
+    for entity in entities:
+        op.replace_entity(entity)  # type: ignore[attr-defined]
+
+
+def drop(*entities: ReplaceableEntity) -> None:
+    """``op.drop_entity`` of each, in order (triggers before their table and function)."""
+    for entity in entities:
+        op.drop_entity(entity)  # type: ignore[attr-defined]
+
+
+def revoke_execute_from_public(*signatures: str) -> None:
+    """REVOKE EXECUTE ... FROM PUBLIC on each function, named with its schema and its
+    argument types (``public.fn(uuid, text)``); the apps' role gets what it needs from
+    ``database.grants``."""
+    for signature in signatures:
+        op.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC")
