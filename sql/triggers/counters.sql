@@ -198,3 +198,8 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();
 CREATE TRIGGER users_counters_no_truncate
 BEFORE TRUNCATE ON dataset_versions
 FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();
+
+-- batch_outputs' bytes are in storage_used_bytes (storage.sql): refused the same way.
+CREATE TRIGGER users_counters_no_truncate
+BEFORE TRUNCATE ON batch_outputs
+FOR EACH STATEMENT EXECUTE FUNCTION public.refuse_truncate_counted();
