@@ -49,13 +49,15 @@ def actions(sql: Any, entity_id: uuid.UUID) -> list[str]:
     return [e.action for e in events(sql, entity_id=entity_id)]
 
 
-def with_actor(engine: Engine, statements: list[str], **settings: str) -> None:
-    """Run ``statements`` in one transaction whose actor settings are ``settings``."""
+FIELDS = ("actor_user_id", "actor_api_key_id", "actor_session_id", "request_id", "client_ip")
+
+
+def with_actor(engine: Engine, statements: list[str], **fields: str) -> None:
+    """Run ``statements`` in one transaction whose ``automl.actor`` setting has
+    ``fields`` (raw SQL: the format written out, not database.audit's)."""
+    value = " ".join(fields.get(n, "") for n in FIELDS) + " " + fields.get("user_agent", "")
     with engine.begin() as conn:
-        for name, value in settings.items():
-            conn.execute(
-                text("SELECT set_config(:n, :v, true)"), {"n": f"automl.{name}", "v": value}
-            )
+        conn.execute(text("SELECT set_config('automl.actor', :v, true)"), {"v": value})
         for statement in statements:
             conn.execute(text(statement))
 
@@ -157,7 +159,7 @@ def test_what_does_not_matter_is_not_audited(sql):
 def test_set_actor_on_a_session_holds_across_its_transactions(session, sql):
     user_id = make_user(sql)
     audit.set_actor(session, user_id=user_id, request_id="r-1", user_agent="ua\x00\x07x" * 300)
-    assert audit.actor_settings(session)["automl.actor_user_id"] == str(user_id)
+    assert audit.actor_settings(session)["user_id"] == str(user_id)
     key = APIKey(
         user_id=user_id, name="a", prefix="aml_abcdefgh", key_hash="a" * 64, scopes=["read"]
     )
@@ -173,7 +175,7 @@ def test_set_actor_on_a_session_holds_across_its_transactions(session, sql):
     assert all(len(r.user_agent) == 512 and "\x00" not in r.user_agent for r in rows)
     audit.clear_actor(session)
     session.commit()
-    assert audit.actor_settings(session)["automl.actor_user_id"] is None
+    assert audit.actor_settings(session)["user_id"] is None
     with pytest.raises(ValueError, match="request_id"):
         audit.set_actor(session, request_id="bad id with spaces")
     with pytest.raises(ValueError, match="user_id"):
@@ -199,7 +201,7 @@ def test_a_malformed_actor_setting_refuses_the_change(sql, engine):
                 **{setting: value},
             )
         assert info.value.sqlstate == "ML106"
-        assert info.value.setting == f"automl.{setting}"
+        assert (info.value.setting, info.value.field) == ("automl.actor", setting)
     assert scalar(sql, "SELECT count(*) FROM api_keys WHERE user_id = :u", u=user_id) == 0
 
 
