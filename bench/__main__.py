@@ -16,6 +16,10 @@
     python -m bench --only automl [--quick]
                                     the AutoML search vs FLAML (bench/automl.py, not in the
                                     default run: about 30 minutes); same as python -m bench.automl
+    python -m bench --only audit [--quick]
+                                    the audit trail's cost (bench/audit.py, about 4 minutes;
+                                    3 with --quick); same as python -m bench.audit, which
+                                    rewrites only its own section
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).
@@ -44,7 +48,7 @@ RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
 SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit", "serving")
 #: Sections run only when named in ``--only`` (long, and needing no database).
-OPTIONAL_SECTIONS = ("automl",)
+OPTIONAL_SECTIONS = ("automl", "audit")
 
 
 @dataclass
@@ -164,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
 
         automl.main(["--quick"] if cfg.quick else [])
         cfg.sections = tuple(s for s in cfg.sections if s != "automl")
+        if not cfg.sections:
+            return 0
+    if "audit" in cfg.sections:
+        from bench import audit
+
+        audit.main(["--quick"] if cfg.quick else [])
+        cfg.sections = tuple(s for s in cfg.sections if s != "audit")
         if not cfg.sections:
             return 0
     from bench import bulk, ledger, queries, report
