@@ -269,15 +269,15 @@ def server(
     the variants alternating run by run (bench/scripts/audit_auth.sql, audit_key.sql).
     ``auth``: authentication's lookup with and without the actor's set_config;
     ``key``: a key's creation (the actor set in both) with and without the
-    ``api_keys_audit_insert`` trigger. Latency per transaction, ms."""
+    ``api_keys_audit_insert`` trigger. Latency per transaction (ms) and the server's
+    CPU per transaction (us: the less load-sensitive figure on a shared machine)."""
     uid, kid, key_hash = db.sql(
         "SELECT k.user_id, k.id, k.key_hash FROM api_keys AS k JOIN users AS u"
         " ON u.id = k.user_id WHERE u.email = 'bench-audit@bench.test' LIMIT 1"
     )[0]
     rest = " r-0123456789abcdef 127.0.0.1 testclient"
     out: dict[str, dict[str, list[float]]] = {
-        "auth": {"audit": [], "no audit": []},
-        "key": {"audit": [], "no audit": []},
+        name: {"audit": [], "no audit": []} for name in ("auth", "key", "auth_cpu", "key_cpu")
     }
     for rep in range(reps):
         order = ["audit", "no audit"] if rep % 2 == 0 else ["no audit", "audit"]
@@ -289,6 +289,7 @@ def server(
                 defines={"actor": int(variant == "audit"), "hash": key_hash, "rest": rest},
             )
             out["auth"][variant].append(r.latency_ms)
+            out["auth_cpu"][variant].append(r.cpu_us_per_tx or float("nan"))
         for variant in order:
             _set(db, (("api_keys", "api_keys_audit_insert"),), variant == "audit")
             r = db.pgbench(
@@ -298,10 +299,11 @@ def server(
                 defines={"uid": uid, "setting": f"{uid} {kid} {rest}"},
             )
             out["key"][variant].append(r.latency_ms)
-        au, ak = out["auth"], out["key"]
+            out["key_cpu"][variant].append(r.cpu_us_per_tx or float("nan"))
+        au, ak = out["auth_cpu"], out["key_cpu"]
         log(
-            f"server rep {rep + 1}: auth {au['audit'][-1]:.3f} / {au['no audit'][-1]:.3f} ms,"
-            f" key {ak['audit'][-1]:.3f} / {ak['no audit'][-1]:.3f} ms (audit / no audit)"
+            f"server rep {rep + 1}: CPU auth {au['audit'][-1]:.0f} / {au['no audit'][-1]:.0f} us,"
+            f" key {ak['audit'][-1]:.0f} / {ak['no audit'][-1]:.0f} us (audit / no audit)"
         )
     _set(db, (("api_keys", "api_keys_audit_insert"),), True)
     return out
@@ -388,19 +390,21 @@ def render_section(result: dict[str, Any]) -> str:
             " run, median latency of the repetitions): a figure the Python client's noise"
             " does not reach.",
             "",
-            "| server only | with audit (ms) | without (ms) | difference |",
+            "| server only (per transaction) | with audit | without | difference |",
             "|---|---:|---:|---:|",
         ]
         for name, label in (
             ("auth", "authentication's lookup (+ the actor's `set_config`)"),
             ("key", "a key's creation, actor set (+ `api_keys_audit_insert`)"),
         ):
-            on = statistics.median(srv[name]["audit"])
-            off = statistics.median(srv[name]["no audit"])
-            lines.append(
-                f"| {label} | {on:.3f} | {off:.3f} | {(on - off) * 1000:+.0f} us"
-                f" ({(on - off) / off * 100:+.1f}%) |"
-            )
+            for suffix, unit, digits in (("_cpu", "server CPU, us", 0), ("", "latency, ms", 3)):
+                on = statistics.median(srv[name + suffix]["audit"])
+                off = statistics.median(srv[name + suffix]["no audit"])
+                diff = (on - off) * (1 if suffix else 1000)
+                lines.append(
+                    f"| {label}: {unit} | {on:.{digits}f} | {off:.{digits}f} |"
+                    f" {diff:+.0f} us ({(on - off) / off * 100:+.1f}%) |"
+                )
         lines.append("")
     calls = result["api"].get("function_calls")
     if calls is not None:
