@@ -27,6 +27,7 @@ redaction and listing. The rules themselves are in ``sql/triggers/audit.sql``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 import uuid
@@ -108,11 +109,6 @@ class Actor:
         """The value of :data:`ACTOR_SETTING` that names this actor."""
         return " ".join(("" if v is None else str(v)) for v in self._values())
 
-    def rest(self) -> str:
-        """The setting's request fields with their leading separator (an
-        :class:`ActorLookup` prefixes the ids it reads from its row)."""
-        return " " + " ".join(("" if v is None else str(v)) for v in self._values()[3:])
-
     def _values(self) -> tuple[object, ...]:
         return (
             self.user_id,
@@ -157,6 +153,13 @@ def _user_agent(value: str | None) -> str | None:
     return cleaned or None
 
 
+@functools.lru_cache(maxsize=1024)
+def _client_fields(client_ip: str | None, user_agent: str | None) -> str:
+    """The setting's last two fields, cleaned (a client's address and agent repeat
+    from request to request: cleaned once)."""
+    return f"{_ip(client_ip) or ''} {_user_agent(user_agent) or ''}"
+
+
 def valid_request_id(value: str | None) -> bool:
     return bool(value) and _REQUEST_ID.match(value or "") is not None
 
@@ -165,8 +168,8 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _apply(conn: Connection, actor: Actor) -> None:
-    conn.execute(_SET_ACTOR, {"a": actor.setting()})
+def _apply(conn: Connection, setting: str) -> None:
+    conn.execute(_SET_ACTOR, {"a": setting})
 
 
 def make_actor(
@@ -220,9 +223,10 @@ def set_actor(
         user_agent=user_agent,
     )
     if isinstance(session, Connection):
-        _apply(session, actor)
+        _apply(session, actor.setting())
         return actor
-    session.info[_INFO_KEY] = actor
+    # The session keeps the setting's text: what its later transactions set again.
+    session.info[_INFO_KEY] = actor.setting()
     # Never begins a transaction itself (a caller's "own transaction or a savepoint in
     # mine" logic, database._tx.atomic, must see the session as it was): outside one,
     # _after_begin sets the actor when the next transaction starts.
@@ -230,7 +234,7 @@ def set_actor(
         conn = session.connection()
         current = session.get_transaction()
         if session.info.get(_APPLIED_KEY) is not current:
-            _apply(conn, actor)
+            _apply(conn, session.info[_INFO_KEY])
             session.info[_APPLIED_KEY] = current
     return actor
 
@@ -294,21 +298,16 @@ def select_as_actor(
     on using) and, like :func:`set_actor`'s, for its later ones. One statement, one
     round trip.
     """
-    given = make_actor(request_id=request_id, client_ip=client_ip, user_agent=user_agent)
-    row = session.execute(lookup.with_actor, {**params, _REST: given.rest()}).one_or_none()
+    if request_id is not None and not valid_request_id(request_id):
+        raise ValueError("request_id must be 1-200 characters of [A-Za-z0-9._:/+=-]")
+    rest = f" {request_id or ''} {_client_fields(client_ip, user_agent)}"
+    row = session.execute(lookup.with_actor, {**params, _REST: rest}).one_or_none()
     if row is None:
         return None
     *found, applied = tuple(row)
-    ids = parse_setting(applied)
-    actor = Actor(
-        user_id=_uuid(ids["user_id"], "user_id"),
-        api_key_id=_uuid(ids["api_key_id"], "api_key_id"),
-        session_id=_uuid(ids["session_id"], "session_id"),
-        request_id=given.request_id,
-        client_ip=given.client_ip,
-        user_agent=given.user_agent,
-    )
-    session.info[_INFO_KEY] = actor
+    # The text the database set, kept as is for the session's later transactions
+    # (parse_setting reads it back, when someone wants its fields).
+    session.info[_INFO_KEY] = applied
     session.info[_APPLIED_KEY] = session.get_transaction()
     # A lookup only: the package's operations may take this transaction as their own
     # (database._tx.atomic), as they took a new one when authentication committed.
@@ -324,9 +323,9 @@ def clear_actor(session: Session) -> None:
 
 @event.listens_for(Session, "after_begin")
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    actor = session.info.get(_INFO_KEY)
-    if actor is not None and transaction.parent is None:
-        _apply(connection, actor)
+    setting = session.info.get(_INFO_KEY)
+    if setting is not None and transaction.parent is None:
+        _apply(connection, setting)
         session.info[_APPLIED_KEY] = transaction
 
 
