@@ -2,6 +2,9 @@
 the audit triggers and ``set_actor``, measured side by side in one run.
 
     uv run python -m bench.audit [--quick] [--doc PATH|-] [--note "..."]
+    uv run --group bench python -m bench --only audit [--quick]      (the same)
+
+About 4 minutes on 2 quiet cores (5 repetitions), 2-3 with ``--quick``.
 
 writes the "Audit trail overhead" section of docs/performance.md (not with
 ``--quick``, unless ``--doc`` names a file).
@@ -15,13 +18,18 @@ writes the "Audit trail overhead" section of docs/performance.md (not with
   (``ALTER TABLE users DISABLE TRIGGER users_audit_update``).
 * **api**: the app in process (FastAPI's TestClient, the bench database), two
   paths: ``GET /v1/me`` (authentication, whose key lookup also sets the actor:
-  ``database.audit.select_as_actor``, six ``set_config`` calls in the lookup's
-  select list, no statement of their own) and ``POST /v1/api-keys`` (the above,
-  plus the ``api_keys_audit_insert`` trigger writing its row). Variants: ``audit``
-  and ``no audit`` (connections with ``session_replication_role = replica``, so the
-  api_keys audit triggers, the only triggers on that table, do not fire; the
-  lookup without the ``set_config`` calls). The two variants' requests alternate
-  one by one.
+  ``database.audit.select_as_actor``, one ``set_config('automl.actor', ...)`` in the
+  select list of the lookup built once, ``api.deps.KEY_LOOKUP``; no statement of its
+  own) and ``POST /v1/api-keys`` (the above, plus the row-level
+  ``api_keys_audit_insert`` trigger writing its row). Variants: ``audit`` and ``no
+  audit`` (connections with ``session_replication_role = replica``, so the api_keys
+  audit triggers do not fire, the foreign key's checks made to fire in both; the
+  same lookup statement without the ``set_config`` column). The two variants'
+  requests alternate one by one. PostgreSQL counts the function calls
+  (``track_functions = all``).
+* **server**: the database's side alone, pgbench with one client: the lookup with
+  and without the ``set_config``, a key's creation with and without the trigger
+  (latency and server CPU per transaction).
 
 Ledger variants alternate run by run, their order swapped every repetition; every
 figure is the median over repetitions.
