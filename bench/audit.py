@@ -317,6 +317,41 @@ def server(
     return out
 
 
+#: What c17d00000001 changed: static, so that a rerun keeps it in the section.
+CHANGES = [
+    "### What `c17d00000001` changed, and why the quiet run before it missed",
+    "",
+    "The run before (12:44 UTC, quiet machine: `GET /v1/me` +7.8%, `POST /v1/api-keys`"
+    " +12.4%) was profiled on both sides. Most of the cost was not in PostgreSQL:",
+    "",
+    "- **The Python client built authentication's statement per request.** The six"
+    " `set_config` expressions, their `ARRAY`, their literals and the cache key of a"
+    " statement with 18 more bind parameters cost SQLAlchemy about as much as the whole"
+    " lookup (profiled in process: the audited lookup took 1.6-2 ms more than the plain one"
+    " on the loaded machine), while pgbench saw the six calls cost the database tens of"
+    " microseconds. Now the lookups are built once at import (`api.deps.KEY_LOOKUP`,"
+    " `database.identity.SESSION_LOOKUP`, `database.audit.ActorLookup`), in both variants,"
+    " with one `set_config` whose request fields are one bind parameter, cleaned once per"
+    " (address, agent) pair; the session keeps the setting's text for its later"
+    " transactions instead of parsing it back.",
+    "- **One setting, `automl.actor`**, instead of six (docs/audit.md gives its format). The"
+    " actor columns default to SQL functions (`audit_actor_uuid(1)`...) that the planner"
+    " inlines into the audit row's INSERT, instead of four PL/pgSQL calls per row; the"
+    " function counts above show it.",
+    "- **Row-level insert triggers** (`audit_row_inserted`): a creation is one row, and for"
+    " one row the statement trigger's transition table and `INSERT ... SELECT` cost about"
+    " twice the row trigger's `INSERT ... VALUES` (a server-side loop of 3,000 key inserts"
+    " on the loaded machine: +470 us per insert with the statement trigger and the"
+    " PL/pgSQL defaults, +150 to +320 us with a row trigger, depending on the defaults)."
+    " Deletes keep the statement trigger (a user's keys go in one cascade).",
+    "- **Not done: naming the actor only when a request writes.** With the above, the"
+    " `set_config` in the lookup costs a few microseconds of the database and no round"
+    " trip; naming it lazily would make every write path (raw SQL too) responsible for"
+    " setting it first, for a gain the benchmarks cannot see.",
+    "",
+]
+
+
 def render_section(result: dict[str, Any]) -> str:
     machine = result["machine"]
     led = result["ledger"]
@@ -441,6 +476,7 @@ def render_section(result: dict[str, Any]) -> str:
         " not their subject)."
     )
     lines.append("")
+    lines += CHANGES
     missed = [(name, cost) for name, cost in verdicts if cost > 5.0]
     if missed:
         lines.append(
