@@ -248,12 +248,12 @@ class ActorLookup:
     ``with_actor``, whose last column is ``set_config('automl.actor', ...)`` with
     the ids read from the row and the request's fields as one parameter."""
 
-    stmt: Select[Any]
-    with_actor: Select[Any]
+    stmt: Select[*tuple[Any, ...]]
+    with_actor: Select[*tuple[Any, ...]]
 
 
 def actor_lookup(
-    stmt: Select[Any],
+    stmt: Select[*tuple[Any, ...]],
     *,
     user_id: ColumnExpressionArgument[Any],
     api_key_id: ColumnExpressionArgument[Any] | None = None,
@@ -265,7 +265,7 @@ def actor_lookup(
     def value(expr: ColumnExpressionArgument[Any] | None) -> ColumnElement[Any]:
         return literal_column("''") if expr is None else cast(expr, Text)
 
-    sep = literal_column("' '")
+    sep: ColumnElement[Any] = literal_column("' '")
     setting = func.concat(
         value(user_id),
         sep,
