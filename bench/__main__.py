@@ -23,6 +23,10 @@
     python -m bench --only automl [--quick]
                                     the AutoML search vs FLAML (bench/automl.py, not in the
                                     default run: about 30 minutes); same as python -m bench.automl
+    python -m bench --only audit [--quick]
+                                    the audit trail's cost (bench/audit.py, about 4 minutes;
+                                    3 with --quick); same as python -m bench.audit, which
+                                    rewrites only its own section
 
 The queue section needs pgqueuer, in the ``bench`` dependency group:
 ``uv run --group bench python -m bench`` (``make bench`` does it).
@@ -51,7 +55,7 @@ RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
 SECTIONS = ("ledger", "hot", "bulk", "queue", "queries", "registry", "fit", "serving")
 #: Sections run only when named in ``--only`` (long, and needing no database).
-OPTIONAL_SECTIONS = ("automl", "billing")
+OPTIONAL_SECTIONS = ("automl", "billing", "audit")
 
 
 @dataclass
@@ -195,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             billing_argv += ["--doc", str(cfg.doc)]
         billing.main(billing_argv)
         cfg.sections = tuple(s for s in cfg.sections if s != "billing")
+        if not cfg.sections:
+            return 0
+    if "audit" in cfg.sections:
+        from bench import audit
+
+        audit.main(["--quick"] if cfg.quick else [])
+        cfg.sections = tuple(s for s in cfg.sections if s != "audit")
         if not cfg.sections:
             return 0
     from bench import bulk, ledger, queries, report

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, bindparam, create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -49,13 +49,15 @@ def actions(sql: Any, entity_id: uuid.UUID) -> list[str]:
     return [e.action for e in events(sql, entity_id=entity_id)]
 
 
-def with_actor(engine: Engine, statements: list[str], **settings: str) -> None:
-    """Run ``statements`` in one transaction whose actor settings are ``settings``."""
+FIELDS = ("actor_user_id", "actor_api_key_id", "actor_session_id", "request_id", "client_ip")
+
+
+def with_actor(engine: Engine, statements: list[str], **fields: str) -> None:
+    """Run ``statements`` in one transaction whose ``automl.actor`` setting has
+    ``fields`` (raw SQL: the format written out, not database.audit's)."""
+    value = " ".join(fields.get(n, "") for n in FIELDS) + " " + fields.get("user_agent", "")
     with engine.begin() as conn:
-        for name, value in settings.items():
-            conn.execute(
-                text("SELECT set_config(:n, :v, true)"), {"n": f"automl.{name}", "v": value}
-            )
+        conn.execute(text("SELECT set_config('automl.actor', :v, true)"), {"v": value})
         for statement in statements:
             conn.execute(text(statement))
 
@@ -157,7 +159,7 @@ def test_what_does_not_matter_is_not_audited(sql):
 def test_set_actor_on_a_session_holds_across_its_transactions(session, sql):
     user_id = make_user(sql)
     audit.set_actor(session, user_id=user_id, request_id="r-1", user_agent="ua\x00\x07x" * 300)
-    assert audit.actor_settings(session)["automl.actor_user_id"] == str(user_id)
+    assert audit.actor_settings(session)["user_id"] == str(user_id)
     key = APIKey(
         user_id=user_id, name="a", prefix="aml_abcdefgh", key_hash="a" * 64, scopes=["read"]
     )
@@ -173,7 +175,7 @@ def test_set_actor_on_a_session_holds_across_its_transactions(session, sql):
     assert all(len(r.user_agent) == 512 and "\x00" not in r.user_agent for r in rows)
     audit.clear_actor(session)
     session.commit()
-    assert audit.actor_settings(session)["automl.actor_user_id"] is None
+    assert audit.actor_settings(session)["user_id"] is None
     with pytest.raises(ValueError, match="request_id"):
         audit.set_actor(session, request_id="bad id with spaces")
     with pytest.raises(ValueError, match="user_id"):
@@ -199,8 +201,101 @@ def test_a_malformed_actor_setting_refuses_the_change(sql, engine):
                 **{setting: value},
             )
         assert info.value.sqlstate == "ML106"
-        assert info.value.setting == f"automl.{setting}"
+        assert (info.value.setting, info.value.field) == ("automl.actor", setting)
     assert scalar(sql, "SELECT count(*) FROM api_keys WHERE user_id = :u", u=user_id) == 0
+
+
+def test_raw_sql_names_a_user_with_the_one_setting_and_agents_keep_their_spaces(sql, engine):
+    user_id = make_user(sql)
+    other = make_user(sql)
+    session_id = uuid.uuid4()
+    with engine.begin() as conn:
+        # The user's field alone: the trailing fields are optional.
+        conn.execute(text(f"SET LOCAL automl.actor = '{other}'"))
+        key_id = make_key(lambda q, **p: list(conn.execute(text(q), p)), user_id)
+    (created,) = events(sql, entity_id=key_id)
+    assert created.actor_user_id == other
+    assert (created.actor_api_key_id, created.request_id, created.client_ip) == (None, None, None)
+    agent = "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"
+    with_actor(
+        engine,
+        [f"UPDATE api_keys SET revoked_at = now() WHERE id = '{key_id}'"],
+        actor_user_id=str(other),
+        actor_session_id=str(session_id),
+        request_id="req-7",
+        client_ip="2001:db8::7",
+        user_agent=agent,
+    )
+    revoked = events(sql, entity_id=key_id)[-1]
+    assert (revoked.actor_user_id, revoked.actor_api_key_id) == (other, None)
+    assert revoked.actor_session_id == session_id
+    assert (revoked.request_id, str(revoked.client_ip), revoked.user_agent) == (
+        "req-7",
+        "2001:db8::7",
+        agent,
+    )
+
+
+def test_select_as_actor_names_the_looked_up_row_in_one_statement(session, sql):
+    user_id = make_user(sql)
+    key_id = make_key(sql, user_id, key_hash="c" * 64)
+    lookup = audit.actor_lookup(
+        select(APIKey).where(APIKey.key_hash == bindparam("h")),
+        user_id=APIKey.user_id,
+        api_key_id=APIKey.id,
+    )
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(session.bind, "before_cursor_execute", count)
+    try:
+        row = audit.select_as_actor(
+            session,
+            lookup,
+            {"h": "c" * 64},
+            request_id="req-1",
+            client_ip=" 10.0.0.1 ",
+            user_agent="a b\x00c",
+        )
+    finally:
+        event.remove(session.bind, "before_cursor_execute", count)
+    assert row is not None and row[0].id == key_id
+    assert len(statements) == 1 and "set_config" in statements[0]
+    expected = {
+        "user_id": str(user_id),
+        "api_key_id": str(key_id),
+        "session_id": None,
+        "request_id": "req-1",
+        "client_ip": "10.0.0.1",
+        "user_agent": "a bc",
+    }
+    assert audit.actor_settings(session) == expected
+    session.commit()
+    # The session's next transaction names the same actor again.
+    assert audit.actor_settings(session) == expected
+    assert audit.select_as_actor(session, lookup, {"h": "d" * 64}) is None
+    with pytest.raises(ValueError, match="request_id"):
+        audit.select_as_actor(session, lookup, {"h": "c" * 64}, request_id="two words")
+
+
+def test_the_actor_columns_cost_no_function_call(engine):
+    """The defaults' SQL functions are inlined into the audit row's INSERT: a row pays
+    for no function call to read its actor (docs/audit.md, "Cost")."""
+    with engine.begin() as conn:
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                text(
+                    "EXPLAIN (VERBOSE, COSTS OFF)"
+                    " INSERT INTO audit_events (action, entity_type) VALUES ('a.b', 'x')"
+                )
+            )
+        )
+    assert "current_setting('automl.actor'" in plan
+    for name in ("audit_actor_field", "audit_actor_uuid", "audit_actor_inet"):
+        assert name not in plan, plan
 
 
 def test_users_deleted_restored_tier_and_email(sql, session):

@@ -46,9 +46,7 @@ def as_actor(eng: Engine, actor: uuid.UUID | None, statement: str, **params: Any
     """Run ``statement`` in one transaction whose actor is ``actor`` (none: unset)."""
     with eng.begin() as conn:
         if actor is not None:
-            conn.execute(
-                text("SELECT set_config('automl.actor_user_id', :a, true)"), {"a": str(actor)}
-            )
+            conn.execute(text("SELECT set_config('automl.actor', :a, true)"), {"a": str(actor)})
         result = conn.execute(text(statement), params)
         return list(result) if result.returns_rows else []
 
@@ -114,7 +112,7 @@ def test_the_apps_role_without_an_actor_is_refused(sql, app_engine, admin):
             as_actor(app_engine, None, statement, u=user)
     # An actor that is no uuid.
     with pytest.raises(errors.ActorRequired), app_engine.begin() as conn:
-        conn.execute(text("SELECT set_config('automl.actor_user_id', 'root', true)"))
+        conn.execute(text("SELECT set_config('automl.actor', 'root', true)"))
         conn.execute(text("UPDATE users SET role = 'admin' WHERE id = :u"), {"u": user})
 
 

@@ -1,12 +1,11 @@
 -- The audit trail: who did what to which entity (docs/audit.md).
 --
 -- Rules (each has a test in tests/test_audit.py):
---   * the actor is read from transaction-local settings (automl.actor_user_id,
---     automl.actor_api_key_id, automl.actor_session_id, automl.request_id,
---     automl.client_ip, automl.user_agent; database.audit.set_actor sets them): the
---     columns of audit_events default to them, so raw SQL is audited too, with a
---     NULL actor when its transaction named none; a setting that is not a UUID
---     (or an IP) fails the audited statement                 -> ML106 invalid_audit_actor
+--   * the actor is read from ONE transaction-local setting, automl.actor (its
+--     format below; database.audit.set_actor sets it): the columns of audit_events
+--     default to its fields, so raw SQL is audited too, with a NULL actor when its
+--     transaction named none; a field that is not a UUID (or an IP) fails the
+--     audited statement                                      -> ML106 invalid_audit_actor
 --   * audit_events is append-only: UPDATE, DELETE and TRUNCATE are refused for
 --     every client, on the table and on each partition      -> ML105 audit_append_only
 --     Two narrow exceptions, both only for the owner role inside its own SECURITY
@@ -19,9 +18,13 @@
 --   * a redaction of a user who is not purged is refused   -> ML107 audit_redaction_refused
 --
 -- The trigger functions are generic; the table-specific part is in TG_ARGV:
+--   audit_row_inserted(entity_type, key column, subject column, action, detail columns...)
+--     row-level AFTER INSERT: a creation is one row (a key, a sign-up, a grant), and a
+--     row trigger needs no transition table (a statement trigger's tuplestore and
+--     INSERT ... SELECT cost a single-row insert about twice as much);
 --   audit_rows(entity_type, key column, subject column, action, detail columns...)
---     statement-level AFTER INSERT / AFTER DELETE with a transition table: one
---     INSERT ... SELECT per statement, whatever its number of rows;
+--     statement-level AFTER DELETE with a transition table: one INSERT ... SELECT
+--     per statement, whatever its number of rows (a user's keys go in one cascade);
 --   audit_changes(entity_type, key column, subject column, spec...)
 --     row-level AFTER UPDATE with a WHEN clause naming the watched columns, so an
 --     UPDATE of other columns (the ledger's credit_balance, a key's last_used_at)
@@ -32,42 +35,66 @@
 -- grantee): GET /v1/audit-events shows a user the events of which they are actor or
 -- subject.
 
-CREATE OR REPLACE FUNCTION public.audit_setting_uuid(p_name text)
-RETURNS uuid
+-- The actor: ONE transaction-local setting, automl.actor =
+--   '<user id> <api key id> <session id> <request id> <client ip> <user agent>'
+-- fields separated by one space, empty when unknown, the user agent last (it may hold
+-- spaces), trailing fields optional: raw SQL may name just a user
+-- (SET LOCAL automl.actor = '<uuid>'). database.audit sets it: with the API's key or
+-- session lookup, in the same statement (one set_config, no round trip).
+--
+-- The columns of audit_events default to its fields through the SQL functions
+-- below, which the planner inlines into the INSERT (no PL/pgSQL call per row; the
+-- error function runs only for a malformed field).
+
+-- Field p_field (1-6) of automl.actor, NULL when empty or absent.
+CREATE OR REPLACE FUNCTION public.audit_actor_field(p_field integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+AS $$
+SELECT NULLIF(CASE WHEN p_field < 6
+                   THEN split_part(current_setting('automl.actor', true), ' ', p_field)
+                   ELSE regexp_substr(current_setting('automl.actor', true),
+                                      '^[^ ]* [^ ]* [^ ]* [^ ]* [^ ]* (.*)$', 1, 1, '', 1)
+              END, '')
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_actor_invalid(p_field integer)
+RETURNS text
 LANGUAGE plpgsql
 STABLE
 AS $$
 DECLARE
-    v text := NULLIF(current_setting(p_name, true), '');
+    v_name text := (ARRAY['actor_user_id', 'actor_api_key_id', 'actor_session_id',
+                          'request_id', 'client_ip', 'user_agent'])[p_field];
 BEGIN
-    IF v IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF v !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
-        RAISE EXCEPTION 'the setting % is not a UUID', p_name
-            USING ERRCODE = 'ML106', DETAIL = format('setting=%s', p_name);
-    END IF;
-    RETURN v::uuid;
+    RAISE EXCEPTION 'the % of the setting automl.actor is not %', v_name,
+            CASE WHEN p_field = 5 THEN 'an IP address' ELSE 'a UUID' END
+        USING ERRCODE = 'ML106', DETAIL = format('setting=automl.actor field=%s', v_name),
+              HINT = 'automl.actor is ''<user id> <api key id> <session id> <request id> <client ip> <user agent>''';
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION public.audit_setting_inet(p_name text)
-RETURNS inet
-LANGUAGE plpgsql
+CREATE OR REPLACE FUNCTION public.audit_actor_uuid(p_field integer)
+RETURNS uuid
+LANGUAGE sql
 STABLE
 AS $$
-DECLARE
-    v text := NULLIF(current_setting(p_name, true), '');
-BEGIN
-    IF v IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF v !~ '^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$' THEN
-        RAISE EXCEPTION 'the setting % is not an IP address', p_name
-            USING ERRCODE = 'ML106', DETAIL = format('setting=%s', p_name);
-    END IF;
-    RETURN v::inet;
-END;
+SELECT CASE WHEN public.audit_actor_field(p_field) IS NULL THEN NULL
+            WHEN pg_input_is_valid(public.audit_actor_field(p_field), 'uuid')
+            THEN public.audit_actor_field(p_field)::uuid
+            ELSE public.audit_actor_invalid(p_field)::uuid END
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_actor_inet(p_field integer)
+RETURNS inet
+LANGUAGE sql
+STABLE
+AS $$
+SELECT CASE WHEN public.audit_actor_field(p_field) IS NULL THEN NULL
+            WHEN pg_input_is_valid(public.audit_actor_field(p_field), 'inet')
+            THEN public.audit_actor_field(p_field)::inet
+            ELSE public.audit_actor_invalid(p_field)::inet END
 $$;
 
 CREATE OR REPLACE FUNCTION public.audit_events_immutable()
@@ -104,6 +131,32 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION public.audit_row_inserted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_row jsonb := to_jsonb(NEW);
+    v_detail jsonb := '{}'::jsonb;
+    v_col text;
+BEGIN
+    -- TG_ARGV: entity_type, key column, subject column, action, detail columns...
+    -- One row, no transition table: the key's creation, a sign-up, a grant.
+    FOREACH v_col IN ARRAY TG_ARGV[4:] LOOP
+        v_detail := v_detail || jsonb_build_object(v_col, v_row -> v_col);
+    END LOOP;
+    IF octet_length(v_detail::text) > 2000 THEN
+        v_detail := jsonb_build_object('truncated', true);
+    END IF;
+    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
+    VALUES (TG_ARGV[3], TG_ARGV[0], (v_row ->> TG_ARGV[1])::uuid, (v_row ->> TG_ARGV[2])::uuid,
+            v_detail);
+    RETURN NULL;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION public.audit_rows()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -112,23 +165,15 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
     -- TG_ARGV: entity_type, key column, subject column, action, detail columns...
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
-        SELECT TG_ARGV[3], TG_ARGV[0], (r.j ->> TG_ARGV[1])::uuid, (r.j ->> TG_ARGV[2])::uuid,
-               CASE WHEN octet_length(r.d::text) <= 2000 THEN r.d
-                    ELSE jsonb_build_object('truncated', true) END
-          FROM (SELECT n.j, coalesce((SELECT jsonb_object_agg(c, n.j -> c)
-                                        FROM unnest(TG_ARGV[4:]) AS c), '{}'::jsonb) AS d
-                  FROM (SELECT to_jsonb(x) AS j FROM new_rows AS x) AS n) AS r;
-    ELSE
-        INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
+    -- Deletes only (a user's deletion cascades over their keys: one INSERT ... SELECT
+    -- per statement, whatever its number of rows); inserts are audit_row_inserted's.
+    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
         SELECT TG_ARGV[3], TG_ARGV[0], (r.j ->> TG_ARGV[1])::uuid, (r.j ->> TG_ARGV[2])::uuid,
                CASE WHEN octet_length(r.d::text) <= 2000 THEN r.d
                     ELSE jsonb_build_object('truncated', true) END
           FROM (SELECT o.j, coalesce((SELECT jsonb_object_agg(c, o.j -> c)
                                         FROM unnest(TG_ARGV[4:]) AS c), '{}'::jsonb) AS d
                   FROM (SELECT to_jsonb(x) AS j FROM old_rows AS x) AS o) AS r;
-    END IF;
     RETURN NULL;
 END;
 $$;
@@ -269,8 +314,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.audit_events_immutable();
 -- api_keys: created, revoked (and un-revoked by raw SQL), scopes or expiry changed, deleted.
 CREATE TRIGGER api_keys_audit_insert
 AFTER INSERT ON api_keys
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('api_key', 'id', 'user_id', 'api_key.created', 'name', 'prefix', 'scopes', 'expires_at');
+FOR EACH ROW EXECUTE FUNCTION public.audit_row_inserted('api_key', 'id', 'user_id', 'api_key.created', 'name', 'prefix', 'scopes', 'expires_at');
 
 CREATE TRIGGER api_keys_audit_update
 AFTER UPDATE ON api_keys
@@ -288,8 +332,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('api_key', 'id', 'user_id'
 -- and a spec ('role=user.role_changed') to the arguments.
 CREATE TRIGGER users_audit_insert
 AFTER INSERT ON users
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('user', 'id', 'id', 'user.created');
+FOR EACH ROW EXECUTE FUNCTION public.audit_row_inserted('user', 'id', 'id', 'user.created');
 
 CREATE TRIGGER users_audit_update
 AFTER UPDATE ON users
@@ -301,8 +344,7 @@ EXECUTE FUNCTION public.audit_changes('user', 'id', 'id', 'is_deleted=user.delet
 -- registered model, the subject the grantee.
 CREATE TRIGGER registered_model_permissions_audit_insert
 AFTER INSERT ON registered_model_permissions
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('registered_model', 'registered_model_id', 'user_id', 'permission.granted', 'user_id', 'permission', 'granted_by');
+FOR EACH ROW EXECUTE FUNCTION public.audit_row_inserted('registered_model', 'registered_model_id', 'user_id', 'permission.granted', 'user_id', 'permission', 'granted_by');
 
 CREATE TRIGGER registered_model_permissions_audit_update
 AFTER UPDATE ON registered_model_permissions
@@ -330,8 +372,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('registered_model', 'id', 
 -- identity's user_sessions: created, revoked; the entity is the session, the subject its user.
 CREATE TRIGGER user_sessions_audit_insert
 AFTER INSERT ON user_sessions
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('session', 'id', 'user_id', 'session.created');
+FOR EACH ROW EXECUTE FUNCTION public.audit_row_inserted('session', 'id', 'user_id', 'session.created');
 
 CREATE TRIGGER user_sessions_audit_update
 AFTER UPDATE ON user_sessions
@@ -342,8 +383,7 @@ EXECUTE FUNCTION public.audit_changes('session', 'id', 'user_id', 'revoked_at=se
 -- serving's deployments: created, status changes (stopped, failed...), deleted.
 CREATE TRIGGER deployments_audit_insert
 AFTER INSERT ON deployments
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION public.audit_rows('deployment', 'id', 'user_id', 'deployment.created', 'name');
+FOR EACH ROW EXECUTE FUNCTION public.audit_row_inserted('deployment', 'id', 'user_id', 'deployment.created', 'name');
 
 CREATE TRIGGER deployments_audit_update
 AFTER UPDATE ON deployments

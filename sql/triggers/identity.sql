@@ -2,7 +2,8 @@
 -- tier; sessions whose token and revocation stay as written. The Python side is
 -- database/identity.py.
 --
--- The actor is the transaction-local setting automl.actor_user_id, set by the API
+-- The actor is the user field of the transaction-local setting automl.actor
+-- (public.audit_actor_field(1), audit.sql), set by the API
 -- after it authenticated the caller (database.audit.set_actor):
 --
 --   * an actor changing their own role, permissions, activity or tier  -> ML100
@@ -25,7 +26,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    v_setting text := nullif(current_setting('automl.actor_user_id', true), '');
+    v_setting text := public.audit_actor_field(1);
     v_actor uuid;
 BEGIN
     IF v_setting IS NULL THEN
@@ -39,7 +40,7 @@ BEGIN
         END IF;
         RAISE EXCEPTION '% of user % refused: no actor is set', p_what, p_target
             USING ERRCODE = 'ML102',
-                  HINT = 'the apps set automl.actor_user_id (database.audit.set_actor) to an admin';
+                  HINT = 'the apps set automl.actor (database.audit.set_actor) to an admin';
     END IF;
     BEGIN
         v_actor := v_setting::uuid;
@@ -82,7 +83,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
-    IF nullif(current_setting('automl.actor_user_id', true), '') IS NULL THEN
+    IF public.audit_actor_field(1) IS NULL THEN
         RAISE EXCEPTION 'a change of tier of user % refused: no actor is set', p_user_id
             USING ERRCODE = 'ML102';
     END IF;
@@ -101,7 +102,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    v_actor text := nullif(current_setting('automl.actor_user_id', true), '');
+    v_actor text := public.audit_actor_field(1);
 BEGIN
     IF v_actor IS NULL THEN
         RAISE EXCEPTION 'a credit adjustment of user % refused: no actor is set', p_user_id

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -181,17 +181,25 @@ def name_actor(
     )
 
 
+#: Authentication's key lookup, built once (``database.audit.ActorLookup``): the key's
+#: row, its user and the database's clock, the actor named in the same statement.
+KEY_LOOKUP = audit.actor_lookup(
+    select(APIKey, User, func.now().label("now"))
+    .join(User, User.id == APIKey.user_id)
+    .where(APIKey.key_hash == bindparam("key_hash")),
+    user_id=APIKey.user_id,
+    api_key_id=APIKey.id,
+)
+
+
 def _key_principal(session: Session, token: str, request: Request) -> Principal:
     """The key's row and its user, the actor named in the same statement
     (``database.audit.select_as_actor``): one round trip, in the transaction the
     request goes on using."""
     row = audit.select_as_actor(
         session,
-        select(APIKey, User, func.now().label("now"))
-        .join(User, User.id == APIKey.user_id)
-        .where(APIKey.key_hash == hash_api_key(token)),
-        user_id=APIKey.user_id,
-        api_key_id=APIKey.id,
+        KEY_LOOKUP,
+        {"key_hash": hash_api_key(token)},
         request_id=request_id(request),
         client_ip=client_ip(request),
         user_agent=user_agent(request),

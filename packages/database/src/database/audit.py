@@ -1,18 +1,20 @@
 """The audit trail (``audit_events``): the actor, the API's own events, partitions,
 redaction and listing. The rules themselves are in ``sql/triggers/audit.sql``.
 
-- :func:`set_actor` names who acts, in transaction-local settings
-  (``automl.actor_user_id``, ``automl.actor_api_key_id``, ``automl.actor_session_id``,
-  ``automl.request_id``, ``automl.client_ip``, ``automl.user_agent``) that the audit
-  triggers read, so every change the transaction makes, through the ORM or raw SQL,
-  is audited with that actor. The session remembers the actor and sets it again at
-  the start of each of its later transactions (a route that commits twice stays
-  attributed): one statement per transaction.
-- :func:`select_as_actor` is the same in no statement of its own: it adds the
-  ``set_config`` calls to the select list of a lookup the caller makes anyway (the
-  API's authentication: the key's or the session's row names the actor), so
-  authenticating and naming the actor is one round trip, in the transaction the
-  request goes on using.
+- :func:`set_actor` names who acts, in ONE transaction-local setting,
+  ``automl.actor`` (:data:`ACTOR_SETTING`): ``'<user> <api key> <session> <request id>
+  <client ip> <user agent>'``, fields separated by one space, empty when unknown, the
+  user agent last (it may hold spaces), trailing fields optional (raw SQL may set just
+  ``'<user id>'``). The audit triggers read it (the columns of ``audit_events``
+  default to its fields), so every change the transaction makes, through the ORM or
+  raw SQL, is audited with that actor. The session remembers the actor and sets it
+  again at the start of each of its later transactions (a route that commits twice
+  stays attributed): one statement per transaction.
+- :func:`select_as_actor` is the same in no statement of its own: an
+  :class:`ActorLookup` (built once, at import) adds one ``set_config`` call to the
+  select list of a lookup the caller makes anyway (the API's authentication: the
+  key's or the session's row names the actor), so authenticating and naming the
+  actor is one round trip, in the transaction the request goes on using.
 - :func:`record` writes an event the triggers cannot see (a read that matters: an
   artifact download), through ``public.audit_record`` (the apps' role may not
   INSERT into ``audit_events``).
@@ -25,6 +27,7 @@ redaction and listing. The rules themselves are in ``sql/triggers/audit.sql``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 import uuid
@@ -38,15 +41,15 @@ from sqlalchemy import (
     Select,
     Text,
     and_,
+    bindparam,
     cast,
     event,
     func,
-    literal,
+    literal_column,
     or_,
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -55,8 +58,12 @@ from database.models import AuditEvent, AuditOutcome
 from database.models.audit_event import MAX_REQUEST_ID, MAX_USER_AGENT
 
 __all__ = [
-    "ACTOR_SETTINGS",
+    "ACTOR_FIELDS",
+    "ACTOR_SETTING",
+    "ActorLookup",
+    "actor_lookup",
     "make_actor",
+    "parse_setting",
     "by_actor",
     "select_as_actor",
     "MONTHS_AHEAD",
@@ -74,29 +81,19 @@ __all__ = [
     "visible_to",
 ]
 
-#: The transaction-local settings the triggers read (the names are this module's).
-ACTOR_SETTINGS = (
-    "automl.actor_user_id",
-    "automl.actor_api_key_id",
-    "automl.actor_session_id",
-    "automl.request_id",
-    "automl.client_ip",
-    "automl.user_agent",
-)
+#: The one transaction-local setting the triggers read (its format: the module's doc).
+ACTOR_SETTING = "automl.actor"
+#: The fields of :data:`ACTOR_SETTING`, in order.
+ACTOR_FIELDS = ("user_id", "api_key_id", "session_id", "request_id", "client_ip", "user_agent")
 #: Month partitions kept ahead of the current one.
 MONTHS_AHEAD = 3
 
 _INFO_KEY = "automl.audit_actor"
 _APPLIED_KEY = "automl.audit_actor_applied"
 _REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:/+=-]{{1,{MAX_REQUEST_ID}}}$")
-_SET_ACTOR = text(
-    "SELECT set_config('automl.actor_user_id', :u, true),"
-    " set_config('automl.actor_api_key_id', :k, true),"
-    " set_config('automl.actor_session_id', :s, true),"
-    " set_config('automl.request_id', :r, true),"
-    " set_config('automl.client_ip', :ip, true),"
-    " set_config('automl.user_agent', :ua, true)"
-)
+_SET_ACTOR = text(f"SELECT set_config('{ACTOR_SETTING}', :a, true)")
+#: The bind parameter of an :class:`ActorLookup`'s request fields.
+_REST = "automl_actor_rest"
 
 
 @dataclass(frozen=True)
@@ -108,18 +105,26 @@ class Actor:
     client_ip: str | None = None
     user_agent: str | None = None
 
-    def params(self) -> dict[str, str]:
-        def s(value: object) -> str:
-            return "" if value is None else str(value)
+    def setting(self) -> str:
+        """The value of :data:`ACTOR_SETTING` that names this actor."""
+        return " ".join(("" if v is None else str(v)) for v in self._values())
 
-        return {
-            "u": s(self.user_id),
-            "k": s(self.api_key_id),
-            "s": s(self.session_id),
-            "r": s(self.request_id),
-            "ip": s(self.client_ip),
-            "ua": s(self.user_agent),
-        }
+    def _values(self) -> tuple[object, ...]:
+        return (
+            self.user_id,
+            self.api_key_id,
+            self.session_id,
+            self.request_id,
+            self.client_ip,
+            self.user_agent,
+        )
+
+
+def parse_setting(value: str | None) -> dict[str, str | None]:
+    """The fields of an ``automl.actor`` value (None for an empty one)."""
+    parts = (value or "").split(" ", len(ACTOR_FIELDS) - 1)
+    parts += [""] * (len(ACTOR_FIELDS) - len(parts))
+    return {name: (part or None) for name, part in zip(ACTOR_FIELDS, parts, strict=True)}
 
 
 def _uuid(value: uuid.UUID | str | None, name: str) -> uuid.UUID | None:
@@ -148,6 +153,13 @@ def _user_agent(value: str | None) -> str | None:
     return cleaned or None
 
 
+@functools.lru_cache(maxsize=1024)
+def _client_fields(client_ip: str | None, user_agent: str | None) -> str:
+    """The setting's last two fields, cleaned (a client's address and agent repeat
+    from request to request: cleaned once)."""
+    return f"{_ip(client_ip) or ''} {_user_agent(user_agent) or ''}"
+
+
 def valid_request_id(value: str | None) -> bool:
     return bool(value) and _REQUEST_ID.match(value or "") is not None
 
@@ -156,8 +168,8 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _apply(conn: Connection, actor: Actor) -> None:
-    conn.execute(_SET_ACTOR, actor.params())
+def _apply(conn: Connection, setting: str) -> None:
+    conn.execute(_SET_ACTOR, {"a": setting})
 
 
 def make_actor(
@@ -169,7 +181,8 @@ def make_actor(
     client_ip: str | None = None,
     user_agent: str | None = None,
 ) -> Actor:
-    """An actor, its values checked and cleaned as :func:`set_actor` says."""
+    """An actor, its values checked and cleaned as :func:`set_actor` says (none of its
+    fields but the user agent, the last, can hold the setting's separator)."""
     if request_id is not None and not valid_request_id(request_id):
         raise ValueError("request_id must be 1-200 characters of [A-Za-z0-9._:/+=-]")
     return Actor(
@@ -192,8 +205,8 @@ def set_actor(
     client_ip: str | None = None,
     user_agent: str | None = None,
 ) -> Actor:
-    """Name the actor of what ``session`` does from now on (all six settings: the ones
-    not given are cleared).
+    """Name the actor of what ``session`` does from now on (the one setting
+    ``automl.actor``: the fields not given are empty).
 
     On a ``Session`` the actor holds for the current transaction and every later one
     of the session; on a ``Connection`` for its current transaction only. A client
@@ -210,9 +223,10 @@ def set_actor(
         user_agent=user_agent,
     )
     if isinstance(session, Connection):
-        _apply(session, actor)
+        _apply(session, actor.setting())
         return actor
-    session.info[_INFO_KEY] = actor
+    # The session keeps the setting's text: what its later transactions set again.
+    session.info[_INFO_KEY] = actor.setting()
     # Never begins a transaction itself (a caller's "own transaction or a savepoint in
     # mine" logic, database._tx.atomic, must see the session as it was): outside one,
     # _after_begin sets the actor when the next transaction starts.
@@ -220,58 +234,80 @@ def set_actor(
         conn = session.connection()
         current = session.get_transaction()
         if session.info.get(_APPLIED_KEY) is not current:
-            _apply(conn, actor)
+            _apply(conn, session.info[_INFO_KEY])
             session.info[_APPLIED_KEY] = current
     return actor
 
 
-def select_as_actor(
-    session: Session,
+@dataclass(frozen=True)
+class ActorLookup:
+    """A lookup of at most one row (the API's authentication), and the same lookup
+    that also names the actor, built ONCE (at import: a statement built per request
+    costs more in SQLAlchemy's construction and cache key than the database spends
+    on it). ``stmt`` takes bind parameters; :func:`select_as_actor` runs
+    ``with_actor``, whose last column is ``set_config('automl.actor', ...)`` with
+    the ids read from the row and the request's fields as one parameter."""
+
+    stmt: Select[*tuple[Any, ...]]
+    with_actor: Select[*tuple[Any, ...]]
+
+
+def actor_lookup(
     stmt: Select[*tuple[Any, ...]],
     *,
     user_id: ColumnExpressionArgument[Any],
     api_key_id: ColumnExpressionArgument[Any] | None = None,
     session_id: ColumnExpressionArgument[Any] | None = None,
+) -> ActorLookup:
+    """``stmt`` and ``stmt`` plus the ``set_config`` of the actor whose ids are the
+    SQL expressions over the looked-up row (the key's ``user_id`` and ``id``)."""
+
+    def value(expr: ColumnExpressionArgument[Any] | None) -> ColumnElement[Any]:
+        return literal_column("''") if expr is None else cast(expr, Text)
+
+    sep: ColumnElement[Any] = literal_column("' '")
+    setting = func.concat(
+        value(user_id),
+        sep,
+        value(api_key_id),
+        sep,
+        value(session_id),
+        bindparam(_REST, type_=Text),
+    )
+    setter = func.set_config(
+        literal_column(f"'{ACTOR_SETTING}'"), setting, literal_column("true")
+    ).label("audit_actor")
+    return ActorLookup(stmt=stmt, with_actor=stmt.add_columns(setter))
+
+
+def select_as_actor(
+    session: Session,
+    lookup: ActorLookup,
+    params: dict[str, Any],
+    *,
     request_id: str | None = None,
     client_ip: str | None = None,
     user_agent: str | None = None,
 ) -> tuple[Any, ...] | None:
-    """Run ``stmt`` (a lookup of at most one row) with the actor's six ``set_config``
-    calls in its select list: the row without them, or None (then nothing was set).
+    """Run ``lookup`` (with its bind ``params``) and name the actor in the same
+    statement: the row without the setting, or None (then nothing was set).
 
-    The ids are SQL expressions over the looked-up row (the key's ``user_id`` and
-    ``id``); the rest are values, checked and cleaned as :func:`set_actor` says. When
-    a row comes back the settings hold for the session's current transaction (the
-    one ``stmt`` ran in, which the caller goes on using) and, like
-    :func:`set_actor`'s, for its later ones. One statement, one round trip.
+    ``request_id``, ``client_ip`` and ``user_agent`` are checked and cleaned as
+    :func:`set_actor` says. When a row comes back the setting holds for the
+    session's current transaction (the one the lookup ran in, which the caller goes
+    on using) and, like :func:`set_actor`'s, for its later ones. One statement, one
+    round trip.
     """
-    given = make_actor(request_id=request_id, client_ip=client_ip, user_agent=user_agent)
-
-    def value(expr: ColumnExpressionArgument[Any] | None) -> ColumnElement[Any]:
-        return literal("", Text) if expr is None else cast(expr, Text)
-
-    values = [
-        value(user_id),
-        value(api_key_id),
-        value(session_id),
-        *(literal(v, Text) for v in list(given.params().values())[3:]),
-    ]
-    setter = array(
-        [func.set_config(name, v, True) for name, v in zip(ACTOR_SETTINGS, values, strict=True)]
-    ).label("audit_actor")
-    row = session.execute(stmt.add_columns(setter)).one_or_none()
+    if request_id is not None and not valid_request_id(request_id):
+        raise ValueError("request_id must be 1-200 characters of [A-Za-z0-9._:/+=-]")
+    rest = f" {request_id or ''} {_client_fields(client_ip, user_agent)}"
+    row = session.execute(lookup.with_actor, {**params, _REST: rest}).one_or_none()
     if row is None:
         return None
     *found, applied = tuple(row)
-    actor = Actor(
-        user_id=_uuid(applied[0] or None, "user_id"),
-        api_key_id=_uuid(applied[1] or None, "api_key_id"),
-        session_id=_uuid(applied[2] or None, "session_id"),
-        request_id=given.request_id,
-        client_ip=given.client_ip,
-        user_agent=given.user_agent,
-    )
-    session.info[_INFO_KEY] = actor
+    # The text the database set, kept as is for the session's later transactions
+    # (parse_setting reads it back, when someone wants its fields).
+    session.info[_INFO_KEY] = applied
     session.info[_APPLIED_KEY] = session.get_transaction()
     # A lookup only: the package's operations may take this transaction as their own
     # (database._tx.atomic), as they took a new one when authentication committed.
@@ -287,9 +323,9 @@ def clear_actor(session: Session) -> None:
 
 @event.listens_for(Session, "after_begin")
 def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    actor = session.info.get(_INFO_KEY)
-    if actor is not None and transaction.parent is None:
-        _apply(connection, actor)
+    setting = session.info.get(_INFO_KEY)
+    if setting is not None and transaction.parent is None:
+        _apply(connection, setting)
         session.info[_APPLIED_KEY] = transaction
 
 
@@ -483,11 +519,8 @@ def redact_user(bind: Connection | Session, user_id: uuid.UUID) -> int:
 
 
 def actor_settings(bind: Connection | Session) -> dict[str, str | None]:
-    """The settings as the database sees them now (tests, debugging)."""
-    row = bind.execute(
-        text(
-            "SELECT "
-            + ", ".join(f"NULLIF(current_setting('{n}', true), '')" for n in ACTOR_SETTINGS)
-        )
-    ).one()
-    return dict(zip(ACTOR_SETTINGS, row, strict=True))
+    """The actor's fields as the database sees them now (tests, debugging)."""
+    value = bind.execute(
+        text(f"SELECT current_setting('{ACTOR_SETTING}', true)")
+    ).scalar_one_or_none()
+    return parse_setting(value)

@@ -335,7 +335,7 @@ def adjust(
 
     ``as_admin``: an admin's adjustment through the API (``database.identity.admin_adjust``),
     by ``public.admin_credit_adjust``, which the apps' role may call: the
-    transaction's actor (``automl.actor_user_id``) must be an active admin other than
+    transaction's actor (the user field of ``automl.actor``) must be an active admin other than
     the user, and is the entry's actor (``actor`` is then not used).
 
     An operator's act: it calls ``public.credit_adjust``, whose EXECUTE only the

@@ -176,7 +176,7 @@ class AdminRequired(IdentityRuleViolation):
 
 
 class ActorRequired(IdentityRuleViolation):
-    """A change of privileges with no actor set (``automl.actor_user_id``) by a role that
+    """A change of privileges with no actor set (``automl.actor``'s user) by a role that
     is neither the schema's owner nor an operator: the apps' role (ML102)."""
 
 
@@ -286,12 +286,18 @@ class AuditAppendOnly(RuleViolation):
 
 
 class InvalidAuditActor(RuleViolation):
-    """An ``automl.actor_*`` (or ``automl.client_ip``) setting that is not a UUID (an
-    IP address): the audited statement is refused rather than audited wrongly (ML106)."""
+    """A field of the ``automl.actor`` setting that is not a UUID (the client IP's: not
+    an IP address): the audited statement is refused rather than audited wrongly
+    (ML106). ``field`` names it (``actor_user_id``, ``client_ip``...)."""
 
     @property
     def setting(self) -> str | None:
         match = re.search(r"\bsetting=([\w.]+)", self.detail or "")
+        return match.group(1) if match else None
+
+    @property
+    def field(self) -> str | None:
+        match = re.search(r"\bfield=(\w+)", self.detail or "")
         return match.group(1) if match else None
 
 

@@ -136,8 +136,10 @@ OPERATOR_TABLES = {
 }
 OPERATOR_FUNCTIONS = (
     "public.credit_adjust(uuid, integer, text, text, text)",
-    # Run by the users guard trigger as the statement's role (a change of tier).
+    # Run by the users guard trigger as the statement's role (a change of tier), and
+    # the actor's user field it reads (sql/triggers/audit.sql).
     "public.identity_check_actor(uuid, text)",
+    "public.audit_actor_field(integer)",
 )
 #: What the apps' role may call: the actor check the users guard trigger runs as the
 #: statement's role, and an admin's two acts whose columns or rows that role may not
@@ -146,6 +148,7 @@ OPERATOR_FUNCTIONS = (
 #: the admission of a prediction (SECURITY DEFINER; sql/triggers/metering.sql).
 APP_FUNCTIONS = (
     "public.identity_check_actor(uuid, text)",
+    "public.audit_actor_field(integer)",
     "public.admin_set_tier(uuid, user_tier)",
     "public.admin_credit_adjust(uuid, integer, text, text)",
     "public.inference_requests_partition_for(timestamptz)",

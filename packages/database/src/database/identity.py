@@ -4,7 +4,7 @@ limits, an admin's acts, and an account's deletion, restore and export (issue 17
 The rules the database enforces are in ``sql/triggers/identity.sql``: a user never
 changes their own role, permissions, activity or tier (ML100), only an active admin
 changes another's (ML101), and the apps' role must name the actor (ML102,
-``automl.actor_user_id``, set by :func:`database.audit.set_actor`); a session's token,
+the user field of ``automl.actor``, set by :func:`database.audit.set_actor`); a session's token,
 owner and revocation stay as written (ML103). This module is the rest; the API's
 routers call it and nothing else does these things.
 
@@ -51,7 +51,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -388,6 +388,18 @@ def login(
     return token, row
 
 
+#: Authentication's session lookup, built once (``audit.ActorLookup``): the session,
+#: its user and the database's clock, the actor named in the same statement.
+SESSION_LOOKUP = audit.actor_lookup(
+    select(UserSession, User, func.now())
+    .join(User, User.id == UserSession.user_id)
+    .where(UserSession.token_hash == bindparam("token_hash"))
+    .execution_options(populate_existing=True),
+    user_id=UserSession.user_id,
+    session_id=UserSession.id,
+)
+
+
 def authenticate_session(
     session: Session,
     token: str,
@@ -408,12 +420,8 @@ def authenticate_session(
         raise errors.SessionRefused("unknown session", code="invalid_session")
     row = audit.select_as_actor(
         session,
-        select(UserSession, User, func.now())
-        .join(User, User.id == UserSession.user_id)
-        .where(UserSession.token_hash == hash_token(token))
-        .execution_options(populate_existing=True),
-        user_id=UserSession.user_id,
-        session_id=UserSession.id,
+        SESSION_LOOKUP,
+        {"token_hash": hash_token(token)},
         request_id=request_id,
         client_ip=client_ip,
         user_agent=user_agent,

@@ -3,10 +3,10 @@ how it ended. Append-only, partitioned by month.
 
 Rows are written by the triggers of ``sql/triggers/audit.sql`` (changes of keys,
 accounts, sharing, registered models) and by ``database.audit.record`` (reads that
-matter, such as an artifact download). The actor columns default to the
-transaction-local settings ``automl.actor_*``, ``automl.request_id``,
-``automl.client_ip`` and ``automl.user_agent`` that ``database.audit.set_actor``
-sets, so a change made through raw SQL is audited with whatever actor its
+matter, such as an artifact download). The actor columns default to the fields of
+the transaction-local setting ``automl.actor`` that ``database.audit.set_actor``
+sets (``audit_actor_uuid(n)``, ``audit_actor_field(n)``: SQL functions the planner
+inlines), so a change made through raw SQL is audited with whatever actor its
 transaction named (NULL when none).
 
 UPDATE, DELETE and TRUNCATE are refused for every client (ML105,
@@ -50,29 +50,25 @@ class AuditEvent(Base):
     #: When it happened (the clock, not the transaction's start: events of one
     #: transaction keep their order).
     occurred_at: Mapped[dt.datetime] = mapped_column(server_default=func.clock_timestamp())
-    # Who: from the transaction-local settings (no foreign keys: the trail outlives
+    # Who: from the transaction-local setting (no foreign keys: the trail outlives
     # the users, keys and sessions it names).
     actor_user_id: Mapped[uuid.UUID | None] = mapped_column(
-        server_default=text("audit_setting_uuid('automl.actor_user_id')")
+        server_default=text("audit_actor_uuid(1)")
     )
     actor_api_key_id: Mapped[uuid.UUID | None] = mapped_column(
-        server_default=text("audit_setting_uuid('automl.actor_api_key_id')")
+        server_default=text("audit_actor_uuid(2)")
     )
     actor_session_id: Mapped[uuid.UUID | None] = mapped_column(
-        server_default=text("audit_setting_uuid('automl.actor_session_id')")
+        server_default=text("audit_actor_uuid(3)")
     )
     request_id: Mapped[str | None] = mapped_column(
-        server_default=text(
-            f"left(NULLIF(current_setting('automl.request_id', true), ''), {MAX_REQUEST_ID})"
-        )
+        server_default=text(f"left(audit_actor_field(4), {MAX_REQUEST_ID})")
     )
     client_ip: Mapped[IPv4Address | IPv6Address | None] = mapped_column(
-        INET, server_default=text("audit_setting_inet('automl.client_ip')")
+        INET, server_default=text("audit_actor_inet(5)")
     )
     user_agent: Mapped[str | None] = mapped_column(
-        server_default=text(
-            f"left(NULLIF(current_setting('automl.user_agent', true), ''), {MAX_USER_AGENT})"
-        )
+        server_default=text(f"left(audit_actor_field(6), {MAX_USER_AGENT})")
     )
     #: The database role that made the change (the apps' role, the owner, an operator).
     db_role: Mapped[str] = mapped_column(server_default=text("SESSION_USER"))
