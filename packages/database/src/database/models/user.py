@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, CheckConstraint, FetchedValue, Index, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -32,6 +32,13 @@ PERMISSION_COLUMNS = ("can_upload", "can_train", "can_deploy", "can_download", "
 #: The columns only an admin (never the user themself) or the schema's owner changes
 #: (sql/triggers/identity.sql, ML100-ML102); the apps' role may not INSERT them.
 PRIVILEGE_COLUMNS = ("role", "is_active", *PERMISSION_COLUMNS)
+
+#: Columns only triggers write, NULL until they do: never in an ORM INSERT (the apps'
+#: role may not insert them) nor SET by an UPDATE, and read back after a write.
+_TRIGGER_KEPT: dict[str, Any] = {
+    "server_default": FetchedValue(),
+    "server_onupdate": FetchedValue(),
+}
 
 #: The user's next billing alert thresholds, kept by billing_alerts_sync
 #: (sql/triggers/billing.sql, c16c00000001); all NULL for a user without alerts.
@@ -89,17 +96,15 @@ class User(IDMixin, TimestampMixin, Base):
     # UPDATE compares the new balance and the month's spend with them and checks the
     # alerts only when one is crossed. NULL: no such alert.
     # The highest armed balance_below threshold (fires when the balance goes below).
-    alert_below: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
+    alert_below: Mapped[int | None] = mapped_column(BigInteger, **_TRIGGER_KEPT)
     # The lowest fired balance_below threshold (re-arms when the balance is back at it).
-    alert_rearm: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
+    alert_rearm: Mapped[int | None] = mapped_column(BigInteger, **_TRIGGER_KEPT)
     # The lowest spend_above threshold not fired this month.
-    alert_spend_above: Mapped[int | None] = mapped_column(
-        BigInteger, server_onupdate=FetchedValue()
-    )
+    alert_spend_above: Mapped[int | None] = mapped_column(BigInteger, **_TRIGGER_KEPT)
     # This month's charges net of refunds, while the user has a spend_above alert.
-    alert_spend: Mapped[int | None] = mapped_column(BigInteger, server_onupdate=FetchedValue())
+    alert_spend: Mapped[int | None] = mapped_column(BigInteger, **_TRIGGER_KEPT)
     # The end of the month alert_spend counts (UTC).
-    alert_spend_until: Mapped[dt.datetime | None] = mapped_column(server_onupdate=FetchedValue())
+    alert_spend_until: Mapped[dt.datetime | None] = mapped_column(**_TRIGGER_KEPT)
     dataset_count: Mapped[int] = counter_column()
     workflow_count: Mapped[int] = counter_column()
     model_count: Mapped[int] = counter_column()
