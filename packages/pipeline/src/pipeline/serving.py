@@ -174,6 +174,25 @@ def _sequential_forest(estimator: Any) -> bool:
     )
 
 
+def _plain_float32(estimator: Any, features: Any) -> np.ndarray | None:
+    """``features`` as the forest's ``_validate_X_predict`` would give them, when that
+    is only the cast: a dense 2-D float array of the estimator's width (it was fitted
+    on an array, so it checks no names), every value finite as float32 (so neither
+    its missing-value mode nor its refusal of infinity matters). ``np.asarray(X,
+    dtype=np.float32)`` is the cast ``check_array`` makes. None: validate in full."""
+    if (
+        type(features) is not np.ndarray
+        or features.ndim != 2
+        or features.dtype not in (np.float64, np.float32)
+        or features.shape[1] != getattr(estimator, "n_features_in_", -1)
+        or hasattr(estimator, "feature_names_in_")
+        or features.shape[0] == 0
+    ):
+        return None
+    X = np.asarray(features, dtype=np.float32)
+    return X if bool(np.isfinite(X).all()) else None
+
+
 def forest_proba(estimator: Any, features: Any) -> np.ndarray | None:
     """``estimator.predict_proba(features)`` for a forest of :func:`_sequential_forest`,
     without joblib: the trees' class fractions summed one tree after the other into a
@@ -186,7 +205,9 @@ def forest_proba(estimator: Any, features: Any) -> np.ndarray | None:
     None: not such a forest (the caller asks the estimator)."""
     if not _sequential_forest(estimator):
         return None
-    X = estimator._validate_X_predict(features)
+    X = _plain_float32(estimator, features)
+    if X is None:
+        X = estimator._validate_X_predict(features)
     trees = estimator.estimators_
     out = np.zeros((X.shape[0], int(estimator.n_classes_)), dtype=np.float64)
     for tree in trees:
