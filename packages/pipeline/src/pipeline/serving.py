@@ -14,7 +14,12 @@ the batch-prediction job kind (docs/serving.md).
   one, the model's training columns): missing ones and wrong types are an
   :class:`InputError` naming them; unknown columns are dropped, as MLflow does;
   JSON ``null`` is a missing value (NaN), which the pipeline's imputer fills;
-- :func:`predict`: predictions, and for a classifier the probabilities by class.
+- :func:`predict`: predictions, and for a classifier the probabilities by class;
+- :class:`FastPreprocess` (:func:`compile_preprocess`, once per loaded model): the
+  platform's preprocessing computed from :func:`check_arrays`' columns with plain
+  numpy, bit for bit what scikit-learn's ``ColumnTransformer`` gives, for small
+  inputs (scikit-learn's own machinery dominates a one-row request); and
+  :func:`forest_proba`, a forest's probabilities without joblib.
 """
 
 from __future__ import annotations
