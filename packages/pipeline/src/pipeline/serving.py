@@ -632,6 +632,8 @@ def compile_preprocess(head: Any) -> FastPreprocess | None:
             [s for _, s in transformer.steps] if type(transformer) is Pipeline else [transformer]
         )
         source, first = "numbers", None
+        if steps and not _default_output(steps[0]):
+            return None
         if steps and _objects_first(steps[0]):
             source, first, steps = "objects", steps[0], steps[1:]
         elif steps and _dates_first(steps[0]):
