@@ -657,3 +657,26 @@ def test_a_user_who_cannot_pay_gets_402_before_the_model_runs(
         d=deployment["id"],
     )
     assert used == 3
+
+
+def test_the_fast_preprocessing_answers_the_models_own_bits(
+    client: TestClient, account: Account, model: Registered, deployment: dict[str, Any]
+) -> None:
+    # The platform's preprocessing is computed without scikit-learn's machinery
+    # (pipeline.serving.FastPreprocess): the answer's probabilities are the model's
+    # own to the last bit (JSON floats round-trip exactly), with nulls and an unknown
+    # category in the request.
+    recs = records(4)
+    recs[0]["sepal_length"] = None
+    recs[1]["colour"] = None
+    recs[2]["colour"] = "ultraviolet"
+    r = client.post(url(deployment), headers=account.headers, json={"records": recs})
+    assert r.status_code == 200, r.text
+    loaded = client.app.state.predictor.cache.peek(str(model.version_id))  # type: ignore[attr-defined]
+    assert loaded is not None and loaded.fast is not None
+    x = pd.DataFrame(recs).astype({c: float for c in NUMERIC})
+    x["colour"] = x["colour"].astype(object).where(x["colour"].notna(), np.nan)
+    classes = [str(c) for c in model.pipeline.classes_]
+    got = [[row[c] for c in classes] for row in r.json()["probabilities"]]
+    assert got == model.pipeline.predict_proba(x).tolist()
+    assert r.json()["predictions"] == list(model.pipeline.predict(x))

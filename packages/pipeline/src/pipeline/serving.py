@@ -14,7 +14,12 @@ the batch-prediction job kind (docs/serving.md).
   one, the model's training columns): missing ones and wrong types are an
   :class:`InputError` naming them; unknown columns are dropped, as MLflow does;
   JSON ``null`` is a missing value (NaN), which the pipeline's imputer fills;
-- :func:`predict`: predictions, and for a classifier the probabilities by class.
+- :func:`predict`: predictions, and for a classifier the probabilities by class;
+- :class:`FastPreprocess` (:func:`compile_preprocess`, once per loaded model): the
+  platform's preprocessing computed from :func:`check_arrays`' columns with plain
+  numpy, bit for bit what scikit-learn's ``ColumnTransformer`` gives, for small
+  inputs (scikit-learn's own machinery dominates a one-row request); and
+  :func:`forest_proba`, a forest's probabilities without joblib.
 """
 
 from __future__ import annotations
@@ -94,6 +99,8 @@ class LoadedModel:
     estimator: Any = None
     #: predict is argmax of predict_proba (trees, forests): one pass gives both.
     argmax_predicts: bool = False
+    #: The preprocessing without scikit-learn's machinery (None: not on the whitelist).
+    fast: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,6 +179,25 @@ def _sequential_forest(estimator: Any) -> bool:
     )
 
 
+def _plain_float32(estimator: Any, features: Any) -> np.ndarray | None:
+    """``features`` as the forest's ``_validate_X_predict`` would give them, when that
+    is only the cast: a dense 2-D float array of the estimator's width (it was fitted
+    on an array, so it checks no names), every value finite as float32 (so neither
+    its missing-value mode nor its refusal of infinity matters). ``np.asarray(X,
+    dtype=np.float32)`` is the cast ``check_array`` makes. None: validate in full."""
+    if (
+        type(features) is not np.ndarray
+        or features.ndim != 2
+        or features.dtype not in (np.float64, np.float32)
+        or features.shape[1] != getattr(estimator, "n_features_in_", -1)
+        or hasattr(estimator, "feature_names_in_")
+        or features.shape[0] == 0
+    ):
+        return None
+    X = np.asarray(features, dtype=np.float32)
+    return X if bool(np.isfinite(X).all()) else None
+
+
 def forest_proba(estimator: Any, features: Any) -> np.ndarray | None:
     """``estimator.predict_proba(features)`` for a forest of :func:`_sequential_forest`,
     without joblib: the trees' class fractions summed one tree after the other into a
@@ -184,13 +210,442 @@ def forest_proba(estimator: Any, features: Any) -> np.ndarray | None:
     None: not such a forest (the caller asks the estimator)."""
     if not _sequential_forest(estimator):
         return None
-    X = estimator._validate_X_predict(features)
+    X = _plain_float32(estimator, features)
+    if X is None:
+        X = estimator._validate_X_predict(features)
     trees = estimator.estimators_
     out = np.zeros((X.shape[0], int(estimator.n_classes_)), dtype=np.float64)
     for tree in trees:
         out += tree.tree_.predict(X)[:, : tree.n_classes_]
     out /= len(trees)
     return out
+
+
+# --- the preprocessing, exactly, without scikit-learn's machinery ----------------------------
+#: Rows up to which :func:`predict_arrays` tries :class:`FastPreprocess` (a request's few rows;
+#: larger inputs, the batch job's chunks, go through scikit-learn, whose per-call overhead
+#: no longer matters there).
+FAST_MAX_ROWS = 1_000
+
+#: A step of :class:`FastPreprocess`: the array in, the array out, or None (a case the step
+#: does not take: the whole input goes through scikit-learn instead).
+_Step = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+def _default_output(step: Any) -> bool:
+    """No ``set_output(transform="pandas"/"polars")`` on ``step``."""
+    config = getattr(step, "_sklearn_output_config", None) or {}
+    return config.get("transform", "default") == "default"
+
+
+def _no_inf(X: np.ndarray) -> bool:
+    return not bool(np.isinf(X).any())
+
+
+def _imputer_step(imputer: Any) -> _Step | None:
+    """``SimpleImputer.transform`` (scikit-learn 1.9: ``impute/_base.py``): the fitted
+    statistics cast to the fit's dtype, put where the input holds NaN. Not taken:
+    another ``missing_values``, ``add_indicator``, a feature without statistics (the
+    imputer drops it, with a warning), an input of another kind than the fit's."""
+    statistics = getattr(imputer, "statistics_", None)
+    fit_dtype = getattr(imputer, "_fit_dtype", None)
+    fill_dtype = getattr(imputer, "_fill_dtype", None)
+    if (
+        statistics is None
+        or fit_dtype is None
+        or fill_dtype is None
+        or imputer.add_indicator
+        or not (isinstance(imputer.missing_values, float) and math.isnan(imputer.missing_values))
+    ):
+        return None
+    if not imputer.keep_empty_features:
+        from sklearn.impute._base import _get_mask
+
+        if _get_mask(statistics, np.nan).any():
+            return None
+    fill = np.asarray(statistics).astype(fill_dtype, copy=False)
+    as_objects = fit_dtype.kind == "O"
+    width = len(fill)
+
+    def impute(X: np.ndarray) -> np.ndarray | None:
+        if X.shape[1] != width:
+            return None
+        if as_objects:
+            if X.dtype != object:
+                return None
+            mask = X != X  # sklearn's _object_dtype_isnan
+        else:
+            if X.dtype != np.float64 or not _no_inf(X):
+                return None
+            mask = np.isnan(X)
+        X = X.copy()
+        if mask.any():
+            X[mask] = np.broadcast_to(fill, X.shape)[mask]
+        return X
+
+    return impute
+
+
+def _standard_step(scaler: Any) -> _Step | None:
+    """``StandardScaler.transform`` on a dense float64 array: ``X -= mean_``, then
+    ``X /= scale_``, as scikit-learn does them."""
+    mean = scaler.mean_ if scaler.with_mean else None
+    scale = scaler.scale_ if scaler.with_std else None
+    for values in (mean, scale):
+        if values is not None and np.asarray(values).dtype != np.float64:
+            return None
+
+    def standard(X: np.ndarray) -> np.ndarray | None:
+        if X.dtype != np.float64 or not _no_inf(X):
+            return None
+        X = X.copy()
+        if mean is not None:
+            X -= mean
+        if scale is not None:
+            X /= scale
+        return X
+
+    return standard
+
+
+def _minmax_step(scaler: Any) -> _Step | None:
+    """``MinMaxScaler.transform``: ``X *= scale_``, ``X += min_``, then the clip."""
+    scale, low = scaler.scale_, scaler.min_
+    if np.asarray(scale).dtype != np.float64 or np.asarray(low).dtype != np.float64:
+        return None
+    clip = bool(scaler.clip)
+    bounds = (
+        np.asarray(scaler.feature_range[0], dtype=np.float64),
+        np.asarray(scaler.feature_range[1], dtype=np.float64),
+    )
+
+    def minmax(X: np.ndarray) -> np.ndarray | None:
+        if X.dtype != np.float64 or not _no_inf(X):
+            return None
+        X = X.copy()
+        X *= scale
+        X += low
+        if clip:
+            np.clip(X, bounds[0], bounds[1], out=X)
+        return X
+
+    return minmax
+
+
+class _Categories:
+    """One feature's categories as ``_BaseEncoder._transform`` matches them for an
+    object array (``sklearn.utils._encode._check_unknown`` and ``_map_to_integer``):
+    a set of the known values without the missing ones, whether None and NaN are
+    categories, and the value -> position table (its NaN entry apart)."""
+
+    def __init__(self, categories: np.ndarray) -> None:
+        from sklearn.utils._missing import is_scalar_nan
+
+        self.is_nan = is_scalar_nan
+        known = set(categories)
+        missing = {v for v in known if v is None or is_scalar_nan(v)}
+        self.none = None in missing
+        self.nan = any(v is not None for v in missing)
+        self.known = known - missing
+        self.table: dict[Any, int] = {}
+        self.nan_index: int | None = None
+        for i, value in enumerate(categories):
+            self.table[value] = i
+            if self.nan_index is None and is_scalar_nan(value):
+                self.nan_index = i
+
+    def codes(self, column: np.ndarray) -> tuple[list[int], list[bool]]:
+        """Each value's position (0 for an unknown one, as scikit-learn puts the first
+        category there) and whether it is known."""
+        codes: list[int] = []
+        valid: list[bool] = []
+        table, known, is_nan = self.table, self.known, self.is_nan
+        for value in column.tolist():
+            if value in known:
+                found = table.get(value)
+                if found is None and is_nan(value):
+                    found = self.nan_index
+                codes.append(0 if found is None else found)
+                valid.append(True)
+            elif self.none and value is None:
+                codes.append(table[None])
+                valid.append(True)
+            elif self.nan and is_nan(value):
+                codes.append(int(self.nan_index or 0))
+                valid.append(True)
+            else:
+                codes.append(0)
+                valid.append(False)
+        return codes, valid
+
+
+def _encoded(categories: list[_Categories], X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``_BaseEncoder._transform``'s ``X_int`` and ``X_mask`` for an object array."""
+    if X.dtype != object or X.shape[1] != len(categories):
+        return None
+    X_int = np.zeros(X.shape, dtype=int)
+    X_mask = np.ones(X.shape, dtype=bool)
+    for i, cats in enumerate(categories):
+        codes, valid = cats.codes(X[:, i])
+        X_int[:, i] = codes
+        X_mask[:, i] = valid
+    return X_int, X_mask
+
+
+def _infrequent(encoder: Any) -> bool:
+    return bool(getattr(encoder, "_infrequent_enabled", True))
+
+
+def _onehot_step(encoder: Any) -> _Step | None:
+    """``OneHotEncoder.transform`` then ``toarray()`` (what the column transformer does
+    with a sparse part when its own output is dense): a 1 at each known value's
+    column, an unknown value's row all zeros (``handle_unknown="ignore"``). Not taken:
+    ``drop``, infrequent categories, ``handle_unknown="warn"``; with ``"error"``, an
+    input holding an unknown value (scikit-learn raises)."""
+    if (
+        encoder.handle_unknown not in ("ignore", "error", "infrequent_if_exist")
+        or _infrequent(encoder)
+        or getattr(encoder, "_drop_idx_after_grouping", 0) is not None
+        or encoder.drop is not None
+    ):
+        return None
+    categories = [_Categories(c) for c in encoder.categories_]
+    offsets = np.cumsum([0, *encoder._n_features_outs])
+    width = int(offsets[-1])
+    dtype = encoder.dtype
+    strict = encoder.handle_unknown == "error"
+
+    def onehot(X: np.ndarray) -> np.ndarray | None:
+        found = _encoded(categories, X)
+        if found is None:
+            return None
+        X_int, X_mask = found
+        if strict and not X_mask.all():
+            return None
+        out = np.zeros((X.shape[0], width), dtype=dtype)
+        rows, cols = np.nonzero(X_mask)
+        out[rows, X_int[rows, cols] + offsets[cols]] = 1
+        return out
+
+    return onehot
+
+
+def _ordinal_step(encoder: Any) -> _Step | None:
+    """``OrdinalEncoder.transform``: the codes as the encoder's dtype, a missing value's
+    ``encoded_missing_value``, an unknown one's ``unknown_value``. Not taken:
+    infrequent categories; with ``handle_unknown="error"``, an unknown value."""
+    if encoder.handle_unknown not in ("use_encoded_value", "error") or _infrequent(encoder):
+        return None
+    categories = [_Categories(c) for c in encoder.categories_]
+    missing = dict(getattr(encoder, "_missing_indices", {}) or {})
+    dtype = encoder.dtype
+    use_encoded = encoder.handle_unknown == "use_encoded_value"
+
+    def ordinal(X: np.ndarray) -> np.ndarray | None:
+        found = _encoded(categories, X)
+        if found is None:
+            return None
+        X_int, X_mask = found
+        if not use_encoded and not X_mask.all():
+            return None
+        X_trans = X_int.astype(dtype, copy=False)
+        for cat_idx, missing_idx in missing.items():
+            X_trans[X_int[:, cat_idx] == missing_idx, cat_idx] = encoder.encoded_missing_value
+        if use_encoded:
+            X_trans[~X_mask] = encoder.unknown_value
+        return X_trans
+
+    return ordinal
+
+
+def _objects_first(step: Any) -> bool:
+    """The platform's text columns' first step: ``FunctionTransformer(
+    DataFrame.to_numpy, kw_args={"dtype": object, "na_value": np.nan})``."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    if type(step) is not FunctionTransformer or step.func is not pd.DataFrame.to_numpy:
+        return False
+    kw = step.kw_args or {}
+    na = kw.get("na_value")
+    return (
+        set(kw) == {"dtype", "na_value"}
+        and kw["dtype"] is object
+        and isinstance(na, float)
+        and math.isnan(na)
+        and not step.validate
+    )
+
+
+def _identity(step: Any) -> bool:
+    """``FunctionTransformer()`` with no function (a fitted "passthrough"): the columns
+    as they are (numbers only here: stacked as float64, as ``np.hstack`` makes them)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    return (
+        type(step) is FunctionTransformer
+        and step.func is None
+        and not step.validate
+        and not step.kw_args
+    )
+
+
+def _dates_first(step: Any) -> bool:
+    """The platform's date columns' first step: ``FunctionTransformer(date_parts)``."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    func = getattr(step, "func", None)
+    return (
+        type(step) is FunctionTransformer
+        and getattr(func, "__module__", None) == "pipeline.execute"
+        and getattr(func, "__name__", None) == "date_parts"
+        and not step.kw_args
+        and not step.validate
+    )
+
+
+def _later_step(step: Any) -> _Step | None:
+    """A step after the first, by its exact class (a subclass may change anything)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    if step is None or step == "passthrough":
+        return lambda X: X
+    if not _default_output(step):
+        return None
+    kind = type(step)
+    if kind is SimpleImputer:
+        return _imputer_step(step)
+    if kind is StandardScaler:
+        return _standard_step(step)
+    if kind is MinMaxScaler:
+        return _minmax_step(step)
+    if kind is OneHotEncoder:
+        return _onehot_step(step)
+    if kind is OrdinalEncoder:
+        return _ordinal_step(step)
+    return None
+
+
+@dataclass
+class _Part:
+    columns: list[str]
+    #: "numbers" (float64 columns stacked), "objects" (the to_numpy step), "dates".
+    source: str
+    first: Any
+    steps: list[_Step]
+
+
+class FastPreprocess:
+    """The platform's preprocessing (``pipeline.execute.build_transformer``'s
+    ``ColumnTransformer``: imputers, scalers, one-hot and ordinal encoders, the text
+    columns' object step, the date parts, passthrough and drop) computed from the
+    checked columns directly, with the same floating-point operations in the same
+    order as scikit-learn's ``transform``, so the same bits
+    (``tests/pipeline/test_serving_preprocess.py``), without a DataFrame, scikit-learn's
+    validation, its configuration contexts and its per-transformer dispatch, which
+    dominate a one-row request. Built once per loaded model (:func:`compile_preprocess`);
+    ``__call__`` answers None for an input it does not take (then scikit-learn
+    transforms it, and says what it says)."""
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self.parts = parts
+
+    def __call__(self, data: Mapping[str, np.ndarray], rows: int) -> np.ndarray | None:
+        pieces: list[np.ndarray] = []
+        for part in self.parts:
+            arrays = [data.get(c) for c in part.columns]
+            if any(a is None or a.ndim != 1 or len(a) != rows for a in arrays):
+                return None
+            X: np.ndarray | None
+            if part.source == "numbers":
+                if any(a.dtype != np.float64 for a in arrays):  # type: ignore[union-attr]
+                    return None
+                X = np.empty((rows, len(arrays)), dtype=np.float64)
+                for j, a in enumerate(arrays):
+                    X[:, j] = a
+                if not _no_inf(X):
+                    return None  # scikit-learn refuses infinity: let it say so
+            elif part.source == "objects":
+                if any(a.dtype != object for a in arrays):  # type: ignore[union-attr]
+                    return None
+                X = np.empty((rows, len(arrays)), dtype=object)
+                for j, a in enumerate(arrays):
+                    X[:, j] = a
+                    X[pd.isna(a), j] = np.nan  # DataFrame.to_numpy(na_value=np.nan)
+            else:
+                frame = pd.DataFrame(dict(zip(part.columns, arrays, strict=True)), copy=False)
+                X = np.asarray(part.first.func(frame))
+            for step in part.steps:
+                X = step(X)
+                if X is None:
+                    return None
+            if X.ndim != 2 or X.shape[0] != rows:
+                return None
+            pieces.append(X)
+        if not pieces:
+            return np.zeros((rows, 0))
+        return np.hstack(pieces)
+
+
+def compile_preprocess(head: Any) -> FastPreprocess | None:
+    """A :class:`FastPreprocess` for ``head`` (a fitted ``ColumnTransformer``, alone or
+    as a one-step ``Pipeline``), or None when any of it is not on the whitelist: another
+    class or a subclass, a sparse output, weights, a pandas output, a transformer's
+    option not handled (see each step)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if type(head) is Pipeline:
+        if len(head.steps) != 1:
+            return None
+        head = head.steps[0][1]
+    if (
+        type(head) is not ColumnTransformer
+        or getattr(head, "sparse_output_", True)
+        or head.transformer_weights
+        or not _default_output(head)
+        or getattr(head, "feature_names_in_", None) is None
+    ):
+        return None
+    parts: list[_Part] = []
+    for _name, transformer, columns in head.transformers_:
+        if isinstance(transformer, str) and transformer == "drop":
+            continue
+        if isinstance(columns, str):
+            return None
+        columns = list(columns)
+        if not columns:
+            continue
+        if not all(isinstance(c, str) for c in columns):
+            return None
+        if isinstance(transformer, str):
+            if transformer != "passthrough":
+                return None
+            parts.append(_Part(columns, "numbers", None, []))
+            continue
+        if not _default_output(transformer):
+            return None
+        if _identity(transformer):  # "passthrough", as the fitted transformer holds it
+            parts.append(_Part(columns, "numbers", None, []))
+            continue
+        steps = (
+            [s for _, s in transformer.steps] if type(transformer) is Pipeline else [transformer]
+        )
+        source, first = "numbers", None
+        if steps and not _default_output(steps[0]):
+            return None
+        if steps and _objects_first(steps[0]):
+            source, first, steps = "objects", steps[0], steps[1:]
+        elif steps and _dates_first(steps[0]):
+            source, first, steps = "dates", steps[0], steps[1:]
+        compiled: list[_Step] = []
+        for step in steps:
+            made = _later_step(step)
+            if made is None:
+                return None
+            compiled.append(made)
+        parts.append(_Part(columns, source, first, compiled))
+    return FastPreprocess(parts)
 
 
 def describe_model(
@@ -212,7 +667,17 @@ def describe_model(
         head=head,
         estimator=estimator,
         argmax_predicts=classes is not None and _argmax_predicts(final),
+        fast=_compiled(head),
     )
+
+
+def _compiled(head: Any) -> FastPreprocess | None:
+    if head is None:
+        return None
+    try:
+        return compile_preprocess(head)
+    except Exception:  # an attribute of another scikit-learn version: no fast path
+        return None
 
 
 def load_model(
@@ -524,6 +989,14 @@ def check_columns(model: LoadedModel, table: Table, *, max_rows: int) -> pd.Data
     """The frame the model takes: its columns in order, typed; unknown columns dropped.
     ``InputError`` (422) naming the missing columns and the columns of a wrong type,
     (413) for more rows than ``max_rows``."""
+    return pd.DataFrame(check_arrays(model, table, max_rows=max_rows), copy=False)
+
+
+def check_arrays(model: LoadedModel, table: Table, *, max_rows: int) -> dict[str, np.ndarray]:
+    """:func:`check_columns`' columns as arrays by name (numbers float64, the others
+    object arrays with NaN for a missing value), in the model's order: what
+    :func:`predict_arrays` takes without building a DataFrame. The same checks and
+    errors."""
     if table.rows > max_rows:
         raise InputError(
             413,
@@ -557,7 +1030,7 @@ def check_columns(model: LoadedModel, table: Table, *, max_rows: int) -> pd.Data
             + "; ".join(f"{k}: {v}" for k, v in wrong.items()),
             {"columns": wrong},
         )
-    return pd.DataFrame(data, copy=False)
+    return data
 
 
 def _plain(values: Iterable[Any]) -> list[Any]:
@@ -571,13 +1044,27 @@ def _plain(values: Iterable[Any]) -> list[Any]:
     return out
 
 
-def predict_arrays(model: LoadedModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_arrays(
+    model: LoadedModel, frame: pd.DataFrame | Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's own predictions, and a classifier's probabilities (columns in the
     order of ``model.classes``; None otherwise), as arrays: the preprocessing runs
     once, then the estimator's ``predict`` (and ``predict_proba``; for trees and
     forests, whose ``predict`` is the argmax of ``predict_proba`` in scikit-learn's own
-    code, one pass gives both)."""
-    if model.head is not None:
+    code, one pass gives both). ``frame`` may be :func:`check_arrays`' columns: up to
+    :data:`FAST_MAX_ROWS` rows, the model's :class:`FastPreprocess` transforms them
+    (the same bits); otherwise, or for an input it does not take, they become a
+    DataFrame for scikit-learn."""
+    features = None
+    if not isinstance(frame, pd.DataFrame):
+        rows = len(next(iter(frame.values()))) if frame else 0
+        if model.fast is not None and 0 < rows <= FAST_MAX_ROWS:
+            features = model.fast(frame, rows)
+        if features is None:
+            frame = pd.DataFrame(frame, copy=False)
+    if features is not None:
+        final = model.estimator
+    elif model.head is not None:
         features = model.head.transform(frame)
         final = model.estimator
     else:
@@ -599,7 +1086,7 @@ def class_labels(model: LoadedModel) -> list[str]:
     return [str(c) for c in _plain(model.classes or [])]
 
 
-def predict(model: LoadedModel, frame: pd.DataFrame) -> dict[str, Any]:
+def predict(model: LoadedModel, frame: pd.DataFrame | Mapping[str, np.ndarray]) -> dict[str, Any]:
     """``{"predictions": [...]}``, plus ``"probabilities"`` (one object of class:
     probability per row) for a classifier: :func:`predict_arrays` as JSON values."""
     predictions, proba = predict_arrays(model, frame)
@@ -619,7 +1106,11 @@ __all__ = [
     "ModelCache",
     "ModelUnavailable",
     "Table",
+    "check_arrays",
     "check_columns",
+    "compile_preprocess",
+    "FastPreprocess",
+    "FAST_MAX_ROWS",
     "describe_model",
     "frame_for_model",
     "load_model",

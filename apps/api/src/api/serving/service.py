@@ -46,7 +46,7 @@ from pipeline.serving import (
     LoadedModel,
     ModelCache,
     ModelUnavailable,
-    check_columns,
+    check_arrays,
     load_model,
     parse_body,
     predict,
@@ -255,7 +255,7 @@ class Predictor:
             return None
         try:
             table = parse_body(body, content_type, model.columns)
-            frame = check_columns(model, table, max_rows=max_rows)
+            frame = check_arrays(model, table, max_rows=max_rows)
         except InputError:
             return None  # the long way says it, after the deployment's own errors
         rows = table.rows
@@ -325,7 +325,7 @@ class Predictor:
         model = self.model(session, target)
         table = parse_body(body, content_type, model.columns)
         max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
-        frame = check_columns(model, table, max_rows=max_rows)
+        frame = check_arrays(model, table, max_rows=max_rows)
         state.hold_id = metering.admit(
             conn,
             user_id=principal.user_id,
