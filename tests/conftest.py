@@ -137,3 +137,73 @@ def sql(engine: Engine) -> Any:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- scheduling under pytest-xdist (`make test`: `--dist loadgroup`) ----------------------
+# Every test gets its own database, so tests are handed out one at a time to whichever
+# process is free: the run ends with the last short test rather than the last long file.
+# Two things adjust that:
+#
+# - A module whose tests share a module-, class- or package-scoped fixture (a browser, a
+#   built OpenAPI document, a catalog clone) stays in one process (an ``xdist_group`` named
+#   after the module), so the fixture is still built once.
+# - The heaviest modules (end-to-end runs: a worker, uvicorn processes, training) are
+#   handed out first, so none of them starts last and becomes the tail.
+#
+# Both only order and place tests; no test is skipped or changed.
+
+#: Module paths (from the repository's root) whose tests go first, heaviest first. A
+#: per-module measurement (``--junitxml`` of a full run, summed per file) picks them;
+#: a module not listed simply keeps its place.
+HEAVY_FIRST: tuple[str, ...] = (
+    "tests/api/test_api_serving_path.py",  # two uvicorn processes; an outage
+    "tests/workers/test_worker_outage.py",  # worker processes across a restart
+    "tests/test_clean.py",  # a SIGKILLed clean process
+    "tests/api/test_api_schemathesis.py",
+    "tests/workers/test_worker_logs.py",  # a worker process
+    "tests/api/test_api_auth.py",  # two uvicorn processes
+    "tests/client/test_client_coverage.py",
+    "tests/test_properties.py",
+    "tests/test_migrations.py",
+    "tests/workers/test_worker_e2e.py",
+    "tests/client/test_client_ml.py",
+    "tests/pipeline/test_evaluate.py",
+    "tests/api/test_api_model_download.py",
+    "tests/workers/test_automl_job.py",
+    "tests/workers/test_error_classes.py",
+    "tests/api/test_api_outage.py",
+)
+
+_SHARED_SCOPES = {"module", "class", "package"}
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        defs[-1].scope in _SHARED_SCOPES
+        for name, defs in info.name2fixturedefs.items()
+        if defs and name not in _INFRA_FIXTURES
+    )
+
+
+#: Session-wide fixtures of this conftest are built once per process anyway.
+_INFRA_FIXTURES = {"pg_server", "postgresql_template"}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked as each test is collected: before any pytest_collection_modifyitems (xdist's
+    # names the groups there).
+    if _shares_a_fixture(item) and not item.get_closest_marker("xdist_group"):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(HEAVY_FIRST)}
+    last = len(HEAVY_FIRST)
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(item.nodeid.split("::", 1)[0], last)
+
+    items.sort(key=key)  # stable: the rest keep their order
