@@ -27,8 +27,7 @@ run: install
 ## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL), in
 ## parallel (pytest-xdist: one process a core, each with its own embedded server;
 ## TEST_WORKERS=0 runs it in one process). Tests are handed out one at a time
-## (loadgroup); tests/conftest.py keeps a module with a shared fixture in one process
-## and starts the heaviest modules first.
+## to whichever process is free; tests/conftest.py starts the heaviest modules first.
 test: install
 	$(UV) run pytest -n $${TEST_WORKERS:-auto} --dist loadgroup
 

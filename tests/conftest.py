@@ -141,16 +141,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- scheduling under pytest-xdist (`make test`: `--dist loadgroup`) ----------------------
 # Every test gets its own database, so tests are handed out one at a time to whichever
-# process is free: the run ends with the last short test rather than the last long file.
-# Two things adjust that:
+# process is free: the run ends with the last short test rather than the last long file
+# (``--dist loadfile`` pinned a whole module to one process). A module-scoped fixture (the
+# browser, the built OpenAPI document, the catalog clone) is then built once in each
+# process that runs the module's tests: at most once per process, seconds in all.
+# (Under pytest 9 with pytest-xdist 3.8 an ``xdist_group`` mark does not keep tests
+# together: xdist renames ``item._nodeid``, which pytest 9 no longer reads.)
 #
-# - A module whose tests share a module-, class- or package-scoped fixture (a browser, a
-#   built OpenAPI document, a catalog clone) stays in one process (an ``xdist_group`` named
-#   after the module), so the fixture is still built once.
-# - The heaviest modules (end-to-end runs: a worker, uvicorn processes, training) are
-#   handed out first, so none of them starts last and becomes the tail.
-#
-# Both only order and place tests; no test is skipped or changed.
+# The heaviest modules (end-to-end runs: a worker, uvicorn processes, training) are
+# handed out first, so none of them starts last and becomes the tail. This only orders
+# tests; none is skipped or changed.
 
 #: Module paths (from the repository's root) whose tests go first, heaviest first. A
 #: per-module measurement (``--junitxml`` of a full run, summed per file) picks them;
@@ -173,30 +173,6 @@ HEAVY_FIRST: tuple[str, ...] = (
     "tests/workers/test_error_classes.py",
     "tests/api/test_api_outage.py",
 )
-
-_SHARED_SCOPES = {"module", "class", "package"}
-
-
-def _shares_a_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(
-        defs[-1].scope in _SHARED_SCOPES
-        for name, defs in info.name2fixturedefs.items()
-        if defs and name not in _INFRA_FIXTURES
-    )
-
-
-#: Session-wide fixtures of this conftest are built once per process anyway.
-_INFRA_FIXTURES = {"pg_server", "postgresql_template"}
-
-
-def pytest_itemcollected(item: pytest.Item) -> None:
-    # Marked as each test is collected: before any pytest_collection_modifyitems (xdist's
-    # names the groups there).
-    if _shares_a_fixture(item) and not item.get_closest_marker("xdist_group"):
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
