@@ -26,9 +26,10 @@ run: install
 
 ## The test suite, against a real PostgreSQL (embedded unless TEST_DATABASE_URL), in
 ## parallel (pytest-xdist: one process a core, each with its own embedded server;
-## TEST_WORKERS=0 runs it in one process).
+## TEST_WORKERS=0 runs it in one process). Tests are handed out one at a time
+## to whichever process is free; tests/conftest.py starts the heaviest modules first.
 test: install
-	$(UV) run pytest -n $${TEST_WORKERS:-auto} --dist loadfile
+	$(UV) run pytest -n $${TEST_WORKERS:-auto} --dist loadgroup
 
 status: install
 	$(UV) run automl-db status

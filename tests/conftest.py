@@ -137,3 +137,49 @@ def sql(engine: Engine) -> Any:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- scheduling under pytest-xdist (`make test`: `--dist loadgroup`) ----------------------
+# Every test gets its own database, so tests are handed out one at a time to whichever
+# process is free: the run ends with the last short test rather than the last long file
+# (``--dist loadfile`` pinned a whole module to one process). A module-scoped fixture (the
+# browser, the built OpenAPI document, the catalog clone) is then built once in each
+# process that runs the module's tests: at most once per process, seconds in all.
+# (Under pytest 9 with pytest-xdist 3.8 an ``xdist_group`` mark does not keep tests
+# together: xdist renames ``item._nodeid``, which pytest 9 no longer reads.)
+#
+# The heaviest modules (end-to-end runs: a worker, uvicorn processes, training) are
+# handed out first, so none of them starts last and becomes the tail. This only orders
+# tests; none is skipped or changed.
+
+#: Module paths (from the repository's root) whose tests go first, heaviest first. A
+#: per-module measurement (``--junitxml`` of a full run, summed per file) picks them;
+#: a module not listed simply keeps its place.
+HEAVY_FIRST: tuple[str, ...] = (
+    "tests/api/test_api_serving_path.py",  # two uvicorn processes; an outage
+    "tests/workers/test_worker_outage.py",  # worker processes across a restart
+    "tests/test_clean.py",  # a SIGKILLed clean process
+    "tests/api/test_api_schemathesis.py",
+    "tests/workers/test_worker_logs.py",  # a worker process
+    "tests/api/test_api_auth.py",  # two uvicorn processes
+    "tests/client/test_client_coverage.py",
+    "tests/test_properties.py",
+    "tests/test_migrations.py",
+    "tests/workers/test_worker_e2e.py",
+    "tests/client/test_client_ml.py",
+    "tests/pipeline/test_evaluate.py",
+    "tests/api/test_api_model_download.py",
+    "tests/workers/test_automl_job.py",
+    "tests/workers/test_error_classes.py",
+    "tests/api/test_api_outage.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(HEAVY_FIRST)}
+    last = len(HEAVY_FIRST)
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(item.nodeid.split("::", 1)[0], last)
+
+    items.sort(key=key)  # stable: the rest keep their order
