@@ -582,12 +582,22 @@ def test_aggregation_is_idempotent_under_retries_and_concurrency(sql, engine, se
         )
         == 2
     )
-    # The ledger refuses a second entry with a charge's key, whoever writes it.
+    # The ledger entries carry neither key nor description (c16d00000001): both are
+    # the usage charges' (the key unique there), the description derived for display.
+    assert sql(
+        "SELECT count(*) FROM credit_transactions WHERE job_id IS NULL"
+        " AND type = 'consumption' AND (idempotency_key IS NOT NULL OR description IS NOT NULL)"
+    ) == [(0,)]
+    # A ledger charge of usage without its usage charge is refused at commit, whoever
+    # writes it, and a second usage charge with a charge's key by its unique index.
+    with pytest.raises(errors.UsageChargeUnaccounted):
+        sql("INSERT INTO credit_transactions (user_id, type, amount) VALUES (:u, 'consumption', -1)", u=user)
     key = scalar(sql, "SELECT idempotency_key FROM usage_charges LIMIT 1")
     with pytest.raises(errors.AlreadyExists):
         sql(
-            "INSERT INTO credit_transactions (user_id, type, amount, idempotency_key)"
-            " VALUES (:u, 'consumption', -1, :k)",
+            "INSERT INTO usage_charges (user_id, sku, period_start, period_end, quantity,"
+            " amount_micro, credits, idempotency_key) VALUES (:u, 'predicted_rows',"
+            " now() - interval '2 hours', now() - interval '1 hour', 1, 0, 0, :k)",
             u=user,
             k=key,
         )
@@ -763,9 +773,12 @@ def _flow(sql: Any, engine: Engine) -> uuid.UUID:
 
 def test_verify_reports_a_ledger_charge_no_usage_accounts_for(sql, engine):
     user = _flow(sql, engine)
+    # The database refuses one at commit since c16d00000001 (ML094); one written past
+    # the triggers (a superuser's replica role) is still reported.
     sql(
-        "INSERT INTO credit_transactions (user_id, type, amount, idempotency_key)"
-        " VALUES (:u, 'consumption', -2, 'usage:forged')",
+        "SET LOCAL session_replication_role = replica;"
+        " INSERT INTO credit_transactions (user_id, type, amount, balance_after, idempotency_key)"
+        " VALUES (:u, 'consumption', -2, 0, 'usage:forged')",
         u=user,
     )
     report = verify(engine)

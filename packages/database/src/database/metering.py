@@ -1035,13 +1035,12 @@ def _charge_user(
         key = charge_key(user_id, g.deployment_id, g.sku, start, cutoff)
         entry_id = None
         if credits:
+            # The entry carries neither the key nor a description (issue 16, the
+            # ledger's weight): both are the usage charge's below, which names the
+            # entry (credit_tx_usage_accounted checks it at commit, ML094; the key
+            # is unique there); database.credits.describe derives the description.
             entry = CreditTransaction(
-                user_id=user_id,
-                type=TransactionType.CONSUMPTION,
-                amount=-credits,
-                idempotency_key=key,
-                description=f"{g.quantity} {g.sku} of deployment {g.deployment_id or '-'},"
-                f" {start.isoformat()} to {cutoff.isoformat()}",
+                user_id=user_id, type=TransactionType.CONSUMPTION, amount=-credits
             )
             s.add(entry)
             s.flush()
@@ -1300,7 +1299,7 @@ _VERIFY = [
       LEFT JOIN public.credit_transactions AS t ON t.id = c.ledger_entry_id
      WHERE c.ledger_entry_id IS NOT NULL AND {ids_c}
        AND (t.id IS NULL OR t.user_id <> c.user_id OR t.type <> 'consumption'
-            OR t.amount <> -c.credits OR t.idempotency_key IS DISTINCT FROM c.idempotency_key)
+            OR t.amount <> -c.credits OR t.idempotency_key <> c.idempotency_key)
     """,
     # Rounding: whole credits of the cost charged, the remainder carried.
     """
