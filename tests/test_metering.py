@@ -622,14 +622,25 @@ def test_usage_a_user_can_no_longer_pay_is_left_uncharged(sql, engine):
     usage_ok(engine)
 
 
-def test_a_consumption_names_a_job_or_carries_a_key(sql, engine):
+def test_a_consumption_names_a_job_or_is_a_usage_charges(sql, engine):
+    """Since c16d00000001 a charge of usage carries no key in the ledger: a jobless
+    consumption is accounted for by its usage_charges row at commit (ML094,
+    tests/test_ledger_weight.py), and a job's charge never carries a key."""
     user = make_user(sql)
     fund(engine, user, 5)
-    with pytest.raises(errors.InvalidValue):
+    job = make_job(sql, user_id=user)
+    with pytest.raises(errors.UsageChargeUnaccounted):
         sql(
             "INSERT INTO credit_transactions (user_id, type, amount)"
             " VALUES (:u, 'consumption', -1)",
             u=user,
+        )
+    with pytest.raises(errors.InvalidValue):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount, job_id, idempotency_key)"
+            " VALUES (:u, 'consumption', -1, :j, 'usage:x')",
+            u=user,
+            j=job,
         )
     with engine.begin() as conn:  # the declarative check too, with the trigger off
         conn.execute(
@@ -638,10 +649,11 @@ def test_a_consumption_names_a_job_or_carries_a_key(sql, engine):
         with pytest.raises(errors.InvalidValue):
             conn.execute(
                 text(
-                    "INSERT INTO credit_transactions (user_id, type, amount, balance_after)"
-                    " VALUES (:u, 'consumption', -1, 0)"
+                    "INSERT INTO credit_transactions"
+                    " (user_id, type, amount, balance_after, job_id, idempotency_key)"
+                    " VALUES (:u, 'consumption', -1, 0, :j, 'usage:x')"
                 ),
-                {"u": user},
+                {"u": user, "j": job},
             )
 
 
@@ -775,12 +787,15 @@ def test_verify_reports_a_ledger_charge_no_usage_accounts_for(sql, engine):
     user = _flow(sql, engine)
     # The database refuses one at commit since c16d00000001 (ML094); one written past
     # the triggers (a superuser's replica role) is still reported.
-    sql(
-        "SET LOCAL session_replication_role = replica;"
-        " INSERT INTO credit_transactions (user_id, type, amount, balance_after, idempotency_key)"
-        " VALUES (:u, 'consumption', -2, 0, 'usage:forged')",
-        u=user,
-    )
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text(
+                "INSERT INTO credit_transactions (user_id, type, amount, balance_after)"
+                " VALUES (:u, 'consumption', -2, 0)"
+            ),
+            {"u": user},
+        )
     report = verify(engine)
     assert not report.ok and any("no usage charge accounts for" in p for _, p in report.usage)
 
