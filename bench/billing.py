@@ -701,8 +701,9 @@ def render_weight(res: dict[str, Any]) -> str:
     out = [
         WEIGHT_TITLE,
         "",
-        f"`python -m bench.billing --only weight` ({res['finished_at']}; deterministic:"
-        " the machine's load does not change these figures).",
+        f"`python -m bench.billing --only weight` ({res['finished_at']}; the machine's"
+        " load does not change these figures; random ids (the before column, the usage"
+        " charges' deployments) move them by a few bytes from run to run).",
         "",
         "| entry | now (c16d00000001) | c16c00000001 | before c16b00000001 |",
         "| --- | ---: | ---: | ---: |",
@@ -727,8 +728,9 @@ def render_weight(res: dict[str, Any]) -> str:
     n = next(iter(weights.values()))["entries"]
     out += [
         "",
-        f"Goal (the ledger entry): {'met for every type' if not over else 'MISSED for ' + ', '.join(over)}."
-        f" Each type measured on its own ({n:,} entries over {res['users']:,} users):"
+        "Goal (the ledger entry): "
+        + ("met for every type" if not over else "MISSED for " + ", ".join(over))
+        + f". Each type measured on its own ({n:,} entries over {res['users']:,} users):"
         " heap + every index of `credit_transactions`, written as the code writes them"
         " (users in turn, every entry dated apart), then VACUUMed. Now (c16d00000001): a"
         " usage charge's entry carries neither its key nor its description (its"

@@ -235,8 +235,10 @@ def test_charge_usage_writes_slim_entries_described_from_usage_charges(sql, engi
     report = metering.charge_usage(engine, through=dt.datetime.now(UTC) + dt.timedelta(seconds=1))
     assert report.credits == 2
     with Session(engine) as s:
-        (entry,) = s.query(CreditTransaction).filter_by(user_id=user, job_id=None).filter(
-            CreditTransaction.type == TransactionType.CONSUMPTION
+        (entry,) = (
+            s.query(CreditTransaction)
+            .filter_by(user_id=user, job_id=None)
+            .filter(CreditTransaction.type == TransactionType.CONSUMPTION)
         )
         assert (entry.amount, entry.idempotency_key, entry.description) == (-2, None, None)
         charge = s.query(UsageCharge).filter_by(ledger_entry_id=entry.id).one()

@@ -591,7 +591,11 @@ def test_aggregation_is_idempotent_under_retries_and_concurrency(sql, engine, se
     # A ledger charge of usage without its usage charge is refused at commit, whoever
     # writes it, and a second usage charge with a charge's key by its unique index.
     with pytest.raises(errors.UsageChargeUnaccounted):
-        sql("INSERT INTO credit_transactions (user_id, type, amount) VALUES (:u, 'consumption', -1)", u=user)
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount)"
+            " VALUES (:u, 'consumption', -1)",
+            u=user,
+        )
     key = scalar(sql, "SELECT idempotency_key FROM usage_charges LIMIT 1")
     with pytest.raises(errors.AlreadyExists):
         sql(
