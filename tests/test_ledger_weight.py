@@ -65,21 +65,22 @@ ENTRY = (
 )
 CHARGE = (
     "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
-    " quantity, amount_micro, credits, ledger_entry_id, idempotency_key)"
-    " VALUES (:u, :d, 'predicted_rows', :start, :end, 1200, :micro, :credits, :id, :key)"
+    " quantity, amount_micro, credits, ledger_entry_id)"
+    " VALUES (:u, :d, 'predicted_rows', :start, :end, 1200, :micro, :credits, :id)"
 )
 
 
-def _charge_params(user: uuid.UUID, entry: uuid.UUID, credits_: int, key: str) -> dict[str, Any]:
+def _charge_params(user: uuid.UUID, entry: uuid.UUID, credits_: int, hour: int) -> dict[str, Any]:
+    """A usage charge of ``hour`` hours after START (one charge per user, period start,
+    deployment and sku: usage_charges' unique key since c16d00000001)."""
     return {
         "u": user,
         "d": DEPLOYMENT,
-        "start": START,
-        "end": END,
+        "start": START + dt.timedelta(hours=hour),
+        "end": END + dt.timedelta(hours=hour),
         "micro": credits_ * 1_000_000,
         "credits": credits_,
         "id": entry,
-        "key": key,
     }
 
 
@@ -103,9 +104,9 @@ def test_raw_sql_usage_entry_with_its_usage_charge_either_order(sql, engine):
     first, second = uuid.uuid4(), uuid.uuid4()
     with engine.begin() as conn:  # the entry first (metering's order)
         conn.execute(text(ENTRY), {"id": first, "u": user, "amount": -3})
-        conn.execute(text(CHARGE), _charge_params(user, first, 3, "usage:k1"))
+        conn.execute(text(CHARGE), _charge_params(user, first, 3, 0))
     with engine.begin() as conn:  # or the usage charge first: checked at commit
-        conn.execute(text(CHARGE), _charge_params(user, second, 2, "usage:k2"))
+        conn.execute(text(CHARGE), _charge_params(user, second, 2, 1))
         conn.execute(text(ENTRY), {"id": second, "u": user, "amount": -2})
     assert _balance(sql, user) == 95
     assert sql(
@@ -119,7 +120,7 @@ def test_a_usage_charge_that_does_not_match_its_entry_is_refused(sql, engine, wh
     user = _funded(sql, engine)
     other = make_user(sql)
     entry = uuid.uuid4()
-    params = _charge_params(user, entry, 3, f"usage:{what}")
+    params = _charge_params(user, entry, 3, 0)
     if what == "credits":
         params.update(credits=2, micro=2_000_000)
     elif what == "user":
@@ -133,17 +134,18 @@ def test_a_usage_charge_that_does_not_match_its_entry_is_refused(sql, engine, wh
     assert scalar(sql, "SELECT count(*) FROM usage_charges WHERE user_id = :u", u=params["u"]) == 0
 
 
-def test_a_repeated_usage_key_rolls_the_ledger_entry_back(sql, engine):
-    """The key's uniqueness is usage_charges' unique index, in the entry's transaction."""
+def test_a_repeated_usage_charge_rolls_the_ledger_entry_back(sql, engine):
+    """What the key said, usage_charges' unique (user, period start, deployment, sku)
+    says in the entry's transaction."""
     user = _funded(sql, engine)
     entry = uuid.uuid4()
     with engine.begin() as conn:
         conn.execute(text(ENTRY), {"id": entry, "u": user, "amount": -3})
-        conn.execute(text(CHARGE), _charge_params(user, entry, 3, "usage:same"))
+        conn.execute(text(CHARGE), _charge_params(user, entry, 3, 0))
     again = uuid.uuid4()
     with pytest.raises(errors.AlreadyExists), engine.begin() as conn:
         conn.execute(text(ENTRY), {"id": again, "u": user, "amount": -3})
-        conn.execute(text(CHARGE), _charge_params(user, again, 3, "usage:same"))
+        conn.execute(text(CHARGE), _charge_params(user, again, 3, 0))
     assert _balance(sql, user) == 97
     assert scalar(sql, "SELECT count(*) FROM credit_transactions WHERE id = :id", id=again) == 0
 
@@ -182,7 +184,6 @@ def test_orm_usage_entry_needs_its_usage_charge(sql, engine):
                 amount_micro=4_000_000,
                 credits=4,
                 ledger_entry_id=entry.id,
-                idempotency_key="usage:orm",
             )
         )
         s.commit()
@@ -200,7 +201,7 @@ def test_apps_role_usage_entry_needs_its_usage_charge(sql, engine, app_engine):
     entry = uuid.uuid4()
     with app_engine.begin() as conn:
         conn.execute(text(ENTRY), {"id": entry, "u": user, "amount": -3})
-        conn.execute(text(CHARGE), _charge_params(user, entry, 3, "usage:app"))
+        conn.execute(text(CHARGE), _charge_params(user, entry, 3, 0))
     assert _balance(sql, user) == 97
     # The apps' role cannot switch the rule off (a superuser's replica role).
     with pytest.raises(errors.PermissionDenied), app_engine.begin() as conn:
@@ -242,7 +243,7 @@ def test_charge_usage_writes_slim_entries_described_from_usage_charges(sql, engi
         )
         assert (entry.amount, entry.idempotency_key, entry.description) == (-2, None, None)
         charge = s.query(UsageCharge).filter_by(ledger_entry_id=entry.id).one()
-        assert charge.idempotency_key.startswith(f"usage:{user}:{DEPLOYMENT}:predicted_rows:")
+        assert (charge.deployment_id, charge.idempotency_key) == (DEPLOYMENT, None)
         described = credits.describe(s, [entry])[entry.id]
         assert described is not None and described.startswith(
             f"2500 predicted_rows of deployment {DEPLOYMENT}, "

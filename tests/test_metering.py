@@ -596,14 +596,26 @@ def test_aggregation_is_idempotent_under_retries_and_concurrency(sql, engine, se
             " VALUES (:u, 'consumption', -1)",
             u=user,
         )
-    key = scalar(sql, "SELECT idempotency_key FROM usage_charges LIMIT 1")
+    # No key is written since c16d00000001: (user, period start, deployment, sku) is
+    # unique instead, a NULL deployment one value.
+    assert sql("SELECT count(*) FROM usage_charges WHERE idempotency_key IS NOT NULL") == [(0,)]
+    # A second charge of a period is refused, a NULL deployment being one value.
     with pytest.raises(errors.AlreadyExists):
         sql(
-            "INSERT INTO usage_charges (user_id, sku, period_start, period_end, quantity,"
-            " amount_micro, credits, idempotency_key) VALUES (:u, 'predicted_rows',"
-            " now() - interval '2 hours', now() - interval '1 hour', 1, 0, 0, :k)",
+            "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start,"
+            " period_end, quantity, amount_micro, credits)"
+            " SELECT user_id, deployment_id, sku, period_start,"
+            " period_end + interval '1 second', 1, 0, 0"
+            " FROM usage_charges WHERE user_id = :u LIMIT 1",
             u=user,
-            k=key,
+        )
+    with pytest.raises(errors.AlreadyExists):
+        sql(
+            "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start,"
+            " period_end, quantity, amount_micro, credits)"
+            " VALUES (:u, NULL, 'predicted_rows', '2026-01-01', '2026-01-02', 1, 0, 0),"
+            " (:u, NULL, 'predicted_rows', '2026-01-01', '2026-01-03', 1, 0, 0)",
+            u=user,
         )
     usage_ok(engine)
 
@@ -808,8 +820,9 @@ def test_verify_reports_usage_charged_twice(sql, engine):
     user = _flow(sql, engine)
     sql(
         "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
-        " quantity, amount_micro, credits, idempotency_key)"
-        " SELECT user_id, deployment_id, sku, period_start, period_end, quantity, 0, 0, 'again'"
+        " quantity, amount_micro, credits)"
+        " SELECT user_id, deployment_id, sku, period_start + interval '1 microsecond',"
+        " period_end, quantity, 0, 0"
         " FROM usage_charges WHERE user_id = :u LIMIT 1",
         u=user,
     )

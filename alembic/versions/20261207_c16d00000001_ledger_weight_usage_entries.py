@@ -8,6 +8,9 @@ deferred constraint trigger credit_tx_usage_accounted (ML094) requires, at commi
 usage_charges row naming the entry, its user and its credits. credit_tx_before_insert
 accepts a jobless consumption without a key. pk_credit_transactions fills its pages
 to 100% (fillfactor; by hand: autogenerate compares no storage parameters).
+usage_charges: UNIQUE (user_id, period_start, deployment_id, sku) NULLS NOT DISTINCT
+replaces the key's unique constraint and ix_usage_charges_user_id_period_start; the
+key column becomes nullable (new charges write none).
 
 Revision ID: c16d00000001
 Revises: c14d00000001
@@ -16,6 +19,7 @@ Create Date: 2026-12-07 14:20:00.000000+00:00
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic_utils.pg_function import PGFunction
 from alembic_utils.pg_trigger import PGTrigger
 
@@ -44,6 +48,19 @@ def upgrade() -> None:
     # Pages split from now on are filled to 100% (existing pages stay as they are:
     # REINDEX CONCURRENTLY, outside a migration, repacks them if wanted).
     op.execute("ALTER INDEX pk_credit_transactions SET (fillfactor = 100)")
+    # usage_charges: the key is a function of the row; one charge per user, period
+    # start, deployment and sku (a NULL deployment one value) replaces its unique
+    # constraint, and serves the user's foreign key and reads by period (the index
+    # it replaces). New charges write no key.
+    op.create_unique_constraint(
+        op.f("uq_usage_charges_user_id_period_start_deployment_id_sku"),
+        "usage_charges",
+        ["user_id", "period_start", "deployment_id", "sku"],
+        postgresql_nulls_not_distinct=True,
+    )
+    op.drop_index(op.f("ix_usage_charges_user_id_period_start"), table_name="usage_charges")
+    op.drop_constraint(op.f("uq_usage_charges_idempotency_key"), "usage_charges", type_="unique")
+    op.alter_column("usage_charges", "idempotency_key", existing_type=sa.Text(), nullable=True)
     before_insert = PGFunction(
         schema="public",
         signature="credit_tx_before_insert()",
@@ -91,6 +108,22 @@ def downgrade() -> None:
 
     op.replace_entity(before_insert)
     op.execute("ALTER INDEX pk_credit_transactions RESET (fillfactor)")
+    # Charges written since have no key and usage_charges refuses UPDATE (ML086): the
+    # column stays nullable; the key's unique constraint (NULLs distinct) comes back.
+    op.create_unique_constraint(
+        op.f("uq_usage_charges_idempotency_key"), "usage_charges", ["idempotency_key"]
+    )
+    op.create_index(
+        op.f("ix_usage_charges_user_id_period_start"),
+        "usage_charges",
+        ["user_id", "period_start"],
+        unique=False,
+    )
+    op.drop_constraint(
+        op.f("uq_usage_charges_user_id_period_start_deployment_id_sku"),
+        "usage_charges",
+        type_="unique",
+    )
     # Entries of usage written since name no key: the old check refuses them, so it
     # comes back NOT VALID (it holds for every new entry).
     op.drop_constraint(

@@ -42,9 +42,8 @@ def test_transactions_describe_purchases_and_usage_charges(
         conn.execute(
             text(
                 "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start,"
-                " period_end, quantity, amount_micro, credits, ledger_entry_id,"
-                " idempotency_key) VALUES (:u, :d, 'predicted_rows', :s, :e, 3000,"
-                " 3000000, 3, :id, 'usage:api')"
+                " period_end, quantity, amount_micro, credits, ledger_entry_id)"
+                " VALUES (:u, :d, 'predicted_rows', :s, :e, 3000, 3000000, 3, :id)"
             ),
             {"u": account.user_id, "d": DEPLOYMENT, "s": START, "e": END, "id": entry},
         )

@@ -1032,13 +1032,13 @@ def _charge_user(
     for g in groups:
         owed = carry + int(g.amount)
         credits, carry = divmod(owed, MICRO)
-        key = charge_key(user_id, g.deployment_id, g.sku, start, cutoff)
         entry_id = None
         if credits:
-            # The entry carries neither the key nor a description (issue 16, the
-            # ledger's weight): both are the usage charge's below, which names the
-            # entry (credit_tx_usage_accounted checks it at commit, ML094; the key
-            # is unique there); database.credits.describe derives the description.
+            # The entry carries neither a key nor a description (issue 16, the
+            # ledger's weight): the usage charge below names the entry
+            # (credit_tx_usage_accounted checks it at commit, ML094) and is unique
+            # per user, period, deployment and sku; database.credits.describe
+            # derives the description from it.
             entry = CreditTransaction(
                 user_id=user_id, type=TransactionType.CONSUMPTION, amount=-credits
             )
@@ -1056,7 +1056,8 @@ def _charge_user(
                 amount_micro=int(g.amount),
                 credits=credits,
                 ledger_entry_id=entry_id,
-                idempotency_key=key,
+                # No key (c16d00000001): the row's unique (user, start, deployment,
+                # sku) is it (charge_key renders it).
             )
         )
         total += credits
