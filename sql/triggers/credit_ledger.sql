@@ -15,8 +15,8 @@
 --   * a charge of usage (a consumption naming no job) is accounted for by the
 --     usage_charges row naming it (ledger_entry_id, its user, its credits), written in
 --     the same transaction: checked at commit      -> ML094 usage_charge_unaccounted
---     (issue 16: the row carries neither the key nor the description, which live
---     in usage_charges; the key's uniqueness is usage_charges' unique index);
+--     (issue 16: the row carries neither a key nor a description; usage_charges is
+--     unique per user, period start, deployment and sku, and describes the entry);
 --   * an entry is dated when it is applied (clock_timestamp() under the row lock),
 --     so the latest entry by created_at is the one that holds the balance.
 --   * an entry that crosses one of its user's next alert thresholds (users.alert_*,
@@ -52,8 +52,9 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_credit_transactions_amount_sign';
     END IF;
     -- A consumption charges a job, or usage (database.metering: no job; its
-    -- usage_charges row, written in the same transaction, holds the idempotency key
-    -- and what was used: credit_tx_usage_accounted checks it at commit, ML094).
+    -- usage_charges row, written in the same transaction, is unique per user,
+    -- period, deployment and sku and holds what was used: credit_tx_usage_accounted
+    -- checks it at commit, ML094).
     IF (NEW.type = 'consumption' AND NEW.job_id IS NOT NULL AND NEW.idempotency_key IS NOT NULL)
        OR (NEW.type = 'refund' AND NEW.job_id IS NULL)
        OR (NEW.type NOT IN ('consumption', 'refund') AND NEW.job_id IS NOT NULL) THEN
