@@ -705,7 +705,8 @@ def render_weight(res: dict[str, Any]) -> str:
     out = [
         WEIGHT_TITLE,
         "",
-        f"`python -m bench.billing --only weight` ({res['finished_at']}; the machine's"
+        ("The same run" if "alerts" in res else "`python -m bench.billing --only weight`")
+        + f" ({res['finished_at']}; the machine's"
         " load does not change these figures; random ids (the before column, the usage"
         " charges' deployments) move them by a few bytes from run to run).",
         "",
