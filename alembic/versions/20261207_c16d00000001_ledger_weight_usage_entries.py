@@ -61,6 +61,8 @@ def upgrade() -> None:
     op.drop_index(op.f("ix_usage_charges_user_id_period_start"), table_name="usage_charges")
     op.drop_constraint(op.f("uq_usage_charges_idempotency_key"), "usage_charges", type_="unique")
     op.alter_column("usage_charges", "idempotency_key", existing_type=sa.Text(), nullable=True)
+    # Time-ordered usage charge ids: its primary key grows at the right edge.
+    op.alter_column("usage_charges", "id", server_default=sa.text("uuidv7()"))
     before_insert = PGFunction(
         schema="public",
         signature="credit_tx_before_insert()",
@@ -108,6 +110,7 @@ def downgrade() -> None:
 
     op.replace_entity(before_insert)
     op.execute("ALTER INDEX pk_credit_transactions RESET (fillfactor)")
+    op.alter_column("usage_charges", "id", server_default=sa.text("gen_random_uuid()"))
     # Charges written since have no key and usage_charges refuses UPDATE (ML086): the
     # column stays nullable; the key's unique constraint (NULLs distinct) comes back.
     op.create_unique_constraint(

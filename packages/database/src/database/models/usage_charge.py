@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from database.base import Base, CreatedAtMixin, IDMixin
@@ -23,6 +23,12 @@ from database.models.enums import UsageSku, usage_sku
 
 class UsageCharge(IDMixin, CreatedAtMixin, Base):
     __tablename__ = "usage_charges"
+
+    # Time-ordered ids (uuidv7(), c16d00000001, issue 16's weight): charges are
+    # written in time order, so the primary key fills at its right edge.
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("uuidv7()"), sort_order=-100
+    )
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     deployment_id: Mapped[uuid.UUID | None]
