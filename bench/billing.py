@@ -21,8 +21,11 @@
 2. **Bytes per ledger entry**, by type (purchase, consumption, refund, adjustment,
    a metering usage charge, and the usage charge with its ``usage_charges`` row): the
    heap and every index of ``credit_transactions``, on ``n`` entries of one type at a
-   time written as the code writes them, with today's schema, with random job ids
-   (c16b00000001) and with the schema before c16b00000001.
+   time written as the code writes them, with today's schema (c16d00000001), as
+   c16c00000001 wrote them (descriptions, the usage key, the primary key at
+   fillfactor 90) and with the schema before c16b00000001. Alone, in about a minute:
+
+       uv run --group bench python -m bench.billing --only weight [--doc -]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
 TITLE = "## Billing: the alert trigger and the ledger's weight"
+WEIGHT_TITLE = "### Bytes per ledger entry, with its indexes (goal: at most 250)"
 
 ALERT_VARIANTS = ("trigger_off", "no_alerts", "alerts_armed", "spend_armed")
 ALERT_LABELS = {
@@ -103,6 +107,10 @@ NEW_INDEXES = (
     "uq_credit_transactions_stripe_payment_id",
 )
 KINDS = ("purchase", "consumption", "refund", "adjustment", "usage")
+#: Bytes per usage_charges row with its indexes under c16c00000001 (its text key and
+#: the key's unique index), measured by this bench before c16d00000001 (509 to 512
+#: over runs): the older columns' usage_charges share.
+C16C_USAGE_ROW = 511
 
 
 def _function_defs(db: BenchDatabase) -> dict[str, str]:
@@ -308,8 +316,33 @@ def _ordered_job_sql(expr: str) -> str:
 LATENESS = {"consumption": 16, "refund": 1024}
 
 
+#: What an entry of each type carries, as the code writes it now (c16d00000001): a
+#: purchase no description (derived from its package), a usage charge neither its key
+#: nor its description (its usage_charges row holds both). Before: STYLE_C16C.
+STYLE_NOW = {
+    "purchase": "NULL",
+    "usage_key": "NULL",
+    "usage_description": "NULL",
+}
+#: The same under c16c00000001: "purchase of <package>", the usage charge's key
+#: (``usage:<user>:<deployment>:<sku>:<start>:<end>``) and description.
+STYLE_C16C = {
+    "purchase": "'purchase of Starter pack'",
+    "usage_key": "'usage:' || {u} || ':' || {dep} || ':predicted_rows:' || g",
+    "usage_description": "'1200 predicted_rows of deployment ' || {dep}"
+    " || ', 2026-12-07T10:00:00+00:00 to 2026-12-07T11:00:00+00:00'",
+}
+
+
 def _fill(
-    db: BenchDatabase, kind: str, n: int, n_users: int, *, ids: str, jobs: str = "ordered"
+    db: BenchDatabase,
+    kind: str,
+    n: int,
+    n_users: int,
+    *,
+    ids: str,
+    jobs: str = "ordered",
+    style: dict[str, str] = STYLE_NOW,
 ) -> None:
     """``n`` entries of ``kind`` as the code writes them: users in turn, each entry
     dated apart (the trigger's clock_timestamp()), entry ids from ``ids``
@@ -318,11 +351,14 @@ def _fill(
     random (``"random"``, before c16c00000001)."""
     u = user_uuid_sql(f"1 + g % {n_users}")
     job = _ordered_job_sql("g") if jobs == "ordered" else _job_uuid_sql("g")
+    dep = _job_uuid_sql("g")
+    key = style["usage_key"].format(u=u, dep=dep)
+    description = style["usage_description"].format(u=u, dep=dep)
     values = {
         "purchase": (
             "user_id, type, amount, balance_after, package_id, stripe_payment_id, description",
             f"{u}, 'purchase', 100, 100, (SELECT id FROM credit_packages LIMIT 1),"
-            " 'pi_3Qbench' || lpad(g::text, 14, '0'), 'purchase of Starter pack'",
+            f" 'pi_3Qbench' || lpad(g::text, 14, '0'), {style['purchase']}",
         ),
         "consumption": (
             "user_id, type, amount, balance_after, job_id",
@@ -337,13 +373,10 @@ def _fill(
             f"{u}, 'adjustment', 5, 105, 'ops', 'goodwill'",
         ),
         # A metering charge (database.metering.charge_usage): one per deployment, sku
-        # and hour, with its idempotency key and description.
+        # and hour (its key and description only in the c16c style).
         "usage": (
             "user_id, type, amount, balance_after, idempotency_key, description",
-            f"{u}, 'consumption', -3, 97, 'usage:' || {u} || ':' || {_job_uuid_sql('g')}"
-            f" || ':predicted_rows:' || g, '1200 predicted_rows of deployment '"
-            f" || {_job_uuid_sql('g')}"
-            " || ', 2026-12-07T10:00:00+00:00 to 2026-12-07T11:00:00+00:00'",
+            f"{u}, 'consumption', -3, 97, {key}, {description}",
         ),
     }[kind]
     cols, exprs = values
@@ -372,17 +405,17 @@ SELECT coalesce(sum(CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid)
 
 def _usage_charge_bytes(db: BenchDatabase, n: int, n_users: int) -> float:
     """Bytes per usage_charges row (heap and indexes), the row metering writes beside
-    each usage ledger entry (same key, the entry's id), measured on ``n`` rows."""
+    each usage ledger entry (naming it; no key since c16d00000001: its unique
+    ``(user_id, period_start, deployment_id, sku)`` is), measured on ``n`` rows."""
     u = user_uuid_sql(f"1 + g % {n_users}")
     dep = _job_uuid_sql("g")
     db.script(
         f"{db.truncate_sql('usage_charges')}\n"
         "ALTER TABLE usage_charges DISABLE TRIGGER USER;\n"
         "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
-        " quantity, amount_micro, credits, ledger_entry_id, idempotency_key, created_at)"
+        " quantity, amount_micro, credits, ledger_entry_id, created_at)"
         f" SELECT {u}, {dep}, 'predicted_rows', '2026-12-07T10:00:00Z'::timestamptz,"
-        " '2026-12-07T11:00:00Z'::timestamptz, 1200, 3000000, 3, uuidv7(),"
-        f" 'usage:' || {u} || ':' || {dep} || ':predicted_rows:' || g, clock_timestamp()"
+        " '2026-12-07T11:00:00Z'::timestamptz, 1200, 3000000, 3, uuidv7(), clock_timestamp()"
         f" FROM generate_series(1, {n}) AS g;\n"
         "ALTER TABLE usage_charges ENABLE TRIGGER USER;\n"
         "VACUUM ANALYZE usage_charges;\n"
@@ -425,31 +458,35 @@ def ledger_weight(
     for kind in KINDS:
         _fill(db, kind, n, n_users, ids="default")
         now = {name: int(size) for name, size in db.sql(_SIZES)}
-        random_jobs = now
-        if kind in LATENESS:
-            _fill(db, kind, n, n_users, ids="default", jobs="random")
-            random_jobs = {name: int(size) for name, size in db.sql(_SIZES)}
+        # c16c00000001: the primary key at the default fillfactor (90), purchases and
+        # usage charges with their description (and the usage charge's key).
+        db.script("ALTER INDEX pk_credit_transactions RESET (fillfactor);")
+        _fill(db, kind, n, n_users, ids="default", style=STYLE_C16C)
+        c16c = {name: int(size) for name, size in db.sql(_SIZES)}
         for statement in OLD_INDEXES.values():
             db.script(statement + ";")
-        _fill(db, kind, n, n_users, ids="gen_random_uuid()", jobs="random")
+        _fill(db, kind, n, n_users, ids="gen_random_uuid()", jobs="random", style=STYLE_C16C)
         old = {name: int(size) for name, size in db.sql(_SIZES)}
-        db.script("DROP INDEX " + ", ".join(OLD_INDEXES) + ";")
+        db.script(
+            "DROP INDEX " + ", ".join(OLD_INDEXES) + ";\n"
+            "ALTER INDEX pk_credit_transactions SET (fillfactor = 100);"
+        )
         before = {k: v for k, v in old.items() if k not in NEW_INDEXES}
         now_total, before_total = sum(now.values()), sum(before.values())
         out[kind] = {
             "entries": n,
             "relations": {k: round(v / n, 1) for k, v in sorted(now.items())},
-            "relations_random_jobs": {k: round(v / n, 1) for k, v in sorted(random_jobs.items())},
+            "relations_c16c": {k: round(v / n, 1) for k, v in sorted(c16c.items())},
             "relations_before": {k: round(v / n, 1) for k, v in sorted(before.items())},
             "bytes_per_entry": round(now_total / n, 1),
-            "bytes_per_entry_random_jobs": round(sum(random_jobs.values()) / n, 1),
+            "bytes_per_entry_c16c": round(sum(c16c.values()) / n, 1),
             "bytes_per_entry_before": round(before_total / n, 1),
         }
         if kind == "usage":
             out[kind]["usage_charge_row"] = round(_usage_charge_bytes(db, n, n_users), 1)
         log(
             f"  weight {kind:11s} {now_total / n:6.1f} bytes/entry"
-            f" (random job ids: {sum(random_jobs.values()) / n:6.1f};"
+            f" (c16c00000001: {sum(c16c.values()) / n:6.1f};"
             f" before c16b00000001: {before_total / n:6.1f})"
             + (
                 f"; + its usage_charges row {out[kind]['usage_charge_row']:.1f}"
@@ -651,42 +688,65 @@ def render_section(res: dict[str, Any]) -> str:
         + ". "
         + _verdict(res.get("alerts_cpu", []), summary),
         "",
-        "### Bytes per ledger entry, with its indexes (goal: at most 250)",
+        render_weight(res),
+    ]
+    return "\n".join(out)
+
+
+def render_weight(res: dict[str, Any]) -> str:
+    """The bytes-per-entry subsection (``--only weight`` rewrites just this one)."""
+    out = [
+        WEIGHT_TITLE,
         "",
-        "| entry | now (c16c00000001) | random job ids (c16b00000001) | before c16b00000001 |",
+        ("The same run" if "alerts" in res else "`python -m bench.billing --only weight`")
+        + f" ({res['finished_at']}; the machine's"
+        " load does not change these figures; random ids (the before column, the usage"
+        " charges' deployments) move them by a few bytes from run to run).",
+        "",
+        "| entry | now (c16d00000001) | c16c00000001 | before c16b00000001 |",
         "| --- | ---: | ---: | ---: |",
     ]
     weights = res["weight"]
     for kind, w in weights.items():
         out.append(
             f"| {kind} | {w['bytes_per_entry']:.0f}"
-            f" | {w.get('bytes_per_entry_random_jobs', w['bytes_per_entry']):.0f}"
+            f" | {w.get('bytes_per_entry_c16c', w['bytes_per_entry']):.0f}"
             f" | {w['bytes_per_entry_before']:.0f} |"
         )
     usage = weights.get("usage", {})
     if "usage_charge_row" in usage:
+        row = usage["usage_charge_row"]
         out.append(
             "| usage + its `usage_charges` row"
-            f" | {usage['bytes_per_entry'] + usage['usage_charge_row']:.0f} | | |"
+            f" | {usage['bytes_per_entry'] + row:.0f}"
+            f" | {usage.get('bytes_per_entry_c16c', usage['bytes_per_entry']) + C16C_USAGE_ROW:.0f}"
+            f" | {usage['bytes_per_entry_before'] + C16C_USAGE_ROW:.0f} |"
         )
     over = [k for k, w in weights.items() if w["bytes_per_entry"] > 250]
     n = next(iter(weights.values()))["entries"]
     out += [
         "",
-        f"Goal: {'met for every type' if not over else 'MISSED for ' + ', '.join(over)}."
-        f" Each type measured on its own ({n:,} entries over {res['users']:,} users):"
+        "Goal (the ledger entry): "
+        + ("met for every type" if not over else "MISSED for " + ", ".join(over))
+        + f". Each type measured on its own ({n:,} entries over {res['users']:,} users):"
         " heap + every index of `credit_transactions`, written as the code writes them"
-        " (users in turn, every entry dated apart; a usage charge with metering's key and"
-        " description), then VACUUMed. Job ids now are time-ordered (`uuidv7()`, jobs.id's"
-        " default since c16c00000001) and arrive a little out of order: a charge up to"
-        f" {LATENESS['consumption']} jobs late (it is written when its job is enqueued;"
-        f" concurrent enqueues interleave), a refund up to {LATENESS['refund']} (when the"
-        " job failed). Random job ids = the same with `gen_random_uuid()` job ids."
-        " Before c16b: random entry ids, three job indexes and the Stripe id's full unique"
-        " constraint. The usage row of the table counts only the ledger entry (as every"
-        " row above); metering also writes a `usage_charges` row per charge (same key,"
-        " the entry's id), counted in the row below it. Per relation now (bytes per"
-        " entry):",
+        " (users in turn, every entry dated apart), then VACUUMed. Now (c16d00000001): a"
+        " usage charge's entry carries neither a key nor a description (its"
+        " `usage_charges` row names it; the description is derived from that row), its"
+        " `usage_charges` row no text key (its unique `(user_id, period_start,"
+        " deployment_id, sku)` is the key) and a time-ordered id (`uuidv7()`), a purchase"
+        " no description (derived from its"
+        " package), and the primary key fills its pages (fillfactor 100). c16c00000001:"
+        " the same entries with the key and the descriptions, the primary key at 90."
+        " Job ids are time-ordered (`uuidv7()`) and arrive a little out of order: a charge"
+        f" up to {LATENESS['consumption']} jobs late (it is written when its job is"
+        f" enqueued; concurrent enqueues interleave), a refund up to {LATENESS['refund']}"
+        " (when the job failed). Before c16b: random entry and job ids, three job indexes"
+        " and the Stripe id's full unique constraint. The usage row counts only the"
+        " ledger entry (as every row above); metering also writes a `usage_charges` row"
+        " per charge, counted in the row below it (in the older columns with"
+        f" c16c00000001's row, {C16C_USAGE_ROW} bytes, measured before c16d00000001)."
+        " Per relation now (bytes per entry):",
         "",
     ]
     for kind, w in weights.items():
@@ -695,6 +755,17 @@ def render_section(res: dict[str, Any]) -> str:
     if "usage_charge_row" in usage:
         out.append(f"- a `usage_charges` row with its indexes: {usage['usage_charge_row']:.0f}")
     return "\n".join(out)
+
+
+def write_weight(doc: Path, section: str) -> None:
+    """Replace the weight subsection of ``doc`` (to the next heading of its level or above)."""
+    text = doc.read_text()
+    if WEIGHT_TITLE not in text:
+        raise SystemExit(f"{doc}: no {WEIGHT_TITLE!r} to replace (run the whole bench once)")
+    start = text.index(WEIGHT_TITLE)
+    ends = [i for i in (text.find("\n## ", start + 1), text.find("\n### ", start + 1)) if i != -1]
+    end = min(ends) if ends else len(text)
+    doc.write_text(text[:start] + section + ("\n" + text[end:] if ends else "\n"))
 
 
 def write_section(doc: Path, section: str) -> None:
@@ -721,6 +792,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entries", type=int, default=None, help="entries per type (weight)")
     p.add_argument("--doc", default=None, help="report path ('-' for none)")
     p.add_argument("--render", default=None, help="re-render a results JSON, run nothing")
+    p.add_argument(
+        "--only",
+        choices=("all", "weight"),
+        default="all",
+        help="weight: bytes per entry alone (about a minute; rewrites only its subsection)",
+    )
     a = p.parse_args(argv)
     if a.render:
         section = render_section(json.loads(Path(a.render).read_text()))
@@ -744,6 +821,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         create_users(db, a.users)
         weight = ledger_weight(db, n=entries, n_users=a.users, log=log)
+        if a.only == "weight":
+            res = {
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "users": a.users,
+                "weight": weight,
+            }
+            section = render_weight(res)
+            print(section)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            (RESULTS / f"billing-weight-{stamp}.json").write_text(json.dumps(res, indent=2))
+            doc = None if a.doc == "-" else Path(a.doc) if a.doc else (None if a.quick else DOC)
+            if doc is not None:
+                write_weight(doc, section)
+                log(f"report: {doc}")
+            return 0
         alerts_cpu = alert_cpu(
             db, n_users=a.users, charges=1000 if a.quick else 3000, reps=3 * reps, log=log
         )

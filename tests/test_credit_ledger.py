@@ -225,7 +225,14 @@ def test_amount_sign_per_type(db: Ledger, session: Session, subtests: Any) -> No
 # (type, amount, columns from a context of ids, the check constraint that refuses it);
 # the user has plenty of credits, so only the check can refuse.
 SHAPE_CASES: dict[str, tuple[str, int, Any, str]] = {
-    "consumption_without_job": ("consumption", -5, lambda c: {}, "job_only_for_charges"),
+    # A jobless consumption is a usage charge (c16d00000001: its usage_charges row is
+    # checked at commit, tests/test_ledger_weight.py); a job's charge carries no key.
+    "consumption_with_job_and_key": (
+        "consumption",
+        -5,
+        lambda c: {"job_id": c["fresh"], "idempotency_key": "usage:x"},
+        "job_only_for_charges",
+    ),
     "purchase_with_job": ("purchase", 5, lambda c: {"job_id": c["fresh"]}, "job_only_for_charges"),
     "adjustment_with_job": (
         "adjustment",
@@ -343,9 +350,10 @@ PRECEDENCE_CASES: dict[str, tuple[Any, type[errors.DatabaseError]]] = {
         lambda db, u: db.purchase(u, -5),
         errors.InvalidCreditAmount,
     ),
-    "consumption_without_job_at_zero_balance": (
+    # A usage charge (no job) the balance cannot pay: the balance rule, before commit.
+    "usage_charge_at_zero_balance": (
         lambda db, u: db.charge(u, None, 5),
-        errors.InvalidValue,
+        errors.InsufficientCredits,
     ),
     "refund_without_job": (lambda db, u: db.refund(u, None, 5), errors.InvalidValue),
     "null_amount": (lambda db, u: db.insert(u, "purchase", None), errors.MissingValue),

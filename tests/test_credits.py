@@ -82,9 +82,11 @@ def test_purchase_credits_the_package(sql, session):
     tx = credits.purchase(session, user_id, package_id, "pi_1")
     assert (tx.type, tx.amount, tx.balance_after) == (TransactionType.PURCHASE, 250, 250)
     assert tx.package_id == package_id and tx.stripe_payment_id == "pi_1"
-    assert tx.description == "purchase of Starter"
+    assert tx.description is None  # derived for display (c16d00000001: not stored)
     assert balance(sql, user_id) == 250
     assert not session.in_transaction()  # its own transaction, committed
+    assert credits.describe(session, [tx]) == {tx.id: "purchase of Starter"}
+    session.rollback()
     # A retry with the same payment reference returns the first entry.
     again = credits.purchase(session, user_id, package_id, "pi_1")
     assert again.id == tx.id and again.balance_after == 250

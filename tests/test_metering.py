@@ -582,14 +582,40 @@ def test_aggregation_is_idempotent_under_retries_and_concurrency(sql, engine, se
         )
         == 2
     )
-    # The ledger refuses a second entry with a charge's key, whoever writes it.
-    key = scalar(sql, "SELECT idempotency_key FROM usage_charges LIMIT 1")
+    # The ledger entries carry neither key nor description (c16d00000001): both are
+    # the usage charges' (the key unique there), the description derived for display.
+    assert sql(
+        "SELECT count(*) FROM credit_transactions WHERE job_id IS NULL"
+        " AND type = 'consumption' AND (idempotency_key IS NOT NULL OR description IS NOT NULL)"
+    ) == [(0,)]
+    # A ledger charge of usage without its usage charge is refused at commit, whoever
+    # writes it, and a second usage charge with a charge's key by its unique index.
+    with pytest.raises(errors.UsageChargeUnaccounted):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount)"
+            " VALUES (:u, 'consumption', -1)",
+            u=user,
+        )
+    # No key is written since c16d00000001: (user, period start, deployment, sku) is
+    # unique instead, a NULL deployment one value.
+    assert sql("SELECT count(*) FROM usage_charges WHERE idempotency_key IS NOT NULL") == [(0,)]
+    # A second charge of a period is refused, a NULL deployment being one value.
     with pytest.raises(errors.AlreadyExists):
         sql(
-            "INSERT INTO credit_transactions (user_id, type, amount, idempotency_key)"
-            " VALUES (:u, 'consumption', -1, :k)",
+            "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start,"
+            " period_end, quantity, amount_micro, credits)"
+            " SELECT user_id, deployment_id, sku, period_start,"
+            " period_end + interval '1 second', 1, 0, 0"
+            " FROM usage_charges WHERE user_id = :u LIMIT 1",
             u=user,
-            k=key,
+        )
+    with pytest.raises(errors.AlreadyExists):
+        sql(
+            "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start,"
+            " period_end, quantity, amount_micro, credits)"
+            " VALUES (:u, NULL, 'predicted_rows', '2026-01-01', '2026-01-02', 1, 0, 0),"
+            " (:u, NULL, 'predicted_rows', '2026-01-01', '2026-01-03', 1, 0, 0)",
+            u=user,
         )
     usage_ok(engine)
 
@@ -612,14 +638,25 @@ def test_usage_a_user_can_no_longer_pay_is_left_uncharged(sql, engine):
     usage_ok(engine)
 
 
-def test_a_consumption_names_a_job_or_carries_a_key(sql, engine):
+def test_a_consumption_names_a_job_or_is_a_usage_charges(sql, engine):
+    """Since c16d00000001 a charge of usage carries no key in the ledger: a jobless
+    consumption is accounted for by its usage_charges row at commit (ML094,
+    tests/test_ledger_weight.py), and a job's charge never carries a key."""
     user = make_user(sql)
     fund(engine, user, 5)
-    with pytest.raises(errors.InvalidValue):
+    job = make_job(sql, user_id=user)
+    with pytest.raises(errors.UsageChargeUnaccounted):
         sql(
             "INSERT INTO credit_transactions (user_id, type, amount)"
             " VALUES (:u, 'consumption', -1)",
             u=user,
+        )
+    with pytest.raises(errors.InvalidValue):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount, job_id, idempotency_key)"
+            " VALUES (:u, 'consumption', -1, :j, 'usage:x')",
+            u=user,
+            j=job,
         )
     with engine.begin() as conn:  # the declarative check too, with the trigger off
         conn.execute(
@@ -628,10 +665,11 @@ def test_a_consumption_names_a_job_or_carries_a_key(sql, engine):
         with pytest.raises(errors.InvalidValue):
             conn.execute(
                 text(
-                    "INSERT INTO credit_transactions (user_id, type, amount, balance_after)"
-                    " VALUES (:u, 'consumption', -1, 0)"
+                    "INSERT INTO credit_transactions"
+                    " (user_id, type, amount, balance_after, job_id, idempotency_key)"
+                    " VALUES (:u, 'consumption', -1, 0, :j, 'usage:x')"
                 ),
-                {"u": user},
+                {"u": user, "j": job},
             )
 
 
@@ -763,11 +801,17 @@ def _flow(sql: Any, engine: Engine) -> uuid.UUID:
 
 def test_verify_reports_a_ledger_charge_no_usage_accounts_for(sql, engine):
     user = _flow(sql, engine)
-    sql(
-        "INSERT INTO credit_transactions (user_id, type, amount, idempotency_key)"
-        " VALUES (:u, 'consumption', -2, 'usage:forged')",
-        u=user,
-    )
+    # The database refuses one at commit since c16d00000001 (ML094); one written past
+    # the triggers (a superuser's replica role) is still reported.
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text(
+                "INSERT INTO credit_transactions (user_id, type, amount, balance_after)"
+                " VALUES (:u, 'consumption', -2, 0)"
+            ),
+            {"u": user},
+        )
     report = verify(engine)
     assert not report.ok and any("no usage charge accounts for" in p for _, p in report.usage)
 
@@ -776,8 +820,9 @@ def test_verify_reports_usage_charged_twice(sql, engine):
     user = _flow(sql, engine)
     sql(
         "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
-        " quantity, amount_micro, credits, idempotency_key)"
-        " SELECT user_id, deployment_id, sku, period_start, period_end, quantity, 0, 0, 'again'"
+        " quantity, amount_micro, credits)"
+        " SELECT user_id, deployment_id, sku, period_start + interval '1 microsecond',"
+        " period_end, quantity, 0, 0"
         " FROM usage_charges WHERE user_id = :u LIMIT 1",
         u=user,
     )

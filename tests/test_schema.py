@@ -387,8 +387,13 @@ def test_primary_keys_are_uuid_with_gen_random_uuid(catalog: Engine) -> None:
 # Keys given in time order (uuidv7): the ledger's entries are appended in time order,
 # so its primary key's b-tree fills at the right edge (issue 16, the ledger's weight);
 # a job is charged as it is enqueued, so with time-ordered job ids the ledger's job
-# index fills at its right edge too (c16c00000001).
-TIME_ORDERED_KEYS = {"credit_transactions": "uuidv7()", "jobs": "uuidv7()"}
+# index fills at its right edge too (c16c00000001); a usage charge is written beside
+# its ledger entry, in time order (c16d00000001).
+TIME_ORDERED_KEYS = {
+    "credit_transactions": "uuidv7()",
+    "jobs": "uuidv7()",
+    "usage_charges": "uuidv7()",
+}
 
 
 # The exception, by design: a job's log lines are keyed (job_id, seq). That one index

@@ -12,6 +12,11 @@
 --     on the id, as one id could be sent for two users), with the unique index's
 --     name or ML002: the indexes alone would let INSERT ... ON CONFLICT DO NOTHING
 --     skip a row after its balance had moved;
+--   * a charge of usage (a consumption naming no job) is accounted for by the
+--     usage_charges row naming it (ledger_entry_id, its user, its credits), written in
+--     the same transaction: checked at commit      -> ML094 usage_charge_unaccounted
+--     (issue 16: the row carries neither a key nor a description; usage_charges is
+--     unique per user, period start, deployment and sku, and describes the entry);
 --   * an entry is dated when it is applied (clock_timestamp() under the row lock),
 --     so the latest entry by created_at is the one that holds the balance.
 --   * an entry that crosses one of its user's next alert thresholds (users.alert_*,
@@ -46,9 +51,11 @@ BEGIN
         RAISE EXCEPTION 'a % of % credits has the wrong sign', NEW.type, NEW.amount
             USING ERRCODE = 'check_violation', CONSTRAINT = 'ck_credit_transactions_amount_sign';
     END IF;
-    -- A consumption charges a job, or usage (database.metering: no job, an
-    -- idempotency key per deployment and period).
-    IF (NEW.type = 'consumption' AND (NEW.job_id IS NULL) = (NEW.idempotency_key IS NULL))
+    -- A consumption charges a job, or usage (database.metering: no job; its
+    -- usage_charges row, written in the same transaction, is unique per user,
+    -- period, deployment and sku and holds what was used: credit_tx_usage_accounted
+    -- checks it at commit, ML094).
+    IF (NEW.type = 'consumption' AND NEW.job_id IS NOT NULL AND NEW.idempotency_key IS NOT NULL)
        OR (NEW.type = 'refund' AND NEW.job_id IS NULL)
        OR (NEW.type NOT IN ('consumption', 'refund') AND NEW.job_id IS NOT NULL) THEN
         RAISE EXCEPTION 'a % % a job', NEW.type,
@@ -211,6 +218,28 @@ BEGIN
 END;
 $$;
 
+-- A charge of usage is accounted for by its usage_charges row (database.metering
+-- writes both in one transaction), checked at commit: deferred, and queued only for
+-- the entries it concerns (the WHEN clause), so no other entry pays for it.
+CREATE OR REPLACE FUNCTION public.credit_tx_usage_accounted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.usage_charges AS c
+                    WHERE c.ledger_entry_id = NEW.id AND c.user_id = NEW.user_id
+                      AND c.credits = -NEW.amount) THEN
+        RAISE EXCEPTION 'ledger entry % charges % credits of usage that no usage charge accounts for',
+            NEW.id, -NEW.amount
+            USING ERRCODE = 'ML094',
+                  HINT = 'charge usage with database.metering.charge_usage: it writes the usage_charges row naming the entry';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
 CREATE TRIGGER credit_tx_before_insert
 BEFORE INSERT ON credit_transactions
 FOR EACH ROW EXECUTE FUNCTION public.credit_tx_before_insert();
@@ -222,3 +251,10 @@ FOR EACH ROW EXECUTE FUNCTION public.credit_tx_immutable();
 CREATE TRIGGER credit_tx_no_truncate
 BEFORE TRUNCATE ON credit_transactions
 FOR EACH STATEMENT EXECUTE FUNCTION public.credit_tx_immutable();
+
+CREATE CONSTRAINT TRIGGER credit_tx_usage_accounted
+AFTER INSERT ON credit_transactions
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW
+WHEN (NEW.type = 'consumption' AND NEW.job_id IS NULL)
+EXECUTE FUNCTION public.credit_tx_usage_accounted();

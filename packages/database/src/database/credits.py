@@ -43,11 +43,18 @@ from sqlalchemy.orm.util import identity_key
 
 from database import errors, locks
 from database._tx import atomic
-from database.models import CreditPackage, CreditTransaction, Job, TransactionType, User
+from database.models import (
+    CreditPackage,
+    CreditTransaction,
+    Job,
+    TransactionType,
+    UsageCharge,
+    User,
+)
 
 T = TypeVar("T")
 
-__all__ = ["adjust", "charge_job", "lock_users", "purchase", "refund_job"]
+__all__ = ["adjust", "charge_job", "describe", "lock_users", "purchase", "refund_job"]
 
 
 def _id(obj: object) -> uuid.UUID:
@@ -183,7 +190,9 @@ def purchase(
                 amount=row.credits,
                 package_id=package_id,
                 stripe_payment_id=ref,
-                description=description or f"purchase of {row.name}",
+                # No description unless the caller gives one: "purchase of <package>"
+                # is derived for display (describe), 25 bytes less an entry (issue 16).
+                description=description,
             ),
         )
 
@@ -192,6 +201,50 @@ def purchase(
         return same_request(existing) if existing is not None else None
 
     return _run(session, operation, recover, (errors.DuplicatePayment,))
+
+
+def describe(session: Session, entries: Iterable[CreditTransaction]) -> dict[uuid.UUID, str | None]:
+    """What each entry was for, for display: its own description, else the one its
+    type implies. Since c16d00000001 (issue 16, the ledger's weight) a purchase stores
+    none unless its caller gave one (``purchase of <package>``, from the package) and a
+    charge of usage never does (``<quantity> <sku> of deployment <id>, <start> to
+    <end>``, from the ``usage_charges`` row naming the entry, as metering wrote it
+    before). Two queries at most, whatever the number of entries."""
+    entries = list(entries)
+    out: dict[uuid.UUID, str | None] = {e.id: e.description for e in entries}
+    packages = {e.package_id for e in entries if e.description is None and e.package_id}
+    usage = [
+        e.id
+        for e in entries
+        if e.description is None and e.type == TransactionType.CONSUMPTION and e.job_id is None
+    ]
+    names: dict[uuid.UUID, str] = {}
+    if packages:
+        names = {
+            package_id: name
+            for package_id, name in session.execute(
+                select(CreditPackage.id, CreditPackage.name).where(CreditPackage.id.in_(packages))
+            )
+        }
+    charges: dict[uuid.UUID | None, UsageCharge] = {}
+    if usage:
+        charges = {
+            c.ledger_entry_id: c
+            for c in session.execute(
+                select(UsageCharge).where(UsageCharge.ledger_entry_id.in_(usage))
+            ).scalars()
+        }
+    for e in entries:
+        if out[e.id] is not None:
+            continue
+        if e.package_id in names:
+            out[e.id] = f"purchase of {names[e.package_id]}"
+        elif (c := charges.get(e.id)) is not None:
+            out[e.id] = (
+                f"{c.quantity} {c.sku} of deployment {c.deployment_id or '-'},"
+                f" {c.period_start.isoformat()} to {c.period_end.isoformat()}"
+            )
+    return out
 
 
 # --- charges and refunds ---------------------------------------------------------------

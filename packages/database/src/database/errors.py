@@ -557,6 +557,12 @@ class NoPriceBook(RuleViolation):
     """No price book in force for the tier, or it has no item for an sku (ML093)."""
 
 
+class UsageChargeUnaccounted(RuleViolation):
+    """A charge of usage in the ledger (a consumption naming no job) that no
+    ``usage_charges`` row accounts for at commit (ML094): usage is charged by
+    ``database.metering.charge_usage``, which writes both."""
+
+
 class PriceBookOverlap(ConstraintViolation):
     """Two price books of one tier whose spans overlap (23P01, the exclusion
     constraint of the tier)."""
@@ -601,6 +607,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML091": PriceBookImmutable,
     "ML092": JobPriceImmutable,
     "ML093": NoPriceBook,
+    "ML094": UsageChargeUnaccounted,
     "23P01": PriceBookOverlap,
     "ML105": AuditAppendOnly,
     "ML106": InvalidAuditActor,

@@ -1032,16 +1032,15 @@ def _charge_user(
     for g in groups:
         owed = carry + int(g.amount)
         credits, carry = divmod(owed, MICRO)
-        key = charge_key(user_id, g.deployment_id, g.sku, start, cutoff)
         entry_id = None
         if credits:
+            # The entry carries neither a key nor a description (issue 16, the
+            # ledger's weight): the usage charge below names the entry
+            # (credit_tx_usage_accounted checks it at commit, ML094) and is unique
+            # per user, period, deployment and sku; database.credits.describe
+            # derives the description from it.
             entry = CreditTransaction(
-                user_id=user_id,
-                type=TransactionType.CONSUMPTION,
-                amount=-credits,
-                idempotency_key=key,
-                description=f"{g.quantity} {g.sku} of deployment {g.deployment_id or '-'},"
-                f" {start.isoformat()} to {cutoff.isoformat()}",
+                user_id=user_id, type=TransactionType.CONSUMPTION, amount=-credits
             )
             s.add(entry)
             s.flush()
@@ -1057,7 +1056,8 @@ def _charge_user(
                 amount_micro=int(g.amount),
                 credits=credits,
                 ledger_entry_id=entry_id,
-                idempotency_key=key,
+                # No key (c16d00000001): the row's unique (user, start, deployment,
+                # sku) is it (charge_key renders it).
             )
         )
         total += credits
@@ -1300,7 +1300,7 @@ _VERIFY = [
       LEFT JOIN public.credit_transactions AS t ON t.id = c.ledger_entry_id
      WHERE c.ledger_entry_id IS NOT NULL AND {ids_c}
        AND (t.id IS NULL OR t.user_id <> c.user_id OR t.type <> 'consumption'
-            OR t.amount <> -c.credits OR t.idempotency_key IS DISTINCT FROM c.idempotency_key)
+            OR t.amount <> -c.credits OR t.idempotency_key <> c.idempotency_key)
     """,
     # Rounding: whole credits of the cost charged, the remainder carried.
     """

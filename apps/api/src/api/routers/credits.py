@@ -65,8 +65,14 @@ def list_transactions(
         limit=limit,
         cursor=cursor,
     )
+    # A purchase's and a usage charge's description are derived (issue 16's weight).
+    described = credits.describe(session, rows)
     return Page[TransactionOut](
-        items=[TransactionOut.model_validate(t) for t in rows], next_cursor=next_cursor
+        items=[
+            TransactionOut.model_validate(t).model_copy(update={"description": described[t.id]})
+            for t in rows
+        ],
+        next_cursor=next_cursor,
     )
 
 

@@ -105,9 +105,9 @@ def _credit(session: Session, obj: dict[str, Any]) -> None:
         raise _AlreadyCredited(f"payment {payment} was already credited (entry {credited.id})")
     # Not credited yet, or credited to another user or package: purchase refuses that
     # (PaymentReferenceConflict, recorded as failed).
-    entry = credits.purchase(
-        session, user_id, package_id, payment, description=f"Stripe checkout {obj.get('id')}"
-    )
+    # No description (issue 16, the ledger's weight): "purchase of <package>" is
+    # derived for display, and the session's id is the invoice row's, linked below.
+    entry = credits.purchase(session, user_id, package_id, payment)
     # The invoice (or the paid session) cached, linked to the entry it credited.
     billing.record_checkout(session, user_id, obj, entry.id)
 

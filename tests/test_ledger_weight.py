@@ -1,0 +1,295 @@
+"""The ledger's weight (issue 16, migration c16d00000001).
+
+A charge of usage (a consumption naming no job) carries neither the idempotency key
+nor the description in the ledger: its ``usage_charges`` row holds both (the key
+unique there) and must name the entry, its user and its credits at commit
+(``credit_tx_usage_accounted``, ML094, ``UsageChargeUnaccounted``), whoever writes it:
+raw SQL, the ORM, the apps' role. A purchase stores no description unless its caller
+gives one; ``credits.describe`` derives both for display. The primary key fills its
+pages to 100%.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from database import credits, errors, metering
+from database.grants import grant
+from database.models import CreditTransaction, TransactionType, UsageCharge, UsageSku
+
+from factories import make_credit_package, make_job, make_user, scalar
+
+UTC = dt.UTC
+START = dt.datetime(2026, 12, 7, 10, tzinfo=UTC)
+END = dt.datetime(2026, 12, 7, 11, tzinfo=UTC)
+DEPLOYMENT = uuid.UUID("00000000-0000-4000-8000-00000000d001")
+
+
+@pytest.fixture
+def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
+    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
+    name = f"app_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        grant(conn, name)
+    eng = errors.install(create_engine(db_url.set(username=name)))
+    yield eng
+    eng.dispose()
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP OWNED BY "{name}"'))
+        conn.execute(text(f'DROP ROLE "{name}"'))
+
+
+def _funded(sql: Any, engine: Engine, amount: int = 100) -> uuid.UUID:
+    user = make_user(sql)
+    with Session(engine) as s:
+        credits.adjust(s, user, amount, "test credits", "tests")
+    return user
+
+
+def _balance(sql: Any, user: uuid.UUID) -> int:
+    return int(scalar(sql, "SELECT credit_balance FROM users WHERE id = :u", u=user))
+
+
+ENTRY = (
+    "INSERT INTO credit_transactions (id, user_id, type, amount)"
+    " VALUES (:id, :u, 'consumption', :amount)"
+)
+CHARGE = (
+    "INSERT INTO usage_charges (user_id, deployment_id, sku, period_start, period_end,"
+    " quantity, amount_micro, credits, ledger_entry_id)"
+    " VALUES (:u, :d, 'predicted_rows', :start, :end, 1200, :micro, :credits, :id)"
+)
+
+
+def _charge_params(user: uuid.UUID, entry: uuid.UUID, credits_: int, hour: int) -> dict[str, Any]:
+    """A usage charge of ``hour`` hours after START (one charge per user, period start,
+    deployment and sku: usage_charges' unique key since c16d00000001)."""
+    return {
+        "u": user,
+        "d": DEPLOYMENT,
+        "start": START + dt.timedelta(hours=hour),
+        "end": END + dt.timedelta(hours=hour),
+        "micro": credits_ * 1_000_000,
+        "credits": credits_,
+        "id": entry,
+    }
+
+
+# --- the rule: a ledger charge of usage is a usage charge's ------------------------------
+def test_raw_sql_usage_entry_without_its_usage_charge_is_refused_at_commit(sql, engine):
+    user = _funded(sql, engine)
+    with pytest.raises(errors.UsageChargeUnaccounted) as info:
+        sql(ENTRY, id=uuid.uuid4(), u=user, amount=-3)
+    assert info.value.sqlstate == "ML094"
+    assert "no usage charge accounts for" in str(info.value)
+    assert _balance(sql, user) == 100  # the whole transaction rolled back
+    # Refused as soon as asked when the constraint is made immediate.
+    with engine.connect() as conn, conn.begin():
+        conn.execute(text("SET CONSTRAINTS credit_tx_usage_accounted IMMEDIATE"))
+        with pytest.raises(errors.UsageChargeUnaccounted):
+            conn.execute(text(ENTRY), {"id": uuid.uuid4(), "u": user, "amount": -3})
+
+
+def test_raw_sql_usage_entry_with_its_usage_charge_either_order(sql, engine):
+    user = _funded(sql, engine)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    with engine.begin() as conn:  # the entry first (metering's order)
+        conn.execute(text(ENTRY), {"id": first, "u": user, "amount": -3})
+        conn.execute(text(CHARGE), _charge_params(user, first, 3, 0))
+    with engine.begin() as conn:  # or the usage charge first: checked at commit
+        conn.execute(text(CHARGE), _charge_params(user, second, 2, 1))
+        conn.execute(text(ENTRY), {"id": second, "u": user, "amount": -2})
+    assert _balance(sql, user) == 95
+    assert sql(
+        "SELECT idempotency_key, description FROM credit_transactions WHERE id = ANY(:ids)",
+        ids=[first, second],
+    ) == [(None, None), (None, None)]
+
+
+@pytest.mark.parametrize("what", ["credits", "user", "entry"])
+def test_a_usage_charge_that_does_not_match_its_entry_is_refused(sql, engine, what):
+    user = _funded(sql, engine)
+    other = make_user(sql)
+    entry = uuid.uuid4()
+    params = _charge_params(user, entry, 3, 0)
+    if what == "credits":
+        params.update(credits=2, micro=2_000_000)
+    elif what == "user":
+        params.update(u=other)
+    else:
+        params.update(id=uuid.uuid4())
+    with pytest.raises(errors.UsageChargeUnaccounted), engine.begin() as conn:
+        conn.execute(text(ENTRY), {"id": entry, "u": user, "amount": -3})
+        conn.execute(text(CHARGE), params)
+    assert _balance(sql, user) == 100
+    assert scalar(sql, "SELECT count(*) FROM usage_charges WHERE user_id = :u", u=params["u"]) == 0
+
+
+def test_a_repeated_usage_charge_rolls_the_ledger_entry_back(sql, engine):
+    """What the key said, usage_charges' unique (user, period start, deployment, sku)
+    says in the entry's transaction."""
+    user = _funded(sql, engine)
+    entry = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text(ENTRY), {"id": entry, "u": user, "amount": -3})
+        conn.execute(text(CHARGE), _charge_params(user, entry, 3, 0))
+    again = uuid.uuid4()
+    with pytest.raises(errors.AlreadyExists), engine.begin() as conn:
+        conn.execute(text(ENTRY), {"id": again, "u": user, "amount": -3})
+        conn.execute(text(CHARGE), _charge_params(user, again, 3, 0))
+    assert _balance(sql, user) == 97
+    assert scalar(sql, "SELECT count(*) FROM credit_transactions WHERE id = :id", id=again) == 0
+
+
+def test_a_jobs_charge_never_carries_a_key(sql, engine):
+    user = _funded(sql, engine)
+    job = make_job(sql, user_id=user)
+    with pytest.raises(errors.InvalidValue):
+        sql(
+            "INSERT INTO credit_transactions (user_id, type, amount, job_id, idempotency_key)"
+            " VALUES (:u, 'consumption', -1, :j, 'usage:x')",
+            u=user,
+            j=job,
+        )
+    assert _balance(sql, user) == 100
+
+
+def test_orm_usage_entry_needs_its_usage_charge(sql, engine):
+    user = _funded(sql, engine)
+    with Session(engine) as s:
+        s.add(CreditTransaction(user_id=user, type=TransactionType.CONSUMPTION, amount=-4))
+        with pytest.raises(errors.UsageChargeUnaccounted):
+            s.commit()
+    with Session(engine) as s:
+        entry = CreditTransaction(user_id=user, type=TransactionType.CONSUMPTION, amount=-4)
+        s.add(entry)
+        s.flush()
+        s.add(
+            UsageCharge(
+                user_id=user,
+                deployment_id=DEPLOYMENT,
+                sku=UsageSku.PREDICTED_ROWS,
+                period_start=START,
+                period_end=END,
+                quantity=4000,
+                amount_micro=4_000_000,
+                credits=4,
+                ledger_entry_id=entry.id,
+            )
+        )
+        s.commit()
+        assert entry.balance_after == 96
+        assert credits.describe(s, [entry]) == {
+            entry.id: f"4000 predicted_rows of deployment {DEPLOYMENT},"
+            f" {START.isoformat()} to {END.isoformat()}"
+        }
+
+
+def test_apps_role_usage_entry_needs_its_usage_charge(sql, engine, app_engine):
+    user = _funded(sql, engine)
+    with pytest.raises(errors.UsageChargeUnaccounted), app_engine.begin() as conn:
+        conn.execute(text(ENTRY), {"id": uuid.uuid4(), "u": user, "amount": -3})
+    entry = uuid.uuid4()
+    with app_engine.begin() as conn:
+        conn.execute(text(ENTRY), {"id": entry, "u": user, "amount": -3})
+        conn.execute(text(CHARGE), _charge_params(user, entry, 3, 0))
+    assert _balance(sql, user) == 97
+    # The apps' role cannot switch the rule off (a superuser's replica role).
+    with pytest.raises(errors.PermissionDenied), app_engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+
+
+# --- metering writes it so ----------------------------------------------------------------
+def _use(engine: Engine, user: uuid.UUID, rows: int, deployment: uuid.UUID = DEPLOYMENT) -> None:
+    request_id = uuid.uuid4().hex
+    with Session(engine) as s:
+        metering.admit(
+            s, user_id=user, rows=rows, api_key_id=None, deployment_id=deployment,
+            request_id=request_id,
+        )  # fmt: skip
+    metering.record_request(
+        engine,
+        user_id=user,
+        rows=rows,
+        api_key_id=None,
+        deployment_id=deployment,
+        model_version_id=uuid.uuid4(),
+        latency_ms=3,
+        status="ok",
+        error_class=None,
+        request_id=request_id,
+    )
+
+
+def test_charge_usage_writes_slim_entries_described_from_usage_charges(sql, engine):
+    user = _funded(sql, engine)
+    _use(engine, user, 2500)
+    report = metering.charge_usage(engine, through=dt.datetime.now(UTC) + dt.timedelta(seconds=1))
+    assert report.credits == 2
+    with Session(engine) as s:
+        (entry,) = (
+            s.query(CreditTransaction)
+            .filter_by(user_id=user, job_id=None)
+            .filter(CreditTransaction.type == TransactionType.CONSUMPTION)
+        )
+        assert (entry.amount, entry.idempotency_key, entry.description) == (-2, None, None)
+        charge = s.query(UsageCharge).filter_by(ledger_entry_id=entry.id).one()
+        assert (charge.deployment_id, charge.idempotency_key) == (DEPLOYMENT, None)
+        described = credits.describe(s, [entry])[entry.id]
+        assert described is not None and described.startswith(
+            f"2500 predicted_rows of deployment {DEPLOYMENT}, "
+        )
+    from database.verify import verify
+
+    assert verify(engine).ok
+
+
+def test_concurrent_usage_charges_charge_once(sql, engine):
+    user = _funded(sql, engine)
+    _use(engine, user, 3000)
+    through = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
+    barrier = threading.Barrier(4)
+    reports: list[metering.ChargeReport] = []
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(metering.charge_usage(engine, user_id=user, through=through))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.credits for r in reports) == 3
+    assert _balance(sql, user) == 97
+    assert scalar(sql, "SELECT count(*) FROM usage_charges WHERE user_id = :u", u=user) == 1
+
+
+# --- purchases -----------------------------------------------------------------------------
+def test_purchase_description_is_derived_unless_given(sql, session):
+    user = make_user(sql)
+    package = make_credit_package(sql, credits=50, name="Starter")
+    plain = credits.purchase(session, user, package, "pi_weight_1")
+    given = credits.purchase(session, user, package, "pi_weight_2", description="a gift")
+    assert (plain.description, given.description) == (None, "a gift")
+    assert credits.describe(session, [plain, given]) == {
+        plain.id: "purchase of Starter",
+        given.id: "a gift",
+    }
+    assert credits.describe(session, []) == {}
+
+
+# --- the primary key's fill ----------------------------------------------------------------
+def test_the_ledgers_primary_key_fills_its_pages(sql):
+    assert sql(
+        "SELECT reloptions FROM pg_class WHERE oid = 'pk_credit_transactions'::regclass"
+    ) == [(["fillfactor=100"],)]
