@@ -758,7 +758,9 @@ def _swap_rounds(engine: Engine, sql, per_side: int, rounds: int) -> None:
         assert counts(sql, a)[0] == counts(sql, b)[0] == per_side
 
 
-@pytest.mark.parametrize("table", ["datasets", "workflows", "models", "dataset_versions", "batch_outputs"])
+@pytest.mark.parametrize(
+    "table", ["datasets", "workflows", "models", "dataset_versions", "batch_outputs"]
+)
 def test_truncate_of_a_counted_table_is_refused(sql, table):
     # TRUNCATE fires no DELETE trigger, so each table the users' counters or
     # storage_used_bytes follow refuses it (ML003); CASCADE, so that no foreign key
