@@ -1283,9 +1283,7 @@ class PackageOut(Model):
 
 
 class ReconciliationAdjustmentOut(Model):
-    """One value a reconciliation run's repair changed: the row, the column, before and
-    after, and why.
-    """
+    """One value a reconciliation run's repair changed: row, column, before, after, why."""
 
     user_id: UUID
     table_name: str
