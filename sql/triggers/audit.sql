@@ -16,6 +16,10 @@
 --         into the month partition it creates for them.
 --     Old months leave by DROP of whole partitions (DDL, the owner's: automl-db clean).
 --   * a redaction of a user who is not purged is refused   -> ML107 audit_redaction_refused
+--   * audit_record given a malformed action or entity type, or a detail that is not
+--     a JSON object of at most 4096 bytes                    -> ML108 invalid_audit_event
+--     (audit_events has no CHECK constraints: its writers are this file's functions,
+--     and each CHECK cost every audit row's INSERT; docs/performance.md)
 --
 -- The trigger functions are generic; the table-specific part is in TG_ARGV:
 --   audit_row_inserted(entity_type, key column, subject column, action, detail columns...)
@@ -46,17 +50,26 @@
 -- below, which the planner inlines into the INSERT (no PL/pgSQL call per row; the
 -- error function runs only for a malformed field).
 
+-- Field p_field (1-6) of automl.actor, NULL when empty or absent: of the setting split
+-- once into its fields (p_fields: string_to_array(setting, ' ')), the user agent the
+-- fields from the sixth on joined again (so its spaces are kept exactly).
+CREATE OR REPLACE FUNCTION public.audit_actor_field_of(p_fields text[], p_field integer)
+RETURNS text
+LANGUAGE sql
+STABLE
+AS $$
+SELECT NULLIF(CASE WHEN p_field < 6 THEN p_fields[p_field]
+                   ELSE array_to_string(p_fields[6:], ' ') END, '')
+$$;
+
 -- Field p_field (1-6) of automl.actor, NULL when empty or absent.
 CREATE OR REPLACE FUNCTION public.audit_actor_field(p_field integer)
 RETURNS text
 LANGUAGE sql
 STABLE
 AS $$
-SELECT NULLIF(CASE WHEN p_field < 6
-                   THEN split_part(current_setting('automl.actor', true), ' ', p_field)
-                   ELSE regexp_substr(current_setting('automl.actor', true),
-                                      '^[^ ]* [^ ]* [^ ]* [^ ]* [^ ]* (.*)$', 1, 1, '', 1)
-              END, '')
+SELECT public.audit_actor_field_of(string_to_array(current_setting('automl.actor', true), ' '),
+                                   p_field)
 $$;
 
 CREATE OR REPLACE FUNCTION public.audit_actor_invalid(p_field integer)
@@ -75,15 +88,35 @@ BEGIN
 END;
 $$;
 
+-- A field's value (p_value) as a UUID (an IP address), NULL when empty; ML106 naming
+-- field p_field when it is not one. The one place of the rule: the column defaults
+-- below and audit_row_inserted call these.
+CREATE OR REPLACE FUNCTION public.audit_actor_uuid_of(p_value text, p_field integer)
+RETURNS uuid
+LANGUAGE sql
+STABLE
+AS $$
+SELECT CASE WHEN p_value IS NULL THEN NULL
+            WHEN pg_input_is_valid(p_value, 'uuid') THEN p_value::uuid
+            ELSE public.audit_actor_invalid(p_field)::uuid END
+$$;
+
+CREATE OR REPLACE FUNCTION public.audit_actor_inet_of(p_value text, p_field integer)
+RETURNS inet
+LANGUAGE sql
+STABLE
+AS $$
+SELECT CASE WHEN p_value IS NULL THEN NULL
+            WHEN pg_input_is_valid(p_value, 'inet') THEN p_value::inet
+            ELSE public.audit_actor_invalid(p_field)::inet END
+$$;
+
 CREATE OR REPLACE FUNCTION public.audit_actor_uuid(p_field integer)
 RETURNS uuid
 LANGUAGE sql
 STABLE
 AS $$
-SELECT CASE WHEN public.audit_actor_field(p_field) IS NULL THEN NULL
-            WHEN pg_input_is_valid(public.audit_actor_field(p_field), 'uuid')
-            THEN public.audit_actor_field(p_field)::uuid
-            ELSE public.audit_actor_invalid(p_field)::uuid END
+SELECT public.audit_actor_uuid_of(public.audit_actor_field(p_field), p_field)
 $$;
 
 CREATE OR REPLACE FUNCTION public.audit_actor_inet(p_field integer)
@@ -91,10 +124,7 @@ RETURNS inet
 LANGUAGE sql
 STABLE
 AS $$
-SELECT CASE WHEN public.audit_actor_field(p_field) IS NULL THEN NULL
-            WHEN pg_input_is_valid(public.audit_actor_field(p_field), 'inet')
-            THEN public.audit_actor_field(p_field)::inet
-            ELSE public.audit_actor_invalid(p_field)::inet END
+SELECT public.audit_actor_inet_of(public.audit_actor_field(p_field), p_field)
 $$;
 
 CREATE OR REPLACE FUNCTION public.audit_events_immutable()
@@ -139,20 +169,52 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_row jsonb := to_jsonb(NEW);
-    v_detail jsonb := '{}'::jsonb;
+    v_detail jsonb;
     v_col text;
+    -- The setting split once (the column defaults split it once per column).
+    v_actor text[] := string_to_array(current_setting('automl.actor', true), ' ');
 BEGIN
     -- TG_ARGV: entity_type, key column, subject column, action, detail columns...
-    -- One row, no transition table: the key's creation, a sign-up, a grant.
-    FOREACH v_col IN ARRAY TG_ARGV[4:] LOOP
-        v_detail := v_detail || jsonb_build_object(v_col, v_row -> v_col);
-    END LOOP;
-    IF octet_length(v_detail::text) > 2000 THEN
+    -- One row, no transition table: the key's creation, a sign-up, a grant. The
+    -- hot path of a write (POST /v1/api-keys), so few statements: the detail in one
+    -- expression for up to four columns (every trigger below; a loop beyond), the
+    -- actor's columns given from the one split, the detail's size read without
+    -- printing it.
+    v_detail := CASE TG_NARGS
+        WHEN 4 THEN '{}'::jsonb
+        WHEN 5 THEN jsonb_build_object(TG_ARGV[4], v_row -> TG_ARGV[4])
+        WHEN 6 THEN jsonb_build_object(TG_ARGV[4], v_row -> TG_ARGV[4],
+                                       TG_ARGV[5], v_row -> TG_ARGV[5])
+        WHEN 7 THEN jsonb_build_object(TG_ARGV[4], v_row -> TG_ARGV[4],
+                                       TG_ARGV[5], v_row -> TG_ARGV[5],
+                                       TG_ARGV[6], v_row -> TG_ARGV[6])
+        WHEN 8 THEN jsonb_build_object(TG_ARGV[4], v_row -> TG_ARGV[4],
+                                       TG_ARGV[5], v_row -> TG_ARGV[5],
+                                       TG_ARGV[6], v_row -> TG_ARGV[6],
+                                       TG_ARGV[7], v_row -> TG_ARGV[7])
+        END;
+    IF v_detail IS NULL THEN
+        v_detail := '{}'::jsonb;
+        FOREACH v_col IN ARRAY TG_ARGV[4:] LOOP
+            v_detail := v_detail || jsonb_build_object(v_col, v_row -> v_col);
+        END LOOP;
+    END IF;
+    IF pg_column_size(v_detail) > 2000 THEN
         v_detail := jsonb_build_object('truncated', true);
     END IF;
-    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
+    -- The actor's columns as their defaults compute them (models/audit_event.py:
+    -- request_id at most 200 characters, user_agent 512).
+    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail,
+                                     actor_user_id, actor_api_key_id, actor_session_id,
+                                     request_id, client_ip, user_agent)
     VALUES (TG_ARGV[3], TG_ARGV[0], (v_row ->> TG_ARGV[1])::uuid, (v_row ->> TG_ARGV[2])::uuid,
-            v_detail);
+            v_detail,
+            public.audit_actor_uuid_of(public.audit_actor_field_of(v_actor, 1), 1),
+            public.audit_actor_uuid_of(public.audit_actor_field_of(v_actor, 2), 2),
+            public.audit_actor_uuid_of(public.audit_actor_field_of(v_actor, 3), 3),
+            left(public.audit_actor_field_of(v_actor, 4), 200),
+            public.audit_actor_inet_of(public.audit_actor_field_of(v_actor, 5), 5),
+            left(public.audit_actor_field_of(v_actor, 6), 512));
     RETURN NULL;
 END;
 $$;
@@ -220,7 +282,12 @@ $$;
 
 -- The API's own events (reads that matter: downloads). The apps' role may EXECUTE
 -- it (database/grants.py) but not INSERT into audit_events: the time and the
--- actor's columns are the database's.
+-- actor's columns are the database's. The shape of what it is given is checked
+-- here (ML108), the one writer taking free values: the triggers' actions and entity
+-- types are this file's constants (tests/test_audit.py checks them), their details
+-- objects they cap at 2000 bytes, and the actor's text columns are cut to their
+-- lengths where they are read; audit_events has no CHECK of its own to re-read each
+-- row (each costs the trigger's INSERT its parse and set-up, docs/performance.md).
 CREATE OR REPLACE FUNCTION public.audit_record(p_action text, p_entity_type text, p_entity_id uuid, p_outcome text, p_detail jsonb, p_subject_user_id uuid)
 RETURNS uuid
 LANGUAGE plpgsql
@@ -230,6 +297,23 @@ AS $$
 DECLARE
     v_id uuid;
 BEGIN
+    IF p_action IS NULL OR char_length(p_action) > 100
+       OR p_action !~ '^[a-z][a-z_]*(\.[a-z][a-z_]*)+$' THEN
+        RAISE EXCEPTION 'an audit event''s action is ''<entity>.<verb>'' in lower case (at most 100 characters), not %',
+                quote_nullable(left(p_action, 100))
+            USING ERRCODE = 'ML108', DETAIL = 'field=action';
+    END IF;
+    IF p_entity_type IS NULL OR char_length(p_entity_type) > 50
+       OR p_entity_type !~ '^[a-z][a-z_]*$' THEN
+        RAISE EXCEPTION 'an audit event''s entity type is a lower-case word (at most 50 characters), not %',
+                quote_nullable(left(p_entity_type, 50))
+            USING ERRCODE = 'ML108', DETAIL = 'field=entity_type';
+    END IF;
+    IF p_detail IS NOT NULL
+       AND (jsonb_typeof(p_detail) <> 'object' OR octet_length(p_detail::text) > 4096) THEN
+        RAISE EXCEPTION 'an audit event''s detail is a JSON object of at most 4096 bytes'
+            USING ERRCODE = 'ML108', DETAIL = 'field=detail';
+    END IF;
     INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, outcome, detail)
     VALUES (p_action, p_entity_type, p_entity_id, p_subject_user_id,
             coalesce(p_outcome, 'success')::public.audit_outcome, coalesce(p_detail, '{}'::jsonb))

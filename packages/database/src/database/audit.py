@@ -348,7 +348,8 @@ def record(
 ) -> uuid.UUID:
     """Write one event with the transaction's actor; its id. Part of the caller's
     transaction (commit it). A malformed action or entity type, or a detail over
-    4 KiB, is refused by the table's checks (``InvalidValue``)."""
+    4 KiB, is refused by ``audit_record`` (ML108: ``InvalidAuditEvent``, an
+    ``InvalidValue``)."""
     import json
 
     value = session.execute(

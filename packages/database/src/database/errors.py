@@ -340,6 +340,17 @@ class InvalidValue(ConstraintViolation):
     """A check constraint (23514)."""
 
 
+class InvalidAuditEvent(InvalidValue):
+    """``audit_record`` (``database.audit.record``) given a malformed action or
+    entity type, or a detail that is not a JSON object of at most 4 KiB (ML108): the
+    rule ``audit_events``' checks enforced before c17e00000001. ``field`` names it."""
+
+    @property
+    def field(self) -> str | None:
+        match = re.search(r"\bfield=(\w+)", self.detail or "")
+        return match.group(1) if match else None
+
+
 class MissingValue(ConstraintViolation):
     """A NOT NULL column left empty (23502)."""
 
@@ -612,6 +623,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML105": AuditAppendOnly,
     "ML106": InvalidAuditActor,
     "ML107": AuditRedactionRefused,
+    "ML108": InvalidAuditEvent,
     "ML115": TargetNotAColumn,
     "ML116": IgnoredColumnsInvalid,
     "ML117": RowResultsWriteOnce,

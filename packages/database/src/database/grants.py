@@ -140,6 +140,7 @@ OPERATOR_FUNCTIONS = (
     # the actor's user field it reads (sql/triggers/audit.sql).
     "public.identity_check_actor(uuid, text)",
     "public.audit_actor_field(integer)",
+    "public.audit_actor_field_of(text[], integer)",
 )
 #: What the apps' role may call: the actor check the users guard trigger runs as the
 #: statement's role, and an admin's two acts whose columns or rows that role may not
@@ -148,7 +149,10 @@ OPERATOR_FUNCTIONS = (
 #: the admission of a prediction (SECURITY DEFINER; sql/triggers/metering.sql).
 APP_FUNCTIONS = (
     "public.identity_check_actor(uuid, text)",
+    # audit_actor_field's body calls audit_actor_field_of: the planner inlines both
+    # only for a role that may EXECUTE each (and a call not inlined checks it too).
     "public.audit_actor_field(integer)",
+    "public.audit_actor_field_of(text[], integer)",
     "public.admin_set_tier(uuid, user_tier)",
     "public.admin_credit_adjust(uuid, integer, text, text)",
     "public.inference_requests_partition_for(timestamptz)",
