@@ -317,7 +317,8 @@ def server(
     return out
 
 
-#: What c17d00000001 changed: static, so that a rerun keeps it in the section.
+#: What c17d00000001 and c17e00000001 changed: static, so that a rerun keeps it in
+#: the section (c17e's breakdown was measured by hand, see its text).
 CHANGES = [
     "### What `c17d00000001` changed, and why the quiet run before it missed",
     "",
@@ -348,18 +349,69 @@ CHANGES = [
     " `set_config` in the lookup costs a few microseconds of the database and no round"
     " trip; naming it lazily would make every write path (raw SQL too) responsible for"
     " setting it first, for a gain the benchmarks cannot see.",
-    "- **What is left is the write's audit row.** Two runs on the shared machine after"
-    " this change: at 14:04 UTC (load 10-17) the paired cost was -2.8% for `GET /v1/me`"
-    " and +7.3% for `POST /v1/api-keys`; at 14:13 UTC (load 4 falling to 3, the table"
-    " above) -0.5% and +4.1% (the write's repetitions: +1.2% to +5.8%). Reads are free of"
-    " the audit now; the write meets the goal narrowly. The server-only rows put the audit"
-    " row at about 200 us of database CPU in both runs (a PL/pgSQL trigger call, an"
-    " insert routed into the month's partition, two index entries, five checks), and the"
-    " actor's `set_config` at nothing measurable. If a quiet rerun misses for the write,"
-    " the next candidates are that row's fixed work: routing (inserting into the month's"
-    " partition by name), the checks that re-read `detail` as text, and the trigger's"
-    " `SET search_path` (a server-side loop could not separate them from the noise on the"
-    " shared machine).",
+    "- **What was left was the write's audit row.** The quiet run after this change"
+    " (15:33 UTC) measured reads at +0.3% and the write at +5.6%: the row (a PL/pgSQL"
+    " trigger call, an insert routed into the month's partition, two index entries, five"
+    " checks) at about 110 us of server CPU of a 6.6 ms request. `c17e00000001` (below)"
+    " takes on that row.",
+    "",
+    "### What `c17e00000001` changed: the audit row's fixed work",
+    "",
+    "Measured first (2026-12-07 16:05-16:25 UTC, the shared machine at load 3.5-6.8, so"
+    " read the differences, not the levels): `EXPLAIN (ANALYZE)` of a key's INSERT, one"
+    " transaction each with the actor set, 1,000-2,000 of them per variant in interleaved"
+    " blocks of 50, the `api_keys_audit_insert` trigger's time as EXPLAIN reports it"
+    " (median), and `pg_stat_user_functions` with `track_functions = all`. Each variant"
+    " removes one piece of the row's work from the trigger of the time (median 130-180 us"
+    " in the runs; its INSERT alone without any trigger 90-140 us):",
+    "",
+    "| piece of the audit row | what removing it saved (trigger time, median) |",
+    "|---|---:|",
+    "| the five CHECK constraints of `audit_events` (a copy of the table without them) | 28 us |",
+    "| the actor's six column defaults (NULL instead) | 37 us (25-30 us after the"
+    " user agent's regular expression went) |",
+    "| of which: the UUID and IP checks (`pg_input_is_valid`) | about 15-20 us |",
+    "| building `detail` (4 columns in a loop; `'{}'` instead) | 16-23 us (one"
+    " expression instead of the loop: about 10 us) |",
+    "| the trigger's `SET search_path` | about 10 us |",
+    "| routing through the partitioned parent (the month's partition named instead) |"
+    " 0-9 us, within the noise |",
+    "| the call of an empty SECURITY DEFINER trigger | 8-13 us |",
+    "| what stays: the row's INSERT itself (heap, key and subject index entries, WAL) | 75-95 us |",
+    "",
+    "What changed (`sql/triggers/audit.sql`):",
+    "",
+    "- **No CHECK constraints on `audit_events`.** PostgreSQL sets up a table's"
+    " checks again for every statement that inserts into it (the stored expressions read"
+    " back and prepared), which cost more than the checks' own work. Their rules hold"
+    " where rows are made: `audit_record()`, the only writer given free values, refuses a"
+    " malformed action, entity type or detail (ML108 `InvalidAuditEvent`); the triggers'"
+    " actions and entity types are constants (a test checks them); the request id and"
+    " user agent are cut where the setting is read. The apps' role cannot INSERT into the"
+    " table at all.",
+    "- **The actor's defaults read the setting split into fields** (`audit_actor_field_of`,"
+    " `audit_actor_uuid_of`, `audit_actor_inet_of`: still inlined, still the one place of"
+    " ML106), the user agent joined from the split instead of a regular expression with a"
+    " capture group (about 3 us of 5.5 in a loop). The checks themselves stay: a malformed"
+    " field must fail the statement with ML106. Giving the actor's columns from a"
+    " PL/pgSQL variable instead was tried and dropped: in a custom plan the planner folds"
+    " the cast of a known malformed value before the check can run (22P02 instead of"
+    " ML106).",
+    "- **The detail in one expression** for up to four columns (every audit trigger; a"
+    " loop beyond), its size read with `pg_column_size` instead of printing it.",
+    "- **Not done:** inserting into the month's partition by name (no measurable gain;"
+    " dynamic SQL to name it would plan per row, and a month not made yet would need the"
+    " DEFAULT partition anyway), dropping the trigger's `SET search_path` (a SECURITY"
+    " DEFINER function without it resolves types and operators through the caller's"
+    " path), a statement-level trigger (its transition table cost a single-row insert"
+    " about twice as much, above).",
+    "",
+    "In the same A/B on the loaded machine, the trigger's median went from 171 us (the"
+    " body and defaults before, into a copy of the table with its checks) to 145 us; the"
+    " INSERT's whole execution from +178 to +151 us over no trigger, and the function's"
+    " own time per call (`pg_stat_user_functions`) from 212 to 190 us: about 30 us less"
+    " of server work per audited write, roughly a quarter of the row's 110 us measured on"
+    " the quiet machine before.",
     "",
 ]
 
@@ -468,8 +520,9 @@ def render_section(result: dict[str, Any]) -> str:
             " variants): "
             + ", ".join(f"`{k}` {v:,}" for k, v in sorted(calls.items()))
             + ". The actor's SQL functions (`audit_actor_field`, `audit_actor_uuid`,"
-            " `audit_actor_inet`) are absent or near 0: the planner inlines them into the audit"
-            " row's INSERT, so the actor columns cost no function call.",
+            " `audit_actor_inet` and their `_of` helpers) are absent or near 0: the planner"
+            " inlines them into the audit row's INSERT, so the actor columns cost no function"
+            " call.",
             "",
         ]
     api_runs = result["api"]["runs"]
@@ -482,10 +535,10 @@ def render_section(result: dict[str, Any]) -> str:
         + ", ".join(f"`{p}` {n} of {len(api_runs[p]['audit'])}" for p, n in slower.items())
         + ". What the audit adds to a request is fixed work and no round trip: one"
         " `set_config` inside authentication's own statement, and for a key's"
-        " creation one more row written by a row trigger (a partition's insert"
-        " and two index entries: the key `(occurred_at, id)`, appended at its right end,"
-        " and the subject index; the actor index takes only the events whose actor is"
-        " not their subject)."
+        " creation one more row written by a row trigger (a partition's insert, no CHECK"
+        " constraints, and two index entries: the key `(occurred_at, id)`, appended at"
+        " its right end, and the subject index; the actor index takes only the events"
+        " whose actor is not their subject)."
     )
     lines.append("")
     lines += CHANGES
@@ -496,8 +549,9 @@ def render_section(result: dict[str, Any]) -> str:
             + ", ".join(f"{n} ({c:+.1f}%)" for n, c in missed)
             + ". The ledger's figures are noise (no audit function runs during a charge,"
             " counted above). For the API, what is left is real but small: no round trip,"
-            " one `set_config` and, for a write, one audit row; on a loaded machine"
-            " it weighs more than on a quiet one (rerun `python -m bench.audit` there)."
+            " one `set_config` and, for a write, one audit row (its INSERT, the actor's"
+            " checks and the trigger call: the breakdown above); on a loaded machine it"
+            " weighs more than on a quiet one (rerun `python -m bench.audit` there)."
         )
     else:
         lines.append("Goal met on this run for every path.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -295,7 +296,78 @@ def test_the_actor_columns_cost_no_function_call(engine):
         )
     assert "current_setting('automl.actor'" in plan
     for name in ("audit_actor_field", "audit_actor_uuid", "audit_actor_inet"):
-        assert name not in plan, plan
+        assert name not in plan, plan  # nor their _of helpers (same prefixes)
+
+
+def test_the_actors_text_fields_are_cut_to_their_lengths_without_a_check(sql, engine):
+    """audit_events has no CHECK of its own (c17e00000001): the request id and the
+    user agent are cut where the setting is read, on every path of a row."""
+    user_id = make_user(sql)
+    with_actor(
+        engine,
+        [
+            f"INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ('{user_id}',"
+            f" 'long', 'aml_long', '{'e' * 64}')"
+        ],
+        actor_user_id=str(user_id),
+        request_id="r" * 1000,
+        user_agent="agent with spaces " * 100,
+    )
+    (row,) = events(sql, subject_user_id=user_id, action="api_key.created")
+    assert row.request_id == "r" * 200
+    assert row.user_agent == ("agent with spaces " * 100)[:512]
+    assert row.actor_user_id == user_id
+
+
+def test_the_triggers_actions_and_entity_types_have_the_events_shape(sql):
+    """The rule audit_events' checks kept before c17e00000001, for the triggers'
+    constants: every audit trigger's entity type and action (audit_record checks the
+    API's own, ML108)."""
+    rows = sql(
+        "SELECT t.tgname, t.tgargs FROM pg_trigger AS t JOIN pg_proc AS p ON p.oid = t.tgfoid"
+        " WHERE p.proname IN ('audit_row_inserted', 'audit_rows', 'audit_changes')"
+        " AND NOT t.tgisinternal AND t.tgparentid = 0"
+    )
+    assert len(rows) >= 14
+    for name, raw in rows:
+        args = bytes(raw).decode().split("\x00")[:-1]
+        entity_type, actions = args[0], args[3:4]
+        if name.endswith("_update"):  # audit_changes: '[~]column=action[/action]'
+            actions = [a for spec in args[3:] for a in spec.split("=", 1)[1].split("/")]
+        assert len(entity_type) <= 50 and re.fullmatch(r"[a-z][a-z_]*", entity_type), name
+        for action in actions:
+            assert len(action) <= 100, name
+            assert re.fullmatch(r"[a-z][a-z_]*(\.[a-z][a-z_]*)+", action), (name, action)
+
+
+def test_the_detail_of_more_than_four_columns_is_built_by_the_loop(sql):
+    """audit_row_inserted builds up to four detail columns in one expression (every
+    trigger today) and more in a loop: the same object either way."""
+    sql(
+        "CREATE TABLE audit_probe (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+        " user_id uuid, a int, b text, c int[], d jsonb, e boolean)"
+    )
+    try:
+        sql(
+            "CREATE TRIGGER audit_probe_insert AFTER INSERT ON audit_probe FOR EACH ROW"
+            " EXECUTE FUNCTION public.audit_row_inserted('probe', 'id', 'user_id',"
+            " 'probe.created', 'a', 'b', 'c', 'd', 'e')"
+        )
+        user_id = uuid.uuid4()
+        (probe_id,) = sql(
+            "INSERT INTO audit_probe (user_id, a, b, c, d, e) VALUES"
+            " (:u, 1, 'x', '{1,2}', '{\"k\": null}', NULL) RETURNING id",
+            u=user_id,
+        )[0]
+        (row,) = events(sql, entity_id=probe_id)
+        assert (row.action, row.entity_type, row.subject_user_id) == (
+            "probe.created",
+            "probe",
+            user_id,
+        )
+        assert row.detail == {"a": 1, "b": "x", "c": [1, 2], "d": {"k": None}, "e": None}
+    finally:
+        sql("DROP TABLE audit_probe")
 
 
 def test_users_deleted_restored_tier_and_email(sql, session):
@@ -424,11 +496,25 @@ def test_record_writes_with_the_actor_and_the_apps_role_may_only_call_it(sql, ap
     )
     assert row.detail == {"bytes": 10}
     with Session(app_engine) as s:
-        with pytest.raises(errors.InvalidValue):
-            audit.record(s, "Not An Action", "model", model_id)
+        # ML108 (an InvalidValue, as the table's checks gave before c17e00000001).
+        for args, detail, field in [
+            (("Not An Action", "model"), None, "action"),
+            (("model." + "x" * 100, "model"), None, "action"),
+            (("model.downloaded", "Model"), None, "entity_type"),
+            (("model.downloaded", "m" * 51), None, "entity_type"),
+            (("model.downloaded", "model"), {"x": "y" * 5000}, "detail"),
+        ]:
+            with pytest.raises(errors.InvalidAuditEvent) as info:
+                audit.record(s, *args, model_id, detail=detail)
+            assert info.value.sqlstate == "ML108"
+            assert info.value.field == field
+            assert isinstance(info.value, errors.InvalidValue)
+            s.rollback()
+        with pytest.raises(errors.InvalidAuditEvent):
+            s.execute(text("SELECT audit_record('a.b', 'x', NULL, NULL, '[1]'::jsonb, NULL)"))
         s.rollback()
-        with pytest.raises(errors.InvalidValue):
-            audit.record(s, "model.downloaded", "model", model_id, detail={"x": "y" * 5000})
+        with pytest.raises(errors.InvalidAuditEvent):
+            s.execute(text("SELECT audit_record(NULL, 'x', NULL, NULL, NULL, NULL)"))
         s.rollback()
         with pytest.raises(ValueError):
             audit.record(s, "model.downloaded", "model", model_id, outcome="maybe")

@@ -90,7 +90,9 @@ $$;
 
 -- A field's value (p_value) as a UUID (an IP address), NULL when empty; ML106 naming
 -- field p_field when it is not one. The one place of the rule: the column defaults
--- below and audit_row_inserted call these.
+-- (audit_actor_uuid, audit_actor_inet below) call these. p_value must not be a
+-- value the planner can fold (a constant, or a PL/pgSQL variable in a custom plan):
+-- the THEN branch's cast would be folded, raising 22P02 before the check.
 CREATE OR REPLACE FUNCTION public.audit_actor_uuid_of(p_value text, p_field integer)
 RETURNS uuid
 LANGUAGE sql
@@ -171,15 +173,12 @@ DECLARE
     v_row jsonb := to_jsonb(NEW);
     v_detail jsonb;
     v_col text;
-    -- The setting split once (the column defaults split it once per column).
-    v_actor text[] := string_to_array(current_setting('automl.actor', true), ' ');
 BEGIN
     -- TG_ARGV: entity_type, key column, subject column, action, detail columns...
     -- One row, no transition table: the key's creation, a sign-up, a grant. The
     -- hot path of a write (POST /v1/api-keys), so few statements: the detail in one
-    -- expression for up to four columns (every trigger below; a loop beyond), the
-    -- actor's columns given from the one split, the detail's size read without
-    -- printing it.
+    -- expression for up to four columns (every trigger below; a loop beyond), its
+    -- size read without printing it.
     v_detail := CASE TG_NARGS
         WHEN 4 THEN '{}'::jsonb
         WHEN 5 THEN jsonb_build_object(TG_ARGV[4], v_row -> TG_ARGV[4])
@@ -202,19 +201,12 @@ BEGIN
     IF pg_column_size(v_detail) > 2000 THEN
         v_detail := jsonb_build_object('truncated', true);
     END IF;
-    -- The actor's columns as their defaults compute them (models/audit_event.py:
-    -- request_id at most 200 characters, user_agent 512).
-    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail,
-                                     actor_user_id, actor_api_key_id, actor_session_id,
-                                     request_id, client_ip, user_agent)
+    -- The actor's columns are their defaults' (the setting read in the statement: a
+    -- value the planner cannot fold, so a malformed field raises ML106 when the row
+    -- is written, never while a plan is made).
+    INSERT INTO public.audit_events (action, entity_type, entity_id, subject_user_id, detail)
     VALUES (TG_ARGV[3], TG_ARGV[0], (v_row ->> TG_ARGV[1])::uuid, (v_row ->> TG_ARGV[2])::uuid,
-            v_detail,
-            public.audit_actor_uuid_of(public.audit_actor_field_of(v_actor, 1), 1),
-            public.audit_actor_uuid_of(public.audit_actor_field_of(v_actor, 2), 2),
-            public.audit_actor_uuid_of(public.audit_actor_field_of(v_actor, 3), 3),
-            left(public.audit_actor_field_of(v_actor, 4), 200),
-            public.audit_actor_inet_of(public.audit_actor_field_of(v_actor, 5), 5),
-            left(public.audit_actor_field_of(v_actor, 6), 512));
+            v_detail);
     RETURN NULL;
 END;
 $$;
