@@ -396,7 +396,12 @@ def _write(doc: Path, section: str) -> None:
     text = doc.read_text() if doc.exists() else ""
     if TITLE in text:
         start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
+        # The section's lead and tables are replaced; its ### subsections (the
+        # hand-written runs and readings) are kept.
+        ends = [
+            i for i in (text.find(m, start + len(TITLE)) for m in ("\n### ", "\n## ")) if i != -1
+        ]
+        end = min(ends) if ends else -1
         text = text[:start] + section + ("\n" + text[end:] if end != -1 else "\n")
     elif "\n## What was changed for this" in text:
         at = text.index("\n## What was changed for this") + 1

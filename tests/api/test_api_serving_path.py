@@ -113,10 +113,36 @@ def test_a_deployment_served_before_costs_the_key_and_one_statement(
         event.remove(engine, "before_cursor_execute", seen)
     assert r.status_code == 200, r.text
     assert len(statements) == 2, statements
-    assert "usage_hold" in statements[1] and "deployments" in statements[1]
+    # The key has no quota and the credit is leased: nothing for usage_hold to count,
+    # so the statement leaves it out (issue 14).
+    assert "deployments" in statements[1] and "usage_hold" not in statements[1]
     assert predictor.leases.taken == 1
+    # A key with a quota: its quota is counted in the same statement, from the next
+    # request on (the key's lookup reads it).
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_keys SET rate_limit_per_minute = 1000 WHERE id = :k"),
+            {"k": account.key_id},
+        )
+    statements.clear()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        r = client.post(url(d), headers=account.headers, json=body)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert r.status_code == 200, r.text
+    assert len(statements) == 2, statements
+    assert "usage_hold" in statements[1] and "deployments" in statements[1]
+    assert (
+        scalar(
+            engine,
+            "SELECT sum(used) FROM api_key_usage_windows WHERE api_key_id = :k",
+            k=account.key_id,
+        )
+        == 1
+    )
     flush(client)
-    assert logged(engine, d["id"]) == ["ok", "ok", "ok"]
+    assert logged(engine, d["id"]) == ["ok", "ok", "ok", "ok"]
     assert (
         scalar(engine, "SELECT count(*) FROM usage_holds WHERE user_id = :u", u=account.user_id)
         == 0

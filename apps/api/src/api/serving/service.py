@@ -95,6 +95,13 @@ def _outcome(status: int) -> InferenceStatus:
     return InferenceStatus.CLIENT_ERROR if status < 500 else InferenceStatus.SERVER_ERROR
 
 
+def _has_quota(key: Any) -> bool:
+    """Whether an API key (its row, as the key's lookup loaded it) carries a quota."""
+    return key is not None and (
+        key.rate_limit_per_minute is not None or key.monthly_row_quota is not None
+    )
+
+
 #: Deployments remembered per process (user, deployment) -> (version, max rows): a guess.
 MAX_HINTS = 10_000
 
@@ -278,6 +285,8 @@ class Predictor:
                 request_id=rid,
                 hold_seconds=metering.HOLD_SECONDS,
                 default_max_rows=DEFAULT_MAX_ROWS,
+                # The key's quotas are counted in the statement only when it has any.
+                key_has_quota=_has_quota(principal.key),
             )
         except (metering.QuotaExceeded, metering.PaymentRequired):
             self._give_back(conn, principal.user_id, leased)
