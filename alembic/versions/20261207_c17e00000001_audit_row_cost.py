@@ -12,7 +12,8 @@ every audit row's INSERT its parse and set-up, about a fifth of the row); their
 rules hold where rows are made: ``audit_record()`` refuses a malformed action,
 entity type or detail (ML108), the triggers' are constants, the actor's text is cut
 where it is read. EXECUTE on ``audit_actor_field_of(text[], integer)`` goes to the
-apps' role and operators by ``database.grants`` (run ``automl-db grant`` again).
+apps' role and operators: in this migration, to every role that may EXECUTE
+``audit_actor_field(integer)``, and by ``database.grants`` on a fresh database.
 The downgrade restores the checks (validated) and the bodies.
 
 Revision ID: c17e00000001
@@ -23,7 +24,7 @@ Create Date: 2026-12-07 16:30:00.000000+00:00
 from collections.abc import Sequence
 
 from alembic import op
-from database.migrations import create, drop, function, replace
+from database.migrations import create, drop, function, grant_execute_like, replace
 
 revision: str = "c17e00000001"
 down_revision: str | Sequence[str] | None = "c16d00000001"
@@ -123,6 +124,11 @@ def upgrade() -> None:
     )
     op.execute("REVOKE EXECUTE ON FUNCTION public.audit_actor_uuid_of(text, integer) FROM PUBLIC")
     op.execute("REVOKE EXECUTE ON FUNCTION public.audit_actor_inet_of(text, integer) FROM PUBLIC")
+    # The roles that may call audit_actor_field (the apps' role, operators) may call
+    # the function its body now calls: no `automl-db grant` needed after upgrading.
+    grant_execute_like(
+        "public.audit_actor_field_of(text[], integer)", "public.audit_actor_field(integer)"
+    )
     replace(
         NEW_AUDIT_ACTOR_FIELD,
         NEW_AUDIT_ACTOR_UUID,

@@ -116,3 +116,26 @@ def revoke_execute_from_public(*signatures: str) -> None:
     ``database.grants``."""
     for signature in signatures:
         op.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC")
+
+
+def grant_execute_like(signature: str, like: str) -> None:
+    """GRANT EXECUTE on the function ``signature`` to every role that may EXECUTE
+    ``like`` now (both named with schema and argument types), so a deployed
+    database's apps' role and operators keep working after the migration without
+    ``automl-db grant`` being run again (a fresh one gets both from ``database.grants``)."""
+    op.execute(
+        f"""
+        DO $$
+        DECLARE r record;
+        BEGIN
+            FOR r IN
+                SELECT DISTINCT a.grantee::regrole::text AS role
+                FROM pg_proc p, aclexplode(p.proacl) a
+                WHERE p.oid = '{like}'::regprocedure
+                  AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0
+                  AND a.grantee <> p.proowner
+            LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION {signature} TO %s', r.role);
+            END LOOP;
+        END $$"""
+    )
