@@ -7,6 +7,7 @@ and deleted afterwards) unless TEST_DATABASE_URL names one.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,18 @@ def sql(engine: Engine) -> Any:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test's fixtures are finalized, the apps ``api_helpers.make_app`` lent
+    it go back to be lent again (built once per test process, not once per test)."""
+    try:
+        return (yield)
+    finally:
+        helpers = sys.modules.get("api_helpers")
+        if helpers is not None:
+            helpers.release_apps()
 
 
 # --- scheduling under pytest-xdist (`make test`: `--dist loadgroup`) ----------------------
