@@ -166,23 +166,28 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 # tests; none is skipped or changed.
 
 #: Module paths (from the repository's root) whose tests go first, heaviest first. A
-#: per-module measurement (``--junitxml`` of a full run, summed per file) picks them;
-#: a module not listed simply keeps its place.
+#: measurement (``--durations`` of a full run: a module's longest test, then its sum)
+#: picks them; a module not listed simply keeps its place.
 HEAVY_FIRST: tuple[str, ...] = (
-    "tests/api/test_api_serving_path.py",  # two uvicorn processes; an outage
-    "tests/workers/test_worker_outage.py",  # worker processes across a restart
-    "tests/test_clean.py",  # a SIGKILLed clean process
-    "tests/api/test_api_schemathesis.py",
+    "tests/workers/test_worker_e2e.py",  # worker processes killed and stopped
     "tests/workers/test_worker_logs.py",  # a worker process
+    "tests/api/test_api_serving_path.py",  # two uvicorn processes; an outage
+    "tests/api/test_api_schemathesis.py",
+    "tests/api/test_api_metrics_multiprocess.py",  # two uvicorn processes
+    "tests/workers/test_worker_outage.py",  # worker processes across a restart
+    "tests/test_embedded_down.py",  # embedded servers and their users
+    "tests/test_migrations.py",  # alembic check, pytest-alembic's walks
     "tests/api/test_api_auth.py",  # two uvicorn processes
+    "tests/api/test_api_model_download.py",
+    "tests/test_clean.py",  # a SIGKILLed clean process
+    "tests/pipeline/test_serving_preprocess.py",
+    "tests/test_cli_entrypoints.py",  # the commands as processes
     "tests/client/test_client_coverage.py",
     "tests/test_properties.py",
-    "tests/test_migrations.py",
-    "tests/workers/test_worker_e2e.py",
     "tests/client/test_client_ml.py",
     "tests/pipeline/test_evaluate.py",
-    "tests/api/test_api_model_download.py",
     "tests/workers/test_automl_job.py",
+    "tests/workers/test_runner_e2e.py",
     "tests/workers/test_error_classes.py",
     "tests/api/test_api_outage.py",
 )
