@@ -48,10 +48,11 @@ def make_app(engine: Engine, settings: ApiSettings) -> FastAPI:
     middleware rebuilt on the first request. ``release_apps`` (called by
     tests/conftest.py after each test) takes the apps back; one whose routes,
     middleware, exception handlers or events the test changed is thrown away, not
-    lent again. Two apps wanted at once (two engines) are two apps."""
+    lent again. Two apps wanted at once (two engines) are two apps. ``TEST_APP_POOL=0``
+    builds a new app every time (to compare, or to rule the lending out)."""
     key = _build_key(settings)
     free = _free.setdefault(key, [])
-    if free:
+    if free and os.environ.get("TEST_APP_POOL") != "0":
         built = free.pop()
         _reset(built.app, settings)
     else:
