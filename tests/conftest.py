@@ -7,6 +7,7 @@ and deleted afterwards) unless TEST_DATABASE_URL names one.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,18 @@ def sql(engine: Engine) -> Any:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test's fixtures are finalized, the apps ``api_helpers.make_app`` lent
+    it go back to be lent again (built once per test process, not once per test)."""
+    try:
+        return (yield)
+    finally:
+        helpers = sys.modules.get("api_helpers")
+        if helpers is not None:
+            helpers.release_apps()
+
+
 # --- scheduling under pytest-xdist (`make test`: `--dist loadgroup`) ----------------------
 # Every test gets its own database, so tests are handed out one at a time to whichever
 # process is free: the run ends with the last short test rather than the last long file
@@ -153,23 +166,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # tests; none is skipped or changed.
 
 #: Module paths (from the repository's root) whose tests go first, heaviest first. A
-#: per-module measurement (``--junitxml`` of a full run, summed per file) picks them;
-#: a module not listed simply keeps its place.
+#: measurement (``--durations`` of a full run: a module's longest test, then its sum)
+#: picks them; a module not listed simply keeps its place.
 HEAVY_FIRST: tuple[str, ...] = (
-    "tests/api/test_api_serving_path.py",  # two uvicorn processes; an outage
-    "tests/workers/test_worker_outage.py",  # worker processes across a restart
-    "tests/test_clean.py",  # a SIGKILLed clean process
-    "tests/api/test_api_schemathesis.py",
+    "tests/workers/test_worker_e2e.py",  # worker processes killed and stopped
     "tests/workers/test_worker_logs.py",  # a worker process
+    "tests/api/test_api_serving_path.py",  # two uvicorn processes; an outage
+    "tests/api/test_api_schemathesis.py",
+    "tests/api/test_api_metrics_multiprocess.py",  # two uvicorn processes
+    "tests/workers/test_worker_outage.py",  # worker processes across a restart
+    "tests/test_embedded_down.py",  # embedded servers and their users
+    "tests/test_migrations.py",  # alembic check, pytest-alembic's walks
     "tests/api/test_api_auth.py",  # two uvicorn processes
+    "tests/api/test_api_model_download.py",
+    "tests/test_clean.py",  # a SIGKILLed clean process
+    "tests/pipeline/test_serving_preprocess.py",
+    "tests/test_cli_entrypoints.py",  # the commands as processes
     "tests/client/test_client_coverage.py",
     "tests/test_properties.py",
-    "tests/test_migrations.py",
-    "tests/workers/test_worker_e2e.py",
     "tests/client/test_client_ml.py",
     "tests/pipeline/test_evaluate.py",
-    "tests/api/test_api_model_download.py",
     "tests/workers/test_automl_job.py",
+    "tests/workers/test_runner_e2e.py",
     "tests/workers/test_error_classes.py",
     "tests/api/test_api_outage.py",
 )

@@ -5,6 +5,10 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -16,21 +20,45 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import State
 
 from api.deps import get_session, get_session_factory
+from api.mail import ConsoleMailer
 from api.main import create_app
 from api.settings import ApiSettings
-from database import credits
+from api.storage import make_storage
+from database import credits, telemetry
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 _seq = itertools.count(1)
 
 
 def make_app(engine: Engine, settings: ApiSettings) -> FastAPI:
-    """The app, its sessions on ``engine`` (the test's own database)."""
-    app = create_app(settings)
+    """The app of ``settings``, its sessions on ``engine`` (the test's own database).
+
+    Building the app (``create_app``: about 200 routes) costs a large part of a
+    second, and about 1,000 tests want one: each test process builds an app once
+    per build-time settings (all but the per-test paths, :data:`PER_TEST`) and lends
+    it to one test at a time. A lent app is as ``create_app`` leaves it: a new
+    ``app.state`` (these settings, their storage, a new mailer and ledger totals),
+    only this test's dependency overrides, no cached OpenAPI document, its
+    middleware rebuilt on the first request. ``release_apps`` (called by
+    tests/conftest.py after each test) takes the apps back; one whose routes,
+    middleware, exception handlers or events the test changed is thrown away, not
+    lent again. Two apps wanted at once (two engines) are two apps. ``TEST_APP_POOL=0``
+    builds a new app every time (to compare, or to rule the lending out)."""
+    key = _build_key(settings)
+    free = _free.setdefault(key, [])
+    if free and os.environ.get("TEST_APP_POOL") != "0":
+        built = free.pop()
+        _reset(built.app, settings)
+    else:
+        app = create_app(settings)
+        built = _Built(app, key, _shape(app), _state_kinds(app))
+    app = built.app
     factory = sessionmaker(bind=engine, expire_on_commit=False)
 
     def session_override() -> Iterator[Session]:
@@ -39,7 +67,92 @@ def make_app(engine: Engine, settings: ApiSettings) -> FastAPI:
 
     app.dependency_overrides[get_session] = session_override
     app.dependency_overrides[get_session_factory] = lambda: factory
+    _lent.append(built)
     return app
+
+
+#: The settings read when a request comes (``app.state``), not when the app is built.
+PER_TEST = frozenset({"data_dir", "storage_url"})
+
+
+@dataclass
+class _Built:
+    app: FastAPI
+    key: str
+    shape: tuple[Any, ...]
+    state: dict[str, type]
+
+
+_free: dict[str, list[_Built]] = {}
+_lent: list[_Built] = []
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return ("secret", value.get_secret_value())
+    if isinstance(value, BaseModel):
+        return tuple((name, _plain(getattr(value, name))) for name in type(value).model_fields)
+    return repr(value)
+
+
+def _build_key(settings: ApiSettings) -> str:
+    """What ``create_app`` may build in: every setting but the paths, and the
+    tracing environment (``api.tracing.install``)."""
+    fields = [
+        (name, _plain(getattr(settings, name)))
+        for name in type(settings).model_fields
+        if name not in PER_TEST
+    ]
+    tracing = sorted((k, v) for k, v in os.environ.items() if k.startswith("OTEL_"))
+    return repr((fields, tracing))
+
+
+def _shape(app: FastAPI) -> tuple[Any, ...]:
+    """What a test could add to an app (a route, a middleware, a handler, an event)."""
+    return (
+        tuple(app.router.routes),
+        tuple(app.user_middleware),
+        tuple(app.exception_handlers.items()),
+        tuple(app.router.on_startup),
+        tuple(app.router.on_shutdown),
+        app.router.lifespan_context,
+        app.openapi,
+    )
+
+
+def _state_kinds(app: FastAPI) -> dict[str, type]:
+    return {name: type(value) for name, value in app.state._state.items()}
+
+
+def _reset(app: FastAPI, settings: ApiSettings) -> None:
+    """``app`` as ``create_app(settings)`` leaves it (tests/api/test_api_app_pool.py
+    checks the state against a new app's)."""
+    app.state = State()
+    app.state.settings = settings
+    app.state.storage = make_storage(settings.storage_location(), settings.data_dir)
+    app.state.mailer = ConsoleMailer()
+    app.state.ledger_totals = telemetry.LedgerTotals()
+    app.dependency_overrides.clear()
+    app.openapi_schema = None
+    app.middleware_stack = None  # built again, with new instances, on the first request
+
+
+#: The names ``_reset`` sets in ``app.state``.
+RESET_STATE = frozenset({"settings", "storage", "mailer", "ledger_totals"})
+
+
+def release_apps() -> None:
+    """Take back the apps lent to the test that ended (tests/conftest.py calls this
+    after each test): an app the test left as built is lent again; one it changed,
+    or whose ``create_app`` set state that ``_reset`` does not, is dropped."""
+    while _lent:
+        built = _lent.pop()
+        app = built.app
+        app.dependency_overrides.clear()
+        app.state = State()
+        app.middleware_stack = None
+        if _shape(app) == built.shape and set(built.state) == RESET_STATE:
+            _free[built.key].append(built)
 
 
 @dataclass
@@ -320,3 +433,55 @@ def fake_stripe_server() -> Iterator[tuple[str, type[FakeStripe]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- real API processes --------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def start_api_processes(
+    env: dict[str, str], n: int = 2
+) -> Iterator[tuple[list[int], list[subprocess.Popen[bytes]]]]:
+    """``n`` real API processes (``uvicorn api.main:create_app --factory``) started at once
+    with the environment ``env``, each on a free port: their ports and processes, once each
+    answers ``GET /healthz``. A readiness poll, no timing assertion: it fails only after
+    600 s (a loaded machine starts them slowly) or when a process exits. Afterwards the
+    processes still running are stopped (SIGTERM: a graceful shutdown) and waited for."""
+    import httpx
+
+    ports = [free_port() for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        deadline = time.monotonic() + 600
+        for port in ports:
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the API processes did not start"
+                assert all(p.poll() is None for p in procs), "an API process exited"
+                time.sleep(0.1)
+        yield ports, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait(30)

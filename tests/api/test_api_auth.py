@@ -20,7 +20,16 @@ from api.mail import MemoryMailer
 from api.settings import ApiSettings, Identity
 from database import errors
 
-from api_helpers import Account, give_credits, make_app, make_dataset, rows, scalar, signup
+from api_helpers import (
+    Account,
+    give_credits,
+    make_app,
+    make_dataset,
+    rows,
+    scalar,
+    signup,
+    start_api_processes,
+)
 
 PASSWORD = "correct horse battery"
 
@@ -449,21 +458,9 @@ def test_the_login_limit_holds_across_two_api_instances(two_apps):
     assert statuses.count(401) == 10 and statuses.count(429) == 20
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_the_login_limit_holds_across_two_uvicorn_processes(db_url, tmp_path):
     """The same, with two real API processes (uvicorn) on the test's database."""
     import os
-    import subprocess
-    import sys
-    import time
 
     import httpx
 
@@ -477,29 +474,7 @@ def test_the_login_limit_holds_across_two_uvicorn_processes(db_url, tmp_path):
         "ARGON2_MEMORY_KIB": "8",
         "ARGON2_PARALLELISM": "1",
     }
-    ports = [_free_port(), _free_port()]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
-            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        deadline = time.monotonic() + 120
-        for port in ports:  # wait until each answers (a readiness poll, no timing assertion)
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the API processes did not start"
-                assert all(p.poll() is None for p in procs), "an API process exited"
-                time.sleep(0.2)
+    with start_api_processes(env) as (ports, _):
         statuses: list[int] = []
         lock = threading.Lock()
 
@@ -519,8 +494,3 @@ def test_the_login_limit_holds_across_two_uvicorn_processes(db_url, tmp_path):
         for t in threads:
             t.join(120)
         assert sorted(statuses) == [401] * 6 + [429] * 6
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,17 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL
 
+from api_helpers import start_api_processes
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ME = {"method": "GET", "route": "/v1/me", "status": "401"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> Samples:
@@ -69,34 +62,8 @@ def two_apis(db_url: URL, tmp_path: Path) -> Iterator[tuple[list[int], list[Any]
         "PROMETHEUS_MULTIPROC_DIR": str(directory),
         "LOG_LEVEL": "WARNING",
     }
-    ports = [_free_port(), _free_port()]
-    procs: list[Any] = [
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
-            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        for port in ports:
-
-            def answers(port: int = port) -> bool:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(answers, "the API processes did not start", procs)
+    with start_api_processes(env) as (ports, procs):
         yield ports, procs, directory
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait(30)
 
 
 def test_one_scrape_sums_both_processes_and_forgets_a_killed_ones_in_flight(

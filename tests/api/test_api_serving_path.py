@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -36,7 +33,7 @@ from database.session import make_engine
 from database.storage import LocalStorage
 from database.verify import verify
 
-from api_helpers import Account, give_credits, make_app, scalar, signup
+from api_helpers import Account, give_credits, make_app, scalar, signup, start_api_processes
 from pgtest import RestartableServer
 
 # Prices: the first price book (migration c16a00000001), 1 credit per 1,000 predicted rows.
@@ -362,13 +359,6 @@ def test_predict_answers_503_while_the_database_is_down_and_the_log_survives_it(
 
 
 # --- quotas across two API processes ---------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_a_keys_rate_limit_holds_across_two_uvicorn_processes(
     db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
@@ -380,33 +370,9 @@ def test_a_keys_rate_limit_holds_across_two_uvicorn_processes(
         "DATABASE_URL": db_url.render_as_string(hide_password=False),
         "AUTOML_DATA_DIR": str(tmp_path),
         "STORAGE_URL": str(tmp_path / "storage"),
-        "PRICING__PREDICTED_ROWS_PER_1000": "1",
         "IDENTITY__SIGNUP_PER_IP": "1000",
     }
-    ports = [_free_port(), _free_port()]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
-            + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        # A readiness poll, no timing assertion: a loaded machine starts them slowly.
-        deadline = time.monotonic() + 600
-        for port in ports:
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the API processes did not start"
-                assert all(p.poll() is None for p in procs), "an API process exited"
-                time.sleep(0.2)
+    with start_api_processes(env) as (ports, _):
         base = f"http://127.0.0.1:{ports[0]}"
         # 60-s timeouts: a loaded machine answers slower than httpx's default 5 s.
         r = httpx.post(
@@ -477,11 +443,6 @@ def test_a_keys_rate_limit_holds_across_two_uvicorn_processes(
         assert statuses.count(200) == sum(windows)
         if len(windows) == 1:
             assert statuses.count(200) == limit and statuses.count(429) == sent - limit
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
     # A graceful shutdown wrote both processes' buffered logs: every request is there.
     with engine.connect() as conn:
         counts = dict(

@@ -134,7 +134,10 @@ def assert_books_balance(engine: Engine) -> None:
     assert report.ok, report.render()
 
 
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 300) -> None:
+    """A readiness poll, no timing assertion: a worker process started on a loaded
+    machine (two test processes, their workers and servers on 2 cores) takes a minute
+    to import and reach its first node."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
