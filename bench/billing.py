@@ -23,7 +23,8 @@
    heap and every index of ``credit_transactions``, on ``n`` entries of one type at a
    time written as the code writes them, with today's schema (c16e00000001), with
    c16d00000001's job index ((job_id, user_id, type), for the composite job foreign
-   key) and with the schema before c16b00000001. Alone, in about a minute:
+   key) and refunds carrying their reason, and with the schema before c16b00000001.
+   Alone, in about a minute:
 
        uv run --group bench python -m bench.billing --only weight [--doc -]
 """
@@ -332,6 +333,9 @@ LATENESS = {"consumption": 16, "refund": 1024}
 #: nor its description (its usage_charges row holds both). Before: STYLE_C16C.
 STYLE_NOW = {
     "purchase": "NULL",
+    # A refund of a job's end (database.jobs: its error, else "job failed") stores no
+    # reason since c16e00000001 (derived from the job); another reason is stored.
+    "refund": "NULL",
     "usage_key": "NULL",
     "usage_description": "NULL",
 }
@@ -339,10 +343,13 @@ STYLE_NOW = {
 #: (``usage:<user>:<deployment>:<sku>:<start>:<end>``) and description.
 STYLE_C16C = {
     "purchase": "'purchase of Starter pack'",
+    "refund": "'job failed'",
     "usage_key": "'usage:' || {u} || ':' || {dep} || ':predicted_rows:' || g",
     "usage_description": "'1200 predicted_rows of deployment ' || {dep}"
     " || ', 2026-12-07T10:00:00+00:00 to 2026-12-07T11:00:00+00:00'",
 }
+#: c16d00000001: today's entries, but a refund stores its reason ("job failed").
+STYLE_C16D = {**STYLE_NOW, "refund": "'job failed'"}
 
 
 def _fill(
@@ -377,7 +384,7 @@ def _fill(
         ),
         "refund": (
             "user_id, type, amount, balance_after, job_id, description",
-            f"{u}, 'refund', 12, 100, {job}, 'job failed'",
+            f"{u}, 'refund', 12, 100, {job}, {style['refund']}",
         ),
         "adjustment": (
             "user_id, type, amount, balance_after, actor, description",
@@ -472,7 +479,7 @@ def ledger_weight(
         # c16d00000001: the job index (job_id, user_id, type), which the composite
         # foreign key (job_id, user_id) -> jobs needed, instead of (job_id, type).
         db.script(f"{C16D_JOB_INDEX};\nDROP INDEX uq_credit_transactions_job_id_type;")
-        _fill(db, kind, n, n_users, ids="default")
+        _fill(db, kind, n, n_users, ids="default", style=STYLE_C16D)
         c16d = {name: int(size) for name, size in db.sql(_SIZES)}
         db.script(f"{JOB_INDEX};\nDROP INDEX {C16D_JOB_INDEX_NAME};")
         db.script("ALTER INDEX pk_credit_transactions RESET (fillfactor);")
@@ -751,8 +758,9 @@ def render_weight(res: dict[str, Any]) -> str:
         " `usage_charges` row no text key (its unique `(user_id, period_start,"
         " deployment_id, sku)` is the key) and a time-ordered id (`uuidv7()`), a purchase"
         " no description (derived from its"
-        " package), and the primary key fills its pages (fillfactor 100). c16d00000001:"
-        " the same with the job index `(job_id, user_id, type)`."
+        " package), a refund of a job's end no reason (derived from the job), and the"
+        " primary key fills its pages (fillfactor 100). c16d00000001: the same with the"
+        " job index `(job_id, user_id, type)` and the refund's reason (`job failed`)."
         " Job ids are time-ordered (`uuidv7()`) and arrive a little out of order: a charge"
         f" up to {LATENESS['consumption']} jobs late (it is written when its job is"
         f" enqueued; concurrent enqueues interleave), a refund up to {LATENESS['refund']}"
