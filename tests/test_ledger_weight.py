@@ -422,3 +422,35 @@ def test_a_job_charged_concurrently_by_its_owner_a_thief_and_a_reassignment(sql,
     assert sql("SELECT user_id, amount FROM credit_transactions WHERE job_id = :j", j=job) == [
         (owner, -10)
     ]
+
+
+# --- a refund of a job's end stores no reason: derived from the job (c16e) ---------------
+def test_a_refund_of_a_jobs_end_stores_no_reason_and_is_described_from_the_job(sql, engine):
+    user = _funded(sql, engine)
+    failed = make_job(sql, user_id=user, credit_cost=4, status="failed", error_message="boom")
+    bare = make_job(sql, user_id=user, credit_cost=3, status="failed")
+    other = make_job(sql, user_id=user, credit_cost=2, status="cancelled")
+    with Session(engine) as s:
+        for job in (failed, bare, other):
+            credits.charge_job(s, job)
+        entries = [
+            credits.refund_job(s, failed, "boom"),  # its error: not stored
+            credits.refund_job(s, bare, "job failed"),  # no error: "job <status>"
+            credits.refund_job(s, other, "cancelled before it started"),  # stored
+        ]
+        assert [e.description for e in entries] == [None, None, "cancelled before it started"]
+        assert list(credits.describe(s, entries).values()) == [
+            "boom",
+            "job failed",
+            "cancelled before it started",
+        ]
+        # A retry returns the first refund, whatever reason it gives.
+        assert credits.refund_job(s, failed, "another reason").id == entries[0].id
+    # Raw SQL may write a refund without a reason too; it is described the same way.
+    raw = make_job(sql, user_id=user, credit_cost=1, status="failed", error_message="oom")
+    sql(JOB_ENTRY, u=user, type="consumption", amount=-1, j=raw)
+    sql(JOB_ENTRY, u=user, type="refund", amount=1, j=raw)
+    with Session(engine) as s:
+        (refund,) = s.query(CreditTransaction).filter_by(job_id=raw, type=TransactionType.REFUND)
+        assert credits.describe(s, [refund]) == {refund.id: "oom"}
+    assert _balance(sql, user) == 100
