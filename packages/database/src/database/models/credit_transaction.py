@@ -44,6 +44,9 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
     amount: Mapped[int]
     # Set by the credit_tx_before_insert trigger; any value given is replaced.
     balance_after: Mapped[int] = mapped_column(server_default=FetchedValue())
+    # What the entry was for; NULL where credits.describe derives it: a purchase (its
+    # package), a usage charge (its usage_charges row) and, since c16e00000001, a
+    # refund of its job's end (the job's error, else "job <status>").
     description: Mapped[str | None]
     # RESTRICT: a job that was charged or refunded is never deleted. The job is the
     # entry's user's own: credit_tx_before_insert tests it (ML095) and a job's owner
