@@ -52,9 +52,7 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
     # entry's user's own: credit_tx_before_insert tests it (ML095) and a job's owner
     # never changes (jobs_user_id_immutable, ML096), c16e00000001. It was a composite
     # key (job_id, user_id) -> jobs (id, user_id), whose index had to hold user_id.
-    job_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="RESTRICT")
-    )
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"))
     package_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("credit_packages.id", ondelete="RESTRICT")
     )
