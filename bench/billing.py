@@ -21,9 +21,10 @@
 2. **Bytes per ledger entry**, by type (purchase, consumption, refund, adjustment,
    a metering usage charge, and the usage charge with its ``usage_charges`` row): the
    heap and every index of ``credit_transactions``, on ``n`` entries of one type at a
-   time written as the code writes them, with today's schema (c16d00000001), as
-   c16c00000001 wrote them (descriptions, the usage key, the primary key at
-   fillfactor 90) and with the schema before c16b00000001. Alone, in about a minute:
+   time written as the code writes them, with today's schema (c16e00000001), with
+   c16d00000001's job index ((job_id, user_id, type), for the composite job foreign
+   key) and refunds carrying their reason, and with the schema before c16b00000001.
+   Alone, in about a minute:
 
        uv run --group bench python -m bench.billing --only weight [--doc -]
 """
@@ -103,10 +104,21 @@ OLD_INDEXES = {
 }
 #: Today's indexes that replaced them (left out of the "before" sum).
 NEW_INDEXES = (
-    "uq_credit_transactions_job_id_user_id_type",
+    "uq_credit_transactions_job_id_type",
     "uq_credit_transactions_stripe_payment_id",
 )
 KINDS = ("purchase", "consumption", "refund", "adjustment", "usage")
+#: The job index now (c16e00000001) and the one it replaced (c16b-c16d00000001), built
+#: by hand for the c16d column.
+JOB_INDEX = (
+    "CREATE UNIQUE INDEX uq_credit_transactions_job_id_type ON credit_transactions"
+    " (job_id, type) WHERE job_id IS NOT NULL"
+)
+C16D_JOB_INDEX_NAME = "uq_credit_transactions_job_id_user_id_type"
+C16D_JOB_INDEX = (
+    f"CREATE UNIQUE INDEX {C16D_JOB_INDEX_NAME} ON credit_transactions"
+    " (job_id, user_id, type) WHERE job_id IS NOT NULL"
+)
 #: Bytes per usage_charges row with its indexes under c16c00000001 (its text key and
 #: the key's unique index), measured by this bench before c16d00000001 (509 to 512
 #: over runs): the older columns' usage_charges share.
@@ -321,6 +333,9 @@ LATENESS = {"consumption": 16, "refund": 1024}
 #: nor its description (its usage_charges row holds both). Before: STYLE_C16C.
 STYLE_NOW = {
     "purchase": "NULL",
+    # A refund of a job's end (database.jobs: its error, else "job failed") stores no
+    # reason since c16e00000001 (derived from the job); another reason is stored.
+    "refund": "NULL",
     "usage_key": "NULL",
     "usage_description": "NULL",
 }
@@ -328,10 +343,13 @@ STYLE_NOW = {
 #: (``usage:<user>:<deployment>:<sku>:<start>:<end>``) and description.
 STYLE_C16C = {
     "purchase": "'purchase of Starter pack'",
+    "refund": "'job failed'",
     "usage_key": "'usage:' || {u} || ':' || {dep} || ':predicted_rows:' || g",
     "usage_description": "'1200 predicted_rows of deployment ' || {dep}"
     " || ', 2026-12-07T10:00:00+00:00 to 2026-12-07T11:00:00+00:00'",
 }
+#: c16d00000001: today's entries, but a refund stores its reason ("job failed").
+STYLE_C16D = {**STYLE_NOW, "refund": "'job failed'"}
 
 
 def _fill(
@@ -366,7 +384,7 @@ def _fill(
         ),
         "refund": (
             "user_id, type, amount, balance_after, job_id, description",
-            f"{u}, 'refund', 12, 100, {job}, 'job failed'",
+            f"{u}, 'refund', 12, 100, {job}, {style['refund']}",
         ),
         "adjustment": (
             "user_id, type, amount, balance_after, actor, description",
@@ -458,11 +476,13 @@ def ledger_weight(
     for kind in KINDS:
         _fill(db, kind, n, n_users, ids="default")
         now = {name: int(size) for name, size in db.sql(_SIZES)}
-        # c16c00000001: the primary key at the default fillfactor (90), purchases and
-        # usage charges with their description (and the usage charge's key).
+        # c16d00000001: the job index (job_id, user_id, type), which the composite
+        # foreign key (job_id, user_id) -> jobs needed, instead of (job_id, type).
+        db.script(f"{C16D_JOB_INDEX};\nDROP INDEX uq_credit_transactions_job_id_type;")
+        _fill(db, kind, n, n_users, ids="default", style=STYLE_C16D)
+        c16d = {name: int(size) for name, size in db.sql(_SIZES)}
+        db.script(f"{JOB_INDEX};\nDROP INDEX {C16D_JOB_INDEX_NAME};")
         db.script("ALTER INDEX pk_credit_transactions RESET (fillfactor);")
-        _fill(db, kind, n, n_users, ids="default", style=STYLE_C16C)
-        c16c = {name: int(size) for name, size in db.sql(_SIZES)}
         for statement in OLD_INDEXES.values():
             db.script(statement + ";")
         _fill(db, kind, n, n_users, ids="gen_random_uuid()", jobs="random", style=STYLE_C16C)
@@ -476,17 +496,17 @@ def ledger_weight(
         out[kind] = {
             "entries": n,
             "relations": {k: round(v / n, 1) for k, v in sorted(now.items())},
-            "relations_c16c": {k: round(v / n, 1) for k, v in sorted(c16c.items())},
+            "relations_c16d": {k: round(v / n, 1) for k, v in sorted(c16d.items())},
             "relations_before": {k: round(v / n, 1) for k, v in sorted(before.items())},
             "bytes_per_entry": round(now_total / n, 1),
-            "bytes_per_entry_c16c": round(sum(c16c.values()) / n, 1),
+            "bytes_per_entry_c16d": round(sum(c16d.values()) / n, 1),
             "bytes_per_entry_before": round(before_total / n, 1),
         }
         if kind == "usage":
             out[kind]["usage_charge_row"] = round(_usage_charge_bytes(db, n, n_users), 1)
         log(
             f"  weight {kind:11s} {now_total / n:6.1f} bytes/entry"
-            f" (c16c00000001: {sum(c16c.values()) / n:6.1f};"
+            f" (c16d00000001: {sum(c16d.values()) / n:6.1f};"
             f" before c16b00000001: {before_total / n:6.1f})"
             + (
                 f"; + its usage_charges row {out[kind]['usage_charge_row']:.1f}"
@@ -703,14 +723,14 @@ def render_weight(res: dict[str, Any]) -> str:
         " load does not change these figures; random ids (the before column, the usage"
         " charges' deployments) move them by a few bytes from run to run).",
         "",
-        "| entry | now (c16d00000001) | c16c00000001 | before c16b00000001 |",
+        "| entry | now (c16e00000001) | c16d00000001 | before c16b00000001 |",
         "| --- | ---: | ---: | ---: |",
     ]
     weights = res["weight"]
     for kind, w in weights.items():
         out.append(
             f"| {kind} | {w['bytes_per_entry']:.0f}"
-            f" | {w.get('bytes_per_entry_c16c', w['bytes_per_entry']):.0f}"
+            f" | {w.get('bytes_per_entry_c16d', w['bytes_per_entry']):.0f}"
             f" | {w['bytes_per_entry_before']:.0f} |"
         )
     usage = weights.get("usage", {})
@@ -719,7 +739,7 @@ def render_weight(res: dict[str, Any]) -> str:
         out.append(
             "| usage + its `usage_charges` row"
             f" | {usage['bytes_per_entry'] + row:.0f}"
-            f" | {usage.get('bytes_per_entry_c16c', usage['bytes_per_entry']) + C16C_USAGE_ROW:.0f}"
+            f" | {usage.get('bytes_per_entry_c16d', usage['bytes_per_entry']) + row:.0f}"
             f" | {usage['bytes_per_entry_before'] + C16C_USAGE_ROW:.0f} |"
         )
     over = [k for k, w in weights.items() if w["bytes_per_entry"] > 250]
@@ -730,22 +750,26 @@ def render_weight(res: dict[str, Any]) -> str:
         + ("met for every type" if not over else "MISSED for " + ", ".join(over))
         + f". Each type measured on its own ({n:,} entries over {res['users']:,} users):"
         " heap + every index of `credit_transactions`, written as the code writes them"
-        " (users in turn, every entry dated apart), then VACUUMed. Now (c16d00000001): a"
+        " (users in turn, every entry dated apart), then VACUUMed. Now (c16e00000001): a"
+        " job's charge and refund are keyed by `(job_id, type)` (the job's foreign key is"
+        " `job_id` alone; the trigger tests the job's owner), a"
         " usage charge's entry carries neither a key nor a description (its"
         " `usage_charges` row names it; the description is derived from that row), its"
         " `usage_charges` row no text key (its unique `(user_id, period_start,"
         " deployment_id, sku)` is the key) and a time-ordered id (`uuidv7()`), a purchase"
         " no description (derived from its"
-        " package), and the primary key fills its pages (fillfactor 100). c16c00000001:"
-        " the same entries with the key and the descriptions, the primary key at 90."
+        " package), a refund of a job's end no reason (derived from the job), and the"
+        " primary key fills its pages (fillfactor 100). c16d00000001: the same with the"
+        " job index `(job_id, user_id, type)` and the refund's reason (`job failed`)."
         " Job ids are time-ordered (`uuidv7()`) and arrive a little out of order: a charge"
         f" up to {LATENESS['consumption']} jobs late (it is written when its job is"
         f" enqueued; concurrent enqueues interleave), a refund up to {LATENESS['refund']}"
         " (when the job failed). Before c16b: random entry and job ids, three job indexes"
         " and the Stripe id's full unique constraint. The usage row counts only the"
         " ledger entry (as every row above); metering also writes a `usage_charges` row"
-        " per charge, counted in the row below it (in the older columns with"
-        f" c16c00000001's row, {C16C_USAGE_ROW} bytes, measured before c16d00000001)."
+        " per charge, counted in the row below it (the c16d column with today's row, the"
+        f" before column with c16c00000001's, {C16C_USAGE_ROW} bytes, measured before"
+        " c16d00000001)."
         " Per relation now (bytes per entry):",
         "",
     ]

@@ -739,8 +739,8 @@ def test_the_jobs_price_lines_are_read_through_select(session):
     ("where", "index"),
     [
         ("package_id = :v", "ix_credit_transactions_package_id"),
-        ("job_id = :v AND user_id = :v", "uq_credit_transactions_job_id_user_id_type"),
-        ("job_id = :v AND type = 'consumption'", "uq_credit_transactions_job_id_user_id_type"),
+        ("job_id = :v", "uq_credit_transactions_job_id_type"),
+        ("job_id = :v AND type = 'consumption'", "uq_credit_transactions_job_id_type"),
         ("stripe_payment_id = CAST(:v AS text)", "uq_credit_transactions_stripe_payment_id"),
     ],
 )

@@ -517,7 +517,7 @@ def test_job_is_charged_once(engine: Any, db: Ledger, session: Session, subtests
             with subtests.test(via=via, credits=credits):
                 with refused(db.sql, errors.JobAlreadyCharged) as info:
                     entry(via, db, session, u, "consumption", -credits, job_id=j)
-                assert info.value.constraint == "uq_credit_transactions_job_id_user_id_type"
+                assert info.value.constraint == "uq_credit_transactions_job_id_type"
     # Twice in one transaction, and twice in one statement.
     j2 = db.job(u)
     ins = text(
@@ -562,7 +562,7 @@ def test_job_is_refunded_once_and_never_beyond_its_charge(
             for amount in (4, 1):
                 with refused(db.sql, errors.JobAlreadyRefunded) as info:
                     entry(via, db, session, u, "refund", amount, job_id=j)
-                assert info.value.constraint == "uq_credit_transactions_job_id_user_id_type"
+                assert info.value.constraint == "uq_credit_transactions_job_id_type"
             assert assert_consistent(db.sql, u) == 94
     # The full charge may come back; a refund in the statement that charges is bounded too.
     u = db.user(credits=20)
@@ -588,9 +588,12 @@ def test_references_exist_and_jobs_are_the_users_own(
     for via in VIAS:
         for type, amount, job in (("consumption", -5, j), ("refund", 30, charged)):
             with subtests.test(via=via, type=type):
-                with refused(db.sql, errors.ReferenceViolation) as info:
+                # The ledger trigger's test since c16e00000001 (the composite foreign
+                # key's before): ML095, JobNotOwned.
+                with refused(db.sql, errors.JobNotOwned) as info:
                     entry(via, db, session, thief, type, amount, job_id=job)
-                assert info.value.constraint == "fk_credit_transactions_job_id_user_id_jobs"
+                assert info.value.sqlstate == "ML095"
+                assert f"job {job} is another user's" in str(info.value)
     assert (db.balance(owner), db.balance(thief)) == (70, 100)
 
     # Nor can a charged job be handed to somebody else afterwards.
@@ -598,14 +601,16 @@ def test_references_exist_and_jobs_are_the_users_own(
         "INSERT INTO workflow_snapshots(user_id, snapshot_data) VALUES (:u, '{}') RETURNING id",
         u=thief,
     )[0][0]
-    with refused(db.sql, errors.ReferenceViolation) as info:
-        db.sql(
-            "UPDATE jobs SET user_id = :t, workflow_snapshot_id = :s WHERE id = :j",
-            t=thief,
-            s=snap,
-            j=charged,
-        )
-    assert info.value.constraint == "fk_credit_transactions_job_id_user_id_jobs"
+    # Nor any job (ML096, jobs_user_id_immutable), charged or not.
+    for job in (charged, j):
+        with refused(db.sql, errors.JobOwnerImmutable) as info:
+            db.sql(
+                "UPDATE jobs SET user_id = :t, workflow_snapshot_id = :s WHERE id = :j",
+                t=thief,
+                s=snap,
+                j=job,
+            )
+        assert info.value.sqlstate == "ML096"
 
     # Nor may an entry name a user, job or package that does not exist.
     with refused(db.sql, errors.ReferenceViolation) as info:
@@ -613,7 +618,7 @@ def test_references_exist_and_jobs_are_the_users_own(
     assert info.value.constraint == "fk_credit_transactions_user_id_users"
     with refused(db.sql, errors.ReferenceViolation) as info:
         db.charge(owner, uuid.uuid4(), 10)
-    assert info.value.constraint == "fk_credit_transactions_job_id_user_id_jobs"
+    assert info.value.constraint == "fk_credit_transactions_job_id_jobs"
     with refused(db.sql, errors.ReferenceViolation) as info:
         db.purchase(owner, 10, package_id=uuid.uuid4())
     assert info.value.constraint == "fk_credit_transactions_package_id_credit_packages"
@@ -647,12 +652,12 @@ ON_CONFLICT_CASES = {
     "charge_retry": (
         "INSERT INTO credit_transactions(user_id, type, amount, job_id)"
         " VALUES (:u, 'consumption', -10, :j)"
-        " ON CONFLICT (job_id, user_id, type) WHERE job_id IS NOT NULL DO NOTHING"
+        " ON CONFLICT (job_id, type) WHERE job_id IS NOT NULL DO NOTHING"
     ),
     "refund_retry": (
         "INSERT INTO credit_transactions(user_id, type, amount, job_id)"
         " VALUES (:u, 'refund', 10, :j)"
-        " ON CONFLICT (job_id, user_id, type) WHERE job_id IS NOT NULL DO NOTHING"
+        " ON CONFLICT (job_id, type) WHERE job_id IS NOT NULL DO NOTHING"
     ),
     "same_id": (
         "INSERT INTO credit_transactions(id, user_id, type, amount)"

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from database import credits, errors, metering
 from database.grants import grant
-from database.models import CreditTransaction, TransactionType, UsageCharge, UsageSku
+from database.models import CreditTransaction, Job, TransactionType, UsageCharge, UsageSku
 
 from factories import make_credit_package, make_job, make_user, scalar
 
@@ -293,3 +293,164 @@ def test_the_ledgers_primary_key_fills_its_pages(sql):
     assert sql(
         "SELECT reloptions FROM pg_class WHERE oid = 'pk_credit_transactions'::regclass"
     ) == [(["fillfactor=100"],)]
+
+
+# --- a job's entries: keyed by (job_id, type), the owner tested by the trigger (c16e) ----
+JOB_ENTRY = (
+    "INSERT INTO credit_transactions (user_id, type, amount, job_id)"
+    " VALUES (:u, CAST(:type AS transaction_type), :amount, :j)"
+)
+REASSIGN = "UPDATE jobs SET user_id = :t, workflow_snapshot_id = :s WHERE id = :j"
+
+
+def _owner_thief_job(sql: Any, engine: Engine) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    owner, thief = _funded(sql, engine), _funded(sql, engine)
+    return owner, thief, make_job(sql, user_id=owner, credit_cost=10)
+
+
+def _snapshot(sql: Any, user: uuid.UUID) -> uuid.UUID:
+    return scalar(
+        sql,
+        "INSERT INTO workflow_snapshots (user_id, snapshot_data) VALUES (:u, '{}') RETURNING id",
+        u=user,
+    )
+
+
+def test_the_job_index_is_job_id_and_type_and_the_key_job_id_alone(sql):
+    assert sql("SELECT pg_get_indexdef('uq_credit_transactions_job_id_type'::regclass)") == [
+        (
+            "CREATE UNIQUE INDEX uq_credit_transactions_job_id_type ON public.credit_transactions"
+            " USING btree (job_id, type) WHERE (job_id IS NOT NULL)",
+        )
+    ]
+    assert sql(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conname = 'fk_credit_transactions_job_id_jobs'"
+    ) == [("FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE RESTRICT",)]
+
+
+@pytest.mark.parametrize("via", ["sql", "apps_role"])
+def test_another_users_job_is_refused_raw_sql_and_apps_role(sql, engine, app_engine, via):
+    owner, thief, job = _owner_thief_job(sql, engine)
+    eng = engine if via == "sql" else app_engine
+    with pytest.raises(errors.JobNotOwned) as info, eng.begin() as conn:
+        conn.execute(text(JOB_ENTRY), {"u": thief, "type": "consumption", "amount": -5, "j": job})
+    assert info.value.sqlstate == "ML095"
+    assert f"job {job} is another user's" in str(info.value)
+    with eng.begin() as conn:
+        conn.execute(text(JOB_ENTRY), {"u": owner, "type": "consumption", "amount": -5, "j": job})
+    # Its refund, once charged (an uncharged job's refund is ML004 first).
+    with pytest.raises(errors.JobNotOwned) as info, eng.begin() as conn:
+        conn.execute(text(JOB_ENTRY), {"u": thief, "type": "refund", "amount": 5, "j": job})
+    assert info.value.sqlstate == "ML095"
+    assert (_balance(sql, owner), _balance(sql, thief)) == (95, 100)
+    # The owner's own refund goes through; nothing moved for the thief.
+    with eng.begin() as conn:
+        conn.execute(text(JOB_ENTRY), {"u": owner, "type": "refund", "amount": 5, "j": job})
+    assert (_balance(sql, owner), _balance(sql, thief)) == (100, 100)
+    # A job's owner never changes, charged or not, whoever asks (ML096).
+    fresh = make_job(sql, user_id=owner)
+    for j in (job, fresh):
+        with pytest.raises(errors.JobOwnerImmutable) as info, eng.begin() as conn:
+            conn.execute(text(REASSIGN), {"t": thief, "s": _snapshot(sql, thief), "j": j})
+        assert info.value.sqlstate == "ML096"
+    # Writing the same owner, or any other column, is not a change of owner.
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE jobs SET user_id = user_id, credit_cost = 3 WHERE id = :j"),
+                     {"j": fresh})  # fmt: skip
+    assert scalar(sql, "SELECT user_id FROM jobs WHERE id = :j", j=job) == owner
+
+
+def test_another_users_job_is_refused_through_the_orm(sql, engine):
+    owner, thief, job = _owner_thief_job(sql, engine)
+    with Session(engine) as s:
+        s.add(CreditTransaction(user_id=thief, type=TransactionType.CONSUMPTION, amount=-5,
+                                job_id=job))  # fmt: skip
+        with pytest.raises(errors.JobNotOwned):
+            s.flush()
+    with Session(engine) as s:
+        assert credits.charge_job(s, job) is not None  # its owner's
+        with pytest.raises(errors.JobNotOwned):
+            credits.refund_job(s, job, "not yours", user=thief)
+        s.add(CreditTransaction(user_id=thief, type=TransactionType.REFUND, amount=5, job_id=job))
+        with pytest.raises(errors.JobNotOwned):
+            s.flush()
+    with Session(engine) as s:
+        db_job = s.get(Job, job)
+        assert db_job is not None
+        db_job.user_id = thief
+        db_job.workflow_snapshot_id = _snapshot(sql, thief)
+        with pytest.raises(errors.JobOwnerImmutable):
+            s.flush()
+    assert (_balance(sql, owner), _balance(sql, thief)) == (90, 100)
+
+
+def test_a_job_charged_concurrently_by_its_owner_a_thief_and_a_reassignment(sql, engine):
+    """Eight connections at once: four charge the job as its owner, three as another
+    user, one moves the job to that user. One charge, the owner's; the thieves are
+    refused (ML095, or the owner's charge first: JobAlreadyCharged), the move too."""
+    owner, thief, job = _owner_thief_job(sql, engine)
+    snap = _snapshot(sql, thief)
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            with engine.begin() as conn:
+                if i == 7:
+                    conn.execute(text(REASSIGN), {"t": thief, "s": snap, "j": job})
+                else:
+                    user = owner if i < 4 else thief
+                    conn.execute(
+                        text(JOB_ENTRY), {"u": user, "type": "consumption", "amount": -10, "j": job}
+                    )
+            outcomes.append("owner" if i < 4 else "thief" if i < 7 else "moved")
+        except errors.DatabaseError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("owner") == 1, outcomes
+    assert "thief" not in outcomes and "moved" not in outcomes, outcomes
+    assert outcomes.count("JobOwnerImmutable") == 1, outcomes
+    assert set(outcomes) <= {"owner", "JobOwnerImmutable", "JobNotOwned", "JobAlreadyCharged"}
+    assert (_balance(sql, owner), _balance(sql, thief)) == (90, 100)
+    assert sql("SELECT user_id, amount FROM credit_transactions WHERE job_id = :j", j=job) == [
+        (owner, -10)
+    ]
+
+
+# --- a refund of a job's end stores no reason: derived from the job (c16e) ---------------
+def test_a_refund_of_a_jobs_end_stores_no_reason_and_is_described_from_the_job(sql, engine):
+    user = _funded(sql, engine)
+    failed = make_job(sql, user_id=user, credit_cost=4, status="failed", error_message="boom")
+    bare = make_job(sql, user_id=user, credit_cost=3, status="failed")
+    other = make_job(sql, user_id=user, credit_cost=2, status="cancelled")
+    with Session(engine) as s:
+        for job in (failed, bare, other):
+            credits.charge_job(s, job)
+        entries = [
+            credits.refund_job(s, failed, "boom"),  # its error: not stored
+            credits.refund_job(s, bare, "job failed"),  # no error: "job <status>"
+            credits.refund_job(s, other, "cancelled before it started"),  # stored
+        ]
+        assert [e.description for e in entries] == [None, None, "cancelled before it started"]
+        assert list(credits.describe(s, entries).values()) == [
+            "boom",
+            "job failed",
+            "cancelled before it started",
+        ]
+        # A retry returns the first refund, whatever reason it gives.
+        assert credits.refund_job(s, failed, "another reason").id == entries[0].id
+    # Raw SQL may write a refund without a reason too; it is described the same way.
+    raw = make_job(sql, user_id=user, credit_cost=1, status="failed", error_message="oom")
+    sql(JOB_ENTRY, u=user, type="consumption", amount=-1, j=raw)
+    sql(JOB_ENTRY, u=user, type="refund", amount=1, j=raw)
+    with Session(engine) as s:
+        (refund,) = s.query(CreditTransaction).filter_by(job_id=raw, type=TransactionType.REFUND)
+        assert credits.describe(s, [refund]) == {refund.id: "oom"}
+    assert _balance(sql, user) == 100

@@ -166,7 +166,7 @@ PYTHON_ENUMS: dict[str, type[enum.Enum]] = {
 FK_ACTIONS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     # The ledger outlives what it names: a user, job or package with entries stays.
     "fk_credit_transactions_user_id_users": ("r", "a", None),
-    "fk_credit_transactions_job_id_user_id_jobs": ("r", "a", None),
+    "fk_credit_transactions_job_id_jobs": ("r", "a", None),
     "fk_credit_transactions_package_id_credit_packages": ("r", "a", None),
     # A user's own things go with the user.
     "fk_datasets_user_id_users": ("c", "a", None),

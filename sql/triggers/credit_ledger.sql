@@ -5,6 +5,10 @@
 --     one statement; the users.credit_balance update and the entry commit together;
 --   * a balance never goes below zero                      -> ML001 insufficient_credits
 --   * refunds name a charged job and never exceed it       -> ML004 refund_exceeds_charge
+--   * the job of a charge or refund is its user's own      -> ML095 job_not_owned
+--     (c16e00000001, issue 16: the foreign key is job_id -> jobs.id alone, so the
+--     job index is (job_id, type); the balance UPDATE below tests the owner, and
+--     a job's owner never changes, jobs_user_id_immutable  -> ML096 job_owner_immutable)
 --   * a soft-deleted user cannot buy                       -> ML005 user_deleted
 --   * UPDATE, DELETE and TRUNCATE of the ledger fail        -> ML002 ledger_immutable
 --   * duplicates (a Stripe payment, a job's charge or refund, an entry id) are
@@ -25,7 +29,8 @@
 --     more than that comparison for alerts.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
 -- of each type's amount, one charge and one refund per job (one unique index on
--- (job_id, user_id, type), issue 16), unique Stripe payment ids.
+-- (job_id, type), issue 16), unique Stripe payment ids, the job existing (job_id ->
+-- jobs.id; its owner is tested here, ML095).
 -- Invariant for every user: credit_balance = sum(amount) = latest balance_after.
 
 CREATE OR REPLACE FUNCTION public.credit_tx_before_insert()
@@ -106,7 +111,7 @@ BEGIN
                         WHERE t.job_id = NEW.job_id AND t.type = NEW.type) THEN
                 RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
                     USING ERRCODE = 'unique_violation', DETAIL = 'type=' || NEW.type::text,
-                          CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
+                          CONSTRAINT = 'uq_credit_transactions_job_id_type';
             END IF;
         END IF;
     END IF;
@@ -148,6 +153,11 @@ BEGIN
        AND u.credit_balance + NEW.amount >= 0
        AND NOT (u.is_deleted AND NEW.type = 'purchase')
        AND NOT EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id)
+       -- The job is the user's own (ML095). No OR: a NULL job_id matches no job.
+       -- A job's owner never changes (jobs_user_id_immutable) and a job named by
+       -- the ledger is never deleted (the foreign key), so this holds for good.
+       AND NOT EXISTS (SELECT 1 FROM public.jobs AS j
+                        WHERE j.id = NEW.job_id AND j.user_id <> NEW.user_id)
     RETURNING u.credit_balance,
               u.credit_balance < u.alert_below OR u.credit_balance >= u.alert_rearm
               OR (u.alert_spend > u.alert_spend_above AND NEW.type = 'consumption')
@@ -160,12 +170,21 @@ BEGIN
                         WHERE t.job_id = NEW.job_id AND t.type = 'consumption') THEN
                 RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
                     USING ERRCODE = 'unique_violation', DETAIL = 'type=consumption',
-                          CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
+                          CONSTRAINT = 'uq_credit_transactions_job_id_type';
             END IF;
         END IF;
         IF EXISTS (SELECT 1 FROM public.credit_transactions AS t WHERE t.id = NEW.id) THEN
             RAISE EXCEPTION 'ledger entry % already exists and cannot be replaced', NEW.id
                 USING ERRCODE = 'ML002';
+        END IF;
+        IF NEW.job_id IS NOT NULL THEN
+            IF EXISTS (SELECT 1 FROM public.jobs AS j
+                        WHERE j.id = NEW.job_id AND j.user_id <> NEW.user_id) THEN
+                RAISE EXCEPTION 'job % is another user''s: a % names a job of its own user',
+                    NEW.job_id, NEW.type
+                    USING ERRCODE = 'ML095',
+                          DETAIL = format('job_id=%s user_id=%s', NEW.job_id, NEW.user_id);
+            END IF;
         END IF;
         SELECT u.credit_balance, u.is_deleted INTO v_balance, v_deleted
           FROM public.users AS u WHERE u.id = NEW.user_id;
@@ -193,7 +212,7 @@ BEGIN
                     WHERE t.job_id = NEW.job_id AND t.type = 'consumption') THEN
             RAISE EXCEPTION 'job % already has a %', NEW.job_id, NEW.type
                 USING ERRCODE = 'unique_violation', DETAIL = 'type=consumption',
-                      CONSTRAINT = 'uq_credit_transactions_job_id_user_id_type';
+                      CONSTRAINT = 'uq_credit_transactions_job_id_type';
         END IF;
     END IF;
     -- Billing alerts (billing.sql), only when the entry crossed a threshold: the
@@ -221,6 +240,23 @@ $$;
 -- A charge of usage is accounted for by its usage_charges row (database.metering
 -- writes both in one transaction), checked at commit: deferred, and queued only for
 -- the entries it concerns (the WHEN clause), so no other entry pays for it.
+-- A job's owner never changes (ML096): the ledger's test of a charge's or refund's
+-- job (credit_tx_before_insert, ML095) then holds for good. It was the composite
+-- foreign key (job_id, user_id) -> jobs (id, user_id) before c16e00000001; the
+-- key is job_id alone now, so its index is (job_id, type) (issue 16, the ledger's
+-- weight). Every job, charged or not: nothing moves a job to another user.
+CREATE OR REPLACE FUNCTION public.jobs_user_id_immutable()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'job % belongs to user % and cannot be given to another', OLD.id, OLD.user_id
+        USING ERRCODE = 'ML096',
+              DETAIL = format('job_id=%s user_id=%s', OLD.id, OLD.user_id);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION public.credit_tx_usage_accounted()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -251,6 +287,12 @@ FOR EACH ROW EXECUTE FUNCTION public.credit_tx_immutable();
 CREATE TRIGGER credit_tx_no_truncate
 BEFORE TRUNCATE ON credit_transactions
 FOR EACH STATEMENT EXECUTE FUNCTION public.credit_tx_immutable();
+
+CREATE TRIGGER jobs_user_id_immutable
+BEFORE UPDATE OF user_id ON jobs
+FOR EACH ROW
+WHEN (OLD.user_id IS DISTINCT FROM NEW.user_id)
+EXECUTE FUNCTION public.jobs_user_id_immutable();
 
 CREATE CONSTRAINT TRIGGER credit_tx_usage_accounted
 AFTER INSERT ON credit_transactions

@@ -175,6 +175,7 @@ DATABASE_ERRORS: dict[type[db.DatabaseError], tuple[int, str]] = {
     db.JobPriceImmutable: (409, "job_price_immutable"),
     db.NoPriceBook: (503, "no_price_book"),
     db.UsageChargeUnaccounted: (409, "usage_charge_unaccounted"),
+    db.JobOwnerImmutable: (409, "job_owner_immutable"),
     db.PriceBookOverlap: (409, "price_book_overlap"),
     db.DerivedColumnReadOnly: (409, "derived_column_read_only"),
     db.AlreadyExists: (409, "already_exists"),

@@ -209,7 +209,9 @@ def describe(session: Session, entries: Iterable[CreditTransaction]) -> dict[uui
     none unless its caller gave one (``purchase of <package>``, from the package) and a
     charge of usage never does (``<quantity> <sku> of deployment <id>, <start> to
     <end>``, from the ``usage_charges`` row naming the entry, as metering wrote it
-    before). Two queries at most, whatever the number of entries."""
+    before); since c16e00000001 a refund whose reason is its job's end stores none
+    (the job's error, else ``job <status>``, from the job). Three queries at most,
+    whatever the number of entries."""
     entries = list(entries)
     out: dict[uuid.UUID, str | None] = {e.id: e.description for e in entries}
     packages = {e.package_id for e in entries if e.description is None and e.package_id}
@@ -218,6 +220,19 @@ def describe(session: Session, entries: Iterable[CreditTransaction]) -> dict[uui
         for e in entries
         if e.description is None and e.type == TransactionType.CONSUMPTION and e.job_id is None
     ]
+    refunded = {
+        e.job_id
+        for e in entries
+        if e.description is None and e.type == TransactionType.REFUND and e.job_id
+    }
+    ends: dict[uuid.UUID, str] = {}
+    if refunded:
+        ends = {
+            job_id: _end_text(error, status)
+            for job_id, error, status in session.execute(
+                select(Job.id, Job.error_message, Job.status).where(Job.id.in_(refunded))
+            )
+        }
     names: dict[uuid.UUID, str] = {}
     if packages:
         names = {
@@ -239,6 +254,8 @@ def describe(session: Session, entries: Iterable[CreditTransaction]) -> dict[uui
             continue
         if e.package_id in names:
             out[e.id] = f"purchase of {names[e.package_id]}"
+        elif e.type == TransactionType.REFUND and e.job_id in ends:
+            out[e.id] = ends[e.job_id]
         elif (c := charges.get(e.id)) is not None:
             out[e.id] = (
                 f"{c.quantity} {c.sku} of deployment {c.deployment_id or '-'},"
@@ -257,6 +274,19 @@ def _job_owner(session: Session, job_id: uuid.UUID, user: object | None) -> tupl
     if user is not None and row.user_id != _id(user):
         raise errors.JobNotOwned(f"job {job_id} belongs to another user")
     return row.user_id, row.credit_cost
+
+
+def _end_text(error_message: str | None, status: str) -> str:
+    """What a job's end says: its error, else ``job <status>`` (database.jobs refunds
+    a failed or cancelled job with it)."""
+    return error_message or f"job {status}"
+
+
+def _job_end(session: Session, job_id: uuid.UUID) -> str | None:
+    row = session.execute(
+        select(Job.error_message, Job.status).where(Job.id == job_id)
+    ).one_or_none()
+    return None if row is None else _end_text(row.error_message, row.status)
 
 
 def _charge_of(session: Session, job_id: uuid.UUID) -> CreditTransaction | None:
@@ -360,7 +390,10 @@ def refund_job(
                 type=TransactionType.REFUND,
                 amount=charged if amount is None else amount,
                 job_id=job_id,
-                description=why,
+                # The job's own end (its error, else "job <status>": what
+                # database.jobs refunds with) is not stored twice: describe() derives
+                # it from the job (issue 16, the ledger's weight, c16e00000001).
+                description=None if why == _job_end(session, job_id) else why,
             ),
         )
 

@@ -574,6 +574,11 @@ class UsageChargeUnaccounted(RuleViolation):
     ``database.metering.charge_usage``, which writes both."""
 
 
+class JobOwnerImmutable(RuleViolation):
+    """An UPDATE of a job's owner (``jobs.user_id``, ML096): the ledger's charges and
+    refunds of a job are its owner's, for good (c16e00000001)."""
+
+
 class PriceBookOverlap(ConstraintViolation):
     """Two price books of one tier whose spans overlap (23P01, the exclusion
     constraint of the tier)."""
@@ -619,6 +624,10 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
     "ML092": JobPriceImmutable,
     "ML093": NoPriceBook,
     "ML094": UsageChargeUnaccounted,
+    # A ledger entry naming another user's job (c16e00000001; the composite foreign
+    # key refused it before, 23503): like credits.charge_job(user=...) does.
+    "ML095": JobNotOwned,
+    "ML096": JobOwnerImmutable,
     "23P01": PriceBookOverlap,
     "ML105": AuditAppendOnly,
     "ML106": InvalidAuditActor,
@@ -646,7 +655,7 @@ SQLSTATES: dict[str, type[DatabaseError]] = {
 CONSTRAINTS: dict[str, type[DatabaseError]] = {
     # One index for a job's charge and refund (issue 16): which one is in the detail
     # (the ledger trigger's "type=refund", the index's "Key (...)=(..., refund)").
-    "uq_credit_transactions_job_id_user_id_type": JobAlreadyCharged,
+    "uq_credit_transactions_job_id_type": JobAlreadyCharged,
     "uq_credit_transactions_stripe_payment_id": DuplicatePayment,
     "uq_credit_transactions_idempotency_key": DuplicateAdjustment,
     "ck_credit_transactions_amount_sign": InvalidCreditAmount,
@@ -694,7 +703,7 @@ def translate(exc: BaseException) -> DatabaseError | None:
     detail = getattr(diag, "message_detail", None)
     message = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
     cls = CONSTRAINTS.get(constraint or "") or SQLSTATES.get(sqlstate)
-    if constraint == "uq_credit_transactions_job_id_user_id_type" and "refund" in (detail or ""):
+    if constraint == "uq_credit_transactions_job_id_type" and "refund" in (detail or ""):
         cls = JobAlreadyRefunded
     if cls is None:
         return None

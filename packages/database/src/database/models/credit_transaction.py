@@ -10,7 +10,6 @@ from sqlalchemy import (
     CheckConstraint,
     FetchedValue,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     event,
     inspect,
@@ -45,8 +44,15 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
     amount: Mapped[int]
     # Set by the credit_tx_before_insert trigger; any value given is replaced.
     balance_after: Mapped[int] = mapped_column(server_default=FetchedValue())
+    # What the entry was for; NULL where credits.describe derives it: a purchase (its
+    # package), a usage charge (its usage_charges row) and, since c16e00000001, a
+    # refund of its job's end (the job's error, else "job <status>").
     description: Mapped[str | None]
-    job_id: Mapped[uuid.UUID | None]
+    # RESTRICT: a job that was charged or refunded is never deleted. The job is the
+    # entry's user's own: credit_tx_before_insert tests it (ML095) and a job's owner
+    # never changes (jobs_user_id_immutable, ML096), c16e00000001. It was a composite
+    # key (job_id, user_id) -> jobs (id, user_id), whose index had to hold user_id.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"))
     package_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("credit_packages.id", ondelete="RESTRICT")
     )
@@ -66,10 +72,6 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
     package: Mapped[CreditPackage | None] = relationship(lazy="raise_on_sql", viewonly=True)
 
     __table_args__ = (
-        # The job of a charge or refund is the user's own.
-        ForeignKeyConstraint(
-            ["job_id", "user_id"], ["jobs.id", "jobs.user_id"], ondelete="RESTRICT"
-        ),
         CheckConstraint(
             "(type = 'purchase' AND amount > 0) OR (type = 'consumption' AND amount < 0)"
             " OR (type = 'refund' AND amount > 0) OR (type = 'adjustment' AND amount <> 0)",
@@ -112,13 +114,13 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         # One index for a job's entries (issue 16): a job is charged at most once and
-        # refunded at most once (a job has one user, so (job, user, type) unique is
-        # (job, type) unique), and it serves the (job_id, user_id) foreign key and the
+        # refunded at most once, and it serves the job_id foreign key and the
         # triggers' lookups. Partial: only charges and refunds of jobs name one.
+        # (job_id, type): 32-byte tuples, 48 with user_id (c16b-c16d's
+        # (job_id, user_id, type), for the composite foreign key): c16e00000001.
         Index(
-            "uq_credit_transactions_job_id_user_id_type",
+            "uq_credit_transactions_job_id_type",
             "job_id",
-            "user_id",
             "type",
             unique=True,
             postgresql_where=text("job_id IS NOT NULL"),

@@ -31,12 +31,14 @@ class Job(IDMixin, TimestampMixin, Base):
 
     # Time-ordered ids (PostgreSQL 18's uuidv7(), c16c00000001), like the ledger's:
     # a job is charged and refunded about when it runs, so the ledger's job index
-    # (uq_credit_transactions_job_id_user_id_type) grows near its right edge, its
+    # (uq_credit_transactions_job_id_type) grows near its right edge, its
     # pages about 90% full instead of about 65% (issue 16, the ledger's weight;
     # docs/billing.md). A caller may still give its own id (any uuid).
     id: Mapped[uuid.UUID] = mapped_column(
         primary_key=True, server_default=text("uuidv7()"), sort_order=-100
     )
+    # Never changes (jobs_user_id_immutable, ML096, c16e00000001): the ledger's
+    # charges and refunds name a job of their own user (sql/triggers/credit_ledger.sql).
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     workflow_snapshot_id: Mapped[uuid.UUID]
     # What the job is: the worker runs it with the handler registered for its kind.
