@@ -714,7 +714,12 @@ def write_section(doc: Path, text_: str) -> None:
     current = doc.read_text() if doc.exists() else ""
     if TITLE in current:
         start = current.index(TITLE)
-        end = current.find("\n## ", start + len(TITLE))
+        # The section's lead and tables are replaced; its ### subsections (the
+        # hand-written runs and readings) are kept.
+        ends = [
+            i for i in (current.find(m, start + len(TITLE)) for m in ("\n### ", "\n## ")) if i != -1
+        ]
+        end = min(ends) if ends else -1
         current = current[:start] + text_ + (current[end + 1 :] if end != -1 else "")
     else:
         current = current.rstrip() + "\n\n" + text_
