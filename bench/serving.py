@@ -8,6 +8,8 @@ prediction against ``model.predict`` in one process.
                                         the integrator's run: both online points,
                                         batch, and metering on / off at 1 and 4
                                         clients (bench/metering.py), no report
+    python -m bench.serving --sides ours,ours-off --no-metering --seconds 3 --reps 4
+                                        metering on / off over HTTP only (issue 14)
 
 **Online.** One model (the platform's pipeline: imputation, scaling, one-hot, a
 random forest of 50 trees, fitted on 20,000 rows of 4 columns), one record per request,
