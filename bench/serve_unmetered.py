@@ -1,0 +1,119 @@
+"""The serving benchmark's "ours, metering off" side (issue 14, over HTTP): ``automl-serve``
+with no metering, for bench/serving.py only.
+
+    python -m bench.serve_unmetered      # as ``automl-serve``: same settings, env, pool
+
+It runs the serving app exactly as ``python -m api.serving.app`` does (``api.cli.serve``:
+the same settings from the environment, one uvicorn process, the same pool and
+threads), with :class:`api.serving.service.Predictor` replaced IN THIS PROCESS ONLY by
+:class:`UnmeteredPredictor`: the API key checked as ever, the deployment read with
+:func:`database.deployments.resolve` (one statement, as the route would with nothing
+to admit) instead of :func:`database.deployments.admit_serving`: no quota, no credit
+lease nor hold, and no request record (no ``RequestLog``: nothing is written to
+``inference_requests``). It is no switch of the product: nothing a user or an operator
+can set turns it on; it lives under bench/ and patches the class at start-up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.serving import service
+from database import deployments
+from database.models import DeploymentStatus
+from pipeline.serving import DEFAULT_MAX_ROWS, InputError, check_arrays, parse_body
+
+
+class UnmeteredPredictor(service.Predictor):
+    """:class:`api.serving.service.Predictor` without the request's metering."""
+
+    def __init__(self, storage: Any, cache_bytes: int, **kwargs: Any) -> None:
+        kwargs["credit_lease"] = False  # no lease: no credit is taken at all
+        super().__init__(storage, cache_bytes, **kwargs)
+
+    def engine(self, factory: sessionmaker[Session]) -> Engine:
+        # The pool as ever, but no RequestLog (its writer thread) made.
+        if self._engine is None:
+            with factory() as session:
+                bind = session.get_bind()
+            assert isinstance(bind, Engine)
+            with self._lock:
+                if self._engine is None:
+                    self._engine = bind
+        return self._engine
+
+    def _quick(
+        self,
+        conn: Connection,
+        principal: Any,
+        deployment_id: uuid.UUID,
+        body: bytes,
+        content_type: str | None,
+        rid: str,
+        state: Any,
+    ) -> Any:
+        """The quick way with :func:`deployments.resolve` for ``admit_serving``: the
+        version remembered is served only while the deployment, active, serves it."""
+        hint = self._hints.get((principal.user_id, deployment_id))
+        if hint is None:
+            return None
+        version_id, max_rows = hint
+        model = self.cache.peek(str(version_id))
+        if model is None:
+            return None
+        try:
+            table = parse_body(body, content_type, model.columns)
+            frame = check_arrays(model, table, max_rows=max_rows)
+        except InputError:
+            return None
+        try:
+            target = deployments.resolve(conn, principal.user_id, deployment_id)
+        except deployments.DeploymentNotFound:
+            self._hints.pop((principal.user_id, deployment_id), None)
+            raise
+        if target.status != DeploymentStatus.ACTIVE or target.model_version_id != version_id:
+            return None
+        state.deployment_id, state.version_id, state.rows = deployment_id, version_id, table.rows
+        return service._Ready(target.config, model, frame, table.rows)
+
+    def _long(
+        self,
+        conn: Connection,
+        session: Session,
+        principal: Any,
+        deployment_id: uuid.UUID,
+        body: bytes,
+        content_type: str | None,
+        rid: str,
+        state: Any,
+    ) -> Any:
+        """The long way without ``metering.admit``."""
+        target = deployments.serving(session, principal.user_id, deployment_id)
+        state.deployment_id, state.version_id = target.deployment_id, target.model_version_id
+        self._remember(principal.user_id, target)
+        model = self.model(session, target)
+        table = parse_body(body, content_type, model.columns)
+        max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
+        frame = check_arrays(model, table, max_rows=max_rows)
+        state.rows = table.rows
+        return service._Ready(target.config, model, frame, table.rows)
+
+    def _record(self, *args: Any, **kwargs: Any) -> None:
+        """No request record."""
+
+
+def main() -> int:
+    import api.serving.app
+    from api.cli import serve
+
+    # create_app() looks the class up in its module when it is called: this process only.
+    api.serving.app.Predictor = UnmeteredPredictor  # type: ignore[misc]
+    return serve([])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
