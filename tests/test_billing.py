@@ -1043,6 +1043,16 @@ def test_a_receiver_that_does_not_answer_is_a_failed_attempt_within_the_timeout(
     )
 
 
+def test_a_post_whose_socket_times_out_says_no_answer_like_the_deadline(slow_receiver):
+    """The poster's own socket timeout and the batch's deadline are the same length:
+    on a loaded machine either may fire first, and the attempt's error must read the
+    same ("no answer within N s"), not a TimeoutError's text."""
+    url, handler = slow_receiver
+    status, error = billing._post(url, b"{}", {"Content-Type": "application/json"}, 0.3)
+    assert handler.arrived.is_set()
+    assert status is None and error == "no answer within 0.3 s"
+
+
 def test_claimed_events_are_leased_so_two_deliveries_never_post_one_event_twice(
     engine, sql, session, receiver
 ):

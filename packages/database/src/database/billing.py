@@ -770,6 +770,10 @@ def _post(
     except urllib.error.HTTPError as exc:
         return int(exc.code), f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            # The same words as a receiver still silent at the batch's deadline
+            # (_post_all): which of the two timers fired first is the machine's load.
+            return None, f"no answer within {timeout_s:g} s"
         return None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
