@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.serving import service
 from database import deployments
 from database.models import DeploymentStatus
-from pipeline.serving import DEFAULT_MAX_ROWS, InputError, check_arrays, parse_body
+from pipeline.serving import DEFAULT_MAX_ROWS, check_arrays, parse_body
 
 
 class UnmeteredPredictor(service.Predictor):
@@ -58,18 +58,10 @@ class UnmeteredPredictor(service.Predictor):
     ) -> Any:
         """The quick way with :func:`deployments.resolve` for ``admit_serving``: the
         version remembered is served only while the deployment, active, serves it."""
-        hint = self._hints.get((principal.user_id, deployment_id))
-        if hint is None:
+        hinted = self._hinted(principal, deployment_id, body, content_type)
+        if hinted is None:
             return None
-        version_id, max_rows = hint
-        model = self.cache.peek(str(version_id))
-        if model is None:
-            return None
-        try:
-            table = parse_body(body, content_type, model.columns)
-            frame = check_arrays(model, table, max_rows=max_rows)
-        except InputError:
-            return None
+        version_id, model, frame, rows = hinted
         try:
             target = deployments.resolve(conn, principal.user_id, deployment_id)
         except deployments.DeploymentNotFound:
@@ -77,8 +69,8 @@ class UnmeteredPredictor(service.Predictor):
             raise
         if target.status != DeploymentStatus.ACTIVE or target.model_version_id != version_id:
             return None
-        state.deployment_id, state.version_id, state.rows = deployment_id, version_id, table.rows
-        return service._Ready(target.config, model, frame, table.rows)
+        state.deployment_id, state.version_id, state.rows = deployment_id, version_id, rows
+        return service._Ready(target.config, model, frame, rows)
 
     def _long(
         self,

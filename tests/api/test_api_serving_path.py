@@ -8,11 +8,13 @@ Real models, real storage, the real database (as test_api_deployments.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,23 @@ def logged(engine: Engine, deployment_id: str) -> list[str]:
 
 
 # --- one statement ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def _statements(engine: Engine) -> Iterator[list[str]]:
+    """The statements the request sends on ``engine`` while inside (the request log's
+    thread writes on the same engine, whenever it wakes: its statements left out)."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "inference_requests" not in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+
 def test_a_deployment_served_before_costs_the_key_and_one_statement(
     client: TestClient, account: Account, engine: Engine, storage: LocalStorage
 ) -> None:
@@ -96,18 +115,8 @@ def test_a_deployment_served_before_costs_the_key_and_one_statement(
     predictor = client.app.state.predictor  # type: ignore[attr-defined]
     assert predictor.leases.taken == 1
     predictor.log.flush()  # (not the leases: the next request uses the one taken)
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # The request log's thread writes on the same engine, whenever it wakes.
-        if "inference_requests" not in statement:
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with _statements(engine) as statements:
         r = client.post(url(d), headers=account.headers, json=body)
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert r.status_code == 200, r.text
     assert len(statements) == 2, statements
     # The key has no quota and the credit is leased: nothing for usage_hold to count,
@@ -121,12 +130,8 @@ def test_a_deployment_served_before_costs_the_key_and_one_statement(
             text("UPDATE api_keys SET rate_limit_per_minute = 1000 WHERE id = :k"),
             {"k": account.key_id},
         )
-    statements.clear()
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with _statements(engine) as statements:
         r = client.post(url(d), headers=account.headers, json=body)
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert r.status_code == 200, r.text
     assert len(statements) == 2, statements
     assert "usage_hold" in statements[1] and "deployments" in statements[1]

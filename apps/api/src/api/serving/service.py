@@ -253,19 +253,10 @@ class Predictor:
     ) -> _Ready | None:
         """The one-round-trip way, when this process served the deployment before and
         the body fits that version; None: take the long way (nothing was counted)."""
-        hint = self._hints.get((principal.user_id, deployment_id))
-        if hint is None:
+        hinted = self._hinted(principal, deployment_id, body, content_type)
+        if hinted is None:
             return None
-        version_id, max_rows = hint
-        model = self.cache.peek(str(version_id))
-        if model is None:
-            return None
-        try:
-            table = parse_body(body, content_type, model.columns)
-            frame = check_arrays(model, table, max_rows=max_rows)
-        except InputError:
-            return None  # the long way says it, after the deployment's own errors
-        rows = table.rows
+        version_id, model, frame, rows = hinted
         leased: metering.Leased | None = None
         try:
             if self.leases is not None:
@@ -306,6 +297,31 @@ class Predictor:
         else:
             state.hold_id = found.hold_id
         return _Ready(found.target.config, model, frame, rows)
+
+    def _hinted(
+        self,
+        principal: Any,
+        deployment_id: uuid.UUID,
+        body: bytes,
+        content_type: str | None,
+    ) -> tuple[uuid.UUID, LoadedModel, Any, int] | None:
+        """The version this process served the deployment last (a guess), its loaded
+        model, the body read against its signature and the body's rows; None when
+        there is no guess, the model is not loaded, or the body does not fit (the
+        long way says why, after the deployment's own errors). No statement."""
+        hint = self._hints.get((principal.user_id, deployment_id))
+        if hint is None:
+            return None
+        version_id, max_rows = hint
+        model = self.cache.peek(str(version_id))
+        if model is None:
+            return None
+        try:
+            table = parse_body(body, content_type, model.columns)
+            frame = check_arrays(model, table, max_rows=max_rows)
+        except InputError:
+            return None
+        return version_id, model, frame, table.rows
 
     def _give_back(
         self, conn: Connection, user_id: uuid.UUID, leased: metering.Leased | None
