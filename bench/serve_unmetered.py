@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from api.serving import service
 from database import deployments
@@ -35,16 +35,9 @@ class UnmeteredPredictor(service.Predictor):
         kwargs["credit_lease"] = False  # no lease: no credit is taken at all
         super().__init__(storage, cache_bytes, **kwargs)
 
-    def engine(self, factory: sessionmaker[Session]) -> Engine:
-        # The pool as ever, but no RequestLog (its writer thread) made.
-        if self._engine is None:
-            with factory() as session:
-                bind = session.get_bind()
-            assert isinstance(bind, Engine)
-            with self._lock:
-                if self._engine is None:
-                    self._engine = bind
-        return self._engine
+    def _request_log(self, bind: Engine) -> None:
+        """No RequestLog (nor its writer thread)."""
+        return None
 
     def _quick(
         self,

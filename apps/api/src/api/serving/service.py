@@ -179,13 +179,17 @@ class Predictor:
             with self._lock:
                 if self._engine is None:
                     self._engine = bind
-                    leases = self.leases
-                    self.log = metering.RequestLog(
-                        bind,
-                        # Expired leases' unused parts given back off the request path.
-                        after_write=None if leases is None else lambda: leases.return_expired(bind),
-                    )
+                    self.log = self._request_log(bind)
         return self._engine
+
+    def _request_log(self, bind: Engine) -> metering.RequestLog | None:
+        """The process's buffered request log on ``bind`` (made once, with the pool)."""
+        leases = self.leases
+        return metering.RequestLog(
+            bind,
+            # Expired leases' unused parts given back off the request path.
+            after_write=None if leases is None else lambda: leases.return_expired(bind),
+        )
 
     def executor(self) -> ThreadPoolExecutor:
         with self._lock:
