@@ -29,8 +29,9 @@
 --     more than that comparison for alerts.
 -- Declarative rules sit on the table itself (models/credit_transaction.py): the sign
 -- of each type's amount, one charge and one refund per job (one unique index on
--- (job_id, type), issue 16), unique Stripe payment ids, the job existing (job_id ->
--- jobs.id; its owner is tested here, ML095).
+-- (job_id, type), issue 16), unique Stripe payment ids (a unique index on the id's
+-- 64-bit key, hashtextextended(stripe_payment_id, 0), c16f00000001), the job existing
+-- (job_id -> jobs.id; its owner is tested here, ML095).
 -- Invariant for every user: credit_balance = sum(amount) = latest balance_after.
 
 CREATE OR REPLACE FUNCTION public.credit_tx_before_insert()
@@ -44,6 +45,7 @@ DECLARE
     v_balance integer;
     v_deleted boolean;
     v_alert boolean;
+    v_payment text;
 BEGIN
     -- A malformed row is refused by the constraint it breaks, before any balance
     -- is read (BEFORE triggers run ahead of NOT NULL and CHECK constraints).
@@ -98,12 +100,26 @@ BEGIN
         END IF;
         IF NEW.stripe_payment_id IS NOT NULL THEN
             -- One payment id could be sent for two users: serialize on the id too.
+            -- The unique index is on the id's 64-bit key, hashtextextended(id, 0)
+            -- (c16f00000001, issue 16: 16-byte index tuples, not the text's 40), so
+            -- the test looks the key up: the entry found is this payment's, or
+            -- (about n^2 / 2^65 for n payments) another id of the same key, which
+            -- the index refuses too: said so, with both ids.
             PERFORM pg_advisory_xact_lock(hashtextextended('stripe:' || NEW.stripe_payment_id, 0));
-            IF EXISTS (SELECT 1 FROM public.credit_transactions AS t
-                        WHERE t.stripe_payment_id = NEW.stripe_payment_id) THEN
+            SELECT t.stripe_payment_id INTO v_payment
+              FROM public.credit_transactions AS t
+             WHERE hashtextextended(t.stripe_payment_id, 0) = hashtextextended(NEW.stripe_payment_id, 0);
+            IF v_payment = NEW.stripe_payment_id THEN
                 RAISE EXCEPTION 'stripe payment % was already credited', NEW.stripe_payment_id
                     USING ERRCODE = 'unique_violation',
                           CONSTRAINT = 'uq_credit_transactions_stripe_payment_id';
+            ELSIF v_payment IS NOT NULL THEN
+                RAISE EXCEPTION 'stripe payment % has the 64-bit key of payment %, already credited',
+                    NEW.stripe_payment_id, v_payment
+                    USING ERRCODE = 'unique_violation',
+                          CONSTRAINT = 'uq_credit_transactions_stripe_payment_id',
+                          DETAIL = format('key=%s', hashtextextended(NEW.stripe_payment_id, 0)),
+                          HINT = 'credit it with an adjustment (docs/billing.md)';
             END IF;
         END IF;
         IF NEW.job_id IS NOT NULL THEN  -- a refund here (see the two IFs below)

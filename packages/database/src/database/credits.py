@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, select, text
+from sqlalchemy import ColumnElement, and_, func, literal_column, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -132,6 +132,23 @@ def _insert(session: Session, entry: CreditTransaction) -> CreditTransaction:
     return entry
 
 
+def payment_key(payment: ColumnElement[str] | str) -> ColumnElement[int]:
+    """The 64-bit key of a Stripe payment id, ``hashtextextended(id, 0)``: what
+    ``uq_credit_transactions_stripe_payment_id`` indexes (c16f00000001, issue 16). The
+    seed is a literal, as in the index's expression (a bound parameter would not
+    match it)."""
+    return func.hashtextextended(payment, literal_column("0"))
+
+
+def payment_is(payment_ref: str) -> ColumnElement[bool]:
+    """The ledger's entries of ``payment_ref``: found through the unique index on the
+    payment id's key, then the id itself compared (two ids may share a key)."""
+    return and_(
+        payment_key(CreditTransaction.stripe_payment_id) == payment_key(payment_ref),
+        CreditTransaction.stripe_payment_id == payment_ref,
+    )
+
+
 def _first(session: Session, *where: ColumnElement[bool]) -> CreditTransaction | None:
     return session.scalars(select(CreditTransaction).where(*where).limit(1)).first()
 
@@ -172,7 +189,7 @@ def purchase(
 
     def operation(previous: list[str]) -> CreditTransaction:
         previous.append(_lock(session, [user_id], lock_timeout_ms))
-        existing = _first(session, CreditTransaction.stripe_payment_id == ref)
+        existing = _first(session, payment_is(ref))
         if existing is not None:
             return same_request(existing)
         row = session.execute(
@@ -197,7 +214,7 @@ def purchase(
         )
 
     def recover() -> CreditTransaction | None:
-        existing = _first(session, CreditTransaction.stripe_payment_id == ref)
+        existing = _first(session, payment_is(ref))
         return same_request(existing) if existing is not None else None
 
     return _run(session, operation, recover, (errors.DuplicatePayment,))

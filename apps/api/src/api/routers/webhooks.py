@@ -98,7 +98,7 @@ def _credit(session: Session, obj: dict[str, Any]) -> None:
     credits.lock_users(session, [user_id])
     credited = session.execute(
         select(CreditTransaction.id, CreditTransaction.user_id, CreditTransaction.package_id)
-        .where(CreditTransaction.stripe_payment_id == payment)
+        .where(credits.payment_is(payment))
         .limit(1)
     ).one_or_none()
     if credited is not None and (credited.user_id, credited.package_id) == (user_id, package_id):

@@ -97,12 +97,18 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         ),
         CheckConstraint("type = 'adjustment' OR actor IS NULL", name="actor_only_for_adjustments"),
         CheckConstraint("balance_after >= 0", name="balance_after_nonnegative"),
-        # Partial (issue 16, the ledger's weight): only purchases carry a payment id.
-        # A client retrying a payment with ON CONFLICT names the predicate too:
-        # ON CONFLICT (stripe_payment_id) WHERE stripe_payment_id IS NOT NULL.
+        # A payment credits the ledger once: unique on the payment id's 64-bit key
+        # (c16f00000001, issue 16, the ledger's weight: 16-byte index tuples where
+        # the text's took 40). PostgreSQL enforces it at every isolation level; two
+        # distinct ids of one key (about n^2 / 2^65 for n payments) are refused like
+        # a duplicate (docs/billing.md). Lookups by payment id name the key to use
+        # it (credits.payment_is). Partial: only purchases carry a payment id. A
+        # client retrying a payment with ON CONFLICT names the expression and the
+        # predicate: ON CONFLICT ((hashtextextended(stripe_payment_id, 0)))
+        # WHERE stripe_payment_id IS NOT NULL.
         Index(
             "uq_credit_transactions_stripe_payment_id",
-            "stripe_payment_id",
+            text("hashtextextended(stripe_payment_id, 0)"),
             unique=True,
             postgresql_where=text("stripe_payment_id IS NOT NULL"),
         ),
