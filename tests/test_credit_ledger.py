@@ -643,7 +643,8 @@ ON_CONFLICT_CASES = {
     "stripe_webhook_retry": (
         "INSERT INTO credit_transactions(user_id, type, amount, stripe_payment_id)"
         " VALUES (:u, 'purchase', 100, 'pi_hook')"
-        " ON CONFLICT (stripe_payment_id) WHERE stripe_payment_id IS NOT NULL DO NOTHING"
+        " ON CONFLICT ((hashtextextended(stripe_payment_id, 0)))"
+        " WHERE stripe_payment_id IS NOT NULL DO NOTHING"
     ),
     "stripe_webhook_retry_any_conflict": (
         "INSERT INTO credit_transactions(user_id, type, amount, stripe_payment_id)"

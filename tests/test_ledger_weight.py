@@ -6,11 +6,14 @@ unique there) and must name the entry, its user and its credits at commit
 (``credit_tx_usage_accounted``, ML094, ``UsageChargeUnaccounted``), whoever writes it:
 raw SQL, the ORM, the apps' role. A purchase stores no description unless its caller
 gives one; ``credits.describe`` derives both for display. The primary key fills its
-pages to 100%.
+pages to 100%. A Stripe payment credits once through a unique index on the payment
+id's 64-bit key (c16f00000001): tried through raw SQL, the ORM, the apps' role, ON
+CONFLICT on the key, and two or eight connections at once under each isolation level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import uuid
@@ -18,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from database import credits, errors, metering
@@ -454,3 +457,207 @@ def test_a_refund_of_a_jobs_end_stores_no_reason_and_is_described_from_the_job(s
         (refund,) = s.query(CreditTransaction).filter_by(job_id=raw, type=TransactionType.REFUND)
         assert credits.describe(s, [refund]) == {refund.id: "oom"}
     assert _balance(sql, user) == 100
+
+
+# --- a Stripe payment credits once: unique on the id's 64-bit key (c16f) ----------------
+PURCHASE = (
+    "INSERT INTO credit_transactions (user_id, type, amount, package_id, stripe_payment_id)"
+    " VALUES (:u, 'purchase', 100, :p, :ref)"
+)
+PURCHASE_ON_CONFLICT = (
+    PURCHASE + " ON CONFLICT ((hashtextextended(stripe_payment_id, 0)))"
+    " WHERE stripe_payment_id IS NOT NULL DO NOTHING"
+)
+
+
+def _credited(sql: Any, ref: str) -> list[tuple[uuid.UUID, int]]:
+    return sql(
+        "SELECT user_id, amount FROM credit_transactions WHERE stripe_payment_id = :r", r=ref
+    )
+
+
+def test_the_payment_index_is_unique_on_the_ids_64_bit_key(sql):
+    assert sql("SELECT pg_get_indexdef('uq_credit_transactions_stripe_payment_id'::regclass)") == [
+        (
+            "CREATE UNIQUE INDEX uq_credit_transactions_stripe_payment_id ON"
+            " public.credit_transactions USING btree (hashtextextended(stripe_payment_id,"
+            " (0)::bigint)) WHERE (stripe_payment_id IS NOT NULL)",
+        )
+    ]
+    # No index of the text any more: every lookup by payment id names the key.
+    assert not sql(
+        "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = ANY (i.indkey) WHERE i.indrelid = 'credit_transactions'::regclass"
+        " AND a.attname = 'stripe_payment_id'"
+    )
+
+
+@pytest.mark.parametrize("via", ["sql", "orm", "apps_role"])
+def test_a_payment_credits_once_raw_sql_orm_and_apps_role(sql, engine, app_engine, via):
+    """The same payment again, for its user or another, through each way in: refused
+    (DuplicatePayment, by the trigger or the index), no credit moved; the same with
+    the retry's ON CONFLICT on the key (it infers the index)."""
+    first, other = make_user(sql), make_user(sql)
+    package = make_credit_package(sql, credits=100)
+    ref = f"pi_once_{via}"
+    eng = app_engine if via == "apps_role" else engine
+    with eng.begin() as conn:  # the retry's statement credits a new payment once
+        conn.execute(text(PURCHASE_ON_CONFLICT), {"u": first, "p": package, "ref": ref})
+    for user in (first, other):
+        with pytest.raises(errors.DuplicatePayment) as info:
+            if via == "orm":
+                with Session(engine) as s:
+                    s.add(
+                        CreditTransaction(
+                            user_id=user,
+                            type=TransactionType.PURCHASE,
+                            amount=100,
+                            package_id=package,
+                            stripe_payment_id=ref,
+                        )
+                    )
+                    s.commit()
+            else:
+                with eng.begin() as conn:
+                    conn.execute(text(PURCHASE), {"u": user, "p": package, "ref": ref})
+        assert info.value.constraint == "uq_credit_transactions_stripe_payment_id"
+        with contextlib.suppress(errors.DuplicatePayment), eng.begin() as conn:
+            conn.execute(text(PURCHASE_ON_CONFLICT), {"u": user, "p": package, "ref": ref})
+    assert _credited(sql, ref) == [(first, 100)]
+    assert (_balance(sql, first), _balance(sql, other)) == (100, 0)
+
+
+def test_a_payment_id_differing_only_in_case_or_space_is_another_payment(sql, engine):
+    """The key is of the exact text (as the text's index was): no false duplicate."""
+    user = make_user(sql)
+    package = make_credit_package(sql, credits=100)
+    refs = ["pi_Case", "pi_case", "pi_case ", "pi_cas\u00e9"]
+    with engine.begin() as conn:
+        for ref in refs:
+            conn.execute(text(PURCHASE), {"u": user, "p": package, "ref": ref})
+    assert _balance(sql, user) == 400
+
+
+def test_lookups_by_payment_id_use_the_key_index(sql, engine):
+    """credits.payment_is (the purchase's and the webhook's lookup) and the trigger's
+    test find a payment through the index, not by reading the ledger."""
+    stmt = select(CreditTransaction.id).where(credits.payment_is("pi_lookup"))
+    compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
+    trigger_query = (
+        "SELECT t.stripe_payment_id FROM credit_transactions AS t"
+        " WHERE hashtextextended(t.stripe_payment_id, 0) = hashtextextended('pi_lookup', 0)"
+    )
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+        for query in (str(compiled), trigger_query):
+            plan = "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + query)))
+            assert "uq_credit_transactions_stripe_payment_id" in plan, plan
+
+
+def test_purchase_is_idempotent_by_payment_and_refuses_another_users(sql, engine):
+    user, other = make_user(sql), make_user(sql)
+    package = make_credit_package(sql, credits=100)
+    with Session(engine) as s:
+        first = credits.purchase(s, user, package, "pi_idem").id
+        s.commit()
+    with Session(engine) as s:
+        assert credits.purchase(s, user, package, "pi_idem").id == first
+        with pytest.raises(errors.PaymentReferenceConflict):
+            credits.purchase(s, other, package, "pi_idem")
+    assert _credited(sql, "pi_idem") == [(user, 100)]
+
+
+def _blocked(sql: Any, pid: int) -> bool:
+    return bool(scalar(sql, "SELECT count(*) FROM pg_locks WHERE pid = :p AND NOT granted", p=pid))
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("on_conflict", [False, True], ids=["insert", "on_conflict"])
+@pytest.mark.parametrize("same_user", [False, True], ids=["two_users", "one_user"])
+def test_a_payment_credited_by_two_connections_at_once_credits_once(
+    sql, engine, isolation, on_conflict, same_user
+):
+    """Two connections credit one payment: the second's statement starts (its snapshot
+    taken) while the first's entry is uncommitted, waits, then the first commits.
+    Under READ COMMITTED the trigger sees the entry (DuplicatePayment); under
+    REPEATABLE READ and SERIALIZABLE it cannot, and PostgreSQL's unique index refuses
+    it (DuplicatePayment), or the snapshot does (SerializationConflict): one credit,
+    and the loser moved nothing, with ON CONFLICT DO NOTHING too."""
+    first = make_user(sql)
+    second = first if same_user else make_user(sql)
+    package = make_credit_package(sql, credits=100)
+    ref = f"pi_race_{uuid.uuid4().hex[:8]}"
+    statement = text(PURCHASE_ON_CONFLICT if on_conflict else PURCHASE)
+    outcome: list[str] = []
+    a = engine.connect().execution_options(isolation_level=isolation)
+    b = engine.connect().execution_options(isolation_level=isolation)
+    try:
+        pid = b.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        b.rollback()
+        a.begin()
+        a.execute(statement, {"u": first, "p": package, "ref": ref})
+
+        def run() -> None:
+            try:
+                with b.begin():
+                    done = b.execute(statement, {"u": second, "p": package, "ref": ref})
+                    outcome.append("credited" if done.rowcount else "nothing")
+            except errors.DatabaseError as exc:
+                outcome.append(type(exc).__name__)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while thread.is_alive() and not _blocked(sql, pid):
+            thread.join(0.01)
+        a.commit()
+        thread.join(60)
+        assert not thread.is_alive()
+    finally:
+        a.close()
+        b.close()
+    assert len(outcome) == 1
+    assert outcome[0] in {"DuplicatePayment", "SerializationConflict", "nothing"}, outcome
+    if isolation == "READ COMMITTED" or not on_conflict:
+        assert outcome[0] in {"DuplicatePayment", "SerializationConflict"}, outcome
+    assert _credited(sql, ref) == [(first, 100)]
+    assert _balance(sql, first) == 100
+    assert _balance(sql, second) == (100 if same_user else 0)
+    assert scalar(
+        sql,
+        "SELECT coalesce(sum(amount), 0) FROM credit_transactions WHERE user_id = :u",
+        u=second,
+    ) == _balance(sql, second)
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_eight_connections_credit_one_payment_once(sql, engine, isolation):
+    """Eight connections, eight users, one payment, released together: one credit."""
+    users = [make_user(sql) for _ in range(8)]
+    package = make_credit_package(sql, credits=100)
+    ref = f"pi_eight_{uuid.uuid4().hex[:8]}"
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def run(user: uuid.UUID) -> None:
+        with engine.connect().execution_options(isolation_level=isolation) as conn:
+            conn.execute(text("SELECT 1"))
+            conn.rollback()
+            barrier.wait(60)
+            try:
+                with conn.begin():
+                    conn.execute(text(PURCHASE), {"u": user, "p": package, "ref": ref})
+                outcomes.append("credited")
+            except errors.DatabaseError as exc:
+                outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=run, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert outcomes.count("credited") == 1, outcomes
+    assert set(outcomes) <= {"credited", "DuplicatePayment", "SerializationConflict"}, outcomes
+    (winner,) = [u for u in users if _balance(sql, u)]
+    assert _credited(sql, ref) == [(winner, 100)]
+    assert sorted(_balance(sql, u) for u in users) == [0] * 7 + [100]
