@@ -21,9 +21,9 @@
 2. **Bytes per ledger entry**, by type (purchase, consumption, refund, adjustment,
    a metering usage charge, and the usage charge with its ``usage_charges`` row): the
    heap and every index of ``credit_transactions``, on ``n`` entries of one type at a
-   time written as the code writes them, with today's schema (c16e00000001), with
-   c16d00000001's job index ((job_id, user_id, type), for the composite job foreign
-   key) and refunds carrying their reason, and with the schema before c16b00000001.
+   time written as the code writes them, with today's schema (c16f00000001), with
+   c16e00000001's unique index of the Stripe payment id's text (not its 64-bit key),
+   and with the schema before c16b00000001.
    Alone, in about a minute:
 
        uv run --group bench python -m bench.billing --only weight [--doc -]
@@ -108,16 +108,15 @@ NEW_INDEXES = (
     "uq_credit_transactions_stripe_payment_id",
 )
 KINDS = ("purchase", "consumption", "refund", "adjustment", "usage")
-#: The job index now (c16e00000001) and the one it replaced (c16b-c16d00000001), built
-#: by hand for the c16d column.
-JOB_INDEX = (
-    "CREATE UNIQUE INDEX uq_credit_transactions_job_id_type ON credit_transactions"
-    " (job_id, type) WHERE job_id IS NOT NULL"
+#: The Stripe payment's unique index now (c16f00000001: the id's 64-bit key) and the
+#: one it replaced (c16b-c16e00000001: the id's text), built by hand for the c16e column.
+PAYMENT_INDEX = (
+    "CREATE UNIQUE INDEX uq_credit_transactions_stripe_payment_id ON credit_transactions"
+    " (hashtextextended(stripe_payment_id, 0)) WHERE stripe_payment_id IS NOT NULL"
 )
-C16D_JOB_INDEX_NAME = "uq_credit_transactions_job_id_user_id_type"
-C16D_JOB_INDEX = (
-    f"CREATE UNIQUE INDEX {C16D_JOB_INDEX_NAME} ON credit_transactions"
-    " (job_id, user_id, type) WHERE job_id IS NOT NULL"
+C16E_PAYMENT_INDEX = (
+    "CREATE UNIQUE INDEX uq_credit_transactions_stripe_payment_id ON credit_transactions"
+    " (stripe_payment_id) WHERE stripe_payment_id IS NOT NULL"
 )
 #: Bytes per usage_charges row with its indexes under c16c00000001 (its text key and
 #: the key's unique index), measured by this bench before c16d00000001 (509 to 512
@@ -348,8 +347,6 @@ STYLE_C16C = {
     "usage_description": "'1200 predicted_rows of deployment ' || {dep}"
     " || ', 2026-12-07T10:00:00+00:00 to 2026-12-07T11:00:00+00:00'",
 }
-#: c16d00000001: today's entries, but a refund stores its reason ("job failed").
-STYLE_C16D = {**STYLE_NOW, "refund": "'job failed'"}
 
 
 def _fill(
@@ -476,12 +473,12 @@ def ledger_weight(
     for kind in KINDS:
         _fill(db, kind, n, n_users, ids="default")
         now = {name: int(size) for name, size in db.sql(_SIZES)}
-        # c16d00000001: the job index (job_id, user_id, type), which the composite
-        # foreign key (job_id, user_id) -> jobs needed, instead of (job_id, type).
-        db.script(f"{C16D_JOB_INDEX};\nDROP INDEX uq_credit_transactions_job_id_type;")
-        _fill(db, kind, n, n_users, ids="default", style=STYLE_C16D)
-        c16d = {name: int(size) for name, size in db.sql(_SIZES)}
-        db.script(f"{JOB_INDEX};\nDROP INDEX {C16D_JOB_INDEX_NAME};")
+        # c16e00000001: the payment's unique index on the id's text, not its key.
+        drop_payment = "DROP INDEX uq_credit_transactions_stripe_payment_id;"
+        db.script(f"{drop_payment}\n{C16E_PAYMENT_INDEX};")
+        _fill(db, kind, n, n_users, ids="default")
+        c16e = {name: int(size) for name, size in db.sql(_SIZES)}
+        db.script(f"{drop_payment}\n{PAYMENT_INDEX};")
         db.script("ALTER INDEX pk_credit_transactions RESET (fillfactor);")
         for statement in OLD_INDEXES.values():
             db.script(statement + ";")
@@ -496,17 +493,17 @@ def ledger_weight(
         out[kind] = {
             "entries": n,
             "relations": {k: round(v / n, 1) for k, v in sorted(now.items())},
-            "relations_c16d": {k: round(v / n, 1) for k, v in sorted(c16d.items())},
+            "relations_c16e": {k: round(v / n, 1) for k, v in sorted(c16e.items())},
             "relations_before": {k: round(v / n, 1) for k, v in sorted(before.items())},
             "bytes_per_entry": round(now_total / n, 1),
-            "bytes_per_entry_c16d": round(sum(c16d.values()) / n, 1),
+            "bytes_per_entry_c16e": round(sum(c16e.values()) / n, 1),
             "bytes_per_entry_before": round(before_total / n, 1),
         }
         if kind == "usage":
             out[kind]["usage_charge_row"] = round(_usage_charge_bytes(db, n, n_users), 1)
         log(
             f"  weight {kind:11s} {now_total / n:6.1f} bytes/entry"
-            f" (c16d00000001: {sum(c16d.values()) / n:6.1f};"
+            f" (c16e00000001: {sum(c16e.values()) / n:6.1f};"
             f" before c16b00000001: {before_total / n:6.1f})"
             + (
                 f"; + its usage_charges row {out[kind]['usage_charge_row']:.1f}"
@@ -723,14 +720,14 @@ def render_weight(res: dict[str, Any]) -> str:
         " load does not change these figures; random ids (the before column, the usage"
         " charges' deployments) move them by a few bytes from run to run).",
         "",
-        "| entry | now (c16e00000001) | c16d00000001 | before c16b00000001 |",
+        "| entry | now (c16f00000001) | c16e00000001 | before c16b00000001 |",
         "| --- | ---: | ---: | ---: |",
     ]
     weights = res["weight"]
     for kind, w in weights.items():
         out.append(
             f"| {kind} | {w['bytes_per_entry']:.0f}"
-            f" | {w.get('bytes_per_entry_c16d', w['bytes_per_entry']):.0f}"
+            f" | {w.get('bytes_per_entry_c16e', w['bytes_per_entry']):.0f}"
             f" | {w['bytes_per_entry_before']:.0f} |"
         )
     usage = weights.get("usage", {})
@@ -739,7 +736,7 @@ def render_weight(res: dict[str, Any]) -> str:
         out.append(
             "| usage + its `usage_charges` row"
             f" | {usage['bytes_per_entry'] + row:.0f}"
-            f" | {usage.get('bytes_per_entry_c16d', usage['bytes_per_entry']) + row:.0f}"
+            f" | {usage.get('bytes_per_entry_c16e', usage['bytes_per_entry']) + row:.0f}"
             f" | {usage['bytes_per_entry_before'] + C16C_USAGE_ROW:.0f} |"
         )
     over = [k for k, w in weights.items() if w["bytes_per_entry"] > 250]
@@ -750,7 +747,7 @@ def render_weight(res: dict[str, Any]) -> str:
         + ("met for every type" if not over else "MISSED for " + ", ".join(over))
         + f". Each type measured on its own ({n:,} entries over {res['users']:,} users):"
         " heap + every index of `credit_transactions`, written as the code writes them"
-        " (users in turn, every entry dated apart), then VACUUMed. Now (c16e00000001): a"
+        " (users in turn, every entry dated apart), then VACUUMed. Now (c16f00000001): a"
         " job's charge and refund are keyed by `(job_id, type)` (the job's foreign key is"
         " `job_id` alone; the trigger tests the job's owner), a"
         " usage charge's entry carries neither a key nor a description (its"
@@ -759,15 +756,17 @@ def render_weight(res: dict[str, Any]) -> str:
         " deployment_id, sku)` is the key) and a time-ordered id (`uuidv7()`), a purchase"
         " no description (derived from its"
         " package), a refund of a job's end no reason (derived from the job), and the"
-        " primary key fills its pages (fillfactor 100). c16d00000001: the same with the"
-        " job index `(job_id, user_id, type)` and the refund's reason (`job failed`)."
+        " primary key fills its pages (fillfactor 100), and a Stripe payment's unique"
+        " index is on the id's 64-bit key (`hashtextextended(stripe_payment_id, 0)`):"
+        " the bench's payment ids are in order, their keys are not. c16e00000001: the"
+        " same with the unique index of the id's text."
         " Job ids are time-ordered (`uuidv7()`) and arrive a little out of order: a charge"
         f" up to {LATENESS['consumption']} jobs late (it is written when its job is"
         f" enqueued; concurrent enqueues interleave), a refund up to {LATENESS['refund']}"
         " (when the job failed). Before c16b: random entry and job ids, three job indexes"
         " and the Stripe id's full unique constraint. The usage row counts only the"
         " ledger entry (as every row above); metering also writes a `usage_charges` row"
-        " per charge, counted in the row below it (the c16d column with today's row, the"
+        " per charge, counted in the row below it (the c16e column with today's row, the"
         f" before column with c16c00000001's, {C16C_USAGE_ROW} bytes, measured before"
         " c16d00000001)."
         " Per relation now (bytes per entry):",
