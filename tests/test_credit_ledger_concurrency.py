@@ -136,8 +136,12 @@ def test_concurrent_purchases_and_charges(engine: Engine, db: Ledger) -> None:
     assert all(isinstance(r, int) for r in purchases), purchases
     ok, failed = outcomes(charges)
     assert set(failed) <= {errors.InsufficientCredits}
+    # The balance a refusal reports is read after its balance UPDATE found too few
+    # credits (the trigger's diagnosis, a statement of its own): a purchase that
+    # committed in between shows in it, so it may be 7 or more here (it was, on a
+    # loaded machine). Charges alone never raise it: the test above checks the value.
     for exc in failed.get(errors.InsufficientCredits, []):
-        assert exc.amount == -7 and 0 <= exc.balance < 7
+        assert exc.amount == -7 and exc.balance >= 0
     expected = 30 + 5 * half - 7 * len(ok)
     assert expected >= 0
     assert db.balance(u) == expected
