@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, and_, func, literal_column, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.orm.util import identity_key
 
 from database import errors, locks
@@ -132,7 +132,9 @@ def _insert(session: Session, entry: CreditTransaction) -> CreditTransaction:
     return entry
 
 
-def payment_key(payment: ColumnElement[str] | str) -> ColumnElement[int]:
+def payment_key(
+    payment: ColumnElement[str | None] | QueryableAttribute[str | None] | str,
+) -> ColumnElement[int]:
     """The 64-bit key of a Stripe payment id, ``hashtextextended(id, 0)``: what
     ``uq_credit_transactions_stripe_payment_id`` indexes (c16f00000001, issue 16). The
     seed is a literal, as in the index's expression (a bound parameter would not
