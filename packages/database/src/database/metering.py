@@ -391,9 +391,14 @@ class RequestRecord:
 
 
 # The log rows, the holds released and the usage of many requests, one statement.
-# A request whose usage key is recorded already (a batch written again after a
-# commit whose answer was lost) is skipped whole; a request refused at admission
-# held nothing; usage is inserted in user order (the meters' locks, in one order).
+# A request whose usage key is recorded already (written alone before) is skipped
+# whole; a batch (``:batch``) one of whose usage events is recorded already (its
+# commit's answer was lost) is skipped whole; a request refused at admission held
+# nothing. With ``:aggregate`` the usage is ONE event per (user, deployment, key,
+# sku) of the batch, keyed by the batch (``batch:<batch>:<user>:<deployment>:<key>:
+# <sku>``: each event's meter upsert, pricing and foreign key paid once per group,
+# not per request); without it, one per request (its usage key). Usage is inserted
+# in user order (the meters' locks, in one order).
 _RECORD = text(
     """
     WITH input AS (
@@ -409,10 +414,20 @@ _RECORD = text(
             WITH ORDINALITY AS x(user_id, api_key_id, deployment_id, model_version_id, rows,
                                  latency_ms, status, error_class, request_id, hold_id, sku,
                                  price, usage_key, at, billable, leased, ord)
+    ), keyed AS (
+        SELECT i.*, 'batch:' || CAST(:batch AS text) || ':' || i.user_id || ':'
+                    || coalesce(CAST(i.deployment_id AS text), '-') || ':'
+                    || coalesce(CAST(i.api_key_id AS text), '-') || ':' || i.sku AS group_key
+          FROM input AS i
+    ), done AS (
+        SELECT EXISTS (SELECT 1 FROM public.usage_events AS e
+                        WHERE e.idempotency_key IN (SELECT k.group_key FROM keyed AS k
+                                                     WHERE k.billable)) AS batch_done
     ), fresh AS (
-        SELECT i.* FROM input AS i
-         WHERE NOT (i.billable AND EXISTS (SELECT 1 FROM public.usage_events AS e
-                                            WHERE e.idempotency_key = i.usage_key))
+        SELECT k.* FROM keyed AS k, done
+         WHERE NOT done.batch_done
+           AND NOT (k.billable AND EXISTS (SELECT 1 FROM public.usage_events AS e
+                                            WHERE e.idempotency_key = k.usage_key))
     ), logged AS (
         INSERT INTO public.inference_requests (user_id, deployment_id, model_version_id,
             api_key_id, rows, latency_ms, status, error_class, request_id, created_at)
@@ -448,8 +463,11 @@ _RECORD = text(
     ), used AS (
         INSERT INTO public.usage_events (user_id, deployment_id, api_key_id, sku, quantity,
             unit_price_micro, idempotency_key)
-        SELECT user_id, deployment_id, api_key_id, sku, rows, price, usage_key
-          FROM fresh WHERE billable ORDER BY user_id, ord
+        SELECT user_id, deployment_id, api_key_id, sku, sum(rows), min(price),
+               CASE WHEN CAST(:aggregate AS boolean) THEN group_key ELSE usage_key END
+          FROM fresh WHERE billable
+         GROUP BY user_id, deployment_id, api_key_id, sku, 7
+         ORDER BY user_id, min(ord)
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM logged), set_config('synchronous_commit', 'off', true)
@@ -478,7 +496,13 @@ def _record_params(records: list[RequestRecord]) -> dict[str, Any]:
     }
 
 
-def record_requests(bind: Session | Engine | Connection, records: list[RequestRecord]) -> int:
+def record_requests(
+    bind: Session | Engine | Connection,
+    records: list[RequestRecord],
+    *,
+    batch_id: uuid.UUID | None = None,
+    aggregate: bool = True,
+) -> int:
     """Log these requests, release their admissions' holds (a request admitted from a
     credit lease takes its part off the lease's hold instead) and record the usage of
     the successful ones (charged later, in aggregate): ONE statement, its own
@@ -488,7 +512,17 @@ def record_requests(bind: Session | Engine | Connection, records: list[RequestRe
     synchronous). A request whose usage was recorded already (its usage key) is
     skipped whole, so a batch written twice logs and bills each request once; two
     records of one usage key in the list keep the first. The month's partition is
-    made if it is missing. The number of requests logged."""
+    made if it is missing. The number of requests logged.
+
+    ``batch_id`` (:class:`RequestLog`'s, kept with its records across retries): the
+    usage is recorded as ONE usage event per (user, deployment, API key, sku) of the
+    batch, its idempotency key the batch's (``batch:<batch_id>:<user>:<deployment>:
+    <key>:<sku>``), and the batch is skipped whole when one of its events is
+    recorded already (its commit's answer was lost, it is written again). With
+    ``aggregate`` False (the log's one-by-one retry of a refused batch) each request
+    gets its own event as without ``batch_id``, and a request whose batch's event is
+    recorded already is skipped: a batch is billed once whichever way it is written
+    again."""
     seen: set[str] = set()
     unique = []
     for r in records:
@@ -500,6 +534,8 @@ def record_requests(bind: Session | Engine | Connection, records: list[RequestRe
     if not unique:
         return 0
     params = _record_params(unique)
+    params["batch"] = None if batch_id is None else str(batch_id)
+    params["aggregate"] = batch_id is not None and aggregate
     try:
         return int(_one_statement(bind, _RECORD, params) or 0)
     except errors.InvalidValue as exc:
@@ -603,7 +639,8 @@ class RequestLog:
         self.dropped = 0
         self.written = 0
         self.failures = 0
-        self._rows: deque[RequestRecord] = deque()
+        #: (the batch the record was last tried in, None before; the record), oldest first.
+        self._rows: deque[tuple[uuid.UUID | None, RequestRecord]] = deque()
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -622,41 +659,59 @@ class RequestLog:
                 _log.error(
                     "request log buffer full (%d): the oldest record was dropped", self.max_rows
                 )
-            self._rows.append(record)
+            self._rows.append((None, record))
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
                 self._thread.start()
             if len(self._rows) >= self.batch_rows:
                 self._cond.notify()
 
+    def _next_batch(self) -> tuple[uuid.UUID, list[RequestRecord]]:
+        """The oldest records: a batch tried before and kept (its records, with its
+        id, so a retry is recognised), else up to ``batch_rows`` new ones, a new id."""
+        with self._cond:
+            if not self._rows:
+                return uuid.uuid4(), []
+            kept = self._rows[0][0]
+            batch_id = kept if kept is not None else uuid.uuid4()
+            batch: list[RequestRecord] = []
+            while self._rows and len(batch) < self.batch_rows and self._rows[0][0] == kept:
+                batch.append(self._rows.popleft()[1])
+            return batch_id, batch
+
+    def _keep(self, batch_id: uuid.UUID, records: list[RequestRecord]) -> None:
+        """Put records not known written back at the front, with their batch's id."""
+        with self._cond:
+            self._rows.extendleft((batch_id, r) for r in reversed(records))
+
     def _write_some(self) -> int:
-        """Write up to ``batch_rows`` of the oldest records; on failure they stay."""
+        """Write up to ``batch_rows`` of the oldest records; on failure they stay.
+        The usage of a batch is one event per (user, deployment, key, sku), keyed by
+        the batch's id: a batch whose commit's answer was lost is written again under
+        the same id, and bills nothing twice (:func:`record_requests`)."""
         with self._write_lock:
-            with self._cond:
-                n = min(len(self._rows), self.batch_rows)
-                batch = [self._rows.popleft() for _ in range(n)]
+            batch_id, batch = self._next_batch()
             if not batch:
                 return 0
             try:
-                record_requests(self.bind, batch)
+                record_requests(self.bind, batch, batch_id=batch_id)
             except Exception as exc:
                 if _transient(exc):
-                    with self._cond:
-                        self._rows.extendleft(reversed(batch))
+                    self._keep(batch_id, batch)
                     raise
-                batch = self._one_by_one(batch)
+                batch = self._one_by_one(batch_id, batch)
             self.written += len(batch)
             return len(batch)
 
-    def _one_by_one(self, batch: list[RequestRecord]) -> list[RequestRecord]:
+    def _one_by_one(self, batch_id: uuid.UUID, batch: list[RequestRecord]) -> list[RequestRecord]:
         written = []
         for i, record in enumerate(batch):
             try:
-                record_requests(self.bind, [record])
+                # Its own usage event, unless its batch's is recorded (then skipped).
+                record_requests(self.bind, [record], batch_id=batch_id, aggregate=False)
             except Exception as exc:
                 if _transient(exc):
-                    with self._cond:
-                        self._rows.extendleft(reversed(batch[i:]))
+                    self._keep(batch_id, batch[i:])
                     raise
                 self.dropped += 1
                 _log.error("a request log record was refused and dropped: %r", exc)
