@@ -433,7 +433,8 @@ def test_admit_serving_admits_exactly_what_serving_serves(
     v1, _, _ = version(sql, rm, owner)
     v2, _, _ = version(sql, rm, owner)
     sql(
-        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id) VALUES (:r, 'champion', :v)",
+        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
+        " VALUES (:r, 'champion', :v)",
         r=rm,
         v=v1,
     )

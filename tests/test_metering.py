@@ -1123,10 +1123,10 @@ class _LoseAnswers:
         self.lost, self.refused = lost, refused
 
         def before(conn, cursor, statement, params, context, many):  # noqa: ANN001, ANN202
-            if "inference_requests" in statement and params.get("aggregate") and self.refused:
-                if not self.lost:
-                    self.refused -= 1
-                    raise errors.InvalidValue("refused, for the test")
+            batch = "inference_requests" in statement and params.get("aggregate")
+            if batch and self.refused and not self.lost:
+                self.refused -= 1
+                raise errors.InvalidValue("refused, for the test")
 
         def after(conn, cursor, statement, params, context, many):  # noqa: ANN001, ANN202
             if "inference_requests" in statement and self.lost:

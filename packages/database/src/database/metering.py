@@ -608,7 +608,9 @@ class RequestLog:
     running (plus what waits while the database is unreachable). Those requests
     were answered but are not logged nor billed; their holds stay and expire after
     ``HOLD_SECONDS``, so the user could not spend the money meanwhile. Nothing is
-    ever billed twice: each request's usage has its idempotency key.
+    ever billed twice: a batch's usage (one event per user, deployment, key and sku)
+    is keyed by the batch's id, which stays with its records until they are known
+    written (:func:`record_requests`).
 
     **The database away.** A write that fails for the database's availability
     (connection refused or lost, a timeout) keeps its records, in order, and is
