@@ -64,6 +64,7 @@ which stays refused).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import threading
@@ -143,6 +144,12 @@ class Prices(BaseModel):
 #: The first price book's metered prices (migration c16a00000001): what
 #: :func:`unit_price_micro` estimates with when it is given no database to read.
 FIRST_BOOK_PRICES = Prices()
+#: Those prices per unit in micro-credits (what :func:`unit_price_micro` answers
+#: without a database), read once: a request's record carries one.
+_FIRST_BOOK_MICRO = {
+    UsageSku.PREDICTED_ROWS: int(FIRST_BOOK_PRICES.predicted_rows_per_1000 * 1000),
+    UsageSku.BATCH_ROWS: int(FIRST_BOOK_PRICES.batch_rows_per_1000 * 1000),
+}
 
 
 def prices(bind: Session | Engine | Connection, *, tier: UserTier | str | None = None) -> Prices:
@@ -206,7 +213,9 @@ def unit_price_micro(
         if value is None:
             raise errors.MeteredUserNotFound(f"user {user_id} does not exist")
         return int(value)
-    p = prices(bind) if bind is not None else FIRST_BOOK_PRICES
+    if bind is None:
+        return _FIRST_BOOK_MICRO[sku]
+    p = prices(bind)
     per_1000 = {
         UsageSku.PREDICTED_ROWS: p.predicted_rows_per_1000,
         UsageSku.BATCH_ROWS: p.batch_rows_per_1000,
@@ -380,7 +389,8 @@ class RequestRecord:
             request_id=rid,
             hold_id=None if hold_id is None else _uuid(hold_id, "hold_id"),
             sku=sku,
-            price_micro=unit_price_micro(sku),
+            # (an estimate: the database prices the usage as it records it)
+            price_micro=_FIRST_BOOK_MICRO[sku],
             usage_key=f"request:{rid or uuid.uuid4()}:{sku.value}",
             leased_micro=_count(leased_micro, "leased_micro"),
         )
@@ -402,18 +412,15 @@ class RequestRecord:
 _RECORD = text(
     """
     WITH input AS (
-        SELECT * FROM unnest(CAST(:users AS uuid[]), CAST(:keys AS uuid[]),
-                             CAST(:deployments AS uuid[]), CAST(:versions AS uuid[]),
-                             CAST(:rows AS integer[]), CAST(:latencies AS integer[]),
-                             CAST(CAST(:statuses AS text[]) AS inference_status[]),
-                             CAST(:errors AS text[]), CAST(:request_ids AS text[]),
-                             CAST(:holds AS uuid[]), CAST(CAST(:skus AS text[]) AS usage_sku[]),
-                             CAST(:prices AS bigint[]), CAST(:usage_keys AS text[]),
-                             CAST(:ats AS timestamptz[]), CAST(:billable AS boolean[]),
-                             CAST(:leased AS bigint[]))
-            WITH ORDINALITY AS x(user_id, api_key_id, deployment_id, model_version_id, rows,
-                                 latency_ms, status, error_class, request_id, hold_id, sku,
-                                 price, usage_key, at, billable, leased, ord)
+        SELECT CAST(r->>0 AS uuid) AS user_id, CAST(r->>1 AS uuid) AS api_key_id,
+               CAST(r->>2 AS uuid) AS deployment_id, CAST(r->>3 AS uuid) AS model_version_id,
+               CAST(r->>4 AS integer) AS rows, CAST(r->>5 AS integer) AS latency_ms,
+               CAST(r->>6 AS inference_status) AS status, r->>7 AS error_class,
+               r->>8 AS request_id, CAST(r->>9 AS uuid) AS hold_id,
+               CAST(r->>10 AS usage_sku) AS sku, CAST(r->>11 AS bigint) AS price,
+               r->>12 AS usage_key, CAST(r->>13 AS timestamptz) AS at,
+               CAST(r->>14 AS boolean) AS billable, CAST(r->>15 AS bigint) AS leased, x.ord
+          FROM jsonb_array_elements(CAST(:records AS jsonb)) WITH ORDINALITY AS x(r, ord)
     ), keyed AS (
         SELECT i.*, 'batch:' || CAST(:batch AS text) || ':' || i.user_id || ':'
                     || coalesce(CAST(i.deployment_id AS text), '-') || ':'
@@ -475,24 +482,40 @@ _RECORD = text(
 )
 
 
+def _id(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def _record_params(records: list[RequestRecord]) -> dict[str, Any]:
+    """The records as ONE JSON array of arrays (the statement's ``:records``, read by
+    ``jsonb_array_elements``): one parameter, dumped by ``json`` in C, rather than 16
+    arrays whose elements the driver adapts one by one (issue 14: the request log's
+    thread took the GIL from the requests for that)."""
     return {
-        "users": [r.user_id for r in records],
-        "keys": [r.api_key_id for r in records],
-        "deployments": [r.deployment_id for r in records],
-        "versions": [r.model_version_id for r in records],
-        "rows": [r.rows for r in records],
-        "latencies": [r.latency_ms for r in records],
-        "statuses": [r.status.value for r in records],
-        "errors": [r.error_class for r in records],
-        "request_ids": [r.request_id for r in records],
-        "holds": [r.hold_id for r in records],
-        "skus": [r.sku.value for r in records],
-        "prices": [r.price_micro for r in records],
-        "usage_keys": [r.usage_key for r in records],
-        "ats": [r.at for r in records],
-        "billable": [r.billable for r in records],
-        "leased": [r.leased_micro for r in records],
+        "records": json.dumps(
+            [
+                [
+                    str(r.user_id),
+                    _id(r.api_key_id),
+                    str(r.deployment_id),
+                    _id(r.model_version_id),
+                    r.rows,
+                    r.latency_ms,
+                    r.status.value,
+                    r.error_class,
+                    r.request_id,
+                    _id(r.hold_id),
+                    r.sku.value,
+                    r.price_micro,
+                    r.usage_key,
+                    r.at.isoformat(),
+                    r.billable,
+                    r.leased_micro,
+                ]
+                for r in records
+            ],
+            separators=(",", ":"),
+        )
     }
 
 
