@@ -377,3 +377,108 @@ def test_concurrent_stops_of_one_models_deployments(
     thread.join(30)
     assert not failures
     assert not deployed(sql, m)
+
+
+# --- the predict path's admission (admit_serving) -------------------------------------------
+def _admitted(
+    session: Session, user: uuid.UUID, deployment_id: uuid.UUID, v: uuid.UUID, rows: int = 1
+) -> bool:
+    found = deployments.admit_serving(
+        session,
+        user,
+        deployment_id,
+        model_version_id=v,
+        rows=rows,
+        amount_micro=0,
+        api_key_id=None,
+        request_id=None,
+        hold_seconds=600,
+        default_max_rows=10,
+        key_has_quota=False,
+    )
+    return found.admitted
+
+
+def _serves(session: Session, user: uuid.UUID, deployment_id: uuid.UUID, v: uuid.UUID) -> bool:
+    try:
+        return deployments.serving(session, user, deployment_id).model_version_id == v
+    except errors.DeploymentNotServing:
+        return False
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "none",
+        "stopped",
+        "alias moved",
+        "grant taken back",
+        "grant lowered to download",
+        "model made private",
+        "model owner deleted",
+        "too many rows",
+    ],
+)
+def test_admit_serving_admits_exactly_what_serving_serves(
+    session: Session, sql: Any, owner: uuid.UUID, change: str
+) -> None:
+    """The compiled admission statement (its owner's short cut, the grant checked only
+    for another user's model) admits a request exactly when ``serving`` would serve
+    the version it was checked against: the owner's own model, and a grantee's."""
+    from database import registry
+    from database.models import ModelPermission
+
+    grantee = make_user(sql)
+    rm = registered(sql, owner)
+    v1, _, _ = version(sql, rm, owner)
+    v2, _, _ = version(sql, rm, owner)
+    sql(
+        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
+        " VALUES (:r, 'champion', :v)",
+        r=rm,
+        v=v1,
+    )
+    sql("UPDATE registered_models SET visibility = 'shared' WHERE id = :r", r=rm)
+    registry.grant_permission(session, rm, grantee, ModelPermission.DEPLOY)
+    session.commit()
+    mine = deployments.create(session, owner, "mine", registered_model_id=rm, alias="champion")
+    theirs = deployments.create(
+        session, grantee, "theirs", registered_model_id=rm, alias="champion"
+    )
+    session.commit()
+    for user, d in ((owner, mine.id), (grantee, theirs.id)):
+        assert _admitted(session, user, d, v1) and _serves(session, user, d, v1)
+    rows = 1
+    if change == "stopped":
+        deployments.stop(session, owner, mine.id)
+        deployments.stop(session, grantee, theirs.id)
+    elif change == "alias moved":
+        sql(
+            "UPDATE model_aliases SET model_version_id = :v WHERE registered_model_id = :r",
+            r=rm,
+            v=v2,
+        )
+    elif change == "grant taken back":
+        registry.revoke_permission(session, rm, grantee)
+    elif change == "grant lowered to download":
+        registry.grant_permission(session, rm, grantee, ModelPermission.DOWNLOAD)
+    elif change == "model made private":
+        sql("UPDATE registered_models SET visibility = 'private' WHERE id = :r", r=rm)
+    elif change == "model owner deleted":
+        sql("UPDATE users SET is_deleted = true, deleted_at = now() WHERE id = :u", u=owner)
+    elif change == "too many rows":
+        rows = 11
+    session.commit()
+    for user, d in ((owner, mine.id), (grantee, theirs.id)):
+        serves = _serves(session, user, d, v1) and rows <= 10
+        assert _admitted(session, user, d, v1, rows) is serves, (change, user == owner)
+    expected_grantee = change in ("none",)
+    assert _admitted(session, grantee, theirs.id, v1, rows) is expected_grantee
+    expected_owner = change in (
+        "none",
+        "grant taken back",
+        "grant lowered to download",
+        "model made private",
+        "model owner deleted",
+    )
+    assert _admitted(session, owner, mine.id, v1, rows) is expected_owner

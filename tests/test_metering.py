@@ -1053,3 +1053,111 @@ def test_two_processes_logs_of_the_same_users_at_once(sql, engine, second_engine
     assert scalar(sql, "SELECT count(*) FROM inference_requests") == 200
     assert scalar(sql, "SELECT sum(quantity) FROM usage_events") == 200
     usage_ok(engine)
+
+
+# --- a batch's usage, one event per (user, deployment, key, sku) ----------------------
+def _failed_error(record: metering.RequestRecord) -> metering.RequestRecord:
+    return metering.RequestRecord.make(
+        user_id=record.user_id,
+        api_key_id=None,
+        deployment_id=record.deployment_id,
+        model_version_id=None,
+        rows=0,
+        latency_ms=1,
+        status=InferenceStatus.CLIENT_ERROR,
+        error_class="invalid_input",
+        request_id=None,
+    )
+
+
+def test_a_batch_records_one_usage_event_per_user_deployment_key_and_sku(sql, engine, app_engine):
+    users = [make_user(sql), make_user(sql)]
+    log = metering.RequestLog(app_engine, interval_s=3600)
+    records = _records(users[0], [None] * 4, rows=3) + _records(users[1], [None] * 2, rows=5)
+    for r in [*records, _failed_error(records[0])]:
+        log.add(r)
+    assert log.flush() == 7
+    log.close()
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 7
+    events = sql("SELECT user_id, quantity, idempotency_key FROM usage_events ORDER BY quantity")
+    assert sorted((e.user_id, e.quantity) for e in events) == sorted(
+        [(users[0], 12), (users[1], 10)]
+    )
+    assert all(e.idempotency_key.startswith("batch:") for e in events)
+    assert scalar(sql, "SELECT sum(pending_micro) FROM usage_meters") == 22_000
+    usage_ok(engine)
+
+
+def test_a_batch_written_again_under_its_id_is_skipped_whole(sql, engine):
+    user = make_user(sql)
+    batch = _records(user, [None, None, None])
+    batch.append(_failed_error(batch[0]))
+    batch_id = uuid.uuid4()
+    assert metering.record_requests(engine, batch, batch_id=batch_id) == 4
+    # The commit's answer was lost: the same batch again, then one by one.
+    assert metering.record_requests(engine, batch, batch_id=batch_id) == 0
+    for r in batch[:3]:
+        assert metering.record_requests(engine, [r], batch_id=batch_id, aggregate=False) == 0
+    assert scalar(sql, "SELECT count(*) FROM inference_requests") == 4
+    assert scalar(sql, "SELECT count(*) FROM usage_events") == 1
+    assert scalar(sql, "SELECT pending_micro FROM usage_meters") == 30_000
+    # Written alone first (a one-by-one retry), then as the batch again: still once.
+    other = _records(user, [None, None])
+    other_id = uuid.uuid4()
+    assert metering.record_requests(engine, other[:1], batch_id=other_id, aggregate=False) == 1
+    assert metering.record_requests(engine, other, batch_id=other_id) == 1
+    assert metering.record_requests(engine, other, batch_id=other_id) == 0
+    assert scalar(sql, "SELECT sum(quantity) FROM usage_events") == 50
+    usage_ok(engine)
+
+
+class _LoseAnswers:
+    """Make the request log's statements on ``engine`` fail as scripted: ``lost``
+    commits whose answer never comes (an OperationalError after the statement ran,
+    in autocommit: committed), then ``refused`` batches refused before running."""
+
+    def __init__(self, engine: Engine, lost: int, refused: int) -> None:
+        from sqlalchemy import event
+        from sqlalchemy import exc as sa_exc
+
+        self.lost, self.refused = lost, refused
+
+        def before(conn, cursor, statement, params, context, many):  # noqa: ANN001, ANN202
+            batch = "inference_requests" in statement and params.get("aggregate")
+            if batch and self.refused and not self.lost:
+                self.refused -= 1
+                raise errors.InvalidValue("refused, for the test")
+
+        def after(conn, cursor, statement, params, context, many):  # noqa: ANN001, ANN202
+            if "inference_requests" in statement and self.lost:
+                self.lost -= 1
+                raise sa_exc.OperationalError(statement, params, Exception("answer lost"))
+
+        event.listen(engine, "before_cursor_execute", before)
+        event.listen(engine, "after_cursor_execute", after)
+
+
+@pytest.mark.parametrize("refused", [0, 1], ids=["retried as the batch", "retried one by one"])
+def test_a_batch_whose_commit_answer_was_lost_is_billed_once(sql, db_url, engine, refused):
+    """The RequestLog keeps a batch's id with its records across retries: written
+    again whole (the same id, skipped), or, when that is refused, one by one (each
+    record skipped because its batch's usage is recorded): billed once either way."""
+    own = errors.install(create_engine(db_url, pool_size=2))
+    try:
+        user = make_user(sql)
+        log = metering.RequestLog(own, interval_s=3600)
+        for r in _records(user, [None] * 5, rows=2):
+            log.add(r)
+        _LoseAnswers(own, lost=1, refused=refused)
+        with pytest.raises(Exception, match="answer lost"):
+            log.flush()
+        assert len(log) == 5  # kept, with their batch's id
+        log.flush()
+        log.close()
+        assert log.dropped == 0 and len(log) == 0
+        assert scalar(sql, "SELECT count(*) FROM inference_requests") == 5
+        assert scalar(sql, "SELECT sum(quantity) FROM usage_events") == 10
+        assert scalar(sql, "SELECT count(*) FROM usage_events") == 1
+        usage_ok(engine)
+    finally:
+        own.dispose()

@@ -64,6 +64,7 @@ which stays refused).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import threading
@@ -143,6 +144,12 @@ class Prices(BaseModel):
 #: The first price book's metered prices (migration c16a00000001): what
 #: :func:`unit_price_micro` estimates with when it is given no database to read.
 FIRST_BOOK_PRICES = Prices()
+#: Those prices per unit in micro-credits (what :func:`unit_price_micro` answers
+#: without a database), read once: a request's record carries one.
+_FIRST_BOOK_MICRO = {
+    UsageSku.PREDICTED_ROWS: int(FIRST_BOOK_PRICES.predicted_rows_per_1000 * 1000),
+    UsageSku.BATCH_ROWS: int(FIRST_BOOK_PRICES.batch_rows_per_1000 * 1000),
+}
 
 
 def prices(bind: Session | Engine | Connection, *, tier: UserTier | str | None = None) -> Prices:
@@ -206,7 +213,9 @@ def unit_price_micro(
         if value is None:
             raise errors.MeteredUserNotFound(f"user {user_id} does not exist")
         return int(value)
-    p = prices(bind) if bind is not None else FIRST_BOOK_PRICES
+    if bind is None:
+        return _FIRST_BOOK_MICRO[sku]
+    p = prices(bind)
     per_1000 = {
         UsageSku.PREDICTED_ROWS: p.predicted_rows_per_1000,
         UsageSku.BATCH_ROWS: p.batch_rows_per_1000,
@@ -380,7 +389,8 @@ class RequestRecord:
             request_id=rid,
             hold_id=None if hold_id is None else _uuid(hold_id, "hold_id"),
             sku=sku,
-            price_micro=unit_price_micro(sku),
+            # (an estimate: the database prices the usage as it records it)
+            price_micro=_FIRST_BOOK_MICRO[sku],
             usage_key=f"request:{rid or uuid.uuid4()}:{sku.value}",
             leased_micro=_count(leased_micro, "leased_micro"),
         )
@@ -391,28 +401,40 @@ class RequestRecord:
 
 
 # The log rows, the holds released and the usage of many requests, one statement.
-# A request whose usage key is recorded already (a batch written again after a
-# commit whose answer was lost) is skipped whole; a request refused at admission
-# held nothing; usage is inserted in user order (the meters' locks, in one order).
+# A request whose usage key is recorded already (written alone before) is skipped
+# whole; a batch (``:batch``) one of whose usage events is recorded already (its
+# commit's answer was lost) is skipped whole; a request refused at admission held
+# nothing. With ``:aggregate`` the usage is ONE event per (user, deployment, key,
+# sku) of the batch, keyed by the batch (``batch:<batch>:<user>:<deployment>:<key>:
+# <sku>``: each event's meter upsert, pricing and foreign key paid once per group,
+# not per request); without it, one per request (its usage key). Usage is inserted
+# in user order (the meters' locks, in one order).
 _RECORD = text(
     """
     WITH input AS (
-        SELECT * FROM unnest(CAST(:users AS uuid[]), CAST(:keys AS uuid[]),
-                             CAST(:deployments AS uuid[]), CAST(:versions AS uuid[]),
-                             CAST(:rows AS integer[]), CAST(:latencies AS integer[]),
-                             CAST(CAST(:statuses AS text[]) AS inference_status[]),
-                             CAST(:errors AS text[]), CAST(:request_ids AS text[]),
-                             CAST(:holds AS uuid[]), CAST(CAST(:skus AS text[]) AS usage_sku[]),
-                             CAST(:prices AS bigint[]), CAST(:usage_keys AS text[]),
-                             CAST(:ats AS timestamptz[]), CAST(:billable AS boolean[]),
-                             CAST(:leased AS bigint[]))
-            WITH ORDINALITY AS x(user_id, api_key_id, deployment_id, model_version_id, rows,
-                                 latency_ms, status, error_class, request_id, hold_id, sku,
-                                 price, usage_key, at, billable, leased, ord)
+        SELECT CAST(r->>0 AS uuid) AS user_id, CAST(r->>1 AS uuid) AS api_key_id,
+               CAST(r->>2 AS uuid) AS deployment_id, CAST(r->>3 AS uuid) AS model_version_id,
+               CAST(r->>4 AS integer) AS rows, CAST(r->>5 AS integer) AS latency_ms,
+               CAST(r->>6 AS inference_status) AS status, r->>7 AS error_class,
+               r->>8 AS request_id, CAST(r->>9 AS uuid) AS hold_id,
+               CAST(r->>10 AS usage_sku) AS sku, CAST(r->>11 AS bigint) AS price,
+               r->>12 AS usage_key, CAST(r->>13 AS timestamptz) AS at,
+               CAST(r->>14 AS boolean) AS billable, CAST(r->>15 AS bigint) AS leased, x.ord
+          FROM jsonb_array_elements(CAST(:records AS jsonb)) WITH ORDINALITY AS x(r, ord)
+    ), keyed AS (
+        SELECT i.*, 'batch:' || CAST(:batch AS text) || ':' || i.user_id || ':'
+                    || coalesce(CAST(i.deployment_id AS text), '-') || ':'
+                    || coalesce(CAST(i.api_key_id AS text), '-') || ':' || i.sku AS group_key
+          FROM input AS i
+    ), done AS (
+        SELECT EXISTS (SELECT 1 FROM public.usage_events AS e
+                        WHERE e.idempotency_key IN (SELECT k.group_key FROM keyed AS k
+                                                     WHERE k.billable)) AS batch_done
     ), fresh AS (
-        SELECT i.* FROM input AS i
-         WHERE NOT (i.billable AND EXISTS (SELECT 1 FROM public.usage_events AS e
-                                            WHERE e.idempotency_key = i.usage_key))
+        SELECT k.* FROM keyed AS k, done
+         WHERE NOT done.batch_done
+           AND NOT (k.billable AND EXISTS (SELECT 1 FROM public.usage_events AS e
+                                            WHERE e.idempotency_key = k.usage_key))
     ), logged AS (
         INSERT INTO public.inference_requests (user_id, deployment_id, model_version_id,
             api_key_id, rows, latency_ms, status, error_class, request_id, created_at)
@@ -448,8 +470,11 @@ _RECORD = text(
     ), used AS (
         INSERT INTO public.usage_events (user_id, deployment_id, api_key_id, sku, quantity,
             unit_price_micro, idempotency_key)
-        SELECT user_id, deployment_id, api_key_id, sku, rows, price, usage_key
-          FROM fresh WHERE billable ORDER BY user_id, ord
+        SELECT user_id, deployment_id, api_key_id, sku, sum(rows), min(price),
+               CASE WHEN CAST(:aggregate AS boolean) THEN group_key ELSE usage_key END
+          FROM fresh WHERE billable
+         GROUP BY user_id, deployment_id, api_key_id, sku, 7
+         ORDER BY user_id, min(ord)
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM logged), set_config('synchronous_commit', 'off', true)
@@ -457,28 +482,50 @@ _RECORD = text(
 )
 
 
+def _id(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def _record_params(records: list[RequestRecord]) -> dict[str, Any]:
+    """The records as ONE JSON array of arrays (the statement's ``:records``, read by
+    ``jsonb_array_elements``): one parameter, dumped by ``json`` in C, rather than 16
+    arrays whose elements the driver adapts one by one (issue 14: the request log's
+    thread took the GIL from the requests for that)."""
     return {
-        "users": [r.user_id for r in records],
-        "keys": [r.api_key_id for r in records],
-        "deployments": [r.deployment_id for r in records],
-        "versions": [r.model_version_id for r in records],
-        "rows": [r.rows for r in records],
-        "latencies": [r.latency_ms for r in records],
-        "statuses": [r.status.value for r in records],
-        "errors": [r.error_class for r in records],
-        "request_ids": [r.request_id for r in records],
-        "holds": [r.hold_id for r in records],
-        "skus": [r.sku.value for r in records],
-        "prices": [r.price_micro for r in records],
-        "usage_keys": [r.usage_key for r in records],
-        "ats": [r.at for r in records],
-        "billable": [r.billable for r in records],
-        "leased": [r.leased_micro for r in records],
+        "records": json.dumps(
+            [
+                [
+                    str(r.user_id),
+                    _id(r.api_key_id),
+                    str(r.deployment_id),
+                    _id(r.model_version_id),
+                    r.rows,
+                    r.latency_ms,
+                    r.status.value,
+                    r.error_class,
+                    r.request_id,
+                    _id(r.hold_id),
+                    r.sku.value,
+                    r.price_micro,
+                    r.usage_key,
+                    r.at.isoformat(),
+                    r.billable,
+                    r.leased_micro,
+                ]
+                for r in records
+            ],
+            separators=(",", ":"),
+        )
     }
 
 
-def record_requests(bind: Session | Engine | Connection, records: list[RequestRecord]) -> int:
+def record_requests(
+    bind: Session | Engine | Connection,
+    records: list[RequestRecord],
+    *,
+    batch_id: uuid.UUID | None = None,
+    aggregate: bool = True,
+) -> int:
     """Log these requests, release their admissions' holds (a request admitted from a
     credit lease takes its part off the lease's hold instead) and record the usage of
     the successful ones (charged later, in aggregate): ONE statement, its own
@@ -488,7 +535,17 @@ def record_requests(bind: Session | Engine | Connection, records: list[RequestRe
     synchronous). A request whose usage was recorded already (its usage key) is
     skipped whole, so a batch written twice logs and bills each request once; two
     records of one usage key in the list keep the first. The month's partition is
-    made if it is missing. The number of requests logged."""
+    made if it is missing. The number of requests logged.
+
+    ``batch_id`` (:class:`RequestLog`'s, kept with its records across retries): the
+    usage is recorded as ONE usage event per (user, deployment, API key, sku) of the
+    batch, its idempotency key the batch's (``batch:<batch_id>:<user>:<deployment>:
+    <key>:<sku>``), and the batch is skipped whole when one of its events is
+    recorded already (its commit's answer was lost, it is written again). With
+    ``aggregate`` False (the log's one-by-one retry of a refused batch) each request
+    gets its own event as without ``batch_id``, and a request whose batch's event is
+    recorded already is skipped: a batch is billed once whichever way it is written
+    again."""
     seen: set[str] = set()
     unique = []
     for r in records:
@@ -500,6 +557,8 @@ def record_requests(bind: Session | Engine | Connection, records: list[RequestRe
     if not unique:
         return 0
     params = _record_params(unique)
+    params["batch"] = None if batch_id is None else str(batch_id)
+    params["aggregate"] = batch_id is not None and aggregate
     try:
         return int(_one_statement(bind, _RECORD, params) or 0)
     except errors.InvalidValue as exc:
@@ -572,7 +631,9 @@ class RequestLog:
     running (plus what waits while the database is unreachable). Those requests
     were answered but are not logged nor billed; their holds stay and expire after
     ``HOLD_SECONDS``, so the user could not spend the money meanwhile. Nothing is
-    ever billed twice: each request's usage has its idempotency key.
+    ever billed twice: a batch's usage (one event per user, deployment, key and sku)
+    is keyed by the batch's id, which stays with its records until they are known
+    written (:func:`record_requests`).
 
     **The database away.** A write that fails for the database's availability
     (connection refused or lost, a timeout) keeps its records, in order, and is
@@ -603,7 +664,8 @@ class RequestLog:
         self.dropped = 0
         self.written = 0
         self.failures = 0
-        self._rows: deque[RequestRecord] = deque()
+        #: (the batch the record was last tried in, None before; the record), oldest first.
+        self._rows: deque[tuple[uuid.UUID | None, RequestRecord]] = deque()
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -622,41 +684,59 @@ class RequestLog:
                 _log.error(
                     "request log buffer full (%d): the oldest record was dropped", self.max_rows
                 )
-            self._rows.append(record)
+            self._rows.append((None, record))
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
                 self._thread.start()
             if len(self._rows) >= self.batch_rows:
                 self._cond.notify()
 
+    def _next_batch(self) -> tuple[uuid.UUID, list[RequestRecord]]:
+        """The oldest records: a batch tried before and kept (its records, with its
+        id, so a retry is recognised), else up to ``batch_rows`` new ones, a new id."""
+        with self._cond:
+            if not self._rows:
+                return uuid.uuid4(), []
+            kept = self._rows[0][0]
+            batch_id = kept if kept is not None else uuid.uuid4()
+            batch: list[RequestRecord] = []
+            while self._rows and len(batch) < self.batch_rows and self._rows[0][0] == kept:
+                batch.append(self._rows.popleft()[1])
+            return batch_id, batch
+
+    def _keep(self, batch_id: uuid.UUID, records: list[RequestRecord]) -> None:
+        """Put records not known written back at the front, with their batch's id."""
+        with self._cond:
+            self._rows.extendleft((batch_id, r) for r in reversed(records))
+
     def _write_some(self) -> int:
-        """Write up to ``batch_rows`` of the oldest records; on failure they stay."""
+        """Write up to ``batch_rows`` of the oldest records; on failure they stay.
+        The usage of a batch is one event per (user, deployment, key, sku), keyed by
+        the batch's id: a batch whose commit's answer was lost is written again under
+        the same id, and bills nothing twice (:func:`record_requests`)."""
         with self._write_lock:
-            with self._cond:
-                n = min(len(self._rows), self.batch_rows)
-                batch = [self._rows.popleft() for _ in range(n)]
+            batch_id, batch = self._next_batch()
             if not batch:
                 return 0
             try:
-                record_requests(self.bind, batch)
+                record_requests(self.bind, batch, batch_id=batch_id)
             except Exception as exc:
                 if _transient(exc):
-                    with self._cond:
-                        self._rows.extendleft(reversed(batch))
+                    self._keep(batch_id, batch)
                     raise
-                batch = self._one_by_one(batch)
+                batch = self._one_by_one(batch_id, batch)
             self.written += len(batch)
             return len(batch)
 
-    def _one_by_one(self, batch: list[RequestRecord]) -> list[RequestRecord]:
+    def _one_by_one(self, batch_id: uuid.UUID, batch: list[RequestRecord]) -> list[RequestRecord]:
         written = []
         for i, record in enumerate(batch):
             try:
-                record_requests(self.bind, [record])
+                # Its own usage event, unless its batch's is recorded (then skipped).
+                record_requests(self.bind, [record], batch_id=batch_id, aggregate=False)
             except Exception as exc:
                 if _transient(exc):
-                    with self._cond:
-                        self._rows.extendleft(reversed(batch[i:]))
+                    self._keep(batch_id, batch[i:])
                     raise
                 self.dropped += 1
                 _log.error("a request log record was refused and dropped: %r", exc)
