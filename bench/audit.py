@@ -24,8 +24,9 @@ writes the "Audit trail overhead" section of docs/performance.md (not with
   ``api_keys_audit_insert`` trigger writing its row). Variants: ``audit`` and ``no
   audit`` (connections with ``session_replication_role = replica``, so the api_keys
   audit triggers do not fire, the foreign key's checks made to fire in both; the
-  same lookup statement without the ``set_config`` column). The two variants'
-  requests alternate one by one. PostgreSQL counts the function calls
+  same lookup statement without the ``set_config`` column; :func:`replica_skipped`
+  checks that replica mode skips no other trigger of the tables written). The two
+  variants' requests alternate one by one. PostgreSQL counts the function calls
   (``track_functions = all``).
 * **server**: the database's side alone, pgbench with one client: the lookup with
   and without the ``set_config``, a key's creation with and without the trigger
@@ -448,6 +449,96 @@ CHANGES = [
 ]
 
 
+#: What c17f00000001 changed (measured by hand with probes and Valgrind, see its text):
+#: static, so that a rerun keeps it in the section.
+CHANGES_C17F = [
+    "### What `c17f00000001` changed: the unexplained 250 us was Python's garbage collector",
+    "",
+    "The puzzle: on the server alone (pgbench) a key's audit cost +86 us of CPU and +103 "
+    "us of latency, yet `POST /v1/api-keys` paid about 350 us more, with the same "
+    "statements in both variants. Measured 2026-12-07 19:05-19:50 UTC on the shared "
+    "machine (load 2-7: read the differences, not the levels): the API in process as the "
+    "bench runs it, the two variants' requests interleaved, per request the statements' "
+    "and the commit's times (SQLAlchemy's events), the client process's CPU "
+    "(`time.process_time`), the backends' CPU (`/proc/<pid>/schedstat`) and the garbage "
+    "collector's runs (`gc.callbacks`); the server's side also in Valgrind (instructions,"
+    " which no load moves). The three hypotheses:",
+    "",
+    "- **(a) The commit's WAL flush: no.** The audit row adds 493 bytes of WAL to a key's"
+    " creation (`pg_waldump`: the heap insert, 333 bytes, and two B-tree leaf inserts of "
+    "80; the key's own records are 511 bytes, its foreign key's lock 54, the commit 34): "
+    "about 1.2 kB per transaction instead of 0.7 kB, both inside the 8 kB WAL page the "
+    "commit's `fdatasync` writes. The commit took +4 to +24 us more (paired medians). No "
+    "index was dropped: the key `(occurred_at, id)` is the partition key's unique key, "
+    "the admin's list in time order and its keyset pagination; the subject index is a "
+    "user's own trail and the purge's redaction; the actor index takes no entry for the "
+    "usual event (actor = subject).",
+    "- **(b) The Python side: yes, and not where it was looked for.** The route's own "
+    "code in one thread (no TestClient, cProfile and `thread_time`) spent only +27 to +34"
+    " us more: the extra column, the setting's text. But the whole process spent +96 to "
+    "+164 us more CPU per request, and Python's cyclic garbage collector ran 305 times "
+    "(generation 0) and 28 times (generation 1) in 600 audited requests against 36 and 4 "
+    "in the unaudited ones: 808 against 23 us per request on the loaded machine. The "
+    "cause: `select_as_actor` (and `set_actor`, and the `after_begin` listener) kept the "
+    "session's current transaction in `session.info`, and a transaction refers to its "
+    "session. Every audited request's session (its transaction, its identity map with the"
+    " key and user it loaded, its event listeners) was a reference cycle that reference "
+    "counting cannot free: 126 objects of cyclic garbage per request against the bench's "
+    "no-audit lookup's 80 (`gc.DEBUG_SAVEALL`; the 80 are the TestClient's own), left for"
+    " the collector, whose runs promote and traverse ever more objects. **Fixed** "
+    "(`database.audit`): the session keeps a weak reference to that transaction; 80 "
+    "objects per request in both variants now. Every API request that names an actor "
+    "gains it, reads too.",
+    "- **(c) The bench's fairness: fair.** Replica mode skips, on `api_keys` (the only "
+    "table the two paths write), the three audit triggers and nothing else (the foreign "
+    "keys' triggers are made to fire always): the bench now checks this on every run and "
+    "stops if another trigger would be skipped (`bench.audit.replica_skipped`). An A/A "
+    'run (two "no audit" engines, paired like the bench) measured +20 us (+0.2%), and '
+    "both pools are warmed alike.",
+    "",
+    "The server's side weighs more in the API than in pgbench: the backends' extra CPU "
+    "per audited request was +155 to +205 us in process, against pgbench's +86 to +90 us,"
+    " with the same statements. Between two statements the API runs about 5 ms of Python,"
+    " which leaves the backend's caches cold (touching a 48 MB buffer between requests in"
+    " a direct loop raised the audit's server CPU from +138 to +183 us). So the audit row"
+    " itself was also worth cutting:",
+    "",
+    "| a key's creation, single-user server under Valgrind (instructions per transaction)"
+    " | without the audit row | before | after |",
+    "|---|---:|---:|---:|",
+    "| client IP set (pgbench's setting) | 537,963 | 1,011,953 (+474,000) | 869,108 (+331,000) |",
+    "| no client IP (the TestClient's) | 536,788 | 971,824 (+435,000) | 865,270 (+328,000) |",
+    "",
+    "Where the row's instructions went before (each piece removed in turn): reading the "
+    "actor through the columns' six defaults about 212,000 (the setting split once per "
+    "field, each default's `CASE` with its field three times; and PL/pgSQL compiles every"
+    " expression again in each transaction), the detail and `to_jsonb(NEW)` about 134,000"
+    " (its `CASE` over every number of columns compiled whole), the row's INSERT itself "
+    "about 100,000, the call of an empty SECURITY DEFINER trigger 11,000. What "
+    "`audit_row_inserted` does now (`c17f00000001`, no rule changed):",
+    "",
+    "- **The actor's columns from ONE split of the setting**, read in the INSERT's own "
+    "subquery (`OFFSET 0`, so it is split once), through the same inlined functions as "
+    "the defaults (`audit_actor_field_of`, `audit_actor_uuid_of`, `audit_actor_inet_of`: "
+    "the format and ML106 stay in one place). Still a value the planner cannot fold, so a"
+    " malformed field is ML106 on every insert of a session, plans with values or not (a "
+    "new test inserts eight times in one connection for each field). The defaults stay "
+    "for every other writer (raw inserts, `audit_record`, the update and delete "
+    "triggers).",
+    "- **The detail in an `IF` branch per number of columns** (0, 1, 3 and 4: the "
+    "triggers' own; a loop for any other), so only the branch taken is compiled.",
+    "- Measured in the API on the loaded machine, the two trigger bodies side by side "
+    "(one fired in origin mode, the other in replica mode, requests interleaved): -15 us "
+    "of server CPU per key's creation.",
+    "- **Not done:** `gen_random_uuid()` in this embedded PostgreSQL (built without "
+    "OpenSSL) opens, reads and closes `/dev/urandom` on every call, about 10 us of the "
+    "row (the key's own id pays it too): a property of the build, left; a regular "
+    "expression instead of `pg_input_is_valid` for the UUID fields cost more "
+    "instructions, not fewer (tried, dropped); splitting the fields into their own "
+    "subquery columns saved 1.5% more, for a second subquery level (not worth it).",
+]
+
+
 def render_section(result: dict[str, Any]) -> str:
     machine = result["machine"]
     led = result["ledger"]
@@ -574,6 +665,8 @@ def render_section(result: dict[str, Any]) -> str:
     )
     lines.append("")
     lines += CHANGES
+    lines += CHANGES_C17F
+    lines.append("")
     missed = [(name, cost) for name, cost in verdicts if cost > 5.0]
     if missed:
         lines.append(

@@ -355,6 +355,47 @@ def test_select_as_actor_names_the_looked_up_row_in_one_statement(session, sql):
         audit.select_as_actor(session, lookup, {"h": "c" * 64}, request_id="two words")
 
 
+@pytest.mark.parametrize("how", ["select_as_actor", "set_actor", "after_begin"])
+def test_a_session_that_named_an_actor_is_freed_without_the_garbage_collector(engine, sql, how):
+    """The session remembers which transaction has its actor set weakly: a strong
+    reference from its own ``info`` made each session a reference cycle (its
+    transaction refers to it), left to Python's cyclic garbage collector, whose runs
+    cost the API more per request than the audit row (docs/performance.md, "What
+    c17f00000001 changed"). With the collector off, closing and dropping the session
+    frees it."""
+    import gc
+    import weakref
+
+    user_id = make_user(sql)
+    make_key(sql, user_id, key_hash="f" * 64)
+    lookup = audit.actor_lookup(
+        select(APIKey).where(APIKey.key_hash == bindparam("h")),
+        user_id=APIKey.user_id,
+        api_key_id=APIKey.id,
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        session = Session(engine)
+        if how == "select_as_actor":
+            assert audit.select_as_actor(session, lookup, {"h": "f" * 64}) is not None
+        else:
+            audit.set_actor(session, user_id=user_id, request_id="r-gc")
+            if how == "set_actor":  # in a transaction already: set at once
+                session.execute(text("SELECT 1"))
+                audit.set_actor(session, user_id=user_id, request_id="r-gc")
+            else:  # outside one: the after_begin listener sets it
+                session.execute(text("SELECT 1"))
+        assert audit.actor_settings(session)["user_id"] == str(user_id)
+        session.commit()
+        session.close()
+        gone = weakref.ref(session)
+        del session
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_the_actor_columns_cost_no_function_call(engine):
     """The defaults' SQL functions are inlined into the audit row's INSERT: a row pays
     for no function call to read its actor (docs/audit.md, "Cost")."""
