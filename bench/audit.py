@@ -452,7 +452,7 @@ CHANGES = [
 #: What c17f00000001 changed (measured by hand with probes and Valgrind, see its text):
 #: static, so that a rerun keeps it in the section.
 CHANGES_C17F = [
-    "### What `c17f00000001` changed: the unexplained 250 us was Python's garbage collector",
+    "### What `c17f00000001` changed: where the unexplained 250 us went",
     "",
     "The puzzle: on the server alone (pgbench) a key's audit cost +86 us of CPU and +103 "
     "us of latency, yet `POST /v1/api-keys` paid about 350 us more, with the same "
@@ -473,22 +473,26 @@ CHANGES_C17F = [
     "the admin's list in time order and its keyset pagination; the subject index is a "
     "user's own trail and the purge's redaction; the actor index takes no entry for the "
     "usual event (actor = subject).",
-    "- **(b) The Python side: yes, and not where it was looked for.** The route's own "
-    "code in one thread (no TestClient, cProfile and `thread_time`) spent only +27 to +34"
-    " us more: the extra column, the setting's text. But the whole process spent +96 to "
-    "+164 us more CPU per request, and Python's cyclic garbage collector ran 305 times "
-    "(generation 0) and 28 times (generation 1) in 600 audited requests against 36 and 4 "
-    "in the unaudited ones: 808 against 23 us per request on the loaded machine. The "
-    "cause: `select_as_actor` (and `set_actor`, and the `after_begin` listener) kept the "
+    "- **(b) The Python side: partly, and partly a reference cycle.** The route's own "
+    "code in one thread (no TestClient, cProfile and `thread_time`) spent +27 to +34 us "
+    "more: the extra column, the setting's text. The whole process spent +96 to +164 us "
+    "more CPU per request. Part of the difference was Python's cyclic garbage collector: "
+    "`select_as_actor` (and `set_actor`, and the `after_begin` listener) kept the "
     "session's current transaction in `session.info`, and a transaction refers to its "
-    "session. Every audited request's session (its transaction, its identity map with the"
-    " key and user it loaded, its event listeners) was a reference cycle that reference "
-    "counting cannot free: 126 objects of cyclic garbage per request against the bench's "
-    "no-audit lookup's 80 (`gc.DEBUG_SAVEALL`; the 80 are the TestClient's own), left for"
-    " the collector, whose runs promote and traverse ever more objects. **Fixed** "
-    "(`database.audit`): the session keeps a weak reference to that transaction; 80 "
-    "objects per request in both variants now. Every API request that names an actor "
-    "gains it, reads too.",
+    "session, so every audited request's session (its transaction, its identity map with "
+    "the key and user it loaded, its event listeners) was a reference cycle that "
+    "reference counting cannot free: 126 objects of cyclic garbage per request against "
+    "the bench's no-audit lookup's 80 (`gc.DEBUG_SAVEALL`; the 80 are the TestClient's "
+    "own), left for the collector, which then runs more often and promotes more to the "
+    "older generations. In blocks of 600 requests of one variant (`gc.get_stats()`, "
+    "`gc.callbacks`, the loaded machine): 184 generation-0 and 16 generation-1 "
+    "collections with the audit against 142 and 12 without, 115 against 77 us of "
+    "collection per request; and when a full collection falls into a run (one in 600 "
+    "audited requests in the interleaved runs, none without) it costs tens of "
+    "milliseconds. **Fixed** (`database.audit`): the session keeps a weak reference to "
+    "that transaction; 80 objects per request and 142 / 12 collections in both variants "
+    "now (65 and 68 us per request). Every API request that names an actor gains it, "
+    "reads too.",
     "- **(c) The bench's fairness: fair.** Replica mode skips, on `api_keys` (the only "
     "table the two paths write), the three audit triggers and nothing else (the foreign "
     "keys' triggers are made to fire always): the bench now checks this on every run and "
@@ -500,8 +504,11 @@ CHANGES_C17F = [
     "per audited request was +155 to +205 us in process, against pgbench's +86 to +90 us,"
     " with the same statements. Between two statements the API runs about 5 ms of Python,"
     " which leaves the backend's caches cold (touching a 48 MB buffer between requests in"
-    " a direct loop raised the audit's server CPU from +138 to +183 us). So the audit row"
-    " itself was also worth cutting:",
+    " a direct loop raised the audit's server CPU from +138 to +183 us). So the 250 us "
+    "were, roughly: the server's audit work run cold in the API (+70 to +120 us over "
+    "pgbench's), the route's Python (+30 us), the collector's runs for the cycle (+40 us "
+    "and the occasional full collection), the commit (+5 to +20 us). The cycle is gone; "
+    "the audit row itself was worth cutting too:",
     "",
     "| a key's creation, single-user server under Valgrind (instructions per transaction)"
     " | without the audit row | before | after |",

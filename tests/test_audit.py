@@ -227,15 +227,12 @@ def test_a_malformed_field_is_refused_on_every_insert_of_a_session(sql, db_url, 
                 fields = {n: "" for n in FIELDS}
                 fields[field] = bad[field]
                 value = " ".join(fields[n] for n in FIELDS) + " agent"
-                with pytest.raises(errors.InvalidAuditActor) as info:
-                    with conn.begin():
-                        conn.execute(
-                            text("SELECT set_config('automl.actor', :v, true)"), {"v": value}
-                        )
-                        conn.execute(
-                            insert,
-                            {"u": user_id, "h": hashlib.sha256(unique("h").encode()).hexdigest()},
-                        )
+                with pytest.raises(errors.InvalidAuditActor) as info, conn.begin():
+                    conn.execute(text("SELECT set_config('automl.actor', :v, true)"), {"v": value})
+                    conn.execute(
+                        insert,
+                        {"u": user_id, "h": hashlib.sha256(unique("h").encode()).hexdigest()},
+                    )
                 assert info.value.sqlstate == "ML106", attempt
                 assert info.value.field == field
                 with conn.begin():
