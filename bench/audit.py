@@ -543,6 +543,18 @@ CHANGES_C17F = [
     "expression instead of `pg_input_is_valid` for the UUID fields cost more "
     "instructions, not fewer (tried, dropped); splitting the fields into their own "
     "subquery columns saved 1.5% more, for a second subquery level (not worth it).",
+    "",
+    "Before and after, on the shared machine (2026-12-07 20:00-20:04 UTC, load 1.1-4.3, "
+    "so noisy): `bench.audit`'s API part (200 requests a repetition, 3 repetitions, "
+    "paired medians), the tree before this change and after it alternating, each on a "
+    "fresh database: `POST /v1/api-keys` +6.1% and +7.7% before, +4.8% and +3.3% after; "
+    "`GET /v1/me` -0.6% and +1.7% before, +2.1% and +2.0% after (repetitions ranged from "
+    "+0.7% to +22.5%: the load's spikes). `python -m bench.audit --quick --doc -` after, "
+    "at load 1.1-1.5 (the quietest minutes): `POST /v1/api-keys` +4.5% and +3.0%, `GET "
+    "/v1/me` -0.1% and +0.4%; server CPU of a key's creation +69 and +71 us over none (it"
+    " was +86 on the quiet run above). The quiet-machine run (`python -m bench.audit`, 5 "
+    "repetitions) is the verdict; this section's table above is the 17:39 run, before "
+    "`c17f00000001`.",
 ]
 
 
