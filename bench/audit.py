@@ -553,8 +553,8 @@ CHANGES_C17F = [
     "at load 1.1-1.5 (the quietest minutes): `POST /v1/api-keys` +4.5% and +3.0%, `GET "
     "/v1/me` -0.1% and +0.4%; server CPU of a key's creation +69 and +71 us over none (it"
     " was +86 on the quiet run above). The quiet-machine run (`python -m bench.audit`, 5 "
-    "repetitions) is the verdict; this section's table above is the 17:39 run, before "
-    "`c17f00000001`.",
+    "repetitions) is the verdict (when this was written, the table at the top of this "
+    "section was still the 17:39 run, before `c17f00000001`).",
 ]
 
 
