@@ -24,8 +24,9 @@ writes the "Audit trail overhead" section of docs/performance.md (not with
   ``api_keys_audit_insert`` trigger writing its row). Variants: ``audit`` and ``no
   audit`` (connections with ``session_replication_role = replica``, so the api_keys
   audit triggers do not fire, the foreign key's checks made to fire in both; the
-  same lookup statement without the ``set_config`` column). The two variants'
-  requests alternate one by one. PostgreSQL counts the function calls
+  same lookup statement without the ``set_config`` column; :func:`replica_skipped`
+  checks that replica mode skips no other trigger of the tables written). The two
+  variants' requests alternate one by one. PostgreSQL counts the function calls
   (``track_functions = all``).
 * **server**: the database's side alone, pgbench with one client: the lookup with
   and without the ``set_config``, a key's creation with and without the trigger
@@ -120,6 +121,36 @@ def ledger(
     }
 
 
+#: The tables the two API paths write: a key's INSERT, the minute's ``last_used_at``
+#: UPDATE (``users`` and the lookup's join are read only).
+API_WRITTEN_TABLES = ("api_keys",)
+
+
+def replica_skipped(db: Any) -> list[str]:
+    """The triggers the baseline's ``session_replication_role = replica`` skips on the
+    tables the API paths write: they must be the audit's alone (anything else skipped
+    would make the baseline cheaper for another reason than the audit). Raises
+    otherwise. Run after the foreign keys' triggers are made to fire always."""
+    rows = db.sql(
+        "SELECT t.tgrelid::regclass::text, t.tgname, p.proname, t.tgenabled FROM pg_trigger AS t"
+        " JOIN pg_proc AS p ON p.oid = t.tgfoid"
+        " WHERE t.tgrelid = ANY(%s::regclass[]) AND t.tgenabled IN ('O', 'R')",
+        (list(API_WRITTEN_TABLES),),
+    )
+    # 'O' fires only outside replica mode (skipped by the baseline), 'R' only in it.
+    others = [
+        f"{table}.{name}"
+        for table, name, func, when in rows
+        if when == "R" or not func.startswith("audit_")
+    ]
+    if others:
+        raise RuntimeError(
+            "the baseline (replica mode) would skip triggers other than the audit's: "
+            + ", ".join(others)
+        )
+    return sorted(f"{table}.{name}" for table, name, _, _ in rows)
+
+
 def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Requests of the two variants alternate one by one (A, B, A, B...), so a change of
     the machine's load hits both alike. ``no audit`` runs on connections with
@@ -195,6 +226,7 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
         )
     ]
     db.script("".join(f'ALTER TABLE api_keys ENABLE ALWAYS TRIGGER "{n}";\n' for n in internal))
+    skipped = replica_skipped(db)
     db.sql(f"ALTER DATABASE \"{db.dbname}\" SET track_functions = 'all'")
     db.sql("SELECT pg_stat_reset()")
     with TestClient(app) as client:
@@ -266,6 +298,7 @@ def api(db: Any, *, requests: int, reps: int, log: Callable[[str], None]) -> dic
         "paired_cost_pct": {p: statistics.median(v) for p, v in paired.items()},
         "paired_runs": paired,
         "api_key_created_rows": created - rows_before,
+        "replica_skips": skipped,
         "function_calls": calls,
     }
 
@@ -416,6 +449,115 @@ CHANGES = [
 ]
 
 
+#: What c17f00000001 changed (measured by hand with probes and Valgrind, see its text):
+#: static, so that a rerun keeps it in the section.
+CHANGES_C17F = [
+    "### What `c17f00000001` changed: where the unexplained 250 us went",
+    "",
+    "The puzzle: on the server alone (pgbench) a key's audit cost +86 us of CPU and +103 "
+    "us of latency, yet `POST /v1/api-keys` paid about 350 us more, with the same "
+    "statements in both variants. Measured 2026-12-07 19:05-19:50 UTC on the shared "
+    "machine (load 2-7: read the differences, not the levels): the API in process as the "
+    "bench runs it, the two variants' requests interleaved, per request the statements' "
+    "and the commit's times (SQLAlchemy's events), the client process's CPU "
+    "(`time.process_time`), the backends' CPU (`/proc/<pid>/schedstat`) and the garbage "
+    "collector's runs (`gc.callbacks`); the server's side also in Valgrind (instructions,"
+    " which no load moves). The three hypotheses:",
+    "",
+    "- **(a) The commit's WAL flush: no.** The audit row adds 493 bytes of WAL to a key's"
+    " creation (`pg_waldump`: the heap insert, 333 bytes, and two B-tree leaf inserts of "
+    "80; the key's own records are 511 bytes, its foreign key's lock 54, the commit 34): "
+    "about 1.2 kB per transaction instead of 0.7 kB, both inside the 8 kB WAL page the "
+    "commit's `fdatasync` writes. The commit took +4 to +24 us more (paired medians). No "
+    "index was dropped: the key `(occurred_at, id)` is the partition key's unique key, "
+    "the admin's list in time order and its keyset pagination; the subject index is a "
+    "user's own trail and the purge's redaction; the actor index takes no entry for the "
+    "usual event (actor = subject).",
+    "- **(b) The Python side: partly, and partly a reference cycle.** The route's own "
+    "code in one thread (no TestClient, cProfile and `thread_time`) spent +27 to +34 us "
+    "more: the extra column, the setting's text. The whole process spent +96 to +164 us "
+    "more CPU per request. Part of the difference was Python's cyclic garbage collector: "
+    "`select_as_actor` (and `set_actor`, and the `after_begin` listener) kept the "
+    "session's current transaction in `session.info`, and a transaction refers to its "
+    "session, so every audited request's session (its transaction, its identity map with "
+    "the key and user it loaded, its event listeners) was a reference cycle that "
+    "reference counting cannot free: 126 objects of cyclic garbage per request against "
+    "the bench's no-audit lookup's 80 (`gc.DEBUG_SAVEALL`; the 80 are the TestClient's "
+    "own), left for the collector, which then runs more often and promotes more to the "
+    "older generations. In blocks of 600 requests of one variant (`gc.get_stats()`, "
+    "`gc.callbacks`, the loaded machine): 184 generation-0 and 16 generation-1 "
+    "collections with the audit against 142 and 12 without, 115 against 77 us of "
+    "collection per request; and when a full collection falls into a run (one in 600 "
+    "audited requests in the interleaved runs, none without) it costs tens of "
+    "milliseconds. **Fixed** (`database.audit`): the session keeps a weak reference to "
+    "that transaction; 80 objects per request and 142 / 12 collections in both variants "
+    "now (65 and 68 us per request). Every API request that names an actor gains it, "
+    "reads too.",
+    "- **(c) The bench's fairness: fair.** Replica mode skips, on `api_keys` (the only "
+    "table the two paths write), the three audit triggers and nothing else (the foreign "
+    "keys' triggers are made to fire always): the bench now checks this on every run and "
+    "stops if another trigger would be skipped (`bench.audit.replica_skipped`). An A/A "
+    'run (two "no audit" engines, paired like the bench) measured +20 us (+0.2%), and '
+    "both pools are warmed alike.",
+    "",
+    "The server's side weighs more in the API than in pgbench: the backends' extra CPU "
+    "per audited request was +155 to +205 us in process, against pgbench's +86 to +90 us,"
+    " with the same statements. Between two statements the API runs about 5 ms of Python,"
+    " which leaves the backend's caches cold (touching a 48 MB buffer between requests in"
+    " a direct loop raised the audit's server CPU from +138 to +183 us). So the 250 us "
+    "were, roughly: the server's audit work run cold in the API (+70 to +120 us over "
+    "pgbench's), the route's Python (+30 us), the collector's runs for the cycle (+40 us "
+    "and the occasional full collection), the commit (+5 to +20 us). The cycle is gone; "
+    "the audit row itself was worth cutting too:",
+    "",
+    "| a key's creation, single-user server under Valgrind (instructions per transaction)"
+    " | without the audit row | before | after |",
+    "|---|---:|---:|---:|",
+    "| client IP set (pgbench's setting) | 537,963 | 1,011,953 (+474,000) | 869,108 (+331,000) |",
+    "| no client IP (the TestClient's) | 536,788 | 971,824 (+435,000) | 865,270 (+328,000) |",
+    "",
+    "Where the row's instructions went before (each piece removed in turn): reading the "
+    "actor through the columns' six defaults about 212,000 (the setting split once per "
+    "field, each default's `CASE` with its field three times; and PL/pgSQL compiles every"
+    " expression again in each transaction), the detail and `to_jsonb(NEW)` about 134,000"
+    " (its `CASE` over every number of columns compiled whole), the row's INSERT itself "
+    "about 100,000, the call of an empty SECURITY DEFINER trigger 11,000. What "
+    "`audit_row_inserted` does now (`c17f00000001`, no rule changed):",
+    "",
+    "- **The actor's columns from ONE split of the setting**, read in the INSERT's own "
+    "subquery (`OFFSET 0`, so it is split once), through the same inlined functions as "
+    "the defaults (`audit_actor_field_of`, `audit_actor_uuid_of`, `audit_actor_inet_of`: "
+    "the format and ML106 stay in one place). Still a value the planner cannot fold, so a"
+    " malformed field is ML106 on every insert of a session, plans with values or not (a "
+    "new test inserts eight times in one connection for each field). The defaults stay "
+    "for every other writer (raw inserts, `audit_record`, the update and delete "
+    "triggers).",
+    "- **The detail in an `IF` branch per number of columns** (0, 1, 3 and 4: the "
+    "triggers' own; a loop for any other), so only the branch taken is compiled.",
+    "- Measured in the API on the loaded machine, the two trigger bodies side by side "
+    "(one fired in origin mode, the other in replica mode, requests interleaved): -15 us "
+    "of server CPU per key's creation.",
+    "- **Not done:** `gen_random_uuid()` in this embedded PostgreSQL (built without "
+    "OpenSSL) opens, reads and closes `/dev/urandom` on every call, about 10 us of the "
+    "row (the key's own id pays it too): a property of the build, left; a regular "
+    "expression instead of `pg_input_is_valid` for the UUID fields cost more "
+    "instructions, not fewer (tried, dropped); splitting the fields into their own "
+    "subquery columns saved 1.5% more, for a second subquery level (not worth it).",
+    "",
+    "Before and after, on the shared machine (2026-12-07 20:00-20:04 UTC, load 1.1-4.3, "
+    "so noisy): `bench.audit`'s API part (200 requests a repetition, 3 repetitions, "
+    "paired medians), the tree before this change and after it alternating, each on a "
+    "fresh database: `POST /v1/api-keys` +6.1% and +7.7% before, +4.8% and +3.3% after; "
+    "`GET /v1/me` -0.6% and +1.7% before, +2.1% and +2.0% after (repetitions ranged from "
+    "+0.7% to +22.5%: the load's spikes). `python -m bench.audit --quick --doc -` after, "
+    "at load 1.1-1.5 (the quietest minutes): `POST /v1/api-keys` +4.5% and +3.0%, `GET "
+    "/v1/me` -0.1% and +0.4%; server CPU of a key's creation +69 and +71 us over none (it"
+    " was +86 on the quiet run above). The quiet-machine run (`python -m bench.audit`, 5 "
+    "repetitions) is the verdict (when this was written, the table at the top of this "
+    "section was still the 17:39 run, before `c17f00000001`).",
+]
+
+
 def render_section(result: dict[str, Any]) -> str:
     machine = result["machine"]
     led = result["ledger"]
@@ -542,6 +684,8 @@ def render_section(result: dict[str, Any]) -> str:
     )
     lines.append("")
     lines += CHANGES
+    lines += CHANGES_C17F
+    lines.append("")
     missed = [(name, cost) for name, cost in verdicts if cost > 5.0]
     if missed:
         lines.append(

@@ -206,6 +206,77 @@ def test_a_malformed_actor_setting_refuses_the_change(sql, engine):
     assert scalar(sql, "SELECT count(*) FROM api_keys WHERE user_id = :u", u=user_id) == 0
 
 
+@pytest.mark.parametrize(
+    "field", ["actor_user_id", "actor_api_key_id", "actor_session_id", "client_ip"]
+)
+def test_a_malformed_field_is_refused_on_every_insert_of_a_session(sql, db_url, field):
+    """audit_row_inserted reads the setting in its INSERT's own subquery
+    (c17f00000001): in one connection (PL/pgSQL plans the statement with its values
+    five times, then once for all), every insert with a malformed field is ML106,
+    never the cast's 22P02, and a well-formed one between them is written."""
+    user_id = make_user(sql)
+    eng = errors.install(create_engine(db_url, pool_size=1))
+    insert = text(
+        "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES (:u, 'x', 'aml_x', :h)"
+    )
+    bad = {"actor_user_id": "root", "actor_api_key_id": "1 OR 1=1", "client_ip": "not-an-ip"}
+    bad["actor_session_id"] = "{" + "a" * 32  # one brace: not a UUID
+    try:
+        with eng.connect() as conn:
+            for attempt in range(8):
+                fields = {n: "" for n in FIELDS}
+                fields[field] = bad[field]
+                value = " ".join(fields[n] for n in FIELDS) + " agent"
+                with pytest.raises(errors.InvalidAuditActor) as info, conn.begin():
+                    conn.execute(text("SELECT set_config('automl.actor', :v, true)"), {"v": value})
+                    conn.execute(
+                        insert,
+                        {"u": user_id, "h": hashlib.sha256(unique("h").encode()).hexdigest()},
+                    )
+                assert info.value.sqlstate == "ML106", attempt
+                assert info.value.field == field
+                with conn.begin():
+                    conn.execute(
+                        text("SELECT set_config('automl.actor', :v, true)"), {"v": f"{user_id}"}
+                    )
+                    conn.execute(
+                        insert,
+                        {"u": user_id, "h": hashlib.sha256(unique("h").encode()).hexdigest()},
+                    )
+    finally:
+        eng.dispose()
+    rows = events(sql, subject_user_id=user_id, action="api_key.created")
+    assert len(rows) == 8
+    assert {r.actor_user_id for r in rows} == {user_id}
+
+
+def test_the_insert_triggers_actor_costs_no_function_call(sql, engine):
+    """The audit row of an insert reads its actor through the same inlined functions
+    as the columns' defaults: the transaction calls the trigger and nothing of the
+    actor's (pg_stat_xact_user_functions counts every call with track_functions)."""
+    user_id = make_user(sql)
+    key_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL track_functions = 'all'"))
+        conn.execute(
+            text("SELECT set_config('automl.actor', :v, true)"),
+            {"v": f"{user_id} {key_id}  r-1 10.0.0.7 an agent"},
+        )
+        make_key(lambda q, **p: list(conn.execute(text(q), p)), user_id)
+        called = {
+            r[0] for r in conn.execute(text("SELECT funcname FROM pg_stat_xact_user_functions"))
+        }
+    assert "audit_row_inserted" in called
+    assert not {f for f in called if f.startswith("audit_actor")}, called
+    (row,) = events(sql, subject_user_id=user_id, action="api_key.created")
+    assert (row.actor_user_id, row.actor_api_key_id, row.actor_session_id) == (
+        user_id,
+        key_id,
+        None,
+    )
+    assert (row.request_id, str(row.client_ip), row.user_agent) == ("r-1", "10.0.0.7", "an agent")
+
+
 def test_raw_sql_names_a_user_with_the_one_setting_and_agents_keep_their_spaces(sql, engine):
     user_id = make_user(sql)
     other = make_user(sql)
@@ -281,6 +352,47 @@ def test_select_as_actor_names_the_looked_up_row_in_one_statement(session, sql):
         audit.select_as_actor(session, lookup, {"h": "c" * 64}, request_id="two words")
 
 
+@pytest.mark.parametrize("how", ["select_as_actor", "set_actor", "after_begin"])
+def test_a_session_that_named_an_actor_is_freed_without_the_garbage_collector(engine, sql, how):
+    """The session remembers which transaction has its actor set weakly: a strong
+    reference from its own ``info`` made each session a reference cycle (its
+    transaction refers to it), left to Python's cyclic garbage collector, whose runs
+    cost the API more per request than the audit row (docs/performance.md, "What
+    c17f00000001 changed"). With the collector off, closing and dropping the session
+    frees it."""
+    import gc
+    import weakref
+
+    user_id = make_user(sql)
+    make_key(sql, user_id, key_hash="f" * 64)
+    lookup = audit.actor_lookup(
+        select(APIKey).where(APIKey.key_hash == bindparam("h")),
+        user_id=APIKey.user_id,
+        api_key_id=APIKey.id,
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        session = Session(engine)
+        if how == "select_as_actor":
+            assert audit.select_as_actor(session, lookup, {"h": "f" * 64}) is not None
+        else:
+            audit.set_actor(session, user_id=user_id, request_id="r-gc")
+            if how == "set_actor":  # in a transaction already: set at once
+                session.execute(text("SELECT 1"))
+                audit.set_actor(session, user_id=user_id, request_id="r-gc")
+            else:  # outside one: the after_begin listener sets it
+                session.execute(text("SELECT 1"))
+        assert audit.actor_settings(session)["user_id"] == str(user_id)
+        session.commit()
+        session.close()
+        gone = weakref.ref(session)
+        del session
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_the_actor_columns_cost_no_function_call(engine):
     """The defaults' SQL functions are inlined into the audit row's INSERT: a row pays
     for no function call to read its actor (docs/audit.md, "Cost")."""
@@ -340,18 +452,22 @@ def test_the_triggers_actions_and_entity_types_have_the_events_shape(sql):
             assert re.fullmatch(r"[a-z][a-z_]*(\.[a-z][a-z_]*)+", action), (name, action)
 
 
-def test_the_detail_of_more_than_four_columns_is_built_by_the_loop(sql):
-    """audit_row_inserted builds up to four detail columns in one expression (every
-    trigger today) and more in a loop: the same object either way."""
+@pytest.mark.parametrize("columns", [0, 1, 2, 3, 4, 5])
+def test_the_detail_is_the_same_object_whatever_its_number_of_columns(sql, columns):
+    """audit_row_inserted builds the detail in one expression per number of columns
+    that a trigger uses (IF branches: 0, 1, 3 and 4 columns) and in a loop for any
+    other number: the same object either way."""
+    names = ["a", "b", "c", "d", "e"][:columns]
     sql(
         "CREATE TABLE audit_probe (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
         " user_id uuid, a int, b text, c int[], d jsonb, e boolean)"
     )
     try:
+        extra = "".join(f", '{n}'" for n in names)
         sql(
             "CREATE TRIGGER audit_probe_insert AFTER INSERT ON audit_probe FOR EACH ROW"
             " EXECUTE FUNCTION public.audit_row_inserted('probe', 'id', 'user_id',"
-            " 'probe.created', 'a', 'b', 'c', 'd', 'e')"
+            f" 'probe.created'{extra})"
         )
         user_id = uuid.uuid4()
         (probe_id,) = sql(
@@ -365,7 +481,8 @@ def test_the_detail_of_more_than_four_columns_is_built_by_the_loop(sql):
             "probe",
             user_id,
         )
-        assert row.detail == {"a": 1, "b": "x", "c": [1, 2], "d": {"k": None}, "e": None}
+        full = {"a": 1, "b": "x", "c": [1, 2], "d": {"k": None}, "e": None}
+        assert row.detail == {n: full[n] for n in names}
     finally:
         sql("DROP TABLE audit_probe")
 

@@ -31,6 +31,7 @@ import functools
 import ipaddress
 import re
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,12 @@ ACTOR_FIELDS = ("user_id", "api_key_id", "session_id", "request_id", "client_ip"
 MONTHS_AHEAD = 3
 
 _INFO_KEY = "automl.audit_actor"
+#: In a session's ``info``: a weak reference to the transaction that has the actor
+#: set. Weak: the transaction refers to its session, so a strong reference from the
+#: session's own ``info`` would make every session a reference cycle, which Python's
+#: reference counting cannot free. The session, its objects and its transaction
+#: would then wait for the cyclic garbage collector, whose runs cost the API more
+#: than the audit row itself (docs/performance.md, "What c17f00000001 changed").
 _APPLIED_KEY = "automl.audit_actor_applied"
 _REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:/+=-]{{1,{MAX_REQUEST_ID}}}$")
 _SET_ACTOR = text(f"SELECT set_config('{ACTOR_SETTING}', :a, true)")
@@ -233,9 +240,9 @@ def set_actor(
     if session.in_transaction():
         conn = session.connection()
         current = session.get_transaction()
-        if session.info.get(_APPLIED_KEY) is not current:
+        if _applied(session) is not current:
             _apply(conn, session.info[_INFO_KEY])
-            session.info[_APPLIED_KEY] = current
+            _mark_applied(session, current)
     return actor
 
 
@@ -308,11 +315,23 @@ def select_as_actor(
     # The text the database set, kept as is for the session's later transactions
     # (parse_setting reads it back, when someone wants its fields).
     session.info[_INFO_KEY] = applied
-    session.info[_APPLIED_KEY] = session.get_transaction()
+    _mark_applied(session, session.get_transaction())
     # A lookup only: the package's operations may take this transaction as their own
     # (database._tx.atomic), as they took a new one when authentication committed.
     _tx.offer(session)
     return tuple(found)
+
+
+def _mark_applied(session: Session, transaction: SessionTransaction | None) -> None:
+    """Remember that ``transaction`` has the session's actor set (weakly: see
+    ``_APPLIED_KEY``)."""
+    session.info[_APPLIED_KEY] = None if transaction is None else weakref.ref(transaction)
+
+
+def _applied(session: Session) -> SessionTransaction | None:
+    """The transaction that has the session's actor set, if it is still alive."""
+    ref = session.info.get(_APPLIED_KEY)
+    return None if ref is None else ref()
 
 
 def clear_actor(session: Session) -> None:
@@ -326,7 +345,7 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
     setting = session.info.get(_INFO_KEY)
     if setting is not None and transaction.parent is None:
         _apply(connection, setting)
-        session.info[_APPLIED_KEY] = transaction
+        _mark_applied(session, transaction)
 
 
 # --- the API's own events -------------------------------------------------------------
