@@ -14,7 +14,7 @@ instructions (docs/performance.md, "What c17f00000001 changed"). No rule changes
 no new function, so no grant.
 
 Revision ID: c17f00000001
-Revises: c16e00000001
+Revises: c16f00000001
 Create Date: 2026-12-07 20:00:00.000000+00:00
 """
 
@@ -24,7 +24,7 @@ from alembic import op
 from database.migrations import function, replace
 
 revision: str = "c17f00000001"
-down_revision: str | Sequence[str] | None = "c16e00000001"
+down_revision: str | Sequence[str] | None = "c16f00000001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
