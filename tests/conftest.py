@@ -24,6 +24,7 @@ from pgtest import (  # noqa: F401  (re-exported)
     RestartableServer,
     ServerInfo,
     make_test_url,
+    memoize_alembic_utils_parsing,
     pgdata_dir,
 )
 
@@ -33,6 +34,9 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 from database import identity as _identity  # noqa: E402
 
 _identity.configure_hasher(time_cost=1, memory_cost=8, parallelism=1)
+
+# alembic-utils' comparisons (tests/test_migrations.py) parse each text once, not per call.
+memoize_alembic_utils_parsing()
 
 
 def migrate_to_head(

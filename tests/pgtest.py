@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import URL
 
@@ -81,6 +82,47 @@ def pgdata_dir(fallback: Path) -> Iterator[Path]:
         yield folder / "pg"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def memoize_alembic_utils_parsing() -> None:
+    """alembic-utils reads every trigger and function back from the database with
+    ``parse.parse(template, sql)`` and does so again for each entity it compares: an
+    autogenerate comparison (``alembic check``, pytest-alembic's
+    ``test_model_definitions_match_ddl``) made some 200,000 calls, each building a
+    ``parse.Parser`` (a regex made from the template), about half its time. Here each
+    (template, text) is parsed once per process: the same function of its arguments,
+    the same result (alembic-utils only reads it), computed once.
+    """
+    import functools
+
+    import parse as parse_lib
+    from alembic_utils import pg_function, pg_materialized_view, pg_policy, pg_trigger, pg_view
+
+    @functools.cache
+    def compiled(template: str, case_sensitive: bool) -> Any:
+        return parse_lib.compile(template, case_sensitive=case_sensitive)
+
+    @functools.lru_cache(maxsize=1 << 16)
+    def parsed(template: str, string: str, case_sensitive: bool) -> Any:
+        return compiled(template, case_sensitive).parse(string)
+
+    def parse(
+        format: str,
+        string: str,
+        extra_types: Any = None,
+        evaluate_result: bool = True,
+        case_sensitive: bool = False,
+    ) -> Any:
+        if extra_types or not evaluate_result:
+            return parse_lib.parse(format, string, extra_types, evaluate_result, case_sensitive)
+        return parsed(format, string, case_sensitive)
+
+    for module in (pg_function, pg_materialized_view, pg_policy, pg_trigger, pg_view):
+        if getattr(module.parse, "memoized", False):
+            continue
+        assert module.parse is parse_lib.parse, module
+        module.parse = parse  # type: ignore[attr-defined]
+    parse.memoized = True  # type: ignore[attr-defined]
 
 
 class RestartableServer:
