@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,36 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     with session_factory() as s:
         yield s
+
+
+@pytest.fixture
+def app_role(engine: Engine) -> Iterator[str]:
+    """A new LOGIN role with the apps' least-privilege grants (``automl-db grant ROLE``,
+    ``database.grants.grant``), dropped afterwards with what it owns. A module that
+    needs the role made differently overrides this fixture (tests/test_grants.py)."""
+    from sqlalchemy import text
+
+    from database.grants import grant
+
+    name = f"app_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        grant(conn, name)
+    yield name
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP OWNED BY "{name}"'))
+        conn.execute(text(f'DROP ROLE "{name}"'))
+
+
+@pytest.fixture
+def app_engine(db_url: URL, app_role: str) -> Iterator[Engine]:
+    """This test's database as the apps' least-privilege role (``app_role``): what the
+    API and the workers connect as. Room for the concurrent tests (up to 30 connections)."""
+    eng = errors.install(
+        create_engine(db_url.set(username=app_role), pool_size=10, max_overflow=20)
+    )
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture
