@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,42 @@ def pgdata_root() -> Path | None:
     return None
 
 
+PGDATA_PREFIX = "automl-test-pg-"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()  # gone meanwhile: nothing to remove
+
+
+def _sweep(root: Path) -> None:
+    """Remove the data folders an interrupted run left under ``root`` (in memory, they
+    would hold it until a reboot): only those whose server is gone (no
+    ``postmaster.pid``, or its process is not running); a live server's folder, another
+    run's, is left alone."""
+    for folder in root.glob(f"{PGDATA_PREFIX}*"):
+        pidfile = folder / "pg" / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0:
+            try:
+                os.kill(pid, 0)
+                continue  # running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # someone else's, running
+        elif time.time() - _mtime(folder) < 3600:
+            # No server (yet): a folder being made right now (another test process's,
+            # before its server writes the pid file) is left alone; only old ones go.
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextmanager
 def pgdata_dir(fallback: Path) -> Iterator[Path]:
     """A new, empty folder for a server's data (under :func:`pgdata_root`, else
@@ -77,7 +114,9 @@ def pgdata_dir(fallback: Path) -> Iterator[Path]:
     if root is None:
         yield fallback
         return
-    folder = Path(tempfile.mkdtemp(prefix="automl-test-pg-", dir=root))
+    if root == Path("/dev/shm"):
+        _sweep(root)
+    folder = Path(tempfile.mkdtemp(prefix=PGDATA_PREFIX, dir=root))
     try:
         yield folder / "pg"
     finally:
