@@ -26,6 +26,7 @@ from pgtest import (  # noqa: F401  (re-exported)
     ServerInfo,
     make_test_url,
     memoize_alembic_utils_parsing,
+    memoize_sqlparse_split,
     pgdata_dir,
 )
 
@@ -36,8 +37,10 @@ from database import identity as _identity  # noqa: E402
 
 _identity.configure_hasher(time_cost=1, memory_cost=8, parallelism=1)
 
-# alembic-utils' comparisons (tests/test_migrations.py) parse each text once, not per call.
+# alembic's env.py (sql/triggers split into statements) and alembic-utils' comparisons
+# (tests/test_migrations.py) parse each text once per test process, not per call.
 memoize_alembic_utils_parsing()
+memoize_sqlparse_split()
 
 
 def migrate_to_head(
