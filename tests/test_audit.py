@@ -9,16 +9,14 @@ import hashlib
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, bindparam, create_engine, event, select, text
+from sqlalchemy import Engine, bindparam, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from database import audit, errors, lifecycle
-from database.grants import grant
 from database.models import APIKey, AuditEvent
 
 from factories import make_user, scalar, unique
@@ -61,26 +59,6 @@ def with_actor(engine: Engine, statements: list[str], **fields: str) -> None:
         conn.execute(text("SELECT set_config('automl.actor', :v, true)"), {"v": value})
         for statement in statements:
             conn.execute(text(statement))
-
-
-def _role(engine: Engine) -> str:
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    return name
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    """Connected as the applications' least-privilege role (automl-db grant)."""
-    name = _role(engine)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 def run_as(eng: Engine, statement: str, **params: Any) -> list[Any]:

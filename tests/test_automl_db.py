@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
-from test_privileges import app_engine, run_as  # noqa: F401  (the fixture)
+from test_privileges import run_as
 
 from database import automl, errors
 from database.models import ExperimentRun, ExperimentRunStatus
@@ -150,7 +150,7 @@ def test_a_hand_made_run_reads_as_before(sql: Any) -> None:
 )
 def test_the_checks_hold_in_raw_sql_and_as_the_apps_role(
     sql: Any,
-    app_engine: Engine,  # noqa: F811  (the fixture of test_privileges)
+    app_engine: Engine,
     cols: dict[str, Any],
     error: type[Exception],
 ) -> None:

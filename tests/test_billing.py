@@ -58,15 +58,6 @@ def _drop(engine: Engine, name: str) -> None:
 
 
 @pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    name = _role(engine, "app")
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))
-    yield eng
-    eng.dispose()
-    _drop(engine, name)
-
-
-@pytest.fixture
 def operator_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
     name = _role(engine, "ops", operator=True)
     eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))

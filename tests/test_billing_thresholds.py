@@ -14,16 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text, update
+from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 
 from database import billing, credits, errors
 from database.billing import alert_threshold_drift
-from database.grants import grant
 from database.models import User
 from database.verify import verify
 
@@ -288,20 +286,6 @@ def test_an_alert_fires_once_and_the_spend_adds_up_under_16_concurrent_charges(
     )
     assert ledger_spend == 16 * 11
     assert thresholds(sql, user) == (None, 100, None, 16 * 11, True)
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 @pytest.mark.parametrize(

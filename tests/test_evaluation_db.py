@@ -6,33 +6,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import text
 
 from database import errors, evaluation
-from database.grants import grant
 from database.models import Dataset, EvaluationCriterion
 
 from factories import insert, make_dataset, make_job, make_model, make_user, make_version, scalar
 
 COLUMNS = {"columns": [{"name": "a", "kind": "numeric"}, {"name": "label", "kind": "categorical"}]}
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 def _ingested_dataset(sql: Any, user: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import sessionmaker
 
 from database import cli, credits, errors, lifecycle
@@ -36,12 +36,11 @@ def role(engine: Engine) -> Iterator[str]:
 
 
 @pytest.fixture
-def app_engine(db_url: Any, engine: Engine, role: str) -> Iterator[Engine]:
+def app_role(engine: Engine, role: str) -> str:
+    """``role`` granted the apps' privileges (conftest's ``app_engine`` connects as it)."""
     with engine.begin() as conn:
         grant(conn, role)
-    eng = errors.install(create_engine(db_url.set(username=role), pool_size=2))
-    yield eng
-    eng.dispose()
+    return role
 
 
 def as_app(app_engine: Engine, statement: str, **params: Any) -> list[Any]:

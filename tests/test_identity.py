@@ -6,40 +6,17 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from database import audit, errors, identity
-from database.grants import grant
 from database.lifecycle import LocalFileRemover, purge
 from database.models import UserRole, UserTier
 
 from factories import make_user, scalar
-
-
-def _role(engine: Engine) -> str:
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-    return name
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
-    name = _role(engine)
-    with engine.begin() as conn:
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=4))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 def as_actor(eng: Engine, actor: uuid.UUID | None, statement: str, **params: Any) -> list[Any]:

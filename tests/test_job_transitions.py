@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from database import errors
-from database.grants import grant
 from database.models import (
     IngestionJob,
     IngestionStatus,
@@ -190,18 +188,6 @@ def test_the_api_maps_a_refused_transition_to_409(sql: Any) -> None:
 
 
 # --- as the apps' least-privilege role --------------------------------------------------------
-@pytest.fixture
-def app_engine(db_url: Any, engine: Any) -> Iterator[Engine]:
-    role = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
-        grant(conn, role)
-    eng = errors.install(create_engine(db_url.set(username=role), pool_size=2))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{role}"'))
-        conn.execute(text(f'DROP ROLE "{role}"'))
 
 
 def test_the_app_role_numbers_versions_and_is_held_to_the_transitions(

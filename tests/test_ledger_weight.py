@@ -17,15 +17,13 @@ import contextlib
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from database import credits, errors, metering
-from database.grants import grant
 from database.models import CreditTransaction, Job, TransactionType, UsageCharge, UsageSku
 
 from factories import make_credit_package, make_job, make_user, scalar
@@ -34,21 +32,6 @@ UTC = dt.UTC
 START = dt.datetime(2026, 12, 7, 10, tzinfo=UTC)
 END = dt.datetime(2026, 12, 7, 11, tzinfo=UTC)
 DEPLOYMENT = uuid.UUID("00000000-0000-4000-8000-00000000d001")
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name)))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 def _funded(sql: Any, engine: Engine, amount: int = 100) -> uuid.UUID:

@@ -19,7 +19,6 @@ from sqlalchemy import Engine, create_engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from database import credits, errors, metering
-from database.grants import grant
 from database.models import (
     InferenceRequest,
     InferenceStatus,
@@ -38,21 +37,6 @@ def _prices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Metered use is priced by the price book (migration c16a00000001's first book:
     # 1 credit per 1,000 predicted or batch rows).
     yield
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=10, max_overflow=20))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 @pytest.fixture

@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from database import credits, errors, jobs, registry
-from database.grants import grant
 from database.models import Model, NodeStatus, NodeType
 
 from factories import make_dataset, make_model, make_user, make_version, scalar
@@ -267,19 +265,6 @@ def test_two_saves_registering_a_new_name_at_once_share_one_model(engine: Engine
 
 
 # --- as the apps' role --------------------------------------------------------------------
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 def test_the_worker_role_records_and_registers(

@@ -6,16 +6,13 @@ DEFAULT partition's rows moved in, and that only the owner's functions call it."
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from database import errors
-from database.grants import grant
 
 from factories import scalar
 
@@ -139,20 +136,6 @@ def test_default_rows_move_into_their_new_month(sql):
     sql("SELECT public.audit_events_ensure_partitions(CAST('2045-03-01Z' AS timestamptz), 0)")
     assert scalar(sql, "SELECT count(*) FROM audit_events_default WHERE id = :i", i=row_id) == 0
     assert scalar(sql, "SELECT count(*) FROM audit_events_p204503 WHERE id = :i", i=row_id) == 1
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    name = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name)))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{name}"'))
-        conn.execute(text(f'DROP ROLE "{name}"'))
 
 
 def test_the_apps_role_may_not_call_the_shared_functions(app_engine):

@@ -51,18 +51,6 @@ def _drop(engine: Engine, name: str) -> None:
 
 
 @pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    """An engine connected as the apps' role (``automl-db grant ROLE``)."""
-    name = _role(engine, "app")
-    with engine.begin() as conn:
-        grant(conn, name)
-    eng = errors.install(create_engine(db_url.set(username=name), pool_size=2))
-    yield eng
-    eng.dispose()
-    _drop(engine, name)
-
-
-@pytest.fixture
 def operator_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
     """An engine connected as an operator's role (``automl-db grant --operator ROLE``)."""
     name = _role(engine, "ops")

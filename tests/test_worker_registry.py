@@ -6,15 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from database import errors, worker_registry
-from database.grants import grant
 from database.models import Worker
 
 
@@ -145,20 +143,6 @@ def test_a_name_is_one_row(engine: Engine, sql: Any) -> None:
     with Session(engine) as session, pytest.raises(errors.AlreadyExists):
         session.add(Worker(name="taken", hostname="h", pid=1, slots=1, lease_seconds=30.0))
         session.commit()
-
-
-@pytest.fixture
-def app_engine(db_url: Any, engine: Engine) -> Iterator[Engine]:
-    role = f"app_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
-        grant(conn, role)
-    eng = errors.install(create_engine(db_url.set(username=role), pool_size=2))
-    yield eng
-    eng.dispose()
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP OWNED BY "{role}"'))
-        conn.execute(text(f'DROP ROLE "{role}"'))
 
 
 def test_the_apps_role_beats_stops_counts_and_prunes(app_engine: Engine, sql: Any) -> None:
