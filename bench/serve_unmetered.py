@@ -20,12 +20,10 @@ import uuid
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session
 
 from api.serving import service
 from database import deployments
 from database.models import DeploymentStatus
-from pipeline.serving import DEFAULT_MAX_ROWS, check_arrays, parse_body
 
 
 class UnmeteredPredictor(service.Predictor):
@@ -65,27 +63,9 @@ class UnmeteredPredictor(service.Predictor):
         state.deployment_id, state.version_id, state.rows = deployment_id, version_id, rows
         return service._Ready(target.config, model, frame, rows)
 
-    def _long(
-        self,
-        conn: Connection,
-        session: Session,
-        principal: Any,
-        deployment_id: uuid.UUID,
-        body: bytes,
-        content_type: str | None,
-        rid: str,
-        state: Any,
-    ) -> Any:
-        """The long way without ``metering.admit``."""
-        target = deployments.serving(session, principal.user_id, deployment_id)
-        state.deployment_id, state.version_id = target.deployment_id, target.model_version_id
-        self._remember(principal.user_id, target)
-        model = self.model(session, target)
-        table = parse_body(body, content_type, model.columns)
-        max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
-        frame = check_arrays(model, table, max_rows=max_rows)
-        state.rows = table.rows
-        return service._Ready(target.config, model, frame, table.rows)
+    def _admit(self, *args: Any, **kwargs: Any) -> None:
+        """The long way without ``metering.admit``: nothing held."""
+        return None
 
     def _record(self, *args: Any, **kwargs: Any) -> None:
         """No request record."""

@@ -355,16 +355,23 @@ class Predictor:
         table = parse_body(body, content_type, model.columns)
         max_rows = int(target.config.get("max_batch_rows") or DEFAULT_MAX_ROWS)
         frame = check_arrays(model, table, max_rows=max_rows)
-        state.hold_id = metering.admit(
+        state.hold_id = self._admit(conn, principal, target, table.rows, rid)
+        state.rows = table.rows
+        return _Ready(target.config, model, frame, table.rows)
+
+    def _admit(
+        self, conn: Connection, principal: Any, target: deployments.Target, rows: int, rid: str
+    ) -> uuid.UUID | None:
+        """The long way's admission (:func:`database.metering.admit`): the key's quotas
+        and the credit hold of ``rows``; the hold's id."""
+        return metering.admit(
             conn,
             user_id=principal.user_id,
             api_key_id=principal.key.id if principal.key is not None else None,
             deployment_id=target.deployment_id,
-            rows=table.rows,
+            rows=rows,
             request_id=rid,
         )
-        state.rows = table.rows
-        return _Ready(target.config, model, frame, table.rows)
 
     def _predict(self, ready: _Ready, started: float) -> dict[str, Any]:
         """The model, within the deployment's ``timeout_ms`` (from the request's
