@@ -43,8 +43,13 @@ QUERIES: dict[str, str] = {
         "SELECT id FROM jobs WHERE status = 'queued'"
         " ORDER BY priority DESC, created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
     ),
+    # As the API asks it (database.credits.ledger_month, c16g00000001): the index is
+    # (user_id, calendar month), so the month orders first and each month's entries
+    # are sorted.
     "ledger_page": (
-        "SELECT * FROM credit_transactions WHERE user_id = %(u)s ORDER BY created_at DESC LIMIT 50"
+        "SELECT * FROM credit_transactions WHERE user_id = %(u)s"
+        " ORDER BY date_trunc('month', created_at AT TIME ZONE 'UTC') DESC, created_at DESC,"
+        " id DESC LIMIT 50"
     ),
     "models": "SELECT * FROM models WHERE user_id = %(u)s ORDER BY created_at DESC LIMIT 20",
     "datasets": "SELECT * FROM datasets WHERE user_id = %(u)s ORDER BY created_at DESC LIMIT 20",

@@ -644,3 +644,179 @@ def test_eight_connections_credit_one_payment_once(sql, engine, isolation):
     (winner,) = [u for u in users if _balance(sql, u)]
     assert _credited(sql, ref) == [(winner, 100)]
     assert sorted(_balance(sql, u) for u in users) == [0] * 7 + [100]
+
+
+# --- a user's entries by calendar month (c16g00000001) ---------------------------------
+USER_INDEX = "ix_credit_transactions_user_id_month"
+
+
+def _dated_entries(engine: Engine, user: uuid.UUID, months: int, per_month: int) -> None:
+    """``per_month`` adjustments in each of ``months`` months of 2026, dated by hand
+    (the trigger dates entries itself): written as the owner with the user triggers off."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE credit_transactions DISABLE TRIGGER USER")
+        conn.exec_driver_sql(
+            "INSERT INTO credit_transactions (user_id, type, amount, balance_after,"
+            " created_at, actor, description)"
+            " SELECT %s, 'adjustment', 1, m * %s + i, make_timestamptz(2026, m, 1 + i %% 28,"
+            " 12, 0, 0, 'UTC'), 'tests', 'dated'"
+            " FROM generate_series(1, %s) AS m, generate_series(1, %s) AS i",
+            (user, per_month, months, per_month),
+        )
+        conn.exec_driver_sql("ALTER TABLE credit_transactions ENABLE TRIGGER USER")
+        conn.exec_driver_sql("ANALYZE credit_transactions")
+
+
+def _plan(conn: Any, statement: Any, params: dict[str, Any] | None = None) -> str:
+    """The plan of ``statement`` with sequential scans priced out (a small table would
+    otherwise be read whole): one that cannot use the index still shows a Seq Scan."""
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    if isinstance(statement, str):
+        rows = conn.execute(text("EXPLAIN " + statement), params or {}).all()
+    else:  # as the API sends it: compiled for psycopg, its parameters bound
+        compiled = statement.compile(dialect=conn.dialect)
+        rows = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params).all()
+    return "\n".join(r[0] for r in rows)
+
+
+def test_the_user_index_is_by_month_and_serves_the_foreign_key(engine):
+    with engine.connect() as conn:
+        definition = conn.execute(
+            text("SELECT pg_get_indexdef(CAST(:i AS regclass))"), {"i": USER_INDEX}
+        ).scalar_one()
+        assert "(user_id, date_trunc('month'::text, (created_at AT TIME ZONE 'UTC'::text)))" in (
+            definition
+        )
+        gone = conn.execute(
+            text("SELECT to_regclass('ix_credit_transactions_user_id_created_at')")
+        ).scalar()
+        assert gone is None
+        # The RESTRICT check of a user's delete finds the user's entries through it.
+        plan = _plan(
+            conn,
+            "SELECT 1 FROM ONLY credit_transactions AS x WHERE x.user_id = :u FOR KEY SHARE OF x",
+            {"u": uuid.uuid4()},
+        )
+        assert USER_INDEX in plan and "Seq Scan" not in plan, plan
+
+
+def test_a_user_with_entries_cannot_be_deleted_through_the_month_index(sql, engine):
+    """The foreign key still holds (RESTRICT), through raw SQL, with entries in several
+    months."""
+    user = make_user(sql)
+    _dated_entries(engine, user, months=3, per_month=4)
+    with pytest.raises(errors.DatabaseError) as info:
+        sql("DELETE FROM users WHERE id = :u", u=user)
+    assert "fk_credit_transactions_user_id_users" in str(info.value)
+
+
+def test_ledger_queries_find_the_month_through_the_index(sql, engine):
+    """The API's newest-first page (first and later pages, through
+    ``credits.ledger_month``: literals, not bound parameters, or the index's expression
+    would not match), the statement and the monthly spend all use the month's key."""
+    from database import billing
+
+    user = make_user(sql)
+    _dated_entries(engine, user, months=6, per_month=20)
+    first_page = (
+        select(CreditTransaction)
+        .where(CreditTransaction.user_id == user)
+        .order_by(
+            credits.ledger_month(CreditTransaction.created_at).desc(),
+            CreditTransaction.created_at.desc(),
+            CreditTransaction.id.desc(),
+        )
+        .limit(51)
+    )
+    cursor_at = dt.datetime(2026, 3, 10, 12, tzinfo=UTC)
+    later_page = first_page.where(
+        CreditTransaction.created_at <= cursor_at,
+        credits.ledger_month(CreditTransaction.created_at) <= credits.ledger_month(cursor_at),
+    )
+    with engine.begin() as conn:
+        for statement in (first_page, later_page):
+            plan = _plan(conn, statement)
+            assert USER_INDEX in plan and "Seq Scan" not in plan, plan
+    with engine.begin() as conn:
+        start, end = billing.month_span(dt.date(2026, 3, 1))
+        params = {"u": user, "s": start, "e": end, "m": start.replace(tzinfo=None)}
+        plan = _plan(conn, billing._STATEMENT.text, params)
+        assert plan.count(USER_INDEX) >= 3 and "Seq Scan on credit_transactions" not in plan, plan
+    # The month's spend, as billing_alerts_sync and billing_alerts_check count it (a
+    # user's spend_above alert, its month counted again): the transaction's own scan
+    # counts say which index it read, and that it read no table whole.
+    sql(
+        "INSERT INTO billing_alerts (user_id, kind, threshold, webhook_url, secret)"
+        " VALUES (:u, 'spend_above', 1000, 'https://example.com/hook', repeat('s', 40))",
+        u=user,
+    )
+    # The transaction's own counts: scans of the index, the entries they returned, and
+    # sequential scans of the table.
+    scans = text(
+        "SELECT pg_stat_get_xact_numscans(CAST(:i AS regclass)),"
+        " pg_stat_get_xact_tuples_returned(CAST(:i AS regclass)),"
+        " pg_stat_get_xact_numscans('credit_transactions'::regclass)"
+    )
+    recounts = {
+        # An alert changed: its trigger calls billing_alerts_sync.
+        "billing_alerts_sync": "UPDATE billing_alerts SET threshold = threshold + 1"
+        " WHERE user_id = :u",
+        # A new month for the user: the next entry's trigger calls billing_alerts_check.
+        "billing_alerts_check": "INSERT INTO credit_transactions (user_id, type, amount,"
+        " description, actor) VALUES (:u, 'adjustment', 1, 'a new month', 'tests')",
+    }
+    for name, statement in recounts.items():
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            # The derived columns' guard is a trigger: off for this one write (owner).
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            conn.execute(
+                text(
+                    "UPDATE users SET alert_spend = NULL,"
+                    " alert_spend_until = clock_timestamp() - interval '1 second' WHERE id = :u"
+                ),
+                {"u": user},
+            )
+            conn.exec_driver_sql("SET LOCAL session_replication_role = origin")
+            before = conn.execute(scans, {"i": USER_INDEX}).one()
+            conn.execute(text(statement), {"u": user})
+            after = conn.execute(scans, {"i": USER_INDEX}).one()
+            spend, this_month = conn.execute(
+                text(
+                    "SELECT u.alert_spend, (SELECT count(*) FROM credit_transactions AS t"
+                    " WHERE t.user_id = u.id AND t.created_at >= date_trunc('month',"
+                    " clock_timestamp(), 'UTC')) FROM users AS u WHERE u.id = :u"
+                ),
+                {"u": user},
+            ).one()
+        assert spend is not None, name  # counted again
+        assert after[0] > before[0], name
+        # The month's key alone: none of the 120 entries of January to June.
+        assert after[1] - before[1] <= this_month < 120, (name, after[1] - before[1])
+        assert after[2] == before[2], name
+
+
+def test_a_statement_and_its_balances_across_months_with_the_month_index(sql, engine, session):
+    """Opening and closing balances come from the latest month before (up to) the
+    statement's, each month's entries sorted: equal to the ledger read by date."""
+    from database import billing
+
+    user = make_user(sql)
+    _dated_entries(engine, user, months=5, per_month=7)
+    for month in range(1, 7):
+        st = billing.statement(session, user, dt.date(2026, month, 1))
+        start, end = billing.month_span(dt.date(2026, month, 1))
+        by_date = sql(
+            "SELECT (SELECT balance_after FROM credit_transactions WHERE user_id = :u"
+            " AND created_at < :s ORDER BY created_at DESC, id DESC LIMIT 1),"
+            " (SELECT balance_after FROM credit_transactions WHERE user_id = :u"
+            " AND created_at < :e ORDER BY created_at DESC, id DESC LIMIT 1),"
+            " (SELECT count(*) FROM credit_transactions WHERE user_id = :u"
+            " AND created_at >= :s AND created_at < :e)",
+            u=user,
+            s=start,
+            e=end,
+        )[0]
+        opening = by_date[0] or 0
+        assert (st.opening_balance, st.entries) == (opening, by_date[2]), month
+        assert st.closing_balance == (by_date[1] if by_date[1] is not None else opening), month

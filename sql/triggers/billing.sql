@@ -190,6 +190,8 @@ BEGIN
         SELECT coalesce(-sum(t.amount), 0) + p_spent INTO v_spend
           FROM public.credit_transactions AS t
          WHERE t.user_id = p_user
+           -- The month as ix_credit_transactions_user_id_month names it: one key.
+           AND date_trunc('month', t.created_at AT TIME ZONE 'UTC') = v_month_start AT TIME ZONE 'UTC'
            AND t.created_at >= v_month_start
            AND t.type IN ('consumption', 'refund');
         UPDATE public.users
@@ -296,6 +298,8 @@ BEGIN
         SELECT coalesce(-sum(t.amount), 0) INTO v_spend
           FROM public.credit_transactions AS t
          WHERE t.user_id = p_user
+           -- The month as ix_credit_transactions_user_id_month names it: one key.
+           AND date_trunc('month', t.created_at AT TIME ZONE 'UTC') = v_month_start AT TIME ZONE 'UTC'
            AND t.created_at >= v_month_start
            AND t.type IN ('consumption', 'refund');
     END IF;

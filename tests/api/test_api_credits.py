@@ -321,3 +321,57 @@ def test_malformed_signed_payloads_are_400(client: TestClient) -> None:
         assert r.json()["error"]["code"] == "invalid_payload"
     no_id = _deliver(client, b'{"type": "checkout.session.completed"}')
     assert no_id.status_code == 422
+
+
+def test_ledger_pages_cross_months_newest_first_each_entry_once(
+    client: TestClient, account: Account, engine: Engine
+) -> None:
+    """The ledger's index is (user, calendar month) (c16g00000001): pages are ordered by
+    the month, then each month's entries, and a cursor that lands inside a month, at its
+    last entry or on a tie of dates, still gives every entry once, newest first. Dated
+    by hand (the trigger dates entries itself): written as the owner with the user
+    triggers off."""
+    dates = [
+        "2025-12-31T23:59:59.999999+00:00",
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-15T10:00:00+00:00",
+        "2026-01-15T10:00:00+00:00",  # a tie: the id breaks it
+        "2026-01-31T23:59:59.999999+00:00",
+        "2026-03-01T00:00:00+00:00",
+        "2026-03-01T00:00:00.000001+00:00",
+    ]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE credit_transactions DISABLE TRIGGER USER")
+        for i, at in enumerate(dates):
+            conn.exec_driver_sql(
+                "INSERT INTO credit_transactions (user_id, type, amount, balance_after,"
+                " created_at, actor, description)"
+                " VALUES (%s, 'adjustment', %s, %s, %s, 'tests', 'dated')",
+                (account.user_id, i + 1, sum(range(1, i + 2)), at),
+            )
+        conn.exec_driver_sql("ALTER TABLE credit_transactions ENABLE TRIGGER USER")
+    expected = [
+        r[0]
+        for r in rows(
+            engine,
+            "SELECT id FROM credit_transactions WHERE user_id = :u"
+            " ORDER BY created_at DESC, id DESC",
+            u=account.user_id,
+        )
+    ]
+    assert len(expected) == len(dates)
+    for limit in (1, 2, 3):
+        seen: list[uuid.UUID] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": limit}
+            if cursor:
+                params["cursor"] = cursor
+            page = client.get("/v1/credits/transactions", headers=account.headers, params=params)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            seen += [uuid.UUID(t["id"]) for t in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == expected, limit

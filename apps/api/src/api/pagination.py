@@ -3,7 +3,10 @@
 A list is ordered by ``(created_at DESC, id DESC)`` (or another key column and
 the id), which every list's index serves: ``(user_id, created_at)`` on each owned
 table. The cursor is the last row's key, so a page costs the same however deep it
-is, and rows inserted meanwhile neither repeat nor shift the next page. A cursor
+is, and rows inserted meanwhile neither repeat nor shift the next page. (The
+ledger's index is ``(user_id, calendar month)``: its lists pass ``group``, the month
+of the key, which orders first and bounds the scan; a page then costs the user's
+entries of the months it spans.) A cursor
 that does not decode to a key of the list's kind (a datetime: aware and within
 ``database.types.check_datetime``'s range; an int: within int4) is 422
 ``invalid_cursor``, on every list: they all decode it here.
@@ -16,12 +19,12 @@ import binascii
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api.errors import ApiError
@@ -141,8 +144,12 @@ def paginate(
     cursor: str | None,
     descending: bool = True,
     kind: type = dt.datetime,
+    group: Callable[[Any], ColumnElement[Any]] | None = None,
 ) -> tuple[Sequence[Any], str | None]:
-    """One page of ``stmt``'s rows (model instances) ordered by ``(key, ident)``."""
+    """One page of ``stmt``'s rows (model instances) ordered by ``(key, ident)``.
+    ``group`` maps the key (a column or a value) to a coarser key that the index
+    holds instead of it and that grows with it (the ledger's month): rows are
+    ordered by it first (the same order), and a cursor bounds it too."""
     if cursor:
         last_key, last_id = decode_cursor(cursor, kind)
         if descending:
@@ -154,7 +161,13 @@ def paginate(
             stmt = stmt.where(
                 key >= last_key, or_(key > last_key, and_(key == last_key, ident > last_id))
             )
-    order = (key.desc(), ident.desc()) if descending else (key.asc(), ident.asc())
+        if group is not None:
+            stmt = stmt.where(
+                group(key) <= group(last_key) if descending else group(key) >= group(last_key)
+            )
+    order: tuple[Any, ...] = (key.desc(), ident.desc()) if descending else (key.asc(), ident.asc())
+    if group is not None:
+        order = (group(key).desc() if descending else group(key).asc(), *order)
     rows = session.scalars(stmt.order_by(*order).limit(limit + 1)).all()
     next_cursor = None
     if len(rows) > limit:

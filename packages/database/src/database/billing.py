@@ -545,12 +545,16 @@ class Statement:
 
 
 # One statement, one snapshot: the movements, the charges by sku and the month's
-# last balance_after agree even while entries are being written.
+# last balance_after agree even while entries are being written. Each part names the
+# month as ix_credit_transactions_user_id_month does ({month}, c16g00000001): the
+# month's entries are one key of it; an opening or closing balance is the last entry
+# of the latest month before (or up to) it, each month's entries sorted.
+_MONTH = "date_trunc('month', t.created_at AT TIME ZONE 'UTC')"
 _STATEMENT = text(
     """
 WITH month AS (
   SELECT t.id, t.type, t.amount, t.job_id FROM credit_transactions AS t
-   WHERE t.user_id = :u AND t.created_at >= :s AND t.created_at < :e
+   WHERE t.user_id = :u AND {month} = :m AND t.created_at >= :s AND t.created_at < :e
 ), c AS (
   SELECT m.job_id, -m.amount AS charged FROM month AS m WHERE m.type = 'consumption'
 ), l AS (
@@ -566,18 +570,18 @@ WITH month AS (
 )
 SELECT
   (SELECT t.balance_after FROM credit_transactions AS t
-    WHERE t.user_id = :u AND t.created_at < :s
-    ORDER BY t.created_at DESC, t.id DESC LIMIT 1) AS opening,
+    WHERE t.user_id = :u AND {month} < :m
+    ORDER BY {month} DESC, t.created_at DESC, t.id DESC LIMIT 1) AS opening,
   (SELECT t.balance_after FROM credit_transactions AS t
-    WHERE t.user_id = :u AND t.created_at < :e
-    ORDER BY t.created_at DESC, t.id DESC LIMIT 1) AS closing,
+    WHERE t.user_id = :u AND {month} <= :m
+    ORDER BY {month} DESC, t.created_at DESC, t.id DESC LIMIT 1) AS closing,
   (SELECT coalesce(sum(m.amount), 0) FROM month AS m WHERE m.type = 'purchase') AS purchases,
   (SELECT coalesce(sum(m.amount), 0) FROM month AS m WHERE m.type = 'refund') AS refunds,
   (SELECT coalesce(sum(m.amount), 0) FROM month AS m WHERE m.type = 'adjustment') AS adjustments,
   (SELECT count(*) FROM month) AS entries,
   (SELECT coalesce(jsonb_object_agg(b.sku, b.credits), '{}'::jsonb)
      FROM by_sku AS b WHERE coalesce(b.credits, 0) <> 0) AS charges
-"""
+""".replace("{month}", _MONTH)
 )
 
 
@@ -585,7 +589,8 @@ def statement(session: Session | Connection, user_id: uuid.UUID, month: dt.date)
     """The user's ledger for a calendar month (UTC). opening + purchases - charges + refunds +
     adjustments = closing = the month's last ``balance_after``."""
     start, end = month_span(month)
-    m = session.execute(_STATEMENT, {"u": user_id, "s": start, "e": end}).one()
+    utc_month = start.astimezone(dt.UTC).replace(tzinfo=None)
+    m = session.execute(_STATEMENT, {"u": user_id, "s": start, "e": end, "m": utc_month}).one()
     charges = {str(k): int(v) for k, v in (m.charges or {}).items()}
     opening = m.opening or 0
     closing = m.closing if m.closing is not None else opening

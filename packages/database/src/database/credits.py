@@ -32,12 +32,13 @@ the same rules for raw SQL (sql/triggers/credit_ledger.sql, credit_purchase.sql)
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, func, literal_column, select, text
+from sqlalchemy import ColumnElement, DateTime, and_, func, literal, literal_column, select, text
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.orm.util import identity_key
 
@@ -54,7 +55,15 @@ from database.models import (
 
 T = TypeVar("T")
 
-__all__ = ["adjust", "charge_job", "describe", "lock_users", "purchase", "refund_job"]
+__all__ = [
+    "adjust",
+    "charge_job",
+    "describe",
+    "ledger_month",
+    "lock_users",
+    "purchase",
+    "refund_job",
+]
 
 
 def _id(obj: object) -> uuid.UUID:
@@ -140,6 +149,23 @@ def payment_key(
     seed is a literal, as in the index's expression (a bound parameter would not
     match it)."""
     return func.hashtextextended(payment, literal_column("0"))
+
+
+def ledger_month(
+    at: ColumnElement[Any] | QueryableAttribute[Any] | dt.datetime,
+) -> ColumnElement[dt.datetime]:
+    """The calendar month (UTC) of a ledger date, ``date_trunc('month', at AT TIME ZONE
+    'UTC')``: the second key of ``ix_credit_transactions_user_id_month`` (c16g00000001,
+    issue 16). A query of a user's entries names it to use the index: ``=`` for one
+    month, ``<=`` / ``>=`` for a range, and first in ORDER BY for newest-first pages.
+    The field and the zone are literals, as in the index (bound parameters would not
+    match it)."""
+    value = at if not isinstance(at, dt.datetime) else literal(at, DateTime(timezone=True))
+    return func.date_trunc(
+        literal_column("'month'"),
+        func.timezone(literal_column("'UTC'"), value),
+        type_=DateTime(),
+    )
 
 
 def payment_is(payment_ref: str) -> ColumnElement[bool]:

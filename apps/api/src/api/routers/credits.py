@@ -64,6 +64,7 @@ def list_transactions(
         CreditTransaction.id,
         limit=limit,
         cursor=cursor,
+        group=credits.ledger_month,
     )
     # A purchase's and a usage charge's description are derived (issue 16's weight).
     described = credits.describe(session, rows)
