@@ -105,6 +105,7 @@ def read_archive(root: Path, table: str) -> list[dict[str, Any]]:
     for path in sorted((root / table).glob("*.parquet")):
         out.extend(pq.read_table(path).to_pylist())
     assert not list((root / table).glob(".*.tmp")), "a temporary file was left behind"
+    assert not list((root / table).glob(".*.pending")), "a pending file was left behind"
     return out
 
 
@@ -199,8 +200,8 @@ def test_an_interrupted_run_rerun_loses_nothing(sql, engine, tmp_path, stage):
     assert hooks == removable["stripe_webhook_events"]
     jobs = {uuid.UUID(j["id"]) for j in read_archive(tmp_path, "jobs")}
     assert jobs == removable["jobs"]
-    # The batch the interruption rolled back was written again under the same name:
-    # no row is archived twice.
+    # The batch the interruption rolled back left a pending file, which the re-run
+    # removed before archiving the rows again: no row is archived twice.
     assert len(read_archive(tmp_path, "job_logs")) == len(removable["job_logs"])
 
 
@@ -418,9 +419,192 @@ def test_a_sigkilled_clean_process_rerun_loses_nothing_and_archives_each_row_onc
 
 
 def _archive_rows(root: Path) -> list[dict[str, Any]]:
-    """The archive's rows as a killed run left them (its temporary file, if any, is
-    not part of it)."""
+    """The archive's rows as a killed run left them, its pending file's included (a kill
+    between a batch's commit and its rename leaves the rows only there; its temporary
+    file, if any, holds rows still in the table)."""
     out: list[dict[str, Any]] = []
-    for path in sorted((root / "stripe_webhook_events").glob("*.parquet")):
+    folder = root / "stripe_webhook_events"
+    for path in sorted([*folder.glob("*.parquet"), *folder.glob(".*.pending")]):
         out.extend(pq.read_table(path).to_pylist())
     return out
+
+
+# --- the two-phase archive file: a kill in either window, and rows locked -----------------
+def _old_webhooks(sql: Any, n: int) -> set[uuid.UUID]:
+    sql(
+        "INSERT INTO stripe_webhook_events (stripe_event_id, type, payload, status, created_at)"
+        " SELECT 'evt_two_phase_' || i, 'x', '{}', 'processed', '2026-01-01Z'"
+        " FROM generate_series(1, :n) AS i",
+        n=n,
+    )
+    return {r[0] for r in sql("SELECT id FROM stripe_webhook_events")}
+
+
+def _pending(root: Path) -> list[Path]:
+    return sorted((root / "stripe_webhook_events").glob(".*.pending"))
+
+
+def _archived_once(sql: Any, root: Path, original: set[uuid.UUID]) -> None:
+    """Every row gone from the table and in the archive exactly once."""
+    archived = [uuid.UUID(h["id"]) for h in read_archive(root, "stripe_webhook_events")]
+    assert len(archived) == len(set(archived)), "a row was archived twice"
+    assert set(archived) == original
+    assert scalar(sql, "SELECT count(*) FROM stripe_webhook_events") == 0
+
+
+def _interrupt_at(stage: str, nth: int) -> Any:
+    calls = {"n": 0}
+
+    def hook(at: str, table: str, report: Any) -> None:
+        if at == stage:
+            calls["n"] += 1
+            if calls["n"] == nth:
+                raise Interrupted
+
+    return hook
+
+
+def test_a_batch_killed_before_its_delete_commits_is_archived_once_at_another_batch_size(
+    sql, engine, tmp_path
+):
+    """Killed after its file is written, before the delete commits: the file stays pending
+    (not archive), and the re-run, batching differently, removes it and archives its rows
+    once."""
+    original = _old_webhooks(sql, 20)
+    with pytest.raises(Interrupted):
+        clean(
+            engine,
+            BEFORE,
+            what=["webhooks"],
+            archive=tmp_path,
+            batch_size=3,
+            hook=_interrupt_at("archived", 2),
+        )
+    [pending] = _pending(tmp_path)
+    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+    assert len(in_pending) == 3
+    left = {r[0] for r in sql("SELECT id FROM stripe_webhook_events")}
+    assert in_pending <= left and len(left) == 17  # the first batch went, the second did not
+    clean(engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=7)
+    _archived_once(sql, tmp_path, original)
+
+
+def test_a_batch_killed_between_its_commit_and_its_rename_is_promoted_by_the_next_run(
+    sql, engine, tmp_path, monkeypatch
+):
+    """Killed after the delete commits, before the pending file is renamed: the rows are
+    only in that file, and the next run (another batch size) promotes it."""
+    import database.clean as clean_module
+
+    original = _old_webhooks(sql, 20)
+    promote = clean_module._promote
+    calls = {"n": 0}
+
+    def dies_at_the_second(pending: Path) -> Path:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupted
+        return promote(pending)
+
+    monkeypatch.setattr(clean_module, "_promote", dies_at_the_second)
+    with pytest.raises(Interrupted):
+        clean(engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=3)
+    monkeypatch.setattr(clean_module, "_promote", promote)
+    [pending] = _pending(tmp_path)
+    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+    left = {r[0] for r in sql("SELECT id FROM stripe_webhook_events")}
+    assert len(in_pending) == 3 and not in_pending & left and len(left) == 14
+    report = clean(engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=7)
+    assert report.rows == {"stripe_webhook_events": 14}
+    assert (tmp_path / "stripe_webhook_events" / pending.name[1 : -len(".pending")]).exists()
+    _archived_once(sql, tmp_path, original)
+
+
+def _lock(engine: Engine, ids: set[uuid.UUID]) -> Any:
+    """A second connection holding the rows' locks until its transaction ends."""
+    from sqlalchemy import text
+
+    conn = engine.connect()
+    transaction = conn.begin()
+    conn.execute(
+        text("SELECT id FROM stripe_webhook_events WHERE id = ANY(:ids) FOR UPDATE"),
+        {"ids": list(ids)},
+    )
+    return conn, transaction
+
+
+def test_a_pending_file_whose_rows_are_locked_is_left_and_settled_by_a_later_run(
+    sql, engine, tmp_path
+):
+    original = _old_webhooks(sql, 20)
+    with pytest.raises(Interrupted):
+        clean(
+            engine,
+            BEFORE,
+            what=["webhooks"],
+            archive=tmp_path,
+            batch_size=3,
+            hook=_interrupt_at("archived", 1),
+        )
+    [pending] = _pending(tmp_path)
+    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+    conn, transaction = _lock(engine, in_pending)
+    try:
+        report = clean(
+            engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=5, lock_timeout_ms=200
+        )
+    finally:
+        transaction.rollback()
+        conn.close()
+    assert report.rows == {"stripe_webhook_events": 17}  # the locked rows were skipped
+    assert _pending(tmp_path) == [pending]
+    assert any(pending.name in n and "locked" in n for n in report.notes), report.notes
+    assert {r[0] for r in sql("SELECT id FROM stripe_webhook_events")} == in_pending
+    report = clean(engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=7)
+    assert report.rows == {"stripe_webhook_events": 3}
+    _archived_once(sql, tmp_path, original)
+
+
+def test_a_pending_file_left_while_locked_is_removed_when_the_same_run_archives_its_rows(
+    sql, engine, tmp_path
+):
+    """Its rows unlocked mid-run, the run that left the file archives them: the file must
+    go then, or the next run, finding the rows gone, would promote it (twice archived)."""
+    original = _old_webhooks(sql, 20)
+    with pytest.raises(Interrupted):
+        clean(
+            engine,
+            BEFORE,
+            what=["webhooks"],
+            archive=tmp_path,
+            batch_size=3,
+            hook=_interrupt_at("archived", 1),
+        )
+    [pending] = _pending(tmp_path)
+    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+    conn, transaction = _lock(engine, in_pending)
+
+    def release(at: str, table: str, report: Any) -> None:
+        if at == "committed" and transaction.is_active:
+            transaction.rollback()
+
+    try:
+        report = clean(
+            engine,
+            BEFORE,
+            what=["webhooks"],
+            archive=tmp_path,
+            batch_size=5,
+            lock_timeout_ms=200,
+            hook=release,
+        )
+    finally:
+        if transaction.is_active:
+            transaction.rollback()
+        conn.close()
+    assert any(pending.name in n and "locked" in n for n in report.notes), report.notes
+    assert report.rows == {"stripe_webhook_events": 20}  # the released rows too
+    assert not _pending(tmp_path)
+    again = clean(engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=7)
+    assert not again.rows
+    _archived_once(sql, tmp_path, original)

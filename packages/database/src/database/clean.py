@@ -23,19 +23,33 @@ What each target removes (``--what``; all by default):
   when that system is not installed.
 
 Each batch is one transaction: select at most ``batch_size`` rows (``FOR UPDATE
-SKIP LOCKED``: never waits for the apps), write them to a Parquet file and fsync it
-(with ``--archive``), delete them, commit. The archive is on disk before the delete
-commits; a kill at any point leaves either the rows (and maybe a file holding them:
-the re-run writes the same batch to the same file name, made from the batch's keys),
-or the file and no rows. Run it again: it continues where it stopped and loses
-nothing, and archives no row twice (tests/test_clean.py SIGKILLs a real
-``automl-db clean`` mid-work and re-runs it). A kill while a file is being written
-leaves its temporary (``.<name>.<pid>.tmp``, never a ``*.parquet``); the next run
-with ``--archive`` removes the temporaries of processes that no longer exist on this
-machine. Right after a kill the server may take a moment to notice the client is
-gone; until it has, the rows of the killed run's open batch stay locked and a run
-skips them (``SKIP LOCKED``): a run that reports fewer rows than expected is simply
-run again. Archive files are ``DIR/<table>/<table>-<hash>.parquet`` (a batch) and
+SKIP LOCKED``: never waits for the apps), and with ``--archive`` write them to a
+*pending* file (``DIR/<table>/.<table>-<hash>.parquet.pending``: hidden, never a
+``*.parquet``; fsynced, via a temporary and a rename), delete them, commit; after the
+commit the pending file is renamed to its final name and the folder fsynced. The
+archive is on disk before the delete commits, and joins the archive (``*.parquet``)
+only once it has. A kill leaves the rows (maybe with a pending file of them), or a
+pending file and no rows (killed between the commit and the rename). Each step of a
+run with ``--archive`` first settles such files, the database deciding: it locks the
+file's rows (``FOR UPDATE``, at most ``lock_timeout``); rows there mean the delete
+never committed, so the file is removed and the run archives the rows again; none
+there mean it committed, so the file is promoted to its final name; still locked (a
+live run's batch, or a killed run's the server has not yet noticed) means it is left,
+with a note, for a later run. One transaction deletes a whole batch, so a file whose
+rows are only partly there was rolled back and its missing rows removed by something
+else (an archiving run archives what it deletes): it is removed too, with a note. And
+a batch that locks a row a pending file holds removes that file (its writer ended
+without deleting the row), so a file left while locked is never promoted over rows
+archived since. Run it again, with any batch size: it continues where it stopped,
+loses nothing, and archives no row twice (tests/test_clean.py SIGKILLs a real
+``automl-db clean`` mid-work and re-runs it with another batch size). A kill while a
+file is being written leaves its temporary (``.<name>.<pid>.tmp``, never a
+``*.parquet``); the next run with ``--archive`` removes the temporaries of processes
+that no longer exist on this machine. Right after a kill the server may take a moment
+to notice the client is gone; until it has, the rows of the killed run's open batch
+stay locked and a run skips them (``SKIP LOCKED``): a run that reports fewer rows
+than expected is simply run again. Archive files are
+``DIR/<table>/<table>-<hash>.parquet`` (a batch) and
 ``DIR/audit_events/<partition>.parquet`` (a month); every column is kept, UUIDs,
 enums, addresses and JSON as strings.
 """
@@ -56,8 +70,9 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
-from database import audit
+from database import audit, errors
 from database.models.enums import JobStatus
 from database.progress import Progress
 
@@ -281,6 +296,130 @@ def _remove_stale_temporaries(archive: Path) -> list[Path]:
     return removed
 
 
+def _pending_path(final: Path) -> Path:
+    """A batch's file until its delete commits: hidden and not ``*.parquet``, so no
+    reader takes it for part of the archive."""
+    return final.with_name(f".{final.name}.pending")
+
+
+def _final_path(pending: Path) -> Path:
+    return pending.with_name(pending.name[1 : -len(".pending")])
+
+
+def _promote(pending: Path) -> Path:
+    """Rename a committed batch's pending file to its final name, fsync the folder: from
+    then on it is part of the archive. Already renamed (a concurrent run's recovery
+    promoted it) is fine; gone under both names raises FileNotFoundError."""
+    final = _final_path(pending)
+    try:
+        os.rename(pending, final)
+    except FileNotFoundError:
+        if not final.exists():
+            raise
+    _fsync_dir(final.parent)
+    return final
+
+
+def _pending_keys(path: Path, ident: Sequence[str]) -> set[tuple[str, ...]] | None:
+    """The keys of a pending file's rows, as text (None: the file went meanwhile)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=list(ident))
+    except FileNotFoundError:
+        return None
+    values = [table.column(c).to_pylist() for c in ident]
+    return {tuple(str(v) for v in key) for key in zip(*values, strict=True)}
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, errors.LockTimeout) or isinstance(
+        errors.translate(exc), errors.LockTimeout
+    )
+
+
+def _recover_pending(
+    conn: Connection,
+    step: _Step,
+    columns: Sequence[tuple[str, str]],
+    archive: Path,
+    report: CleanReport,
+    lock_timeout_ms: int,
+) -> None:
+    """Settle the pending files of runs killed mid-batch, before this step's first batch:
+    the rows decide, locked (waiting at most ``lock_timeout``) while the file is handled.
+    Rows there: the batch's delete never committed, unlink (this run archives them
+    again). None there: it committed before the rename, promote. Locked: leave it."""
+    folder = archive / step.table
+    if not folder.is_dir():
+        return
+    types = dict(columns)
+    names = ", ".join(f"k{i}" for i in range(len(step.ident)))
+    # Text keys cast to the columns' types (not the columns to text): the key's index is used.
+    casts = ", ".join(f"CAST(k.k{i} AS {types[c]})" for i, c in enumerate(step.ident))
+    arrays = ", ".join(f"CAST(:k{i} AS text[])" for i in range(len(step.ident)))
+    select = text(
+        f"SELECT x.ctid FROM {step.table} AS x"
+        f" WHERE ({', '.join(f'x.{c}' for c in step.ident)})"
+        f" IN (SELECT {casts} FROM unnest({arrays}) AS k({names}))"
+        " FOR UPDATE OF x"
+    )
+    for pending in sorted(folder.glob(".*.pending")):
+        keys = _pending_keys(pending, step.ident)
+        if keys is None:
+            continue
+        params = {f"k{i}": [key[i] for key in keys] for i in range(len(step.ident))}
+        try:
+            with conn.begin():
+                _set_lock_timeout(conn, lock_timeout_ms)
+                present = len(conn.execute(select, params).all())
+                if present:
+                    # One transaction deletes a whole batch, so some rows gone means
+                    # something else removed them after it rolled back: they are not
+                    # this file's to archive (an archiving run archived them itself).
+                    pending.unlink(missing_ok=True)
+                    if present < len(keys):
+                        report.notes.append(
+                            f"{step.table}: removed {pending.name}, an interrupted batch whose"
+                            f" delete never committed; {len(keys) - present} of its"
+                            f" {len(keys)} rows were removed by something else since"
+                        )
+                else:
+                    _promote(pending)
+        except FileNotFoundError:
+            continue  # settled by a concurrent run meanwhile
+        except (DBAPIError, errors.LockTimeout) as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            report.notes.append(
+                f"{step.table}: left {pending.name}: its rows are locked (a live run's batch,"
+                " or a killed run's the server has not yet noticed); a later run settles it"
+            )
+
+
+def _unlink_superseded(
+    folder: Path,
+    ident: Sequence[str],
+    rows: Sequence[Any],
+    seen: dict[str, set[tuple[str, ...]]],
+) -> None:
+    """Unlink the pending files holding a row of this batch: this transaction holds the
+    rows' locks, so the run that wrote such a file ended without deleting them (one left
+    by recovery, its rows locked then, must not be promoted once this batch archives them)."""
+    if not folder.is_dir():
+        return
+    batch = {tuple(str(row[c]) for c in ident) for row in rows}
+    for pending in folder.glob(".*.pending"):
+        keys = seen.get(pending.name)  # the name is the keys' hash: its keys never change
+        if keys is None:
+            keys = _pending_keys(pending, ident)
+            if keys is None:
+                continue
+            seen[pending.name] = keys
+        if not keys.isdisjoint(batch):
+            pending.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -319,19 +458,26 @@ def _run_step(
         f" ORDER BY {key_list} LIMIT :n FOR UPDATE OF x SKIP LOCKED"
     )
     delete = text(f"DELETE FROM {step.table} AS x WHERE x.ctid = ANY(CAST(:ctids AS tid[]))")
+    seen: dict[str, set[tuple[str, ...]]] = {}
+    if archive is not None:
+        _recover_pending(conn, step, columns, archive, report, lock_timeout_ms)
     while True:
+        pending: Path | None = None
         with conn.begin():
             _set_lock_timeout(conn, lock_timeout_ms)
             rows = conn.execute(select_rows, {"before": before, "n": batch_size}).mappings().all()
             if not rows:
                 return
             if archive is not None:
-                path = archive / step.table / _batch_name(step.table, rows, step.ident)
-                _write_parquet(path, [_records(rows, columns, schema)], schema)
-                report.files.append(path)
+                folder = archive / step.table
+                _unlink_superseded(folder, step.ident, rows, seen)
+                pending = _pending_path(folder / _batch_name(step.table, rows, step.ident))
+                _write_parquet(pending, [_records(rows, columns, schema)], schema)
                 if hook is not None:
                     hook("archived", step.table, report)
             conn.execute(delete, {"ctids": [r["_ctid"] for r in rows]})
+        if pending is not None:
+            report.files.append(_promote(pending))
         report.rows[step.table] += len(rows)
         report.batches += 1
         if hook is not None:
@@ -383,13 +529,13 @@ def clean(
 ) -> CleanReport:
     """Remove what ``what`` names that is older than ``before`` (aware datetime).
 
-    ``hook(stage, table, report)`` is called after a batch's archive is on disk
-    (``archived``, before its delete commits) and after it commits (``committed``):
-    the tests interrupt a run there. ``progress(done, total, table)``
-    (``database.progress``): with it, the rows are counted first (in the
-    transaction that finds the tables), then each committed batch advances
-    ``done``; a dry run advances per table counted. Audit partitions and the
-    inference log's months are dropped whole, after the rows.
+    ``hook(stage, table, report)`` is called after a batch's pending file is on disk
+    (``archived``, before its delete commits) and after it commits and the file has
+    its final name (``committed``): the tests interrupt a run there.
+    ``progress(done, total, table)`` (``database.progress``): with it, the rows are
+    counted first (in the transaction that finds the tables), then each committed
+    batch advances ``done``; a dry run advances per table counted. Audit partitions
+    and the inference log's months are dropped whole, after the rows.
     """
     if before.tzinfo is None:
         raise ValueError("naive datetime refused: give a timezone-aware datetime")
