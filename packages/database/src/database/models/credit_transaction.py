@@ -145,7 +145,8 @@ class CreditTransaction(IDMixin, CreatedAtMixin, Base):
         Index(
             "ix_credit_transactions_user_id_month",
             "user_id",
-            text("date_trunc('month', created_at AT TIME ZONE 'UTC')"),
+            # As PostgreSQL prints it back (alembic's comparison keeps the parentheses).
+            text("date_trunc('month', (created_at AT TIME ZONE 'UTC'))"),
         ),
         # Partial (issue 16): only purchases name a package. The foreign key's check
         # (package_id = value) implies the predicate and uses it.
