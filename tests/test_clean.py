@@ -533,9 +533,11 @@ def _lock(engine: Engine, ids: set[uuid.UUID]) -> Any:
     return conn, transaction
 
 
-def test_a_pending_file_whose_rows_are_locked_is_left_and_settled_by_a_later_run(
-    sql, engine, tmp_path
-):
+def _pending_and_locked(
+    sql: Any, engine: Any, tmp_path: Path
+) -> tuple[set[uuid.UUID], Path, set[uuid.UUID], Any, Any]:
+    """20 old webhooks; a run interrupted after its first batch's file (3 rows, left
+    pending); those rows locked by another open transaction."""
     original = _old_webhooks(sql, 20)
     with pytest.raises(Interrupted):
         clean(
@@ -549,6 +551,13 @@ def test_a_pending_file_whose_rows_are_locked_is_left_and_settled_by_a_later_run
     [pending] = _pending(tmp_path)
     in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
     conn, transaction = _lock(engine, in_pending)
+    return original, pending, in_pending, conn, transaction
+
+
+def test_a_pending_file_whose_rows_are_locked_is_left_and_settled_by_a_later_run(
+    sql, engine, tmp_path
+):
+    original, pending, in_pending, conn, transaction = _pending_and_locked(sql, engine, tmp_path)
     try:
         report = clean(
             engine, BEFORE, what=["webhooks"], archive=tmp_path, batch_size=5, lock_timeout_ms=200
@@ -570,19 +579,7 @@ def test_a_pending_file_left_while_locked_is_removed_when_the_same_run_archives_
 ):
     """Its rows unlocked mid-run, the run that left the file archives them: the file must
     go then, or the next run, finding the rows gone, would promote it (twice archived)."""
-    original = _old_webhooks(sql, 20)
-    with pytest.raises(Interrupted):
-        clean(
-            engine,
-            BEFORE,
-            what=["webhooks"],
-            archive=tmp_path,
-            batch_size=3,
-            hook=_interrupt_at("archived", 1),
-        )
-    [pending] = _pending(tmp_path)
-    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
-    conn, transaction = _lock(engine, in_pending)
+    original, pending, in_pending, conn, transaction = _pending_and_locked(sql, engine, tmp_path)
 
     def release(at: str, table: str, report: Any) -> None:
         if at == "committed" and transaction.is_active:
