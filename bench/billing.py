@@ -302,6 +302,65 @@ def alert_cpu(
     return runs
 
 
+def user_index_cpu(
+    db: BenchDatabase, *, n_users: int, charges: int, reps: int, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Server CPU per charge with the user index by calendar month (now, c16g00000001)
+    and by date (c17f00000001's ``(user_id, created_at)``), measured as ``alert_cpu``
+    measures (one session, a PL/pgSQL loop of single-row INSERTs, the backend's own
+    time on CPU), the two interleaved over ``reps`` rounds; each round builds its
+    variant's index on the ledger as it is (not timed)."""
+    if not db.embedded:
+        return []
+    reset_ledger(db)
+    db.script(_LOOP)
+    swap = {
+        "now": USER_INDEX,
+        "c17f": C17F_USER_INDEX,
+    }
+    drop = (
+        "DROP INDEX IF EXISTS ix_credit_transactions_user_id_month;\n"
+        "DROP INDEX IF EXISTS ix_credit_transactions_user_id_created_at;\n"
+    )
+    runs: list[dict[str, Any]] = []
+    with db.connect() as conn:
+        cpu = _cpu_seconds(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        for rep in range(reps):
+            for variant in _rotate(("now", "c17f"), rep):
+                db.script(f"{drop}{swap[variant]};\n")
+                conn.execute("SELECT bench_charge_loop(50, %s)", (n_users,))  # warm
+                c0 = cpu()
+                conn.execute("SELECT bench_charge_loop(%s, %s)", (charges, n_users))
+                spent = cpu() - c0
+                runs.append(
+                    {"variant": variant, "rep": rep, "cpu_us_per_charge": spent / charges * 1e6}
+                )
+                log(
+                    f"  user index cpu rep {rep + 1}/{reps} {variant:5s}"
+                    f" {spent / charges * 1e6:6.1f} us CPU/charge"
+                )
+    db.script(f"{drop}{USER_INDEX};\nDROP FUNCTION public.bench_charge_loop(integer, integer);\n")
+    return runs
+
+
+def _index_cpu_summary(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Medians of each variant's CPU per charge and of the rounds' now / c17f ratios."""
+    by: dict[int, dict[str, float]] = {}
+    for r in runs:
+        by.setdefault(r["rep"], {})[r["variant"]] = r["cpu_us_per_charge"]
+    ratios = [v["now"] / v["c17f"] for v in by.values() if {"now", "c17f"} <= v.keys()]
+    if not ratios:
+        return None
+    return {
+        "now_us": statistics.median(v["now"] for v in by.values() if "now" in v),
+        "c17f_us": statistics.median(v["c17f"] for v in by.values() if "c17f" in v),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "rounds": len(ratios),
+    }
+
+
 _SIZES = """
 SELECT c.relname, CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid)
                        ELSE pg_relation_size(c.oid) END
@@ -883,6 +942,16 @@ def render_weight(res: dict[str, Any]) -> str:
             f" / {r.get('now_page_buffers', '-')} ({r.get('now_page_ms', '-')}) |"
             for r in res["user_index"]
         ]
+        cpu = _index_cpu_summary(res.get("user_index_cpu") or [])
+        if cpu is not None:
+            out += [
+                "",
+                "Server CPU per charge with each user index (the same run, one session,"
+                f" {cpu['rounds']} rounds interleaved, as the alert check's CPU above):"
+                f" {cpu['now_us']:.1f} us by month, {cpu['c17f_us']:.1f} us by date; by month"
+                f" / by date **{cpu['ratio']:.3f}** (rounds {cpu['ratio_min']:.3f} to"
+                f" {cpu['ratio_max']:.3f}).",
+            ]
         out += [
             "",
             "The price of the month's key: a newest-first page reads all of the user's"
@@ -982,6 +1051,9 @@ def main(argv: list[str] | None = None) -> int:
         alerts = alert_cost(
             db, n_users=a.users, clients=a.clients, seconds=seconds, reps=reps, log=log
         )
+        index_cpu = user_index_cpu(
+            db, n_users=a.users, charges=1000 if a.quick else 3000, reps=3 * reps, log=log
+        )
         res = {
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": machine,
@@ -995,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
             "alerts_cpu": alerts_cpu,
             "weight": weight,
             "user_index": user_index,
+            "user_index_cpu": index_cpu,
             "load_at_end": load_average(),
         }
     finally:
