@@ -464,12 +464,11 @@ def _interrupt_at(stage: str, nth: int) -> Any:
     return hook
 
 
-def test_a_batch_killed_before_its_delete_commits_is_archived_once_at_another_batch_size(
-    sql, engine, tmp_path
-):
-    """Killed after its file is written, before the delete commits: the file stays pending
-    (not archive), and the re-run, batching differently, removes it and archives its rows
-    once."""
+def _interrupted_after_a_file(
+    sql: Any, engine: Any, tmp_path: Path, nth: int
+) -> tuple[set[uuid.UUID], Path, set[uuid.UUID]]:
+    """20 old webhooks; a run (batches of 3) interrupted after its ``nth`` batch's file
+    was written, before that batch's delete: (the webhooks, the pending file, its ids)."""
     original = _old_webhooks(sql, 20)
     with pytest.raises(Interrupted):
         clean(
@@ -478,10 +477,19 @@ def test_a_batch_killed_before_its_delete_commits_is_archived_once_at_another_ba
             what=["webhooks"],
             archive=tmp_path,
             batch_size=3,
-            hook=_interrupt_at("archived", 2),
+            hook=_interrupt_at("archived", nth),
         )
     [pending] = _pending(tmp_path)
-    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+    return original, pending, {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+
+
+def test_a_batch_killed_before_its_delete_commits_is_archived_once_at_another_batch_size(
+    sql, engine, tmp_path
+):
+    """Killed after its file is written, before the delete commits: the file stays pending
+    (not archive), and the re-run, batching differently, removes it and archives its rows
+    once."""
+    original, pending, in_pending = _interrupted_after_a_file(sql, engine, tmp_path, 2)
     assert len(in_pending) == 3
     left = {r[0] for r in sql("SELECT id FROM stripe_webhook_events")}
     assert in_pending <= left and len(left) == 17  # the first batch went, the second did not
@@ -536,20 +544,9 @@ def _lock(engine: Engine, ids: set[uuid.UUID]) -> Any:
 def _pending_and_locked(
     sql: Any, engine: Any, tmp_path: Path
 ) -> tuple[set[uuid.UUID], Path, set[uuid.UUID], Any, Any]:
-    """20 old webhooks; a run interrupted after its first batch's file (3 rows, left
-    pending); those rows locked by another open transaction."""
-    original = _old_webhooks(sql, 20)
-    with pytest.raises(Interrupted):
-        clean(
-            engine,
-            BEFORE,
-            what=["webhooks"],
-            archive=tmp_path,
-            batch_size=3,
-            hook=_interrupt_at("archived", 1),
-        )
-    [pending] = _pending(tmp_path)
-    in_pending = {uuid.UUID(r["id"]) for r in pq.read_table(pending).to_pylist()}
+    """``_interrupted_after_a_file`` at the first batch; its rows locked by another open
+    transaction."""
+    original, pending, in_pending = _interrupted_after_a_file(sql, engine, tmp_path, 1)
     conn, transaction = _lock(engine, in_pending)
     return original, pending, in_pending, conn, transaction
 

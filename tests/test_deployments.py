@@ -37,6 +37,16 @@ def version(db: Any, rm: uuid.UUID, user_id: uuid.UUID) -> tuple[uuid.UUID, uuid
     return row.id, model, row.version
 
 
+def champion(db: Any, rm: uuid.UUID, version_id: uuid.UUID) -> None:
+    """Point the registered model's ``champion`` alias at ``version_id`` (a new alias)."""
+    db(
+        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
+        " VALUES (:r, 'champion', :v)",
+        r=rm,
+        v=version_id,
+    )
+
+
 def deployed(db: Any, model_id: uuid.UUID) -> bool:
     return bool(scalar(db, "SELECT is_deployed FROM models WHERE id = :m", m=model_id))
 
@@ -105,12 +115,7 @@ def test_is_deployed_follows_the_alias(
     rm = registered(sql, owner)
     v1, m1, _ = version(sql, rm, owner)
     v2, m2, _ = version(sql, rm, owner)
-    db(
-        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
-        " VALUES (:r, 'champion', :v)",
-        r=rm,
-        v=v1,
-    )
+    champion(db, rm, v1)
     d = deployment(db, owner, registered_model_id=rm, alias="champion")
     assert deployed(sql, m1) and not deployed(sql, m2)
     db(
@@ -121,12 +126,7 @@ def test_is_deployed_follows_the_alias(
     assert not deployed(sql, m1) and deployed(sql, m2)
     db("DELETE FROM model_aliases WHERE registered_model_id = :r", r=rm)
     assert not deployed(sql, m1) and not deployed(sql, m2)
-    db(
-        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
-        " VALUES (:r, 'champion', :v)",
-        r=rm,
-        v=v1,
-    )
+    champion(db, rm, v1)
     assert deployed(sql, m1)
     # A fixed-version deployment of m1 keeps it deployed when the alias moves away.
     deployment(db, owner, model_version_id=v1)
@@ -285,12 +285,7 @@ def test_concurrent_alias_moves_and_stops_keep_is_deployed_right(
     from several threads: at the end is_deployed matches the active deployments."""
     rm = registered(sql, owner)
     versions = [version(sql, rm, owner) for _ in range(3)]
-    sql(
-        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
-        " VALUES (:r, 'champion', :v)",
-        r=rm,
-        v=versions[0][0],
-    )
+    champion(sql, rm, versions[0][0])
     follow = [
         deployment(sql, owner, status="pending", registered_model_id=rm, alias="champion")
         for _ in range(4)
@@ -432,12 +427,7 @@ def test_admit_serving_admits_exactly_what_serving_serves(
     rm = registered(sql, owner)
     v1, _, _ = version(sql, rm, owner)
     v2, _, _ = version(sql, rm, owner)
-    sql(
-        "INSERT INTO model_aliases (registered_model_id, alias, model_version_id)"
-        " VALUES (:r, 'champion', :v)",
-        r=rm,
-        v=v1,
-    )
+    champion(sql, rm, v1)
     sql("UPDATE registered_models SET visibility = 'shared' WHERE id = :r", r=rm)
     registry.grant_permission(session, rm, grantee, ModelPermission.DEPLOY)
     session.commit()

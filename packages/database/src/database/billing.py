@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 
 from database import errors, locks
 from database._tx import atomic
+from database.credits import LEDGER_MONTH_SQL
 from database.models import (
     AlertEventStatus,
     BillingAlert,
@@ -549,7 +550,7 @@ class Statement:
 # month as ix_credit_transactions_user_id_month does ({month}, c16g00000001): the
 # month's entries are one key of it; an opening or closing balance is the last entry
 # of the latest month before (or up to) it, each month's entries sorted.
-_MONTH = "date_trunc('month', t.created_at AT TIME ZONE 'UTC')"
+_MONTH = LEDGER_MONTH_SQL.format("t.created_at")
 _STATEMENT = text(
     """
 WITH month AS (

@@ -151,6 +151,12 @@ def payment_key(
     return func.hashtextextended(payment, literal_column("0"))
 
 
+#: The calendar month (UTC) of a ledger date in raw SQL (``{}``: the date's expression),
+#: as ``ix_credit_transactions_user_id_month`` has it: raw SQL names the month with
+#: this, the ORM with :func:`ledger_month`.
+LEDGER_MONTH_SQL = "date_trunc('month', {} AT TIME ZONE 'UTC')"
+
+
 def ledger_month(
     at: ColumnElement[Any] | QueryableAttribute[Any] | dt.datetime,
 ) -> ColumnElement[dt.datetime]:
